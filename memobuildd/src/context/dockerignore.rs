@@ -1,0 +1,1846 @@
+//! `.dockerignore` parsing and matching for build contexts.
+//!
+//! The daemon must send a build exactly the files `docker build` (BuildKit)
+//! would send, and the effective pattern list is part of cache keys, so this
+//! ports Docker's rules rather than gitignore's:
+//!
+//! * Reading follows `moby/patternmatcher/ignorefile.ReadAll`: a UTF-8 BOM is
+//!   stripped from the first line, a line whose first byte is `#` is a comment
+//!   (checked *before* trimming, so `  #x` is the pattern `#x`), lines are
+//!   trimmed, a leading `!` marks an exception, and the rest is cleaned like
+//!   Go's `filepath.Clean` with a leading `/` dropped (everything is anchored
+//!   at the context root).
+//! * Compiling follows `patternmatcher.New` and `Pattern.compile`: the pattern
+//!   is trimmed and cleaned again, a lone `!` is an error, syntax is checked
+//!   with Go's `filepath.Match` rules, and the pattern is translated to the very
+//!   regexp string upstream builds (`*` → `[^/]*`, `?` → `[^/]`, `**/` →
+//!   `(.*/)?`, trailing `**` → `.*`), including its exact/prefix/suffix fast
+//!   paths, whose semantics differ from the regexp (`**file` matches `myfile`).
+//!   That regexp is then compiled by a small RE2-subset compiler (`regexp`
+//!   below) into an NFA, so upstream's quirks are kept: an unescaped `^` in a
+//!   wildcard pattern is an anchor, `\d` is a digit class, `*` inside `[...]`
+//!   produces the odd class upstream produces, `[[:alpha:]]` is a POSIX class
+//!   and `**` does not cross a newline in a file name. Patterns made only of
+//!   literals and single `*` translate to the same regexp under `globset`
+//!   (`literal_separator`), so those use a `globset` matcher.
+//! * Matching follows `PatternMatcher.MatchesOrParentMatches`: a pattern
+//!   matches a path if it matches the path or any parent directory of it, and
+//!   the last matching pattern decides (exceptions re-include).
+//! * [`DockerIgnore::may_reinclude_below`] follows the directory-skipping
+//!   shortcut of fsutil's `filterFS.Walk` (BuildKit's context transfer).
+//!
+//! Deliberate differences: every pattern error is reported by
+//! [`DockerIgnore::parse`] with its line number (upstream finds regexp errors
+//! lazily, failing the transfer mid-way); Unicode class escapes (`\p{..}`)
+//! are rejected rather than supported; lines are not limited to 64 KiB; the
+//! context root itself is never excluded; only Unix path rules apply.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use globset::{GlobBuilder, GlobMatcher};
+
+/// fsutil's `patternChars` (Unix): an exception containing one of these
+/// outside a trailing `/*` or `/**` may match anywhere, so no excluded
+/// directory can be skipped.
+const WALK_PATTERN_CHARS: &[char] = &['*', '[', ']', '?', '^', '\\'];
+
+/// A syntax error in one line of a `.dockerignore` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternError {
+    /// 1-based line in the `.dockerignore` file.
+    pub line: usize,
+    /// The line as written, trimmed.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {}: bad pattern {:?}: {}",
+            self.line, self.pattern, self.message
+        )
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+/// A compiled `.dockerignore`: decides which context paths are excluded.
+#[derive(Debug, Clone, Default)]
+pub struct DockerIgnore {
+    rules: Vec<Rule>,
+    /// Some pattern starts with `!`.
+    has_exceptions: bool,
+    /// Some exception has a wildcard before its trailing glob (fsutil then
+    /// walks every excluded directory).
+    exception_has_wildcards: bool,
+}
+
+impl DockerIgnore {
+    /// Parses the text of a `.dockerignore` file, compiling every pattern.
+    pub fn parse(text: &str) -> Result<DockerIgnore, PatternError> {
+        let mut rules = Vec::new();
+        for (index, raw) in text.split('\n').enumerate() {
+            let first = index == 0;
+            let Some(pattern) = read_line(raw, first) else {
+                continue;
+            };
+            let error = |message: String| PatternError {
+                line: index + 1,
+                pattern: strip_bom(raw, first).trim().to_string(),
+                message,
+            };
+            if let Some(rule) = Rule::compile(&pattern).map_err(error)? {
+                rules.push(rule);
+            }
+        }
+        Ok(Self::from_rules(rules))
+    }
+
+    /// An ignore file with no patterns: nothing is excluded.
+    pub fn empty() -> DockerIgnore {
+        Self::default()
+    }
+
+    fn from_rules(rules: Vec<Rule>) -> DockerIgnore {
+        let mut exceptions = rules.iter().filter(|r| r.exception).peekable();
+        let has_exceptions = exceptions.peek().is_some();
+        let exception_has_wildcards =
+            exceptions.any(|r| r.walk_prefix.contains(WALK_PATTERN_CHARS));
+        DockerIgnore {
+            rules,
+            has_exceptions,
+            exception_has_wildcards,
+        }
+    }
+
+    /// True if there are no effective patterns.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// True if `rel_path` (slash-separated, relative to the context root) is
+    /// excluded: the last pattern matching it or one of its parent
+    /// directories is not an exception.
+    pub fn is_excluded(&self, rel_path: &str) -> bool {
+        if self.rules.is_empty() {
+            return false;
+        }
+        let path = clean_cow(rel_path);
+        if path == "." {
+            // Upstream refuses to exclude the context root itself.
+            return false;
+        }
+        let parent = parent_dir(&path);
+        // Walking backwards and stopping at the first match gives the same
+        // answer as upstream's forward loop, where the last match wins.
+        self.rules
+            .iter()
+            .rev()
+            .find(|rule| rule.matches_or_parent_matches(&path, parent))
+            .is_some_and(|rule| !rule.exception)
+    }
+
+    /// True when some exception (`!`) pattern could re-include something
+    /// below directory `rel_dir`, so a walker must descend into an excluded
+    /// directory instead of skipping it (as fsutil does).
+    pub fn may_reinclude_below(&self, rel_dir: &str) -> bool {
+        if !self.has_exceptions {
+            return false;
+        }
+        if self.exception_has_wildcards {
+            return true;
+        }
+        let dir = clean_cow(rel_dir);
+        if dir == "." {
+            return true;
+        }
+        self.rules
+            .iter()
+            .filter(|rule| rule.exception)
+            .any(|rule| is_same_or_ancestor(&dir, &rule.walk_prefix))
+    }
+
+    /// Stable textual form of the effective patterns (for cache keys): one
+    /// normalised pattern per line, each ending in `\n`, exceptions keeping
+    /// their `!`.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for rule in &self.rules {
+            if rule.exception {
+                out.push('!');
+            }
+            out.push_str(&rule.text);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// One compiled pattern line.
+#[derive(Debug, Clone)]
+struct Rule {
+    /// Upstream's `cleanedPattern`: cleaned, without the leading `!`.
+    text: String,
+    /// A `!` line: matching paths are re-included.
+    exception: bool,
+    matcher: Matcher,
+    /// fsutil's `patternWithoutTrailingGlob(text)`.
+    walk_prefix: String,
+}
+
+/// How a rule tests one path, mirroring upstream's `matchType`.
+#[derive(Debug, Clone)]
+enum Matcher {
+    /// `path == text` (upstream `exactMatch`).
+    Exact,
+    /// `text` without its trailing `**` is a prefix (upstream `prefixMatch`).
+    Prefix,
+    /// `text` without its leading `**` is a suffix (upstream `suffixMatch`).
+    Suffix,
+    /// A regexp that is only literal text.
+    Literal(String),
+    /// A regexp that `globset` expresses exactly.
+    Glob(GlobMatcher),
+    /// Any other regexp.
+    Program(regexp::Program),
+}
+
+/// Upstream's `matchType` as chosen by `Pattern.compile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MatchKind {
+    Exact,
+    Prefix,
+    Suffix,
+    Regexp,
+}
+
+impl Rule {
+    /// `patternmatcher.New` for one pattern produced by [`read_line`];
+    /// `None` for a pattern that trims to nothing.
+    fn compile(read: &str) -> Result<Option<Rule>, String> {
+        let trimmed = read.trim();
+        if trimmed.is_empty() {
+            return Ok(None);
+        }
+        // Cleaning again is what upstream does; it only matters for odd
+        // exceptions such as `!../../a`, which cleans to the pattern `a`.
+        let cleaned = clean(trimmed);
+        let (exception, text) = match cleaned.strip_prefix('!') {
+            Some("") => return Err(r#"illegal exclusion pattern: "!""#.to_string()),
+            Some(rest) => (true, rest.to_string()),
+            None => (false, cleaned),
+        };
+        validate_glob(&text).map_err(str::to_string)?;
+        let matcher = Matcher::compile(&text)?;
+        let walk_prefix = without_trailing_glob(&text).to_string();
+        Ok(Some(Rule {
+            text,
+            exception,
+            matcher,
+            walk_prefix,
+        }))
+    }
+
+    /// `MatchesOrParentMatches` for this one pattern: `path` is clean and
+    /// `parent` is `filepath.Dir(path)` unless that is `.`.
+    fn matches_or_parent_matches(&self, path: &str, parent: Option<&str>) -> bool {
+        if self.matches(path) {
+            return true;
+        }
+        let Some(parent) = parent else {
+            return false;
+        };
+        // Every leading run of components of `parent`, as slices (upstream
+        // splits on `/` and joins each prefix back).
+        let mut prefixes = parent.match_indices('/').map(|(end, _)| &parent[..end]);
+        prefixes.any(|prefix| self.matches(prefix)) || self.matches(parent)
+    }
+
+    /// Upstream's `Pattern.match`.
+    fn matches(&self, path: &str) -> bool {
+        // The fast paths compare bytes, as Go slices strings by byte.
+        let text = self.text.as_bytes();
+        match &self.matcher {
+            Matcher::Exact => path == self.text,
+            Matcher::Prefix => path.as_bytes().starts_with(&text[..text.len() - 2]),
+            Matcher::Suffix => {
+                let suffix = &text[2..];
+                // `**/foo` also matches `foo` itself.
+                path.as_bytes().ends_with(suffix)
+                    || (suffix.first() == Some(&b'/') && path.as_bytes() == &suffix[1..])
+            }
+            Matcher::Literal(literal) => path == literal,
+            Matcher::Glob(glob) => glob.is_match(path),
+            Matcher::Program(program) => program.is_match(path),
+        }
+    }
+}
+
+impl Matcher {
+    /// Chooses the cheapest matcher with exactly upstream's semantics.
+    fn compile(text: &str) -> Result<Matcher, String> {
+        let (kind, regexp) = translate(text);
+        Ok(match kind {
+            MatchKind::Exact => Matcher::Exact,
+            MatchKind::Prefix => Matcher::Prefix,
+            MatchKind::Suffix => Matcher::Suffix,
+            MatchKind::Regexp => {
+                let program = regexp::Program::compile(&regexp)?;
+                if let Some(literal) = program.literal() {
+                    Matcher::Literal(literal)
+                } else if let Some(glob) = program.as_glob().and_then(|g| build_glob(&g)) {
+                    Matcher::Glob(glob)
+                } else {
+                    Matcher::Program(program)
+                }
+            }
+        })
+    }
+}
+
+/// Compiles a glob rendered by [`regexp::Program::as_glob`]: with
+/// `literal_separator`, globset turns `*` into `[^/]*` just as upstream does.
+fn build_glob(glob: &str) -> Option<GlobMatcher> {
+    GlobBuilder::new(glob)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .ok()
+        .map(|g| g.compile_matcher())
+}
+
+/// `ignorefile.ReadAll` for one physical line; `None` for comments and
+/// blank lines. The result still goes through [`Rule::compile`].
+fn read_line(raw: &str, first: bool) -> Option<String> {
+    // bufio.ScanLines drops the `\r` of a CRLF line ending.
+    let line = strip_bom(raw.strip_suffix('\r').unwrap_or(raw), first);
+    // The comment check comes before trimming, as upstream.
+    if line.starts_with('#') {
+        return None;
+    }
+    let line = line.trim();
+    if line.is_empty() {
+        return None;
+    }
+    let (invert, rest) = match line.strip_prefix('!') {
+        Some(rest) => (true, rest.trim()),
+        None => (false, line),
+    };
+    let mut pattern = String::with_capacity(line.len());
+    if invert {
+        pattern.push('!');
+    }
+    if !rest.is_empty() {
+        let cleaned = clean(rest);
+        // `/foo` means `foo`: everything is relative to the context root.
+        let relative = match cleaned.strip_prefix('/') {
+            Some(tail) if !tail.is_empty() => tail,
+            _ => &cleaned,
+        };
+        pattern.push_str(relative);
+    }
+    Some(pattern)
+}
+
+fn strip_bom(line: &str, first: bool) -> &str {
+    if first {
+        line.strip_prefix('\u{feff}').unwrap_or(line)
+    } else {
+        line
+    }
+}
+
+/// Go's `filepath.Clean` on Unix: the shortest equivalent path, lexically.
+fn clean(path: &str) -> String {
+    if path.is_empty() {
+        return ".".to_string();
+    }
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|last| *last != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    // `..` can only pile up at the front of a relative path.
+                    parts.push("..");
+                }
+            }
+            _ => parts.push(part),
+        }
+    }
+    let joined = parts.join("/");
+    if rooted {
+        format!("/{joined}")
+    } else if joined.is_empty() {
+        ".".to_string()
+    } else {
+        joined
+    }
+}
+
+/// [`clean`] without allocating for the common, already-clean path.
+fn clean_cow(path: &str) -> Cow<'_, str> {
+    let body = path.strip_prefix('/').unwrap_or(path);
+    let plainly_clean = path == "/"
+        || (!body.is_empty()
+            && body
+                .split('/')
+                .all(|part| !part.is_empty() && part != "." && part != ".."));
+    if plainly_clean {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(clean(path))
+    }
+}
+
+/// `filepath.Dir` of a clean path, or `None` where Go would return `.`.
+fn parent_dir(path: &str) -> Option<&str> {
+    match path.rfind('/') {
+        None => None,
+        Some(0) => Some("/"),
+        Some(end) => Some(&path[..end]),
+    }
+}
+
+/// fsutil's test `strings.HasPrefix(pattern+"/", dir+"/")`, without
+/// allocating.
+fn is_same_or_ancestor(dir: &str, pattern: &str) -> bool {
+    pattern.starts_with(dir)
+        && (pattern.len() == dir.len() || pattern.as_bytes()[dir.len()] == b'/')
+}
+
+/// fsutil's `patternWithoutTrailingGlob`.
+fn without_trailing_glob(text: &str) -> &str {
+    let text = text.strip_suffix("/**").unwrap_or(text);
+    text.strip_suffix("/*").unwrap_or(text)
+}
+
+/// The syntax check upstream gets from `filepath.Match(pattern, ".")`: Go
+/// validates the whole pattern, so this is a plain left-to-right scan.
+fn validate_glob(pattern: &str) -> Result<(), &'static str> {
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.next().is_none() => return Err("trailing backslash"),
+            '[' => validate_class(&mut chars)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks one `[...]` class after its `[`, as Go's `matchChunk` does.
+fn validate_class(chars: &mut std::str::Chars<'_>) -> Result<(), &'static str> {
+    if chars.as_str().starts_with('^') {
+        chars.next();
+    }
+    let mut ranges = 0;
+    loop {
+        if ranges > 0 && chars.as_str().starts_with(']') {
+            chars.next();
+            return Ok(());
+        }
+        class_endpoint(chars, false)?;
+        if chars.as_str().starts_with('-') {
+            chars.next();
+            class_endpoint(chars, true)?;
+        }
+        ranges += 1;
+    }
+}
+
+/// Go's `getEsc`: one possibly escaped class character, which must not be
+/// the last character of the pattern.
+fn class_endpoint(chars: &mut std::str::Chars<'_>, range_end: bool) -> Result<(), &'static str> {
+    match chars.next() {
+        None => return Err("unclosed character class"),
+        Some('-') => return Err("unescaped '-' in character class"),
+        Some(']') if range_end => return Err("incomplete range in character class"),
+        Some(']') => return Err("empty character class"),
+        Some('\\') if chars.next().is_none() => return Err("trailing backslash"),
+        Some(_) => {}
+    }
+    if chars.as_str().is_empty() {
+        return Err("unclosed character class");
+    }
+    Ok(())
+}
+
+/// Upstream's `Pattern.compile` (Unix separator): the match kind and, for
+/// [`MatchKind::Regexp`], the regexp string it builds.
+fn translate(pattern: &str) -> (MatchKind, String) {
+    // text/scanner skips a byte order mark at the start of its input.
+    let body = pattern.strip_prefix('\u{feff}').unwrap_or(pattern);
+    let mut re = String::from("^");
+    let mut kind = MatchKind::Exact;
+    let mut chars = body.chars().peekable();
+    let mut index = 0;
+    while let Some(c) = chars.next() {
+        match c {
+            '*' if chars.peek() == Some(&'*') => {
+                chars.next();
+                // `**/` is treated as `**`.
+                if chars.peek() == Some(&'/') {
+                    chars.next();
+                }
+                if chars.peek().is_none() {
+                    if kind == MatchKind::Exact {
+                        kind = MatchKind::Prefix;
+                    } else {
+                        re.push_str(".*");
+                        kind = MatchKind::Regexp;
+                    }
+                } else {
+                    re.push_str("(.*/)?");
+                    kind = MatchKind::Regexp;
+                }
+                if index == 0 {
+                    kind = MatchKind::Suffix;
+                }
+            }
+            '*' => {
+                re.push_str("[^/]*");
+                kind = MatchKind::Regexp;
+            }
+            '?' => {
+                re.push_str("[^/]");
+                kind = MatchKind::Regexp;
+            }
+            // Regexp metacharacters that mean nothing to filepath.Match.
+            '.' | '+' | '(' | ')' | '|' | '{' | '}' | '$' => {
+                re.push('\\');
+                re.push(c);
+            }
+            '\\' => match chars.next() {
+                Some(next) => {
+                    re.push('\\');
+                    re.push(next);
+                    kind = MatchKind::Regexp;
+                }
+                None => re.push('\\'),
+            },
+            '[' | ']' => {
+                re.push(c);
+                kind = MatchKind::Regexp;
+            }
+            _ => re.push(c),
+        }
+        index += 1;
+    }
+    if kind == MatchKind::Regexp {
+        re.push('$');
+    }
+    (kind, re)
+}
+
+/// A compiler and matcher for the subset of Go's RE2 syntax that
+/// [`translate`] can produce, with Go's flags (`^`/`$` match only at the ends
+/// of the text, `.` does not match `\n`, negated classes do). Matching is a
+/// bit-parallel NFA simulation: linear time, no allocation for patterns of up
+/// to 255 instructions.
+mod regexp {
+    const MAX_CHAR: u32 = char::MAX as u32;
+
+    /// A set of chars: sorted, disjoint, non-adjacent inclusive ranges of
+    /// code points, never containing surrogates.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(super) struct CharSet(Vec<(u32, u32)>);
+
+    impl CharSet {
+        fn new(ranges: Vec<(u32, u32)>) -> CharSet {
+            let mut split = Vec::with_capacity(ranges.len() + 1);
+            for (lo, hi) in ranges {
+                if lo < 0xD800 {
+                    split.push((lo, hi.min(0xD7FF)));
+                }
+                if hi > 0xDFFF {
+                    split.push((lo.max(0xE000), hi));
+                }
+            }
+            split.sort_unstable();
+            let mut merged: Vec<(u32, u32)> = Vec::with_capacity(split.len());
+            for (lo, hi) in split {
+                match merged.last_mut() {
+                    Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                    _ => merged.push((lo, hi)),
+                }
+            }
+            CharSet(merged)
+        }
+
+        fn of(ranges: &[(u32, u32)]) -> CharSet {
+            CharSet::new(ranges.to_vec())
+        }
+
+        fn negated(&self) -> CharSet {
+            let mut out = Vec::with_capacity(self.0.len() + 1);
+            let mut next = 0;
+            for &(lo, hi) in &self.0 {
+                if lo > next {
+                    out.push((next, lo - 1));
+                }
+                next = hi + 1;
+            }
+            if next <= MAX_CHAR {
+                out.push((next, MAX_CHAR));
+            }
+            CharSet::new(out)
+        }
+
+        /// `.` under Go's default flags: anything but a newline.
+        fn dot() -> CharSet {
+            CharSet::of(&[(0, 9), (11, MAX_CHAR)])
+        }
+
+        /// `[^/]`, what upstream makes of `*` and `?`.
+        pub(super) fn not_slash() -> CharSet {
+            CharSet::of(&[(0, 0x2E), (0x30, MAX_CHAR)])
+        }
+
+        pub(super) fn contains(&self, c: char) -> bool {
+            let c = c as u32;
+            for &(lo, hi) in &self.0 {
+                if c < lo {
+                    return false;
+                }
+                if c <= hi {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+
+    /// Go's Perl classes (ASCII only).
+    fn perl_class(name: char) -> Option<CharSet> {
+        let ranges: &[(u32, u32)] = match name.to_ascii_lowercase() {
+            'd' => &[(0x30, 0x39)],
+            's' => &[(9, 10), (12, 13), (32, 32)],
+            'w' => &[(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
+            _ => return None,
+        };
+        let set = CharSet::of(ranges);
+        Some(if name.is_ascii_uppercase() {
+            set.negated()
+        } else {
+            set
+        })
+    }
+
+    /// Go's POSIX classes, `[:name:]` or negated `[:^name:]`.
+    fn posix_class(name: &str) -> Option<CharSet> {
+        let inner = name.strip_prefix("[:")?.strip_suffix(":]")?;
+        let (negated, inner) = match inner.strip_prefix('^') {
+            Some(rest) => (true, rest),
+            None => (false, inner),
+        };
+        let ranges: &[(u32, u32)] = match inner {
+            "alnum" => &[(0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)],
+            "alpha" => &[(0x41, 0x5A), (0x61, 0x7A)],
+            "ascii" => &[(0, 0x7F)],
+            "blank" => &[(9, 9), (32, 32)],
+            "cntrl" => &[(0, 0x1F), (0x7F, 0x7F)],
+            "digit" => &[(0x30, 0x39)],
+            "graph" => &[(0x21, 0x7E)],
+            "lower" => &[(0x61, 0x7A)],
+            "print" => &[(0x20, 0x7E)],
+            "punct" => &[(0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)],
+            "space" => &[(9, 13), (32, 32)],
+            "upper" => &[(0x41, 0x5A)],
+            "word" => &[(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
+            "xdigit" => &[(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)],
+            _ => return None,
+        };
+        let set = CharSet::of(ranges);
+        Some(if negated { set.negated() } else { set })
+    }
+
+    /// A zero-width assertion.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Assert {
+        Begin,
+        End,
+        WordBoundary,
+        NotWordBoundary,
+    }
+
+    impl Assert {
+        fn holds(self, before: Option<char>, after: Option<char>) -> bool {
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+            match self {
+                Assert::Begin => before.is_none(),
+                Assert::End => after.is_none(),
+                Assert::WordBoundary => word(before) != word(after),
+                Assert::NotWordBoundary => word(before) == word(after),
+            }
+        }
+    }
+
+    /// One NFA instruction; instruction `insts.len()` is the match state.
+    #[derive(Debug, Clone)]
+    pub(super) enum Inst {
+        /// Consume this char.
+        Lit(char),
+        /// Consume one char of the set.
+        Set(CharSet),
+        /// Consume any number of chars of the set.
+        Many(CharSet),
+        /// Continue at the next instruction or at the given one.
+        Fork(usize),
+        /// Continue if the assertion holds here.
+        Assert(Assert),
+    }
+
+    /// A parsed regexp item before repetition is applied.
+    enum Atom {
+        /// A code point (possibly a surrogate, which matches nothing).
+        Char(u32),
+        Set(CharSet),
+        /// The `(.*/)` group of upstream's `**` translation.
+        AnyDirs,
+        Assert(Assert),
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Rep {
+        One,
+        Star,
+        Plus,
+        Opt,
+    }
+
+    impl Rep {
+        /// Repeating an already repeated item, e.g. `x*` then `?`.
+        fn then(self, outer: Rep) -> Rep {
+            match (self, outer) {
+                (Rep::One, r) | (r, Rep::One) => r,
+                (Rep::Plus, Rep::Plus) => Rep::Plus,
+                (Rep::Opt, Rep::Opt) => Rep::Opt,
+                _ => Rep::Star,
+            }
+        }
+    }
+
+    /// A compiled regexp.
+    #[derive(Debug, Clone)]
+    pub(super) struct Program {
+        insts: Vec<Inst>,
+        /// The program starts with `^`, so matches can only start at 0.
+        anchored: bool,
+    }
+
+    impl Program {
+        /// Compiles `re`, failing like Go's `regexp.Compile` would (or on
+        /// the few constructs not supported here).
+        pub(super) fn compile(re: &str) -> Result<Program, String> {
+            let mut parser = Parser {
+                rest: re,
+                atoms: Vec::new(),
+            };
+            parser.parse()?;
+            Ok(Program::build(parser.atoms))
+        }
+
+        fn build(atoms: Vec<(Atom, Rep)>) -> Program {
+            let mut insts = Vec::with_capacity(atoms.len() + 2);
+            for (atom, rep) in atoms {
+                let one = match atom {
+                    Atom::Char(c) => match char::from_u32(c) {
+                        Some(c) => Inst::Lit(c),
+                        None => Inst::Set(CharSet(Vec::new())),
+                    },
+                    Atom::Set(set) => Inst::Set(set),
+                    Atom::Assert(assert) => {
+                        // Repeating a zero-width assertion zero times is
+                        // always possible.
+                        if matches!(rep, Rep::One | Rep::Plus) {
+                            insts.push(Inst::Assert(assert));
+                        }
+                        continue;
+                    }
+                    Atom::AnyDirs => {
+                        // `(.*/)?` and `(.*/)*` are the same language.
+                        if matches!(rep, Rep::Opt | Rep::Star) {
+                            insts.push(Inst::Fork(insts.len() + 3));
+                        }
+                        insts.push(Inst::Many(CharSet::dot()));
+                        insts.push(Inst::Lit('/'));
+                        continue;
+                    }
+                };
+                push_repeated(&mut insts, one, rep);
+            }
+            let anchored = matches!(insts.first(), Some(Inst::Assert(Assert::Begin)));
+            Program { insts, anchored }
+        }
+
+        /// The text matched if the program is `^literal$`.
+        pub(super) fn literal(&self) -> Option<String> {
+            let body = self.body()?;
+            body.iter()
+                .map(|inst| match inst {
+                    Inst::Lit(c) => Some(*c),
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// An equivalent globset glob if the program is `^...$` made of
+        /// literals and non-adjacent `[^/]*`.
+        pub(super) fn as_glob(&self) -> Option<String> {
+            let body = self.body()?;
+            let mut glob = String::new();
+            let mut after_star = false;
+            let mut stars = 0;
+            for inst in body {
+                match inst {
+                    Inst::Lit(c) => {
+                        if !c.is_alphanumeric() {
+                            glob.push('\\');
+                        }
+                        glob.push(*c);
+                        after_star = false;
+                    }
+                    // Two adjacent stars would read as globset's `**`.
+                    Inst::Many(set) if !after_star && *set == CharSet::not_slash() => {
+                        glob.push('*');
+                        after_star = true;
+                        stars += 1;
+                    }
+                    _ => return None,
+                }
+            }
+            (stars > 0).then_some(glob)
+        }
+
+        fn body(&self) -> Option<&[Inst]> {
+            match self.insts.as_slice() {
+                [Inst::Assert(Assert::Begin), body @ .., Inst::Assert(Assert::End)] => Some(body),
+                _ => None,
+            }
+        }
+
+        /// Go's `Regexp.MatchString`: does `text` contain a match?
+        pub(super) fn is_match(&self, text: &str) -> bool {
+            let words = (self.insts.len() + 1).div_ceil(64);
+            if words <= 4 {
+                let (mut a, mut b) = ([0u64; 4], [0u64; 4]);
+                self.run(text, &mut a[..words], &mut b[..words])
+            } else {
+                self.run(text, &mut vec![0; words], &mut vec![0; words])
+            }
+        }
+
+        fn run<'s>(&self, text: &str, mut current: &'s mut [u64], mut next: &'s mut [u64]) -> bool {
+            let accept = self.insts.len();
+            let mut chars = text.chars().peekable();
+            let mut before = None;
+            current[0] |= 1;
+            loop {
+                let after = chars.peek().copied();
+                self.close(current, before, after);
+                if current[accept / 64] & (1 << (accept % 64)) != 0 {
+                    return true;
+                }
+                let Some(c) = chars.next() else {
+                    return false;
+                };
+                next.fill(0);
+                let mut alive = false;
+                for state in ones(current) {
+                    let target = match &self.insts[state] {
+                        Inst::Lit(lit) if *lit == c => state + 1,
+                        Inst::Set(set) if set.contains(c) => state + 1,
+                        Inst::Many(set) if set.contains(c) => state,
+                        _ => continue,
+                    };
+                    next[target / 64] |= 1 << (target % 64);
+                    alive = true;
+                }
+                std::mem::swap(&mut current, &mut next);
+                before = Some(c);
+                if !self.anchored {
+                    // Unanchored search: a match may also start here.
+                    current[0] |= 1;
+                } else if !alive {
+                    return false;
+                }
+            }
+        }
+
+        /// Adds every state reachable without consuming input. All epsilon
+        /// edges point forward, so one ascending pass suffices.
+        fn close(&self, set: &mut [u64], before: Option<char>, after: Option<char>) {
+            for word in 0..set.len() {
+                let mut bits = set[word];
+                while bits != 0 {
+                    let state = word * 64 + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    let (first, second) = match self.insts.get(state) {
+                        Some(Inst::Many(_)) => (Some(state + 1), None),
+                        Some(Inst::Fork(to)) => (Some(state + 1), Some(*to)),
+                        Some(Inst::Assert(a)) if a.holds(before, after) => (Some(state + 1), None),
+                        _ => (None, None),
+                    };
+                    for target in [first, second].into_iter().flatten() {
+                        let mask = 1u64 << (target % 64);
+                        set[target / 64] |= mask;
+                        if target / 64 == word {
+                            bits |= mask;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends `one` repeated as `rep`.
+    fn push_repeated(insts: &mut Vec<Inst>, one: Inst, rep: Rep) {
+        let set = |inst: &Inst| match inst {
+            Inst::Lit(c) => CharSet::of(&[(*c as u32, *c as u32)]),
+            Inst::Set(set) => set.clone(),
+            _ => unreachable!("only single-char instructions are repeated"),
+        };
+        match rep {
+            Rep::One => insts.push(one),
+            Rep::Star => insts.push(Inst::Many(set(&one))),
+            Rep::Plus => {
+                let many = Inst::Many(set(&one));
+                insts.push(one);
+                insts.push(many);
+            }
+            Rep::Opt => {
+                insts.push(Inst::Fork(insts.len() + 2));
+                insts.push(one);
+            }
+        }
+    }
+
+    /// Iterates the indices of the set bits.
+    fn ones(set: &[u64]) -> impl Iterator<Item = usize> + '_ {
+        set.iter().enumerate().flat_map(|(word, &bits)| {
+            let mut bits = bits;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                Some(word * 64 + bit)
+            })
+        })
+    }
+
+    struct Parser<'a> {
+        rest: &'a str,
+        atoms: Vec<(Atom, Rep)>,
+    }
+
+    impl Parser<'_> {
+        fn bump(&mut self) -> Option<char> {
+            let c = self.rest.chars().next()?;
+            self.rest = &self.rest[c.len_utf8()..];
+            Some(c)
+        }
+
+        fn eat(&mut self, prefix: &str) -> bool {
+            match self.rest.strip_prefix(prefix) {
+                Some(rest) => {
+                    self.rest = rest;
+                    true
+                }
+                None => false,
+            }
+        }
+
+        fn push(&mut self, atom: Atom) {
+            self.atoms.push((atom, Rep::One));
+        }
+
+        fn parse(&mut self) -> Result<(), String> {
+            let mut after_repeat = false;
+            while let Some(c) = self.bump() {
+                match c {
+                    '*' | '+' | '?' => self.repeat(c, after_repeat)?,
+                    // The translation only ever opens the `(.*/)?` group.
+                    '(' if self.eat(".*/)") => self.push(Atom::AnyDirs),
+                    '(' | ')' | '|' => {
+                        return Err(format!("unsupported regexp construct `{c}`"));
+                    }
+                    '^' => self.push(Atom::Assert(Assert::Begin)),
+                    '$' => self.push(Atom::Assert(Assert::End)),
+                    '.' => self.push(Atom::Set(CharSet::dot())),
+                    '[' => {
+                        let set = self.class()?;
+                        self.push(Atom::Set(set));
+                    }
+                    '\\' => self.escape()?,
+                    _ => self.push(Atom::Char(c as u32)),
+                }
+                after_repeat = matches!(c, '*' | '+' | '?');
+            }
+            Ok(())
+        }
+
+        fn repeat(&mut self, op: char, after_repeat: bool) -> Result<(), String> {
+            // A trailing `?` only makes it non-greedy: no effect on yes/no.
+            self.eat("?");
+            if after_repeat {
+                return Err(format!("invalid nested repetition operator `{op}`"));
+            }
+            let Some(last) = self.atoms.last_mut() else {
+                return Err(format!("missing argument to repetition operator `{op}`"));
+            };
+            let rep = match op {
+                '*' => Rep::Star,
+                '+' => Rep::Plus,
+                _ => Rep::Opt,
+            };
+            last.1 = last.1.then(rep);
+            Ok(())
+        }
+
+        /// An escape outside a class, after its `\`.
+        fn escape(&mut self) -> Result<(), String> {
+            let c = self
+                .bump()
+                .ok_or("trailing backslash at end of expression")?;
+            let atom = match c {
+                'A' => Atom::Assert(Assert::Begin),
+                'z' => Atom::Assert(Assert::End),
+                'b' => Atom::Assert(Assert::WordBoundary),
+                'B' => Atom::Assert(Assert::NotWordBoundary),
+                'Q' => {
+                    // `\Q...\E` quotes everything up to `\E` or the end.
+                    let (quoted, rest) = self.rest.split_once("\\E").unwrap_or((self.rest, ""));
+                    self.rest = rest;
+                    for q in quoted.chars() {
+                        self.push(Atom::Char(q as u32));
+                    }
+                    return Ok(());
+                }
+                'p' | 'P' => return Err(format!("unsupported Unicode class escape `\\{c}`")),
+                _ => match perl_class(c) {
+                    Some(set) => Atom::Set(set),
+                    None => Atom::Char(self.escaped_char(c)?),
+                },
+            };
+            self.push(atom);
+            Ok(())
+        }
+
+        /// Go's `parseEscape` after the `\` and `c` were consumed.
+        fn escaped_char(&mut self, c: char) -> Result<u32, String> {
+            let invalid = || format!("invalid escape sequence `\\{c}`");
+            let octal = |d: char| matches!(d, '0'..='7');
+            match c {
+                // A lone `\1`..`\7` would be a backreference.
+                '1'..='7' if !self.rest.starts_with(octal) => Err(invalid()),
+                '0'..='7' => {
+                    let mut value = c as u32 - '0' as u32;
+                    for _ in 0..2 {
+                        match self.rest.chars().next() {
+                            Some(d) if octal(d) => {
+                                value = value * 8 + (d as u32 - '0' as u32);
+                                self.rest = &self.rest[1..];
+                            }
+                            _ => break,
+                        }
+                    }
+                    Ok(value)
+                }
+                'x' => self.hex().ok_or_else(invalid),
+                'a' => Ok(7),
+                'f' => Ok(12),
+                'n' => Ok(10),
+                'r' => Ok(13),
+                't' => Ok(9),
+                'v' => Ok(11),
+                c if c.is_ascii() && !c.is_ascii_alphanumeric() => Ok(c as u32),
+                _ => Err(invalid()),
+            }
+        }
+
+        /// `\xHH` or `\x{H...}` after the `x`.
+        fn hex(&mut self) -> Option<u32> {
+            if self.eat("{") {
+                let end = self.rest.find('}')?;
+                let digits = &self.rest[..end];
+                if digits.is_empty() {
+                    return None;
+                }
+                let mut value: u32 = 0;
+                for d in digits.chars() {
+                    value = value * 16 + d.to_digit(16)?;
+                    if value > MAX_CHAR {
+                        return None;
+                    }
+                }
+                self.rest = &self.rest[end + 1..];
+                Some(value)
+            } else {
+                let mut digits = self.rest.chars();
+                let high = digits.next()?.to_digit(16)?;
+                let low = digits.next()?.to_digit(16)?;
+                self.rest = &self.rest[2..];
+                Some(high * 16 + low)
+            }
+        }
+
+        /// A class after its `[`, as Go's `parseClass` reads it.
+        fn class(&mut self) -> Result<CharSet, String> {
+            let negated = self.eat("^");
+            let mut ranges: Vec<(u32, u32)> = Vec::new();
+            let mut first = true;
+            loop {
+                if self.rest.is_empty() {
+                    return Err("missing closing ]".to_string());
+                }
+                // `]` right after `[` or `[^` is a literal.
+                if !first && self.eat("]") {
+                    break;
+                }
+                first = false;
+                if let Some(set) = self.named_class()? {
+                    ranges.extend_from_slice(&set.0);
+                    continue;
+                }
+                if self.rest.starts_with("\\p") || self.rest.starts_with("\\P") {
+                    return Err("unsupported Unicode class escape in class".to_string());
+                }
+                let perl = self.rest.strip_prefix('\\').and_then(|r| r.chars().next());
+                if let Some(set) = perl.and_then(perl_class) {
+                    ranges.extend_from_slice(&set.0);
+                    self.rest = &self.rest[2..];
+                    continue;
+                }
+                ranges.push(self.class_range()?);
+            }
+            let set = CharSet::new(ranges);
+            Ok(if negated { set.negated() } else { set })
+        }
+
+        /// `[:name:]` inside a class, if the text has that shape.
+        fn named_class(&mut self) -> Result<Option<CharSet>, String> {
+            if self.rest.len() <= 2 || !self.rest.starts_with("[:") {
+                return Ok(None);
+            }
+            let Some(end) = self.rest[2..].find(":]") else {
+                return Ok(None);
+            };
+            let name = &self.rest[..end + 4];
+            let set = posix_class(name)
+                .ok_or_else(|| format!("invalid character class range `{name}`"))?;
+            self.rest = &self.rest[end + 4..];
+            Ok(Some(set))
+        }
+
+        /// `a` or `a-z` inside a class.
+        fn class_range(&mut self) -> Result<(u32, u32), String> {
+            let start = self.rest;
+            let lo = self.class_char()?;
+            let mut hi = lo;
+            // `a-]` is `a` and `-`.
+            if self.rest.len() >= 2 && self.rest.starts_with('-') && !self.rest[1..].starts_with(']')
+            {
+                self.rest = &self.rest[1..];
+                hi = self.class_char()?;
+                if hi < lo {
+                    let used = &start[..start.len() - self.rest.len()];
+                    return Err(format!("invalid character class range `{used}`"));
+                }
+            }
+            Ok((lo, hi))
+        }
+
+        fn class_char(&mut self) -> Result<u32, String> {
+            match self.bump() {
+                None => Err("missing closing ]".to_string()),
+                Some('\\') => {
+                    let c = self
+                        .bump()
+                        .ok_or("trailing backslash at end of expression")?;
+                    self.escaped_char(c)
+                }
+                Some(c) => Ok(c as u32),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ignore(lines: &[&str]) -> DockerIgnore {
+        DockerIgnore::parse(&lines.join("\n")).expect("patterns parse")
+    }
+
+    /// Upstream's `MatchesExact`: no parent matching, no path cleaning.
+    fn matches_exact(di: &DockerIgnore, path: &str) -> bool {
+        di.rules
+            .iter()
+            .rev()
+            .find(|rule| rule.matches(path))
+            .is_some_and(|rule| !rule.exception)
+    }
+
+    fn error_of(text: &str) -> PatternError {
+        DockerIgnore::parse(text).expect_err("pattern is rejected")
+    }
+
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Pass {
+        Fail,
+        Exact,
+        Inexact,
+    }
+
+    /// patternmatcher's TestMatches table plus its Unix-only rows.
+    const MATCHES: &[(&str, &str, Pass)] = &[
+        ("**", "file", Pass::Exact),
+        ("**", "file/", Pass::Exact),
+        ("**/", "file", Pass::Exact),
+        ("**/", "file/", Pass::Exact),
+        ("**", "/", Pass::Exact),
+        ("**/", "/", Pass::Exact),
+        ("**", "dir/file", Pass::Exact),
+        ("**/", "dir/file", Pass::Exact),
+        ("**", "dir/file/", Pass::Exact),
+        ("**/", "dir/file/", Pass::Exact),
+        ("**/**", "dir/file", Pass::Exact),
+        ("**/**", "dir/file/", Pass::Exact),
+        ("dir/**", "dir/file", Pass::Exact),
+        ("dir/**", "dir/file/", Pass::Exact),
+        ("dir/**", "dir/dir2/file", Pass::Exact),
+        ("dir/**", "dir/dir2/file/", Pass::Exact),
+        ("**/dir", "dir", Pass::Exact),
+        ("**/dir", "dir/file", Pass::Inexact),
+        ("**/dir2/*", "dir/dir2/file", Pass::Exact),
+        ("**/dir2/*", "dir/dir2/file/", Pass::Inexact),
+        ("**/dir2/**", "dir/dir2/dir3/file", Pass::Exact),
+        ("**/dir2/**", "dir/dir2/dir3/file/", Pass::Exact),
+        ("**file", "file", Pass::Exact),
+        ("**file", "dir/file", Pass::Exact),
+        ("**/file", "dir/file", Pass::Exact),
+        ("**file", "dir/dir/file", Pass::Exact),
+        ("**/file", "dir/dir/file", Pass::Exact),
+        ("**/file*", "dir/dir/file", Pass::Exact),
+        ("**/file*", "dir/dir/file.txt", Pass::Exact),
+        ("**/file*txt", "dir/dir/file.txt", Pass::Exact),
+        ("**/file*.txt", "dir/dir/file.txt", Pass::Exact),
+        ("**/file*.txt*", "dir/dir/file.txt", Pass::Exact),
+        ("**/**/*.txt", "dir/dir/file.txt", Pass::Exact),
+        ("**/**/*.txt2", "dir/dir/file.txt", Pass::Fail),
+        ("**/*.txt", "file.txt", Pass::Exact),
+        ("**/**/*.txt", "file.txt", Pass::Exact),
+        ("a**/*.txt", "a/file.txt", Pass::Exact),
+        ("a**/*.txt", "a/dir/file.txt", Pass::Exact),
+        ("a**/*.txt", "a/dir/dir/file.txt", Pass::Exact),
+        ("a/*.txt", "a/dir/file.txt", Pass::Fail),
+        ("a/*.txt", "a/file.txt", Pass::Exact),
+        ("a/*.txt**", "a/file.txt", Pass::Exact),
+        ("a[b-d]e", "ae", Pass::Fail),
+        ("a[b-d]e", "ace", Pass::Exact),
+        ("a[b-d]e", "aae", Pass::Fail),
+        ("a[^b-d]e", "aze", Pass::Exact),
+        (".*", ".foo", Pass::Exact),
+        (".*", "foo", Pass::Fail),
+        ("abc.def", "abcdef", Pass::Fail),
+        ("abc.def", "abc.def", Pass::Exact),
+        ("abc.def", "abcZdef", Pass::Fail),
+        ("abc?def", "abcZdef", Pass::Exact),
+        ("abc?def", "abcdef", Pass::Fail),
+        ("**/foo/bar", "foo/bar", Pass::Exact),
+        ("**/foo/bar", "dir/foo/bar", Pass::Exact),
+        ("**/foo/bar", "dir/dir2/foo/bar", Pass::Exact),
+        ("abc/**", "abc", Pass::Fail),
+        ("abc/**", "abc/def", Pass::Exact),
+        ("abc/**", "abc/def/ghi", Pass::Exact),
+        ("**/.foo", ".foo", Pass::Exact),
+        ("**/.foo", "bar.foo", Pass::Fail),
+        ("a(b)c/def", "a(b)c/def", Pass::Exact),
+        ("a(b)c/def", "a(b)c/xyz", Pass::Fail),
+        ("a.|)$(}+{bc", "a.|)$(}+{bc", Pass::Exact),
+        (
+            "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+            "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+            Pass::Exact,
+        ),
+        (
+            "dist/*.whl",
+            "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+            Pass::Exact,
+        ),
+        ("a\\\\", "a\\", Pass::Exact),
+        ("a\\*b", "a*b", Pass::Exact),
+    ];
+
+    #[test]
+    fn upstream_matches_exact_table() {
+        for &(pattern, text, pass) in MATCHES {
+            let di = ignore(&[pattern]);
+            assert_eq!(
+                matches_exact(&di, text),
+                pass == Pass::Exact,
+                "MatchesExact pattern={pattern:?} text={text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_matches_or_parent_matches_table() {
+        for &(pattern, text, pass) in MATCHES {
+            let di = ignore(&[pattern]);
+            assert_eq!(
+                di.is_excluded(text),
+                pass != Pass::Fail,
+                "MatchesOrParentMatches pattern={pattern:?} text={text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn upstream_multi_pattern_table() {
+        let whl = "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl";
+        let cases: &[(&[&str], &str, bool)] = &[
+            (&["**", "!util/docker/web"], "util/docker/web/foo", false),
+            (
+                &["**", "!util/docker/web", "util/docker/web/foo"],
+                "util/docker/web/foo",
+                true,
+            ),
+            (&["**", &format!("!{whl}")], whl, false),
+            (&["**", "!dist/*.whl"], whl, false),
+        ];
+        for (patterns, text, excluded) in cases {
+            assert_eq!(
+                ignore(patterns).is_excluded(text),
+                *excluded,
+                "patterns={patterns:?} text={text:?}"
+            );
+        }
+    }
+
+    /// Go's filepath.Match table, as patternmatcher's TestMatch runs it.
+    #[test]
+    fn upstream_filepath_match_table() {
+        let cases: &[(&str, &str, Option<bool>)] = &[
+            ("abc", "abc", Some(true)),
+            ("*", "abc", Some(true)),
+            ("*c", "abc", Some(true)),
+            ("a*", "a", Some(true)),
+            ("a*", "abc", Some(true)),
+            ("a*", "ab/c", Some(true)),
+            ("a*/b", "abc/b", Some(true)),
+            ("a*/b", "a/c/b", Some(false)),
+            ("a*b*c*d*e*/f", "axbxcxdxe/f", Some(true)),
+            ("a*b*c*d*e*/f", "axbxcxdxexxx/f", Some(true)),
+            ("a*b*c*d*e*/f", "axbxcxdxe/xxx/f", Some(false)),
+            ("a*b*c*d*e*/f", "axbxcxdxexxx/fff", Some(false)),
+            ("a*b?c*x", "abxbbxdbxebxczzx", Some(true)),
+            ("a*b?c*x", "abxbbxdbxebxczzy", Some(false)),
+            ("ab[c]", "abc", Some(true)),
+            ("ab[b-d]", "abc", Some(true)),
+            ("ab[e-g]", "abc", Some(false)),
+            ("ab[^c]", "abc", Some(false)),
+            ("ab[^b-d]", "abc", Some(false)),
+            ("ab[^e-g]", "abc", Some(true)),
+            ("a\\*b", "a*b", Some(true)),
+            ("a\\*b", "ab", Some(false)),
+            ("a?b", "a☺b", Some(true)),
+            ("a[^a]b", "a☺b", Some(true)),
+            ("a???b", "a☺b", Some(false)),
+            ("a[^a][^a][^a]b", "a☺b", Some(false)),
+            ("[a-ζ]*", "α", Some(true)),
+            ("*[a-ζ]", "A", Some(false)),
+            ("a?b", "a/b", Some(false)),
+            ("a*b", "a/b", Some(false)),
+            ("[\\]a]", "]", Some(true)),
+            ("[\\-]", "-", Some(true)),
+            ("[x\\-]", "x", Some(true)),
+            ("[x\\-]", "-", Some(true)),
+            ("[x\\-]", "z", Some(false)),
+            ("[\\-x]", "x", Some(true)),
+            ("[\\-x]", "-", Some(true)),
+            ("[\\-x]", "a", Some(false)),
+            ("[]a]", "]", None),
+            ("[-]", "-", None),
+            ("[x-]", "x", None),
+            ("[x-]", "-", None),
+            ("[x-]", "z", None),
+            ("[-x]", "x", None),
+            ("[-x]", "-", None),
+            ("[-x]", "a", None),
+            ("\\", "a", None),
+            ("[a-b-c]", "a", None),
+            ("[", "a", None),
+            ("[^", "a", None),
+            ("[^bc", "a", None),
+            ("a[", "a", None),
+            ("a[", "ab", None),
+            ("*x", "xxx", Some(true)),
+        ];
+        for &(pattern, text, want) in cases {
+            let got = DockerIgnore::parse(pattern)
+                .ok()
+                .map(|di| di.is_excluded(text));
+            assert_eq!(got, want, "pattern={pattern:?} text={text:?}");
+        }
+    }
+
+    /// patternmatcher's TestCompile: the same match kind and regexp string.
+    #[test]
+    fn upstream_compile_table() {
+        use MatchKind::*;
+        let cases: &[(&str, MatchKind, &str)] = &[
+            ("*", Regexp, "^[^/]*$"),
+            ("file*", Regexp, "^file[^/]*$"),
+            ("*file", Regexp, "^[^/]*file$"),
+            ("a*/b", Regexp, "^a[^/]*/b$"),
+            ("**", Suffix, ""),
+            ("**/**", Regexp, "^(.*/)?.*$"),
+            ("dir/**", Prefix, ""),
+            ("**/dir", Suffix, ""),
+            ("**/dir2/*", Regexp, "^(.*/)?dir2/[^/]*$"),
+            ("**/dir2/**", Regexp, "^(.*/)?dir2/.*$"),
+            ("**file", Suffix, ""),
+            ("**/file*txt", Regexp, "^(.*/)?file[^/]*txt$"),
+            ("**/**/*.txt", Regexp, r"^(.*/)?(.*/)?[^/]*\.txt$"),
+            ("a[b-d]e", Regexp, "^a[b-d]e$"),
+            (".*", Regexp, r"^\.[^/]*$"),
+            ("abc.def", Exact, ""),
+            ("abc?def", Regexp, "^abc[^/]def$"),
+            ("**/foo/bar", Suffix, ""),
+            ("a(b)c/def", Exact, ""),
+            ("a.|)$(}+{bc", Exact, ""),
+            (
+                "dist/proxy.py-2.4.0rc3.dev36+g08acad9-py3-none-any.whl",
+                Exact,
+                "",
+            ),
+        ];
+        for &(pattern, kind, regexp) in cases {
+            let (got_kind, got_regexp) = translate(&clean(pattern));
+            assert_eq!(got_kind, kind, "pattern {pattern:?}");
+            if kind == Regexp {
+                assert_eq!(got_regexp, regexp, "pattern {pattern:?}");
+            }
+        }
+    }
+
+    /// ignorefile's TestReadAll, line by line.
+    #[test]
+    fn upstream_read_all() {
+        let content =
+            "test1\n/test2\n/a/file/here\n\nlastfile\n# this is a comment\n! /inverted/abs/path\n!\n! ";
+        let read: Vec<String> = content
+            .split('\n')
+            .enumerate()
+            .filter_map(|(i, line)| read_line(line, i == 0))
+            .collect();
+        let expected = [
+            "test1",
+            "test2",
+            "a/file/here",
+            "lastfile",
+            "!inverted/abs/path",
+            "!",
+            "!",
+        ];
+        assert_eq!(read, expected);
+        // patternmatcher.New then rejects the lone `!` on line 8.
+        let err = error_of(content);
+        assert_eq!(err.line, 8);
+        assert_eq!(err.message, r#"illegal exclusion pattern: "!""#);
+    }
+
+    #[test]
+    fn clean_patterns_and_exceptions() {
+        let di = ignore(&["docs", "config", ""]);
+        assert_eq!(di.canonical(), "docs\nconfig\n");
+        for lines in [
+            &["docs", "!docs/README.md"][..],
+            &["docs", "  !docs/README.md"],
+            &["docs", "!docs/README.md  "],
+        ] {
+            let di = ignore(lines);
+            assert!(di.has_exceptions);
+            assert_eq!(di.canonical(), "docs\n!docs/README.md\n");
+        }
+        assert!(!DockerIgnore::empty().has_exceptions);
+        assert!(DockerIgnore::empty().is_empty());
+    }
+
+    #[test]
+    fn single_exclamation_is_an_error() {
+        let err = error_of("a\n\n  ! \n");
+        assert_eq!(err.line, 3);
+        assert_eq!(err.pattern, "!");
+        assert_eq!(
+            err.to_string(),
+            r#"line 3: bad pattern "!": illegal exclusion pattern: "!""#
+        );
+        // `!/` cleans to `!` the second time round, as upstream.
+        assert_eq!(error_of("!/").message, r#"illegal exclusion pattern: "!""#);
+    }
+
+    #[test]
+    fn malformed_patterns_name_line_and_pattern() {
+        let err = error_of("# comment\nok\n  [a  \n");
+        assert_eq!(
+            err,
+            PatternError {
+                line: 3,
+                pattern: "[a".to_string(),
+                message: "unclosed character class".to_string(),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            r#"line 3: bad pattern "[a": unclosed character class"#
+        );
+        let boxed: Box<dyn std::error::Error> = Box::new(err);
+        assert!(boxed.to_string().starts_with("line 3"));
+        assert_eq!(error_of("[").message, "unclosed character class");
+        assert_eq!(error_of("x\\").message, "trailing backslash");
+        assert_eq!(error_of("[]a]").message, "empty character class");
+        assert_eq!(error_of("[a-]").message, "incomplete range in character class");
+        assert_eq!(error_of("[-a]").message, "unescaped '-' in character class");
+        assert_eq!(error_of("!a[").line, 1);
+    }
+
+    /// Valid for filepath.Match but rejected by Go's regexp (upstream fails
+    /// only when matching; moby/moby#52203).
+    #[test]
+    fn regexp_errors_are_parse_errors() {
+        let err = error_of("[Local-Only]/");
+        assert_eq!(err.pattern, "[Local-Only]/");
+        assert!(err.message.contains("invalid character class range"), "{err}");
+        assert!(error_of("[z-a]").message.contains("`z-a`"));
+        assert!(error_of("a\\e*").message.contains("invalid escape"));
+        assert!(error_of("\\1").message.contains("invalid escape"));
+        assert!(error_of("[[:nope:]]").message.contains("[:nope:]"));
+        assert!(error_of("[[:alpha:]").message.contains("missing closing ]"));
+        assert!(error_of("\\pL").message.contains("Unicode"));
+        // `[a-*]` is a reversed range once `*` becomes `[^/]*` in the class.
+        assert!(error_of("[a-*]").message.contains("range"));
+    }
+
+    #[test]
+    fn comments_blank_lines_bom_and_crlf() {
+        let di = DockerIgnore::parse("\u{feff}# comment\r\n\r\n   \n*.log\r\n  #kept\n").unwrap();
+        assert_eq!(di.canonical(), "*.log\n#kept\n");
+        assert!(di.is_excluded("a.log"));
+        // A `#` after leading blanks is a pattern, as upstream.
+        assert!(di.is_excluded("#kept"));
+        assert!(!di.is_excluded("# comment"));
+        // A BOM only counts on the first line.
+        let di = DockerIgnore::parse("a\n\u{feff}b").unwrap();
+        assert_eq!(di.canonical(), "a\n\u{feff}b\n");
+    }
+
+    #[test]
+    fn patterns_are_cleaned_and_rooted() {
+        let di = ignore(&[
+            "/abs/path",
+            "./dot/prefix",
+            "trailing/",
+            "double//slash",
+            "a/./b/../c",
+            "!/not/abs",
+            "! spaced ",
+            "../up",
+            "/",
+        ]);
+        assert_eq!(
+            di.canonical(),
+            "abs/path\ndot/prefix\ntrailing\ndouble/slash\na/c\n!not/abs\n!spaced\n../up\n/\n"
+        );
+        assert!(di.is_excluded("abs/path"));
+        assert!(di.is_excluded("abs/path/inner"));
+        assert!(di.is_excluded("dot/prefix"));
+        assert!(di.is_excluded("trailing/file"));
+        assert!(di.is_excluded("double/slash"));
+        assert!(di.is_excluded("a/c"));
+        // Upstream cleans the exception a second time with its `!`:
+        // `!../../a` therefore becomes the plain pattern `a`.
+        assert_eq!(ignore(&["!../../a"]).canonical(), "a\n");
+    }
+
+    #[test]
+    fn input_paths_are_cleaned() {
+        let di = ignore(&["a/b"]);
+        for path in ["a/b", "./a/b", "a//b", "a/b/", "a/./b", "a/b/c", "x/../a/b"] {
+            assert!(di.is_excluded(path), "{path}");
+        }
+        assert!(!di.is_excluded("a"));
+        // The context root is never excluded.
+        let all = ignore(&["**", "*", "."]);
+        for root in [".", "", "./", "a/.."] {
+            assert!(!all.is_excluded(root), "{root:?}");
+        }
+    }
+
+    #[test]
+    fn docker_documented_examples() {
+        let di = ignore(&["# comment", "*/temp*", "*/*/temp*", "temp?"]);
+        assert!(di.is_excluded("somedir/temporary.txt"));
+        assert!(di.is_excluded("somedir/temp"));
+        assert!(di.is_excluded("somedir/temp/inner.txt"));
+        assert!(di.is_excluded("somedir/subdir/temporary.txt"));
+        assert!(di.is_excluded("tempa"));
+        assert!(di.is_excluded("tempb"));
+        assert!(!di.is_excluded("temporary.txt"));
+        assert!(!di.is_excluded("temp"));
+        assert!(!di.is_excluded("a/b/c/temp.txt"));
+        assert!(!di.is_excluded("# comment"));
+
+        let go = ignore(&["**/*.go"]);
+        assert!(go.is_excluded("main.go"));
+        assert!(go.is_excluded("a/b/c/lib.go"));
+        assert!(!go.is_excluded("a/b/c/lib.rs"));
+
+        let md = ignore(&["*.md", "!README*.md", "README-secret.md"]);
+        assert!(md.is_excluded("CHANGELOG.md"));
+        assert!(!md.is_excluded("README.md"));
+        assert!(!md.is_excluded("README-public.md"));
+        assert!(md.is_excluded("README-secret.md"));
+        assert!(!md.is_excluded("docs/CHANGELOG.md"));
+
+        let md = ignore(&["*.md", "README-secret.md", "!README*.md"]);
+        assert!(md.is_excluded("CHANGELOG.md"));
+        assert!(!md.is_excluded("README-secret.md"));
+    }
+
+    #[test]
+    fn exceptions_reinclude_inside_excluded_directories() {
+        for lines in [
+            &["docs", "!docs/README.md"][..],
+            &["docs/", "!docs/README.md"],
+            &["docs/*", "!docs/README.md"],
+        ] {
+            let di = ignore(lines);
+            assert!(!di.is_excluded("docs/README.md"), "{lines:?}");
+            assert!(di.is_excluded("docs/other.md"), "{lines:?}");
+        }
+        // The last matching line wins.
+        let di = ignore(&["!fileutils.go", "*.go"]);
+        assert!(di.is_excluded("fileutils.go"));
+        let di = ignore(&["*.go", "!fileutils.go"]);
+        assert!(!di.is_excluded("fileutils.go"));
+        assert!(di.is_excluded("other.go"));
+        // An exception of a directory re-includes what is below it.
+        let di = ignore(&["**", "!keep", "keep/tmp"]);
+        assert!(di.is_excluded("x"));
+        assert!(!di.is_excluded("keep/a/b"));
+        assert!(di.is_excluded("keep/tmp/x"));
+        // A parent exclusion after an exception wins again.
+        let di = ignore(&["!a/b", "a"]);
+        assert!(di.is_excluded("a/b"));
+    }
+
+    #[test]
+    fn may_reinclude_below_follows_fsutil() {
+        let di = ignore(&["docs", "!docs/README.md"]);
+        assert!(di.may_reinclude_below("docs"));
+        assert!(!di.may_reinclude_below("src"));
+        assert!(!di.may_reinclude_below("doc"));
+        assert!(!di.may_reinclude_below("docs/README.md/x"));
+
+        let di = ignore(&["a", "!a/b/**", "!c/*"]);
+        assert!(di.may_reinclude_below("a"));
+        assert!(di.may_reinclude_below("a/b"));
+        assert!(di.may_reinclude_below("./a/b/"));
+        assert!(!di.may_reinclude_below("a/c"));
+        assert!(di.may_reinclude_below("c"));
+        assert!(!di.may_reinclude_below("c/d"));
+
+        assert!(!ignore(&["node_modules", "target"]).may_reinclude_below("target"));
+        // A wildcard in an exception may match anywhere.
+        assert!(ignore(&["a", "!**/keep"]).may_reinclude_below("a/b/c"));
+        assert!(ignore(&["a", "!x^y"]).may_reinclude_below("z"));
+        assert!(!DockerIgnore::empty().may_reinclude_below("a"));
+    }
+
+    /// Behaviour that comes from upstream compiling patterns to Go regexps
+    /// (and from its fast paths) rather than from filepath.Match.
+    #[test]
+    fn upstream_regexp_quirks() {
+        // Fast paths: `**x` is a plain suffix test, `x**` a prefix test.
+        let di = ignore(&["**file"]);
+        assert!(di.is_excluded("myfile"));
+        assert!(di.is_excluded("a/myfile"));
+        let di = ignore(&["a**"]);
+        assert!(di.is_excluded("abc"));
+        assert!(di.is_excluded("a/b"));
+        // `**` inside a name is `(.*/)?`.
+        let di = ignore(&["a**b"]);
+        assert!(di.is_excluded("ab"));
+        assert!(di.is_excluded("a/b"));
+        assert!(di.is_excluded("ax/y/b"));
+        assert!(!di.is_excluded("axb"));
+        // `.` in `(.*/)?` does not match a newline.
+        let di = ignore(&["**/x*"]);
+        assert!(di.is_excluded("a/b/xy"));
+        assert!(!di.is_excluded("a\nb/xy"));
+        // `^` is literal in an exact pattern but an anchor in a regexp.
+        assert!(ignore(&["^a"]).is_excluded("^a"));
+        assert!(!ignore(&["^a"]).is_excluded("a"));
+        assert!(ignore(&["^a*"]).is_excluded("abc"));
+        assert!(!ignore(&["^a*"]).is_excluded("^abc"));
+        // Escaped letters are regexp escapes.
+        let di = ignore(&["\\d*"]);
+        assert!(di.is_excluded("1abc"));
+        assert!(!di.is_excluded("dabc"));
+        assert!(ignore(&["a\\tb"]).is_excluded("a\tb"));
+        assert!(ignore(&["\\x41?"]).is_excluded("Az"));
+        // `*` inside a class becomes `[[^/]*]`: a class of `[`, `^`, `/`
+        // repeated, then a literal `]`.
+        let di = ignore(&["[*]"]);
+        assert!(di.is_excluded("]"));
+        assert!(di.is_excluded("[^]"));
+        assert!(!di.is_excluded("*"));
+        // POSIX classes work through the regexp.
+        let di = ignore(&["[[:digit:]]x"]);
+        assert!(di.is_excluded("5x"));
+        assert!(!di.is_excluded("ax"));
+        // `\Q` quotes the rest, including upstream's closing `$`.
+        let di = ignore(&["a\\Qb"]);
+        assert!(di.is_excluded("ab$"));
+        assert!(di.is_excluded("ab$tail"));
+        assert!(!di.is_excluded("ab"));
+        // Word boundaries.
+        let di = ignore(&["*\\bx"]);
+        assert!(di.is_excluded("a.x"));
+        assert!(!di.is_excluded("ax"));
+    }
+
+    #[test]
+    fn canonical_is_stable() {
+        let text = "# c\n./a/\n!b//c\n\n  d  \n";
+        let di = ignore(&[text]);
+        assert_eq!(di.canonical(), "a\n!b/c\nd\n");
+        assert_eq!(ignore(&[&di.canonical()]).canonical(), di.canonical());
+        assert_eq!(DockerIgnore::empty().canonical(), "");
+    }
+
+    #[test]
+    fn matcher_choice() {
+        let kind = |pattern: &str| match ignore(&[pattern]).rules[0].matcher {
+            Matcher::Exact => "exact",
+            Matcher::Prefix => "prefix",
+            Matcher::Suffix => "suffix",
+            Matcher::Literal(_) => "literal",
+            Matcher::Glob(_) => "glob",
+            Matcher::Program(_) => "program",
+        };
+        assert_eq!(kind("node_modules"), "exact");
+        assert_eq!(kind("target/**"), "prefix");
+        assert_eq!(kind("**/.git"), "suffix");
+        assert_eq!(kind("a\\.b"), "literal");
+        assert_eq!(kind("*.md"), "glob");
+        assert_eq!(kind("*/temp*"), "glob");
+        assert_eq!(kind("{a,b}*"), "glob");
+        assert_eq!(kind("temp?"), "program");
+        assert_eq!(kind("**/*.go"), "program");
+        assert_eq!(kind("[ab]*"), "program");
+    }
+
+    /// Tiny xorshift PRNG so the randomized tests need no extra crates.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn string(&mut self, alphabet: &[char], max_len: usize) -> String {
+            let len = self.below(max_len + 1);
+            (0..len)
+                .map(|_| alphabet[self.below(alphabet.len())])
+                .collect()
+        }
+    }
+
+    /// Star-only patterns go to globset; they must agree with the NFA.
+    #[test]
+    fn glob_and_program_agree() {
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let pattern_chars = ['a', 'b', '*', '.', '/', '{', ',', '}', '!', 'é'];
+        let path_chars = ['a', 'b', '.', '/', '{', ',', '}', '!', 'é', '\n'];
+        let mut globs = 0;
+        for _ in 0..2000 {
+            let pattern = rng.string(&pattern_chars, 8);
+            let (kind, re) = translate(&pattern);
+            if kind != MatchKind::Regexp {
+                continue;
+            }
+            let program = regexp::Program::compile(&re).unwrap();
+            let Some(glob) = program.as_glob().and_then(|g| build_glob(&g)) else {
+                continue;
+            };
+            globs += 1;
+            for _ in 0..20 {
+                let path = rng.string(&path_chars, 8);
+                assert_eq!(
+                    glob.is_match(&path),
+                    program.is_match(&path),
+                    "pattern={pattern:?} path={path:?}"
+                );
+            }
+        }
+        assert!(globs > 100, "only {globs} glob patterns generated");
+    }
+
+    #[test]
+    fn random_patterns_never_panic() {
+        let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
+        let pattern_chars = [
+            'a', 'b', '*', '*', '?', '[', ']', '^', '-', '!', '\\', '/', '.', '(', ')', '$', '#',
+            ' ', '{', '}', ':', 'd', 'x', 'Q', 'E', '0', '\n', '\r', 'é',
+        ];
+        let path_chars = ['a', 'b', '/', '.', '-', '*', '[', ']', '\n', 'd', '0', 'é', '^'];
+        let mut parsed = 0;
+        for _ in 0..4000 {
+            let text = rng.string(&pattern_chars, 14);
+            let Ok(di) = DockerIgnore::parse(&text) else {
+                continue;
+            };
+            parsed += 1;
+            let canonical = di.canonical();
+            assert_eq!(canonical.lines().count(), di.rules.len());
+            for _ in 0..8 {
+                let path = rng.string(&path_chars, 10);
+                let excluded = di.is_excluded(&path);
+                assert_eq!(excluded, di.is_excluded(&clean(&path)), "{text:?} {path:?}");
+                di.may_reinclude_below(&path);
+            }
+        }
+        assert!(parsed > 1000, "only {parsed} pattern sets parsed");
+    }
+
+    #[test]
+    fn long_patterns_use_heap_state_sets() {
+        // More than 255 NFA instructions.
+        let pattern = "?".repeat(300);
+        let di = ignore(&[&pattern]);
+        assert!(di.is_excluded(&"x".repeat(300)));
+        assert!(!di.is_excluded(&"x".repeat(299)));
+        assert!(di.is_excluded(&format!("{}/y", "x".repeat(300))));
+    }
+}

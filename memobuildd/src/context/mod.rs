@@ -1,0 +1,15 @@
+//! The build context: which files a build may read and what they contain.
+//!
+//! [`scan`] walks the context once per build (stat only) applying
+//! `.dockerignore`; [`hash`] computes BLAKE3 digests of exactly the files a step
+//! selects, reusing earlier results for files whose stat has not changed;
+//! [`select`] resolves COPY/ADD sources to entries, never leaving the context.
+
+pub mod dockerignore;
+pub mod hash;
+pub mod scan;
+pub mod select;
+
+pub use hash::HashCache;
+pub use scan::{ContextIndex, FileKind, FileMeta};
+pub use select::{SelectError, Selected};

@@ -1,0 +1,143 @@
+//! Resolving COPY/ADD sources against a [`ContextIndex`] as BuildKit does:
+//! paths are relative to the context root (a leading `/` and `..` cannot leave
+//! it), wildcards follow Go's `filepath.Match`, a directory source stands for its
+//! contents, and a symlink named as a source is followed *inside* the context.
+
+use super::scan::{ContextIndex, FileKind, FileMeta};
+use globset::{GlobBuilder, GlobMatcher};
+
+/// One source root that a COPY source selected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// Path in the context of what is copied (symlinks already followed).
+    pub rel: String,
+    /// The name the source had as written (the last component before following
+    /// symlinks): a file copied into a directory keeps this name.
+    pub name: String,
+    pub meta: FileMeta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectError {
+    #[error("{0:?} not found in the build context")]
+    NotFound(String),
+    #[error("no file in the build context matches {0:?}")]
+    NoMatch(String),
+    #[error("bad wildcard {pattern:?}: {message}")]
+    BadPattern { pattern: String, message: String },
+    #[error("{0:?}: too many levels of symbolic links")]
+    SymlinkLoop(String),
+}
+
+/// Cleans a source path: relative to the root, no `.`/`..`/empty components.
+pub fn clean_rel(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Resolves one source as written in the Dockerfile.
+pub fn select(index: &ContextIndex, source: &str) -> Result<Vec<Selected>, SelectError> {
+    let rel = clean_rel(source);
+    if !has_wildcard(&rel) {
+        let resolved = resolve(index, &rel, source)?;
+        let meta = index
+            .get(&resolved)
+            .cloned()
+            .ok_or_else(|| SelectError::NotFound(source.to_string()))?;
+        return Ok(vec![Selected {
+            rel: resolved,
+            name: rel.rsplit('/').next().unwrap_or("").to_string(),
+            meta,
+        }]);
+    }
+    let matcher = glob(&rel)?;
+    let mut out = Vec::new();
+    for (path, meta) in &index.entries {
+        if path.is_empty() || !matcher.is_match(path) {
+            continue;
+        }
+        let (rel, meta) = if meta.kind == FileKind::Symlink {
+            let resolved = resolve(index, path, source)?;
+            match index.get(&resolved) {
+                Some(m) => (resolved, m.clone()),
+                None => continue,
+            }
+        } else {
+            (path.clone(), meta.clone())
+        };
+        out.push(Selected {
+            rel,
+            name: path.rsplit('/').next().unwrap_or("").to_string(),
+            meta,
+        });
+    }
+    if out.is_empty() {
+        return Err(SelectError::NoMatch(source.to_string()));
+    }
+    Ok(out)
+}
+
+fn glob(pattern: &str) -> Result<GlobMatcher, SelectError> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| SelectError::BadPattern {
+            pattern: pattern.to_string(),
+            message: e.kind().to_string(),
+        })
+}
+
+/// Follows symlinks in every component of `rel`, treating the context root as
+/// `/`: an absolute target is taken relative to the root and `..` stops at it,
+/// so resolution can never leave the context.
+pub fn resolve(index: &ContextIndex, rel: &str, original: &str) -> Result<String, SelectError> {
+    let mut pending: Vec<String> = rel.split('/').filter(|p| !p.is_empty()).map(String::from).rev().collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        done.push(part);
+        let current = done.join("/");
+        let Some(meta) = index.get(&current) else {
+            continue;
+        };
+        if meta.kind != FileKind::Symlink {
+            continue;
+        }
+        hops += 1;
+        if hops > 40 {
+            return Err(SelectError::SymlinkLoop(original.to_string()));
+        }
+        let target = meta.link_target.clone().unwrap_or_default();
+        done.pop();
+        if target.starts_with('/') {
+            done.clear();
+        }
+        for p in target.split('/').filter(|p| !p.is_empty()).rev() {
+            pending.push(p.to_string());
+        }
+    }
+    Ok(done.join("/"))
+}

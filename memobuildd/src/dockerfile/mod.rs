@@ -1,0 +1,512 @@
+//! Dockerfiles: parsing (with the parse-dockerfile crate) into an owned model in
+//! which every instruction knows where it came from (file:line:col), and
+//! Docker's word processing ([`expand`]).
+//!
+//! This module only checks syntax and flags. What instructions mean (ARG scoping,
+//! expansion, paths) is decided when the build graph is planned, in `graph`.
+
+pub mod expand;
+
+use std::fmt;
+
+/// A position in the Dockerfile, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// A parsed instruction with its position and its source text (continuations joined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    pub loc: Loc,
+    pub source: String,
+    pub value: T,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dockerfile {
+    /// How to name the file in errors (the path the user gave).
+    pub name: String,
+    pub escape: char,
+    /// ARGs before the first FROM.
+    pub global_args: Vec<Located<Vec<ArgDecl>>>,
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    pub index: usize,
+    /// `AS name`, lowercased as Docker does.
+    pub name: Option<String>,
+    pub from: Located<From>,
+    pub instructions: Vec<Located<Instruction>>,
+}
+
+impl Stage {
+    /// The stage's name for humans: its `AS` name or its index.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.index.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct From {
+    /// Image reference, stage name or `scratch`, not yet expanded.
+    pub image: String,
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgDecl {
+    pub name: String,
+    /// Raw default, not yet expanded.
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    pub name: String,
+    pub value: Option<String>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandForm {
+    /// JSON array: used as is.
+    Exec(Vec<String>),
+    /// Shell form: run through the stage's SHELL.
+    Shell(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySpec {
+    pub flags: Vec<Flag>,
+    /// Raw sources, not yet expanded.
+    pub sources: Vec<Located<String>>,
+    pub dest: Located<String>,
+}
+
+impl CopySpec {
+    pub fn flag(&self, name: &str) -> Option<&Flag> {
+        self.flags.iter().rev().find(|f| f.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub flags: Vec<Flag>,
+    pub command: CommandForm,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Instruction {
+    Arg(Vec<ArgDecl>),
+    /// Raw key/value pairs, not yet expanded.
+    Env(Vec<(String, String)>),
+    Label(Vec<(String, String)>),
+    Workdir(String),
+    User(String),
+    Stopsignal(String),
+    Maintainer(String),
+    Copy(CopySpec),
+    Add(CopySpec),
+    /// Raw argument text (split and expanded when planned).
+    Expose(String),
+    Volume(Vec<String>),
+    Cmd(CommandForm),
+    Entrypoint(CommandForm),
+    Shell(Vec<String>),
+    /// `None` is `HEALTHCHECK NONE`.
+    Healthcheck(Option<Healthcheck>),
+    /// The trigger instruction's text, recorded in the image config.
+    Onbuild(String),
+    Run,
+}
+
+impl Instruction {
+    /// The instruction keyword, upper case.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            Instruction::Arg(_) => "ARG",
+            Instruction::Env(_) => "ENV",
+            Instruction::Label(_) => "LABEL",
+            Instruction::Workdir(_) => "WORKDIR",
+            Instruction::User(_) => "USER",
+            Instruction::Stopsignal(_) => "STOPSIGNAL",
+            Instruction::Maintainer(_) => "MAINTAINER",
+            Instruction::Copy(_) => "COPY",
+            Instruction::Add(_) => "ADD",
+            Instruction::Expose(_) => "EXPOSE",
+            Instruction::Volume(_) => "VOLUME",
+            Instruction::Cmd(_) => "CMD",
+            Instruction::Entrypoint(_) => "ENTRYPOINT",
+            Instruction::Shell(_) => "SHELL",
+            Instruction::Healthcheck(_) => "HEALTHCHECK",
+            Instruction::Onbuild(_) => "ONBUILD",
+            Instruction::Run => "RUN",
+        }
+    }
+}
+
+/// A problem in a Dockerfile, with where it is and, if we know, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerfileError {
+    pub file: String,
+    pub loc: Loc,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for DockerfileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.loc.line, self.loc.column, self.message
+        )
+    }
+}
+
+impl std::error::Error for DockerfileError {}
+
+/// Maps byte offsets to 1-based line:column.
+struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    fn loc(&self, offset: usize) -> Loc {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts[line - 1];
+        let column = self
+            .text
+            .get(start..offset)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
+        Loc { line, column }
+    }
+}
+
+struct Converter<'a> {
+    name: &'a str,
+    text: &'a str,
+    lines: LineIndex<'a>,
+    escape: char,
+}
+
+/// Parses a Dockerfile. `name` is how errors refer to the file.
+pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
+    let parsed = parse_dockerfile::parse(text).map_err(|e| DockerfileError {
+        file: name.to_string(),
+        loc: Loc {
+            line: e.line(),
+            column: e.column(),
+        },
+        message: format!("syntax error: {e}"),
+        hint: syntax_hint(&e.to_string()),
+    })?;
+    let escape = parsed
+        .parser_directives
+        .escape
+        .as_ref()
+        .map(|d| d.value.value)
+        .unwrap_or('\\');
+    let conv = Converter {
+        name,
+        text,
+        lines: LineIndex::new(text),
+        escape,
+    };
+    let mut global_args = Vec::new();
+    for arg in parsed.global_args() {
+        global_args.push(conv.located(arg.arg.span.start, conv.arg_decls(arg)?));
+    }
+    let mut stages = Vec::new();
+    for (index, stage) in parsed.stages().enumerate() {
+        stages.push(conv.stage(index, &stage)?);
+    }
+    Ok(Dockerfile {
+        name: name.to_string(),
+        escape,
+        global_args,
+        stages,
+    })
+}
+
+fn syntax_hint(message: &str) -> Option<String> {
+    if message.contains("unknown instruction") {
+        return Some("instructions are FROM, ARG, ENV, LABEL, WORKDIR, COPY, ADD, RUN, USER, EXPOSE, VOLUME, CMD, ENTRYPOINT, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER".into());
+    }
+    if message.contains("FROM") {
+        return Some("a Dockerfile must start with FROM (only ARG and comments may come before it)".into());
+    }
+    None
+}
+
+impl Converter<'_> {
+    fn error(&self, offset: usize, message: impl Into<String>) -> DockerfileError {
+        DockerfileError {
+            file: self.name.to_string(),
+            loc: self.lines.loc(offset),
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn located<T>(&self, start: usize, value: T) -> Located<T> {
+        Located {
+            loc: self.lines.loc(start),
+            source: logical_line(self.text, start, self.escape),
+            value,
+        }
+    }
+
+    fn stage(
+        &self,
+        index: usize,
+        stage: &parse_dockerfile::Stage<'_, '_>,
+    ) -> Result<Stage, DockerfileError> {
+        let from = stage.from;
+        let flags = self.flags(&from.options, "FROM", &["platform"])?;
+        let platform = flags.iter().find(|f| f.name == "platform");
+        let platform = platform.and_then(|f| f.value.clone());
+        let name = from.as_.as_ref().map(|(_, n)| n.value.to_lowercase());
+        let mut instructions = Vec::new();
+        for ins in stage.instructions {
+            instructions.push(self.instruction(ins)?);
+        }
+        Ok(Stage {
+            index,
+            name,
+            from: self.located(
+                from.from.span.start,
+                From {
+                    image: from.image.value.to_string(),
+                    platform,
+                },
+            ),
+            instructions,
+        })
+    }
+
+    fn instruction(
+        &self,
+        ins: &parse_dockerfile::Instruction<'_>,
+    ) -> Result<Located<Instruction>, DockerfileError> {
+        use parse_dockerfile::Instruction as P;
+        let (start, value) = match ins {
+            P::Arg(i) => (i.arg.span.start, Instruction::Arg(self.arg_decls(i)?)),
+            P::Env(i) => (i.env.span.start, Instruction::Env(self.name_vals("ENV", &i.arguments)?)),
+            P::Label(i) => (i.label.span.start, Instruction::Label(self.name_vals("LABEL", &i.arguments)?)),
+            P::Workdir(i) => (i.workdir.span.start, Instruction::Workdir(i.arguments.value.to_string())),
+            P::User(i) => (i.user.span.start, Instruction::User(i.arguments.value.to_string())),
+            P::Stopsignal(i) => (i.stopsignal.span.start, Instruction::Stopsignal(i.arguments.value.to_string())),
+            P::Maintainer(i) => (i.maintainer.span.start, Instruction::Maintainer(i.name.value.to_string())),
+            P::Expose(i) => (i.expose.span.start, Instruction::Expose(self.expose_text(i))),
+            P::Volume(i) => (i.volume.span.start, Instruction::Volume(string_array(&i.arguments))),
+            P::Cmd(i) => (i.cmd.span.start, Instruction::Cmd(self.command(&i.arguments))),
+            P::Entrypoint(i) => (i.entrypoint.span.start, Instruction::Entrypoint(self.command(&i.arguments))),
+            P::Shell(i) => (i.shell.span.start, Instruction::Shell(i.arguments.iter().map(|s| s.value.to_string()).collect())),
+            P::Copy(i) => (
+                i.copy.span.start,
+                Instruction::Copy(self.copy_spec("COPY", &i.options, &i.src, &i.dest, &["from", "chown", "chmod", "link"])?),
+            ),
+            P::Add(i) => (
+                i.add.span.start,
+                Instruction::Add(self.copy_spec("ADD", &i.options, &i.src, &i.dest, &["chown", "chmod", "link"])?),
+            ),
+            P::Healthcheck(i) => (i.healthcheck.span.start, Instruction::Healthcheck(self.healthcheck(i)?)),
+            P::Onbuild(i) => (i.onbuild.span.start, Instruction::Onbuild(self.onbuild_trigger(i)?)),
+            P::Run(i) => (i.run.span.start, Instruction::Run),
+            P::From(i) => return Err(self.error(i.from.span.start, "FROM inside a stage (parser bug)")),
+            _ => return Err(self.error(0, "instruction not supported by memobuild")),
+        };
+        Ok(self.located(start, value))
+    }
+
+    fn flags(
+        &self,
+        options: &[parse_dockerfile::Flag<'_>],
+        keyword: &str,
+        allowed: &[&str],
+    ) -> Result<Vec<Flag>, DockerfileError> {
+        let mut out = Vec::new();
+        for opt in options {
+            let name = opt.name.value.to_string();
+            if !allowed.contains(&name.as_str()) {
+                let supported = if allowed.is_empty() {
+                    format!("{keyword} takes no flags")
+                } else {
+                    let list: Vec<String> = allowed.iter().map(|a| format!("--{a}")).collect();
+                    format!("{keyword} supports {}", list.join(", "))
+                };
+                let mut err = self.error(opt.span().start, format!("unknown flag --{name} for {keyword}"));
+                err.hint = Some(supported);
+                return Err(err);
+            }
+            out.push(Flag {
+                name,
+                value: opt.value.as_ref().map(|v| v.value.to_string()),
+                loc: self.lines.loc(opt.span().start),
+            });
+        }
+        Ok(out)
+    }
+
+    fn arg_decls(&self, arg: &parse_dockerfile::ArgInstruction<'_>) -> Result<Vec<ArgDecl>, DockerfileError> {
+        let decls = expand::parse_arg_decls(&arg.arguments.value, self.escape)
+            .map_err(|e| self.error(arg.arguments.span.start + e.offset.min(arg.arguments.span.len()), e.message))?;
+        Ok(decls
+            .into_iter()
+            .map(|(name, default)| ArgDecl { name, default })
+            .collect())
+    }
+
+    fn name_vals(
+        &self,
+        keyword: &str,
+        args: &parse_dockerfile::UnescapedString<'_>,
+    ) -> Result<Vec<(String, String)>, DockerfileError> {
+        expand::parse_name_vals(keyword, &args.value, self.escape)
+            .map_err(|e| self.error(args.span.start + e.offset.min(args.span.len()), e.message))
+    }
+
+    fn expose_text(&self, i: &parse_dockerfile::ExposeInstruction<'_>) -> String {
+        i.arguments
+            .iter()
+            .map(|a| a.value.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn command(&self, cmd: &parse_dockerfile::Command<'_>) -> CommandForm {
+        match cmd {
+            parse_dockerfile::Command::Exec(args) => {
+                CommandForm::Exec(args.value.iter().map(|a| a.value.to_string()).collect())
+            }
+            parse_dockerfile::Command::Shell(s) => {
+                CommandForm::Shell(join_continuations(s.value, self.escape))
+            }
+            _ => CommandForm::Shell(String::new()),
+        }
+    }
+
+    fn copy_spec(
+        &self,
+        keyword: &str,
+        options: &[parse_dockerfile::Flag<'_>],
+        src: &[parse_dockerfile::Source<'_>],
+        dest: &parse_dockerfile::UnescapedString<'_>,
+        allowed: &[&str],
+    ) -> Result<CopySpec, DockerfileError> {
+        let flags = self.flags(options, keyword, allowed)?;
+        let mut sources = Vec::new();
+        for s in src {
+            match s {
+                parse_dockerfile::Source::Path(p) => sources.push(Located {
+                    loc: self.lines.loc(p.span.start),
+                    source: p.value.to_string(),
+                    value: p.value.to_string(),
+                }),
+                parse_dockerfile::Source::HereDoc(h) => {
+                    let mut err = self.error(h.span.start, format!("{keyword} from a here-document is not supported yet"));
+                    err.hint = Some("put the content in a file in the build context and copy that".into());
+                    return Err(err);
+                }
+                _ => return Err(self.error(dest.span.start, format!("unsupported {keyword} source"))),
+            }
+        }
+        Ok(CopySpec {
+            flags,
+            sources,
+            dest: Located {
+                loc: self.lines.loc(dest.span.start),
+                source: dest.value.to_string(),
+                value: dest.value.to_string(),
+            },
+        })
+    }
+
+    fn healthcheck(
+        &self,
+        i: &parse_dockerfile::HealthcheckInstruction<'_>,
+    ) -> Result<Option<Healthcheck>, DockerfileError> {
+        let flags = self.flags(
+            &i.options,
+            "HEALTHCHECK",
+            &["interval", "timeout", "start-period", "start-interval", "retries"],
+        )?;
+        match &i.arguments {
+            parse_dockerfile::HealthcheckArguments::Cmd { arguments, .. } => Ok(Some(Healthcheck {
+                flags,
+                command: self.command(arguments),
+            })),
+            parse_dockerfile::HealthcheckArguments::None { none, .. } => {
+                if let Some(f) = flags.first() {
+                    return Err(self.error(none.span.start, format!("HEALTHCHECK NONE takes no flags (found --{})", f.name)));
+                }
+                Ok(None)
+            }
+            _ => Err(self.error(i.healthcheck.span.start, "unsupported HEALTHCHECK form")),
+        }
+    }
+
+    /// Docker records the trigger as its source text after `ONBUILD `.
+    fn onbuild_trigger(&self, i: &parse_dockerfile::OnbuildInstruction<'_>) -> Result<String, DockerfileError> {
+        let line = logical_line(self.text, i.onbuild.span.start, self.escape);
+        let trigger = line.get("ONBUILD".len()..).unwrap_or("").trim().to_string();
+        let first = trigger.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        if matches!(first.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
+            return Err(self.error(i.onbuild.span.start, format!("ONBUILD {first} is not allowed")));
+        }
+        Ok(trigger)
+    }
+}
+
+fn string_array<const N: usize>(arr: &parse_dockerfile::JsonOrStringArray<'_, N>) -> Vec<String> {
+    match arr {
+        parse_dockerfile::JsonOrStringArray::Json(v) => v.value.iter().map(|s| s.value.to_string()).collect(),
+        parse_dockerfile::JsonOrStringArray::String(v) => v.iter().map(|s| s.value.to_string()).collect(),
+    }
+}
+
+/// The instruction starting at `start` as one line: continuations joined, comment
+/// lines inside it dropped, as Docker's parser does.
+pub fn logical_line(text: &str, start: usize, escape: char) -> String {
+    let rest = text.get(start..).unwrap_or("");
+    let mut out = String::new();
+    for (i, line) in rest.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if i > 0 && line.trim_start().starts_with('#') {
+            continue;
+        }
+        let trimmed = line.trim_end();
+        match trimmed.strip_suffix(escape) {
+            Some(body) => out.push_str(body),
+            None => {
+                out.push_str(line);
+                break;
+            }
+        }
+    }
+    out.trim().to_string()
+}
+
+/// Removes `escape` + newline pairs (and comment lines between them) from shell-form text.
+pub fn join_continuations(s: &str, escape: char) -> String {
+    if !s.contains('\n') {
+        return s.to_string();
+    }
+    logical_line(s, 0, escape)
+}

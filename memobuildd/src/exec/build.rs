@@ -1,0 +1,362 @@
+//! One build, start to finish: request -> plan -> cache lookup -> execute misses
+//! -> store -> image.
+
+use super::copy;
+use super::fsview::FsView;
+use super::{BuildLog, Engine};
+use crate::context::dockerignore::DockerIgnore;
+use crate::context::ContextIndex;
+use crate::dockerfile::{self, DockerfileError};
+use crate::graph::{self, Base, Op, Plan, Step};
+use crate::oci::config::History;
+use crate::oci::image::{write_image, StoredImage};
+use crate::oci::ChangeSet;
+use crate::store::{ImageRecord, LayerRecord, StepRecord};
+use memobuild_shared::{BuildEvent, BuildId, BuildRequest, RpcError, StepInfo};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+pub struct Done {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub tags: Vec<String>,
+}
+
+/// The filesystem and history a stage ends with.
+#[derive(Debug, Clone, Default)]
+struct StageResult {
+    layers: Vec<LayerRecord>,
+    history: Vec<History>,
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(e.to_string())
+}
+
+fn dockerfile_error(e: DockerfileError) -> RpcError {
+    RpcError {
+        message: e.to_string(),
+        hint: e.hint,
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RpcError> + Send + 'static) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RpcError::new(format!("internal error: build task failed: {e}")))?
+}
+
+pub async fn run(engine: &Arc<Engine>, id: BuildId, request: &BuildRequest, log: &Arc<BuildLog>) -> Result<Done, RpcError> {
+    let plan = {
+        let engine = engine.clone();
+        let request = request.clone();
+        blocking(move || make_plan(&engine, &request)).await?
+    };
+    log.push(BuildEvent::Planned {
+        build: id,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepInfo {
+                index: s.index,
+                stage: plan.stages[s.stage].label.clone(),
+                instruction: s.display.clone(),
+                location: format!("{}:{}", dockerfile_display(request), s.loc.line),
+                cache_key: s.key.clone(),
+            })
+            .collect(),
+    });
+    for w in &plan.warnings {
+        log.push(BuildEvent::Log { step: None, line: format!("warning: {w}") });
+    }
+    let plan = Arc::new(plan);
+    let results = run_stages(engine, &plan, request, log).await?;
+    let target = &plan.stages[plan.target];
+    let result = results.get(&plan.target).cloned().unwrap_or_default();
+    let image = {
+        let engine = engine.clone();
+        let mut config = target.config.clone();
+        let epoch = request.source_date_epoch;
+        blocking(move || {
+            config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
+            config.history = result.history.clone();
+            config.created = epoch.map(rfc3339);
+            write_image(&engine.store, &config, &result.layers).map_err(internal)
+        })
+        .await?
+    };
+    let tags = tag_image(engine, &request.tags, &image)?;
+    Ok(Done {
+        manifest_digest: image.manifest_digest,
+        config_digest: image.config_digest,
+        tags,
+    })
+}
+
+fn dockerfile_display(request: &BuildRequest) -> String {
+    if request.dockerfile.is_empty() {
+        "Dockerfile".into()
+    } else {
+        request.dockerfile.clone()
+    }
+}
+
+fn dockerfile_path(request: &BuildRequest) -> PathBuf {
+    let context = Path::new(&request.context);
+    match request.dockerfile.as_str() {
+        "" => context.join("Dockerfile"),
+        p if Path::new(p).is_absolute() => PathBuf::from(p),
+        p => context.join(p),
+    }
+}
+
+/// `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
+fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore, RpcError> {
+    let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
+    let general = Path::new(&request.context).join(".dockerignore");
+    for path in [specific, general] {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return DockerIgnore::parse(&text).map_err(|e| {
+                    RpcError::with_hint(format!("{}: {e}", path.display()), "fix or remove the pattern; .dockerignore uses Go filepath.Match syntax plus **")
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(RpcError::new(format!("{}: {e}", path.display()))),
+        }
+    }
+    Ok(DockerIgnore::empty())
+}
+
+fn make_plan(engine: &Engine, request: &BuildRequest) -> Result<Plan, RpcError> {
+    let context = Path::new(&request.context);
+    if !context.is_dir() {
+        return Err(RpcError::with_hint(
+            format!("build context {} is not a directory", context.display()),
+            "pass the directory to build, e.g. `memobuild-ctl build .`",
+        ));
+    }
+    let df_path = dockerfile_path(request);
+    let text = std::fs::read_to_string(&df_path).map_err(|e| {
+        RpcError::with_hint(format!("cannot read Dockerfile {}: {e}", df_path.display()), "pass its path with -f, relative to the context or absolute")
+    })?;
+    let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
+    let ignore = read_ignore(request, &df_path)?;
+    let index = ContextIndex::scan(context, &ignore).map_err(|e| RpcError::new(format!("scanning build context: {e}")))?;
+    graph::plan(&graph::PlanInput {
+        dockerfile: &df,
+        target: &request.target,
+        build_args: &request.build_args,
+        context: Arc::new(index),
+        hashes: &engine.hashes,
+        store: &engine.store,
+        epoch: request.source_date_epoch,
+    })
+    .map_err(dockerfile_error)
+}
+
+/// Runs every stage once its dependencies are done, independent ones at once.
+async fn run_stages(
+    engine: &Arc<Engine>,
+    plan: &Arc<Plan>,
+    request: &BuildRequest,
+    log: &Arc<BuildLog>,
+) -> Result<BTreeMap<usize, StageResult>, RpcError> {
+    let mut done: BTreeMap<usize, StageResult> = BTreeMap::new();
+    let mut started = vec![false; plan.stages.len()];
+    let mut running = JoinSet::new();
+    loop {
+        for (i, stage) in plan.stages.iter().enumerate() {
+            if started[i] || !stage.deps.iter().all(|d| done.contains_key(d)) {
+                continue;
+            }
+            started[i] = true;
+            let inputs: BTreeMap<usize, StageResult> = stage.deps.iter().map(|d| (*d, done[d].clone())).collect();
+            let (engine, plan, log) = (engine.clone(), plan.clone(), log.clone());
+            let no_cache = request.no_cache;
+            let epoch = request.source_date_epoch;
+            running.spawn(async move {
+                let result = run_stage(&engine, &plan, i, &inputs, no_cache, epoch, &log).await;
+                (i, result)
+            });
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (i, result) = joined.map_err(|e| RpcError::new(format!("internal error: stage task failed: {e}")))?;
+        match result {
+            Ok(r) => {
+                done.insert(i, r);
+            }
+            Err(e) => {
+                running.abort_all();
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+async fn run_stage(
+    engine: &Arc<Engine>,
+    plan: &Arc<Plan>,
+    stage_index: usize,
+    inputs: &BTreeMap<usize, StageResult>,
+    no_cache: bool,
+    epoch: Option<i64>,
+    log: &Arc<BuildLog>,
+) -> Result<StageResult, RpcError> {
+    let stage = &plan.stages[stage_index];
+    let mut state = match &stage.base {
+        Base::Scratch => StageResult::default(),
+        Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),
+        Base::Image(image) => StageResult {
+            layers: image.layers.clone(),
+            history: image.config.history.clone(),
+        },
+    };
+    for &step_index in &stage.steps {
+        let step = &plan.steps[step_index];
+        log.push(BuildEvent::StepStarted { step: step_index });
+        let started = Instant::now();
+        let cached = if no_cache { None } else { engine.store.step(&step.key).map_err(internal)? };
+        let record = match cached {
+            Some(record) => {
+                log.push(BuildEvent::StepCached { step: step_index });
+                record
+            }
+            None => {
+                let record = execute(engine, plan, step, &state, inputs, epoch).await?;
+                engine.store.put_step(&step.key, &record).map_err(internal)?;
+                log.push(BuildEvent::StepDone {
+                    step: step_index,
+                    millis: started.elapsed().as_millis() as u64,
+                });
+                record
+            }
+        };
+        if let Some(created_by) = &step.history {
+            state.history.push(History {
+                created: epoch.map(rfc3339),
+                created_by: Some(created_by.clone()),
+                comment: Some("memobuild".into()),
+                empty_layer: record.layer.is_none(),
+            });
+        }
+        if let Some(layer) = record.layer {
+            state.layers.push(layer);
+        }
+    }
+    Ok(state)
+}
+
+fn step_error(plan: &Plan, step: &Step, e: impl std::fmt::Display) -> RpcError {
+    let _ = plan;
+    RpcError::new(format!("line {}:{}: {}: {e}", step.loc.line, step.loc.column, step.display))
+}
+
+/// Runs one step that missed the cache.
+async fn execute(
+    engine: &Arc<Engine>,
+    plan: &Arc<Plan>,
+    step: &Step,
+    parent: &StageResult,
+    inputs: &BTreeMap<usize, StageResult>,
+    epoch: Option<i64>,
+) -> Result<StepRecord, RpcError> {
+    let now = chrono_now();
+    if matches!(step.op, Op::Meta) {
+        return Ok(StepRecord { layer: None, created_at: now });
+    }
+    let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
+    let parent_layers = parent.layers.clone();
+    let source_layers = match &step.op {
+        Op::Copy(c) => match &c.source {
+            graph::CopySource::Stage { stage, .. } => Some(inputs.get(stage).map(|r| r.layers.clone()).unwrap_or_default()),
+            _ => None,
+        },
+        _ => None,
+    };
+    blocking(move || {
+        let store = &engine.store;
+        let view = FsView::load(store, &engine.layers, &parent_layers).map_err(|e| step_error(&plan, &step, e))?;
+        let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
+        let changes: ChangeSet = match &step.op {
+            Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
+            Op::Copy(op) => {
+                let source_view = match &source_layers {
+                    Some(layers) => Some(FsView::load(store, &engine.layers, layers).map_err(|e| step_error(&plan, &step, e))?),
+                    None => None,
+                };
+                copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+            }
+            Op::Meta => Ok(ChangeSet::default()),
+        }
+        .map_err(|e| step_error(&plan, &step, e))?;
+        let layer = if changes.is_empty() {
+            None
+        } else {
+            let mtime = epoch.unwrap_or(0).max(0) as u64;
+            Some(changes.write(&store.blobs, mtime).map_err(|e| step_error(&plan, &step, e))?)
+        };
+        Ok(StepRecord { layer, created_at: now })
+    })
+    .await
+}
+
+fn tag_image(engine: &Engine, tags: &[String], image: &StoredImage) -> Result<Vec<String>, RpcError> {
+    let mut names = Vec::new();
+    for tag in tags {
+        let name = graph::normalize_image_name(tag);
+        engine
+            .store
+            .put_image(
+                &name,
+                &ImageRecord {
+                    manifest_digest: image.manifest_digest.clone(),
+                    config_digest: image.config_digest.clone(),
+                    size: image.size,
+                    tagged_at: chrono_now(),
+                },
+            )
+            .map_err(internal)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

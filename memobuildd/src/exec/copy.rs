@@ -1,0 +1,416 @@
+//! Turning filesystem steps (COPY, ADD, WORKDIR) into a [`ChangeSet`] against the
+//! parent's [`FsView`], with BuildKit's path rules: a directory source copies its
+//! contents, a destination ending in `/` (or an existing directory) receives
+//! files by name, missing parents are created, local archives are extracted by
+//! ADD.
+
+use super::fsview::{FsView, ViewKind};
+use super::users;
+use crate::context::{ContextIndex, FileKind, FileMeta, Selected};
+use crate::graph::{CopyOp, CopySource};
+use crate::oci::layer::clean_entry_path;
+use crate::oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use crate::store::Store;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0}")]
+    User(#[from] users::UserError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Source(String),
+}
+
+fn io_err(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> CopyError {
+    let path = path.into();
+    move |source| CopyError::Io { path, source }
+}
+
+/// Owner for new entries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+struct Builder<'a> {
+    view: &'a FsView,
+    changes: ChangeSet,
+    owner: Owner,
+    chmod: Option<u32>,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, path: String, kind: EntryKind, mode: u32) {
+        let mode = match (&kind, self.chmod) {
+            (EntryKind::Symlink(_), _) => 0o777,
+            (_, Some(m)) => m,
+            _ => mode,
+        };
+        self.changes.insert(
+            path,
+            LayerEntry {
+                kind,
+                mode,
+                uid: self.owner.uid,
+                gid: self.owner.gid,
+            },
+        );
+    }
+
+    /// Creates missing parent directories of every entry (0755, new owner).
+    fn add_missing_parents(&mut self) {
+        let mut missing = Vec::new();
+        for path in self.changes.entries.keys() {
+            let mut parent = path.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                parent = p;
+                if !self.view.exists(parent) && !self.changes.entries.contains_key(parent) {
+                    missing.push(parent.to_string());
+                }
+            }
+        }
+        for dir in missing {
+            self.changes.insert(
+                dir,
+                LayerEntry {
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    uid: self.owner.uid,
+                    gid: self.owner.gid,
+                },
+            );
+        }
+    }
+}
+
+/// `WORKDIR path`: the directory and its missing parents, owned by the stage's user.
+pub fn workdir(path: &str, user: Option<&str>, view: &FsView, store: &Store) -> Result<ChangeSet, CopyError> {
+    let rel = clean_entry_path(path);
+    let resolved = view.resolve(&rel).unwrap_or(rel);
+    if view.is_dir(&resolved) {
+        return Ok(ChangeSet::default());
+    }
+    let (uid, gid) = match user {
+        Some(u) => users::resolve(u, view, store)?,
+        None => (0, 0),
+    };
+    let mut b = Builder {
+        view,
+        changes: ChangeSet::default(),
+        owner: Owner { uid, gid },
+        chmod: None,
+    };
+    b.add(resolved, EntryKind::Dir, 0o755);
+    b.add_missing_parents();
+    Ok(b.changes)
+}
+
+/// What a COPY/ADD step adds. `source_view` is the `--from` stage's filesystem.
+pub fn copy(
+    op: &CopyOp,
+    view: &FsView,
+    source_view: Option<&FsView>,
+    store: &Store,
+    staging: &Path,
+) -> Result<ChangeSet, CopyError> {
+    let owner = match &op.chown {
+        Some(spec) => {
+            let (uid, gid) = users::resolve(spec, view, store)?;
+            Owner { uid, gid }
+        }
+        None => Owner::default(),
+    };
+    let mut b = Builder {
+        view,
+        changes: ChangeSet::default(),
+        owner,
+        chmod: op.chmod,
+    };
+    let dest_named_dir = op.dest.ends_with('/');
+    let dest = resolve_dest(view, &op.dest);
+    match &op.source {
+        CopySource::Context { index, roots } => {
+            for root in roots {
+                copy_context_root(&mut b, op, index, root, &dest, dest_named_dir, staging)?;
+            }
+        }
+        CopySource::Stage { paths, .. } => {
+            let source_view = source_view.ok_or_else(|| CopyError::Source("internal: COPY --from without its stage".into()))?;
+            copy_from_view(&mut b, source_view, paths, &dest, dest_named_dir, store, staging)?;
+        }
+    }
+    b.add_missing_parents();
+    Ok(b.changes)
+}
+
+/// The destination as a path in the view, following symlinks in its parents.
+fn resolve_dest(view: &FsView, dest: &str) -> String {
+    let rel = clean_entry_path(dest);
+    match rel.rsplit_once('/') {
+        Some((parent, name)) => {
+            let parent = view.resolve(parent).unwrap_or_else(|| parent.to_string());
+            join(&parent, name)
+        }
+        None => rel,
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    match (dir.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (_, true) => dir.to_string(),
+        _ => format!("{dir}/{name}"),
+    }
+}
+
+/// Where a single non-directory source lands.
+fn file_target(view: &FsView, dest: &str, dest_named_dir: bool, name: &str) -> String {
+    if dest_named_dir || view.is_dir(dest) {
+        join(dest, name)
+    } else {
+        dest.to_string()
+    }
+}
+
+fn copy_context_root(
+    b: &mut Builder<'_>,
+    op: &CopyOp,
+    index: &ContextIndex,
+    root: &Selected,
+    dest: &str,
+    dest_named_dir: bool,
+    staging: &Path,
+) -> Result<(), CopyError> {
+    match root.meta.kind {
+        FileKind::Dir => {
+            if !b.view.is_dir(dest) && !dest.is_empty() {
+                b.add(dest.to_string(), EntryKind::Dir, root.meta.mode);
+            }
+            let prefix_len = if root.rel.is_empty() { 0 } else { root.rel.len() + 1 };
+            for (path, meta) in index.below(&root.rel) {
+                let target = join(dest, &path[prefix_len..]);
+                add_context_entry(b, index, path, meta, target);
+            }
+            Ok(())
+        }
+        FileKind::File if op.add && is_archive(&index.host_path(&root.rel))? => {
+            extract_archive(b, &index.host_path(&root.rel), dest, staging)
+        }
+        _ => {
+            let target = file_target(b.view, dest, dest_named_dir, &root.name);
+            add_context_entry(b, index, &root.rel, &root.meta, target);
+            Ok(())
+        }
+    }
+}
+
+fn add_context_entry(b: &mut Builder<'_>, index: &ContextIndex, rel: &str, meta: &FileMeta, target: String) {
+    let kind = match meta.kind {
+        FileKind::File => EntryKind::File(Content::Path(index.host_path(rel))),
+        FileKind::Dir => EntryKind::Dir,
+        FileKind::Symlink => EntryKind::Symlink(meta.link_target.clone().unwrap_or_default()),
+        FileKind::Other => return,
+    };
+    b.add(target, kind, meta.mode);
+}
+
+fn copy_from_view(
+    b: &mut Builder<'_>,
+    source: &FsView,
+    paths: &[String],
+    dest: &str,
+    dest_named_dir: bool,
+    store: &Store,
+    staging: &Path,
+) -> Result<(), CopyError> {
+    // (path in source view, target path) for every entry to copy.
+    let mut plan: Vec<(String, String)> = Vec::new();
+    for raw in paths {
+        let rel = clean_entry_path(raw);
+        let roots = select_in_view(source, &rel).ok_or_else(|| {
+            CopyError::Source(format!("{raw:?} not found in the source stage"))
+        })?;
+        for (path, name) in roots {
+            let entry = source.get(&path).cloned();
+            if path.is_empty() || matches!(entry.as_ref().map(|e| &e.kind), Some(ViewKind::Dir)) {
+                if !b.view.is_dir(dest) && !dest.is_empty() {
+                    let mode = entry.map(|e| e.mode).unwrap_or(0o755);
+                    plan.push((path.clone(), dest.to_string()));
+                    let _ = mode;
+                }
+                let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
+                for (p, _) in source.below(&path) {
+                    plan.push((p.clone(), join(dest, &p[prefix_len..])));
+                }
+            } else {
+                plan.push((path, file_target(b.view, dest, dest_named_dir, &name)));
+            }
+        }
+    }
+    let files: Vec<String> = plan
+        .iter()
+        .filter(|(p, _)| matches!(source.get(p).map(|e| &e.kind), Some(ViewKind::File)))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let staged = source.extract(store, &files, staging)?;
+    for (path, target) in plan {
+        let Some(entry) = source.get(&path) else {
+            b.add(target, EntryKind::Dir, 0o755);
+            continue;
+        };
+        let kind = match &entry.kind {
+            ViewKind::File => match staged.get(&path) {
+                Some(p) => EntryKind::File(Content::Path(p.clone())),
+                None => continue,
+            },
+            ViewKind::Dir => EntryKind::Dir,
+            ViewKind::Symlink(t) => EntryKind::Symlink(t.clone()),
+            ViewKind::Hardlink(t) => EntryKind::Hardlink(t.clone()),
+            ViewKind::Other => continue,
+        };
+        b.add(target, kind, entry.mode);
+    }
+    Ok(())
+}
+
+/// Roots a `--from` source selects: (path in view, name it was asked by).
+fn select_in_view(view: &FsView, rel: &str) -> Option<Vec<(String, String)>> {
+    if !rel.contains(['*', '?', '[']) {
+        let resolved = view.resolve(rel)?;
+        if !view.exists(&resolved) {
+            return None;
+        }
+        let name = rel.rsplit('/').next().unwrap_or("").to_string();
+        return Some(vec![(resolved, name)]);
+    }
+    let glob = globset::GlobBuilder::new(rel)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .ok()?
+        .compile_matcher();
+    let found: Vec<(String, String)> = view
+        .entries
+        .keys()
+        .filter(|p| glob.is_match(p))
+        .map(|p| (p.clone(), p.rsplit('/').next().unwrap_or("").to_string()))
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+fn sniff(path: &Path) -> Result<Option<Compression>, CopyError> {
+    let mut head = [0u8; 512];
+    let mut file = std::fs::File::open(path).map_err(io_err(path.display().to_string()))?;
+    let mut n = 0;
+    while n < head.len() {
+        let read = file.read(&mut head[n..]).map_err(io_err(path.display().to_string()))?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+    }
+    let head = &head[..n];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Compression::Gzip)
+    } else if head.starts_with(b"BZh") {
+        Some(Compression::Bzip2)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Some(Compression::Xz)
+    } else if n >= 262 && &head[257..262] == b"ustar" {
+        Some(Compression::None)
+    } else {
+        None
+    })
+}
+
+/// True for a file ADD extracts: a tar, possibly compressed, that reads as one.
+fn is_archive(path: &Path) -> Result<bool, CopyError> {
+    let Some(compression) = sniff(path)? else { return Ok(false) };
+    if compression == Compression::None {
+        return Ok(true);
+    }
+    // A compressed file that is not a tar (a plain .gz) is copied, not extracted.
+    let mut reader = decompressor(path, compression)?;
+    let mut head = vec![0u8; 512];
+    let mut n = 0;
+    while n < 512 {
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(n >= 262 && &head[257..262] == b"ustar" || (n == 512 && tar::Header::from_byte_slice(&head).cksum().is_ok()))
+}
+
+fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, CopyError> {
+    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err(path.display().to_string()))?);
+    Ok(match compression {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(file)),
+    })
+}
+
+/// ADD of a local archive: its entries land under `dest` with their own modes and
+/// owners; paths are cleaned so no entry can land outside `dest`.
+fn extract_archive(b: &mut Builder<'_>, path: &Path, dest: &str, staging: &Path) -> Result<(), CopyError> {
+    let compression = sniff(path)?.unwrap_or(Compression::None);
+    let mut archive = tar::Archive::new(decompressor(path, compression)?);
+    let name = path.display().to_string();
+    for (i, entry) in archive.entries().map_err(io_err(&name))?.enumerate() {
+        let mut entry = entry.map_err(io_err(&name))?;
+        let rel = clean_entry_path(&String::from_utf8_lossy(&entry.path_bytes()));
+        if rel.is_empty() {
+            continue;
+        }
+        let header = entry.header().clone();
+        let mode = header.mode().map_err(io_err(&name))? & 0o7777;
+        let uid = header.uid().map_err(io_err(&name))? as u32;
+        let gid = header.gid().map_err(io_err(&name))? as u32;
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink(link),
+            tar::EntryType::Link => EntryKind::Hardlink(join(dest, &clean_entry_path(&link))),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let file = staging.join(format!("add-{}-{i}", b.changes.entries.len()));
+                let mut out = std::fs::File::create(&file).map_err(io_err(&name))?;
+                std::io::copy(&mut entry, &mut out).map_err(io_err(&name))?;
+                EntryKind::File(Content::Path(file))
+            }
+            _ => continue,
+        };
+        let target = join(dest, &rel);
+        let chmod = b.chmod;
+        let owner = b.owner;
+        b.changes.insert(
+            target,
+            LayerEntry {
+                kind,
+                mode: chmod.unwrap_or(mode),
+                uid: if owner.uid != 0 || owner.gid != 0 { owner.uid } else { uid },
+                gid: if owner.uid != 0 || owner.gid != 0 { owner.gid } else { gid },
+            },
+        );
+    }
+    Ok(())
+}

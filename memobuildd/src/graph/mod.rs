@@ -1,0 +1,279 @@
+//! The build graph: from a parsed Dockerfile, a request and the context to a
+//! [`Plan`] — one [`Step`] per instruction of every stage the target needs, each
+//! with everything it will do already resolved (variables expanded, paths made
+//! absolute, sources selected) and its cache key computed.
+//!
+//! Planning reads the context's metadata and hashes the files COPY/ADD select,
+//! but never touches the filesystem of an image: what depends on the parent
+//! layers (does the destination exist? who is user `app`?) is decided when the
+//! step runs, in `exec`, and is covered by the key through the parent's key.
+
+pub mod key;
+mod stage;
+
+pub use stage::{absolute_clean, normalize_image_name, parse_go_duration};
+
+use crate::context::{ContextIndex, HashCache, Selected};
+use crate::dockerfile::{expand, Dockerfile, DockerfileError, Loc};
+use crate::oci::image::StoredImage;
+use crate::oci::ImageConfig;
+use crate::store::Store;
+use key::KeyHasher;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Everything a plan is made from.
+pub struct PlanInput<'a> {
+    pub dockerfile: &'a Dockerfile,
+    pub target: &'a str,
+    pub build_args: &'a BTreeMap<String, String>,
+    pub context: Arc<ContextIndex>,
+    pub hashes: &'a HashCache,
+    pub store: &'a Store,
+    /// SOURCE_DATE_EPOCH: it changes layer bytes (mtimes), so it is a key input.
+    pub epoch: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub stages: Vec<StagePlan>,
+    pub steps: Vec<Step>,
+    /// Index of the stage whose result is the build's image.
+    pub target: usize,
+    /// Things the user should know (unused build args, ...).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub index: usize,
+    pub label: String,
+    pub base: Base,
+    /// Key the stage's first step chains from.
+    pub base_key: String,
+    /// Indexes into [`Plan::steps`], in order.
+    pub steps: Vec<usize>,
+    /// Stages this one reads (its base and `COPY --from` sources).
+    pub deps: Vec<usize>,
+    /// The image config after the stage's last instruction (rootfs and history are
+    /// filled in when the image is assembled).
+    pub config: ImageConfig,
+}
+
+impl StagePlan {
+    /// Key of the stage's result: its last step's key, or its base's.
+    pub fn final_key(&self, steps: &[Step]) -> String {
+        self.steps
+            .last()
+            .map(|&i| steps[i].key.clone())
+            .unwrap_or_else(|| self.base_key.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Base {
+    Scratch,
+    Stage(usize),
+    Image(Box<StoredImage>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub index: usize,
+    pub stage: usize,
+    /// The instruction as written (continuations joined).
+    pub display: String,
+    pub loc: Loc,
+    /// Hex BLAKE3 cache key.
+    pub key: String,
+    pub op: Op,
+    /// `created_by` for the image history; `None` for steps Docker keeps out of it (ARG).
+    pub history: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Changes only the image config.
+    Meta,
+    /// `WORKDIR`: create `path` (absolute) and missing parents, owned by `user`.
+    Workdir { path: String, user: Option<String> },
+    Copy(CopyOp),
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyOp {
+    /// ADD: local archives are extracted.
+    pub add: bool,
+    pub source: CopySource,
+    /// Absolute destination; ends with `/` when it names a directory.
+    pub dest: String,
+    /// `--chown` after expansion (`user[:group]`, names or ids).
+    pub chown: Option<String>,
+    pub chmod: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CopySource {
+    /// Selected roots in the build context, per source as written.
+    Context {
+        index: Arc<ContextIndex>,
+        roots: Vec<Selected>,
+    },
+    /// Paths (as written, expanded) in another stage's result.
+    Stage { stage: usize, paths: Vec<String> },
+}
+
+/// Plans the build of `input.target` (or the last stage).
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
+    let df = input.dockerfile;
+    let global = global_args(df, input.build_args)?;
+    let target = find_target(df, input.target)?;
+    let bases = df
+        .stages
+        .iter()
+        .map(|s| stage::resolve_base(df, s, &global, input.store))
+        .collect::<Result<Vec<_>, _>>()?;
+    let needed = needed_stages(df, &bases, &global, target)?;
+
+    let mut plan = Plan {
+        stages: Vec::new(),
+        steps: Vec::new(),
+        target: 0,
+        warnings: Vec::new(),
+    };
+    let mut planned: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut used_args: BTreeSet<String> = global.keys().cloned().collect();
+    for &index in &needed {
+        let base = bases[index].clone().ok_or_else(|| unreachable_base(df, index))?;
+        let position = plan.stages.len();
+        let stage_plan = stage::plan_stage(
+            &stage::StageInput {
+                input,
+                stage: &df.stages[index],
+                base,
+                global: &global,
+                planned: &planned,
+            },
+            &mut plan,
+            &mut used_args,
+        )?;
+        plan.stages.push(stage_plan);
+        planned.insert(index, position);
+    }
+    plan.target = planned[&target];
+    let unused: Vec<&String> = input
+        .build_args
+        .keys()
+        .filter(|k| !used_args.contains(*k) && !stage::is_predefined_arg(k))
+        .collect();
+    if !unused.is_empty() {
+        plan.warnings.push(format!(
+            "one or more build args were not consumed: {}",
+            unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(plan)
+}
+
+fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
+    DockerfileError {
+        file: df.name.clone(),
+        loc: df.stages[index].from.loc,
+        message: "internal error: stage base not resolved".into(),
+        hint: None,
+    }
+}
+
+/// Values of the ARGs declared before the first FROM: build args override defaults.
+fn global_args(
+    df: &Dockerfile,
+    build_args: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, DockerfileError> {
+    let mut vars = BTreeMap::new();
+    for decls in &df.global_args {
+        for decl in &decls.value {
+            let value = match (build_args.get(&decl.name), &decl.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => Some(
+                    expand::expand_word(default, &vars, df.escape)
+                        .map_err(|e| stage::expand_error(df, decls.loc, e))?,
+                ),
+                (None, None) => None,
+            };
+            if let Some(v) = value {
+                vars.insert(decl.name.clone(), v);
+            }
+        }
+    }
+    Ok(vars)
+}
+
+fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> {
+    if target.is_empty() {
+        return Ok(df.stages.len() - 1);
+    }
+    let wanted = target.to_lowercase();
+    df.stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(wanted.as_str()))
+        .ok_or_else(|| {
+            let names: Vec<String> = df.stages.iter().filter_map(|s| s.name.clone()).collect();
+            DockerfileError {
+                file: df.name.clone(),
+                loc: Loc { line: 1, column: 1 },
+                message: format!("target stage {target:?} not found"),
+                hint: Some(if names.is_empty() {
+                    "no stage has a name; name one with `FROM image AS name`".into()
+                } else {
+                    format!("stages with names: {}", names.join(", "))
+                }),
+            }
+        })
+}
+
+/// Stages the target depends on, in Dockerfile order (which is a topological
+/// order: a stage may only refer to stages before it).
+fn needed_stages(
+    df: &Dockerfile,
+    bases: &[Option<Base>],
+    global: &BTreeMap<String, String>,
+    target: usize,
+) -> Result<Vec<usize>, DockerfileError> {
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let base = bases[i].as_ref().ok_or_else(|| stage::missing_base_error(df, i))?;
+        if let Base::Stage(s) = base {
+            todo.push(*s);
+        }
+        for dep in stage::copy_from_stages(df, &df.stages[i], global)? {
+            todo.push(dep);
+        }
+    }
+    Ok(needed.into_iter().collect())
+}
+
+/// Key of a stage's starting point.
+pub fn base_key(
+    base: &Base,
+    plan: &Plan,
+    planned: &BTreeMap<usize, usize>,
+    platform: &str,
+    epoch: Option<i64>,
+) -> String {
+    let epoch = epoch.map(|e| e.to_string()).unwrap_or_default();
+    match base {
+        Base::Scratch => KeyHasher::new("scratch").str(platform).str(&epoch).finish(),
+        Base::Stage(s) => {
+            let stage = &plan.stages[planned[s]];
+            stage.final_key(&plan.steps)
+        }
+        Base::Image(image) => KeyHasher::new("image")
+            .str(&image.manifest_digest)
+            .str(&epoch)
+            .finish(),
+    }
+}

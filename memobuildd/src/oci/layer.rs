@@ -1,0 +1,211 @@
+//! Layers: a [`ChangeSet`] (what a step adds to the filesystem) written as a
+//! deterministic tar, gzip-compressed, hashed while streaming; and reading a
+//! stored layer's entries back.
+//!
+//! Determinism: entries are sorted by path, owners are numeric (no user or group
+//! names), and every mtime is the build's fixed timestamp (SOURCE_DATE_EPOCH, else
+//! 0): mtimes are not a cache input, so they cannot be a layer input either.
+
+use crate::store::{BlobStore, LayerRecord, StoreError};
+use flate2::read::GzDecoder;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing layer entry {path}: {source}")]
+    Write { path: String, source: io::Error },
+    #[error("reading layer {digest}: {source}")]
+    Read { digest: String, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A file on the host (build context or a step's staging dir).
+    Path(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File(Content),
+    Dir,
+    Symlink(String),
+    /// Hard link to another path in the same layer (absolute, no leading slash).
+    Hardlink(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub kind: EntryKind,
+    /// Permission bits plus setuid/setgid/sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a step adds, keyed by path relative to `/` (no leading slash).
+#[derive(Debug, Default, Clone)]
+pub struct ChangeSet {
+    pub entries: BTreeMap<String, LayerEntry>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn insert(&mut self, path: String, entry: LayerEntry) {
+        self.entries.insert(path, entry);
+    }
+
+    /// Writes the layer blob and returns its record. `mtime` is stamped on every entry.
+    pub fn write(&self, blobs: &BlobStore, mtime: u64) -> Result<LayerRecord, OciError> {
+        let blob = blobs.writer()?;
+        let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
+        let mut diff = HashingWriter::new(gz);
+        {
+            let mut tar = tar::Builder::new(&mut diff);
+            for (path, entry) in &self.entries {
+                append_entry(&mut tar, path, entry, mtime).map_err(|source| OciError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            tar.finish().map_err(|source| OciError::Write {
+                path: "<end of archive>".into(),
+                source,
+            })?;
+        }
+        let (gz, diff_id) = diff.finish();
+        let blob = gz.finish().map_err(|source| OciError::Write {
+            path: "<gzip trailer>".into(),
+            source,
+        })?;
+        let (digest, size) = blob.commit()?;
+        Ok(LayerRecord {
+            digest,
+            diff_id,
+            size,
+            media_type: super::MEDIA_LAYER_GZIP.to_string(),
+        })
+    }
+}
+
+fn append_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    entry: &LayerEntry,
+    mtime: u64,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(entry.mode & 0o7777);
+    header.set_uid(entry.uid.into());
+    header.set_gid(entry.gid.into());
+    header.set_mtime(mtime);
+    match &entry.kind {
+        EntryKind::Dir => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, format!("{path}/"), io::empty())
+        }
+        EntryKind::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, path, target)
+        }
+        EntryKind::Hardlink(target) => {
+            header.set_entry_type(tar::EntryType::Link);
+            header.set_size(0);
+            tar.append_link(&mut header, path, target)
+        }
+        EntryKind::File(Content::Bytes(bytes)) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(bytes.len() as u64);
+            tar.append_data(&mut header, path, bytes.as_slice())
+        }
+        EntryKind::File(Content::Path(src)) => {
+            let file = std::fs::File::open(src)?;
+            let len = file.metadata()?.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(len);
+            // take(): a file that grows while we read it must not corrupt the tar.
+            tar.append_data(&mut header, path, BufReader::new(file).take(len))
+        }
+    }
+}
+
+/// Passes bytes through while computing their sha256 (the layer's diff_id).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> (W, String) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (self.inner, digest)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Opens a stored layer as an uncompressed tar stream (gzip detected by magic).
+pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send>, OciError> {
+    let file = blobs.open_blob(digest)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let magic = peek(&mut reader, digest)?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(GzDecoder::new(reader)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, OciError> {
+    use std::io::BufRead;
+    let buf = reader.fill_buf().map_err(|source| OciError::Read {
+        digest: digest.to_string(),
+        source,
+    })?;
+    Ok(buf[..buf.len().min(2)].to_vec())
+}
+
+/// Normalises a tar entry path: no `./`, no leading or trailing `/`.
+pub fn clean_entry_path(raw: &str) -> String {
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}

@@ -1,0 +1,121 @@
+//! The RPC surface: accepts connections on the Unix socket and answers the
+//! [`Memobuild`] service by delegating to the engine and the store.
+
+use crate::exec::Engine;
+use crate::oci::image::read_image;
+use futures::StreamExt;
+use memobuild_shared::{
+    BlobRef, BuildId, BuildRequest, DaemonInfo, EventBatch, ImageBlobs, ImageSummary, Memobuild, RpcError,
+    BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
+};
+use std::sync::Arc;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
+use tokio::net::UnixListener;
+
+#[derive(Clone)]
+pub struct Server {
+    pub engine: Arc<Engine>,
+    pub info: Arc<DaemonInfo>,
+}
+
+/// Serves connections until the listener fails.
+pub async fn serve(listener: UnixListener, server: Server) -> std::io::Result<()> {
+    let mut codec = LengthDelimitedCodec::builder();
+    codec.max_frame_length(MAX_FRAME_BYTES);
+    loop {
+        let (conn, _) = listener.accept().await?;
+        let transport = tarpc::serde_transport::new(codec.new_framed(conn), Bincode::default());
+        let server = server.clone();
+        tokio::spawn(async move {
+            BaseChannel::with_defaults(transport)
+                .execute(server.serve())
+                .for_each(|response| async move {
+                    tokio::spawn(response);
+                })
+                .await;
+        });
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(e.to_string())
+}
+
+impl Memobuild for Server {
+    async fn hello(self, _: Context) -> DaemonInfo {
+        (*self.info).clone()
+    }
+
+    async fn start_build(self, _: Context, request: BuildRequest) -> Result<BuildId, RpcError> {
+        if !std::path::Path::new(&request.context).is_absolute() {
+            return Err(RpcError::new("the build context must be an absolute path"));
+        }
+        Ok(self.engine.start(request))
+    }
+
+    async fn events(self, _: Context, build: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
+        self.engine.events(build, cursor).await
+    }
+
+    async fn images(self, _: Context) -> Result<Vec<ImageSummary>, RpcError> {
+        let store = self.engine.store.clone();
+        let images = tokio::task::spawn_blocking(move || store.images())
+            .await
+            .map_err(store_err)?
+            .map_err(store_err)?;
+        Ok(images
+            .into_iter()
+            .map(|(name, r)| ImageSummary {
+                name,
+                manifest_digest: r.manifest_digest,
+                config_digest: r.config_digest,
+                size: r.size,
+                tagged_at: r.tagged_at,
+            })
+            .collect())
+    }
+
+    async fn image_blobs(self, _: Context, manifest_digest: String) -> Result<ImageBlobs, RpcError> {
+        let store = self.engine.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let image = read_image(&store, &manifest_digest).map_err(store_err)?;
+            let manifest_size = store.blobs.size(&image.manifest_digest).map_err(store_err)?;
+            let config_size = store.blobs.size(&image.config_digest).map_err(store_err)?;
+            Ok(ImageBlobs {
+                manifest: BlobRef {
+                    digest: image.manifest_digest.clone(),
+                    size: manifest_size,
+                    media_type: crate::oci::MEDIA_MANIFEST.into(),
+                },
+                config: BlobRef {
+                    digest: image.config_digest.clone(),
+                    size: config_size,
+                    media_type: crate::oci::MEDIA_CONFIG.into(),
+                },
+                layers: image
+                    .layers
+                    .iter()
+                    .map(|l| BlobRef {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+        .map_err(store_err)?
+    }
+
+    async fn read_blob(self, _: Context, digest: String, offset: u64, len: u64) -> Result<Vec<u8>, RpcError> {
+        let store = self.engine.store.clone();
+        let len = len.min(BLOB_CHUNK_BYTES);
+        tokio::task::spawn_blocking(move || store.blobs.read_range(&digest, offset, len))
+            .await
+            .map_err(store_err)?
+            .map_err(store_err)
+    }
+}

@@ -1,0 +1,205 @@
+//! Content-addressed blob store: `blobs/sha256/<hex>`, one file per blob.
+//!
+//! Durability rule (see docs/CACHE.md): a blob is written to `tmp/`, fsynced,
+//! checked against its digest and renamed into place (then the directory is
+//! fsynced) before any redb transaction that refers to it commits. A crash can
+//! therefore leave only unreferenced temp files or unreferenced blobs, never a
+//! reference to a missing or partial blob. Reads verify the digest.
+
+use super::StoreError;
+use sha2::{Digest as _, Sha256};
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// `sha256:<64 hex>`.
+pub type Digest = String;
+
+#[derive(Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl BlobStore {
+    pub fn open(root: &Path) -> Result<BlobStore, StoreError> {
+        let dir = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        for d in [&dir, &tmp] {
+            fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
+        }
+        clear_temp_leftovers(&tmp);
+        Ok(BlobStore { dir, tmp })
+    }
+
+    /// Where temporary files for blobs and staging live (same filesystem as the
+    /// blobs, so renames are atomic).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    pub fn path(&self, digest: &str) -> Result<PathBuf, StoreError> {
+        Ok(self.dir.join(hex_of(digest)?))
+    }
+
+    pub fn contains(&self, digest: &str) -> bool {
+        self.path(digest).map(|p| p.is_file()).unwrap_or(false)
+    }
+
+    pub fn size(&self, digest: &str) -> Result<u64, StoreError> {
+        let path = self.path(digest)?;
+        let meta = fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?;
+        Ok(meta.len())
+    }
+
+    /// Starts writing a new blob; its digest is known when it is committed.
+    pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
+        let file = tempfile::NamedTempFile::new_in(&self.tmp)
+            .map_err(|e| StoreError::io(&self.tmp, e))?;
+        Ok(BlobWriter {
+            store: self,
+            file: io::BufWriter::with_capacity(256 * 1024, file),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<(Digest, u64), StoreError> {
+        let mut w = self.writer()?;
+        w.write_all(bytes).map_err(|e| StoreError::io(&self.tmp, e))?;
+        w.commit()
+    }
+
+    /// Reads a whole blob and checks it against its digest.
+    pub fn read_verified(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(digest)?;
+        let bytes = fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
+        let actual = sha256_digest(&bytes);
+        if actual != digest {
+            return Err(StoreError::Corrupt {
+                digest: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Checks a blob's content against its digest by streaming it.
+    pub fn verify(&self, digest: &str) -> Result<(), StoreError> {
+        let path = self.path(digest)?;
+        let mut file = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let mut hasher = Sha256::new();
+        io::copy(&mut file, &mut hasher).map_err(|e| StoreError::io(&path, e))?;
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            return Err(StoreError::Corrupt {
+                digest: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn open_blob(&self, digest: &str) -> Result<File, StoreError> {
+        let path = self.path(digest)?;
+        File::open(&path).map_err(|e| StoreError::io(&path, e))
+    }
+
+    /// Reads `len` bytes at `offset` (fewer at the end of the blob).
+    pub fn read_range(&self, digest: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(digest)?;
+        let mut file = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| StoreError::io(&path, e))?;
+        let mut buf = Vec::with_capacity(len.min(64 * 1024 * 1024) as usize);
+        file.take(len)
+            .read_to_end(&mut buf)
+            .map_err(|e| StoreError::io(&path, e))?;
+        Ok(buf)
+    }
+}
+
+/// A blob being written: hashes while writing, lands atomically on `commit`.
+pub struct BlobWriter<'a> {
+    store: &'a BlobStore,
+    file: io::BufWriter<tempfile::NamedTempFile>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Write for BlobWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl BlobWriter<'_> {
+    /// fsyncs the data, renames it into place and fsyncs the directory.
+    pub fn commit(self) -> Result<(Digest, u64), StoreError> {
+        let tmp = self.store.tmp.clone();
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| StoreError::io(&tmp, e.into_error()))?;
+        file.as_file()
+            .sync_all()
+            .map_err(|e| StoreError::io(&tmp, e))?;
+        let dest = self.store.path(&digest)?;
+        if dest.exists() {
+            // Same content already stored; the temp file is dropped (deleted).
+            return Ok((digest, self.size));
+        }
+        file.persist(&dest)
+            .map_err(|e| StoreError::io(&dest, e.error))?;
+        sync_dir(&self.store.dir)?;
+        Ok((digest, self.size))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(dir, e))
+}
+
+/// Temp files are only ever half-written blobs or staging trees of a build that
+/// died with the previous daemon.
+fn clear_temp_leftovers(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let result = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove temp leftover");
+        }
+    }
+}
+
+pub fn sha256_digest(bytes: &[u8]) -> Digest {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The hex part of a `sha256:` digest, validated so it can be used as a file name.
+fn hex_of(digest: &str) -> Result<&str, StoreError> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(StoreError::BadDigest(digest.to_string()));
+    }
+    Ok(hex)
+}

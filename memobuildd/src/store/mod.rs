@@ -1,0 +1,189 @@
+//! The daemon's persistent state: a redb database for metadata (step cache
+//! entries, image names) and a content-addressed blob store for layers, configs
+//! and manifests.
+//!
+//! Every record that names a blob is committed only after the blob is durable
+//! (see [`blobs`]), so the database never points at a missing blob.
+
+pub mod blobs;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use blobs::{BlobStore, Digest};
+
+/// Cache key (hex BLAKE3) -> JSON [`StepRecord`].
+const STEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("steps_v1");
+/// Image name -> JSON [`ImageRecord`].
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images_v1");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata database: {0}")]
+    Db(String),
+    #[error("blob {digest} is corrupt (its content hashes to {actual}); it will be dropped and rebuilt")]
+    Corrupt { digest: String, actual: String },
+    #[error("not a valid sha256 digest: {0:?}")]
+    BadDigest(String),
+    #[error("record for {key} is unreadable: {message}")]
+    BadRecord { key: String, message: String },
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The result of one build step, as kept in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The layer the step added; `None` for steps that only change the config.
+    pub layer: Option<LayerRecord>,
+    /// Unix seconds when the step ran.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (the image config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub size: u64,
+    pub tagged_at: i64,
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: Database,
+    pub blobs: BlobStore,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
+        let blobs = BlobStore::open(root)?;
+        let db_path = root.join("meta.redb");
+        let db = Database::create(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Db(format!(
+                "{} is in use by another memobuildd; stop it or use another --data-dir",
+                db_path.display()
+            )),
+            other => db_err(other),
+        })?;
+        let store = Store {
+            root: root.to_path_buf(),
+            db,
+            blobs,
+        };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(STEPS).map_err(db_err)?;
+        txn.open_table(IMAGES).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// The cached result of a step, if it and every blob it names are present.
+    pub fn step(&self, key: &str) -> Result<Option<StepRecord>, StoreError> {
+        let Some(record) = self.get::<StepRecord>(STEPS, key)? else {
+            return Ok(None);
+        };
+        if let Some(layer) = &record.layer {
+            if !self.blobs.contains(&layer.digest) {
+                tracing::warn!(key, digest = %layer.digest, "cache entry names a missing blob; treating as a miss");
+                return Ok(None);
+            }
+        }
+        Ok(Some(record))
+    }
+
+    pub fn put_step(&self, key: &str, record: &StepRecord) -> Result<(), StoreError> {
+        self.put(STEPS, key, record)
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.get(IMAGES, name)
+    }
+
+    pub fn put_image(&self, name: &str, record: &ImageRecord) -> Result<(), StoreError> {
+        self.put(IMAGES, name, record)
+    }
+
+    pub fn images(&self) -> Result<Vec<(String, ImageRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(IMAGES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let record = decode(k.value(), v.value())?;
+            out.push((k.value().to_string(), record));
+        }
+        Ok(out)
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
+        let Some(value) = table.get(key).map_err(db_err)? else {
+            return Ok(None);
+        };
+        decode(key, value.value()).map(Some)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(db_err)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(table).map_err(db_err)?;
+            table.insert(key, bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::BadRecord {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}

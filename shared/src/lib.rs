@@ -1,0 +1,201 @@
+//! The contract between `memobuildd` and `memobuild-ctl`.
+//!
+//! Both binaries depend on this crate and nothing else of each other: the tarpc
+//! service trait ([`Memobuild`]), the request and response types, the progress
+//! events, and the rules for finding the daemon's socket.
+//!
+//! Everything here crosses the socket in bincode, so the types avoid serde
+//! features bincode cannot express (untagged enums, `skip_serializing_if`,
+//! flatten). The same types are printed as JSON by `--json` outputs, which makes
+//! their field names part of the stable JSON schema documented in docs/CLI.md.
+
+pub mod paths;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Bump when the RPC contract changes incompatibly; the client refuses to talk to a
+/// daemon with another version and says how to restart it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame on the socket. Blob reads are chunked well below this.
+pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
+
+/// Size of one chunk when the client downloads a blob to write `-o` outputs.
+pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
+#[tarpc::service]
+pub trait Memobuild {
+    /// Who is answering: versions and where the daemon keeps its state.
+    async fn hello() -> DaemonInfo;
+    /// Starts a build and returns its id at once; progress comes from [`Memobuild::events`].
+    async fn start_build(request: BuildRequest) -> Result<BuildId, RpcError>;
+    /// Long-polls the events of a build from `cursor` on. Returns when there is at
+    /// least one new event, the build has ended, or a few seconds have passed.
+    async fn events(build: BuildId, cursor: u64) -> Result<EventBatch, RpcError>;
+    /// Images in the daemon's image store.
+    async fn images() -> Result<Vec<ImageSummary>, RpcError>;
+    /// The manifest and every blob an image needs, for writing `-o` outputs.
+    async fn image_blobs(manifest_digest: String) -> Result<ImageBlobs, RpcError>;
+    /// Reads part of a verified blob from the daemon's store.
+    async fn read_blob(digest: String, offset: u64, len: u64) -> Result<Vec<u8>, RpcError>;
+}
+
+/// An error the daemon reports to the client: what went wrong and, where it can,
+/// where (file:line:col) and what to do about it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RpcError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl RpcError {
+    pub fn new(message: impl Into<String>) -> Self {
+        RpcError {
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        RpcError {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RpcError {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonInfo {
+    pub protocol_version: u32,
+    pub daemon_version: String,
+    pub data_dir: String,
+    pub pid: u32,
+}
+
+/// Everything a build depends on besides the files themselves.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuildRequest {
+    /// Absolute path of the build context directory.
+    pub context: String,
+    /// Dockerfile path: absolute, or relative to the context. Empty = `Dockerfile`.
+    pub dockerfile: String,
+    /// Image names to tag the result with in the daemon's image store.
+    pub tags: Vec<String>,
+    /// Stage to build; empty = the last stage.
+    pub target: String,
+    /// `--build-arg K=V`; a value of `None` means "take it from the client's
+    /// environment", which the client has already resolved.
+    pub build_args: BTreeMap<String, String>,
+    /// Ignore the step cache (results are still stored for later builds).
+    pub no_cache: bool,
+    /// SOURCE_DATE_EPOCH: when set, layer mtimes are clamped to it and the image's
+    /// `created` times are set to it.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A build's id in the daemon, unique for the daemon's lifetime.
+pub type BuildId = u64;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventBatch {
+    pub events: Vec<BuildEvent>,
+    /// Pass this as the next cursor.
+    pub next_cursor: u64,
+    /// True once the build has ended and every event was delivered.
+    pub finished: bool,
+}
+
+/// One thing that happened in a build, in the order it happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BuildEvent {
+    /// The plan is ready: every step the build will go through, in order.
+    Planned { build: BuildId, steps: Vec<StepInfo> },
+    StepStarted { step: usize },
+    /// The step's result came from the cache.
+    StepCached { step: usize },
+    /// The step ran; `millis` is how long it took.
+    StepDone { step: usize, millis: u64 },
+    /// A line of output for the user (warnings, notes).
+    Log { step: Option<usize>, line: String },
+    /// The build succeeded.
+    Finished {
+        manifest_digest: String,
+        config_digest: String,
+        tags: Vec<String>,
+        millis: u64,
+    },
+    /// The build failed; the error says what, where and what to do.
+    Failed { error: RpcError },
+}
+
+impl BuildEvent {
+    /// The event as one flat JSON object, `{"event": "step_done", "step": 3, ...}`:
+    /// the stable `--progress json` schema (docs/CLI.md). On the socket events are
+    /// externally tagged, because bincode cannot decode internally tagged enums.
+    pub fn to_json(&self) -> serde_json::Value {
+        let tagged = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let mut flat = serde_json::Map::new();
+        if let serde_json::Value::Object(outer) = tagged {
+            for (name, body) in outer {
+                flat.insert("event".into(), serde_json::Value::String(name));
+                if let serde_json::Value::Object(fields) = body {
+                    flat.extend(fields);
+                }
+            }
+        }
+        serde_json::Value::Object(flat)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepInfo {
+    pub index: usize,
+    /// Stage name (or its index when unnamed).
+    pub stage: String,
+    /// The instruction as written, e.g. `COPY src/ /app/`.
+    pub instruction: String,
+    /// `file:line` of the instruction.
+    pub location: String,
+    /// Hex BLAKE3 cache key of the step.
+    pub cache_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub name: String,
+    pub manifest_digest: String,
+    pub config_digest: String,
+    /// Sum of layer and config sizes.
+    pub size: u64,
+    /// Unix seconds when the name was last set.
+    pub tagged_at: i64,
+}
+
+/// What a client needs to write an image out: the manifest and every blob it names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageBlobs {
+    pub manifest: BlobRef,
+    pub config: BlobRef,
+    pub layers: Vec<BlobRef>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRef {
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+}

@@ -1,0 +1,2 @@
+chmod 0700 src
+chmod 0750 src/sub

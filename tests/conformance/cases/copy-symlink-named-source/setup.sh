@@ -1,0 +1,2 @@
+ln -s real.txt file-link
+ln -s real-dir dir-link

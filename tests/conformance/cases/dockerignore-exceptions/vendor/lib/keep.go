@@ -1,0 +1,1 @@
+vendor/lib/keep.go

@@ -1,0 +1,1 @@
+vendor/other/o.go

@@ -1,0 +1,145 @@
+//! Cache invalidation: exactly the steps whose inputs changed (and their
+//! descendants) rebuild; nothing else does.
+
+mod common;
+use common::{write_files, Daemon};
+
+const DOCKERFILE: &str = "FROM scratch AS base
+ARG VERSION=1
+COPY a.txt /a/
+ENV V=${VERSION}
+COPY src/ /src/
+LABEL done=yes
+";
+
+fn project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[
+            ("Dockerfile", DOCKERFILE),
+            ("a.txt", "a"),
+            ("src/main.c", "int main;"),
+            ("src/lib.c", "int lib;"),
+            ("unused.txt", "nobody copies me"),
+            (".dockerignore", "src/*.tmp\n"),
+        ],
+    );
+    dir
+}
+
+const ALL: [&str; 6] = [
+    "ARG VERSION=1",
+    "COPY a.txt /a/",
+    "ENV V=${VERSION}",
+    "COPY src/ /src/",
+    "LABEL done=yes",
+    "",
+];
+
+fn steps(names: &[&str]) -> Vec<String> {
+    names.iter().filter(|s| !s.is_empty()).map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn first_build_executes_everything_second_nothing() {
+    let d = Daemon::start();
+    let p = project();
+    let first = d.build_ok(p.path(), &[]);
+    assert_eq!(first.executed(), steps(&ALL));
+    let second = d.build_ok(p.path(), &[]);
+    assert_eq!(second.executed(), Vec::<String>::new());
+    assert_eq!(second.cached(), steps(&ALL));
+    assert_eq!(first.manifest_digest(), second.manifest_digest());
+}
+
+#[test]
+fn one_changed_file_rebuilds_only_the_steps_reading_it() {
+    let d = Daemon::start();
+    let p = project();
+    d.build_ok(p.path(), &[]);
+    std::fs::write(p.path().join("src/lib.c"), "int lib2;").unwrap();
+    let out = d.build_ok(p.path(), &[]);
+    assert_eq!(out.executed(), steps(&["COPY src/ /src/", "LABEL done=yes"]));
+}
+
+#[test]
+fn unselected_file_change_and_touch_rebuild_nothing() {
+    let d = Daemon::start();
+    let p = project();
+    let first = d.build_ok(p.path(), &[]);
+    std::fs::write(p.path().join("unused.txt"), "changed").unwrap();
+    // Touch: new mtime, same bytes.
+    let f = std::fs::File::options().write(true).open(p.path().join("a.txt")).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    drop(f);
+    // An ignored file appearing inside a copied directory changes nothing either.
+    std::fs::write(p.path().join("src/scratch.tmp"), "ignored").unwrap();
+    let out = d.build_ok(p.path(), &[]);
+    assert_eq!(out.executed(), Vec::<String>::new());
+    assert_eq!(out.manifest_digest(), first.manifest_digest());
+}
+
+#[test]
+fn build_arg_change_rebuilds_from_the_arg_on() {
+    let d = Daemon::start();
+    let p = project();
+    d.build_ok(p.path(), &[]);
+    let out = d.build_ok(p.path(), &["--build-arg", "VERSION=2"]);
+    assert_eq!(
+        out.executed(),
+        steps(&["ARG VERSION=1", "COPY a.txt /a/", "ENV V=${VERSION}", "COPY src/ /src/", "LABEL done=yes"])
+    );
+    // Back to the default: everything cached again.
+    let again = d.build_ok(p.path(), &[]);
+    assert_eq!(again.executed(), Vec::<String>::new());
+}
+
+#[test]
+fn dockerfile_line_change_rebuilds_that_step_and_descendants() {
+    let d = Daemon::start();
+    let p = project();
+    d.build_ok(p.path(), &[]);
+    std::fs::write(p.path().join("Dockerfile"), DOCKERFILE.replace("LABEL done=yes", "LABEL done=no")).unwrap();
+    let out = d.build_ok(p.path(), &[]);
+    assert_eq!(out.executed(), steps(&["LABEL done=no"]));
+    std::fs::write(p.path().join("Dockerfile"), DOCKERFILE.replace("ENV V=${VERSION}", "ENV V=x${VERSION}")).unwrap();
+    let out = d.build_ok(p.path(), &[]);
+    assert_eq!(out.executed(), steps(&["ENV V=x${VERSION}", "COPY src/ /src/", "LABEL done=yes"]));
+}
+
+#[test]
+fn dockerignore_change_rebuilds_the_copy_it_affects() {
+    let d = Daemon::start();
+    let p = project();
+    d.build_ok(p.path(), &[]);
+    std::fs::write(p.path().join(".dockerignore"), "src/*.tmp\nsrc/lib.c\n").unwrap();
+    let out = d.build_ok(p.path(), &[]);
+    assert_eq!(out.executed(), steps(&["COPY src/ /src/", "LABEL done=yes"]));
+    // A .dockerignore line that excludes nothing copied changes nothing.
+    std::fs::write(p.path().join(".dockerignore"), "src/*.tmp\nsrc/lib.c\nnothing-here\n").unwrap();
+    let out = d.build_ok(p.path(), &[]);
+    assert_eq!(out.executed(), Vec::<String>::new());
+}
+
+#[test]
+fn no_cache_reexecutes_but_gives_the_same_image() {
+    let d = Daemon::start();
+    let p = project();
+    let first = d.build_ok(p.path(), &[]);
+    let again = d.build_ok(p.path(), &["--no-cache"]);
+    assert_eq!(again.executed(), steps(&ALL));
+    assert_eq!(first.manifest_digest(), again.manifest_digest());
+}
+
+#[test]
+fn unchanged_files_are_not_rehashed_after_restart_of_nothing() {
+    // Same digest across a daemon restart (cold hash cache, warm store).
+    let mut d = Daemon::start();
+    let p = project();
+    let first = d.build_ok(p.path(), &[]);
+    d.restart();
+    let second = d.build_ok(p.path(), &[]);
+    assert_eq!(second.executed(), Vec::<String>::new());
+    assert_eq!(first.manifest_digest(), second.manifest_digest());
+}
