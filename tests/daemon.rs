@@ -34,7 +34,10 @@ fn build_starts_a_daemon_when_none_runs() {
     let home = tempfile::tempdir().unwrap();
     let socket = home.path().join("run/memobuild/memobuildd.sock");
     let ctx = tempfile::tempdir().unwrap();
-    write_files(ctx.path(), &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")]);
+    write_files(
+        ctx.path(),
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")],
+    );
     let out = Command::new(bin_dir().join("memobuild-ctl"))
         .args(["build", "-t", "auto:1"])
         .arg(ctx.path())
@@ -53,9 +56,13 @@ fn build_starts_a_daemon_when_none_runs() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&images.stdout).contains("auto:1"));
-    let info = std::fs::read_to_string(home.path().join("data/memobuild/memobuildd.log")).unwrap_or_default();
+    let info = std::fs::read_to_string(home.path().join("data/memobuild/memobuildd.log"))
+        .unwrap_or_default();
     // Stop it: find its pid from the socket's owner process via fuser-free means.
-    let pids = Command::new("pgrep").args(["-f", &socket.display().to_string()]).output().unwrap();
+    let pids = Command::new("pgrep")
+        .args(["-f", &socket.display().to_string()])
+        .output()
+        .unwrap();
     for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
         let _ = Command::new("kill").arg(pid).status();
     }
@@ -73,42 +80,102 @@ fn images_without_a_daemon_says_how_to_start_one() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cannot reach memobuildd") && stderr.contains("hint:"), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach memobuildd") && stderr.contains("hint:"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
     let d = Daemon::start();
     let cases: &[(&str, &str, &str)] = &[
-        ("FROM scratch\nCOPY --frm=x a /\n", "Dockerfile:2:6", "unknown flag --frm"),
-        ("FROM scratch\nFOO bar\n", "Dockerfile:2:", "unknown instruction"),
+        (
+            "FROM scratch\nCOPY --frm=x a /\n",
+            "Dockerfile:2:6",
+            "unknown flag --frm",
+        ),
+        (
+            "FROM scratch\nFOO bar\n",
+            "Dockerfile:2:",
+            "unknown instruction",
+        ),
         ("COPY a /\n", "Dockerfile:1:", "FROM"),
-        ("FROM scratch\nCOPY missing.txt /\n", "Dockerfile:2:", "not found in the build context"),
-        ("FROM scratch\nCOPY a b /x\n", "Dockerfile:2:", "must be a directory and end with a /"),
-        ("FROM scratch\nRUN echo hi\n", "Dockerfile:2:1", "RUN is not supported yet"),
-        ("FROM scratch\nENV A=${B:?must be set}\n", "Dockerfile:2:", "must be set"),
-        ("FROM nosuchimage\n", "Dockerfile:1:1", "not in memobuild's image store"),
-        ("FROM scratch\nCOPY --from=nope a /\n", "Dockerfile:2:", "no stage with that name"),
-        ("FROM scratch\nSTOPSIGNAL SIGFOO\n", "Dockerfile:2:1", "invalid signal"),
+        (
+            "FROM scratch\nCOPY missing.txt /\n",
+            "Dockerfile:2:",
+            "not found in the build context",
+        ),
+        (
+            "FROM scratch\nCOPY a b /x\n",
+            "Dockerfile:2:",
+            "must be a directory and end with a /",
+        ),
+        (
+            "FROM scratch\nRUN echo hi\n",
+            "Dockerfile:2:1",
+            "RUN is not supported yet",
+        ),
+        (
+            "FROM scratch\nENV A=\"${B:?must be set}\"\n",
+            "Dockerfile:2:",
+            "must be set",
+        ),
+        (
+            "FROM nosuchimage\n",
+            "Dockerfile:1:1",
+            "not in memobuild's image store",
+        ),
+        (
+            "FROM scratch\nCOPY --from=nope a /\n",
+            "Dockerfile:2:",
+            "no stage with that name",
+        ),
+        (
+            "FROM scratch\nSTOPSIGNAL SIGFOO\n",
+            "Dockerfile:2:1",
+            "invalid signal",
+        ),
     ];
     for (dockerfile, position, message) in cases {
         let ctx = tempfile::tempdir().unwrap();
-        write_files(ctx.path(), &[("Dockerfile", dockerfile), ("a", "a"), ("b", "b")]);
+        write_files(
+            ctx.path(),
+            &[("Dockerfile", dockerfile), ("a", "a"), ("b", "b")],
+        );
         let out = d.build(ctx.path(), &[]);
         assert!(!out.success, "expected failure for {dockerfile:?}");
         let err = out.error();
         let text = err["message"].as_str().unwrap().to_string();
-        assert!(text.contains(position), "{dockerfile:?}: error {text:?} lacks position {position}");
-        assert!(text.contains(message), "{dockerfile:?}: error {text:?} lacks {message:?}");
+        assert!(
+            text.contains(position),
+            "{dockerfile:?}: error {text:?} lacks position {position}"
+        );
+        assert!(
+            text.contains(message),
+            "{dockerfile:?}: error {text:?} lacks {message:?}"
+        );
     }
     // Plain progress prints the error and a hint, and exits non-zero.
     let ctx = tempfile::tempdir().unwrap();
-    write_files(ctx.path(), &[("Dockerfile", "FROM scratch\nCOPY --frm=x a /\n"), ("a", "a")]);
+    write_files(
+        ctx.path(),
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY --frm=x a /\n"),
+            ("a", "a"),
+        ],
+    );
     let out = d.ctl(&["build", ctx.path().to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: Dockerfile:2:6") && stderr.contains("hint: COPY supports"), "{stderr}");
-    assert!(d.ctl(&["images"]).status.success(), "daemon stopped serving");
+    assert!(
+        stderr.contains("error: Dockerfile:2:6") && stderr.contains("hint: COPY supports"),
+        "{stderr}"
+    );
+    assert!(
+        d.ctl(&["images"]).status.success(),
+        "daemon stopped serving"
+    );
 }
 
 #[test]
@@ -120,34 +187,67 @@ fn sources_never_leave_the_context() {
     write_files(
         ctx.path(),
         &[
-            ("Dockerfile", "FROM scratch\nCOPY ../secret /a\nCOPY link /b\nCOPY dir/ /c/\n"),
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY ../secret /a\nCOPY link /b\nCOPY dir/ /c/\n",
+            ),
             ("secret", "inside"),
             ("dir/f", "f"),
         ],
     );
     std::os::unix::fs::symlink(outside.path().join("secret"), ctx.path().join("link")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret"), ctx.path().join("dir/escape")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), ctx.path().join("dir/escape"))
+        .unwrap();
     // `../secret` is cleaned to `secret` inside the context; `link` points out
     // of the context, so following it inside the context finds nothing.
     let out = d.build(ctx.path(), &[]);
     assert!(!out.success);
-    assert!(out.error()["message"].as_str().unwrap().contains("not found in the build context"));
-    write_files(ctx.path(), &[("Dockerfile", "FROM scratch\nCOPY ../secret /a\nCOPY dir/ /c/\n")]);
+    assert!(out.error()["message"]
+        .as_str()
+        .unwrap()
+        .contains("not found in the build context"));
+    write_files(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM scratch\nCOPY ../secret /a\nCOPY dir/ /c/\n",
+        )],
+    );
     let image = tempfile::tempdir().unwrap();
     let tar = image.path().join("i.tar");
-    d.build_ok(ctx.path(), &["-o", &format!("type=oci,dest={}", tar.display())]);
+    d.build_ok(
+        ctx.path(),
+        &["-o", &format!("type=oci,dest={}", tar.display())],
+    );
     let dump = common::fsdump(&tar);
     let files = dump["files"].as_array().unwrap();
-    let find = |p: &str| files.iter().find(|f| f["path"] == p).cloned().unwrap_or_else(|| panic!("{p} missing: {dump}"));
-    assert_eq!(find("/a")["size"], 6, "../secret must resolve inside the context");
-    assert_eq!(find("/c/escape")["type"], "symlink", "symlinks are copied as links, never followed");
+    let find = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("{p} missing: {dump}"))
+    };
+    assert_eq!(
+        find("/a")["size"],
+        6,
+        "../secret must resolve inside the context"
+    );
+    assert_eq!(
+        find("/c/escape")["type"],
+        "symlink",
+        "symlinks are copied as links, never followed"
+    );
     // No blob anywhere holds the outside file's bytes.
     for entry in std::fs::read_dir(d.data.join("blobs/sha256")).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         let mut raw = Vec::new();
         let _ = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut raw);
         for hay in [&bytes, &raw] {
-            assert!(!hay.windows(10).any(|w| w == b"TOP-SECRET"), "outside file leaked into a blob");
+            assert!(
+                !hay.windows(10).any(|w| w == b"TOP-SECRET"),
+                "outside file leaked into a blob"
+            );
         }
     }
 }

@@ -38,7 +38,11 @@ const ALL: [&str; 6] = [
 ];
 
 fn steps(names: &[&str]) -> Vec<String> {
-    names.iter().filter(|s| !s.is_empty()).map(|s| s.to_string()).collect()
+    names
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+        .collect()
 }
 
 #[test]
@@ -60,7 +64,10 @@ fn one_changed_file_rebuilds_only_the_steps_reading_it() {
     d.build_ok(p.path(), &[]);
     std::fs::write(p.path().join("src/lib.c"), "int lib2;").unwrap();
     let out = d.build_ok(p.path(), &[]);
-    assert_eq!(out.executed(), steps(&["COPY src/ /src/", "LABEL done=yes"]));
+    assert_eq!(
+        out.executed(),
+        steps(&["COPY src/ /src/", "LABEL done=yes"])
+    );
 }
 
 #[test]
@@ -70,8 +77,12 @@ fn unselected_file_change_and_touch_rebuild_nothing() {
     let first = d.build_ok(p.path(), &[]);
     std::fs::write(p.path().join("unused.txt"), "changed").unwrap();
     // Touch: new mtime, same bytes.
-    let f = std::fs::File::options().write(true).open(p.path().join("a.txt")).unwrap();
-    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(p.path().join("a.txt"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
     drop(f);
     // An ignored file appearing inside a copied directory changes nothing either.
     std::fs::write(p.path().join("src/scratch.tmp"), "ignored").unwrap();
@@ -88,7 +99,13 @@ fn build_arg_change_rebuilds_from_the_arg_on() {
     let out = d.build_ok(p.path(), &["--build-arg", "VERSION=2"]);
     assert_eq!(
         out.executed(),
-        steps(&["ARG VERSION=1", "COPY a.txt /a/", "ENV V=${VERSION}", "COPY src/ /src/", "LABEL done=yes"])
+        steps(&[
+            "ARG VERSION=1",
+            "COPY a.txt /a/",
+            "ENV V=${VERSION}",
+            "COPY src/ /src/",
+            "LABEL done=yes"
+        ])
     );
     // Back to the default: everything cached again.
     let again = d.build_ok(p.path(), &[]);
@@ -100,12 +117,23 @@ fn dockerfile_line_change_rebuilds_that_step_and_descendants() {
     let d = Daemon::start();
     let p = project();
     d.build_ok(p.path(), &[]);
-    std::fs::write(p.path().join("Dockerfile"), DOCKERFILE.replace("LABEL done=yes", "LABEL done=no")).unwrap();
+    std::fs::write(
+        p.path().join("Dockerfile"),
+        DOCKERFILE.replace("LABEL done=yes", "LABEL done=no"),
+    )
+    .unwrap();
     let out = d.build_ok(p.path(), &[]);
     assert_eq!(out.executed(), steps(&["LABEL done=no"]));
-    std::fs::write(p.path().join("Dockerfile"), DOCKERFILE.replace("ENV V=${VERSION}", "ENV V=x${VERSION}")).unwrap();
+    std::fs::write(
+        p.path().join("Dockerfile"),
+        DOCKERFILE.replace("ENV V=${VERSION}", "ENV V=x${VERSION}"),
+    )
+    .unwrap();
     let out = d.build_ok(p.path(), &[]);
-    assert_eq!(out.executed(), steps(&["ENV V=x${VERSION}", "COPY src/ /src/", "LABEL done=yes"]));
+    assert_eq!(
+        out.executed(),
+        steps(&["ENV V=x${VERSION}", "COPY src/ /src/", "LABEL done=yes"])
+    );
 }
 
 #[test]
@@ -115,9 +143,16 @@ fn dockerignore_change_rebuilds_the_copy_it_affects() {
     d.build_ok(p.path(), &[]);
     std::fs::write(p.path().join(".dockerignore"), "src/*.tmp\nsrc/lib.c\n").unwrap();
     let out = d.build_ok(p.path(), &[]);
-    assert_eq!(out.executed(), steps(&["COPY src/ /src/", "LABEL done=yes"]));
+    assert_eq!(
+        out.executed(),
+        steps(&["COPY src/ /src/", "LABEL done=yes"])
+    );
     // A .dockerignore line that excludes nothing copied changes nothing.
-    std::fs::write(p.path().join(".dockerignore"), "src/*.tmp\nsrc/lib.c\nnothing-here\n").unwrap();
+    std::fs::write(
+        p.path().join(".dockerignore"),
+        "src/*.tmp\nsrc/lib.c\nnothing-here\n",
+    )
+    .unwrap();
     let out = d.build_ok(p.path(), &[]);
     assert_eq!(out.executed(), Vec::<String>::new());
 }

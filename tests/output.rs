@@ -58,7 +58,11 @@ fn every_digest_in_the_oci_archive_verifies() {
             .get(&format!("blobs/{}", digest.replacen(':', "/", 1)))
             .unwrap_or_else(|| panic!("blob {digest} missing from archive"))
             .clone();
-        assert_eq!(sha(&bytes), digest, "blob content does not match its digest");
+        assert_eq!(
+            sha(&bytes),
+            digest,
+            "blob content does not match its digest"
+        );
         bytes
     };
     let manifest: serde_json::Value = serde_json::from_slice(&blob(manifest_digest)).unwrap();
@@ -71,8 +75,14 @@ fn every_digest_in_the_oci_archive_verifies() {
         let bytes = blob(layer["digest"].as_str().unwrap());
         assert_eq!(layer["size"].as_u64().unwrap(), bytes.len() as u64);
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut raw).unwrap();
-        assert_eq!(sha(&raw), diff_id.as_str().unwrap(), "diff_id must be the sha256 of the uncompressed layer");
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(
+            sha(&raw),
+            diff_id.as_str().unwrap(),
+            "diff_id must be the sha256 of the uncompressed layer"
+        );
     }
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["/app/run"]));
     assert_eq!(config["config"]["WorkingDir"], "/app");
@@ -84,33 +94,69 @@ fn skopeo_and_umoci_accept_the_outputs() {
     let p = project();
     let out_dir = tempfile::tempdir().unwrap();
     let tar = out_dir.path().join("image.tar");
-    d.build_ok(p.path(), &["-t", "demo:1", "-o", &format!("type=oci,dest={}", tar.display())]);
+    d.build_ok(
+        p.path(),
+        &[
+            "-t",
+            "demo:1",
+            "-o",
+            &format!("type=oci,dest={}", tar.display()),
+        ],
+    );
     let inspect = Command::new("skopeo")
         .args(["inspect", "--raw"])
         .arg(format!("oci-archive:{}", tar.display()))
         .output()
         .expect("skopeo (apt-get install skopeo)");
-    assert!(inspect.status.success(), "skopeo rejected the archive: {}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(
+        inspect.status.success(),
+        "skopeo rejected the archive: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
     // umoci unpacks the layout and checks every blob on the way.
     let layout = out_dir.path().join("layout");
-    d.build_ok(p.path(), &["-o", &format!("type=oci-layout,dest={}", layout.display())]);
-    let tag = Command::new("umoci").arg("ls").arg("--layout").arg(&layout).output().expect("umoci (apt-get install umoci)");
-    assert!(tag.status.success(), "umoci ls failed: {}", String::from_utf8_lossy(&tag.stderr));
+    d.build_ok(
+        p.path(),
+        &["-o", &format!("type=oci-layout,dest={}", layout.display())],
+    );
+    let tag = Command::new("umoci")
+        .arg("ls")
+        .arg("--layout")
+        .arg(&layout)
+        .output()
+        .expect("umoci (apt-get install umoci)");
+    assert!(
+        tag.status.success(),
+        "umoci ls failed: {}",
+        String::from_utf8_lossy(&tag.stderr)
+    );
     let bundle = out_dir.path().join("bundle");
     let digest = std::fs::read_to_string(layout.join("index.json")).unwrap();
     let index: serde_json::Value = serde_json::from_str(&digest).unwrap();
     // umoci needs a tag; give the manifest one.
     let mut index = index;
-    index["manifests"][0]["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
-    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    index["manifests"][0]["annotations"] =
+        serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
     let unpack = Command::new("umoci")
         .args(["raw", "unpack", "--rootless", "--image"])
         .arg(format!("{}:t", layout.display()))
         .arg(&bundle)
         .output()
         .unwrap();
-    assert!(unpack.status.success(), "umoci unpack failed: {}", String::from_utf8_lossy(&unpack.stderr));
-    assert_eq!(std::fs::read_to_string(bundle.join("app/data/a.txt")).unwrap(), "a");
+    assert!(
+        unpack.status.success(),
+        "umoci unpack failed: {}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("app/data/a.txt")).unwrap(),
+        "a"
+    );
 }
 
 #[test]
@@ -120,7 +166,10 @@ fn same_inputs_same_digest_across_daemons_and_source_date_epoch_is_honoured() {
     let d2 = Daemon::start();
     let a = d1.build_ok(p.path(), &[]).manifest_digest();
     let b = d2.build_ok(p.path(), &[]).manifest_digest();
-    assert_eq!(a, b, "two daemons with empty stores must produce the same image");
+    assert_eq!(
+        a, b,
+        "two daemons with empty stores must produce the same image"
+    );
     let out = std::process::Command::new(common::bin_dir().join("memobuild-ctl"))
         .arg("--socket")
         .arg(&d1.socket)
@@ -137,7 +186,12 @@ fn same_inputs_same_digest_across_daemons_and_source_date_epoch_is_honoured() {
         .find(|e| e["event"] == "finished")
         .map(|e| e["config_digest"].as_str().unwrap().to_string())
         .unwrap();
-    let config = std::fs::read(d1.data.join("blobs/sha256").join(digest.trim_start_matches("sha256:"))).unwrap();
+    let config = std::fs::read(
+        d1.data
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap();
     let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
     assert_eq!(config["created"], "2023-11-14T22:13:20Z");
 }

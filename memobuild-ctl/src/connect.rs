@@ -50,14 +50,20 @@ pub async fn connect(socket: &Path, autostart: bool) -> Result<MemobuildClient, 
                 "memobuildd {} speaks protocol {}, this client speaks {}",
                 info.daemon_version, info.protocol_version, PROTOCOL_VERSION
             ),
-            format!("restart the daemon (pid {}) so the installed version runs", info.pid),
+            format!(
+                "restart the daemon (pid {}) so the installed version runs",
+                info.pid
+            ),
         ));
     }
     Ok(client)
 }
 
 fn is_absent(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused)
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 /// The daemon binary: next to this one, else on PATH.
@@ -92,7 +98,9 @@ async fn start_daemon(socket: &Path) -> Result<MemobuildClient, RpcError> {
     // A new session, so the daemon outlives this shell and its Ctrl-C.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from)
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
@@ -101,7 +109,12 @@ async fn start_daemon(socket: &Path) -> Result<MemobuildClient, RpcError> {
             "install memobuildd next to memobuild-ctl or on PATH, or start it yourself",
         )
     })?;
-    eprintln!("started memobuildd (pid {}, data in {}, log {})", child.id(), data_dir.display(), log_path.display());
+    eprintln!(
+        "started memobuildd (pid {}, data in {}, log {})",
+        child.id(),
+        data_dir.display(),
+        log_path.display()
+    );
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(client) = try_connect(socket).await {
@@ -115,7 +128,11 @@ async fn start_daemon(socket: &Path) -> Result<MemobuildClient, RpcError> {
         }
         if Instant::now() > deadline {
             return Err(RpcError::with_hint(
-                format!("memobuildd did not open {} within {}s", socket.display(), START_TIMEOUT.as_secs()),
+                format!(
+                    "memobuildd did not open {} within {}s",
+                    socket.display(),
+                    START_TIMEOUT.as_secs()
+                ),
                 format!("see {}", log_path.display()),
             ));
         }

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "memobuild-ctl", version, about = "Build container images incrementally with memobuildd")]
+#[command(
+    name = "memobuild-ctl",
+    version,
+    about = "Build container images incrementally with memobuildd"
+)]
 struct Cli {
     /// Daemon socket [default: $MEMOBUILD_SOCKET, else $XDG_RUNTIME_DIR/memobuild/memobuildd.sock]
     #[arg(long, global = true, value_name = "PATH")]
@@ -61,9 +65,16 @@ struct BuildArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
-        Err(e) => return fail(&RpcError::new(format!("cannot start the async runtime: {e}"))),
+        Err(e) => {
+            return fail(&RpcError::new(format!(
+                "cannot start the async runtime: {e}"
+            )))
+        }
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -85,7 +96,10 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Build(args) => build(&socket, args).await,
         Command::Images { json } => {
             let client = connect::connect(&socket, false).await?;
-            let images = client.images(connect::ctx()).await.map_err(connect::rpc_failed)??;
+            let images = client
+                .images(connect::ctx())
+                .await
+                .map_err(connect::rpc_failed)??;
             output::print_images(&images, json);
             Ok(ExitCode::SUCCESS)
         }
@@ -93,21 +107,33 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
 }
 
 async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
-    let output = args.output.as_deref().map(output::OutputSpec::parse).transpose()?;
+    let output = args
+        .output
+        .as_deref()
+        .map(output::OutputSpec::parse)
+        .transpose()?;
     let request = build_request(&args)?;
     let client = connect::connect(socket, true).await?;
-    let id = client.start_build(connect::ctx(), request).await.map_err(connect::rpc_failed)??;
+    let id = client
+        .start_build(connect::ctx(), request)
+        .await
+        .map_err(connect::rpc_failed)??;
     let mut printer = progress::Printer::new(&args.progress);
     let mut cursor = 0;
     let mut result = None;
     loop {
-        let batch = client.events(connect::ctx(), id, cursor).await.map_err(connect::rpc_failed)??;
+        let batch = client
+            .events(connect::ctx(), id, cursor)
+            .await
+            .map_err(connect::rpc_failed)??;
         for event in &batch.events {
             printer.event(event);
             match event {
-                BuildEvent::Finished { manifest_digest, tags, .. } => {
-                    result = Some(Ok((manifest_digest.clone(), tags.clone())))
-                }
+                BuildEvent::Finished {
+                    manifest_digest,
+                    tags,
+                    ..
+                } => result = Some(Ok((manifest_digest.clone(), tags.clone()))),
                 BuildEvent::Failed { error } => result = Some(Err(error.clone())),
                 _ => {}
             }
@@ -165,7 +191,10 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
     }
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
-            RpcError::with_hint(format!("SOURCE_DATE_EPOCH={v:?} is not a number"), "set it to Unix seconds, e.g. $(git log -1 --format=%ct)")
+            RpcError::with_hint(
+                format!("SOURCE_DATE_EPOCH={v:?} is not a number"),
+                "set it to Unix seconds, e.g. $(git log -1 --format=%ct)",
+            )
         })?),
         _ => None,
     };

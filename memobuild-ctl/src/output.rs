@@ -38,19 +38,29 @@ impl OutputSpec {
                 "supported: type=oci (a tar archive) and type=oci-layout (a directory)",
             ));
         }
-        let dest = dest.ok_or_else(|| RpcError::with_hint(format!("-o {spec} has no dest"), "add dest=PATH"))?;
+        let dest = dest.ok_or_else(|| {
+            RpcError::with_hint(format!("-o {spec} has no dest"), "add dest=PATH")
+        })?;
         Ok(OutputSpec { kind, dest })
     }
 }
 
 pub fn print_images(images: &[ImageSummary], json: bool) {
     if json {
-        println!("{}", serde_json::to_string_pretty(images).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(images).unwrap_or_default()
+        );
         return;
     }
     println!("{:<40} {:<20} {:>10}", "NAME", "DIGEST", "SIZE");
     for i in images {
-        let short = i.manifest_digest.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+        let short = i
+            .manifest_digest
+            .trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>();
         println!("{:<40} {:<20} {:>10}", i.name, short, human_size(i.size));
     }
 }
@@ -66,7 +76,12 @@ fn human_size(bytes: u64) -> String {
     format!("{v:.1}{}", units[u])
 }
 
-pub async fn export(client: &MemobuildClient, manifest: &str, tags: &[String], spec: &OutputSpec) -> Result<(), RpcError> {
+pub async fn export(
+    client: &MemobuildClient,
+    manifest: &str,
+    tags: &[String],
+    spec: &OutputSpec,
+) -> Result<(), RpcError> {
     let blobs = client
         .image_blobs(ctx(), manifest.to_string())
         .await
@@ -74,9 +89,17 @@ pub async fn export(client: &MemobuildClient, manifest: &str, tags: &[String], s
     let mut all = vec![blobs.config.clone()];
     all.extend(blobs.layers.iter().cloned());
     all.push(blobs.manifest.clone());
-    let staging_parent = spec.dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let staging = tempfile::tempdir_in(staging_parent)
-        .map_err(|e| RpcError::new(format!("creating a temp dir in {}: {e}", staging_parent.display())))?;
+    let staging_parent = spec
+        .dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let staging = tempfile::tempdir_in(staging_parent).map_err(|e| {
+        RpcError::new(format!(
+            "creating a temp dir in {}: {e}",
+            staging_parent.display()
+        ))
+    })?;
     let mut files = Vec::new();
     for blob in &all {
         files.push((blob.clone(), fetch(client, blob, staging.path()).await?));
@@ -91,7 +114,8 @@ pub async fn export(client: &MemobuildClient, manifest: &str, tags: &[String], s
 /// Downloads a blob into `dir`, verifying its size and digest.
 async fn fetch(client: &MemobuildClient, blob: &BlobRef, dir: &Path) -> Result<PathBuf, RpcError> {
     let path = dir.join(blob.digest.replace(':', "-"));
-    let mut file = std::fs::File::create(&path).map_err(|e| RpcError::new(format!("{}: {e}", path.display())))?;
+    let mut file = std::fs::File::create(&path)
+        .map_err(|e| RpcError::new(format!("{}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
     let mut offset = 0;
     while offset < blob.size {
@@ -103,13 +127,17 @@ async fn fetch(client: &MemobuildClient, blob: &BlobRef, dir: &Path) -> Result<P
             break;
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).map_err(|e| RpcError::new(format!("{}: {e}", path.display())))?;
+        file.write_all(&chunk)
+            .map_err(|e| RpcError::new(format!("{}: {e}", path.display())))?;
         offset += chunk.len() as u64;
     }
     let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
     if actual != blob.digest || offset != blob.size {
         return Err(RpcError::with_hint(
-            format!("blob {} from the daemon is corrupt (got {actual}, {offset} bytes)", blob.digest),
+            format!(
+                "blob {} from the daemon is corrupt (got {actual}, {offset} bytes)",
+                blob.digest
+            ),
             "rebuild with --no-cache; the daemon will replace the blob",
         ));
     }

@@ -19,7 +19,10 @@ impl Printer {
 
     pub fn note(&self, line: &str) {
         if self.json {
-            let event = BuildEvent::Log { step: None, line: line.to_string() };
+            let event = BuildEvent::Log {
+                step: None,
+                line: line.to_string(),
+            };
             println!("{}", event.to_json());
         } else {
             eprintln!("{line}");
@@ -40,7 +43,12 @@ impl Printer {
                 eprintln!("{} DONE {:.2}s", self.label(*step), *millis as f64 / 1000.0)
             }
             BuildEvent::Log { line, .. } => eprintln!("{line}"),
-            BuildEvent::Finished { manifest_digest, tags, millis, .. } => {
+            BuildEvent::Finished {
+                manifest_digest,
+                tags,
+                millis,
+                ..
+            } => {
                 for t in tags {
                     eprintln!("naming to {t}");
                 }
@@ -54,9 +62,17 @@ impl Printer {
     fn label(&self, step: usize) -> String {
         match self.steps.get(step) {
             Some(s) => {
-                let in_stage: Vec<&StepInfo> = self.steps.iter().filter(|x| x.stage == s.stage).collect();
+                let in_stage: Vec<&StepInfo> =
+                    self.steps.iter().filter(|x| x.stage == s.stage).collect();
                 let pos = in_stage.iter().position(|x| x.index == step).unwrap_or(0) + 1;
-                format!("#{} [{} {}/{}] {}", step + 1, s.stage, pos, in_stage.len(), s.instruction)
+                format!(
+                    "#{} [{} {}/{}] {}",
+                    step + 1,
+                    s.stage,
+                    pos,
+                    in_stage.len(),
+                    s.instruction
+                )
             }
             None => format!("#{}", step + 1),
         }

@@ -11,7 +11,11 @@ use std::sync::Arc;
 use tokio::net::UnixListener;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "memobuildd", version, about = "The memobuild daemon: incremental container image builds")]
+#[command(
+    name = "memobuildd",
+    version,
+    about = "The memobuild daemon: incremental container image builds"
+)]
 pub struct Options {
     /// Where the cache, blobs and images live.
     #[arg(long, value_name = "DIR")]
@@ -38,7 +42,10 @@ fn setup(msg: impl Into<String>) -> DaemonError {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(options: Options) -> Result<(), DaemonError> {
-    let data_dir = options.data_dir.clone().unwrap_or_else(memobuild_shared::paths::default_data_dir);
+    let data_dir = options
+        .data_dir
+        .clone()
+        .unwrap_or_else(memobuild_shared::paths::default_data_dir);
     let socket = memobuild_shared::paths::socket_path(options.socket.clone());
     let store = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
@@ -69,7 +76,10 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -83,7 +93,8 @@ async fn shutdown_signal() {
 async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = socket.parent() {
         if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
             let mode = if group.is_some() { 0o750 } else { 0o700 };
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
         }
@@ -95,15 +106,18 @@ async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, Daemon
                 socket.display()
             )));
         }
-        std::fs::remove_file(socket).map_err(|e| setup(format!("removing stale socket {}: {e}", socket.display())))?;
+        std::fs::remove_file(socket)
+            .map_err(|e| setup(format!("removing stale socket {}: {e}", socket.display())))?;
     }
-    let listener = UnixListener::bind(socket).map_err(|e| setup(format!("listening on {}: {e}", socket.display())))?;
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| setup(format!("listening on {}: {e}", socket.display())))?;
     let mode = match group {
         Some(name) => {
             let group = nix::unistd::Group::from_name(name)
                 .map_err(|e| setup(format!("looking up group {name}: {e}")))?
                 .ok_or_else(|| setup(format!("group {name:?} does not exist")))?;
-            nix::unistd::chown(socket, None, Some(group.gid)).map_err(|e| setup(format!("chown {}: {e}", socket.display())))?;
+            nix::unistd::chown(socket, None, Some(group.gid))
+                .map_err(|e| setup(format!("chown {}: {e}", socket.display())))?;
             0o660
         }
         None => 0o600,

@@ -5,8 +5,8 @@ use crate::exec::Engine;
 use crate::oci::image::read_image;
 use futures::StreamExt;
 use memobuild_shared::{
-    BlobRef, BuildId, BuildRequest, DaemonInfo, EventBatch, ImageBlobs, ImageSummary, Memobuild, RpcError,
-    BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
+    BlobRef, BuildId, BuildRequest, DaemonInfo, EventBatch, ImageBlobs, ImageSummary, Memobuild,
+    RpcError, BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
 };
 use std::sync::Arc;
 use tarpc::context::Context;
@@ -78,11 +78,18 @@ impl Memobuild for Server {
             .collect())
     }
 
-    async fn image_blobs(self, _: Context, manifest_digest: String) -> Result<ImageBlobs, RpcError> {
+    async fn image_blobs(
+        self,
+        _: Context,
+        manifest_digest: String,
+    ) -> Result<ImageBlobs, RpcError> {
         let store = self.engine.store.clone();
         tokio::task::spawn_blocking(move || {
             let image = read_image(&store, &manifest_digest).map_err(store_err)?;
-            let manifest_size = store.blobs.size(&image.manifest_digest).map_err(store_err)?;
+            let manifest_size = store
+                .blobs
+                .size(&image.manifest_digest)
+                .map_err(store_err)?;
             let config_size = store.blobs.size(&image.config_digest).map_err(store_err)?;
             Ok(ImageBlobs {
                 manifest: BlobRef {
@@ -110,7 +117,13 @@ impl Memobuild for Server {
         .map_err(store_err)?
     }
 
-    async fn read_blob(self, _: Context, digest: String, offset: u64, len: u64) -> Result<Vec<u8>, RpcError> {
+    async fn read_blob(
+        self,
+        _: Context,
+        digest: String,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, RpcError> {
         let store = self.engine.store.clone();
         let len = len.min(BLOB_CHUNK_BYTES);
         tokio::task::spawn_blocking(move || store.blobs.read_range(&digest, offset, len))

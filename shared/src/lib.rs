@@ -123,14 +123,27 @@ pub struct EventBatch {
 #[serde(rename_all = "snake_case")]
 pub enum BuildEvent {
     /// The plan is ready: every step the build will go through, in order.
-    Planned { build: BuildId, steps: Vec<StepInfo> },
-    StepStarted { step: usize },
+    Planned {
+        build: BuildId,
+        steps: Vec<StepInfo>,
+    },
+    StepStarted {
+        step: usize,
+    },
     /// The step's result came from the cache.
-    StepCached { step: usize },
+    StepCached {
+        step: usize,
+    },
     /// The step ran; `millis` is how long it took.
-    StepDone { step: usize, millis: u64 },
+    StepDone {
+        step: usize,
+        millis: u64,
+    },
     /// A line of output for the user (warnings, notes).
-    Log { step: Option<usize>, line: String },
+    Log {
+        step: Option<usize>,
+        line: String,
+    },
     /// The build succeeded.
     Finished {
         manifest_digest: String,
@@ -139,7 +152,9 @@ pub enum BuildEvent {
         millis: u64,
     },
     /// The build failed; the error says what, where and what to do.
-    Failed { error: RpcError },
+    Failed {
+        error: RpcError,
+    },
 }
 
 impl BuildEvent {

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/test-xxxx -> target/debug
-    let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
     for bin in ["memobuildd", "memobuild-ctl"] {
         assert!(
             dir.join(bin).is_file(),
@@ -39,7 +43,12 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("run/memobuildd.sock");
         let data = dir.path().join("data");
-        let mut d = Daemon { dir, socket, data, child: None };
+        let mut d = Daemon {
+            dir,
+            socket,
+            data,
+            child: None,
+        };
         d.spawn();
         d
     }
@@ -60,7 +69,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(Instant::now() < deadline, "memobuildd did not start: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "memobuildd did not start: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -100,7 +113,10 @@ impl Daemon {
 
     pub fn ctl_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
         let mut cmd = Command::new(bin_dir().join("memobuild-ctl"));
-        cmd.arg("--socket").arg(&self.socket).args(args).env_remove("SOURCE_DATE_EPOCH");
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH");
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
@@ -118,7 +134,13 @@ impl Daemon {
 
     pub fn build_ok(&self, context: &Path, extra: &[&str]) -> BuildOutcome {
         let out = self.build(context, extra);
-        assert!(out.success, "build of {} failed:\n{}\n--- daemon log ---\n{}", context.display(), out.text(), self.log());
+        assert!(
+            out.success,
+            "build of {} failed:\n{}\n--- daemon log ---\n{}",
+            context.display(),
+            out.text(),
+            self.log()
+        );
         out
     }
 }
@@ -130,7 +152,11 @@ impl Drop for Daemon {
 }
 
 fn nix_kill(pid: u32, sig: &str) -> std::io::Result<()> {
-    Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().map(|_| ())
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|_| ())
 }
 
 /// What a `--progress json` build printed.
@@ -144,7 +170,10 @@ pub struct BuildOutcome {
 impl BuildOutcome {
     fn from_output(out: Output) -> BuildOutcome {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let events = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
         BuildOutcome {
             success: out.status.success(),
             events,
@@ -218,6 +247,10 @@ pub fn fsdump(archive: &Path) -> Value {
         .arg(archive)
         .output()
         .expect("python3 (needed by the conformance tests)");
-    assert!(out.status.success(), "fsdump.py failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fsdump.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("fsdump JSON")
 }

@@ -1148,7 +1148,9 @@ mod regexp {
             let lo = self.class_char()?;
             let mut hi = lo;
             // `a-]` is `a` and `-`.
-            if self.rest.len() >= 2 && self.rest.starts_with('-') && !self.rest[1..].starts_with(']')
+            if self.rest.len() >= 2
+                && self.rest.starts_with('-')
+                && !self.rest[1..].starts_with(']')
             {
                 self.rest = &self.rest[1..];
                 hi = self.class_char()?;
@@ -1512,7 +1514,10 @@ mod tests {
         assert_eq!(error_of("[").message, "unclosed character class");
         assert_eq!(error_of("x\\").message, "trailing backslash");
         assert_eq!(error_of("[]a]").message, "empty character class");
-        assert_eq!(error_of("[a-]").message, "incomplete range in character class");
+        assert_eq!(
+            error_of("[a-]").message,
+            "incomplete range in character class"
+        );
         assert_eq!(error_of("[-a]").message, "unescaped '-' in character class");
         assert_eq!(error_of("!a[").line, 1);
     }
@@ -1523,7 +1528,10 @@ mod tests {
     fn regexp_errors_are_parse_errors() {
         let err = error_of("[Local-Only]/");
         assert_eq!(err.pattern, "[Local-Only]/");
-        assert!(err.message.contains("invalid character class range"), "{err}");
+        assert!(
+            err.message.contains("invalid character class range"),
+            "{err}"
+        );
         assert!(error_of("[z-a]").message.contains("`z-a`"));
         assert!(error_of("a\\e*").message.contains("invalid escape"));
         assert!(error_of("\\1").message.contains("invalid escape"));
@@ -1814,7 +1822,9 @@ mod tests {
             'a', 'b', '*', '*', '?', '[', ']', '^', '-', '!', '\\', '/', '.', '(', ')', '$', '#',
             ' ', '{', '}', ':', 'd', 'x', 'Q', 'E', '0', '\n', '\r', 'é',
         ];
-        let path_chars = ['a', 'b', '/', '.', '-', '*', '[', ']', '\n', 'd', '0', 'é', '^'];
+        let path_chars = [
+            'a', 'b', '/', '.', '-', '*', '[', ']', '\n', 'd', '0', 'é', '^',
+        ];
         let mut parsed = 0;
         for _ in 0..4000 {
             let text = rng.string(&pattern_chars, 14);

@@ -86,11 +86,19 @@ impl HashCache {
         std::thread::scope(|s| {
             let handles: Vec<_> = files
                 .chunks(chunk)
-                .map(|part| s.spawn(move || part.iter().map(|(p, m)| self.hash(p, m)).collect::<io::Result<Vec<_>>>()))
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|(p, m)| self.hash(p, m))
+                            .collect::<io::Result<Vec<_>>>()
+                    })
+                })
                 .collect();
             let mut out = Vec::with_capacity(files.len());
             for h in handles {
-                let part = h.join().map_err(|_| io::Error::other("hashing thread panicked"))??;
+                let part = h
+                    .join()
+                    .map_err(|_| io::Error::other("hashing thread panicked"))??;
                 out.extend(part);
             }
             Ok(out)

@@ -98,7 +98,10 @@ impl ContextIndex {
     }
 
     /// Entries strictly below directory `rel`, in path order.
-    pub fn below<'a>(&'a self, rel: &'a str) -> impl Iterator<Item = (&'a String, &'a FileMeta)> + 'a {
+    pub fn below<'a>(
+        &'a self,
+        rel: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a FileMeta)> + 'a {
         let prefix = if rel.is_empty() {
             String::new()
         } else {

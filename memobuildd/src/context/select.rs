@@ -84,9 +84,7 @@ pub fn select(index: &ContextIndex, source: &str) -> Result<Vec<Selected>, Selec
             meta,
         });
     }
-    if out.is_empty() {
-        return Err(SelectError::NoMatch(source.to_string()));
-    }
+    // BuildKit allows a wildcard that matches nothing (AllowEmptyWildcard).
     Ok(out)
 }
 
@@ -106,7 +104,12 @@ fn glob(pattern: &str) -> Result<GlobMatcher, SelectError> {
 /// `/`: an absolute target is taken relative to the root and `..` stops at it,
 /// so resolution can never leave the context.
 pub fn resolve(index: &ContextIndex, rel: &str, original: &str) -> Result<String, SelectError> {
-    let mut pending: Vec<String> = rel.split('/').filter(|p| !p.is_empty()).map(String::from).rev().collect();
+    let mut pending: Vec<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .rev()
+        .collect();
     let mut done: Vec<String> = Vec::new();
     let mut hops = 0;
     while let Some(part) = pending.pop() {

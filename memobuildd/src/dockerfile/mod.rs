@@ -249,7 +249,9 @@ fn syntax_hint(message: &str) -> Option<String> {
         return Some("instructions are FROM, ARG, ENV, LABEL, WORKDIR, COPY, ADD, RUN, USER, EXPOSE, VOLUME, CMD, ENTRYPOINT, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER".into());
     }
     if message.contains("FROM") {
-        return Some("a Dockerfile must start with FROM (only ARG and comments may come before it)".into());
+        return Some(
+            "a Dockerfile must start with FROM (only ARG and comments may come before it)".into(),
+        );
     }
     None
 }
@@ -307,29 +309,82 @@ impl Converter<'_> {
         use parse_dockerfile::Instruction as P;
         let (start, value) = match ins {
             P::Arg(i) => (i.arg.span.start, Instruction::Arg(self.arg_decls(i)?)),
-            P::Env(i) => (i.env.span.start, Instruction::Env(self.name_vals("ENV", &i.arguments)?)),
-            P::Label(i) => (i.label.span.start, Instruction::Label(self.name_vals("LABEL", &i.arguments)?)),
-            P::Workdir(i) => (i.workdir.span.start, Instruction::Workdir(i.arguments.value.to_string())),
-            P::User(i) => (i.user.span.start, Instruction::User(i.arguments.value.to_string())),
-            P::Stopsignal(i) => (i.stopsignal.span.start, Instruction::Stopsignal(i.arguments.value.to_string())),
-            P::Maintainer(i) => (i.maintainer.span.start, Instruction::Maintainer(i.name.value.to_string())),
-            P::Expose(i) => (i.expose.span.start, Instruction::Expose(self.expose_text(i))),
-            P::Volume(i) => (i.volume.span.start, Instruction::Volume(string_array(&i.arguments))),
-            P::Cmd(i) => (i.cmd.span.start, Instruction::Cmd(self.command(&i.arguments))),
-            P::Entrypoint(i) => (i.entrypoint.span.start, Instruction::Entrypoint(self.command(&i.arguments))),
-            P::Shell(i) => (i.shell.span.start, Instruction::Shell(i.arguments.iter().map(|s| s.value.to_string()).collect())),
+            P::Env(i) => (
+                i.env.span.start,
+                Instruction::Env(self.name_vals("ENV", &i.arguments)?),
+            ),
+            P::Label(i) => (
+                i.label.span.start,
+                Instruction::Label(self.name_vals("LABEL", &i.arguments)?),
+            ),
+            P::Workdir(i) => (
+                i.workdir.span.start,
+                Instruction::Workdir(i.arguments.value.to_string()),
+            ),
+            P::User(i) => (
+                i.user.span.start,
+                Instruction::User(i.arguments.value.to_string()),
+            ),
+            P::Stopsignal(i) => (
+                i.stopsignal.span.start,
+                Instruction::Stopsignal(i.arguments.value.to_string()),
+            ),
+            P::Maintainer(i) => (
+                i.maintainer.span.start,
+                Instruction::Maintainer(i.name.value.to_string()),
+            ),
+            P::Expose(i) => (
+                i.expose.span.start,
+                Instruction::Expose(self.expose_text(i)),
+            ),
+            P::Volume(i) => (
+                i.volume.span.start,
+                Instruction::Volume(string_array(&i.arguments)),
+            ),
+            P::Cmd(i) => (
+                i.cmd.span.start,
+                Instruction::Cmd(self.command(&i.arguments)),
+            ),
+            P::Entrypoint(i) => (
+                i.entrypoint.span.start,
+                Instruction::Entrypoint(self.command(&i.arguments)),
+            ),
+            P::Shell(i) => (
+                i.shell.span.start,
+                Instruction::Shell(i.arguments.iter().map(|s| s.value.to_string()).collect()),
+            ),
             P::Copy(i) => (
                 i.copy.span.start,
-                Instruction::Copy(self.copy_spec("COPY", &i.options, &i.src, &i.dest, &["from", "chown", "chmod", "link"])?),
+                Instruction::Copy(self.copy_spec(
+                    "COPY",
+                    &i.options,
+                    &i.src,
+                    &i.dest,
+                    &["from", "chown", "chmod", "link"],
+                )?),
             ),
             P::Add(i) => (
                 i.add.span.start,
-                Instruction::Add(self.copy_spec("ADD", &i.options, &i.src, &i.dest, &["chown", "chmod", "link"])?),
+                Instruction::Add(self.copy_spec(
+                    "ADD",
+                    &i.options,
+                    &i.src,
+                    &i.dest,
+                    &["chown", "chmod", "link"],
+                )?),
             ),
-            P::Healthcheck(i) => (i.healthcheck.span.start, Instruction::Healthcheck(self.healthcheck(i)?)),
-            P::Onbuild(i) => (i.onbuild.span.start, Instruction::Onbuild(self.onbuild_trigger(i)?)),
+            P::Healthcheck(i) => (
+                i.healthcheck.span.start,
+                Instruction::Healthcheck(self.healthcheck(i)?),
+            ),
+            P::Onbuild(i) => (
+                i.onbuild.span.start,
+                Instruction::Onbuild(self.onbuild_trigger(i)?),
+            ),
             P::Run(i) => (i.run.span.start, Instruction::Run),
-            P::From(i) => return Err(self.error(i.from.span.start, "FROM inside a stage (parser bug)")),
+            P::From(i) => {
+                return Err(self.error(i.from.span.start, "FROM inside a stage (parser bug)"))
+            }
             _ => return Err(self.error(0, "instruction not supported by memobuild")),
         };
         Ok(self.located(start, value))
@@ -351,7 +406,10 @@ impl Converter<'_> {
                     let list: Vec<String> = allowed.iter().map(|a| format!("--{a}")).collect();
                     format!("{keyword} supports {}", list.join(", "))
                 };
-                let mut err = self.error(opt.span().start, format!("unknown flag --{name} for {keyword}"));
+                let mut err = self.error(
+                    opt.span().start,
+                    format!("unknown flag --{name} for {keyword}"),
+                );
                 err.hint = Some(supported);
                 return Err(err);
             }
@@ -364,9 +422,16 @@ impl Converter<'_> {
         Ok(out)
     }
 
-    fn arg_decls(&self, arg: &parse_dockerfile::ArgInstruction<'_>) -> Result<Vec<ArgDecl>, DockerfileError> {
-        let decls = expand::parse_arg_decls(&arg.arguments.value, self.escape)
-            .map_err(|e| self.error(arg.arguments.span.start + e.offset.min(arg.arguments.span.len()), e.message))?;
+    fn arg_decls(
+        &self,
+        arg: &parse_dockerfile::ArgInstruction<'_>,
+    ) -> Result<Vec<ArgDecl>, DockerfileError> {
+        let decls = expand::parse_arg_decls(&arg.arguments.value, self.escape).map_err(|e| {
+            self.error(
+                arg.arguments.span.start + e.offset.min(arg.arguments.span.len()),
+                e.message,
+            )
+        })?;
         Ok(decls
             .into_iter()
             .map(|(name, default)| ArgDecl { name, default })
@@ -420,11 +485,17 @@ impl Converter<'_> {
                     value: p.value.to_string(),
                 }),
                 parse_dockerfile::Source::HereDoc(h) => {
-                    let mut err = self.error(h.span.start, format!("{keyword} from a here-document is not supported yet"));
-                    err.hint = Some("put the content in a file in the build context and copy that".into());
+                    let mut err = self.error(
+                        h.span.start,
+                        format!("{keyword} from a here-document is not supported yet"),
+                    );
+                    err.hint =
+                        Some("put the content in a file in the build context and copy that".into());
                     return Err(err);
                 }
-                _ => return Err(self.error(dest.span.start, format!("unsupported {keyword} source"))),
+                _ => {
+                    return Err(self.error(dest.span.start, format!("unsupported {keyword} source")))
+                }
             }
         }
         Ok(CopySpec {
@@ -445,16 +516,27 @@ impl Converter<'_> {
         let flags = self.flags(
             &i.options,
             "HEALTHCHECK",
-            &["interval", "timeout", "start-period", "start-interval", "retries"],
+            &[
+                "interval",
+                "timeout",
+                "start-period",
+                "start-interval",
+                "retries",
+            ],
         )?;
         match &i.arguments {
-            parse_dockerfile::HealthcheckArguments::Cmd { arguments, .. } => Ok(Some(Healthcheck {
-                flags,
-                command: self.command(arguments),
-            })),
+            parse_dockerfile::HealthcheckArguments::Cmd { arguments, .. } => {
+                Ok(Some(Healthcheck {
+                    flags,
+                    command: self.command(arguments),
+                }))
+            }
             parse_dockerfile::HealthcheckArguments::None { none, .. } => {
                 if let Some(f) = flags.first() {
-                    return Err(self.error(none.span.start, format!("HEALTHCHECK NONE takes no flags (found --{})", f.name)));
+                    return Err(self.error(
+                        none.span.start,
+                        format!("HEALTHCHECK NONE takes no flags (found --{})", f.name),
+                    ));
                 }
                 Ok(None)
             }
@@ -463,12 +545,22 @@ impl Converter<'_> {
     }
 
     /// Docker records the trigger as its source text after `ONBUILD `.
-    fn onbuild_trigger(&self, i: &parse_dockerfile::OnbuildInstruction<'_>) -> Result<String, DockerfileError> {
+    fn onbuild_trigger(
+        &self,
+        i: &parse_dockerfile::OnbuildInstruction<'_>,
+    ) -> Result<String, DockerfileError> {
         let line = logical_line(self.text, i.onbuild.span.start, self.escape);
         let trigger = line.get("ONBUILD".len()..).unwrap_or("").trim().to_string();
-        let first = trigger.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let first = trigger
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         if matches!(first.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
-            return Err(self.error(i.onbuild.span.start, format!("ONBUILD {first} is not allowed")));
+            return Err(self.error(
+                i.onbuild.span.start,
+                format!("ONBUILD {first} is not allowed"),
+            ));
         }
         Ok(trigger)
     }
@@ -476,8 +568,12 @@ impl Converter<'_> {
 
 fn string_array<const N: usize>(arr: &parse_dockerfile::JsonOrStringArray<'_, N>) -> Vec<String> {
     match arr {
-        parse_dockerfile::JsonOrStringArray::Json(v) => v.value.iter().map(|s| s.value.to_string()).collect(),
-        parse_dockerfile::JsonOrStringArray::String(v) => v.iter().map(|s| s.value.to_string()).collect(),
+        parse_dockerfile::JsonOrStringArray::Json(v) => {
+            v.value.iter().map(|s| s.value.to_string()).collect()
+        }
+        parse_dockerfile::JsonOrStringArray::String(v) => {
+            v.iter().map(|s| s.value.to_string()).collect()
+        }
     }
 }
 

@@ -43,13 +43,20 @@ fn dockerfile_error(e: DockerfileError) -> RpcError {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RpcError> + Send + 'static) -> Result<T, RpcError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, RpcError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| RpcError::new(format!("internal error: build task failed: {e}")))?
 }
 
-pub async fn run(engine: &Arc<Engine>, id: BuildId, request: &BuildRequest, log: &Arc<BuildLog>) -> Result<Done, RpcError> {
+pub async fn run(
+    engine: &Arc<Engine>,
+    id: BuildId,
+    request: &BuildRequest,
+    log: &Arc<BuildLog>,
+) -> Result<Done, RpcError> {
     let plan = {
         let engine = engine.clone();
         let request = request.clone();
@@ -70,7 +77,10 @@ pub async fn run(engine: &Arc<Engine>, id: BuildId, request: &BuildRequest, log:
             .collect(),
     });
     for w in &plan.warnings {
-        log.push(BuildEvent::Log { step: None, line: format!("warning: {w}") });
+        log.push(BuildEvent::Log {
+            step: None,
+            line: format!("warning: {w}"),
+        });
     }
     let plan = Arc::new(plan);
     let results = run_stages(engine, &plan, request, log).await?;
@@ -141,11 +151,15 @@ fn make_plan(engine: &Engine, request: &BuildRequest) -> Result<Plan, RpcError> 
     }
     let df_path = dockerfile_path(request);
     let text = std::fs::read_to_string(&df_path).map_err(|e| {
-        RpcError::with_hint(format!("cannot read Dockerfile {}: {e}", df_path.display()), "pass its path with -f, relative to the context or absolute")
+        RpcError::with_hint(
+            format!("cannot read Dockerfile {}: {e}", df_path.display()),
+            "pass its path with -f, relative to the context or absolute",
+        )
     })?;
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
     let ignore = read_ignore(request, &df_path)?;
-    let index = ContextIndex::scan(context, &ignore).map_err(|e| RpcError::new(format!("scanning build context: {e}")))?;
+    let index = ContextIndex::scan(context, &ignore)
+        .map_err(|e| RpcError::new(format!("scanning build context: {e}")))?;
     graph::plan(&graph::PlanInput {
         dockerfile: &df,
         target: &request.target,
@@ -174,7 +188,8 @@ async fn run_stages(
                 continue;
             }
             started[i] = true;
-            let inputs: BTreeMap<usize, StageResult> = stage.deps.iter().map(|d| (*d, done[d].clone())).collect();
+            let inputs: BTreeMap<usize, StageResult> =
+                stage.deps.iter().map(|d| (*d, done[d].clone())).collect();
             let (engine, plan, log) = (engine.clone(), plan.clone(), log.clone());
             let no_cache = request.no_cache;
             let epoch = request.source_date_epoch;
@@ -183,8 +198,11 @@ async fn run_stages(
                 (i, result)
             });
         }
-        let Some(joined) = running.join_next().await else { break };
-        let (i, result) = joined.map_err(|e| RpcError::new(format!("internal error: stage task failed: {e}")))?;
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (i, result) =
+            joined.map_err(|e| RpcError::new(format!("internal error: stage task failed: {e}")))?;
         match result {
             Ok(r) => {
                 done.insert(i, r);
@@ -220,7 +238,11 @@ async fn run_stage(
         let step = &plan.steps[step_index];
         log.push(BuildEvent::StepStarted { step: step_index });
         let started = Instant::now();
-        let cached = if no_cache { None } else { engine.store.step(&step.key).map_err(internal)? };
+        let cached = if no_cache {
+            None
+        } else {
+            engine.store.step(&step.key).map_err(internal)?
+        };
         let record = match cached {
             Some(record) => {
                 log.push(BuildEvent::StepCached { step: step_index });
@@ -228,7 +250,10 @@ async fn run_stage(
             }
             None => {
                 let record = execute(engine, plan, step, &state, inputs, epoch).await?;
-                engine.store.put_step(&step.key, &record).map_err(internal)?;
+                engine
+                    .store
+                    .put_step(&step.key, &record)
+                    .map_err(internal)?;
                 log.push(BuildEvent::StepDone {
                     step: step_index,
                     millis: started.elapsed().as_millis() as u64,
@@ -253,7 +278,10 @@ async fn run_stage(
 
 fn step_error(plan: &Plan, step: &Step, e: impl std::fmt::Display) -> RpcError {
     let _ = plan;
-    RpcError::new(format!("line {}:{}: {}: {e}", step.loc.line, step.loc.column, step.display))
+    RpcError::new(format!(
+        "line {}:{}: {}: {e}",
+        step.loc.line, step.loc.column, step.display
+    ))
 }
 
 /// Runs one step that missed the cache.
@@ -267,26 +295,38 @@ async fn execute(
 ) -> Result<StepRecord, RpcError> {
     let now = chrono_now();
     if matches!(step.op, Op::Meta) {
-        return Ok(StepRecord { layer: None, created_at: now });
+        return Ok(StepRecord {
+            layer: None,
+            created_at: now,
+        });
     }
     let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
     let parent_layers = parent.layers.clone();
     let source_layers = match &step.op {
         Op::Copy(c) => match &c.source {
-            graph::CopySource::Stage { stage, .. } => Some(inputs.get(stage).map(|r| r.layers.clone()).unwrap_or_default()),
+            graph::CopySource::Stage { stage, .. } => Some(
+                inputs
+                    .get(stage)
+                    .map(|r| r.layers.clone())
+                    .unwrap_or_default(),
+            ),
             _ => None,
         },
         _ => None,
     };
     blocking(move || {
         let store = &engine.store;
-        let view = FsView::load(store, &engine.layers, &parent_layers).map_err(|e| step_error(&plan, &step, e))?;
+        let view = FsView::load(store, &engine.layers, &parent_layers)
+            .map_err(|e| step_error(&plan, &step, e))?;
         let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
         let changes: ChangeSet = match &step.op {
             Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
             Op::Copy(op) => {
                 let source_view = match &source_layers {
-                    Some(layers) => Some(FsView::load(store, &engine.layers, layers).map_err(|e| step_error(&plan, &step, e))?),
+                    Some(layers) => Some(
+                        FsView::load(store, &engine.layers, layers)
+                            .map_err(|e| step_error(&plan, &step, e))?,
+                    ),
                     None => None,
                 };
                 copy::copy(op, &view, source_view.as_ref(), store, staging.path())
@@ -298,14 +338,25 @@ async fn execute(
             None
         } else {
             let mtime = epoch.unwrap_or(0).max(0) as u64;
-            Some(changes.write(&store.blobs, mtime).map_err(|e| step_error(&plan, &step, e))?)
+            Some(
+                changes
+                    .write(&store.blobs, mtime)
+                    .map_err(|e| step_error(&plan, &step, e))?,
+            )
         };
-        Ok(StepRecord { layer, created_at: now })
+        Ok(StepRecord {
+            layer,
+            created_at: now,
+        })
     })
     .await
 }
 
-fn tag_image(engine: &Engine, tags: &[String], image: &StoredImage) -> Result<Vec<String>, RpcError> {
+fn tag_image(
+    engine: &Engine,
+    tags: &[String],
+    image: &StoredImage,
+) -> Result<Vec<String>, RpcError> {
     let mut names = Vec::new();
     for tag in tags {
         let name = graph::normalize_image_name(tag);

@@ -21,7 +21,10 @@ pub enum CopyError {
     #[error(transparent)]
     Oci(#[from] crate::oci::OciError),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Source(String),
 }
@@ -42,11 +45,15 @@ struct Builder<'a> {
     view: &'a FsView,
     changes: ChangeSet,
     owner: Owner,
+    /// True when `--chown` set `owner`.
+    chown: bool,
     chmod: Option<u32>,
 }
 
 impl Builder<'_> {
     fn add(&mut self, path: String, kind: EntryKind, mode: u32) {
+        // --chmod applies to every copied entry (but not to the destination
+        // directory COPY creates, see `add_created_dir`).
         let mode = match (&kind, self.chmod) {
             (EntryKind::Symlink(_), _) => 0o777,
             (_, Some(m)) => m,
@@ -61,6 +68,17 @@ impl Builder<'_> {
                 gid: self.owner.gid,
             },
         );
+    }
+
+    /// A directory COPY itself creates: 0755 and the new owner, never --chmod.
+    fn add_created_dir(&mut self, path: String) {
+        let entry = LayerEntry {
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
+        };
+        self.changes.insert(path, entry);
     }
 
     /// Creates missing parent directories of every entry (0755, new owner).
@@ -90,7 +108,12 @@ impl Builder<'_> {
 }
 
 /// `WORKDIR path`: the directory and its missing parents, owned by the stage's user.
-pub fn workdir(path: &str, user: Option<&str>, view: &FsView, store: &Store) -> Result<ChangeSet, CopyError> {
+pub fn workdir(
+    path: &str,
+    user: Option<&str>,
+    view: &FsView,
+    store: &Store,
+) -> Result<ChangeSet, CopyError> {
     let rel = clean_entry_path(path);
     let resolved = view.resolve(&rel).unwrap_or(rel);
     if view.is_dir(&resolved) {
@@ -104,6 +127,7 @@ pub fn workdir(path: &str, user: Option<&str>, view: &FsView, store: &Store) -> 
         view,
         changes: ChangeSet::default(),
         owner: Owner { uid, gid },
+        chown: true,
         chmod: None,
     };
     b.add(resolved, EntryKind::Dir, 0o755);
@@ -130,6 +154,7 @@ pub fn copy(
         view,
         changes: ChangeSet::default(),
         owner,
+        chown: op.chown.is_some(),
         chmod: op.chmod,
     };
     let dest_named_dir = op.dest.ends_with('/');
@@ -141,8 +166,18 @@ pub fn copy(
             }
         }
         CopySource::Stage { paths, .. } => {
-            let source_view = source_view.ok_or_else(|| CopyError::Source("internal: COPY --from without its stage".into()))?;
-            copy_from_view(&mut b, source_view, paths, &dest, dest_named_dir, store, staging)?;
+            let source_view = source_view.ok_or_else(|| {
+                CopyError::Source("internal: COPY --from without its stage".into())
+            })?;
+            copy_from_view(
+                &mut b,
+                source_view,
+                paths,
+                &dest,
+                dest_named_dir,
+                store,
+                staging,
+            )?;
         }
     }
     b.add_missing_parents();
@@ -189,10 +224,15 @@ fn copy_context_root(
 ) -> Result<(), CopyError> {
     match root.meta.kind {
         FileKind::Dir => {
+            // A new destination directory is 0755, not the source's mode (BuildKit).
             if !b.view.is_dir(dest) && !dest.is_empty() {
-                b.add(dest.to_string(), EntryKind::Dir, root.meta.mode);
+                b.add_created_dir(dest.to_string());
             }
-            let prefix_len = if root.rel.is_empty() { 0 } else { root.rel.len() + 1 };
+            let prefix_len = if root.rel.is_empty() {
+                0
+            } else {
+                root.rel.len() + 1
+            };
             for (path, meta) in index.below(&root.rel) {
                 let target = join(dest, &path[prefix_len..]);
                 add_context_entry(b, index, path, meta, target);
@@ -210,7 +250,13 @@ fn copy_context_root(
     }
 }
 
-fn add_context_entry(b: &mut Builder<'_>, index: &ContextIndex, rel: &str, meta: &FileMeta, target: String) {
+fn add_context_entry(
+    b: &mut Builder<'_>,
+    index: &ContextIndex,
+    rel: &str,
+    meta: &FileMeta,
+    target: String,
+) {
     let kind = match meta.kind {
         FileKind::File => EntryKind::File(Content::Path(index.host_path(rel))),
         FileKind::Dir => EntryKind::Dir,
@@ -233,16 +279,13 @@ fn copy_from_view(
     let mut plan: Vec<(String, String)> = Vec::new();
     for raw in paths {
         let rel = clean_entry_path(raw);
-        let roots = select_in_view(source, &rel).ok_or_else(|| {
-            CopyError::Source(format!("{raw:?} not found in the source stage"))
-        })?;
+        let roots = select_in_view(source, &rel)
+            .ok_or_else(|| CopyError::Source(format!("{raw:?} not found in the source stage")))?;
         for (path, name) in roots {
             let entry = source.get(&path).cloned();
             if path.is_empty() || matches!(entry.as_ref().map(|e| &e.kind), Some(ViewKind::Dir)) {
                 if !b.view.is_dir(dest) && !dest.is_empty() {
-                    let mode = entry.map(|e| e.mode).unwrap_or(0o755);
-                    plan.push((path.clone(), dest.to_string()));
-                    let _ = mode;
+                    plan.push((String::from("\0new-dir"), dest.to_string()));
                 }
                 let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
                 for (p, _) in source.below(&path) {
@@ -259,11 +302,19 @@ fn copy_from_view(
         .map(|(p, _)| p.clone())
         .collect();
     let staged = source.extract(store, &files, staging)?;
+    let chown = b.chown;
     for (path, target) in plan {
         let Some(entry) = source.get(&path) else {
-            b.add(target, EntryKind::Dir, 0o755);
+            b.add_created_dir(target);
             continue;
         };
+        // COPY --from keeps the source's owners unless --chown says otherwise.
+        if !chown {
+            b.owner = Owner {
+                uid: entry.uid,
+                gid: entry.gid,
+            };
+        }
         let kind = match &entry.kind {
             ViewKind::File => match staged.get(&path) {
                 Some(p) => EntryKind::File(Content::Path(p.clone())),
@@ -275,6 +326,9 @@ fn copy_from_view(
             ViewKind::Other => continue,
         };
         b.add(target, kind, entry.mode);
+    }
+    if !chown {
+        b.owner = Owner::default();
     }
     Ok(())
 }
@@ -317,7 +371,9 @@ fn sniff(path: &Path) -> Result<Option<Compression>, CopyError> {
     let mut file = std::fs::File::open(path).map_err(io_err(path.display().to_string()))?;
     let mut n = 0;
     while n < head.len() {
-        let read = file.read(&mut head[n..]).map_err(io_err(path.display().to_string()))?;
+        let read = file
+            .read(&mut head[n..])
+            .map_err(io_err(path.display().to_string()))?;
         if read == 0 {
             break;
         }
@@ -339,7 +395,9 @@ fn sniff(path: &Path) -> Result<Option<Compression>, CopyError> {
 
 /// True for a file ADD extracts: a tar, possibly compressed, that reads as one.
 fn is_archive(path: &Path) -> Result<bool, CopyError> {
-    let Some(compression) = sniff(path)? else { return Ok(false) };
+    let Some(compression) = sniff(path)? else {
+        return Ok(false);
+    };
     if compression == Compression::None {
         return Ok(true);
     }
@@ -354,11 +412,14 @@ fn is_archive(path: &Path) -> Result<bool, CopyError> {
             Err(_) => return Ok(false),
         }
     }
-    Ok(n >= 262 && &head[257..262] == b"ustar" || (n == 512 && tar::Header::from_byte_slice(&head).cksum().is_ok()))
+    Ok(n >= 262 && &head[257..262] == b"ustar"
+        || (n == 512 && tar::Header::from_byte_slice(&head).cksum().is_ok()))
 }
 
 fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, CopyError> {
-    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io_err(path.display().to_string()))?);
+    let file = std::io::BufReader::new(
+        std::fs::File::open(path).map_err(io_err(path.display().to_string()))?,
+    );
     Ok(match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
@@ -369,7 +430,12 @@ fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, 
 
 /// ADD of a local archive: its entries land under `dest` with their own modes and
 /// owners; paths are cleaned so no entry can land outside `dest`.
-fn extract_archive(b: &mut Builder<'_>, path: &Path, dest: &str, staging: &Path) -> Result<(), CopyError> {
+fn extract_archive(
+    b: &mut Builder<'_>,
+    path: &Path,
+    dest: &str,
+    staging: &Path,
+) -> Result<(), CopyError> {
     let compression = sniff(path)?.unwrap_or(Compression::None);
     let mut archive = tar::Archive::new(decompressor(path, compression)?);
     let name = path.display().to_string();
@@ -399,18 +465,52 @@ fn extract_archive(b: &mut Builder<'_>, path: &Path, dest: &str, staging: &Path)
             }
             _ => continue,
         };
-        let target = join(dest, &rel);
-        let chmod = b.chmod;
-        let owner = b.owner;
+        // Extracted entries keep the archive's modes and owners, even with
+        // --chown/--chmod (BuildKit applies those only to what it creates itself).
         b.changes.insert(
-            target,
+            join(dest, &rel),
             LayerEntry {
                 kind,
-                mode: chmod.unwrap_or(mode),
-                uid: if owner.uid != 0 || owner.gid != 0 { owner.uid } else { uid },
-                gid: if owner.uid != 0 || owner.gid != 0 { owner.gid } else { gid },
+                mode,
+                uid,
+                gid,
             },
         );
     }
+    add_implied_dirs(b, dest);
     Ok(())
+}
+
+/// Directories an archive implies but does not contain come out 0755 and owned
+/// by root, whatever --chown says (BuildKit).
+fn add_implied_dirs(b: &mut Builder<'_>, dest: &str) {
+    let prefix = if dest.is_empty() {
+        String::new()
+    } else {
+        format!("{dest}/")
+    };
+    let mut implied = Vec::new();
+    for path in b.changes.entries.keys().filter(|p| p.starts_with(&prefix)) {
+        let mut parent = path.as_str();
+        while let Some((p, _)) = parent.rsplit_once('/') {
+            parent = p;
+            if parent.len() <= dest.len() {
+                break;
+            }
+            if !b.view.exists(parent) && !b.changes.entries.contains_key(parent) {
+                implied.push(parent.to_string());
+            }
+        }
+    }
+    for dir in implied {
+        b.changes.insert(
+            dir,
+            LayerEntry {
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        );
+    }
 }

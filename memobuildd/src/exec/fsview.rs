@@ -46,7 +46,12 @@ pub struct LayerCache {
 
 impl LayerCache {
     fn index(&self, store: &Store, digest: &str) -> Result<Arc<LayerIndex>, OciError> {
-        if let Some(found) = self.layers.lock().unwrap_or_else(|p| p.into_inner()).get(digest) {
+        if let Some(found) = self
+            .layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
             return Ok(found.clone());
         }
         let index = Arc::new(read_index(store, digest)?);
@@ -136,7 +141,11 @@ pub struct FsView {
 }
 
 impl FsView {
-    pub fn load(store: &Store, cache: &LayerCache, layers: &[LayerRecord]) -> Result<FsView, OciError> {
+    pub fn load(
+        store: &Store,
+        cache: &LayerCache,
+        layers: &[LayerRecord],
+    ) -> Result<FsView, OciError> {
         let mut entries: BTreeMap<String, ViewEntry> = BTreeMap::new();
         for (i, layer) in layers.iter().enumerate() {
             let index = cache.index(store, &layer.digest)?;
@@ -175,8 +184,15 @@ impl FsView {
         path.is_empty() || self.entries.contains_key(path)
     }
 
-    pub fn below<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a String, &'a ViewEntry)> + 'a {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    pub fn below<'a>(
+        &'a self,
+        dir: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a ViewEntry)> + 'a {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         self.entries
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
@@ -184,7 +200,12 @@ impl FsView {
 
     /// Follows symlinks in every component of `path` with this view's root as `/`.
     pub fn resolve(&self, path: &str) -> Option<String> {
-        let mut pending: Vec<String> = path.split('/').filter(|p| !p.is_empty()).map(String::from).rev().collect();
+        let mut pending: Vec<String> = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .rev()
+            .collect();
         let mut done: Vec<String> = Vec::new();
         let mut hops = 0;
         while let Some(part) = pending.pop() {
@@ -196,7 +217,11 @@ impl FsView {
                 }
                 _ => done.push(part),
             }
-            if let Some(ViewEntry { kind: ViewKind::Symlink(target), .. }) = self.get(&done.join("/")) {
+            if let Some(ViewEntry {
+                kind: ViewKind::Symlink(target),
+                ..
+            }) = self.get(&done.join("/"))
+            {
                 hops += 1;
                 if hops > 40 {
                     return None;
@@ -205,7 +230,13 @@ impl FsView {
                 if target.starts_with('/') {
                     done.clear();
                 }
-                pending.extend(target.split('/').filter(|p| !p.is_empty()).rev().map(String::from));
+                pending.extend(
+                    target
+                        .split('/')
+                        .filter(|p| !p.is_empty())
+                        .rev()
+                        .map(String::from),
+                );
             }
         }
         Some(done.join("/"))
@@ -213,8 +244,12 @@ impl FsView {
 
     /// Reads a small file (e.g. /etc/passwd) from the view.
     pub fn read_file(&self, store: &Store, path: &str) -> Result<Option<Vec<u8>>, OciError> {
-        let Some(resolved) = self.resolve(path) else { return Ok(None) };
-        let Some(entry) = self.get(&resolved) else { return Ok(None) };
+        let Some(resolved) = self.resolve(path) else {
+            return Ok(None);
+        };
+        let Some(entry) = self.get(&resolved) else {
+            return Ok(None);
+        };
         if entry.kind != ViewKind::File {
             return Ok(None);
         }
@@ -224,7 +259,8 @@ impl FsView {
             let mut e = e.map_err(|e| read_err(digest, e))?;
             if clean_entry_path(&String::from_utf8_lossy(&e.path_bytes())) == resolved {
                 let mut buf = Vec::new();
-                e.read_to_end(&mut buf).map_err(|err| read_err(digest, err))?;
+                e.read_to_end(&mut buf)
+                    .map_err(|err| read_err(digest, err))?;
                 return Ok(Some(buf));
             }
         }
@@ -233,7 +269,12 @@ impl FsView {
 
     /// Writes the content of the given files (paths in this view) into `staging`
     /// and returns where each landed. Reads each layer at most once.
-    pub fn extract(&self, store: &Store, paths: &[String], staging: &Path) -> Result<HashMap<String, PathBuf>, OciError> {
+    pub fn extract(
+        &self,
+        store: &Store,
+        paths: &[String],
+        staging: &Path,
+    ) -> Result<HashMap<String, PathBuf>, OciError> {
         let mut by_layer: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
         for p in paths {
             if let Some(e) = self.get(p) {
@@ -262,7 +303,11 @@ impl FsView {
 }
 
 fn remove_below(entries: &mut BTreeMap<String, ViewEntry>, dir: &str) {
-    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
     let doomed: Vec<String> = entries
         .range(prefix.clone()..)
         .take_while(|(k, _)| k.starts_with(&prefix))

@@ -39,8 +39,14 @@ pub struct BuildLog {
 
 impl BuildLog {
     pub fn push(&self, event: BuildEvent) {
-        let terminal = matches!(event, BuildEvent::Finished { .. } | BuildEvent::Failed { .. });
-        self.events.lock().unwrap_or_else(|p| p.into_inner()).push(event);
+        let terminal = matches!(
+            event,
+            BuildEvent::Finished { .. } | BuildEvent::Failed { .. }
+        );
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
         if terminal {
             self.finished.store(true, Ordering::SeqCst);
         }
@@ -111,7 +117,11 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
-            .ok_or_else(|| RpcError::new(format!("no build with id {id} (the daemon may have restarted)")))?;
+            .ok_or_else(|| {
+                RpcError::new(format!(
+                    "no build with id {id} (the daemon may have restarted)"
+                ))
+            })?;
         let notified = log.changed.notified();
         let batch = log.batch(cursor);
         if !batch.events.is_empty() || batch.finished {

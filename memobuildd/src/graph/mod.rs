@@ -96,7 +96,10 @@ pub enum Op {
     /// Changes only the image config.
     Meta,
     /// `WORKDIR`: create `path` (absolute) and missing parents, owned by `user`.
-    Workdir { path: String, user: Option<String> },
+    Workdir {
+        path: String,
+        user: Option<String>,
+    },
     Copy(CopyOp),
 }
 
@@ -144,7 +147,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let mut planned: BTreeMap<usize, usize> = BTreeMap::new();
     let mut used_args: BTreeSet<String> = global.keys().cloned().collect();
     for &index in &needed {
-        let base = bases[index].clone().ok_or_else(|| unreachable_base(df, index))?;
+        let base = bases[index]
+            .clone()
+            .ok_or_else(|| unreachable_base(df, index))?;
         let position = plan.stages.len();
         let stage_plan = stage::plan_stage(
             &stage::StageInput {
@@ -169,7 +174,11 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     if !unused.is_empty() {
         plan.warnings.push(format!(
             "one or more build args were not consumed: {}",
-            unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            unused
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     Ok(plan)
@@ -245,7 +254,9 @@ fn needed_stages(
         if !needed.insert(i) {
             continue;
         }
-        let base = bases[i].as_ref().ok_or_else(|| stage::missing_base_error(df, i))?;
+        let base = bases[i]
+            .as_ref()
+            .ok_or_else(|| stage::missing_base_error(df, i))?;
         if let Base::Stage(s) = base {
             todo.push(*s);
         }

@@ -51,7 +51,12 @@ fn err(df: &Dockerfile, loc: Loc, message: impl Into<String>) -> DockerfileError
     }
 }
 
-fn err_hint(df: &Dockerfile, loc: Loc, message: impl Into<String>, hint: impl Into<String>) -> DockerfileError {
+fn err_hint(
+    df: &Dockerfile,
+    loc: Loc,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> DockerfileError {
     DockerfileError {
         file: df.name.clone(),
         loc,
@@ -71,20 +76,34 @@ pub(super) fn resolve_base(
     let name = expand::expand_word(&stage.from.value.image, global, df.escape)
         .map_err(|e| expand_error(df, stage.from.loc, e))?;
     if name.is_empty() {
-        return Err(err_hint(df, stage.from.loc, "FROM names no image (it expanded to an empty string)", "set the ARG it uses, or name an image"));
+        return Err(err_hint(
+            df,
+            stage.from.loc,
+            "FROM names no image (it expanded to an empty string)",
+            "set the ARG it uses, or name an image",
+        ));
     }
     if let Some(platform) = &stage.from.value.platform {
-        let platform = expand::expand_word(platform, global, df.escape).map_err(|e| expand_error(df, stage.from.loc, e))?;
+        let platform = expand::expand_word(platform, global, df.escape)
+            .map_err(|e| expand_error(df, stage.from.loc, e))?;
         let host = format!("linux/{}", crate::oci::config::host_architecture());
         if platform != host && !platform.starts_with("$") {
-            return Err(err_hint(df, stage.from.loc, format!("--platform={platform} is not supported: this host builds {host}"), format!("drop --platform or use --platform={host}")));
+            return Err(err_hint(
+                df,
+                stage.from.loc,
+                format!("--platform={platform} is not supported: this host builds {host}"),
+                format!("drop --platform or use --platform={host}"),
+            ));
         }
     }
     if name.eq_ignore_ascii_case("scratch") {
         return Ok(Some(Base::Scratch));
     }
     let lower = name.to_lowercase();
-    if let Some(earlier) = df.stages[..stage.index].iter().find(|s| s.name.as_deref() == Some(lower.as_str())) {
+    if let Some(earlier) = df.stages[..stage.index]
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
         return Ok(Some(Base::Stage(earlier.index)));
     }
     let image_name = normalize_image_name(&name);
@@ -95,7 +114,11 @@ pub(super) fn resolve_base(
             Ok(Some(Base::Image(Box::new(image))))
         }
         Ok(None) => Ok(None),
-        Err(e) => Err(err(df, stage.from.loc, format!("looking up base image {name}: {e}"))),
+        Err(e) => Err(err(
+            df,
+            stage.from.loc,
+            format!("looking up base image {name}: {e}"),
+        )),
     }
 }
 
@@ -127,9 +150,17 @@ pub(super) fn copy_from_stages(
 ) -> Result<Vec<usize>, DockerfileError> {
     let mut out = Vec::new();
     for ins in &stage.instructions {
-        let Instruction::Copy(spec) = &ins.value else { continue };
+        let Instruction::Copy(spec) = &ins.value else {
+            continue;
+        };
         if let Some(from) = spec.flag("from") {
-            out.push(resolve_from_stage(df, stage, from.value.as_deref().unwrap_or(""), from.loc, global)?);
+            out.push(resolve_from_stage(
+                df,
+                stage,
+                from.value.as_deref().unwrap_or(""),
+                from.loc,
+                global,
+            )?);
         }
     }
     Ok(out)
@@ -146,7 +177,11 @@ fn resolve_from_stage(
     let lower = name.to_lowercase();
     let found = match lower.parse::<usize>() {
         Ok(i) => df.stages.get(i).map(|s| s.index),
-        Err(_) => df.stages.iter().find(|s| s.name.as_deref() == Some(lower.as_str())).map(|s| s.index),
+        Err(_) => df
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+            .map(|s| s.index),
     };
     match found {
         Some(i) if i < stage.index => Ok(i),
@@ -182,7 +217,8 @@ impl State<'_> {
     }
 
     fn expand(&self, word: &str, loc: Loc) -> Result<String, DockerfileError> {
-        expand::expand_word(word, &self.vars(), self.df.escape).map_err(|e| expand_error(self.df, loc, e))
+        expand::expand_word(word, &self.vars(), self.df.escape)
+            .map_err(|e| expand_error(self.df, loc, e))
     }
 
     fn shell(&self) -> Vec<String> {
@@ -205,7 +241,12 @@ impl State<'_> {
     }
 
     fn workdir(&self) -> String {
-        self.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".into())
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
     }
 }
 
@@ -220,13 +261,25 @@ pub(super) fn plan_stage(
     let config = match &si.base {
         Base::Scratch => ImageConfig::scratch(),
         Base::Stage(s) => plan.stages[si.planned[s]].config.clone(),
-        Base::Image(image) => {
-            if image.config.config.on_build.as_ref().is_some_and(|t| !t.is_empty()) {
-                return Err(err_hint(df, si.stage.from.loc, "the base image has ONBUILD triggers, which memobuild does not run yet", "build from a base image without ONBUILD"));
-            }
-            image.config.clone()
-        }
+        Base::Image(image) => image.config.clone(),
     };
+    let mut config = config;
+    // ONBUILD triggers of the base run first, and are not inherited.
+    let triggers = onbuild_triggers(
+        df,
+        si.stage,
+        config.config.on_build.take().unwrap_or_default(),
+    )?;
+    // BuildKit starts every stage with a working directory, "/" unless inherited.
+    if config
+        .config
+        .working_dir
+        .as_deref()
+        .unwrap_or("")
+        .is_empty()
+    {
+        config.config.working_dir = Some("/".into());
+    }
     let mut deps = Vec::new();
     if let Base::Stage(s) = &si.base {
         deps.push(si.planned[s]);
@@ -239,7 +292,7 @@ pub(super) fn plan_stage(
         parent_key: base_key.clone(),
     };
     let mut steps = Vec::new();
-    for ins in &si.stage.instructions {
+    for ins in triggers.iter().chain(&si.stage.instructions) {
         let (op, extra_key) = apply(si, &mut state, ins, plan, &mut deps, used_args)?;
         let key = step_key(&state, ins, &extra_key);
         state.parent_key = key.clone();
@@ -266,6 +319,34 @@ pub(super) fn plan_stage(
         deps,
         config: state.config,
     })
+}
+
+/// Parses the base's ONBUILD triggers as instructions placed at the FROM line.
+fn onbuild_triggers(
+    df: &Dockerfile,
+    stage: &Stage,
+    triggers: Vec<String>,
+) -> Result<Vec<Located<Instruction>>, DockerfileError> {
+    let mut out = Vec::new();
+    for trigger in triggers {
+        let text = format!("FROM scratch\n{trigger}\n");
+        let parsed = crate::dockerfile::parse(&text, &df.name).map_err(|e| {
+            err(
+                df,
+                stage.from.loc,
+                format!(
+                    "ONBUILD trigger {trigger:?} of the base image: {}",
+                    e.message
+                ),
+            )
+        })?;
+        for mut ins in parsed.stages.into_iter().flat_map(|s| s.instructions) {
+            ins.loc = stage.from.loc;
+            ins.source = format!("ONBUILD {}", ins.source);
+            out.push(ins);
+        }
+    }
+    Ok(out)
 }
 
 /// The step's key: parent key, the instruction's effect (as the resulting config
@@ -316,8 +397,10 @@ fn apply(
             let vars = st.vars();
             let mut expanded = Vec::new();
             for (k, v) in pairs {
-                let k = expand::expand_word(k, &vars, df.escape).map_err(|e| expand_error(df, loc, e))?;
-                let v = expand::expand_word(v, &vars, df.escape).map_err(|e| expand_error(df, loc, e))?;
+                let k = expand::expand_word(k, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
+                let v = expand::expand_word(v, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
                 if k.is_empty() {
                     return Err(err(df, loc, "ENV names can not be blank"));
                 }
@@ -331,12 +414,18 @@ fn apply(
         Instruction::Label(pairs) => {
             let vars = st.vars();
             for (k, v) in pairs {
-                let k = expand::expand_word(k, &vars, df.escape).map_err(|e| expand_error(df, loc, e))?;
-                let v = expand::expand_word(v, &vars, df.escape).map_err(|e| expand_error(df, loc, e))?;
+                let k = expand::expand_word(k, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
+                let v = expand::expand_word(v, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
                 if k.is_empty() {
                     return Err(err(df, loc, "LABEL names can not be blank"));
                 }
-                st.config.config.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+                st.config
+                    .config
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k, v);
             }
             Ok(meta())
         }
@@ -365,10 +454,22 @@ fn apply(
             Ok(meta())
         }
         Instruction::Expose(raw) => {
-            let words = expand::expand_words(raw, &st.vars(), df.escape).map_err(|e| expand_error(df, loc, e))?;
+            let words = expand::expand_words(raw, &st.vars(), df.escape)
+                .map_err(|e| expand_error(df, loc, e))?;
             for word in words {
-                for port in parse_ports(&word).map_err(|m| err_hint(df, loc, m, "EXPOSE takes PORT, PORT/tcp, PORT/udp or a range such as 8000-8010"))? {
-                    st.config.config.exposed_ports.get_or_insert_with(BTreeMap::new).insert(port, Empty {});
+                for port in parse_ports(&word).map_err(|m| {
+                    err_hint(
+                        df,
+                        loc,
+                        m,
+                        "EXPOSE takes PORT, PORT/tcp, PORT/udp or a range such as 8000-8010",
+                    )
+                })? {
+                    st.config
+                        .config
+                        .exposed_ports
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(port, Empty {});
                 }
             }
             Ok(meta())
@@ -379,7 +480,11 @@ fn apply(
                 if v.trim().is_empty() {
                     return Err(err(df, loc, "VOLUME specified can not be an empty string"));
                 }
-                st.config.config.volumes.get_or_insert_with(BTreeMap::new).insert(v, Empty {});
+                st.config
+                    .config
+                    .volumes
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(v, Empty {});
             }
             Ok(meta())
         }
@@ -405,7 +510,12 @@ fn apply(
         Instruction::Stopsignal(raw) => {
             let sig = st.expand(raw, loc)?;
             if !valid_signal(&sig) {
-                return Err(err_hint(df, loc, format!("invalid signal {sig:?}"), "use a signal name such as SIGTERM or a number such as 15"));
+                return Err(err_hint(
+                    df,
+                    loc,
+                    format!("invalid signal {sig:?}"),
+                    "use a signal name such as SIGTERM or a number such as 15",
+                ));
             }
             st.config.config.stop_signal = Some(sig);
             Ok(meta())
@@ -421,7 +531,11 @@ fn apply(
             Ok(meta())
         }
         Instruction::Onbuild(trigger) => {
-            st.config.config.on_build.get_or_insert_with(Vec::new).push(trigger.clone());
+            st.config
+                .config
+                .on_build
+                .get_or_insert_with(Vec::new)
+                .push(trigger.clone());
             Ok(meta())
         }
         Instruction::Run => Err(err_hint(
@@ -447,21 +561,34 @@ fn copy_op(
     let df = st.df;
     let keyword = if add { "ADD" } else { "COPY" };
     let raw_dest = st.expand(&spec.dest.value, spec.dest.loc)?;
-    let dest_is_dir = raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/.") || raw_dest == "..";
+    let dest_is_dir =
+        raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/.") || raw_dest == "..";
     let mut dest = absolute_clean(&st.workdir(), &raw_dest);
     if dest_is_dir && !dest.ends_with('/') {
         dest.push('/');
     }
     let chown = match spec.flag("chown") {
-        Some(f) => Some(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?).filter(|s| !s.is_empty()),
+        Some(f) => {
+            Some(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?).filter(|s| !s.is_empty())
+        }
         None => None,
     };
     let chmod = match spec.flag("chmod") {
         Some(f) => {
             let text = st.expand(f.value.as_deref().unwrap_or(""), f.loc)?;
-            Some(u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| {
-                err_hint(df, f.loc, format!("invalid --chmod={text}"), "give an octal mode such as 0644 or 755")
-            })?)
+            Some(
+                u32::from_str_radix(&text, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        err_hint(
+                            df,
+                            f.loc,
+                            format!("invalid --chmod={text}"),
+                            "give an octal mode such as 0644 or 755",
+                        )
+                    })?,
+            )
         }
         None => None,
     };
@@ -469,16 +596,29 @@ fn copy_op(
     for s in &spec.sources {
         let v = st.expand(&s.value, s.loc)?;
         if v.contains("://") || v.starts_with("git@") {
-            return Err(err_hint(df, s.loc, format!("{keyword} from a URL ({v}) is not supported"), "download the file into the build context and copy it from there"));
+            return Err(err_hint(
+                df,
+                s.loc,
+                format!("{keyword} from a URL ({v}) is not supported"),
+                "download the file into the build context and copy it from there",
+            ));
         }
         sources.push((v, s.loc));
     }
     let mut k = KeyHasher::new(keyword);
-    k.str(&dest).str(chown.as_deref().unwrap_or("")).u64(chmod.map(u64::from).unwrap_or(u64::MAX));
+    k.str(&dest)
+        .str(chown.as_deref().unwrap_or(""))
+        .u64(chmod.map(u64::from).unwrap_or(u64::MAX));
     k.strs(sources.iter().map(|(s, _)| s.as_str()));
 
     let source = if let Some(from) = spec.flag("from") {
-        let stage = resolve_from_stage(df, si.stage, from.value.as_deref().unwrap_or(""), from.loc, si.global)?;
+        let stage = resolve_from_stage(
+            df,
+            si.stage,
+            from.value.as_deref().unwrap_or(""),
+            from.loc,
+            si.global,
+        )?;
         let position = si.planned[&stage];
         deps.push(position);
         k.str(&plan.stages[position].final_key(&plan.steps));
@@ -494,14 +634,25 @@ fn copy_op(
         let mut roots = Vec::new();
         for (s, sloc) in &sources {
             let selected = select::select(&index, s).map_err(|e| {
-                err_hint(df, *sloc, format!("{keyword} source: {e}"), "check the path (relative to the build context) and the .dockerignore")
+                err_hint(
+                    df,
+                    *sloc,
+                    format!("{keyword} source: {e}"),
+                    "check the path (relative to the build context) and the .dockerignore",
+                )
             })?;
             roots.extend(selected);
         }
         if roots.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| err(df, loc, format!("{keyword}: reading the build context: {e}")))?;
+        hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
+            err(
+                df,
+                loc,
+                format!("{keyword}: reading the build context: {e}"),
+            )
+        })?;
         CopySource::Context { index, roots }
     };
     Ok((
@@ -538,7 +689,11 @@ fn hash_sources(
     for (i, root) in roots.iter().enumerate() {
         entries.push((i, String::new(), &root.meta));
         if root.meta.kind == FileKind::Dir {
-            let prefix_len = if root.rel.is_empty() { 0 } else { root.rel.len() + 1 };
+            let prefix_len = if root.rel.is_empty() {
+                0
+            } else {
+                root.rel.len() + 1
+            };
             for (path, meta) in index.below(&root.rel) {
                 entries.push((i, path[prefix_len..].to_string(), meta));
             }
@@ -557,7 +712,10 @@ fn hash_sources(
     }
     k.u64(entries.len() as u64);
     for (i, rel, meta) in &entries {
-        k.u64(*i as u64).str(rel).u64(kind_code(meta.kind)).u64(meta.mode as u64);
+        k.u64(*i as u64)
+            .str(rel)
+            .u64(kind_code(meta.kind))
+            .u64(meta.mode as u64);
         k.str(meta.link_target.as_deref().unwrap_or(""));
         match meta.kind {
             FileKind::File => k.field(&digests.next().unwrap_or([0; 32])),
@@ -604,7 +762,10 @@ fn parse_ports(word: &str) -> Result<Vec<String>, String> {
     if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
         return Err(format!("invalid protocol in EXPOSE {word:?}"));
     }
-    let parse = |s: &str| s.parse::<u16>().map_err(|_| format!("invalid port in EXPOSE {word:?}"));
+    let parse = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid port in EXPOSE {word:?}"))
+    };
     let (lo, hi) = match ports.split_once('-') {
         Some((a, b)) => (parse(a)?, parse(b)?),
         None => {
@@ -629,10 +790,17 @@ fn valid_signal(sig: &str) -> bool {
         || name.starts_with("RTMAX")
 }
 
-fn health_config(df: &Dockerfile, st: &State<'_>, h: &Healthcheck, loc: Loc) -> Result<HealthConfig, DockerfileError> {
+fn health_config(
+    df: &Dockerfile,
+    st: &State<'_>,
+    h: &Healthcheck,
+    loc: Loc,
+) -> Result<HealthConfig, DockerfileError> {
     let mut cfg = HealthConfig {
         test: Some(match &h.command {
-            CommandForm::Exec(args) => std::iter::once("CMD".to_string()).chain(args.iter().cloned()).collect(),
+            CommandForm::Exec(args) => std::iter::once("CMD".to_string())
+                .chain(args.iter().cloned())
+                .collect(),
             CommandForm::Shell(text) => vec!["CMD-SHELL".to_string(), text.clone()],
         }),
         ..HealthConfig::default()
@@ -641,7 +809,12 @@ fn health_config(df: &Dockerfile, st: &State<'_>, h: &Healthcheck, loc: Loc) -> 
         let value = flag.value.clone().unwrap_or_default();
         let dur = || {
             parse_go_duration(&value).ok_or_else(|| {
-                err_hint(df, flag.loc, format!("invalid --{}={value}", flag.name), "use a duration such as 30s, 1m30s or 500ms")
+                err_hint(
+                    df,
+                    flag.loc,
+                    format!("invalid --{}={value}", flag.name),
+                    "use a duration such as 30s, 1m30s or 500ms",
+                )
             })
         };
         match flag.name.as_str() {
@@ -654,7 +827,13 @@ fn health_config(df: &Dockerfile, st: &State<'_>, h: &Healthcheck, loc: Loc) -> 
                     .parse::<i64>()
                     .ok()
                     .filter(|r| *r >= 0)
-                    .ok_or_else(|| err(df, flag.loc, format!("invalid --retries={value}: want a whole number")))?
+                    .ok_or_else(|| {
+                        err(
+                            df,
+                            flag.loc,
+                            format!("invalid --retries={value}: want a whole number"),
+                        )
+                    })?
             }
             _ => {}
         }
@@ -680,7 +859,9 @@ pub fn parse_go_duration(s: &str) -> Option<i64> {
         }
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1.0,
             "us" | "µs" => 1e3,
@@ -714,7 +895,10 @@ mod tests {
     fn ports_expand_ranges_and_protocols() {
         assert_eq!(parse_ports("80").unwrap(), vec!["80/tcp"]);
         assert_eq!(parse_ports("53/UDP").unwrap(), vec!["53/udp"]);
-        assert_eq!(parse_ports("8000-8002").unwrap(), vec!["8000/tcp", "8001/tcp", "8002/tcp"]);
+        assert_eq!(
+            parse_ports("8000-8002").unwrap(),
+            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
         assert!(parse_ports("http").is_err());
     }
 
@@ -724,7 +908,10 @@ mod tests {
         assert_eq!(absolute_clean("/app", "/x/"), "/x");
         assert_eq!(absolute_clean("/", "../../etc"), "/etc");
         assert_eq!(normalize_image_name("busybox"), "busybox:latest");
-        assert_eq!(normalize_image_name("localhost:5000/x"), "localhost:5000/x:latest");
+        assert_eq!(
+            normalize_image_name("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
         assert_eq!(normalize_image_name("x:1"), "x:1");
     }
 }

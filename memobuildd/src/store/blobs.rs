@@ -54,8 +54,8 @@ impl BlobStore {
 
     /// Starts writing a new blob; its digest is known when it is committed.
     pub fn writer(&self) -> Result<BlobWriter<'_>, StoreError> {
-        let file = tempfile::NamedTempFile::new_in(&self.tmp)
-            .map_err(|e| StoreError::io(&self.tmp, e))?;
+        let file =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| StoreError::io(&self.tmp, e))?;
         Ok(BlobWriter {
             store: self,
             file: io::BufWriter::with_capacity(256 * 1024, file),
@@ -66,7 +66,8 @@ impl BlobStore {
 
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(Digest, u64), StoreError> {
         let mut w = self.writer()?;
-        w.write_all(bytes).map_err(|e| StoreError::io(&self.tmp, e))?;
+        w.write_all(bytes)
+            .map_err(|e| StoreError::io(&self.tmp, e))?;
         w.commit()
     }
 
@@ -198,7 +199,11 @@ fn hex_of(digest: &str) -> Result<&str, StoreError> {
     let hex = digest
         .strip_prefix("sha256:")
         .ok_or_else(|| StoreError::BadDigest(digest.to_string()))?;
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return Err(StoreError::BadDigest(digest.to_string()));
     }
     Ok(hex)

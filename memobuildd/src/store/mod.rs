@@ -27,7 +27,9 @@ pub enum StoreError {
     },
     #[error("metadata database: {0}")]
     Db(String),
-    #[error("blob {digest} is corrupt (its content hashes to {actual}); it will be dropped and rebuilt")]
+    #[error(
+        "blob {digest} is corrupt (its content hashes to {actual}); it will be dropped and rebuilt"
+    )]
     Corrupt { digest: String, actual: String },
     #[error("not a valid sha256 digest: {0:?}")]
     BadDigest(String),
