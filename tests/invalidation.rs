@@ -178,3 +178,33 @@ fn unchanged_files_are_not_rehashed_after_restart_of_nothing() {
     assert_eq!(second.executed(), Vec::<String>::new());
     assert_eq!(first.manifest_digest(), second.manifest_digest());
 }
+
+#[test]
+fn stages_the_target_does_not_need_are_not_built() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    write_files(
+        dir.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch AS unused\nCOPY does-not-exist /x\n\
+                 FROM scratch AS left\nCOPY l /l\n\
+                 FROM scratch AS right\nCOPY r /r\n\
+                 FROM scratch AS final\nCOPY --from=left /l /l\nCOPY --from=right /r /r\n",
+            ),
+            ("l", "l"),
+            ("r", "r"),
+        ],
+    );
+    let out = d.build_ok(dir.path(), &[]);
+    let executed = out.executed();
+    assert!(
+        !executed.iter().any(|s| s.contains("does-not-exist")),
+        "unused stage was built: {executed:?}"
+    );
+    assert_eq!(executed.len(), 4, "{executed:?}");
+    // --target picks a middle stage; the final stage is then not built.
+    let out = d.build_ok(dir.path(), &["--target", "left", "--no-cache"]);
+    assert_eq!(out.executed(), vec!["COPY l /l".to_string()]);
+}

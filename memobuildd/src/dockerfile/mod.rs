@@ -207,14 +207,23 @@ struct Converter<'a> {
 
 /// Parses a Dockerfile. `name` is how errors refer to the file.
 pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
-    let parsed = parse_dockerfile::parse(text).map_err(|e| DockerfileError {
-        file: name.to_string(),
-        loc: Loc {
-            line: e.line(),
-            column: e.column(),
-        },
-        message: format!("syntax error: {e}"),
-        hint: syntax_hint(&e.to_string()),
+    let parsed = parse_dockerfile::parse(text).map_err(|e| {
+        // The crate reports "no stage" at line 0; positions we print are 1-based.
+        let loc = Loc {
+            line: e.line().max(1),
+            column: e.column().max(1),
+        };
+        let message = if e.line() == 0 {
+            "the Dockerfile has no FROM instruction".to_string()
+        } else {
+            format!("syntax error: {e}")
+        };
+        DockerfileError {
+            file: name.to_string(),
+            loc,
+            hint: syntax_hint(&message),
+            message,
+        }
     })?;
     let escape = parsed
         .parser_directives
