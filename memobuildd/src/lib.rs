@@ -13,5 +13,6 @@ pub mod dockerfile;
 pub mod exec;
 pub mod graph;
 pub mod oci;
+pub mod rootpath;
 pub mod server;
 pub mod store;

@@ -31,17 +31,7 @@ pub enum SelectError {
 
 /// Cleans a source path: relative to the root, no `.`/`..`/empty components.
 pub fn clean_rel(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
+    crate::rootpath::clean(path)
 }
 
 fn has_wildcard(s: &str) -> bool {
@@ -101,46 +91,13 @@ fn glob(pattern: &str) -> Result<GlobMatcher, SelectError> {
 }
 
 /// Follows symlinks in every component of `rel`, treating the context root as
-/// `/`: an absolute target is taken relative to the root and `..` stops at it,
-/// so resolution can never leave the context.
+/// `/`, so resolution can never leave the context.
 pub fn resolve(index: &ContextIndex, rel: &str, original: &str) -> Result<String, SelectError> {
-    let mut pending: Vec<String> = rel
-        .split('/')
-        .filter(|p| !p.is_empty())
-        .map(String::from)
-        .rev()
-        .collect();
-    let mut done: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        match part.as_str() {
-            "." => continue,
-            ".." => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        done.push(part);
-        let current = done.join("/");
-        let Some(meta) = index.get(&current) else {
-            continue;
-        };
-        if meta.kind != FileKind::Symlink {
-            continue;
-        }
-        hops += 1;
-        if hops > 40 {
-            return Err(SelectError::SymlinkLoop(original.to_string()));
-        }
-        let target = meta.link_target.clone().unwrap_or_default();
-        done.pop();
-        if target.starts_with('/') {
-            done.clear();
-        }
-        for p in target.split('/').filter(|p| !p.is_empty()).rev() {
-            pending.push(p.to_string());
-        }
-    }
-    Ok(done.join("/"))
+    crate::rootpath::resolve(rel, |p| {
+        index
+            .get(p)
+            .filter(|m| m.kind == FileKind::Symlink)
+            .map(|m| m.link_target.clone().unwrap_or_default())
+    })
+    .ok_or_else(|| SelectError::SymlinkLoop(original.to_string()))
 }

@@ -200,46 +200,13 @@ impl FsView {
 
     /// Follows symlinks in every component of `path` with this view's root as `/`.
     pub fn resolve(&self, path: &str) -> Option<String> {
-        let mut pending: Vec<String> = path
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .map(String::from)
-            .rev()
-            .collect();
-        let mut done: Vec<String> = Vec::new();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            match part.as_str() {
-                "." => continue,
-                ".." => {
-                    done.pop();
-                    continue;
-                }
-                _ => done.push(part),
-            }
-            if let Some(ViewEntry {
+        crate::rootpath::resolve(path, |p| match self.get(p) {
+            Some(ViewEntry {
                 kind: ViewKind::Symlink(target),
                 ..
-            }) = self.get(&done.join("/"))
-            {
-                hops += 1;
-                if hops > 40 {
-                    return None;
-                }
-                done.pop();
-                if target.starts_with('/') {
-                    done.clear();
-                }
-                pending.extend(
-                    target
-                        .split('/')
-                        .filter(|p| !p.is_empty())
-                        .rev()
-                        .map(String::from),
-                );
-            }
-        }
-        Some(done.join("/"))
+            }) => Some(target.clone()),
+            _ => None,
+        })
     }
 
     /// Reads a small file (e.g. /etc/passwd) from the view.

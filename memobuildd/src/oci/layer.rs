@@ -195,17 +195,7 @@ fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, 
     Ok(buf[..buf.len().min(2)].to_vec())
 }
 
-/// Normalises a tar entry path: no `./`, no leading or trailing `/`.
+/// Normalises a tar entry path: no `./`, no leading or trailing `/`, no `..`.
 pub fn clean_entry_path(raw: &str) -> String {
-    let mut parts = Vec::new();
-    for part in raw.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
+    crate::rootpath::clean(raw)
 }
