@@ -1,6 +1,7 @@
 //! memobuild-ctl: the command-line client of memobuildd.
 
 mod connect;
+mod inspect;
 mod output;
 mod progress;
 
@@ -34,6 +35,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What is dirty, building or failed, per project and step, and the daemon's health.
+    Status {
+        /// Print the stable JSON schema (docs/CLI.md) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// A context directory or project id; all projects by default.
+        target: Option<String>,
+    },
+    /// List the projects the daemon keeps warm.
+    Projects {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop watching a project and drop its records.
+    Forget {
+        /// A context directory or project id.
+        project: String,
+    },
+    /// Why each step of the last build was cached or rebuilt.
+    Explain {
+        #[arg(long)]
+        json: bool,
+        /// A context directory or project id [default: .]
+        project: Option<String>,
+    },
+    /// Build, then rebuild on every change (Ctrl-C to stop).
+    Watch(BuildArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +87,18 @@ struct BuildArgs {
     /// Output: type=oci,dest=FILE.tar or type=oci-layout,dest=DIR
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     output: Option<String>,
+    /// Secret for RUN --mount=type=secret: id=ID,src=FILE (or id=ID,env=VAR)
+    #[arg(long = "secret", value_name = "SPEC")]
+    secrets: Vec<String>,
+    /// Memory limit of each RUN step, e.g. 512m or 2g
+    #[arg(long, value_name = "SIZE", value_parser = memobuild_shared::parse_size)]
+    memory: Option<u64>,
+    /// CPUs each RUN step may use, e.g. 1.5
+    #[arg(long, value_name = "N")]
+    cpus: Option<f64>,
+    /// Most processes in each RUN step
+    #[arg(long, value_name = "N")]
+    pids_limit: Option<i64>,
     /// Build context directory
     context: PathBuf,
 }
@@ -103,17 +143,66 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
             output::print_images(&images, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status { json, target } => inspect::status(&socket, json, target).await,
+        Command::Projects { json } => inspect::projects(&socket, json).await,
+        Command::Forget { project } => inspect::forget(&socket, &project).await,
+        Command::Explain { json, project } => inspect::explain(&socket, json, project).await,
+        Command::Watch(args) => watch(&socket, args).await,
+    }
+}
+
+/// Builds, then waits for the project to turn dirty and builds again, forever.
+async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
+    let request = build_request(&args)?;
+    let client = connect::connect(socket, true).await?;
+    loop {
+        let started = std::time::Instant::now();
+        match run_build(&client, &args, request.clone()).await {
+            Ok(digest) => eprintln!(
+                "== built {digest} in {:.2}s; watching for changes",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => eprintln!("== build failed: {e}\n== watching for changes"),
+        }
+        let project = inspect::project_of(&client, &request).await?;
+        let mut generation = project.generation;
+        loop {
+            generation = client
+                .wait_change(connect::ctx(), project.id.clone(), generation)
+                .await
+                .map_err(connect::rpc_failed)??;
+            let now = inspect::project_status(&client, &project.id).await?;
+            if now.state == "dirty" {
+                // Debounce: let a burst of saves settle.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                break;
+            }
+        }
     }
 }
 
 async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
+    let request = build_request(&args)?;
+    let client = connect::connect(socket, true).await?;
+    match run_build(&client, &args, request).await {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        // With --progress json the failure was already printed as an event.
+        Err(_) if args.progress == "json" => Ok(ExitCode::FAILURE),
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs one build, printing its progress; returns the manifest digest.
+async fn run_build(
+    client: &memobuild_shared::MemobuildClient,
+    args: &BuildArgs,
+    request: BuildRequest,
+) -> Result<String, RpcError> {
     let output = args
         .output
         .as_deref()
         .map(output::OutputSpec::parse)
         .transpose()?;
-    let request = build_request(&args)?;
-    let client = connect::connect(socket, true).await?;
     let id = client
         .start_build(connect::ctx(), request)
         .await
@@ -143,22 +232,62 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
             break;
         }
     }
-    match result {
-        Some(Ok((digest, tags))) => {
-            if let Some(spec) = output {
-                output::export(&client, &digest, &tags, &spec).await?;
-                printer.note(&format!("wrote {} to {}", spec.kind, spec.dest.display()));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(Err(e)) => {
-            if args.progress != "json" {
-                return Err(e);
-            }
-            Ok(ExitCode::FAILURE)
-        }
-        None => Err(RpcError::new("the daemon ended the build without a result")),
+    let (digest, tags) = result
+        .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
+    if let Some(spec) = output {
+        output::export(client, &digest, &tags, &spec).await?;
+        printer.note(&format!("wrote {} to {}", spec.kind, spec.dest.display()));
     }
+    Ok(digest)
+}
+
+/// `--secret id=ID,src=FILE` / `id=ID,env=VAR` (as docker buildx), read by the
+/// client so the daemon never opens users' files.
+fn read_secret(spec: &str) -> Result<(String, memobuild_shared::Secret), RpcError> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_string()),
+            Some(("src" | "source", v)) => src = Some(v.to_string()),
+            Some(("env", v)) => env = Some(v.to_string()),
+            Some(("type", "file" | "env")) => {}
+            _ => {
+                return Err(RpcError::with_hint(
+                    format!("bad --secret {spec:?}: unknown part {part:?}"),
+                    "use --secret id=ID,src=FILE or --secret id=ID,env=VAR",
+                ))
+            }
+        }
+    }
+    let id = id
+        .or_else(|| {
+            src.as_ref()
+                .and_then(|s| std::path::Path::new(s).file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .ok_or_else(|| RpcError::with_hint(format!("--secret {spec:?} has no id"), "add id=ID"))?;
+    let bytes = match (src, env) {
+        (Some(path), _) => std::fs::read(&path)
+            .map_err(|e| RpcError::new(format!("--secret id={id}: cannot read {path}: {e}")))?,
+        (None, Some(var)) => std::env::var(&var)
+            .map_err(|_| {
+                RpcError::new(format!(
+                    "--secret id={id}: environment variable {var} is not set"
+                ))
+            })?
+            .into_bytes(),
+        (None, None) => std::env::var(&id)
+            .map_err(|_| {
+                RpcError::with_hint(
+                    format!("--secret id={id}: no src= and no ${id} in the environment"),
+                    "add src=FILE or env=VAR",
+                )
+            })?
+            .into_bytes(),
+    };
+    Ok((id, memobuild_shared::Secret(bytes)))
 }
 
 fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
@@ -198,7 +327,21 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
         })?),
         _ => None,
     };
+    let secrets = args
+        .secrets
+        .iter()
+        .map(|spec| read_secret(spec))
+        .collect::<Result<BTreeMap<_, _>, _>>()?;
+    if let Some(c) = args.cpus.filter(|c| !(c.is_finite() && *c > 0.0)) {
+        return Err(RpcError::new(format!(
+            "--cpus {c} must be a positive number"
+        )));
+    }
     Ok(BuildRequest {
+        secrets,
+        memory_bytes: args.memory,
+        millicpus: args.cpus.map(|c| (c * 1000.0).round() as u64),
+        pids_limit: args.pids_limit,
         context: context.display().to_string(),
         dockerfile,
         tags: args.tags.clone(),

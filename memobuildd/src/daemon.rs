@@ -26,6 +26,46 @@ pub struct Options {
     /// Group allowed to use the socket (mode 0660); without it the socket is 0600.
     #[arg(long, value_name = "GROUP")]
     pub socket_group: Option<String>,
+    /// containerd socket for RUN steps [default: start a private containerd under the data dir]
+    #[arg(long, value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
+    /// Network for RUN steps without --network: `host` (as Docker: the step has network) or `none`
+    #[arg(long, default_value = "host", value_parser = ["host", "none"])]
+    pub default_network: String,
+    /// Kill a RUN step after this many seconds (0 = no limit)
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub step_timeout: u64,
+    /// Memory limit of each RUN step, e.g. 2g or 512m (per build: memobuild-ctl build --memory)
+    #[arg(long, value_name = "SIZE", value_parser = memobuild_shared::parse_size)]
+    pub memory: Option<u64>,
+    /// CPUs each RUN step may use, e.g. 1.5
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Most processes in each RUN step [default: 4096]
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub pids_limit: i64,
+    /// Most RUN steps running at once, across builds [default: the number of CPUs]
+    #[arg(long, value_name = "N")]
+    pub max_parallel_runs: Option<usize>,
+}
+
+impl Options {
+    pub fn run_settings(&self) -> crate::exec::RunSettings {
+        crate::exec::RunSettings {
+            containerd_socket: self.containerd_socket.clone(),
+            default_network_none: self.default_network == "none",
+            step_timeout: (self.step_timeout > 0)
+                .then(|| std::time::Duration::from_secs(self.step_timeout)),
+            memory_bytes: self.memory,
+            cpus: self.cpus,
+            pids: (self.pids_limit > 0).then_some(self.pids_limit),
+            max_parallel: self.max_parallel_runs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,15 +101,17 @@ pub async fn run(options: Options) -> Result<(), DaemonError> {
         pid: std::process::id(),
     };
     let server = Server {
-        engine: Engine::new(Arc::new(store)),
+        engine: Engine::new(Arc::new(store), options.run_settings()),
         info: Arc::new(info),
     };
+    let engine = server.engine.clone();
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), "memobuildd serving");
     let result = tokio::select! {
         r = serve(listener, server) => r.map_err(|e| setup(format!("accepting on {}: {e}", socket.display()))),
         _ = shutdown_signal() => Ok(()),
     };
     let _ = std::fs::remove_file(&socket);
+    engine.shutdown().await;
     tracing::info!("memobuildd stopped");
     result
 }

@@ -13,6 +13,8 @@ pub mod dockerfile;
 pub mod exec;
 pub mod graph;
 pub mod oci;
+pub mod project;
 pub mod rootpath;
+pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -1,12 +1,13 @@
 //! The RPC surface: accepts connections on the Unix socket and answers the
 //! [`Memobuild`] service by delegating to the engine and the store.
 
+use crate::context::watch::Mode;
 use crate::exec::Engine;
 use crate::oci::image::read_image;
 use futures::StreamExt;
 use memobuild_shared::{
-    BlobRef, BuildId, BuildRequest, DaemonInfo, EventBatch, ImageBlobs, ImageSummary, Memobuild,
-    RpcError, BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
+    BlobRef, BuildId, BuildRequest, DaemonHealth, DaemonInfo, EventBatch, Explanation, ImageBlobs,
+    ImageSummary, Memobuild, RpcError, StatusReport, TreeStatus, BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
 };
 use std::sync::Arc;
 use tarpc::context::Context;
@@ -130,5 +131,110 @@ impl Memobuild for Server {
             .await
             .map_err(store_err)?
             .map_err(store_err)
+    }
+
+    async fn status(self, _: Context, filter: String) -> Result<StatusReport, RpcError> {
+        let ids = self.matching(&filter)?;
+        Ok(StatusReport {
+            daemon: self.health(),
+            projects: self.engine.projects.status(&ids),
+        })
+    }
+
+    async fn forget(self, _: Context, filter: String) -> Result<Vec<String>, RpcError> {
+        let ids = self.matching(&filter)?;
+        if filter.is_empty() {
+            return Err(RpcError::with_hint(
+                "forget needs a project",
+                "pass a project id or context path (see `memobuild-ctl projects`)",
+            ));
+        }
+        for root in self.engine.projects.forget(&self.engine.store, &ids) {
+            self.engine.watcher.forget(&root);
+        }
+        Ok(ids)
+    }
+
+    async fn explain(self, _: Context, filter: String) -> Result<Explanation, RpcError> {
+        let ids = self.matching(&filter)?;
+        let [id] = ids.as_slice() else {
+            return Err(RpcError::with_hint(
+                format!("{} projects match {filter:?}", ids.len()),
+                "name one project by id or context path (see `memobuild-ctl projects`)",
+            ));
+        };
+        self.engine.projects.explain(id).ok_or_else(|| {
+            RpcError::with_hint(
+                format!("project {id} has not been built yet"),
+                "run `memobuild-ctl build` first",
+            )
+        })
+    }
+
+    async fn wait_change(
+        self,
+        _: Context,
+        project: String,
+        generation: u64,
+    ) -> Result<u64, RpcError> {
+        self.engine
+            .projects
+            .wait_change(&project, generation, std::time::Duration::from_secs(3))
+            .await
+            .ok_or_else(|| RpcError::new(format!("no project {project}")))
+    }
+}
+
+impl Server {
+    /// Project ids for a filter; a filter naming a directory is canonicalised
+    /// (as the client does for builds).
+    fn matching(&self, filter: &str) -> Result<Vec<String>, RpcError> {
+        let filter = match std::path::Path::new(filter).canonicalize() {
+            Ok(p) if filter.contains('/') || std::path::Path::new(filter).is_dir() => {
+                p.display().to_string()
+            }
+            _ => filter.to_string(),
+        };
+        let ids = self.engine.projects.matching(&filter);
+        if ids.is_empty() && !filter.is_empty() {
+            return Err(RpcError::with_hint(
+                format!("no project matches {filter:?}"),
+                "projects are registered by building them; `memobuild-ctl projects` lists them",
+            ));
+        }
+        Ok(ids)
+    }
+
+    fn health(&self) -> DaemonHealth {
+        let health = self.engine.watcher.health();
+        let trees: Vec<TreeStatus> = health
+            .trees
+            .iter()
+            .map(|t| {
+                let (mode, reason) = match &t.mode {
+                    Mode::Watching => ("watching", None),
+                    Mode::RescanPending(r) => ("rescan_pending", Some(r.clone())),
+                    Mode::Polling(r) => ("polling", Some(r.clone())),
+                };
+                TreeStatus {
+                    root: t.root.display().to_string(),
+                    mode: mode.to_string(),
+                    reason,
+                    entries: t.entries as u64,
+                    rescans: t.rescans,
+                }
+            })
+            .collect();
+        DaemonHealth {
+            pid: self.info.pid,
+            version: self.info.daemon_version.clone(),
+            watching: trees.iter().all(|t| t.mode == "watching"),
+            index_entries: trees.iter().map(|t| t.entries).sum(),
+            watch_count: trees.len() as u64,
+            trees,
+            events: health.events,
+            hashed_bytes: self.engine.hashes.bytes_hashed(),
+            running_builds: self.engine.running_builds(),
+        }
     }
 }

@@ -39,6 +39,16 @@ pub trait Memobuild {
     async fn image_blobs(manifest_digest: String) -> Result<ImageBlobs, RpcError>;
     /// Reads part of a verified blob from the daemon's store.
     async fn read_blob(digest: String, offset: u64, len: u64) -> Result<Vec<u8>, RpcError>;
+    /// Projects, their steps' state and the daemon's health, from memory.
+    /// `filter`: a project id or a context path; empty = all.
+    async fn status(filter: String) -> Result<StatusReport, RpcError>;
+    /// Drops a project (by id or context path): its watch and its records.
+    async fn forget(filter: String) -> Result<Vec<String>, RpcError>;
+    /// Why each step of the project's last build was cached or rebuilt.
+    async fn explain(filter: String) -> Result<Explanation, RpcError>;
+    /// Waits (up to a few seconds) until the project's state changes after
+    /// `generation`; returns the current generation.
+    async fn wait_change(project: String, generation: u64) -> Result<u64, RpcError>;
 }
 
 /// An error the daemon reports to the client: what went wrong and, where it can,
@@ -104,6 +114,50 @@ pub struct BuildRequest {
     /// SOURCE_DATE_EPOCH: when set, layer mtimes are clamped to it and the image's
     /// `created` times are set to it.
     pub source_date_epoch: Option<i64>,
+    /// `--secret id=ID,src=FILE`: the secrets' bytes, by id. Only RUN steps that
+    /// mount them see them; they never reach a layer, key, log or record.
+    pub secrets: BTreeMap<String, Secret>,
+    /// Per-build limits for RUN steps (the daemon's defaults otherwise).
+    pub memory_bytes: Option<u64>,
+    /// CPUs in thousandths (`--cpus 1.5` = 1500).
+    pub millicpus: Option<u64>,
+    pub pids_limit: Option<i64>,
+}
+
+/// Parses a size as Docker does: a number with an optional b/k/m/g/t suffix
+/// (binary units, case-insensitive): `512m`, `2g`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && r.ends_with(|c: char| !c.is_ascii_digit()))
+        .unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some('b') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid size {text:?}: use a number with b, k, m, g or t, e.g. 512m")
+    })?;
+    if n < 0.0 {
+        return Err(format!("invalid size {text:?}: must not be negative"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// A secret's bytes. Its `Debug` never shows them, so no log line can.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret(<{} bytes redacted>)", self.0.len())
+    }
 }
 
 /// A build's id in the daemon, unique for the daemon's lifetime.
@@ -213,4 +267,98 @@ pub struct BlobRef {
     pub digest: String,
     pub size: u64,
     pub media_type: String,
+}
+
+/// `memobuild-ctl status --json`: the stable schema documented in docs/CLI.md.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusReport {
+    pub daemon: DaemonHealth,
+    pub projects: Vec<ProjectStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonHealth {
+    pub pid: u32,
+    pub version: String,
+    /// Every watched tree is kept current by events (none polling or awaiting a rescan).
+    pub watching: bool,
+    pub trees: Vec<TreeStatus>,
+    /// Paths in all in-memory indexes.
+    pub index_entries: u64,
+    /// Watched roots (each one recursive inotify watch set).
+    pub watch_count: u64,
+    /// File events received since start.
+    pub events: u64,
+    /// Bytes read for content hashing since start.
+    pub hashed_bytes: u64,
+    pub running_builds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TreeStatus {
+    pub root: String,
+    /// `watching`, `rescan_pending` or `polling`.
+    pub mode: String,
+    /// Why the tree is not simply `watching`.
+    pub reason: Option<String>,
+    pub entries: u64,
+    pub rescans: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProjectStatus {
+    pub id: String,
+    pub context: String,
+    pub dockerfile: String,
+    pub target: String,
+    pub build_args: BTreeMap<String, String>,
+    /// `never_built`, `clean`, `dirty`, `building` or `failed`.
+    pub state: String,
+    pub steps: Vec<StepStatus>,
+    /// Context paths changed since the last build started (relative, sorted).
+    pub changed_files: Vec<String>,
+    pub last_build: Option<LastBuild>,
+    /// Bumped whenever the state above changes (for `wait_change`).
+    pub generation: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepStatus {
+    pub index: usize,
+    pub stage: String,
+    pub instruction: String,
+    pub line: usize,
+    /// `clean`, `dirty`, `building`, `done` or `failed`.
+    pub state: String,
+    /// Why the step is dirty: which files, arg, instruction or parent.
+    pub why: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LastBuild {
+    /// `success` or `failed`.
+    pub result: String,
+    /// Unix seconds.
+    pub finished_at: i64,
+    pub millis: u64,
+    pub manifest_digest: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub project: String,
+    pub steps: Vec<StepExplanation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepExplanation {
+    pub index: usize,
+    pub stage: String,
+    pub instruction: String,
+    pub line: usize,
+    /// `cached` or `rebuilt`.
+    pub outcome: String,
+    /// For rebuilt steps: the inputs that differ from the build before.
+    pub why: Vec<String>,
 }

@@ -17,12 +17,14 @@
 //!   `(.*/)?`, trailing `**` → `.*`), including its exact/prefix/suffix fast
 //!   paths, whose semantics differ from the regexp (`**file` matches `myfile`).
 //!   That regexp is then compiled by a small RE2-subset compiler (`regexp`
-//!   below) into an NFA, so upstream's quirks are kept: an unescaped `^` in a
-//!   wildcard pattern is an anchor, `\d` is a digit class, `*` inside `[...]`
-//!   produces the odd class upstream produces, `[[:alpha:]]` is a POSIX class
-//!   and `**` does not cross a newline in a file name. Patterns made only of
-//!   literals and single `*` translate to the same regexp under `globset`
-//!   (`literal_separator`), so those use a `globset` matcher.
+//!   below) into an NFA, so upstream's quirks are kept: in a wildcard pattern
+//!   `^` is an anchor, `|` an alternation (upstream fails to escape `|`, `{`,
+//!   `}`, so `*|` matches everything) and `{2}` a repetition, `\d` is a digit
+//!   class, `*` inside `[...]` produces the odd class upstream produces,
+//!   `[[:alpha:]]` is a POSIX class and `**` does not cross a newline.
+//!   Patterns made only of literals and single `*` translate to the same
+//!   regexp under `globset` (`literal_separator`), so those use a `globset`
+//!   matcher.
 //! * Matching follows `PatternMatcher.MatchesOrParentMatches`: a pattern
 //!   matches a path if it matches the path or any parent directory of it, and
 //!   the last matching pattern decides (exceptions re-include).
@@ -30,10 +32,13 @@
 //!   shortcut of fsutil's `filterFS.Walk` (BuildKit's context transfer).
 //!
 //! Deliberate differences: every pattern error is reported by
-//! [`DockerIgnore::parse`] with its line number (upstream finds regexp errors
-//! lazily, failing the transfer mid-way); Unicode class escapes (`\p{..}`)
-//! are rejected rather than supported; lines are not limited to 64 KiB; the
-//! context root itself is never excluded; only Unix path rules apply.
+//! [`DockerIgnore::parse`] with its line number (upstream compiles regexps
+//! lazily, so it fails the transfer mid-way, or never if the bad pattern is
+//! an exception that is never consulted); Unicode class escapes (`\p{..}`)
+//! and a counted repetition of a repeated item (only reachable through
+//! `\Q\E`) are rejected rather than supported; lines are not limited to
+//! 64 KiB; the context root itself is never excluded; only Unix path rules
+//! apply.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -81,6 +86,11 @@ pub struct DockerIgnore {
 
 impl DockerIgnore {
     /// Parses the text of a `.dockerignore` file, compiling every pattern.
+    ///
+    /// # Errors
+    ///
+    /// The first line whose pattern is malformed (a lone `!`, an unclosed
+    /// `[`, a trailing `\`, a class or escape Docker's matcher rejects).
     pub fn parse(text: &str) -> Result<DockerIgnore, PatternError> {
         let mut rules = Vec::new();
         for (index, raw) in text.split('\n').enumerate() {
@@ -101,6 +111,7 @@ impl DockerIgnore {
     }
 
     /// An ignore file with no patterns: nothing is excluded.
+    #[must_use]
     pub fn empty() -> DockerIgnore {
         Self::default()
     }
@@ -118,6 +129,7 @@ impl DockerIgnore {
     }
 
     /// True if there are no effective patterns.
+    #[must_use]
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
@@ -125,6 +137,7 @@ impl DockerIgnore {
     /// True if `rel_path` (slash-separated, relative to the context root) is
     /// excluded: the last pattern matching it or one of its parent
     /// directories is not an exception.
+    #[must_use]
     pub fn is_excluded(&self, rel_path: &str) -> bool {
         if self.rules.is_empty() {
             return false;
@@ -147,6 +160,7 @@ impl DockerIgnore {
     /// True when some exception (`!`) pattern could re-include something
     /// below directory `rel_dir`, so a walker must descend into an excluded
     /// directory instead of skipping it (as fsutil does).
+    #[must_use]
     pub fn may_reinclude_below(&self, rel_dir: &str) -> bool {
         if !self.has_exceptions {
             return false;
@@ -167,6 +181,7 @@ impl DockerIgnore {
     /// Stable textual form of the effective patterns (for cache keys): one
     /// normalised pattern per line, each ending in `\n`, exceptions keeping
     /// their `!`.
+    #[must_use]
     pub fn canonical(&self) -> String {
         let mut out = String::new();
         for rule in &self.rules {
@@ -204,9 +219,43 @@ enum Matcher {
     /// A regexp that is only literal text.
     Literal(String),
     /// A regexp that `globset` expresses exactly.
-    Glob(GlobMatcher),
+    Glob(Affixes, GlobMatcher),
     /// Any other regexp.
-    Program(regexp::Program),
+    Program(Affixes, regexp::Program),
+}
+
+/// Literal text every match of a regexp starts with, ends with and
+/// contains: checking it first rejects most paths without running the
+/// matcher.
+#[derive(Debug, Clone, Default)]
+struct Affixes {
+    prefix: String,
+    suffix: String,
+    inner: String,
+}
+
+impl Affixes {
+    fn of(program: &regexp::Program) -> Affixes {
+        let (prefix, suffix) = program.affixes();
+        let inner = program
+            .required_literals()
+            .into_iter()
+            .filter(|lit| !prefix.contains(lit) && !suffix.contains(lit))
+            .max_by_key(String::len)
+            .unwrap_or_default();
+        Affixes {
+            prefix,
+            suffix,
+            inner,
+        }
+    }
+
+    fn admit(&self, path: &str) -> bool {
+        // The emptiness tests matter: a zero-length `memcmp` is slow here.
+        (self.prefix.is_empty() || path.starts_with(&self.prefix))
+            && (self.suffix.is_empty() || path.ends_with(&self.suffix))
+            && (self.inner.is_empty() || path.contains(&self.inner))
+    }
 }
 
 /// Upstream's `matchType` as chosen by `Pattern.compile`.
@@ -274,8 +323,8 @@ impl Rule {
                     || (suffix.first() == Some(&b'/') && path.as_bytes() == &suffix[1..])
             }
             Matcher::Literal(literal) => path == literal,
-            Matcher::Glob(glob) => glob.is_match(path),
-            Matcher::Program(program) => program.is_match(path),
+            Matcher::Glob(affixes, glob) => affixes.admit(path) && glob.is_match(path),
+            Matcher::Program(affixes, program) => affixes.admit(path) && program.is_match(path),
         }
     }
 }
@@ -290,12 +339,13 @@ impl Matcher {
             MatchKind::Suffix => Matcher::Suffix,
             MatchKind::Regexp => {
                 let program = regexp::Program::compile(&regexp)?;
+                let affixes = Affixes::of(&program);
                 if let Some(literal) = program.literal() {
                     Matcher::Literal(literal)
                 } else if let Some(glob) = program.as_glob().and_then(|g| build_glob(&g)) {
-                    Matcher::Glob(glob)
+                    Matcher::Glob(affixes, glob)
                 } else {
-                    Matcher::Program(program)
+                    Matcher::Program(affixes, program)
                 }
             }
         })
@@ -513,8 +563,10 @@ fn translate(pattern: &str) -> (MatchKind, String) {
                 re.push_str("[^/]");
                 kind = MatchKind::Regexp;
             }
-            // Regexp metacharacters that mean nothing to filepath.Match.
-            '.' | '+' | '(' | ')' | '|' | '{' | '}' | '$' => {
+            // Upstream means to escape `.+()|{}$`, but its bitmap lookup
+            // (`escapeBytes[b%8]&(1<<(b/8))` on a byte) only works below
+            // 64, so `|`, `{` and `}` reach the regexp unescaped.
+            '.' | '+' | '(' | ')' | '$' => {
                 re.push('\\');
                 re.push(c);
             }
@@ -543,10 +595,13 @@ fn translate(pattern: &str) -> (MatchKind, String) {
 /// A compiler and matcher for the subset of Go's RE2 syntax that
 /// [`translate`] can produce, with Go's flags (`^`/`$` match only at the ends
 /// of the text, `.` does not match `\n`, negated classes do). Matching is a
-/// bit-parallel NFA simulation: linear time, no allocation for patterns of up
-/// to 255 instructions.
+/// bit-parallel NFA simulation: linear time, no allocation for programs of
+/// up to 255 instructions.
 mod regexp {
     const MAX_CHAR: u32 = char::MAX as u32;
+
+    /// Go's limit on `{n,m}` counts.
+    const MAX_REPEAT: u32 = 1000;
 
     /// A set of chars: sorted, disjoint, non-adjacent inclusive ranges of
     /// code points, never containing surrogates.
@@ -684,6 +739,7 @@ mod regexp {
     }
 
     /// One NFA instruction; instruction `insts.len()` is the match state.
+    /// Every jump goes forward, except `Many`'s loop on itself.
     #[derive(Debug, Clone)]
     pub(super) enum Inst {
         /// Consume this char.
@@ -694,6 +750,8 @@ mod regexp {
         Many(CharSet),
         /// Continue at the next instruction or at the given one.
         Fork(usize),
+        /// Continue at the given instruction.
+        Jump(usize),
         /// Continue if the assertion holds here.
         Assert(Assert),
     }
@@ -708,23 +766,34 @@ mod regexp {
         Assert(Assert),
     }
 
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Rep {
-        One,
-        Star,
-        Plus,
-        Opt,
+    /// How often an atom repeats: `min` to `max` times (`None`: unbounded).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Rep {
+        min: u32,
+        max: Option<u32>,
     }
 
     impl Rep {
-        /// Repeating an already repeated item, e.g. `x*` then `?`.
-        fn then(self, outer: Rep) -> Rep {
-            match (self, outer) {
-                (Rep::One, r) | (r, Rep::One) => r,
-                (Rep::Plus, Rep::Plus) => Rep::Plus,
-                (Rep::Opt, Rep::Opt) => Rep::Opt,
-                _ => Rep::Star,
+        const ONE: Rep = Rep {
+            min: 1,
+            max: Some(1),
+        };
+
+        /// `(x{inner}){outer}` as one repetition, where that is possible.
+        fn nest(self, outer: Rep) -> Option<Rep> {
+            if self == Rep::ONE {
+                return Some(outer);
             }
+            // `*`, `+` and `?` nest into one another.
+            let simple = |r: Rep| r.min <= 1 && r.max.is_none_or(|max| max == 1);
+            if !simple(self) || !simple(outer) {
+                return None;
+            }
+            let max = self.max.and(outer.max);
+            Some(Rep {
+                min: self.min * outer.min,
+                max,
+            })
         }
     }
 
@@ -743,39 +812,38 @@ mod regexp {
             let mut parser = Parser {
                 rest: re,
                 atoms: Vec::new(),
+                alternatives: Vec::new(),
             };
             parser.parse()?;
-            Ok(Program::build(parser.atoms))
+            let mut alternatives = parser.alternatives;
+            alternatives.push(parser.atoms);
+            Ok(Program::build(alternatives))
         }
 
-        fn build(atoms: Vec<(Atom, Rep)>) -> Program {
-            let mut insts = Vec::with_capacity(atoms.len() + 2);
-            for (atom, rep) in atoms {
-                let one = match atom {
-                    Atom::Char(c) => match char::from_u32(c) {
-                        Some(c) => Inst::Lit(c),
-                        None => Inst::Set(CharSet(Vec::new())),
-                    },
-                    Atom::Set(set) => Inst::Set(set),
-                    Atom::Assert(assert) => {
-                        // Repeating a zero-width assertion zero times is
-                        // always possible.
-                        if matches!(rep, Rep::One | Rep::Plus) {
-                            insts.push(Inst::Assert(assert));
-                        }
-                        continue;
-                    }
-                    Atom::AnyDirs => {
-                        // `(.*/)?` and `(.*/)*` are the same language.
-                        if matches!(rep, Rep::Opt | Rep::Star) {
-                            insts.push(Inst::Fork(insts.len() + 3));
-                        }
-                        insts.push(Inst::Many(CharSet::dot()));
-                        insts.push(Inst::Lit('/'));
-                        continue;
-                    }
-                };
-                push_repeated(&mut insts, one, rep);
+        /// Lays out `a|b|c` as `Fork(B) a Jump(END) B: Fork(C) b Jump(END)
+        /// C: c END:`.
+        fn build(alternatives: Vec<Vec<(Atom, Rep)>>) -> Program {
+            let mut insts = Vec::new();
+            let mut jumps = Vec::new();
+            let count = alternatives.len();
+            for (index, atoms) in alternatives.into_iter().enumerate() {
+                let fork = insts.len();
+                let last = index + 1 == count;
+                if !last {
+                    insts.push(Inst::Fork(0));
+                }
+                for (atom, rep) in atoms {
+                    push_atom(&mut insts, atom, rep);
+                }
+                if !last {
+                    jumps.push(insts.len());
+                    insts.push(Inst::Jump(0));
+                    insts[fork] = Inst::Fork(insts.len());
+                }
+            }
+            let end = insts.len();
+            for jump in jumps {
+                insts[jump] = Inst::Jump(end);
             }
             let anchored = matches!(insts.first(), Some(Inst::Assert(Assert::Begin)));
             Program { insts, anchored }
@@ -790,6 +858,56 @@ mod regexp {
                     _ => None,
                 })
                 .collect()
+        }
+
+        /// Literal text that every match must start with (for a program
+        /// anchored at the start) and end with (for one anchored at the end).
+        pub(super) fn affixes(&self) -> (String, String) {
+            let lit = |inst: &Inst| match inst {
+                Inst::Lit(c) => Some(*c),
+                _ => None,
+            };
+            let prefix = match self.insts.first() {
+                Some(Inst::Assert(Assert::Begin)) => {
+                    self.insts[1..].iter().map_while(lit).collect()
+                }
+                _ => String::new(),
+            };
+            let Some((Inst::Assert(Assert::End), body)) = self.insts.split_last() else {
+                return (prefix, String::new());
+            };
+            // Only instructions no jump can skip belong to the suffix.
+            let landing = self.insts.iter().filter_map(|inst| match inst {
+                Inst::Fork(to) | Inst::Jump(to) => Some(*to),
+                _ => None,
+            });
+            let first_safe = landing.max().unwrap_or(0);
+            let tail = body.iter().rev().map_while(lit).count();
+            let start = (body.len() - tail).max(first_safe);
+            let suffix = body.get(start..).unwrap_or_default();
+            (prefix, suffix.iter().filter_map(lit).collect())
+        }
+
+        /// Literals that every match contains: runs of `Lit`s that no fork
+        /// or jump can skip.
+        pub(super) fn required_literals(&self) -> Vec<String> {
+            let mut optional = vec![false; self.insts.len()];
+            for (at, inst) in self.insts.iter().enumerate() {
+                if let Inst::Fork(to) | Inst::Jump(to) = inst {
+                    for skipped in &mut optional[at + 1..*to] {
+                        *skipped = true;
+                    }
+                }
+            }
+            let mut runs = vec![String::new()];
+            for (inst, optional) in self.insts.iter().zip(optional) {
+                match inst {
+                    Inst::Lit(c) if !optional => runs.last_mut().unwrap().push(*c),
+                    _ => runs.push(String::new()),
+                }
+            }
+            runs.retain(|run| !run.is_empty());
+            runs
         }
 
         /// An equivalent globset glob if the program is `^...$` made of
@@ -886,6 +1004,7 @@ mod regexp {
                     let (first, second) = match self.insts.get(state) {
                         Some(Inst::Many(_)) => (Some(state + 1), None),
                         Some(Inst::Fork(to)) => (Some(state + 1), Some(*to)),
+                        Some(Inst::Jump(to)) => (Some(*to), None),
                         Some(Inst::Assert(a)) if a.holds(before, after) => (Some(state + 1), None),
                         _ => (None, None),
                     };
@@ -901,24 +1020,57 @@ mod regexp {
         }
     }
 
-    /// Appends `one` repeated as `rep`.
-    fn push_repeated(insts: &mut Vec<Inst>, one: Inst, rep: Rep) {
-        let set = |inst: &Inst| match inst {
-            Inst::Lit(c) => CharSet::of(&[(*c as u32, *c as u32)]),
-            Inst::Set(set) => set.clone(),
-            _ => unreachable!("only single-char instructions are repeated"),
-        };
-        match rep {
-            Rep::One => insts.push(one),
-            Rep::Star => insts.push(Inst::Many(set(&one))),
-            Rep::Plus => {
-                let many = Inst::Many(set(&one));
-                insts.push(one);
-                insts.push(many);
+    /// Appends `atom` repeated as `rep`.
+    fn push_atom(insts: &mut Vec<Inst>, atom: Atom, rep: Rep) {
+        let set = match atom {
+            Atom::Char(c) => match char::from_u32(c) {
+                Some(c) => CharSet::of(&[(c as u32, c as u32)]),
+                None => CharSet(Vec::new()),
+            },
+            Atom::Set(set) => set,
+            Atom::Assert(assert) => {
+                // A zero-width assertion repeated is just the assertion,
+                // or nothing if it may be repeated zero times.
+                if rep.min > 0 {
+                    insts.push(Inst::Assert(assert));
+                }
+                return;
             }
-            Rep::Opt => {
-                insts.push(Inst::Fork(insts.len() + 2));
-                insts.push(one);
+            Atom::AnyDirs => {
+                // `(.*/){n}` means "at least n slashes"; more repetitions
+                // than `min` add nothing.
+                if rep.min == 0 {
+                    if rep.max != Some(0) {
+                        insts.push(Inst::Fork(insts.len() + 3));
+                        insts.push(Inst::Many(CharSet::dot()));
+                        insts.push(Inst::Lit('/'));
+                    }
+                } else {
+                    for _ in 0..rep.min {
+                        insts.push(Inst::Many(CharSet::dot()));
+                        insts.push(Inst::Lit('/'));
+                    }
+                }
+                return;
+            }
+        };
+        let one = |set: &CharSet| match set.0.as_slice() {
+            [(lo, hi)] if lo == hi => Inst::Lit(char::from_u32(*lo).unwrap_or_default()),
+            _ => Inst::Set(set.clone()),
+        };
+        for _ in 0..rep.min {
+            insts.push(one(&set));
+        }
+        match rep.max {
+            None => insts.push(Inst::Many(set)),
+            Some(max) => {
+                // Optional copies: skipping one skips all later ones.
+                let optional = max.saturating_sub(rep.min) as usize;
+                let end = insts.len() + 2 * optional;
+                for _ in 0..optional {
+                    insts.push(Inst::Fork(end));
+                    insts.push(one(&set));
+                }
             }
         }
     }
@@ -940,7 +1092,10 @@ mod regexp {
 
     struct Parser<'a> {
         rest: &'a str,
+        /// The atoms of the alternative being parsed.
         atoms: Vec<(Atom, Rep)>,
+        /// Finished alternatives before the last `|`.
+        alternatives: Vec<Vec<(Atom, Rep)>>,
     }
 
     impl Parser<'_> {
@@ -961,35 +1116,76 @@ mod regexp {
         }
 
         fn push(&mut self, atom: Atom) {
-            self.atoms.push((atom, Rep::One));
+            self.atoms.push((atom, Rep::ONE));
         }
 
         fn parse(&mut self) -> Result<(), String> {
             let mut after_repeat = false;
             while let Some(c) = self.bump() {
+                let mut repeated = true;
                 match c {
-                    '*' | '+' | '?' => self.repeat(c, after_repeat)?,
-                    // The translation only ever opens the `(.*/)?` group.
-                    '(' if self.eat(".*/)") => self.push(Atom::AnyDirs),
-                    '(' | ')' | '|' => {
-                        return Err(format!("unsupported regexp construct `{c}`"));
+                    '*' => self.repeat("*", Rep { min: 0, max: None }, after_repeat)?,
+                    '+' => self.repeat("+", Rep { min: 1, max: None }, after_repeat)?,
+                    '?' => self.repeat(
+                        "?",
+                        Rep {
+                            min: 0,
+                            max: Some(1),
+                        },
+                        after_repeat,
+                    )?,
+                    '{' => repeated = self.counted_repeat(after_repeat)?,
+                    _ => {
+                        repeated = false;
+                        self.atom(c)?;
                     }
-                    '^' => self.push(Atom::Assert(Assert::Begin)),
-                    '$' => self.push(Atom::Assert(Assert::End)),
-                    '.' => self.push(Atom::Set(CharSet::dot())),
-                    '[' => {
-                        let set = self.class()?;
-                        self.push(Atom::Set(set));
-                    }
-                    '\\' => self.escape()?,
-                    _ => self.push(Atom::Char(c as u32)),
                 }
-                after_repeat = matches!(c, '*' | '+' | '?');
+                after_repeat = repeated;
             }
             Ok(())
         }
 
-        fn repeat(&mut self, op: char, after_repeat: bool) -> Result<(), String> {
+        /// Everything but repetition operators.
+        fn atom(&mut self, c: char) -> Result<(), String> {
+            match c {
+                // The translation only ever opens the `(.*/)?` group.
+                '(' if self.eat(".*/)") => self.push(Atom::AnyDirs),
+                '(' | ')' => return Err(format!("unsupported regexp construct `{c}`")),
+                '|' => {
+                    let atoms = std::mem::take(&mut self.atoms);
+                    self.alternatives.push(atoms);
+                }
+                '^' => self.push(Atom::Assert(Assert::Begin)),
+                '$' => self.push(Atom::Assert(Assert::End)),
+                '.' => self.push(Atom::Set(CharSet::dot())),
+                '[' => {
+                    let set = self.class()?;
+                    self.push(Atom::Set(set));
+                }
+                '\\' => self.escape()?,
+                _ => self.push(Atom::Char(c as u32)),
+            }
+            Ok(())
+        }
+
+        /// `{n}`, `{n,}` or `{n,m}` after its `{`; anything else makes the
+        /// `{` a literal. Returns whether it was a repetition.
+        fn counted_repeat(&mut self, after_repeat: bool) -> Result<bool, String> {
+            let Some((min, max, rest)) = parse_count(self.rest) else {
+                self.push(Atom::Char('{' as u32));
+                return Ok(false);
+            };
+            let text = format!("{{{}", &self.rest[..self.rest.len() - rest.len()]);
+            let too_big = |n: u32| n > MAX_REPEAT;
+            if too_big(min) || max.is_some_and(too_big) || max.is_some_and(|max| min > max) {
+                return Err(format!("invalid repeat count `{text}`"));
+            }
+            self.rest = rest;
+            self.repeat(&text, Rep { min, max }, after_repeat)?;
+            Ok(true)
+        }
+
+        fn repeat(&mut self, op: &str, rep: Rep, after_repeat: bool) -> Result<(), String> {
             // A trailing `?` only makes it non-greedy: no effect on yes/no.
             self.eat("?");
             if after_repeat {
@@ -998,12 +1194,10 @@ mod regexp {
             let Some(last) = self.atoms.last_mut() else {
                 return Err(format!("missing argument to repetition operator `{op}`"));
             };
-            let rep = match op {
-                '*' => Rep::Star,
-                '+' => Rep::Plus,
-                _ => Rep::Opt,
-            };
-            last.1 = last.1.then(rep);
+            last.1 = last
+                .1
+                .nest(rep)
+                .ok_or_else(|| format!("unsupported nested counted repetition `{op}`"))?;
             Ok(())
         }
 
@@ -1174,6 +1368,37 @@ mod regexp {
                 Some(c) => Ok(c as u32),
             }
         }
+    }
+
+    /// Go's `parseRepeat` on the text after `{`: the counts and the rest if
+    /// it reads `n}`, `n,}` or `n,m}`. Counts too big for Go come back as
+    /// `u32::MAX`.
+    fn parse_count(s: &str) -> Option<(u32, Option<u32>, &str)> {
+        let (min, s) = parse_int(s)?;
+        let (max, s) = match s.strip_prefix(',') {
+            Some(after) if after.starts_with('}') => (None, after),
+            Some(after) => {
+                let (max, after) = parse_int(after)?;
+                (Some(max), after)
+            }
+            None => (Some(min), s),
+        };
+        Some((min, max, s.strip_prefix('}')?))
+    }
+
+    /// Go's `parseInt`: decimal digits without a leading zero.
+    fn parse_int(s: &str) -> Option<(u32, &str)> {
+        let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || (digits > 1 && s.starts_with('0')) {
+            return None;
+        }
+        // Anything above Go's limit of 1000 is an error either way.
+        let value = if digits > 4 {
+            u32::MAX
+        } else {
+            s[..digits].parse().ok()?
+        };
+        Some((value, &s[digits..]))
     }
 }
 
@@ -1520,6 +1745,9 @@ mod tests {
         );
         assert_eq!(error_of("[-a]").message, "unescaped '-' in character class");
         assert_eq!(error_of("!a[").line, 1);
+        // Like current Go, the whole pattern is checked, not just the part
+        // needed to reject the name ".".
+        assert_eq!(error_of("?[*]**/*[]*").message, "empty character class");
     }
 
     /// Valid for filepath.Match but rejected by Go's regexp (upstream fails
@@ -1725,6 +1953,20 @@ mod tests {
         assert!(di.is_excluded("ab$"));
         assert!(di.is_excluded("ab$tail"));
         assert!(!di.is_excluded("ab"));
+        // `|`, `{` and `}` reach the regexp unescaped: `^a|b[^/]*$` is
+        // "starts with a" or "ends in b and a name".
+        assert!(ignore(&["*|"]).is_excluded("anything/at/all"));
+        let di = ignore(&["a|b*"]);
+        assert!(di.is_excluded("axyz/q"));
+        assert!(di.is_excluded("x/yb"));
+        assert!(!di.is_excluded("xy"));
+        let di = ignore(&["x{2}*"]);
+        assert!(di.is_excluded("xxa"));
+        assert!(!di.is_excluded("xa"));
+        assert!(ignore(&["{a,b}*"]).is_excluded("{a,b}c"));
+        assert!(error_of("x{1001}*").message.contains("repeat count"));
+        assert!(error_of("x{2,1}*").message.contains("repeat count"));
+        assert!(error_of("*{2}").message.contains("nested repetition"));
         // Word boundaries.
         let di = ignore(&["*\\bx"]);
         assert!(di.is_excluded("a.x"));
@@ -1747,8 +1989,8 @@ mod tests {
             Matcher::Prefix => "prefix",
             Matcher::Suffix => "suffix",
             Matcher::Literal(_) => "literal",
-            Matcher::Glob(_) => "glob",
-            Matcher::Program(_) => "program",
+            Matcher::Glob(..) => "glob",
+            Matcher::Program(..) => "program",
         };
         assert_eq!(kind("node_modules"), "exact");
         assert_eq!(kind("target/**"), "prefix");
@@ -1815,6 +2057,35 @@ mod tests {
         assert!(globs > 100, "only {globs} glob patterns generated");
     }
 
+    /// The literal prefilters may only reject paths the matcher rejects.
+    #[test]
+    fn affixes_never_reject_a_match() {
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        let pattern_chars = [
+            'a', 'b', '*', '?', '/', '.', '[', ']', '|', '{', '}', '1', ',',
+        ];
+        let path_chars = ['a', 'b', '/', '.', '|', '{', '}', '1'];
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let pattern = rng.string(&pattern_chars, 10);
+            let (MatchKind::Regexp, re) = translate(&pattern) else {
+                continue;
+            };
+            let Ok(program) = regexp::Program::compile(&re) else {
+                continue;
+            };
+            let affixes = Affixes::of(&program);
+            for _ in 0..30 {
+                let path = rng.string(&path_chars, 8);
+                if program.is_match(&path) {
+                    checked += 1;
+                    assert!(affixes.admit(&path), "{pattern:?} {path:?} {affixes:?}");
+                }
+            }
+        }
+        assert!(checked > 1000, "only {checked} matches checked");
+    }
+
     #[test]
     fn random_patterns_never_panic() {
         let mut rng = XorShift(0x2545_F491_4F6C_DD1D);
@@ -1838,7 +2109,7 @@ mod tests {
                 let path = rng.string(&path_chars, 10);
                 let excluded = di.is_excluded(&path);
                 assert_eq!(excluded, di.is_excluded(&clean(&path)), "{text:?} {path:?}");
-                di.may_reinclude_below(&path);
+                let _ = di.may_reinclude_below(&path);
             }
         }
         assert!(parsed > 1000, "only {parsed} pattern sets parsed");

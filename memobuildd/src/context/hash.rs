@@ -15,13 +15,13 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Coarser than any filesystem's timestamp granularity we support (ext4, xfs, btrfs: ns; some: 1 s... we take 2 s to be safe).
-pub const RACY_WINDOW_NS: i128 = 2_000_000_000;
+pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct StatKey {
     size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
+    mtime_ns: i64,
+    ctime_ns: i64,
     ino: u64,
     dev: u64,
 }
@@ -41,8 +41,14 @@ impl StatKey {
 #[derive(Default)]
 pub struct HashCache {
     entries: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
+    /// Entries added since the last [`HashCache::take_new`], to persist.
+    fresh: Mutex<Vec<PathBuf>>,
     bytes_hashed: std::sync::atomic::AtomicU64,
 }
+
+/// A cache entry in its persisted form: 72 bytes, fixed layout (little endian):
+/// size u64, mtime_ns i64, ctime_ns i64, inode u64, device u64, BLAKE3 [32].
+pub const RECORD_LEN: usize = 72;
 
 impl HashCache {
     pub fn new() -> HashCache {
@@ -69,8 +75,38 @@ impl HashCache {
             .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
         if started - meta.mtime_ns > RACY_WINDOW_NS {
             self.lock().insert(path.to_path_buf(), (key, digest));
+            self.fresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(path.to_path_buf());
         }
         Ok(digest)
+    }
+
+    /// Entries added since the last call, encoded for the store.
+    pub fn take_new(&self) -> Vec<(String, [u8; RECORD_LEN])> {
+        let fresh = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|p| p.into_inner()));
+        let entries = self.lock();
+        fresh
+            .into_iter()
+            .filter_map(|path| {
+                let (key, digest) = entries.get(&path)?;
+                Some((path.to_str()?.to_string(), encode(key, digest)))
+            })
+            .collect()
+    }
+
+    /// Adds persisted entries (from an earlier daemon run). Each is still checked
+    /// against a fresh stat before use, like any cached hash.
+    pub fn load(&self, records: impl Iterator<Item = (String, Vec<u8>)>) -> usize {
+        let mut entries = self.lock();
+        let before = entries.len();
+        for (path, bytes) in records {
+            if let Some((key, digest)) = decode(&bytes) {
+                entries.insert(PathBuf::from(path), (key, digest));
+            }
+        }
+        entries.len() - before
     }
 
     /// Hashes many files on all cores; results in input order.
@@ -110,23 +146,59 @@ impl HashCache {
     }
 }
 
+thread_local! {
+    /// One read buffer per hashing thread: allocating (and zeroing) one per file
+    /// cost more than hashing small files.
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 128 * 1024]);
+}
+
 fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
     let mut file = File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
         }
-        hasher.update(&buf[..n]);
-    }
+        Ok::<(), io::Error>(())
+    })?;
     Ok(*hasher.finalize().as_bytes())
 }
 
-fn now_ns() -> i128 {
+fn encode(key: &StatKey, digest: &[u8; 32]) -> [u8; RECORD_LEN] {
+    let mut out = [0u8; RECORD_LEN];
+    out[0..8].copy_from_slice(&key.size.to_le_bytes());
+    out[8..16].copy_from_slice(&key.mtime_ns.to_le_bytes());
+    out[16..24].copy_from_slice(&key.ctime_ns.to_le_bytes());
+    out[24..32].copy_from_slice(&key.ino.to_le_bytes());
+    out[32..40].copy_from_slice(&key.dev.to_le_bytes());
+    out[40..72].copy_from_slice(digest);
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<(StatKey, [u8; 32])> {
+    if bytes.len() != RECORD_LEN {
+        return None;
+    }
+    let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
+    let key = StatKey {
+        size: u64_at(0),
+        mtime_ns: u64_at(8) as i64,
+        ctime_ns: u64_at(16) as i64,
+        ino: u64_at(24),
+        dev: u64_at(32),
+    };
+    let digest: [u8; 32] = bytes[40..72].try_into().ok()?;
+    Some((key, digest))
+}
+
+fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
+        .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
 }

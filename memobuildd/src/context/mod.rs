@@ -9,7 +9,11 @@ pub mod dockerignore;
 pub mod hash;
 pub mod scan;
 pub mod select;
+pub mod tree;
+pub mod watch;
 
 pub use hash::HashCache;
 pub use scan::{ContextIndex, FileKind, FileMeta};
 pub use select::{SelectError, Selected};
+pub use tree::Tree;
+pub use watch::Watcher;

@@ -1,9 +1,9 @@
-//! Walking a context directory into a [`ContextIndex`]: every path the build may
-//! see (after `.dockerignore`), with its type, mode and stat identity. Symlinks
-//! are recorded, never followed.
+//! What a build may see of its context: a [`ContextIndex`] is a view of a
+//! [`Tree`] snapshot (the context may be a subdirectory of a watched tree) with
+//! the build's `.dockerignore` applied. Symlinks are recorded, never followed.
 
 use super::dockerignore::DockerIgnore;
-use std::collections::BTreeMap;
+use super::tree::{Entries, Tree};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -24,15 +24,16 @@ pub struct FileMeta {
     /// Permission bits plus setuid/setgid/sticky.
     pub mode: u32,
     pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
+    /// Nanoseconds since the epoch (i64 lasts until 2262).
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
     pub link_target: Option<String>,
 }
 
 impl FileMeta {
-    fn from_metadata(meta: &fs::Metadata, link_target: Option<String>) -> FileMeta {
+    pub fn from_metadata(meta: &fs::Metadata, link_target: Option<String>) -> FileMeta {
         let ft = meta.file_type();
         let kind = if ft.is_symlink() {
             FileKind::Symlink
@@ -47,8 +48,14 @@ impl FileMeta {
             kind,
             mode: meta.mode() & 0o7777,
             size: meta.size(),
-            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            mtime_ns: meta
+                .mtime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.mtime_nsec()),
+            ctime_ns: meta
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(meta.ctime_nsec()),
             ino: meta.ino(),
             dev: meta.dev(),
             link_target,
@@ -56,36 +63,60 @@ impl FileMeta {
     }
 }
 
-/// The paths of a context that survive `.dockerignore`, keyed by slash-separated
-/// path relative to the context root (the root itself is `""`).
+/// The context as one build sees it. Paths are slash-separated and relative to
+/// the context root (the root itself is `""`).
 #[derive(Debug, Clone)]
 pub struct ContextIndex {
+    /// The context directory on the host.
     pub root: PathBuf,
-    pub entries: BTreeMap<String, FileMeta>,
+    entries: Entries,
+    /// Where the context sits in the tree (`""` when it is the tree's root), with
+    /// a trailing `/` when not empty.
+    prefix: String,
+    ignore: DockerIgnore,
 }
 
 impl ContextIndex {
-    /// Walks `root`. Excluded directories are skipped unless an exception pattern
-    /// could re-include something below them.
-    pub fn scan(root: &Path, ignore: &DockerIgnore) -> io::Result<ContextIndex> {
-        let meta = fs::metadata(root)?;
-        if !meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("{} is not a directory", root.display()),
-            ));
-        }
-        let mut entries = BTreeMap::new();
-        entries.insert(String::new(), FileMeta::from_metadata(&meta, None));
-        walk(root, "", ignore, &mut entries)?;
-        Ok(ContextIndex {
+    /// A view of `tree` for the context at `root` (inside the tree's root).
+    pub fn view(tree: &Tree, root: &Path, ignore: DockerIgnore) -> ContextIndex {
+        let rel = root
+            .strip_prefix(&tree.root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .unwrap_or("")
+            .to_string();
+        let prefix = if rel.is_empty() {
+            rel
+        } else {
+            format!("{rel}/")
+        };
+        ContextIndex {
             root: root.to_path_buf(),
-            entries,
-        })
+            entries: tree.entries.clone(),
+            prefix,
+            ignore,
+        }
+    }
+
+    /// Walks `root` now (no watcher): for one-off builds and tests.
+    pub fn scan(root: &Path, ignore: &DockerIgnore) -> io::Result<ContextIndex> {
+        let tree = Tree::scan(root)?;
+        Ok(ContextIndex::view(&tree, root, ignore.clone()))
+    }
+
+    fn full(&self, rel: &str) -> String {
+        if rel.is_empty() {
+            self.prefix.trim_end_matches('/').to_string()
+        } else {
+            format!("{}{rel}", self.prefix)
+        }
     }
 
     pub fn get(&self, rel: &str) -> Option<&FileMeta> {
-        self.entries.get(rel)
+        if !rel.is_empty() && self.ignore.is_excluded(rel) {
+            return None;
+        }
+        self.entries.get(&self.full(rel))
     }
 
     /// Host path of an entry.
@@ -97,79 +128,25 @@ impl ContextIndex {
         }
     }
 
-    /// Entries strictly below directory `rel`, in path order.
-    pub fn below<'a>(
-        &'a self,
-        rel: &'a str,
-    ) -> impl Iterator<Item = (&'a String, &'a FileMeta)> + 'a {
-        let prefix = if rel.is_empty() {
-            String::new()
+    /// Entries strictly below directory `rel` (paths relative to the context), in
+    /// path order, `.dockerignore` applied.
+    pub fn below<'a>(&'a self, rel: &str) -> impl Iterator<Item = (&'a str, &'a FileMeta)> + 'a {
+        let start = if rel.is_empty() {
+            self.prefix.clone()
         } else {
-            format!("{rel}/")
+            format!("{}{rel}/", self.prefix)
         };
+        let strip = self.prefix.len();
         self.entries
-            .range(prefix.clone()..)
-            .skip_while(move |(k, _)| k.is_empty() && rel.is_empty())
-            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .range(start.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&start))
+            .filter(move |(k, _)| k.len() > strip)
+            .map(move |(k, m)| (&k[strip..], m))
+            .filter(move |(k, _)| !self.ignore.is_excluded(k))
     }
-}
 
-fn walk(
-    root: &Path,
-    rel_dir: &str,
-    ignore: &DockerIgnore,
-    out: &mut BTreeMap<String, FileMeta>,
-) -> io::Result<()> {
-    let dir = if rel_dir.is_empty() {
-        root.to_path_buf()
-    } else {
-        root.join(rel_dir)
-    };
-    let read = match fs::read_dir(&dir) {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(io::Error::new(
-                e.kind(),
-                format!("reading directory {}: {e}", dir.display()),
-            ))
-        }
-    };
-    for entry in read {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            tracing::warn!(dir = %dir.display(), "skipping a file whose name is not UTF-8");
-            continue;
-        };
-        let rel = if rel_dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel_dir}/{name}")
-        };
-        let meta = fs::symlink_metadata(entry.path())?;
-        let excluded = ignore.is_excluded(&rel);
-        if meta.is_dir() {
-            if excluded && !ignore.may_reinclude_below(&rel) {
-                continue;
-            }
-            if !excluded {
-                out.insert(rel.clone(), FileMeta::from_metadata(&meta, None));
-            }
-            walk(root, &rel, ignore, out)?;
-            continue;
-        }
-        if excluded {
-            continue;
-        }
-        let target = if meta.file_type().is_symlink() {
-            Some(fs::read_link(entry.path())?.to_string_lossy().into_owned())
-        } else {
-            None
-        };
-        let meta = FileMeta::from_metadata(&meta, target);
-        if meta.kind != FileKind::Other {
-            out.insert(rel, meta);
-        }
+    /// Every entry of the context except its root.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &FileMeta)> + '_ {
+        self.below("")
     }
-    Ok(())
 }

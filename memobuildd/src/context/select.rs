@@ -55,8 +55,8 @@ pub fn select(index: &ContextIndex, source: &str) -> Result<Vec<Selected>, Selec
     }
     let matcher = glob(&rel)?;
     let mut out = Vec::new();
-    for (path, meta) in &index.entries {
-        if path.is_empty() || !matcher.is_match(path) {
+    for (path, meta) in index.iter() {
+        if !matcher.is_match(path) {
             continue;
         }
         let (rel, meta) = if meta.kind == FileKind::Symlink {
@@ -66,7 +66,7 @@ pub fn select(index: &ContextIndex, source: &str) -> Result<Vec<Selected>, Selec
                 None => continue,
             }
         } else {
-            (path.clone(), meta.clone())
+            (path.to_string(), meta.clone())
         };
         out.push(Selected {
             rel,

@@ -121,7 +121,16 @@ pub enum Instruction {
     Healthcheck(Option<Healthcheck>),
     /// The trigger instruction's text, recorded in the image config.
     Onbuild(String),
-    Run,
+    Run(RunSpec),
+}
+
+/// `RUN [--mount=...] [--network=...] command`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    pub flags: Vec<Flag>,
+    /// Exec form, or shell form (here-documents already folded into the text
+    /// the shell gets: a RUN that is only a here-document runs it as the script).
+    pub command: CommandForm,
 }
 
 impl Instruction {
@@ -144,7 +153,7 @@ impl Instruction {
             Instruction::Shell(_) => "SHELL",
             Instruction::Healthcheck(_) => "HEALTHCHECK",
             Instruction::Onbuild(_) => "ONBUILD",
-            Instruction::Run => "RUN",
+            Instruction::Run(_) => "RUN",
         }
     }
 }
@@ -390,7 +399,7 @@ impl Converter<'_> {
                 i.onbuild.span.start,
                 Instruction::Onbuild(self.onbuild_trigger(i)?),
             ),
-            P::Run(i) => (i.run.span.start, Instruction::Run),
+            P::Run(i) => (i.run.span.start, Instruction::Run(self.run_spec(i)?)),
             P::From(i) => {
                 return Err(self.error(i.from.span.start, "FROM inside a stage (parser bug)"))
             }
@@ -551,6 +560,45 @@ impl Converter<'_> {
             }
             _ => Err(self.error(i.healthcheck.span.start, "unsupported HEALTHCHECK form")),
         }
+    }
+
+    fn run_spec(
+        &self,
+        i: &parse_dockerfile::RunInstruction<'_>,
+    ) -> Result<RunSpec, DockerfileError> {
+        let flags = self.flags(&i.options, "RUN", &["mount", "network", "security"])?;
+        if let Some(f) = flags.iter().find(|f| f.name == "security") {
+            let mut err = self.error(i.run.span.start, "RUN --security is not supported");
+            err.loc = f.loc;
+            err.hint = Some("memobuild never runs steps privileged; drop the flag".into());
+            return Err(err);
+        }
+        let command = match (&i.arguments, i.here_docs.as_slice()) {
+            (_, []) => self.command(&i.arguments),
+            (parse_dockerfile::Command::Shell(s), [only]) if s.value.trim().is_empty() => {
+                CommandForm::Shell(only.value.to_string())
+            }
+            (parse_dockerfile::Command::Shell(s), docs) => {
+                // The shell gets the text with its here-documents, as written.
+                let end = docs.last().map(|d| d.span.end).unwrap_or(s.span.end);
+                let after = self.text.get(end..).unwrap_or("");
+                let terminator = after.find('\n').map(|n| end + n).unwrap_or(self.text.len());
+                let start = self.text[..s.span.start]
+                    .rfind("<<")
+                    .filter(|p| *p > i.run.span.end)
+                    .unwrap_or(s.span.start);
+                let start = start.min(s.span.start);
+                CommandForm::Shell(self.text.get(start..terminator).unwrap_or("").to_string())
+            }
+            (parse_dockerfile::Command::Exec(_), _) => {
+                return Err(self.error(
+                    i.run.span.start,
+                    "here-documents need the shell form of RUN",
+                ));
+            }
+            _ => return Err(self.error(i.run.span.start, "unsupported RUN form")),
+        };
+        Ok(RunSpec { flags, command })
     }
 
     /// Docker records the trigger as its source text after `ONBUILD `.

@@ -5,12 +5,13 @@ use super::copy;
 use super::fsview::FsView;
 use super::{BuildLog, Engine};
 use crate::context::dockerignore::DockerIgnore;
-use crate::context::ContextIndex;
+use crate::context::{ContextIndex, Tree};
 use crate::dockerfile::{self, DockerfileError};
 use crate::graph::{self, Base, Op, Plan, Step};
 use crate::oci::config::History;
 use crate::oci::image::{write_image, StoredImage};
 use crate::oci::ChangeSet;
+use crate::project::{BuildSummary, ProjectKey};
 use crate::store::{ImageRecord, LayerRecord, StepRecord};
 use memobuild_shared::{BuildEvent, BuildId, BuildRequest, RpcError, StepInfo};
 use std::collections::BTreeMap;
@@ -57,11 +58,122 @@ pub async fn run(
     request: &BuildRequest,
     log: &Arc<BuildLog>,
 ) -> Result<Done, RpcError> {
+    let started = Instant::now();
+    let context = Path::new(&request.context);
+    if !context.is_dir() {
+        return Err(RpcError::with_hint(
+            format!("build context {} is not a directory", context.display()),
+            "pass the directory to build, e.g. `memobuild-ctl build .`",
+        ));
+    }
+    let scan_error = |e: std::io::Error| {
+        RpcError::new(format!("scanning build context {}: {e}", context.display()))
+    };
+    let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
+    let (tree, generation) = engine.watcher.sync(&root).await.map_err(scan_error)?;
+    let project = engine.projects.register(ProjectKey::of(request), &root);
+    if let Some(done) = fast_path(engine, id, request, &project, generation, log)? {
+        return Ok(done);
+    }
+    engine.projects.build_started(&project);
+    let result = build_planned(engine, id, request, &project, tree, log).await;
+    let mut summary = BuildSummary {
+        ok: result.is_ok(),
+        finished_at: chrono_now(),
+        millis: started.elapsed().as_millis() as u64,
+        manifest_digest: None,
+        config_digest: None,
+        error: result.as_ref().err().map(|e| e.message.clone()),
+        no_cache: request.no_cache,
+        epoch: request.source_date_epoch,
+        steps: Vec::new(),
+    };
+    if let Ok((done, plan)) = &result {
+        summary.manifest_digest = Some(done.manifest_digest.clone());
+        summary.config_digest = Some(done.config_digest.clone());
+        summary.steps = BuildSummary::from_plan(plan, &cached_steps(plan.steps.len(), log));
+    }
+    engine
+        .projects
+        .build_finished(&engine.store, &project, summary, generation);
+    result.map(|(done, _)| done)
+}
+
+fn cached_steps(n: usize, log: &BuildLog) -> Vec<bool> {
+    let mut cached = vec![false; n];
+    for e in log.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if let BuildEvent::StepCached { step } = e {
+            if let Some(c) = cached.get_mut(*step) {
+                *c = true;
+            }
+        }
+    }
+    cached
+}
+
+/// A project whose tree has not changed since its last good build gets that
+/// build's image at once: no plan, no walk, no hashing.
+fn fast_path(
+    engine: &Engine,
+    id: BuildId,
+    request: &BuildRequest,
+    project: &str,
+    generation: u64,
+    log: &BuildLog,
+) -> Result<Option<Done>, RpcError> {
+    if request.no_cache {
+        return Ok(None);
+    }
+    let Some(last) = engine.projects.clean_result(project, generation) else {
+        return Ok(None);
+    };
+    let (Some(manifest), Some(config)) = (last.manifest_digest.clone(), last.config_digest.clone())
+    else {
+        return Ok(None);
+    };
+    if last.epoch != request.source_date_epoch || !engine.store.blobs.contains(&manifest) {
+        return Ok(None);
+    }
+    log.push(BuildEvent::Planned {
+        build: id,
+        steps: last
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepInfo {
+                index: i,
+                stage: s.stage.clone(),
+                instruction: s.instruction.clone(),
+                location: format!("{}:{}", dockerfile_display(request), s.line),
+                cache_key: s.key.clone(),
+            })
+            .collect(),
+    });
+    for step in 0..last.steps.len() {
+        log.push(BuildEvent::StepCached { step });
+    }
+    let tags = tag_digests(engine, &request.tags, &manifest, &config, None)?;
+    Ok(Some(Done {
+        manifest_digest: manifest,
+        config_digest: config,
+        tags,
+    }))
+}
+
+async fn build_planned(
+    engine: &Arc<Engine>,
+    id: BuildId,
+    request: &BuildRequest,
+    project: &str,
+    tree: Tree,
+    log: &Arc<BuildLog>,
+) -> Result<(Done, Arc<Plan>), RpcError> {
     let plan = {
         let engine = engine.clone();
         let request = request.clone();
-        blocking(move || make_plan(&engine, &request)).await?
+        blocking(move || make_plan(&engine, &request, &tree)).await?
     };
+
     log.push(BuildEvent::Planned {
         build: id,
         steps: plan
@@ -83,7 +195,7 @@ pub async fn run(
         });
     }
     let plan = Arc::new(plan);
-    let results = run_stages(engine, &plan, request, log).await?;
+    let results = run_stages(engine, &plan, request, log, project).await?;
     let target = &plan.stages[plan.target];
     let result = results.get(&plan.target).cloned().unwrap_or_default();
     let image = {
@@ -99,11 +211,14 @@ pub async fn run(
         .await?
     };
     let tags = tag_image(engine, &request.tags, &image)?;
-    Ok(Done {
-        manifest_digest: image.manifest_digest,
-        config_digest: image.config_digest,
-        tags,
-    })
+    Ok((
+        Done {
+            manifest_digest: image.manifest_digest,
+            config_digest: image.config_digest,
+            tags,
+        },
+        plan,
+    ))
 }
 
 fn dockerfile_display(request: &BuildRequest) -> String {
@@ -141,14 +256,9 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
     Ok(DockerIgnore::empty())
 }
 
-fn make_plan(engine: &Engine, request: &BuildRequest) -> Result<Plan, RpcError> {
+/// Plans a build against a snapshot of the context's tree.
+pub fn make_plan(engine: &Engine, request: &BuildRequest, tree: &Tree) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
-    if !context.is_dir() {
-        return Err(RpcError::with_hint(
-            format!("build context {} is not a directory", context.display()),
-            "pass the directory to build, e.g. `memobuild-ctl build .`",
-        ));
-    }
     let df_path = dockerfile_path(request);
     let text = std::fs::read_to_string(&df_path).map_err(|e| {
         RpcError::with_hint(
@@ -158,8 +268,7 @@ fn make_plan(engine: &Engine, request: &BuildRequest) -> Result<Plan, RpcError> 
     })?;
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
     let ignore = read_ignore(request, &df_path)?;
-    let index = ContextIndex::scan(context, &ignore)
-        .map_err(|e| RpcError::new(format!("scanning build context: {e}")))?;
+    let index = ContextIndex::view(tree, context, ignore);
     graph::plan(&graph::PlanInput {
         dockerfile: &df,
         target: &request.target,
@@ -172,13 +281,86 @@ fn make_plan(engine: &Engine, request: &BuildRequest) -> Result<Plan, RpcError> 
     .map_err(dockerfile_error)
 }
 
+/// Keeps every project's dirty set current: re-plans the projects a change
+/// touches against the (already updated) tree and compares the step keys.
+pub async fn track_dirty(
+    engine: std::sync::Weak<Engine>,
+    mut changes: tokio::sync::broadcast::Receiver<crate::context::watch::Change>,
+) {
+    loop {
+        let change = match changes.recv().await {
+            Ok(c) => c,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "dirty tracking fell behind; the next change re-plans"
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for (project, request) in engine.projects.paths_changed(&change.root, &change.paths) {
+            recompute_dirty(&engine, &project, request, &change.root).await;
+        }
+    }
+}
+
+/// Re-plans one project against the current tree and records its dirty steps.
+async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequest, root: &Path) {
+    let Ok((tree, generation)) = engine.watcher.tree(root) else {
+        return;
+    };
+    let e = engine.clone();
+    let planned = tokio::task::spawn_blocking(move || make_plan(&e, &request, &tree)).await;
+    match planned {
+        Ok(Ok(plan)) => engine.projects.set_dirty(project, generation, Ok(&plan)),
+        Ok(Err(err)) => engine
+            .projects
+            .set_dirty(project, generation, Err(err.message)),
+        Err(err) => tracing::warn!(error = %err, "dirty re-plan task failed"),
+    }
+}
+
+/// After a restart: watch the contexts of known projects again, and compare
+/// them with their last builds (files may have changed while no daemon watched).
+pub async fn resume_watching(engine: Arc<Engine>) {
+    for context in engine.projects.contexts() {
+        if !context.is_dir() {
+            continue;
+        }
+        match engine.watcher.ensure(&context).await {
+            Ok(root) => {
+                for (project, request) in engine.projects.set_root(&context, &root) {
+                    recompute_dirty(&engine, &project, request, &root).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(context = %context.display(), error = %e, "cannot watch project context")
+            }
+        }
+    }
+}
+
 /// Runs every stage once its dependencies are done, independent ones at once.
 async fn run_stages(
     engine: &Arc<Engine>,
     plan: &Arc<Plan>,
     request: &BuildRequest,
     log: &Arc<BuildLog>,
+    project: &str,
 ) -> Result<BTreeMap<usize, StageResult>, RpcError> {
+    let run = Arc::new(StageRun {
+        engine: engine.clone(),
+        plan: plan.clone(),
+        log: log.clone(),
+        project: project.to_string(),
+        no_cache: request.no_cache,
+        epoch: request.source_date_epoch,
+        request: Arc::new(request.clone()),
+    });
     let mut done: BTreeMap<usize, StageResult> = BTreeMap::new();
     let mut started = vec![false; plan.stages.len()];
     let mut running = JoinSet::new();
@@ -190,13 +372,8 @@ async fn run_stages(
             started[i] = true;
             let inputs: BTreeMap<usize, StageResult> =
                 stage.deps.iter().map(|d| (*d, done[d].clone())).collect();
-            let (engine, plan, log) = (engine.clone(), plan.clone(), log.clone());
-            let no_cache = request.no_cache;
-            let epoch = request.source_date_epoch;
-            running.spawn(async move {
-                let result = run_stage(&engine, &plan, i, &inputs, no_cache, epoch, &log).await;
-                (i, result)
-            });
+            let run = run.clone();
+            running.spawn(async move { (i, run_stage(&run, i, &inputs).await) });
         }
         let Some(joined) = running.join_next().await else {
             break;
@@ -216,15 +393,32 @@ async fn run_stages(
     Ok(done)
 }
 
-async fn run_stage(
-    engine: &Arc<Engine>,
-    plan: &Arc<Plan>,
-    stage_index: usize,
-    inputs: &BTreeMap<usize, StageResult>,
+/// What every stage of one build shares.
+struct StageRun {
+    engine: Arc<Engine>,
+    plan: Arc<Plan>,
+    log: Arc<BuildLog>,
+    project: String,
     no_cache: bool,
     epoch: Option<i64>,
-    log: &Arc<BuildLog>,
+    request: Arc<BuildRequest>,
+}
+
+async fn run_stage(
+    run: &StageRun,
+    stage_index: usize,
+    inputs: &BTreeMap<usize, StageResult>,
 ) -> Result<StageResult, RpcError> {
+    let StageRun {
+        engine,
+        plan,
+        log,
+        project,
+        no_cache,
+        epoch,
+        ..
+    } = run;
+    let (no_cache, epoch) = (*no_cache, *epoch);
     let stage = &plan.stages[stage_index];
     let mut state = match &stage.base {
         Base::Scratch => StageResult::default(),
@@ -237,6 +431,7 @@ async fn run_stage(
     for &step_index in &stage.steps {
         let step = &plan.steps[step_index];
         log.push(BuildEvent::StepStarted { step: step_index });
+        engine.projects.step_state(project, step_index, "building");
         let started = Instant::now();
         let cached = if no_cache {
             None
@@ -246,10 +441,32 @@ async fn run_stage(
         let record = match cached {
             Some(record) => {
                 log.push(BuildEvent::StepCached { step: step_index });
+                engine.projects.step_state(project, step_index, "cached");
                 record
             }
             None => {
-                let record = execute(engine, plan, step, &state, inputs, epoch).await?;
+                let record = match &step.op {
+                    Op::Run(op) => {
+                        let stage_layers =
+                            inputs.iter().map(|(k, v)| (*k, v.layers.clone())).collect();
+                        let cx = super::run::RunContext {
+                            engine,
+                            request: &run.request,
+                            log,
+                            step: step_index,
+                            display: &step.display,
+                            parent_layers: &state.layers,
+                            stage_layers: &stage_layers,
+                            context_root: std::path::Path::new(&run.request.context),
+                            epoch,
+                        };
+                        super::run::run(&cx, op).await.map_err(|e| RpcError {
+                            message: format!("line {}: {}", step.loc.line, e.message),
+                            hint: e.hint,
+                        })?
+                    }
+                    _ => execute(engine, plan, step, &state, inputs, epoch).await?,
+                };
                 engine
                     .store
                     .put_step(&step.key, &record)
@@ -258,6 +475,7 @@ async fn run_stage(
                     step: step_index,
                     millis: started.elapsed().as_millis() as u64,
                 });
+                engine.projects.step_state(project, step_index, "done");
                 record
             }
         };
@@ -331,7 +549,7 @@ async fn execute(
                 };
                 copy::copy(op, &view, source_view.as_ref(), store, staging.path())
             }
-            Op::Meta => Ok(ChangeSet::default()),
+            Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
         }
         .map_err(|e| step_error(&plan, &step, e))?;
         let layer = if changes.is_empty() {
@@ -357,27 +575,48 @@ fn tag_image(
     tags: &[String],
     image: &StoredImage,
 ) -> Result<Vec<String>, RpcError> {
+    tag_digests(
+        engine,
+        tags,
+        &image.manifest_digest,
+        &image.config_digest,
+        Some(image.size),
+    )
+}
+
+/// Points each tag at the image; a tag that already does is left alone (no write).
+fn tag_digests(
+    engine: &Engine,
+    tags: &[String],
+    manifest: &str,
+    config: &str,
+    size: Option<u64>,
+) -> Result<Vec<String>, RpcError> {
     let mut names = Vec::new();
     for tag in tags {
         let name = graph::normalize_image_name(tag);
-        engine
-            .store
-            .put_image(
-                &name,
-                &ImageRecord {
-                    manifest_digest: image.manifest_digest.clone(),
-                    config_digest: image.config_digest.clone(),
-                    size: image.size,
-                    tagged_at: chrono_now(),
-                },
-            )
-            .map_err(internal)?;
+        let existing = engine.store.image(&name).map_err(internal)?;
+        if existing.as_ref().map(|r| r.manifest_digest.as_str()) != Some(manifest) {
+            let size = match (size, existing) {
+                (Some(s), _) => s,
+                (None, _) => crate::oci::image::read_image(&engine.store, manifest)
+                    .map(|i| i.size)
+                    .unwrap_or(0),
+            };
+            let record = ImageRecord {
+                manifest_digest: manifest.to_string(),
+                config_digest: config.to_string(),
+                size,
+                tagged_at: chrono_now(),
+            };
+            engine.store.put_image(&name, &record).map_err(internal)?;
+        }
         names.push(name);
     }
     Ok(names)
 }
 
-fn chrono_now() -> i64 {
+pub(crate) fn chrono_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

@@ -4,11 +4,15 @@
 
 pub mod copy;
 pub mod fsview;
+pub mod run;
 pub mod users;
 
 mod build;
 
-use crate::context::HashCache;
+pub use run::RunSettings;
+
+use crate::context::{HashCache, Watcher};
+use crate::project::Projects;
 use crate::store::Store;
 use fsview::LayerCache;
 use memobuild_shared::{BuildEvent, BuildId, BuildRequest, EventBatch, RpcError};
@@ -25,14 +29,28 @@ pub struct Engine {
     pub store: Arc<Store>,
     pub layers: LayerCache,
     pub hashes: HashCache,
+    pub watcher: Arc<Watcher>,
+    pub projects: Projects,
+    pub run_settings: RunSettings,
+    /// Bounds the RUN steps running at once, across builds.
+    pub run_slots: tokio::sync::Semaphore,
+    sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
+    cache_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
+}
+
+/// The containerd connection RUN steps use, and the private containerd behind
+/// it when the daemon started its own.
+struct SandboxHandle {
+    sandbox: crate::sandbox::Sandbox,
+    private: Option<crate::sandbox::PrivateContainerd>,
 }
 
 /// A build's events so far; clients read it from any cursor.
 #[derive(Default)]
 pub struct BuildLog {
-    events: Mutex<Vec<BuildEvent>>,
+    pub(crate) events: Mutex<Vec<BuildEvent>>,
     finished: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
 }
@@ -65,14 +83,125 @@ impl BuildLog {
 }
 
 impl Engine {
-    pub fn new(store: Arc<Store>) -> Arc<Engine> {
-        Arc::new(Engine {
+    /// Creates the engine, starts its file watcher and dirty tracking, and
+    /// resumes watching the contexts of known projects (needs a tokio runtime).
+    pub fn new(store: Arc<Store>, run_settings: RunSettings) -> Arc<Engine> {
+        let projects = Projects::load(&store);
+        let hashes = HashCache::new();
+        match store.hashes() {
+            Ok(records) => {
+                let n = hashes.load(records.into_iter());
+                tracing::info!(
+                    entries = n,
+                    "content hashes loaded; files are re-validated by stat"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load persisted content hashes"),
+        }
+        let engine = Arc::new(Engine {
             store,
             layers: LayerCache::default(),
-            hashes: HashCache::new(),
+            hashes,
+            watcher: Watcher::start(),
+            projects,
+            run_slots: tokio::sync::Semaphore::new(run_settings.max_parallel.max(1)),
+            run_settings,
+            sandbox: tokio::sync::Mutex::new(None),
+            cache_locks: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+        });
+        tokio::spawn(build::track_dirty(
+            Arc::downgrade(&engine),
+            engine.watcher.subscribe(),
+        ));
+        tokio::spawn(build::resume_watching(engine.clone()));
+        // A containerd used before may hold what a crashed daemon left behind.
+        if engine.run_settings.containerd_socket.is_some()
+            || engine.store.root().join("containerd").is_dir()
+        {
+            let e = engine.clone();
+            tokio::spawn(async move {
+                if let Err(err) = e.sandbox().await {
+                    tracing::warn!(error = %err.message, "RUN steps are unavailable");
+                }
+            });
+        }
+        engine
+    }
+
+    /// The sandbox for RUN steps: connects (or starts the private containerd)
+    /// on first use, and removes what a crashed daemon left in it.
+    pub async fn sandbox(&self) -> Result<crate::sandbox::Sandbox, RpcError> {
+        let mut guard = self.sandbox.lock().await;
+        if let Some(handle) = guard.as_ref() {
+            return Ok(handle.sandbox.clone());
+        }
+        let handle = match &self.run_settings.containerd_socket {
+            Some(socket) => crate::sandbox::Sandbox::connect(socket)
+                .await
+                .map(|sandbox| SandboxHandle { sandbox, private: None }),
+            None => crate::sandbox::Sandbox::start_private(&self.store.root().join("containerd"))
+                .await
+                .map(|(sandbox, p)| SandboxHandle { sandbox, private: Some(p) }),
+        }
+        .map_err(|e| {
+            RpcError::with_hint(
+                format!("RUN needs containerd and runc: {e}"),
+                format!(
+                    "install the Debian packages `{}` (the daemon starts its own containerd), or point --containerd-socket at a running one",
+                    crate::sandbox::PACKAGES
+                ),
+            )
+        })?;
+        match handle.sandbox.cleanup_orphans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed containerd resources left by an earlier daemon"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot clean up containerd leftovers"),
+        }
+        let sandbox = handle.sandbox.clone();
+        *guard = Some(handle);
+        Ok(sandbox)
+    }
+
+    /// Stops the private containerd, if the daemon started one.
+    pub async fn shutdown(&self) {
+        if let Some(handle) = self.sandbox.lock().await.take() {
+            if let Some(private) = handle.private {
+                private.shutdown().await;
+            }
+        }
+    }
+
+    /// The lock of cache mount `name` (for sharing=locked and private).
+    pub fn cache_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.cache_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Writes content hashes computed since the last call to the store, so a
+    /// restarted daemon re-validates by stat instead of re-hashing.
+    pub async fn persist_hashes(self: &Arc<Self>) {
+        let engine = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let records = engine.hashes.take_new();
+            engine.store.put_hashes(&records)
         })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "cannot persist content hashes");
+        }
+    }
+
+    pub fn running_builds(&self) -> u64 {
+        self.projects.running()
     }
 
     /// Starts a build in the background and returns its id.
@@ -88,7 +217,9 @@ impl Engine {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let started = std::time::Instant::now();
-                match build::run(&engine, id, &request, &log).await {
+                let outcome = build::run(&engine, id, &request, &log).await;
+                engine.persist_hashes().await;
+                match outcome {
                     Ok(done) => {
                         tracing::info!(digest = %done.manifest_digest, millis = started.elapsed().as_millis() as u64, "build finished");
                         log.push(BuildEvent::Finished {

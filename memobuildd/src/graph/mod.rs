@@ -89,6 +89,19 @@ pub struct Step {
     pub op: Op,
     /// `created_by` for the image history; `None` for steps Docker keeps out of it (ARG).
     pub history: Option<String>,
+    /// The key's components, kept so `status` and `explain` can name what changed.
+    pub inputs: StepInputs,
+}
+
+/// What went into a step's key, in a form a person can compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepInputs {
+    pub parent_key: String,
+    /// ARGs in scope.
+    pub args: BTreeMap<String, String>,
+    /// Context path -> BLAKE3 hex (files), `dir`, or `symlink:TARGET`; for
+    /// `COPY --from`, `stage:NAME` -> that stage's key.
+    pub files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +114,62 @@ pub enum Op {
         user: Option<String>,
     },
     Copy(CopyOp),
+    Run(RunOp),
+}
+
+/// A RUN step, resolved except for what needs the parent filesystem (user names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOp {
+    /// The process: exec form as written, shell form as `[SHELL..., text]`.
+    pub args: Vec<String>,
+    /// ENV of the stage, then ARGs in scope that no ENV overrides (as BuildKit).
+    pub env: Vec<String>,
+    /// USER (name or id, resolved in the parent's /etc/passwd when run).
+    pub user: Option<String>,
+    pub cwd: String,
+    pub network: RunNetwork,
+    pub mounts: Vec<RunMount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunNetwork {
+    /// No `--network`: the daemon's default.
+    Default,
+    None,
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunMount {
+    /// A directory kept by the daemon across builds, never in a layer or key.
+    Cache {
+        target: String,
+        id: String,
+        sharing: CacheSharing,
+        readonly: bool,
+    },
+    /// A secret the client sent with the build, present only during the step.
+    Secret {
+        id: String,
+        target: String,
+        required: bool,
+    },
+    /// Files from the context (`from: None`) or another stage, read-only unless `rw`.
+    Bind {
+        target: String,
+        source: String,
+        from: Option<usize>,
+        readwrite: bool,
+    },
+    /// An empty tmpfs.
+    Tmpfs { target: String },
 }
 
 #[derive(Debug, Clone)]

@@ -3,12 +3,15 @@
 //! into a [`Step`] with its cache key.
 
 use super::key::KeyHasher;
-use super::{base_key, Base, CopyOp, CopySource, Op, Plan, PlanInput, StagePlan, Step};
+use super::{
+    base_key, Base, CacheSharing, CopyOp, CopySource, Op, Plan, PlanInput, RunMount, RunNetwork,
+    RunOp, StagePlan, Step,
+};
 use crate::context::{select, FileKind};
 use crate::dockerfile::expand::{self, ExpandError};
 use crate::dockerfile::{
-    CommandForm, CopySpec, Dockerfile, DockerfileError, Healthcheck, Instruction, Loc, Located,
-    Stage,
+    CommandForm, CopySpec, Dockerfile, DockerfileError, Flag, Healthcheck, Instruction, Loc,
+    Located, RunSpec, Stage,
 };
 use crate::oci::config::{Empty, HealthConfig};
 use crate::oci::ImageConfig;
@@ -203,6 +206,8 @@ struct State<'a> {
     args: BTreeMap<String, String>,
     cmd_set: bool,
     parent_key: String,
+    /// Files the current instruction selected (see `StepInputs::files`).
+    files: BTreeMap<String, String>,
 }
 
 impl State<'_> {
@@ -290,12 +295,18 @@ pub(super) fn plan_stage(
         args: BTreeMap::new(),
         cmd_set: false,
         parent_key: base_key.clone(),
+        files: BTreeMap::new(),
     };
     let mut steps = Vec::new();
     for ins in triggers.iter().chain(&si.stage.instructions) {
+        state.files.clear();
         let (op, extra_key) = apply(si, &mut state, ins, plan, &mut deps, used_args)?;
         let key = step_key(&state, ins, &extra_key);
-        state.parent_key = key.clone();
+        let inputs = super::StepInputs {
+            parent_key: std::mem::replace(&mut state.parent_key, key.clone()),
+            args: state.args.clone(),
+            files: std::mem::take(&mut state.files),
+        };
         let index = plan.steps.len();
         plan.steps.push(Step {
             index,
@@ -305,6 +316,7 @@ pub(super) fn plan_stage(
             key,
             op,
             history: (!matches!(ins.value, Instruction::Arg(_))).then(|| ins.source.clone()),
+            inputs,
         });
         steps.push(index);
     }
@@ -538,12 +550,7 @@ fn apply(
                 .push(trigger.clone());
             Ok(meta())
         }
-        Instruction::Run => Err(err_hint(
-            df,
-            loc,
-            "RUN is not supported yet",
-            "RUN needs the containerd sandbox, which is coming; until then build without RUN steps",
-        )),
+        Instruction::Run(spec) => run_op(si, st, spec, loc, plan, deps),
         Instruction::Copy(spec) => copy_op(si, st, spec, false, loc, plan, deps),
         Instruction::Add(spec) => copy_op(si, st, spec, true, loc, plan, deps),
     }
@@ -621,7 +628,10 @@ fn copy_op(
         )?;
         let position = si.planned[&stage];
         deps.push(position);
-        k.str(&plan.stages[position].final_key(&plan.steps));
+        let stage_key = plan.stages[position].final_key(&plan.steps);
+        k.str(&stage_key);
+        st.files
+            .insert(format!("stage:{}", plan.stages[position].label), stage_key);
         if sources.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
@@ -646,7 +656,7 @@ fn copy_op(
         if roots.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
+        st.files = hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
             err(
                 df,
                 loc,
@@ -667,6 +677,272 @@ fn copy_op(
     ))
 }
 
+fn run_op(
+    si: &StageInput<'_, '_>,
+    st: &mut State<'_>,
+    spec: &RunSpec,
+    loc: Loc,
+    plan: &Plan,
+    deps: &mut Vec<usize>,
+) -> Result<Applied, DockerfileError> {
+    let df = st.df;
+    let args = st.command(&spec.command);
+    let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
+    for (name, value) in &st.args {
+        if st.config.env_get(name).is_none() {
+            env.push(format!("{name}={value}"));
+        }
+    }
+    let mut network = RunNetwork::Default;
+    let mut mounts = Vec::new();
+    for flag in &spec.flags {
+        let value = st.expand(flag.value.as_deref().unwrap_or(""), flag.loc)?;
+        match flag.name.as_str() {
+            "network" => {
+                network = match value.as_str() {
+                    "default" => RunNetwork::Default,
+                    "none" => RunNetwork::None,
+                    "host" => RunNetwork::Host,
+                    other => {
+                        return Err(err_hint(
+                            df,
+                            flag.loc,
+                            format!("unknown RUN --network={other}"),
+                            "use --network=default, none or host",
+                        ))
+                    }
+                }
+            }
+            "mount" => mounts.push(parse_mount(si, st, flag, &value, plan, deps)?),
+            _ => {}
+        }
+    }
+    let mut k = KeyHasher::new("RUN");
+    k.strs(args.iter().map(String::as_str));
+    k.strs(env.iter().map(String::as_str));
+    let user = st.config.config.user.clone().filter(|u| !u.is_empty());
+    k.str(user.as_deref().unwrap_or(""));
+    let cwd = st.workdir();
+    k.str(&cwd);
+    k.str(match network {
+        RunNetwork::Default => "default",
+        RunNetwork::None => "none",
+        RunNetwork::Host => "host",
+    });
+    mount_key(&mut k, &mounts, si, st, plan).map_err(|e| {
+        err(
+            df,
+            loc,
+            format!("RUN --mount: reading the build context: {e}"),
+        )
+    })?;
+    Ok((
+        Op::Run(RunOp {
+            args,
+            env,
+            user,
+            cwd,
+            network,
+            mounts,
+        }),
+        k,
+    ))
+}
+
+/// Parses one `--mount=type=...,k=v,...` as BuildKit does.
+fn parse_mount(
+    si: &StageInput<'_, '_>,
+    st: &State<'_>,
+    flag: &Flag,
+    value: &str,
+    plan: &Plan,
+    deps: &mut Vec<usize>,
+) -> Result<RunMount, DockerfileError> {
+    let df = st.df;
+    let bad = |msg: String| {
+        err_hint(
+            df,
+            flag.loc,
+            msg,
+            "see the RUN --mount reference: type=cache|secret|bind|tmpfs,target=PATH,...",
+        )
+    };
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    for part in value.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = match k.to_ascii_lowercase().as_str() {
+            "dst" | "destination" => "target".to_string(),
+            "src" => "source".to_string(),
+            "ro" | "readonly" => "readonly".to_string(),
+            other => other.to_string(),
+        };
+        let v =
+            if v.is_empty() && matches!(k.as_str(), "readonly" | "rw" | "readwrite" | "required") {
+                "true"
+            } else {
+                v
+            };
+        fields.insert(k, v.to_string());
+    }
+    let kind = fields.remove("type").unwrap_or_else(|| "bind".into());
+    let truthy = |v: Option<&String>| v.is_some_and(|v| v == "true" || v == "1");
+    let workdir = st.workdir();
+    let target = fields.get("target").map(|t| absolute_clean(&workdir, t));
+    let known: &[&str] = match kind.as_str() {
+        "cache" => &[
+            "target", "id", "sharing", "readonly", "mode", "uid", "gid", "from", "source",
+        ],
+        "secret" => &["target", "id", "required", "mode", "uid", "gid"],
+        "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
+        "tmpfs" => &["target", "size"],
+        "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
+        other => return Err(bad(format!("unknown mount type {other:?}"))),
+    };
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown option {unknown:?} for --mount=type={kind}"
+        )));
+    }
+    match kind.as_str() {
+        "cache" => {
+            let target = target.ok_or_else(|| bad("a cache mount needs target=PATH".into()))?;
+            if fields.contains_key("from") || fields.contains_key("source") {
+                return Err(bad(
+                    "cache mounts seeded from a stage (from=, source=) are not supported".into(),
+                ));
+            }
+            let sharing = match fields
+                .get("sharing")
+                .map(String::as_str)
+                .unwrap_or("shared")
+            {
+                "shared" => CacheSharing::Shared,
+                "private" => CacheSharing::Private,
+                "locked" => CacheSharing::Locked,
+                other => {
+                    return Err(bad(format!(
+                        "unknown sharing={other}: use shared, private or locked"
+                    )))
+                }
+            };
+            Ok(RunMount::Cache {
+                id: fields.get("id").cloned().unwrap_or_else(|| target.clone()),
+                target,
+                sharing,
+                readonly: truthy(fields.get("readonly")),
+            })
+        }
+        "secret" => {
+            let id = match (fields.get("id"), &target) {
+                (Some(id), _) => id.clone(),
+                (None, Some(t)) => t.rsplit('/').next().unwrap_or("").to_string(),
+                (None, None) => {
+                    return Err(bad("a secret mount needs id=ID or target=PATH".into()))
+                }
+            };
+            Ok(RunMount::Secret {
+                target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                id,
+                required: truthy(fields.get("required")),
+            })
+        }
+        "bind" => {
+            let target = target.ok_or_else(|| bad("a bind mount needs target=PATH".into()))?;
+            let from = match fields.get("from") {
+                Some(name) => {
+                    let stage = resolve_from_stage(df, si.stage, name, flag.loc, si.global)?;
+                    let position = si.planned[&stage];
+                    deps.push(position);
+                    Some(position)
+                }
+                None => None,
+            };
+            let _ = plan;
+            Ok(RunMount::Bind {
+                target,
+                source: crate::rootpath::clean(
+                    fields.get("source").map(String::as_str).unwrap_or(""),
+                ),
+                from,
+                readwrite: truthy(fields.get("rw")) || truthy(fields.get("readwrite")),
+            })
+        }
+        _ => Ok(RunMount::Tmpfs {
+            target: target.ok_or_else(|| bad("a tmpfs mount needs target=PATH".into()))?,
+        }),
+    }
+}
+
+/// What mounts contribute to a RUN key: their kind, targets and options; a
+/// bind mount's source content (context digest or source stage key). Never a
+/// cache's content or a secret's value.
+fn mount_key(
+    k: &mut KeyHasher,
+    mounts: &[RunMount],
+    si: &StageInput<'_, '_>,
+    st: &mut State<'_>,
+    plan: &Plan,
+) -> std::io::Result<()> {
+    k.u64(mounts.len() as u64);
+    for m in mounts {
+        match m {
+            RunMount::Cache {
+                target,
+                id,
+                sharing,
+                readonly,
+            } => {
+                k.str("cache")
+                    .str(target)
+                    .str(id)
+                    .str(&format!("{sharing:?}"))
+                    .u64(u64::from(*readonly));
+            }
+            RunMount::Secret {
+                id,
+                target,
+                required,
+            } => {
+                k.str("secret")
+                    .str(id)
+                    .str(target)
+                    .u64(u64::from(*required));
+            }
+            RunMount::Tmpfs { target } => {
+                k.str("tmpfs").str(target);
+            }
+            RunMount::Bind {
+                target,
+                source,
+                from,
+                readwrite,
+            } => {
+                k.str("bind")
+                    .str(target)
+                    .str(source)
+                    .u64(u64::from(*readwrite));
+                match from {
+                    Some(stage) => {
+                        let key = plan.stages[*stage].final_key(&plan.steps);
+                        k.str(&key);
+                        st.files
+                            .insert(format!("stage:{}", plan.stages[*stage].label), key);
+                    }
+                    None => {
+                        let index = si.input.context.clone();
+                        let roots = select::select(&index, source).map_err(|e| {
+                            std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+                        })?;
+                        let files = hash_sources(k, &index, &roots, si.input.hashes)?;
+                        st.files.extend(files);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileError {
     err_hint(
         df,
@@ -684,7 +960,7 @@ fn hash_sources(
     index: &crate::context::ContextIndex,
     roots: &[crate::context::Selected],
     hashes: &crate::context::HashCache,
-) -> std::io::Result<()> {
+) -> std::io::Result<BTreeMap<String, String>> {
     let mut entries: Vec<(usize, String, &crate::context::FileMeta)> = Vec::new();
     for (i, root) in roots.iter().enumerate() {
         entries.push((i, String::new(), &root.meta));
@@ -705,6 +981,7 @@ fn hash_sources(
         .map(|(i, rel, m)| (host_path(index, &roots[*i].rel, rel), (*m).clone()))
         .collect();
     let digests = hashes.hash_all(&files)?;
+    let mut shown = BTreeMap::new();
     let mut digests = digests.into_iter();
     k.u64(roots.len() as u64);
     for root in roots {
@@ -717,12 +994,35 @@ fn hash_sources(
             .u64(kind_code(meta.kind))
             .u64(meta.mode as u64);
         k.str(meta.link_target.as_deref().unwrap_or(""));
+        let context_path = join_rel(&roots[*i].rel, rel);
         match meta.kind {
-            FileKind::File => k.field(&digests.next().unwrap_or([0; 32])),
-            _ => k.field(&[]),
+            FileKind::File => {
+                let digest = digests.next().unwrap_or([0; 32]);
+                k.field(&digest);
+                shown.insert(context_path, hex::encode(digest));
+            }
+            FileKind::Symlink => {
+                k.field(&[]);
+                shown.insert(
+                    context_path,
+                    format!("symlink:{}", meta.link_target.as_deref().unwrap_or("")),
+                );
+            }
+            _ => {
+                k.field(&[]);
+                shown.insert(context_path, format!("dir:{:o}", meta.mode));
+            }
         };
     }
-    Ok(())
+    Ok(shown)
+}
+
+fn join_rel(root: &str, rel: &str) -> String {
+    match (root.is_empty(), rel.is_empty()) {
+        (true, _) => rel.to_string(),
+        (_, true) => root.to_string(),
+        _ => format!("{root}/{rel}"),
+    }
 }
 
 fn host_path(index: &crate::context::ContextIndex, root: &str, rel: &str) -> PathBuf {

@@ -40,6 +40,13 @@ pub enum EntryKind {
     Symlink(String),
     /// Hard link to another path in the same layer (absolute, no leading slash).
     Hardlink(String),
+    /// The path was deleted: written as the OCI whiteout `DIR/.wh.NAME` (an empty
+    /// regular file), which hides `DIR/NAME` of the lower layers.
+    Whiteout,
+    /// A directory that replaces the one of the lower layers: written as the
+    /// directory entry followed by the OCI opaque marker `DIR/.wh..wh..opq`, which
+    /// hides everything the lower layers had below it (entries of this layer stay).
+    OpaqueDir,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +133,23 @@ fn append_entry<W: Write>(
             header.set_size(0);
             tar.append_link(&mut header, path, target)
         }
+        EntryKind::Whiteout => {
+            let (dir, name) = match path.rsplit_once('/') {
+                Some((dir, name)) => (Some(dir), name),
+                None => (None, path),
+            };
+            let marker = match dir {
+                Some(dir) => format!("{dir}/.wh.{name}"),
+                None => format!(".wh.{name}"),
+            };
+            append_marker(tar, header, marker)
+        }
+        EntryKind::OpaqueDir => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header.clone(), format!("{path}/"), io::empty())?;
+            append_marker(tar, header, format!("{path}/.wh..wh..opq"))
+        }
         EntryKind::File(Content::Bytes(bytes)) => {
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(bytes.len() as u64);
@@ -140,6 +164,21 @@ fn append_entry<W: Write>(
             tar.append_data(&mut header, path, BufReader::new(file).take(len))
         }
     }
+}
+
+/// An OCI whiteout marker: an empty regular file, mode 0, owned by 0:0 (as
+/// BuildKit and containerd write them); only the header's mtime is kept.
+fn append_marker<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut header: tar::Header,
+    name: String,
+) -> io::Result<()> {
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    tar.append_data(&mut header, name, io::empty())
 }
 
 /// Passes bytes through while computing their sha256 (the layer's diff_id).

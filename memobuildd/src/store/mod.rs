@@ -17,6 +17,10 @@ pub use blobs::{BlobStore, Digest};
 const STEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("steps_v1");
 /// Image name -> JSON [`ImageRecord`].
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images_v1");
+/// Absolute file path -> persisted content hash (see `context::hash`).
+const HASHES: TableDefinition<&str, &[u8]> = TableDefinition::new("hashes_v2");
+/// Project id -> JSON project record (see `project`).
+const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects_v1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -113,6 +117,8 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_err)?;
         txn.open_table(STEPS).map_err(db_err)?;
         txn.open_table(IMAGES).map_err(db_err)?;
+        txn.open_table(PROJECTS).map_err(db_err)?;
+        txn.open_table(HASHES).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -150,6 +156,68 @@ impl Store {
             let (k, v) = row.map_err(db_err)?;
             let record = decode(k.value(), v.value())?;
             out.push((k.value().to_string(), record));
+        }
+        Ok(out)
+    }
+
+    pub fn put_project(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(PROJECTS).map_err(db_err)?;
+            table.insert(id, record).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn delete_project(&self, id: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(PROJECTS).map_err(db_err)?;
+            table.remove(id).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Persists content hashes in one transaction.
+    pub fn put_hashes(
+        &self,
+        records: &[(String, [u8; crate::context::hash::RECORD_LEN])],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(HASHES).map_err(db_err)?;
+            for (path, record) in records {
+                table
+                    .insert(path.as_str(), record.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every persisted content hash (path, record).
+    pub fn hashes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(HASHES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Raw project records (id, JSON).
+    pub fn projects(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(PROJECTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
     }

@@ -1,0 +1,259 @@
+//! Shared by the benchmarks: a seeded PRNG and a deterministic build-context
+//! generator (same seed and parameters = byte-identical tree).
+//!
+//! The tree has 100 directories (`d0`..`d9`, each with `s1`..`s9`). File sizes
+//! are spread log-uniformly (a few bytes to ~100 KB) plus one large file
+//! (1-4 MB) per thousand, scaled so the sizes add up exactly to the requested
+//! total. About half the files are "text" (words from a small vocabulary,
+//! compresses ~3-4x with gzip), the rest random bytes (incompressible), so
+//! layer compression does realistic work.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// xoshiro256** seeded through splitmix64: fast, deterministic, good enough.
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut chunks = buf.chunks_exact_mut(8);
+        for c in &mut chunks {
+            c.copy_from_slice(&self.next_u64().to_le_bytes());
+        }
+        let rest = chunks.into_remainder();
+        let last = self.next_u64().to_le_bytes();
+        let n = rest.len();
+        rest.copy_from_slice(&last[..n]);
+    }
+}
+
+/// The 100 directories of a generated tree, in creation order.
+pub fn dirs() -> Vec<String> {
+    let mut out = Vec::new();
+    for d in 0..10 {
+        out.push(format!("d{d}"));
+        for s in 1..10 {
+            out.push(format!("d{d}/s{s}"));
+        }
+    }
+    out
+}
+
+const TEXT_EXTS: &[&str] = &["rs", "txt", "json", "md", "html", "c", "py", "toml"];
+const BINARY_EXTS: &[&str] = &["bin", "png", "so", "gz"];
+const WORDS: &[&str] = &[
+    "fn",
+    "let",
+    "mut",
+    "return",
+    "struct",
+    "impl",
+    "self",
+    "match",
+    "Some",
+    "None",
+    "Ok",
+    "Err",
+    "use",
+    "pub",
+    "const",
+    "static",
+    "where",
+    "for",
+    "in",
+    "if",
+    "else",
+    "loop",
+    "while",
+    "break",
+    "value",
+    "index",
+    "buffer",
+    "context",
+    "layer",
+    "digest",
+    "cache",
+    "build",
+    "image",
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "is",
+    "0",
+    "1",
+    "42",
+    "{",
+    "}",
+    "(",
+    ")",
+    ";",
+    "=",
+    "->",
+    "::",
+    "\n",
+    "\n    ",
+    "\n        ",
+];
+
+#[derive(Debug, Clone)]
+pub struct GenFile {
+    /// Slash-separated path relative to the tree root.
+    pub rel: String,
+    pub size: u64,
+    pub text: bool,
+}
+
+/// Decides names and sizes (no I/O). `total` bytes over `files` files.
+pub fn plan_tree(files: usize, total: u64, seed: u64) -> Vec<GenFile> {
+    let mut rng = Rng::new(seed);
+    let dirs = dirs();
+    let n_large = files / 1000;
+    let large_total = if n_large > 0 { total / 4 } else { 0 };
+    let small_total = total - large_total;
+    let is_large = |i: usize| n_large > 0 && i % 1000 == 500;
+    let mut weights = Vec::with_capacity(files);
+    for i in 0..files {
+        let w = if is_large(i) {
+            1.0 + 3.0 * rng.unit() // 1..4 (MB, after scaling)
+        } else {
+            (rng.unit() * 10_000f64.ln()).exp() // log-uniform 1..10_000
+        };
+        weights.push(w);
+    }
+    let sum_large: f64 = (0..files)
+        .filter(|&i| is_large(i))
+        .map(|i| weights[i])
+        .sum();
+    let sum_small: f64 = (0..files)
+        .filter(|&i| !is_large(i))
+        .map(|i| weights[i])
+        .sum();
+    let mut out = Vec::with_capacity(files);
+    let mut assigned = 0u64;
+    for (i, w) in weights.iter().enumerate() {
+        let size = if is_large(i) {
+            (w / sum_large * large_total as f64) as u64
+        } else {
+            (w / sum_small * small_total as f64) as u64
+        };
+        assigned += size;
+        let dir = &dirs[rng.below(dirs.len() as u64) as usize];
+        let text = rng.below(2) == 0;
+        let ext = if text {
+            TEXT_EXTS[rng.below(TEXT_EXTS.len() as u64) as usize]
+        } else {
+            BINARY_EXTS[rng.below(BINARY_EXTS.len() as u64) as usize]
+        };
+        out.push(GenFile {
+            rel: format!("{dir}/f{i:05}.{ext}"),
+            size,
+            text,
+        });
+    }
+    // Rounding leftovers go to the first file so the total is exact.
+    if let Some(first) = out.first_mut() {
+        first.size += total.saturating_sub(assigned);
+    }
+    out
+}
+
+/// Content of one file: deterministic in (seed, path, size).
+pub fn content(file: &GenFile, seed: u64, buf: &mut Vec<u8>) {
+    let mut rng = Rng::new(seed ^ fnv1a(file.rel.as_bytes()));
+    buf.clear();
+    buf.resize(file.size as usize, 0);
+    if !file.text {
+        rng.fill(buf);
+        return;
+    }
+    let mut pos = 0;
+    while pos < buf.len() {
+        let word = WORDS[rng.below(WORDS.len() as u64) as usize].as_bytes();
+        for &b in word.iter().chain(b" ") {
+            if pos == buf.len() {
+                break;
+            }
+            buf[pos] = b;
+            pos += 1;
+        }
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Writes the tree under `root` (which must exist) and returns its files.
+pub fn generate_tree(root: &Path, files: usize, total: u64, seed: u64) -> io::Result<Vec<GenFile>> {
+    for d in dirs() {
+        fs::create_dir_all(root.join(&d))?;
+    }
+    let plan = plan_tree(files, total, seed);
+    let mut buf = Vec::new();
+    for f in &plan {
+        content(f, seed, &mut buf);
+        let mut out = fs::File::create(root.join(&f.rel))?;
+        out.write_all(&buf)?;
+    }
+    Ok(plan)
+}
+
+/// Rewrites `file` in place with new content of the same size (`generation`
+/// picks which content), as an editor saving a change would.
+pub fn rewrite_file(root: &Path, file: &GenFile, generation: u64) -> io::Result<()> {
+    let mut buf = Vec::new();
+    content(
+        file,
+        0xC0FF_EE00 ^ generation.wrapping_mul(0x9E37_79B9),
+        &mut buf,
+    );
+    fs::write(root.join(&file.rel), &buf)
+}

@@ -1,0 +1,1256 @@
+//! Warm-daemon benchmark (issue 4, "Speed"): what the resident daemon's warm,
+//! watched index buys. Drives the real `memobuildd` + `memobuild-ctl` release
+//! binaries on a private socket and data dir, and talks tarpc to the daemon
+//! directly where the RPC alone is measured.
+//!
+//! Run: `cargo build --release --workspace --bins && cargo bench --bench warm`.
+//!
+//! Scenarios (targets from issue 4):
+//!
+//! 1. no-op `memobuild-ctl build` of a 10,000-file / 100 MB context (`FROM scratch`,
+//!    `COPY . /app/`) with the daemon warm: wall time of the whole ctl process,
+//!    after a warm-up build. Target p50 <= 10 ms, p99 <= 20 ms.
+//! 2. `memobuild-ctl status --json` (whole process; target p99 <= 5 ms), and the
+//!    `status("")` RPC alone on one open connection (target <= 1 ms).
+//! 3. save-to-dirty: write one file in place, then poll `status` over the RPC in a
+//!    tight loop until the project is `dirty`; time from the write returning to the
+//!    first dirty answer (target <= 50 ms). A build restores `clean` between samples.
+//! 4. index memory: VmRSS growth of a fresh daemon once it indexes a tree of
+//!    1,000,000 empty files in 1,000 directories (the project copies one small file,
+//!    so nothing else is hashed), per indexed entry. Target <= 200 bytes.
+//! 5. first index of a cold 100 MB tree vs `b3sum` on the same files: the daemon
+//!    indexes a fresh copy of the context (new paths, so its hash cache misses; same
+//!    content, so the step is cached and no layer is written). Target: hashing
+//!    throughput >= 70% of b3sum's.
+//!
+//! Environment:
+//!
+//! * `MEMOBUILD_BENCH_FILES=N`          context of N files (N x 10 kB), default 10000
+//! * `MEMOBUILD_BENCH_INDEX_FILES=N`    files in the memory scenario's tree, default 1000000
+//! * `MEMOBUILD_BENCH_NOOP_RUNS=N`      default 200
+//! * `MEMOBUILD_BENCH_STATUS_RUNS=N`    default 200 (ctl processes)
+//! * `MEMOBUILD_BENCH_RPC_CALLS=N`      default 1000
+//! * `MEMOBUILD_BENCH_DIRTY_SAMPLES=N`  default 50
+//! * `MEMOBUILD_BENCH_COLD_RUNS=N`      default 5
+//! * `MEMOBUILD_BENCH_ONLY=a,b`         run only some of: noop, status, dirty, cold, index
+//!
+//! Percentiles are nearest-rank (p99 of fewer than 100 samples is the maximum).
+
+mod common;
+
+use common::GenFile;
+use memobuild_shared::{MemobuildClient, StatusReport, MAX_FRAME_BYTES};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
+
+const SEED: u64 = 0x6d65_6d6f_6275_696c; // "memobuil", as the e2e bench
+const DOCKERFILE: &str = "FROM scratch\nCOPY . /app/\n";
+const TAG: &str = "memobuild-bench-warm";
+/// Directories of the memory scenario's tree.
+const INDEX_DIRS: usize = 1000;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| {
+            eprintln!("warm bench: {name}={v:?} is not a number");
+            std::process::exit(2)
+        }),
+        _ => default,
+    }
+}
+
+fn wanted(part: &str) -> bool {
+    match std::env::var("MEMOBUILD_BENCH_ONLY") {
+        Ok(v) if !v.is_empty() => v.split(',').any(|p| p.trim() == part),
+        _ => true,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Binaries (as benches/e2e.rs)
+
+struct Bins {
+    daemon: PathBuf,
+    ctl: PathBuf,
+}
+
+fn find_bins() -> Bins {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = Vec::new();
+    // target/release/deps/warm-<hash>: the grandparent is the release directory.
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    dirs.push(manifest.join("target/release"));
+    for dir in &dirs {
+        let bins = Bins {
+            daemon: dir.join("memobuildd"),
+            ctl: dir.join("memobuild-ctl"),
+        };
+        if bins.daemon.is_file() && bins.ctl.is_file() {
+            warn_if_stale(&bins, &manifest);
+            return bins;
+        }
+    }
+    eprintln!(
+        "warm bench: the release binaries memobuildd and memobuild-ctl were not found in {}.\n\
+         Build them first:  cargo build --release --workspace --bins",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    );
+    std::process::exit(2);
+}
+
+fn warn_if_stale(bins: &Bins, manifest: &Path) {
+    let built = [&bins.daemon, &bins.ctl]
+        .iter()
+        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .min();
+    let Some(built) = built else { return };
+    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "shared/src"]
+        .iter()
+        .map(|d| manifest.join(d))
+        .collect();
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    while let Some(dir) = stack.pop() {
+        let Ok(read) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in read.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, p));
+                }
+            }
+        }
+    }
+    if let Some((t, p)) = newest {
+        if t > built {
+            eprintln!(
+                "warm bench: WARNING: {} is newer than the release binaries; \
+                 you are benchmarking old code (cargo build --release --workspace --bins)",
+                p.display()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Samples
+
+#[derive(Default, Clone)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn push(&mut self, d: Duration) {
+        self.0.push(d);
+    }
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// Nearest-rank percentile.
+    fn pct(&self, p: f64) -> Option<Duration> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut v = self.0.clone();
+        v.sort();
+        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+        Some(v[rank.min(v.len()) - 1])
+    }
+    fn p50(&self) -> Option<Duration> {
+        self.pct(50.0)
+    }
+    fn p99(&self) -> Option<Duration> {
+        self.pct(99.0)
+    }
+    fn max(&self) -> Option<Duration> {
+        self.0.iter().max().copied()
+    }
+    fn min(&self) -> Option<Duration> {
+        self.0.iter().min().copied()
+    }
+}
+
+fn fmt_d(d: Option<Duration>) -> String {
+    match d {
+        None => "-".into(),
+        Some(d) => {
+            let ms = d.as_secs_f64() * 1000.0;
+            if ms < 1.0 {
+                format!("{:.0} µs", ms * 1000.0)
+            } else if ms < 10.0 {
+                format!("{ms:.2} ms")
+            } else if ms < 1000.0 {
+                format!("{ms:.1} ms")
+            } else {
+                format!("{:.2} s", ms / 1000.0)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The daemon and its clients
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    /// For the auto-start fallback of memobuild-ctl (never used if all goes well).
+    xdg: PathBuf,
+}
+
+impl Daemon {
+    fn start(bins: &Bins, dir: &Path) -> Daemon {
+        fs::create_dir_all(dir).unwrap();
+        let socket = dir.join("memobuildd.sock");
+        let data_dir = dir.join("data");
+        let log = dir.join("memobuildd.log");
+        let log_file = fs::File::create(&log).unwrap();
+        let child = Command::new(&bins.daemon)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bins.daemon.display()));
+        let mut d = Daemon {
+            child,
+            socket,
+            data_dir,
+            log,
+            xdg: dir.join("xdg-data"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
+                return d;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!(
+                    "memobuildd exited at start-up ({status}); its log:\n{}",
+                    fs::read_to_string(&d.log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!("memobuildd did not open {} within 20 s", d.socket.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "memobuildd died ({status}); its log:\n{}",
+                fs::read_to_string(&self.log).unwrap_or_default()
+            );
+        }
+    }
+
+    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+    fn proc_kib(&self, field: &str) -> u64 {
+        let text = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading the daemon's /proc status");
+        text.lines()
+            .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = fs::remove_dir_all(&self.data_dir);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// One tarpc connection to the daemon, as memobuild-ctl makes it
+/// (memobuild-ctl/src/connect.rs), on a current-thread runtime.
+struct Rpc {
+    rt: tokio::runtime::Runtime,
+    client: MemobuildClient,
+}
+
+fn rpc_ctx() -> tarpc::context::Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + Duration::from_secs(60);
+    ctx
+}
+
+impl Rpc {
+    fn connect(socket: &Path) -> Rpc {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let client = rt.block_on(async {
+            let conn = tokio::net::UnixStream::connect(socket)
+                .await
+                .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
+            let mut codec = LengthDelimitedCodec::builder();
+            codec.max_frame_length(MAX_FRAME_BYTES);
+            let transport = tarpc::serde_transport::new(codec.new_framed(conn), Bincode::default());
+            MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
+        });
+        let rpc = Rpc { rt, client };
+        let info = rpc
+            .rt
+            .block_on(rpc.client.hello(rpc_ctx()))
+            .expect("hello RPC");
+        assert_eq!(
+            info.protocol_version,
+            memobuild_shared::PROTOCOL_VERSION,
+            "daemon speaks another protocol"
+        );
+        rpc
+    }
+
+    fn status(&self, filter: &str) -> StatusReport {
+        self.rt
+            .block_on(self.client.status(rpc_ctx(), filter.to_string()))
+            .expect("status RPC transport")
+            .unwrap_or_else(|e| panic!("status({filter:?}): {e}"))
+    }
+
+    fn forget(&self, filter: &str) {
+        let _ = self
+            .rt
+            .block_on(self.client.forget(rpc_ctx(), filter.to_string()));
+    }
+}
+
+fn timed(cmd: &mut Command) -> (Duration, Output) {
+    let started = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    (started.elapsed(), out)
+}
+
+struct MbRun {
+    wall: Duration,
+    daemon_millis: u64,
+    done: usize,
+    cached: usize,
+    digest: String,
+}
+
+/// `memobuild-ctl build --progress json -f CTX/Dockerfile CTX`, wall time of the process.
+fn ctl_build(bins: &Bins, daemon: &mut Daemon, ctx: &Path) -> MbRun {
+    daemon.assert_alive();
+    let (wall, out) = timed(
+        Command::new(&bins.ctl)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(["build", "-t", TAG, "--progress", "json", "-f"])
+            .arg(ctx.join("Dockerfile"))
+            .arg(ctx)
+            .env("XDG_DATA_HOME", &daemon.xdg),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        panic!(
+            "memobuild-ctl build failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut run = MbRun {
+        wall,
+        daemon_millis: 0,
+        done: 0,
+        cached: 0,
+        digest: String::new(),
+    };
+    for line in stdout.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        match v["event"].as_str() {
+            Some("step_done") => run.done += 1,
+            Some("step_cached") => run.cached += 1,
+            Some("finished") => {
+                run.digest = v["manifest_digest"].as_str().unwrap_or("").to_string();
+                run.daemon_millis = v["millis"].as_u64().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    assert!(!run.digest.is_empty(), "no finished event in:\n{stdout}");
+    run
+}
+
+fn project_of(rpc: &Rpc, ctx: &Path) -> memobuild_shared::ProjectStatus {
+    let mut s = rpc.status(&ctx.display().to_string());
+    assert_eq!(
+        s.projects.len(),
+        1,
+        "expected one project for {}",
+        ctx.display()
+    );
+    s.projects.remove(0)
+}
+
+/// Polls `status(project)` until its state is `want` (or `timeout`).
+fn wait_state(rpc: &Rpc, project: &str, want: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = rpc.status(project);
+        if s.projects.first().is_some_and(|p| p.state == want) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn sh(script: &str) -> Duration {
+    let (d, out) = timed(Command::new("sh").args(["-c", script]));
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d
+}
+
+// ---------------------------------------------------------------------------
+// Results
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<[String; 5]>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    /// `pass`: None = no target (information only).
+    fn row(&mut self, what: &str, n: String, target: &str, measured: String, pass: Option<bool>) {
+        let verdict = match pass {
+            Some(true) => "PASS",
+            Some(false) => "**FAIL**",
+            None => "(info)",
+        };
+        self.rows.push([
+            what.to_string(),
+            n,
+            target.to_string(),
+            measured,
+            verdict.to_string(),
+        ]);
+    }
+
+    fn note(&mut self, s: String) {
+        eprintln!("warm bench: {s}");
+        self.notes.push(s);
+    }
+
+    fn print(&self) {
+        println!();
+        println!("| scenario | n | target | measured | result |");
+        println!("|---|---|---|---|---|");
+        for r in &self.rows {
+            println!("| {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4]);
+        }
+        if !self.notes.is_empty() {
+            println!();
+            for n in &self.notes {
+                println!("* {n}");
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+fn le(d: Option<Duration>, ms: f64) -> Option<bool> {
+    d.map(|d| d.as_secs_f64() * 1000.0 <= ms)
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+/// 1. No-op builds of the warm project.
+fn noop_builds(bins: &Bins, d: &mut Daemon, rpc: &Rpc, ctx: &Path, digest: &str, rep: &mut Report) {
+    let runs = env_usize("MEMOBUILD_BENCH_NOOP_RUNS", 200).max(1);
+    let before = rpc.status("");
+    let gen_before = project_of(rpc, ctx).generation;
+    let mut wall = Samples::default();
+    let mut daemon_side = Samples::default();
+    for _ in 0..runs {
+        let r = ctl_build(bins, d, ctx);
+        assert_eq!(r.done, 0, "a no-op build ran {} steps", r.done);
+        assert_eq!(r.digest, digest, "a no-op build changed the image");
+        wall.push(r.wall);
+        daemon_side.push(Duration::from_millis(r.daemon_millis));
+    }
+    let after = rpc.status("");
+    let hashed = after.daemon.hashed_bytes - before.daemon.hashed_bytes;
+    let tree_gen: Vec<_> = after.daemon.trees.iter().map(|t| t.entries).collect();
+    eprintln!(
+        "warm bench: no-op: {runs} builds, {hashed} bytes hashed meanwhile, {} watch events, tree entries {tree_gen:?}, project generation {gen_before} -> {}",
+        after.daemon.events - before.daemon.events,
+        project_of(rpc, ctx).generation
+    );
+    if hashed != 0 {
+        rep.note(format!(
+            "no-op builds hashed {hashed} bytes: some took the slow path"
+        ));
+    }
+    let n = wall.len().to_string();
+    rep.row(
+        "1. no-op `ctl build`, 10k files / 100 MB, whole process: p50",
+        n.clone(),
+        "≤ 10 ms",
+        fmt_d(wall.p50()),
+        le(wall.p50(), 10.0),
+    );
+    rep.row(
+        "1. same: p99",
+        n.clone(),
+        "≤ 20 ms",
+        fmt_d(wall.p99()),
+        le(wall.p99(), 20.0),
+    );
+    rep.row(
+        "1. same: max (min)",
+        n.clone(),
+        "",
+        format!("{} ({})", fmt_d(wall.max()), fmt_d(wall.min())),
+        None,
+    );
+    rep.row(
+        "1. same, daemon-side (`finished.millis`, whole ms): p50 / p99",
+        n,
+        "",
+        format!(
+            "{} / {}",
+            fmt_d(daemon_side.p50()),
+            fmt_d(daemon_side.p99())
+        ),
+        None,
+    );
+}
+
+/// 2. `status --json` as a process, and the RPC alone.
+fn status_latency(bins: &Bins, d: &mut Daemon, rpc: &Rpc, rep: &mut Report) {
+    let runs = env_usize("MEMOBUILD_BENCH_STATUS_RUNS", 200).max(1);
+    let calls = env_usize("MEMOBUILD_BENCH_RPC_CALLS", 1000).max(1);
+    d.assert_alive();
+    let mut proc_ = Samples::default();
+    let mut bytes = 0;
+    for i in 0..runs {
+        let (t, out) = timed(
+            Command::new(&bins.ctl)
+                .arg("--socket")
+                .arg(&d.socket)
+                .args(["status", "--json"]),
+        );
+        assert!(
+            out.status.success(),
+            "status --json failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if i == 0 {
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+            assert!(v["daemon"]["index_entries"].as_u64().unwrap_or(0) > 0);
+            bytes = out.stdout.len();
+        }
+        proc_.push(t);
+    }
+    // The RPC alone: one connection, warm-up calls first.
+    let rpc_samples = rpc.rt.block_on(async {
+        for _ in 0..20 {
+            rpc.client
+                .status(rpc_ctx(), String::new())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let mut s = Samples::default();
+        for _ in 0..calls {
+            let t = Instant::now();
+            let r = rpc.client.status(rpc_ctx(), String::new()).await;
+            s.push(t.elapsed());
+            r.expect("status RPC").expect("status");
+        }
+        s
+    });
+    eprintln!("warm bench: status --json prints {bytes} bytes");
+    let n = proc_.len().to_string();
+    rep.row(
+        "2. `ctl status --json`, whole process: p50",
+        n.clone(),
+        "",
+        fmt_d(proc_.p50()),
+        None,
+    );
+    rep.row(
+        "2. same: p99",
+        n,
+        "≤ 5 ms",
+        fmt_d(proc_.p99()),
+        le(proc_.p99(), 5.0),
+    );
+    let n = rpc_samples.len().to_string();
+    rep.row(
+        "2. `status(\"\")` RPC alone, one connection: p50",
+        n.clone(),
+        "≤ 1 ms",
+        fmt_d(rpc_samples.p50()),
+        le(rpc_samples.p50(), 1.0),
+    );
+    rep.row(
+        "2. same: p99 (max)",
+        n,
+        "≤ 1 ms",
+        format!(
+            "{} ({})",
+            fmt_d(rpc_samples.p99()),
+            fmt_d(rpc_samples.max())
+        ),
+        le(rpc_samples.p99(), 1.0),
+    );
+}
+
+/// 3. Save (write in place) -> first `dirty` answer.
+fn save_to_dirty(
+    bins: &Bins,
+    d: &mut Daemon,
+    rpc: &Rpc,
+    ctx: &Path,
+    file: &GenFile,
+    rep: &mut Report,
+) {
+    let samples = env_usize("MEMOBUILD_BENCH_DIRTY_SAMPLES", 50).max(1);
+    let project = project_of(rpc, ctx);
+    let id = project.id.clone();
+    assert_eq!(project.state, "clean", "the project must start clean");
+    let mut to_changed = Samples::default();
+    let mut to_dirty = Samples::default();
+    let mut polls_total = 0usize;
+    let mut missed = 0;
+    let mut restore_anomalies = 0;
+    let mut build_times = Samples::default();
+    for i in 0..samples {
+        // Let the previous build's own after-effects settle.
+        std::thread::sleep(Duration::from_millis(50));
+        if !wait_state(rpc, &id, "clean", Duration::from_secs(5)) {
+            panic!("project {id} is not clean before sample {i}");
+        }
+        common::rewrite_file(ctx, file, 1000 + i as u64).unwrap();
+        let written = Instant::now();
+        let (changed, dirty, polls, why) = rpc.rt.block_on(async {
+            let mut changed = None;
+            let mut polls = 0usize;
+            loop {
+                let s = rpc
+                    .client
+                    .status(rpc_ctx(), id.clone())
+                    .await
+                    .expect("status RPC")
+                    .expect("status");
+                polls += 1;
+                let elapsed = written.elapsed();
+                let Some(p) = s.projects.first() else {
+                    panic!("project {id} vanished")
+                };
+                if changed.is_none() && p.changed_files.iter().any(|f| *f == file.rel) {
+                    changed = Some(elapsed);
+                }
+                if p.state == "dirty" {
+                    let why = p
+                        .steps
+                        .iter()
+                        .flat_map(|s| s.why.clone())
+                        .collect::<Vec<_>>();
+                    return (changed.or(Some(elapsed)), Some(elapsed), polls, why);
+                }
+                if elapsed > Duration::from_secs(5) {
+                    return (changed, None, polls, Vec::new());
+                }
+            }
+        });
+        polls_total += polls;
+        match dirty {
+            Some(t) => {
+                to_dirty.push(t);
+                if let Some(c) = changed {
+                    to_changed.push(c);
+                }
+                if !why.iter().any(|w| w.contains(&file.rel)) {
+                    eprintln!(
+                        "warm bench: sample {i}: dirty, but `why` does not name {}: {why:?}",
+                        file.rel
+                    );
+                }
+            }
+            None => missed += 1,
+        }
+        // Restore: build (the one COPY runs again).
+        let r = ctl_build(bins, d, ctx);
+        build_times.push(r.wall);
+        assert_eq!(r.done, 1, "the restoring build ran {} steps", r.done);
+        if !wait_state(rpc, &id, "clean", Duration::from_secs(2)) {
+            restore_anomalies += 1;
+            // A dirty re-plan that finished after the build: build once more.
+            ctl_build(bins, d, ctx);
+        }
+    }
+    eprintln!(
+        "warm bench: save-to-dirty: {} polls per sample on average; restoring builds p50 {}",
+        polls_total / samples,
+        fmt_d(build_times.p50())
+    );
+    if missed > 0 {
+        rep.note(format!(
+            "save-to-dirty: {missed} of {samples} saves were not dirty within 5 s"
+        ));
+    }
+    if restore_anomalies > 0 {
+        rep.note(format!(
+            "save-to-dirty: after {restore_anomalies} of {samples} restoring builds the project was not `clean` within 2 s"
+        ));
+    }
+    let n = to_dirty.len().to_string();
+    rep.row(
+        "3. save (write in place) -> `dirty` in status: p50",
+        n.clone(),
+        "≤ 50 ms",
+        fmt_d(to_dirty.p50()),
+        le(to_dirty.p50(), 50.0),
+    );
+    rep.row(
+        "3. same: p99",
+        n.clone(),
+        "≤ 50 ms",
+        fmt_d(to_dirty.p99()),
+        le(to_dirty.p99(), 50.0).map(|p| p && missed == 0),
+    );
+    rep.row(
+        "3. save -> file listed in `changed_files` (before the re-plan): p50 / p99",
+        to_changed.len().to_string(),
+        "",
+        format!("{} / {}", fmt_d(to_changed.p50()), fmt_d(to_changed.p99())),
+        None,
+    );
+}
+
+/// 5. First index of a cold copy of the context, next to b3sum and the library.
+fn first_index(
+    bins: &Bins,
+    d: &mut Daemon,
+    rpc: &Rpc,
+    work: &Path,
+    ctx: &Path,
+    digest: &str,
+    rep: &mut Report,
+) {
+    let runs = env_usize("MEMOBUILD_BENCH_COLD_RUNS", 5).max(1);
+    let have_b3sum = Command::new("b3sum")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    let mut daemon_wall = Samples::default();
+    let mut daemon_side = Samples::default();
+    let mut lib = Samples::default();
+    let mut b3_plain = Samples::default();
+    let mut b3_t2 = Samples::default();
+    let mut b3_p2 = Samples::default();
+    let mut bytes = 0u64;
+    for i in 0..runs {
+        let copy = work.join(format!("cold{i}"));
+        sh(&format!(
+            "cp -a '{}' '{}' && sync",
+            ctx.display(),
+            copy.display()
+        ));
+        let files = format!("find '{}' -type f -print0", copy.display());
+        if have_b3sum {
+            b3_plain.push(sh(&format!("{files} | xargs -0 b3sum > /dev/null")));
+            b3_t2.push(sh(&format!(
+                "{files} | xargs -0 b3sum --num-threads 2 > /dev/null"
+            )));
+            b3_p2.push(sh(&format!(
+                "{files} | xargs -0 -P 2 -n 500 b3sum > /dev/null"
+            )));
+        }
+        // The library, in this process (as benches/micro.rs): an empty HashCache.
+        {
+            use memobuildd::context::dockerignore::DockerIgnore;
+            use memobuildd::context::{ContextIndex, FileKind, HashCache};
+            let index = ContextIndex::scan(&copy, &DockerIgnore::empty()).unwrap();
+            let input: Vec<_> = index
+                .iter()
+                .filter(|(_, m)| m.kind == FileKind::File)
+                .map(|(rel, m)| (index.host_path(rel), m.clone()))
+                .collect();
+            let cache = HashCache::new();
+            let t = Instant::now();
+            cache.hash_all(&input).unwrap();
+            lib.push(t.elapsed());
+            bytes = cache.bytes_hashed();
+        }
+        // The daemon: a tree it has never seen (walk + hash every file); the step
+        // itself is cached (same content), so no layer is written.
+        let before = rpc.status("").daemon.hashed_bytes;
+        let r = ctl_build(bins, d, &copy);
+        let hashed = rpc.status("").daemon.hashed_bytes - before;
+        assert_eq!(r.digest, digest, "the copy built another image");
+        if r.done != 0 {
+            rep.note(format!(
+                "first index run {i}: {} steps ran (expected all cached): the time includes layer writing",
+                r.done
+            ));
+        }
+        if hashed != bytes {
+            rep.note(format!(
+                "first index run {i}: the daemon hashed {hashed} bytes, the tree has {bytes}"
+            ));
+        }
+        daemon_wall.push(r.wall);
+        daemon_side.push(Duration::from_millis(r.daemon_millis));
+        rpc.forget(&copy.display().to_string());
+        fs::remove_dir_all(&copy).unwrap();
+    }
+    let mbps = |d: Option<Duration>| d.map(|d| bytes as f64 / 1e6 / d.as_secs_f64());
+    let show = |d: Option<Duration>| match mbps(d) {
+        Some(v) => format!("{} ({v:.0} MB/s)", fmt_d(d)),
+        None => "-".into(),
+    };
+    let n = runs.to_string();
+    rep.row(
+        "5. first index of a fresh 100 MB copy, daemon-side (walk + hash + cached plan): p50",
+        n.clone(),
+        "",
+        show(daemon_side.p50()),
+        None,
+    );
+    rep.row(
+        "5. same, whole `ctl build` process: p50",
+        n.clone(),
+        "",
+        show(daemon_wall.p50()),
+        None,
+    );
+    rep.row(
+        "5. `HashCache::hash_all` (library, empty cache, 2 threads): p50",
+        n.clone(),
+        "",
+        show(lib.p50()),
+        None,
+    );
+    if have_b3sum {
+        rep.row(
+            "5. `find | xargs -0 b3sum`: p50",
+            n.clone(),
+            "",
+            show(b3_plain.p50()),
+            None,
+        );
+        rep.row(
+            "5. `find | xargs -0 b3sum --num-threads 2`: p50",
+            n.clone(),
+            "",
+            show(b3_t2.p50()),
+            None,
+        );
+        rep.row(
+            "5. `find | xargs -0 -P 2 -n 500 b3sum` (two b3sum processes): p50",
+            n.clone(),
+            "",
+            show(b3_p2.p50()),
+            None,
+        );
+        let ratio = |ours: Option<Duration>, theirs: Option<Duration>| {
+            ours.zip(theirs)
+                .map(|(o, t)| t.as_secs_f64() / o.as_secs_f64())
+        };
+        let fmt_ratio = |r: Option<f64>| {
+            r.map(|r| format!("{:.0}%", r * 100.0))
+                .unwrap_or("-".into())
+        };
+        let r_plain = ratio(daemon_side.p50(), b3_plain.p50());
+        rep.row(
+            "5. daemon first-index throughput / `b3sum` (the issue's command)",
+            n.clone(),
+            "≥ 70%",
+            fmt_ratio(r_plain),
+            r_plain.map(|r| r >= 0.70),
+        );
+        let best = [b3_plain.p50(), b3_t2.p50(), b3_p2.p50()]
+            .into_iter()
+            .flatten()
+            .min();
+        let r_best = ratio(daemon_side.p50(), best);
+        rep.row(
+            "5. daemon first-index throughput / fastest b3sum variant",
+            n.clone(),
+            "≥ 70%",
+            fmt_ratio(r_best),
+            r_best.map(|r| r >= 0.70),
+        );
+        let r_lib = ratio(lib.p50(), best);
+        rep.row(
+            "5. `hash_all` throughput / fastest b3sum variant",
+            n,
+            "",
+            fmt_ratio(r_lib),
+            None,
+        );
+    } else {
+        rep.note("b3sum is not installed: no hashing reference (apt-get install b3sum)".into());
+    }
+}
+
+/// 4. Index memory on a big tree of empty files.
+fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
+    let mut n = env_usize("MEMOBUILD_BENCH_INDEX_FILES", 1_000_000).max(INDEX_DIRS);
+    // Enough inodes? (n files + the directories, with a 10% margin for others.)
+    let free_inodes = Command::new("df")
+        .args(["-i", "--output=iavail", "/tmp"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    eprintln!("warm bench: /tmp has {free_inodes:?} free inodes");
+    if let Some(free) = free_inodes {
+        let budget = free / 2;
+        if (n as u64) > budget {
+            rep.note(format!(
+                "index memory: /tmp has only {free} free inodes; using {budget} files instead of {n}"
+            ));
+            n = budget as usize;
+        }
+    }
+    let per_dir = n.div_ceil(INDEX_DIRS);
+    let tree = work.join("bigtree");
+    fs::create_dir(&tree).unwrap();
+    let t = Instant::now();
+    let mut made = 0usize;
+    'outer: for dir in 0..INDEX_DIRS {
+        let dpath = tree.join(format!("d{dir:03}"));
+        fs::create_dir(&dpath).unwrap();
+        for f in 0..per_dir {
+            if made == n {
+                break 'outer;
+            }
+            fs::File::create(dpath.join(format!("f{f:06}"))).unwrap();
+            made += 1;
+        }
+    }
+    fs::write(tree.join("small.txt"), b"hello\n").unwrap();
+    fs::write(
+        tree.join("Dockerfile"),
+        "FROM scratch\nCOPY small.txt /small.txt\n",
+    )
+    .unwrap();
+    eprintln!(
+        "warm bench: index memory: {made} empty files in {INDEX_DIRS} directories generated in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let watches: Option<u64> = fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+
+    let mut d = Daemon::start(bins, &work.join("daemon-index"));
+    let rpc = Rpc::connect(&d.socket);
+    // Exercise the RPC path once so its code is paged in before the baseline.
+    rpc.status("");
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before = d.proc_kib("VmRSS");
+    let r = ctl_build(bins, &mut d, &tree);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let entries = loop {
+        let s = rpc.status("");
+        let e: u64 = s
+            .daemon
+            .trees
+            .iter()
+            .filter(|t| Path::new(&t.root) == tree)
+            .map(|t| t.entries)
+            .sum();
+        if e as usize >= made {
+            if s.daemon.trees.iter().any(|t| t.mode != "watching") {
+                rep.note(format!(
+                    "index memory: the tree is not in `watching` mode: {:?} (max_user_watches {watches:?})",
+                    s.daemon.trees
+                ));
+            }
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tree was not indexed within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_after = d.proc_kib("VmRSS");
+    let hwm = d.proc_kib("VmHWM");
+    let per_entry = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / entries as f64;
+    eprintln!(
+        "warm bench: index memory: VmRSS {rss_before} KiB -> {rss_after} KiB (peak {hwm} KiB), {entries} entries, first build {}",
+        fmt_d(Some(r.wall))
+    );
+
+    // One save in the big tree: how long until it shows, and what it costs.
+    let id = project_of(&rpc, &tree).id;
+    let mut to_changed = Samples::default();
+    let mut to_dirty = Samples::default();
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(100));
+        wait_state(&rpc, &id, "clean", Duration::from_secs(30));
+        fs::write(tree.join("small.txt"), format!("hello {i}\n")).unwrap();
+        let written = Instant::now();
+        loop {
+            let s = rpc.status(&id);
+            let p = &s.projects[0];
+            if to_changed.len() == i && p.changed_files.iter().any(|f| f == "small.txt") {
+                to_changed.push(written.elapsed());
+            }
+            if p.state == "dirty" {
+                to_dirty.push(written.elapsed());
+                break;
+            }
+            if written.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+        }
+        ctl_build(bins, &mut d, &tree);
+    }
+    let hwm_after_saves = d.proc_kib("VmHWM");
+    let rss_after_saves = d.proc_kib("VmRSS");
+    eprintln!(
+        "warm bench: index memory: after 3 saves + builds VmRSS {rss_after_saves} KiB, peak {hwm_after_saves} KiB"
+    );
+    drop(rpc);
+    drop(d);
+    let t = Instant::now();
+    fs::remove_dir_all(&tree).unwrap();
+    eprintln!(
+        "warm bench: index memory: tree removed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let what = format!("4. index memory, {entries} entries ({made} empty files): ΔVmRSS per entry");
+    rep.row(
+        &what,
+        "1".into(),
+        "≤ 200 B",
+        format!(
+            "{per_entry:.0} B ({:.0} MiB; peak RSS {:.0} MiB)",
+            (rss_after - rss_before) as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        ),
+        Some(per_entry <= 200.0),
+    );
+    rep.row(
+        "4. same tree: first `ctl build` (walk of every entry; one file hashed)",
+        "1".into(),
+        "",
+        fmt_d(Some(r.wall)),
+        None,
+    );
+    rep.row(
+        "4. same tree: save -> `changed_files` / -> `dirty`: p50",
+        to_dirty.len().to_string(),
+        "",
+        format!("{} / {}", fmt_d(to_changed.p50()), fmt_d(to_dirty.p50())),
+        None,
+    );
+    rep.row(
+        "4. same tree: RSS after those saves and builds (peak)",
+        "1".into(),
+        "",
+        format!(
+            "{:.0} MiB ({:.0} MiB)",
+            rss_after_saves as f64 / 1024.0,
+            hwm_after_saves as f64 / 1024.0
+        ),
+        None,
+    );
+}
+
+// ---------------------------------------------------------------------------
+
+fn print_machine() {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mem = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}");
+    println!("load average at start: {}", load.trim());
+}
+
+fn main() {
+    let files = env_usize("MEMOBUILD_BENCH_FILES", 10_000).max(10);
+    let total = files as u64 * 10_000;
+    let bins = find_bins();
+    let work_dir = tempfile::Builder::new()
+        .prefix("memobuild-warm-")
+        .tempdir_in("/tmp")
+        .expect("creating a temp dir in /tmp");
+    let work = work_dir.path().to_path_buf();
+    let mut rep = Report::default();
+
+    println!("memobuild warm-daemon benchmark (issue 4)");
+    print_machine();
+    let t0 = Instant::now();
+
+    let need_ctx = ["noop", "status", "dirty", "cold"]
+        .iter()
+        .any(|p| wanted(p));
+    if need_ctx {
+        let ctx = work.join("ctx");
+        fs::create_dir(&ctx).unwrap();
+        let t = Instant::now();
+        let plan = common::generate_tree(&ctx, files, total, SEED).expect("generating the context");
+        fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+        println!(
+            "context: {files} files, {:.1} MB, 100 directories (generated in {:.1} s)",
+            total as f64 / 1e6,
+            t.elapsed().as_secs_f64()
+        );
+        let changed: GenFile = plan
+            .iter()
+            .filter(|f| f.rel.starts_with("d9/"))
+            .min_by_key(|f| f.size.abs_diff(10_000))
+            .cloned()
+            .expect("a file in d9");
+
+        let mut d = Daemon::start(&bins, &work.join("daemon"));
+        let rpc = Rpc::connect(&d.socket);
+        // Cold build (fresh data dir), then a warm-up no-op.
+        let cold = ctl_build(&bins, &mut d, &ctx);
+        let hashed = rpc.status("").daemon.hashed_bytes;
+        println!(
+            "cold build (fresh daemon, every file hashed, 100 MB layer written): {} wall, {} ms daemon-side, {hashed} bytes hashed",
+            fmt_d(Some(cold.wall)),
+            cold.daemon_millis
+        );
+        let warm = ctl_build(&bins, &mut d, &ctx);
+        assert_eq!(warm.done, 0, "the warm-up rebuild ran steps");
+        assert_eq!(warm.digest, cold.digest);
+        let p = project_of(&rpc, &ctx);
+        println!(
+            "project {} is {}; warm-up rebuild {}",
+            p.id,
+            p.state,
+            fmt_d(Some(warm.wall))
+        );
+
+        if wanted("noop") {
+            noop_builds(&bins, &mut d, &rpc, &ctx, &cold.digest, &mut rep);
+            eprintln!(
+                "warm bench: no-op builds done ({:.0} s)",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        if wanted("status") {
+            status_latency(&bins, &mut d, &rpc, &mut rep);
+            eprintln!(
+                "warm bench: status done ({:.0} s)",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        let mut digest = cold.digest.clone();
+        if wanted("dirty") {
+            save_to_dirty(&bins, &mut d, &rpc, &ctx, &changed, &mut rep);
+            digest = ctl_build(&bins, &mut d, &ctx).digest;
+            eprintln!(
+                "warm bench: save-to-dirty done ({:.0} s)",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        if wanted("cold") {
+            first_index(&bins, &mut d, &rpc, &work, &ctx, &digest, &mut rep);
+            eprintln!(
+                "warm bench: first index done ({:.0} s)",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        drop(rpc);
+        drop(d);
+        fs::remove_dir_all(&ctx).unwrap();
+    }
+    if wanted("index") {
+        index_memory(&bins, &work, &mut rep);
+        eprintln!(
+            "warm bench: index memory done ({:.0} s)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    drop(work_dir);
+    println!();
+    println!("Percentiles are nearest-rank. Whole-process figures are the wall time from");
+    println!("spawning memobuild-ctl until it exits.");
+    rep.print();
+}
