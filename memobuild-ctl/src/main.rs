@@ -1,6 +1,7 @@
 //! memobuild-ctl: the command-line client of memobuildd.
 
 mod connect;
+mod import;
 mod inspect;
 mod output;
 mod progress;
@@ -62,6 +63,27 @@ enum Command {
     },
     /// Build, then rebuild on every change (Ctrl-C to stop).
     Watch(BuildArgs),
+    /// Manage the daemon's image store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Load an OCI archive (`-o type=oci`) or a `docker save` archive into the image store.
+    Import {
+        /// Name for the image [default: the name recorded in the archive]
+        #[arg(long)]
+        name: Option<String>,
+        file: PathBuf,
+    },
+    /// Remove an image name.
+    Rm { name: String },
+    /// List images (same as `memobuild-ctl images`).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -148,7 +170,33 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Forget { project } => inspect::forget(&socket, &project).await,
         Command::Explain { json, project } => inspect::explain(&socket, json, project).await,
         Command::Watch(args) => watch(&socket, args).await,
+        Command::Image(cmd) => image(&socket, cmd).await,
     }
+}
+
+async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, RpcError> {
+    let client = connect::connect(socket, true).await?;
+    match cmd {
+        ImageCommand::Import { name, file } => {
+            let image = import::import(&client, &file, name).await?;
+            println!("{} {}", image.name, image.manifest_digest);
+        }
+        ImageCommand::Rm { name } => {
+            client
+                .remove_image(connect::ctx(), name.clone())
+                .await
+                .map_err(connect::rpc_failed)??;
+            println!("removed {name}");
+        }
+        ImageCommand::Ls { json } => {
+            let images = client
+                .images(connect::ctx())
+                .await
+                .map_err(connect::rpc_failed)??;
+            output::print_images(&images, json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Builds, then waits for the project to turn dirty and builds again, forever.
@@ -211,10 +259,14 @@ async fn run_build(
     let mut cursor = 0;
     let mut result = None;
     loop {
-        let batch = client
-            .events(connect::ctx(), id, cursor)
-            .await
-            .map_err(connect::rpc_failed)??;
+        let batch = tokio::select! {
+            batch = client.events(connect::ctx(), id, cursor) => batch.map_err(connect::rpc_failed)??,
+            _ = tokio::signal::ctrl_c() => {
+                // Ctrl-C: the daemon stops the build and removes its containers.
+                let _ = client.cancel(connect::ctx(), id).await;
+                return Err(RpcError::new("build cancelled"));
+            }
+        };
         for event in &batch.events {
             printer.event(event);
             match event {

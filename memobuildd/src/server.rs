@@ -7,7 +7,8 @@ use crate::oci::image::read_image;
 use futures::StreamExt;
 use memobuild_shared::{
     BlobRef, BuildId, BuildRequest, DaemonHealth, DaemonInfo, EventBatch, Explanation, ImageBlobs,
-    ImageSummary, Memobuild, RpcError, StatusReport, TreeStatus, BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
+    ImageSummary, ImportSpec, Memobuild, RpcError, StatusReport, TreeStatus, BLOB_CHUNK_BYTES,
+    MAX_FRAME_BYTES,
 };
 use std::sync::Arc;
 use tarpc::context::Context;
@@ -182,6 +183,51 @@ impl Memobuild for Server {
             .wait_change(&project, generation, std::time::Duration::from_secs(3))
             .await
             .ok_or_else(|| RpcError::new(format!("no project {project}")))
+    }
+
+    async fn cancel(self, _: Context, build: BuildId) -> Result<(), RpcError> {
+        self.engine.cancel(build)
+    }
+
+    async fn upload_begin(self, _: Context) -> Result<u64, RpcError> {
+        self.engine.upload_begin()
+    }
+
+    async fn upload_chunk(self, _: Context, upload: u64, data: Vec<u8>) -> Result<(), RpcError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.upload_chunk(upload, &data))
+            .await
+            .map_err(store_err)?
+    }
+
+    async fn upload_commit(self, _: Context, upload: u64, digest: String) -> Result<u64, RpcError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.upload_commit(upload, &digest))
+            .await
+            .map_err(store_err)?
+    }
+
+    async fn import_image(
+        self,
+        _: Context,
+        name: String,
+        spec: ImportSpec,
+    ) -> Result<ImageSummary, RpcError> {
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || crate::oci::import::import(&engine.store, &name, &spec))
+            .await
+            .map_err(store_err)?
+    }
+
+    async fn remove_image(self, _: Context, name: String) -> Result<(), RpcError> {
+        let full = crate::graph::normalize_image_name(&name);
+        match self.engine.store.remove_image(&full).map_err(store_err)? {
+            true => Ok(()),
+            false => Err(RpcError::with_hint(
+                format!("no image named {full}"),
+                "`memobuild-ctl images` lists them",
+            )),
+        }
     }
 }
 

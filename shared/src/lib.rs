@@ -49,6 +49,26 @@ pub trait Memobuild {
     /// Waits (up to a few seconds) until the project's state changes after
     /// `generation`; returns the current generation.
     async fn wait_change(project: String, generation: u64) -> Result<u64, RpcError>;
+    /// Cancels a running build: its RUN containers are killed and removed.
+    async fn cancel(build: BuildId) -> Result<(), RpcError>;
+    /// Starts uploading a blob (for `image import`); returns the upload id.
+    async fn upload_begin() -> Result<u64, RpcError>;
+    async fn upload_chunk(upload: u64, data: Vec<u8>) -> Result<(), RpcError>;
+    /// Ends an upload: the blob is stored only if its sha256 is `digest`.
+    async fn upload_commit(upload: u64, digest: String) -> Result<u64, RpcError>;
+    /// Names an image made of uploaded blobs.
+    async fn import_image(name: String, spec: ImportSpec) -> Result<ImageSummary, RpcError>;
+    /// Removes an image name (blobs stay until garbage collection).
+    async fn remove_image(name: String) -> Result<(), RpcError>;
+}
+
+/// What an imported archive holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ImportSpec {
+    /// An OCI image manifest (uploaded, with everything it names).
+    Manifest { digest: String },
+    /// A `docker save` image: its config and uncompressed layer tars, in order.
+    Docker { config: String, layers: Vec<String> },
 }
 
 /// An error the daemon reports to the client: what went wrong and, where it can,

@@ -76,7 +76,11 @@ pub async fn run(
         return Ok(done);
     }
     engine.projects.build_started(&project);
-    let result = build_planned(engine, id, request, &project, tree, log).await;
+    let result = tokio::select! {
+        r = build_planned(engine, id, request, &project, tree, log) => r,
+        // Dropping the build's future stops every step; RUN sandboxes clean up.
+        _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+    };
     let mut summary = BuildSummary {
         ok: result.is_ok(),
         finished_at: chrono_now(),

@@ -36,6 +36,7 @@ pub struct Engine {
     pub run_slots: tokio::sync::Semaphore,
     sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
     cache_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    uploads: Mutex<HashMap<u64, crate::store::Upload>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
 }
@@ -53,6 +54,8 @@ pub struct BuildLog {
     pub(crate) events: Mutex<Vec<BuildEvent>>,
     finished: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
+    cancelled: std::sync::atomic::AtomicBool,
+    cancel: tokio::sync::Notify,
 }
 
 impl BuildLog {
@@ -69,6 +72,17 @@ impl BuildLog {
             self.finished.store(true, Ordering::SeqCst);
         }
         self.changed.notify_waiters();
+    }
+
+    /// Resolves once the build is cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel.notified();
+            if self.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn batch(&self, cursor: u64) -> EventBatch {
@@ -108,6 +122,7 @@ impl Engine {
             run_settings,
             sandbox: tokio::sync::Mutex::new(None),
             cache_locks: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         });
@@ -238,6 +253,56 @@ impl Engine {
             span,
         ));
         id
+    }
+
+    /// Cancels a build: its running steps are dropped (RUN containers killed and
+    /// removed) and it fails with "cancelled".
+    pub fn cancel(&self, id: BuildId) -> Result<(), RpcError> {
+        let log = self
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| RpcError::new(format!("no build with id {id}")))?;
+        log.cancelled.store(true, Ordering::SeqCst);
+        log.cancel.notify_waiters();
+        Ok(())
+    }
+
+    pub fn upload_begin(&self) -> Result<u64, RpcError> {
+        let upload = self
+            .store
+            .blobs
+            .upload()
+            .map_err(|e| RpcError::new(e.to_string()))?;
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, upload);
+        Ok(id)
+    }
+
+    pub fn upload_chunk(&self, id: u64, data: &[u8]) -> Result<(), RpcError> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let upload = uploads
+            .get_mut(&id)
+            .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        upload.write(data).map_err(|e| RpcError::new(e.to_string()))
+    }
+
+    pub fn upload_commit(&self, id: u64, digest: &str) -> Result<u64, RpcError> {
+        let upload = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        self.store
+            .blobs
+            .commit_upload(upload, digest)
+            .map_err(|e| RpcError::new(e.to_string()))
     }
 
     /// Events of build `id` from `cursor`, waiting briefly for new ones.

@@ -41,6 +41,20 @@ pub fn write_image(
     })
 }
 
+/// Writes a manifest for an imported config blob and layer blobs (already stored).
+pub fn write_manifest_for(
+    store: &Store,
+    config_digest: &str,
+    layers: &[LayerRecord],
+) -> Result<StoredImage, OciError> {
+    let config_size = store.blobs.size(config_digest)?;
+    let manifest = build_manifest(config_digest, config_size, layers)?;
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| OciError::Invalid(format!("image manifest: {e}")))?;
+    let (digest, _) = store.blobs.put_bytes(&bytes)?;
+    read_image(store, &digest)
+}
+
 fn build_manifest(
     config_digest: &str,
     config_size: u64,

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod image;
+pub mod import;
 pub mod layer;
 
 pub use config::{ImageConfig, RunConfig};

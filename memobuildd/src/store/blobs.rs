@@ -126,6 +126,62 @@ impl BlobStore {
     }
 }
 
+/// A blob arriving in pieces over the socket (image import). Unlike
+/// [`BlobWriter`] it owns no borrow, so it can wait between RPCs.
+pub struct Upload {
+    file: tempfile::NamedTempFile,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl BlobStore {
+    pub fn upload(&self) -> Result<Upload, StoreError> {
+        let file =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| StoreError::io(&self.tmp, e))?;
+        Ok(Upload {
+            file,
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Stores an upload if its content hashes to `expected`.
+    pub fn commit_upload(&self, upload: Upload, expected: &str) -> Result<u64, StoreError> {
+        let actual = format!("sha256:{}", hex::encode(upload.hasher.finalize()));
+        if actual != expected {
+            return Err(StoreError::Corrupt {
+                digest: expected.to_string(),
+                actual,
+            });
+        }
+        let dest = self.path(expected)?;
+        upload
+            .file
+            .as_file()
+            .sync_all()
+            .map_err(|e| StoreError::io(&self.tmp, e))?;
+        if !dest.exists() {
+            upload
+                .file
+                .persist(&dest)
+                .map_err(|e| StoreError::io(&dest, e.error))?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(upload.size)
+    }
+}
+
+impl Upload {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.file
+            .write_all(data)
+            .map_err(|e| StoreError::io(self.file.path(), e))?;
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        Ok(())
+    }
+}
+
 /// A blob being written: hashes while writing, lands atomically on `commit`.
 pub struct BlobWriter<'a> {
     store: &'a BlobStore,

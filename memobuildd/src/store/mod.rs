@@ -11,7 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use blobs::{BlobStore, Digest};
+pub use blobs::{BlobStore, Digest, Upload};
 
 /// Cache key (hex BLAKE3) -> JSON [`StepRecord`].
 const STEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("steps_v1");
@@ -146,6 +146,17 @@ impl Store {
 
     pub fn put_image(&self, name: &str, record: &ImageRecord) -> Result<(), StoreError> {
         self.put(IMAGES, name, record)
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut table = txn.open_table(IMAGES).map_err(db_err)?;
+            let removed = table.remove(name).map_err(db_err)?.is_some();
+            removed
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
     }
 
     pub fn images(&self) -> Result<Vec<(String, ImageRecord)>, StoreError> {
