@@ -509,7 +509,15 @@ fn le(d: Option<Duration>, ms: f64) -> Option<bool> {
 // Scenarios
 
 /// 1. No-op builds of the warm project.
-fn noop_builds(bins: &Bins, d: &mut Daemon, rpc: &Rpc, ctx: &Path, digest: &str, rep: &mut Report) {
+fn noop_builds(
+    bins: &Bins,
+    d: &mut Daemon,
+    rpc: &Rpc,
+    ctx: &Path,
+    digest: &str,
+    label: &str,
+    rep: &mut Report,
+) {
     let runs = env_usize("MEMOBUILD_BENCH_NOOP_RUNS", 200).max(1);
     let before = rpc.status("");
     let gen_before = project_of(rpc, ctx).generation;
@@ -537,7 +545,7 @@ fn noop_builds(bins: &Bins, d: &mut Daemon, rpc: &Rpc, ctx: &Path, digest: &str,
     }
     let n = wall.len().to_string();
     rep.row(
-        "1. no-op `ctl build`, 10k files / 100 MB, whole process: p50",
+        &format!("1. no-op `ctl build`, {label}, whole process: p50"),
         n.clone(),
         "≤ 10 ms",
         fmt_d(wall.p50()),
@@ -860,7 +868,7 @@ fn first_index(
     };
     let n = runs.to_string();
     rep.row(
-        "5. first index of a fresh 100 MB copy, daemon-side (walk + hash + cached plan): p50",
+        "5. first index of a fresh copy of the context, daemon-side (walk + hash + cached plan): p50",
         n.clone(),
         "",
         show(daemon_side.p50()),
@@ -948,7 +956,7 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     let mut n = env_usize("MEMOBUILD_BENCH_INDEX_FILES", 1_000_000).max(INDEX_DIRS);
     // Enough inodes? (n files + the directories, with a 10% margin for others.)
     let free_inodes = Command::new("df")
-        .args(["-i", "--output=iavail", "/tmp"])
+        .args(["--output=iavail", "/tmp"])
         .output()
         .ok()
         .and_then(|o| {
@@ -1192,7 +1200,7 @@ fn main() {
         let cold = ctl_build(&bins, &mut d, &ctx);
         let hashed = rpc.status("").daemon.hashed_bytes;
         println!(
-            "cold build (fresh daemon, every file hashed, 100 MB layer written): {} wall, {} ms daemon-side, {hashed} bytes hashed",
+            "cold build (fresh daemon, every file hashed, the layer written): {} wall, {} ms daemon-side, {hashed} bytes hashed",
             fmt_d(Some(cold.wall)),
             cold.daemon_millis
         );
@@ -1208,7 +1216,8 @@ fn main() {
         );
 
         if wanted("noop") {
-            noop_builds(&bins, &mut d, &rpc, &ctx, &cold.digest, &mut rep);
+            let label = format!("{files} files / {:.0} MB", total as f64 / 1e6);
+            noop_builds(&bins, &mut d, &rpc, &ctx, &cold.digest, &label, &mut rep);
             eprintln!(
                 "warm bench: no-op builds done ({:.0} s)",
                 t0.elapsed().as_secs_f64()

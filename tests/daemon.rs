@@ -112,9 +112,14 @@ fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
             "must be a directory and end with a /",
         ),
         (
-            "FROM scratch\nRUN echo hi\n",
-            "Dockerfile:2:1",
-            "RUN is not supported yet",
+            "FROM scratch\nRUN --security=insecure true\n",
+            "Dockerfile:2:",
+            "RUN --security is not supported",
+        ),
+        (
+            "FROM scratch\nRUN --mount=type=nfs,target=/x true\n",
+            "Dockerfile:2:",
+            "unknown mount type",
         ),
         (
             "FROM scratch\nENV A=\"${B:?must be set}\"\n",

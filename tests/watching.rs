@@ -1145,6 +1145,7 @@ fn thousands_of_changes_while_builds_run_never_give_a_stale_image() {
 
     let mut total_ops = 0;
     let mut total_builds = 0;
+    let mut gave_up = 0usize;
     let mut failures: Vec<String> = Vec::new();
     for round in 0..3u64 {
         let stop = Arc::new(AtomicBool::new(false));
@@ -1156,8 +1157,18 @@ fn thousands_of_changes_while_builds_run_never_give_a_stale_image() {
         while Instant::now() < until {
             let out = d.build(&ctx, &[]);
             total_builds += 1;
+            // A build whose files keep changing under it retries and may give
+            // up with this error: that is the contract (never a mixed image).
+            // Any other failure is a bug.
             if !out.success {
-                failures.push(format!("round {round}: {}", out.text()));
+                if out
+                    .text()
+                    .contains("changed while the build was reading it")
+                {
+                    gave_up += 1;
+                } else {
+                    failures.push(format!("round {round}: {}", out.text()));
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -1170,7 +1181,7 @@ fn thousands_of_changes_while_builds_run_never_give_a_stale_image() {
         assert_eq!(again.manifest_digest(), out.manifest_digest());
     }
     eprintln!(
-        "stress: {total_ops} changes, {total_builds} builds during them, {} failed",
+        "stress: {total_ops} changes, {total_builds} builds during them, {gave_up} gave up because the context kept changing, {} failed otherwise",
         failures.len()
     );
     assert!(total_ops >= 3000, "only {total_ops} changes were made");

@@ -42,7 +42,11 @@ impl Printer {
             BuildEvent::StepDone { step, millis } => {
                 eprintln!("{} DONE {:.2}s", self.label(*step), *millis as f64 / 1000.0)
             }
-            BuildEvent::Log { line, .. } => eprintln!("{line}"),
+            BuildEvent::Log {
+                step: Some(step),
+                line,
+            } => eprintln!("#{} {line}", step + 1),
+            BuildEvent::Log { step: None, line } => eprintln!("{line}"),
             BuildEvent::Finished {
                 manifest_digest,
                 tags,

@@ -45,6 +45,14 @@ Values are copied verbatim (Env/Cmd order kept; ExposedPorts/Volumes are
 objects of {}), except Healthcheck, whose zero/empty members (Interval: 0,
 ...) are dropped. Durations are integers in nanoseconds.
 
+`--mask-sha256-of FILE` (may be given several times, before IMAGE or
+--docker-inspect): every regular file of the dump whose content has the same
+sha256 as FILE is reported as {"sha256": "masked:<basename of FILE>",
+"size": -1}. The RUN cases copy the host's /bin/busybox into their images, and
+its bytes depend on the busybox-static package version; masking keeps the
+expected data independent of it. Hardlinks to such a file are unaffected
+(they carry no size/sha256 anyway).
+
 Python standard library only.
 """
 import bz2
@@ -333,19 +341,40 @@ def from_docker_inspect(path):
     return {"config": data.get("Config") or {}}, []
 
 
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def usage():
+    sys.stderr.write("usage: fsdump.py [--mask-sha256-of FILE]... IMAGE_ARCHIVE_OR_DIR\n"
+                     "       fsdump.py [--mask-sha256-of FILE]... --docker-inspect INSPECT_JSON\n")
+    return 2
+
+
 def main(argv):
-    if len(argv) == 3 and argv[1] == "--docker-inspect":
-        config, layers = from_docker_inspect(argv[2])
-    elif len(argv) == 2:
-        config, layers = load_image(Source(argv[1]))
+    args = argv[1:]
+    masks = {}  # sha256 hex -> replacement
+    while len(args) >= 2 and args[0] == "--mask-sha256-of":
+        masks[file_sha256(args[1])] = "masked:" + os.path.basename(args[1])
+        args = args[2:]
+    if len(args) == 2 and args[0] == "--docker-inspect":
+        config, layers = from_docker_inspect(args[1])
+    elif len(args) == 1 and not args[0].startswith("--"):
+        config, layers = load_image(Source(args[0]))
     else:
-        sys.stderr.write("usage: fsdump.py IMAGE_ARCHIVE_OR_DIR\n"
-                         "       fsdump.py --docker-inspect INSPECT_JSON\n")
-        return 2
+        return usage()
     fs = {}
     for data in layers:
         apply_layer(fs, data)
     canonicalise_hardlinks(fs)
+    for e in fs.values():
+        if e["type"] == "file" and e["sha256"] in masks:
+            e["sha256"] = masks[e["sha256"]]
+            e["size"] = -1
     files = [fs[k] for k in sorted(fs, key=lambda k: "/" + k)]
     out = {"files": files, "config": pick_config(config)}
     sys.stdout.write(json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

@@ -4,7 +4,7 @@
 No Dockerfile without RUN makes BuildKit emit whiteouts, so the whiteout,
 opaque-directory and replacement logic of fsdump.py is checked here on
 hand-made layers, in docker-save, OCI-archive (index -> index -> manifest,
-gzip + uncompressed layers) and OCI-directory form.  Run:
+gzip + uncompressed layers) and OCI-directory form, and --mask-sha256-of.  Run:
     python3 fsdump_selftest.py      (prints "fsdump selftest: OK")
 """
 import gzip
@@ -123,8 +123,8 @@ def oci_files():
     return files
 
 
-def dump(arg):
-    out = subprocess.run([sys.executable, os.path.join(HERE, "fsdump.py"), arg],
+def dump(*args):
+    out = subprocess.run([sys.executable, os.path.join(HERE, "fsdump.py")] + list(args),
                          check=True, stdout=subprocess.PIPE).stdout
     return out
 
@@ -164,6 +164,14 @@ def main():
                 f.write(data)
         c = dump(od)
         assert a == b == c, "docker-save / OCI archive / OCI dir dumps differ"
+        # --mask-sha256-of: files with the same bytes as the given file are masked
+        mf = os.path.join(t, "shared-bytes")
+        with open(mf, "wb") as f:
+            f.write(b"shared")
+        m = {f["path"]: f for f in json.loads(dump("--mask-sha256-of", mf, ds))["files"]}
+        assert m["/hl/aaa"]["sha256"] == "masked:shared-bytes" and m["/hl/aaa"]["size"] == -1, m
+        assert m["/hl/zzz"]["type"] == "hardlink" and "sha256" not in m["/hl/zzz"], m
+        assert m["/etc/a"]["sha256"] == sha(b"a2") and m["/etc/a"]["size"] == 2, m
     print("fsdump selftest: OK")
 
 

@@ -4,8 +4,9 @@
 # Rebuild the expected results of the conformance cases with Docker BuildKit.
 # For every case (default: all directories under cases/):
 #   prepare.sh cases/NAME -> fresh temp context
-#   DOCKER_BUILDKIT=1 /usr/bin/docker build [--build-arg K=V]... [--target T] -f CTX/DOCKERFILE CTX
-#   success: docker save | fsdump.py  -> expected/NAME.json       (NAME.error.txt removed)
+#   DOCKER_BUILDKIT=1 /usr/bin/docker build --network=none [--build-arg K=V]... [--target T] -f CTX/DOCKERFILE CTX
+#   success: docker save | fsdump.py [--mask-sha256-of /bin/busybox] -> expected/NAME.json
+#            (NAME.error.txt removed)
 #   failure: BuildKit's error message -> expected/NAME.error.txt  (NAME.json removed)
 # and writes expected/BUILDKIT_VERSION (server part of `/usr/bin/docker version`).
 #
@@ -25,6 +26,17 @@ DOCKER=${DOCKER:-/usr/bin/docker}
 export DOCKER_HOST=${DOCKER_HOST:-unix:///tmp/dockerd/docker.sock}
 export DOCKER_BUILDKIT=1
 TAG_PREFIX=memobuild-conformance
+# Network of RUN steps. The private dockerd runs with --bridge=none, where
+# BuildKit's default (bridge) network fails every RUN with "network bridge not
+# found"; no case needs a network, so RUN steps get none.
+BUILD_NETWORK=${BUILD_NETWORK:-none}
+# The RUN cases copy the host's busybox (busybox-static) into their images;
+# its bytes depend on the package version, so fsdump masks them (the Rust
+# test's fsdump call does the same).
+mask=()
+if [ -e /bin/busybox ]; then
+    mask=(--mask-sha256-of /bin/busybox)
+fi
 
 ensure_daemon() {
     if "$DOCKER" version --format '{{.Server.Version}}' >/dev/null 2>&1; then
@@ -104,7 +116,7 @@ run_case() {
 
     dockerfile=$(case_opt "$cdir" dockerfile)
     target=$(case_opt "$cdir" target)
-    local args=(build --no-cache --progress=plain -t "$TAG_PREFIX-$name:latest")
+    local args=(build --no-cache --progress=plain --network="$BUILD_NETWORK" -t "$TAG_PREFIX-$name:latest")
     args+=(-f "$ctx/${dockerfile:-Dockerfile}")
     [ -n "$target" ] && args+=(--target "$target")
     while IFS= read -r kv; do
@@ -119,10 +131,10 @@ run_case() {
             # docker 20.10 cannot save an image without layers ("empty export");
             # its config is taken from `docker image inspect` instead.
             "$DOCKER" image inspect "$image" >"$work/inspect.json"
-            python3 "$here/fsdump.py" --docker-inspect "$work/inspect.json" >"$work/out.json"
+            python3 "$here/fsdump.py" "${mask[@]}" --docker-inspect "$work/inspect.json" >"$work/out.json"
         else
             "$DOCKER" save -o "$work/image.tar" "$image"
-            python3 "$here/fsdump.py" "$work/image.tar" >"$work/out.json"
+            python3 "$here/fsdump.py" "${mask[@]}" "$work/image.tar" >"$work/out.json"
         fi
         mv "$work/out.json" "$here/expected/$name.json"
         rm -f "$here/expected/$name.error.txt"

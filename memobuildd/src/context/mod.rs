@@ -17,3 +17,7 @@ pub use scan::{ContextIndex, FileKind, FileMeta};
 pub use select::{SelectError, Selected};
 pub use tree::Tree;
 pub use watch::Watcher;
+
+/// Part of every error that means "a context file changed while a build read
+/// it"; such builds start over from a fresh snapshot.
+pub const CHANGED_DURING_BUILD: &str = "changed while the build was reading it";

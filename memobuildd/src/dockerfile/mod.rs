@@ -663,3 +663,50 @@ pub fn join_continuations(s: &str, escape: char) -> String {
     }
     logical_line(s, 0, escape)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_command(text: &str) -> CommandForm {
+        let df = parse(text, "Dockerfile").unwrap();
+        match &df.stages[0].instructions[0].value {
+            Instruction::Run(spec) => spec.command.clone(),
+            other => panic!("not a RUN: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn run_forms_and_here_documents() {
+        assert_eq!(
+            run_command("FROM scratch\nRUN [\"a\", \"b c\"]\n"),
+            CommandForm::Exec(vec!["a".into(), "b c".into()])
+        );
+        assert_eq!(
+            run_command("FROM scratch\nRUN echo a \\\n  && echo b\n"),
+            CommandForm::Shell("echo a   && echo b".into())
+        );
+        // A RUN that is only a here-document runs it as the script.
+        assert_eq!(
+            run_command("FROM scratch\nRUN <<EOF\necho one\necho two\nEOF\n"),
+            CommandForm::Shell("echo one\necho two\n".into())
+        );
+        // Otherwise the shell gets the text with its here-document. (parse-dockerfile
+        // recognises a here-document only at the start of the command.)
+        assert_eq!(
+            run_command("FROM scratch\nRUN <<EOF sh -e\necho hello > /f\nEOF\n"),
+            CommandForm::Shell("<<EOF sh -e\necho hello > /f\nEOF".into())
+        );
+    }
+
+    #[test]
+    fn run_flags_are_checked() {
+        let e = parse("FROM scratch\nRUN --frobnicate true\n", "Dockerfile").unwrap_err();
+        assert!(
+            e.message.contains("unknown flag --frobnicate for RUN"),
+            "{e}"
+        );
+        let e = parse("FROM scratch\nRUN --security=insecure true\n", "Dockerfile").unwrap_err();
+        assert!(e.message.contains("--security is not supported"), "{e}");
+    }
+}

@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 
+/// Builds whose context changes under them start over this many times at most.
+const MAX_ATTEMPTS: u32 = 5;
+
 pub struct Done {
     pub manifest_digest: String,
     pub config_digest: String,
@@ -70,16 +73,41 @@ pub async fn run(
         RpcError::new(format!("scanning build context {}: {e}", context.display()))
     };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
-    let (tree, generation) = engine.watcher.sync(&root).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
-    if let Some(done) = fast_path(engine, id, request, &project, generation, log)? {
-        return Ok(done);
-    }
-    engine.projects.build_started(&project);
-    let result = tokio::select! {
-        r = build_planned(engine, id, request, &project, tree, log) => r,
-        // Dropping the build's future stops every step; RUN sandboxes clean up.
-        _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+    let mut attempt = 1;
+    let (result, generation) = loop {
+        let (tree, generation) = engine.watcher.sync(&root).await.map_err(scan_error)?;
+        if let Some(done) = fast_path(engine, id, request, &project, generation, log)? {
+            return Ok(done);
+        }
+        engine.projects.build_started(&project);
+        let result = tokio::select! {
+            r = build_planned(engine, id, request, &project, tree, log) => r,
+            // Dropping the build's future stops every step; RUN sandboxes clean up.
+            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+        };
+        match result {
+            // Files changed under the build: never store a mix; start over on a
+            // fresh snapshot (steps already done come from the cache).
+            Err(e)
+                if e.message.contains(crate::context::CHANGED_DURING_BUILD)
+                    && attempt < MAX_ATTEMPTS =>
+            {
+                log.push(BuildEvent::Log {
+                    step: None,
+                    line: format!(
+                        "the build context changed during the build; starting over ({})",
+                        e.message
+                    ),
+                });
+                attempt += 1;
+            }
+            Err(e) if e.message.contains(crate::context::CHANGED_DURING_BUILD) => {
+                let hint = "files in the context kept changing during the build; build again once they settle";
+                break (Err(RpcError::with_hint(e.message, hint)), generation);
+            }
+            other => break (other, generation),
+        }
     };
     let mut summary = BuildSummary {
         ok: result.is_ok(),

@@ -160,9 +160,22 @@ pub fn copy(
     let dest_named_dir = op.dest.ends_with('/');
     let dest = resolve_dest(view, &op.dest);
     match &op.source {
-        CopySource::Context { index, roots } => {
+        CopySource::Context {
+            index,
+            roots,
+            digests,
+        } => {
             for root in roots {
-                copy_context_root(&mut b, op, index, root, &dest, dest_named_dir, staging)?;
+                copy_context_root(
+                    &mut b,
+                    op,
+                    index,
+                    digests,
+                    root,
+                    &dest,
+                    dest_named_dir,
+                    staging,
+                )?;
             }
         }
         CopySource::Stage { paths, .. } => {
@@ -217,6 +230,7 @@ fn copy_context_root(
     b: &mut Builder<'_>,
     op: &CopyOp,
     index: &ContextIndex,
+    digests: &std::collections::BTreeMap<String, [u8; 32]>,
     root: &Selected,
     dest: &str,
     dest_named_dir: bool,
@@ -235,7 +249,7 @@ fn copy_context_root(
             };
             for (path, meta) in index.below(&root.rel) {
                 let target = join(dest, &path[prefix_len..]);
-                add_context_entry(b, index, path, meta, target);
+                add_context_entry(b, index, digests, path, meta, target);
             }
             Ok(())
         }
@@ -244,7 +258,7 @@ fn copy_context_root(
         }
         _ => {
             let target = file_target(b.view, dest, dest_named_dir, &root.name);
-            add_context_entry(b, index, &root.rel, &root.meta, target);
+            add_context_entry(b, index, digests, &root.rel, &root.meta, target);
             Ok(())
         }
     }
@@ -253,12 +267,20 @@ fn copy_context_root(
 fn add_context_entry(
     b: &mut Builder<'_>,
     index: &ContextIndex,
+    digests: &std::collections::BTreeMap<String, [u8; 32]>,
     rel: &str,
     meta: &FileMeta,
     target: String,
 ) {
+    // The layer must hold the bytes the cache key was computed from.
     let kind = match meta.kind {
-        FileKind::File => EntryKind::File(Content::Path(index.host_path(rel))),
+        FileKind::File => EntryKind::File(match digests.get(rel) {
+            Some(blake3) => Content::Checked {
+                path: index.host_path(rel),
+                blake3: *blake3,
+            },
+            None => Content::Path(index.host_path(rel)),
+        }),
         FileKind::Dir => EntryKind::Dir,
         FileKind::Symlink => EntryKind::Symlink(meta.link_target.clone().unwrap_or_default()),
         FileKind::Other => return,

@@ -190,6 +190,8 @@ pub enum CopySource {
     Context {
         index: Arc<ContextIndex>,
         roots: Vec<Selected>,
+        /// BLAKE3 of every selected file (context path), as in the cache key.
+        digests: Arc<BTreeMap<String, [u8; 32]>>,
     },
     /// Paths (as written, expanded) in another stage's result.
     Stage { stage: usize, paths: Vec<String> },

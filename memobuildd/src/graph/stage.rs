@@ -18,6 +18,7 @@ use crate::oci::ImageConfig;
 use crate::store::Store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Docker's predefined proxy args: usable without an ARG line, never warned about.
 pub fn is_predefined_arg(name: &str) -> bool {
@@ -656,14 +657,31 @@ fn copy_op(
         if roots.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        st.files = hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
-            err(
-                df,
-                loc,
-                format!("{keyword}: reading the build context: {e}"),
-            )
-        })?;
-        CopySource::Context { index, roots }
+        let (files, digests) =
+            hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    err(
+                        df,
+                        loc,
+                        format!(
+                            "{keyword}: a file of the build context {} ({e})",
+                            crate::context::CHANGED_DURING_BUILD
+                        ),
+                    )
+                } else {
+                    err(
+                        df,
+                        loc,
+                        format!("{keyword}: reading the build context: {e}"),
+                    )
+                }
+            })?;
+        st.files = files;
+        CopySource::Context {
+            index,
+            roots,
+            digests: Arc::new(digests),
+        }
     };
     Ok((
         Op::Copy(CopyOp {
@@ -933,7 +951,7 @@ fn mount_key(
                         let roots = select::select(&index, source).map_err(|e| {
                             std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
                         })?;
-                        let files = hash_sources(k, &index, &roots, si.input.hashes)?;
+                        let (files, _) = hash_sources(k, &index, &roots, si.input.hashes)?;
                         st.files.extend(files);
                     }
                 }
@@ -960,7 +978,7 @@ fn hash_sources(
     index: &crate::context::ContextIndex,
     roots: &[crate::context::Selected],
     hashes: &crate::context::HashCache,
-) -> std::io::Result<BTreeMap<String, String>> {
+) -> std::io::Result<(BTreeMap<String, String>, BTreeMap<String, [u8; 32]>)> {
     let mut entries: Vec<(usize, String, &crate::context::FileMeta)> = Vec::new();
     for (i, root) in roots.iter().enumerate() {
         entries.push((i, String::new(), &root.meta));
@@ -982,6 +1000,7 @@ fn hash_sources(
         .collect();
     let digests = hashes.hash_all(&files)?;
     let mut shown = BTreeMap::new();
+    let mut by_path = BTreeMap::new();
     let mut digests = digests.into_iter();
     k.u64(roots.len() as u64);
     for root in roots {
@@ -999,7 +1018,11 @@ fn hash_sources(
             FileKind::File => {
                 let digest = digests.next().unwrap_or([0; 32]);
                 k.field(&digest);
-                shown.insert(context_path, hex::encode(digest));
+                shown.insert(
+                    context_path.clone(),
+                    format!("{} mode {:o}", hex::encode(digest), meta.mode),
+                );
+                by_path.insert(context_path, digest);
             }
             FileKind::Symlink => {
                 k.field(&[]);
@@ -1014,7 +1037,7 @@ fn hash_sources(
             }
         };
     }
-    Ok(shown)
+    Ok((shown, by_path))
 }
 
 fn join_rel(root: &str, rel: &str) -> String {

@@ -17,6 +17,9 @@ use std::path::PathBuf;
 pub enum OciError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A context file differs from what the step's cache key was computed from.
+    #[error("{path} changed while the build was reading it")]
+    ContextChanged { path: String },
     #[error("writing layer entry {path}: {source}")]
     Write { path: String, source: io::Error },
     #[error("reading layer {digest}: {source}")]
@@ -28,6 +31,12 @@ pub enum OciError {
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
+    /// A build context file whose BLAKE3 went into the step's cache key: the
+    /// layer gets exactly those bytes or the write fails with `ContextChanged`.
+    Checked {
+        path: PathBuf,
+        blake3: [u8; 32],
+    },
     /// A file on the host (build context or a step's staging dir).
     Path(PathBuf),
     Bytes(Vec<u8>),
@@ -81,9 +90,17 @@ impl ChangeSet {
         {
             let mut tar = tar::Builder::new(&mut diff);
             for (path, entry) in &self.entries {
-                append_entry(&mut tar, path, entry, mtime).map_err(|source| OciError::Write {
-                    path: path.clone(),
-                    source,
+                append_entry(&mut tar, path, entry, mtime).map_err(|source| {
+                    if source.kind() == io::ErrorKind::NotFound
+                        || source.kind() == io::ErrorKind::InvalidData
+                    {
+                        OciError::ContextChanged { path: path.clone() }
+                    } else {
+                        OciError::Write {
+                            path: path.clone(),
+                            source,
+                        }
+                    }
                 })?;
             }
             tar.finish().map_err(|source| OciError::Write {
@@ -163,6 +180,25 @@ fn append_entry<W: Write>(
             // take(): a file that grows while we read it must not corrupt the tar.
             tar.append_data(&mut header, path, BufReader::new(file).take(len))
         }
+        EntryKind::File(Content::Checked { path: src, blake3 }) => {
+            let file = std::fs::File::open(src)?;
+            let len = file.metadata()?.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(len);
+            let mut reader = CheckingReader {
+                inner: BufReader::new(file).take(len),
+                hasher: blake3::Hasher::new(),
+                read: 0,
+            };
+            tar.append_data(&mut header, path, &mut reader)?;
+            if reader.read != len || reader.hasher.finalize().as_bytes() != blake3 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "content changed",
+                ));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -179,6 +215,23 @@ fn append_marker<W: Write>(
     header.set_gid(0);
     header.set_size(0);
     tar.append_data(&mut header, name, io::empty())
+}
+
+/// Reads a context file into a layer while hashing it, so the bytes can be
+/// checked against the hash the cache key was made from.
+struct CheckingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for CheckingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// Passes bytes through while computing their sha256 (the layer's diff_id).
