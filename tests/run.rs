@@ -804,7 +804,10 @@ fn secret_is_usable_in_its_step_and_leaks_nowhere() {
         let probe = tempfile::tempdir().unwrap();
         std::fs::write(probe.path().join("probe.gz"), gz.finish().unwrap()).unwrap();
         assert_eq!(files_containing(probe.path(), token.as_bytes()).len(), 1);
-        assert_eq!(files_containing(secrets.path(), token.as_bytes()), vec![src.clone()]);
+        assert_eq!(
+            files_containing(secrets.path(), token.as_bytes()),
+            vec![src.clone()]
+        );
     }
     let ctx = context(
         "RUN --mount=type=secret,id=tok cat /run/secrets/tok | wc -c > /len
@@ -887,7 +890,10 @@ RUN ls /run/secrets > /after 2>&1 || echo gone > /after
         &[],
     );
     let (printed, image) = build_image(&d, printing.path(), &["--secret", &secret_arg]);
-    assert!(printed.stdout.contains(&token3), "the step did not print the secret");
+    assert!(
+        printed.stdout.contains(&token3),
+        "the step did not print the secret"
+    );
     let needle = token3.as_bytes();
     for place in [d.data.join("blobs"), d.data.join("containerd/root")] {
         let leaks = files_containing(&place, needle);

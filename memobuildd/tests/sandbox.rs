@@ -230,7 +230,7 @@ fn describe(changes: &ChangeSet) -> BTreeMap<String, String> {
         .iter()
         .map(|(path, e)| {
             let kind = match &e.kind {
-                EntryKind::File(Content::Path(p)) => {
+                EntryKind::File(Content::Path(p) | Content::Checked { path: p, .. }) => {
                     format!("file {:?}", std::fs::read_to_string(p).unwrap())
                 }
                 EntryKind::File(Content::Bytes(b)) => {

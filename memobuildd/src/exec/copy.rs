@@ -165,17 +165,9 @@ pub fn copy(
             roots,
             digests,
         } => {
+            let source = ContextSource { index, digests };
             for root in roots {
-                copy_context_root(
-                    &mut b,
-                    op,
-                    index,
-                    digests,
-                    root,
-                    &dest,
-                    dest_named_dir,
-                    staging,
-                )?;
+                copy_context_root(&mut b, op, &source, root, &dest, dest_named_dir, staging)?;
             }
         }
         CopySource::Stage { paths, .. } => {
@@ -226,16 +218,22 @@ fn file_target(view: &FsView, dest: &str, dest_named_dir: bool, name: &str) -> S
     }
 }
 
+/// The build context as a COPY reads it: its files and the hashes its key used.
+struct ContextSource<'a> {
+    index: &'a ContextIndex,
+    digests: &'a std::collections::BTreeMap<String, [u8; 32]>,
+}
+
 fn copy_context_root(
     b: &mut Builder<'_>,
     op: &CopyOp,
-    index: &ContextIndex,
-    digests: &std::collections::BTreeMap<String, [u8; 32]>,
+    source: &ContextSource<'_>,
     root: &Selected,
     dest: &str,
     dest_named_dir: bool,
     staging: &Path,
 ) -> Result<(), CopyError> {
+    let ContextSource { index, digests } = source;
     match root.meta.kind {
         FileKind::Dir => {
             // A new destination directory is 0755, not the source's mode (BuildKit).

@@ -657,30 +657,29 @@ fn copy_op(
         if roots.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        let (files, digests) =
-            hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    err(
-                        df,
-                        loc,
-                        format!(
-                            "{keyword}: a file of the build context {} ({e})",
-                            crate::context::CHANGED_DURING_BUILD
-                        ),
-                    )
-                } else {
-                    err(
-                        df,
-                        loc,
-                        format!("{keyword}: reading the build context: {e}"),
-                    )
-                }
-            })?;
-        st.files = files;
+        let selection = hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                err(
+                    df,
+                    loc,
+                    format!(
+                        "{keyword}: a file of the build context {} ({e})",
+                        crate::context::CHANGED_DURING_BUILD
+                    ),
+                )
+            } else {
+                err(
+                    df,
+                    loc,
+                    format!("{keyword}: reading the build context: {e}"),
+                )
+            }
+        })?;
+        st.files = selection.shown;
         CopySource::Context {
             index,
             roots,
-            digests: Arc::new(digests),
+            digests: Arc::new(selection.files),
         }
     };
     Ok((
@@ -951,8 +950,8 @@ fn mount_key(
                         let roots = select::select(&index, source).map_err(|e| {
                             std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
                         })?;
-                        let (files, _) = hash_sources(k, &index, &roots, si.input.hashes)?;
-                        st.files.extend(files);
+                        let selection = hash_sources(k, &index, &roots, si.input.hashes)?;
+                        st.files.extend(selection.shown);
                     }
                 }
             }
@@ -978,7 +977,7 @@ fn hash_sources(
     index: &crate::context::ContextIndex,
     roots: &[crate::context::Selected],
     hashes: &crate::context::HashCache,
-) -> std::io::Result<(BTreeMap<String, String>, BTreeMap<String, [u8; 32]>)> {
+) -> std::io::Result<SelectionDigests> {
     let mut entries: Vec<(usize, String, &crate::context::FileMeta)> = Vec::new();
     for (i, root) in roots.iter().enumerate() {
         entries.push((i, String::new(), &root.meta));
@@ -1037,7 +1036,18 @@ fn hash_sources(
             }
         };
     }
-    Ok((shown, by_path))
+    Ok(SelectionDigests {
+        shown,
+        files: by_path,
+    })
+}
+
+/// What `hash_sources` learnt about a selection.
+struct SelectionDigests {
+    /// Context path -> human-comparable key component (see `StepInputs::files`).
+    shown: BTreeMap<String, String>,
+    /// Context path -> BLAKE3 of each selected regular file.
+    files: BTreeMap<String, [u8; 32]>,
 }
 
 fn join_rel(root: &str, rel: &str) -> String {
