@@ -146,8 +146,9 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// A graceful stop, so the daemon stops its private containerd too.
     fn drop(&mut self) {
-        self.kill9();
+        self.stop();
     }
 }
 

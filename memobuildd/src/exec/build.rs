@@ -493,7 +493,10 @@ async fn run_stage(
                             epoch,
                         };
                         super::run::run(&cx, op).await.map_err(|e| RpcError {
-                            message: format!("line {}: {}", step.loc.line, e.message),
+                            message: format!(
+                                "{}:{}:{}: {}",
+                                plan.file, step.loc.line, step.loc.column, e.message
+                            ),
                             hint: e.hint,
                         })?
                     }
@@ -526,11 +529,11 @@ async fn run_stage(
     Ok(state)
 }
 
+/// An error of a step: `FILE:LINE:COL: instruction: what`.
 fn step_error(plan: &Plan, step: &Step, e: impl std::fmt::Display) -> RpcError {
-    let _ = plan;
     RpcError::new(format!(
-        "line {}:{}: {}: {e}",
-        step.loc.line, step.loc.column, step.display
+        "{}:{}:{}: {}: {e}",
+        plan.file, step.loc.line, step.loc.column, step.display
     ))
 }
 

@@ -36,6 +36,8 @@ pub struct PlanInput<'a> {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// The Dockerfile's name, for errors (`FILE:LINE:COL`).
+    pub file: String,
     pub stages: Vec<StagePlan>,
     pub steps: Vec<Step>,
     /// Index of the stage whose result is the build's image.
@@ -210,6 +212,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let needed = needed_stages(df, &bases, &global, target)?;
 
     let mut plan = Plan {
+        file: df.name.clone(),
         stages: Vec::new(),
         steps: Vec::new(),
         target: 0,

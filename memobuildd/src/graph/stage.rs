@@ -154,17 +154,24 @@ pub(super) fn copy_from_stages(
 ) -> Result<Vec<usize>, DockerfileError> {
     let mut out = Vec::new();
     for ins in &stage.instructions {
-        let Instruction::Copy(spec) = &ins.value else {
-            continue;
-        };
-        if let Some(from) = spec.flag("from") {
-            out.push(resolve_from_stage(
-                df,
-                stage,
-                from.value.as_deref().unwrap_or(""),
-                from.loc,
-                global,
-            )?);
+        match &ins.value {
+            Instruction::Copy(spec) => {
+                if let Some(from) = spec.flag("from") {
+                    let name = from.value.as_deref().unwrap_or("");
+                    out.push(resolve_from_stage(df, stage, name, from.loc, global)?);
+                }
+            }
+            // RUN --mount=...,from=STAGE reads that stage too.
+            Instruction::Run(spec) => {
+                for flag in spec.flags.iter().filter(|f| f.name == "mount") {
+                    let value = flag.value.as_deref().unwrap_or("");
+                    let from = value.split(',').find_map(|p| p.strip_prefix("from="));
+                    if let Some(name) = from {
+                        out.push(resolve_from_stage(df, stage, name, flag.loc, global)?);
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(out)
