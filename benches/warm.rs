@@ -32,6 +32,8 @@
 //! * `MEMOBUILD_BENCH_RPC_CALLS=N`      default 1000
 //! * `MEMOBUILD_BENCH_DIRTY_SAMPLES=N`  default 50
 //! * `MEMOBUILD_BENCH_COLD_RUNS=N`      default 5
+//! * `MEMOBUILD_BENCH_POLL_US=N`        save-to-dirty: sleep between status polls, default 0 (tight loop)
+//! * `MEMOBUILD_BENCH_INDEX_SAVES=N`    saves (+ builds) in the big tree after the memory reading, default 3
 //! * `MEMOBUILD_BENCH_ONLY=a,b`         run only some of: noop, status, dirty, cold, index
 //!
 //! Percentiles are nearest-rank (p99 of fewer than 100 samples is the maximum).
@@ -584,8 +586,14 @@ fn status_latency(bins: &Bins, d: &mut Daemon, rpc: &Rpc, rep: &mut Report) {
     let calls = env_usize("MEMOBUILD_BENCH_RPC_CALLS", 1000).max(1);
     d.assert_alive();
     let mut proc_ = Samples::default();
+    let mut floor = Samples::default();
     let mut bytes = 0;
     for i in 0..runs {
+        // The floor: the same binary started and exiting at once (clap prints the
+        // version before any runtime or connection), interleaved so load hits both.
+        let (t, out) = timed(Command::new(&bins.ctl).arg("--version"));
+        assert!(out.status.success());
+        floor.push(t);
         let (t, out) = timed(
             Command::new(&bins.ctl)
                 .arg("--socket")
@@ -639,6 +647,13 @@ fn status_latency(bins: &Bins, d: &mut Daemon, rpc: &Rpc, rep: &mut Report) {
         fmt_d(proc_.p99()),
         le(proc_.p99(), 5.0),
     );
+    rep.row(
+        "2. floor: `ctl --version` process (spawn, exit), interleaved: p50 / p99",
+        floor.len().to_string(),
+        "",
+        format!("{} / {}", fmt_d(floor.p50()), fmt_d(floor.p99())),
+        None,
+    );
     let n = rpc_samples.len().to_string();
     rep.row(
         "2. `status(\"\")` RPC alone, one connection: p50",
@@ -670,11 +685,14 @@ fn save_to_dirty(
     rep: &mut Report,
 ) {
     let samples = env_usize("MEMOBUILD_BENCH_DIRTY_SAMPLES", 50).max(1);
+    // 0 = a tight loop (the default); else sleep this long between polls.
+    let poll_gap = Duration::from_micros(env_usize("MEMOBUILD_BENCH_POLL_US", 0) as u64);
     let project = project_of(rpc, ctx);
     let id = project.id.clone();
     assert_eq!(project.state, "clean", "the project must start clean");
     let mut to_changed = Samples::default();
     let mut to_dirty = Samples::default();
+    let mut replan = Samples::default();
     let mut polls_total = 0usize;
     let mut missed = 0;
     let mut restore_anomalies = 0;
@@ -716,6 +734,9 @@ fn save_to_dirty(
                 if elapsed > Duration::from_secs(5) {
                     return (changed, None, polls, Vec::new());
                 }
+                if !poll_gap.is_zero() {
+                    tokio::time::sleep(poll_gap).await;
+                }
             }
         });
         polls_total += polls;
@@ -724,6 +745,7 @@ fn save_to_dirty(
                 to_dirty.push(t);
                 if let Some(c) = changed {
                     to_changed.push(c);
+                    replan.push(t.saturating_sub(c));
                 }
                 if !why.iter().any(|w| w.contains(&file.rel)) {
                     eprintln!(
@@ -744,10 +766,19 @@ fn save_to_dirty(
             ctl_build(bins, d, ctx);
         }
     }
+    let mut slow: Vec<(Duration, Duration)> = to_dirty
+        .0
+        .iter()
+        .copied()
+        .zip(to_changed.0.iter().copied())
+        .collect();
+    slow.sort();
+    slow.reverse();
     eprintln!(
-        "warm bench: save-to-dirty: {} polls per sample on average; restoring builds p50 {}",
+        "warm bench: save-to-dirty: {} polls per sample on average (gap {poll_gap:?}); restoring builds p50 {}; slowest (dirty, changed): {:?}",
         polls_total / samples,
-        fmt_d(build_times.p50())
+        fmt_d(build_times.p50()),
+        &slow[..slow.len().min(6)]
     );
     if missed > 0 {
         rep.note(format!(
@@ -781,6 +812,18 @@ fn save_to_dirty(
         format!("{} / {}", fmt_d(to_changed.p50()), fmt_d(to_changed.p99())),
         None,
     );
+    rep.row(
+        "3. `changed_files` -> `dirty` (the re-plan): p50 / p99",
+        replan.len().to_string(),
+        "",
+        format!("{} / {}", fmt_d(replan.p50()), fmt_d(replan.p99())),
+        None,
+    );
+    if !poll_gap.is_zero() {
+        rep.note(format!(
+            "save-to-dirty polled every {poll_gap:?}, not in a tight loop"
+        ));
+    }
 }
 
 /// 5. First index of a cold copy of the context, next to b3sum and the library.
@@ -1044,6 +1087,12 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     let hwm = d.proc_kib("VmHWM");
     let per_entry = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / entries as f64;
     eprintln!(
+        "warm bench: index memory: size_of FileMeta {} B, String {} B (per entry before heap and map overhead: {} B)",
+        std::mem::size_of::<memobuildd::context::FileMeta>(),
+        std::mem::size_of::<String>(),
+        std::mem::size_of::<memobuildd::context::FileMeta>() + std::mem::size_of::<String>()
+    );
+    eprintln!(
         "warm bench: index memory: VmRSS {rss_before} KiB -> {rss_after} KiB (peak {hwm} KiB), {entries} entries, first build {}",
         fmt_d(Some(r.wall))
     );
@@ -1052,7 +1101,9 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     let id = project_of(&rpc, &tree).id;
     let mut to_changed = Samples::default();
     let mut to_dirty = Samples::default();
-    for i in 0..3 {
+    let saves = env_usize("MEMOBUILD_BENCH_INDEX_SAVES", 3);
+    let mut rss_trail = Vec::new();
+    for i in 0..saves {
         std::thread::sleep(Duration::from_millis(100));
         wait_state(&rpc, &id, "clean", Duration::from_secs(30));
         fs::write(tree.join("small.txt"), format!("hello {i}\n")).unwrap();
@@ -1072,11 +1123,13 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
             }
         }
         ctl_build(bins, &mut d, &tree);
+        rss_trail.push(d.proc_kib("VmRSS") / 1024);
     }
+    eprintln!("warm bench: index memory: VmRSS (MiB) after each save + build: {rss_trail:?}");
     let hwm_after_saves = d.proc_kib("VmHWM");
     let rss_after_saves = d.proc_kib("VmRSS");
     eprintln!(
-        "warm bench: index memory: after 3 saves + builds VmRSS {rss_after_saves} KiB, peak {hwm_after_saves} KiB"
+        "warm bench: index memory: after {saves} saves + builds VmRSS {rss_after_saves} KiB, peak {hwm_after_saves} KiB"
     );
     drop(rpc);
     drop(d);
@@ -1115,7 +1168,7 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     );
     rep.row(
         "4. same tree: RSS after those saves and builds (peak)",
-        "1".into(),
+        saves.to_string(),
         "",
         format!(
             "{:.0} MiB ({:.0} MiB)",
@@ -1259,6 +1312,12 @@ fn main() {
     }
     drop(work_dir);
     println!();
+    println!(
+        "load average at the end: {}",
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     println!("Percentiles are nearest-rank. Whole-process figures are the wall time from");
     println!("spawning memobuild-ctl until it exits.");
     rep.print();

@@ -339,8 +339,17 @@ fn leftovers(d: &Daemon) -> Vec<String> {
     }
     for row in rows(d.ctr(&["snapshots", "ls"])) {
         let key = row.split_whitespace().next().unwrap().to_string();
-        let info: serde_json::Value =
-            serde_json::from_str(&d.ctr(&["snapshots", "info", &key])).unwrap_or_default();
+        // Cleanup may remove a snapshot between `ls` and `info`: then it is gone.
+        let info = Command::new("ctr")
+            .arg("--address")
+            .arg(d.containerd_socket())
+            .args(["-n", "memobuild", "snapshots", "info", &key])
+            .output()
+            .expect("ctr");
+        if !info.status.success() {
+            continue;
+        }
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap_or_default();
         if info["Labels"].get("memobuild.run").is_some() || info["Kind"] == "Active" {
             found.push(format!("snapshot: {info}"));
         }

@@ -255,13 +255,16 @@ async fn run_build(
         .start_build(connect::ctx(), request)
         .await
         .map_err(connect::rpc_failed)??;
+    // One listener for the whole build: a Ctrl-C between two polls is not lost.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| RpcError::new(format!("cannot listen for Ctrl-C: {e}")))?;
     let mut printer = progress::Printer::new(&args.progress);
     let mut cursor = 0;
     let mut result = None;
     loop {
         let batch = tokio::select! {
             batch = client.events(connect::ctx(), id, cursor) => batch.map_err(connect::rpc_failed)??,
-            _ = tokio::signal::ctrl_c() => {
+            _ = interrupt.recv() => {
                 // Ctrl-C: the daemon stops the build and removes its containers.
                 let _ = client.cancel(connect::ctx(), id).await;
                 return Err(RpcError::new("build cancelled"));

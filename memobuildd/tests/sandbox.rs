@@ -62,6 +62,12 @@ fn base_changes() -> ChangeSet {
     c.insert("replaced/a".into(), entry(bytes("a\n"), 0o644));
     c.insert("replaced/b".into(), entry(bytes("b\n"), 0o644));
     c.insert("tmp".into(), entry(EntryKind::Dir, 0o1777));
+    // Like real images, the base has the mount-point directories; on a base
+    // without them the first RUN layer adds them, as BuildKit's does (covered
+    // by the conformance cases).
+    for dir in ["dev", "etc", "proc", "sys"] {
+        c.insert(dir.into(), entry(EntryKind::Dir, 0o755));
+    }
     c
 }
 

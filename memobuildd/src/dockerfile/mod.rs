@@ -641,7 +641,9 @@ pub fn logical_line(text: &str, start: usize, escape: char) -> String {
     let mut out = String::new();
     for (i, line) in rest.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
-        if i > 0 && line.trim_start().starts_with('#') {
+        // Inside a continuation, comment lines and blank lines are skipped (as
+        // Docker's parser does); they never end the instruction.
+        if i > 0 && (line.trim_start().starts_with('#') || line.trim().is_empty()) {
             continue;
         }
         let trimmed = line.trim_end();

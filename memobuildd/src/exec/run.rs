@@ -63,15 +63,19 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         .await
         .map_err(|_| err("the daemon is shutting down"))?;
     let store = engine.store.clone();
-    let (layers, (uid, gid)) = {
+    let (layers, user) = {
         let (engine, parent, user) = (engine.clone(), cx.parent_layers.to_vec(), op.user.clone());
         tokio::task::spawn_blocking(move || {
             let view = FsView::load(&engine.store, &engine.layers, &parent)
                 .map_err(|e| err(e.to_string()))?;
             let ids = match user.as_deref() {
-                Some(u) => users::resolve(u, &view, &engine.store)
+                Some(u) => users::resolve_exec(u, &view, &engine.store)
                     .map_err(|e| err(format!("USER {u}: {e}")))?,
-                None => (0, 0),
+                None => users::ExecUser {
+                    uid: 0,
+                    gid: 0,
+                    groups: Vec::new(),
+                },
             };
             let inputs = parent
                 .iter()
@@ -83,6 +87,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         .await
         .map_err(|e| err(format!("internal error: {e}")))??
     };
+    let (uid, gid) = (user.uid, user.gid);
     let mounts = Mounts::prepare(cx, op, uid, gid).await?;
     let settings = &engine.run_settings;
     let network = match op.network {
@@ -93,11 +98,11 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     };
     let spec = RunSpec {
         args: op.args.clone(),
-        env: op.env.clone(),
+        env: with_proxy_env(&op.env, &cx.request.build_args),
         cwd: op.cwd.clone(),
         uid,
         gid,
-        additional_gids: Vec::new(),
+        additional_gids: user.groups.clone(),
         hostname: "buildkitsandbox".into(),
         network,
         memory_bytes: cx.request.memory_bytes.or(settings.memory_bytes),
@@ -150,6 +155,27 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         layer: layer?,
         created_at: super::build::chrono_now(),
     })
+}
+
+/// Docker's predefined proxy args reach RUN without an ARG line, in both
+/// spellings, and stay out of the cache key (they are added here, not planned).
+fn with_proxy_env(
+    env: &[String],
+    build_args: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = env.to_vec();
+    let has = |out: &[String], name: &str| out.iter().any(|kv| kv.split('=').next() == Some(name));
+    for (name, value) in build_args {
+        if !crate::graph::is_predefined_arg(name) {
+            continue;
+        }
+        for spelling in [name.to_ascii_uppercase(), name.to_ascii_lowercase()] {
+            if !has(&out, &spelling) {
+                out.push(format!("{spelling}={value}"));
+            }
+        }
+    }
+    out
 }
 
 /// Forwards the step's output to the build log line by line; returns the last lines.

@@ -11,7 +11,7 @@
 pub mod key;
 mod stage;
 
-pub use stage::{absolute_clean, normalize_image_name, parse_go_duration};
+pub use stage::{absolute_clean, is_predefined_arg, normalize_image_name, parse_go_duration};
 
 use crate::context::{ContextIndex, HashCache, Selected};
 use crate::dockerfile::{expand, Dockerfile, DockerfileError, Loc};

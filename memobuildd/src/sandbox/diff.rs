@@ -231,6 +231,10 @@ pub fn changes(
         };
         if is_stub {
             entries.remove(&point);
+            // The /etc that runc makes for the default files stays, as in BuildKit.
+            if super::spec::DEFAULT_MOUNT_POINTS.contains(&point.as_str()) {
+                continue;
+            }
             let mut parent = point.as_str();
             while let Some((p, _)) = parent.rsplit_once('/') {
                 stub_parents.push(p.to_string());

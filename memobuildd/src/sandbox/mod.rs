@@ -496,7 +496,6 @@ impl Sandbox {
             &spec::EtcFiles {
                 hosts: &etc[0],
                 resolv_conf: &etc[1],
-                hostname: &etc[2],
             },
             &cgroups_path,
         );
@@ -927,8 +926,8 @@ fn create_private_dir(dir: &Path) -> Result<(), SandboxError> {
     }
 }
 
-/// /etc/hosts, /etc/resolv.conf and /etc/hostname for the step.
-fn write_etc_files(dir: &Path, spec: &RunSpec) -> Result<[PathBuf; 3], SandboxError> {
+/// /etc/hosts and /etc/resolv.conf for the step.
+fn write_etc_files(dir: &Path, spec: &RunSpec) -> Result<[PathBuf; 2], SandboxError> {
     let hostname = if spec.hostname.is_empty() {
         "memobuild"
     } else {
@@ -944,7 +943,6 @@ fn write_etc_files(dir: &Path, spec: &RunSpec) -> Result<[PathBuf; 3], SandboxEr
     let files = [
         (dir.join("hosts"), hosts),
         (dir.join("resolv.conf"), resolv),
-        (dir.join("hostname"), format!("{hostname}\n")),
     ];
     for (path, text) in &files {
         std::fs::write(path, text).map_err(|source| SandboxError::Io {
@@ -954,8 +952,8 @@ fn write_etc_files(dir: &Path, spec: &RunSpec) -> Result<[PathBuf; 3], SandboxEr
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
     }
-    let [a, b, c] = files;
-    Ok([a.0, b.0, c.0])
+    let [a, b] = files;
+    Ok([a.0, b.0])
 }
 
 fn format_source(e: &dyn std::error::Error) -> String {

@@ -5,7 +5,7 @@
 //! What a RUN gets, as Docker/BuildKit give it: its own pid, ipc, uts and mount
 //! namespaces (and network unless `Network::Host`), /proc, a tmpfs /dev with
 //! pts, shm and mqueue, read-only /sys and cgroupfs, /etc/hosts,
-//! /etc/resolv.conf and /etc/hostname bound read-only from files we write,
+//! /etc/resolv.conf bound read-only from files we write (no /etc/hostname, as BuildKit),
 //! Docker's default capabilities, masked and read-only /proc paths, a
 //! deny-all device cgroup (runc adds the standard devices), and the limits
 //! of [`RunSpec`]. No rlimits are set: the step inherits containerd's (as a
@@ -19,16 +19,11 @@ use std::path::Path;
 /// What BuildKit puts on `PATH` when the image's config sets none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// The in-rootfs mount points the default mounts need (relative to `/`). runc
-/// creates those that are missing; they are dropped from the diff.
-pub const DEFAULT_MOUNT_POINTS: &[&str] = &[
-    "proc",
-    "dev",
-    "sys",
-    "etc/hosts",
-    "etc/resolv.conf",
-    "etc/hostname",
-];
+/// The in-rootfs mount points of the default mounts (relative to `/`) that are
+/// dropped from the diff when runc had to create them: the /etc files. The
+/// directories runc creates (`proc`, `dev`, `sys`, and `etc` as the files'
+/// parent) stay in the layer, as they do in BuildKit's.
+pub const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 
 const CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -69,11 +64,10 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// Files bound over /etc/hosts, /etc/resolv.conf and /etc/hostname.
+/// Files bound over /etc/hosts and /etc/resolv.conf.
 pub struct EtcFiles<'a> {
     pub hosts: &'a Path,
     pub resolv_conf: &'a Path,
-    pub hostname: &'a Path,
 }
 
 /// Whether cgroup v1 has swap accounting (`memory.memsw.*`); without it runc
@@ -115,7 +109,6 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Value {
                "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
         bind_ro("/etc/hosts", etc.hosts),
         bind_ro("/etc/resolv.conf", etc.resolv_conf),
-        bind_ro("/etc/hostname", etc.hostname),
     ];
     for m in &spec.mounts {
         let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
