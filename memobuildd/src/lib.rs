@@ -18,3 +18,4 @@ pub mod rootpath;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod time;

@@ -57,6 +57,25 @@ fn components_reversed(path: &str) -> Vec<String> {
         .collect()
 }
 
+/// Removes every key strictly below directory `dir` (all keys for `""`) from a
+/// path-keyed map; returns them.
+pub fn remove_below<V>(map: &mut std::collections::BTreeMap<String, V>, dir: &str) -> Vec<String> {
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let doomed: Vec<String> = map
+        .range(prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in &doomed {
+        map.remove(k);
+    }
+    doomed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

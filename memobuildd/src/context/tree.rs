@@ -198,21 +198,8 @@ fn remove_subtree(entries: &mut BTreeMap<String, FileMeta>, rel: &str, changed: 
     if entries.remove(rel).is_some() {
         changed.push(rel.to_string());
     }
-    // The root itself is gone: so is everything.
-    let prefix = if rel.is_empty() {
-        String::new()
-    } else {
-        format!("{rel}/")
-    };
-    let doomed: Vec<String> = entries
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in doomed {
-        entries.remove(&k);
-        changed.push(k);
-    }
+    // For the root itself (`""`) that is everything.
+    changed.extend(crate::rootpath::remove_below(entries, rel));
 }
 
 fn walk(root: &Path, rel_dir: &str, out: &mut BTreeMap<String, FileMeta>) -> io::Result<()> {

@@ -111,7 +111,7 @@ pub async fn run(
     };
     let mut summary = BuildSummary {
         ok: result.is_ok(),
-        finished_at: chrono_now(),
+        finished_at: crate::time::now_secs(),
         millis: started.elapsed().as_millis() as u64,
         manifest_digest: None,
         config_digest: None,
@@ -237,7 +237,7 @@ async fn build_planned(
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
             config.history = result.history.clone();
-            config.created = epoch.map(rfc3339);
+            config.created = epoch.map(crate::time::rfc3339);
             write_image(&engine.store, &config, &result.layers).map_err(internal)
         })
         .await?
@@ -516,7 +516,7 @@ async fn run_stage(
         };
         if let Some(created_by) = &step.history {
             state.history.push(History {
-                created: epoch.map(rfc3339),
+                created: epoch.map(crate::time::rfc3339),
                 created_by: Some(created_by.clone()),
                 comment: Some("memobuild".into()),
                 empty_layer: record.layer.is_none(),
@@ -546,7 +546,7 @@ async fn execute(
     inputs: &BTreeMap<usize, StageResult>,
     epoch: Option<i64>,
 ) -> Result<StepRecord, RpcError> {
-    let now = chrono_now();
+    let now = crate::time::now_secs();
     if matches!(step.op, Op::Meta) {
         return Ok(StepRecord {
             layer: None,
@@ -642,46 +642,11 @@ fn tag_digests(
                 manifest_digest: manifest.to_string(),
                 config_digest: config.to_string(),
                 size,
-                tagged_at: chrono_now(),
+                tagged_at: crate::time::now_secs(),
             };
             engine.store.put_image(&name, &record).map_err(internal)?;
         }
         names.push(name);
     }
     Ok(names)
-}
-
-pub(crate) fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 }

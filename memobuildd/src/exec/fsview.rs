@@ -270,17 +270,5 @@ impl FsView {
 }
 
 fn remove_below(entries: &mut BTreeMap<String, ViewEntry>, dir: &str) {
-    let prefix = if dir.is_empty() {
-        String::new()
-    } else {
-        format!("{dir}/")
-    };
-    let doomed: Vec<String> = entries
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in doomed {
-        entries.remove(&k);
-    }
+    crate::rootpath::remove_below(entries, dir);
 }

@@ -258,13 +258,7 @@ impl Engine {
     /// Cancels a build: its running steps are dropped (RUN containers killed and
     /// removed) and it fails with "cancelled".
     pub fn cancel(&self, id: BuildId) -> Result<(), RpcError> {
-        let log = self
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| RpcError::new(format!("no build with id {id}")))?;
+        let log = self.log(id)?;
         log.cancelled.store(true, Ordering::SeqCst);
         log.cancel.notify_waiters();
         Ok(())
@@ -305,10 +299,8 @@ impl Engine {
             .map_err(|e| RpcError::new(e.to_string()))
     }
 
-    /// Events of build `id` from `cursor`, waiting briefly for new ones.
-    pub async fn events(&self, id: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
-        let log = self
-            .builds
+    fn log(&self, id: BuildId) -> Result<Arc<BuildLog>, RpcError> {
+        self.builds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
@@ -317,7 +309,12 @@ impl Engine {
                 RpcError::new(format!(
                     "no build with id {id} (the daemon may have restarted)"
                 ))
-            })?;
+            })
+    }
+
+    /// Events of build `id` from `cursor`, waiting briefly for new ones.
+    pub async fn events(&self, id: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
+        let log = self.log(id)?;
         let notified = log.changed.notified();
         let batch = log.batch(cursor);
         if !batch.events.is_empty() || batch.finished {

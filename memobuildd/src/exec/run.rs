@@ -153,7 +153,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     outcome.snapshot.release().await;
     Ok(StepRecord {
         layer: layer?,
-        created_at: super::build::chrono_now(),
+        created_at: crate::time::now_secs(),
     })
 }
 

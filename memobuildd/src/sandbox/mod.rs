@@ -459,7 +459,10 @@ impl Sandbox {
             id: name.clone(),
             labels: HashMap::from([
                 (LABEL_RUN.to_string(), id.to_string()),
-                ("containerd.io/gc.expire".to_string(), rfc3339(expires)),
+                (
+                    "containerd.io/gc.expire".to_string(),
+                    crate::time::rfc3339(expires),
+                ),
             ]),
         };
         client
@@ -986,38 +989,9 @@ fn unix_secs() -> i64 {
     rootfs::unix_now()
 }
 
-/// RFC 3339 (UTC) for a Unix time, as containerd's `gc.expire` label wants.
-fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
 
     #[test]
     fn chain_ids_follow_oci() {
