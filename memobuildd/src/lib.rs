@@ -7,6 +7,7 @@
 //!             -> oci (layers, image) -> store
 //! ```
 
+pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dockerfile;

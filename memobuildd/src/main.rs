@@ -3,7 +3,18 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let options = memobuildd::daemon::Options::parse();
+    let flags = memobuildd::config::Flags::parse();
+    let config = match memobuildd::config::load(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memobuildd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    if flags.check_config {
+        print!("{}", config.to_toml());
+        return std::process::ExitCode::SUCCESS;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG")
@@ -21,7 +32,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(memobuildd::daemon::run(options)) {
+    match runtime.block_on(memobuildd::daemon::run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("memobuildd: {e}");
