@@ -66,11 +66,15 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     let (layers, user) = {
         let (engine, parent, user) = (engine.clone(), cx.parent_layers.to_vec(), op.user.clone());
         tokio::task::spawn_blocking(move || {
-            let view = FsView::load(&engine.store, &engine.layers, &parent)
-                .map_err(|e| err(e.to_string()))?;
+            // Only USER needs the parent's files (/etc/passwd); indexing a large
+            // layer costs real time, so skip it otherwise.
             let ids = match user.as_deref() {
-                Some(u) => users::resolve_exec(u, &view, &engine.store)
-                    .map_err(|e| err(format!("USER {u}: {e}")))?,
+                Some(u) => {
+                    let view = FsView::load(&engine.store, &engine.layers, &parent)
+                        .map_err(|e| err(e.to_string()))?;
+                    users::resolve_exec(u, &view, &engine.store)
+                        .map_err(|e| err(format!("USER {u}: {e}")))?
+                }
                 None => users::ExecUser {
                     uid: 0,
                     gid: 0,
