@@ -273,25 +273,22 @@ impl Projects {
 
     /// Stores the result of re-planning a project against the current tree.
     pub fn set_dirty(&self, id: &str, generation: u64, plan: Result<&Plan, String>) {
+        // Summarising a plan copies every step's inputs: do it before locking,
+        // so `status` never waits for it.
+        let new = plan.as_ref().ok().map(|plan| BuildSummary::from_plan(plan, &[]));
         let mut map = lock(&self.map);
         let Some(p) = map.get_mut(id) else { return };
-        match plan {
-            Err(e) => {
+        match (plan, new) {
+            (Err(e), _) => {
                 p.plan_error = Some(e);
                 p.dirty.clear();
                 p.clean_at = None;
             }
-            Ok(plan) => {
+            (Ok(_), new) => {
+                let new = new.unwrap_or_default();
                 p.plan_error = None;
-                let new = BuildSummary::from_plan(plan, &[]);
-                p.dirty = dirty_steps(
-                    p.record
-                        .last
-                        .as_ref()
-                        .map(|l| l.steps.as_slice())
-                        .unwrap_or(&[]),
-                    &new,
-                );
+                let old = p.record.last.as_ref().map(|l| l.steps.as_slice()).unwrap_or(&[]);
+                p.dirty = dirty_steps(old, &new);
                 let ok = p.record.last.as_ref().is_some_and(|l| l.ok);
                 p.clean_at = (p.dirty.is_empty() && ok).then_some(generation);
             }

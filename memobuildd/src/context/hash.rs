@@ -109,36 +109,52 @@ impl HashCache {
         entries.len() - before
     }
 
-    /// Hashes many files on all cores; results in input order.
+    /// Hashes many files on all cores; results in input order. Files whose
+    /// stat matches the cache are answered under one lock, without threads.
     pub fn hash_all(&self, files: &[(PathBuf, FileMeta)]) -> io::Result<Vec<[u8; 32]>> {
+        let mut out: Vec<Option<[u8; 32]>> = {
+            let entries = self.lock();
+            files
+                .iter()
+                .map(|(p, m)| match entries.get(p) {
+                    Some((key, digest)) if *key == StatKey::of(m) => Some(*digest),
+                    _ => None,
+                })
+                .collect()
+        };
+        let misses: Vec<usize> = (0..files.len()).filter(|i| out[*i].is_none()).collect();
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
-            .min(files.len().max(1));
-        if workers <= 1 || files.len() < 64 {
-            return files.iter().map(|(p, m)| self.hash(p, m)).collect();
-        }
-        let chunk = files.len().div_ceil(workers);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = files
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|(p, m)| self.hash(p, m))
-                            .collect::<io::Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut out = Vec::with_capacity(files.len());
-            for h in handles {
-                let part = h
-                    .join()
-                    .map_err(|_| io::Error::other("hashing thread panicked"))??;
-                out.extend(part);
+            .min(misses.len().max(1));
+        if workers <= 1 || misses.len() < 64 {
+            for i in misses {
+                out[i] = Some(self.hash(&files[i].0, &files[i].1)?);
             }
-            Ok(out)
-        })
+        } else {
+            let chunk = misses.len().div_ceil(workers);
+            let hashed = std::thread::scope(|s| {
+                let handles: Vec<_> = misses
+                    .chunks(chunk)
+                    .map(|part| {
+                        s.spawn(move || {
+                            part.iter()
+                                .map(|&i| self.hash(&files[i].0, &files[i].1).map(|d| (i, d)))
+                                .collect::<io::Result<Vec<_>>>()
+                        })
+                    })
+                    .collect();
+                let mut all = Vec::with_capacity(misses.len());
+                for h in handles {
+                    all.extend(h.join().map_err(|_| io::Error::other("hashing thread panicked"))??);
+                }
+                Ok::<_, io::Error>(all)
+            })?;
+            for (i, d) in hashed {
+                out[i] = Some(d);
+            }
+        }
+        Ok(out.into_iter().map(|d| d.unwrap_or([0; 32])).collect())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (StatKey, [u8; 32])>> {

@@ -373,34 +373,36 @@ impl Watcher {
 
     /// Applies pending paths to their trees and publishes the changes.
     fn apply_pending(&self) {
-        let work: Vec<(PathBuf, Tree, BTreeSet<String>)> = lock(&self.trees)
-            .iter_mut()
-            .filter(|(_, t)| !t.pending.is_empty())
-            .map(|(root, t)| (root.clone(), t.tree.clone(), std::mem::take(&mut t.pending)))
-            .collect();
-        for (root, mut tree, pending) in work {
-            let mut changed = Vec::new();
-            for rel in &pending {
-                if let Err(e) = tree.refresh(rel, &mut changed) {
-                    tracing::warn!(root = %root.display(), path = %rel, error = %e, "cannot re-stat; rescan due");
-                    self.overflowed(&format!("cannot re-stat {rel}: {e}"));
-                }
-            }
+        let mut changes = Vec::new();
+        let mut failed = Vec::new();
+        {
+            // Refreshed in place: the map is only copied if a build still holds
+            // a snapshot of it (Arc::make_mut), never for every batch of events.
             let mut trees = lock(&self.trees);
-            let Some(state) = trees.get_mut(&root) else {
-                continue;
-            };
-            state.tree = tree;
-            if changed.is_empty() {
-                continue;
+            for (root, state) in trees.iter_mut().filter(|(_, t)| !t.pending.is_empty()) {
+                let pending = std::mem::take(&mut state.pending);
+                let mut changed = Vec::new();
+                for rel in &pending {
+                    if let Err(e) = state.tree.refresh(rel, &mut changed) {
+                        tracing::warn!(root = %root.display(), path = %rel, error = %e, "cannot re-stat; rescan due");
+                        failed.push(format!("cannot re-stat {rel}: {e}"));
+                    }
+                }
+                if changed.is_empty() {
+                    continue;
+                }
+                state.generation += 1;
+                changes.push(Change {
+                    root: root.clone(),
+                    generation: state.generation,
+                    paths: changed,
+                });
             }
-            state.generation += 1;
-            let change = Change {
-                root: root.clone(),
-                generation: state.generation,
-                paths: changed,
-            };
-            drop(trees);
+        }
+        for why in failed {
+            self.overflowed(&why);
+        }
+        for change in changes {
             let _ = self.changes.send(change);
         }
     }

@@ -345,14 +345,15 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
     let Ok((tree, generation)) = engine.watcher.tree(root) else {
         return;
     };
-    let e = engine.clone();
-    let planned = tokio::task::spawn_blocking(move || make_plan(&e, &request, &tree)).await;
-    match planned {
-        Ok(Ok(plan)) => engine.projects.set_dirty(project, generation, Ok(&plan)),
-        Ok(Err(err)) => engine
-            .projects
-            .set_dirty(project, generation, Err(err.message)),
-        Err(err) => tracing::warn!(error = %err, "dirty re-plan task failed"),
+    let (e, project) = (engine.clone(), project.to_string());
+    // Planning, comparing and dropping the plan all stay off the async workers.
+    let done = tokio::task::spawn_blocking(move || match make_plan(&e, &request, &tree) {
+        Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
+        Err(err) => e.projects.set_dirty(&project, generation, Err(err.message)),
+    })
+    .await;
+    if let Err(err) = done {
+        tracing::warn!(error = %err, "dirty re-plan task failed");
     }
 }
 
