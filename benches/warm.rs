@@ -802,7 +802,7 @@ fn save_to_dirty(
                 let Some(p) = s.projects.first() else {
                     panic!("project {id} vanished")
                 };
-                if changed.is_none() && p.changed_files.iter().any(|f| *f == file.rel) {
+                if changed.is_none() && p.changed_files.contains(&file.rel) {
                     changed = Some(elapsed);
                 }
                 if p.state == "dirty" {
