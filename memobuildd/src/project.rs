@@ -275,7 +275,10 @@ impl Projects {
     pub fn set_dirty(&self, id: &str, generation: u64, plan: Result<&Plan, String>) {
         // Summarising a plan copies every step's inputs: do it before locking,
         // so `status` never waits for it.
-        let new = plan.as_ref().ok().map(|plan| BuildSummary::from_plan(plan, &[]));
+        let new = plan
+            .as_ref()
+            .ok()
+            .map(|plan| BuildSummary::from_plan(plan, &[]));
         let mut map = lock(&self.map);
         let Some(p) = map.get_mut(id) else { return };
         match (plan, new) {
@@ -287,7 +290,12 @@ impl Projects {
             (Ok(_), new) => {
                 let new = new.unwrap_or_default();
                 p.plan_error = None;
-                let old = p.record.last.as_ref().map(|l| l.steps.as_slice()).unwrap_or(&[]);
+                let old = p
+                    .record
+                    .last
+                    .as_ref()
+                    .map(|l| l.steps.as_slice())
+                    .unwrap_or(&[]);
                 p.dirty = dirty_steps(old, &new);
                 let ok = p.record.last.as_ref().is_some_and(|l| l.ok);
                 p.clean_at = (p.dirty.is_empty() && ok).then_some(generation);

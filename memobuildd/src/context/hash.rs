@@ -146,7 +146,10 @@ impl HashCache {
                     .collect();
                 let mut all = Vec::with_capacity(misses.len());
                 for h in handles {
-                    all.extend(h.join().map_err(|_| io::Error::other("hashing thread panicked"))??);
+                    all.extend(
+                        h.join()
+                            .map_err(|_| io::Error::other("hashing thread panicked"))??,
+                    );
                 }
                 Ok::<_, io::Error>(all)
             })?;
