@@ -208,3 +208,30 @@ fn stages_the_target_does_not_need_are_not_built() {
     let out = d.build_ok(dir.path(), &["--target", "left", "--no-cache"]);
     assert_eq!(out.executed(), vec!["COPY l /l".to_string()]);
 }
+
+#[test]
+fn a_retagged_base_image_rebuilds_its_children() {
+    let d = Daemon::start();
+    let base = tempfile::tempdir().unwrap();
+    write_files(
+        base.path(),
+        &[("Dockerfile", "FROM scratch\nCOPY v /v\n"), ("v", "one")],
+    );
+    d.build_ok(base.path(), &["-t", "base:1"]);
+    let child = tempfile::tempdir().unwrap();
+    write_files(
+        child.path(),
+        &[("Dockerfile", "FROM base:1\nLABEL child=yes\n")],
+    );
+    let first = d.build_ok(child.path(), &[]);
+    // Nothing in the child's context changes, but its base does.
+    std::fs::write(base.path().join("v"), "two").unwrap();
+    d.build_ok(base.path(), &["-t", "base:1"]);
+    let second = d.build_ok(child.path(), &[]);
+    assert_ne!(
+        first.manifest_digest(),
+        second.manifest_digest(),
+        "the child must be rebuilt on the new base"
+    );
+    assert_eq!(second.executed(), steps(&["LABEL child=yes"]));
+}

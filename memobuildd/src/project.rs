@@ -82,6 +82,9 @@ pub struct BuildSummary {
     #[serde(default)]
     pub epoch: Option<i64>,
     pub steps: Vec<StepSummary>,
+    /// Image names the build started FROM -> the manifests they named then.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
 }
 
 impl BuildSummary {

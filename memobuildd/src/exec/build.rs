@@ -119,11 +119,13 @@ pub async fn run(
         no_cache: request.no_cache,
         epoch: request.source_date_epoch,
         steps: Vec::new(),
+        images: Default::default(),
     };
     if let Ok((done, plan)) = &result {
         summary.manifest_digest = Some(done.manifest_digest.clone());
         summary.config_digest = Some(done.config_digest.clone());
         summary.steps = BuildSummary::from_plan(plan, &cached_steps(plan.steps.len(), log));
+        summary.images = plan.images.clone();
     }
     engine
         .projects
@@ -165,6 +167,13 @@ fn fast_path(
     };
     if last.epoch != request.source_date_epoch || !engine.store.blobs.contains(&manifest) {
         return Ok(None);
+    }
+    // A base image re-tagged or removed since makes the last result stale.
+    for (name, digest) in &last.images {
+        let now = engine.store.image(name).map_err(internal)?;
+        if now.as_ref().map(|r| &r.manifest_digest) != Some(digest) {
+            return Ok(None);
+        }
     }
     log.push(BuildEvent::Planned {
         build: id,

@@ -44,6 +44,8 @@ pub struct Plan {
     pub target: usize,
     /// Things the user should know (unused build args, ...).
     pub warnings: Vec<String>,
+    /// Image names the stages start FROM, and the manifests they resolved to.
+    pub images: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,7 +219,18 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         steps: Vec::new(),
         target: 0,
         warnings: Vec::new(),
+        images: BTreeMap::new(),
     };
+    for &index in &needed {
+        if let Some(Base::Image(image)) = &bases[index] {
+            let name = expand::expand_word(&df.stages[index].from.value.image, &global, df.escape)
+                .unwrap_or_default();
+            plan.images.insert(
+                stage::normalize_image_name(&name),
+                image.manifest_digest.clone(),
+            );
+        }
+    }
     let mut planned: BTreeMap<usize, usize> = BTreeMap::new();
     let mut used_args: BTreeSet<String> = global.keys().cloned().collect();
     for &index in &needed {

@@ -138,6 +138,12 @@ pub(super) fn missing_base_error(df: &Dockerfile, index: usize) -> DockerfileErr
 
 /// `name` -> `name:latest` unless a tag or digest is given, as Docker resolves it.
 pub fn normalize_image_name(name: &str) -> String {
+    // Docker's familiar form: the default registry and `library/` are implied.
+    let name = name
+        .strip_prefix("docker.io/")
+        .or_else(|| name.strip_prefix("index.docker.io/"))
+        .unwrap_or(name);
+    let name = name.strip_prefix("library/").unwrap_or(name);
     let last = name.rsplit('/').next().unwrap_or(name);
     if name.contains('@') || last.contains(':') {
         name.to_string()
@@ -1253,5 +1259,13 @@ mod tests {
             "localhost:5000/x:latest"
         );
         assert_eq!(normalize_image_name("x:1"), "x:1");
+        assert_eq!(
+            normalize_image_name("docker.io/library/busybox"),
+            "busybox:latest"
+        );
+        assert_eq!(
+            normalize_image_name("docker.io/saved/base:2"),
+            "saved/base:2"
+        );
     }
 }
