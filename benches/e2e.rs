@@ -19,118 +19,33 @@
 
 mod common;
 
-use common::GenFile;
+use common::{timed, Bins, GenFile};
+
+const BENCH: &str = "e2e";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    common::env_usize(BENCH, name, default)
+}
+
+fn find_bins() -> Bins {
+    common::find_bins(BENCH)
+}
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SEED: u64 = 0x6d65_6d6f_6275_696c; // "memobuil"
 const CACHED_RUNS: usize = 30;
 const DOCKER_CACHED_RUNS: usize = 10;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| {
-            eprintln!("e2e bench: {name}={v:?} is not a number");
-            std::process::exit(2)
-        }),
-        _ => default,
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Binaries
 
-struct Bins {
-    daemon: PathBuf,
-    ctl: PathBuf,
-}
-
-fn find_bins() -> Bins {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    // The bench executable is target/release/deps/e2e-<hash>: its grandparent
-    // is the release directory, wherever CARGO_TARGET_DIR put it.
-    let mut dirs = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
-    {
-        dirs.push(dir);
-    }
-    dirs.push(manifest.join("target/release"));
-    for dir in &dirs {
-        let bins = Bins {
-            daemon: dir.join("memobuildd"),
-            ctl: dir.join("memobuild-ctl"),
-        };
-        if bins.daemon.is_file() && bins.ctl.is_file() {
-            warn_if_stale(&bins, &manifest);
-            return bins;
-        }
-    }
-    eprintln!(
-        "e2e bench: the release binaries memobuildd and memobuild-ctl were not found in {}.\n\
-         Build them first:  cargo build --release --workspace --bins",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" or ")
-    );
-    std::process::exit(2);
-}
-
-/// Loud warning if a source file is newer than the binaries (benchmarking old code).
-fn warn_if_stale(bins: &Bins, manifest: &Path) {
-    let built = [&bins.daemon, &bins.ctl]
-        .iter()
-        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
-        .min();
-    let Some(built) = built else { return };
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "shared/src"]
-        .iter()
-        .map(|d| manifest.join(d))
-        .collect();
-    while let Some(dir) = stack.pop() {
-        let Ok(read) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in read.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                    newest = Some((t, p));
-                }
-            }
-        }
-    }
-    if let Some((t, p)) = newest {
-        if t > built {
-            eprintln!(
-                "e2e bench: WARNING: {} is newer than the release binaries; \
-                 you are benchmarking old code (cargo build --release --workspace --bins)",
-                p.display()
-            );
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Timing helpers
-
-fn timed(cmd: &mut Command) -> (Duration, Output) {
-    let started = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    (started.elapsed(), out)
-}
 
 /// Runs a command with a deadline; `None` if it failed or timed out.
 fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Option<String> {

@@ -55,7 +55,17 @@
 
 mod common;
 
-use common::GenFile;
+use common::{timed, Bins, GenFile};
+
+const BENCH: &str = "run";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    common::env_usize(BENCH, name, default)
+}
+
+fn find_bins() -> Bins {
+    common::find_bins(BENCH)
+}
 use memobuildd::exec::fsview::{FsView, LayerCache};
 use memobuildd::oci::{ChangeSet, Content, EntryKind, LayerEntry};
 use memobuildd::sandbox::{LayerInput, Network, OutputChunk, RunSpec, Sandbox, DEFAULT_PATH};
@@ -64,7 +74,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -87,16 +97,6 @@ const TAG_CONTEXT: &str = "memobuild-bench-run-context";
 /// Daemon log filter: memobuildd's sandbox logs each layer unpack at debug.
 const DAEMON_LOG: &str = "info,memobuildd::sandbox=debug";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| {
-            eprintln!("run bench: {name}={v:?} is not a number");
-            std::process::exit(2)
-        }),
-        _ => default,
-    }
-}
-
 fn wanted(part: &str) -> bool {
     match std::env::var("MEMOBUILD_BENCH_ONLY") {
         Ok(v) if !v.is_empty() => v.split(',').any(|p| p.trim() == part),
@@ -114,90 +114,8 @@ fn now_ns() -> i128 {
 // ---------------------------------------------------------------------------
 // Binaries (as benches/e2e.rs)
 
-struct Bins {
-    daemon: PathBuf,
-    ctl: PathBuf,
-}
-
-fn find_bins() -> Bins {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
-    {
-        dirs.push(dir);
-    }
-    dirs.push(manifest.join("target/release"));
-    for dir in &dirs {
-        let bins = Bins {
-            daemon: dir.join("memobuildd"),
-            ctl: dir.join("memobuild-ctl"),
-        };
-        if bins.daemon.is_file() && bins.ctl.is_file() {
-            warn_if_stale(&bins, &manifest);
-            return bins;
-        }
-    }
-    eprintln!(
-        "run bench: the release binaries memobuildd and memobuild-ctl were not found in {}.\n\
-         Build them first:  cargo build --release --workspace --bins",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" or ")
-    );
-    std::process::exit(2);
-}
-
-fn warn_if_stale(bins: &Bins, manifest: &Path) {
-    let built = [&bins.daemon, &bins.ctl]
-        .iter()
-        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
-        .min();
-    let Some(built) = built else { return };
-    let mut newest: Option<(SystemTime, PathBuf)> = None;
-    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "shared/src"]
-        .iter()
-        .map(|d| manifest.join(d))
-        .collect();
-    while let Some(dir) = stack.pop() {
-        let Ok(read) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in read.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                    newest = Some((t, p));
-                }
-            }
-        }
-    }
-    if let Some((t, p)) = newest {
-        if t > built {
-            eprintln!(
-                "run bench: WARNING: {} is newer than the release binaries; \
-                 the end-to-end rows measure old code (cargo build --release --workspace --bins)",
-                p.display()
-            );
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // Timing helpers
-
-fn timed(cmd: &mut Command) -> (Duration, Output) {
-    let started = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    (started.elapsed(), out)
-}
 
 fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Option<String> {
     let mut child = cmd

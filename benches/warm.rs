@@ -40,7 +40,17 @@
 
 mod common;
 
-use common::GenFile;
+use common::{timed, Bins, GenFile};
+
+const BENCH: &str = "warm";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    common::env_usize(BENCH, name, default)
+}
+
+fn find_bins() -> Bins {
+    common::find_bins(BENCH)
+}
 use memobuild_shared::{MemobuildClient, StatusReport, MAX_FRAME_BYTES};
 use std::fs;
 use std::io::Write;
@@ -56,16 +66,6 @@ const TAG: &str = "memobuild-bench-warm";
 /// Directories of the memory scenario's tree.
 const INDEX_DIRS: usize = 1000;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| {
-            eprintln!("warm bench: {name}={v:?} is not a number");
-            std::process::exit(2)
-        }),
-        _ => default,
-    }
-}
-
 fn wanted(part: &str) -> bool {
     match std::env::var("MEMOBUILD_BENCH_ONLY") {
         Ok(v) if !v.is_empty() => v.split(',').any(|p| p.trim() == part),
@@ -75,80 +75,6 @@ fn wanted(part: &str) -> bool {
 
 // ---------------------------------------------------------------------------
 // Binaries (as benches/e2e.rs)
-
-struct Bins {
-    daemon: PathBuf,
-    ctl: PathBuf,
-}
-
-fn find_bins() -> Bins {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs = Vec::new();
-    // target/release/deps/warm-<hash>: the grandparent is the release directory.
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
-    {
-        dirs.push(dir);
-    }
-    dirs.push(manifest.join("target/release"));
-    for dir in &dirs {
-        let bins = Bins {
-            daemon: dir.join("memobuildd"),
-            ctl: dir.join("memobuild-ctl"),
-        };
-        if bins.daemon.is_file() && bins.ctl.is_file() {
-            warn_if_stale(&bins, &manifest);
-            return bins;
-        }
-    }
-    eprintln!(
-        "warm bench: the release binaries memobuildd and memobuild-ctl were not found in {}.\n\
-         Build them first:  cargo build --release --workspace --bins",
-        dirs.iter()
-            .map(|d| d.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" or ")
-    );
-    std::process::exit(2);
-}
-
-fn warn_if_stale(bins: &Bins, manifest: &Path) {
-    let built = [&bins.daemon, &bins.ctl]
-        .iter()
-        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
-        .min();
-    let Some(built) = built else { return };
-    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "shared/src"]
-        .iter()
-        .map(|d| manifest.join(d))
-        .collect();
-    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    while let Some(dir) = stack.pop() {
-        let Ok(read) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in read.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
-                    newest = Some((t, p));
-                }
-            }
-        }
-    }
-    if let Some((t, p)) = newest {
-        if t > built {
-            eprintln!(
-                "warm bench: WARNING: {} is newer than the release binaries; \
-                 you are benchmarking old code (cargo build --release --workspace --bins)",
-                p.display()
-            );
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Samples
@@ -355,15 +281,6 @@ impl Rpc {
             .rt
             .block_on(self.client.forget(rpc_ctx(), filter.to_string()));
     }
-}
-
-fn timed(cmd: &mut Command) -> (Duration, Output) {
-    let started = Instant::now();
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    (started.elapsed(), out)
 }
 
 struct MbRun {

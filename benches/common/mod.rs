@@ -257,3 +257,105 @@ pub fn rewrite_file(root: &Path, file: &GenFile, generation: u64) -> io::Result<
     );
     fs::write(root.join(&file.rel), &buf)
 }
+
+/// Reads a numeric knob from the environment (`default` when unset); exits
+/// with a message naming `bench` when it is not a number.
+pub fn env_usize(bench: &str, name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| {
+            eprintln!("{bench} bench: {name}={v:?} is not a number");
+            std::process::exit(2)
+        }),
+        _ => default,
+    }
+}
+
+/// The release binaries the end-to-end benches drive.
+pub struct Bins {
+    pub daemon: std::path::PathBuf,
+    pub ctl: std::path::PathBuf,
+}
+
+/// Finds the release binaries next to the bench executable
+/// (target/release/deps/NAME-<hash>: its grandparent), else in target/release;
+/// exits with how to build them when missing, warns when they are older than
+/// the sources.
+pub fn find_bins(bench: &str) -> Bins {
+    use std::path::PathBuf;
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    dirs.push(manifest.join("target/release"));
+    for dir in &dirs {
+        let bins = Bins {
+            daemon: dir.join("memobuildd"),
+            ctl: dir.join("memobuild-ctl"),
+        };
+        if bins.daemon.is_file() && bins.ctl.is_file() {
+            warn_if_stale(bench, &bins, &manifest);
+            return bins;
+        }
+    }
+    eprintln!(
+        "{bench} bench: the release binaries memobuildd and memobuild-ctl were not found in {}.\n\
+         Build them first:  cargo build --release --workspace --bins",
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    );
+    std::process::exit(2);
+}
+
+fn warn_if_stale(bench: &str, bins: &Bins, manifest: &Path) {
+    use std::path::PathBuf;
+    let built = [&bins.daemon, &bins.ctl]
+        .iter()
+        .filter_map(|p| fs::metadata(p).and_then(|m| m.modified()).ok())
+        .min();
+    let Some(built) = built else { return };
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "shared/src"]
+        .iter()
+        .map(|d| manifest.join(d))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(read) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in read.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                if newest.as_ref().is_none_or(|(n, _)| t > *n) {
+                    newest = Some((t, p));
+                }
+            }
+        }
+    }
+    if let Some((t, p)) = newest {
+        if t > built {
+            eprintln!(
+                "{bench} bench: WARNING: {} is newer than the release binaries; \
+                 you are benchmarking old code (cargo build --release --workspace --bins)",
+                p.display()
+            );
+        }
+    }
+}
+
+/// Runs a command to completion (stdin closed): its wall time and output.
+pub fn timed(cmd: &mut std::process::Command) -> (std::time::Duration, std::process::Output) {
+    let started = std::time::Instant::now();
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    (started.elapsed(), out)
+}

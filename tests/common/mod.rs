@@ -55,27 +55,7 @@ impl Daemon {
 
     /// Starts (again) on the same socket and data dir.
     pub fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("log file");
-        let child = Command::new(bin_dir().join("memobuildd"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start memobuildd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "memobuildd did not start: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.spawn_with(&[]);
     }
 
     pub fn stop(&mut self) {
@@ -278,7 +258,8 @@ impl Daemon {
         d
     }
 
-    /// Like [`Daemon::spawn`], with extra memobuildd flags.
+    /// Starts (again) on the same socket and data dir, with extra memobuildd
+    /// flags; the log is appended to, so a restart keeps the earlier run's.
     pub fn spawn_with(&mut self, extra: &[&str]) {
         let log = std::fs::File::options()
             .create(true)

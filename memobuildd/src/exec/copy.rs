@@ -41,6 +41,16 @@ struct Owner {
     gid: u32,
 }
 
+/// A directory memobuild creates itself: 0755, owned by `owner`.
+fn dir_entry(owner: Owner) -> LayerEntry {
+    LayerEntry {
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: owner.uid,
+        gid: owner.gid,
+    }
+}
+
 struct Builder<'a> {
     view: &'a FsView,
     changes: ChangeSet,
@@ -72,37 +82,42 @@ impl Builder<'_> {
 
     /// A directory COPY itself creates: 0755 and the new owner, never --chmod.
     fn add_created_dir(&mut self, path: String) {
-        let entry = LayerEntry {
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            uid: self.owner.uid,
-            gid: self.owner.gid,
-        };
-        self.changes.insert(path, entry);
+        self.changes.insert(path, dir_entry(self.owner));
     }
 
     /// Creates missing parent directories of every entry (0755, new owner).
     fn add_missing_parents(&mut self) {
+        self.add_missing_dirs("", self.owner);
+    }
+
+    /// Creates, as 0755 directories owned by `owner`, every missing ancestor
+    /// of an entry that lies strictly below `floor` (all ancestors for `""`).
+    fn add_missing_dirs(&mut self, floor: &str, owner: Owner) {
+        let prefix = if floor.is_empty() {
+            String::new()
+        } else {
+            format!("{floor}/")
+        };
         let mut missing = Vec::new();
-        for path in self.changes.entries.keys() {
+        for path in self
+            .changes
+            .entries
+            .keys()
+            .filter(|p| p.starts_with(&prefix))
+        {
             let mut parent = path.as_str();
             while let Some((p, _)) = parent.rsplit_once('/') {
                 parent = p;
+                if parent.len() <= floor.len() {
+                    break;
+                }
                 if !self.view.exists(parent) && !self.changes.entries.contains_key(parent) {
                     missing.push(parent.to_string());
                 }
             }
         }
         for dir in missing {
-            self.changes.insert(
-                dir,
-                LayerEntry {
-                    kind: EntryKind::Dir,
-                    mode: 0o755,
-                    uid: self.owner.uid,
-                    gid: self.owner.gid,
-                },
-            );
+            self.changes.insert(dir, dir_entry(owner));
         }
     }
 }
@@ -497,40 +512,8 @@ fn extract_archive(
             },
         );
     }
-    add_implied_dirs(b, dest);
+    // Directories the archive implies but does not contain come out 0755 and
+    // owned by root, whatever --chown says (BuildKit).
+    b.add_missing_dirs(dest, Owner::default());
     Ok(())
-}
-
-/// Directories an archive implies but does not contain come out 0755 and owned
-/// by root, whatever --chown says (BuildKit).
-fn add_implied_dirs(b: &mut Builder<'_>, dest: &str) {
-    let prefix = if dest.is_empty() {
-        String::new()
-    } else {
-        format!("{dest}/")
-    };
-    let mut implied = Vec::new();
-    for path in b.changes.entries.keys().filter(|p| p.starts_with(&prefix)) {
-        let mut parent = path.as_str();
-        while let Some((p, _)) = parent.rsplit_once('/') {
-            parent = p;
-            if parent.len() <= dest.len() {
-                break;
-            }
-            if !b.view.exists(parent) && !b.changes.entries.contains_key(parent) {
-                implied.push(parent.to_string());
-            }
-        }
-    }
-    for dir in implied {
-        b.changes.insert(
-            dir,
-            LayerEntry {
-                kind: EntryKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            },
-        );
-    }
 }

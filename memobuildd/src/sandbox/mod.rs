@@ -380,6 +380,32 @@ impl Sandbox {
         req
     }
 
+    /// Prepares an active snapshot `key` on `parent`, labelled as run `run_id`'s
+    /// and held by `lease`; returns its mounts.
+    async fn prepare_snapshot(
+        &self,
+        key: &str,
+        parent: String,
+        run_id: &str,
+        lease: &str,
+        what: &'static str,
+    ) -> Result<Vec<containerd_client::types::Mount>, SandboxError> {
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: self.snapshotter.clone(),
+            key: key.to_string(),
+            parent,
+            labels: HashMap::from([(LABEL_RUN.to_string(), run_id.to_string())]),
+        };
+        Ok(self
+            .client()
+            .snapshots()
+            .prepare(self.req_leased(prepare, lease))
+            .await
+            .map_err(|s| SandboxError::rpc(what, s))?
+            .into_inner()
+            .mounts)
+    }
+
     fn req_leased<T>(&self, msg: T, lease: &str) -> Request<T> {
         let mut req = self.req(msg);
         if let Ok(value) = lease.parse::<AsciiMetadataValue>() {
@@ -476,19 +502,15 @@ impl Sandbox {
         let parent = self.ensure_chain(layers, id, &name).await?;
         guard.state.unpacking = false;
 
-        let prepare = PrepareSnapshotRequest {
-            snapshotter: self.snapshotter.clone(),
-            key: name.clone(),
-            parent: parent.unwrap_or_default(),
-            labels: HashMap::from([(LABEL_RUN.to_string(), id.to_string())]),
-        };
-        let mounts = client
-            .snapshots()
-            .prepare(self.req_leased(prepare, &name))
-            .await
-            .map_err(|s| SandboxError::rpc("prepare the step's snapshot", s))?
-            .into_inner()
-            .mounts;
+        let mounts = self
+            .prepare_snapshot(
+                &name,
+                parent.unwrap_or_default(),
+                id,
+                &name,
+                "prepare the step's snapshot",
+            )
+            .await?;
         guard.state.snapshot = true;
         let (upper, lowers) = diff::upper_and_lowers(&mounts)?;
 

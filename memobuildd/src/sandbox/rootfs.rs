@@ -17,9 +17,9 @@
 //! snapshots carry `memobuild.run=<run id>` like everything else a run creates,
 //! so `cleanup_orphans` finds them after a crash.
 
-use super::{LayerInput, Sandbox, SandboxError, LABEL_RUN};
+use super::{LayerInput, Sandbox, SandboxError};
 use containerd_client::services::v1::snapshots::{
-    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+    CommitSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
     ApplyRequest, InfoRequest, WriteAction, WriteContentRequest,
@@ -101,20 +101,15 @@ impl Sandbox {
         let started = std::time::Instant::now();
         let size = self.upload(layer, lease).await?;
         let key = format!("mb-extract-{run_id}-{}", hex_tail(chain_id));
-        let prepare = PrepareSnapshotRequest {
-            snapshotter: self.snapshotter.clone(),
-            key: key.clone(),
-            parent: parent.to_string(),
-            labels: HashMap::from([(LABEL_RUN.to_string(), run_id.to_string())]),
-        };
         let mounts = self
-            .client()
-            .snapshots()
-            .prepare(self.req_leased(prepare, lease))
-            .await
-            .map_err(|s| SandboxError::rpc("prepare snapshot to unpack a layer", s))?
-            .into_inner()
-            .mounts;
+            .prepare_snapshot(
+                &key,
+                parent.to_string(),
+                run_id,
+                lease,
+                "prepare snapshot to unpack a layer",
+            )
+            .await?;
         let result = async {
             let apply = ApplyRequest {
                 diff: Some(Descriptor {
