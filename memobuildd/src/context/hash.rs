@@ -38,12 +38,27 @@ impl StatKey {
     }
 }
 
-#[derive(Default)]
 pub struct HashCache {
     entries: Mutex<HashMap<PathBuf, (StatKey, [u8; 32])>>,
     /// Entries added since the last [`HashCache::take_new`], to persist.
     fresh: Mutex<Vec<PathBuf>>,
     bytes_hashed: std::sync::atomic::AtomicU64,
+    /// Single flight: a file is hashed under its stripe's lock, so a build and
+    /// a background re-plan asking for the same file at once read it once.
+    stripes: [Mutex<()>; STRIPES],
+}
+
+const STRIPES: usize = 64;
+
+impl Default for HashCache {
+    fn default() -> Self {
+        HashCache {
+            entries: Mutex::default(),
+            fresh: Mutex::default(),
+            bytes_hashed: std::sync::atomic::AtomicU64::new(0),
+            stripes: std::array::from_fn(|_| Mutex::new(())),
+        }
+    }
 }
 
 /// A cache entry in its persisted form: 72 bytes, fixed layout (little endian):
@@ -64,10 +79,25 @@ impl HashCache {
     /// BLAKE3 of the file at `path` whose scan gave `meta`.
     pub fn hash(&self, path: &Path, meta: &FileMeta) -> io::Result<[u8; 32]> {
         let key = StatKey::of(meta);
-        if let Some((cached_key, digest)) = self.lock().get(path) {
-            if *cached_key == key {
-                return Ok(*digest);
-            }
+        let cached = || match self.lock().get(path) {
+            Some((cached_key, digest)) if *cached_key == key => Some(*digest),
+            _ => None,
+        };
+        if let Some(digest) = cached() {
+            return Ok(digest);
+        }
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            path.hash(&mut h);
+            h.finish() as usize % STRIPES
+        };
+        let _flight = self.stripes[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Whoever held the stripe may have just hashed this very file.
+        if let Some(digest) = cached() {
+            return Ok(digest);
         }
         let started = now_ns();
         let digest = hash_file(path)?;
