@@ -78,9 +78,7 @@ pub struct Watcher {
     events: AtomicU64,
 }
 
-enum Msg {
-    Event(notify::Result<notify::Event>),
-}
+type Msg = notify::Result<notify::Event>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -91,7 +89,7 @@ impl Watcher {
     pub fn start() -> Arc<Watcher> {
         let (tx, rx) = mpsc::unbounded_channel();
         let notify = notify::recommended_watcher(move |event| {
-            let _ = tx.send(Msg::Event(event));
+            let _ = tx.send(event);
         });
         let notify = match notify {
             Ok(w) => Some(w),
@@ -431,8 +429,8 @@ async fn background(watcher: std::sync::Weak<Watcher>, mut rx: mpsc::UnboundedRe
         let Some(w) = watcher.upgrade() else { return };
         let mut cookies = Vec::new();
         let handle = |msg: Msg, cookies: &mut Vec<PathBuf>| match msg {
-            Msg::Event(Ok(event)) => w.route(event, cookies),
-            Msg::Event(Err(e)) => {
+            Ok(event) => w.route(event, cookies),
+            Err(e) => {
                 tracing::warn!(error = %e, "file watcher error");
                 w.overflowed(&format!("watcher error: {e}"));
             }

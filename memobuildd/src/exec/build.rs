@@ -642,12 +642,9 @@ fn tag_digests(
         let name = graph::normalize_image_name(tag);
         let existing = engine.store.image(&name).map_err(internal)?;
         if existing.as_ref().map(|r| r.manifest_digest.as_str()) != Some(manifest) {
-            let size = match (size, existing) {
-                (Some(s), _) => s,
-                (None, _) => crate::oci::image::read_image(&engine.store, manifest)
-                    .map(|i| i.size)
-                    .unwrap_or(0),
-            };
+            let size = size.unwrap_or_else(|| {
+                crate::oci::image::read_image(&engine.store, manifest).map_or(0, |i| i.size)
+            });
             let record = ImageRecord {
                 manifest_digest: manifest.to_string(),
                 config_digest: config.to_string(),

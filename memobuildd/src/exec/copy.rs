@@ -62,6 +62,11 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn add(&mut self, path: String, kind: EntryKind, mode: u32) {
+        self.add_as(path, kind, mode, self.owner);
+    }
+
+    /// [`Builder::add`] with an explicit owner (`COPY --from` keeps the source's).
+    fn add_as(&mut self, path: String, kind: EntryKind, mode: u32, owner: Owner) {
         // --chmod applies to every copied entry (but not to the destination
         // directory COPY creates, see `add_created_dir`).
         let mode = match (&kind, self.chmod) {
@@ -74,8 +79,8 @@ impl Builder<'_> {
             LayerEntry {
                 kind,
                 mode,
-                uid: self.owner.uid,
-                gid: self.owner.gid,
+                uid: owner.uid,
+                gid: owner.gid,
             },
         );
     }
@@ -301,6 +306,14 @@ fn add_context_entry(
     b.add(target, kind, meta.mode);
 }
 
+/// One thing `COPY --from` puts in the layer.
+enum FromItem {
+    /// The destination directory, which COPY creates itself.
+    NewDir(String),
+    /// `source` (a path in the source stage) copied to `target`.
+    Entry { source: String, target: String },
+}
+
 fn copy_from_view(
     b: &mut Builder<'_>,
     source: &FsView,
@@ -310,46 +323,67 @@ fn copy_from_view(
     store: &Store,
     staging: &Path,
 ) -> Result<(), CopyError> {
-    // (path in source view, target path) for every entry to copy.
-    let mut plan: Vec<(String, String)> = Vec::new();
+    let mut items = Vec::new();
     for raw in paths {
         let rel = clean_entry_path(raw);
         let roots = select_in_view(source, &rel)
             .ok_or_else(|| CopyError::Source(format!("{raw:?} not found in the source stage")))?;
         for (path, name) in roots {
-            let entry = source.get(&path).cloned();
-            if path.is_empty() || matches!(entry.as_ref().map(|e| &e.kind), Some(ViewKind::Dir)) {
-                if !b.view.is_dir(dest) && !dest.is_empty() {
-                    plan.push((String::from("\0new-dir"), dest.to_string()));
-                }
-                let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
-                for (p, _) in source.below(&path) {
-                    plan.push((p.clone(), join(dest, &p[prefix_len..])));
-                }
-            } else {
-                plan.push((path, file_target(b.view, dest, dest_named_dir, &name)));
+            let is_dir = path.is_empty()
+                || matches!(source.get(&path).map(|e| &e.kind), Some(ViewKind::Dir));
+            if !is_dir {
+                let target = file_target(b.view, dest, dest_named_dir, &name);
+                items.push(FromItem::Entry {
+                    source: path,
+                    target,
+                });
+                continue;
+            }
+            if !b.view.is_dir(dest) && !dest.is_empty() {
+                items.push(FromItem::NewDir(dest.to_string()));
+            }
+            let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
+            for (p, _) in source.below(&path) {
+                let target = join(dest, &p[prefix_len..]);
+                items.push(FromItem::Entry {
+                    source: p.clone(),
+                    target,
+                });
             }
         }
     }
-    let files: Vec<String> = plan
+    let files: Vec<String> = items
         .iter()
-        .filter(|(p, _)| matches!(source.get(p).map(|e| &e.kind), Some(ViewKind::File)))
-        .map(|(p, _)| p.clone())
+        .filter_map(|item| match item {
+            FromItem::Entry { source: p, .. }
+                if matches!(source.get(p).map(|e| &e.kind), Some(ViewKind::File)) =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
         .collect();
     let staged = source.extract(store, &files, staging)?;
-    let chown = b.chown;
-    for (path, target) in plan {
+    for item in items {
+        let (path, target) = match item {
+            FromItem::NewDir(target) => {
+                b.add_created_dir(target);
+                continue;
+            }
+            FromItem::Entry { source, target } => (source, target),
+        };
         let Some(entry) = source.get(&path) else {
-            b.add_created_dir(target);
             continue;
         };
         // COPY --from keeps the source's owners unless --chown says otherwise.
-        if !chown {
-            b.owner = Owner {
+        let owner = if b.chown {
+            b.owner
+        } else {
+            Owner {
                 uid: entry.uid,
                 gid: entry.gid,
-            };
-        }
+            }
+        };
         let kind = match &entry.kind {
             ViewKind::File => match staged.get(&path) {
                 Some(p) => EntryKind::File(Content::Path(p.clone())),
@@ -360,10 +394,7 @@ fn copy_from_view(
             ViewKind::Hardlink(t) => EntryKind::Hardlink(t.clone()),
             ViewKind::Other => continue,
         };
-        b.add(target, kind, entry.mode);
-    }
-    if !chown {
-        b.owner = Owner::default();
+        b.add_as(target, kind, entry.mode, owner);
     }
     Ok(())
 }

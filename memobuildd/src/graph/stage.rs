@@ -552,7 +552,7 @@ fn apply(
                     test: Some(vec!["NONE".into()]),
                     ..HealthConfig::default()
                 },
-                Some(h) => health_config(df, st, h, loc)?,
+                Some(h) => health_config(df, h)?,
             });
             Ok(meta())
         }
@@ -743,7 +743,7 @@ fn run_op(
                     }
                 }
             }
-            "mount" => mounts.push(parse_mount(si, st, flag, &value, plan, deps)?),
+            "mount" => mounts.push(parse_mount(si, st, flag, &value, deps)?),
             _ => {}
         }
     }
@@ -785,7 +785,7 @@ fn parse_mount(
     st: &State<'_>,
     flag: &Flag,
     value: &str,
-    plan: &Plan,
+
     deps: &mut Vec<usize>,
 ) -> Result<RunMount, DockerfileError> {
     let df = st.df;
@@ -887,7 +887,6 @@ fn parse_mount(
                 }
                 None => None,
             };
-            let _ = plan;
             Ok(RunMount::Bind {
                 target,
                 source: crate::rootpath::clean(
@@ -1136,12 +1135,7 @@ fn valid_signal(sig: &str) -> bool {
         || name.starts_with("RTMAX")
 }
 
-fn health_config(
-    df: &Dockerfile,
-    st: &State<'_>,
-    h: &Healthcheck,
-    loc: Loc,
-) -> Result<HealthConfig, DockerfileError> {
+fn health_config(df: &Dockerfile, h: &Healthcheck) -> Result<HealthConfig, DockerfileError> {
     let mut cfg = HealthConfig {
         test: Some(match &h.command {
             CommandForm::Exec(args) => std::iter::once("CMD".to_string())
@@ -1184,7 +1178,6 @@ fn health_config(
             _ => {}
         }
     }
-    let _ = (st, loc);
     Ok(cfg)
 }
 

@@ -1,7 +1,7 @@
 //! Images: writing a manifest and config for a built stage, and reading a stored
 //! image back (for `FROM name` and for `-o` outputs).
 
-use super::{ImageConfig, OciError, MEDIA_CONFIG, MEDIA_MANIFEST};
+use super::{ImageConfig, OciError, MEDIA_CONFIG};
 use crate::store::{LayerRecord, Store};
 use oci_spec::image::{Descriptor, ImageManifest, ImageManifestBuilder, MediaType};
 use std::str::FromStr;
@@ -118,5 +118,3 @@ pub fn read_image(store: &Store, manifest_digest: &str) -> Result<StoredImage, O
         size,
     })
 }
-
-pub const MANIFEST_MEDIA_TYPE: &str = MEDIA_MANIFEST;
