@@ -116,6 +116,19 @@ fn host_processes(args: &str) -> Vec<u32> {
     found
 }
 
+/// Waits up to `within` until some host process runs `args`: a step that
+/// has printed a line may not have forked its next command yet.
+fn wait_present(args: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while host_processes(args).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (`{args}`) is not running on the host"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits up to `within` until no host process runs `args`.
 fn wait_gone(args: &str, within: Duration, what: &str) {
     let deadline = Instant::now() + within;
@@ -983,10 +996,7 @@ fn cancelled_build_stops_its_step_and_leaves_nothing_in_containerd() {
     let ctx = sleeper(31);
     let mut bg = spawn_build(&d, ctx.path(), &[]);
     bg.wait_for("\"started\"", Duration::from_secs(60));
-    assert!(
-        !host_processes("sleep 31").is_empty(),
-        "the step's process is not running"
-    );
+    wait_present("sleep 31", Duration::from_secs(5), "the step's process");
     let signalled = Instant::now();
     bg.signal("INT");
     let status = bg
