@@ -290,6 +290,65 @@ fn all_benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // --- Planning: what the dirty re-plan after a save costs -----------------
+    // `COPY . /app` over the whole context with every file in the hash cache:
+    // the key of the step covers all 10,000 files.
+    let store_dir = tempfile::tempdir().expect("temp dir");
+    let store = memobuildd::store::Store::open(store_dir.path()).expect("store");
+    let dockerfile = memobuildd::dockerfile::parse("FROM scratch\nCOPY . /app\n", "Dockerfile")
+        .expect("plan Dockerfile parses");
+    let index = std::sync::Arc::new(index);
+    let no_args = BTreeMap::new();
+    let merkle = memobuildd::context::merkle::DirDigests::new();
+    let mut g = c.benchmark_group("plan");
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Elements(files as u64));
+    g.bench_function(format!("copy_dot_{files}_files_warm"), |b| {
+        b.iter(|| {
+            memobuildd::graph::plan(&memobuildd::graph::PlanInput {
+                dockerfile: &dockerfile,
+                target: "",
+                build_args: &no_args,
+                context: index.clone(),
+                hashes: &warm,
+                merkle: &merkle,
+                focus: None,
+                store: &store,
+                epoch: None,
+            })
+            .unwrap()
+        })
+    });
+    // What the daemon does after a one-file save: refresh that path in the
+    // tree (new stamps up to the root), then re-plan for the dirty set with
+    // only the saved path in focus. Directory digests come from the cache
+    // except along the saved file's path.
+    let mut tree = memobuildd::context::Tree::scan(&root).unwrap();
+    let saved = plan[plan.len() / 2].rel.clone();
+    let focus: std::collections::BTreeSet<String> = [saved.clone()].into();
+    let mut round = 0u64;
+    g.bench_function(format!("save_then_dirty_replan_{files}_files"), |b| {
+        b.iter(|| {
+            round += 1;
+            std::fs::write(root.join(&saved), round.to_le_bytes()).unwrap();
+            tree.refresh(&saved, &mut Vec::new()).unwrap();
+            let index = ContextIndex::view(&tree, &root, DockerIgnore::empty());
+            memobuildd::graph::plan(&memobuildd::graph::PlanInput {
+                dockerfile: &dockerfile,
+                target: "",
+                build_args: &no_args,
+                context: std::sync::Arc::new(index),
+                hashes: &warm,
+                merkle: &merkle,
+                focus: Some(&focus),
+                store: &store,
+                epoch: None,
+            })
+            .unwrap()
+        })
+    });
+    g.finish();
     drop(dir);
 }
 

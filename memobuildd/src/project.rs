@@ -6,7 +6,7 @@
 //! Everything here is in memory and answered without touching the disk; the
 //! build summaries are also persisted (redb) so `explain` survives a restart.
 
-use crate::graph::{Plan, StepInputs};
+use crate::graph::{Plan, StepInputs, ABSENT};
 use crate::store::Store;
 use memobuild_shared::{
     BuildRequest, Explanation, LastBuild, ProjectStatus, StepExplanation, StepStatus,
@@ -272,6 +272,19 @@ impl Projects {
             }
         }
         out
+    }
+
+    /// The paths a dirty re-plan of project `id` must show key components
+    /// for: those changed since its last build. `None` asks for a complete
+    /// re-plan: nothing recorded (a restart), too many changes to list, or an
+    /// ignore file changed (which changes what every step selects).
+    pub fn focus(&self, id: &str) -> Option<BTreeSet<String>> {
+        let map = lock(&self.map);
+        let changed = &map.get(id)?.changed;
+        let complete = changed.is_empty()
+            || changed.len() >= MAX_CHANGED_SHOWN
+            || changed.iter().any(|p| p.ends_with(".dockerignore"));
+        (!complete).then(|| changed.clone())
     }
 
     /// Stores the result of re-planning a project against the current tree.
@@ -580,21 +593,25 @@ pub fn why_differs(
     }
     let mut files = Vec::new();
     for (path, digest) in &new.inputs.files {
-        match old.inputs.files.get(path) {
-            Some(d) if d == digest => {}
-            Some(_) if path.starts_with("stage:") => {
+        match (old.inputs.files.get(path), digest.as_str()) {
+            (Some(d), _) if d == digest => {}
+            (None, ABSENT) => {}
+            (Some(_), ABSENT) => files.push(format!("file removed: {path}")),
+            (Some(_), _) if path.starts_with("stage:") => {
                 files.push(format!("source stage {} changed", &path[6..]))
             }
-            Some(_) => files.push(format!("file changed: {path}")),
-            None => files.push(format!("file added: {path}")),
+            (Some(_), _) => files.push(format!("file changed: {path}")),
+            (None, _) => files.push(format!("file added: {path}")),
         }
     }
-    for path in old
+    // A partial listing names every path it looked at, so only a complete
+    // one tells what is gone by leaving it out.
+    let gone = old
         .inputs
         .files
         .keys()
-        .filter(|p| !new.inputs.files.contains_key(*p))
-    {
+        .filter(|p| !new.inputs.partial && !new.inputs.files.contains_key(*p));
+    for path in gone {
         files.push(format!("file removed: {path}"));
     }
     if files.len() > MAX_WHY {

@@ -9,6 +9,14 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// Nanoseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
 /// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

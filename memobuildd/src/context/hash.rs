@@ -12,7 +12,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Coarser than any filesystem's timestamp granularity we support (ext4, xfs, btrfs: ns; some: 1 s... we take 2 s to be safe).
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -99,7 +98,7 @@ impl HashCache {
         if let Some(digest) = cached() {
             return Ok(digest);
         }
-        let started = now_ns();
+        let started = crate::time::now_ns();
         let digest = hash_file(path)?;
         self.bytes_hashed
             .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
@@ -243,11 +242,4 @@ fn decode(bytes: &[u8]) -> Option<(StatKey, [u8; 32])> {
     };
     let digest: [u8; 32] = bytes[40..72].try_into().ok()?;
     Some((key, digest))
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

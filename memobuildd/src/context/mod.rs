@@ -3,10 +3,13 @@
 //! [`scan`] walks the context once per build (stat only) applying
 //! `.dockerignore`; [`hash`] computes BLAKE3 digests of exactly the files a step
 //! selects, reusing earlier results for files whose stat has not changed;
-//! [`select`] resolves COPY/ADD sources to entries, never leaving the context.
+//! [`merkle`] digests directories, reusing earlier results for directories
+//! nothing below has changed in; [`select`] resolves COPY/ADD sources to
+//! entries, never leaving the context.
 
 pub mod dockerignore;
 pub mod hash;
+pub mod merkle;
 pub mod scan;
 pub mod select;
 pub mod tree;

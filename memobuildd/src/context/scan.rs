@@ -3,7 +3,7 @@
 //! the build's `.dockerignore` applied. Symlinks are recorded, never followed.
 
 use super::dockerignore::DockerIgnore;
-use super::tree::{Entries, Tree};
+use super::tree::{Entries, Stamps, Tree};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
@@ -74,6 +74,10 @@ pub struct ContextIndex {
     /// a trailing `/` when not empty.
     prefix: String,
     ignore: DockerIgnore,
+    tree_id: u64,
+    stamps: Stamps,
+    /// Identifies prefix and ignore rules, for caches of derived data.
+    view_id: [u8; 16],
 }
 
 impl ContextIndex {
@@ -90,11 +94,20 @@ impl ContextIndex {
         } else {
             format!("{rel}/")
         };
+        let mut view = blake3::Hasher::new();
+        view.update(prefix.as_bytes())
+            .update(b"\0")
+            .update(ignore.canonical().as_bytes());
+        let mut view_id = [0; 16];
+        view_id.copy_from_slice(&view.finalize().as_bytes()[..16]);
         ContextIndex {
             root: root.to_path_buf(),
             entries: tree.entries.clone(),
             prefix,
             ignore,
+            tree_id: tree.id,
+            stamps: tree.stamps.clone(),
+            view_id,
         }
     }
 
@@ -102,6 +115,45 @@ impl ContextIndex {
     pub fn scan(root: &Path, ignore: &DockerIgnore) -> io::Result<ContextIndex> {
         let tree = Tree::scan(root)?;
         Ok(ContextIndex::view(&tree, root, ignore.clone()))
+    }
+
+    pub fn ignore(&self) -> &DockerIgnore {
+        &self.ignore
+    }
+
+    /// The snapshot's tree (see `Tree::id`).
+    pub fn tree_id(&self) -> u64 {
+        self.tree_id
+    }
+
+    pub fn view_id(&self) -> [u8; 16] {
+        self.view_id
+    }
+
+    /// The stamp of directory `tree_path` (see [`ContextIndex::tree_path`]).
+    pub fn stamp(&self, tree_path: &str) -> u64 {
+        super::tree::stamp_of(&self.stamps, tree_path)
+    }
+
+    /// Where context path `rel` sits in the tree.
+    pub fn tree_path(&self, rel: &str) -> String {
+        self.full(rel)
+    }
+
+    /// The direct children of directory `rel`, in name order, `.dockerignore`
+    /// not applied. Each child's subtree is skipped with one seek.
+    pub fn children<'a>(&'a self, rel: &str) -> Children<'a> {
+        let start = if rel.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{rel}/", self.prefix)
+        };
+        Children {
+            entries: &self.entries,
+            strip: self.prefix.len(),
+            range: self.entries.range(start.clone()..),
+            start,
+        }
     }
 
     fn full(&self, rel: &str) -> String {
@@ -148,5 +200,38 @@ impl ContextIndex {
     /// Every entry of the context except its root.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &FileMeta)> + '_ {
         self.below("")
+    }
+}
+
+/// See [`ContextIndex::children`].
+pub struct Children<'a> {
+    entries: &'a std::collections::BTreeMap<String, FileMeta>,
+    /// Tree path of the directory, with its trailing `/` (empty for the root).
+    start: String,
+    strip: usize,
+    range: std::collections::btree_map::Range<'a, String, FileMeta>,
+}
+
+impl<'a> Iterator for Children<'a> {
+    type Item = (&'a str, &'a FileMeta);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (key, meta) = self.range.next()?;
+            let rest = key.strip_prefix(self.start.as_str())?;
+            if rest.is_empty() {
+                continue; // the directory itself (the tree's root sorts first)
+            }
+            match rest.find('/') {
+                // A grandchild: skip what is left of that child's subtree.
+                // `0` is the character after `/`, so `child0` sorts after
+                // every `child/...` and before any later sibling.
+                Some(i) => {
+                    let next = format!("{}{}0", self.start, &rest[..i]);
+                    self.range = self.entries.range(next..);
+                }
+                None => return Some((&key[self.strip..], meta)),
+            }
+        }
     }
 }

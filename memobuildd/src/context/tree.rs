@@ -5,6 +5,10 @@
 //! The map sits behind an `Arc` so a build can hold a consistent snapshot while
 //! the watcher updates the tree (copy-on-write: the copy only happens if a build
 //! still holds the old snapshot).
+//!
+//! Every refresh stamps the directories above what it changed, so a cached
+//! digest of a directory (see `merkle`) stays valid exactly as long as its
+//! stamp in the snapshot at hand is the one it was computed under.
 
 use super::scan::FileMeta;
 use std::collections::BTreeMap;
@@ -18,11 +22,21 @@ pub const COOKIE_PREFIX: &str = ".memobuild-cookie-";
 
 pub type Entries = Arc<BTreeMap<String, FileMeta>>;
 
+/// Directory -> the refresh that last changed something below it. Directories
+/// not listed have not changed since the scan (stamp 0).
+pub type Stamps = Arc<std::collections::HashMap<String, u64>>;
+
 #[derive(Debug, Clone)]
 pub struct Tree {
     pub root: PathBuf,
     pub entries: Entries,
+    /// Unique per scan in this process: stamps of different scans never mix.
+    pub id: u64,
+    pub stamps: Stamps,
+    clock: u64,
 }
+
+static NEXT_TREE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 fn is_cookie(name: &str) -> bool {
     name.starts_with(COOKIE_PREFIX)
@@ -52,7 +66,15 @@ impl Tree {
         Ok(Tree {
             root: root.to_path_buf(),
             entries: Arc::new(entries),
+            id: NEXT_TREE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            stamps: Stamps::default(),
+            clock: 0,
         })
+    }
+
+    /// The stamp of directory `dir` (tree-relative) in this snapshot.
+    pub fn stamp(&self, dir: &str) -> u64 {
+        stamp_of(&self.stamps, dir)
     }
 
     pub fn len(&self) -> usize {
@@ -66,6 +88,32 @@ impl Tree {
     /// Re-stats `rel` (and walks it if it is a directory that is new or whose
     /// listing changed). Returns the paths whose entry changed.
     pub fn refresh(&mut self, rel: &str, changed: &mut Vec<String>) -> io::Result<()> {
+        let first = changed.len();
+        let result = self.refresh_entries(rel, changed);
+        self.stamp_ancestors(&changed[first..]);
+        result
+    }
+
+    /// Gives every directory above `paths` a new stamp.
+    fn stamp_ancestors(&mut self, paths: &[String]) {
+        if paths.is_empty() {
+            return;
+        }
+        self.clock += 1;
+        let stamps = Arc::make_mut(&mut self.stamps);
+        for path in paths {
+            let mut dir = path.as_str();
+            while !dir.is_empty() {
+                dir = dir.rfind('/').map_or("", |i| &dir[..i]);
+                if stamps.get(dir) == Some(&self.clock) {
+                    break;
+                }
+                stamps.insert(dir.to_string(), self.clock);
+            }
+        }
+    }
+
+    fn refresh_entries(&mut self, rel: &str, changed: &mut Vec<String>) -> io::Result<()> {
         if rel.rsplit('/').next().is_some_and(is_cookie) {
             return Ok(());
         }
@@ -115,6 +163,10 @@ impl Tree {
         }
         Ok(())
     }
+}
+
+pub fn stamp_of(stamps: &Stamps, dir: &str) -> u64 {
+    stamps.get(dir).copied().unwrap_or(0)
 }
 
 /// Brings the children of directory `rel` in line with the disk: removes the

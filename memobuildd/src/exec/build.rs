@@ -212,7 +212,7 @@ async fn build_planned(
     let plan = {
         let engine = engine.clone();
         let request = request.clone();
-        blocking(move || make_plan(&engine, &request, &tree)).await?
+        blocking(move || make_plan(&engine, &request, &tree, None)).await?
     };
 
     log.push(BuildEvent::Planned {
@@ -298,7 +298,14 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
 }
 
 /// Plans a build against a snapshot of the context's tree.
-pub fn make_plan(engine: &Engine, request: &BuildRequest, tree: &Tree) -> Result<Plan, RpcError> {
+/// Plans `request` against `tree`; with `focus`, only to tell which steps are
+/// dirty (see [`graph::PlanInput::focus`]).
+pub fn make_plan(
+    engine: &Engine,
+    request: &BuildRequest,
+    tree: &Tree,
+    focus: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
     let text = std::fs::read_to_string(&df_path).map_err(|e| {
@@ -316,6 +323,8 @@ pub fn make_plan(engine: &Engine, request: &BuildRequest, tree: &Tree) -> Result
         build_args: &request.build_args,
         context: Arc::new(index),
         hashes: &engine.hashes,
+        merkle: &engine.merkle,
+        focus,
         store: &engine.store,
         epoch: request.source_date_epoch,
     })
@@ -355,12 +364,16 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
         return;
     };
     let (e, project) = (engine.clone(), project.to_string());
+    let focus = engine.projects.focus(&project);
     // Planning, comparing and dropping the plan all stay off the async workers.
-    let done = tokio::task::spawn_blocking(move || match make_plan(&e, &request, &tree) {
-        Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
-        Err(err) => e.projects.set_dirty(&project, generation, Err(err.message)),
-    })
-    .await;
+    let done =
+        tokio::task::spawn_blocking(
+            move || match make_plan(&e, &request, &tree, focus.as_ref()) {
+                Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
+                Err(err) => e.projects.set_dirty(&project, generation, Err(err.message)),
+            },
+        )
+        .await;
     if let Err(err) = done {
         tracing::warn!(error = %err, "dirty re-plan task failed");
     }

@@ -29,6 +29,11 @@ pub struct PlanInput<'a> {
     pub build_args: &'a BTreeMap<String, String>,
     pub context: Arc<ContextIndex>,
     pub hashes: &'a HashCache,
+    /// Directory digests, reused across plans.
+    pub merkle: &'a crate::context::merkle::DirDigests,
+    /// Only for telling which steps are dirty (the plan is never executed):
+    /// compute keys, but key components only for these context paths.
+    pub focus: Option<&'a std::collections::BTreeSet<String>>,
     pub store: &'a Store,
     /// SOURCE_DATE_EPOCH: it changes layer bytes (mtimes), so it is a key input.
     pub epoch: Option<i64>,
@@ -97,6 +102,10 @@ pub struct Step {
     pub inputs: StepInputs,
 }
 
+/// The key component of a focus path the step does not select (see
+/// [`StepInputs::partial`]).
+pub const ABSENT: &str = "-";
+
 /// What went into a step's key, in a form a person can compare.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepInputs {
@@ -106,6 +115,10 @@ pub struct StepInputs {
     /// Context path -> BLAKE3 hex (files), `dir`, or `symlink:TARGET`; for
     /// `COPY --from`, `stage:NAME` -> that stage's key.
     pub files: BTreeMap<String, String>,
+    /// `files` lists only the paths of [`PlanInput::focus`], with
+    /// [`ABSENT`] for those the step does not select.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -373,5 +386,111 @@ pub fn base_key(
             .str(&image.manifest_digest)
             .str(&epoch)
             .finish(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::dockerignore::DockerIgnore;
+    use crate::context::merkle::DirDigests;
+    use crate::context::Tree;
+    use std::path::Path;
+
+    /// Writes a file dated an hour ago: past the racy window, so directory
+    /// digests get cached and the cache is what the test exercises.
+    fn write(root: &Path, rel: &str, text: &str) {
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(hour_ago))
+            .unwrap();
+    }
+
+    struct Fixture {
+        store: Store,
+        hashes: HashCache,
+        merkle: DirDigests,
+        dockerfile: Dockerfile,
+        args: BTreeMap<String, String>,
+    }
+
+    impl Fixture {
+        fn keys(&self, tree: &Tree, focus: Option<&BTreeSet<String>>) -> Vec<String> {
+            let ignore = DockerIgnore::parse("*.log\n").unwrap();
+            let plan = plan(&PlanInput {
+                dockerfile: &self.dockerfile,
+                target: "",
+                build_args: &self.args,
+                context: Arc::new(ContextIndex::view(tree, &tree.root, ignore)),
+                hashes: &self.hashes,
+                merkle: &self.merkle,
+                focus,
+                store: &self.store,
+                epoch: None,
+            })
+            .unwrap();
+            plan.steps.iter().map(|s| s.key.clone()).collect()
+        }
+    }
+
+    /// The dirty check plans with a focus and cached directory digests, a
+    /// build plans in full: both must give the same keys for the same tree,
+    /// or `status` would call a step dirty that the build finds cached.
+    #[test]
+    fn focused_and_full_plans_agree_on_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ctx");
+        for (rel, text) in [
+            ("src/a.c", "a"),
+            ("src/lib/b.c", "b"),
+            ("x.log", "log"),
+            ("README", "r"),
+        ] {
+            write(&root, rel, text);
+        }
+        let store_dir = tempfile::tempdir().unwrap();
+        let fixture = Fixture {
+            store: Store::open(store_dir.path()).unwrap(),
+            hashes: HashCache::new(),
+            merkle: DirDigests::new(),
+            dockerfile: crate::dockerfile::parse(
+                "FROM scratch\nCOPY src/ /src/\nCOPY . /ctx/\nCOPY *.c README /top/\n",
+                "Dockerfile",
+            )
+            .unwrap(),
+            args: BTreeMap::new(),
+        };
+        let mut tree = Tree::scan(&root).unwrap();
+        let mut seen = vec![fixture.keys(&tree, None)];
+        let edits: [(&str, &dyn Fn()); 5] = [
+            ("src/lib/b.c", &|| write(&root, "src/lib/b.c", "b2")),
+            ("x.log", &|| write(&root, "x.log", "ignored")),
+            ("new.c", &|| write(&root, "new.c", "new")),
+            ("src/lib", &|| {
+                std::fs::remove_dir_all(root.join("src/lib")).unwrap()
+            }),
+            ("README", &|| write(&root, "README", "r2")),
+        ];
+        let mut focus = BTreeSet::new();
+        for (path, edit) in edits {
+            edit();
+            tree.refresh(path, &mut Vec::new()).unwrap();
+            focus.insert(path.to_string());
+            let focused = fixture.keys(&tree, Some(&focus));
+            let full = fixture.keys(&tree, None);
+            assert_eq!(focused, full, "after editing {path}");
+            assert!(!fixture.merkle.is_empty(), "directory digests were cached");
+            assert_eq!(
+                seen.contains(&full),
+                path == "x.log",
+                "only the ignored edit leaves every key as it was ({path})"
+            );
+            seen.push(full);
+        }
     }
 }

@@ -222,6 +222,8 @@ struct State<'a> {
     parent_key: String,
     /// Files the current instruction selected (see `StepInputs::files`).
     files: BTreeMap<String, String>,
+    /// `files` holds only the paths the plan was asked to focus on.
+    partial: bool,
 }
 
 impl State<'_> {
@@ -310,16 +312,19 @@ pub(super) fn plan_stage(
         cmd_set: false,
         parent_key: base_key.clone(),
         files: BTreeMap::new(),
+        partial: false,
     };
     let mut steps = Vec::new();
     for ins in triggers.iter().chain(&si.stage.instructions) {
         state.files.clear();
+        state.partial = false;
         let (op, extra_key) = apply(si, &mut state, ins, plan, &mut deps, used_args)?;
         let key = step_key(&state, ins, &extra_key);
         let inputs = super::StepInputs {
             parent_key: std::mem::replace(&mut state.parent_key, key.clone()),
             args: state.args.clone(),
             files: std::mem::take(&mut state.files),
+            partial: state.partial,
         };
         let index = plan.steps.len();
         plan.steps.push(Step {
@@ -670,7 +675,7 @@ fn copy_op(
         if roots.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        let selection = hash_sources(&mut k, &index, &roots, si.input.hashes).map_err(|e| {
+        let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 err(
                     df,
@@ -689,6 +694,7 @@ fn copy_op(
             }
         })?;
         st.files = selection.shown;
+        st.partial = selection.partial;
         CopySource::Context {
             index,
             roots,
@@ -962,7 +968,8 @@ fn mount_key(
                         let roots = select::select(&index, source).map_err(|e| {
                             std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
                         })?;
-                        let selection = hash_sources(k, &index, &roots, si.input.hashes)?;
+                        let selection = hash_sources(k, si.input, &index, &roots)?;
+                        st.partial |= selection.partial;
                         st.files.extend(selection.shown);
                     }
                 }
@@ -981,100 +988,137 @@ fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileErr
     )
 }
 
-/// Adds the digest of exactly the selected files to the key: for each root, every
-/// entry below it with its path relative to the root, type, permission bits,
-/// symlink target and BLAKE3 of the content. Never mtime, inode or owner.
+/// Adds the digest of exactly the selected files to the key: for each root, its
+/// type, permission bits and symlink target, and its content: a file's BLAKE3
+/// or a directory's Merkle digest (see `context::merkle`), which covers every
+/// entry below with its path, type, permission bits, symlink target and
+/// content. Never mtime, inode or owner.
+///
+/// A build also gets every selected file's digest (`files`, checked again
+/// while the layer is written) and the per-path components `explain` compares
+/// (`shown`). The dirty re-plan after a save only needs the key plus the
+/// components of the paths that changed ([`PlanInput::focus`]), and gets the
+/// key from cached directory digests without visiting unchanged directories.
 fn hash_sources(
     k: &mut KeyHasher,
+    input: &PlanInput<'_>,
     index: &crate::context::ContextIndex,
     roots: &[crate::context::Selected],
-    hashes: &crate::context::HashCache,
 ) -> std::io::Result<SelectionDigests> {
-    let mut entries: Vec<(usize, String, &crate::context::FileMeta)> = Vec::new();
-    for (i, root) in roots.iter().enumerate() {
-        entries.push((i, String::new(), &root.meta));
-        if root.meta.kind == FileKind::Dir {
-            let prefix_len = if root.rel.is_empty() {
-                0
-            } else {
-                root.rel.len() + 1
-            };
-            for (path, meta) in index.below(&root.rel) {
-                entries.push((i, path[prefix_len..].to_string(), meta));
-            }
-        }
-    }
-    let files: Vec<(PathBuf, crate::context::FileMeta)> = entries
-        .iter()
-        .filter(|(_, _, m)| m.kind == FileKind::File)
-        .map(|(i, rel, m)| (host_path(index, &roots[*i].rel, rel), (*m).clone()))
-        .collect();
-    let digests = hashes.hash_all(&files)?;
-    let mut shown = BTreeMap::new();
-    let mut by_path = BTreeMap::new();
-    let mut digests = digests.into_iter();
+    let selection = match input.focus {
+        None => flat_listing(index, roots, input.hashes)?,
+        Some(paths) => focused_listing(index, roots, paths, input.hashes)?,
+    };
+    let file_digest = |path: &str, meta: &crate::context::FileMeta| match selection.files.get(path)
+    {
+        Some(digest) => Ok(*digest),
+        None => input.hashes.hash(&index.host_path(path), meta),
+    };
     k.u64(roots.len() as u64);
     for root in roots {
         k.str(&root.name);
     }
-    k.u64(entries.len() as u64);
-    for (i, rel, meta) in &entries {
-        k.u64(*i as u64)
-            .str(rel)
-            .u64(kind_code(meta.kind))
-            .u64(meta.mode as u64);
-        k.str(meta.link_target.as_deref().unwrap_or(""));
-        let context_path = join_rel(&roots[*i].rel, rel);
+    for root in roots {
+        let meta = &root.meta;
+        k.u64(kind_code(meta.kind))
+            .u64(meta.mode as u64)
+            .str(meta.link_target.as_deref().unwrap_or(""));
         match meta.kind {
-            FileKind::File => {
-                let digest = digests.next().unwrap_or([0; 32]);
-                k.field(&digest);
-                shown.insert(
-                    context_path.clone(),
-                    format!("{} mode {:o}", hex::encode(digest), meta.mode),
-                );
-                by_path.insert(context_path, digest);
-            }
-            FileKind::Symlink => {
-                k.field(&[]);
-                shown.insert(
-                    context_path,
-                    format!("symlink:{}", meta.link_target.as_deref().unwrap_or("")),
-                );
-            }
-            _ => {
-                k.field(&[]);
-                shown.insert(context_path, format!("dir:{:o}", meta.mode));
-            }
+            FileKind::File => k.field(&file_digest(&root.rel, meta)?),
+            FileKind::Dir => k.field(&input.merkle.digest(index, &root.rel, &file_digest)?),
+            _ => k.field(&[]),
         };
     }
-    Ok(SelectionDigests {
-        shown,
-        files: by_path,
-    })
+    Ok(selection)
+}
+
+/// Every entry of the selection with its key component, every file hashed (on
+/// all cores, cache misses only).
+fn flat_listing(
+    index: &crate::context::ContextIndex,
+    roots: &[crate::context::Selected],
+    hashes: &crate::context::HashCache,
+) -> std::io::Result<SelectionDigests> {
+    let mut entries: Vec<(String, &crate::context::FileMeta)> = Vec::new();
+    for root in roots {
+        entries.push((root.rel.clone(), &root.meta));
+        if root.meta.kind == FileKind::Dir {
+            entries.extend(index.below(&root.rel).map(|(p, m)| (p.to_string(), m)));
+        }
+    }
+    let files: Vec<(PathBuf, crate::context::FileMeta)> = entries
+        .iter()
+        .filter(|(_, m)| m.kind == FileKind::File)
+        .map(|(path, m)| (index.host_path(path), (*m).clone()))
+        .collect();
+    let mut digests = hashes.hash_all(&files)?.into_iter();
+    let mut selection = SelectionDigests::default();
+    for (path, meta) in entries {
+        let digest = (meta.kind == FileKind::File).then(|| digests.next().unwrap_or([0; 32]));
+        selection.show(path, meta, digest);
+    }
+    Ok(selection)
+}
+
+/// Only the `focus` paths: their components where they are selected, and
+/// [`super::ABSENT`] where they are not (gone, ignored or outside every root).
+fn focused_listing(
+    index: &crate::context::ContextIndex,
+    roots: &[crate::context::Selected],
+    focus: &std::collections::BTreeSet<String>,
+    hashes: &crate::context::HashCache,
+) -> std::io::Result<SelectionDigests> {
+    let mut selection = SelectionDigests::default();
+    for path in focus {
+        let selected = roots.iter().any(|r| {
+            r.rel.is_empty()
+                || path == &r.rel
+                || (path.starts_with(&r.rel) && path[r.rel.len()..].starts_with('/'))
+        });
+        match index.get(path).filter(|_| selected) {
+            Some(meta) => {
+                let digest = match meta.kind {
+                    FileKind::File => Some(hashes.hash(&index.host_path(path), meta)?),
+                    _ => None,
+                };
+                selection.show(path.clone(), meta, digest);
+            }
+            None => {
+                selection
+                    .shown
+                    .insert(path.clone(), super::ABSENT.to_string());
+            }
+        }
+    }
+    selection.partial = true;
+    Ok(selection)
 }
 
 /// What `hash_sources` learnt about a selection.
+#[derive(Default)]
 struct SelectionDigests {
     /// Context path -> human-comparable key component (see `StepInputs::files`).
     shown: BTreeMap<String, String>,
     /// Context path -> BLAKE3 of each selected regular file.
     files: BTreeMap<String, [u8; 32]>,
+    /// Only some paths are shown (see [`focused_listing`]).
+    partial: bool,
 }
 
-fn join_rel(root: &str, rel: &str) -> String {
-    match (root.is_empty(), rel.is_empty()) {
-        (true, _) => rel.to_string(),
-        (_, true) => root.to_string(),
-        _ => format!("{root}/{rel}"),
-    }
-}
-
-fn host_path(index: &crate::context::ContextIndex, root: &str, rel: &str) -> PathBuf {
-    match (root.is_empty(), rel.is_empty()) {
-        (_, true) => index.host_path(root),
-        (true, false) => index.host_path(rel),
-        (false, false) => index.host_path(&format!("{root}/{rel}")),
+impl SelectionDigests {
+    fn show(&mut self, path: String, meta: &crate::context::FileMeta, digest: Option<[u8; 32]>) {
+        let component = match (meta.kind, digest) {
+            (FileKind::File, Some(digest)) => {
+                let component = format!("{} mode {:o}", hex::encode(digest), meta.mode);
+                self.files.insert(path.clone(), digest);
+                component
+            }
+            (FileKind::Symlink, _) => {
+                format!("symlink:{}", meta.link_target.as_deref().unwrap_or(""))
+            }
+            _ => format!("dir:{:o}", meta.mode),
+        };
+        self.shown.insert(path, component);
     }
 }
 
