@@ -29,7 +29,9 @@ pub struct FileMeta {
     pub ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
-    pub link_target: Option<String>,
+    /// A symlink's target (`Box<str>`: 8 bytes less per entry than `String`,
+    /// and the index holds one `FileMeta` per path).
+    pub link_target: Option<Box<str>>,
 }
 
 impl FileMeta {
@@ -58,7 +60,7 @@ impl FileMeta {
                 .saturating_add(meta.ctime_nsec()),
             ino: meta.ino(),
             dev: meta.dev(),
-            link_target,
+            link_target: link_target.map(String::into_boxed_str),
         }
     }
 }

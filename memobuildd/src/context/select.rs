@@ -97,7 +97,7 @@ pub fn resolve(index: &ContextIndex, rel: &str, original: &str) -> Result<String
         index
             .get(p)
             .filter(|m| m.kind == FileKind::Symlink)
-            .map(|m| m.link_target.clone().unwrap_or_default())
+            .map(|m| m.link_target.as_deref().unwrap_or_default().to_string())
     })
     .ok_or_else(|| SelectError::SymlinkLoop(original.to_string()))
 }
