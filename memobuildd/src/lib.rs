@@ -19,4 +19,6 @@ pub mod rootpath;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testutil;
 pub mod time;

@@ -205,11 +205,7 @@ mod tests {
     use std::fs;
     use std::path::Path;
 
-    fn write(root: &Path, rel: &str, content: &str) {
-        let p = root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content).unwrap();
-    }
+    use crate::testutil::write;
 
     /// The same digest from nothing but the flat, filtered listing the
     /// builds copy (`ContextIndex::below`): the cache must agree with it.
@@ -318,7 +314,6 @@ mod tests {
             want
         };
         seen.insert(check(&tree, "the scan"));
-        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
         let steps: Vec<(&str, Edit)> = vec![
             ("an edit", Box::new(|r| write(r, "a/b/c.txt", "changed"))),
             ("an ignored edit", Box::new(|r| write(r, "logs/x.log", "x"))),
@@ -343,11 +338,8 @@ mod tests {
         for (what, step) in steps {
             step(root);
             // Old mtimes: not racy, so the directory digests are cached.
-            for entry in walkdir(root) {
-                let _ = fs::File::options()
-                    .write(true)
-                    .open(&entry)
-                    .and_then(|f| f.set_modified(old));
+            for file in walkdir(root) {
+                crate::testutil::age(&file);
             }
             let mut changed = Vec::new();
             for rel in [

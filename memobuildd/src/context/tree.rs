@@ -313,11 +313,7 @@ fn walk(root: &Path, rel_dir: &str, out: &mut BTreeMap<String, FileMeta>) -> io:
 mod tests {
     use super::*;
 
-    fn write(root: &Path, rel: &str, content: &str) {
-        let p = root.join(rel);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, content).unwrap();
-    }
+    use crate::testutil::write;
 
     fn fresh(root: &Path) -> Vec<String> {
         Tree::scan(root).unwrap().entries.keys().cloned().collect()

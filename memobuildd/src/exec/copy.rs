@@ -300,7 +300,9 @@ fn add_context_entry(
             None => Content::Path(index.host_path(rel)),
         }),
         FileKind::Dir => EntryKind::Dir,
-        FileKind::Symlink => EntryKind::Symlink(meta.link_target.as_deref().unwrap_or_default().to_string()),
+        FileKind::Symlink => {
+            EntryKind::Symlink(meta.link_target.as_deref().unwrap_or_default().to_string())
+        }
         FileKind::Other => return,
     };
     b.add(target, kind, meta.mode);

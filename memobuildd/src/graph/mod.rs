@@ -395,21 +395,8 @@ mod tests {
     use crate::context::dockerignore::DockerIgnore;
     use crate::context::merkle::DirDigests;
     use crate::context::Tree;
-    use std::path::Path;
 
-    /// Writes a file dated an hour ago: past the racy window, so directory
-    /// digests get cached and the cache is what the test exercises.
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_modified(hour_ago))
-            .unwrap();
-    }
+    use crate::testutil::write_old as write;
 
     struct Fixture {
         store: Store,
