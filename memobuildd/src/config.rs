@@ -281,6 +281,35 @@ mod tests {
     }
 
     #[test]
+    fn logging_and_metrics_settings_resolve_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "log-format = \"json\"\nbuild-logs-keep = 5\nmetrics-listen = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let flags = Flags::parse_from(["memobuildd", "--config", path, "--data-dir", "/d"]);
+        let c = load(&flags).unwrap();
+        assert_eq!(c.log_format, "json");
+        assert_eq!(c.log_dir, PathBuf::from("/d/logs"));
+        assert_eq!((c.build_logs_keep, c.log_max_files), (5, 14));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(c.to_toml().contains("metrics-listen = \"127.0.0.1:9464\""));
+        std::fs::write(&file, "metrics-listen = \"0.0.0.0:9464\"\n").unwrap();
+        let e = load(&flags).unwrap_err().to_string();
+        assert!(
+            e.contains("not a loopback address") && e.contains("hint:"),
+            "{e}"
+        );
+        let forced = Flags::parse_from(["memobuildd", "--config", path, "--metrics-allow-remote"]);
+        assert!(load(&forced).is_ok());
+        std::fs::write(&file, "log-format = \"xml\"\n").unwrap();
+        assert!(load(&flags).unwrap_err().to_string().contains("log-format"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("m.toml");

@@ -299,7 +299,8 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, log.clone());
         let engine = self.clone();
-        let span = tracing::info_span!("build", build = id, project = %project, context = %request.context, target = %request.target);
+        // A root span: the build outlives the RPC that started it.
+        let span = tracing::info_span!(parent: None, "build", build = id, project = %project, context = %request.context, target = %request.target);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let started = std::time::Instant::now();
