@@ -266,12 +266,10 @@ impl Engine {
         let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         finished.push_back((id, std::time::Instant::now()));
         let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(&(old, at)) = finished.front() {
-            if finished.len() <= MAX_FINISHED && at.elapsed() < KEEP_FINISHED {
-                break;
+        for _ in 0..evictable(&finished, std::time::Instant::now()) {
+            if let Some((old, _)) = finished.pop_front() {
+                builds.remove(&old);
             }
-            builds.remove(&old);
-            finished.pop_front();
         }
     }
 
@@ -404,5 +402,34 @@ impl Engine {
         }
         let _ = tokio::time::timeout(LONG_POLL, notified).await;
         Ok(log.batch(cursor))
+    }
+}
+
+/// How many of the finished builds (oldest first) to drop from memory now:
+/// those older than [`KEEP_FINISHED`], and the oldest beyond [`MAX_FINISHED`].
+fn evictable(finished: &VecDeque<(BuildId, std::time::Instant)>, now: std::time::Instant) -> usize {
+    let expired = finished
+        .iter()
+        .take_while(|(_, at)| now.saturating_duration_since(*at) >= KEEP_FINISHED)
+        .count();
+    expired.max(finished.len().saturating_sub(MAX_FINISHED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn finished_builds_leave_memory_after_a_while_or_beyond_a_count() {
+        let old = Instant::now();
+        let now = old + KEEP_FINISHED + Duration::from_secs(1);
+        let mut finished: VecDeque<(BuildId, Instant)> = VecDeque::new();
+        finished.extend([(1, old), (2, old), (3, now)]);
+        assert_eq!(evictable(&finished, now), 2);
+        let fresh: VecDeque<(BuildId, Instant)> =
+            (0..MAX_FINISHED as u64 + 3).map(|i| (i, now)).collect();
+        assert_eq!(evictable(&fresh, now), 3);
+        assert_eq!(evictable(&VecDeque::new(), now), 0);
     }
 }
