@@ -142,17 +142,9 @@ fn log_files_are_written_and_json_lines_carry_the_build() {
 
     // The daily file (memobuildd.YYYY-MM-DD.log) and the build's own log.
     assert!(log_dir.path().join(format!("builds/{id}.jsonl")).is_file());
-    let day_file = std::fs::read_dir(log_dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with("memobuildd.") && name.ends_with(".log")
-        })
-        .expect("a daily log file in the log dir");
-    // The file writer flushes in the background.
-    let lines = wait_for_lines(&day_file, "step done");
+    // The file writer flushes in the background; a test running over
+    // midnight (UTC) finds its lines in two files.
+    let lines = wait_for_lines(log_dir.path(), "step done");
     let parsed: Vec<Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
@@ -190,10 +182,30 @@ fn log_files_are_written_and_json_lines_carry_the_build() {
     assert_eq!(stderr_json, 4, "{}", d.log());
 }
 
-fn wait_for_lines(file: &Path, needle: &str) -> Vec<String> {
+/// The lines of every daily log file (`memobuildd.YYYY-MM-DD.log`) in `dir`,
+/// once one of them contains `needle` (10 s at most).
+fn wait_for_lines(dir: &Path, needle: &str) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                name.starts_with("memobuildd.") && name.ends_with(".log")
+            })
+            .collect();
+        files.sort();
+        assert!(
+            !files.is_empty() || Instant::now() < deadline,
+            "no daily log file in {}",
+            dir.display()
+        );
+        let text: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect();
         if text.contains(needle) || Instant::now() > deadline {
             return text.lines().map(String::from).collect();
         }

@@ -13,7 +13,7 @@ pub async fn logs(socket: &Path, build: &str, json: bool) -> Result<ExitCode, Rp
     let client = connect::connect(socket, false).await?;
     // A directory is named by its absolute path, as `build` registered it.
     let which = match std::fs::canonicalize(build) {
-        Ok(p) if Path::new(build).is_dir() && build.parse::<u64>().is_err() => {
+        Ok(p) if Path::new(build).is_dir() && build != "last" && build.parse::<u64>().is_err() => {
             p.display().to_string()
         }
         _ => build.to_string(),
