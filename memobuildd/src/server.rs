@@ -6,9 +6,9 @@ use crate::exec::Engine;
 use crate::oci::image::read_image;
 use futures::StreamExt;
 use memobuild_shared::{
-    BlobRef, BuildId, BuildLogReport, BuildRequest, DaemonHealth, DaemonInfo, EventBatch,
-    Explanation, ImageBlobs, ImageSummary, ImportSpec, Memobuild, RpcError, StatusReport,
-    TreeStatus, BLOB_CHUNK_BYTES, MAX_FRAME_BYTES,
+    BlobRef, BuildId, BuildRequest, DaemonHealth, DaemonInfo, EventBatch, Explanation, ImageBlobs,
+    ImageSummary, ImportSpec, Memobuild, RpcError, StatusReport, TreeStatus, BLOB_CHUNK_BYTES,
+    MAX_FRAME_BYTES,
 };
 use std::sync::Arc;
 use tarpc::context::Context;
@@ -230,7 +230,11 @@ impl Memobuild for Server {
         }
     }
 
-    async fn build_log(self, _: Context, build: String) -> Result<BuildLogReport, RpcError> {
+    async fn build_log(
+        self,
+        _: Context,
+        build: String,
+    ) -> Result<memobuild_shared::BuildLogReport, RpcError> {
         let logs = self
             .engine
             .build_logs()
@@ -257,7 +261,7 @@ impl Memobuild for Server {
 fn no_build_log(which: &str) -> RpcError {
     RpcError::with_hint(
         format!("no build log for {which:?}"),
-        "name a build by the id `memobuild-ctl build` printed (`#ID` in its first line), `last`, or a project id or context path; logs are kept for the newest builds only (--build-logs-keep)",
+        "name a build by the id `memobuild-ctl build` prints first (`build ID`), `last`, or a project id or context path; logs are kept for the newest builds only (--build-logs-keep)",
     )
 }
 
