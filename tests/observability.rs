@@ -111,8 +111,23 @@ fn logs_show_every_step_and_run_output_and_survive_a_restart() {
     assert_eq!(ctl_ok(&d, &["logs", &id.to_string()]), log);
     assert_eq!(ctl_ok(&d, &["logs", "last"]), flog);
     std::fs::write(ctx.path().join("f.txt"), "changed").unwrap();
-    let after = d.build_ok(ctx.path(), &[]);
-    assert!(build_id(&after) > failed_id, "ids repeat after a restart");
+    // A person's build prints the id `logs` takes first.
+    let plain = d.ctl(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&plain.stderr).into_owned();
+    assert!(plain.status.success(), "{stderr}");
+    let after: u64 = stderr
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("build "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `build ID` first line:\n{stderr}"));
+    assert!(after > failed_id, "ids repeat after a restart");
+    let after_log = ctl_ok(&d, &["logs", &after.to_string()]);
+    assert!(after_log.contains("COPY f.txt /f.txt DONE"), "{after_log}");
+    assert!(
+        after_log.contains("RUN echo observable-run-output && echo second-line CACHED"),
+        "{after_log}"
+    );
 
     // Unknown builds: a clear error with a hint, and the daemon keeps serving.
     let unknown = d.ctl(&["logs", "987654"]);
