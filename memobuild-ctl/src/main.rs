@@ -3,6 +3,7 @@
 mod connect;
 mod import;
 mod inspect;
+mod observe;
 mod output;
 mod progress;
 
@@ -66,6 +67,17 @@ enum Command {
     /// Manage the daemon's image store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Print one build's log: its steps, their status and time, RUN output, the result.
+    Logs {
+        /// Print the stable JSON schema (docs/CLI.md) instead of text.
+        #[arg(long)]
+        json: bool,
+        /// A build id (`build` prints it), `last`, or a project id or context
+        /// directory (its latest build)
+        build: String,
+    },
+    /// Print the daemon's metrics in the Prometheus text format.
+    Metrics,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +183,8 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Explain { json, project } => inspect::explain(&socket, json, project).await,
         Command::Watch(args) => watch(&socket, args).await,
         Command::Image(cmd) => image(&socket, cmd).await,
+        Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
+        Command::Metrics => observe::metrics(&socket).await,
     }
 }
 

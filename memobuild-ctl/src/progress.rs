@@ -36,7 +36,14 @@ impl Printer {
             return;
         }
         match event {
-            BuildEvent::Planned { steps, .. } => self.steps = steps.clone(),
+            BuildEvent::Planned { steps, build } => {
+                // The id `memobuild-ctl logs` takes (once, though a build
+                // that starts over is planned again).
+                if self.steps.is_empty() {
+                    eprintln!("build {build}");
+                }
+                self.steps = steps.clone()
+            }
             BuildEvent::StepStarted { .. } => {}
             BuildEvent::StepCached { step } => eprintln!("{} CACHED", self.label(*step)),
             BuildEvent::StepDone { step, millis } => {

@@ -59,6 +59,26 @@ pub struct Settings {
     /// Most RUN steps running at once, across builds [default: the number of CPUs]
     #[arg(long, value_name = "N")]
     pub max_parallel_runs: Option<usize>,
+    // Logging and metrics (docs/OBSERVABILITY.md).
+    /// Log format on stderr and in the log files: text or json (one object per line) [default: text]
+    #[arg(long, value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// Directory for the daily daemon logs and the per-build logs [default: DATA_DIR/logs]
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Daily daemon log files to keep [default: 14]
+    #[arg(long, value_name = "N")]
+    pub log_max_files: Option<usize>,
+    /// Per-build logs to keep for `memobuild-ctl logs`; the oldest go first [default: 200]
+    #[arg(long, value_name = "N")]
+    pub build_logs_keep: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on a non-loopback address (the endpoint has no authentication)
+    #[arg(long)]
+    #[serde(default)]
+    pub metrics_allow_remote: bool,
 }
 
 /// The effective settings.
@@ -75,6 +95,12 @@ pub struct Config {
     pub cpus: Option<f64>,
     pub pids_limit: i64,
     pub max_parallel_runs: usize,
+    pub log_format: String,
+    pub log_dir: PathBuf,
+    pub log_max_files: usize,
+    pub build_logs_keep: usize,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_allow_remote: bool,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -98,6 +124,12 @@ impl Settings {
             cpus: self.cpus.or(other.cpus),
             pids_limit: self.pids_limit.or(other.pids_limit),
             max_parallel_runs: self.max_parallel_runs.or(other.max_parallel_runs),
+            log_format: self.log_format.or(other.log_format),
+            log_dir: self.log_dir.or(other.log_dir),
+            log_max_files: self.log_max_files.or(other.log_max_files),
+            build_logs_keep: self.build_logs_keep.or(other.build_logs_keep),
+            metrics_listen: self.metrics_listen.or(other.metrics_listen),
+            metrics_allow_remote: self.metrics_allow_remote || other.metrics_allow_remote,
         }
     }
 }
@@ -141,10 +173,24 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
             "cpus = {c}: must be a positive number"
         )));
     }
+    let data_dir = s
+        .data_dir
+        .unwrap_or_else(memobuild_shared::paths::default_data_dir);
+    let log_format = s.log_format.unwrap_or_else(|| "text".into());
+    if log_format != "text" && log_format != "json" {
+        return Err(ConfigError(format!(
+            "log-format = {log_format:?}: use \"text\" or \"json\""
+        )));
+    }
+    check_metrics_listen(s.metrics_listen, s.metrics_allow_remote)?;
     Ok(Config {
-        data_dir: s
-            .data_dir
-            .unwrap_or_else(memobuild_shared::paths::default_data_dir),
+        log_format,
+        log_dir: s.log_dir.unwrap_or_else(|| data_dir.join("logs")),
+        log_max_files: s.log_max_files.unwrap_or(14).max(1),
+        build_logs_keep: s.build_logs_keep.unwrap_or(200).max(1),
+        metrics_listen: s.metrics_listen,
+        metrics_allow_remote: s.metrics_allow_remote,
+        data_dir,
         socket: memobuild_shared::paths::socket_path(s.socket),
         socket_group: s.socket_group,
         containerd_socket: s.containerd_socket,
@@ -163,6 +209,20 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
             .max(1),
         file,
     })
+}
+
+/// The metrics endpoint has no authentication: it listens on loopback unless
+/// the operator says the network is trusted.
+fn check_metrics_listen(
+    addr: Option<std::net::SocketAddr>,
+    allow_remote: bool,
+) -> Result<(), ConfigError> {
+    match addr {
+        Some(a) if !a.ip().is_loopback() && !allow_remote => Err(ConfigError(format!(
+            "metrics-listen = {a}: not a loopback address, and the metrics endpoint has no authentication\nhint: listen on 127.0.0.1 or [::1] (behind a proxy if others must scrape), or set metrics-allow-remote = true (--metrics-allow-remote) on a trusted network"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 impl Config {
@@ -218,6 +278,35 @@ mod tests {
         assert_eq!(c.default_network, "none");
         assert_eq!(c.pids_limit, 4096);
         assert!(c.to_toml().contains("step-timeout = 5"));
+    }
+
+    #[test]
+    fn logging_and_metrics_settings_resolve_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "log-format = \"json\"\nbuild-logs-keep = 5\nmetrics-listen = \"127.0.0.1:9464\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let flags = Flags::parse_from(["memobuildd", "--config", path, "--data-dir", "/d"]);
+        let c = load(&flags).unwrap();
+        assert_eq!(c.log_format, "json");
+        assert_eq!(c.log_dir, PathBuf::from("/d/logs"));
+        assert_eq!((c.build_logs_keep, c.log_max_files), (5, 14));
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(c.to_toml().contains("metrics-listen = \"127.0.0.1:9464\""));
+        std::fs::write(&file, "metrics-listen = \"0.0.0.0:9464\"\n").unwrap();
+        let e = load(&flags).unwrap_err().to_string();
+        assert!(
+            e.contains("not a loopback address") && e.contains("hint:"),
+            "{e}"
+        );
+        let forced = Flags::parse_from(["memobuildd", "--config", path, "--metrics-allow-remote"]);
+        assert!(load(&forced).is_ok());
+        std::fs::write(&file, "log-format = \"xml\"\n").unwrap();
+        assert!(load(&flags).unwrap_err().to_string().contains("log-format"));
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         info: Arc::new(info),
     };
     let engine = server.engine.clone();
+    observe(&engine, &config).await?;
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), "memobuildd serving");
     let result = tokio::select! {
         r = serve(listener, server) => r.map_err(|e| setup(format!("accepting on {}: {e}", socket.display()))),
@@ -54,6 +55,27 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     engine.shutdown().await;
     tracing::info!("memobuildd stopped");
     result
+}
+
+/// Per-build logs and the metrics listener (docs/OBSERVABILITY.md).
+async fn observe(engine: &Arc<Engine>, config: &Config) -> Result<(), DaemonError> {
+    let (dir, keep) = (config.log_dir.join("builds"), config.build_logs_keep);
+    let logs = tokio::task::spawn_blocking(move || crate::buildlogs::BuildLogs::open(&dir, keep))
+        .await
+        .map_err(|e| setup(e.to_string()))?
+        .map_err(|e| setup(e.to_string()))?;
+    engine.attach_build_logs(logs);
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            setup(format!(
+                "metrics listener on {addr}: {e}\nhint: pick a free port with --metrics-listen (or metrics-listen in the config file)"
+            ))
+        })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(address = %local, "metrics at http://{local}/metrics");
+        tokio::spawn(crate::metrics::serve_http(listener, engine.clone()));
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

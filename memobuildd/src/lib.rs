@@ -7,12 +7,15 @@
 //!             -> oci (layers, image) -> store
 //! ```
 
+pub mod buildlogs;
 pub mod config;
 pub mod context;
 pub mod daemon;
 pub mod dockerfile;
 pub mod exec;
 pub mod graph;
+pub mod logging;
+pub mod metrics;
 pub mod oci;
 pub mod project;
 pub mod rootpath;

@@ -15,13 +15,14 @@ fn main() -> std::process::ExitCode {
         print!("{}", config.to_toml());
         return std::process::ExitCode::SUCCESS;
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MEMOBUILD_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // Held until main returns: it flushes the log files.
+    let _log = match memobuildd::logging::init(&config) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("memobuildd: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -229,6 +229,60 @@ impl Memobuild for Server {
             )),
         }
     }
+
+    async fn build_log(
+        self,
+        _: Context,
+        build: String,
+    ) -> Result<memobuild_shared::BuildLogReport, RpcError> {
+        let logs = self
+            .engine
+            .build_logs()
+            .cloned()
+            .ok_or_else(|| RpcError::new("this daemon keeps no build logs"))?;
+        let id = self.resolve_build(&logs, build.trim())?;
+        let running = self.engine.is_running(id);
+        tokio::task::spawn_blocking(move || logs.read(id, running))
+            .await
+            .map_err(store_err)?
+            .map_err(|e| match e {
+                crate::buildlogs::BuildLogsError::Missing(_) => no_build_log(&id.to_string()),
+                e => store_err(e),
+            })
+    }
+
+    async fn metrics(self, _: Context) -> Result<String, RpcError> {
+        crate::metrics::scrape(&self.engine)
+            .await
+            .map_err(store_err)
+    }
+}
+
+fn no_build_log(which: &str) -> RpcError {
+    RpcError::with_hint(
+        format!("no build log for {which:?}"),
+        "name a build by the id `memobuild-ctl build` prints first (`build ID`), `last`, or a project id or context path; logs are kept for the newest builds only (--build-logs-keep)",
+    )
+}
+
+impl Server {
+    /// A build id from what the user typed: an id, `last`, or a project
+    /// (id or context path), meaning its latest build.
+    fn resolve_build(
+        &self,
+        logs: &crate::buildlogs::BuildLogs,
+        which: &str,
+    ) -> Result<BuildId, RpcError> {
+        if let Ok(id) = which.parse::<BuildId>() {
+            return Ok(id);
+        }
+        if which == "last" {
+            return logs.latest().ok_or_else(|| no_build_log(which));
+        }
+        let projects = self.matching(which).map_err(|_| no_build_log(which))?;
+        logs.latest_where(|h| projects.contains(&h.project))
+            .ok_or_else(|| no_build_log(which))
+    }
 }
 
 impl Server {

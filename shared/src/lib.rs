@@ -60,6 +60,11 @@ pub trait Memobuild {
     async fn import_image(name: String, spec: ImportSpec) -> Result<ImageSummary, RpcError>;
     /// Removes an image name (blobs stay until garbage collection).
     async fn remove_image(name: String) -> Result<(), RpcError>;
+    /// One build's persisted log (every step, RUN output, the result). `build`:
+    /// a build id, `last`, or a project id / context path (its latest build).
+    async fn build_log(build: String) -> Result<BuildLogReport, RpcError>;
+    /// The daemon's metrics in the Prometheus text exposition format.
+    async fn metrics() -> Result<String, RpcError>;
 }
 
 /// What an imported archive holds.
@@ -381,4 +386,29 @@ pub struct StepExplanation {
     pub outcome: String,
     /// For rebuilt steps: the inputs that differ from the build before.
     pub why: Vec<String>,
+}
+
+/// `memobuild-ctl logs`: one build's log, read from the file the daemon wrote
+/// while the build ran (so it outlives the build's events in memory and
+/// daemon restarts).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuildLogReport {
+    pub build: BuildId,
+    pub project: String,
+    pub context: String,
+    pub dockerfile: String,
+    pub target: String,
+    /// Unix milliseconds.
+    pub started_at_ms: i64,
+    /// `running`, `finished`, or `interrupted` (the daemon stopped during the build).
+    pub state: String,
+    pub entries: Vec<LogEntry>,
+}
+
+/// One event of a build's log and when it happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    pub event: BuildEvent,
 }

@@ -193,6 +193,9 @@ fn fast_path(
     for step in 0..last.steps.len() {
         log.push(BuildEvent::StepCached { step });
     }
+    engine
+        .metrics
+        .cache("memory", true, last.steps.len() as u64);
     let tags = tag_digests(engine, &request.tags, &manifest, &config, None)?;
     Ok(Some(Done {
         manifest_digest: manifest,
@@ -428,7 +431,10 @@ async fn run_stages(
             let inputs: BTreeMap<usize, StageResult> =
                 stage.deps.iter().map(|d| (*d, done[d].clone())).collect();
             let run = run.clone();
-            running.spawn(async move { (i, run_stage(&run, i, &inputs).await) });
+            // The stage's task keeps the build's span: its log lines carry the build id.
+            running.spawn(tracing::Instrument::in_current_span(async move {
+                (i, run_stage(&run, i, &inputs).await)
+            }));
         }
         let Some(joined) = running.join_next().await else {
             break;
@@ -485,6 +491,7 @@ async fn run_stage(
     };
     for &step_index in &stage.steps {
         let step = &plan.steps[step_index];
+        let span = tracing::info_span!("step", build = log.id, step = step_index, instruction = %step.display);
         log.push(BuildEvent::StepStarted { step: step_index });
         engine.projects.step_state(project, step_index, "building");
         let started = Instant::now();
@@ -493,8 +500,15 @@ async fn run_stage(
         } else {
             engine.store.step(&step.key).map_err(internal)?
         };
+        if !no_cache {
+            // The fast path (memory tier) did not answer this build.
+            engine.metrics.cache("memory", false, 1);
+            engine.metrics.cache("local", cached.is_some(), 1);
+        }
         let record = match cached {
             Some(record) => {
+                engine.metrics.step(&step.display, true, started.elapsed());
+                tracing::info!(parent: &span, "step cached");
                 log.push(BuildEvent::StepCached { step: step_index });
                 engine.projects.step_state(project, step_index, "cached");
                 record
@@ -515,7 +529,9 @@ async fn run_stage(
                             context_root: std::path::Path::new(&run.request.context),
                             epoch,
                         };
-                        super::run::run(&cx, op).await.map_err(|e| RpcError {
+                        let run =
+                            tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());
+                        run.await.map_err(|e| RpcError {
                             message: format!(
                                 "{}:{}:{}: {}",
                                 plan.file, step.loc.line, step.loc.column, e.message
@@ -523,15 +539,21 @@ async fn run_stage(
                             hint: e.hint,
                         })?
                     }
-                    _ => execute(engine, plan, step, &state, inputs, epoch).await?,
+                    _ => {
+                        let exec = execute(engine, plan, step, &state, inputs, epoch);
+                        tracing::Instrument::instrument(exec, span.clone()).await?
+                    }
                 };
                 engine
                     .store
                     .put_step(&step.key, &record)
                     .map_err(internal)?;
+                engine.metrics.step(&step.display, false, started.elapsed());
+                let millis = started.elapsed().as_millis() as u64;
+                tracing::info!(parent: &span, millis, "step done");
                 log.push(BuildEvent::StepDone {
                     step: step_index,
-                    millis: started.elapsed().as_millis() as u64,
+                    millis,
                 });
                 engine.projects.step_state(project, step_index, "done");
                 record

@@ -16,13 +16,20 @@ use crate::project::Projects;
 use crate::store::Store;
 use fsview::LayerCache;
 use memobuild_shared::{BuildEvent, BuildId, BuildRequest, EventBatch, RpcError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long an `events` call waits for something new before returning empty.
 const LONG_POLL: Duration = Duration::from_secs(3);
+
+/// A finished build's events stay in memory this long for its clients to read
+/// (after that `memobuild-ctl logs` reads the build's log file)...
+const KEEP_FINISHED: Duration = Duration::from_secs(300);
+/// ...and at most this many finished builds' events, so a daemon running for
+/// weeks does not grow.
+const MAX_FINISHED: usize = 100;
 
 /// The shared machinery every build uses.
 pub struct Engine {
@@ -40,6 +47,11 @@ pub struct Engine {
     uploads: Mutex<HashMap<u64, crate::store::Upload>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
+    // Observability (docs/OBSERVABILITY.md).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    build_logs: std::sync::OnceLock<Arc<crate::buildlogs::BuildLogs>>,
+    /// Finished builds still in `builds`, oldest first.
+    finished: Mutex<VecDeque<(BuildId, std::time::Instant)>>,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -52,6 +64,10 @@ struct SandboxHandle {
 /// A build's events so far; clients read it from any cursor.
 #[derive(Default)]
 pub struct BuildLog {
+    /// The build's id (0 for logs outside a daemon build).
+    pub id: BuildId,
+    /// Where the events are persisted, when the daemon keeps build logs.
+    journal: Option<crate::buildlogs::Journal>,
     pub(crate) events: Mutex<Vec<BuildEvent>>,
     finished: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
@@ -65,6 +81,9 @@ impl BuildLog {
             event,
             BuildEvent::Finished { .. } | BuildEvent::Failed { .. }
         );
+        if let Some(journal) = &self.journal {
+            journal.record(&event);
+        }
         self.events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -127,6 +146,10 @@ impl Engine {
             uploads: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            // The metric names are constants: only a programming error fails here.
+            metrics: Arc::new(crate::metrics::Metrics::new().expect("metrics register")),
+            build_logs: std::sync::OnceLock::new(),
+            finished: Mutex::new(VecDeque::new()),
         });
         tokio::spawn(build::track_dirty(
             Arc::downgrade(&engine),
@@ -221,20 +244,75 @@ impl Engine {
         self.projects.running()
     }
 
+    /// Persists every build's events under `logs` from now on; build ids
+    /// continue above the ones already there, so an id never names two builds.
+    pub fn attach_build_logs(&self, logs: Arc<crate::buildlogs::BuildLogs>) {
+        self.next_id.fetch_max(logs.last_id() + 1, Ordering::SeqCst);
+        let _ = self.build_logs.set(logs);
+    }
+
+    /// The per-build logs, when the daemon keeps them.
+    pub fn build_logs(&self) -> Option<&Arc<crate::buildlogs::BuildLogs>> {
+        self.build_logs.get()
+    }
+
+    /// Whether build `id` is running now (known and not finished).
+    pub fn is_running(&self, id: BuildId) -> bool {
+        self.log(id)
+            .is_ok_and(|log| !log.finished.load(Ordering::SeqCst))
+    }
+
+    /// Drops the events of builds that finished long enough ago, or beyond
+    /// [`MAX_FINISHED`]; their log files stay.
+    fn build_ended(&self, id: BuildId) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.push_back((id, std::time::Instant::now()));
+        let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..evictable(&finished, std::time::Instant::now()) {
+            if let Some((old, _)) = finished.pop_front() {
+                builds.remove(&old);
+            }
+        }
+    }
+
     /// Starts a build in the background and returns its id.
     pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        let log = Arc::new(BuildLog::default());
+        let project = crate::project::ProjectKey::of(&request).id();
+        let journal = self.build_logs.get().map(|logs| {
+            logs.begin(crate::buildlogs::Header {
+                build: id,
+                project: project.clone(),
+                context: request.context.clone(),
+                dockerfile: request.dockerfile.clone(),
+                target: request.target.clone(),
+                started_at_ms: crate::buildlogs::now_ms(),
+            })
+        });
+        let log = Arc::new(BuildLog {
+            id,
+            journal,
+            ..BuildLog::default()
+        });
         self.builds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, log.clone());
         let engine = self.clone();
-        let span = tracing::info_span!("build", build = id, context = %request.context);
+        // A root span: the build outlives the RPC that started it.
+        let span = tracing::info_span!(parent: None, "build", build = id, project = %project, context = %request.context, target = %request.target);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let started = std::time::Instant::now();
+                tracing::info!("build started");
+                let running = engine.metrics.build_running();
                 let outcome = build::run(&engine, id, &request, &log).await;
+                drop(running);
+                engine.metrics.build_ended(match &outcome {
+                    Ok(_) => "success",
+                    Err(e) if e.message == "build cancelled" => "cancelled",
+                    Err(_) => "failed",
+                });
                 engine.persist_hashes().await;
                 match outcome {
                     Ok(done) => {
@@ -251,6 +329,7 @@ impl Engine {
                         log.push(BuildEvent::Failed { error });
                     }
                 }
+                engine.build_ended(id);
             },
             span,
         ));
@@ -308,9 +387,10 @@ impl Engine {
             .get(&id)
             .cloned()
             .ok_or_else(|| {
-                RpcError::new(format!(
-                    "no build with id {id} (the daemon may have restarted)"
-                ))
+                RpcError::with_hint(
+                    format!("no build with id {id} in the daemon's memory (it finished a while ago, or the daemon restarted)"),
+                    format!("`memobuild-ctl logs {id}` prints its log"),
+                )
             })
     }
 
@@ -324,5 +404,34 @@ impl Engine {
         }
         let _ = tokio::time::timeout(LONG_POLL, notified).await;
         Ok(log.batch(cursor))
+    }
+}
+
+/// How many of the finished builds (oldest first) to drop from memory now:
+/// those older than [`KEEP_FINISHED`], and the oldest beyond [`MAX_FINISHED`].
+fn evictable(finished: &VecDeque<(BuildId, std::time::Instant)>, now: std::time::Instant) -> usize {
+    let expired = finished
+        .iter()
+        .take_while(|(_, at)| now.saturating_duration_since(*at) >= KEEP_FINISHED)
+        .count();
+    expired.max(finished.len().saturating_sub(MAX_FINISHED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn finished_builds_leave_memory_after_a_while_or_beyond_a_count() {
+        let old = Instant::now();
+        let now = old + KEEP_FINISHED + Duration::from_secs(1);
+        let mut finished: VecDeque<(BuildId, Instant)> = VecDeque::new();
+        finished.extend([(1, old), (2, old), (3, now)]);
+        assert_eq!(evictable(&finished, now), 2);
+        let fresh: VecDeque<(BuildId, Instant)> =
+            (0..MAX_FINISHED as u64 + 3).map(|i| (i, now)).collect();
+        assert_eq!(evictable(&fresh, now), 3);
+        assert_eq!(evictable(&VecDeque::new(), now), 0);
     }
 }
