@@ -16,6 +16,12 @@ pub fn ctx() -> tarpc::context::Context {
 }
 
 pub fn rpc_failed(e: tarpc::client::RpcError) -> RpcError {
+    // The daemon refuses users it does not allow with this error on every call.
+    if let tarpc::client::RpcError::Server(s) = &e {
+        if s.kind == std::io::ErrorKind::PermissionDenied {
+            return RpcError::new(s.detail.clone());
+        }
+    }
     RpcError::with_hint(
         format!("lost the connection to memobuildd: {e}"),
         "check that the daemon is running (its log says why it stopped)",

@@ -59,6 +59,20 @@ pub struct Settings {
     /// Most RUN steps running at once, across builds [default: the number of CPUs]
     #[arg(long, value_name = "N")]
     pub max_parallel_runs: Option<usize>,
+
+    // Access and lifecycle (docs/SECURITY.md, docs/OPERATIONS.md).
+    /// Users who may use the daemon, names or uids, comma-separated [default: root, the daemon's user, and the socket's group]
+    #[arg(long, value_name = "USERS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "names_or_ids")]
+    pub allowed_users: Option<Vec<String>>,
+    /// Groups whose members (primary or supplementary) may use the daemon, names or gids, comma-separated
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "names_or_ids")]
+    pub allowed_groups: Option<Vec<String>>,
+    /// On SIGTERM/SIGINT, how long running builds may take before they are cancelled: seconds or a duration like 1m30s [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// The effective settings.
@@ -75,9 +89,17 @@ pub struct Config {
     pub cpus: Option<f64>,
     pub pids_limit: i64,
     pub max_parallel_runs: usize,
+    pub allowed_users: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    #[serde(serialize_with = "humantime_text")]
+    pub shutdown_grace: std::time::Duration,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// The flags these settings were resolved from, so SIGHUP can re-read
+    /// the file with the same flags still winning.
+    #[serde(skip)]
+    pub flags: Flags,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +120,9 @@ impl Settings {
             cpus: self.cpus.or(other.cpus),
             pids_limit: self.pids_limit.or(other.pids_limit),
             max_parallel_runs: self.max_parallel_runs.or(other.max_parallel_runs),
+            allowed_users: self.allowed_users.or(other.allowed_users),
+            allowed_groups: self.allowed_groups.or(other.allowed_groups),
+            shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
         }
     }
 }
@@ -161,7 +186,90 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
                     .unwrap_or(2)
             })
             .max(1),
+        allowed_users: non_empty("allowed-users", s.allowed_users)?,
+        allowed_groups: non_empty("allowed-groups", s.allowed_groups)?,
+        shutdown_grace: parse_grace(s.shutdown_grace.as_deref())?,
         file,
+        flags: flags.clone(),
+    })
+}
+
+/// Re-reads the config file `config` came from, with the same flags: what
+/// SIGHUP does.
+pub fn reload(config: &Config) -> Result<Config, ConfigError> {
+    let mut flags = config.flags.clone();
+    flags.config = config.file.clone().or(flags.config);
+    load(&flags)
+}
+
+// ---------------------------------------------------------------------------
+// Access and lifecycle options: parsing and validation.
+
+/// Users and groups may be written as names or numeric ids (TOML strings or
+/// integers).
+fn names_or_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrId {
+        Id(u32),
+        Name(String),
+    }
+    let items = Vec::<NameOrId>::deserialize(d)?;
+    Ok(Some(
+        items
+            .into_iter()
+            .map(|i| match i {
+                NameOrId::Id(n) => n.to_string(),
+                NameOrId::Name(s) => s,
+            })
+            .collect(),
+    ))
+}
+
+/// A duration may be a number of seconds or a text like "1m30s".
+fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum SecondsOrText {
+        Seconds(u64),
+        Text(String),
+    }
+    Ok(Some(match SecondsOrText::deserialize(d)? {
+        SecondsOrText::Seconds(n) => n.to_string(),
+        SecondsOrText::Text(t) => t,
+    }))
+}
+
+fn humantime_text<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn non_empty(key: &str, items: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let items: Vec<String> = items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.trim().to_string())
+        .collect();
+    if items.iter().any(String::is_empty) {
+        return Err(ConfigError(format!(
+            "{key}: an empty name; list names or numeric ids, e.g. {key} = [\"alice\", \"1001\"]"
+        )));
+    }
+    Ok(items)
+}
+
+/// `shutdown-grace`: seconds ("30") or Docker-style ("1m30s", "500ms").
+pub fn parse_grace(text: Option<&str>) -> Result<std::time::Duration, ConfigError> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError(format!(
+            "shutdown-grace = {text:?}: {e}; use seconds (30) or a duration like 1m30s"
+        ))
     })
 }
 

@@ -7,6 +7,7 @@
 //!             -> oci (layers, image) -> store
 //! ```
 
+pub mod access;
 pub mod config;
 pub mod context;
 pub mod daemon;
@@ -17,6 +18,7 @@ pub mod oci;
 pub mod project;
 pub mod rootpath;
 pub mod sandbox;
+pub mod sdnotify;
 pub mod server;
 pub mod store;
 pub mod time;

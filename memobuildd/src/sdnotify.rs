@@ -1,0 +1,82 @@
+//! The systemd service protocol: a listening socket passed by socket
+//! activation (`LISTEN_FDS`/`LISTEN_PID`), and sd_notify messages (READY,
+//! RELOADING, STOPPING, WATCHDOG pings). Everything here is a no-op when the
+//! daemon was not started by systemd (or `systemd-socket-activate`).
+
+use sd_notify::NotifyState;
+use std::os::fd::FromRawFd;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    #[error("socket activation: {0}; pass exactly one listening Unix stream socket (ListenStream= in memobuildd.socket)")]
+    Fds(String),
+}
+
+/// The socket systemd passed us, if it did; `None` means bind our own.
+pub fn activated_listener() -> Result<Option<tokio::net::UnixListener>, ActivationError> {
+    let fds: Vec<_> = sd_notify::listen_fds()
+        .map_err(|e| ActivationError::Fds(e.to_string()))?
+        .collect();
+    let fd = match fds.as_slice() {
+        [] => return Ok(None),
+        [fd] => *fd,
+        more => return Err(ActivationError::Fds(format!("got {} sockets", more.len()))),
+    };
+    // Safety: LISTEN_PID names this process, so the fd is ours to own; it is
+    // taken exactly once (listen_fds is only called here).
+    let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+    // A socket that is not a Unix stream listener fails here, not at accept.
+    listener
+        .local_addr()
+        .map_err(|e| ActivationError::Fds(format!("fd {fd} is not a Unix socket: {e}")))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ActivationError::Fds(e.to_string()))?;
+    tokio::net::UnixListener::from_std(listener)
+        .map(Some)
+        .map_err(|e| ActivationError::Fds(e.to_string()))
+}
+
+fn send(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd (NOTIFY_SOCKET)");
+    }
+}
+
+/// The socket is serving.
+pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// SIGHUP: reloading the config; [`ready`] follows.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
+/// SIGTERM/SIGINT: stopping (running builds get the shutdown grace).
+pub fn stopping(status: &str) {
+    send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+}
+
+/// With `WatchdogSec=` in the unit, pings at half the interval for as long as
+/// the runtime answers (a wedged runtime stops the pings, and systemd
+/// restarts the daemon).
+pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = sd_notify::watchdog_enabled()? / 2;
+    let interval = interval.max(Duration::from_millis(10));
+    tracing::info!(
+        every_ms = interval.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            send(&[NotifyState::Watchdog]);
+        }
+    }))
+}
