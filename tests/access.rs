@@ -83,7 +83,11 @@ fn a_user_not_allowed_gets_a_clear_refusal_and_the_daemon_keeps_serving() {
 #[test]
 fn users_and_groups_from_the_config_may_build() {
     let ctx = copy_context();
-    for config in ["allowed-users = [\"nobody\"]\n", "allowed-users = [65534]\n", "allowed-groups = [\"nogroup\"]\n"] {
+    for config in [
+        "allowed-users = [\"nobody\"]\n",
+        "allowed-users = [65534]\n",
+        "allowed-groups = [\"nogroup\"]\n",
+    ] {
         let (d, _dir, _) = daemon_with_config(config);
         let out = ctl_as(
             NOBODY,
@@ -97,7 +101,11 @@ fn users_and_groups_from_the_config_may_build() {
             text(&out),
             d.log()
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("sha256:"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("sha256:"),
+            "{}",
+            text(&out)
+        );
     }
     // As flags too.
     let d = Daemon::start_with(&["--allowed-users", "someone,nobody"]);
@@ -117,7 +125,8 @@ fn members_of_the_socket_group_are_allowed_by_default() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
-        stderr.contains("permission denied: uid 4242 is not allowed") && stderr.contains("group nogroup"),
+        stderr.contains("permission denied: uid 4242 is not allowed")
+            && stderr.contains("group nogroup"),
         "{}",
         text(&out)
     );
@@ -131,7 +140,9 @@ fn sighup_reloads_the_allowed_users_and_a_bad_file_keeps_the_old_rules() {
     std::fs::write(&original, "allowed-users = [\"root\", \"nobody\"]\n").unwrap();
     d.signal("HUP");
     wait_until(Duration::from_secs(10), &d, || {
-        ctl_as(NOBODY, NOGROUP, &d.socket, &["status"]).status.success()
+        ctl_as(NOBODY, NOGROUP, &d.socket, &["status"])
+            .status
+            .success()
     });
 
     // A broken file: the error is logged and the old rules stay.
@@ -147,7 +158,8 @@ fn sighup_reloads_the_allowed_users_and_a_bad_file_keeps_the_old_rules() {
     std::fs::write(&original, "max-parallel-runs = 7\n").unwrap();
     d.signal("HUP");
     wait_until(Duration::from_secs(10), &d, || {
-        d.log().contains("max-parallel-runs changed; it needs restart")
+        d.log()
+            .contains("max-parallel-runs changed; it needs restart")
     });
     assert_refused(&d, &ctl_as(NOBODY, NOGROUP, &d.socket, &["status"]));
 }
@@ -155,7 +167,11 @@ fn sighup_reloads_the_allowed_users_and_a_bad_file_keeps_the_old_rules() {
 fn wait_until(within: Duration, d: &Daemon, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out; daemon log:\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "timed out; daemon log:\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

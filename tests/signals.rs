@@ -97,9 +97,10 @@ fn sleeper(secs: u32) -> tempfile::TempDir {
 /// Host processes running exactly `sleep N`.
 fn sleeping(secs: u32) -> bool {
     let want = format!("sleep\0{secs}\0");
-    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes())
-    })
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
 }
 
 #[test]
@@ -113,7 +114,10 @@ fn sigterm_lets_a_running_build_finish_refuses_new_ones_and_exits_0() {
     let other = busybox_context("RUN echo other\n");
     let refused = d.build(other.path(), &[]);
     assert!(!refused.success, "{}", refused.text());
-    let message = refused.error()["message"].as_str().unwrap_or_default().to_string();
+    let message = refused.error()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         message.contains("memobuildd is shutting down"),
         "{}",
@@ -126,7 +130,10 @@ fn sigterm_lets_a_running_build_finish_refuses_new_ones_and_exits_0() {
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("daemon did not exit:\n{}", d.log()));
     assert!(status.success(), "exit {status}:\n{}", d.log());
-    assert!(!d.socket.exists(), "the daemon removes the socket it created");
+    assert!(
+        !d.socket.exists(),
+        "the daemon removes the socket it created"
+    );
     // The finished build's image survived the stop: a restart serves it from cache.
     d.spawn();
     let again = d.build_ok(ctx.path(), &[]);
@@ -149,8 +156,7 @@ fn sigterm_past_the_grace_cancels_the_run_and_leaves_nothing_in_containerd() {
     let (ok, output) = bg.finish(Duration::from_secs(30));
     assert!(!ok, "a cancelled build must exit non-zero:\n{output}");
     assert!(
-        output.contains("memobuildd is shutting down")
-            && output.contains("shutdown grace (1s)"),
+        output.contains("memobuildd is shutting down") && output.contains("shutdown grace (1s)"),
         "the client must say why the build stopped:\n{output}"
     );
     assert!(
@@ -168,7 +174,11 @@ fn sigterm_past_the_grace_cancels_the_run_and_leaves_nothing_in_containerd() {
     );
     assert!(!sleeping(37), "the cancelled step's process still runs");
     let left = leftovers_after_exit(&d.data);
-    assert!(left.is_empty(), "containerd still holds:\n{}", left.join("\n"));
+    assert!(
+        left.is_empty(),
+        "containerd still holds:\n{}",
+        left.join("\n")
+    );
 }
 
 #[test]

@@ -90,9 +90,7 @@ fn receive(
 }
 
 fn count(got: &[String], line: &str) -> usize {
-    got.iter()
-        .filter(|m| m.lines().any(|l| l == line))
-        .count()
+    got.iter().filter(|m| m.lines().any(|l| l == line)).count()
 }
 
 #[test]

@@ -201,7 +201,11 @@ mod tests {
     }
 
     fn peer(uid: u32, gid: u32) -> Peer {
-        Peer { uid, gid, pid: None }
+        Peer {
+            uid,
+            gid,
+            pid: None,
+        }
     }
 
     #[test]

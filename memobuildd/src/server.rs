@@ -42,7 +42,11 @@ pub async fn serve(
             let verdict = match peer {
                 Ok(peer) => access.check(peer).await.map_err(|e| (peer, e)),
                 Err(e) => Err((
-                    crate::access::Peer { uid: u32::MAX, gid: u32::MAX, pid: None },
+                    crate::access::Peer {
+                        uid: u32::MAX,
+                        gid: u32::MAX,
+                        pid: None,
+                    },
                     format!("permission denied: cannot read the peer's credentials: {e}"),
                 )),
             };

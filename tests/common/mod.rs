@@ -371,7 +371,11 @@ impl Daemon {
     pub fn open_socket_to_all(&self) {
         use std::os::unix::fs::PermissionsExt;
         let run = self.socket.parent().expect("socket dir");
-        for (path, mode) in [(self.dir.path(), 0o755), (run, 0o755), (&self.socket, 0o666)] {
+        for (path, mode) in [
+            (self.dir.path(), 0o755),
+            (run, 0o755),
+            (&self.socket, 0o666),
+        ] {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         }
     }
@@ -453,7 +457,11 @@ pub fn leftovers_after_exit(data: &Path) -> Vec<String> {
         }
     }
     for row in ctr_rows(&socket, &["snapshots", "ls"]) {
-        let key = row.split_whitespace().next().unwrap_or_default().to_string();
+        let key = row
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         let info = ctr(&socket, &["snapshots", "info", &key]);
         let info: Value = serde_json::from_str(&info).unwrap_or_default();
         if info["Labels"].get("memobuild.run").is_some() || info["Kind"] == "Active" {
