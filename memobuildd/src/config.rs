@@ -339,4 +339,67 @@ mod tests {
         std::fs::write(&file, "memory = \"lots\"\n").unwrap();
         assert!(load(&flags).unwrap_err().to_string().contains("memory"));
     }
+
+    #[test]
+    fn access_and_grace_options_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "allowed-users = [\"alice\", 1001]\nallowed-groups = [\"dev\"]\nshutdown-grace = \"1m30s\"\n",
+        )
+        .unwrap();
+        let flags = Flags::parse_from(["memobuildd", "--config", file.to_str().unwrap()]);
+        let c = load(&flags).unwrap();
+        assert_eq!(c.allowed_users, ["alice", "1001"]);
+        assert_eq!(c.allowed_groups, ["dev"]);
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(90));
+        assert!(c.to_toml().contains("shutdown-grace = \"1m 30s\""), "{}", c.to_toml());
+        let flags = Flags::parse_from([
+            "memobuildd",
+            "--config",
+            file.to_str().unwrap(),
+            "--allowed-users",
+            "bob,2002",
+            "--shutdown-grace",
+            "5",
+        ]);
+        let c = load(&flags).unwrap();
+        assert_eq!(c.allowed_users, ["bob", "2002"]);
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(5));
+        assert_eq!(
+            load(&Flags::default()).map(|c| c.shutdown_grace).ok(),
+            Some(std::time::Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn bad_grace_and_empty_names_are_errors_that_say_what_to_write() {
+        let e = parse_grace(Some("soon")).unwrap_err().to_string();
+        assert!(e.contains("shutdown-grace") && e.contains("1m30s"), "{e}");
+        let flags = Flags::parse_from(["memobuildd", "--allowed-users", "alice,,bob"]);
+        let e = load(&flags).unwrap_err().to_string();
+        assert!(e.contains("allowed-users"), "{e}");
+    }
+
+    #[test]
+    fn reload_rereads_the_file_and_flags_still_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "allowed-users = [\"alice\"]\nstep-timeout = 10\n").unwrap();
+        let flags = Flags::parse_from([
+            "memobuildd",
+            "--config",
+            file.to_str().unwrap(),
+            "--step-timeout",
+            "5",
+        ]);
+        let c = load(&flags).unwrap();
+        std::fs::write(&file, "allowed-users = [\"bob\"]\nstep-timeout = 20\n").unwrap();
+        let r = reload(&c).unwrap();
+        assert_eq!(r.allowed_users, ["bob"]);
+        assert_eq!(r.step_timeout, 5);
+        std::fs::write(&file, "allowed-users = [").unwrap();
+        assert!(reload(&c).is_err());
+    }
 }
