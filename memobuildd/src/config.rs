@@ -354,7 +354,11 @@ mod tests {
         assert_eq!(c.allowed_users, ["alice", "1001"]);
         assert_eq!(c.allowed_groups, ["dev"]);
         assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(90));
-        assert!(c.to_toml().contains("shutdown-grace = \"1m 30s\""), "{}", c.to_toml());
+        assert!(
+            c.to_toml().contains("shutdown-grace = \"1m 30s\""),
+            "{}",
+            c.to_toml()
+        );
         let flags = Flags::parse_from([
             "memobuildd",
             "--config",

@@ -39,6 +39,8 @@ const DRAIN: Duration = Duration::from_millis(500);
 /// Runs the daemon until SIGTERM or SIGINT (then stops gracefully); SIGHUP
 /// reloads the config file.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Before anything else: a stop during start-up must not kill us mid-way.
+    let mut signals = Signals::new()?;
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
@@ -63,15 +65,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), activated = !owned, "memobuildd serving");
     sdnotify::ready("serving");
     let watchdog = sdnotify::spawn_watchdog();
-    let mut signals = Signals::new()?;
     let mut config = config;
     let result = loop {
         tokio::select! {
-            r = &mut serving => break Err(setup(format!(
-                "accepting on {}: {}",
-                socket.display(),
-                r.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default())
-            ))),
+            r = &mut serving => break Err(serve_failed(&socket, r)),
             signal = signals.next() => match signal {
                 Signal::Reload => config = reload(config, &engine, &access),
                 Signal::Stop => break Ok(()),
@@ -93,6 +90,19 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
     tracing::info!("memobuildd stopped");
     result
+}
+
+/// Why the serve loop ended (it only ends on an accept error, or a panic).
+fn serve_failed(
+    socket: &Path,
+    outcome: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> DaemonError {
+    let why = match outcome {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => "the listener closed".to_string(),
+        Err(e) => e.to_string(),
+    };
+    setup(format!("accepting on {}: {why}", socket.display()))
 }
 
 /// The listening socket: the one systemd passed, else our own. Also returns
