@@ -63,14 +63,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let access = Arc::new(Access::new(&config, &socket));
     let mut serving = tokio::spawn(serve(listener, server, access.clone()));
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), activated = !owned, "memobuildd serving");
-    sdnotify::ready("serving");
+    sdnotify::ready("serving").await;
     let watchdog = sdnotify::spawn_watchdog();
     let mut config = config;
     let result = loop {
         tokio::select! {
             r = &mut serving => break Err(serve_failed(&socket, r)),
             signal = signals.next() => match signal {
-                Signal::Reload => config = reload(config, &engine, &access),
+                Signal::Reload => config = reload(config, &engine, &access).await,
                 Signal::Stop => break Ok(()),
             },
         }
@@ -131,7 +131,7 @@ async fn listen(config: &Config) -> Result<(UnixListener, PathBuf, bool), Daemon
 async fn stop_builds(engine: &Arc<Engine>, grace: Duration, signals: &mut Signals) {
     engine.begin_shutdown();
     let running = engine.unfinished_builds();
-    sdnotify::stopping(&format!("stopping: {running} builds running"));
+    sdnotify::stopping(&format!("stopping: {running} builds running")).await;
     if running > 0 {
         tracing::info!(
             running,
@@ -170,13 +170,13 @@ async fn wait_stop(signals: &mut Signals) {
 /// SIGHUP: re-reads the config file. Access rules and RUN defaults take
 /// effect at once; options that need a restart are logged as such. A bad file
 /// keeps the old config.
-fn reload(old: Config, engine: &Engine, access: &Access) -> Config {
-    sdnotify::reloading();
+async fn reload(old: Config, engine: &Engine, access: &Access) -> Config {
+    sdnotify::reloading().await;
     let new = match config::reload(&old) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}");
-            sdnotify::ready("serving (config reload failed)");
+            sdnotify::ready("serving (config reload failed)").await;
             return old;
         }
     };
@@ -191,7 +191,7 @@ fn reload(old: Config, engine: &Engine, access: &Access) -> Config {
         allowed_groups = ?new.allowed_groups,
         "SIGHUP: config reloaded"
     );
-    sdnotify::ready("serving");
+    sdnotify::ready("serving").await;
     // The restart-only options keep their running values.
     Config {
         data_dir: old.data_dir,

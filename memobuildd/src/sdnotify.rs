@@ -44,27 +44,37 @@ fn send(states: &[NotifyState]) {
     }
 }
 
+/// Sends from a blocking thread: the notify socket is a blocking datagram
+/// socket, and a manager that does not read it (its queue is full) must not
+/// stall the async workers.
+async fn send_off_thread(message: impl FnOnce() + Send + 'static) {
+    let _ = tokio::task::spawn_blocking(message).await;
+}
+
 /// The socket is serving.
-pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+pub async fn ready(status: &str) {
+    let status = status.to_string();
+    send_off_thread(move || send(&[NotifyState::Ready, NotifyState::Status(&status)])).await;
 }
 
 /// SIGHUP: reloading the config; [`ready`] follows.
-pub fn reloading() {
-    match NotifyState::monotonic_usec_now() {
+pub async fn reloading() {
+    send_off_thread(|| match NotifyState::monotonic_usec_now() {
         Ok(now) => send(&[NotifyState::Reloading, now]),
         Err(_) => send(&[NotifyState::Reloading]),
-    }
+    })
+    .await;
 }
 
 /// SIGTERM/SIGINT: stopping (running builds get the shutdown grace).
-pub fn stopping(status: &str) {
-    send(&[NotifyState::Stopping, NotifyState::Status(status)]);
+pub async fn stopping(status: &str) {
+    let status = status.to_string();
+    send_off_thread(move || send(&[NotifyState::Stopping, NotifyState::Status(&status)])).await;
 }
 
 /// With `WatchdogSec=` in the unit, pings at half the interval for as long as
 /// the runtime answers (a wedged runtime stops the pings, and systemd
-/// restarts the daemon).
+/// restarts the daemon). One ping at a time: they never pile up.
 pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
     let interval = sd_notify::watchdog_enabled()? / 2;
     let interval = interval.max(Duration::from_millis(10));
@@ -74,9 +84,10 @@ pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
     );
     Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            send(&[NotifyState::Watchdog]);
+            send_off_thread(|| send(&[NotifyState::Watchdog])).await;
         }
     }))
 }
