@@ -1,6 +1,7 @@
 //! SIGTERM/SIGINT stop the daemon gracefully: new builds are refused, running
 //! ones get the shutdown grace and then are cancelled (their containers
-//! removed), and the daemon exits 0. Real daemon, real containerd and runc
+//! removed), and the daemon exits 0. SIGHUP applies new RUN defaults (access
+//! reloads are in tests/access.rs). Real daemon, real containerd and runc
 //! (Debian `containerd`, `runc`, `busybox-static`).
 
 mod common;
@@ -191,4 +192,27 @@ fn sigint_with_nothing_running_exits_0_at_once() {
         .unwrap_or_else(|| panic!("daemon did not exit:\n{}", d.log()));
     assert!(status.success(), "exit {status}:\n{}", d.log());
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn sighup_applies_new_run_defaults_to_the_next_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("memobuildd.toml");
+    std::fs::write(&config, "step-timeout = 1\n").unwrap();
+    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    let ctx = sleeper(3);
+    let out = d.build(ctx.path(), &[]);
+    let message = out.error()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(message.contains("timeout"), "{}", out.text());
+    std::fs::write(&config, "step-timeout = 60\n").unwrap();
+    d.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("SIGHUP: config reloaded") {
+        assert!(Instant::now() < deadline, "no reload:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.build_ok(ctx.path(), &[]);
 }
