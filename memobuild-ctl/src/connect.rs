@@ -16,6 +16,13 @@ pub fn ctx() -> tarpc::context::Context {
 }
 
 pub fn rpc_failed(e: tarpc::client::RpcError) -> RpcError {
+    // The daemon answers every call of a user it does not allow with this
+    // error. (Matched by its text: tarpc does not carry the error kind intact.)
+    if let tarpc::client::RpcError::Server(s) = &e {
+        if s.detail.starts_with("permission denied: ") {
+            return RpcError::new(s.detail.clone());
+        }
+    }
     RpcError::with_hint(
         format!("lost the connection to memobuildd: {e}"),
         "check that the daemon is running (its log says why it stopped)",

@@ -265,14 +265,26 @@ async fn run_build(
         .as_deref()
         .map(output::OutputSpec::parse)
         .transpose()?;
-    let id = client
+    let mut printer = progress::Printer::new(&args.progress);
+    // A refused build (e.g. the daemon is shutting down) is reported like a
+    // failed one, so `--progress json` readers see it too.
+    let id = match client
         .start_build(connect::ctx(), request)
         .await
-        .map_err(connect::rpc_failed)??;
+        .map_err(connect::rpc_failed)
+        .and_then(|r| r)
+    {
+        Ok(id) => id,
+        Err(error) => {
+            printer.event(&BuildEvent::Failed {
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+    };
     // One listener for the whole build: a Ctrl-C between two polls is not lost.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| RpcError::new(format!("cannot listen for Ctrl-C: {e}")))?;
-    let mut printer = progress::Printer::new(&args.progress);
     let mut cursor = 0;
     let mut result = None;
     loop {

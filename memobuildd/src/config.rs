@@ -79,6 +79,20 @@ pub struct Settings {
     #[arg(long)]
     #[serde(default)]
     pub metrics_allow_remote: bool,
+
+    // Access and lifecycle (docs/SECURITY.md, docs/OPERATIONS.md).
+    /// Users who may use the daemon, names or uids, comma-separated [default: root, the daemon's user, and the socket's group]
+    #[arg(long, value_name = "USERS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "names_or_ids")]
+    pub allowed_users: Option<Vec<String>>,
+    /// Groups whose members (primary or supplementary) may use the daemon, names or gids, comma-separated
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "names_or_ids")]
+    pub allowed_groups: Option<Vec<String>>,
+    /// On SIGTERM/SIGINT, how long running builds may take before they are cancelled: seconds or a duration like 1m30s [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// The effective settings.
@@ -101,9 +115,17 @@ pub struct Config {
     pub build_logs_keep: usize,
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub metrics_allow_remote: bool,
+    pub allowed_users: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    #[serde(serialize_with = "humantime_text")]
+    pub shutdown_grace: std::time::Duration,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
+    /// The flags these settings were resolved from, so SIGHUP can re-read
+    /// the file with the same flags still winning.
+    #[serde(skip)]
+    pub flags: Flags,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +152,9 @@ impl Settings {
             build_logs_keep: self.build_logs_keep.or(other.build_logs_keep),
             metrics_listen: self.metrics_listen.or(other.metrics_listen),
             metrics_allow_remote: self.metrics_allow_remote || other.metrics_allow_remote,
+            allowed_users: self.allowed_users.or(other.allowed_users),
+            allowed_groups: self.allowed_groups.or(other.allowed_groups),
+            shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
         }
     }
 }
@@ -207,7 +232,90 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
                     .unwrap_or(2)
             })
             .max(1),
+        allowed_users: non_empty("allowed-users", s.allowed_users)?,
+        allowed_groups: non_empty("allowed-groups", s.allowed_groups)?,
+        shutdown_grace: parse_grace(s.shutdown_grace.as_deref())?,
         file,
+        flags: flags.clone(),
+    })
+}
+
+/// Re-reads the config file `config` came from, with the same flags: what
+/// SIGHUP does.
+pub fn reload(config: &Config) -> Result<Config, ConfigError> {
+    let mut flags = config.flags.clone();
+    flags.config = config.file.clone().or(flags.config);
+    load(&flags)
+}
+
+// ---------------------------------------------------------------------------
+// Access and lifecycle options: parsing and validation.
+
+/// Users and groups may be written as names or numeric ids (TOML strings or
+/// integers).
+fn names_or_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NameOrId {
+        Id(u32),
+        Name(String),
+    }
+    let items = Vec::<NameOrId>::deserialize(d)?;
+    Ok(Some(
+        items
+            .into_iter()
+            .map(|i| match i {
+                NameOrId::Id(n) => n.to_string(),
+                NameOrId::Name(s) => s,
+            })
+            .collect(),
+    ))
+}
+
+/// A duration may be a number of seconds or a text like "1m30s".
+fn duration_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum SecondsOrText {
+        Seconds(u64),
+        Text(String),
+    }
+    Ok(Some(match SecondsOrText::deserialize(d)? {
+        SecondsOrText::Seconds(n) => n.to_string(),
+        SecondsOrText::Text(t) => t,
+    }))
+}
+
+fn humantime_text<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn non_empty(key: &str, items: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let items: Vec<String> = items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.trim().to_string())
+        .collect();
+    if items.iter().any(String::is_empty) {
+        return Err(ConfigError(format!(
+            "{key}: an empty name; list names or numeric ids, e.g. {key} = [\"alice\", \"1001\"]"
+        )));
+    }
+    Ok(items)
+}
+
+/// `shutdown-grace`: seconds ("30") or Docker-style ("1m30s", "500ms").
+pub fn parse_grace(text: Option<&str>) -> Result<std::time::Duration, ConfigError> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(std::time::Duration::from_secs(30));
+    };
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError(format!(
+            "shutdown-grace = {text:?}: {e}; use seconds (30) or a duration like 1m30s"
+        ))
     })
 }
 
@@ -319,5 +427,72 @@ mod tests {
         assert!(e.contains("step-timout") && e.contains("hint:"), "{e}");
         std::fs::write(&file, "memory = \"lots\"\n").unwrap();
         assert!(load(&flags).unwrap_err().to_string().contains("memory"));
+    }
+
+    #[test]
+    fn access_and_grace_options_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "allowed-users = [\"alice\", 1001]\nallowed-groups = [\"dev\"]\nshutdown-grace = \"1m30s\"\n",
+        )
+        .unwrap();
+        let flags = Flags::parse_from(["memobuildd", "--config", file.to_str().unwrap()]);
+        let c = load(&flags).unwrap();
+        assert_eq!(c.allowed_users, ["alice", "1001"]);
+        assert_eq!(c.allowed_groups, ["dev"]);
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(90));
+        assert!(
+            c.to_toml().contains("shutdown-grace = \"1m 30s\""),
+            "{}",
+            c.to_toml()
+        );
+        let flags = Flags::parse_from([
+            "memobuildd",
+            "--config",
+            file.to_str().unwrap(),
+            "--allowed-users",
+            "bob,2002",
+            "--shutdown-grace",
+            "5",
+        ]);
+        let c = load(&flags).unwrap();
+        assert_eq!(c.allowed_users, ["bob", "2002"]);
+        assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(5));
+        assert_eq!(
+            load(&Flags::default()).map(|c| c.shutdown_grace).ok(),
+            Some(std::time::Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn bad_grace_and_empty_names_are_errors_that_say_what_to_write() {
+        let e = parse_grace(Some("soon")).unwrap_err().to_string();
+        assert!(e.contains("shutdown-grace") && e.contains("1m30s"), "{e}");
+        let flags = Flags::parse_from(["memobuildd", "--allowed-users", "alice,,bob"]);
+        let e = load(&flags).unwrap_err().to_string();
+        assert!(e.contains("allowed-users"), "{e}");
+    }
+
+    #[test]
+    fn reload_rereads_the_file_and_flags_still_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "allowed-users = [\"alice\"]\nstep-timeout = 10\n").unwrap();
+        let flags = Flags::parse_from([
+            "memobuildd",
+            "--config",
+            file.to_str().unwrap(),
+            "--step-timeout",
+            "5",
+        ]);
+        let c = load(&flags).unwrap();
+        std::fs::write(&file, "allowed-users = [\"bob\"]\nstep-timeout = 20\n").unwrap();
+        let r = reload(&c).unwrap();
+        assert_eq!(r.allowed_users, ["bob"]);
+        assert_eq!(r.step_timeout, 5);
+        std::fs::write(&file, "allowed-users = [").unwrap();
+        assert!(reload(&c).is_err());
     }
 }

@@ -1,14 +1,19 @@
-//! Daemon start-up: the socket (permissions, stale files, another
-//! daemon already listening), and the serve loop with signal handling.
+//! The daemon process: start-up (the socket: passed by systemd, or bound here
+//! with its permissions, stale files, another daemon already listening), the
+//! serve loop, and signals: SIGTERM/SIGINT stop gracefully (running builds get
+//! the shutdown grace), SIGHUP reloads the config file.
 
-use crate::config::Config;
+use crate::access::Access;
+use crate::config::{self, Config};
 use crate::exec::Engine;
+use crate::sdnotify;
 use crate::server::{serve, Server};
 use crate::store::Store;
 use memobuild_shared::{DaemonInfo, PROTOCOL_VERSION};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::UnixListener;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,17 +28,27 @@ fn setup(msg: impl Into<String>) -> DaemonError {
     DaemonError::Setup(msg.into())
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// How long cancelled builds get to wind down (containers killed and
+/// removed) after the shutdown grace ran out.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+/// After the last build ended, how long clients get to fetch its final event
+/// before the socket closes.
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// Runs the daemon until SIGTERM or SIGINT (then stops gracefully); SIGHUP
+/// reloads the config file.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    // Before anything else: a stop during start-up must not kill us mid-way.
+    let mut signals = Signals::new()?;
     let data_dir = config.data_dir.clone();
-    let socket = config.socket.clone();
     let store = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
         move || Store::open(&data_dir)
     })
     .await
     .map_err(|e| setup(e.to_string()))??;
-    let listener = bind(&socket, config.socket_group.as_deref()).await?;
+    let (listener, socket, owned) = listen(&config).await?;
     let info = DaemonInfo {
         protocol_version: PROTOCOL_VERSION,
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -46,13 +61,34 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     };
     let engine = server.engine.clone();
     observe(&engine, &config).await?;
-    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), "memobuildd serving");
-    let result = tokio::select! {
-        r = serve(listener, server) => r.map_err(|e| setup(format!("accepting on {}: {e}", socket.display()))),
-        _ = shutdown_signal() => Ok(()),
+    let access = Arc::new(Access::new(&config, &socket));
+    let mut serving = tokio::spawn(serve(listener, server, access.clone()));
+    tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), activated = !owned, "memobuildd serving");
+    sdnotify::ready("serving").await;
+    let watchdog = sdnotify::spawn_watchdog();
+    let mut config = config;
+    let result = loop {
+        tokio::select! {
+            r = &mut serving => break Err(serve_failed(&socket, r)),
+            signal = signals.next() => match signal {
+                Signal::Reload => config = reload(config, &engine, &access).await,
+                Signal::Stop => break Ok(()),
+            },
+        }
     };
-    let _ = std::fs::remove_file(&socket);
+    if result.is_ok() {
+        stop_builds(&engine, config.shutdown_grace, &mut signals).await;
+    }
+    serving.abort();
+    if owned {
+        // A socket-activated one belongs to systemd, which keeps it for the next start.
+        let _ = std::fs::remove_file(&socket);
+    }
+    engine.persist_hashes().await;
     engine.shutdown().await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("memobuildd stopped");
     result
 }
@@ -78,17 +114,169 @@ async fn observe(engine: &Arc<Engine>, config: &Config) -> Result<(), DaemonErro
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
+/// Why the serve loop ended (it only ends on an accept error, or a panic).
+fn serve_failed(
+    socket: &Path,
+    outcome: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> DaemonError {
+    let why = match outcome {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(())) => "the listener closed".to_string(),
+        Err(e) => e.to_string(),
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    setup(format!("accepting on {}: {why}", socket.display()))
+}
+
+/// The listening socket: the one systemd passed, else our own. Also returns
+/// its path and whether we created it (and so remove it at exit).
+async fn listen(config: &Config) -> Result<(UnixListener, PathBuf, bool), DaemonError> {
+    match sdnotify::activated_listener().map_err(|e| setup(e.to_string()))? {
+        Some(listener) => {
+            let path = listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                .unwrap_or_else(|| config.socket.clone());
+            Ok((listener, path, false))
+        }
+        None => Ok((
+            bind(&config.socket, config.socket_group.as_deref()).await?,
+            config.socket.clone(),
+            true,
+        )),
+    }
+}
+
+/// Stops taking builds, gives the running ones `grace` to finish, then
+/// cancels them (a second SIGTERM/SIGINT cancels at once) and waits for their
+/// containers to be removed.
+async fn stop_builds(engine: &Arc<Engine>, grace: Duration, signals: &mut Signals) {
+    engine.begin_shutdown();
+    let running = engine.unfinished_builds();
+    sdnotify::stopping(&format!("stopping: {running} builds running")).await;
+    if running > 0 {
+        tracing::info!(
+            running,
+            grace = %humantime::format_duration(grace),
+            "waiting for running builds (new builds are refused)"
+        );
+    }
+    let finished = tokio::select! {
+        done = engine.wait_idle(grace) => done,
+        _ = wait_stop(signals) => {
+            tracing::info!("second stop signal: cancelling running builds now");
+            false
+        }
+    };
+    if !finished {
+        tracing::warn!(
+            running = engine.unfinished_builds(),
+            "shutdown grace over: cancelling running builds"
+        );
+        engine.cancel_all(grace);
+        if !engine.wait_idle(CANCEL_WAIT).await {
+            tracing::warn!("some builds did not stop after being cancelled");
+        }
+    }
+    engine.release_runs().await;
+    if running > 0 {
+        // Their clients are long-polling: let them read the final event.
+        tokio::time::sleep(DRAIN).await;
+    }
+}
+
+async fn wait_stop(signals: &mut Signals) {
+    while let Signal::Reload = signals.next().await {}
+}
+
+/// SIGHUP: re-reads the config file. Access rules and RUN defaults take
+/// effect at once; options that need a restart are logged as such. A bad file
+/// keeps the old config.
+async fn reload(old: Config, engine: &Engine, access: &Access) -> Config {
+    sdnotify::reloading().await;
+    let new = match config::reload(&old) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("SIGHUP: config not reloaded, keeping the old one: {e}");
+            sdnotify::ready("serving (config reload failed)").await;
+            return old;
+        }
+    };
+    for option in restart_only_changes(&old, &new) {
+        tracing::warn!("SIGHUP: {option} changed; it needs restart to take effect");
+    }
+    access.update(&new);
+    engine.set_run_settings(new.run_settings());
+    tracing::info!(
+        file = ?new.file,
+        allowed_users = ?new.allowed_users,
+        allowed_groups = ?new.allowed_groups,
+        "SIGHUP: config reloaded"
+    );
+    sdnotify::ready("serving").await;
+    // The restart-only options keep their running values.
+    Config {
+        data_dir: old.data_dir,
+        socket: old.socket,
+        socket_group: old.socket_group,
+        containerd_socket: old.containerd_socket,
+        max_parallel_runs: old.max_parallel_runs,
+        ..new
+    }
+}
+
+/// Options whose new value only a restart applies.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.data_dir != new.data_dir {
+        changed.push("data-dir");
+    }
+    if old.socket != new.socket {
+        changed.push("socket");
+    }
+    if old.socket_group != new.socket_group {
+        changed.push("socket-group");
+    }
+    if old.containerd_socket != new.containerd_socket {
+        changed.push("containerd-socket");
+    }
+    if old.max_parallel_runs != new.max_parallel_runs {
+        changed.push("max-parallel-runs");
+    }
+    changed
+}
+
+enum Signal {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM, SIGINT (stop) and SIGHUP (reload).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, DaemonError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|e| setup(format!("installing signal handlers: {e}")))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+            hup: install(SignalKind::hangup())?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); Signal::Stop }
+            _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); Signal::Stop }
+            _ = self.hup.recv() => { tracing::info!("SIGHUP: reloading the config"); Signal::Reload }
+        }
     }
 }
 

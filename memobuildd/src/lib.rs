@@ -8,6 +8,7 @@
 //! ```
 
 pub mod buildlogs;
+pub mod access;
 pub mod config;
 pub mod context;
 pub mod daemon;
@@ -20,6 +21,7 @@ pub mod oci;
 pub mod project;
 pub mod rootpath;
 pub mod sandbox;
+pub mod sdnotify;
 pub mod server;
 pub mod store;
 #[cfg(test)]

@@ -23,15 +23,37 @@ pub struct Server {
     pub info: Arc<DaemonInfo>,
 }
 
-/// Serves connections until the listener fails.
-pub async fn serve(listener: UnixListener, server: Server) -> std::io::Result<()> {
+/// Serves connections until the listener fails; peers `access` refuses get
+/// their permission error for every request instead.
+pub async fn serve(
+    listener: UnixListener,
+    server: Server,
+    access: Arc<crate::access::Access>,
+) -> std::io::Result<()> {
     let mut codec = LengthDelimitedCodec::builder();
     codec.max_frame_length(MAX_FRAME_BYTES);
     loop {
         let (conn, _) = listener.accept().await?;
+        let peer = crate::access::peer_of(&conn);
         let transport = tarpc::serde_transport::new(codec.new_framed(conn), Bincode::default());
         let server = server.clone();
+        let access = access.clone();
         tokio::spawn(async move {
+            let verdict = match peer {
+                Ok(peer) => access.check(peer).await.map_err(|e| (peer, e)),
+                Err(e) => Err((
+                    crate::access::Peer {
+                        uid: u32::MAX,
+                        gid: u32::MAX,
+                        pid: None,
+                    },
+                    format!("permission denied: cannot read the peer's credentials: {e}"),
+                )),
+            };
+            if let Err((peer, message)) = verdict {
+                tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused a connection: {message}");
+                return crate::access::refuse(transport, message).await;
+            }
             BaseChannel::with_defaults(transport)
                 .execute(server.serve())
                 .for_each(|response| async move {
@@ -54,6 +76,12 @@ impl Memobuild for Server {
     async fn start_build(self, _: Context, request: BuildRequest) -> Result<BuildId, RpcError> {
         if !std::path::Path::new(&request.context).is_absolute() {
             return Err(RpcError::new("the build context must be an absolute path"));
+        }
+        if self.engine.is_shutting_down() {
+            return Err(RpcError::with_hint(
+                "memobuildd is shutting down: it finishes the running builds and accepts no new ones",
+                "run the build again once the daemon is back (systemd restarts it, or start memobuildd)",
+            ));
         }
         Ok(self.engine.start(request))
     }

@@ -316,3 +316,189 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Lifecycle, access and RUN helpers (tests/signals.rs, tests/access.rs,
+// tests/systemd.rs).
+
+/// Lines 1-3 of a RUN-capable Dockerfile: a busybox base image without a registry.
+pub const BUSYBOX_BASE: &str = "FROM scratch AS base
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
+";
+
+/// A build context any local user can read: busybox (Debian `busybox-static`)
+/// and a Dockerfile of [`BUSYBOX_BASE`] + `rest`.
+pub fn busybox_context(rest: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .expect("/bin/busybox is missing: apt-get install busybox-static");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("{BUSYBOX_BASE}{rest}"),
+    )
+    .expect("write Dockerfile");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+impl Daemon {
+    /// Sends `sig` ("TERM", "INT", "HUP") to the daemon.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().expect("daemon running");
+        nix_kill(pid, sig).expect("kill");
+    }
+
+    /// Waits for the daemon to exit by itself; `None` if it still runs after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().expect("daemon running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lets every local user reach the socket (directories 0755, socket
+    /// 0666), so only the daemon's own access check stands in the way.
+    pub fn open_socket_to_all(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        let run = self.socket.parent().expect("socket dir");
+        for (path, mode) in [
+            (self.dir.path(), 0o755),
+            (run, 0o755),
+            (&self.socket, 0o666),
+        ] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+    }
+}
+
+/// memobuild-ctl run as user `uid`/`gid` against `socket`; fails the test if it
+/// has not exited within 30 s (a refused client must not hang).
+pub fn ctl_as(uid: u32, gid: u32, socket: &Path, args: &[&str]) -> Output {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        .current_dir("/")
+        .env("HOME", "/nonexistent")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run memobuild-ctl");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("memobuild-ctl {args:?} as uid {uid} hung for 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("memobuild-ctl output")
+}
+
+/// What RUN steps left in a stopped daemon's private containerd (containers,
+/// tasks, run snapshots, run leases): starts that containerd alone on its
+/// config, asks it with `ctr`, and stops it again.
+pub fn leftovers_after_exit(data: &Path) -> Vec<String> {
+    let dir = data.join("containerd");
+    let socket = dir.join("containerd.sock");
+    let mut containerd = Command::new("containerd")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("containerd (Debian package containerd)");
+    struct Stop(Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix_kill(self.0.id(), "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ctr_ok(&socket, &["version"]) {
+        assert!(
+            containerd.try_wait().expect("wait").is_none() && Instant::now() < deadline,
+            "the private containerd under {} did not start again",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _stop = Stop(containerd);
+    let mut found = Vec::new();
+    for what in ["containers", "tasks", "leases"] {
+        for row in ctr_rows(&socket, &[what, "ls"]) {
+            if what != "leases" || row.contains("memobuild.run") || row.contains("mb-run-") {
+                found.push(format!("{what}: {row}"));
+            }
+        }
+    }
+    for row in ctr_rows(&socket, &["snapshots", "ls"]) {
+        let key = row
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let info = ctr(&socket, &["snapshots", "info", &key]);
+        let info: Value = serde_json::from_str(&info).unwrap_or_default();
+        if info["Labels"].get("memobuild.run").is_some() || info["Kind"] == "Active" {
+            found.push(format!("snapshot: {info}"));
+        }
+    }
+    found
+}
+
+fn ctr(socket: &Path, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["-n", "memobuild"])
+        .args(args)
+        .output()
+        .expect("ctr (Debian package containerd)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ctr_ok(socket: &Path, args: &[&str]) -> bool {
+    Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn ctr_rows(socket: &Path, args: &[&str]) -> Vec<String> {
+    ctr(socket, args)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}

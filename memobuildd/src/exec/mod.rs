@@ -39,7 +39,9 @@ pub struct Engine {
     pub merkle: crate::context::merkle::DirDigests,
     pub watcher: Arc<Watcher>,
     pub projects: Projects,
-    pub run_settings: RunSettings,
+    /// Reloadable on SIGHUP (the limits and network default; see
+    /// [`Engine::set_run_settings`]), hence behind a lock.
+    pub run_settings: std::sync::RwLock<RunSettings>,
     /// Bounds the RUN steps running at once, across builds.
     pub run_slots: tokio::sync::Semaphore,
     sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
@@ -52,6 +54,7 @@ pub struct Engine {
     build_logs: std::sync::OnceLock<Arc<crate::buildlogs::BuildLogs>>,
     /// Finished builds still in `builds`, oldest first.
     finished: Mutex<VecDeque<(BuildId, std::time::Instant)>>,
+    lifecycle: Lifecycle,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -140,7 +143,7 @@ impl Engine {
             watcher: Watcher::start(),
             projects,
             run_slots: tokio::sync::Semaphore::new(run_settings.max_parallel.max(1)),
-            run_settings,
+            run_settings: std::sync::RwLock::new(run_settings),
             sandbox: tokio::sync::Mutex::new(None),
             cache_locks: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
@@ -150,6 +153,7 @@ impl Engine {
             metrics: Arc::new(crate::metrics::Metrics::new().expect("metrics register")),
             build_logs: std::sync::OnceLock::new(),
             finished: Mutex::new(VecDeque::new()),
+            lifecycle: Lifecycle::default(),
         });
         tokio::spawn(build::track_dirty(
             Arc::downgrade(&engine),
@@ -157,7 +161,7 @@ impl Engine {
         ));
         tokio::spawn(build::resume_watching(engine.clone()));
         // A containerd used before may hold what a crashed daemon left behind.
-        if engine.run_settings.containerd_socket.is_some()
+        if engine.run_settings().containerd_socket.is_some()
             || engine.store.root().join("containerd").is_dir()
         {
             let e = engine.clone();
@@ -177,7 +181,7 @@ impl Engine {
         if let Some(handle) = guard.as_ref() {
             return Ok(handle.sandbox.clone());
         }
-        let handle = match &self.run_settings.containerd_socket {
+        let handle = match &self.run_settings().containerd_socket {
             Some(socket) => crate::sandbox::Sandbox::connect(socket)
                 .await
                 .map(|sandbox| SandboxHandle { sandbox, private: None }),
@@ -325,6 +329,7 @@ impl Engine {
                         });
                     }
                     Err(error) => {
+                        let error = engine.shutdown_error(&log, error);
                         tracing::warn!(error = %error.message, "build failed");
                         log.push(BuildEvent::Failed { error });
                     }
@@ -404,6 +409,124 @@ impl Engine {
         }
         let _ = tokio::time::timeout(LONG_POLL, notified).await;
         Ok(log.batch(cursor))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle: graceful shutdown (SIGTERM/SIGINT) and reloaded settings (SIGHUP).
+
+/// Whether the daemon is stopping, and why builds were cancelled.
+#[derive(Default)]
+struct Lifecycle {
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// Set when the shutdown grace ran out: the grace, for the error message.
+    cancelled_after: Mutex<Option<Duration>>,
+}
+
+impl Engine {
+    /// The RUN settings in effect now.
+    pub fn run_settings(&self) -> RunSettings {
+        self.run_settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the RUN defaults for steps that start from now on. The
+    /// containerd socket and the parallelism stay as they were at start-up.
+    pub fn set_run_settings(&self, new: RunSettings) {
+        let mut current = self.run_settings.write().unwrap_or_else(|p| p.into_inner());
+        *current = RunSettings {
+            containerd_socket: current.containerd_socket.clone(),
+            max_parallel: current.max_parallel,
+            ..new
+        };
+    }
+
+    /// From now on `start_build` is refused; running builds carry on.
+    pub fn begin_shutdown(&self) {
+        self.lifecycle.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.lifecycle.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Builds that have not finished or failed yet.
+    pub fn unfinished_builds(&self) -> usize {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|log| !log.finished.load(Ordering::SeqCst))
+            .count()
+    }
+
+    /// Waits until no build is running; false if some still are after `within`.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.unfinished_builds() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cancels every running build (as `memobuild-ctl` cancel does: RUN
+    /// containers are killed and removed); `grace` is named in their errors.
+    pub fn cancel_all(&self, grace: Duration) {
+        *self
+            .lifecycle
+            .cancelled_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(grace);
+        let logs: Vec<Arc<BuildLog>> = self
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|log| !log.finished.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
+        for log in logs {
+            log.cancelled.store(true, Ordering::SeqCst);
+            log.cancel.notify_waiters();
+        }
+    }
+
+    /// Removes whatever cancelled RUN steps may still hold in containerd
+    /// (their guards release it in background tasks), before containerd stops.
+    pub async fn release_runs(&self) {
+        let sandbox = match self.sandbox.lock().await.as_ref() {
+            Some(handle) => handle.sandbox.clone(),
+            None => return,
+        };
+        if let Err(e) = sandbox.cleanup_orphans().await {
+            tracing::warn!(error = %e, "cannot clean up containerd at shutdown");
+        }
+    }
+
+    /// A build cancelled by the shutdown says so, instead of "build cancelled".
+    fn shutdown_error(&self, log: &BuildLog, error: RpcError) -> RpcError {
+        let grace = *self
+            .lifecycle
+            .cancelled_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match grace {
+            Some(grace) if log.cancelled.load(Ordering::SeqCst) => RpcError::with_hint(
+                format!(
+                    "build cancelled: memobuildd is shutting down and the build did not finish within the shutdown grace ({})",
+                    humantime::format_duration(grace)
+                ),
+                "run the build again when the daemon is back; admins can raise shutdown-grace",
+            ),
+            _ => error,
+        }
     }
 }
 

@@ -93,7 +93,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     };
     let (uid, gid) = (user.uid, user.gid);
     let mounts = Mounts::prepare(cx, op, uid, gid).await?;
-    let settings = &engine.run_settings;
+    let settings = &engine.run_settings();
     let network = match op.network {
         RunNetwork::None => Network::None,
         RunNetwork::Host => Network::Host,

@@ -239,6 +239,14 @@ pub(super) async fn start(dir: &Path) -> Result<(Sandbox, PrivateContainerd), Sa
     let mut child = std::process::Command::new("containerd")
         .arg("--config")
         .arg(&config_path)
+        // systemd's variables are the daemon's: containerd would report
+        // READY/STOPPING as if it were memobuildd.
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("WATCHDOG_PID")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDNAMES")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
