@@ -7,8 +7,8 @@
 //!             -> oci (layers, image) -> store
 //! ```
 
-pub mod buildlogs;
 pub mod access;
+pub mod buildlogs;
 pub mod config;
 pub mod context;
 pub mod daemon;

@@ -10,6 +10,7 @@
 //! their field names part of the stable JSON schema documented in docs/CLI.md.
 
 pub mod paths;
+pub mod time;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
