@@ -59,6 +59,12 @@ pub struct Settings {
     /// Most RUN steps running at once, across builds [default: the number of CPUs]
     #[arg(long, value_name = "N")]
     pub max_parallel_runs: Option<usize>,
+    /// Cap on the blob store, e.g. 20GB: least-recently-used cache entries are pruned after a build above it [default: no cap]
+    #[arg(long, value_name = "SIZE")]
+    pub max_storage: Option<String>,
+    /// Most builds running at once; more wait in a fair queue [default: 4]
+    #[arg(long, value_name = "N")]
+    pub max_parallel_builds: Option<usize>,
 }
 
 /// The effective settings.
@@ -75,6 +81,8 @@ pub struct Config {
     pub cpus: Option<f64>,
     pub pids_limit: i64,
     pub max_parallel_runs: usize,
+    pub max_storage: Option<u64>,
+    pub max_parallel_builds: usize,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -98,6 +106,8 @@ impl Settings {
             cpus: self.cpus.or(other.cpus),
             pids_limit: self.pids_limit.or(other.pids_limit),
             max_parallel_runs: self.max_parallel_runs.or(other.max_parallel_runs),
+            max_storage: self.max_storage.or(other.max_storage),
+            max_parallel_builds: self.max_parallel_builds.or(other.max_parallel_builds),
         }
     }
 }
@@ -130,6 +140,12 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         .map(memobuild_shared::parse_size)
         .transpose()
         .map_err(|e| ConfigError(format!("memory: {e}")))?;
+    let max_storage = s
+        .max_storage
+        .as_deref()
+        .map(memobuild_shared::parse_size)
+        .transpose()
+        .map_err(|e| ConfigError(format!("max-storage: {e}")))?;
     let default_network = s.default_network.unwrap_or_else(|| "host".into());
     if default_network != "host" && default_network != "none" {
         return Err(ConfigError(format!(
@@ -160,6 +176,11 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
                     .map(|n| n.get())
                     .unwrap_or(2)
             })
+            .max(1),
+        max_storage,
+        max_parallel_builds: s
+            .max_parallel_builds
+            .unwrap_or(crate::exec::DEFAULT_MAX_PARALLEL_BUILDS)
             .max(1),
         file,
     })

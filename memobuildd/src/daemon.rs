@@ -45,6 +45,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         info: Arc::new(info),
     };
     let engine = server.engine.clone();
+    engine.set_limits(config.max_parallel_builds, config.max_storage);
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), "memobuildd serving");
     let result = tokio::select! {
         r = serve(listener, server) => r.map_err(|e| setup(format!("accepting on {}: {e}", socket.display()))),

@@ -128,7 +128,20 @@ impl Memobuild for Server {
     ) -> Result<Vec<u8>, RpcError> {
         let store = self.engine.store.clone();
         let len = len.min(BLOB_CHUNK_BYTES);
-        tokio::task::spawn_blocking(move || store.blobs.read_range(&digest, offset, len))
+        tokio::task::spawn_blocking(move || {
+            // The first chunk checks the whole blob (hashed once per change of
+            // its file); a corrupt one is dropped so the next build rebuilds it.
+            if offset == 0 {
+                if let Err(e @ crate::store::StoreError::Corrupt { .. }) =
+                    store.blobs.verify_cached(&digest)
+                {
+                    tracing::warn!(digest, error = %e, "corrupt blob: dropping it and its cache entries");
+                    store.drop_blob(&digest)?;
+                    return Err(e);
+                }
+            }
+            store.blobs.read_range(&digest, offset, len)
+        })
             .await
             .map_err(store_err)?
             .map_err(store_err)
@@ -229,6 +242,70 @@ impl Memobuild for Server {
             )),
         }
     }
+
+    async fn disk_usage(self, _: Context) -> Result<memobuild_shared::DiskUsage, RpcError> {
+        self.disk_usage_impl().await
+    }
+
+    async fn prune(
+        self,
+        _: Context,
+        request: memobuild_shared::PruneRequest,
+    ) -> Result<memobuild_shared::PruneResult, RpcError> {
+        self.prune_impl(request).await
+    }
+
+    async fn verify_store(self, _: Context) -> Result<memobuild_shared::VerifyResult, RpcError> {
+        self.verify_store_impl().await
+    }
+}
+
+// Disk: usage, garbage collection, verification (store/gc.rs, store/verify.rs).
+impl Server {
+    async fn disk_usage_impl(self) -> Result<memobuild_shared::DiskUsage, RpcError> {
+        let u = self.engine.disk_usage().await?;
+        Ok(memobuild_shared::DiskUsage {
+            total_bytes: u.total_bytes,
+            blobs: u.blobs,
+            image_bytes: u.image_bytes,
+            image_blobs: u.image_blobs,
+            cache_bytes: u.cache_bytes,
+            cache_blobs: u.cache_blobs,
+            unreferenced_bytes: u.unreferenced_bytes,
+            unreferenced_blobs: u.unreferenced_blobs,
+            cache_entries: u.cache_entries,
+            images: u.images,
+            max_storage: self.engine.max_storage(),
+        })
+    }
+
+    async fn prune_impl(
+        self,
+        request: memobuild_shared::PruneRequest,
+    ) -> Result<memobuild_shared::PruneResult, RpcError> {
+        let opts = crate::store::gc::PruneOptions {
+            all: request.all,
+            keep_bytes: request.keep_bytes,
+        };
+        let r = self.engine.prune(opts).await?;
+        Ok(memobuild_shared::PruneResult {
+            cache_entries_removed: r.records_removed,
+            blobs_removed: r.blobs_removed,
+            bytes_freed: r.bytes_freed,
+            bytes_after: r.bytes_after,
+        })
+    }
+
+    async fn verify_store_impl(self) -> Result<memobuild_shared::VerifyResult, RpcError> {
+        let r = self.engine.verify_store().await?;
+        Ok(memobuild_shared::VerifyResult {
+            cache_entries: r.cache_entries,
+            images: r.images,
+            blobs: r.blobs,
+            temp_files: r.temp_files,
+            problems: r.problems,
+        })
+    }
 }
 
 impl Server {
@@ -281,6 +358,7 @@ impl Server {
             events: health.events,
             hashed_bytes: self.engine.hashes.bytes_hashed(),
             running_builds: self.engine.running_builds(),
+            queued_builds: self.engine.queued_builds(),
         }
     }
 }

@@ -60,6 +60,12 @@ pub trait Memobuild {
     async fn import_image(name: String, spec: ImportSpec) -> Result<ImageSummary, RpcError>;
     /// Removes an image name (blobs stay until garbage collection).
     async fn remove_image(name: String) -> Result<(), RpcError>;
+    /// What the blob store holds, by use (`memobuild-ctl du`).
+    async fn disk_usage() -> Result<DiskUsage, RpcError>;
+    /// Garbage collection (`memobuild-ctl prune`).
+    async fn prune(request: PruneRequest) -> Result<PruneResult, RpcError>;
+    /// Hashes every blob and checks every record (`memobuild-ctl verify`).
+    async fn verify_store() -> Result<VerifyResult, RpcError>;
 }
 
 /// What an imported archive holds.
@@ -312,6 +318,8 @@ pub struct DaemonHealth {
     /// Bytes read for content hashing since start.
     pub hashed_bytes: u64,
     pub running_builds: u64,
+    /// Builds waiting for a slot (`max-parallel-builds`).
+    pub queued_builds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -381,4 +389,54 @@ pub struct StepExplanation {
     pub outcome: String,
     /// For rebuilt steps: the inputs that differ from the build before.
     pub why: Vec<String>,
+}
+
+/// `memobuild-ctl du --json`: the blob store by use. A blob counts once, under
+/// the first of images, cache, unreferenced that uses it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub total_bytes: u64,
+    pub blobs: u64,
+    /// Blobs of named images (never pruned).
+    pub image_bytes: u64,
+    pub image_blobs: u64,
+    /// Blobs only step cache entries or projects' last builds use.
+    pub cache_bytes: u64,
+    pub cache_blobs: u64,
+    /// Blobs nothing references (any prune frees them).
+    pub unreferenced_bytes: u64,
+    pub unreferenced_blobs: u64,
+    pub cache_entries: u64,
+    pub images: u64,
+    /// `max-storage` in bytes, if set.
+    pub max_storage: Option<u64>,
+}
+
+/// `memobuild-ctl prune [--all] [--keep-storage SIZE]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PruneRequest {
+    /// Also what projects' last builds use (named images always stay).
+    pub all: bool,
+    /// Remove least-recently-used entries only until the store is this small.
+    pub keep_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PruneResult {
+    pub cache_entries_removed: u64,
+    pub blobs_removed: u64,
+    pub bytes_freed: u64,
+    pub bytes_after: u64,
+}
+
+/// `memobuild-ctl verify --json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyResult {
+    pub cache_entries: u64,
+    pub images: u64,
+    pub blobs: u64,
+    /// Files in the daemon's temp directory (leftovers of a crash, or in use).
+    pub temp_files: u64,
+    /// One line per problem; empty when the store is consistent.
+    pub problems: Vec<String>,
 }

@@ -8,7 +8,11 @@ pub mod run;
 pub mod users;
 
 mod build;
+pub mod flight;
+mod ops;
+pub mod queue;
 
+pub use ops::DEFAULT_MAX_PARALLEL_BUILDS;
 pub use run::RunSettings;
 
 use crate::context::{HashCache, Watcher};
@@ -39,6 +43,12 @@ pub struct Engine {
     uploads: Mutex<HashMap<u64, crate::store::Upload>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
+    // Disk GC, single flight and the build queue (exec/ops.rs).
+    pub queue: Arc<queue::Queue>,
+    flights: flight::Flights,
+    /// `max-storage` in bytes; 0 = no cap.
+    max_storage: AtomicU64,
+    gc_running: std::sync::atomic::AtomicBool,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -125,7 +135,12 @@ impl Engine {
             uploads: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            queue: queue::Queue::new(ops::DEFAULT_MAX_PARALLEL_BUILDS),
+            flights: flight::Flights::default(),
+            max_storage: AtomicU64::new(0),
+            gc_running: Default::default(),
         });
+        tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
         tokio::spawn(build::track_dirty(
             Arc::downgrade(&engine),
             engine.watcher.subscribe(),
@@ -219,21 +234,37 @@ impl Engine {
         self.projects.running()
     }
 
-    /// Starts a build in the background and returns its id.
+    /// Starts a build in the background and returns its id; an identical
+    /// request while one runs joins that build instead (single flight).
     pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        let key = flight::key_of(&request);
+        if let Some(id) = self.flights.join(&key) {
+            tracing::info!(build = id, "identical build running: joined it");
+            return id;
+        }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let log = Arc::new(BuildLog::default());
         self.builds
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, log.clone());
+        self.flights.insert(key, id);
         let engine = self.clone();
         let span = tracing::info_span!("build", build = id, context = %request.context);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let Some(slot) = engine.queue_for_slot(id, &request, &log).await else {
+                    engine.flights.finish(id);
+                    log.push(BuildEvent::Failed {
+                        error: RpcError::new("build cancelled while queued"),
+                    });
+                    return;
+                };
+                engine.store.pin_build(id);
                 let started = std::time::Instant::now();
                 let outcome = build::run(&engine, id, &request, &log).await;
                 engine.persist_hashes().await;
+                engine.build_ended(id).await;
                 match outcome {
                     Ok(done) => {
                         tracing::info!(digest = %done.manifest_digest, millis = started.elapsed().as_millis() as u64, "build finished");
@@ -249,6 +280,8 @@ impl Engine {
                         log.push(BuildEvent::Failed { error });
                     }
                 }
+                drop(slot);
+                engine.auto_gc().await;
             },
             span,
         ));
@@ -259,6 +292,11 @@ impl Engine {
     /// removed) and it fails with "cancelled".
     pub fn cancel(&self, id: BuildId) -> Result<(), RpcError> {
         let log = self.log(id)?;
+        // Other clients still wait on this build: only this one leaves.
+        if !self.flights.leave(id) {
+            tracing::info!(build = id, "a client left; others still wait on the build");
+            return Ok(());
+        }
         log.cancelled.store(true, Ordering::SeqCst);
         log.cancel.notify_waiters();
         Ok(())
@@ -293,6 +331,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id)
             .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        self.store.pin_uploads();
         self.store
             .blobs
             .commit_upload(upload, digest)
@@ -315,6 +354,7 @@ impl Engine {
     /// Events of build `id` from `cursor`, waiting briefly for new ones.
     pub async fn events(&self, id: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
         let log = self.log(id)?;
+        self.flights.seen(id);
         let notified = log.changed.notified();
         let batch = log.batch(cursor);
         if !batch.events.is_empty() || batch.finished {
