@@ -88,6 +88,8 @@ impl Memobuild for Server {
         let store = self.engine.store.clone();
         tokio::task::spawn_blocking(move || {
             let image = read_image(&store, &manifest_digest).map_err(store_err)?;
+            // An export follows: keep these blobs from GC meanwhile.
+            store.pin_image_for(&image.manifest_digest, std::time::Duration::from_secs(600));
             let manifest_size = store
                 .blobs
                 .size(&image.manifest_digest)

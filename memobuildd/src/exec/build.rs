@@ -175,6 +175,10 @@ fn fast_path(
             return Ok(None);
         }
     }
+    // The last build's steps are in use again (LRU for garbage collection).
+    for step in &last.steps {
+        engine.store.note_used(&step.key);
+    }
     log.push(BuildEvent::Planned {
         build: id,
         steps: last

@@ -264,7 +264,9 @@ impl Engine {
                 let started = std::time::Instant::now();
                 let outcome = build::run(&engine, id, &request, &log).await;
                 engine.persist_hashes().await;
-                engine.build_ended(id).await;
+                engine
+                    .build_ended(id, outcome.as_ref().ok().map(|d| d.manifest_digest.clone()))
+                    .await;
                 match outcome {
                     Ok(done) => {
                         tracing::info!(digest = %done.manifest_digest, millis = started.elapsed().as_millis() as u64, "build finished");

@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// Builds running at once unless `max-parallel-builds` says otherwise.
 pub const DEFAULT_MAX_PARALLEL_BUILDS: usize = 4;
 
+/// How long a finished build's image is kept from GC for its clients to fetch.
+const RESULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Automatic GC prunes to this share of `max-storage`, so it does not run
 /// again after every build.
 const AUTO_GC_TARGET_PERCENT: u64 = 90;
@@ -74,10 +77,15 @@ impl Engine {
     }
 
     /// Bookkeeping once a build's work is over, before its result is published.
-    pub(super) async fn build_ended(self: &Arc<Self>, id: BuildId) {
+    /// The result's blobs stay pinned a little longer: its clients fetch them
+    /// for `-o` right after (and `image_blobs` pins them for the export).
+    pub(super) async fn build_ended(self: &Arc<Self>, id: BuildId, result: Option<String>) {
         self.flights.finish(id);
         let engine = self.clone();
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(manifest) = result {
+                engine.store.pin_image_for(&manifest, RESULT_GRACE);
+            }
             engine.store.unpin_build(id);
             if let Err(e) = engine.store.flush_last_used() {
                 tracing::warn!(error = %e, "cannot record cache entries' last use");

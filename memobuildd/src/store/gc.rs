@@ -25,6 +25,9 @@ pub struct Pins {
     builds: HashMap<u64, BuildPins>,
     /// Until when uploaded blobs are protected (the last upload plus a grace period).
     uploads_since: Option<SystemTime>,
+    /// Blobs kept until a deadline: finished builds' images while their
+    /// clients fetch them, images being exported.
+    timed: Vec<(SystemTime, HashSet<String>)>,
 }
 
 #[derive(Debug)]
@@ -38,17 +41,18 @@ impl Pins {
     /// Blobs modified at or after this instant may be in flight (written,
     /// record not committed yet), so GC keeps them.
     fn fence(&self, now: SystemTime) -> SystemTime {
-        let mut fence = now;
-        for b in self.builds.values() {
-            fence = fence.min(b.started);
-        }
+        let mut starts: Vec<SystemTime> = self.builds.values().map(|b| b.started).collect();
         if let Some(t) = self.uploads_since {
             if now.duration_since(t).unwrap_or_default() < UPLOAD_GRACE {
-                fence = fence.min(t);
+                starts.push(t);
             }
         }
-        // mtimes have coarse granularity on some filesystems.
-        fence - Duration::from_secs(1)
+        match starts.into_iter().min() {
+            // mtimes have coarse granularity on some filesystems.
+            Some(oldest) => oldest - Duration::from_secs(1),
+            // Nothing in flight: every blob is settled.
+            None => now + Duration::from_secs(1),
+        }
     }
 }
 
@@ -84,6 +88,17 @@ impl Store {
                 now
             }
         }));
+    }
+
+    /// Keeps the blobs of image `manifest` for `grace` (a result its clients
+    /// are about to fetch, or an export in progress).
+    pub fn pin_image_for(&self, manifest: &str, grace: Duration) {
+        let mut digests = HashSet::new();
+        image_digests(self, manifest, &mut digests);
+        let until = SystemTime::now() + grace;
+        let mut pins = self.pins();
+        pins.timed.retain(|(t, _)| *t > SystemTime::now());
+        pins.timed.push((until, digests));
     }
 
     /// Pins digests a build relies on without a step record (base image layers).
@@ -250,6 +265,10 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreErr
         protected.extend(project_roots(store)?);
     }
     let mut pinned_keys = HashSet::new();
+    let now = SystemTime::now();
+    for (_, digests) in pins.timed.iter().filter(|(until, _)| *until > now) {
+        protected.extend(digests.iter().cloned());
+    }
     for b in pins.builds.values() {
         protected.extend(b.digests.iter().cloned());
         pinned_keys.extend(b.keys.iter().cloned());
