@@ -5,7 +5,7 @@
 
 mod common;
 use common::{busybox_context, oci_file, Daemon, Rng};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const KB: u64 = 1024;
@@ -188,7 +188,7 @@ fn max_storage_prunes_after_builds() {
 }
 
 /// Builds `ctx` with `-o type=oci` and checks `path` in the image has `want`.
-fn build_and_check(d: &Daemon, ctx: &Path, out: &PathBuf, path: &str, want: &[u8]) {
+fn build_and_check(d: &Daemon, ctx: &Path, out: &Path, path: &str, want: &[u8]) {
     let spec = format!("type=oci,dest={}", out.display());
     d.build_ok(ctx, &["-o", &spec]);
     let got = oci_file(out, path).unwrap_or_else(|| panic!("{path} missing in the image"));
