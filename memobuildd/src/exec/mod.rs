@@ -299,9 +299,19 @@ impl Engine {
             tracing::info!(build = id, "a client left; others still wait on the build");
             return Ok(());
         }
+        self.abort(&log);
+        Ok(())
+    }
+
+    /// Cancels a build whoever waits on it (daemon shutdown, expired lease).
+    pub fn abort_build(&self, id: BuildId) -> Result<(), RpcError> {
+        self.abort(&*self.log(id)?);
+        Ok(())
+    }
+
+    fn abort(&self, log: &BuildLog) {
         log.cancelled.store(true, Ordering::SeqCst);
         log.cancel.notify_waiters();
-        Ok(())
     }
 
     pub fn upload_begin(&self) -> Result<u64, RpcError> {

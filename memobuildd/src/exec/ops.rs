@@ -243,8 +243,7 @@ pub(super) async fn expire_leases(engine: std::sync::Weak<Engine>) {
                 "no client has polled the build for {:?}: cancelling it",
                 super::flight::LEASE
             );
-            while !engine.flights.leave(id) {}
-            let _ = engine.cancel(id);
+            let _ = engine.abort_build(id);
         }
     }
 }
