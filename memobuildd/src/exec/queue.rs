@@ -178,3 +178,64 @@ impl Drop for Place {
         self.queue.release(&granted);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn granted(queue: &Arc<Queue>, owner: &str) -> tokio::task::JoinHandle<Slot> {
+        let (q, o) = (queue.clone(), owner.to_string());
+        let handle = tokio::spawn(async move { q.wait(&o).await });
+        // Let it take its place in the queue.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        handle
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_one_project_does_not_starve_another() {
+        let queue = Queue::new(2);
+        let a1 = queue.try_acquire("a").expect("a free slot");
+        let x1 = queue.try_acquire("x").expect("a free slot");
+        assert!(queue.try_acquire("b").is_none(), "the limit is 2");
+        // Project a queues a burst before b asks.
+        let a2 = granted(&queue, "a").await;
+        let a3 = granted(&queue, "a").await;
+        let b1 = granted(&queue, "b").await;
+        assert_eq!(queue.queued(), 3);
+        drop(x1);
+        // a already has a build running; b has none: b goes first.
+        let b = b1.await.unwrap();
+        assert!(!a2.is_finished() && !a3.is_finished());
+        drop(a1);
+        // Among a's builds, the one that waited longest.
+        let a = a2.await.unwrap();
+        assert!(!a3.is_finished());
+        drop(b);
+        let _a3 = a3.await.unwrap();
+        drop(a);
+        assert_eq!((queue.queued(), queue.running()), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn fewest_running_owner_goes_first_and_leaving_the_queue_frees_the_place() {
+        let queue = Queue::new(2);
+        let a1 = queue.try_acquire("a").unwrap();
+        let b1 = queue.try_acquire("b").unwrap();
+        let a2 = granted(&queue, "a").await;
+        let c1 = granted(&queue, "c").await;
+        // A waiter that gives up (a cancelled build) leaves no trace.
+        let gone = granted(&queue, "d").await;
+        gone.abort();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(queue.queued(), 2);
+        drop(b1);
+        // a still has a build running, c has none: c goes first though a waited longer.
+        let c = c1.await.unwrap();
+        assert!(!a2.is_finished());
+        drop(a1);
+        let _a = a2.await.unwrap();
+        drop(c);
+        assert_eq!(queue.running(), 1);
+    }
+}

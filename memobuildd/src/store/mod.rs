@@ -254,20 +254,6 @@ impl Store {
         Ok(out)
     }
 
-    /// The cached result of a step, if it and every blob it names are present.
-    pub fn step(&self, key: &str) -> Result<Option<StepRecord>, StoreError> {
-        let Some(record) = self.get::<StepRecord>(STEPS, key)? else {
-            return Ok(None);
-        };
-        if let Some(layer) = &record.layer {
-            if !self.blobs.contains(&layer.digest) {
-                tracing::warn!(key, digest = %layer.digest, "cache entry names a missing blob; treating as a miss");
-                return Ok(None);
-            }
-        }
-        Ok(Some(record))
-    }
-
     pub fn put_step(&self, key: &str, record: &StepRecord) -> Result<(), StoreError> {
         self.put(STEPS, key, record)
     }
