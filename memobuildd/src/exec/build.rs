@@ -165,7 +165,7 @@ fn fast_path(
     else {
         return Ok(None);
     };
-    if last.epoch != request.source_date_epoch || !image_intact(engine, &manifest) {
+    if last.epoch != request.source_date_epoch || !image_intact(engine, id, &manifest) {
         return Ok(None);
     }
     // A base image re-tagged or removed since makes the last result stale.
@@ -208,14 +208,23 @@ fn fast_path(
 /// The last build's image blobs all exist and are unchanged since verified
 /// (stat check; see `BlobStore::verify_cached`); else the build runs normally,
 /// which drops and rebuilds a corrupt layer.
-fn image_intact(engine: &Engine, manifest: &str) -> bool {
+fn image_intact(engine: &Engine, build: BuildId, manifest: &str) -> bool {
+    // Pinned before the check, so GC cannot remove them between it and the tag.
+    engine.store.pin_digests(build, [&manifest.to_string()]);
     let Ok(image) = crate::oci::image::read_image(&engine.store, manifest) else {
         return false;
     };
-    image
-        .layers
-        .iter()
-        .all(|l| engine.store.blobs.verify_cached(&l.digest).is_ok())
+    let digests = [&image.config_digest]
+        .into_iter()
+        .chain(image.layers.iter().map(|l| &l.digest));
+    engine.store.pin_digests(build, digests);
+    // Checked again now that they are pinned.
+    engine.store.blobs.contains(manifest)
+        && engine.store.blobs.contains(&image.config_digest)
+        && image
+            .layers
+            .iter()
+            .all(|l| engine.store.blobs.verify_cached(&l.digest).is_ok())
 }
 
 async fn build_planned(

@@ -353,3 +353,103 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreErr
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{LayerRecord, StepRecord};
+
+    fn step_with_blob(store: &Store, key: &str, content: &[u8]) -> String {
+        let (digest, size) = store.blobs.put_bytes(content).unwrap();
+        let record = StepRecord {
+            layer: Some(LayerRecord {
+                digest: digest.clone(),
+                diff_id: digest.clone(),
+                size,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            }),
+            created_at: 1,
+        };
+        store.put_step(key, &record).unwrap();
+        digest
+    }
+
+    fn all() -> PruneOptions {
+        PruneOptions {
+            all: true,
+            keep_bytes: None,
+        }
+    }
+
+    #[test]
+    fn pinned_entries_and_blobs_written_during_a_build_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = step_with_blob(&store, "k1", b"one");
+        let used = step_with_blob(&store, "k2", b"two");
+        // Both written well before the build starts (the fence has a 1 s margin).
+        for d in [&old, &used] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(store.blobs.path(d).unwrap())
+                .unwrap();
+            file.set_modified(SystemTime::now() - Duration::from_secs(10))
+                .unwrap();
+        }
+        store.pin_build(7);
+        assert!(matches!(store.use_step(7, "k2").unwrap(), Lookup::Hit(_)));
+        // Written while build 7 runs; its record is not committed yet.
+        let (fresh, _) = store.blobs.put_bytes(b"three").unwrap();
+        let report = prune(&store, &all()).unwrap();
+        assert_eq!(report.records_removed, 1);
+        assert!(!store.blobs.contains(&old));
+        assert!(store.blobs.contains(&used) && store.blobs.contains(&fresh));
+        assert!(matches!(store.lookup_step("k2").unwrap(), Lookup::Hit(_)));
+        store.unpin_build(7);
+        prune(&store, &all()).unwrap();
+        assert!(!store.blobs.contains(&used) && !store.blobs.contains(&fresh));
+        assert!(store.steps().unwrap().is_empty());
+    }
+
+    #[test]
+    fn keep_storage_goes_least_recently_used_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = step_with_blob(&store, "a", &[1; 100]);
+        let b = step_with_blob(&store, "b", &[2; 100]);
+        let c = step_with_blob(&store, "c", &[3; 100]);
+        store.recent.lock().unwrap().extend([
+            ("a".to_string(), 30),
+            ("b".to_string(), 10),
+            ("c".to_string(), 20),
+        ]);
+        let opts = PruneOptions {
+            all: true,
+            keep_bytes: Some(150),
+        };
+        let report = prune(&store, &opts).unwrap();
+        assert_eq!(report.records_removed, 2);
+        assert_eq!(report.bytes_after, 100);
+        assert!(store.blobs.contains(&a) && !store.blobs.contains(&b) && !store.blobs.contains(&c));
+    }
+
+    #[test]
+    fn a_corrupt_blob_is_dropped_with_every_entry_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let digest = step_with_blob(&store, "k1", b"layer bytes");
+        let (_, size) = store.blobs.put_bytes(b"other").unwrap();
+        assert!(size > 0);
+        std::fs::write(store.blobs.path(&digest).unwrap(), b"layer bytez").unwrap();
+        match store.lookup_step("k1").unwrap() {
+            Lookup::Corrupt { digest: d, .. } => assert_eq!(d, digest),
+            other => panic!("{other:?}"),
+        }
+        assert!(!store.blobs.contains(&digest));
+        assert_eq!(store.lookup_step("k1").unwrap(), Lookup::Miss);
+        assert!(crate::store::verify::verify(&store)
+            .unwrap()
+            .problems
+            .is_empty());
+    }
+}
