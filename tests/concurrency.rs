@@ -198,3 +198,39 @@ fn ctrl_c_cancels_a_shared_build_only_for_the_last_client() {
         "the cancelled build ran to its end"
     );
 }
+
+#[test]
+fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
+    let d = Guard(Daemon::start());
+    let ctx = busybox_context("RUN sleep 120 && echo done > /done\n", &[]);
+    let mut client = d.0.spawn_build(ctx.path(), &[]);
+    wait_for_process("sleep 120");
+    // Killed without a chance to send `cancel`.
+    client.kill().unwrap();
+    let _ = client.wait();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let status = d.0.ctl_json(&["status"]);
+        let last = &status["projects"][0]["last_build"];
+        if last["result"] == "failed" {
+            assert!(
+                last["error"].as_str().unwrap_or("").contains("cancelled"),
+                "{last}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned build was not cancelled: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Not before the lease (30 s) ran out.
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(d.0.log().contains("no client has polled the build"));
+}

@@ -132,13 +132,16 @@ impl Store {
         key: &str,
         record: &super::StepRecord,
     ) -> Result<(), StoreError> {
+        // Under the pin lock: GC cannot drop the new entry before it is pinned.
+        let mut pins = self.pins();
         self.put_step(key, record)?;
-        if let Some(b) = self.pins().builds.get_mut(&build) {
+        if let Some(b) = pins.builds.get_mut(&build) {
             b.keys.insert(key.to_string());
             if let Some(layer) = &record.layer {
                 b.digests.insert(layer.digest.clone());
             }
         }
+        drop(pins);
         self.note_used(key);
         Ok(())
     }
