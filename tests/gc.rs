@@ -335,3 +335,43 @@ fn a_corrupt_layer_blob_is_reported_dropped_and_rebuilt() {
         assert_eq!(n(&du(&d)["unreferenced_blobs"]), 0);
     }
 }
+
+/// Committed snapshots (unpacked layer chains) in the daemon's private containerd.
+fn chain_snapshots(d: &Daemon) -> Vec<String> {
+    d.ctr(&["snapshots", "ls"])
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(2) == Some("Committed"))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn prune_drops_unpacked_layer_chains_no_image_needs() {
+    let d = Daemon::start();
+    let tagged = busybox_context("RUN echo a > /a\n", &[]);
+    let other = busybox_context(
+        "COPY in.txt /in.txt\nRUN cat /in.txt > /b\n",
+        &[("in.txt", "x\n")],
+    );
+    d.build_ok(tagged.path(), &["-t", "tagged:1"]);
+    d.build_ok(other.path(), &[]);
+    let before = chain_snapshots(&d);
+    assert!(before.len() >= 2, "no chains were unpacked: {before:?}");
+    wait_result_grace();
+    d.ctl_json(&["prune", "--all"]);
+    let after = chain_snapshots(&d);
+    assert!(
+        after.len() < before.len(),
+        "before {before:?}, after {after:?}"
+    );
+    // The tagged image's chain (busybox installed) is kept; the rest went.
+    assert!(!after.is_empty(), "the tagged image's chains went too");
+    // Builds unpack what they need again.
+    std::fs::write(other.path().join("in.txt"), "y\n").unwrap();
+    let out = d.dir.path().join("o.tar");
+    let spec = format!("type=oci,dest={}", out.display());
+    d.build_ok(other.path(), &["-o", &spec]);
+    assert_eq!(oci_file(&out, "/b").unwrap(), b"y\n");
+    d.assert_store_consistent();
+}
