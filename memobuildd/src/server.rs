@@ -151,9 +151,17 @@ impl Memobuild for Server {
 
     async fn status(self, _: Context, filter: String) -> Result<StatusReport, RpcError> {
         let ids = self.matching(&filter)?;
+        let mut projects = self.engine.projects.status(&ids);
+        // A project whose build waits for a slot (and none of its builds runs).
+        let queued = self.engine.queued_projects();
+        for p in projects.iter_mut() {
+            if queued.contains(&p.id) && p.state != "building" {
+                p.state = "queued".into();
+            }
+        }
         Ok(StatusReport {
             daemon: self.health(),
-            projects: self.engine.projects.status(&ids),
+            projects,
         })
     }
 

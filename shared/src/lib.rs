@@ -340,7 +340,8 @@ pub struct ProjectStatus {
     pub dockerfile: String,
     pub target: String,
     pub build_args: BTreeMap<String, String>,
-    /// `never_built`, `clean`, `dirty`, `building` or `failed`.
+    /// `never_built`, `clean`, `dirty`, `queued` (a build waits for a slot),
+    /// `building` or `failed`.
     pub state: String,
     pub steps: Vec<StepStatus>,
     /// Context paths changed since the last build started (relative, sorted).

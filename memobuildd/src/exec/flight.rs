@@ -23,6 +23,8 @@ pub struct Flights {
 struct Inner {
     by_key: HashMap<String, BuildId>,
     builds: HashMap<BuildId, Flight>,
+    /// Builds waiting for a slot -> their project id (for `status`).
+    queued: HashMap<BuildId, String>,
 }
 
 struct Flight {
@@ -99,6 +101,20 @@ impl Flights {
                 inner.by_key.remove(&f.key);
             }
         }
+    }
+
+    /// The build waits in the queue (`Some(project)`) or no longer does.
+    pub fn set_queued(&self, id: BuildId, project: Option<String>) {
+        let mut inner = self.lock();
+        match project {
+            Some(p) => inner.queued.insert(id, p),
+            None => inner.queued.remove(&id),
+        };
+    }
+
+    /// Ids of projects with a build waiting in the queue.
+    pub fn queued_projects(&self) -> std::collections::HashSet<String> {
+        self.lock().queued.values().cloned().collect()
     }
 
     /// Builds nobody has polled within the lease.

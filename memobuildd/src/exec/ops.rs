@@ -41,6 +41,11 @@ impl Engine {
         self.queue.queued() as u64
     }
 
+    /// Ids of projects with a build waiting for a slot (`status` shows them `queued`).
+    pub fn queued_projects(&self) -> std::collections::HashSet<String> {
+        self.flights.queued_projects()
+    }
+
     /// Builds holding a slot (planning, running steps or assembling).
     pub fn active_builds(&self) -> u64 {
         self.queue.running() as u64
@@ -65,10 +70,14 @@ impl Engine {
         );
         tracing::info!(build = id, "{line}");
         log.push(BuildEvent::Log { step: None, line });
+        let project = crate::project::ProjectKey::of(request).id();
+        self.flights.set_queued(id, Some(project));
         let slot = tokio::select! {
-            slot = self.queue.wait(&request.context) => slot,
-            _ = log.cancelled() => return None,
+            slot = self.queue.wait(&request.context) => Some(slot),
+            _ = log.cancelled() => None,
         };
+        self.flights.set_queued(id, None);
+        let slot = slot?;
         log.push(BuildEvent::Log {
             step: None,
             line: "started: a build slot is free".into(),
