@@ -90,9 +90,10 @@ impl Drop for BgBuild {
 
 /// A RUN that prints `started`, sleeps `secs` and writes /done.
 fn sleeper(secs: u32) -> tempfile::TempDir {
-    busybox_context(&format!(
-        "RUN echo started; sleep {secs}; echo finished > /done\n"
-    ))
+    busybox_context(
+        &format!("RUN echo started; sleep {secs}; echo finished > /done\n"),
+        &[],
+    )
 }
 
 /// Host processes running exactly `sleep N`.
@@ -112,7 +113,7 @@ fn sigterm_lets_a_running_build_finish_refuses_new_ones_and_exits_0() {
     bg.wait_for("\"started\"", Duration::from_secs(60), &d);
     d.signal("TERM");
     // During the grace: a new build is refused with a clear message.
-    let other = busybox_context("RUN echo other\n");
+    let other = busybox_context("RUN echo other\n", &[]);
     let refused = d.build(other.path(), &[]);
     assert!(!refused.success, "{}", refused.text());
     let message = refused.error()["message"]

@@ -1,6 +1,7 @@
 //! memobuild-ctl: the command-line client of memobuildd.
 
 mod connect;
+mod disk;
 mod import;
 mod inspect;
 mod observe;
@@ -78,6 +79,28 @@ enum Command {
     },
     /// Print the daemon's metrics in the Prometheus text format.
     Metrics,
+    /// Disk used by the daemon's blob store: images, build cache, unreferenced.
+    Du {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove build cache (as `docker builder prune`): without --all, what no
+    /// image and no project's last build uses.
+    Prune {
+        /// Also remove what projects' last builds use (named images stay).
+        #[arg(long, short = 'a')]
+        all: bool,
+        /// Remove least-recently-used cache only until the store is this small, e.g. 10GB
+        #[arg(long, value_name = "SIZE", value_parser = memobuild_shared::parse_size)]
+        keep_storage: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every cache entry, image and blob of the store (exit 1 on problems).
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -185,6 +208,13 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
         Command::Metrics => observe::metrics(&socket).await,
+        Command::Du { json } => disk::du(&socket, json).await,
+        Command::Prune {
+            all,
+            keep_storage,
+            json,
+        } => disk::prune(&socket, all, keep_storage, json).await,
+        Command::Verify { json } => disk::verify(&socket, json).await,
     }
 }
 

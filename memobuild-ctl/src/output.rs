@@ -65,7 +65,7 @@ pub fn print_images(images: &[ImageSummary], json: bool) {
     }
 }
 
-fn human_size(bytes: u64) -> String {
+pub fn human_size(bytes: u64) -> String {
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
     let mut u = 0;

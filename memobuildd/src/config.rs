@@ -93,6 +93,12 @@ pub struct Settings {
     #[arg(long, value_name = "DURATION")]
     #[serde(default, deserialize_with = "duration_text")]
     pub shutdown_grace: Option<String>,
+    /// Cap on the blob store, e.g. 20GB: least-recently-used cache entries are pruned after a build above it [default: no cap]
+    #[arg(long, value_name = "SIZE")]
+    pub max_storage: Option<String>,
+    /// Most builds running at once; more wait in a fair queue [default: 4]
+    #[arg(long, value_name = "N")]
+    pub max_parallel_builds: Option<usize>,
 }
 
 /// The effective settings.
@@ -119,6 +125,8 @@ pub struct Config {
     pub allowed_groups: Vec<String>,
     #[serde(serialize_with = "humantime_text")]
     pub shutdown_grace: std::time::Duration,
+    pub max_storage: Option<u64>,
+    pub max_parallel_builds: usize,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -155,6 +163,8 @@ impl Settings {
             allowed_users: self.allowed_users.or(other.allowed_users),
             allowed_groups: self.allowed_groups.or(other.allowed_groups),
             shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
+            max_storage: self.max_storage.or(other.max_storage),
+            max_parallel_builds: self.max_parallel_builds.or(other.max_parallel_builds),
         }
     }
 }
@@ -187,6 +197,12 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         .map(memobuild_shared::parse_size)
         .transpose()
         .map_err(|e| ConfigError(format!("memory: {e}")))?;
+    let max_storage = s
+        .max_storage
+        .as_deref()
+        .map(memobuild_shared::parse_size)
+        .transpose()
+        .map_err(|e| ConfigError(format!("max-storage: {e}")))?;
     let default_network = s.default_network.unwrap_or_else(|| "host".into());
     if default_network != "host" && default_network != "none" {
         return Err(ConfigError(format!(
@@ -235,6 +251,11 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         allowed_users: non_empty("allowed-users", s.allowed_users)?,
         allowed_groups: non_empty("allowed-groups", s.allowed_groups)?,
         shutdown_grace: parse_grace(s.shutdown_grace.as_deref())?,
+        max_storage,
+        max_parallel_builds: s
+            .max_parallel_builds
+            .unwrap_or(crate::exec::DEFAULT_MAX_PARALLEL_BUILDS)
+            .max(1),
         file,
         flags: flags.clone(),
     })

@@ -34,8 +34,8 @@ pub struct Metrics {
     registry: Registry,
     builds: IntCounterVec,
     builds_running: IntGauge,
-    /// Builds waiting for their turn. The build queue sets it (exec/build.rs)
-    /// whenever a build joins or leaves it; until there is a queue it stays 0.
+    /// Builds waiting for a slot in the build queue (exec/queue.rs), set
+    /// when the metrics are scraped.
     pub queue_depth: IntGauge,
     step_seconds: HistogramVec,
     cache_hits: IntCounterVec,
@@ -233,6 +233,10 @@ pub async fn scrape(engine: &Arc<Engine>) -> Result<String, MetricsError> {
     })
     .await
     .unwrap_or_default();
+    engine
+        .metrics
+        .queue_depth
+        .set(engine.queued_builds() as i64);
     engine.metrics.render(sample)
 }
 

@@ -116,6 +116,8 @@ impl Memobuild for Server {
         let store = self.engine.store.clone();
         tokio::task::spawn_blocking(move || {
             let image = read_image(&store, &manifest_digest).map_err(store_err)?;
+            // An export follows: keep these blobs from GC meanwhile.
+            store.pin_image_for(&image.manifest_digest, std::time::Duration::from_secs(600));
             let manifest_size = store
                 .blobs
                 .size(&image.manifest_digest)
@@ -156,7 +158,20 @@ impl Memobuild for Server {
     ) -> Result<Vec<u8>, RpcError> {
         let store = self.engine.store.clone();
         let len = len.min(BLOB_CHUNK_BYTES);
-        tokio::task::spawn_blocking(move || store.blobs.read_range(&digest, offset, len))
+        tokio::task::spawn_blocking(move || {
+            // The first chunk checks the whole blob (hashed once per change of
+            // its file); a corrupt one is dropped so the next build rebuilds it.
+            if offset == 0 {
+                if let Err(e @ crate::store::StoreError::Corrupt { .. }) =
+                    store.blobs.verify_cached(&digest)
+                {
+                    tracing::warn!(digest, error = %e, "corrupt blob: dropping it and its cache entries");
+                    store.drop_blob(&digest)?;
+                    return Err(e);
+                }
+            }
+            store.blobs.read_range(&digest, offset, len)
+        })
             .await
             .map_err(store_err)?
             .map_err(store_err)
@@ -164,9 +179,17 @@ impl Memobuild for Server {
 
     async fn status(self, _: Context, filter: String) -> Result<StatusReport, RpcError> {
         let ids = self.matching(&filter)?;
+        let mut projects = self.engine.projects.status(&ids);
+        // A project whose build waits for a slot (and none of its builds runs).
+        let queued = self.engine.queued_projects();
+        for p in projects.iter_mut() {
+            if queued.contains(&p.id) && p.state != "building" {
+                p.state = "queued".into();
+            }
+        }
         Ok(StatusReport {
             daemon: self.health(),
-            projects: self.engine.projects.status(&ids),
+            projects,
         })
     }
 
@@ -284,6 +307,22 @@ impl Memobuild for Server {
             .await
             .map_err(store_err)
     }
+
+    async fn disk_usage(self, _: Context) -> Result<memobuild_shared::DiskUsage, RpcError> {
+        self.disk_usage_impl().await
+    }
+
+    async fn prune(
+        self,
+        _: Context,
+        request: memobuild_shared::PruneRequest,
+    ) -> Result<memobuild_shared::PruneResult, RpcError> {
+        self.prune_impl(request).await
+    }
+
+    async fn verify_store(self, _: Context) -> Result<memobuild_shared::VerifyResult, RpcError> {
+        self.verify_store_impl().await
+    }
 }
 
 fn no_build_log(which: &str) -> RpcError {
@@ -310,6 +349,54 @@ impl Server {
         let projects = self.matching(which).map_err(|_| no_build_log(which))?;
         logs.latest_where(|h| projects.contains(&h.project))
             .ok_or_else(|| no_build_log(which))
+    }
+}
+
+// Disk: usage, garbage collection, verification (store/gc.rs, store/verify.rs).
+impl Server {
+    async fn disk_usage_impl(self) -> Result<memobuild_shared::DiskUsage, RpcError> {
+        let u = self.engine.disk_usage().await?;
+        Ok(memobuild_shared::DiskUsage {
+            total_bytes: u.total_bytes,
+            blobs: u.blobs,
+            image_bytes: u.image_bytes,
+            image_blobs: u.image_blobs,
+            cache_bytes: u.cache_bytes,
+            cache_blobs: u.cache_blobs,
+            unreferenced_bytes: u.unreferenced_bytes,
+            unreferenced_blobs: u.unreferenced_blobs,
+            cache_entries: u.cache_entries,
+            images: u.images,
+            max_storage: self.engine.max_storage(),
+        })
+    }
+
+    async fn prune_impl(
+        self,
+        request: memobuild_shared::PruneRequest,
+    ) -> Result<memobuild_shared::PruneResult, RpcError> {
+        let opts = crate::store::gc::PruneOptions {
+            all: request.all,
+            keep_bytes: request.keep_bytes,
+        };
+        let r = self.engine.prune(opts).await?;
+        Ok(memobuild_shared::PruneResult {
+            cache_entries_removed: r.records_removed,
+            blobs_removed: r.blobs_removed,
+            bytes_freed: r.bytes_freed,
+            bytes_after: r.bytes_after,
+        })
+    }
+
+    async fn verify_store_impl(self) -> Result<memobuild_shared::VerifyResult, RpcError> {
+        let r = self.engine.verify_store().await?;
+        Ok(memobuild_shared::VerifyResult {
+            cache_entries: r.cache_entries,
+            images: r.images,
+            blobs: r.blobs,
+            temp_files: r.temp_files,
+            problems: r.problems,
+        })
     }
 }
 
@@ -363,6 +450,7 @@ impl Server {
             events: health.events,
             hashed_bytes: self.engine.hashes.bytes_hashed(),
             running_builds: self.engine.running_builds(),
+            queued_builds: self.engine.queued_builds(),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 /// Bump when the RPC contract changes incompatibly; the client refuses to talk to a
 /// daemon with another version and says how to restart it.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame on the socket. Blob reads are chunked well below this.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
@@ -66,6 +66,12 @@ pub trait Memobuild {
     async fn build_log(build: String) -> Result<BuildLogReport, RpcError>;
     /// The daemon's metrics in the Prometheus text exposition format.
     async fn metrics() -> Result<String, RpcError>;
+    /// What the blob store holds, by use (`memobuild-ctl du`).
+    async fn disk_usage() -> Result<DiskUsage, RpcError>;
+    /// Garbage collection (`memobuild-ctl prune`).
+    async fn prune(request: PruneRequest) -> Result<PruneResult, RpcError>;
+    /// Hashes every blob and checks every record (`memobuild-ctl verify`).
+    async fn verify_store() -> Result<VerifyResult, RpcError>;
 }
 
 /// What an imported archive holds.
@@ -318,6 +324,8 @@ pub struct DaemonHealth {
     /// Bytes read for content hashing since start.
     pub hashed_bytes: u64,
     pub running_builds: u64,
+    /// Builds waiting for a slot (`max-parallel-builds`).
+    pub queued_builds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -338,7 +346,8 @@ pub struct ProjectStatus {
     pub dockerfile: String,
     pub target: String,
     pub build_args: BTreeMap<String, String>,
-    /// `never_built`, `clean`, `dirty`, `building` or `failed`.
+    /// `never_built`, `clean`, `dirty`, `queued` (a build waits for a slot),
+    /// `building` or `failed`.
     pub state: String,
     pub steps: Vec<StepStatus>,
     /// Context paths changed since the last build started (relative, sorted).
@@ -412,4 +421,54 @@ pub struct LogEntry {
     /// Unix milliseconds.
     pub at_ms: i64,
     pub event: BuildEvent,
+}
+
+/// `memobuild-ctl du --json`: the blob store by use. A blob counts once, under
+/// the first of images, cache, unreferenced that uses it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub total_bytes: u64,
+    pub blobs: u64,
+    /// Blobs of named images (never pruned).
+    pub image_bytes: u64,
+    pub image_blobs: u64,
+    /// Blobs only step cache entries or projects' last builds use.
+    pub cache_bytes: u64,
+    pub cache_blobs: u64,
+    /// Blobs nothing references (any prune frees them).
+    pub unreferenced_bytes: u64,
+    pub unreferenced_blobs: u64,
+    pub cache_entries: u64,
+    pub images: u64,
+    /// `max-storage` in bytes, if set.
+    pub max_storage: Option<u64>,
+}
+
+/// `memobuild-ctl prune [--all] [--keep-storage SIZE]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PruneRequest {
+    /// Also what projects' last builds use (named images always stay).
+    pub all: bool,
+    /// Remove least-recently-used entries only until the store is this small.
+    pub keep_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PruneResult {
+    pub cache_entries_removed: u64,
+    pub blobs_removed: u64,
+    pub bytes_freed: u64,
+    pub bytes_after: u64,
+}
+
+/// `memobuild-ctl verify --json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyResult {
+    pub cache_entries: u64,
+    pub images: u64,
+    pub blobs: u64,
+    /// Files in the daemon's temp directory (leftovers of a crash, or in use).
+    pub temp_files: u64,
+    /// One line per problem; empty when the store is consistent.
+    pub problems: Vec<String>,
 }

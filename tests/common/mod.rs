@@ -321,28 +321,6 @@ impl Daemon {
 // Lifecycle, access and RUN helpers (tests/signals.rs, tests/access.rs,
 // tests/systemd.rs).
 
-/// Lines 1-3 of a RUN-capable Dockerfile: a busybox base image without a registry.
-pub const BUSYBOX_BASE: &str = "FROM scratch AS base
-COPY busybox /bin/busybox
-RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
-";
-
-/// A build context any local user can read: busybox (Debian `busybox-static`)
-/// and a Dockerfile of [`BUSYBOX_BASE`] + `rest`.
-pub fn busybox_context(rest: &str) -> tempfile::TempDir {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-        .expect("/bin/busybox is missing: apt-get install busybox-static");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!("{BUSYBOX_BASE}{rest}"),
-    )
-    .expect("write Dockerfile");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    dir
-}
-
 impl Daemon {
     /// Sends `sig` ("TERM", "INT", "HUP") to the daemon.
     pub fn signal(&self, sig: &str) {
@@ -501,4 +479,207 @@ fn ctr_rows(socket: &Path, args: &[&str]) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(String::from)
         .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Disk, crash and concurrency helpers (tests/gc.rs, tests/crash.rs,
+// tests/concurrency.rs).
+// ---------------------------------------------------------------------------
+
+/// Lines 1-3 of a Dockerfile whose stage has busybox (copied from the host's
+/// /bin/busybox by [`busybox_context`]) and so can RUN shell commands.
+pub const BUSYBOX_BASE: &str = "FROM scratch AS base
+COPY busybox /bin/busybox
+RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
+";
+
+/// A context with busybox, `Dockerfile` = [`BUSYBOX_BASE`] + `rest`, and `files`.
+pub fn busybox_context(rest: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
+        .expect("/bin/busybox is missing: apt-get install busybox-static");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("{BUSYBOX_BASE}{rest}"),
+    )
+    .expect("write Dockerfile");
+    write_files(dir.path(), files);
+    // Readable by any local user: tests/access.rs builds it as `nobody`.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+impl Daemon {
+    /// Starts `memobuild-ctl build --progress json EXTRA CONTEXT` without waiting.
+    pub fn spawn_build(&self, context: &Path, extra: &[&str]) -> Child {
+        Command::new(bin_dir().join("memobuild-ctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["build", "--progress", "json"])
+            .args(extra)
+            .arg(context)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start memobuild-ctl")
+    }
+
+    /// `memobuild-ctl ARGS --json`, parsed; panics if it fails.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.ctl(&all);
+        assert!(
+            out.status.success(),
+            "memobuild-ctl {args:?} failed: {}{}\n--- daemon log ---\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    /// Asserts the store is consistent: `memobuild-ctl verify` finds every
+    /// record's blobs present and intact, every blob hashing to its name.
+    pub fn assert_store_consistent(&self) -> Value {
+        let out = self.ctl(&["verify", "--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "verify printed no JSON: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            out.status.success() && report["problems"].as_array().is_some_and(|p| p.is_empty()),
+            "store is inconsistent: {report:#}"
+        );
+        report
+    }
+
+    /// Stops the private containerd a daemon killed with -9 left running.
+    pub fn stop_stray_containerd(&self) {
+        let pid_file = self.data.join("containerd/containerd.pid");
+        let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok())
+        else {
+            return;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        let config = self.data.join("containerd/config.toml");
+        if !cmdline.contains(&config.display().to_string()) {
+            return;
+        }
+        let _ = nix_kill(pid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = nix_kill(pid, "KILL");
+    }
+}
+
+impl BuildOutcome {
+    /// The outcome of a build started with [`Daemon::spawn_build`].
+    pub fn wait(child: Child) -> BuildOutcome {
+        BuildOutcome::from_output(child.wait_with_output().expect("wait for memobuild-ctl"))
+    }
+
+    /// The build id from the `planned` event.
+    pub fn build_id(&self) -> u64 {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "planned")
+            .and_then(|e| e["build"].as_u64())
+            .unwrap_or_else(|| panic!("no planned event:\n{}", self.text()))
+    }
+
+    /// Lines of `log` events.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "log")
+            .filter_map(|e| e["line"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+/// The content of `path` (absolute, in the image) in an `-o type=oci` archive:
+/// the last layer that has it wins; None if no layer has it.
+pub fn oci_file(archive: &Path, path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut blobs = std::collections::HashMap::new();
+    let mut index = Vec::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).expect("open archive"));
+    for entry in tar.entries().expect("archive entries") {
+        let mut entry = entry.expect("archive entry");
+        let name = entry.path().expect("entry path").display().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read entry");
+        if name == "index.json" {
+            index = bytes;
+        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            blobs.insert(format!("sha256:{hex}"), bytes);
+        }
+    }
+    let index: Value = serde_json::from_slice(&index).expect("index.json");
+    let manifest = &blobs[index["manifests"][0]["digest"].as_str().expect("manifest")];
+    let manifest: Value = serde_json::from_slice(manifest).expect("manifest JSON");
+    let want = path.trim_start_matches('/');
+    let mut found = None;
+    for layer in manifest["layers"].as_array().expect("layers") {
+        let blob = &blobs[layer["digest"].as_str().expect("layer digest")];
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
+        for entry in tar.entries().expect("layer entries") {
+            let mut entry = entry.expect("layer entry");
+            let name = entry.path().expect("path").display().to_string();
+            if name.trim_start_matches("./").trim_end_matches('/') == want {
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).expect("read file");
+                found = Some(bytes);
+            }
+        }
+    }
+    found
+}
+
+/// A small deterministic pseudo-random generator (tests print their seed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn from_time() -> Rng {
+        let seed = std::env::var("MEMOBUILD_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        eprintln!("random seed: {seed} (MEMOBUILD_TEST_SEED={seed} repeats this run)");
+        Rng(seed | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.max(1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// `len` bytes that do not compress (so layers have a predictable size).
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| (self.next() >> 32) as u8).collect()
+    }
 }

@@ -12,7 +12,7 @@ use crate::oci::config::History;
 use crate::oci::image::{write_image, StoredImage};
 use crate::oci::ChangeSet;
 use crate::project::{BuildSummary, ProjectKey};
-use crate::store::{ImageRecord, LayerRecord, StepRecord};
+use crate::store::{ImageRecord, LayerRecord, Lookup, StepRecord};
 use memobuild_shared::{BuildEvent, BuildId, BuildRequest, RpcError, StepInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -165,7 +165,7 @@ fn fast_path(
     else {
         return Ok(None);
     };
-    if last.epoch != request.source_date_epoch || !engine.store.blobs.contains(&manifest) {
+    if last.epoch != request.source_date_epoch || !image_intact(engine, id, &manifest) {
         return Ok(None);
     }
     // A base image re-tagged or removed since makes the last result stale.
@@ -174,6 +174,10 @@ fn fast_path(
         if now.as_ref().map(|r| &r.manifest_digest) != Some(digest) {
             return Ok(None);
         }
+    }
+    // The last build's steps are in use again (LRU for garbage collection).
+    for step in &last.steps {
+        engine.store.note_used(&step.key);
     }
     log.push(BuildEvent::Planned {
         build: id,
@@ -202,6 +206,28 @@ fn fast_path(
         config_digest: config,
         tags,
     }))
+}
+
+/// The last build's image blobs all exist and are unchanged since verified
+/// (stat check; see `BlobStore::verify_cached`); else the build runs normally,
+/// which drops and rebuilds a corrupt layer.
+fn image_intact(engine: &Engine, build: BuildId, manifest: &str) -> bool {
+    // Pinned before the check, so GC cannot remove them between it and the tag.
+    engine.store.pin_digests(build, [&manifest.to_string()]);
+    let Ok(image) = crate::oci::image::read_image(&engine.store, manifest) else {
+        return false;
+    };
+    let digests = [&image.config_digest]
+        .into_iter()
+        .chain(image.layers.iter().map(|l| &l.digest));
+    engine.store.pin_digests(build, digests);
+    // Checked again now that they are pinned.
+    engine.store.blobs.contains(manifest)
+        && engine.store.blobs.contains(&image.config_digest)
+        && image
+            .layers
+            .iter()
+            .all(|l| engine.store.blobs.verify_cached(&l.digest).is_ok())
 }
 
 async fn build_planned(
@@ -239,7 +265,7 @@ async fn build_planned(
         });
     }
     let plan = Arc::new(plan);
-    let results = run_stages(engine, &plan, request, log, project).await?;
+    let results = run_stages(engine, id, &plan, request, log, project).await?;
     let target = &plan.stages[plan.target];
     let result = results.get(&plan.target).cloned().unwrap_or_default();
     let image = {
@@ -405,6 +431,7 @@ pub async fn resume_watching(engine: Arc<Engine>) {
 /// Runs every stage once its dependencies are done, independent ones at once.
 async fn run_stages(
     engine: &Arc<Engine>,
+    build: BuildId,
     plan: &Arc<Plan>,
     request: &BuildRequest,
     log: &Arc<BuildLog>,
@@ -412,6 +439,7 @@ async fn run_stages(
 ) -> Result<BTreeMap<usize, StageResult>, RpcError> {
     let run = Arc::new(StageRun {
         engine: engine.clone(),
+        build,
         plan: plan.clone(),
         log: log.clone(),
         project: project.to_string(),
@@ -457,6 +485,7 @@ async fn run_stages(
 /// What every stage of one build shares.
 struct StageRun {
     engine: Arc<Engine>,
+    build: BuildId,
     plan: Arc<Plan>,
     log: Arc<BuildLog>,
     project: String,
@@ -485,7 +514,7 @@ async fn run_stage(
         Base::Scratch => StageResult::default(),
         Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),
         Base::Image(image) => StageResult {
-            layers: image.layers.clone(),
+            layers: base_layers(engine, run.build, &image.layers).await?,
             history: image.config.history.clone(),
         },
     };
@@ -498,7 +527,7 @@ async fn run_stage(
         let cached = if no_cache {
             None
         } else {
-            engine.store.step(&step.key).map_err(internal)?
+            lookup(engine, run.build, step_index, &step.key, log).await?
         };
         if !no_cache {
             // The fast path (memory tier) did not answer this build.
@@ -544,10 +573,17 @@ async fn run_stage(
                         tracing::Instrument::instrument(exec, span.clone()).await?
                     }
                 };
-                engine
-                    .store
-                    .put_step(&step.key, &record)
-                    .map_err(internal)?;
+                {
+                    let (engine, key, record) = (engine.clone(), step.key.clone(), record.clone());
+                    let build = run.build;
+                    blocking(move || {
+                        engine
+                            .store
+                            .record_step(build, &key, &record)
+                            .map_err(internal)
+                    })
+                    .await?;
+                }
                 engine.metrics.step(&step.display, false, started.elapsed());
                 let millis = started.elapsed().as_millis() as u64;
                 tracing::info!(parent: &span, millis, "step done");
@@ -572,6 +608,55 @@ async fn run_stage(
         }
     }
     Ok(state)
+}
+
+/// Looks a step up (pinning what it finds for this build); a corrupt cached
+/// layer is reported in the build's progress and the step runs again.
+async fn lookup(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    step: usize,
+    key: &str,
+    log: &BuildLog,
+) -> Result<Option<StepRecord>, RpcError> {
+    let (e, k) = (engine.clone(), key.to_string());
+    let found = blocking(move || e.store.use_step(build, &k).map_err(internal)).await?;
+    Ok(match found {
+        Lookup::Hit(record) => Some(record),
+        Lookup::Miss => None,
+        Lookup::Corrupt { digest, message } => {
+            log.push(BuildEvent::Log {
+                step: Some(step),
+                line: format!(
+                    "warning: the cached layer {digest} of this step is corrupt on disk ({message}); dropped it, running the step again"
+                ),
+            });
+            None
+        }
+    })
+}
+
+/// A base image's layers, verified (a corrupt one cannot be rebuilt: the
+/// image must be imported or pulled again) and pinned for this build.
+async fn base_layers(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    layers: &[LayerRecord],
+) -> Result<Vec<LayerRecord>, RpcError> {
+    let (e, l) = (engine.clone(), layers.to_vec());
+    blocking(move || {
+        e.store.pin_digests(build, l.iter().map(|l| &l.digest));
+        for layer in &l {
+            e.store.blobs.verify_cached(&layer.digest).map_err(|err| {
+                RpcError::with_hint(
+                    format!("base image layer {}: {err}", layer.digest),
+                    "import the base image again (`memobuild-ctl image import`)",
+                )
+            })?;
+        }
+        Ok(l)
+    })
+    .await
 }
 
 /// An error of a step: `FILE:LINE:COL: instruction: what`.

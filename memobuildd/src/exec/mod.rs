@@ -8,7 +8,11 @@ pub mod run;
 pub mod users;
 
 mod build;
+pub mod flight;
+mod ops;
+pub mod queue;
 
+pub use ops::DEFAULT_MAX_PARALLEL_BUILDS;
 pub use run::RunSettings;
 
 use crate::context::{HashCache, Watcher};
@@ -55,6 +59,12 @@ pub struct Engine {
     /// Finished builds still in `builds`, oldest first.
     finished: Mutex<VecDeque<(BuildId, std::time::Instant)>>,
     lifecycle: Lifecycle,
+    // Disk GC, single flight and the build queue (exec/ops.rs).
+    pub queue: Arc<queue::Queue>,
+    flights: flight::Flights,
+    /// `max-storage` in bytes; 0 = no cap.
+    max_storage: AtomicU64,
+    gc_running: std::sync::atomic::AtomicBool,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -154,7 +164,12 @@ impl Engine {
             build_logs: std::sync::OnceLock::new(),
             finished: Mutex::new(VecDeque::new()),
             lifecycle: Lifecycle::default(),
+            queue: queue::Queue::new(ops::DEFAULT_MAX_PARALLEL_BUILDS),
+            flights: flight::Flights::default(),
+            max_storage: AtomicU64::new(0),
+            gc_running: Default::default(),
         });
+        tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
         tokio::spawn(build::track_dirty(
             Arc::downgrade(&engine),
             engine.watcher.subscribe(),
@@ -268,7 +283,7 @@ impl Engine {
 
     /// Drops the events of builds that finished long enough ago, or beyond
     /// [`MAX_FINISHED`]; their log files stay.
-    fn build_ended(&self, id: BuildId) {
+    fn evict_finished(&self, id: BuildId) {
         let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
         finished.push_back((id, std::time::Instant::now()));
         let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
@@ -279,8 +294,14 @@ impl Engine {
         }
     }
 
-    /// Starts a build in the background and returns its id.
+    /// Starts a build in the background and returns its id; an identical
+    /// request while one runs joins that build instead (single flight).
     pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        let key = flight::key_of(&request);
+        if let Some(id) = self.flights.join(&key) {
+            tracing::info!(build = id, "identical build running: joined it");
+            return id;
+        }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let project = crate::project::ProjectKey::of(&request).id();
         let journal = self.build_logs.get().map(|logs| {
@@ -302,11 +323,20 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, log.clone());
+        self.flights.insert(key, id);
         let engine = self.clone();
         // A root span: the build outlives the RPC that started it.
         let span = tracing::info_span!(parent: None, "build", build = id, project = %project, context = %request.context, target = %request.target);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let Some(slot) = engine.queue_for_slot(id, &request, &log).await else {
+                    engine.flights.finish(id);
+                    log.push(BuildEvent::Failed {
+                        error: RpcError::new("build cancelled while queued"),
+                    });
+                    return;
+                };
+                engine.store.pin_build(id);
                 let started = std::time::Instant::now();
                 tracing::info!("build started");
                 let running = engine.metrics.build_running();
@@ -318,6 +348,9 @@ impl Engine {
                     Err(_) => "failed",
                 });
                 engine.persist_hashes().await;
+                engine
+                    .build_ended(id, outcome.as_ref().ok().map(|d| d.manifest_digest.clone()))
+                    .await;
                 match outcome {
                     Ok(done) => {
                         tracing::info!(digest = %done.manifest_digest, millis = started.elapsed().as_millis() as u64, "build finished");
@@ -334,7 +367,9 @@ impl Engine {
                         log.push(BuildEvent::Failed { error });
                     }
                 }
-                engine.build_ended(id);
+                engine.evict_finished(id);
+                drop(slot);
+                engine.auto_gc().await;
             },
             span,
         ));
@@ -345,9 +380,24 @@ impl Engine {
     /// removed) and it fails with "cancelled".
     pub fn cancel(&self, id: BuildId) -> Result<(), RpcError> {
         let log = self.log(id)?;
+        // Other clients still wait on this build: only this one leaves.
+        if !self.flights.leave(id) {
+            tracing::info!(build = id, "a client left; others still wait on the build");
+            return Ok(());
+        }
+        self.abort(&log);
+        Ok(())
+    }
+
+    /// Cancels a build whoever waits on it (daemon shutdown, expired lease).
+    pub fn abort_build(&self, id: BuildId) -> Result<(), RpcError> {
+        self.abort(&*self.log(id)?);
+        Ok(())
+    }
+
+    fn abort(&self, log: &BuildLog) {
         log.cancelled.store(true, Ordering::SeqCst);
         log.cancel.notify_waiters();
-        Ok(())
     }
 
     pub fn upload_begin(&self) -> Result<u64, RpcError> {
@@ -379,6 +429,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id)
             .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        self.store.pin_uploads();
         self.store
             .blobs
             .commit_upload(upload, digest)
@@ -402,6 +453,7 @@ impl Engine {
     /// Events of build `id` from `cursor`, waiting briefly for new ones.
     pub async fn events(&self, id: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
         let log = self.log(id)?;
+        self.flights.seen(id);
         let notified = log.changed.notified();
         let batch = log.batch(cursor);
         if !batch.events.is_empty() || batch.finished {
@@ -493,8 +545,7 @@ impl Engine {
             .cloned()
             .collect();
         for log in logs {
-            log.cancelled.store(true, Ordering::SeqCst);
-            log.cancel.notify_waiters();
+            self.abort(&log);
         }
     }
 

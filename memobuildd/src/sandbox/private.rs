@@ -154,22 +154,38 @@ fn toml_string(s: &str) -> String {
     out
 }
 
-/// Stops a containerd left running by a previous daemon that died (kill -9):
-/// its pid file names it, and its command line must name our config file.
+/// Stops every containerd left running by a previous daemon that died (kill -9):
+/// those whose command line names our config file. Found by scanning /proc,
+/// not only by the pid file: a daemon killed between starting containerd and
+/// writing the pid file leaves one the file does not name, and it would hold
+/// the metadata database's lock so no new containerd could start.
 fn stop_stale(dir: &Path, config_path: &Path) {
-    let Ok(text) = std::fs::read_to_string(dir.join(PID_FILE)) else {
-        return;
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return;
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == config_path.as_os_str().as_encoded_bytes());
-    if !ours {
-        return;
+    let recorded = std::fs::read_to_string(dir.join(PID_FILE))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok());
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    pids.extend(recorded);
+    pids.sort_unstable();
+    pids.dedup();
+    for pid in pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let ours = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == config_path.as_os_str().as_encoded_bytes());
+        if ours && alive(pid) {
+            stop_pid(pid);
+        }
     }
+}
+
+fn stop_pid(pid: i32) {
     tracing::warn!(
         pid,
         "stopping the private containerd left by a previous memobuildd"

@@ -19,6 +19,32 @@ pub type Digest = String;
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    /// Blobs whose content was hashed and found right, by the stat they had
+    /// then: a blob is re-hashed only when its file changed (see [`BlobStore::verify_cached`]).
+    verified: std::sync::Mutex<std::collections::HashMap<String, StatKey>>,
+}
+
+/// What changes when a file's bytes are rewritten (ctime cannot be set back).
+type StatKey = (u64, i64, i64, i64, i64, u64);
+
+fn stat_key(meta: &fs::Metadata) -> StatKey {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        meta.ino(),
+    )
+}
+
+/// A blob file as found on disk (for disk usage and garbage collection).
+#[derive(Debug, Clone)]
+pub struct BlobFile {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: std::time::SystemTime,
 }
 
 impl BlobStore {
@@ -29,7 +55,11 @@ impl BlobStore {
             fs::create_dir_all(d).map_err(|e| StoreError::io(d, e))?;
         }
         clear_temp_leftovers(&tmp);
-        Ok(BlobStore { dir, tmp })
+        Ok(BlobStore {
+            dir,
+            tmp,
+            verified: Default::default(),
+        })
     }
 
     /// Where temporary files for blobs and staging live (same filesystem as the
@@ -68,7 +98,8 @@ impl BlobStore {
         // Small blobs (configs, manifests) are often already stored: skip the
         // write and its fsyncs then.
         let digest = sha256_digest(bytes);
-        if self.contains(&digest) {
+        if self.contains(&digest) && self.verify_cached(&digest).is_ok() {
+            self.touch(&self.path(&digest)?);
             return Ok((digest, bytes.len() as u64));
         }
         let mut w = self.writer()?;
@@ -105,6 +136,98 @@ impl BlobStore {
             });
         }
         Ok(())
+    }
+
+    /// Like [`BlobStore::verify`], but skips the hashing when the file has the
+    /// same stat as when it was last found right (or written by us). Reading a
+    /// layer on every cache hit would cost more than the build; a changed stat
+    /// is how bytes flipped on disk show up without reading them.
+    pub fn verify_cached(&self, digest: &str) -> Result<(), StoreError> {
+        let path = self.path(digest)?;
+        let meta = fs::metadata(&path).map_err(|e| StoreError::io(&path, e))?;
+        let key = stat_key(&meta);
+        if self.verified_lock().get(digest) == Some(&key) {
+            return Ok(());
+        }
+        self.verify(digest)?;
+        self.verified_lock().insert(digest.to_string(), key);
+        Ok(())
+    }
+
+    fn verified_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, StatKey>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a blob we just hashed while writing it as verified.
+    fn remember_verified(&self, digest: &str) {
+        if let Ok(meta) = self
+            .path(digest)
+            .and_then(|p| fs::metadata(&p).map_err(|e| StoreError::io(&p, e)))
+        {
+            self.verified_lock()
+                .insert(digest.to_string(), stat_key(&meta));
+        }
+    }
+
+    /// Marks an existing blob as just written (its mtime), so garbage collection
+    /// treats it as new: a running build may be about to record it.
+    fn touch(&self, path: &Path) {
+        let now = std::time::SystemTime::now();
+        if let Err(e) = File::options()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.set_modified(now))
+        {
+            tracing::debug!(path = %path.display(), error = %e, "cannot touch blob");
+        }
+        // The mtime changed; keep the verification (we just compared the bytes or trust the digest).
+        if let Some(digest) = path
+            .file_name()
+            .map(|n| format!("sha256:{}", n.to_string_lossy()))
+        {
+            if self.verified_lock().contains_key(&digest) {
+                self.remember_verified(&digest);
+            }
+        }
+    }
+
+    /// Removes a blob file (garbage collection, or a corrupt blob). Missing is fine.
+    pub fn remove(&self, digest: &str) -> Result<(), StoreError> {
+        let path = self.path(digest)?;
+        self.verified_lock().remove(digest);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(&path, e)),
+        }
+    }
+
+    /// Every blob on disk, with its size and mtime.
+    pub fn list(&self) -> Result<Vec<BlobFile>, StoreError> {
+        let entries = fs::read_dir(&self.dir).map_err(|e| StoreError::io(&self.dir, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io(&self.dir, e))?;
+            let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
+            if hex_of(&digest).is_err() {
+                continue;
+            }
+            // Removed meanwhile (GC or a corrupt blob): not there any more.
+            let Ok(meta) = entry.metadata() else { continue };
+            out.push(BlobFile {
+                digest,
+                size: meta.len(),
+                modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Files in the temp directory (leftovers, or in use by running builds).
+    pub fn temp_entries(&self) -> usize {
+        fs::read_dir(&self.tmp).map(|d| d.count()).unwrap_or(0)
     }
 
     pub fn open_blob(&self, digest: &str) -> Result<File, StoreError> {
@@ -160,12 +283,15 @@ impl BlobStore {
             .as_file()
             .sync_all()
             .map_err(|e| StoreError::io(&self.tmp, e))?;
-        if !dest.exists() {
+        if dest.exists() && self.verify_cached(expected).is_ok() {
+            self.touch(&dest);
+        } else {
             upload
                 .file
                 .persist(&dest)
                 .map_err(|e| StoreError::io(&dest, e.error))?;
             sync_dir(&self.dir)?;
+            self.remember_verified(expected);
         }
         Ok(upload.size)
     }
@@ -216,13 +342,16 @@ impl BlobWriter<'_> {
             .sync_all()
             .map_err(|e| StoreError::io(&tmp, e))?;
         let dest = self.store.path(&digest)?;
-        if dest.exists() {
+        if dest.exists() && self.store.verify_cached(&digest).is_ok() {
             // Same content already stored; the temp file is dropped (deleted).
+            // (A corrupt file under that name is replaced by the good bytes.)
+            self.store.touch(&dest);
             return Ok((digest, self.size));
         }
         file.persist(&dest)
             .map_err(|e| StoreError::io(&dest, e.error))?;
         sync_dir(&self.store.dir)?;
+        self.store.remember_verified(&digest);
         Ok((digest, self.size))
     }
 }

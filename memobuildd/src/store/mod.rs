@@ -6,6 +6,8 @@
 //! (see [`blobs`]), so the database never points at a missing blob.
 
 pub mod blobs;
+pub mod gc;
+pub mod verify;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,9 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images_v1");
 const HASHES: TableDefinition<&str, &[u8]> = TableDefinition::new("hashes_v2");
 /// Project id -> JSON project record (see `project`).
 const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects_v1");
+/// Cache key -> Unix seconds the step was last a cache hit or written (LRU for
+/// garbage collection; written in batches, see [`Store::flush_last_used`]).
+const LAST_USED: TableDefinition<&str, i64> = TableDefinition::new("last_used_v1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,6 +90,23 @@ pub struct Store {
     root: PathBuf,
     db: Database,
     pub blobs: BlobStore,
+    /// Last-use times not yet written to [`LAST_USED`].
+    recent: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// What running builds use; held by garbage collection while it decides and deletes.
+    pins: std::sync::Mutex<gc::Pins>,
+}
+
+/// The outcome of looking a step up in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(StepRecord),
+    Miss,
+    /// The record's layer blob was corrupt: it and every record naming it were
+    /// dropped, so the step must run again.
+    Corrupt {
+        digest: String,
+        message: String,
+    },
 }
 
 impl Store {
@@ -104,6 +126,8 @@ impl Store {
             root: root.to_path_buf(),
             db,
             blobs,
+            recent: Default::default(),
+            pins: Default::default(),
         };
         store.create_tables()?;
         Ok(store)
@@ -119,21 +143,115 @@ impl Store {
         txn.open_table(IMAGES).map_err(db_err)?;
         txn.open_table(PROJECTS).map_err(db_err)?;
         txn.open_table(HASHES).map_err(db_err)?;
+        txn.open_table(LAST_USED).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
-    /// The cached result of a step, if it and every blob it names are present.
-    pub fn step(&self, key: &str) -> Result<Option<StepRecord>, StoreError> {
+    /// The cached result of a step, with its layer blob verified (see
+    /// [`BlobStore::verify_cached`]); a corrupt blob is dropped with its records.
+    pub fn lookup_step(&self, key: &str) -> Result<Lookup, StoreError> {
         let Some(record) = self.get::<StepRecord>(STEPS, key)? else {
-            return Ok(None);
+            return Ok(Lookup::Miss);
         };
-        if let Some(layer) = &record.layer {
-            if !self.blobs.contains(&layer.digest) {
+        let Some(layer) = &record.layer else {
+            return Ok(Lookup::Hit(record));
+        };
+        match self.blobs.verify_cached(&layer.digest) {
+            Ok(()) => Ok(Lookup::Hit(record)),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(key, digest = %layer.digest, "cache entry names a missing blob; treating as a miss");
-                return Ok(None);
+                Ok(Lookup::Miss)
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!(key, digest = %layer.digest, error = %e, "corrupt blob: dropping it and its cache entries");
+                self.drop_blob(&layer.digest)?;
+                Ok(Lookup::Corrupt {
+                    digest: layer.digest.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes every step record naming `digest` (committed first, so no
+    /// record ever points at a missing blob), then the blob itself.
+    pub fn drop_blob(&self, digest: &str) -> Result<usize, StoreError> {
+        let keys: Vec<String> = self
+            .steps()?
+            .into_iter()
+            .filter(|(_, r)| r.layer.as_ref().is_some_and(|l| l.digest == digest))
+            .map(|(k, _)| k)
+            .collect();
+        self.remove_steps(&keys)?;
+        self.blobs.remove(digest)?;
+        Ok(keys.len())
+    }
+
+    /// Every step record (key, record).
+    pub fn steps(&self) -> Result<Vec<(String, StepRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(STEPS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes step records and their last-use times in one transaction.
+    pub fn remove_steps(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut steps = txn.open_table(STEPS).map_err(db_err)?;
+            let mut used = txn.open_table(LAST_USED).map_err(db_err)?;
+            for key in keys {
+                steps.remove(key.as_str()).map_err(db_err)?;
+                used.remove(key.as_str()).map_err(db_err)?;
             }
         }
-        Ok(Some(record))
+        txn.commit().map_err(db_err)
+    }
+
+    /// Notes that a step was used now; written by [`Store::flush_last_used`].
+    pub fn note_used(&self, key: &str) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), crate::time::now_secs());
+    }
+
+    /// Writes the noted last-use times in one transaction (after each build and
+    /// before garbage collection), so a cached build costs one write, not one per step.
+    pub fn flush_last_used(&self) -> Result<(), StoreError> {
+        let recent = std::mem::take(&mut *self.recent.lock().unwrap_or_else(|p| p.into_inner()));
+        if recent.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(LAST_USED).map_err(db_err)?;
+            for (key, at) in &recent {
+                table.insert(key.as_str(), *at).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Last-use times (key -> Unix seconds) as persisted.
+    pub fn last_used(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(LAST_USED).map_err(db_err)?;
+        let mut out = std::collections::HashMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        Ok(out)
     }
 
     pub fn put_step(&self, key: &str, record: &StepRecord) -> Result<(), StoreError> {

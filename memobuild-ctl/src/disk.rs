@@ -1,0 +1,95 @@
+//! `du`, `prune` and `verify`: the daemon's disk, as `docker system df` and
+//! `docker builder prune` show and free it.
+
+use crate::connect;
+use crate::output::human_size;
+use memobuild_shared::{PruneRequest, RpcError};
+use std::path::Path;
+use std::process::ExitCode;
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+pub async fn du(socket: &Path, json: bool) -> Result<ExitCode, RpcError> {
+    let client = connect::connect(socket, false).await?;
+    let u = client
+        .disk_usage(connect::ctx())
+        .await
+        .map_err(connect::rpc_failed)??;
+    if json {
+        print_json(&u);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<14} {:>8} {:>10}", "TYPE", "BLOBS", "SIZE");
+    let rows = [
+        ("images", u.image_blobs, u.image_bytes),
+        ("build cache", u.cache_blobs, u.cache_bytes),
+        ("unreferenced", u.unreferenced_blobs, u.unreferenced_bytes),
+        ("total", u.blobs, u.total_bytes),
+    ];
+    for (kind, n, bytes) in rows {
+        println!("{kind:<14} {n:>8} {:>10}", human_size(bytes));
+    }
+    println!("{} cache entries, {} images", u.cache_entries, u.images);
+    if let Some(max) = u.max_storage {
+        println!("max-storage: {}", human_size(max));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn prune(
+    socket: &Path,
+    all: bool,
+    keep_storage: Option<u64>,
+    json: bool,
+) -> Result<ExitCode, RpcError> {
+    let client = connect::connect(socket, false).await?;
+    let request = PruneRequest {
+        all,
+        keep_bytes: keep_storage,
+    };
+    let r = client
+        .prune(connect::ctx(), request)
+        .await
+        .map_err(connect::rpc_failed)??;
+    if json {
+        print_json(&r);
+    } else {
+        println!(
+            "removed {} cache entries and {} blobs; freed {}, {} left",
+            r.cache_entries_removed,
+            r.blobs_removed,
+            human_size(r.bytes_freed),
+            human_size(r.bytes_after)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(socket: &Path, json: bool) -> Result<ExitCode, RpcError> {
+    let client = connect::connect(socket, false).await?;
+    let r = client
+        .verify_store(connect::ctx())
+        .await
+        .map_err(connect::rpc_failed)??;
+    if json {
+        print_json(&r);
+    } else {
+        println!(
+            "checked {} blobs, {} cache entries, {} images; {} temp files",
+            r.blobs, r.cache_entries, r.images, r.temp_files
+        );
+        for p in &r.problems {
+            println!("problem: {p}");
+        }
+    }
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
