@@ -22,9 +22,11 @@ impl Drop for Guard {
 fn twenty_identical_builds_share_one_execution() {
     let d = Guard(Daemon::start());
     // The RUN's output is random: one execution is the only way every
-    // client can get the same image.
+    // client can get the same image. It runs long enough for all 20 clients
+    // to start and connect even on a loaded 2-core CI machine (a client that
+    // came after the end would rightly get a new, cached build).
     let ctx = busybox_context(
-        "RUN sleep 2 && cat /proc/sys/kernel/random/uuid > /stamp\n",
+        "RUN sleep 10 && cat /proc/sys/kernel/random/uuid > /stamp\n",
         &[],
     );
     let children: Vec<Child> = (0..20).map(|_| d.0.spawn_build(ctx.path(), &[])).collect();
@@ -44,7 +46,7 @@ fn twenty_identical_builds_share_one_execution() {
     // Every client saw the live progress of the one execution.
     for o in &outcomes {
         assert!(
-            o.executed().iter().any(|s| s.starts_with("RUN sleep 2")),
+            o.executed().iter().any(|s| s.starts_with("RUN sleep 10")),
             "a client did not see the RUN step run:\n{}",
             o.text()
         );

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -1082,9 +1082,9 @@ const STRESS_DIRS: [&str; 4] = ["s0", "s1", "s2", "s3"];
 /// Random saves of every kind until `stop`; returns how many were made. File
 /// contents come from a few variants, so keys recur and a cache entry stored
 /// with the wrong content would be reused (and caught) later.
-fn churn(ctx: &Path, stop: &AtomicBool, seed: u64) -> u64 {
+/// Makes random changes until `stop`, counting them in `ops`.
+fn churn(ctx: &Path, stop: &AtomicBool, ops: &AtomicU64, seed: u64) {
     let mut rng = Rng(seed | 1);
-    let mut ops = 0;
     while !stop.load(Ordering::Relaxed) {
         let dir = ctx.join(STRESS_DIRS[rng.below(4) as usize]);
         let other = ctx.join(STRESS_DIRS[rng.below(4) as usize]);
@@ -1114,10 +1114,9 @@ fn churn(ctx: &Path, stop: &AtomicBool, seed: u64) -> u64 {
             90..=94 => std::fs::remove_dir_all(dir.join(&sub)),
             _ => std::fs::rename(dir.join(&sub), other.join(format!("sub{}", rng.below(4)))),
         };
-        ops += 1;
+        ops.fetch_add(1, Ordering::Relaxed);
         std::thread::sleep(Duration::from_micros(200));
     }
-    ops
 }
 
 #[test]
@@ -1149,12 +1148,20 @@ fn thousands_of_changes_while_builds_run_never_give_a_stale_image() {
     let mut failures: Vec<String> = Vec::new();
     for round in 0..3u64 {
         let stop = Arc::new(AtomicBool::new(false));
+        let ops = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
-            std::thread::spawn(move || churn(&ctx, &stop, 0x5eed + round))
+            let (ctx, stop, ops) = (ctx.clone(), stop.clone(), ops.clone());
+            std::thread::spawn(move || churn(&ctx, &stop, &ops, 0x5eed + round))
         };
-        let until = Instant::now() + Duration::from_millis(2500);
-        while Instant::now() < until {
+        // At least 2.5 s and 1,000 changes per round; a loaded machine makes
+        // changes slower, so the round runs longer (up to 30 s), not shorter.
+        let started = Instant::now();
+        let busy = |ops: &AtomicU64| {
+            let elapsed = started.elapsed();
+            elapsed < Duration::from_millis(2500)
+                || (ops.load(Ordering::Relaxed) < 1000 && elapsed < Duration::from_secs(30))
+        };
+        while busy(&ops) {
             let out = d.build(&ctx, &[]);
             total_builds += 1;
             // A build whose files keep changing under it retries and may give
@@ -1172,7 +1179,8 @@ fn thousands_of_changes_while_builds_run_never_give_a_stale_image() {
             }
         }
         stop.store(true, Ordering::Relaxed);
-        total_ops += writer.join().expect("writer thread");
+        writer.join().expect("writer thread");
+        total_ops += ops.load(Ordering::Relaxed);
         // Quiet now: the image must be the directory, exactly.
         let (out, fs) = build_image(&d, &ctx);
         assert_image_is(&fs, &ctx, &copies, &IGNORE);
