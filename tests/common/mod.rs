@@ -316,3 +316,7 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+// ---- Registries (tests/registry.rs, benches/registry.rs) ----
+
+pub mod registry;

@@ -266,17 +266,29 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Opens a stored layer as an uncompressed tar stream (gzip detected by magic).
+/// Opens a stored layer as an uncompressed tar stream (gzip and zstd, as
+/// pulled images may have, detected by magic).
 pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send>, OciError> {
     let file = blobs.open_blob(digest)?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let magic = peek(&mut reader, digest)?;
     if magic.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(GzDecoder::new(reader)))
+    } else if magic.starts_with(&ZSTD_MAGIC) {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
+            OciError::Read {
+                digest: digest.to_string(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            }
+        })?;
+        Ok(Box::new(decoder))
     } else {
         Ok(Box::new(reader))
     }
 }
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, OciError> {
     use std::io::BufRead;
@@ -284,7 +296,7 @@ fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, 
         digest: digest.to_string(),
         source,
     })?;
-    Ok(buf[..buf.len().min(2)].to_vec())
+    Ok(buf[..buf.len().min(4)].to_vec())
 }
 
 /// Normalises a tar entry path: no `./`, no leading or trailing `/`, no `..`.

@@ -8,6 +8,8 @@ pub mod config;
 pub mod image;
 pub mod import;
 pub mod layer;
+pub mod reference;
+pub mod registry;
 
 pub use config::{ImageConfig, RunConfig};
 pub use layer::{ChangeSet, Content, EntryKind, LayerEntry, OciError};

@@ -1,0 +1,2 @@
+//! Registry benchmark (placeholder; filled in below).
+fn main() {}
