@@ -53,8 +53,12 @@ impl Session {
         };
         let (config, layers) = blobs_of(&reference, &json)?;
         self.fetch_blob(store, &reference, &config).await?;
-        futures::stream::iter(layers.iter())
-            .map(|layer| self.fetch_blob(store, &reference, layer))
+        // Owned digests: a closure over borrowed ones is not `Send` enough for tokio::spawn.
+        let reference = &reference;
+        let downloads = layers
+            .into_iter()
+            .map(|layer| async move { self.fetch_blob(store, reference, &layer).await });
+        futures::stream::iter(downloads)
             .buffer_unordered(PARALLEL_DOWNLOADS)
             .try_collect::<Vec<()>>()
             .await?;
@@ -77,7 +81,7 @@ impl Session {
 
     /// The manifest or index at `reference`, checked against the digest it
     /// was asked by (a tag's digest is what the bytes hash to).
-    async fn fetch_manifest(
+    pub(super) async fn fetch_manifest(
         &self,
         reference: &Reference,
     ) -> Result<(bytes::Bytes, String), RegistryError> {
