@@ -108,7 +108,9 @@ impl BuildRegistry {
                 ));
                 Ok(())
             }
-            Err(e) if w.base.present => {
+            // Only a registry that cannot be reached falls back to the stored
+            // image; a definite answer (not found, denied, no such platform) is an error.
+            Err(e) if w.base.present && e.unreachable => {
                 note(format!("warning: cannot pull {name} ({e}); using the stored image"));
                 Ok(())
             }

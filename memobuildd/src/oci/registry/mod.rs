@@ -77,6 +77,9 @@ pub struct RegistryError {
     pub what: String,
     pub message: String,
     pub hint: Option<String>,
+    /// A network fault that outlasted the retries (not a definite answer
+    /// such as "not found" or "denied").
+    pub unreachable: bool,
 }
 
 impl RegistryError {
@@ -85,6 +88,7 @@ impl RegistryError {
             what: what.into(),
             message: message.into(),
             hint: None,
+            unreachable: false,
         }
     }
 
@@ -196,7 +200,10 @@ impl Session {
                             .unwrap_or_else(|p| p.into_inner())
                             .insert(host.clone());
                     }
-                    return Err(self.explain(reference, what, e, attempt));
+                    let unreachable = is_transient(&e);
+                    let mut err = self.explain(reference, what, e, attempt);
+                    err.unreachable = unreachable;
+                    return Err(err);
                 }
             }
         }
