@@ -231,6 +231,11 @@ fn pushed_images_pull_back_with_the_same_digest_and_run() {
     let line = out.logs().into_iter().find(|l| l.starts_with("pushed")).unwrap();
     assert!(line.contains("0 blobs uploaded"), "{line}");
     assert_eq!(reg.digest("team/app:2"), digest);
+    // Into another repository: the base's layers are mounted from its repository.
+    let out = d.build_ok(&ctx, &["-o", &format!("type=registry,name={}", reg.image("other/app:1"))]);
+    let line = out.logs().into_iter().find(|l| l.starts_with("pushed")).unwrap();
+    assert!(line.contains("; 2 mounted"), "{line}");
+    assert_eq!(reg.digest("other/app:1"), digest);
 
     // A second host pulls it and runs on it.
     let d2 = daemon_for(&reg);
@@ -411,4 +416,70 @@ fn layer_digests(reg: &Registry, repo_tag: &str) -> Vec<String> {
         .iter()
         .map(|l| l["digest"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Layer media types of `repo:tag` in the registry.
+fn layer_types(reg: &Registry, repo_tag: &str) -> Vec<String> {
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw"])
+        .arg(format!("docker://{}", reg.image(repo_tag)))
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let maker = Daemon::start();
+    let reg = Registry::start();
+    let layout = busybox_layout(&maker, dir.path(), "zstd");
+    reg.push_layout(&layout, "base:zstd", &["--dest-compress-format", "zstd"]);
+    assert!(layer_types(&reg, "base:zstd").iter().all(|t| t.ends_with("+zstd")));
+
+    // Uncompressed: a `docker save` archive (plain tar layers) imported, then pushed as stored.
+    let archive = dir.path().join("docker.tar");
+    reg.skopeo_copy(
+        &[],
+        &format!("oci:{}", layout.display()),
+        &format!("docker-archive:{}:plain:1", archive.display()),
+    );
+    let d = daemon_for(&reg);
+    let out = d.ctl(&["image", "import", "--name", "plain:1", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plain = context(dir.path(), "plain", "FROM plain:1\nCOPY file.txt /\n");
+    d.build_ok(&plain, &["-t", &reg.image("base:plain"), "--push"]);
+    assert!(layer_types(&reg, "base:plain")
+        .iter()
+        .any(|t| t.ends_with(".tar") || t.ends_with("diff.tar")));
+
+    let fresh = daemon_for(&reg);
+    for tag in ["base:zstd", "base:plain"] {
+        let ctx = context(
+            dir.path(),
+            &format!("on-{}", tag.replace(':', "-")),
+            &format!(
+                "FROM {} AS base\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox cat /marker > /seen\"]\n\
+                 FROM scratch\nCOPY --from=base /marker /seen /\n",
+                reg.image(tag)
+            ),
+        );
+        let tar = dir.path().join(format!("{}.tar", tag.replace(':', "-")));
+        let out = fresh.build_ok(&ctx, &["-o", &format!("type=oci,dest={}", tar.display())]);
+        assert_eq!(out.executed().iter().filter(|i| i.starts_with("RUN")).count(), 1);
+        let dump = common::fsdump(&tar);
+        let paths: Vec<&str> = dump["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|f| f["path"].as_str())
+            .collect();
+        assert_eq!(paths, vec!["/marker", "/seen"], "{tag}");
+    }
 }
