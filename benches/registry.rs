@@ -12,9 +12,9 @@
 //! Run: `cargo build --release --workspace --bins && cargo bench --bench registry`.
 //! Numbers go to docs/PERFORMANCE.md.
 
+mod common;
 #[path = "../tests/common/mod.rs"]
 mod harness;
-mod common;
 
 use harness::registry::{busybox_layout, Registry};
 use harness::{write_files, BuildOutcome, Daemon};
@@ -122,7 +122,11 @@ fn second_host(dir: &Path, reg: &Registry, flags: &[&str]) -> (Duration, Duratio
         args.push(ctx.to_str().expect("utf-8"));
         let started = std::time::Instant::now();
         let out = d.ctl(&args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         started.elapsed()
     };
     let cold = timed_build(&[]);

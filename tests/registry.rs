@@ -59,29 +59,50 @@ fn from_pulls_by_tag_and_by_digest_and_run_uses_the_image() {
     );
     let out = d.build_ok(&by_tag, &[]);
     assert!(
-        out.logs().iter().any(|l| l.starts_with("pulled") && l.contains(&digest)),
+        out.logs()
+            .iter()
+            .any(|l| l.starts_with("pulled") && l.contains(&digest)),
         "{}",
         out.text()
     );
     assert_eq!(out.executed().len(), 1, "the RUN ran on the pulled image");
-    assert_eq!(stored_digest(&d, &reg.image("base:1")), Some(digest.clone()));
+    assert_eq!(
+        stored_digest(&d, &reg.image("base:1")),
+        Some(digest.clone())
+    );
 
     // By digest: already present under the tag's manifest, so no network.
     reg.kill();
     let pinned = format!("{}/base@{digest}", reg.host);
-    let by_digest = context(dir.path(), "by-digest", &format!("FROM {pinned}\nCOPY file.txt /\n"));
+    let by_digest = context(
+        dir.path(),
+        "by-digest",
+        &format!("FROM {pinned}\nCOPY file.txt /\n"),
+    );
     let out = d.build_ok(&by_digest, &["--pull=always"]);
-    assert!(!out.logs().iter().any(|l| l.starts_with("pulling")), "{}", out.text());
+    assert!(
+        !out.logs().iter().any(|l| l.starts_with("pulling")),
+        "{}",
+        out.text()
+    );
     assert_eq!(stored_digest(&d, &pinned), Some(digest.clone()));
     // --pull=always with the registry down: the stored image, and a warning.
     let out = d.build_ok(&by_tag, &["--pull=always"]);
-    assert!(out.logs().iter().any(|l| l.contains("cannot pull")), "{}", out.text());
+    assert!(
+        out.logs().iter().any(|l| l.contains("cannot pull")),
+        "{}",
+        out.text()
+    );
 
     // A fresh daemon pulls by digest from the registry.
     reg.spawn();
     let d2 = daemon_for(&reg);
     let out = d2.build_ok(&by_digest, &[]);
-    assert!(out.logs().iter().any(|l| l.starts_with("pulled")), "{}", out.text());
+    assert!(
+        out.logs().iter().any(|l| l.starts_with("pulled")),
+        "{}",
+        out.text()
+    );
     assert_eq!(stored_digest(&d2, &pinned), Some(digest));
 
     // --pull=never: only the store; a clear error for what is not there.
@@ -91,7 +112,10 @@ fn from_pulls_by_tag_and_by_digest_and_run_uses_the_image() {
         &format!("FROM {}\n", reg.image("nothere:1")),
     );
     let err = d2.build(&missing, &["--pull=never"]).error();
-    assert!(err["message"].as_str().unwrap().contains("Dockerfile:1:1"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("Dockerfile:1:1"),
+        "{err}"
+    );
     // And with pulling, the registry's answer, located at the FROM.
     let err = d2.build(&missing, &[]).error();
     let message = err["message"].as_str().unwrap();
@@ -109,28 +133,53 @@ fn a_multi_platform_index_gives_the_requested_platform() {
         "aarch64" => "arm64",
         _ => "amd64",
     };
-    let other_arch = if host_arch == "amd64" { "arm64" } else { "amd64" };
+    let other_arch = if host_arch == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
     let native = busybox_layout(&maker, dir.path(), host_arch);
     let foreign = busybox_layout(&maker, dir.path(), other_arch);
-    let (index, digests) = merge_layouts(dir.path(), &[(&native, host_arch), (&foreign, other_arch)]);
+    let (index, digests) =
+        merge_layouts(dir.path(), &[(&native, host_arch), (&foreign, other_arch)]);
     let reg = Registry::start();
     reg.push_layout(&index, "multi:1", &["--all"]);
     let d = daemon_for(&reg);
     let image = reg.image("multi:1");
-    let ctx = context(dir.path(), "multi", &format!("FROM {image}\nCOPY file.txt /\n"));
+    let ctx = context(
+        dir.path(),
+        "multi",
+        &format!("FROM {image}\nCOPY file.txt /\n"),
+    );
 
     d.build_ok(&ctx, &[]);
-    assert_eq!(stored_digest(&d, &image).as_ref(), Some(&digests[0]), "host platform by default");
+    assert_eq!(
+        stored_digest(&d, &image).as_ref(),
+        Some(&digests[0]),
+        "host platform by default"
+    );
 
-    d.build_ok(&ctx, &["--pull=always", "--platform", &format!("linux/{other_arch}")]);
-    assert_eq!(stored_digest(&d, &image).as_ref(), Some(&digests[1]), "--platform picks");
+    d.build_ok(
+        &ctx,
+        &[
+            "--pull=always",
+            "--platform",
+            &format!("linux/{other_arch}"),
+        ],
+    );
+    assert_eq!(
+        stored_digest(&d, &image).as_ref(),
+        Some(&digests[1]),
+        "--platform picks"
+    );
 
     let err = d
         .build(&ctx, &["--pull=always", "--platform", "linux/s390x"])
         .error();
     let message = err["message"].as_str().unwrap();
     assert!(
-        message.contains("no linux/s390x variant") && message.contains(&format!("linux/{other_arch}")),
+        message.contains("no linux/s390x variant")
+            && message.contains(&format!("linux/{other_arch}")),
         "{err}"
     );
 }
@@ -176,7 +225,11 @@ fn htpasswd_registry_needs_the_users_docker_login() {
     let dir = tempfile::tempdir().unwrap();
     let maker = Daemon::start();
     let reg = Registry::start_with_auth("builder", "s3cret-pw");
-    reg.push_layout(&busybox_layout(&maker, dir.path(), "auth"), "private/base:1", &[]);
+    reg.push_layout(
+        &busybox_layout(&maker, dir.path(), "auth"),
+        "private/base:1",
+        &[],
+    );
     let d = daemon_for(&reg);
     let ctx = context(
         dir.path(),
@@ -185,15 +238,34 @@ fn htpasswd_registry_needs_the_users_docker_login() {
     );
 
     let no_login = tempfile::tempdir().unwrap();
-    let out = build_env(&d, &ctx, &[], &[("DOCKER_CONFIG", no_login.path().to_str().unwrap())]);
+    let out = build_env(
+        &d,
+        &ctx,
+        &[],
+        &[("DOCKER_CONFIG", no_login.path().to_str().unwrap())],
+    );
     let err = out.error();
-    assert!(err["message"].as_str().unwrap().contains("denied access"), "{err}");
-    assert!(err["hint"].as_str().unwrap().contains("docker login"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap().contains("denied access"),
+        "{err}"
+    );
+    assert!(
+        err["hint"].as_str().unwrap().contains("docker login"),
+        "{err}"
+    );
 
     let login = docker_config(&reg.host, "builder", "s3cret-pw");
-    let out = build_env(&d, &ctx, &[], &[("DOCKER_CONFIG", login.path().to_str().unwrap())]);
+    let out = build_env(
+        &d,
+        &ctx,
+        &[],
+        &[("DOCKER_CONFIG", login.path().to_str().unwrap())],
+    );
     assert!(out.success, "{}\n{}", out.text(), d.log());
-    assert!(!d.log().contains("s3cret-pw"), "credentials never reach the log");
+    assert!(
+        !d.log().contains("s3cret-pw"),
+        "credentials never reach the log"
+    );
 
     let wrong = docker_config(&reg.host, "builder", "wrong");
     let out = build_env(
@@ -203,7 +275,10 @@ fn htpasswd_registry_needs_the_users_docker_login() {
         &[("DOCKER_CONFIG", wrong.path().to_str().unwrap())],
     );
     let err = out.error();
-    assert!(err["hint"].as_str().unwrap().contains("were rejected"), "{err}");
+    assert!(
+        err["hint"].as_str().unwrap().contains("were rejected"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -224,16 +299,40 @@ fn pushed_images_pull_back_with_the_same_digest_and_run() {
     let out = d.build_ok(&ctx, &["-t", &app, "--push"]);
     let digest = out.manifest_digest();
     assert_eq!(reg.digest("team/app:1"), digest);
-    assert!(out.logs().iter().any(|l| l.starts_with("pushed")), "{}", out.text());
+    assert!(
+        out.logs().iter().any(|l| l.starts_with("pushed")),
+        "{}",
+        out.text()
+    );
 
     // Again under another name: every blob is already there (or mounted).
-    let out = d.build_ok(&ctx, &["-o", &format!("type=registry,name={}", reg.image("team/app:2"))]);
-    let line = out.logs().into_iter().find(|l| l.starts_with("pushed")).unwrap();
+    let out = d.build_ok(
+        &ctx,
+        &[
+            "-o",
+            &format!("type=registry,name={}", reg.image("team/app:2")),
+        ],
+    );
+    let line = out
+        .logs()
+        .into_iter()
+        .find(|l| l.starts_with("pushed"))
+        .unwrap();
     assert!(line.contains("0 blobs uploaded"), "{line}");
     assert_eq!(reg.digest("team/app:2"), digest);
     // Into another repository: the base's layers are mounted from its repository.
-    let out = d.build_ok(&ctx, &["-o", &format!("type=registry,name={}", reg.image("other/app:1"))]);
-    let line = out.logs().into_iter().find(|l| l.starts_with("pushed")).unwrap();
+    let out = d.build_ok(
+        &ctx,
+        &[
+            "-o",
+            &format!("type=registry,name={}", reg.image("other/app:1")),
+        ],
+    );
+    let line = out
+        .logs()
+        .into_iter()
+        .find(|l| l.starts_with("pushed"))
+        .unwrap();
     assert!(line.contains("; 2 mounted"), "{line}");
     assert_eq!(reg.digest("other/app:1"), digest);
 
@@ -266,7 +365,10 @@ fn cached_project(dir: &Path, reg: &Registry, name: &str, run: &str) -> std::pat
 }
 
 fn runs(out: &common::BuildOutcome) -> usize {
-    out.executed().iter().filter(|i| i.starts_with("RUN")).count()
+    out.executed()
+        .iter()
+        .filter(|i| i.starts_with("RUN"))
+        .count()
 }
 
 #[test]
@@ -277,9 +379,16 @@ fn a_second_host_builds_from_the_registry_cache_without_running() {
     let cache = reg.image("cache:main");
     let first = daemon_for(&reg);
     let ctx = cached_project(dir.path(), &reg, "shared", "echo from-host-1 > /out");
-    let out = first.build_ok(&ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")]);
+    let out = first.build_ok(
+        &ctx,
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
     assert_eq!(runs(&out), 1);
-    assert!(out.logs().iter().any(|l| l.contains("wrote")), "{}", out.text());
+    assert!(
+        out.logs().iter().any(|l| l.contains("wrote")),
+        "{}",
+        out.text()
+    );
     let digest = out.manifest_digest();
 
     // Another host: its own daemon and store, the same project in another place.
@@ -289,11 +398,16 @@ fn a_second_host_builds_from_the_registry_cache_without_running() {
     for f in ["Dockerfile", "file.txt"] {
         std::fs::copy(ctx.join(f), copy.join(f)).unwrap();
     }
-    let out = second.build_ok(&copy, &["--cache-from", &format!("type=registry,ref={cache}")]);
+    let out = second.build_ok(
+        &copy,
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
     assert_eq!(runs(&out), 0, "no RUN executes: {:?}", out.executed());
     assert_eq!(out.manifest_digest(), digest, "the identical image");
     assert!(
-        out.logs().iter().any(|l| l.contains("came from the registry cache")),
+        out.logs()
+            .iter()
+            .any(|l| l.contains("came from the registry cache")),
         "{}",
         out.text()
     );
@@ -325,11 +439,24 @@ fn a_registry_killed_mid_build_does_not_fail_it() {
     d.build_ok(&cached_project(dir.path(), &reg, "warm", "true"), &[]);
 
     // Killed while the RUN runs: the cache write at the end fails, the build does not.
-    let ctx = cached_project(dir.path(), &reg, "killed", "/bin/busybox sleep 2; echo x > /x");
+    let ctx = cached_project(
+        dir.path(),
+        &reg,
+        "killed",
+        "/bin/busybox sleep 2; echo x > /x",
+    );
     let mut child = std::process::Command::new(common::bin_dir().join("memobuild-ctl"))
         .arg("--socket")
         .arg(&d.socket)
-        .args(["build", "--progress", "json", "--cache-from", &cache, "--cache-to", &cache])
+        .args([
+            "build",
+            "--progress",
+            "json",
+            "--cache-from",
+            &cache,
+            "--cache-to",
+            &cache,
+        ])
         .arg(&ctx)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -349,7 +476,10 @@ fn a_registry_killed_mid_build_does_not_fail_it() {
     assert!(child.wait().unwrap().success(), "{}", seen.join("\n"));
     let all = seen.join("\n");
     assert!(all.contains("\"finished\""), "{all}");
-    assert!(all.contains("was not written"), "the progress says so: {all}");
+    assert!(
+        all.contains("was not written"),
+        "the progress says so: {all}"
+    );
     assert!(d.log().contains("was not written"), "and the log");
 
     // Down from the start: the cache cannot be read, the steps are built here.
@@ -357,8 +487,15 @@ fn a_registry_killed_mid_build_does_not_fail_it() {
     let started = std::time::Instant::now();
     let out = d.build_ok(&ctx, &["--cache-from", &cache]);
     assert_eq!(runs(&out), 1);
-    assert!(out.logs().iter().any(|l| l.contains("cannot be read")), "{}", out.text());
-    assert!(started.elapsed() < std::time::Duration::from_secs(30), "bounded retries");
+    assert!(
+        out.logs().iter().any(|l| l.contains("cannot be read")),
+        "{}",
+        out.text()
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bounded retries"
+    );
 }
 
 #[test]
@@ -370,7 +507,12 @@ fn a_corrupt_blob_in_the_registry_is_rejected_and_built_locally() {
     let epoch = [("SOURCE_DATE_EPOCH", EPOCH)];
     let first = daemon_for(&reg);
     let ctx = cached_project(dir.path(), &reg, "corrupt", "echo data > /data");
-    let out = build_env(&first, &ctx, &["--cache-to", &format!("type=registry,ref={cache},mode=max")], &epoch);
+    let out = build_env(
+        &first,
+        &ctx,
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+        &epoch,
+    );
     assert!(out.success, "{}", out.text());
     let digest = out.manifest_digest();
 
@@ -391,12 +533,23 @@ fn a_corrupt_blob_in_the_registry_is_rejected_and_built_locally() {
     assert!(corrupted > 0);
 
     let second = daemon_for(&reg);
-    let out = build_env(&second, &ctx, &["--cache-from", &format!("type=registry,ref={cache}")], &epoch);
+    let out = build_env(
+        &second,
+        &ctx,
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+        &epoch,
+    );
     assert!(out.success, "{}", out.text());
-    assert_eq!(runs(&out), 1, "the corrupt layer was not used; the RUN ran here");
+    assert_eq!(
+        runs(&out),
+        1,
+        "the corrupt layer was not used; the RUN ran here"
+    );
     assert_eq!(out.manifest_digest(), digest, "and the image is the same");
     assert!(
-        out.logs().iter().any(|l| l.contains("building the step locally")),
+        out.logs()
+            .iter()
+            .any(|l| l.contains("building the step locally")),
         "{}",
         out.text()
     );
@@ -441,7 +594,9 @@ fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
     let reg = Registry::start();
     let layout = busybox_layout(&maker, dir.path(), "zstd");
     reg.push_layout(&layout, "base:zstd", &["--dest-compress-format", "zstd"]);
-    assert!(layer_types(&reg, "base:zstd").iter().all(|t| t.ends_with("+zstd")));
+    assert!(layer_types(&reg, "base:zstd")
+        .iter()
+        .all(|t| t.ends_with("+zstd")));
 
     // Uncompressed: a `docker save` archive (plain tar layers) imported, then pushed as stored.
     let archive = dir.path().join("docker.tar");
@@ -451,8 +606,18 @@ fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
         &format!("docker-archive:{}:plain:1", archive.display()),
     );
     let d = daemon_for(&reg);
-    let out = d.ctl(&["image", "import", "--name", "plain:1", archive.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = d.ctl(&[
+        "image",
+        "import",
+        "--name",
+        "plain:1",
+        archive.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plain = context(dir.path(), "plain", "FROM plain:1\nCOPY file.txt /\n");
     d.build_ok(&plain, &["-t", &reg.image("base:plain"), "--push"]);
     assert!(layer_types(&reg, "base:plain")
@@ -472,7 +637,13 @@ fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
         );
         let tar = dir.path().join(format!("{}.tar", tag.replace(':', "-")));
         let out = fresh.build_ok(&ctx, &["-o", &format!("type=oci,dest={}", tar.display())]);
-        assert_eq!(out.executed().iter().filter(|i| i.starts_with("RUN")).count(), 1);
+        assert_eq!(
+            out.executed()
+                .iter()
+                .filter(|i| i.starts_with("RUN"))
+                .count(),
+            1
+        );
         let dump = common::fsdump(&tar);
         let paths: Vec<&str> = dump["files"]
             .as_array()

@@ -145,7 +145,9 @@ fn credential(entry: &serde_json::Value) -> Option<Credential> {
     }
     let (user, password) = match entry["auth"].as_str().filter(|a| !a.is_empty()) {
         Some(auth) => {
-            let decoded = base64::engine::general_purpose::STANDARD.decode(auth).ok()?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .ok()?;
             let text = String::from_utf8(decoded).ok()?;
             let (u, p) = text.split_once(':')?;
             (u.to_string(), p.to_string())
@@ -186,7 +188,10 @@ mod tests {
         assert_eq!(config_key_host("http://r.example:5000/"), "r.example:5000");
         let basic = serde_json::json!({"auth": "dTpwOnc="}); // u:p:w
         let c = credential(&basic).unwrap();
-        assert_eq!((c.username.as_str(), c.password.0.as_slice()), ("u", &b"p:w"[..]));
+        assert_eq!(
+            (c.username.as_str(), c.password.0.as_slice()),
+            ("u", &b"p:w"[..])
+        );
         let token = serde_json::json!({"registrytoken": "t"});
         assert_eq!(credential(&token).unwrap().username, "");
         assert!(credential(&serde_json::json!({})).is_none());
@@ -196,7 +201,11 @@ mod tests {
     fn hosts_from_the_dockerfile() {
         let dir = tempfile::tempdir().unwrap();
         let df = dir.path().join("Dockerfile");
-        std::fs::write(&df, "FROM --platform=linux/amd64 h:5000/a AS x\nfrom busybox\n").unwrap();
+        std::fs::write(
+            &df,
+            "FROM --platform=linux/amd64 h:5000/a AS x\nfrom busybox\n",
+        )
+        .unwrap();
         let hosts = hosts_used(&df, &["p:1/x".into()]).unwrap();
         assert_eq!(
             hosts.into_iter().collect::<Vec<_>>(),

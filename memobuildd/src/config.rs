@@ -266,7 +266,10 @@ mod tests {
         let path = file.to_str().unwrap();
         let c = load(&Flags::parse_from(["memobuildd", "--config", path])).unwrap();
         assert_eq!(c.insecure_registry, vec!["10.0.0.1:5000"]);
-        assert_eq!(c.run_settings().registries.cache_ref.as_deref(), Some("r:5000/c:main"));
+        assert_eq!(
+            c.run_settings().registries.cache_ref.as_deref(),
+            Some("r:5000/c:main")
+        );
         let flags = Flags::parse_from([
             "memobuildd",
             "--config",
@@ -277,7 +280,10 @@ mod tests {
             "127.0.0.1:2",
         ]);
         let c = load(&flags).unwrap();
-        assert_eq!(c.run_settings().registries.insecure, vec!["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            c.run_settings().registries.insecure,
+            vec!["127.0.0.1:1", "127.0.0.1:2"]
+        );
         assert!(c.to_toml().contains("insecure-registry"));
     }
 }

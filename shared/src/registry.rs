@@ -33,12 +33,10 @@ pub struct CacheExport {
 /// path component when it has a `.` or a `:` or is `localhost`, else Docker Hub.
 pub fn registry_host(name: &str) -> String {
     match name.split_once('/') {
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
-            match first {
-                "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
-                other => other.to_string(),
-            }
-        }
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => match first {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
+            other => other.to_string(),
+        },
         _ => DOCKER_HUB.to_string(),
     }
 }
@@ -56,7 +54,10 @@ mod tests {
         assert_eq!(registry_host("index.docker.io/user/app"), "docker.io");
         assert_eq!(registry_host("localhost/app"), "localhost");
         assert_eq!(registry_host("localhost:5000/app:1"), "localhost:5000");
-        assert_eq!(registry_host("127.0.0.1:5000/a/b@sha256:00"), "127.0.0.1:5000");
+        assert_eq!(
+            registry_host("127.0.0.1:5000/a/b@sha256:00"),
+            "127.0.0.1:5000"
+        );
         assert_eq!(registry_host("ghcr.io/o/r"), "ghcr.io");
     }
 

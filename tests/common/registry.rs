@@ -117,7 +117,12 @@ impl Registry {
     /// `skopeo copy` with the registry's credentials; `extra` before the two refs.
     pub fn skopeo_copy(&self, extra: &[&str], from: &str, to: &str) {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"]);
+        cmd.args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+        ]);
         if let Some((user, password)) = &self.auth {
             let creds = format!("{user}:{password}");
             if to.starts_with("docker://") {

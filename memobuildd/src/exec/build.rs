@@ -131,7 +131,12 @@ pub async fn run(
     };
     let result = match result {
         Ok((done, plan)) => remote
-            .finish(&engine.store, Some(&plan), &done.manifest_digest, &registry_note(log))
+            .finish(
+                &engine.store,
+                Some(&plan),
+                &done.manifest_digest,
+                &registry_note(log),
+            )
             .await
             .map(|()| (done, plan)),
         Err(e) => Err(e),

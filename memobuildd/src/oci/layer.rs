@@ -275,12 +275,11 @@ pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send
     if magic.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(GzDecoder::new(reader)))
     } else if magic.starts_with(&ZSTD_MAGIC) {
-        let decoder = ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
-            OciError::Read {
+        let decoder =
+            ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| OciError::Read {
                 digest: digest.to_string(),
                 source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-            }
-        })?;
+            })?;
         Ok(Box::new(decoder))
     } else {
         Ok(Box::new(reader))

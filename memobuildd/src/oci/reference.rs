@@ -14,12 +14,20 @@ pub struct ReferenceError {
 
 /// Parses `name` (as written in FROM, `-t` or `ref=`).
 pub fn parse(name: &str) -> Result<Reference, ReferenceError> {
-    Reference::try_from(name).map_err(|e| ReferenceError {
+    let error = |message: String| ReferenceError {
         name: name.to_string(),
-        message: format!(
-            "{e} (names are [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST], lower case)"
-        ),
-    })
+        message: format!("{message} (names are [HOST[:PORT]/]PATH[:TAG][@sha256:DIGEST])"),
+    };
+    let reference = Reference::try_from(name).map_err(|e| error(e.to_string()))?;
+    // As Docker: "repository name must be lowercase" (the regex alone allows it).
+    if reference
+        .repository()
+        .chars()
+        .any(|c| c.is_ascii_uppercase())
+    {
+        return Err(error("the repository name must be lower case".into()));
+    }
+    Ok(reference)
 }
 
 /// The name a pulled image gets in the local image store: the reference in
@@ -72,15 +80,30 @@ mod tests {
     fn hosts_ports_and_digests() {
         assert_eq!(
             parts("localhost:5000/a/b:t"),
-            ("localhost:5000".into(), "a/b".into(), Some("t".into()), None)
+            (
+                "localhost:5000".into(),
+                "a/b".into(),
+                Some("t".into()),
+                None
+            )
         );
         assert_eq!(
             parts("localhost/app"),
-            ("localhost".into(), "app".into(), Some("latest".into()), None)
+            (
+                "localhost".into(),
+                "app".into(),
+                Some("latest".into()),
+                None
+            )
         );
         assert_eq!(
             parts("127.0.0.1:5000/app"),
-            ("127.0.0.1:5000".into(), "app".into(), Some("latest".into()), None)
+            (
+                "127.0.0.1:5000".into(),
+                "app".into(),
+                Some("latest".into()),
+                None
+            )
         );
         assert_eq!(
             parts(&format!("ghcr.io/o/app@{D}")),
@@ -99,7 +122,14 @@ mod tests {
 
     #[test]
     fn bad_references_are_clear_errors() {
-        for bad in ["", "UPPER/case", "a:b:c", "app@sha256:short", "-leading/x"] {
+        for bad in [
+            "",
+            "Ubuntu",
+            "user/App:1",
+            "a:b:c",
+            "app@sha256:short",
+            "-leading/x",
+        ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains("not a valid image reference"), "{bad}: {e}");
         }
@@ -109,6 +139,9 @@ mod tests {
     fn store_names_are_the_familiar_form() {
         assert_eq!(store_name("busybox"), "busybox:latest");
         assert_eq!(store_name("docker.io/library/busybox:1"), "busybox:1");
-        assert_eq!(store_name("127.0.0.1:5000/app"), "127.0.0.1:5000/app:latest");
+        assert_eq!(
+            store_name("127.0.0.1:5000/app"),
+            "127.0.0.1:5000/app:latest"
+        );
     }
 }

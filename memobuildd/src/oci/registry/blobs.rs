@@ -48,7 +48,9 @@ impl Session {
     ) -> Result<Sent, RegistryError> {
         let what = format!("{} blob {digest}", reference.whole());
         let exists = self
-            .retry(reference, &what, || self.client.blob_exists(reference, digest))
+            .retry(reference, &what, || {
+                self.client.blob_exists(reference, digest)
+            })
             .await?;
         if exists {
             return Ok(Sent::Present);
@@ -57,7 +59,12 @@ impl Session {
             s.registry() == reference.registry() && s.repository() != reference.repository()
         }) {
             // A registry that cannot mount answers 202 and we upload instead.
-            if self.client.mount_blob(reference, source, digest).await.is_ok() {
+            if self
+                .client
+                .mount_blob(reference, source, digest)
+                .await
+                .is_ok()
+            {
                 return Ok(Sent::Mounted);
             }
         }

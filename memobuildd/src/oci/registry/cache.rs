@@ -65,7 +65,10 @@ impl Session {
         self.fetch_blob(store, &reference, &config).await?;
         let store = store.clone();
         let index = tokio::task::spawn_blocking(move || {
-            let bytes = store.blobs.read_verified(&config).map_err(|e| e.to_string())?;
+            let bytes = store
+                .blobs
+                .read_verified(&config)
+                .map_err(|e| e.to_string())?;
             serde_json::from_slice::<CacheIndex>(&bytes).map_err(|e| e.to_string())
         })
         .await
@@ -87,7 +90,8 @@ impl Session {
             return Ok(false);
         };
         if let Some(layer) = layer {
-            self.fetch_blob(store, &cache.reference, &layer.digest).await?;
+            self.fetch_blob(store, &cache.reference, &layer.digest)
+                .await?;
         }
         let (store, key, layer) = (store.clone(), key.to_string(), layer.clone());
         let what = format!("{} step {key}", cache.reference.whole());
@@ -124,15 +128,17 @@ impl Session {
         let mut sent = std::collections::BTreeSet::new();
         for layer in steps.values().flatten() {
             if sent.insert(layer.digest.clone()) {
-                let how = self.send_blob(store, &reference, &layer.digest, &[]).await?;
+                let how = self
+                    .send_blob(store, &reference, &layer.digest, &[])
+                    .await?;
                 uploaded += usize::from(matches!(how, super::blobs::Sent::Uploaded(_)));
             }
         }
         let mut index = previous.cloned().unwrap_or_default();
         index.version = 1;
         index.steps.extend(steps);
-        let config = serde_json::to_vec(&index)
-            .map_err(|e| RegistryError::new(name, e.to_string()))?;
+        let config =
+            serde_json::to_vec(&index).map_err(|e| RegistryError::new(name, e.to_string()))?;
         let config_digest = format!("sha256:{}", hex::encode(Sha256::digest(&config)));
         let config_size = config.len();
         let bytes = bytes::Bytes::from(config);
@@ -168,14 +174,14 @@ fn cache_manifest(index: &CacheIndex, config_digest: &str, config_size: usize) -
 /// The uncompressed layer must hash to the diff_id the cache claims, or the
 /// images built from it would name a filesystem they do not hold.
 fn check_diff_id(store: &Store, layer: &LayerRecord) -> Result<(), String> {
-    let mut reader = crate::oci::layer::open_layer(&store.blobs, &layer.digest)
-        .map_err(|e| e.to_string())?;
+    let mut reader =
+        crate::oci::layer::open_layer(&store.blobs, &layer.digest).map_err(|e| e.to_string())?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| {
-            format!("layer {} does not decompress: {e}", layer.digest)
-        })?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("layer {} does not decompress: {e}", layer.digest))?;
         if n == 0 {
             break;
         }

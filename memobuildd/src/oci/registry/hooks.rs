@@ -45,12 +45,7 @@ impl BuildRegistry {
     ) -> Result<BuildRegistry, RpcError> {
         let policy = PullPolicy::parse(&request.pull)?;
         let platform = super::Platform::parse(&request.platform)?;
-        let session = Session::new(
-            settings,
-            request.registry_auth.clone(),
-            platform,
-            policy,
-        );
+        let session = Session::new(settings, request.registry_auth.clone(), platform, policy);
         let (cache_from, exports) = cache_refs(settings, request);
         let wanted = base_images(store, request, dockerfile, display).await;
         let mut registry = BuildRegistry {
@@ -84,7 +79,12 @@ impl BuildRegistry {
     }
 
     /// Pulls one base image if the policy wants it.
-    async fn resolve(&self, store: &Arc<Store>, w: &Wanted, note: Note<'_>) -> Result<(), RpcError> {
+    async fn resolve(
+        &self,
+        store: &Arc<Store>,
+        w: &Wanted,
+        note: Note<'_>,
+    ) -> Result<(), RpcError> {
         let name = &w.base.name;
         let pinned = name.contains('@');
         let pull = match self.session.policy {
@@ -111,7 +111,9 @@ impl BuildRegistry {
             // Only a registry that cannot be reached falls back to the stored
             // image; a definite answer (not found, denied, no such platform) is an error.
             Err(e) if w.base.present && e.unreachable => {
-                note(format!("warning: cannot pull {name} ({e}); using the stored image"));
+                note(format!(
+                    "warning: cannot pull {name} ({e}); using the stored image"
+                ));
                 Ok(())
             }
             Err(e) => Err(RpcError {
@@ -131,11 +133,21 @@ impl BuildRegistry {
 
     /// After planning: records every planned step the local store lacks and a
     /// remote cache has, so the build finds it as a cache hit.
-    pub async fn import_steps(&self, store: &Arc<Store>, plan: &Plan, no_cache: bool, note: Note<'_>) {
+    pub async fn import_steps(
+        &self,
+        store: &Arc<Store>,
+        plan: &Plan,
+        no_cache: bool,
+        note: Note<'_>,
+    ) {
         if no_cache || self.caches.is_empty() {
             return;
         }
-        let keys: Vec<(usize, String)> = plan.steps.iter().map(|s| (s.index, s.key.clone())).collect();
+        let keys: Vec<(usize, String)> = plan
+            .steps
+            .iter()
+            .map(|s| (s.index, s.key.clone()))
+            .collect();
         let local = {
             let (store, keys) = (store.clone(), keys.clone());
             tokio::task::spawn_blocking(move || {

@@ -33,11 +33,10 @@ impl Platform {
                 architecture: arch.to_string(),
                 variant: parts.get(2).map(|v| v.to_string()).unwrap_or_default(),
             }),
-            _ => Err(RegistryError::new(
-                format!("--platform {text}"),
-                "is not a platform",
-            )
-            .hint("write it as OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")),
+            _ => Err(
+                RegistryError::new(format!("--platform {text}"), "is not a platform")
+                    .hint("write it as OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8"),
+            ),
         }
     }
 
@@ -101,13 +100,21 @@ mod tests {
             {"digest": "b", "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
             {"digest": "c", "platform": {"os": "linux", "architecture": "amd64"}},
         ]});
-        let pick = |p: &str| Platform::parse(p).unwrap().select(&index).map(|m| m["digest"].clone());
+        let pick = |p: &str| {
+            Platform::parse(p)
+                .unwrap()
+                .select(&index)
+                .map(|m| m["digest"].clone())
+        };
         assert_eq!(pick("linux/amd64").unwrap(), "c");
         assert_eq!(pick("linux/arm64").unwrap(), "b");
         assert_eq!(pick("linux/arm64/v8").unwrap(), "b");
         assert_eq!(pick("linux/arm/v7").unwrap(), "a");
         let e = pick("linux/s390x").unwrap_err();
-        assert!(e.contains("linux/arm/v7, linux/arm64/v8, linux/amd64"), "{e}");
+        assert!(
+            e.contains("linux/arm/v7, linux/arm64/v8, linux/amd64"),
+            "{e}"
+        );
         assert!(Platform::parse("amd64").is_err());
         assert_eq!(Platform::parse("").unwrap(), Platform::host());
     }

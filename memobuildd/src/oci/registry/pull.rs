@@ -39,10 +39,9 @@ impl Session {
         let (bytes, digest) = self.fetch_manifest(&reference).await?;
         let json = parse_json(&reference, &bytes)?;
         let (bytes, digest, json) = if is_index(&json) {
-            let entry = self
-                .platform
-                .select(&json)
-                .map_err(|m| RegistryError::new(reference.whole(), m).hint("pick one with --platform"))?;
+            let entry = self.platform.select(&json).map_err(|m| {
+                RegistryError::new(reference.whole(), m).hint("pick one with --platform")
+            })?;
             let chosen = entry["digest"].as_str().unwrap_or_default().to_string();
             let by_digest = reference.clone_with_digest(chosen);
             let (bytes, digest) = self.fetch_manifest(&by_digest).await?;
@@ -70,13 +69,13 @@ impl Session {
                 .put_bytes(&bytes)
                 .map_err(|e| RegistryError::new(&what, e.to_string()))?;
             debug_assert_eq!(stored, digest);
-            let image =
-                read_image(&store, &digest).map_err(|e| RegistryError::new(&what, e.to_string()))?;
+            let image = read_image(&store, &digest)
+                .map_err(|e| RegistryError::new(&what, e.to_string()))?;
             name_image(&store, &name, &image).map_err(|e| RegistryError::new(&what, e))?;
             Ok(image)
         })
         .await
-        .map_err(|e| RegistryError::new(name_of(&reference), e.to_string()))?
+        .map_err(|e| RegistryError::new(name_of(reference), e.to_string()))?
     }
 
     /// The manifest or index at `reference`, checked against the digest it
@@ -103,7 +102,9 @@ impl Session {
             if wanted != digest {
                 return Err(RegistryError::new(
                     what,
-                    format!("the registry sent a manifest whose digest is {digest}; it was rejected"),
+                    format!(
+                        "the registry sent a manifest whose digest is {digest}; it was rejected"
+                    ),
                 ));
             }
         }
@@ -117,7 +118,10 @@ fn name_of(reference: &Reference) -> String {
 
 fn parse_json(reference: &Reference, bytes: &[u8]) -> Result<serde_json::Value, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| {
-        RegistryError::new(reference.whole(), format!("the manifest is not valid JSON: {e}"))
+        RegistryError::new(
+            reference.whole(),
+            format!("the manifest is not valid JSON: {e}"),
+        )
     })
 }
 

@@ -35,7 +35,11 @@ impl Session {
             .filter_map(|n| reference::parse(n).ok())
             .collect();
         let (image, manifest) = {
-            let (store, digest, what) = (store.clone(), manifest_digest.to_string(), target.to_string());
+            let (store, digest, what) = (
+                store.clone(),
+                manifest_digest.to_string(),
+                target.to_string(),
+            );
             tokio::task::spawn_blocking(move || {
                 let image = read_image(&store, &digest)
                     .map_err(|e| RegistryError::new(&what, e.to_string()))?;
@@ -83,8 +87,8 @@ impl Session {
             .as_str()
             .unwrap_or(super::pull::MEDIA_MANIFEST)
             .to_string();
-        let content_type = reqwest_header(&media)
-            .map_err(|e| RegistryError::new(reference.whole(), e))?;
+        let content_type =
+            reqwest_header(&media).map_err(|e| RegistryError::new(reference.whole(), e))?;
         let bytes = bytes::Bytes::from(bytes);
         self.retry(reference, &reference.whole(), || {
             self.client
