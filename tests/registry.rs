@@ -588,7 +588,7 @@ fn layer_types(reg: &Registry, repo_tag: &str) -> Vec<String> {
 }
 
 #[test]
-fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
+fn zstd_uncompressed_and_docker_layers_are_read_by_run_and_copy() {
     let dir = tempfile::tempdir().unwrap();
     let maker = Daemon::start();
     let reg = Registry::start();
@@ -597,6 +597,10 @@ fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
     assert!(layer_types(&reg, "base:zstd")
         .iter()
         .all(|t| t.ends_with("+zstd")));
+    reg.push_layout(&layout, "base:docker", &["--format", "v2s2"]);
+    assert!(layer_types(&reg, "base:docker")
+        .iter()
+        .all(|t| t.starts_with("application/vnd.docker")));
 
     // Uncompressed: a `docker save` archive (plain tar layers) imported, then pushed as stored.
     let archive = dir.path().join("docker.tar");
@@ -625,7 +629,7 @@ fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
         .any(|t| t.ends_with(".tar") || t.ends_with("diff.tar")));
 
     let fresh = daemon_for(&reg);
-    for tag in ["base:zstd", "base:plain"] {
+    for tag in ["base:zstd", "base:plain", "base:docker"] {
         let ctx = context(
             dir.path(),
             &format!("on-{}", tag.replace(':', "-")),
@@ -653,4 +657,16 @@ fn zstd_and_uncompressed_layers_are_read_by_run_and_copy() {
             .collect();
         assert_eq!(paths, vec!["/marker", "/seen"], "{tag}");
     }
+    // Built on a Docker-format base, the image is OCI throughout.
+    let on_docker = context(
+        dir.path(),
+        "on-docker",
+        &format!("FROM {}\nCOPY file.txt /\n", reg.image("base:docker")),
+    );
+    fresh.build_ok(&on_docker, &["-t", &reg.image("rebuilt:1"), "--push"]);
+    let types = layer_types(&reg, "rebuilt:1");
+    assert!(
+        types.iter().all(|t| t.starts_with("application/vnd.oci.image.layer")),
+        "{types:?}"
+    );
 }

@@ -159,21 +159,29 @@ impl BuildRegistry {
             .unwrap_or_default()
         };
         let mut imported = 0;
+        // A cache whose registry stopped answering is not asked again in this build.
+        let mut failed = vec![false; self.caches.len()];
         for ((_, key), present) in keys.iter().zip(local) {
             if present {
                 continue;
             }
-            for cache in &self.caches {
+            for (i, cache) in self.caches.iter().enumerate() {
+                if failed[i] {
+                    continue;
+                }
                 match self.session.import_step(store, cache, key).await {
                     Ok(true) => {
                         imported += 1;
                         break;
                     }
                     Ok(false) => {}
-                    Err(e) => note(format!(
-                        "warning: registry cache {}: {e}; building the step locally",
-                        cache.reference.whole()
-                    )),
+                    Err(e) => {
+                        failed[i] = e.unreachable;
+                        note(format!(
+                            "warning: registry cache {}: {e}; building the step locally",
+                            cache.reference.whole()
+                        ))
+                    }
                 }
             }
         }

@@ -177,10 +177,12 @@ impl Session {
     {
         let host = reference::registry_host(reference).to_string();
         if self.is_down(&host) {
-            return Err(RegistryError::new(
+            let mut err = RegistryError::new(
                 what,
                 format!("registry {host} did not answer earlier in this build"),
-            ));
+            );
+            err.unreachable = true;
+            return Err(err);
         }
         let mut delay = FIRST_BACKOFF;
         let mut attempt = 1;
