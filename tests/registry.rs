@@ -666,7 +666,9 @@ fn zstd_uncompressed_and_docker_layers_are_read_by_run_and_copy() {
     fresh.build_ok(&on_docker, &["-t", &reg.image("rebuilt:1"), "--push"]);
     let types = layer_types(&reg, "rebuilt:1");
     assert!(
-        types.iter().all(|t| t.starts_with("application/vnd.oci.image.layer")),
+        types
+            .iter()
+            .all(|t| t.starts_with("application/vnd.oci.image.layer")),
         "{types:?}"
     );
 }
