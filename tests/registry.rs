@@ -672,3 +672,36 @@ fn zstd_uncompressed_and_docker_layers_are_read_by_run_and_copy() {
         "{types:?}"
     );
 }
+
+#[test]
+fn cache_mode_min_writes_the_final_stage_and_max_every_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let maker = Daemon::start();
+    let reg = registry_with_base(&maker, dir.path());
+    let base = reg.image("base:1");
+    let ctx = context(
+        dir.path(),
+        "stages",
+        &format!(
+            "FROM {base} AS build\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo built > /out\"]\n\
+             FROM {base}\nCOPY --from=build /out /out\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo final > /final\"]\n"
+        ),
+    );
+    for (mode, runs_on_second_host) in [("min", 1), ("max", 0)] {
+        let cache = format!("type=registry,ref={}", reg.image(&format!("cache:{mode}")));
+        let first = daemon_for(&reg);
+        let digest = first
+            .build_ok(&ctx, &["--cache-to", &format!("{cache},mode={mode}")])
+            .manifest_digest();
+        let second = daemon_for(&reg);
+        let out = second.build_ok(&ctx, &["--cache-from", &cache]);
+        // min: the build stage's RUN is not in the cache; the final stage's steps are.
+        assert_eq!(
+            runs(&out),
+            runs_on_second_host,
+            "mode={mode}: {:?}",
+            out.executed()
+        );
+        assert_eq!(out.manifest_digest(), digest);
+    }
+}

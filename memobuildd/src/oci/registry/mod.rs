@@ -355,6 +355,24 @@ mod tests {
     }
 
     #[test]
+    fn network_faults_and_5xx_are_retried_definite_answers_are_not() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "u".into(),
+            message: String::new(),
+        };
+        assert!(is_transient(&server(503)) && is_unreachable(&server(503)));
+        assert!(is_transient(&server(429)) && !is_unreachable(&server(429)));
+        assert!(!is_transient(&server(404)));
+        let io = OciDistributionError::IoError(std::io::Error::other("digest mismatch"));
+        assert!(is_transient(&io) && !is_unreachable(&io));
+        let denied = OciDistributionError::UnauthorizedError { url: "u".into() };
+        assert!(!is_transient(&denied) && !is_unreachable(&denied));
+        let missing = OciDistributionError::ImageManifestNotFoundError("x".into());
+        assert!(!is_transient(&missing));
+    }
+
+    #[test]
     fn backoff_jitter_stays_within_half_to_one_and_a_half() {
         for _ in 0..100 {
             let d = jitter(Duration::from_millis(100));
