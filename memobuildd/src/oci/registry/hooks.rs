@@ -118,7 +118,7 @@ impl BuildRegistry {
             }
             Err(e) => Err(RpcError {
                 message: format!(
-                    "{}:{}:{}: FROM {name}: {e}",
+                    "{}:{}:{}: FROM {name}: not in memobuild's image store, and pulling it failed: {e}",
                     w.file, w.base.loc.line, w.base.loc.column
                 ),
                 hint: e.hint,
