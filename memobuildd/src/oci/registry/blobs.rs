@@ -25,11 +25,11 @@ impl Session {
             return Ok(());
         }
         let what = format!("{} blob {digest}", reference.whole());
-        self.client
+        self.client()
             .store_auth_if_needed(reference.resolve_registry(), &self.auth(reference))
             .await;
         self.retry(reference, &what, || async {
-            let stream = self.client.pull_blob_stream(reference, digest).await?;
+            let stream = self.client().pull_blob_stream(reference, digest).await?;
             write_blob(store, digest, stream.stream)
                 .await
                 .map_err(oci_client::errors::OciDistributionError::IoError)
@@ -49,7 +49,7 @@ impl Session {
         let what = format!("{} blob {digest}", reference.whole());
         let exists = self
             .retry(reference, &what, || {
-                self.client.blob_exists(reference, digest)
+                self.client().blob_exists(reference, digest)
             })
             .await?;
         if exists {
@@ -60,7 +60,7 @@ impl Session {
         }) {
             // A registry that cannot mount answers 202 and we upload instead.
             if self
-                .client
+                .client()
                 .mount_blob(reference, source, digest)
                 .await
                 .is_ok()
@@ -80,7 +80,7 @@ impl Session {
             let path = path.clone();
             async move {
                 let file = tokio::fs::File::open(&path).await?;
-                self.client
+                self.client()
                     .push_blob_stream(reference, file_chunks(file), digest, Some(size))
                     .await
             }

@@ -121,7 +121,7 @@ impl Session {
         previous: Option<&CacheIndex>,
     ) -> Result<usize, RegistryError> {
         let reference = reference::parse(name)?;
-        self.client
+        self.client()
             .store_auth_if_needed(reference.resolve_registry(), &self.auth(&reference))
             .await;
         let mut uploaded = 0;
@@ -143,7 +143,7 @@ impl Session {
         let config_size = config.len();
         let bytes = bytes::Bytes::from(config);
         self.retry(&reference, name, || {
-            self.client
+            self.client()
                 .push_blob(&reference, bytes.clone(), &config_digest)
         })
         .await?;

@@ -116,7 +116,10 @@ impl From<RegistryError> for RpcError {
 
 /// One build's view of the registries.
 pub struct Session {
-    client: oci_client::Client,
+    /// Made at the first registry call: a build that needs no registry
+    /// (the common, warm case) never loads TLS roots.
+    client: std::sync::OnceLock<oci_client::Client>,
+    insecure: Vec<String>,
     credentials: BTreeMap<String, Credential>,
     pub platform: Platform,
     pub policy: PullPolicy,
@@ -131,22 +134,29 @@ impl Session {
         platform: Platform,
         policy: PullPolicy,
     ) -> Session {
-        install_crypto_provider();
-        let config = oci_client::client::ClientConfig {
-            protocol: oci_client::client::ClientProtocol::HttpsExcept(settings.insecure.clone()),
-            // Index selection is ours (platform.rs), from the raw manifests.
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(5)),
-            read_timeout: Some(Duration::from_secs(30)),
-            ..Default::default()
-        };
         Session {
-            client: oci_client::Client::new(config),
+            client: std::sync::OnceLock::new(),
+            insecure: settings.insecure.clone(),
             credentials,
             platform,
             policy,
             down: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The HTTP client, per build because it keeps the build's credentials.
+    fn client(&self) -> &oci_client::Client {
+        self.client.get_or_init(|| {
+            install_crypto_provider();
+            oci_client::Client::new(oci_client::client::ClientConfig {
+                protocol: oci_client::client::ClientProtocol::HttpsExcept(self.insecure.clone()),
+                // Index selection is ours (platform.rs), from the raw manifests.
+                platform_resolver: None,
+                connect_timeout: Some(Duration::from_secs(5)),
+                read_timeout: Some(Duration::from_secs(30)),
+                ..Default::default()
+            })
+        })
     }
 
     /// The credentials the client forwarded for `reference`'s registry.

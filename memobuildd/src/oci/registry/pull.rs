@@ -94,7 +94,7 @@ impl Session {
         let what = reference.whole();
         let (bytes, _) = self
             .retry(reference, &what, || {
-                self.client.pull_manifest_raw(reference, &auth, &accept)
+                self.client().pull_manifest_raw(reference, &auth, &accept)
             })
             .await?;
         let digest = sha256(&bytes);

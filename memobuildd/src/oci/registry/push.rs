@@ -52,7 +52,7 @@ impl Session {
             .await
             .map_err(|e| RegistryError::new(target, e.to_string()))??
         };
-        self.client
+        self.client()
             .store_auth_if_needed(reference.resolve_registry(), &self.auth(&reference))
             .await;
         let mut stats = PushStats::default();
@@ -91,7 +91,7 @@ impl Session {
             reqwest_header(&media).map_err(|e| RegistryError::new(reference.whole(), e))?;
         let bytes = bytes::Bytes::from(bytes);
         self.retry(reference, &reference.whole(), || {
-            self.client
+            self.client()
                 .push_manifest_raw(reference, bytes.clone(), content_type.clone())
         })
         .await?;
