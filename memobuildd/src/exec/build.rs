@@ -76,15 +76,13 @@ pub async fn run(
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
     // Registries: FROM images pulled and remote caches read once per build.
-    let remote = BuildRegistry::prepare(
-        &engine.store,
-        &engine.run_settings.registries,
-        request,
-        &dockerfile_path(request),
-        &dockerfile_display(request),
-        &registry_note(log),
-    )
-    .await?;
+    let note = registry_note(log);
+    let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
+    let settings = &engine.run_settings.registries;
+    let remote = tokio::select! {
+        r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => r?,
+        _ = log.cancelled() => return Err(RpcError::new("build cancelled")),
+    };
     let mut attempt = 1;
     let (result, generation) = loop {
         let (tree, generation) = engine.watcher.sync(&root).await.map_err(scan_error)?;
@@ -94,7 +92,6 @@ pub async fn run(
             false => fast_path(engine, id, request, &project, generation, log)?,
         };
         if let Some(done) = fast {
-            let note = registry_note(log);
             remote
                 .finish(&engine.store, None, &done.manifest_digest, &note)
                 .await?;
@@ -130,15 +127,12 @@ pub async fn run(
         }
     };
     let result = match result {
-        Ok((done, plan)) => remote
-            .finish(
-                &engine.store,
-                Some(&plan),
-                &done.manifest_digest,
-                &registry_note(log),
-            )
-            .await
-            .map(|()| (done, plan)),
+        Ok((done, plan)) => tokio::select! {
+            r = remote.finish(&engine.store, Some(&plan), &done.manifest_digest, &note) => {
+                r.map(|()| (done, plan))
+            }
+            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+        },
         Err(e) => Err(e),
     };
     let mut summary = BuildSummary {
