@@ -705,3 +705,68 @@ fn cache_mode_min_writes_the_final_stage_and_max_every_stage() {
         assert_eq!(out.manifest_digest(), digest);
     }
 }
+
+/// A "registry" on 127.0.0.1 that answers every request with 503; counts them.
+fn failing_registry() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = conn.write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (host, count)
+}
+
+#[test]
+fn a_registry_answering_errors_is_retried_with_backoff_then_built_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let maker = Daemon::start();
+    let reg = registry_with_base(&maker, dir.path());
+    let (bad, requests) = failing_registry();
+    let d = Daemon::start_with(&[
+        "--insecure-registry",
+        &reg.host,
+        "--insecure-registry",
+        &bad,
+    ]);
+    let ctx = cached_project(dir.path(), &reg, "erroring", "echo e > /e");
+    let started = std::time::Instant::now();
+    let out = d.build_ok(
+        &ctx,
+        &["--cache-from", &format!("type=registry,ref={bad}/cache:x")],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(runs(&out), 1, "built locally");
+    let warning = out
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("cannot be read"))
+        .unwrap_or_else(|| panic!("{}", out.text()));
+    assert!(
+        warning.contains("503") && warning.contains("after 5 attempts"),
+        "{warning}"
+    );
+    // 5 attempts (each may first probe /v2/ for auth), waits of ~100+200+400+800 ms with jitter.
+    let n = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((5..=10).contains(&n), "{n} requests");
+    assert!(
+        elapsed > std::time::Duration::from_millis(750),
+        "{elapsed:?}"
+    );
+}
