@@ -274,20 +274,12 @@ pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send
     let magic = peek(&mut reader, digest)?;
     if magic.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(GzDecoder::new(reader)))
-    } else if magic.starts_with(&ZSTD_MAGIC) {
-        let decoder =
-            ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| OciError::Read {
-                digest: digest.to_string(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
-            })?;
-        Ok(Box::new(decoder))
+    } else if magic.starts_with(&super::zstd::MAGIC) {
+        Ok(Box::new(super::zstd::Frames::new(reader)))
     } else {
         Ok(Box::new(reader))
     }
 }
-
-/// The first bytes of a zstd frame.
-const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, OciError> {
     use std::io::BufRead;
