@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 /// Bump when the RPC contract changes incompatibly; the client refuses to talk to a
 /// daemon with another version and says how to restart it.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame on the socket. Blob reads are chunked well below this.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
