@@ -7,6 +7,7 @@ mod inspect;
 mod observe;
 mod output;
 mod progress;
+mod registry;
 
 use clap::{Parser, Subcommand};
 use memobuild_shared::{BuildEvent, BuildRequest, RpcError};
@@ -156,6 +157,22 @@ struct BuildArgs {
     /// Most processes in each RUN step
     #[arg(long, value_name = "N")]
     pids_limit: Option<i64>,
+    // ---- Registries (docs/REGISTRIES.md) ----
+    /// Push the image to every -t name after the build
+    #[arg(long)]
+    push: bool,
+    /// Platform taken from multi-platform base images: os/arch[/variant] [default: the host's]
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<String>,
+    /// When to pull FROM images: missing (default), always, never; --pull alone = always
+    #[arg(long, value_name = "POLICY", num_args = 0..=1, require_equals = true, default_missing_value = "always", value_parser = ["missing", "always", "never"])]
+    pull: Option<String>,
+    /// Read steps from a registry cache: type=registry,ref=REF
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    cache_from: Vec<String>,
+    /// Write steps to a registry cache: type=registry,ref=REF[,mode=min|max]
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    cache_to: Vec<String>,
     /// Build context directory
     context: PathBuf,
 }
@@ -293,6 +310,7 @@ async fn run_build(
     let output = args
         .output
         .as_deref()
+        .filter(|o| !matches!(registry::registry_output(o), Ok(Some(_))))
         .map(output::OutputSpec::parse)
         .transpose()?;
     let mut printer = progress::Printer::new(&args.progress);
@@ -448,7 +466,7 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
             "--cpus {c} must be a positive number"
         )));
     }
-    Ok(BuildRequest {
+    let mut request = BuildRequest {
         secrets,
         memory_bytes: args.memory,
         millicpus: args.cpus.map(|c| (c * 1000.0).round() as u64),
@@ -460,5 +478,57 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
         build_args,
         no_cache: args.no_cache,
         source_date_epoch,
-    })
+        ..BuildRequest::default()
+    };
+    add_registry_options(args, &mut request)?;
+    Ok(request)
+}
+
+/// The registry part of the request: pushes, caches, platform, pull policy,
+/// and the credentials of the registries involved.
+fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<(), RpcError> {
+    if args.push {
+        if args.tags.is_empty() {
+            return Err(RpcError::with_hint(
+                "--push needs an image name",
+                "add -t REGISTRY/NAME:TAG, or use -o type=registry,name=REF",
+            ));
+        }
+        request.push.extend(args.tags.iter().cloned());
+    }
+    if let Some(names) = args
+        .output
+        .as_deref()
+        .map(registry::registry_output)
+        .transpose()?
+        .flatten()
+    {
+        request.push.extend(names);
+    }
+    request.cache_from = args
+        .cache_from
+        .iter()
+        .map(|s| registry::cache_spec("--cache-from", s).map(|c| c.reference))
+        .collect::<Result<_, _>>()?;
+    request.cache_to = args
+        .cache_to
+        .iter()
+        .map(|s| registry::cache_spec("--cache-to", s))
+        .collect::<Result<_, _>>()?;
+    request.platform = args.platform.clone().unwrap_or_default();
+    request.pull = args.pull.clone().unwrap_or_default();
+    let refs: Vec<String> = request
+        .push
+        .iter()
+        .chain(&request.cache_from)
+        .chain(request.cache_to.iter().map(|c| &c.reference))
+        .cloned()
+        .collect();
+    let dockerfile = match args.file.as_ref() {
+        Some(f) => f.clone(),
+        None => args.context.join("Dockerfile"),
+    };
+    let hosts = registry::hosts_used(&dockerfile, &refs);
+    request.registry_auth = registry::credentials(hosts.as_ref())?;
+    Ok(())
 }

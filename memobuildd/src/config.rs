@@ -99,6 +99,13 @@ pub struct Settings {
     /// Most builds running at once; more wait in a fair queue [default: 4]
     #[arg(long, value_name = "N")]
     pub max_parallel_builds: Option<usize>,
+    /// A registry spoken to over plain HTTP, HOST:PORT (repeat for more; in the file, a list)
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    #[serde(default)]
+    pub insecure_registry: Vec<String>,
+    /// Remote step cache (type=registry) every build reads and writes unless it names its own, e.g. registry.example:5000/team/cache:main
+    #[arg(long, value_name = "REF")]
+    pub cache_ref: Option<String>,
 }
 
 /// The effective settings.
@@ -127,6 +134,9 @@ pub struct Config {
     pub shutdown_grace: std::time::Duration,
     pub max_storage: Option<u64>,
     pub max_parallel_builds: usize,
+    pub insecure_registry: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_ref: Option<String>,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -165,6 +175,12 @@ impl Settings {
             shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
             max_storage: self.max_storage.or(other.max_storage),
             max_parallel_builds: self.max_parallel_builds.or(other.max_parallel_builds),
+            insecure_registry: if self.insecure_registry.is_empty() {
+                other.insecure_registry
+            } else {
+                self.insecure_registry
+            },
+            cache_ref: self.cache_ref.or(other.cache_ref),
         }
     }
 }
@@ -256,6 +272,8 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
             .max_parallel_builds
             .unwrap_or(crate::exec::DEFAULT_MAX_PARALLEL_BUILDS)
             .max(1),
+        insecure_registry: s.insecure_registry,
+        cache_ref: s.cache_ref,
         file,
         flags: flags.clone(),
     })
@@ -365,6 +383,10 @@ impl Config {
             cpus: self.cpus,
             pids: (self.pids_limit > 0).then_some(self.pids_limit),
             max_parallel: self.max_parallel_runs,
+            registries: crate::oci::registry::RegistrySettings {
+                insecure: self.insecure_registry.clone(),
+                cache_ref: self.cache_ref.clone(),
+            },
         }
     }
 
@@ -515,5 +537,38 @@ mod tests {
         assert_eq!(r.step_timeout, 5);
         std::fs::write(&file, "allowed-users = [").unwrap();
         assert!(reload(&c).is_err());
+    }
+
+    #[test]
+    fn registry_settings_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.toml");
+        std::fs::write(
+            &file,
+            "insecure-registry = [\"10.0.0.1:5000\"]\ncache-ref = \"r:5000/c:main\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = load(&Flags::parse_from(["memobuildd", "--config", path])).unwrap();
+        assert_eq!(c.insecure_registry, vec!["10.0.0.1:5000"]);
+        assert_eq!(
+            c.run_settings().registries.cache_ref.as_deref(),
+            Some("r:5000/c:main")
+        );
+        let flags = Flags::parse_from([
+            "memobuildd",
+            "--config",
+            path,
+            "--insecure-registry",
+            "127.0.0.1:1",
+            "--insecure-registry",
+            "127.0.0.1:2",
+        ]);
+        let c = load(&flags).unwrap();
+        assert_eq!(
+            c.run_settings().registries.insecure,
+            vec!["127.0.0.1:1", "127.0.0.1:2"]
+        );
+        assert!(c.to_toml().contains("insecure-registry"));
     }
 }

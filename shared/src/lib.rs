@@ -10,6 +10,7 @@
 //! their field names part of the stable JSON schema documented in docs/CLI.md.
 
 pub mod paths;
+pub mod registry;
 pub mod time;
 
 use serde::{Deserialize, Serialize};
@@ -154,6 +155,21 @@ pub struct BuildRequest {
     /// CPUs in thousandths (`--cpus 1.5` = 1500).
     pub millicpus: Option<u64>,
     pub pids_limit: Option<i64>,
+    // ---- Registries (docs/REGISTRIES.md) ----
+    /// `--platform os/arch[/variant]` picked from multi-platform base images; empty = the host's.
+    pub platform: String,
+    /// `--pull`: `missing` (also when empty), `always` or `never`, as Docker.
+    pub pull: String,
+    /// Credentials for the registries this build talks to, by registry host
+    /// (`docker.io`, `HOST:PORT`), read by the client from its docker config.
+    /// Never logged, persisted or written to a layer.
+    pub registry_auth: BTreeMap<String, registry::Credential>,
+    /// References to push the image to after the build (`--push`, `-o type=registry`).
+    pub push: Vec<String>,
+    /// `--cache-from type=registry,ref=REF`: remote step caches to read.
+    pub cache_from: Vec<String>,
+    /// `--cache-to type=registry,ref=REF[,mode=min|max]`: remote step caches to write.
+    pub cache_to: Vec<registry::CacheExport>,
 }
 
 /// Parses a size as Docker does: a number with an optional b/k/m/g/t suffix

@@ -683,3 +683,7 @@ impl Rng {
         (0..len).map(|_| (self.next() >> 32) as u8).collect()
     }
 }
+
+// ---- Registries (tests/registry.rs, benches/registry.rs) ----
+
+pub mod registry;

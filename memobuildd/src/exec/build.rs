@@ -10,6 +10,7 @@ use crate::dockerfile::{self, DockerfileError};
 use crate::graph::{self, Base, Op, Plan, Step};
 use crate::oci::config::History;
 use crate::oci::image::{write_image, StoredImage};
+use crate::oci::registry::hooks::BuildRegistry;
 use crate::oci::ChangeSet;
 use crate::project::{BuildSummary, ProjectKey};
 use crate::store::{ImageRecord, LayerRecord, Lookup, StepRecord};
@@ -74,15 +75,31 @@ pub async fn run(
     };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
+    // Registries: FROM images pulled and remote caches read once per build.
+    let note = registry_note(log);
+    let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
+    let settings = &engine.run_settings().registries;
+    let remote = tokio::select! {
+        r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => r?,
+        _ = log.cancelled() => return Err(RpcError::new("build cancelled")),
+    };
     let mut attempt = 1;
     let (result, generation) = loop {
         let (tree, generation) = engine.watcher.sync(&root).await.map_err(scan_error)?;
-        if let Some(done) = fast_path(engine, id, request, &project, generation, log)? {
+        // A remote cache export needs the plan, so it skips the fast path.
+        let fast = match remote.needs_plan() {
+            true => None,
+            false => fast_path(engine, id, request, &project, generation, log)?,
+        };
+        if let Some(done) = fast {
+            remote
+                .finish(&engine.store, None, &done.manifest_digest, &note)
+                .await?;
             return Ok(done);
         }
         engine.projects.build_started(&project);
         let result = tokio::select! {
-            r = build_planned(engine, id, request, &project, tree, log) => r,
+            r = build_planned(engine, id, request, &project, tree, log, &remote) => r,
             // Dropping the build's future stops every step; RUN sandboxes clean up.
             _ = log.cancelled() => Err(RpcError::new("build cancelled")),
         };
@@ -108,6 +125,15 @@ pub async fn run(
             }
             other => break (other, generation),
         }
+    };
+    let result = match result {
+        Ok((done, plan)) => tokio::select! {
+            r = remote.finish(&engine.store, Some(&plan), &done.manifest_digest, &note) => {
+                r.map(|()| (done, plan))
+            }
+            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+        },
+        Err(e) => Err(e),
     };
     let mut summary = BuildSummary {
         ok: result.is_ok(),
@@ -237,12 +263,16 @@ async fn build_planned(
     project: &str,
     tree: Tree,
     log: &Arc<BuildLog>,
+    remote: &BuildRegistry,
 ) -> Result<(Done, Arc<Plan>), RpcError> {
     let plan = {
         let engine = engine.clone();
         let request = request.clone();
         blocking(move || make_plan(&engine, &request, &tree, None)).await?
     };
+    remote
+        .import_steps(&engine.store, &plan, request.no_cache, &registry_note(log))
+        .await;
 
     log.push(BuildEvent::Planned {
         build: id,
@@ -289,6 +319,14 @@ async fn build_planned(
         },
         plan,
     ))
+}
+
+/// Progress lines of the registry work, to the client and the daemon's log.
+fn registry_note(log: &BuildLog) -> impl Fn(String) + Send + Sync + '_ {
+    move |line| {
+        tracing::info!("{line}");
+        log.push(BuildEvent::Log { step: None, line });
+    }
 }
 
 fn dockerfile_display(request: &BuildRequest) -> String {

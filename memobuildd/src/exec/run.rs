@@ -33,6 +33,8 @@ pub struct RunSettings {
     pub pids: Option<i64>,
     /// Most RUN steps running at once (all builds together).
     pub max_parallel: usize,
+    /// Registries: plain-HTTP hosts and the default remote cache.
+    pub registries: crate::oci::registry::RegistrySettings,
 }
 
 /// Everything one RUN needs from its build.

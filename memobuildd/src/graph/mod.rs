@@ -481,3 +481,46 @@ mod tests {
         }
     }
 }
+
+/// An image a needed stage starts FROM (see [`base_images`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// The name as written, variables expanded.
+    pub name: String,
+    /// Where the FROM is, for errors.
+    pub loc: Loc,
+    /// The image store already has an image of this name.
+    pub present: bool,
+}
+
+/// The images the stages `target` needs start FROM: what the registry step
+/// pulls before planning (stages the target does not need pull nothing).
+pub fn base_images(
+    df: &Dockerfile,
+    target: &str,
+    build_args: &BTreeMap<String, String>,
+    store: &Store,
+) -> Result<Vec<BaseImage>, DockerfileError> {
+    let global = global_args(df, build_args)?;
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![find_target(df, target)?];
+    let mut out = Vec::new();
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let stage = &df.stages[i];
+        match stage::resolve_base(df, stage, &global, store)? {
+            Some(Base::Stage(s)) => todo.push(s),
+            Some(Base::Scratch) => {}
+            found => out.push(BaseImage {
+                name: expand::expand_word(&stage.from.value.image, &global, df.escape)
+                    .unwrap_or_default(),
+                loc: stage.from.loc,
+                present: found.is_some(),
+            }),
+        }
+        todo.extend(stage::copy_from_stages(df, stage, &global)?);
+    }
+    Ok(out)
+}

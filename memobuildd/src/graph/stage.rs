@@ -132,7 +132,7 @@ pub(super) fn missing_base_error(df: &Dockerfile, index: usize) -> DockerfileErr
         df,
         stage.from.loc,
         format!("base image {:?} is not in memobuild's image store", stage.from.value.image),
-        "build it first with `memobuild-ctl build -t NAME`, or start FROM scratch; pulling from registries is not supported yet",
+        "check the name; with --pull=never only images already in the store are used (build one with `memobuild-ctl build -t NAME` or load it with `memobuild-ctl image import`)",
     )
 }
 

@@ -63,7 +63,7 @@ fn build_manifest(
     let config = descriptor(MEDIA_CONFIG, config_digest, config_size)?;
     let layers = layers
         .iter()
-        .map(|l| descriptor(&l.media_type, &l.digest, l.size))
+        .map(|l| descriptor(oci_layer_type(&l.media_type), &l.digest, l.size))
         .collect::<Result<Vec<_>, _>>()?;
     ImageManifestBuilder::default()
         .schema_version(2u32)
@@ -72,6 +72,16 @@ fn build_manifest(
         .layers(layers)
         .build()
         .map_err(|e| OciError::Invalid(format!("image manifest: {e}")))
+}
+
+/// Layers of images pulled in Docker's format keep their bytes but get the OCI
+/// media type in our (OCI) manifests, as BuildKit does.
+fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => super::MEDIA_LAYER_GZIP,
+        "application/vnd.docker.image.rootfs.diff.tar" => super::MEDIA_LAYER_TAR,
+        other => other,
+    }
 }
 
 fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, OciError> {

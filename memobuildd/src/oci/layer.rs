@@ -266,13 +266,16 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Opens a stored layer as an uncompressed tar stream (gzip detected by magic).
+/// Opens a stored layer as an uncompressed tar stream (gzip and zstd, as
+/// pulled images may have, detected by magic).
 pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send>, OciError> {
     let file = blobs.open_blob(digest)?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let magic = peek(&mut reader, digest)?;
     if magic.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(GzDecoder::new(reader)))
+    } else if magic.starts_with(&super::zstd::MAGIC) {
+        Ok(Box::new(super::zstd::Frames::new(reader)))
     } else {
         Ok(Box::new(reader))
     }
@@ -284,7 +287,7 @@ fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, 
         digest: digest.to_string(),
         source,
     })?;
-    Ok(buf[..buf.len().min(2)].to_vec())
+    Ok(buf[..buf.len().min(4)].to_vec())
 }
 
 /// Normalises a tar entry path: no `./`, no leading or trailing `/`, no `..`.

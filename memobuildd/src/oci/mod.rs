@@ -8,6 +8,9 @@ pub mod config;
 pub mod image;
 pub mod import;
 pub mod layer;
+pub mod reference;
+pub mod registry;
+pub mod zstd;
 
 pub use config::{ImageConfig, RunConfig};
 pub use layer::{ChangeSet, Content, EntryKind, LayerEntry, OciError};

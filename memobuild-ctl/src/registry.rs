@@ -1,0 +1,217 @@
+//! Registry flags of `build`: `--push`, `-o type=registry,name=REF`,
+//! `--cache-from/--cache-to type=registry,ref=REF`, and the credentials the
+//! build needs, read here from the user's docker config (`$DOCKER_CONFIG/config.json`,
+//! else `~/.docker/config.json`) and forwarded only for the registries this
+//! build names, so the daemon (often root, serving many users) never reads
+//! anyone's home and keeps no credentials.
+
+use base64::Engine as _;
+use memobuild_shared::registry::{registry_host, CacheExport, Credential, DOCKER_HUB};
+use memobuild_shared::{RpcError, Secret};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// `-o type=registry,name=REF[,push=true]`: the reference, if this output is one.
+pub fn registry_output(spec: &str) -> Result<Option<Vec<String>>, RpcError> {
+    let parts: Vec<(&str, &str)> = spec
+        .split(',')
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    if !parts.contains(&("type", "registry")) {
+        return Ok(None);
+    }
+    let names: Vec<String> = parts
+        .iter()
+        .filter(|(k, _)| *k == "name")
+        .map(|(_, v)| v.to_string())
+        .collect();
+    if names.is_empty() {
+        return Err(RpcError::with_hint(
+            format!("-o {spec}: type=registry needs name=REF"),
+            "e.g. -o type=registry,name=registry.example:5000/app:1",
+        ));
+    }
+    Ok(Some(names))
+}
+
+/// `type=registry,ref=REF[,mode=min|max]` of `--cache-from`/`--cache-to`.
+pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
+    let mut reference = None;
+    let mut max = false;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("type", "registry")) => {}
+            Some(("ref", r)) => reference = Some(r.to_string()),
+            Some(("mode", "max")) => max = true,
+            Some(("mode", "min")) => max = false,
+            _ => {
+                return Err(RpcError::with_hint(
+                    format!("{flag} {spec}: {part:?} is not understood"),
+                    format!("use {flag} type=registry,ref=REF[,mode=min|max]"),
+                ))
+            }
+        }
+    }
+    let reference = reference.ok_or_else(|| {
+        RpcError::with_hint(
+            format!("{flag} {spec} names no ref"),
+            format!("use {flag} type=registry,ref=REF"),
+        )
+    })?;
+    Ok(CacheExport { reference, max })
+}
+
+/// Registry hosts a build talks to: those of its FROM lines (all configured
+/// ones when a FROM uses a variable), pushes and caches.
+pub fn hosts_used(dockerfile: &Path, refs: &[String]) -> Option<BTreeSet<String>> {
+    let mut hosts: BTreeSet<String> = refs.iter().map(|r| registry_host(r)).collect();
+    let text = std::fs::read_to_string(dockerfile).unwrap_or_default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let Some(image) = words.find(|w| !w.starts_with("--")) else {
+            continue;
+        };
+        if image.contains('$') {
+            return None;
+        }
+        hosts.insert(registry_host(image));
+    }
+    Some(hosts)
+}
+
+/// The docker config's path: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+fn config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+/// Credentials for `hosts` (every host when `None`) from the docker config.
+/// Credential helpers (`credsStore`, `credHelpers`) are not consulted.
+pub fn credentials(
+    hosts: Option<&BTreeSet<String>>,
+) -> Result<BTreeMap<String, Credential>, RpcError> {
+    let Some(path) = config_path() else {
+        return Ok(BTreeMap::new());
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(RpcError::new(format!("{}: {e}", path.display()))),
+    };
+    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        RpcError::with_hint(
+            format!("{} is not valid JSON: {e}", path.display()),
+            "fix it, or log in again with `docker login`",
+        )
+    })?;
+    let mut out = BTreeMap::new();
+    for (key, entry) in config["auths"].as_object().into_iter().flatten() {
+        let host = config_key_host(key);
+        if hosts.is_some_and(|h| !h.contains(&host)) {
+            continue;
+        }
+        if let Some(c) = credential(entry) {
+            out.insert(host, c);
+        }
+    }
+    Ok(out)
+}
+
+/// `https://index.docker.io/v1/` -> `docker.io`; `http://h:5000/` -> `h:5000`.
+fn config_key_host(key: &str) -> String {
+    let host = key
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    match host {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn credential(entry: &serde_json::Value) -> Option<Credential> {
+    if let Some(token) = entry["registrytoken"].as_str().filter(|t| !t.is_empty()) {
+        return Some(Credential {
+            username: String::new(),
+            password: Secret(token.as_bytes().to_vec()),
+        });
+    }
+    let (user, password) = match entry["auth"].as_str().filter(|a| !a.is_empty()) {
+        Some(auth) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(auth)
+                .ok()?;
+            let text = String::from_utf8(decoded).ok()?;
+            let (u, p) = text.split_once(':')?;
+            (u.to_string(), p.to_string())
+        }
+        None => (
+            entry["username"].as_str()?.to_string(),
+            entry["password"].as_str()?.to_string(),
+        ),
+    };
+    Some(Credential {
+        username: user,
+        password: Secret(password.into_bytes()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_and_cache_specs() {
+        assert_eq!(
+            registry_output("type=registry,name=h:5/a:1").unwrap(),
+            Some(vec!["h:5/a:1".to_string()])
+        );
+        assert_eq!(registry_output("type=oci,dest=x.tar").unwrap(), None);
+        assert!(registry_output("type=registry").is_err());
+        let c = cache_spec("--cache-to", "type=registry,ref=h:5/c:1,mode=max").unwrap();
+        assert_eq!((c.reference.as_str(), c.max), ("h:5/c:1", true));
+        assert!(!cache_spec("--cache-to", "ref=h/c").unwrap().max);
+        assert!(cache_spec("--cache-to", "type=local,dest=x").is_err());
+    }
+
+    #[test]
+    fn docker_config_entries() {
+        assert_eq!(config_key_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(config_key_host("127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(config_key_host("http://r.example:5000/"), "r.example:5000");
+        let basic = serde_json::json!({"auth": "dTpwOnc="}); // u:p:w
+        let c = credential(&basic).unwrap();
+        assert_eq!(
+            (c.username.as_str(), c.password.0.as_slice()),
+            ("u", &b"p:w"[..])
+        );
+        let token = serde_json::json!({"registrytoken": "t"});
+        assert_eq!(credential(&token).unwrap().username, "");
+        assert!(credential(&serde_json::json!({})).is_none());
+    }
+
+    #[test]
+    fn hosts_from_the_dockerfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let df = dir.path().join("Dockerfile");
+        std::fs::write(
+            &df,
+            "FROM --platform=linux/amd64 h:5000/a AS x\nfrom busybox\n",
+        )
+        .unwrap();
+        let hosts = hosts_used(&df, &["p:1/x".into()]).unwrap();
+        assert_eq!(
+            hosts.into_iter().collect::<Vec<_>>(),
+            vec!["docker.io", "h:5000", "p:1"]
+        );
+        std::fs::write(&df, "ARG B\nFROM $B\n").unwrap();
+        assert!(hosts_used(&df, &[]).is_none());
+    }
+}
