@@ -313,11 +313,7 @@ fn pushed_images_pull_back_with_the_same_digest_and_run() {
             &format!("type=registry,name={}", reg.image("team/app:2")),
         ],
     );
-    let line = out
-        .logs()
-        .into_iter()
-        .find(|l| l.starts_with("pushed"))
-        .unwrap();
+    let line = pushed_line(&out);
     assert!(line.contains("0 blobs uploaded"), "{line}");
     assert_eq!(reg.digest("team/app:2"), digest);
     // Into another repository: the base's layers are mounted from its repository.
@@ -328,11 +324,7 @@ fn pushed_images_pull_back_with_the_same_digest_and_run() {
             &format!("type=registry,name={}", reg.image("other/app:1")),
         ],
     );
-    let line = out
-        .logs()
-        .into_iter()
-        .find(|l| l.starts_with("pushed"))
-        .unwrap();
+    let line = pushed_line(&out);
     assert!(line.contains("; 2 mounted"), "{line}");
     assert_eq!(reg.digest("other/app:1"), digest);
 
@@ -769,4 +761,12 @@ fn a_registry_answering_errors_is_retried_with_backoff_then_built_locally() {
         elapsed > std::time::Duration::from_millis(750),
         "{elapsed:?}"
     );
+}
+
+/// The progress line that reports a push (`pushed REF: N blobs uploaded...`).
+fn pushed_line(out: &common::BuildOutcome) -> String {
+    out.logs()
+        .into_iter()
+        .find(|l| l.starts_with("pushed"))
+        .unwrap_or_else(|| panic!("no `pushed` line:\n{}", out.text()))
 }

@@ -7,12 +7,12 @@
 //! (Debian `containerd`); without them these tests fail, they never skip.
 
 mod common;
-use common::{bin_dir, write_files, BuildOutcome, Daemon};
+use common::{write_files, BuildOutcome, Daemon};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -405,18 +405,7 @@ struct BgBuild {
 }
 
 fn spawn_build(d: &Daemon, ctx: &Path, extra: &[&str]) -> BgBuild {
-    let mut child = Command::new(bin_dir().join("memobuild-ctl"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["build", "--progress", "json"])
-        .args(extra)
-        .arg(ctx)
-        .env_remove("SOURCE_DATE_EPOCH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run memobuild-ctl");
+    let mut child = d.spawn_build(ctx, extra);
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
