@@ -773,7 +773,7 @@ fn a_registry_answering_errors_is_retried_with_backoff_then_built_locally() {
 
 // --- Token auth (Distribution's token flow, a token server on 127.0.0.1) ---
 
-use common::registry::docker_config_identity_token;
+use common::registry::{docker_config_identity_token, TokenServer};
 
 #[test]
 fn token_auth_registry_pulls_and_pushes_with_the_users_docker_login() {
@@ -817,6 +817,13 @@ fn token_auth_registry_pulls_and_pushes_with_the_users_docker_login() {
     );
 
     // With the login: pulled through a bearer token, then pushed with one.
+    let granted = |t: &TokenServer| {
+        t.requests()
+            .iter()
+            .filter(|r| r.contains("ok=True"))
+            .count()
+    };
+    let granted_before = granted(&tokens);
     let login = docker_config(&reg.host, "builder", "t0ken-pw");
     let out = build(&d, &ctx, &["-t", &app, "--push"], &login);
     assert!(out.success, "{}\n{}", out.text(), d.log());
@@ -828,10 +835,18 @@ fn token_auth_registry_pulls_and_pushes_with_the_users_docker_login() {
     let digest = out.manifest_digest();
     assert_eq!(reg.digest("team/app:1"), digest);
     assert!(
-        tokens.requests().iter().any(|r| r.contains("ok=True")),
-        "the token flow was used: {:?}",
+        granted(&tokens) > granted_before,
+        "memobuild got its tokens from the realm: {:?}",
         tokens.requests()
     );
+    let pushed = out
+        .logs()
+        .into_iter()
+        .find(|l| l.starts_with("pushed"))
+        .unwrap();
+    // The token covers team/app only, so the registry refuses to mount the
+    // base's layers from private/base: they are uploaded instead.
+    assert!(pushed.contains("0 mounted"), "{pushed}");
 
     // A second host pulls the pushed image back with the same digest.
     let d2 = daemon_for(&reg);
