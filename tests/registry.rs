@@ -1,9 +1,9 @@
 //! Registries, against a real Distribution registry (Debian's docker-registry)
 //! on 127.0.0.1: FROM pulls by tag, digest and platform, with and without
-//! htpasswd auth; pushes that pull back with the same digest; a step cache
-//! shared by two daemons through the registry; and faults (the registry killed
-//! mid-build, a corrupt blob on its disk) that never fail a build that can be
-//! done locally.
+//! htpasswd auth and token auth (a token server on 127.0.0.1); pushes that
+//! pull back with the same digest; a step cache shared by two daemons through
+//! the registry; and faults (the registry killed mid-build, a corrupt blob on
+//! its disk) that never fail a build that can be done locally.
 
 mod common;
 use common::registry::{build_env, busybox_layout, docker_config, Registry};
@@ -769,4 +769,117 @@ fn pushed_line(out: &common::BuildOutcome) -> String {
         .into_iter()
         .find(|l| l.starts_with("pushed"))
         .unwrap_or_else(|| panic!("no `pushed` line:\n{}", out.text()))
+}
+
+// --- Token auth (Distribution's token flow, a token server on 127.0.0.1) ---
+
+use common::registry::{docker_config_identity_token, TokenServer};
+
+#[test]
+fn token_auth_registry_pulls_and_pushes_with_the_users_docker_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let maker = Daemon::start();
+    let (reg, tokens) = Registry::start_with_token_auth("builder", "t0ken-pw");
+    reg.push_layout(
+        &busybox_layout(&maker, dir.path(), "token"),
+        "private/base:1",
+        &[],
+    );
+    let d = daemon_for(&reg);
+    let app = reg.image("team/app:1");
+    let ctx = context(
+        dir.path(),
+        "token",
+        &format!("FROM {}\nCOPY file.txt /\n", reg.image("private/base:1")),
+    );
+    let env = |config: &tempfile::TempDir| {
+        vec![(
+            "DOCKER_CONFIG".to_string(),
+            config.path().to_str().unwrap().to_string(),
+        )]
+    };
+    let build = |d: &Daemon, ctx: &Path, extra: &[&str], config: &tempfile::TempDir| {
+        let env = env(config);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        build_env(d, ctx, extra, &env)
+    };
+
+    // No login: the realm refuses an anonymous token, the registry says 401.
+    let no_login = tempfile::tempdir().unwrap();
+    let err = build(&d, &ctx, &[], &no_login).error();
+    assert!(
+        err["message"].as_str().unwrap().contains("denied access"),
+        "{err}"
+    );
+    assert!(
+        err["hint"].as_str().unwrap().contains("docker login"),
+        "{err}"
+    );
+
+    // With the login: pulled through a bearer token, then pushed with one.
+    let granted = |t: &TokenServer| {
+        t.requests()
+            .iter()
+            .filter(|r| r.contains("ok=True"))
+            .count()
+    };
+    let granted_before = granted(&tokens);
+    let login = docker_config(&reg.host, "builder", "t0ken-pw");
+    let out = build(&d, &ctx, &["-t", &app, "--push"], &login);
+    assert!(out.success, "{}\n{}", out.text(), d.log());
+    assert!(
+        out.logs().iter().any(|l| l.starts_with("pulled")),
+        "{}",
+        out.text()
+    );
+    let digest = out.manifest_digest();
+    assert_eq!(reg.digest("team/app:1"), digest);
+    assert!(
+        granted(&tokens) > granted_before,
+        "memobuild got its tokens from the realm: {:?}",
+        tokens.requests()
+    );
+    let pushed = out
+        .logs()
+        .into_iter()
+        .find(|l| l.starts_with("pushed"))
+        .unwrap();
+    // The token covers team/app only, so the registry refuses to mount the
+    // base's layers from private/base: they are uploaded instead.
+    assert!(pushed.contains("0 mounted"), "{pushed}");
+
+    // A second host pulls the pushed image back with the same digest.
+    let d2 = daemon_for(&reg);
+    let child = context(dir.path(), "token-child", &format!("FROM {app}\n"));
+    let out = build(&d2, &child, &[], &login);
+    assert!(out.success, "{}\n{}", out.text(), d2.log());
+    assert_eq!(stored_digest(&d2, &app), Some(digest));
+
+    // A wrong password: the realm answers 401, the build names the cause.
+    let wrong = docker_config(&reg.host, "builder", "wrong-pw");
+    let err = build(&d, &ctx, &["--pull=always"], &wrong).error();
+    assert!(
+        err["message"].as_str().unwrap().contains("denied access"),
+        "{err}"
+    );
+    assert!(
+        err["hint"].as_str().unwrap().contains("were rejected"),
+        "{err}"
+    );
+    for log in [d.log(), d2.log()] {
+        assert!(!log.contains("t0ken-pw"), "credentials never reach the log");
+    }
+
+    // An OAuth login (identitytoken) is refused by the client with the way
+    // out, before anything is sent to the realm.
+    let before = tokens.requests().len();
+    let oauth = docker_config_identity_token(&reg.host, &tokens.refresh_token);
+    let out = build(&d, &ctx, &["--pull=always"], &oauth);
+    assert!(!out.success);
+    assert!(
+        out.stderr.contains("identitytoken") && out.stderr.contains("docker login"),
+        "{}",
+        out.text()
+    );
+    assert_eq!(tokens.requests().len(), before, "{:?}", tokens.requests());
 }

@@ -115,6 +115,14 @@ pub fn credentials(
         if hosts.is_some_and(|h| !h.contains(&host)) {
             continue;
         }
+        if has_identity_token(entry) {
+            // A host named by the build: say why its login cannot be used.
+            // All hosts (a FROM with a variable): it may not be needed.
+            match hosts {
+                Some(_) => return Err(identity_token_unsupported(&path, &host)),
+                None => continue,
+            }
+        }
         if let Some(c) = credential(entry) {
             out.insert(host, c);
         }
@@ -134,6 +142,25 @@ fn config_key_host(key: &str) -> String {
         "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
         other => other.to_string(),
     }
+}
+
+/// An OAuth login (`identitytoken`, a refresh token Docker trades at the
+/// registry's token realm with `grant_type=refresh_token`). oci-client only
+/// asks the realm with basic credentials, and the `auth` next to an identity
+/// token (`<token>:`) is no password, so sending it would only be refused.
+fn has_identity_token(entry: &serde_json::Value) -> bool {
+    let token = |k: &str| entry[k].as_str().is_some_and(|t| !t.is_empty());
+    token("identitytoken") && !token("registrytoken")
+}
+
+fn identity_token_unsupported(path: &Path, host: &str) -> RpcError {
+    RpcError::with_hint(
+        format!(
+            "{}: the login for {host} is an OAuth identity token (identitytoken), which memobuild cannot use",
+            path.display()
+        ),
+        format!("log in to {host} with a user name and a password or access token (`docker login {host} -u USER`), or give memobuild-ctl a config with an `auth` entry for {host} through DOCKER_CONFIG"),
+    )
 }
 
 fn credential(entry: &serde_json::Value) -> Option<Credential> {
@@ -195,6 +222,12 @@ mod tests {
         let token = serde_json::json!({"registrytoken": "t"});
         assert_eq!(credential(&token).unwrap().username, "");
         assert!(credential(&serde_json::json!({})).is_none());
+        let oauth = serde_json::json!({"auth": "PHRva2VuPjo=", "identitytoken": "r"});
+        assert!(has_identity_token(&oauth));
+        assert!(!has_identity_token(
+            &serde_json::json!({"identitytoken": "r", "registrytoken": "t"})
+        ));
+        assert!(!has_identity_token(&basic));
     }
 
     #[test]

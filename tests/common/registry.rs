@@ -265,3 +265,129 @@ impl super::BuildOutcome {
             .collect()
     }
 }
+
+// --- Token auth: a registry behind a Distribution token server -------------
+
+/// The realm of a token-auth registry: `tests/token_server.py` on 127.0.0.1,
+/// signing RS256 JWTs with a key and self-signed certificate made by the
+/// `openssl` CLI in a temporary directory; killed on drop.
+pub struct TokenServer {
+    pub dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT/token`
+    pub realm: String,
+    /// What `grant_type=refresh_token` must present (an identitytoken).
+    pub refresh_token: String,
+    child: Child,
+}
+
+pub const TOKEN_SERVICE: &str = "memobuild-test-registry";
+pub const TOKEN_ISSUER: &str = "memobuild-test-token-server";
+
+impl TokenServer {
+    /// Grants what it is asked only to `user`/`password` (or `refresh_token`).
+    pub fn start(user: &str, password: &str, refresh_token: &str) -> TokenServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes"])
+            .args(["-subj", "/CN=token", "-days", "2"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .output()
+            .expect("openssl (Debian package openssl)");
+        assert!(
+            out.status.success(),
+            "openssl req: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("log");
+        let child = Command::new("python3")
+            .arg(super::repo_root().join("tests/token_server.py"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .args([user, password, refresh_token, TOKEN_ISSUER])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("python3");
+        let server = TokenServer {
+            realm: format!("http://127.0.0.1:{port}/token"),
+            refresh_token: refresh_token.to_string(),
+            dir,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "token server did not start: {}",
+                std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// One line per token request: method, grant type, whether it was granted.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    /// A registry with `auth: token` whose realm is a new [`TokenServer`]
+    /// granting pull and push to `user`/`password` only. skopeo (and so
+    /// `push_layout`, `digest`) uses those credentials.
+    pub fn start_with_token_auth(user: &str, password: &str) -> (Registry, TokenServer) {
+        let server = TokenServer::start(user, password, "refresh-token-of-the-test");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut registry = Registry {
+            dir,
+            host: format!("127.0.0.1:{}", free_port()),
+            auth: None,
+            child: None,
+        };
+        registry.write_config();
+        let config = registry.dir.path().join("config.yml");
+        let mut text = std::fs::read_to_string(&config).expect("registry config");
+        text.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            server.realm,
+            server.cert().display()
+        ));
+        std::fs::write(&config, text).expect("registry config");
+        registry.auth = Some((user.to_string(), password.to_string()));
+        registry.spawn();
+        (registry, server)
+    }
+}
+
+/// A docker `config.json` whose entry for `host` is what `docker login`
+/// writes for an OAuth login: the `identitytoken` (a refresh token) and an
+/// `auth` of `<token>:` with no password.
+pub fn docker_config_identity_token(host: &str, token: &str) -> tempfile::TempDir {
+    use base64::Engine;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = base64::engine::general_purpose::STANDARD.encode("<token>:");
+    let config = serde_json::json!({"auths": {host: {"auth": auth, "identitytoken": token}}});
+    std::fs::write(dir.path().join("config.json"), config.to_string()).expect("config.json");
+    dir
+}
