@@ -303,20 +303,37 @@ async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, Daemon
         std::fs::remove_file(socket)
             .map_err(|e| setup(format!("removing stale socket {}: {e}", socket.display())))?;
     }
-    let listener = UnixListener::bind(socket)
+    // Bound under a private name, given its owner and mode, then renamed into
+    // place: nobody can connect while the socket still has bind's default mode.
+    let staging = socket.with_file_name(format!(
+        ".{}.{}",
+        socket
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("sock"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)
         .map_err(|e| setup(format!("listening on {}: {e}", socket.display())))?;
     let mode = match group {
         Some(name) => {
             let group = nix::unistd::Group::from_name(name)
                 .map_err(|e| setup(format!("looking up group {name}: {e}")))?
                 .ok_or_else(|| setup(format!("group {name:?} does not exist")))?;
-            nix::unistd::chown(socket, None, Some(group.gid))
+            nix::unistd::chown(&staging, None, Some(group.gid))
                 .map_err(|e| setup(format!("chown {}: {e}", socket.display())))?;
             0o660
         }
         None => 0o600,
     };
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))
         .map_err(|e| setup(format!("chmod {}: {e}", socket.display())))?;
+    std::fs::rename(&staging, socket).map_err(|e| {
+        setup(format!(
+            "moving the socket into place at {}: {e}",
+            socket.display()
+        ))
+    })?;
     Ok(listener)
 }
