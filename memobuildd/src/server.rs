@@ -355,20 +355,9 @@ impl Server {
 // Disk: usage, garbage collection, verification (store/gc.rs, store/verify.rs).
 impl Server {
     async fn disk_usage_impl(self) -> Result<memobuild_shared::DiskUsage, RpcError> {
-        let u = self.engine.disk_usage().await?;
-        Ok(memobuild_shared::DiskUsage {
-            total_bytes: u.total_bytes,
-            blobs: u.blobs,
-            image_bytes: u.image_bytes,
-            image_blobs: u.image_blobs,
-            cache_bytes: u.cache_bytes,
-            cache_blobs: u.cache_blobs,
-            unreferenced_bytes: u.unreferenced_bytes,
-            unreferenced_blobs: u.unreferenced_blobs,
-            cache_entries: u.cache_entries,
-            images: u.images,
-            max_storage: self.engine.max_storage(),
-        })
+        let mut usage = self.engine.disk_usage().await?;
+        usage.max_storage = self.engine.max_storage();
+        Ok(usage)
     }
 
     async fn prune_impl(

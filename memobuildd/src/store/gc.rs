@@ -169,22 +169,8 @@ pub struct PruneReport {
     pub bytes_after: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub total_bytes: u64,
-    pub blobs: u64,
-    /// Blobs reachable from named images.
-    pub image_bytes: u64,
-    pub image_blobs: u64,
-    /// Blobs only step cache entries or projects' last builds use.
-    pub cache_bytes: u64,
-    pub cache_blobs: u64,
-    /// Blobs nothing references (freed by any prune).
-    pub unreferenced_bytes: u64,
-    pub unreferenced_blobs: u64,
-    pub cache_entries: u64,
-    pub images: u64,
-}
+/// What the blob store holds, by use (`max_storage` is the engine's to fill in).
+pub type Usage = memobuild_shared::DiskUsage;
 
 /// Digests every blob of the image `manifest` (manifest, config, layers); an
 /// unreadable manifest contributes only itself.
