@@ -257,9 +257,12 @@ impl Projects {
                 };
                 let dockerfile_hit = p.record.key.dockerfile == root.join(path);
                 if let Some(inside) = inside.filter(|i| !i.is_empty()) {
-                    if p.changed.len() < MAX_CHANGED_SHOWN {
-                        p.changed.insert(inside.to_string());
+                    // Bounded, but the newest change is always listed: a full set
+                    // gives up another path for it.
+                    if p.changed.len() >= MAX_CHANGED_SHOWN && !p.changed.contains(inside) {
+                        p.changed.pop_last();
                     }
+                    p.changed.insert(inside.to_string());
                     touched = true;
                 } else if dockerfile_hit {
                     touched = true;
