@@ -549,22 +549,16 @@ fn a_corrupt_blob_in_the_registry_is_rejected_and_built_locally() {
 
 /// Layer digests of `repo:tag` in the registry.
 fn layer_digests(reg: &Registry, repo_tag: &str) -> Vec<String> {
-    let out = std::process::Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw"])
-        .arg(format!("docker://{}", reg.image(repo_tag)))
-        .output()
-        .unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
-        .collect()
+    layer_fields(reg, repo_tag, "digest")
 }
 
 /// Layer media types of `repo:tag` in the registry.
 fn layer_types(reg: &Registry, repo_tag: &str) -> Vec<String> {
+    layer_fields(reg, repo_tag, "mediaType")
+}
+
+/// One field of every layer descriptor of `repo:tag`'s manifest, read by skopeo.
+fn layer_fields(reg: &Registry, repo_tag: &str, field: &str) -> Vec<String> {
     let out = std::process::Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--raw"])
         .arg(format!("docker://{}", reg.image(repo_tag)))
@@ -575,7 +569,7 @@ fn layer_types(reg: &Registry, repo_tag: &str) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["mediaType"].as_str().unwrap().to_string())
+        .map(|l| l[field].as_str().unwrap().to_string())
         .collect()
 }
 
