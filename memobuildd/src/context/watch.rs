@@ -244,10 +244,10 @@ impl Watcher {
 
     async fn cookie_barrier(&self, root: &Path) -> Result<(), String> {
         let n = self.cookie_seq.fetch_add(1, Ordering::SeqCst);
-        let cookie = root.join(format!("{COOKIE_PREFIX}{}-{n}", std::process::id()));
+        let cookie = root.join(format!("{COOKIE_PREFIX}{}-{n}", unguessable_token()));
         let (tx, rx) = oneshot::channel();
         lock(&self.cookies).insert(cookie.clone(), tx);
-        let written = std::fs::write(&cookie, b"");
+        let written = create_cookie(&cookie);
         if let Err(e) = written {
             lock(&self.cookies).remove(&cookie);
             return Err(format!(
@@ -458,6 +458,30 @@ async fn background(watcher: std::sync::Weak<Watcher>, mut rx: mpsc::UnboundedRe
     }
 }
 
+/// 128 random bits as hex: a cookie name a user of the watched tree cannot
+/// predict, so they cannot plant anything at it beforehand.
+fn unguessable_token() -> String {
+    let mut bytes = [0u8; 16];
+    // getrandom only fails where the kernel has no entropy source at all; the
+    // O_EXCL create below still keeps a predictable name harmless then.
+    let _ = getrandom::getrandom(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// Creates the cookie as a new, empty file. The daemon runs as root inside
+/// trees users control: O_EXCL|O_NOFOLLOW means a planted symlink or file at
+/// that name makes the barrier fail instead of making root write through it.
+fn create_cookie(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,5 +538,41 @@ mod tests {
             0,
             "barriers must not fall back to rescans"
         );
+    }
+
+    /// The old cookie names were `<prefix><pid>-<n>`: a user who planted
+    /// symlinks at them made root truncate any file. Planted links at every
+    /// such name are now left alone, and the victim keeps its bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn barrier_never_writes_through_a_planted_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ctx");
+        std::fs::create_dir(&root).unwrap();
+        let root = root.canonicalize().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        for n in 0..20 {
+            let name = format!("{COOKIE_PREFIX}{}-{n}", std::process::id());
+            std::os::unix::fs::symlink(&victim, root.join(name)).unwrap();
+        }
+        let w = Watcher::start();
+        w.ensure(&root).await.unwrap();
+        for _ in 0..5 {
+            w.sync(&root).await.unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn cookie_creation_refuses_an_existing_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let link = dir.path().join("cookie");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = create_cookie(&link).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_ne!(unguessable_token(), unguessable_token());
     }
 }
