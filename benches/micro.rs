@@ -9,9 +9,9 @@
 mod common;
 
 use criterion::{black_box, BatchSize, Criterion, SamplingMode, Throughput};
-use memobuildd::context::dockerignore::DockerIgnore;
-use memobuildd::context::{ContextIndex, FileKind, FileMeta, HashCache};
-use memobuildd::dockerfile::expand::expand_word;
+use memobuild_context::dockerignore::DockerIgnore;
+use memobuild_context::{ContextIndex, FileKind, FileMeta, HashCache};
+use memobuild_dockerfile::expand::expand_word;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -150,12 +150,12 @@ fn all_benches(c: &mut Criterion) {
     let text = dockerfile_200();
     assert_eq!(text.lines().count(), 200);
     let parsed =
-        memobuildd::dockerfile::parse(&text, "Dockerfile").expect("benchmark Dockerfile parses");
+        memobuild_dockerfile::parse(&text, "Dockerfile").expect("benchmark Dockerfile parses");
     assert_eq!(parsed.stages.len(), 7);
     let mut g = c.benchmark_group("dockerfile");
     g.throughput(Throughput::Bytes(text.len() as u64));
     g.bench_function("parse_200_lines", |b| {
-        b.iter(|| memobuildd::dockerfile::parse(black_box(&text), "Dockerfile").unwrap())
+        b.iter(|| memobuild_dockerfile::parse(black_box(&text), "Dockerfile").unwrap())
     });
     g.finish();
 
@@ -295,18 +295,18 @@ fn all_benches(c: &mut Criterion) {
     // `COPY . /app` over the whole context with every file in the hash cache:
     // the key of the step covers all 10,000 files.
     let store_dir = tempfile::tempdir().expect("temp dir");
-    let store = memobuildd::store::Store::open(store_dir.path()).expect("store");
-    let dockerfile = memobuildd::dockerfile::parse("FROM scratch\nCOPY . /app\n", "Dockerfile")
+    let store = memobuild_store::Store::open(store_dir.path()).expect("store");
+    let dockerfile = memobuild_dockerfile::parse("FROM scratch\nCOPY . /app\n", "Dockerfile")
         .expect("plan Dockerfile parses");
     let index = std::sync::Arc::new(index);
     let no_args = BTreeMap::new();
-    let merkle = memobuildd::context::merkle::DirDigests::new();
+    let merkle = memobuild_context::merkle::DirDigests::new();
     let mut g = c.benchmark_group("plan");
     g.sampling_mode(SamplingMode::Flat);
     g.throughput(Throughput::Elements(files as u64));
     g.bench_function(format!("copy_dot_{files}_files_warm"), |b| {
         b.iter(|| {
-            memobuildd::graph::plan(&memobuildd::graph::PlanInput {
+            memobuild_plan::plan(&memobuild_plan::PlanInput {
                 dockerfile: &dockerfile,
                 target: "",
                 build_args: &no_args,
@@ -314,7 +314,7 @@ fn all_benches(c: &mut Criterion) {
                 hashes: &warm,
                 merkle: &merkle,
                 focus: None,
-                store: &store,
+                images: &store,
                 epoch: None,
             })
             .unwrap()
@@ -324,7 +324,7 @@ fn all_benches(c: &mut Criterion) {
     // tree (new stamps up to the root), then re-plan for the dirty set with
     // only the saved path in focus. Directory digests come from the cache
     // except along the saved file's path.
-    let mut tree = memobuildd::context::Tree::scan(&root).unwrap();
+    let mut tree = memobuild_context::Tree::scan(&root).unwrap();
     let saved = plan[plan.len() / 2].rel.clone();
     let focus: std::collections::BTreeSet<String> = [saved.clone()].into();
     let mut round = 0u64;
@@ -334,7 +334,7 @@ fn all_benches(c: &mut Criterion) {
             std::fs::write(root.join(&saved), round.to_le_bytes()).unwrap();
             tree.refresh(&saved, &mut Vec::new()).unwrap();
             let index = ContextIndex::view(&tree, &root, DockerIgnore::empty());
-            memobuildd::graph::plan(&memobuildd::graph::PlanInput {
+            memobuild_plan::plan(&memobuild_plan::PlanInput {
                 dockerfile: &dockerfile,
                 target: "",
                 build_args: &no_args,
@@ -342,7 +342,7 @@ fn all_benches(c: &mut Criterion) {
                 hashes: &warm,
                 merkle: &merkle,
                 focus: Some(&focus),
-                store: &store,
+                images: &store,
                 epoch: None,
             })
             .unwrap()

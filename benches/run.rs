@@ -66,10 +66,10 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn find_bins() -> Bins {
     common::find_bins(BENCH)
 }
-use memobuildd::exec::fsview::{FsView, LayerCache};
-use memobuildd::oci::{ChangeSet, Content, EntryKind, LayerEntry};
-use memobuildd::sandbox::{LayerInput, Network, OutputChunk, RunSpec, Sandbox, DEFAULT_PATH};
-use memobuildd::store::{LayerRecord, Store};
+use memobuild_engine::exec::fsview::{FsView, LayerCache};
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use memobuild_sandbox::{LayerInput, Network, OutputChunk, RunSpec, Sandbox, DEFAULT_PATH};
+use memobuild_store::{LayerRecord, Store};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{Read, Write};
@@ -95,7 +95,7 @@ const CONTEXT_EXEC: &str = "mount / from exec /bin/sh -c find /app -type f | wc 
 const TAG_TRIVIAL: &str = "memobuild-bench-run-trivial";
 const TAG_CONTEXT: &str = "memobuild-bench-run-context";
 /// Daemon log filter: memobuildd's sandbox logs each layer unpack at debug.
-const DAEMON_LOG: &str = "info,memobuildd::sandbox=debug";
+const DAEMON_LOG: &str = "info,memobuild_sandbox=debug";
 
 fn wanted(part: &str) -> bool {
     match std::env::var("MEMOBUILD_BENCH_ONLY") {
@@ -1524,7 +1524,7 @@ async fn phase_run(
 ) -> (Option<LayerRecord>, Option<String>) {
     let inputs: Vec<LayerInput> = layers
         .iter()
-        .map(|l| LayerInput::from_record(&store.blobs, l).unwrap())
+        .map(|l| layer_input(&store.blobs, l))
         .collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<OutputChunk>(256);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -1936,4 +1936,17 @@ fn print_machine() {
         .unwrap_or_else(|_| "not installed".into());
     println!("machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}");
     println!("memobuild's sandbox: {containerd}; {runc}");
+}
+
+/// A stored layer as the sandbox takes it.
+fn layer_input(
+    blobs: &memobuild_store::BlobStore,
+    layer: &memobuild_store::LayerRecord,
+) -> LayerInput {
+    LayerInput {
+        digest: layer.digest.clone(),
+        diff_id: layer.diff_id.clone(),
+        path: blobs.path(&layer.digest).unwrap(),
+        media_type: layer.media_type.clone(),
+    }
 }

@@ -51,7 +51,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn find_bins() -> Bins {
     common::find_bins(BENCH)
 }
-use memobuild_shared::{MemobuildClient, StatusReport, MAX_FRAME_BYTES};
+use memobuild_proto::{MemobuildClient, StatusReport, MAX_FRAME_BYTES};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -263,7 +263,7 @@ impl Rpc {
             .expect("hello RPC");
         assert_eq!(
             info.protocol_version,
-            memobuild_shared::PROTOCOL_VERSION,
+            memobuild_proto::PROTOCOL_VERSION,
             "daemon speaks another protocol"
         );
         rpc
@@ -407,7 +407,7 @@ fn ctl_build_watching_hashes(
     )
 }
 
-fn project_of(rpc: &Rpc, ctx: &Path) -> memobuild_shared::ProjectStatus {
+fn project_of(rpc: &Rpc, ctx: &Path) -> memobuild_proto::ProjectStatus {
     let mut s = rpc.status(&ctx.display().to_string());
     assert_eq!(
         s.projects.len(),
@@ -870,8 +870,8 @@ fn first_index(
         }
         // The library, in this process (as benches/micro.rs): an empty HashCache.
         {
-            use memobuildd::context::dockerignore::DockerIgnore;
-            use memobuildd::context::{ContextIndex, FileKind, HashCache};
+            use memobuild_context::dockerignore::DockerIgnore;
+            use memobuild_context::{ContextIndex, FileKind, HashCache};
             let index = ContextIndex::scan(&copy, &DockerIgnore::empty()).unwrap();
             let input: Vec<_> = index
                 .iter()
@@ -1113,9 +1113,9 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     let per_entry = (rss_after.saturating_sub(rss_before)) as f64 * 1024.0 / entries as f64;
     eprintln!(
         "warm bench: index memory: size_of FileMeta {} B, String {} B (per entry before heap and map overhead: {} B)",
-        std::mem::size_of::<memobuildd::context::FileMeta>(),
+        std::mem::size_of::<memobuild_context::FileMeta>(),
         std::mem::size_of::<String>(),
-        std::mem::size_of::<memobuildd::context::FileMeta>() + std::mem::size_of::<String>()
+        std::mem::size_of::<memobuild_context::FileMeta>() + std::mem::size_of::<String>()
     );
     eprintln!(
         "warm bench: index memory: VmRSS {rss_before} KiB -> {rss_after} KiB (peak {hwm} KiB), {entries} entries, first build {}",
@@ -1268,7 +1268,7 @@ fn main() {
         // Files modified less than RACY_WINDOW_NS (2 s) before they are hashed are
         // not cached (git's racy rule), so the first re-plan would hash them again.
         // A real project's files are older than that: wait it out.
-        let racy = memobuildd::context::hash::RACY_WINDOW_NS as u64;
+        let racy = memobuild_context::hash::RACY_WINDOW_NS as u64;
         std::thread::sleep(Duration::from_nanos(racy) + Duration::from_millis(100));
         let changed: GenFile = plan
             .iter()

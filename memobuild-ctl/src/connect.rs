@@ -1,6 +1,6 @@
 //! Finding and talking to the daemon; starting one for this user when none runs.
 
-use memobuild_shared::{MemobuildClient, RpcError, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use memobuild_proto::{MemobuildClient, RpcError, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tarpc::tokio_serde::formats::Bincode;
@@ -83,7 +83,7 @@ fn daemon_binary() -> PathBuf {
 }
 
 async fn start_daemon(socket: &Path) -> Result<MemobuildClient, RpcError> {
-    let data_dir = memobuild_shared::paths::default_data_dir();
+    let data_dir = memobuild_proto::paths::default_data_dir();
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| RpcError::new(format!("creating {}: {e}", data_dir.display())))?;
     let log_path = data_dir.join("memobuildd.log");

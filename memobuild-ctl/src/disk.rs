@@ -3,7 +3,7 @@
 
 use crate::connect;
 use crate::output::human_size;
-use memobuild_shared::{PruneRequest, RpcError};
+use memobuild_proto::{PruneRequest, RpcError};
 use std::path::Path;
 use std::process::ExitCode;
 

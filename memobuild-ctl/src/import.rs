@@ -3,7 +3,7 @@
 //! daemon in verified chunks (the daemon never opens users' files).
 
 use crate::connect::{ctx, rpc_failed};
-use memobuild_shared::{ImageSummary, ImportSpec, MemobuildClient, RpcError, BLOB_CHUNK_BYTES};
+use memobuild_proto::{ImageSummary, ImportSpec, MemobuildClient, RpcError, BLOB_CHUNK_BYTES};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read;

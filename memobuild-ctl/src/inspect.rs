@@ -2,7 +2,7 @@
 //! projects, as text for people and as JSON for editors.
 
 use crate::connect::{connect, ctx, rpc_failed};
-use memobuild_shared::{BuildRequest, MemobuildClient, ProjectStatus, RpcError, StatusReport};
+use memobuild_proto::{BuildRequest, MemobuildClient, ProjectStatus, RpcError, StatusReport};
 use std::path::Path;
 use std::process::ExitCode;
 

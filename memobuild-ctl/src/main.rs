@@ -10,7 +10,7 @@ mod progress;
 mod registry;
 
 use clap::{Parser, Subcommand};
-use memobuild_shared::{BuildEvent, BuildRequest, RpcError};
+use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,7 +92,7 @@ enum Command {
         #[arg(long, short = 'a')]
         all: bool,
         /// Remove least-recently-used cache only until the store is this small, e.g. 10GB
-        #[arg(long, value_name = "SIZE", value_parser = memobuild_shared::parse_size)]
+        #[arg(long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
         keep_storage: Option<u64>,
         #[arg(long)]
         json: bool,
@@ -149,7 +149,7 @@ struct BuildArgs {
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
     /// Memory limit of each RUN step, e.g. 512m or 2g
-    #[arg(long, value_name = "SIZE", value_parser = memobuild_shared::parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
     memory: Option<u64>,
     /// CPUs each RUN step may use, e.g. 1.5
     #[arg(long, value_name = "N")]
@@ -205,7 +205,7 @@ fn fail(e: &RpcError) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
-    let socket = memobuild_shared::paths::socket_path(cli.socket.clone());
+    let socket = memobuild_proto::paths::socket_path(cli.socket.clone());
     match cli.command {
         Command::Build(args) => build(&socket, args).await,
         Command::Images { json } => {
@@ -303,7 +303,7 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
 
 /// Runs one build, printing its progress; returns the manifest digest.
 async fn run_build(
-    client: &memobuild_shared::MemobuildClient,
+    client: &memobuild_proto::MemobuildClient,
     args: &BuildArgs,
     request: BuildRequest,
 ) -> Result<String, RpcError> {
@@ -372,7 +372,7 @@ async fn run_build(
 
 /// `--secret id=ID,src=FILE` / `id=ID,env=VAR` (as docker buildx), read by the
 /// client so the daemon never opens users' files.
-fn read_secret(spec: &str) -> Result<(String, memobuild_shared::Secret), RpcError> {
+fn read_secret(spec: &str) -> Result<(String, memobuild_proto::Secret), RpcError> {
     let mut id = None;
     let mut src = None;
     let mut env = None;
@@ -416,7 +416,7 @@ fn read_secret(spec: &str) -> Result<(String, memobuild_shared::Secret), RpcErro
             })?
             .into_bytes(),
     };
-    Ok((id, memobuild_shared::Secret(bytes)))
+    Ok((id, memobuild_proto::Secret(bytes)))
 }
 
 fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {

@@ -2,7 +2,7 @@
 //! metrics` (the daemon's Prometheus metrics).
 
 use crate::connect;
-use memobuild_shared::{BuildEvent, BuildLogReport, RpcError, StepInfo};
+use memobuild_proto::{BuildEvent, BuildLogReport, RpcError, StepInfo};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -170,7 +170,7 @@ fn label(steps: &[StepInfo], step: usize) -> String {
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
 fn utc(ms: i64) -> String {
-    let (year, month, day, h, m, s) = memobuild_shared::time::civil_utc(ms.div_euclid(1000));
+    let (year, month, day, h, m, s) = memobuild_proto::time::civil_utc(ms.div_euclid(1000));
     format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
 }
 

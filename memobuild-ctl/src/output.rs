@@ -4,7 +4,7 @@
 //! written, so a corrupt store can never produce a corrupt output.
 
 use crate::connect::{ctx, rpc_failed};
-use memobuild_shared::{BlobRef, ImageSummary, MemobuildClient, RpcError, BLOB_CHUNK_BYTES};
+use memobuild_proto::{BlobRef, ImageSummary, MemobuildClient, RpcError, BLOB_CHUNK_BYTES};
 use sha2::{Digest, Sha256};
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};

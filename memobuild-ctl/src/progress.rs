@@ -1,7 +1,7 @@
 //! Rendering build events: a line per step for people, a JSON object per event
 //! for scripts and editors (`--progress json`).
 
-use memobuild_shared::{BuildEvent, StepInfo};
+use memobuild_proto::{BuildEvent, StepInfo};
 use std::io::Write;
 
 pub struct Printer {

@@ -6,8 +6,8 @@
 //! anyone's home and keeps no credentials.
 
 use base64::Engine as _;
-use memobuild_shared::registry::{registry_host, CacheExport, Credential, DOCKER_HUB};
-use memobuild_shared::{RpcError, Secret};
+use memobuild_proto::registry::{registry_host, CacheExport, Credential, DOCKER_HUB};
+use memobuild_proto::{RpcError, Secret};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use futures::StreamExt;
-use memobuild_shared::{MemobuildRequest, MemobuildResponse};
+use memobuild_proto::{MemobuildRequest, MemobuildResponse};
 use nix::unistd::{Gid, Group, Uid, User};
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;

@@ -210,13 +210,13 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
     let memory = s
         .memory
         .as_deref()
-        .map(memobuild_shared::parse_size)
+        .map(memobuild_proto::parse_size)
         .transpose()
         .map_err(|e| ConfigError(format!("memory: {e}")))?;
     let max_storage = s
         .max_storage
         .as_deref()
-        .map(memobuild_shared::parse_size)
+        .map(memobuild_proto::parse_size)
         .transpose()
         .map_err(|e| ConfigError(format!("max-storage: {e}")))?;
     let default_network = s.default_network.unwrap_or_else(|| "host".into());
@@ -232,7 +232,7 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
     }
     let data_dir = s
         .data_dir
-        .unwrap_or_else(memobuild_shared::paths::default_data_dir);
+        .unwrap_or_else(memobuild_proto::paths::default_data_dir);
     let log_format = s.log_format.unwrap_or_else(|| "text".into());
     if log_format != "text" && log_format != "json" {
         return Err(ConfigError(format!(
@@ -248,7 +248,7 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         metrics_listen: s.metrics_listen,
         metrics_allow_remote: s.metrics_allow_remote,
         data_dir,
-        socket: memobuild_shared::paths::socket_path(s.socket),
+        socket: memobuild_proto::paths::socket_path(s.socket),
         socket_group: s.socket_group,
         containerd_socket: s.containerd_socket,
         default_network,
@@ -270,7 +270,7 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         max_storage,
         max_parallel_builds: s
             .max_parallel_builds
-            .unwrap_or(crate::exec::DEFAULT_MAX_PARALLEL_BUILDS)
+            .unwrap_or(memobuild_engine::DEFAULT_MAX_PARALLEL_BUILDS)
             .max(1),
         insecure_registry: s.insecure_registry,
         cache_ref: s.cache_ref,
@@ -373,8 +373,8 @@ fn check_metrics_listen(
 }
 
 impl Config {
-    pub fn run_settings(&self) -> crate::exec::RunSettings {
-        crate::exec::RunSettings {
+    pub fn run_settings(&self) -> memobuild_engine::RunSettings {
+        memobuild_engine::RunSettings {
             containerd_socket: self.containerd_socket.clone(),
             default_network_none: self.default_network == "none",
             step_timeout: (self.step_timeout > 0)
@@ -383,7 +383,7 @@ impl Config {
             cpus: self.cpus,
             pids: (self.pids_limit > 0).then_some(self.pids_limit),
             max_parallel: self.max_parallel_runs,
-            registries: crate::oci::registry::RegistrySettings {
+            registries: memobuild_engine::RegistrySettings {
                 insecure: self.insecure_registry.clone(),
                 cache_ref: self.cache_ref.clone(),
             },

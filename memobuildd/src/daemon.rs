@@ -5,11 +5,10 @@
 
 use crate::access::Access;
 use crate::config::{self, Config};
-use crate::exec::Engine;
 use crate::sdnotify;
 use crate::server::{serve, Server};
-use crate::store::Store;
-use memobuild_shared::{DaemonInfo, PROTOCOL_VERSION};
+use memobuild_engine::Engine;
+use memobuild_proto::{DaemonInfo, PROTOCOL_VERSION};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ pub enum DaemonError {
     #[error("{0}")]
     Setup(String),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] memobuild_engine::StoreError),
 }
 
 fn setup(msg: impl Into<String>) -> DaemonError {
@@ -44,7 +43,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let data_dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
-        move || Store::open(&data_dir)
+        move || memobuild_engine::Store::open(&data_dir)
     })
     .await
     .map_err(|e| setup(e.to_string()))??;
@@ -97,10 +96,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// Per-build logs and the metrics listener (docs/OBSERVABILITY.md).
 async fn observe(engine: &Arc<Engine>, config: &Config) -> Result<(), DaemonError> {
     let (dir, keep) = (config.log_dir.join("builds"), config.build_logs_keep);
-    let logs = tokio::task::spawn_blocking(move || crate::buildlogs::BuildLogs::open(&dir, keep))
-        .await
-        .map_err(|e| setup(e.to_string()))?
-        .map_err(|e| setup(e.to_string()))?;
+    let logs = tokio::task::spawn_blocking(move || {
+        memobuild_engine::buildlogs::BuildLogs::open(&dir, keep)
+    })
+    .await
+    .map_err(|e| setup(e.to_string()))?
+    .map_err(|e| setup(e.to_string()))?;
     engine.attach_build_logs(logs);
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -110,7 +111,7 @@ async fn observe(engine: &Arc<Engine>, config: &Config) -> Result<(), DaemonErro
         })?;
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!(address = %local, "metrics at http://{local}/metrics");
-        tokio::spawn(crate::metrics::serve_http(listener, engine.clone()));
+        tokio::spawn(crate::metrics_http::serve_http(listener, engine.clone()));
     }
     Ok(())
 }

@@ -1,0 +1,355 @@
+//! The requests the daemon's server forwards, answered in the protocol's
+//! types. Blocking store work runs on the blocking pool, never on an async
+//! worker thread.
+
+use crate::{gc, import, Engine};
+use memobuild_context::watch::Mode;
+use memobuild_oci::image::read_image;
+use memobuild_proto::{
+    BlobRef, BuildId, BuildLogReport, DaemonHealth, DiskUsage, Explanation, ImageBlobs,
+    ImageSummary, ImportSpec, PruneRequest, PruneResult, RpcError, StatusReport, TreeStatus,
+    VerifyResult, BLOB_CHUNK_BYTES,
+};
+use memobuild_store::StoreError;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(e.to_string())
+}
+
+/// Runs blocking work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(work).await.map_err(internal)?
+}
+
+/// Who the daemon is, for `status`: filled in by the process.
+#[derive(Debug, Clone)]
+pub struct DaemonIdentity {
+    pub pid: u32,
+    pub version: String,
+}
+
+impl Engine {
+    /// Images in the image store.
+    pub async fn images(self: &Arc<Self>) -> Result<Vec<ImageSummary>, RpcError> {
+        let store = self.store.clone();
+        let images = blocking(move || store.images().map_err(internal)).await?;
+        Ok(images
+            .into_iter()
+            .map(|(name, r)| ImageSummary {
+                name,
+                manifest_digest: r.manifest_digest,
+                config_digest: r.config_digest,
+                size: r.size,
+                tagged_at: r.tagged_at,
+            })
+            .collect())
+    }
+
+    /// The blobs an image needs, for `-o` outputs; kept from GC meanwhile.
+    pub async fn image_blobs(
+        self: &Arc<Self>,
+        manifest_digest: String,
+    ) -> Result<ImageBlobs, RpcError> {
+        let store = self.store.clone();
+        blocking(move || {
+            let image = read_image(&store, &manifest_digest).map_err(internal)?;
+            // An export follows: keep these blobs from GC meanwhile.
+            let blobs = [&image.manifest_digest, &image.config_digest]
+                .into_iter()
+                .cloned()
+                .chain(image.layers.iter().map(|l| l.digest.clone()))
+                .collect();
+            store.pin_for(blobs, Duration::from_secs(600));
+            let manifest_size = store.blobs.size(&image.manifest_digest).map_err(internal)?;
+            let config_size = store.blobs.size(&image.config_digest).map_err(internal)?;
+            Ok(ImageBlobs {
+                manifest: BlobRef {
+                    digest: image.manifest_digest.clone(),
+                    size: manifest_size,
+                    media_type: memobuild_oci::MEDIA_MANIFEST.into(),
+                },
+                config: BlobRef {
+                    digest: image.config_digest.clone(),
+                    size: config_size,
+                    media_type: memobuild_oci::MEDIA_CONFIG.into(),
+                },
+                layers: image
+                    .layers
+                    .iter()
+                    .map(|l| BlobRef {
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        media_type: l.media_type.clone(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    /// At most [`BLOB_CHUNK_BYTES`] of a blob from `offset`.
+    pub async fn read_blob(
+        self: &Arc<Self>,
+        digest: String,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, RpcError> {
+        let store = self.store.clone();
+        let len = len.min(BLOB_CHUNK_BYTES);
+        blocking(move || {
+            // The first chunk checks the whole blob (hashed once per change of
+            // its file); a corrupt one is dropped so the next build rebuilds it.
+            if offset == 0 {
+                if let Err(e @ StoreError::Corrupt { .. }) = store.blobs.verify_cached(&digest) {
+                    tracing::warn!(digest, error = %e, "corrupt blob: dropping it and its cache entries");
+                    store.drop_blob(&digest).map_err(internal)?;
+                    return Err(internal(e));
+                }
+            }
+            store.blobs.read_range(&digest, offset, len).map_err(internal)
+        })
+        .await
+    }
+
+    /// The projects `filter` names, with the daemon's health.
+    pub fn status(&self, filter: &str, daemon: &DaemonIdentity) -> Result<StatusReport, RpcError> {
+        let ids = self.matching(filter)?;
+        let mut projects = self.projects.status(&ids);
+        // A project whose build waits for a slot (and none of its builds runs).
+        let queued = self.queued_projects();
+        for p in projects.iter_mut() {
+            if queued.contains(&p.id) && p.state != "building" {
+                p.state = "queued".into();
+            }
+        }
+        Ok(StatusReport {
+            daemon: self.health(daemon),
+            projects,
+        })
+    }
+
+    /// Forgets the projects `filter` names, and their watches.
+    pub fn forget(&self, filter: &str) -> Result<Vec<String>, RpcError> {
+        let ids = self.matching(filter)?;
+        if filter.is_empty() {
+            return Err(RpcError::with_hint(
+                "forget needs a project",
+                "pass a project id or context path (see `memobuild-ctl projects`)",
+            ));
+        }
+        for root in self.projects.forget(&self.store, &ids) {
+            self.watcher.forget(&root);
+        }
+        Ok(ids)
+    }
+
+    /// Why each step of one project's last build ran or was cached.
+    pub fn explain(&self, filter: &str) -> Result<Explanation, RpcError> {
+        let ids = self.matching(filter)?;
+        let [id] = ids.as_slice() else {
+            return Err(RpcError::with_hint(
+                format!("{} projects match {filter:?}", ids.len()),
+                "name one project by id or context path (see `memobuild-ctl projects`)",
+            ));
+        };
+        self.projects.explain(id).ok_or_else(|| {
+            RpcError::with_hint(
+                format!("project {id} has not been built yet"),
+                "run `memobuild-ctl build` first",
+            )
+        })
+    }
+
+    /// Waits (a few seconds at most) for `project` to move past `generation`.
+    pub async fn wait_change(&self, project: &str, generation: u64) -> Result<u64, RpcError> {
+        self.projects
+            .wait_change(project, generation, Duration::from_secs(3))
+            .await
+            .ok_or_else(|| RpcError::new(format!("no project {project}")))
+    }
+
+    /// Appends to an upload begun with `upload_begin`.
+    pub async fn upload_chunk(
+        self: &Arc<Self>,
+        upload: u64,
+        data: Vec<u8>,
+    ) -> Result<(), RpcError> {
+        let engine = self.clone();
+        blocking(move || engine.upload_chunk_now(upload, &data)).await
+    }
+
+    /// Verifies an upload against `digest` and stores it; returns its size.
+    pub async fn upload_commit(
+        self: &Arc<Self>,
+        upload: u64,
+        digest: String,
+    ) -> Result<u64, RpcError> {
+        let engine = self.clone();
+        blocking(move || engine.upload_commit_now(upload, &digest)).await
+    }
+
+    /// Names an image whose blobs a client uploaded.
+    pub async fn import_image(
+        self: &Arc<Self>,
+        name: String,
+        spec: ImportSpec,
+    ) -> Result<ImageSummary, RpcError> {
+        let store = self.store.clone();
+        blocking(move || import::import(&store, &name, &spec)).await
+    }
+
+    /// Removes an image name (its blobs go at the next GC).
+    pub async fn remove_image(self: &Arc<Self>, name: String) -> Result<(), RpcError> {
+        let full = memobuild_oci::normalize_image_name(&name);
+        let store = self.store.clone();
+        let lookup = full.clone();
+        match blocking(move || store.remove_image(&lookup).map_err(internal)).await? {
+            true => Ok(()),
+            false => Err(RpcError::with_hint(
+                format!("no image named {full}"),
+                "`memobuild-ctl images` lists them",
+            )),
+        }
+    }
+
+    /// A build's log: by id, `last`, or a project's latest build.
+    pub async fn build_log(self: &Arc<Self>, which: String) -> Result<BuildLogReport, RpcError> {
+        let logs = self
+            .build_logs()
+            .cloned()
+            .ok_or_else(|| RpcError::new("this daemon keeps no build logs"))?;
+        let id = self.resolve_build(&logs, which.trim())?;
+        let running = self.is_running(id);
+        blocking(move || {
+            logs.read(id, running).map_err(|e| match e {
+                crate::buildlogs::BuildLogsError::Missing(_) => no_build_log(&id.to_string()),
+                e => internal(e),
+            })
+        })
+        .await
+    }
+
+    /// The Prometheus text exposition.
+    pub async fn metrics_text(self: &Arc<Self>) -> Result<String, RpcError> {
+        crate::metrics::scrape(self).await.map_err(internal)
+    }
+
+    /// What the store holds, by use, with the configured bound.
+    pub async fn disk_usage_report(self: &Arc<Self>) -> Result<DiskUsage, RpcError> {
+        let mut usage = self.disk_usage().await?;
+        usage.max_storage = self.max_storage();
+        Ok(usage)
+    }
+
+    /// Garbage collection on request.
+    pub async fn prune_request(
+        self: &Arc<Self>,
+        request: PruneRequest,
+    ) -> Result<PruneResult, RpcError> {
+        let opts = gc::PruneOptions {
+            all: request.all,
+            keep_bytes: request.keep_bytes,
+        };
+        let r = self.prune(opts).await?;
+        Ok(PruneResult {
+            cache_entries_removed: r.records_removed,
+            blobs_removed: r.blobs_removed,
+            bytes_freed: r.bytes_freed,
+            bytes_after: r.bytes_after,
+        })
+    }
+
+    /// The store's consistency check.
+    pub async fn verify_report(self: &Arc<Self>) -> Result<VerifyResult, RpcError> {
+        let r = self.verify_store().await?;
+        Ok(VerifyResult {
+            cache_entries: r.cache_entries,
+            images: r.images,
+            blobs: r.blobs,
+            temp_files: r.temp_files,
+            problems: r.problems,
+        })
+    }
+
+    /// A build id from what the user typed: an id, `last`, or a project
+    /// (id or context path), meaning its latest build.
+    fn resolve_build(
+        &self,
+        logs: &crate::buildlogs::BuildLogs,
+        which: &str,
+    ) -> Result<BuildId, RpcError> {
+        if let Ok(id) = which.parse::<BuildId>() {
+            return Ok(id);
+        }
+        if which == "last" {
+            return logs.latest().ok_or_else(|| no_build_log(which));
+        }
+        let projects = self.matching(which).map_err(|_| no_build_log(which))?;
+        logs.latest_where(|h| projects.contains(&h.project))
+            .ok_or_else(|| no_build_log(which))
+    }
+
+    /// Project ids for a filter; a filter naming a directory is canonicalised
+    /// (as the client does for builds).
+    fn matching(&self, filter: &str) -> Result<Vec<String>, RpcError> {
+        let filter = match std::path::Path::new(filter).canonicalize() {
+            Ok(p) if filter.contains('/') || std::path::Path::new(filter).is_dir() => {
+                p.display().to_string()
+            }
+            _ => filter.to_string(),
+        };
+        let ids = self.projects.matching(&filter);
+        if ids.is_empty() && !filter.is_empty() {
+            return Err(RpcError::with_hint(
+                format!("no project matches {filter:?}"),
+                "projects are registered by building them; `memobuild-ctl projects` lists them",
+            ));
+        }
+        Ok(ids)
+    }
+
+    fn health(&self, daemon: &DaemonIdentity) -> DaemonHealth {
+        let health = self.watcher.health();
+        let trees: Vec<TreeStatus> = health
+            .trees
+            .iter()
+            .map(|t| {
+                let (mode, reason) = match &t.mode {
+                    Mode::Watching => ("watching", None),
+                    Mode::RescanPending(r) => ("rescan_pending", Some(r.clone())),
+                    Mode::Polling(r) => ("polling", Some(r.clone())),
+                };
+                TreeStatus {
+                    root: t.root.display().to_string(),
+                    mode: mode.to_string(),
+                    reason,
+                    entries: t.entries as u64,
+                    rescans: t.rescans,
+                }
+            })
+            .collect();
+        DaemonHealth {
+            pid: daemon.pid,
+            version: daemon.version.clone(),
+            watching: trees.iter().all(|t| t.mode == "watching"),
+            index_entries: trees.iter().map(|t| t.entries).sum(),
+            watch_count: trees.len() as u64,
+            trees,
+            events: health.events,
+            hashed_bytes: self.hashes.bytes_hashed(),
+            running_builds: self.running_builds(),
+            queued_builds: self.queued_builds(),
+        }
+    }
+}
+
+fn no_build_log(which: &str) -> RpcError {
+    RpcError::with_hint(
+        format!("no build log for {which:?}"),
+        "name a build by the id `memobuild-ctl build` prints first (`build ID`), `last`, or a project id or context path; logs are kept for the newest builds only (--build-logs-keep)",
+    )
+}

@@ -1,0 +1,817 @@
+//! One build, start to finish: request -> plan -> cache lookup -> execute misses
+//! -> store -> image.
+
+use super::copy;
+use super::fsview::FsView;
+use super::{BuildLog, Engine};
+use crate::project::{BuildSummary, ProjectKey};
+use crate::registry_hooks::BuildRegistry;
+use memobuild_context::dockerignore::DockerIgnore;
+use memobuild_context::{ContextIndex, Tree};
+use memobuild_dockerfile::{self as dockerfile, DockerfileError};
+use memobuild_oci::config::History;
+use memobuild_oci::image::{write_image, StoredImage};
+use memobuild_oci::ChangeSet;
+use memobuild_plan::{self as graph, Base, Op, Plan, Step};
+use memobuild_proto::{BuildEvent, BuildId, BuildRequest, RpcError, StepInfo};
+use memobuild_store::{ImageRecord, LayerRecord, Lookup, StepRecord};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+
+/// Builds whose context changes under them start over this many times at most.
+const MAX_ATTEMPTS: u32 = 5;
+
+pub struct Done {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub tags: Vec<String>,
+}
+
+/// The filesystem and history a stage ends with.
+#[derive(Debug, Clone, Default)]
+struct StageResult {
+    layers: Vec<LayerRecord>,
+    history: Vec<History>,
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(e.to_string())
+}
+
+fn dockerfile_error(e: DockerfileError) -> RpcError {
+    RpcError {
+        message: e.to_string(),
+        hint: e.hint,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, RpcError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RpcError::new(format!("internal error: build task failed: {e}")))?
+}
+
+pub async fn run(
+    engine: &Arc<Engine>,
+    id: BuildId,
+    request: &BuildRequest,
+    log: &Arc<BuildLog>,
+) -> Result<Done, RpcError> {
+    let started = Instant::now();
+    let context = Path::new(&request.context);
+    if !context.is_dir() {
+        return Err(RpcError::with_hint(
+            format!("build context {} is not a directory", context.display()),
+            "pass the directory to build, e.g. `memobuild-ctl build .`",
+        ));
+    }
+    let scan_error = |e: std::io::Error| {
+        RpcError::new(format!("scanning build context {}: {e}", context.display()))
+    };
+    let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
+    let project = engine.projects.register(ProjectKey::of(request), &root);
+    // Registries: FROM images pulled and remote caches read once per build.
+    let note = registry_note(log);
+    let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
+    let settings = &engine.run_settings().registries;
+    let remote = tokio::select! {
+        r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => r?,
+        _ = log.cancelled() => return Err(RpcError::new("build cancelled")),
+    };
+    let mut attempt = 1;
+    let (result, generation) = loop {
+        let (tree, generation) = engine.watcher.sync(&root).await.map_err(scan_error)?;
+        // A remote cache export needs the plan, so it skips the fast path.
+        let fast = match remote.needs_plan() {
+            true => None,
+            false => fast_path(engine, id, request, &project, generation, log)?,
+        };
+        if let Some(done) = fast {
+            remote
+                .finish(&engine.store, None, &done.manifest_digest, &note)
+                .await?;
+            return Ok(done);
+        }
+        engine.projects.build_started(&project);
+        let result = tokio::select! {
+            r = build_planned(engine, id, request, &project, tree, log, &remote) => r,
+            // Dropping the build's future stops every step; RUN sandboxes clean up.
+            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+        };
+        match result {
+            // Files changed under the build: never store a mix; start over on a
+            // fresh snapshot (steps already done come from the cache).
+            Err(e)
+                if e.message.contains(memobuild_context::CHANGED_DURING_BUILD)
+                    && attempt < MAX_ATTEMPTS =>
+            {
+                log.push(BuildEvent::Log {
+                    step: None,
+                    line: format!(
+                        "the build context changed during the build; starting over ({})",
+                        e.message
+                    ),
+                });
+                attempt += 1;
+            }
+            Err(e) if e.message.contains(memobuild_context::CHANGED_DURING_BUILD) => {
+                let hint = "files in the context kept changing during the build; build again once they settle";
+                break (Err(RpcError::with_hint(e.message, hint)), generation);
+            }
+            other => break (other, generation),
+        }
+    };
+    let result = match result {
+        Ok((done, plan)) => tokio::select! {
+            r = remote.finish(&engine.store, Some(&plan), &done.manifest_digest, &note) => {
+                r.map(|()| (done, plan))
+            }
+            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+        },
+        Err(e) => Err(e),
+    };
+    let mut summary = BuildSummary {
+        ok: result.is_ok(),
+        finished_at: memobuild_store::now_secs(),
+        millis: started.elapsed().as_millis() as u64,
+        manifest_digest: None,
+        config_digest: None,
+        error: result.as_ref().err().map(|e| e.message.clone()),
+        no_cache: request.no_cache,
+        epoch: request.source_date_epoch,
+        steps: Vec::new(),
+        images: Default::default(),
+    };
+    if let Ok((done, plan)) = &result {
+        summary.manifest_digest = Some(done.manifest_digest.clone());
+        summary.config_digest = Some(done.config_digest.clone());
+        summary.steps = BuildSummary::from_plan(plan, &cached_steps(plan.steps.len(), log));
+        summary.images = plan.images.clone();
+    }
+    engine
+        .projects
+        .build_finished(&engine.store, &project, summary, generation);
+    result.map(|(done, _)| done)
+}
+
+fn cached_steps(n: usize, log: &BuildLog) -> Vec<bool> {
+    let mut cached = vec![false; n];
+    for e in log.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        if let BuildEvent::StepCached { step } = e {
+            if let Some(c) = cached.get_mut(*step) {
+                *c = true;
+            }
+        }
+    }
+    cached
+}
+
+/// A project whose tree has not changed since its last good build gets that
+/// build's image at once: no plan, no walk, no hashing.
+fn fast_path(
+    engine: &Engine,
+    id: BuildId,
+    request: &BuildRequest,
+    project: &str,
+    generation: u64,
+    log: &BuildLog,
+) -> Result<Option<Done>, RpcError> {
+    if request.no_cache {
+        return Ok(None);
+    }
+    let Some(last) = engine.projects.clean_result(project, generation) else {
+        return Ok(None);
+    };
+    let (Some(manifest), Some(config)) = (last.manifest_digest.clone(), last.config_digest.clone())
+    else {
+        return Ok(None);
+    };
+    if last.epoch != request.source_date_epoch || !image_intact(engine, id, &manifest) {
+        return Ok(None);
+    }
+    // A base image re-tagged or removed since makes the last result stale.
+    for (name, digest) in &last.images {
+        let now = engine.store.image(name).map_err(internal)?;
+        if now.as_ref().map(|r| &r.manifest_digest) != Some(digest) {
+            return Ok(None);
+        }
+    }
+    // The last build's steps are in use again (LRU for garbage collection).
+    for step in &last.steps {
+        engine.store.note_used(&step.key);
+    }
+    log.push(BuildEvent::Planned {
+        build: id,
+        steps: last
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StepInfo {
+                index: i,
+                stage: s.stage.clone(),
+                instruction: s.instruction.clone(),
+                location: format!("{}:{}", dockerfile_display(request), s.line),
+                cache_key: s.key.clone(),
+            })
+            .collect(),
+    });
+    for step in 0..last.steps.len() {
+        log.push(BuildEvent::StepCached { step });
+    }
+    engine
+        .metrics
+        .cache("memory", true, last.steps.len() as u64);
+    let tags = tag_digests(engine, &request.tags, &manifest, &config, None)?;
+    Ok(Some(Done {
+        manifest_digest: manifest,
+        config_digest: config,
+        tags,
+    }))
+}
+
+/// The last build's image blobs all exist and are unchanged since verified
+/// (stat check; see `BlobStore::verify_cached`); else the build runs normally,
+/// which drops and rebuilds a corrupt layer.
+fn image_intact(engine: &Engine, build: BuildId, manifest: &str) -> bool {
+    // Pinned before the check, so GC cannot remove them between it and the tag.
+    engine.store.pin_digests(build, [&manifest.to_string()]);
+    let Ok(image) = memobuild_oci::image::read_image(&engine.store, manifest) else {
+        return false;
+    };
+    let digests = [&image.config_digest]
+        .into_iter()
+        .chain(image.layers.iter().map(|l| &l.digest));
+    engine.store.pin_digests(build, digests);
+    // Checked again now that they are pinned.
+    engine.store.blobs.contains(manifest)
+        && engine.store.blobs.contains(&image.config_digest)
+        && image
+            .layers
+            .iter()
+            .all(|l| engine.store.blobs.verify_cached(&l.digest).is_ok())
+}
+
+async fn build_planned(
+    engine: &Arc<Engine>,
+    id: BuildId,
+    request: &BuildRequest,
+    project: &str,
+    tree: Tree,
+    log: &Arc<BuildLog>,
+    remote: &BuildRegistry,
+) -> Result<(Done, Arc<Plan>), RpcError> {
+    let plan = {
+        let engine = engine.clone();
+        let request = request.clone();
+        blocking(move || make_plan(&engine, &request, &tree, None)).await?
+    };
+    remote
+        .import_steps(&engine.store, &plan, request.no_cache, &registry_note(log))
+        .await;
+
+    log.push(BuildEvent::Planned {
+        build: id,
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| StepInfo {
+                index: s.index,
+                stage: plan.stages[s.stage].label.clone(),
+                instruction: s.display.clone(),
+                location: format!("{}:{}", dockerfile_display(request), s.loc.line),
+                cache_key: s.key.clone(),
+            })
+            .collect(),
+    });
+    for w in &plan.warnings {
+        log.push(BuildEvent::Log {
+            step: None,
+            line: format!("warning: {w}"),
+        });
+    }
+    let plan = Arc::new(plan);
+    let results = run_stages(engine, id, &plan, request, log, project).await?;
+    let target = &plan.stages[plan.target];
+    let result = results.get(&plan.target).cloned().unwrap_or_default();
+    let image = {
+        let engine = engine.clone();
+        let mut config = target.config.clone();
+        let epoch = request.source_date_epoch;
+        blocking(move || {
+            config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
+            config.history = result.history.clone();
+            config.created = epoch.map(memobuild_oci::rfc3339);
+            write_image(&engine.store, &config, &result.layers).map_err(internal)
+        })
+        .await?
+    };
+    let tags = tag_image(engine, &request.tags, &image)?;
+    Ok((
+        Done {
+            manifest_digest: image.manifest_digest,
+            config_digest: image.config_digest,
+            tags,
+        },
+        plan,
+    ))
+}
+
+/// Progress lines of the registry work, to the client and the daemon's log.
+fn registry_note(log: &BuildLog) -> impl Fn(String) + Send + Sync + '_ {
+    move |line| {
+        tracing::info!("{line}");
+        log.push(BuildEvent::Log { step: None, line });
+    }
+}
+
+fn dockerfile_display(request: &BuildRequest) -> String {
+    if request.dockerfile.is_empty() {
+        "Dockerfile".into()
+    } else {
+        request.dockerfile.clone()
+    }
+}
+
+fn dockerfile_path(request: &BuildRequest) -> PathBuf {
+    let context = Path::new(&request.context);
+    match request.dockerfile.as_str() {
+        "" => context.join("Dockerfile"),
+        p if Path::new(p).is_absolute() => PathBuf::from(p),
+        p => context.join(p),
+    }
+}
+
+/// `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
+fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore, RpcError> {
+    let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
+    let general = Path::new(&request.context).join(".dockerignore");
+    for path in [specific, general] {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return DockerIgnore::parse(&text).map_err(|e| {
+                    RpcError::with_hint(format!("{}: {e}", path.display()), "fix or remove the pattern; .dockerignore uses Go filepath.Match syntax plus **")
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(RpcError::new(format!("{}: {e}", path.display()))),
+        }
+    }
+    Ok(DockerIgnore::empty())
+}
+
+/// Plans a build against a snapshot of the context's tree.
+/// Plans `request` against `tree`; with `focus`, only to tell which steps are
+/// dirty (see [`graph::PlanInput::focus`]).
+pub fn make_plan(
+    engine: &Engine,
+    request: &BuildRequest,
+    tree: &Tree,
+    focus: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Plan, RpcError> {
+    let context = Path::new(&request.context);
+    let df_path = dockerfile_path(request);
+    let text = std::fs::read_to_string(&df_path).map_err(|e| {
+        RpcError::with_hint(
+            format!("cannot read Dockerfile {}: {e}", df_path.display()),
+            "pass its path with -f, relative to the context or absolute",
+        )
+    })?;
+    let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
+    let ignore = read_ignore(request, &df_path)?;
+    let index = ContextIndex::view(tree, context, ignore);
+    graph::plan(&graph::PlanInput {
+        dockerfile: &df,
+        target: &request.target,
+        build_args: &request.build_args,
+        context: Arc::new(index),
+        hashes: &engine.hashes,
+        merkle: &engine.merkle,
+        focus,
+        images: &*engine.store,
+        epoch: request.source_date_epoch,
+    })
+    .map_err(dockerfile_error)
+}
+
+/// Keeps every project's dirty set current: re-plans the projects a change
+/// touches against the (already updated) tree and compares the step keys.
+pub async fn track_dirty(
+    engine: std::sync::Weak<Engine>,
+    mut changes: tokio::sync::broadcast::Receiver<memobuild_context::watch::Change>,
+) {
+    loop {
+        let change = match changes.recv().await {
+            Ok(c) => c,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "dirty tracking fell behind; the next change re-plans"
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for (project, request) in engine.projects.paths_changed(&change.root, &change.paths) {
+            recompute_dirty(&engine, &project, request, &change.root).await;
+        }
+    }
+}
+
+/// Re-plans one project against the current tree and records its dirty steps.
+async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequest, root: &Path) {
+    let Ok((tree, generation)) = engine.watcher.tree(root) else {
+        return;
+    };
+    let (e, project) = (engine.clone(), project.to_string());
+    let focus = engine.projects.focus(&project);
+    // Planning, comparing and dropping the plan all stay off the async workers.
+    let done =
+        tokio::task::spawn_blocking(
+            move || match make_plan(&e, &request, &tree, focus.as_ref()) {
+                Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
+                Err(err) => e.projects.set_dirty(&project, generation, Err(err.message)),
+            },
+        )
+        .await;
+    if let Err(err) = done {
+        tracing::warn!(error = %err, "dirty re-plan task failed");
+    }
+}
+
+/// After a restart: watch the contexts of known projects again, and compare
+/// them with their last builds (files may have changed while no daemon watched).
+pub async fn resume_watching(engine: Arc<Engine>) {
+    for context in engine.projects.contexts() {
+        if !context.is_dir() {
+            continue;
+        }
+        match engine.watcher.ensure(&context).await {
+            Ok(root) => {
+                for (project, request) in engine.projects.set_root(&context, &root) {
+                    recompute_dirty(&engine, &project, request, &root).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(context = %context.display(), error = %e, "cannot watch project context")
+            }
+        }
+    }
+}
+
+/// Runs every stage once its dependencies are done, independent ones at once.
+async fn run_stages(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    plan: &Arc<Plan>,
+    request: &BuildRequest,
+    log: &Arc<BuildLog>,
+    project: &str,
+) -> Result<BTreeMap<usize, StageResult>, RpcError> {
+    let run = Arc::new(StageRun {
+        engine: engine.clone(),
+        build,
+        plan: plan.clone(),
+        log: log.clone(),
+        project: project.to_string(),
+        no_cache: request.no_cache,
+        epoch: request.source_date_epoch,
+        request: Arc::new(request.clone()),
+    });
+    let mut done: BTreeMap<usize, StageResult> = BTreeMap::new();
+    let mut started = vec![false; plan.stages.len()];
+    let mut running = JoinSet::new();
+    loop {
+        for (i, stage) in plan.stages.iter().enumerate() {
+            if started[i] || !stage.deps.iter().all(|d| done.contains_key(d)) {
+                continue;
+            }
+            started[i] = true;
+            let inputs: BTreeMap<usize, StageResult> =
+                stage.deps.iter().map(|d| (*d, done[d].clone())).collect();
+            let run = run.clone();
+            // The stage's task keeps the build's span: its log lines carry the build id.
+            running.spawn(tracing::Instrument::in_current_span(async move {
+                (i, run_stage(&run, i, &inputs).await)
+            }));
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        let (i, result) =
+            joined.map_err(|e| RpcError::new(format!("internal error: stage task failed: {e}")))?;
+        match result {
+            Ok(r) => {
+                done.insert(i, r);
+            }
+            Err(e) => {
+                running.abort_all();
+                return Err(e);
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// What every stage of one build shares.
+struct StageRun {
+    engine: Arc<Engine>,
+    build: BuildId,
+    plan: Arc<Plan>,
+    log: Arc<BuildLog>,
+    project: String,
+    no_cache: bool,
+    epoch: Option<i64>,
+    request: Arc<BuildRequest>,
+}
+
+async fn run_stage(
+    run: &StageRun,
+    stage_index: usize,
+    inputs: &BTreeMap<usize, StageResult>,
+) -> Result<StageResult, RpcError> {
+    let StageRun {
+        engine,
+        plan,
+        log,
+        project,
+        no_cache,
+        epoch,
+        ..
+    } = run;
+    let (no_cache, epoch) = (*no_cache, *epoch);
+    let stage = &plan.stages[stage_index];
+    let mut state = match &stage.base {
+        Base::Scratch => StageResult::default(),
+        Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),
+        Base::Image(image) => StageResult {
+            layers: base_layers(engine, run.build, &image.layers).await?,
+            history: image.config.history.clone(),
+        },
+    };
+    for &step_index in &stage.steps {
+        let step = &plan.steps[step_index];
+        let span = tracing::info_span!("step", build = log.id, step = step_index, instruction = %step.display);
+        log.push(BuildEvent::StepStarted { step: step_index });
+        engine.projects.step_state(project, step_index, "building");
+        let started = Instant::now();
+        let cached = if no_cache {
+            None
+        } else {
+            lookup(engine, run.build, step_index, &step.key, log).await?
+        };
+        if !no_cache {
+            // The fast path (memory tier) did not answer this build.
+            engine.metrics.cache("memory", false, 1);
+            engine.metrics.cache("local", cached.is_some(), 1);
+        }
+        let record = match cached {
+            Some(record) => {
+                engine.metrics.step(&step.display, true, started.elapsed());
+                tracing::info!(parent: &span, "step cached");
+                log.push(BuildEvent::StepCached { step: step_index });
+                engine.projects.step_state(project, step_index, "cached");
+                record
+            }
+            None => {
+                let record = match &step.op {
+                    Op::Run(op) => {
+                        let stage_layers =
+                            inputs.iter().map(|(k, v)| (*k, v.layers.clone())).collect();
+                        let cx = super::run::RunContext {
+                            engine,
+                            request: &run.request,
+                            log,
+                            step: step_index,
+                            display: &step.display,
+                            parent_layers: &state.layers,
+                            stage_layers: &stage_layers,
+                            context_root: std::path::Path::new(&run.request.context),
+                            epoch,
+                        };
+                        let run =
+                            tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());
+                        run.await.map_err(|e| RpcError {
+                            message: format!(
+                                "{}:{}:{}: {}",
+                                plan.file, step.loc.line, step.loc.column, e.message
+                            ),
+                            hint: e.hint,
+                        })?
+                    }
+                    _ => {
+                        let exec = execute(engine, plan, step, &state, inputs, epoch);
+                        tracing::Instrument::instrument(exec, span.clone()).await?
+                    }
+                };
+                {
+                    let (engine, key, record) = (engine.clone(), step.key.clone(), record.clone());
+                    let build = run.build;
+                    blocking(move || {
+                        engine
+                            .store
+                            .record_step(build, &key, &record)
+                            .map_err(internal)
+                    })
+                    .await?;
+                }
+                engine.metrics.step(&step.display, false, started.elapsed());
+                let millis = started.elapsed().as_millis() as u64;
+                tracing::info!(parent: &span, millis, "step done");
+                log.push(BuildEvent::StepDone {
+                    step: step_index,
+                    millis,
+                });
+                engine.projects.step_state(project, step_index, "done");
+                record
+            }
+        };
+        if let Some(created_by) = &step.history {
+            state.history.push(History {
+                created: epoch.map(memobuild_oci::rfc3339),
+                created_by: Some(created_by.clone()),
+                comment: Some("memobuild".into()),
+                empty_layer: record.layer.is_none(),
+            });
+        }
+        if let Some(layer) = record.layer {
+            state.layers.push(layer);
+        }
+    }
+    Ok(state)
+}
+
+/// Looks a step up (pinning what it finds for this build); a corrupt cached
+/// layer is reported in the build's progress and the step runs again.
+async fn lookup(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    step: usize,
+    key: &str,
+    log: &BuildLog,
+) -> Result<Option<StepRecord>, RpcError> {
+    let (e, k) = (engine.clone(), key.to_string());
+    let found = blocking(move || e.store.use_step(build, &k).map_err(internal)).await?;
+    Ok(match found {
+        Lookup::Hit(record) => Some(record),
+        Lookup::Miss => None,
+        Lookup::Corrupt { digest, message } => {
+            log.push(BuildEvent::Log {
+                step: Some(step),
+                line: format!(
+                    "warning: the cached layer {digest} of this step is corrupt on disk ({message}); dropped it, running the step again"
+                ),
+            });
+            None
+        }
+    })
+}
+
+/// A base image's layers, verified (a corrupt one cannot be rebuilt: the
+/// image must be imported or pulled again) and pinned for this build.
+async fn base_layers(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    layers: &[LayerRecord],
+) -> Result<Vec<LayerRecord>, RpcError> {
+    let (e, l) = (engine.clone(), layers.to_vec());
+    blocking(move || {
+        e.store.pin_digests(build, l.iter().map(|l| &l.digest));
+        for layer in &l {
+            e.store.blobs.verify_cached(&layer.digest).map_err(|err| {
+                RpcError::with_hint(
+                    format!("base image layer {}: {err}", layer.digest),
+                    "import the base image again (`memobuild-ctl image import`)",
+                )
+            })?;
+        }
+        Ok(l)
+    })
+    .await
+}
+
+/// An error of a step: `FILE:LINE:COL: instruction: what`.
+fn step_error(plan: &Plan, step: &Step, e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(format!(
+        "{}:{}:{}: {}: {e}",
+        plan.file, step.loc.line, step.loc.column, step.display
+    ))
+}
+
+/// Runs one step that missed the cache.
+async fn execute(
+    engine: &Arc<Engine>,
+    plan: &Arc<Plan>,
+    step: &Step,
+    parent: &StageResult,
+    inputs: &BTreeMap<usize, StageResult>,
+    epoch: Option<i64>,
+) -> Result<StepRecord, RpcError> {
+    let now = memobuild_store::now_secs();
+    if matches!(step.op, Op::Meta) {
+        return Ok(StepRecord {
+            layer: None,
+            created_at: now,
+        });
+    }
+    let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
+    let parent_layers = parent.layers.clone();
+    let source_layers = match &step.op {
+        Op::Copy(c) => match &c.source {
+            graph::CopySource::Stage { stage, .. } => Some(
+                inputs
+                    .get(stage)
+                    .map(|r| r.layers.clone())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    };
+    blocking(move || {
+        let store = &engine.store;
+        let view = FsView::load(store, &engine.layers, &parent_layers)
+            .map_err(|e| step_error(&plan, &step, e))?;
+        let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
+        let changes: ChangeSet = match &step.op {
+            Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
+            Op::Copy(op) => {
+                let source_view = match &source_layers {
+                    Some(layers) => Some(
+                        FsView::load(store, &engine.layers, layers)
+                            .map_err(|e| step_error(&plan, &step, e))?,
+                    ),
+                    None => None,
+                };
+                copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+            }
+            Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
+        }
+        .map_err(|e| step_error(&plan, &step, e))?;
+        let layer = if changes.is_empty() {
+            None
+        } else {
+            let mtime = epoch.unwrap_or(0).max(0) as u64;
+            Some(
+                changes
+                    .write(&store.blobs, mtime)
+                    .map_err(|e| step_error(&plan, &step, e))?,
+            )
+        };
+        Ok(StepRecord {
+            layer,
+            created_at: now,
+        })
+    })
+    .await
+}
+
+fn tag_image(
+    engine: &Engine,
+    tags: &[String],
+    image: &StoredImage,
+) -> Result<Vec<String>, RpcError> {
+    tag_digests(
+        engine,
+        tags,
+        &image.manifest_digest,
+        &image.config_digest,
+        Some(image.size),
+    )
+}
+
+/// Points each tag at the image; a tag that already does is left alone (no write).
+fn tag_digests(
+    engine: &Engine,
+    tags: &[String],
+    manifest: &str,
+    config: &str,
+    size: Option<u64>,
+) -> Result<Vec<String>, RpcError> {
+    let mut names = Vec::new();
+    for tag in tags {
+        let name = memobuild_oci::normalize_image_name(tag);
+        let existing = engine.store.image(&name).map_err(internal)?;
+        if existing.as_ref().map(|r| r.manifest_digest.as_str()) != Some(manifest) {
+            let size = size.unwrap_or_else(|| {
+                memobuild_oci::image::read_image(&engine.store, manifest).map_or(0, |i| i.size)
+            });
+            let record = ImageRecord {
+                manifest_digest: manifest.to_string(),
+                config_digest: config.to_string(),
+                size,
+                tagged_at: memobuild_store::now_secs(),
+            };
+            engine.store.put_image(&name, &record).map_err(internal)?;
+        }
+        names.push(name);
+    }
+    Ok(names)
+}

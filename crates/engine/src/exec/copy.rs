@@ -1,0 +1,552 @@
+//! Turning filesystem steps (COPY, ADD, WORKDIR) into a [`ChangeSet`] against the
+//! parent's [`FsView`], with BuildKit's path rules: a directory source copies its
+//! contents, a destination ending in `/` (or an existing directory) receives
+//! files by name, missing parents are created, local archives are extracted by
+//! ADD.
+
+use super::fsview::{FsView, ViewKind};
+use super::users;
+use memobuild_context::{ContextIndex, FileKind, FileMeta, Selected};
+use memobuild_oci::layer::clean_entry_path;
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use memobuild_plan::{CopyOp, CopySource};
+use memobuild_store::Store;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0}")]
+    User(#[from] users::UserError),
+    #[error(transparent)]
+    Oci(#[from] memobuild_oci::OciError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Source(String),
+}
+
+fn io_err(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> CopyError {
+    let path = path.into();
+    move |source| CopyError::Io { path, source }
+}
+
+/// Owner for new entries.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owner {
+    uid: u32,
+    gid: u32,
+}
+
+/// A directory memobuild creates itself: 0755, owned by `owner`.
+fn dir_entry(owner: Owner) -> LayerEntry {
+    LayerEntry {
+        kind: EntryKind::Dir,
+        mode: 0o755,
+        uid: owner.uid,
+        gid: owner.gid,
+    }
+}
+
+struct Builder<'a> {
+    view: &'a FsView,
+    changes: ChangeSet,
+    owner: Owner,
+    /// True when `--chown` set `owner`.
+    chown: bool,
+    chmod: Option<u32>,
+}
+
+impl Builder<'_> {
+    fn add(&mut self, path: String, kind: EntryKind, mode: u32) {
+        self.add_as(path, kind, mode, self.owner);
+    }
+
+    /// [`Builder::add`] with an explicit owner (`COPY --from` keeps the source's).
+    fn add_as(&mut self, path: String, kind: EntryKind, mode: u32, owner: Owner) {
+        // --chmod applies to every copied entry (but not to the destination
+        // directory COPY creates, see `add_created_dir`).
+        let mode = match (&kind, self.chmod) {
+            (EntryKind::Symlink(_), _) => 0o777,
+            (_, Some(m)) => m,
+            _ => mode,
+        };
+        self.changes.insert(
+            path,
+            LayerEntry {
+                kind,
+                mode,
+                uid: owner.uid,
+                gid: owner.gid,
+            },
+        );
+    }
+
+    /// A directory COPY itself creates: 0755 and the new owner, never --chmod.
+    fn add_created_dir(&mut self, path: String) {
+        self.changes.insert(path, dir_entry(self.owner));
+    }
+
+    /// Creates missing parent directories of every entry (0755, new owner).
+    fn add_missing_parents(&mut self) {
+        self.add_missing_dirs("", self.owner);
+    }
+
+    /// Creates, as 0755 directories owned by `owner`, every missing ancestor
+    /// of an entry that lies strictly below `floor` (all ancestors for `""`).
+    fn add_missing_dirs(&mut self, floor: &str, owner: Owner) {
+        let prefix = if floor.is_empty() {
+            String::new()
+        } else {
+            format!("{floor}/")
+        };
+        let mut missing = Vec::new();
+        for path in self
+            .changes
+            .entries
+            .keys()
+            .filter(|p| p.starts_with(&prefix))
+        {
+            let mut parent = path.as_str();
+            while let Some((p, _)) = parent.rsplit_once('/') {
+                parent = p;
+                if parent.len() <= floor.len() {
+                    break;
+                }
+                if !self.view.exists(parent) && !self.changes.entries.contains_key(parent) {
+                    missing.push(parent.to_string());
+                }
+            }
+        }
+        for dir in missing {
+            self.changes.insert(dir, dir_entry(owner));
+        }
+    }
+}
+
+/// `WORKDIR path`: the directory and its missing parents, owned by the stage's user.
+pub fn workdir(
+    path: &str,
+    user: Option<&str>,
+    view: &FsView,
+    store: &Store,
+) -> Result<ChangeSet, CopyError> {
+    let rel = clean_entry_path(path);
+    let resolved = view.resolve(&rel).unwrap_or(rel);
+    if view.is_dir(&resolved) {
+        return Ok(ChangeSet::default());
+    }
+    let (uid, gid) = match user {
+        Some(u) => users::resolve(u, view, store)?,
+        None => (0, 0),
+    };
+    let mut b = Builder {
+        view,
+        changes: ChangeSet::default(),
+        owner: Owner { uid, gid },
+        chown: true,
+        chmod: None,
+    };
+    b.add(resolved, EntryKind::Dir, 0o755);
+    b.add_missing_parents();
+    Ok(b.changes)
+}
+
+/// What a COPY/ADD step adds. `source_view` is the `--from` stage's filesystem.
+pub fn copy(
+    op: &CopyOp,
+    view: &FsView,
+    source_view: Option<&FsView>,
+    store: &Store,
+    staging: &Path,
+) -> Result<ChangeSet, CopyError> {
+    let owner = match &op.chown {
+        Some(spec) => {
+            let (uid, gid) = users::resolve(spec, view, store)?;
+            Owner { uid, gid }
+        }
+        None => Owner::default(),
+    };
+    let mut b = Builder {
+        view,
+        changes: ChangeSet::default(),
+        owner,
+        chown: op.chown.is_some(),
+        chmod: op.chmod,
+    };
+    let dest_named_dir = op.dest.ends_with('/');
+    let dest = resolve_dest(view, &op.dest);
+    match &op.source {
+        CopySource::Context {
+            index,
+            roots,
+            digests,
+        } => {
+            let source = ContextSource { index, digests };
+            for root in roots {
+                copy_context_root(&mut b, op, &source, root, &dest, dest_named_dir, staging)?;
+            }
+        }
+        CopySource::Stage { paths, .. } => {
+            let source_view = source_view.ok_or_else(|| {
+                CopyError::Source("internal: COPY --from without its stage".into())
+            })?;
+            copy_from_view(
+                &mut b,
+                source_view,
+                paths,
+                &dest,
+                dest_named_dir,
+                store,
+                staging,
+            )?;
+        }
+    }
+    b.add_missing_parents();
+    Ok(b.changes)
+}
+
+/// The destination as a path in the view, following symlinks in its parents.
+fn resolve_dest(view: &FsView, dest: &str) -> String {
+    let rel = clean_entry_path(dest);
+    match rel.rsplit_once('/') {
+        Some((parent, name)) => {
+            let parent = view.resolve(parent).unwrap_or_else(|| parent.to_string());
+            join(&parent, name)
+        }
+        None => rel,
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    match (dir.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (_, true) => dir.to_string(),
+        _ => format!("{dir}/{name}"),
+    }
+}
+
+/// Where a single non-directory source lands.
+fn file_target(view: &FsView, dest: &str, dest_named_dir: bool, name: &str) -> String {
+    if dest_named_dir || view.is_dir(dest) {
+        join(dest, name)
+    } else {
+        dest.to_string()
+    }
+}
+
+/// The build context as a COPY reads it: its files and the hashes its key used.
+struct ContextSource<'a> {
+    index: &'a ContextIndex,
+    digests: &'a std::collections::BTreeMap<String, [u8; 32]>,
+}
+
+fn copy_context_root(
+    b: &mut Builder<'_>,
+    op: &CopyOp,
+    source: &ContextSource<'_>,
+    root: &Selected,
+    dest: &str,
+    dest_named_dir: bool,
+    staging: &Path,
+) -> Result<(), CopyError> {
+    let ContextSource { index, digests } = source;
+    match root.meta.kind {
+        FileKind::Dir => {
+            // A new destination directory is 0755, not the source's mode (BuildKit).
+            if !b.view.is_dir(dest) && !dest.is_empty() {
+                b.add_created_dir(dest.to_string());
+            }
+            let prefix_len = if root.rel.is_empty() {
+                0
+            } else {
+                root.rel.len() + 1
+            };
+            for (path, meta) in index.below(&root.rel) {
+                let target = join(dest, &path[prefix_len..]);
+                add_context_entry(b, index, digests, path, meta, target);
+            }
+            Ok(())
+        }
+        FileKind::File if op.add && is_archive(&index.host_path(&root.rel))? => {
+            extract_archive(b, &index.host_path(&root.rel), dest, staging)
+        }
+        _ => {
+            let target = file_target(b.view, dest, dest_named_dir, &root.name);
+            add_context_entry(b, index, digests, &root.rel, &root.meta, target);
+            Ok(())
+        }
+    }
+}
+
+fn add_context_entry(
+    b: &mut Builder<'_>,
+    index: &ContextIndex,
+    digests: &std::collections::BTreeMap<String, [u8; 32]>,
+    rel: &str,
+    meta: &FileMeta,
+    target: String,
+) {
+    // The layer must hold the bytes the cache key was computed from.
+    let kind = match meta.kind {
+        FileKind::File => EntryKind::File(match digests.get(rel) {
+            Some(blake3) => Content::Checked {
+                path: index.host_path(rel),
+                blake3: *blake3,
+            },
+            None => Content::Path(index.host_path(rel)),
+        }),
+        FileKind::Dir => EntryKind::Dir,
+        FileKind::Symlink => {
+            EntryKind::Symlink(meta.link_target.as_deref().unwrap_or_default().to_string())
+        }
+        FileKind::Other => return,
+    };
+    b.add(target, kind, meta.mode);
+}
+
+/// One thing `COPY --from` puts in the layer.
+enum FromItem {
+    /// The destination directory, which COPY creates itself.
+    NewDir(String),
+    /// `source` (a path in the source stage) copied to `target`.
+    Entry { source: String, target: String },
+}
+
+fn copy_from_view(
+    b: &mut Builder<'_>,
+    source: &FsView,
+    paths: &[String],
+    dest: &str,
+    dest_named_dir: bool,
+    store: &Store,
+    staging: &Path,
+) -> Result<(), CopyError> {
+    let mut items = Vec::new();
+    for raw in paths {
+        let rel = clean_entry_path(raw);
+        let roots = select_in_view(source, &rel)
+            .ok_or_else(|| CopyError::Source(format!("{raw:?} not found in the source stage")))?;
+        for (path, name) in roots {
+            let is_dir = path.is_empty()
+                || matches!(source.get(&path).map(|e| &e.kind), Some(ViewKind::Dir));
+            if !is_dir {
+                let target = file_target(b.view, dest, dest_named_dir, &name);
+                items.push(FromItem::Entry {
+                    source: path,
+                    target,
+                });
+                continue;
+            }
+            if !b.view.is_dir(dest) && !dest.is_empty() {
+                items.push(FromItem::NewDir(dest.to_string()));
+            }
+            let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
+            for (p, _) in source.below(&path) {
+                let target = join(dest, &p[prefix_len..]);
+                items.push(FromItem::Entry {
+                    source: p.clone(),
+                    target,
+                });
+            }
+        }
+    }
+    let files: Vec<String> = items
+        .iter()
+        .filter_map(|item| match item {
+            FromItem::Entry { source: p, .. }
+                if matches!(source.get(p).map(|e| &e.kind), Some(ViewKind::File)) =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let staged = source.extract(store, &files, staging)?;
+    for item in items {
+        let (path, target) = match item {
+            FromItem::NewDir(target) => {
+                b.add_created_dir(target);
+                continue;
+            }
+            FromItem::Entry { source, target } => (source, target),
+        };
+        let Some(entry) = source.get(&path) else {
+            continue;
+        };
+        // COPY --from keeps the source's owners unless --chown says otherwise.
+        let owner = if b.chown {
+            b.owner
+        } else {
+            Owner {
+                uid: entry.uid,
+                gid: entry.gid,
+            }
+        };
+        let kind = match &entry.kind {
+            ViewKind::File => match staged.get(&path) {
+                Some(p) => EntryKind::File(Content::Path(p.clone())),
+                None => continue,
+            },
+            ViewKind::Dir => EntryKind::Dir,
+            ViewKind::Symlink(t) => EntryKind::Symlink(t.clone()),
+            ViewKind::Hardlink(t) => EntryKind::Hardlink(t.clone()),
+            ViewKind::Other => continue,
+        };
+        b.add_as(target, kind, entry.mode, owner);
+    }
+    Ok(())
+}
+
+/// Roots a `--from` source selects: (path in view, name it was asked by).
+fn select_in_view(view: &FsView, rel: &str) -> Option<Vec<(String, String)>> {
+    if !rel.contains(['*', '?', '[']) {
+        let resolved = view.resolve(rel)?;
+        if !view.exists(&resolved) {
+            return None;
+        }
+        let name = rel.rsplit('/').next().unwrap_or("").to_string();
+        return Some(vec![(resolved, name)]);
+    }
+    let glob = globset::GlobBuilder::new(rel)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .ok()?
+        .compile_matcher();
+    let found: Vec<(String, String)> = view
+        .entries
+        .keys()
+        .filter(|p| glob.is_match(p))
+        .map(|p| (p.clone(), p.rsplit('/').next().unwrap_or("").to_string()))
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+}
+
+fn sniff(path: &Path) -> Result<Option<Compression>, CopyError> {
+    let mut head = [0u8; 512];
+    let mut file = std::fs::File::open(path).map_err(io_err(path.display().to_string()))?;
+    let mut n = 0;
+    while n < head.len() {
+        let read = file
+            .read(&mut head[n..])
+            .map_err(io_err(path.display().to_string()))?;
+        if read == 0 {
+            break;
+        }
+        n += read;
+    }
+    let head = &head[..n];
+    Ok(if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Compression::Gzip)
+    } else if head.starts_with(b"BZh") {
+        Some(Compression::Bzip2)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Some(Compression::Xz)
+    } else if n >= 262 && &head[257..262] == b"ustar" {
+        Some(Compression::None)
+    } else {
+        None
+    })
+}
+
+/// True for a file ADD extracts: a tar, possibly compressed, that reads as one.
+fn is_archive(path: &Path) -> Result<bool, CopyError> {
+    let Some(compression) = sniff(path)? else {
+        return Ok(false);
+    };
+    if compression == Compression::None {
+        return Ok(true);
+    }
+    // A compressed file that is not a tar (a plain .gz) is copied, not extracted.
+    let mut reader = decompressor(path, compression)?;
+    let mut head = vec![0u8; 512];
+    let mut n = 0;
+    while n < 512 {
+        match reader.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(n >= 262 && &head[257..262] == b"ustar"
+        || (n == 512 && tar::Header::from_byte_slice(&head).cksum().is_ok()))
+}
+
+fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, CopyError> {
+    let file = std::io::BufReader::new(
+        std::fs::File::open(path).map_err(io_err(path.display().to_string()))?,
+    );
+    Ok(match compression {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(file)),
+    })
+}
+
+/// ADD of a local archive: its entries land under `dest` with their own modes and
+/// owners; paths are cleaned so no entry can land outside `dest`.
+fn extract_archive(
+    b: &mut Builder<'_>,
+    path: &Path,
+    dest: &str,
+    staging: &Path,
+) -> Result<(), CopyError> {
+    let compression = sniff(path)?.unwrap_or(Compression::None);
+    let mut archive = tar::Archive::new(decompressor(path, compression)?);
+    let name = path.display().to_string();
+    for (i, entry) in archive.entries().map_err(io_err(&name))?.enumerate() {
+        let mut entry = entry.map_err(io_err(&name))?;
+        let rel = clean_entry_path(&String::from_utf8_lossy(&entry.path_bytes()));
+        if rel.is_empty() {
+            continue;
+        }
+        let header = entry.header().clone();
+        let mode = header.mode().map_err(io_err(&name))? & 0o7777;
+        let uid = header.uid().map_err(io_err(&name))? as u32;
+        let gid = header.gid().map_err(io_err(&name))? as u32;
+        let link = entry
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned())
+            .unwrap_or_default();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => EntryKind::Symlink(link),
+            tar::EntryType::Link => EntryKind::Hardlink(join(dest, &clean_entry_path(&link))),
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let file = staging.join(format!("add-{}-{i}", b.changes.entries.len()));
+                let mut out = std::fs::File::create(&file).map_err(io_err(&name))?;
+                std::io::copy(&mut entry, &mut out).map_err(io_err(&name))?;
+                EntryKind::File(Content::Path(file))
+            }
+            _ => continue,
+        };
+        // Extracted entries keep the archive's modes and owners, even with
+        // --chown/--chmod (BuildKit applies those only to what it creates itself).
+        b.changes.insert(
+            join(dest, &rel),
+            LayerEntry {
+                kind,
+                mode,
+                uid,
+                gid,
+            },
+        );
+    }
+    // Directories the archive implies but does not contain come out 0755 and
+    // owned by root, whatever --chown says (BuildKit).
+    b.add_missing_dirs(dest, Owner::default());
+    Ok(())
+}

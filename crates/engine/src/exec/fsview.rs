@@ -1,0 +1,274 @@
+//! A read-only view of a filesystem made of layers: which path exists, as what,
+//! with which mode and owner, and in which layer its bytes are. Built from tar
+//! headers only (OCI whiteouts applied), and cached per layer digest.
+
+use memobuild_oci::layer::{clean_entry_path, open_layer};
+use memobuild_oci::OciError;
+use memobuild_store::{LayerRecord, Store};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewKind {
+    File,
+    Dir,
+    Symlink(String),
+    Hardlink(String),
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewEntry {
+    pub kind: ViewKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Index of the layer holding this version.
+    pub layer: usize,
+}
+
+/// One layer's entries, in tar order; whiteouts are kept as markers.
+#[derive(Debug)]
+struct LayerIndex {
+    entries: Vec<(String, ViewEntry)>,
+    whiteouts: Vec<String>,
+    opaque_dirs: Vec<String>,
+}
+
+/// Parsed layer indexes, shared by all builds.
+#[derive(Default)]
+pub struct LayerCache {
+    layers: Mutex<HashMap<String, Arc<LayerIndex>>>,
+}
+
+impl LayerCache {
+    fn index(&self, store: &Store, digest: &str) -> Result<Arc<LayerIndex>, OciError> {
+        if let Some(found) = self
+            .layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            return Ok(found.clone());
+        }
+        let index = Arc::new(read_index(store, digest)?);
+        self.layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_string(), index.clone());
+        Ok(index)
+    }
+}
+
+fn read_err(digest: &str, source: std::io::Error) -> OciError {
+    OciError::Read {
+        digest: digest.to_string(),
+        source,
+    }
+}
+
+fn read_index(store: &Store, digest: &str) -> Result<LayerIndex, OciError> {
+    let mut archive = tar::Archive::new(open_layer(&store.blobs, digest)?);
+    let mut index = LayerIndex {
+        entries: Vec::new(),
+        whiteouts: Vec::new(),
+        opaque_dirs: Vec::new(),
+    };
+    for entry in archive.entries().map_err(|e| read_err(digest, e))? {
+        let entry = entry.map_err(|e| read_err(digest, e))?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let path = clean_entry_path(&raw);
+        if path.is_empty() {
+            continue;
+        }
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((p, n)) => (p.to_string(), n),
+            None => (String::new(), path.as_str()),
+        };
+        if name == ".wh..wh..opq" {
+            index.opaque_dirs.push(parent);
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            index.whiteouts.push(join(&parent, hidden));
+            continue;
+        }
+        let header = entry.header();
+        let link = || {
+            entry
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default()
+        };
+        let kind = match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => ViewKind::File,
+            tar::EntryType::Directory => ViewKind::Dir,
+            tar::EntryType::Symlink => ViewKind::Symlink(link()),
+            tar::EntryType::Link => ViewKind::Hardlink(clean_entry_path(&link())),
+            _ => ViewKind::Other,
+        };
+        index.entries.push((
+            path,
+            ViewEntry {
+                kind,
+                mode: header.mode().map_err(|e| read_err(digest, e))? & 0o7777,
+                uid: header.uid().map_err(|e| read_err(digest, e))? as u32,
+                gid: header.gid().map_err(|e| read_err(digest, e))? as u32,
+                size: header.size().map_err(|e| read_err(digest, e))?,
+                layer: 0,
+            },
+        ));
+    }
+    Ok(index)
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The merged filesystem of a list of layers.
+#[derive(Debug, Clone, Default)]
+pub struct FsView {
+    pub entries: BTreeMap<String, ViewEntry>,
+    pub layers: Vec<LayerRecord>,
+}
+
+impl FsView {
+    pub fn load(
+        store: &Store,
+        cache: &LayerCache,
+        layers: &[LayerRecord],
+    ) -> Result<FsView, OciError> {
+        let mut entries: BTreeMap<String, ViewEntry> = BTreeMap::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let index = cache.index(store, &layer.digest)?;
+            for dir in &index.opaque_dirs {
+                remove_below(&mut entries, dir);
+            }
+            for gone in &index.whiteouts {
+                entries.remove(gone);
+                remove_below(&mut entries, gone);
+            }
+            for (path, entry) in &index.entries {
+                if entry.kind != ViewKind::Dir {
+                    // A non-directory replaces a directory and everything in it.
+                    remove_below(&mut entries, path);
+                }
+                let mut entry = entry.clone();
+                entry.layer = i;
+                entries.insert(path.clone(), entry);
+            }
+        }
+        Ok(FsView {
+            entries,
+            layers: layers.to_vec(),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Option<&ViewEntry> {
+        self.entries.get(path)
+    }
+
+    pub fn is_dir(&self, path: &str) -> bool {
+        path.is_empty() || matches!(self.get(path).map(|e| &e.kind), Some(ViewKind::Dir))
+    }
+
+    pub fn exists(&self, path: &str) -> bool {
+        path.is_empty() || self.entries.contains_key(path)
+    }
+
+    pub fn below<'a>(
+        &'a self,
+        dir: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a ViewEntry)> + 'a {
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+
+    /// Follows symlinks in every component of `path` with this view's root as `/`.
+    pub fn resolve(&self, path: &str) -> Option<String> {
+        memobuild_rootpath::resolve(path, |p| match self.get(p) {
+            Some(ViewEntry {
+                kind: ViewKind::Symlink(target),
+                ..
+            }) => Some(target.clone()),
+            _ => None,
+        })
+    }
+
+    /// Reads a small file (e.g. /etc/passwd) from the view.
+    pub fn read_file(&self, store: &Store, path: &str) -> Result<Option<Vec<u8>>, OciError> {
+        let Some(resolved) = self.resolve(path) else {
+            return Ok(None);
+        };
+        let Some(entry) = self.get(&resolved) else {
+            return Ok(None);
+        };
+        if entry.kind != ViewKind::File {
+            return Ok(None);
+        }
+        let digest = &self.layers[entry.layer].digest;
+        let mut archive = tar::Archive::new(open_layer(&store.blobs, digest)?);
+        for e in archive.entries().map_err(|e| read_err(digest, e))? {
+            let mut e = e.map_err(|e| read_err(digest, e))?;
+            if clean_entry_path(&String::from_utf8_lossy(&e.path_bytes())) == resolved {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf)
+                    .map_err(|err| read_err(digest, err))?;
+                return Ok(Some(buf));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Writes the content of the given files (paths in this view) into `staging`
+    /// and returns where each landed. Reads each layer at most once.
+    pub fn extract(
+        &self,
+        store: &Store,
+        paths: &[String],
+        staging: &Path,
+    ) -> Result<HashMap<String, PathBuf>, OciError> {
+        let mut by_layer: BTreeMap<usize, Vec<&String>> = BTreeMap::new();
+        for p in paths {
+            if let Some(e) = self.get(p) {
+                by_layer.entry(e.layer).or_default().push(p);
+            }
+        }
+        let mut out = HashMap::new();
+        for (layer, wanted) in by_layer {
+            let digest = &self.layers[layer].digest;
+            let wanted: std::collections::HashSet<&String> = wanted.into_iter().collect();
+            let mut archive = tar::Archive::new(open_layer(&store.blobs, digest)?);
+            for e in archive.entries().map_err(|e| read_err(digest, e))? {
+                let mut e = e.map_err(|e| read_err(digest, e))?;
+                let path = clean_entry_path(&String::from_utf8_lossy(&e.path_bytes()));
+                if !wanted.contains(&path) {
+                    continue;
+                }
+                let dest = staging.join(format!("{}", out.len()));
+                let mut file = std::fs::File::create(&dest).map_err(|err| read_err(digest, err))?;
+                std::io::copy(&mut e, &mut file).map_err(|err| read_err(digest, err))?;
+                out.insert(path, dest);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn remove_below(entries: &mut BTreeMap<String, ViewEntry>, dir: &str) {
+    memobuild_rootpath::remove_below(entries, dir);
+}

@@ -1,0 +1,611 @@
+//! Running a build: plan it, look every step up in the cache, execute only the
+//! misses, store their results, assemble the image. Independent stages run
+//! concurrently. Progress goes out as [`BuildEvent`]s that clients long-poll.
+
+pub mod copy;
+pub mod fsview;
+pub mod run;
+pub mod users;
+
+mod build;
+pub mod flight;
+mod ops;
+pub mod queue;
+
+pub use ops::DEFAULT_MAX_PARALLEL_BUILDS;
+pub use run::RunSettings;
+
+use crate::project::Projects;
+use fsview::LayerCache;
+use memobuild_context::{HashCache, Watcher};
+use memobuild_proto::{BuildEvent, BuildId, BuildRequest, EventBatch, RpcError};
+use memobuild_store::Store;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long an `events` call waits for something new before returning empty.
+const LONG_POLL: Duration = Duration::from_secs(3);
+
+/// A finished build's events stay in memory this long for its clients to read
+/// (after that `memobuild-ctl logs` reads the build's log file)...
+const KEEP_FINISHED: Duration = Duration::from_secs(300);
+/// ...and at most this many finished builds' events, so a daemon running for
+/// weeks does not grow.
+const MAX_FINISHED: usize = 100;
+
+/// The shared machinery every build uses.
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub layers: LayerCache,
+    pub hashes: HashCache,
+    pub merkle: memobuild_context::merkle::DirDigests,
+    pub watcher: Arc<Watcher>,
+    pub projects: Projects,
+    /// Reloadable on SIGHUP (the limits and network default; see
+    /// [`Engine::set_run_settings`]), hence behind a lock.
+    pub run_settings: std::sync::RwLock<RunSettings>,
+    /// Bounds the RUN steps running at once, across builds.
+    pub run_slots: tokio::sync::Semaphore,
+    sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
+    cache_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    uploads: Mutex<HashMap<u64, memobuild_store::Upload>>,
+    builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
+    next_id: AtomicU64,
+    // Observability (docs/OBSERVABILITY.md).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    build_logs: std::sync::OnceLock<Arc<crate::buildlogs::BuildLogs>>,
+    /// Finished builds still in `builds`, oldest first.
+    finished: Mutex<VecDeque<(BuildId, std::time::Instant)>>,
+    lifecycle: Lifecycle,
+    // Disk GC, single flight and the build queue (exec/ops.rs).
+    pub queue: Arc<queue::Queue>,
+    flights: flight::Flights,
+    /// `max-storage` in bytes; 0 = no cap.
+    max_storage: AtomicU64,
+    gc_running: std::sync::atomic::AtomicBool,
+}
+
+/// The containerd connection RUN steps use, and the private containerd behind
+/// it when the daemon started its own.
+struct SandboxHandle {
+    sandbox: memobuild_sandbox::Sandbox,
+    private: Option<memobuild_sandbox::PrivateContainerd>,
+}
+
+/// A build's events so far; clients read it from any cursor.
+#[derive(Default)]
+pub struct BuildLog {
+    /// The build's id (0 for logs outside a daemon build).
+    pub id: BuildId,
+    /// Where the events are persisted, when the daemon keeps build logs.
+    journal: Option<crate::buildlogs::Journal>,
+    pub(crate) events: Mutex<Vec<BuildEvent>>,
+    finished: std::sync::atomic::AtomicBool,
+    changed: tokio::sync::Notify,
+    cancelled: std::sync::atomic::AtomicBool,
+    cancel: tokio::sync::Notify,
+}
+
+impl BuildLog {
+    pub fn push(&self, event: BuildEvent) {
+        let terminal = matches!(
+            event,
+            BuildEvent::Finished { .. } | BuildEvent::Failed { .. }
+        );
+        if let Some(journal) = &self.journal {
+            journal.record(&event);
+        }
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+        if terminal {
+            self.finished.store(true, Ordering::SeqCst);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the build is cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel.notified();
+            if self.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn batch(&self, cursor: u64) -> EventBatch {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let start = (cursor as usize).min(events.len());
+        EventBatch {
+            events: events[start..].to_vec(),
+            next_cursor: events.len() as u64,
+            finished: self.finished.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Engine {
+    /// Creates the engine, starts its file watcher and dirty tracking, and
+    /// resumes watching the contexts of known projects (needs a tokio runtime).
+    pub fn new(store: Arc<Store>, run_settings: RunSettings) -> Arc<Engine> {
+        let projects = Projects::load(&store);
+        let hashes = HashCache::new();
+        match store.hashes() {
+            Ok(records) => {
+                let n = hashes.load(records.into_iter());
+                tracing::info!(
+                    entries = n,
+                    "content hashes loaded; files are re-validated by stat"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot load persisted content hashes"),
+        }
+        let engine = Arc::new(Engine {
+            store,
+            layers: LayerCache::default(),
+            hashes,
+            merkle: Default::default(),
+            watcher: Watcher::start(),
+            projects,
+            run_slots: tokio::sync::Semaphore::new(run_settings.max_parallel.max(1)),
+            run_settings: std::sync::RwLock::new(run_settings),
+            sandbox: tokio::sync::Mutex::new(None),
+            cache_locks: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            builds: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            // The metric names are constants: only a programming error fails here.
+            metrics: Arc::new(crate::metrics::Metrics::new().expect("metrics register")),
+            build_logs: std::sync::OnceLock::new(),
+            finished: Mutex::new(VecDeque::new()),
+            lifecycle: Lifecycle::default(),
+            queue: queue::Queue::new(ops::DEFAULT_MAX_PARALLEL_BUILDS),
+            flights: flight::Flights::default(),
+            max_storage: AtomicU64::new(0),
+            gc_running: Default::default(),
+        });
+        tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
+        tokio::spawn(build::track_dirty(
+            Arc::downgrade(&engine),
+            engine.watcher.subscribe(),
+        ));
+        tokio::spawn(build::resume_watching(engine.clone()));
+        // A containerd used before may hold what a crashed daemon left behind.
+        if engine.run_settings().containerd_socket.is_some()
+            || engine.store.root().join("containerd").is_dir()
+        {
+            let e = engine.clone();
+            tokio::spawn(async move {
+                if let Err(err) = e.sandbox().await {
+                    tracing::warn!(error = %err.message, "RUN steps are unavailable");
+                }
+            });
+        }
+        engine
+    }
+
+    /// The sandbox for RUN steps: connects (or starts the private containerd)
+    /// on first use, and removes what a crashed daemon left in it.
+    pub async fn sandbox(&self) -> Result<memobuild_sandbox::Sandbox, RpcError> {
+        let mut guard = self.sandbox.lock().await;
+        if let Some(handle) = guard.as_ref() {
+            return Ok(handle.sandbox.clone());
+        }
+        let handle = match &self.run_settings().containerd_socket {
+            Some(socket) => memobuild_sandbox::Sandbox::connect(socket)
+                .await
+                .map(|sandbox| SandboxHandle { sandbox, private: None }),
+            None => memobuild_sandbox::Sandbox::start_private(&self.store.root().join("containerd"))
+                .await
+                .map(|(sandbox, p)| SandboxHandle { sandbox, private: Some(p) }),
+        }
+        .map_err(|e| {
+            RpcError::with_hint(
+                format!("RUN needs containerd and runc: {e}"),
+                format!(
+                    "install the Debian packages `{}` (the daemon starts its own containerd), or point --containerd-socket at a running one",
+                    memobuild_sandbox::PACKAGES
+                ),
+            )
+        })?;
+        match handle.sandbox.cleanup_orphans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removed = n,
+                "removed containerd resources left by an earlier daemon"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot clean up containerd leftovers"),
+        }
+        let sandbox = handle.sandbox.clone();
+        *guard = Some(handle);
+        Ok(sandbox)
+    }
+
+    /// Stops the private containerd, if the daemon started one.
+    pub async fn shutdown(&self) {
+        if let Some(handle) = self.sandbox.lock().await.take() {
+            if let Some(private) = handle.private {
+                private.shutdown().await;
+            }
+        }
+    }
+
+    /// The lock of cache mount `name` (for sharing=locked and private).
+    pub fn cache_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.cache_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Writes content hashes computed since the last call to the store, so a
+    /// restarted daemon re-validates by stat instead of re-hashing.
+    pub async fn persist_hashes(self: &Arc<Self>) {
+        let engine = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let records = engine.hashes.take_new();
+            engine.store.put_hashes(&records)
+        })
+        .await;
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "cannot persist content hashes");
+        }
+    }
+
+    pub fn running_builds(&self) -> u64 {
+        self.projects.running()
+    }
+
+    /// Persists every build's events under `logs` from now on; build ids
+    /// continue above the ones already there, so an id never names two builds.
+    pub fn attach_build_logs(&self, logs: Arc<crate::buildlogs::BuildLogs>) {
+        self.next_id.fetch_max(logs.last_id() + 1, Ordering::SeqCst);
+        let _ = self.build_logs.set(logs);
+    }
+
+    /// The per-build logs, when the daemon keeps them.
+    pub fn build_logs(&self) -> Option<&Arc<crate::buildlogs::BuildLogs>> {
+        self.build_logs.get()
+    }
+
+    /// Whether build `id` is running now (known and not finished).
+    pub fn is_running(&self, id: BuildId) -> bool {
+        self.log(id)
+            .is_ok_and(|log| !log.finished.load(Ordering::SeqCst))
+    }
+
+    /// Drops the events of builds that finished long enough ago, or beyond
+    /// [`MAX_FINISHED`]; their log files stay.
+    fn evict_finished(&self, id: BuildId) {
+        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        finished.push_back((id, std::time::Instant::now()));
+        let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..evictable(&finished, std::time::Instant::now()) {
+            if let Some((old, _)) = finished.pop_front() {
+                builds.remove(&old);
+            }
+        }
+    }
+
+    /// Starts a build in the background and returns its id; an identical
+    /// request while one runs joins that build instead (single flight).
+    pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        let key = flight::key_of(&request);
+        if let Some(id) = self.flights.join(&key) {
+            tracing::info!(build = id, "identical build running: joined it");
+            return id;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let project = crate::project::ProjectKey::of(&request).id();
+        let journal = self.build_logs.get().map(|logs| {
+            logs.begin(crate::buildlogs::Header {
+                build: id,
+                project: project.clone(),
+                context: request.context.clone(),
+                dockerfile: request.dockerfile.clone(),
+                target: request.target.clone(),
+                started_at_ms: crate::buildlogs::now_ms(),
+            })
+        });
+        let log = Arc::new(BuildLog {
+            id,
+            journal,
+            ..BuildLog::default()
+        });
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, log.clone());
+        self.flights.insert(key, id);
+        let engine = self.clone();
+        // A root span: the build outlives the RPC that started it.
+        let span = tracing::info_span!(parent: None, "build", build = id, project = %project, context = %request.context, target = %request.target);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let Some(slot) = engine.queue_for_slot(id, &request, &log).await else {
+                    engine.flights.finish(id);
+                    log.push(BuildEvent::Failed {
+                        error: RpcError::new("build cancelled while queued"),
+                    });
+                    return;
+                };
+                engine.store.pin_build(id);
+                let started = std::time::Instant::now();
+                tracing::info!("build started");
+                let running = engine.metrics.build_running();
+                let outcome = build::run(&engine, id, &request, &log).await;
+                drop(running);
+                engine.metrics.build_ended(match &outcome {
+                    Ok(_) => "success",
+                    Err(e) if e.message == "build cancelled" => "cancelled",
+                    Err(_) => "failed",
+                });
+                engine.persist_hashes().await;
+                engine
+                    .build_ended(id, outcome.as_ref().ok().map(|d| d.manifest_digest.clone()))
+                    .await;
+                match outcome {
+                    Ok(done) => {
+                        tracing::info!(digest = %done.manifest_digest, millis = started.elapsed().as_millis() as u64, "build finished");
+                        log.push(BuildEvent::Finished {
+                            manifest_digest: done.manifest_digest,
+                            config_digest: done.config_digest,
+                            tags: done.tags,
+                            millis: started.elapsed().as_millis() as u64,
+                        });
+                    }
+                    Err(error) => {
+                        let error = engine.shutdown_error(&log, error);
+                        tracing::warn!(error = %error.message, "build failed");
+                        log.push(BuildEvent::Failed { error });
+                    }
+                }
+                engine.evict_finished(id);
+                drop(slot);
+                engine.auto_gc().await;
+            },
+            span,
+        ));
+        id
+    }
+
+    /// Cancels a build: its running steps are dropped (RUN containers killed and
+    /// removed) and it fails with "cancelled".
+    pub fn cancel(&self, id: BuildId) -> Result<(), RpcError> {
+        let log = self.log(id)?;
+        // Other clients still wait on this build: only this one leaves.
+        if !self.flights.leave(id) {
+            tracing::info!(build = id, "a client left; others still wait on the build");
+            return Ok(());
+        }
+        self.abort(&log);
+        Ok(())
+    }
+
+    /// Cancels a build whoever waits on it (daemon shutdown, expired lease).
+    pub fn abort_build(&self, id: BuildId) -> Result<(), RpcError> {
+        self.abort(&*self.log(id)?);
+        Ok(())
+    }
+
+    fn abort(&self, log: &BuildLog) {
+        log.cancelled.store(true, Ordering::SeqCst);
+        log.cancel.notify_waiters();
+    }
+
+    pub fn upload_begin(&self) -> Result<u64, RpcError> {
+        let upload = self
+            .store
+            .blobs
+            .upload()
+            .map_err(|e| RpcError::new(e.to_string()))?;
+        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
+        self.uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, upload);
+        Ok(id)
+    }
+
+    pub(crate) fn upload_chunk_now(&self, id: u64, data: &[u8]) -> Result<(), RpcError> {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let upload = uploads
+            .get_mut(&id)
+            .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        upload.write(data).map_err(|e| RpcError::new(e.to_string()))
+    }
+
+    pub(crate) fn upload_commit_now(&self, id: u64, digest: &str) -> Result<u64, RpcError> {
+        let upload = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        self.store.pin_uploads();
+        self.store
+            .blobs
+            .commit_upload(upload, digest)
+            .map_err(|e| RpcError::new(e.to_string()))
+    }
+
+    fn log(&self, id: BuildId) -> Result<Arc<BuildLog>, RpcError> {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| {
+                RpcError::with_hint(
+                    format!("no build with id {id} in the daemon's memory (it finished a while ago, or the daemon restarted)"),
+                    format!("`memobuild-ctl logs {id}` prints its log"),
+                )
+            })
+    }
+
+    /// Events of build `id` from `cursor`, waiting briefly for new ones.
+    pub async fn events(&self, id: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
+        let log = self.log(id)?;
+        self.flights.seen(id);
+        let notified = log.changed.notified();
+        let batch = log.batch(cursor);
+        if !batch.events.is_empty() || batch.finished {
+            return Ok(batch);
+        }
+        let _ = tokio::time::timeout(LONG_POLL, notified).await;
+        Ok(log.batch(cursor))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lifecycle: graceful shutdown (SIGTERM/SIGINT) and reloaded settings (SIGHUP).
+
+/// Whether the daemon is stopping, and why builds were cancelled.
+#[derive(Default)]
+struct Lifecycle {
+    shutting_down: std::sync::atomic::AtomicBool,
+    /// Set when the shutdown grace ran out: the grace, for the error message.
+    cancelled_after: Mutex<Option<Duration>>,
+}
+
+impl Engine {
+    /// The RUN settings in effect now.
+    pub fn run_settings(&self) -> RunSettings {
+        self.run_settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the RUN defaults for steps that start from now on. The
+    /// containerd socket and the parallelism stay as they were at start-up.
+    pub fn set_run_settings(&self, new: RunSettings) {
+        let mut current = self.run_settings.write().unwrap_or_else(|p| p.into_inner());
+        *current = RunSettings {
+            containerd_socket: current.containerd_socket.clone(),
+            max_parallel: current.max_parallel,
+            ..new
+        };
+    }
+
+    /// From now on `start_build` is refused; running builds carry on.
+    pub fn begin_shutdown(&self) {
+        self.lifecycle.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.lifecycle.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Builds that have not finished or failed yet.
+    pub fn unfinished_builds(&self) -> usize {
+        self.builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|log| !log.finished.load(Ordering::SeqCst))
+            .count()
+    }
+
+    /// Waits until no build is running; false if some still are after `within`.
+    pub async fn wait_idle(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if self.unfinished_builds() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Cancels every running build (as `memobuild-ctl` cancel does: RUN
+    /// containers are killed and removed); `grace` is named in their errors.
+    pub fn cancel_all(&self, grace: Duration) {
+        *self
+            .lifecycle
+            .cancelled_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(grace);
+        let logs: Vec<Arc<BuildLog>> = self
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|log| !log.finished.load(Ordering::SeqCst))
+            .cloned()
+            .collect();
+        for log in logs {
+            self.abort(&log);
+        }
+    }
+
+    /// Removes whatever cancelled RUN steps may still hold in containerd
+    /// (their guards release it in background tasks), before containerd stops.
+    pub async fn release_runs(&self) {
+        let sandbox = match self.sandbox.lock().await.as_ref() {
+            Some(handle) => handle.sandbox.clone(),
+            None => return,
+        };
+        if let Err(e) = sandbox.cleanup_orphans().await {
+            tracing::warn!(error = %e, "cannot clean up containerd at shutdown");
+        }
+    }
+
+    /// A build cancelled by the shutdown says so, instead of "build cancelled".
+    fn shutdown_error(&self, log: &BuildLog, error: RpcError) -> RpcError {
+        let grace = *self
+            .lifecycle
+            .cancelled_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match grace {
+            Some(grace) if log.cancelled.load(Ordering::SeqCst) => RpcError::with_hint(
+                format!(
+                    "build cancelled: memobuildd is shutting down and the build did not finish within the shutdown grace ({})",
+                    humantime::format_duration(grace)
+                ),
+                "run the build again when the daemon is back; admins can raise shutdown-grace",
+            ),
+            _ => error,
+        }
+    }
+}
+
+/// How many of the finished builds (oldest first) to drop from memory now:
+/// those older than [`KEEP_FINISHED`], and the oldest beyond [`MAX_FINISHED`].
+fn evictable(finished: &VecDeque<(BuildId, std::time::Instant)>, now: std::time::Instant) -> usize {
+    let expired = finished
+        .iter()
+        .take_while(|(_, at)| now.saturating_duration_since(*at) >= KEEP_FINISHED)
+        .count();
+    expired.max(finished.len().saturating_sub(MAX_FINISHED))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn finished_builds_leave_memory_after_a_while_or_beyond_a_count() {
+        let old = Instant::now();
+        let now = old + KEEP_FINISHED + Duration::from_secs(1);
+        let mut finished: VecDeque<(BuildId, Instant)> = VecDeque::new();
+        finished.extend([(1, old), (2, old), (3, now)]);
+        assert_eq!(evictable(&finished, now), 2);
+        let fresh: VecDeque<(BuildId, Instant)> =
+            (0..MAX_FINISHED as u64 + 3).map(|i| (i, now)).collect();
+        assert_eq!(evictable(&fresh, now), 3);
+        assert_eq!(evictable(&VecDeque::new(), now), 0);
+    }
+}

@@ -1,0 +1,259 @@
+//! The engine's operations side: the build queue and single flight around
+//! [`Engine::start`], disk usage, pruning (by hand and above `max-storage`),
+//! store verification, and the numbers metrics report.
+
+use super::{BuildLog, Engine};
+use crate::gc::{PruneOptions, PruneReport, Usage};
+use crate::verify::VerifyReport;
+use memobuild_proto::{BuildEvent, BuildId, BuildRequest, RpcError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Builds running at once unless `max-parallel-builds` says otherwise.
+pub const DEFAULT_MAX_PARALLEL_BUILDS: usize = 4;
+
+/// How long a finished build's image is kept from GC for its clients to fetch.
+const RESULT_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Automatic GC prunes to this share of `max-storage`, so it does not run
+/// again after every build.
+const AUTO_GC_TARGET_PERCENT: u64 = 90;
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(e.to_string())
+}
+
+impl Engine {
+    /// Applies `max-parallel-builds` and `max-storage` (None: no cap).
+    pub fn set_limits(&self, max_parallel_builds: usize, max_storage: Option<u64>) {
+        self.queue.set_limit(max_parallel_builds);
+        self.max_storage
+            .store(max_storage.unwrap_or(0), Ordering::SeqCst);
+    }
+
+    /// `max-storage` in bytes, if set.
+    pub fn max_storage(&self) -> Option<u64> {
+        Some(self.max_storage.load(Ordering::SeqCst)).filter(|m| *m > 0)
+    }
+
+    /// Builds waiting for a slot (for status and metrics).
+    pub fn queued_builds(&self) -> u64 {
+        self.queue.queued() as u64
+    }
+
+    /// Ids of projects with a build waiting for a slot (`status` shows them `queued`).
+    pub fn queued_projects(&self) -> std::collections::HashSet<String> {
+        self.flights.queued_projects()
+    }
+
+    /// Builds holding a slot (planning, running steps or assembling).
+    pub fn active_builds(&self) -> u64 {
+        self.queue.running() as u64
+    }
+
+    /// Waits for a build slot, saying so in the build's progress; None when the
+    /// build is cancelled while it waits.
+    pub(super) async fn queue_for_slot(
+        &self,
+        id: BuildId,
+        request: &BuildRequest,
+        log: &Arc<BuildLog>,
+    ) -> Option<super::queue::Slot> {
+        if let Some(slot) = self.queue.try_acquire(&request.context) {
+            return Some(slot);
+        }
+        let line = format!(
+            "queued: {} builds running (max-parallel-builds = {}), {} waiting",
+            self.queue.running(),
+            self.queue.limit(),
+            self.queue.queued()
+        );
+        tracing::info!(build = id, "{line}");
+        log.push(BuildEvent::Log { step: None, line });
+        let project = crate::project::ProjectKey::of(request).id();
+        self.flights.set_queued(id, Some(project));
+        let slot = tokio::select! {
+            slot = self.queue.wait(&request.context) => Some(slot),
+            _ = log.cancelled() => None,
+        };
+        self.flights.set_queued(id, None);
+        let slot = slot?;
+        log.push(BuildEvent::Log {
+            step: None,
+            line: "started: a build slot is free".into(),
+        });
+        Some(slot)
+    }
+
+    /// Bookkeeping once a build's work is over, before its result is published.
+    /// The result's blobs stay pinned a little longer: its clients fetch them
+    /// for `-o` right after (and `image_blobs` pins them for the export).
+    pub(super) async fn build_ended(self: &Arc<Self>, id: BuildId, result: Option<String>) {
+        self.flights.finish(id);
+        let engine = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(manifest) = result {
+                let mut digests = std::collections::HashSet::new();
+                crate::gc::image_digests(&engine.store, &manifest, &mut digests);
+                engine.store.pin_for(digests, RESULT_GRACE);
+            }
+            engine.store.unpin_build(id);
+            if let Err(e) = engine.store.flush_last_used() {
+                tracing::warn!(error = %e, "cannot record cache entries' last use");
+            }
+        })
+        .await;
+    }
+
+    /// After a build: prunes least-recently-used entries when the store is
+    /// above `max-storage` (one collection at a time; builds go on meanwhile).
+    pub(super) async fn auto_gc(self: &Arc<Self>) {
+        let max = self.max_storage.load(Ordering::SeqCst);
+        if max == 0 || self.gc_running.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let engine = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let total: u64 = engine.store.blobs.list()?.iter().map(|b| b.size).sum();
+            if total <= max {
+                return Ok(None);
+            }
+            let keep = max / 100 * AUTO_GC_TARGET_PERCENT;
+            let opts = PruneOptions {
+                all: false,
+                keep_bytes: Some(keep),
+            };
+            crate::gc::prune(&engine.store, &opts).map(Some)
+        })
+        .await;
+        match result {
+            Ok(Ok(Some(report))) => {
+                if report.bytes_after > max {
+                    tracing::warn!(
+                        bytes = report.bytes_after,
+                        max,
+                        "store is above max-storage after GC: images and projects' last builds are kept; remove images or run `memobuild-ctl prune --all`"
+                    );
+                }
+                self.prune_chains().await;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "automatic garbage collection failed"),
+            Err(e) => tracing::warn!(error = %e, "automatic garbage collection task failed"),
+        }
+        self.gc_running.store(false, Ordering::SeqCst);
+    }
+
+    /// `memobuild-ctl du`.
+    pub async fn disk_usage(self: &Arc<Self>) -> Result<Usage, RpcError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || crate::gc::usage(&engine.store))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    /// `memobuild-ctl prune`.
+    pub async fn prune(self: &Arc<Self>, opts: PruneOptions) -> Result<PruneReport, RpcError> {
+        let engine = self.clone();
+        let report = tokio::task::spawn_blocking(move || crate::gc::prune(&engine.store, &opts))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        self.prune_chains().await;
+        Ok(report)
+    }
+
+    /// `memobuild-ctl verify`.
+    pub async fn verify_store(self: &Arc<Self>) -> Result<VerifyReport, RpcError> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || crate::verify::verify(&engine.store))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    /// Drops containerd's unpacked chain snapshots whose layers no image or
+    /// project's last build has any more. Only while no build runs: a running
+    /// step may be about to use a chain, and the sandbox cannot pin one.
+    /// Never starts containerd for this.
+    async fn prune_chains(self: &Arc<Self>) {
+        if self.store.pinned_builds() > 0 {
+            return;
+        }
+        let Some(sandbox) = self
+            .sandbox
+            .lock()
+            .await
+            .as_ref()
+            .map(|h| h.sandbox.clone())
+        else {
+            return;
+        };
+        let engine = self.clone();
+        let keep = tokio::task::spawn_blocking(move || kept_chains(&engine))
+            .await
+            .unwrap_or_default();
+        match sandbox.prune_chains(&keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned unpacked layer chains in containerd"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune containerd snapshots"),
+        }
+    }
+}
+
+/// Chain ids (every prefix) of images and projects' remembered builds.
+fn kept_chains(engine: &Engine) -> std::collections::HashSet<String> {
+    let store = &engine.store;
+    let mut manifests: Vec<String> = store
+        .images()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(_, r)| r.manifest_digest)
+        .collect();
+    for (_, raw) in store.projects().unwrap_or_default() {
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw) {
+            for b in ["last", "previous"] {
+                if let Some(m) = v[b]["manifest_digest"].as_str() {
+                    manifests.push(m.to_string());
+                }
+            }
+        }
+    }
+    let mut keep = std::collections::HashSet::new();
+    for m in manifests {
+        if let Ok(image) = memobuild_oci::image::read_image(store, &m) {
+            let inputs: Vec<memobuild_sandbox::LayerInput> = image
+                .layers
+                .iter()
+                .map(|l| memobuild_sandbox::LayerInput {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    path: Default::default(),
+                    media_type: l.media_type.clone(),
+                })
+                .collect();
+            keep.extend(memobuild_sandbox::chain_ids(&inputs));
+        }
+    }
+    keep
+}
+
+/// Cancels builds no client has polled within the lease (clients that died
+/// without cancelling).
+pub(super) async fn expire_leases(engine: std::sync::Weak<Engine>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        let Some(engine) = engine.upgrade() else {
+            return;
+        };
+        for id in engine.flights.abandoned() {
+            tracing::warn!(
+                build = id,
+                "no client has polled the build for {:?}: cancelling it",
+                super::flight::LEASE
+            );
+            let _ = engine.abort_build(id);
+        }
+    }
+}

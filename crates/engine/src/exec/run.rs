@@ -1,0 +1,534 @@
+//! RUN steps: from a planned [`RunOp`] to a sandbox run and a layer. Resolves
+//! what needs the parent filesystem (the user), prepares the step's mounts
+//! (cache directories kept by the daemon, secrets on tmpfs, bind sources),
+//! streams output into the build's log, and turns a failure into an error with
+//! the command, how it ended and its last lines of output.
+
+use super::fsview::{FsView, ViewKind};
+use super::users;
+use super::{BuildLog, Engine};
+use memobuild_oci::ChangeSet;
+use memobuild_plan::{CacheSharing, RunMount, RunNetwork, RunOp};
+use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
+use memobuild_sandbox::{ExtraMount, LayerInput, Network, OutputChunk, RunSpec};
+use memobuild_store::{LayerRecord, StepRecord};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Lines of output a failed step's error shows.
+const TAIL_LINES: usize = 20;
+
+/// Daemon-wide settings for RUN steps.
+#[derive(Debug, Clone, Default)]
+pub struct RunSettings {
+    /// An existing containerd; `None` starts a private one under the data dir.
+    pub containerd_socket: Option<PathBuf>,
+    /// What `RUN` without `--network` gets: host networking, or none.
+    pub default_network_none: bool,
+    pub step_timeout: Option<Duration>,
+    pub memory_bytes: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<i64>,
+    /// Most RUN steps running at once (all builds together).
+    pub max_parallel: usize,
+    /// Registries: plain-HTTP hosts and the default remote cache.
+    pub registries: memobuild_registry::RegistrySettings,
+}
+
+/// Everything one RUN needs from its build.
+pub struct RunContext<'a> {
+    pub engine: &'a Arc<Engine>,
+    pub request: &'a BuildRequest,
+    pub log: &'a Arc<BuildLog>,
+    pub step: usize,
+    pub display: &'a str,
+    pub parent_layers: &'a [LayerRecord],
+    /// Layers of the stages bind mounts read, by stage position.
+    pub stage_layers: &'a std::collections::BTreeMap<usize, Vec<LayerRecord>>,
+    pub context_root: &'a Path,
+    pub epoch: Option<i64>,
+}
+
+fn err(message: impl Into<String>) -> RpcError {
+    RpcError::new(message.into())
+}
+
+/// Runs the step; returns its cache record (its layer, if it changed anything).
+pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError> {
+    let engine = cx.engine;
+    let sandbox = engine.sandbox().await?;
+    let _slot = engine
+        .run_slots
+        .acquire()
+        .await
+        .map_err(|_| err("the daemon is shutting down"))?;
+    let store = engine.store.clone();
+    let (layers, user) = {
+        let (engine, parent, user) = (engine.clone(), cx.parent_layers.to_vec(), op.user.clone());
+        tokio::task::spawn_blocking(move || {
+            // Only USER needs the parent's files (/etc/passwd); indexing a large
+            // layer costs real time, so skip it otherwise.
+            let ids = match user.as_deref() {
+                Some(u) => {
+                    let view = FsView::load(&engine.store, &engine.layers, &parent)
+                        .map_err(|e| err(e.to_string()))?;
+                    users::resolve_exec(u, &view, &engine.store)
+                        .map_err(|e| err(format!("USER {u}: {e}")))?
+                }
+                None => users::ExecUser {
+                    uid: 0,
+                    gid: 0,
+                    groups: Vec::new(),
+                },
+            };
+            let inputs = parent
+                .iter()
+                .map(|l| layer_input(&engine.store.blobs, l))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(e.to_string()))?;
+            Ok::<_, RpcError>((inputs, ids))
+        })
+        .await
+        .map_err(|e| err(format!("internal error: {e}")))??
+    };
+    let (uid, gid) = (user.uid, user.gid);
+    let mounts = Mounts::prepare(cx, op, uid, gid).await?;
+    let settings = &engine.run_settings();
+    let network = match op.network {
+        RunNetwork::None => Network::None,
+        RunNetwork::Host => Network::Host,
+        RunNetwork::Default if settings.default_network_none => Network::None,
+        RunNetwork::Default => Network::Host,
+    };
+    let spec = RunSpec {
+        args: op.args.clone(),
+        env: with_proxy_env(&op.env, &cx.request.build_args),
+        cwd: op.cwd.clone(),
+        uid,
+        gid,
+        additional_gids: user.groups.clone(),
+        hostname: "buildkitsandbox".into(),
+        network,
+        memory_bytes: cx.request.memory_bytes.or(settings.memory_bytes),
+        cpus: cx
+            .request
+            .millicpus
+            .map(|m| m as f64 / 1000.0)
+            .or(settings.cpus),
+        pids: cx.request.pids_limit.or(settings.pids),
+        timeout: settings.step_timeout,
+        mounts: mounts.extra.clone(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
+    let outcome = sandbox.run(&layers, &spec, tx).await;
+    let tail = printer.await.unwrap_or_default();
+    drop(mounts);
+    let outcome = outcome.map_err(|e| {
+        RpcError::with_hint(
+            format!("{}: the sandbox failed: {e}", cx.display),
+            "see the daemon's log; `memobuild-ctl status` shows its health",
+        )
+    })?;
+    if !outcome.exit.success() {
+        let exit = outcome.exit;
+        outcome.snapshot.release().await;
+        let mut message = format!("{} failed: {exit}", cx.display);
+        if !tail.is_empty() {
+            message.push_str("\nlast output:\n");
+            message.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n"));
+        }
+        return Err(err(message));
+    }
+    let changes: ChangeSet = outcome.changes;
+    let mtime = cx.epoch.unwrap_or(0).max(0) as u64;
+    let layer = tokio::task::spawn_blocking(move || {
+        if changes.is_empty() {
+            Ok(None)
+        } else {
+            changes
+                .write(&store.blobs, mtime)
+                .map(Some)
+                .map_err(|e| err(e.to_string()))
+        }
+    })
+    .await
+    .map_err(|e| err(format!("internal error: {e}")))?;
+    outcome.snapshot.release().await;
+    Ok(StepRecord {
+        layer: layer?,
+        created_at: memobuild_store::now_secs(),
+    })
+}
+
+/// Docker's predefined proxy args reach RUN without an ARG line, in both
+/// spellings, and stay out of the cache key (they are added here, not planned).
+fn with_proxy_env(
+    env: &[String],
+    build_args: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut out = env.to_vec();
+    let has = |out: &[String], name: &str| out.iter().any(|kv| kv.split('=').next() == Some(name));
+    for (name, value) in build_args {
+        if !memobuild_plan::is_predefined_arg(name) {
+            continue;
+        }
+        for spelling in [name.to_ascii_uppercase(), name.to_ascii_lowercase()] {
+            if !has(&out, &spelling) {
+                out.push(format!("{spelling}={value}"));
+            }
+        }
+    }
+    out
+}
+
+/// Forwards the step's output to the build log line by line; returns the last lines.
+async fn stream_output(
+    mut rx: tokio::sync::mpsc::Receiver<OutputChunk>,
+    log: Arc<BuildLog>,
+    step: usize,
+) -> VecDeque<String> {
+    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut partial = [Vec::new(), Vec::new()];
+    let emit = |line: &[u8], tail: &mut VecDeque<String>| {
+        let line = String::from_utf8_lossy(line).into_owned();
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line.clone());
+        log.push(BuildEvent::Log {
+            step: Some(step),
+            line,
+        });
+    };
+    while let Some(chunk) = rx.recv().await {
+        let buf =
+            &mut partial[usize::from(chunk.stream == memobuild_sandbox::OutputStream::Stderr)];
+        buf.extend_from_slice(&chunk.data);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            emit(&line[..line.len() - 1], &mut tail);
+        }
+    }
+    for buf in partial.iter().filter(|b| !b.is_empty()) {
+        emit(buf, &mut tail);
+    }
+    tail
+}
+
+/// Host directories and files bound into one step; temporary ones are removed on drop.
+struct Mounts {
+    extra: Vec<ExtraMount>,
+    _temp: Vec<tempfile::TempDir>,
+    _locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Mounts {
+    async fn prepare(
+        cx: &RunContext<'_>,
+        op: &RunOp,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Mounts, RpcError> {
+        let mut m = Mounts {
+            extra: Vec::new(),
+            _temp: Vec::new(),
+            _locks: Vec::new(),
+        };
+        for mount in &op.mounts {
+            match mount {
+                RunMount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    readonly,
+                } => {
+                    let dir = m.cache_dir(cx, id, *sharing, uid, gid).await?;
+                    m.extra.push(ExtraMount {
+                        source: dir,
+                        target: target.clone(),
+                        readonly: *readonly,
+                    });
+                }
+                RunMount::Secret {
+                    id,
+                    target,
+                    required,
+                } => {
+                    let Some(secret) = cx.request.secrets.get(id) else {
+                        if *required {
+                            return Err(RpcError::with_hint(
+                                format!(
+                                    "{}: secret {id:?} is required but was not given",
+                                    cx.display
+                                ),
+                                format!("pass it with --secret id={id},src=FILE"),
+                            ));
+                        }
+                        continue;
+                    };
+                    let dir = secret_dir()?;
+                    let file = dir.path().join("secret");
+                    write_private(&file, &secret.0, uid, gid)?;
+                    m.extra.push(ExtraMount {
+                        source: file,
+                        target: target.clone(),
+                        readonly: true,
+                    });
+                    m._temp.push(dir);
+                }
+                RunMount::Tmpfs { target } => {
+                    let dir = temp_in(cx)?;
+                    m.extra.push(ExtraMount {
+                        source: dir.path().to_path_buf(),
+                        target: target.clone(),
+                        readonly: false,
+                    });
+                    m._temp.push(dir);
+                }
+                RunMount::Bind {
+                    target,
+                    source,
+                    from,
+                    readwrite,
+                } => {
+                    let (path, temp) = bind_source(cx, source, *from, *readwrite).await?;
+                    m.extra.push(ExtraMount {
+                        source: path,
+                        target: target.clone(),
+                        readonly: !*readwrite,
+                    });
+                    m._temp.extend(temp);
+                }
+            }
+        }
+        Ok(m)
+    }
+
+    /// The daemon's directory for cache mount `id` (created for the step's user).
+    async fn cache_dir(
+        &mut self,
+        cx: &RunContext<'_>,
+        id: &str,
+        sharing: CacheSharing,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PathBuf, RpcError> {
+        let name = blake3::hash(id.as_bytes()).to_hex()[..32].to_string();
+        let dir = cx.engine.store.root().join("cache-mounts").join(&name);
+        let lock = cx.engine.cache_lock(&name);
+        match sharing {
+            CacheSharing::Shared => {}
+            CacheSharing::Locked => self._locks.push(lock.lock_owned().await),
+            CacheSharing::Private => match lock.try_lock_owned() {
+                Ok(guard) => self._locks.push(guard),
+                // In use by another step: this one gets a fresh, throwaway directory.
+                Err(_) => {
+                    let temp = temp_in(cx)?;
+                    let path = temp.path().to_path_buf();
+                    self._temp.push(temp);
+                    return Ok(path);
+                }
+            },
+        }
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| err(format!("creating cache mount {}: {e}", dir.display())))?;
+            let _ = nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into()));
+        }
+        Ok(dir)
+    }
+}
+
+fn temp_in(cx: &RunContext<'_>) -> Result<tempfile::TempDir, RpcError> {
+    tempfile::tempdir_in(cx.engine.store.blobs.tmp_dir())
+        .map_err(|e| err(format!("creating a temp dir: {e}")))
+}
+
+/// Secrets live on tmpfs (never on disk), in a directory only root can enter.
+fn secret_dir() -> Result<tempfile::TempDir, RpcError> {
+    let base = Path::new("/dev/shm");
+    let dir = if base.is_dir() {
+        tempfile::Builder::new()
+            .prefix("memobuild-secret-")
+            .tempdir_in(base)
+    } else {
+        tempfile::tempdir()
+    };
+    let dir = dir.map_err(|e| err(format!("creating a secret dir: {e}")))?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711));
+    Ok(dir)
+}
+
+fn write_private(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<(), RpcError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .map_err(|e| err(format!("writing a secret: {e}")))?;
+    f.write_all(bytes)
+        .map_err(|e| err(format!("writing a secret: {e}")))?;
+    let _ = nix::unistd::chown(path, Some(uid.into()), Some(gid.into()));
+    Ok(())
+}
+
+/// Where a bind mount's files come from: the context (copied when writable, so
+/// a step can never change the user's files) or a stage (materialised).
+async fn bind_source(
+    cx: &RunContext<'_>,
+    source: &str,
+    from: Option<usize>,
+    readwrite: bool,
+) -> Result<(PathBuf, Option<tempfile::TempDir>), RpcError> {
+    match from {
+        None => {
+            let path = cx.context_root.join(source);
+            let real = path
+                .canonicalize()
+                .map_err(|e| err(format!("bind mount source {source:?}: {e}")))?;
+            if !real.starts_with(cx.context_root) {
+                return Err(RpcError::with_hint(
+                    format!("bind mount source {source:?} leads outside the build context"),
+                    "bind mounts read the build context only",
+                ));
+            }
+            if !readwrite {
+                return Ok((real, None));
+            }
+            let temp = temp_in(cx)?;
+            let copy = temp.path().join("src");
+            copy_tree(&real, &copy)
+                .map_err(|e| err(format!("copying bind mount source {source:?}: {e}")))?;
+            Ok((copy, Some(temp)))
+        }
+        Some(stage) => {
+            let layers = cx.stage_layers.get(&stage).cloned().unwrap_or_default();
+            let temp = temp_in(cx)?;
+            let dest = temp.path().join("src");
+            let engine = cx.engine.clone();
+            let source = source.to_string();
+            let staging = temp.path().join("staging");
+            let d = dest.clone();
+            tokio::task::spawn_blocking(move || {
+                materialize(&engine, &layers, &source, &d, &staging)
+            })
+            .await
+            .map_err(|e| err(format!("internal error: {e}")))??;
+            Ok((dest, Some(temp)))
+        }
+    }
+}
+
+/// Writes `source` (a path in the stage made of `layers`) to `dest` on the host.
+fn materialize(
+    engine: &Engine,
+    layers: &[LayerRecord],
+    source: &str,
+    dest: &Path,
+    staging: &Path,
+) -> Result<(), RpcError> {
+    let view =
+        FsView::load(&engine.store, &engine.layers, layers).map_err(|e| err(e.to_string()))?;
+    let root = view
+        .resolve(source)
+        .ok_or_else(|| err(format!("bind mount source {source:?}: symlink loop")))?;
+    std::fs::create_dir_all(staging).map_err(|e| err(e.to_string()))?;
+    let entry = view.get(&root).cloned();
+    let mut files = Vec::new();
+    let mut items: Vec<(String, ViewKind, u32)> = Vec::new();
+    match entry.as_ref().map(|e| &e.kind) {
+        None if !root.is_empty() => {
+            return Err(err(format!(
+                "bind mount source {source:?} not found in the stage"
+            )))
+        }
+        Some(ViewKind::File) => {
+            files.push(root.clone());
+            items.push((
+                String::new(),
+                ViewKind::File,
+                entry.as_ref().map(|e| e.mode).unwrap_or(0o644),
+            ));
+        }
+        _ => {
+            let prefix = if root.is_empty() { 0 } else { root.len() + 1 };
+            for (path, e) in view.below(&root) {
+                if e.kind == ViewKind::File {
+                    files.push(path.clone());
+                }
+                items.push((path[prefix..].to_string(), e.kind.clone(), e.mode));
+            }
+        }
+    }
+    let staged = view
+        .extract(&engine.store, &files, staging)
+        .map_err(|e| err(e.to_string()))?;
+    let single_file = matches!(entry.as_ref().map(|e| &e.kind), Some(ViewKind::File));
+    if !single_file {
+        std::fs::create_dir_all(dest).map_err(|e| err(e.to_string()))?;
+    }
+    for (rel, kind, mode) in items {
+        let target = if rel.is_empty() {
+            dest.to_path_buf()
+        } else {
+            dest.join(&rel)
+        };
+        let src_path = if rel.is_empty() {
+            root.clone()
+        } else if root.is_empty() {
+            rel.clone()
+        } else {
+            format!("{root}/{rel}")
+        };
+        let result = match &kind {
+            ViewKind::Dir => std::fs::create_dir_all(&target),
+            ViewKind::File => staged
+                .get(&src_path)
+                .map(|p| std::fs::rename(p, &target))
+                .unwrap_or(Ok(())),
+            ViewKind::Symlink(t) => std::os::unix::fs::symlink(t, &target),
+            _ => Ok(()),
+        };
+        result.map_err(|e| err(format!("materialising {rel}: {e}")))?;
+        if !matches!(kind, ViewKind::Symlink(_)) {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode));
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        std::fs::set_permissions(to, meta.permissions())
+    } else if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else {
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
+/// A stored layer as the sandbox takes it: a blob file on disk.
+pub(crate) fn layer_input(
+    blobs: &memobuild_store::BlobStore,
+    layer: &memobuild_store::LayerRecord,
+) -> Result<LayerInput, memobuild_store::StoreError> {
+    Ok(LayerInput {
+        digest: layer.digest.clone(),
+        diff_id: layer.diff_id.clone(),
+        path: blobs.path(&layer.digest)?,
+        media_type: layer.media_type.clone(),
+    })
+}

@@ -1,0 +1,636 @@
+//! Projects: a (context, Dockerfile, target, build args) the daemon has built.
+//! For each it remembers the last two builds with every step's key components,
+//! what changed in the context since, and which steps are dirty and why — the
+//! answers to `status`, `explain` and the no-op build's "nothing changed".
+//!
+//! Everything here is in memory and answered without touching the disk; the
+//! build summaries are also persisted (redb) so `explain` survives a restart.
+
+use memobuild_plan::{Plan, StepInputs, ABSENT};
+use memobuild_proto::{
+    BuildRequest, Explanation, LastBuild, ProjectStatus, StepExplanation, StepStatus,
+};
+use memobuild_store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Most changed paths `status` lists per project.
+const MAX_CHANGED_SHOWN: usize = 1000;
+/// Most reasons listed for one step.
+const MAX_WHY: usize = 20;
+
+/// What identifies a project.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectKey {
+    pub context: PathBuf,
+    pub dockerfile: PathBuf,
+    pub target: String,
+    pub build_args: BTreeMap<String, String>,
+}
+
+impl ProjectKey {
+    pub fn of(request: &BuildRequest) -> ProjectKey {
+        let context = PathBuf::from(&request.context);
+        let dockerfile = match request.dockerfile.as_str() {
+            "" => context.join("Dockerfile"),
+            p if Path::new(p).is_absolute() => PathBuf::from(p),
+            p => context.join(p),
+        };
+        ProjectKey {
+            context,
+            dockerfile,
+            target: request.target.clone(),
+            build_args: request.build_args.clone(),
+        }
+    }
+
+    /// Short stable id: BLAKE3 of the key's fields.
+    pub fn id(&self) -> String {
+        let mut k = memobuild_plan::key::KeyHasher::new("project");
+        k.str(&self.context.display().to_string())
+            .str(&self.dockerfile.display().to_string())
+            .str(&self.target);
+        for (name, value) in &self.build_args {
+            k.str(name).str(value);
+        }
+        k.finish()[..12].to_string()
+    }
+}
+
+/// One step of a finished build, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub key: String,
+    pub stage: String,
+    pub instruction: String,
+    pub line: usize,
+    pub cached: bool,
+    pub inputs: StepInputs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildSummary {
+    pub ok: bool,
+    pub finished_at: i64,
+    pub millis: u64,
+    pub manifest_digest: Option<String>,
+    pub config_digest: Option<String>,
+    pub error: Option<String>,
+    pub no_cache: bool,
+    #[serde(default)]
+    pub epoch: Option<i64>,
+    pub steps: Vec<StepSummary>,
+    /// Image names the build started FROM -> the manifests they named then.
+    #[serde(default)]
+    pub images: BTreeMap<String, String>,
+}
+
+impl BuildSummary {
+    pub fn from_plan(plan: &Plan, cached: &[bool]) -> Vec<StepSummary> {
+        plan.steps
+            .iter()
+            .map(|s| StepSummary {
+                key: s.key.clone(),
+                stage: plan.stages[s.stage].label.clone(),
+                instruction: s.display.clone(),
+                line: s.loc.line,
+                cached: cached.get(s.index).copied().unwrap_or(false),
+                inputs: s.inputs.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Persisted part of a project.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    key: ProjectKey,
+    last: Option<BuildSummary>,
+    previous: Option<BuildSummary>,
+}
+
+#[derive(Debug, Clone)]
+struct Project {
+    record: Record,
+    /// Root of the watched tree holding the context.
+    root: Option<PathBuf>,
+    /// Tree generation at which the project was last known clean.
+    clean_at: Option<u64>,
+    /// Dirty steps (index -> why), from the last recomputation.
+    dirty: BTreeMap<usize, Vec<String>>,
+    /// A dirty recomputation could not plan (bad Dockerfile, missing file).
+    plan_error: Option<String>,
+    changed: BTreeSet<String>,
+    /// Live state of a running build: step index -> `building`/`done`/`cached`.
+    building: Option<BTreeMap<usize, String>>,
+    generation: u64,
+}
+
+pub struct Projects {
+    map: Mutex<HashMap<String, Project>>,
+    changed: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Projects {
+    /// Loads persisted projects.
+    pub fn load(store: &Store) -> Projects {
+        let mut map = HashMap::new();
+        match store.projects() {
+            Ok(rows) => {
+                for (id, bytes) in rows {
+                    match serde_json::from_slice::<Record>(&bytes) {
+                        Ok(record) => {
+                            map.insert(id, Project::new(record));
+                        }
+                        Err(e) => {
+                            tracing::warn!(project = %id, error = %e, "dropping unreadable project record")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read projects"),
+        }
+        Projects {
+            map: Mutex::new(map),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn bump(&self, p: &mut Project) {
+        p.generation += 1;
+        self.changed.notify_waiters();
+    }
+
+    /// Registers (or finds) the project for a request; returns its id.
+    pub fn register(&self, key: ProjectKey, root: &Path) -> String {
+        let id = key.id();
+        let mut map = lock(&self.map);
+        let p = map.entry(id.clone()).or_insert_with(|| {
+            Project::new(Record {
+                key,
+                last: None,
+                previous: None,
+            })
+        });
+        p.root = Some(root.to_path_buf());
+        id
+    }
+
+    /// The last successful build, if nothing it depends on changed since: the
+    /// tree is still at the generation it was clean at.
+    pub fn clean_result(&self, id: &str, generation: u64) -> Option<BuildSummary> {
+        let map = lock(&self.map);
+        let p = map.get(id)?;
+        let last = p.record.last.as_ref()?;
+        (last.ok && p.clean_at == Some(generation) && p.dirty.is_empty() && p.plan_error.is_none())
+            .then(|| last.clone())
+    }
+
+    pub fn build_started(&self, id: &str) {
+        if let Some(p) = lock(&self.map).get_mut(id) {
+            p.building = Some(BTreeMap::new());
+            p.changed.clear();
+            self.bump(p);
+        }
+    }
+
+    pub fn step_state(&self, id: &str, step: usize, state: &str) {
+        if let Some(p) = lock(&self.map).get_mut(id) {
+            if let Some(b) = p.building.as_mut() {
+                b.insert(step, state.to_string());
+            }
+            self.bump(p);
+        }
+    }
+
+    /// Records a finished build; `generation` is the tree generation it read.
+    pub fn build_finished(&self, store: &Store, id: &str, summary: BuildSummary, generation: u64) {
+        let record = {
+            let mut map = lock(&self.map);
+            let Some(p) = map.get_mut(id) else { return };
+            p.building = None;
+            let ok = summary.ok;
+            if ok || p.record.last.is_none() {
+                p.record.previous = p.record.last.take();
+            }
+            p.record.last = Some(summary);
+            p.dirty.clear();
+            p.plan_error = None;
+            p.clean_at = ok.then_some(generation);
+            self.bump(p);
+            p.record.clone()
+        };
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => {
+                if let Err(e) = store.put_project(id, &bytes) {
+                    tracing::warn!(project = id, error = %e, "cannot persist project");
+                }
+            }
+            Err(e) => tracing::warn!(project = id, error = %e, "cannot encode project"),
+        }
+    }
+
+    /// Notes changed tree paths; returns the projects (id, request) to re-plan.
+    pub fn paths_changed(&self, root: &Path, paths: &[String]) -> Vec<(String, BuildRequest)> {
+        let mut out = Vec::new();
+        let mut map = lock(&self.map);
+        for (id, p) in map.iter_mut() {
+            if p.root.as_deref() != Some(root) {
+                continue;
+            }
+            let Ok(rel) = p.record.key.context.strip_prefix(root) else {
+                continue;
+            };
+            let prefix = rel.to_str().unwrap_or("").to_string();
+            let mut touched = false;
+            for path in paths {
+                let inside = if prefix.is_empty() {
+                    Some(path.as_str())
+                } else {
+                    path.strip_prefix(&prefix).and_then(|r| r.strip_prefix('/'))
+                };
+                let dockerfile_hit = p.record.key.dockerfile == root.join(path);
+                if let Some(inside) = inside.filter(|i| !i.is_empty()) {
+                    // Bounded, but the newest change is always listed: a full set
+                    // gives up another path for it.
+                    if p.changed.len() >= MAX_CHANGED_SHOWN && !p.changed.contains(inside) {
+                        p.changed.pop_last();
+                    }
+                    p.changed.insert(inside.to_string());
+                    touched = true;
+                } else if dockerfile_hit {
+                    touched = true;
+                }
+            }
+            if touched {
+                p.clean_at = None;
+                self.bump(p);
+                out.push((id.clone(), request_of(&p.record.key)));
+            }
+        }
+        out
+    }
+
+    /// The paths a dirty re-plan of project `id` must show key components
+    /// for: those changed since its last build. `None` asks for a complete
+    /// re-plan: nothing recorded (a restart), too many changes to list, or an
+    /// ignore file changed (which changes what every step selects).
+    pub fn focus(&self, id: &str) -> Option<BTreeSet<String>> {
+        let map = lock(&self.map);
+        let changed = &map.get(id)?.changed;
+        let complete = changed.is_empty()
+            || changed.len() >= MAX_CHANGED_SHOWN
+            || changed.iter().any(|p| p.ends_with(".dockerignore"));
+        (!complete).then(|| changed.clone())
+    }
+
+    /// Stores the result of re-planning a project against the current tree.
+    pub fn set_dirty(&self, id: &str, generation: u64, plan: Result<&Plan, String>) {
+        // Summarising a plan copies every step's inputs: do it before locking,
+        // so `status` never waits for it.
+        let new = plan
+            .as_ref()
+            .ok()
+            .map(|plan| BuildSummary::from_plan(plan, &[]));
+        let mut map = lock(&self.map);
+        let Some(p) = map.get_mut(id) else { return };
+        match (plan, new) {
+            (Err(e), _) => {
+                p.plan_error = Some(e);
+                p.dirty.clear();
+                p.clean_at = None;
+            }
+            (Ok(_), new) => {
+                let new = new.unwrap_or_default();
+                p.plan_error = None;
+                let old = p
+                    .record
+                    .last
+                    .as_ref()
+                    .map(|l| l.steps.as_slice())
+                    .unwrap_or(&[]);
+                p.dirty = dirty_steps(old, &new);
+                let ok = p.record.last.as_ref().is_some_and(|l| l.ok);
+                p.clean_at = (p.dirty.is_empty() && ok).then_some(generation);
+            }
+        }
+        self.bump(p);
+    }
+
+    /// Waits until some project changes after `generation` (or a timeout).
+    pub async fn wait_change(
+        &self,
+        id: &str,
+        generation: u64,
+        timeout: std::time::Duration,
+    ) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            let current = lock(&self.map).get(id).map(|p| p.generation)?;
+            if current != generation {
+                return Some(current);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Some(current);
+            }
+        }
+    }
+
+    /// Ids matching a filter: an id, an id prefix, or a context path.
+    pub fn matching(&self, filter: &str) -> Vec<String> {
+        let map = lock(&self.map);
+        let mut ids: Vec<String> = map
+            .iter()
+            .filter(|(id, p)| {
+                filter.is_empty()
+                    || id.starts_with(filter)
+                    || p.record.key.context == Path::new(filter)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn status(&self, ids: &[String]) -> Vec<ProjectStatus> {
+        let map = lock(&self.map);
+        ids.iter()
+            .filter_map(|id| map.get(id).map(|p| p.status(id)))
+            .collect()
+    }
+
+    pub fn explain(&self, id: &str) -> Option<Explanation> {
+        let map = lock(&self.map);
+        let p = map.get(id)?;
+        let last = p.record.last.as_ref()?;
+        let before = p
+            .record
+            .previous
+            .as_ref()
+            .map(|b| b.steps.as_slice())
+            .unwrap_or(&[]);
+        let mut parent_rebuilt = false;
+        let steps = last
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let why = if s.cached {
+                    Vec::new()
+                } else if last.no_cache {
+                    vec!["--no-cache".to_string()]
+                } else {
+                    match before.iter().find(|b| b.key == s.key) {
+                        Some(_) => {
+                            vec!["the cache entry was missing (pruned or never stored)".into()]
+                        }
+                        None => why_differs(before.get(i), s, parent_rebuilt),
+                    }
+                };
+                parent_rebuilt |= !s.cached;
+                StepExplanation {
+                    index: i,
+                    stage: s.stage.clone(),
+                    instruction: s.instruction.clone(),
+                    line: s.line,
+                    outcome: if s.cached { "cached" } else { "rebuilt" }.into(),
+                    why,
+                }
+            })
+            .collect();
+        Some(Explanation {
+            project: id.to_string(),
+            steps,
+        })
+    }
+
+    /// Forgets projects; returns (ids, tree roots no project uses any more).
+    pub fn forget(&self, store: &Store, ids: &[String]) -> Vec<PathBuf> {
+        let mut map = lock(&self.map);
+        let mut roots = Vec::new();
+        for id in ids {
+            if let Some(p) = map.remove(id) {
+                if let Err(e) = store.delete_project(id) {
+                    tracing::warn!(project = %id, error = %e, "cannot delete project record");
+                }
+                roots.extend(p.root);
+            }
+        }
+        roots.retain(|r| !map.values().any(|p| p.root.as_ref() == Some(r)));
+        self.changed.notify_waiters();
+        roots
+    }
+
+    /// Contexts of all projects (to start watching them again after a restart).
+    pub fn contexts(&self) -> Vec<PathBuf> {
+        lock(&self.map)
+            .values()
+            .map(|p| p.record.key.context.clone())
+            .collect()
+    }
+
+    /// Records the watched root of every project with this context; returns them.
+    pub fn set_root(&self, context: &Path, root: &Path) -> Vec<(String, BuildRequest)> {
+        let mut out = Vec::new();
+        for (id, p) in lock(&self.map).iter_mut() {
+            if p.record.key.context == context {
+                p.root = Some(root.to_path_buf());
+                out.push((id.clone(), request_of(&p.record.key)));
+            }
+        }
+        out
+    }
+
+    pub fn running(&self) -> u64 {
+        lock(&self.map)
+            .values()
+            .filter(|p| p.building.is_some())
+            .count() as u64
+    }
+}
+
+/// The request that rebuilds a project (for re-planning).
+pub fn request_of(key: &ProjectKey) -> BuildRequest {
+    BuildRequest {
+        context: key.context.display().to_string(),
+        dockerfile: key.dockerfile.display().to_string(),
+        target: key.target.clone(),
+        build_args: key.build_args.clone(),
+        ..BuildRequest::default()
+    }
+}
+
+impl Project {
+    fn new(record: Record) -> Project {
+        Project {
+            record,
+            root: None,
+            clean_at: None,
+            dirty: BTreeMap::new(),
+            plan_error: None,
+            changed: BTreeSet::new(),
+            building: None,
+            generation: 1,
+        }
+    }
+
+    fn status(&self, id: &str) -> ProjectStatus {
+        let last = self.record.last.as_ref();
+        let state = if self.building.is_some() {
+            "building"
+        } else if last.is_none() {
+            "never_built"
+        } else if self.plan_error.is_some() || !self.dirty.is_empty() {
+            "dirty"
+        } else if last.is_some_and(|l| !l.ok) {
+            "failed"
+        } else {
+            "clean"
+        };
+        let steps = last
+            .map(|l| {
+                l.steps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let live = self.building.as_ref().and_then(|b| b.get(&i)).cloned();
+                        let (state, why) = match (live, self.dirty.get(&i)) {
+                            (Some(live), _) => (live, Vec::new()),
+                            (None, Some(why)) => ("dirty".to_string(), why.clone()),
+                            (None, None) if !l.ok && i + 1 == l.steps.len() => {
+                                ("failed".into(), Vec::new())
+                            }
+                            _ => ("clean".to_string(), Vec::new()),
+                        };
+                        StepStatus {
+                            index: i,
+                            stage: s.stage.clone(),
+                            instruction: s.instruction.clone(),
+                            line: s.line,
+                            state,
+                            why,
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut steps: Vec<StepStatus> = steps;
+        if let Some(e) = &self.plan_error {
+            for s in &mut steps {
+                s.state = "dirty".into();
+                s.why = vec![format!("the build cannot be planned now: {e}")];
+            }
+        }
+        ProjectStatus {
+            id: id.to_string(),
+            context: self.record.key.context.display().to_string(),
+            dockerfile: self.record.key.dockerfile.display().to_string(),
+            target: self.record.key.target.clone(),
+            build_args: self.record.key.build_args.clone(),
+            state: state.to_string(),
+            steps,
+            changed_files: self.changed.iter().cloned().collect(),
+            last_build: last.map(|l| LastBuild {
+                result: if l.ok { "success" } else { "failed" }.into(),
+                finished_at: l.finished_at,
+                millis: l.millis,
+                manifest_digest: l.manifest_digest.clone(),
+                error: l.error.clone(),
+            }),
+            generation: self.generation,
+        }
+    }
+}
+
+/// Steps of `new` whose keys differ from the last build's, with reasons.
+fn dirty_steps(old: &[StepSummary], new: &[StepSummary]) -> BTreeMap<usize, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut parent_dirty = false;
+    for (i, step) in new.iter().enumerate() {
+        let same = old.get(i).is_some_and(|o| o.key == step.key);
+        if !same {
+            out.insert(i, why_differs(old.get(i), step, parent_dirty));
+        }
+        parent_dirty |= !same;
+    }
+    out
+}
+
+/// Names the inputs that differ between a step's earlier and current version.
+pub fn why_differs(
+    old: Option<&StepSummary>,
+    new: &StepSummary,
+    parent_changed: bool,
+) -> Vec<String> {
+    let Some(old) = old else {
+        return vec!["new step (no earlier build of it)".into()];
+    };
+    let mut why = Vec::new();
+    if old.instruction != new.instruction {
+        why.push(format!(
+            "instruction changed (line {}): `{}` -> `{}`",
+            new.line, old.instruction, new.instruction
+        ));
+    }
+    for (name, value) in &new.inputs.args {
+        match old.inputs.args.get(name) {
+            Some(v) if v == value => {}
+            Some(v) => why.push(format!("build arg {name} changed: {v:?} -> {value:?}")),
+            None => why.push(format!("build arg {name} set to {value:?}")),
+        }
+    }
+    for name in old
+        .inputs
+        .args
+        .keys()
+        .filter(|n| !new.inputs.args.contains_key(*n))
+    {
+        why.push(format!("build arg {name} unset"));
+    }
+    let mut files = Vec::new();
+    for (path, digest) in &new.inputs.files {
+        match (old.inputs.files.get(path), digest.as_str()) {
+            (Some(d), _) if d == digest => {}
+            (None, ABSENT) => {}
+            (Some(_), ABSENT) => files.push(format!("file removed: {path}")),
+            (Some(_), _) if path.starts_with("stage:") => {
+                files.push(format!("source stage {} changed", &path[6..]))
+            }
+            (Some(_), _) => files.push(format!("file changed: {path}")),
+            (None, _) => files.push(format!("file added: {path}")),
+        }
+    }
+    // A partial listing names every path it looked at, so only a complete
+    // one tells what is gone by leaving it out.
+    let gone = old
+        .inputs
+        .files
+        .keys()
+        .filter(|p| !new.inputs.partial && !new.inputs.files.contains_key(*p));
+    for path in gone {
+        files.push(format!("file removed: {path}"));
+    }
+    if files.len() > MAX_WHY {
+        let more = files.len() - MAX_WHY;
+        files.truncate(MAX_WHY);
+        files.push(format!("... and {more} more files"));
+    }
+    why.extend(files);
+    if why.is_empty() {
+        why.push(
+            if parent_changed || old.inputs.parent_key != new.inputs.parent_key {
+                "parent step changed".to_string()
+            } else {
+                "inputs changed".to_string()
+            },
+        );
+    }
+    why
+}

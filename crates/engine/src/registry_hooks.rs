@@ -1,0 +1,373 @@
+//! What one build does with registries, phase by phase, for exec/build.rs:
+//! before planning, pull the FROM images the needed stages lack (each name
+//! resolved once per build) and read the remote step caches; after planning,
+//! record the steps a remote cache has; after the build, push and write the
+//! caches. Only pulls and pushes can fail a build: a cache that cannot be read
+//! or written only means local work, and the progress says so.
+
+use memobuild_dockerfile as dockerfile;
+use memobuild_plan::{self as graph, Base, Plan};
+use memobuild_proto::{BuildRequest, RpcError};
+use memobuild_registry::{PullPolicy, RegistrySettings, RemoteCache, Session};
+use memobuild_store::Store;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Progress lines for the user (they also go to the daemon's log).
+pub type Note<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// A build's registry work.
+pub struct BuildRegistry {
+    session: Session,
+    /// FROM names of the needed stages (their repositories are mount sources).
+    bases: Vec<String>,
+    caches: Vec<RemoteCache>,
+    exports: Vec<memobuild_proto::registry::CacheExport>,
+    push: Vec<String>,
+}
+
+/// A base image of the build, with where its FROM is.
+struct Wanted {
+    base: graph::BaseImage,
+    file: String,
+}
+
+impl BuildRegistry {
+    /// Before planning: pulls what `request.pull` asks for and reads the remote caches.
+    pub async fn prepare(
+        store: &Arc<Store>,
+        settings: &RegistrySettings,
+        request: &BuildRequest,
+        dockerfile: &Path,
+        display: &str,
+        note: Note<'_>,
+    ) -> Result<BuildRegistry, RpcError> {
+        let policy = PullPolicy::parse(&request.pull)?;
+        let platform = memobuild_registry::Platform::parse(&request.platform)?;
+        let session = Session::new(settings, request.registry_auth.clone(), platform, policy);
+        let (cache_from, exports) = cache_refs(settings, request);
+        let wanted = base_images(store, request, dockerfile, display).await;
+        let mut registry = BuildRegistry {
+            session,
+            bases: wanted.iter().map(|w| w.base.name.clone()).collect(),
+            caches: Vec::new(),
+            exports,
+            push: request.push.clone(),
+        };
+        let mut seen = BTreeSet::new();
+        for w in wanted {
+            if seen.insert(w.base.name.clone()) {
+                registry.resolve(store, &w, note).await?;
+            }
+        }
+        for name in cache_from {
+            match registry.session.load_cache(store, &name).await {
+                Ok(cache) => {
+                    note(format!(
+                        "registry cache {name}: {} steps",
+                        cache.index.steps.len()
+                    ));
+                    registry.caches.push(cache);
+                }
+                Err(e) => note(format!(
+                    "warning: registry cache {name} cannot be read ({e}); steps not cached here are built locally"
+                )),
+            }
+        }
+        Ok(registry)
+    }
+
+    /// Pulls one base image if the policy wants it.
+    async fn resolve(
+        &self,
+        store: &Arc<Store>,
+        w: &Wanted,
+        note: Note<'_>,
+    ) -> Result<(), RpcError> {
+        let name = &w.base.name;
+        let pinned = name.contains('@');
+        let pull = match self.session.policy {
+            PullPolicy::Never => false,
+            PullPolicy::Missing => !w.base.present,
+            PullPolicy::Always => !(w.base.present && pinned),
+        };
+        if !pull || (pinned && name_known_digest(store, name).await) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        note(format!("pulling {name} ({})", self.session.platform));
+        match self.session.pull(store, name).await {
+            Ok(image) => {
+                note(format!(
+                    "pulled {name}: {} ({} layers, {:.1} MB) in {:.2}s",
+                    image.manifest_digest,
+                    image.layers.len(),
+                    image.size as f64 / 1e6,
+                    started.elapsed().as_secs_f64()
+                ));
+                Ok(())
+            }
+            // Only a registry that cannot be reached falls back to the stored
+            // image; a definite answer (not found, denied, no such platform) is an error.
+            Err(e) if w.base.present && e.unreachable => {
+                note(format!(
+                    "warning: cannot pull {name} ({e}); using the stored image"
+                ));
+                Ok(())
+            }
+            Err(e) => Err(RpcError {
+                message: format!(
+                    "{}:{}:{}: FROM {name}: not in memobuild's image store, and pulling it failed: {e}",
+                    w.file, w.base.loc.line, w.base.loc.column
+                ),
+                hint: e.hint,
+            }),
+        }
+    }
+
+    /// Fast-path builds skip planning; exporting a cache needs the plan.
+    pub fn needs_plan(&self) -> bool {
+        !self.exports.is_empty()
+    }
+
+    /// After planning: records every planned step the local store lacks and a
+    /// remote cache has, so the build finds it as a cache hit.
+    pub async fn import_steps(
+        &self,
+        store: &Arc<Store>,
+        plan: &Plan,
+        no_cache: bool,
+        note: Note<'_>,
+    ) {
+        if no_cache || self.caches.is_empty() {
+            return;
+        }
+        let keys: Vec<(usize, String)> = plan
+            .steps
+            .iter()
+            .map(|s| (s.index, s.key.clone()))
+            .collect();
+        let local = {
+            let (store, keys) = (store.clone(), keys.clone());
+            tokio::task::spawn_blocking(move || {
+                keys.iter()
+                    .map(|(_, k)| {
+                        matches!(store.lookup_step(k), Ok(memobuild_store::Lookup::Hit(_)))
+                    })
+                    .collect::<Vec<bool>>()
+            })
+            .await
+            .unwrap_or_default()
+        };
+        let mut imported = 0;
+        // A cache whose registry stopped answering is not asked again in this build.
+        let mut failed = vec![false; self.caches.len()];
+        for ((_, key), present) in keys.iter().zip(local) {
+            if present {
+                continue;
+            }
+            for (i, cache) in self.caches.iter().enumerate() {
+                if failed[i] {
+                    continue;
+                }
+                match self.session.import_step(store, cache, key).await {
+                    Ok(true) => {
+                        imported += 1;
+                        break;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed[i] = e.unreachable;
+                        note(format!(
+                            "warning: registry cache {}: {e}; building the step locally",
+                            cache.reference.whole()
+                        ))
+                    }
+                }
+            }
+        }
+        if imported > 0 {
+            note(format!("{imported} steps came from the registry cache"));
+        }
+    }
+
+    /// After a successful build: pushes the image (failures fail the build) and
+    /// writes the remote caches (failures are warnings).
+    pub async fn finish(
+        &self,
+        store: &Arc<Store>,
+        plan: Option<&Plan>,
+        manifest_digest: &str,
+        note: Note<'_>,
+    ) -> Result<(), RpcError> {
+        for target in &self.push {
+            let started = std::time::Instant::now();
+            note(format!("pushing {target}"));
+            let stats = self
+                .session
+                .push(store, manifest_digest, target, &self.bases)
+                .await
+                .map_err(|e| RpcError {
+                    message: format!("pushing {target}: {e}"),
+                    hint: e.hint,
+                })?;
+            note(format!(
+                "pushed {target}: {manifest_digest} in {:.2}s ({} blobs uploaded, {:.1} MB; {} already there; {} mounted)",
+                started.elapsed().as_secs_f64(),
+                stats.uploaded,
+                stats.uploaded_bytes as f64 / 1e6,
+                stats.present,
+                stats.mounted
+            ));
+        }
+        let Some(plan) = plan else {
+            return Ok(());
+        };
+        for export in &self.exports {
+            let steps = cached_steps(store, plan, export.max).await;
+            let previous = self
+                .caches
+                .iter()
+                .find(|c| c.reference.whole() == reference_whole(&export.reference))
+                .map(|c| &c.index);
+            let n = steps.len();
+            match self
+                .session
+                .export_cache(store, &export.reference, steps, previous)
+                .await
+            {
+                Ok(uploaded) => note(format!(
+                    "registry cache {}: wrote {n} steps ({uploaded} layers uploaded)",
+                    export.reference
+                )),
+                Err(e) => note(format!(
+                    "warning: registry cache {} was not written: {e}",
+                    export.reference
+                )),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reference_whole(name: &str) -> String {
+    memobuild_oci::reference::parse(name)
+        .map(|r| r.whole())
+        .unwrap_or_default()
+}
+
+/// `--cache-from` and `--cache-to` of the request, else the daemon's default cache.
+fn cache_refs(
+    settings: &RegistrySettings,
+    request: &BuildRequest,
+) -> (Vec<String>, Vec<memobuild_proto::registry::CacheExport>) {
+    if request.cache_from.is_empty() && request.cache_to.is_empty() {
+        if let Some(default) = &settings.cache_ref {
+            let export = memobuild_proto::registry::CacheExport {
+                reference: default.clone(),
+                max: true,
+            };
+            return (vec![default.clone()], vec![export]);
+        }
+    }
+    let mut from = request.cache_from.clone();
+    // Writing merges over what the cache holds, so read it too.
+    for e in &request.cache_to {
+        if !from.contains(&e.reference) {
+            from.push(e.reference.clone());
+        }
+    }
+    (from, request.cache_to.clone())
+}
+
+/// The FROM images of the stages the build needs. A Dockerfile that does not
+/// parse yields none: planning reports that error with its location.
+async fn base_images(
+    store: &Arc<Store>,
+    request: &BuildRequest,
+    dockerfile: &Path,
+    display: &str,
+) -> Vec<Wanted> {
+    let (store, request, path, display) = (
+        store.clone(),
+        request.clone(),
+        dockerfile.to_path_buf(),
+        display.to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let text = std::fs::read_to_string(&path).ok()?;
+        let df = dockerfile::parse(&text, &display).ok()?;
+        let bases = graph::base_images(&df, &request.target, &request.build_args, &*store).ok()?;
+        Some(
+            bases
+                .into_iter()
+                .map(|base| Wanted {
+                    base,
+                    file: display.clone(),
+                })
+                .collect(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// A FROM pinned by digest whose manifest is already in the blob store (pulled
+/// under another name) is named without the network.
+async fn name_known_digest(store: &Arc<Store>, name: &str) -> bool {
+    let Some((_, digest)) = name.rsplit_once('@') else {
+        return false;
+    };
+    if !store.blobs.contains(digest) {
+        return false;
+    }
+    let (store, name, digest) = (store.clone(), name.to_string(), digest.to_string());
+    tokio::task::spawn_blocking(move || {
+        let image = memobuild_oci::image::read_image(&store, &digest).ok()?;
+        memobuild_registry::name_image(&store, &memobuild_oci::reference::store_name(&name), &image)
+            .ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+/// The step records the cache export writes: every planned step (`max`), or
+/// those of the target stage and the stages it is built on (`min`).
+async fn cached_steps(
+    store: &Arc<Store>,
+    plan: &Plan,
+    max: bool,
+) -> BTreeMap<String, Option<memobuild_store::LayerRecord>> {
+    let mut stages = BTreeSet::new();
+    let mut at = Some(plan.target);
+    while let Some(i) = at {
+        stages.insert(i);
+        let stage = &plan.stages[i];
+        at = match stage.base {
+            Base::Stage(_) => stage.deps.first().copied(),
+            _ => None,
+        };
+    }
+    let keys: Vec<String> = plan
+        .steps
+        .iter()
+        .filter(|s| max || stages.contains(&s.stage))
+        .map(|s| s.key.clone())
+        .collect();
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        keys.into_iter()
+            .filter_map(|k| match store.lookup_step(&k) {
+                Ok(memobuild_store::Lookup::Hit(record)) => Some((k, record.layer)),
+                _ => None,
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}

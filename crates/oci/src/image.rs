@@ -1,0 +1,153 @@
+//! Images: writing a manifest and config for a built stage, and reading a stored
+//! image back (for `FROM name` and for `-o` outputs).
+
+use super::{ImageConfig, OciError, MEDIA_CONFIG};
+use memobuild_store::{LayerRecord, Store};
+use oci_spec::image::{Descriptor, ImageManifest, ImageManifestBuilder, MediaType};
+use std::str::FromStr;
+
+/// A stored image: where its manifest and config are, and its layers in order.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRecord>,
+    /// Manifest + config + layers.
+    pub size: u64,
+}
+
+/// Writes `config` (whose rootfs must list `layers`' diff_ids) and a manifest
+/// naming it and `layers` into the blob store.
+pub fn write_image(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[LayerRecord],
+) -> Result<StoredImage, OciError> {
+    let config_bytes =
+        serde_json::to_vec(config).map_err(|e| OciError::Invalid(format!("image config: {e}")))?;
+    let (config_digest, config_size) = store.blobs.put_bytes(&config_bytes)?;
+    let manifest = build_manifest(&config_digest, config_size, layers)?;
+    let manifest_bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| OciError::Invalid(format!("image manifest: {e}")))?;
+    let (manifest_digest, manifest_size) = store.blobs.put_bytes(&manifest_bytes)?;
+    let layer_bytes: u64 = layers.iter().map(|l| l.size).sum();
+    Ok(StoredImage {
+        manifest_digest,
+        config_digest,
+        config: config.clone(),
+        layers: layers.to_vec(),
+        size: manifest_size + config_size + layer_bytes,
+    })
+}
+
+/// Writes a manifest for an imported config blob and layer blobs (already stored).
+pub fn write_manifest_for(
+    store: &Store,
+    config_digest: &str,
+    layers: &[LayerRecord],
+) -> Result<StoredImage, OciError> {
+    let config_size = store.blobs.size(config_digest)?;
+    let manifest = build_manifest(config_digest, config_size, layers)?;
+    let bytes = serde_json::to_vec(&manifest)
+        .map_err(|e| OciError::Invalid(format!("image manifest: {e}")))?;
+    let (digest, _) = store.blobs.put_bytes(&bytes)?;
+    read_image(store, &digest)
+}
+
+fn build_manifest(
+    config_digest: &str,
+    config_size: u64,
+    layers: &[LayerRecord],
+) -> Result<ImageManifest, OciError> {
+    let config = descriptor(MEDIA_CONFIG, config_digest, config_size)?;
+    let layers = layers
+        .iter()
+        .map(|l| descriptor(oci_layer_type(&l.media_type), &l.digest, l.size))
+        .collect::<Result<Vec<_>, _>>()?;
+    ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config)
+        .layers(layers)
+        .build()
+        .map_err(|e| OciError::Invalid(format!("image manifest: {e}")))
+}
+
+/// Layers of images pulled in Docker's format keep their bytes but get the OCI
+/// media type in our (OCI) manifests, as BuildKit does.
+fn oci_layer_type(media_type: &str) -> &str {
+    match media_type {
+        "application/vnd.docker.image.rootfs.diff.tar.gzip" => super::MEDIA_LAYER_GZIP,
+        "application/vnd.docker.image.rootfs.diff.tar" => super::MEDIA_LAYER_TAR,
+        other => other,
+    }
+}
+
+fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, OciError> {
+    let digest = oci_spec::image::Digest::from_str(digest)
+        .map_err(|e| OciError::Invalid(format!("digest {digest}: {e}")))?;
+    Ok(Descriptor::new(MediaType::from(media_type), size, digest))
+}
+
+/// Where `FROM` names resolve. The planner asks this and never reads the
+/// store itself, so it stays a pure function of its inputs (tests answer from
+/// a map; the daemon from its [`Store`]).
+pub trait ImageSource {
+    /// The image named `name` (normalized, e.g. `busybox:latest`), if there is one.
+    fn image(&self, name: &str) -> Result<Option<StoredImage>, OciError>;
+}
+
+impl ImageSource for Store {
+    fn image(&self, name: &str) -> Result<Option<StoredImage>, OciError> {
+        match Store::image(self, name)? {
+            Some(record) => read_image(self, &record.manifest_digest).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+impl ImageSource for std::collections::BTreeMap<String, StoredImage> {
+    fn image(&self, name: &str) -> Result<Option<StoredImage>, OciError> {
+        Ok(self.get(name).cloned())
+    }
+}
+
+/// Reads and verifies a stored image's manifest and config.
+pub fn read_image(store: &Store, manifest_digest: &str) -> Result<StoredImage, OciError> {
+    let manifest_bytes = store.blobs.read_verified(manifest_digest)?;
+    let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| OciError::Invalid(format!("manifest {manifest_digest}: {e}")))?;
+    let config_digest = manifest.config().digest().to_string();
+    let config_bytes = store.blobs.read_verified(&config_digest)?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(|e| OciError::Invalid(format!("image config {config_digest}: {e}")))?;
+    let layers: Vec<LayerRecord> = manifest
+        .layers()
+        .iter()
+        .zip(config.rootfs.diff_ids.iter())
+        .map(|(desc, diff_id)| LayerRecord {
+            digest: desc.digest().to_string(),
+            diff_id: diff_id.clone(),
+            size: desc.size(),
+            media_type: desc.media_type().to_string(),
+        })
+        .collect();
+    if layers.len() != manifest.layers().len() {
+        return Err(OciError::Invalid(format!(
+            "image {manifest_digest}: manifest has {} layers but the config lists {} diff_ids",
+            manifest.layers().len(),
+            config.rootfs.diff_ids.len()
+        )));
+    }
+    let size = manifest_bytes.len() as u64
+        + config_bytes.len() as u64
+        + layers.iter().map(|l| l.size).sum::<u64>();
+    Ok(StoredImage {
+        manifest_digest: manifest_digest.to_string(),
+        config_digest,
+        config,
+        layers,
+        size,
+    })
+}

@@ -1,0 +1,296 @@
+//! Layers: a [`ChangeSet`] (what a step adds to the filesystem) written as a
+//! deterministic tar, gzip-compressed, hashed while streaming; and reading a
+//! stored layer's entries back.
+//!
+//! Determinism: entries are sorted by path, owners are numeric (no user or group
+//! names), and every mtime is the build's fixed timestamp (SOURCE_DATE_EPOCH, else
+//! 0): mtimes are not a cache input, so they cannot be a layer input either.
+
+use flate2::read::GzDecoder;
+use memobuild_store::{BlobStore, LayerRecord, StoreError};
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
+use std::io::{self, BufReader, Read, Write};
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A context file differs from what the step's cache key was computed from.
+    #[error("{path} changed while the build was reading it")]
+    ContextChanged { path: String },
+    #[error("writing layer entry {path}: {source}")]
+    Write { path: String, source: io::Error },
+    #[error("reading layer {digest}: {source}")]
+    Read { digest: String, source: io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A build context file whose BLAKE3 went into the step's cache key: the
+    /// layer gets exactly those bytes or the write fails with `ContextChanged`.
+    Checked {
+        path: PathBuf,
+        blake3: [u8; 32],
+    },
+    /// A file on the host (build context or a step's staging dir).
+    Path(PathBuf),
+    Bytes(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File(Content),
+    Dir,
+    Symlink(String),
+    /// Hard link to another path in the same layer (absolute, no leading slash).
+    Hardlink(String),
+    /// The path was deleted: written as the OCI whiteout `DIR/.wh.NAME` (an empty
+    /// regular file), which hides `DIR/NAME` of the lower layers.
+    Whiteout,
+    /// A directory that replaces the one of the lower layers: written as the
+    /// directory entry followed by the OCI opaque marker `DIR/.wh..wh..opq`, which
+    /// hides everything the lower layers had below it (entries of this layer stay).
+    OpaqueDir,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerEntry {
+    pub kind: EntryKind,
+    /// Permission bits plus setuid/setgid/sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// What a step adds, keyed by path relative to `/` (no leading slash).
+#[derive(Debug, Default, Clone)]
+pub struct ChangeSet {
+    pub entries: BTreeMap<String, LayerEntry>,
+}
+
+impl ChangeSet {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn insert(&mut self, path: String, entry: LayerEntry) {
+        self.entries.insert(path, entry);
+    }
+
+    /// Writes the layer blob and returns its record. `mtime` is stamped on every entry.
+    pub fn write(&self, blobs: &BlobStore, mtime: u64) -> Result<LayerRecord, OciError> {
+        let blob = blobs.writer()?;
+        let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
+        let mut diff = HashingWriter::new(gz);
+        {
+            let mut tar = tar::Builder::new(&mut diff);
+            for (path, entry) in &self.entries {
+                append_entry(&mut tar, path, entry, mtime).map_err(|source| {
+                    if source.kind() == io::ErrorKind::NotFound
+                        || source.kind() == io::ErrorKind::InvalidData
+                    {
+                        OciError::ContextChanged { path: path.clone() }
+                    } else {
+                        OciError::Write {
+                            path: path.clone(),
+                            source,
+                        }
+                    }
+                })?;
+            }
+            tar.finish().map_err(|source| OciError::Write {
+                path: "<end of archive>".into(),
+                source,
+            })?;
+        }
+        let (gz, diff_id) = diff.finish();
+        let blob = gz.finish().map_err(|source| OciError::Write {
+            path: "<gzip trailer>".into(),
+            source,
+        })?;
+        let (digest, size) = blob.commit()?;
+        Ok(LayerRecord {
+            digest,
+            diff_id,
+            size,
+            media_type: super::MEDIA_LAYER_GZIP.to_string(),
+        })
+    }
+}
+
+fn append_entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &str,
+    entry: &LayerEntry,
+    mtime: u64,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(entry.mode & 0o7777);
+    header.set_uid(entry.uid.into());
+    header.set_gid(entry.gid.into());
+    header.set_mtime(mtime);
+    match &entry.kind {
+        EntryKind::Dir => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, format!("{path}/"), io::empty())
+        }
+        EntryKind::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, path, target)
+        }
+        EntryKind::Hardlink(target) => {
+            header.set_entry_type(tar::EntryType::Link);
+            header.set_size(0);
+            tar.append_link(&mut header, path, target)
+        }
+        EntryKind::Whiteout => {
+            let (dir, name) = match path.rsplit_once('/') {
+                Some((dir, name)) => (Some(dir), name),
+                None => (None, path),
+            };
+            let marker = match dir {
+                Some(dir) => format!("{dir}/.wh.{name}"),
+                None => format!(".wh.{name}"),
+            };
+            append_marker(tar, header, marker)
+        }
+        EntryKind::OpaqueDir => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header.clone(), format!("{path}/"), io::empty())?;
+            append_marker(tar, header, format!("{path}/.wh..wh..opq"))
+        }
+        EntryKind::File(Content::Bytes(bytes)) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(bytes.len() as u64);
+            tar.append_data(&mut header, path, bytes.as_slice())
+        }
+        EntryKind::File(Content::Path(src)) => {
+            let file = std::fs::File::open(src)?;
+            let len = file.metadata()?.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(len);
+            // take(): a file that grows while we read it must not corrupt the tar.
+            tar.append_data(&mut header, path, BufReader::new(file).take(len))
+        }
+        EntryKind::File(Content::Checked { path: src, blake3 }) => {
+            let file = std::fs::File::open(src)?;
+            let len = file.metadata()?.len();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(len);
+            let mut reader = CheckingReader {
+                inner: BufReader::new(file).take(len),
+                hasher: blake3::Hasher::new(),
+                read: 0,
+            };
+            tar.append_data(&mut header, path, &mut reader)?;
+            if reader.read != len || reader.hasher.finalize().as_bytes() != blake3 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "content changed",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An OCI whiteout marker: an empty regular file, mode 0, owned by 0:0 (as
+/// BuildKit and containerd write them); only the header's mtime is kept.
+fn append_marker<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut header: tar::Header,
+    name: String,
+) -> io::Result<()> {
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(0);
+    tar.append_data(&mut header, name, io::empty())
+}
+
+/// Reads a context file into a layer while hashing it, so the bytes can be
+/// checked against the hash the cache key was made from.
+struct CheckingReader<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    read: u64,
+}
+
+impl<R: Read> Read for CheckingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Passes bytes through while computing their sha256 (the layer's diff_id).
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    fn finish(self) -> (W, String) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (self.inner, digest)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Opens a stored layer as an uncompressed tar stream (gzip and zstd, as
+/// pulled images may have, detected by magic).
+pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send>, OciError> {
+    let file = blobs.open_blob(digest)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file);
+    let magic = peek(&mut reader, digest)?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(GzDecoder::new(reader)))
+    } else if magic.starts_with(&super::zstd::MAGIC) {
+        Ok(Box::new(super::zstd::Frames::new(reader)))
+    } else {
+        Ok(Box::new(reader))
+    }
+}
+
+fn peek(reader: &mut BufReader<std::fs::File>, digest: &str) -> Result<Vec<u8>, OciError> {
+    use std::io::BufRead;
+    let buf = reader.fill_buf().map_err(|source| OciError::Read {
+        digest: digest.to_string(),
+        source,
+    })?;
+    Ok(buf[..buf.len().min(4)].to_vec())
+}
+
+/// Normalises a tar entry path: no `./`, no leading or trailing `/`, no `..`.
+pub fn clean_entry_path(raw: &str) -> String {
+    memobuild_rootpath::clean(raw)
+}

@@ -1,0 +1,523 @@
+//! The build graph: from a parsed Dockerfile, a request and the context to a
+//! [`Plan`] — one [`Step`] per instruction of every stage the target needs, each
+//! with everything it will do already resolved (variables expanded, paths made
+//! absolute, sources selected) and its cache key computed.
+//!
+//! Planning reads the context's metadata and hashes the files COPY/ADD select,
+//! but never touches the filesystem of an image: what depends on the parent
+//! layers (does the destination exist? who is user `app`?) is decided when the
+//! step runs, in `exec`, and is covered by the key through the parent's key.
+
+pub mod key;
+mod stage;
+
+pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration};
+
+use key::KeyHasher;
+use memobuild_context::{ContextIndex, HashCache, Selected};
+use memobuild_dockerfile::{expand, Dockerfile, DockerfileError, Loc};
+use memobuild_oci::image::{ImageSource, StoredImage};
+use memobuild_oci::ImageConfig;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+/// Everything a plan is made from.
+pub struct PlanInput<'a> {
+    pub dockerfile: &'a Dockerfile,
+    pub target: &'a str,
+    pub build_args: &'a BTreeMap<String, String>,
+    pub context: Arc<ContextIndex>,
+    pub hashes: &'a HashCache,
+    /// Directory digests, reused across plans.
+    pub merkle: &'a memobuild_context::merkle::DirDigests,
+    /// Only for telling which steps are dirty (the plan is never executed):
+    /// compute keys, but key components only for these context paths.
+    pub focus: Option<&'a std::collections::BTreeSet<String>>,
+    /// Where FROM names resolve.
+    pub images: &'a dyn ImageSource,
+    /// SOURCE_DATE_EPOCH: it changes layer bytes (mtimes), so it is a key input.
+    pub epoch: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The Dockerfile's name, for errors (`FILE:LINE:COL`).
+    pub file: String,
+    pub stages: Vec<StagePlan>,
+    pub steps: Vec<Step>,
+    /// Index of the stage whose result is the build's image.
+    pub target: usize,
+    /// Things the user should know (unused build args, ...).
+    pub warnings: Vec<String>,
+    /// Image names the stages start FROM, and the manifests they resolved to.
+    pub images: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StagePlan {
+    pub index: usize,
+    pub label: String,
+    pub base: Base,
+    /// Key the stage's first step chains from.
+    pub base_key: String,
+    /// Indexes into [`Plan::steps`], in order.
+    pub steps: Vec<usize>,
+    /// Stages this one reads (its base and `COPY --from` sources).
+    pub deps: Vec<usize>,
+    /// The image config after the stage's last instruction (rootfs and history are
+    /// filled in when the image is assembled).
+    pub config: ImageConfig,
+}
+
+impl StagePlan {
+    /// Key of the stage's result: its last step's key, or its base's.
+    pub fn final_key(&self, steps: &[Step]) -> String {
+        self.steps
+            .last()
+            .map(|&i| steps[i].key.clone())
+            .unwrap_or_else(|| self.base_key.clone())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Base {
+    Scratch,
+    Stage(usize),
+    Image(Box<StoredImage>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub index: usize,
+    pub stage: usize,
+    /// The instruction as written (continuations joined).
+    pub display: String,
+    pub loc: Loc,
+    /// Hex BLAKE3 cache key.
+    pub key: String,
+    pub op: Op,
+    /// `created_by` for the image history; `None` for steps Docker keeps out of it (ARG).
+    pub history: Option<String>,
+    /// The key's components, kept so `status` and `explain` can name what changed.
+    pub inputs: StepInputs,
+}
+
+/// The key component of a focus path the step does not select (see
+/// [`StepInputs::partial`]).
+pub const ABSENT: &str = "-";
+
+/// What went into a step's key, in a form a person can compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepInputs {
+    pub parent_key: String,
+    /// ARGs in scope.
+    pub args: BTreeMap<String, String>,
+    /// Context path -> BLAKE3 hex (files), `dir`, or `symlink:TARGET`; for
+    /// `COPY --from`, `stage:NAME` -> that stage's key.
+    pub files: BTreeMap<String, String>,
+    /// `files` lists only the paths of [`PlanInput::focus`], with
+    /// [`ABSENT`] for those the step does not select.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Changes only the image config.
+    Meta,
+    /// `WORKDIR`: create `path` (absolute) and missing parents, owned by `user`.
+    Workdir {
+        path: String,
+        user: Option<String>,
+    },
+    Copy(CopyOp),
+    Run(RunOp),
+}
+
+/// A RUN step, resolved except for what needs the parent filesystem (user names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOp {
+    /// The process: exec form as written, shell form as `[SHELL..., text]`.
+    pub args: Vec<String>,
+    /// ENV of the stage, then ARGs in scope that no ENV overrides (as BuildKit).
+    pub env: Vec<String>,
+    /// USER (name or id, resolved in the parent's /etc/passwd when run).
+    pub user: Option<String>,
+    pub cwd: String,
+    pub network: RunNetwork,
+    pub mounts: Vec<RunMount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunNetwork {
+    /// No `--network`: the daemon's default.
+    Default,
+    None,
+    Host,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSharing {
+    Shared,
+    Private,
+    Locked,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunMount {
+    /// A directory kept by the daemon across builds, never in a layer or key.
+    Cache {
+        target: String,
+        id: String,
+        sharing: CacheSharing,
+        readonly: bool,
+    },
+    /// A secret the client sent with the build, present only during the step.
+    Secret {
+        id: String,
+        target: String,
+        required: bool,
+    },
+    /// Files from the context (`from: None`) or another stage, read-only unless `rw`.
+    Bind {
+        target: String,
+        source: String,
+        from: Option<usize>,
+        readwrite: bool,
+    },
+    /// An empty tmpfs.
+    Tmpfs { target: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyOp {
+    /// ADD: local archives are extracted.
+    pub add: bool,
+    pub source: CopySource,
+    /// Absolute destination; ends with `/` when it names a directory.
+    pub dest: String,
+    /// `--chown` after expansion (`user[:group]`, names or ids).
+    pub chown: Option<String>,
+    pub chmod: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum CopySource {
+    /// Selected roots in the build context, per source as written.
+    Context {
+        index: Arc<ContextIndex>,
+        roots: Vec<Selected>,
+        /// BLAKE3 of every selected file (context path), as in the cache key.
+        digests: Arc<BTreeMap<String, [u8; 32]>>,
+    },
+    /// Paths (as written, expanded) in another stage's result.
+    Stage { stage: usize, paths: Vec<String> },
+}
+
+/// Plans the build of `input.target` (or the last stage).
+pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
+    let df = input.dockerfile;
+    let global = global_args(df, input.build_args)?;
+    let target = find_target(df, input.target)?;
+    let bases = df
+        .stages
+        .iter()
+        .map(|s| stage::resolve_base(df, s, &global, input.images))
+        .collect::<Result<Vec<_>, _>>()?;
+    let needed = needed_stages(df, &bases, &global, target)?;
+
+    let mut plan = Plan {
+        file: df.name.clone(),
+        stages: Vec::new(),
+        steps: Vec::new(),
+        target: 0,
+        warnings: Vec::new(),
+        images: BTreeMap::new(),
+    };
+    for &index in &needed {
+        if let Some(Base::Image(image)) = &bases[index] {
+            let name = expand::expand_word(&df.stages[index].from.value.image, &global, df.escape)
+                .unwrap_or_default();
+            plan.images.insert(
+                memobuild_oci::normalize_image_name(&name),
+                image.manifest_digest.clone(),
+            );
+        }
+    }
+    let mut planned: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut used_args: BTreeSet<String> = global.keys().cloned().collect();
+    for &index in &needed {
+        let base = bases[index]
+            .clone()
+            .ok_or_else(|| unreachable_base(df, index))?;
+        let position = plan.stages.len();
+        let stage_plan = stage::plan_stage(
+            &stage::StageInput {
+                input,
+                stage: &df.stages[index],
+                base,
+                global: &global,
+                planned: &planned,
+            },
+            &mut plan,
+            &mut used_args,
+        )?;
+        plan.stages.push(stage_plan);
+        planned.insert(index, position);
+    }
+    plan.target = planned[&target];
+    let unused: Vec<&String> = input
+        .build_args
+        .keys()
+        .filter(|k| !used_args.contains(*k) && !stage::is_predefined_arg(k))
+        .collect();
+    if !unused.is_empty() {
+        plan.warnings.push(format!(
+            "one or more build args were not consumed: {}",
+            unused
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(plan)
+}
+
+fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
+    DockerfileError {
+        file: df.name.clone(),
+        loc: df.stages[index].from.loc,
+        message: "internal error: stage base not resolved".into(),
+        hint: None,
+    }
+}
+
+/// Values of the ARGs declared before the first FROM: build args override defaults.
+fn global_args(
+    df: &Dockerfile,
+    build_args: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, DockerfileError> {
+    let mut vars = BTreeMap::new();
+    for decls in &df.global_args {
+        for decl in &decls.value {
+            let value = match (build_args.get(&decl.name), &decl.default) {
+                (Some(v), _) => Some(v.clone()),
+                (None, Some(default)) => Some(
+                    expand::expand_word(default, &vars, df.escape)
+                        .map_err(|e| stage::expand_error(df, decls.loc, e))?,
+                ),
+                (None, None) => None,
+            };
+            if let Some(v) = value {
+                vars.insert(decl.name.clone(), v);
+            }
+        }
+    }
+    Ok(vars)
+}
+
+fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> {
+    if target.is_empty() {
+        return Ok(df.stages.len() - 1);
+    }
+    let wanted = target.to_lowercase();
+    df.stages
+        .iter()
+        .position(|s| s.name.as_deref() == Some(wanted.as_str()))
+        .ok_or_else(|| {
+            let names: Vec<String> = df.stages.iter().filter_map(|s| s.name.clone()).collect();
+            DockerfileError {
+                file: df.name.clone(),
+                loc: Loc { line: 1, column: 1 },
+                message: format!("target stage {target:?} not found"),
+                hint: Some(if names.is_empty() {
+                    "no stage has a name; name one with `FROM image AS name`".into()
+                } else {
+                    format!("stages with names: {}", names.join(", "))
+                }),
+            }
+        })
+}
+
+/// Stages the target depends on, in Dockerfile order (which is a topological
+/// order: a stage may only refer to stages before it).
+fn needed_stages(
+    df: &Dockerfile,
+    bases: &[Option<Base>],
+    global: &BTreeMap<String, String>,
+    target: usize,
+) -> Result<Vec<usize>, DockerfileError> {
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![target];
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let base = bases[i]
+            .as_ref()
+            .ok_or_else(|| stage::missing_base_error(df, i))?;
+        if let Base::Stage(s) = base {
+            todo.push(*s);
+        }
+        for dep in stage::copy_from_stages(df, &df.stages[i], global)? {
+            todo.push(dep);
+        }
+    }
+    Ok(needed.into_iter().collect())
+}
+
+/// Key of a stage's starting point.
+pub fn base_key(
+    base: &Base,
+    plan: &Plan,
+    planned: &BTreeMap<usize, usize>,
+    platform: &str,
+    epoch: Option<i64>,
+) -> String {
+    let epoch = epoch.map(|e| e.to_string()).unwrap_or_default();
+    match base {
+        Base::Scratch => KeyHasher::new("scratch").str(platform).str(&epoch).finish(),
+        Base::Stage(s) => {
+            let stage = &plan.stages[planned[s]];
+            stage.final_key(&plan.steps)
+        }
+        Base::Image(image) => KeyHasher::new("image")
+            .str(&image.manifest_digest)
+            .str(&epoch)
+            .finish(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memobuild_context::dockerignore::DockerIgnore;
+    use memobuild_context::merkle::DirDigests;
+    use memobuild_context::Tree;
+
+    use memobuild_context::testutil::write_old as write;
+
+    struct Fixture {
+        hashes: HashCache,
+        merkle: DirDigests,
+        dockerfile: Dockerfile,
+        args: BTreeMap<String, String>,
+    }
+
+    impl Fixture {
+        fn keys(&self, tree: &Tree, focus: Option<&BTreeSet<String>>) -> Vec<String> {
+            let ignore = DockerIgnore::parse("*.log\n").unwrap();
+            let plan = plan(&PlanInput {
+                dockerfile: &self.dockerfile,
+                target: "",
+                build_args: &self.args,
+                context: Arc::new(ContextIndex::view(tree, &tree.root, ignore)),
+                hashes: &self.hashes,
+                merkle: &self.merkle,
+                focus,
+                images: &BTreeMap::new(),
+                epoch: None,
+            })
+            .unwrap();
+            plan.steps.iter().map(|s| s.key.clone()).collect()
+        }
+    }
+
+    /// The dirty check plans with a focus and cached directory digests, a
+    /// build plans in full: both must give the same keys for the same tree,
+    /// or `status` would call a step dirty that the build finds cached.
+    #[test]
+    fn focused_and_full_plans_agree_on_every_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("ctx");
+        for (rel, text) in [
+            ("src/a.c", "a"),
+            ("src/lib/b.c", "b"),
+            ("x.log", "log"),
+            ("README", "r"),
+        ] {
+            write(&root, rel, text);
+        }
+        let fixture = Fixture {
+            hashes: HashCache::new(),
+            merkle: DirDigests::new(),
+            dockerfile: memobuild_dockerfile::parse(
+                "FROM scratch\nCOPY src/ /src/\nCOPY . /ctx/\nCOPY *.c README /top/\n",
+                "Dockerfile",
+            )
+            .unwrap(),
+            args: BTreeMap::new(),
+        };
+        let mut tree = Tree::scan(&root).unwrap();
+        let mut seen = vec![fixture.keys(&tree, None)];
+        let edits: [(&str, &dyn Fn()); 5] = [
+            ("src/lib/b.c", &|| write(&root, "src/lib/b.c", "b2")),
+            ("x.log", &|| write(&root, "x.log", "ignored")),
+            ("new.c", &|| write(&root, "new.c", "new")),
+            ("src/lib", &|| {
+                std::fs::remove_dir_all(root.join("src/lib")).unwrap()
+            }),
+            ("README", &|| write(&root, "README", "r2")),
+        ];
+        let mut focus = BTreeSet::new();
+        for (path, edit) in edits {
+            edit();
+            tree.refresh(path, &mut Vec::new()).unwrap();
+            focus.insert(path.to_string());
+            let focused = fixture.keys(&tree, Some(&focus));
+            let full = fixture.keys(&tree, None);
+            assert_eq!(focused, full, "after editing {path}");
+            assert!(!fixture.merkle.is_empty(), "directory digests were cached");
+            assert_eq!(
+                seen.contains(&full),
+                path == "x.log",
+                "only the ignored edit leaves every key as it was ({path})"
+            );
+            seen.push(full);
+        }
+    }
+}
+
+/// An image a needed stage starts FROM (see [`base_images`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseImage {
+    /// The name as written, variables expanded.
+    pub name: String,
+    /// Where the FROM is, for errors.
+    pub loc: Loc,
+    /// The image store already has an image of this name.
+    pub present: bool,
+}
+
+/// The images the stages `target` needs start FROM: what the registry step
+/// pulls before planning (stages the target does not need pull nothing).
+pub fn base_images(
+    df: &Dockerfile,
+    target: &str,
+    build_args: &BTreeMap<String, String>,
+    images: &dyn ImageSource,
+) -> Result<Vec<BaseImage>, DockerfileError> {
+    let global = global_args(df, build_args)?;
+    let mut needed = BTreeSet::new();
+    let mut todo = vec![find_target(df, target)?];
+    let mut out = Vec::new();
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        let stage = &df.stages[i];
+        match stage::resolve_base(df, stage, &global, images)? {
+            Some(Base::Stage(s)) => todo.push(s),
+            Some(Base::Scratch) => {}
+            found => out.push(BaseImage {
+                name: expand::expand_word(&stage.from.value.image, &global, df.escape)
+                    .unwrap_or_default(),
+                loc: stage.from.loc,
+                present: found.is_some(),
+            }),
+        }
+        todo.extend(stage::copy_from_stages(df, stage, &global)?);
+    }
+    Ok(out)
+}

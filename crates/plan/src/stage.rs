@@ -1,0 +1,1285 @@
+//! Planning one stage: walking its instructions with Docker's semantics (ARG
+//! scoping, ENV over ARG, expansion, SHELL, WORKDIR chaining) and turning each
+//! into a [`Step`] with its cache key.
+
+use super::key::KeyHasher;
+use super::{
+    base_key, Base, CacheSharing, CopyOp, CopySource, Op, Plan, PlanInput, RunMount, RunNetwork,
+    RunOp, StagePlan, Step,
+};
+use memobuild_context::{select, FileKind};
+use memobuild_dockerfile::expand::{self, ExpandError};
+use memobuild_dockerfile::{
+    CommandForm, CopySpec, Dockerfile, DockerfileError, Flag, Healthcheck, Instruction, Loc,
+    Located, RunSpec, Stage,
+};
+use memobuild_oci::config::{Empty, HealthConfig};
+use memobuild_oci::image::ImageSource;
+use memobuild_oci::normalize_image_name;
+use memobuild_oci::ImageConfig;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Docker's predefined proxy args: usable without an ARG line, never warned about.
+pub fn is_predefined_arg(name: &str) -> bool {
+    matches!(
+        name.to_ascii_uppercase().as_str(),
+        "HTTP_PROXY" | "HTTPS_PROXY" | "FTP_PROXY" | "NO_PROXY" | "ALL_PROXY"
+    )
+}
+
+pub(super) struct StageInput<'a, 'b> {
+    pub input: &'a PlanInput<'b>,
+    pub stage: &'a Stage,
+    pub base: Base,
+    pub global: &'a BTreeMap<String, String>,
+    /// Dockerfile stage index -> position in `plan.stages`, for stages planned so far.
+    pub planned: &'a BTreeMap<usize, usize>,
+}
+
+pub(super) fn expand_error(df: &Dockerfile, loc: Loc, e: ExpandError) -> DockerfileError {
+    DockerfileError {
+        file: df.name.clone(),
+        loc,
+        message: e.message,
+        hint: None,
+    }
+}
+
+fn err(df: &Dockerfile, loc: Loc, message: impl Into<String>) -> DockerfileError {
+    DockerfileError {
+        file: df.name.clone(),
+        loc,
+        message: message.into(),
+        hint: None,
+    }
+}
+
+fn err_hint(
+    df: &Dockerfile,
+    loc: Loc,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> DockerfileError {
+    DockerfileError {
+        file: df.name.clone(),
+        loc,
+        message: message.into(),
+        hint: Some(hint.into()),
+    }
+}
+
+/// What a stage's FROM names. `Ok(None)` when it names an image that is not in
+/// the store: only an error if the stage is needed.
+pub(super) fn resolve_base(
+    df: &Dockerfile,
+    stage: &Stage,
+    global: &BTreeMap<String, String>,
+    images: &dyn ImageSource,
+) -> Result<Option<Base>, DockerfileError> {
+    let name = expand::expand_word(&stage.from.value.image, global, df.escape)
+        .map_err(|e| expand_error(df, stage.from.loc, e))?;
+    if name.is_empty() {
+        return Err(err_hint(
+            df,
+            stage.from.loc,
+            "FROM names no image (it expanded to an empty string)",
+            "set the ARG it uses, or name an image",
+        ));
+    }
+    if let Some(platform) = &stage.from.value.platform {
+        let platform = expand::expand_word(platform, global, df.escape)
+            .map_err(|e| expand_error(df, stage.from.loc, e))?;
+        let host = format!("linux/{}", memobuild_oci::config::host_architecture());
+        if platform != host && !platform.starts_with("$") {
+            return Err(err_hint(
+                df,
+                stage.from.loc,
+                format!("--platform={platform} is not supported: this host builds {host}"),
+                format!("drop --platform or use --platform={host}"),
+            ));
+        }
+    }
+    if name.eq_ignore_ascii_case("scratch") {
+        return Ok(Some(Base::Scratch));
+    }
+    let lower = name.to_lowercase();
+    if let Some(earlier) = df.stages[..stage.index]
+        .iter()
+        .find(|s| s.name.as_deref() == Some(lower.as_str()))
+    {
+        return Ok(Some(Base::Stage(earlier.index)));
+    }
+    let image_name = normalize_image_name(&name);
+    match images.image(&image_name) {
+        Ok(Some(image)) => Ok(Some(Base::Image(Box::new(image)))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(err(df, stage.from.loc, format!("base image {name}: {e}"))),
+    }
+}
+
+pub(super) fn missing_base_error(df: &Dockerfile, index: usize) -> DockerfileError {
+    let stage = &df.stages[index];
+    err_hint(
+        df,
+        stage.from.loc,
+        format!("base image {:?} is not in memobuild's image store", stage.from.value.image),
+        "check the name; with --pull=never only images already in the store are used (build one with `memobuild-ctl build -t NAME` or load it with `memobuild-ctl image import`)",
+    )
+}
+
+/// Stages a stage reads through `COPY --from`.
+pub(super) fn copy_from_stages(
+    df: &Dockerfile,
+    stage: &Stage,
+    global: &BTreeMap<String, String>,
+) -> Result<Vec<usize>, DockerfileError> {
+    let mut out = Vec::new();
+    for ins in &stage.instructions {
+        match &ins.value {
+            Instruction::Copy(spec) => {
+                if let Some(from) = spec.flag("from") {
+                    let name = from.value.as_deref().unwrap_or("");
+                    out.push(resolve_from_stage(df, stage, name, from.loc, global)?);
+                }
+            }
+            // RUN --mount=...,from=STAGE reads that stage too.
+            Instruction::Run(spec) => {
+                for flag in spec.flags.iter().filter(|f| f.name == "mount") {
+                    let value = flag.value.as_deref().unwrap_or("");
+                    let from = value.split(',').find_map(|p| p.strip_prefix("from="));
+                    if let Some(name) = from {
+                        out.push(resolve_from_stage(df, stage, name, flag.loc, global)?);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn resolve_from_stage(
+    df: &Dockerfile,
+    stage: &Stage,
+    raw: &str,
+    loc: Loc,
+    global: &BTreeMap<String, String>,
+) -> Result<usize, DockerfileError> {
+    let name = expand::expand_word(raw, global, df.escape).map_err(|e| expand_error(df, loc, e))?;
+    let lower = name.to_lowercase();
+    let found = match lower.parse::<usize>() {
+        Ok(i) => df.stages.get(i).map(|s| s.index),
+        Err(_) => df
+            .stages
+            .iter()
+            .find(|s| s.name.as_deref() == Some(lower.as_str()))
+            .map(|s| s.index),
+    };
+    match found {
+        Some(i) if i < stage.index => Ok(i),
+        Some(_) => Err(err_hint(df, loc, format!("COPY --from={name} refers to this stage or a later one"), "a stage can only copy from stages defined before it")),
+        None => Err(err_hint(
+            df,
+            loc,
+            format!("COPY --from={name}: no stage with that name or index"),
+            "copying from images by name is not supported yet; name an earlier stage (`FROM ... AS name`) or its index",
+        )),
+    }
+}
+
+/// The evolving state of a stage while its instructions are planned.
+struct State<'a> {
+    df: &'a Dockerfile,
+    config: ImageConfig,
+    /// ARGs declared in this stage so far, with their values (unset ones absent).
+    args: BTreeMap<String, String>,
+    cmd_set: bool,
+    parent_key: String,
+    /// Files the current instruction selected (see `StepInputs::files`).
+    files: BTreeMap<String, String>,
+    /// `files` holds only the paths the plan was asked to focus on.
+    partial: bool,
+}
+
+impl State<'_> {
+    /// Variables for expansion: ARGs, overridden by ENV as in Docker.
+    fn vars(&self) -> BTreeMap<String, String> {
+        let mut vars = self.args.clone();
+        for kv in self.config.config.env.iter().flatten() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+            vars.insert(k.to_string(), v.to_string());
+        }
+        vars
+    }
+
+    fn expand(&self, word: &str, loc: Loc) -> Result<String, DockerfileError> {
+        expand::expand_word(word, &self.vars(), self.df.escape)
+            .map_err(|e| expand_error(self.df, loc, e))
+    }
+
+    fn shell(&self) -> Vec<String> {
+        self.config
+            .config
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    fn command(&self, form: &CommandForm) -> Vec<String> {
+        match form {
+            CommandForm::Exec(args) => args.clone(),
+            CommandForm::Shell(text) => {
+                let mut v = self.shell();
+                v.push(text.clone());
+                v
+            }
+        }
+    }
+
+    fn workdir(&self) -> String {
+        self.config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
+pub(super) fn plan_stage(
+    si: &StageInput<'_, '_>,
+    plan: &mut Plan,
+    used_args: &mut BTreeSet<String>,
+) -> Result<StagePlan, DockerfileError> {
+    let df = si.input.dockerfile;
+    let platform = format!("linux/{}", memobuild_oci::config::host_architecture());
+    let base_key = base_key(&si.base, plan, si.planned, &platform, si.input.epoch);
+    let config = match &si.base {
+        Base::Scratch => ImageConfig::scratch(),
+        Base::Stage(s) => plan.stages[si.planned[s]].config.clone(),
+        Base::Image(image) => image.config.clone(),
+    };
+    let mut config = config;
+    // ONBUILD triggers of the base run first, and are not inherited.
+    let triggers = onbuild_triggers(
+        df,
+        si.stage,
+        config.config.on_build.take().unwrap_or_default(),
+    )?;
+    // BuildKit starts every stage with a working directory, "/" unless inherited.
+    if config
+        .config
+        .working_dir
+        .as_deref()
+        .unwrap_or("")
+        .is_empty()
+    {
+        config.config.working_dir = Some("/".into());
+    }
+    let mut deps = Vec::new();
+    if let Base::Stage(s) = &si.base {
+        deps.push(si.planned[s]);
+    }
+    let mut state = State {
+        df,
+        config,
+        args: BTreeMap::new(),
+        cmd_set: false,
+        parent_key: base_key.clone(),
+        files: BTreeMap::new(),
+        partial: false,
+    };
+    let mut steps = Vec::new();
+    for ins in triggers.iter().chain(&si.stage.instructions) {
+        state.files.clear();
+        state.partial = false;
+        let (op, extra_key) = apply(si, &mut state, ins, plan, &mut deps, used_args)?;
+        let key = step_key(&state, ins, &extra_key);
+        let inputs = super::StepInputs {
+            parent_key: std::mem::replace(&mut state.parent_key, key.clone()),
+            args: state.args.clone(),
+            files: std::mem::take(&mut state.files),
+            partial: state.partial,
+        };
+        let index = plan.steps.len();
+        plan.steps.push(Step {
+            index,
+            stage: plan.stages.len(),
+            display: ins.source.clone(),
+            loc: ins.loc,
+            key,
+            op,
+            history: (!matches!(ins.value, Instruction::Arg(_))).then(|| ins.source.clone()),
+            inputs,
+        });
+        steps.push(index);
+    }
+    deps.sort_unstable();
+    deps.dedup();
+    Ok(StagePlan {
+        index: si.stage.index,
+        label: si.stage.label(),
+        base: si.base.clone(),
+        base_key,
+        steps,
+        deps,
+        config: state.config,
+    })
+}
+
+/// Parses the base's ONBUILD triggers as instructions placed at the FROM line.
+fn onbuild_triggers(
+    df: &Dockerfile,
+    stage: &Stage,
+    triggers: Vec<String>,
+) -> Result<Vec<Located<Instruction>>, DockerfileError> {
+    let mut out = Vec::new();
+    for trigger in triggers {
+        let text = format!("FROM scratch\n{trigger}\n");
+        let parsed = memobuild_dockerfile::parse(&text, &df.name).map_err(|e| {
+            err(
+                df,
+                stage.from.loc,
+                format!(
+                    "ONBUILD trigger {trigger:?} of the base image: {}",
+                    e.message
+                ),
+            )
+        })?;
+        for mut ins in parsed.stages.into_iter().flat_map(|s| s.instructions) {
+            ins.loc = stage.from.loc;
+            ins.source = format!("ONBUILD {}", ins.source);
+            out.push(ins);
+        }
+    }
+    Ok(out)
+}
+
+/// The step's key: parent key, the instruction's effect (as the resulting config
+/// plus the op's own canonical inputs), and the ARGs in scope.
+fn step_key(state: &State<'_>, ins: &Located<Instruction>, extra: &KeyHasher) -> String {
+    let mut k = KeyHasher::new("step");
+    k.str(&state.parent_key);
+    k.str(ins.value.keyword());
+    k.str(&serde_json::to_string(&state.config).unwrap_or_default());
+    k.u64(state.args.len() as u64);
+    for (name, value) in &state.args {
+        k.str(name).str(value);
+    }
+    k.str(&extra.finish());
+    k.finish()
+}
+
+type Applied = (Op, KeyHasher);
+
+fn apply(
+    si: &StageInput<'_, '_>,
+    st: &mut State<'_>,
+    ins: &Located<Instruction>,
+    plan: &Plan,
+    deps: &mut Vec<usize>,
+    used_args: &mut BTreeSet<String>,
+) -> Result<Applied, DockerfileError> {
+    let df = st.df;
+    let loc = ins.loc;
+    let meta = || (Op::Meta, KeyHasher::new("meta"));
+    match &ins.value {
+        Instruction::Arg(decls) => {
+            for d in decls {
+                used_args.insert(d.name.clone());
+                let value = match (si.input.build_args.get(&d.name), &d.default) {
+                    (Some(v), _) => Some(v.clone()),
+                    (None, Some(default)) => Some(st.expand(default, loc)?),
+                    (None, None) => si.global.get(&d.name).cloned(),
+                };
+                match value {
+                    Some(v) => st.args.insert(d.name.clone(), v),
+                    None => st.args.remove(&d.name),
+                };
+            }
+            Ok(meta())
+        }
+        Instruction::Env(pairs) => {
+            let vars = st.vars();
+            let mut expanded = Vec::new();
+            for (k, v) in pairs {
+                let k = expand::expand_word(k, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
+                let v = expand::expand_word(v, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
+                if k.is_empty() {
+                    return Err(err(df, loc, "ENV names can not be blank"));
+                }
+                expanded.push((k, v));
+            }
+            for (k, v) in expanded {
+                st.config.env_set(&k, &v);
+            }
+            Ok(meta())
+        }
+        Instruction::Label(pairs) => {
+            let vars = st.vars();
+            for (k, v) in pairs {
+                let k = expand::expand_word(k, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
+                let v = expand::expand_word(v, &vars, df.escape)
+                    .map_err(|e| expand_error(df, loc, e))?;
+                if k.is_empty() {
+                    return Err(err(df, loc, "LABEL names can not be blank"));
+                }
+                st.config
+                    .config
+                    .labels
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(k, v);
+            }
+            Ok(meta())
+        }
+        Instruction::Maintainer(name) => {
+            st.config.author = Some(name.clone());
+            Ok(meta())
+        }
+        Instruction::Workdir(raw) => {
+            let dir = st.expand(raw, loc)?;
+            if dir.is_empty() {
+                return Err(err(df, loc, "WORKDIR needs a path"));
+            }
+            let path = absolute_clean(&st.workdir(), &dir);
+            st.config.config.working_dir = Some(path.clone());
+            let user = st.config.config.user.clone().filter(|u| !u.is_empty());
+            let mut k = KeyHasher::new("workdir");
+            k.str(&path).str(user.as_deref().unwrap_or(""));
+            Ok((Op::Workdir { path, user }, k))
+        }
+        Instruction::User(raw) => {
+            let user = st.expand(raw, loc)?;
+            if user.is_empty() {
+                return Err(err(df, loc, "USER needs a user name or id"));
+            }
+            st.config.config.user = Some(user);
+            Ok(meta())
+        }
+        Instruction::Expose(raw) => {
+            let words = expand::expand_words(raw, &st.vars(), df.escape)
+                .map_err(|e| expand_error(df, loc, e))?;
+            for word in words {
+                for port in parse_ports(&word).map_err(|m| {
+                    err_hint(
+                        df,
+                        loc,
+                        m,
+                        "EXPOSE takes PORT, PORT/tcp, PORT/udp or a range such as 8000-8010",
+                    )
+                })? {
+                    st.config
+                        .config
+                        .exposed_ports
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(port, Empty {});
+                }
+            }
+            Ok(meta())
+        }
+        Instruction::Volume(items) => {
+            for item in items {
+                let v = st.expand(item, loc)?;
+                if v.trim().is_empty() {
+                    return Err(err(df, loc, "VOLUME specified can not be an empty string"));
+                }
+                st.config
+                    .config
+                    .volumes
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(v, Empty {});
+            }
+            Ok(meta())
+        }
+        Instruction::Cmd(form) => {
+            st.config.config.cmd = Some(st.command(form));
+            st.cmd_set = true;
+            Ok(meta())
+        }
+        Instruction::Entrypoint(form) => {
+            st.config.config.entrypoint = Some(st.command(form));
+            if !st.cmd_set {
+                st.config.config.cmd = None;
+            }
+            Ok(meta())
+        }
+        Instruction::Shell(args) => {
+            if args.is_empty() {
+                return Err(err(df, loc, "SHELL requires at least one argument, in JSON form: SHELL [\"/bin/sh\", \"-c\"]"));
+            }
+            st.config.config.shell = Some(args.clone());
+            Ok(meta())
+        }
+        Instruction::Stopsignal(raw) => {
+            let sig = st.expand(raw, loc)?;
+            if !valid_signal(&sig) {
+                return Err(err_hint(
+                    df,
+                    loc,
+                    format!("invalid signal {sig:?}"),
+                    "use a signal name such as SIGTERM or a number such as 15",
+                ));
+            }
+            st.config.config.stop_signal = Some(sig);
+            Ok(meta())
+        }
+        Instruction::Healthcheck(check) => {
+            st.config.config.healthcheck = Some(match check {
+                None => HealthConfig {
+                    test: Some(vec!["NONE".into()]),
+                    ..HealthConfig::default()
+                },
+                Some(h) => health_config(df, h)?,
+            });
+            Ok(meta())
+        }
+        Instruction::Onbuild(trigger) => {
+            st.config
+                .config
+                .on_build
+                .get_or_insert_with(Vec::new)
+                .push(trigger.clone());
+            Ok(meta())
+        }
+        Instruction::Run(spec) => run_op(si, st, spec, loc, plan, deps),
+        Instruction::Copy(spec) => copy_op(si, st, spec, false, loc, plan, deps),
+        Instruction::Add(spec) => copy_op(si, st, spec, true, loc, plan, deps),
+    }
+}
+
+fn copy_op(
+    si: &StageInput<'_, '_>,
+    st: &mut State<'_>,
+    spec: &CopySpec,
+    add: bool,
+    loc: Loc,
+    plan: &Plan,
+    deps: &mut Vec<usize>,
+) -> Result<Applied, DockerfileError> {
+    let df = st.df;
+    let keyword = if add { "ADD" } else { "COPY" };
+    let raw_dest = st.expand(&spec.dest.value, spec.dest.loc)?;
+    let dest_is_dir =
+        raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/.") || raw_dest == "..";
+    let mut dest = absolute_clean(&st.workdir(), &raw_dest);
+    if dest_is_dir && !dest.ends_with('/') {
+        dest.push('/');
+    }
+    let chown = match spec.flag("chown") {
+        Some(f) => {
+            Some(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?).filter(|s| !s.is_empty())
+        }
+        None => None,
+    };
+    let chmod = match spec.flag("chmod") {
+        Some(f) => {
+            let text = st.expand(f.value.as_deref().unwrap_or(""), f.loc)?;
+            Some(
+                u32::from_str_radix(&text, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        err_hint(
+                            df,
+                            f.loc,
+                            format!("invalid --chmod={text}"),
+                            "give an octal mode such as 0644 or 755",
+                        )
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let mut sources = Vec::new();
+    for s in &spec.sources {
+        let v = st.expand(&s.value, s.loc)?;
+        if v.contains("://") || v.starts_with("git@") {
+            return Err(err_hint(
+                df,
+                s.loc,
+                format!("{keyword} from a URL ({v}) is not supported"),
+                "download the file into the build context and copy it from there",
+            ));
+        }
+        sources.push((v, s.loc));
+    }
+    let mut k = KeyHasher::new(keyword);
+    k.str(&dest)
+        .str(chown.as_deref().unwrap_or(""))
+        .u64(chmod.map(u64::from).unwrap_or(u64::MAX));
+    k.strs(sources.iter().map(|(s, _)| s.as_str()));
+
+    let source = if let Some(from) = spec.flag("from") {
+        let stage = resolve_from_stage(
+            df,
+            si.stage,
+            from.value.as_deref().unwrap_or(""),
+            from.loc,
+            si.global,
+        )?;
+        let position = si.planned[&stage];
+        deps.push(position);
+        let stage_key = plan.stages[position].final_key(&plan.steps);
+        k.str(&stage_key);
+        st.files
+            .insert(format!("stage:{}", plan.stages[position].label), stage_key);
+        if sources.len() > 1 && !dest_is_dir {
+            return Err(multi_source_error(df, keyword, spec.dest.loc));
+        }
+        CopySource::Stage {
+            stage: position,
+            paths: sources.into_iter().map(|(s, _)| s).collect(),
+        }
+    } else {
+        let index = si.input.context.clone();
+        let mut roots = Vec::new();
+        for (s, sloc) in &sources {
+            let selected = select::select(&index, s).map_err(|e| {
+                err_hint(
+                    df,
+                    *sloc,
+                    format!("{keyword} source: {e}"),
+                    "check the path (relative to the build context) and the .dockerignore",
+                )
+            })?;
+            roots.extend(selected);
+        }
+        if roots.len() > 1 && !dest_is_dir {
+            return Err(multi_source_error(df, keyword, spec.dest.loc));
+        }
+        let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                err(
+                    df,
+                    loc,
+                    format!(
+                        "{keyword}: a file of the build context {} ({e})",
+                        memobuild_context::CHANGED_DURING_BUILD
+                    ),
+                )
+            } else {
+                err(
+                    df,
+                    loc,
+                    format!("{keyword}: reading the build context: {e}"),
+                )
+            }
+        })?;
+        st.files = selection.shown;
+        st.partial = selection.partial;
+        CopySource::Context {
+            index,
+            roots,
+            digests: Arc::new(selection.files),
+        }
+    };
+    Ok((
+        Op::Copy(CopyOp {
+            add,
+            source,
+            dest,
+            chown,
+            chmod,
+        }),
+        k,
+    ))
+}
+
+fn run_op(
+    si: &StageInput<'_, '_>,
+    st: &mut State<'_>,
+    spec: &RunSpec,
+    loc: Loc,
+    plan: &Plan,
+    deps: &mut Vec<usize>,
+) -> Result<Applied, DockerfileError> {
+    let df = st.df;
+    let args = st.command(&spec.command);
+    let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
+    for (name, value) in &st.args {
+        if st.config.env_get(name).is_none() {
+            env.push(format!("{name}={value}"));
+        }
+    }
+    let mut network = RunNetwork::Default;
+    let mut mounts = Vec::new();
+    for flag in &spec.flags {
+        let value = st.expand(flag.value.as_deref().unwrap_or(""), flag.loc)?;
+        match flag.name.as_str() {
+            "network" => {
+                network = match value.as_str() {
+                    "default" => RunNetwork::Default,
+                    "none" => RunNetwork::None,
+                    "host" => RunNetwork::Host,
+                    other => {
+                        return Err(err_hint(
+                            df,
+                            flag.loc,
+                            format!("unknown RUN --network={other}"),
+                            "use --network=default, none or host",
+                        ))
+                    }
+                }
+            }
+            "mount" => mounts.push(parse_mount(si, st, flag, &value, deps)?),
+            _ => {}
+        }
+    }
+    let mut k = KeyHasher::new("RUN");
+    k.strs(args.iter().map(String::as_str));
+    k.strs(env.iter().map(String::as_str));
+    let user = st.config.config.user.clone().filter(|u| !u.is_empty());
+    k.str(user.as_deref().unwrap_or(""));
+    let cwd = st.workdir();
+    k.str(&cwd);
+    k.str(match network {
+        RunNetwork::Default => "default",
+        RunNetwork::None => "none",
+        RunNetwork::Host => "host",
+    });
+    mount_key(&mut k, &mounts, si, st, plan).map_err(|e| {
+        err(
+            df,
+            loc,
+            format!("RUN --mount: reading the build context: {e}"),
+        )
+    })?;
+    Ok((
+        Op::Run(RunOp {
+            args,
+            env,
+            user,
+            cwd,
+            network,
+            mounts,
+        }),
+        k,
+    ))
+}
+
+/// Parses one `--mount=type=...,k=v,...` as BuildKit does.
+fn parse_mount(
+    si: &StageInput<'_, '_>,
+    st: &State<'_>,
+    flag: &Flag,
+    value: &str,
+
+    deps: &mut Vec<usize>,
+) -> Result<RunMount, DockerfileError> {
+    let df = st.df;
+    let bad = |msg: String| {
+        err_hint(
+            df,
+            flag.loc,
+            msg,
+            "see the RUN --mount reference: type=cache|secret|bind|tmpfs,target=PATH,...",
+        )
+    };
+    let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    for part in value.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = match k.to_ascii_lowercase().as_str() {
+            "dst" | "destination" => "target".to_string(),
+            "src" => "source".to_string(),
+            "ro" | "readonly" => "readonly".to_string(),
+            other => other.to_string(),
+        };
+        let v =
+            if v.is_empty() && matches!(k.as_str(), "readonly" | "rw" | "readwrite" | "required") {
+                "true"
+            } else {
+                v
+            };
+        fields.insert(k, v.to_string());
+    }
+    let kind = fields.remove("type").unwrap_or_else(|| "bind".into());
+    let truthy = |v: Option<&String>| v.is_some_and(|v| v == "true" || v == "1");
+    let workdir = st.workdir();
+    let target = fields.get("target").map(|t| absolute_clean(&workdir, t));
+    let known: &[&str] = match kind.as_str() {
+        "cache" => &[
+            "target", "id", "sharing", "readonly", "mode", "uid", "gid", "from", "source",
+        ],
+        "secret" => &["target", "id", "required", "mode", "uid", "gid"],
+        "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
+        "tmpfs" => &["target", "size"],
+        "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
+        other => return Err(bad(format!("unknown mount type {other:?}"))),
+    };
+    if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown option {unknown:?} for --mount=type={kind}"
+        )));
+    }
+    match kind.as_str() {
+        "cache" => {
+            let target = target.ok_or_else(|| bad("a cache mount needs target=PATH".into()))?;
+            if fields.contains_key("from") || fields.contains_key("source") {
+                return Err(bad(
+                    "cache mounts seeded from a stage (from=, source=) are not supported".into(),
+                ));
+            }
+            let sharing = match fields
+                .get("sharing")
+                .map(String::as_str)
+                .unwrap_or("shared")
+            {
+                "shared" => CacheSharing::Shared,
+                "private" => CacheSharing::Private,
+                "locked" => CacheSharing::Locked,
+                other => {
+                    return Err(bad(format!(
+                        "unknown sharing={other}: use shared, private or locked"
+                    )))
+                }
+            };
+            Ok(RunMount::Cache {
+                id: fields.get("id").cloned().unwrap_or_else(|| target.clone()),
+                target,
+                sharing,
+                readonly: truthy(fields.get("readonly")),
+            })
+        }
+        "secret" => {
+            let id = match (fields.get("id"), &target) {
+                (Some(id), _) => id.clone(),
+                (None, Some(t)) => t.rsplit('/').next().unwrap_or("").to_string(),
+                (None, None) => {
+                    return Err(bad("a secret mount needs id=ID or target=PATH".into()))
+                }
+            };
+            Ok(RunMount::Secret {
+                target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                id,
+                required: truthy(fields.get("required")),
+            })
+        }
+        "bind" => {
+            let target = target.ok_or_else(|| bad("a bind mount needs target=PATH".into()))?;
+            let from = match fields.get("from") {
+                Some(name) => {
+                    let stage = resolve_from_stage(df, si.stage, name, flag.loc, si.global)?;
+                    let position = si.planned[&stage];
+                    deps.push(position);
+                    Some(position)
+                }
+                None => None,
+            };
+            Ok(RunMount::Bind {
+                target,
+                source: memobuild_rootpath::clean(
+                    fields.get("source").map(String::as_str).unwrap_or(""),
+                ),
+                from,
+                readwrite: truthy(fields.get("rw")) || truthy(fields.get("readwrite")),
+            })
+        }
+        _ => Ok(RunMount::Tmpfs {
+            target: target.ok_or_else(|| bad("a tmpfs mount needs target=PATH".into()))?,
+        }),
+    }
+}
+
+/// What mounts contribute to a RUN key: their kind, targets and options; a
+/// bind mount's source content (context digest or source stage key). Never a
+/// cache's content or a secret's value.
+fn mount_key(
+    k: &mut KeyHasher,
+    mounts: &[RunMount],
+    si: &StageInput<'_, '_>,
+    st: &mut State<'_>,
+    plan: &Plan,
+) -> std::io::Result<()> {
+    k.u64(mounts.len() as u64);
+    for m in mounts {
+        match m {
+            RunMount::Cache {
+                target,
+                id,
+                sharing,
+                readonly,
+            } => {
+                k.str("cache")
+                    .str(target)
+                    .str(id)
+                    .str(&format!("{sharing:?}"))
+                    .u64(u64::from(*readonly));
+            }
+            RunMount::Secret {
+                id,
+                target,
+                required,
+            } => {
+                k.str("secret")
+                    .str(id)
+                    .str(target)
+                    .u64(u64::from(*required));
+            }
+            RunMount::Tmpfs { target } => {
+                k.str("tmpfs").str(target);
+            }
+            RunMount::Bind {
+                target,
+                source,
+                from,
+                readwrite,
+            } => {
+                k.str("bind")
+                    .str(target)
+                    .str(source)
+                    .u64(u64::from(*readwrite));
+                match from {
+                    Some(stage) => {
+                        let key = plan.stages[*stage].final_key(&plan.steps);
+                        k.str(&key);
+                        st.files
+                            .insert(format!("stage:{}", plan.stages[*stage].label), key);
+                    }
+                    None => {
+                        let index = si.input.context.clone();
+                        let roots = select::select(&index, source).map_err(|e| {
+                            std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
+                        })?;
+                        let selection = hash_sources(k, si.input, &index, &roots)?;
+                        st.partial |= selection.partial;
+                        st.files.extend(selection.shown);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileError {
+    err_hint(
+        df,
+        loc,
+        format!("when using {keyword} with more than one source file, the destination must be a directory and end with a /"),
+        "add a trailing / to the destination",
+    )
+}
+
+/// Adds the digest of exactly the selected files to the key: for each root, its
+/// type, permission bits and symlink target, and its content: a file's BLAKE3
+/// or a directory's Merkle digest (see `context::merkle`), which covers every
+/// entry below with its path, type, permission bits, symlink target and
+/// content. Never mtime, inode or owner.
+///
+/// A build also gets every selected file's digest (`files`, checked again
+/// while the layer is written) and the per-path components `explain` compares
+/// (`shown`). The dirty re-plan after a save only needs the key plus the
+/// components of the paths that changed ([`PlanInput::focus`]), and gets the
+/// key from cached directory digests without visiting unchanged directories.
+fn hash_sources(
+    k: &mut KeyHasher,
+    input: &PlanInput<'_>,
+    index: &memobuild_context::ContextIndex,
+    roots: &[memobuild_context::Selected],
+) -> std::io::Result<SelectionDigests> {
+    let selection = match input.focus {
+        None => flat_listing(index, roots, input.hashes)?,
+        Some(paths) => focused_listing(index, roots, paths, input.hashes)?,
+    };
+    let file_digest =
+        |path: &str, meta: &memobuild_context::FileMeta| match selection.files.get(path) {
+            Some(digest) => Ok(*digest),
+            None => input.hashes.hash(&index.host_path(path), meta),
+        };
+    k.u64(roots.len() as u64);
+    for root in roots {
+        k.str(&root.name);
+    }
+    for root in roots {
+        let meta = &root.meta;
+        k.u64(kind_code(meta.kind))
+            .u64(meta.mode as u64)
+            .str(meta.link_target.as_deref().unwrap_or(""));
+        match meta.kind {
+            FileKind::File => k.field(&file_digest(&root.rel, meta)?),
+            FileKind::Dir => k.field(&input.merkle.digest(index, &root.rel, &file_digest)?),
+            _ => k.field(&[]),
+        };
+    }
+    Ok(selection)
+}
+
+/// Every entry of the selection with its key component, every file hashed (on
+/// all cores, cache misses only).
+fn flat_listing(
+    index: &memobuild_context::ContextIndex,
+    roots: &[memobuild_context::Selected],
+    hashes: &memobuild_context::HashCache,
+) -> std::io::Result<SelectionDigests> {
+    let mut entries: Vec<(String, &memobuild_context::FileMeta)> = Vec::new();
+    for root in roots {
+        entries.push((root.rel.clone(), &root.meta));
+        if root.meta.kind == FileKind::Dir {
+            entries.extend(index.below(&root.rel).map(|(p, m)| (p.to_string(), m)));
+        }
+    }
+    let files: Vec<(PathBuf, memobuild_context::FileMeta)> = entries
+        .iter()
+        .filter(|(_, m)| m.kind == FileKind::File)
+        .map(|(path, m)| (index.host_path(path), (*m).clone()))
+        .collect();
+    let mut digests = hashes.hash_all(&files)?.into_iter();
+    let mut selection = SelectionDigests::default();
+    for (path, meta) in entries {
+        let digest = (meta.kind == FileKind::File).then(|| digests.next().unwrap_or([0; 32]));
+        selection.show(path, meta, digest);
+    }
+    Ok(selection)
+}
+
+/// Only the `focus` paths: their components where they are selected, and
+/// [`super::ABSENT`] where they are not (gone, ignored or outside every root).
+fn focused_listing(
+    index: &memobuild_context::ContextIndex,
+    roots: &[memobuild_context::Selected],
+    focus: &std::collections::BTreeSet<String>,
+    hashes: &memobuild_context::HashCache,
+) -> std::io::Result<SelectionDigests> {
+    let mut selection = SelectionDigests::default();
+    for path in focus {
+        let selected = roots.iter().any(|r| {
+            r.rel.is_empty()
+                || path == &r.rel
+                || (path.starts_with(&r.rel) && path[r.rel.len()..].starts_with('/'))
+        });
+        match index.get(path).filter(|_| selected) {
+            Some(meta) => {
+                let digest = match meta.kind {
+                    FileKind::File => Some(hashes.hash(&index.host_path(path), meta)?),
+                    _ => None,
+                };
+                selection.show(path.clone(), meta, digest);
+            }
+            None => {
+                selection
+                    .shown
+                    .insert(path.clone(), super::ABSENT.to_string());
+            }
+        }
+    }
+    selection.partial = true;
+    Ok(selection)
+}
+
+/// What `hash_sources` learnt about a selection.
+#[derive(Default)]
+struct SelectionDigests {
+    /// Context path -> human-comparable key component (see `StepInputs::files`).
+    shown: BTreeMap<String, String>,
+    /// Context path -> BLAKE3 of each selected regular file.
+    files: BTreeMap<String, [u8; 32]>,
+    /// Only some paths are shown (see [`focused_listing`]).
+    partial: bool,
+}
+
+impl SelectionDigests {
+    fn show(&mut self, path: String, meta: &memobuild_context::FileMeta, digest: Option<[u8; 32]>) {
+        let component = match (meta.kind, digest) {
+            (FileKind::File, Some(digest)) => {
+                let component = format!("{} mode {:o}", hex::encode(digest), meta.mode);
+                self.files.insert(path.clone(), digest);
+                component
+            }
+            (FileKind::Symlink, _) => {
+                format!("symlink:{}", meta.link_target.as_deref().unwrap_or(""))
+            }
+            _ => format!("dir:{:o}", meta.mode),
+        };
+        self.shown.insert(path, component);
+    }
+}
+
+fn kind_code(kind: FileKind) -> u64 {
+    match kind {
+        FileKind::File => 1,
+        FileKind::Dir => 2,
+        FileKind::Symlink => 3,
+        FileKind::Other => 4,
+    }
+}
+
+/// Joins `path` onto `base` (both slash paths) and cleans the result to an
+/// absolute path without `.`/`..` components or a trailing slash.
+pub fn absolute_clean(base: &str, path: &str) -> String {
+    let joined = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let cleaned = memobuild_context::select::clean_rel(&joined);
+    format!("/{cleaned}")
+}
+
+fn parse_ports(word: &str) -> Result<Vec<String>, String> {
+    let (ports, proto) = match word.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (word, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!("invalid protocol in EXPOSE {word:?}"));
+    }
+    let parse = |s: &str| {
+        s.parse::<u16>()
+            .map_err(|_| format!("invalid port in EXPOSE {word:?}"))
+    };
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (parse(a)?, parse(b)?),
+        None => {
+            let p = parse(ports)?;
+            (p, p)
+        }
+    };
+    if hi < lo {
+        return Err(format!("invalid port range in EXPOSE {word:?}"));
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+fn valid_signal(sig: &str) -> bool {
+    if let Ok(n) = sig.parse::<u32>() {
+        return (1..=64).contains(&n);
+    }
+    let name = sig.strip_prefix("SIG").unwrap_or(sig);
+    let name = name.split('+').next().unwrap_or(name);
+    nix::sys::signal::Signal::iterator().any(|s| s.as_str().strip_prefix("SIG") == Some(name))
+        || name.starts_with("RTMIN")
+        || name.starts_with("RTMAX")
+}
+
+fn health_config(df: &Dockerfile, h: &Healthcheck) -> Result<HealthConfig, DockerfileError> {
+    let mut cfg = HealthConfig {
+        test: Some(match &h.command {
+            CommandForm::Exec(args) => std::iter::once("CMD".to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+            CommandForm::Shell(text) => vec!["CMD-SHELL".to_string(), text.clone()],
+        }),
+        ..HealthConfig::default()
+    };
+    for flag in &h.flags {
+        let value = flag.value.clone().unwrap_or_default();
+        let dur = || {
+            parse_go_duration(&value).ok_or_else(|| {
+                err_hint(
+                    df,
+                    flag.loc,
+                    format!("invalid --{}={value}", flag.name),
+                    "use a duration such as 30s, 1m30s or 500ms",
+                )
+            })
+        };
+        match flag.name.as_str() {
+            "interval" => cfg.interval = dur()?,
+            "timeout" => cfg.timeout = dur()?,
+            "start-period" => cfg.start_period = dur()?,
+            "start-interval" => cfg.start_interval = dur()?,
+            "retries" => {
+                cfg.retries = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|r| *r >= 0)
+                    .ok_or_else(|| {
+                        err(
+                            df,
+                            flag.loc,
+                            format!("invalid --retries={value}: want a whole number"),
+                        )
+                    })?
+            }
+            _ => {}
+        }
+    }
+    Ok(cfg)
+}
+
+/// Go's time.ParseDuration, in nanoseconds.
+pub fn parse_go_duration(s: &str) -> Option<i64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        if num_len == 0 {
+            return None;
+        }
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_go_duration("30s"), Some(30_000_000_000));
+        assert_eq!(parse_go_duration("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_go_duration("500ms"), Some(500_000_000));
+        assert_eq!(parse_go_duration("1.5h"), Some(5_400_000_000_000));
+        assert_eq!(parse_go_duration("x"), None);
+        assert_eq!(parse_go_duration("10"), None);
+    }
+
+    #[test]
+    fn ports_expand_ranges_and_protocols() {
+        assert_eq!(parse_ports("80").unwrap(), vec!["80/tcp"]);
+        assert_eq!(parse_ports("53/UDP").unwrap(), vec!["53/udp"]);
+        assert_eq!(
+            parse_ports("8000-8002").unwrap(),
+            vec!["8000/tcp", "8001/tcp", "8002/tcp"]
+        );
+        assert!(parse_ports("http").is_err());
+    }
+
+    #[test]
+    fn paths_join_and_clean_inside_root() {
+        assert_eq!(absolute_clean("/app", "a/../b"), "/app/b");
+        assert_eq!(absolute_clean("/app", "/x/"), "/x");
+        assert_eq!(absolute_clean("/", "../../etc"), "/etc");
+        assert_eq!(normalize_image_name("busybox"), "busybox:latest");
+        assert_eq!(
+            normalize_image_name("localhost:5000/x"),
+            "localhost:5000/x:latest"
+        );
+        assert_eq!(normalize_image_name("x:1"), "x:1");
+        assert_eq!(
+            normalize_image_name("docker.io/library/busybox"),
+            "busybox:latest"
+        );
+        assert_eq!(
+            normalize_image_name("docker.io/saved/base:2"),
+            "saved/base:2"
+        );
+    }
+}

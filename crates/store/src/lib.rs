@@ -1,0 +1,403 @@
+//! The daemon's persistent state: a redb database for metadata (step cache
+//! entries, image names) and a content-addressed blob store for layers, configs
+//! and manifests.
+//!
+//! Every record that names a blob is committed only after the blob is durable
+//! (see [`blobs`]), so the database never points at a missing blob.
+
+pub mod blobs;
+mod pins;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub use blobs::{BlobStore, Digest, Upload};
+pub use pins::Pins;
+
+/// Seconds since the Unix epoch (0 if the clock is before it): the time
+/// records carry (`created_at`, `tagged_at`, last use).
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Cache key (hex BLAKE3) -> JSON [`StepRecord`].
+const STEPS: TableDefinition<&str, &[u8]> = TableDefinition::new("steps_v1");
+/// Image name -> JSON [`ImageRecord`].
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images_v1");
+/// Absolute file path -> persisted content hash (see `context::hash`).
+const HASHES: TableDefinition<&str, &[u8]> = TableDefinition::new("hashes_v2");
+/// Project id -> JSON project record (see `project`).
+const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects_v1");
+/// Cache key -> Unix seconds the step was last a cache hit or written (LRU for
+/// garbage collection; written in batches, see [`Store::flush_last_used`]).
+const LAST_USED: TableDefinition<&str, i64> = TableDefinition::new("last_used_v1");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("metadata database: {0}")]
+    Db(String),
+    #[error(
+        "blob {digest} is corrupt (its content hashes to {actual}); it will be dropped and rebuilt"
+    )]
+    Corrupt { digest: String, actual: String },
+    #[error("not a valid sha256 digest: {0:?}")]
+    BadDigest(String),
+    #[error("record for {key} is unreadable: {message}")]
+    BadRecord { key: String, message: String },
+}
+
+impl StoreError {
+    pub fn io(path: &Path, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The result of one build step, as kept in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The layer the step added; `None` for steps that only change the config.
+    pub layer: Option<LayerRecord>,
+    /// Unix seconds when the step ran.
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// Digest of the compressed blob.
+    pub digest: Digest,
+    /// Digest of the uncompressed tar (the image config's `rootfs.diff_ids`).
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub manifest_digest: Digest,
+    pub config_digest: Digest,
+    pub size: u64,
+    pub tagged_at: i64,
+}
+
+pub struct Store {
+    root: PathBuf,
+    db: Database,
+    pub blobs: BlobStore,
+    /// Last-use times not yet written to [`LAST_USED`].
+    recent: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// What running builds use; held by garbage collection while it decides and deletes.
+    pins: std::sync::Mutex<pins::Pins>,
+}
+
+/// The outcome of looking a step up in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Hit(StepRecord),
+    Miss,
+    /// The record's layer blob was corrupt: it and every record naming it were
+    /// dropped, so the step must run again.
+    Corrupt {
+        digest: String,
+        message: String,
+    },
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root).map_err(|e| StoreError::io(root, e))?;
+        let blobs = BlobStore::open(root)?;
+        let db_path = root.join("meta.redb");
+        let db = Database::create(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Db(format!(
+                "{} is in use by another memobuildd; stop it or use another --data-dir",
+                db_path.display()
+            )),
+            other => db_err(other),
+        })?;
+        let store = Store {
+            root: root.to_path_buf(),
+            db,
+            blobs,
+            recent: Default::default(),
+            pins: Default::default(),
+        };
+        store.create_tables()?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        txn.open_table(STEPS).map_err(db_err)?;
+        txn.open_table(IMAGES).map_err(db_err)?;
+        txn.open_table(PROJECTS).map_err(db_err)?;
+        txn.open_table(HASHES).map_err(db_err)?;
+        txn.open_table(LAST_USED).map_err(db_err)?;
+        txn.commit().map_err(db_err)
+    }
+
+    /// The cached result of a step, with its layer blob verified (see
+    /// [`BlobStore::verify_cached`]); a corrupt blob is dropped with its records.
+    pub fn lookup_step(&self, key: &str) -> Result<Lookup, StoreError> {
+        let Some(record) = self.get::<StepRecord>(STEPS, key)? else {
+            return Ok(Lookup::Miss);
+        };
+        let Some(layer) = &record.layer else {
+            return Ok(Lookup::Hit(record));
+        };
+        match self.blobs.verify_cached(&layer.digest) {
+            Ok(()) => Ok(Lookup::Hit(record)),
+            Err(StoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(key, digest = %layer.digest, "cache entry names a missing blob; treating as a miss");
+                Ok(Lookup::Miss)
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::warn!(key, digest = %layer.digest, error = %e, "corrupt blob: dropping it and its cache entries");
+                self.drop_blob(&layer.digest)?;
+                Ok(Lookup::Corrupt {
+                    digest: layer.digest.clone(),
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes every step record naming `digest` (committed first, so no
+    /// record ever points at a missing blob), then the blob itself.
+    pub fn drop_blob(&self, digest: &str) -> Result<usize, StoreError> {
+        let keys: Vec<String> = self
+            .steps()?
+            .into_iter()
+            .filter(|(_, r)| r.layer.as_ref().is_some_and(|l| l.digest == digest))
+            .map(|(k, _)| k)
+            .collect();
+        self.remove_steps(&keys)?;
+        self.blobs.remove(digest)?;
+        Ok(keys.len())
+    }
+
+    /// Every step record (key, record).
+    pub fn steps(&self) -> Result<Vec<(String, StepRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(STEPS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes step records and their last-use times in one transaction.
+    pub fn remove_steps(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut steps = txn.open_table(STEPS).map_err(db_err)?;
+            let mut used = txn.open_table(LAST_USED).map_err(db_err)?;
+            for key in keys {
+                steps.remove(key.as_str()).map_err(db_err)?;
+                used.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Notes that a step was used now; written by [`Store::flush_last_used`].
+    pub fn note_used(&self, key: &str) {
+        self.note_used_at(key, crate::now_secs());
+    }
+
+    /// Notes that a step was used at Unix second `at` (imports keep their
+    /// remote use time; tests order entries).
+    pub fn note_used_at(&self, key: &str, at: i64) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string(), at);
+    }
+
+    /// Writes the noted last-use times in one transaction (after each build and
+    /// before garbage collection), so a cached build costs one write, not one per step.
+    pub fn flush_last_used(&self) -> Result<(), StoreError> {
+        let recent = std::mem::take(&mut *self.recent.lock().unwrap_or_else(|p| p.into_inner()));
+        if recent.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(LAST_USED).map_err(db_err)?;
+            for (key, at) in &recent {
+                table.insert(key.as_str(), *at).map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Last-use times (key -> Unix seconds) as persisted.
+    pub fn last_used(&self) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(LAST_USED).map_err(db_err)?;
+        let mut out = std::collections::HashMap::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        Ok(out)
+    }
+
+    pub fn put_step(&self, key: &str, record: &StepRecord) -> Result<(), StoreError> {
+        self.put(STEPS, key, record)
+    }
+
+    pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
+        self.get(IMAGES, name)
+    }
+
+    pub fn put_image(&self, name: &str, record: &ImageRecord) -> Result<(), StoreError> {
+        self.put(IMAGES, name, record)
+    }
+
+    pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut table = txn.open_table(IMAGES).map_err(db_err)?;
+            let removed = table.remove(name).map_err(db_err)?.is_some();
+            removed
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
+    pub fn images(&self) -> Result<Vec<(String, ImageRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(IMAGES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let record = decode(k.value(), v.value())?;
+            out.push((k.value().to_string(), record));
+        }
+        Ok(out)
+    }
+
+    pub fn put_project(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(PROJECTS).map_err(db_err)?;
+            table.insert(id, record).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    pub fn delete_project(&self, id: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(PROJECTS).map_err(db_err)?;
+            table.remove(id).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Persists content hashes in one transaction.
+    pub fn put_hashes<const LEN: usize>(
+        &self,
+        records: &[(String, [u8; LEN])],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(HASHES).map_err(db_err)?;
+            for (path, record) in records {
+                table
+                    .insert(path.as_str(), record.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+        txn.commit().map_err(db_err)
+    }
+
+    /// Every persisted content hash (path, record).
+    pub fn hashes(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(HASHES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Raw project records (id, JSON).
+    pub fn projects(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(PROJECTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(table).map_err(db_err)?;
+        let Some(value) = table.get(key).map_err(db_err)? else {
+            return Ok(None);
+        };
+        decode(key, value.value()).map(Some)
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(db_err)?;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(table).map_err(db_err)?;
+            table.insert(key, bytes.as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::BadRecord {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
