@@ -56,7 +56,7 @@ impl Bk {
         args.extend(["-o", &dest]);
         let out = self.d.build(ctx.path(), &args);
         if out.success {
-            Ok(Image::read(&archive))
+            Ok(Image::open(&archive))
         } else {
             Err(out)
         }
@@ -166,31 +166,14 @@ fn tarball(entries: &[(&str, TarEntry)]) -> Vec<u8> {
     for (name, entry) in entries {
         let mut h = tar::Header::new_ustar();
         h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
         match entry {
-            TarEntry::File(data, mode) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_size(data.len() as u64);
-                h.set_mode(*mode);
-                b.append_data(&mut h, name, *data).expect("tar file");
-            }
-            TarEntry::Dir(mode) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                h.set_mode(*mode);
-                b.append_data(&mut h, name, std::io::empty())
-                    .expect("tar dir");
-            }
             TarEntry::Symlink(target, mode) => {
                 h.set_entry_type(tar::EntryType::Symlink);
                 h.set_size(0);
                 h.set_mode(*mode);
                 b.append_link(&mut h, name, target).expect("tar symlink");
-            }
-            TarEntry::Hardlink(target, mode) => {
-                h.set_entry_type(tar::EntryType::Link);
-                h.set_size(0);
-                h.set_mode(*mode);
-                b.append_link(&mut h, name, target).expect("tar hardlink");
             }
         }
     }
@@ -198,17 +181,7 @@ fn tarball(entries: &[(&str, TarEntry)]) -> Vec<u8> {
 }
 
 enum TarEntry {
-    File(&'static [u8], u32),
-    Dir(u32),
     Symlink(&'static str, u32),
-    Hardlink(&'static str, u32),
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).expect("gzip");
-    e.finish().expect("gzip")
 }
 
 /// An image memobuild exported: its filesystem (fsdump.py's view, with
@@ -220,7 +193,7 @@ struct Image {
 }
 
 impl Image {
-    fn read(archive: &Path) -> Image {
+    fn open(archive: &Path) -> Image {
         Image {
             archive: archive.to_path_buf(),
             dump: fsdump(archive),
@@ -288,24 +261,6 @@ impl Image {
             }
         }
         format!("/{}", parts.join("/"))
-    }
-
-    fn mode(&self, path: &str) -> String {
-        self.entry(path)
-            .unwrap_or_else(|| panic!("{path} is not in the image"))["mode"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    fn owner(&self, path: &str) -> (u64, u64) {
-        let e = self
-            .entry(path)
-            .unwrap_or_else(|| panic!("{path} is not in the image"));
-        (
-            e["uid"].as_u64().unwrap_or(u64::MAX),
-            e["gid"].as_u64().unwrap_or(u64::MAX),
-        )
     }
 
     fn kind(&self, path: &str) -> String {
@@ -418,12 +373,10 @@ fn test_symlinked_dockerfile() {
 /// (`/symlink -> ../tmp/symlink-target`) that ADD extracted from a tar
 /// writes through it, to /tmp/symlink-target/foo.
 #[test]
+#[ignore = "issue 11: COPY into a directory that is a symlink writes under the symlink, not at its target"]
 fn test_symlink_destination() {
     let bk = Bk::start();
-    let t = tarball(&[(
-        "symlink",
-        TarEntry::Symlink("../tmp/symlink-target", 0o755),
-    )]);
+    let t = tarball(&[("symlink", TarEntry::Symlink("../tmp/symlink-target", 0o755))]);
     let ctx = Ctx::new("\nFROM scratch\nADD t.tar /\nCOPY foo /symlink/\n")
         .file("foo", "content0")
         .file("t.tar", t);
@@ -468,13 +421,9 @@ fn test_no_snapshot_leak() {
 #[test]
 fn test_expose_expansion() {
     let bk = Bk::start();
-    let ctx = Ctx::new(
-        "\nFROM scratch\nARG PORTS=\"3000 4000/udp\"\nEXPOSE $PORTS\nEXPOSE 5000\n",
-    );
+    let ctx = Ctx::new("\nFROM scratch\nARG PORTS=\"3000 4000/udp\"\nEXPOSE $PORTS\nEXPOSE 5000\n");
     let img = bk.ok(&ctx, &[]);
-    let ports = img.cfg()["ExposedPorts"]
-        .as_object()
-        .expect("ExposedPorts");
+    let ports = img.cfg()["ExposedPorts"].as_object().expect("ExposedPorts");
     let mut keys: Vec<&String> = ports.keys().collect();
     keys.sort();
     assert_eq!(keys, ["3000/tcp", "4000/udp", "5000/tcp"]);
@@ -482,6 +431,7 @@ fn test_expose_expansion() {
 
 /// testDockerfileLowercase: a context with `dockerfile` (lower case) only.
 #[test]
+#[ignore = "issue 11: a context with only `dockerfile` (lower case) is not found"]
 fn test_dockerfile_lowercase() {
     let bk = Bk::start();
     let ctx = Ctx(tempfile::tempdir().expect("tempdir")).file("dockerfile", "\nFROM scratch\n");
@@ -502,7 +452,6 @@ fn test_labels() {
 /// testUser: USER by name, uid, name:group, uid:gid, and the supplementary
 /// groups `id` reports; the image's User is `nobody`.
 #[test]
-#[ignore = "issue 11: RUN as the default user lacks supplementary groups from /etc/group (id -G: '0' not '0 10')"]
 fn test_user() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -574,7 +523,7 @@ USER nobody
 
 /// testUserAdditionalGids: `id` as the default user, a uid, uid:gid and a name.
 #[test]
-#[ignore = "issue 11: RUN as the default user lacks supplementary groups from /etc/group"]
+#[ignore = "issue 11: RUN as the default user lacks the supplementary groups from /etc/group"]
 fn test_user_additional_gids() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -597,7 +546,7 @@ RUN [ "$(id)" = "uid=1(daemon) gid=1(daemon) groups=1(daemon)" ]
 /// testDockerfileCheckHostname: the build arg BUILDKIT_SANDBOX_HOSTNAME sets
 /// the RUN sandbox's hostname.
 #[test]
-#[ignore = "issue 11: BUILDKIT_SANDBOX_HOSTNAME is not honoured (RUN's hostname is fixed)"]
+#[ignore = "issue 11: BUILDKIT_SANDBOX_HOSTNAME is not honoured (hostname fixed to buildkitsandbox)"]
 fn test_dockerfile_check_hostname() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -613,6 +562,7 @@ RUN echo $(hostname) | grep foo
 
 /// testStepNames: progress names steps `[stage n/m] INSTRUCTION`.
 #[test]
+#[ignore = "issue 11: progress counts steps without FROM and names unnamed stages `1`, not `stage-1`"]
 fn test_step_names() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -630,8 +580,8 @@ COPY --from=base --chmod=0644 /out /out
         "plain",
         ctx.path().to_str().expect("utf-8"),
     ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     for want in [
         r#"[base 3/3] RUN echo "base" > base"#,
@@ -643,7 +593,7 @@ COPY --from=base --chmod=0644 /out /out
 
 /// testTargetMistype: an unknown --target with a close stage name.
 #[test]
-#[ignore = "issue 11: unknown --target has no 'did you mean' suggestion"]
+#[ignore = "issue 11: unknown --target has another text and no 'did you mean'"]
 fn test_target_mistype() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -671,7 +621,7 @@ fn test_dockerfile_copy_from_args() {
 /// testChmodNonOctal: `--chmod` in symbolic form (go-w, u=rw,g=r,o=r, a+X)
 /// on files and directories gives what `chmod` gives.
 #[test]
-#[ignore = "issue 11: symbolic --chmod (u=rw,go-w,a+X) is rejected"]
+#[ignore = "issue 11: symbolic --chmod (go-w, u=rw, a+X) is rejected"]
 fn test_chmod_non_octal() {
     let bk = Bk::start();
     let cases: &[(&str, &str, &str, bool)] = &[
@@ -762,7 +712,6 @@ RUN [ "$(cat /sample/testfile)" == "contents0" ]
 
 /// testCopyLinkDotDestDir: `COPY --link testfile .` in a WORKDIR.
 #[test]
-#[ignore = "issue 11: COPY --link is rejected (unknown flag)"]
 fn test_copy_link_dot_dest_dir() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -779,7 +728,6 @@ RUN [ "$(cat testfile)" == "contents0" ]
 
 /// testCopyLinkEmptyDestDir: `COPY --link testfile $empty` in a WORKDIR.
 #[test]
-#[ignore = "issue 11: COPY --link is rejected (unknown flag)"]
 fn test_copy_link_empty_dest_dir() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -970,7 +918,7 @@ COPY --from=build /sub2/foo bar
 
 /// testCopySocket: a Unix socket in the context becomes a regular file.
 #[test]
-#[ignore = "issue 11: a socket in the context is silently dropped instead of becoming an empty regular file"]
+#[ignore = "issue 11: a socket in the context is dropped instead of becoming an empty regular file"]
 fn test_copy_socket() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nCOPY . /\n").socket("socket.sock");
@@ -1042,7 +990,7 @@ COPY --from=base /out /
 
 /// testCopyChmod: --chmod on files, on the parents COPY creates, and via ARG.
 #[test]
-#[ignore = "issue 11: COPY --chmod does not apply to the parent directories it creates"]
+#[ignore = "issue 11: COPY --chmod does not apply to the parent directories it creates (0755)"]
 fn test_copy_chmod() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1081,6 +1029,7 @@ COPY --from=base /out /
 
 /// testCopyInvalidChmod and testAddInvalidChmod: invalid --chmod values.
 #[test]
+#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
 fn test_copy_invalid_chmod() {
     let bk = Bk::start();
     invalid_chmod(&bk, "COPY");
@@ -1088,6 +1037,7 @@ fn test_copy_invalid_chmod() {
 
 /// testAddInvalidChmod: as testCopyInvalidChmod, for ADD.
 #[test]
+#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
 fn test_add_invalid_chmod() {
     let bk = Bk::start();
     invalid_chmod(&bk, "ADD");
@@ -1136,8 +1086,8 @@ COPY files dest
 #[test]
 fn test_copy_var_substitution() {
     let bk = Bk::start();
-    let ctx =
-        Ctx::new("\nFROM scratch AS base\nENV FOO bar\nCOPY $FOO baz\n").file("bar", "bar-contents");
+    let ctx = Ctx::new("\nFROM scratch AS base\nENV FOO bar\nCOPY $FOO baz\n")
+        .file("bar", "bar-contents");
     assert_eq!(bk.ok(&ctx, &[]).read("/baz"), "bar-contents");
 }
 
@@ -1245,7 +1195,6 @@ fn test_global_arg() {
 
 /// testGlobalArgErrors: `${FOO:?msg}` in a global ARG fails unless FOO is set.
 #[test]
-#[ignore = "issue 11: ${FOO:?msg} in a global ARG default does not fail"]
 fn test_global_arg_errors() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nARG FOO=${FOO:?\"custom error\"}\nFROM busybox\n");
@@ -1255,7 +1204,6 @@ fn test_global_arg_errors() {
 
 /// testArgDefaultExpansion: `${FOO:?msg}` in a stage ARG default.
 #[test]
-#[ignore = "issue 11: ${FOO:?msg} in an ARG default does not fail"]
 fn test_arg_default_expansion() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nARG FOO\nARG BAR=${FOO:?\"foo missing\"}\n");
@@ -1430,9 +1378,8 @@ fn test_empty_string_arg_in_env() {
 #[test]
 fn test_env_empty_formatting() {
     let bk = Bk::start();
-    let ctx = Ctx::new(
-        "\nFROM busybox AS build\nENV myenv foo%sbar\nRUN [ \"$myenv\" = 'foo%sbar' ]\n",
-    );
+    let ctx =
+        Ctx::new("\nFROM busybox AS build\nENV myenv foo%sbar\nRUN [ \"$myenv\" = 'foo%sbar' ]\n");
     bk.ok(&ctx, &[]);
 }
 
@@ -1489,23 +1436,27 @@ fn test_dockerfile_invalid_command() {
     let text = out.text();
     assert!(text.contains("invalidcmd"), "{text}");
     assert!(
-        text.contains("did not complete successfully") || text.contains("exit code: 127") || text.contains("127"),
+        text.contains("did not complete successfully")
+            || text.contains("exit code: 127")
+            || text.contains("127"),
         "{text}"
     );
 }
 
 /// testDockerfileInvalidInstruction: an unknown instruction, with a suggestion.
 #[test]
-#[ignore = "issue 11: unknown instruction errors have no 'did you mean ENTRYPOINT?'"]
+#[ignore = "issue 11: unknown instruction error has another text and no 'did you mean ENTRYPOINT?'"]
 fn test_dockerfile_invalid_instruction() {
     let bk = Bk::start();
-    let ctx = Ctx::new(
-        "\nFROM scratch\nFNTRYPOINT [\"/bin/sh\", \"-c\", \"echo invalidinstruction\"]\n",
-    );
+    let ctx =
+        Ctx::new("\nFROM scratch\nFNTRYPOINT [\"/bin/sh\", \"-c\", \"echo invalidinstruction\"]\n");
     bk.fails_with(
         &ctx,
         &[],
-        &["unknown instruction: FNTRYPOINT", "did you mean ENTRYPOINT?"],
+        &[
+            "unknown instruction: FNTRYPOINT",
+            "did you mean ENTRYPOINT?",
+        ],
     );
 }
 
@@ -1532,7 +1483,6 @@ fn test_dockerignore() {
 
 /// testDockerignoreInvalid: a `!` pattern alone is an error.
 #[test]
-#[ignore = "issue 11: a lone `!` in .dockerignore is accepted instead of failing"]
 fn test_dockerignore_invalid() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nCOPY . .\n").file(".dockerignore", "!\n");
@@ -1662,6 +1612,7 @@ COPY --from=stage1 baz bax
 
 /// testOutOfOrderStage: COPY --from a stage defined later is an error.
 #[test]
+#[ignore = "issue 11: COPY --from a later stage fails with another text"]
 fn test_out_of_order_stage() {
     let bk = Bk::start();
     for src in ["/", "/d2"] {
@@ -1681,6 +1632,7 @@ fn test_out_of_order_stage() {
 
 /// testEmptyStages: a Dockerfile with no FROM.
 #[test]
+#[ignore = "issue 11: a Dockerfile without FROM fails with another text"]
 fn test_empty_stages() {
     let bk = Bk::start();
     bk.fails_with(
@@ -1696,7 +1648,6 @@ fn test_empty_stages() {
 /// testDockerfileScratchConfig: a FROM scratch image's config: os, arch,
 /// WorkingDir set, no layers, one empty-layer history entry, PATH in Env.
 #[test]
-#[ignore = "issue 11: the config of an image without layers has no history entry for ENV"]
 fn test_dockerfile_scratch_config() {
     let bk = Bk::start();
     let img = bk.ok(&Ctx::new("\nFROM scratch\nENV foo=bar\n"), &[]);
@@ -1716,7 +1667,6 @@ fn test_dockerfile_scratch_config() {
     assert!(img.env().contains(&"foo=bar".to_string()));
     assert!(img.env().iter().any(|e| e.starts_with("PATH=")));
 }
-
 
 // ---------------------------------------------------------------------------
 // dockerfile_heredoc_test.go
@@ -1858,6 +1808,7 @@ COPY --from=build /dest /dest
 /// testRunShebangHeredoc: a here-document starting with `#!` runs with that
 /// interpreter; `<<-` strips leading tabs first.
 #[test]
+#[ignore = "issue 11: a RUN here-document starting with #! runs under /bin/sh, not its interpreter"]
 fn test_run_shebang_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1890,7 +1841,7 @@ COPY --from=build /dest /
 /// testRunComplexHeredoc: here-documents fed to commands in a pipeline, two
 /// in one RUN, and on file descriptors 3 and 4.
 #[test]
-#[ignore = "issue 11: RUN here-documents fed to a command (cat <<EOF | ..., 3<<IN1) are not supported"]
+#[ignore = "issue 11: RUN here-documents fed to a command (cat <<EOF | ..., 3<<IN1) are not parsed"]
 fn test_run_complex_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2097,7 +2048,7 @@ fn test_mount_tmpfs() {
 
 /// testMountInvalid: misspelled flag, key and mount type, with suggestions.
 #[test]
-#[ignore = "issue 11: RUN flag and mount-key errors have no 'did you mean' suggestions"]
+#[ignore = "issue 11: RUN flag / mount key / mount type errors differ and have no 'did you mean'"]
 fn test_mount_invalid() {
     let bk = Bk::start();
     for (df, want) in [
@@ -2121,6 +2072,7 @@ fn test_mount_invalid() {
 /// testMountRWCache: a rw bind mount from a stage; a context change that
 /// leaves that stage's content the same keeps the RUN cached.
 #[test]
+#[ignore = "issue 11: a bind mount from a stage is keyed by the stage's cache key, not its content"]
 fn test_mount_rw_cache() {
     let bk = Bk::start();
     let df = r#"
@@ -2145,7 +2097,7 @@ COPY --from=second /unique /unique
 
 /// testCacheMountUser: cache mount uid, gid and mode.
 #[test]
-#[ignore = "issue 11: cache mount uid=/gid=/mode= are ignored"]
+#[ignore = "issue 11: cache mount uid=/gid=/mode= are ignored (the dir gets the RUN user's ids)"]
 fn test_cache_mount_user() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2260,7 +2212,7 @@ RUN --mount=from=$ttt,type=cache,target=/tmp ls
 
 /// testMountTmpfsSize: tmpfs `size=128m`.
 #[test]
-#[ignore = "issue 11: tmpfs size= is ignored"]
+#[ignore = "issue 11: type=tmpfs is a bind of a directory on disk; size= is ignored"]
 fn test_mount_tmpfs_size() {
     let bk = Bk::start();
     let ctx = Ctx::new(
