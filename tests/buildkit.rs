@@ -1,0 +1,2250 @@
+//! BuildKit's own Dockerfile frontend integration tests
+//! (moby/buildkit `frontend/dockerfile/*_test.go`), ported: one Rust test per
+//! Go test that can run on a build host without network, named after it, with
+//! its Dockerfile kept as close to BuildKit's as the base image allows, and
+//! asserting what the Go test asserts, on the image memobuild exports with
+//! `-o type=oci`.
+//!
+//! `FROM busybox` and `FROM alpine` name a stand-in built at the start of
+//! every test from the host's static busybox (tests/buildkit/busybox: the
+//! official image's /etc/passwd, /etc/group, directories, PATH and CMD), tagged
+//! `busybox:latest` and `alpine:latest`; tests that install packages with
+//! `apk` are not portable. Tests memobuild fails today are `#[ignore]`d with
+//! "issue 11" and the reason; docs/CONFORMANCE.md has the root causes.
+//! Needs containerd, runc, busybox-static and python3 (fsdump.py); a test
+//! whose part is missing fails, it never skips.
+
+mod common;
+use common::{fsdump, repo_root, BuildOutcome, Daemon};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// A daemon with `busybox:latest` and `alpine:latest` in its image store.
+struct Bk {
+    d: Daemon,
+    work: tempfile::TempDir,
+    n: std::cell::Cell<u32>,
+}
+
+impl Bk {
+    fn start() -> Bk {
+        let d = Daemon::start();
+        let work = tempfile::tempdir().expect("tempdir");
+        let ctx = work.path().join("busybox-image");
+        copy_dir(&repo_root().join("tests/buildkit/busybox"), &ctx);
+        std::fs::copy("/bin/busybox", ctx.join("busybox"))
+            .expect("/bin/busybox is missing: apt-get install busybox-static");
+        d.build_ok(&ctx, &["-t", "busybox:latest", "-t", "alpine:latest"]);
+        Bk {
+            d,
+            work,
+            n: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Builds `ctx` (with `extra` flags) into an OCI archive.
+    fn build(&self, ctx: &Ctx, extra: &[&str]) -> Result<Image, BuildOutcome> {
+        self.n.set(self.n.get() + 1);
+        let archive = self.work.path().join(format!("out-{}.tar", self.n.get()));
+        let dest = format!("type=oci,dest={}", archive.display());
+        let mut args: Vec<&str> = extra.to_vec();
+        args.extend(["-o", &dest]);
+        let out = self.d.build(ctx.path(), &args);
+        if out.success {
+            Ok(Image::open(&archive))
+        } else {
+            Err(out)
+        }
+    }
+
+    /// Builds and panics with the build's output if it fails.
+    fn ok(&self, ctx: &Ctx, extra: &[&str]) -> Image {
+        self.build(ctx, extra).unwrap_or_else(|out| {
+            panic!(
+                "build failed:\n{}\n--- daemon log ---\n{}",
+                out.text(),
+                self.d.log()
+            )
+        })
+    }
+
+    /// Builds, expects a failure, and returns its error (JSON) as text.
+    fn fails(&self, ctx: &Ctx, extra: &[&str]) -> String {
+        match self.build(ctx, extra) {
+            Ok(_) => panic!("the build succeeded; BuildKit fails it"),
+            Err(out) => {
+                let err = out
+                    .events
+                    .iter()
+                    .find(|e| e["event"] == "failed")
+                    .map(|e| e["error"].to_string())
+                    .unwrap_or_default();
+                format!("{err}\n{}", out.stderr)
+            }
+        }
+    }
+
+    /// Builds and asserts the failure's text contains every one of `needles`.
+    fn fails_with(&self, ctx: &Ctx, extra: &[&str], needles: &[&str]) {
+        let text = self.fails(ctx, extra);
+        for n in needles {
+            assert!(text.contains(n), "expected {n:?} in the error:\n{text}");
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A build context in a temporary directory (the `fstest.Create*` of the Go tests).
+struct Ctx(tempfile::TempDir);
+
+impl Ctx {
+    /// A context whose `Dockerfile` is `dockerfile`.
+    fn new(dockerfile: &str) -> Ctx {
+        Ctx(tempfile::tempdir().expect("tempdir")).file("Dockerfile", dockerfile)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    fn file(self, path: &str, content: impl AsRef<[u8]>) -> Ctx {
+        self.file_mode(path, content, 0o600)
+    }
+
+    fn file_mode(self, path: &str, content: impl AsRef<[u8]>, mode: u32) -> Ctx {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, content).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        self
+    }
+
+    fn dir(self, path: &str, mode: u32) -> Ctx {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.path().join(path);
+        std::fs::create_dir_all(&p).expect("mkdir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        self
+    }
+
+    fn symlink(self, target: &str, path: &str) -> Ctx {
+        std::os::unix::fs::symlink(target, self.path().join(path)).expect("symlink");
+        self
+    }
+
+    fn socket(self, path: &str) -> Ctx {
+        let listener =
+            std::os::unix::net::UnixListener::bind(self.path().join(path)).expect("bind socket");
+        // The socket file stays when the listener is dropped.
+        drop(listener);
+        self
+    }
+}
+
+/// A tar archive of (path, type, content/link, mode) entries, as the Go tests
+/// write them with archive/tar.
+fn tarball(entries: &[(&str, TarEntry)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, entry) in entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        match entry {
+            TarEntry::Symlink(target, mode) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                h.set_mode(*mode);
+                b.append_link(&mut h, name, target).expect("tar symlink");
+            }
+        }
+    }
+    b.into_inner().expect("tar")
+}
+
+enum TarEntry {
+    Symlink(&'static str, u32),
+}
+
+/// An image memobuild exported: its filesystem (fsdump.py's view, with
+/// whiteouts applied) and its config blob.
+struct Image {
+    archive: PathBuf,
+    dump: Value,
+    config: Value,
+}
+
+impl Image {
+    fn open(archive: &Path) -> Image {
+        Image {
+            archive: archive.to_path_buf(),
+            dump: fsdump(archive),
+            config: image_config(archive),
+        }
+    }
+
+    /// The fsdump entry of `path` (absolute), if the image has it.
+    fn entry(&self, path: &str) -> Option<&Value> {
+        self.dump["files"]
+            .as_array()
+            .and_then(|files| files.iter().find(|f| f["path"] == path))
+    }
+
+    fn has(&self, path: &str) -> bool {
+        self.entry(path).is_some()
+    }
+
+    /// The content of a regular file, following symlinks in the image.
+    fn read(&self, path: &str) -> String {
+        let resolved = self.resolve(path);
+        let bytes = common::oci_file(&self.archive, &resolved)
+            .unwrap_or_else(|| panic!("{path} ({resolved}) is not in the image"));
+        String::from_utf8(bytes).expect("utf-8 content")
+    }
+
+    /// `path` with symlinks in every component resolved inside the image.
+    fn resolve(&self, path: &str) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = path
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .rev()
+            .map(String::from)
+            .collect();
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            match part.as_str() {
+                "." => continue,
+                ".." => {
+                    parts.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            parts.push(part);
+            let here = format!("/{}", parts.join("/"));
+            if let Some(e) = self.entry(&here) {
+                if e["type"] == "symlink" {
+                    hops += 1;
+                    assert!(hops < 40, "symlink loop at {here}");
+                    let target = e["target"].as_str().unwrap_or_default().to_string();
+                    parts.pop();
+                    if target.starts_with('/') {
+                        parts.clear();
+                    }
+                    todo.extend(
+                        target
+                            .split('/')
+                            .filter(|p| !p.is_empty())
+                            .rev()
+                            .map(String::from),
+                    );
+                }
+            }
+        }
+        format!("/{}", parts.join("/"))
+    }
+
+    fn kind(&self, path: &str) -> String {
+        self.entry(path)
+            .unwrap_or_else(|| panic!("{path} is not in the image"))["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The image config's `config` object (Env, Cmd, WorkingDir, ...).
+    fn cfg(&self) -> &Value {
+        &self.config["config"]
+    }
+
+    fn env(&self) -> Vec<String> {
+        self.cfg()["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The image config blob of an `-o type=oci` archive.
+fn image_config(archive: &Path) -> Value {
+    let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut index = Vec::new();
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).expect("open archive"));
+    for entry in tar.entries().expect("archive entries") {
+        let mut entry = entry.expect("archive entry");
+        let name = entry.path().expect("entry path").display().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("read entry");
+        if name == "index.json" {
+            index = bytes;
+        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
+            blobs.insert(format!("sha256:{hex}"), bytes);
+        }
+    }
+    let index: Value = serde_json::from_slice(&index).expect("index.json");
+    let mut desc = index["manifests"][0].clone();
+    // An index may point to a nested index.
+    loop {
+        let blob = &blobs[desc["digest"].as_str().expect("digest")];
+        let doc: Value = serde_json::from_slice(blob).expect("manifest JSON");
+        if doc["manifests"].is_array() {
+            desc = doc["manifests"][0].clone();
+            continue;
+        }
+        let config = &blobs[doc["config"]["digest"].as_str().expect("config digest")];
+        return serde_json::from_slice(config).expect("config JSON");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_core_test.go
+
+/// testDockerfileDirs: COPY to a file and to `/`, RUN in the working dir.
+#[test]
+fn test_dockerfile_dirs() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+COPY foo /foo2
+COPY foo /
+RUN echo -n bar > foo3
+RUN test -f foo
+RUN cmp -s foo foo2
+RUN cmp -s foo foo3
+"#,
+    )
+    .file("foo", "bar");
+    bk.ok(&ctx, &[]);
+    // The Go test also builds with the Dockerfile from another directory.
+    let df = Ctx::new(
+        r#"
+FROM busybox
+COPY foo /foo2
+COPY foo /
+RUN echo -n bar > foo3
+RUN test -f foo
+RUN cmp -s foo foo2
+RUN cmp -s foo foo3
+"#,
+    );
+    let only_foo = tempfile::tempdir().expect("tempdir");
+    std::fs::write(only_foo.path().join("foo"), "bar").expect("write");
+    let f = df.path().join("Dockerfile").display().to_string();
+    let out = bk.d.build(only_foo.path(), &["-f", &f]);
+    assert!(out.success, "{}", out.text());
+}
+
+/// testSymlinkedDockerfile: a Dockerfile that is a symlink to another file.
+#[test]
+fn test_symlinked_dockerfile() {
+    let bk = Bk::start();
+    let ctx = Ctx(tempfile::tempdir().expect("tempdir"))
+        .file("Dockerfile.web", "\nFROM scratch\nENV foo bar\n")
+        .symlink("Dockerfile.web", "Dockerfile");
+    let img = bk.ok(&ctx, &[]);
+    assert!(img.env().contains(&"foo=bar".to_string()));
+}
+
+/// testSymlinkDestination: COPY into a directory reached through a symlink
+/// (`/symlink -> ../tmp/symlink-target`) that ADD extracted from a tar
+/// writes through it, to /tmp/symlink-target/foo.
+#[test]
+#[ignore = "issue 11: COPY into a directory that is a symlink writes under the symlink, not at its target"]
+fn test_symlink_destination() {
+    let bk = Bk::start();
+    let t = tarball(&[("symlink", TarEntry::Symlink("../tmp/symlink-target", 0o755))]);
+    let ctx = Ctx::new("\nFROM scratch\nADD t.tar /\nCOPY foo /symlink/\n")
+        .file("foo", "content0")
+        .file("t.tar", t);
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.kind("/symlink"), "symlink");
+    assert_eq!(img.read("/tmp/symlink-target/foo"), "content0");
+    assert!(
+        img.has("/tmp/symlink-target/foo"),
+        "the file must be written at the resolved path"
+    );
+}
+
+/// testContextChangeDirToFile: `foo` was a directory in the first build and
+/// is a file in the second; the second copies the file.
+#[test]
+fn test_context_change_dir_to_file() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY foo /\n")
+        .dir("foo", 0o700)
+        .file("foo/bar", "contents");
+    bk.ok(&ctx, &[]);
+    std::fs::remove_dir_all(ctx.path().join("foo")).expect("rm");
+    let ctx = ctx.file("foo", "contents2");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/foo"), "contents2");
+}
+
+/// testNoSnapshotLeak: building the same thing twice leaves the disk usage
+/// (here: the store's record and blob counts) unchanged.
+#[test]
+fn test_no_snapshot_leak() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY foo /\n").file("foo", "contents");
+    bk.ok(&ctx, &[]);
+    let du1 = bk.d.ctl_json(&["du"]);
+    bk.ok(&ctx, &[]);
+    let du2 = bk.d.ctl_json(&["du"]);
+    assert_eq!(du1, du2);
+}
+
+/// testExposeExpansion: EXPOSE of an ARG holding several ports.
+#[test]
+fn test_expose_expansion() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nARG PORTS=\"3000 4000/udp\"\nEXPOSE $PORTS\nEXPOSE 5000\n");
+    let img = bk.ok(&ctx, &[]);
+    let ports = img.cfg()["ExposedPorts"].as_object().expect("ExposedPorts");
+    let mut keys: Vec<&String> = ports.keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["3000/tcp", "4000/udp", "5000/tcp"]);
+}
+
+/// testDockerfileLowercase: a context with `dockerfile` (lower case) only.
+#[test]
+#[ignore = "issue 11: a context with only `dockerfile` (lower case) is not found"]
+fn test_dockerfile_lowercase() {
+    let bk = Bk::start();
+    let ctx = Ctx(tempfile::tempdir().expect("tempdir")).file("dockerfile", "\nFROM scratch\n");
+    bk.ok(&ctx, &[]);
+}
+
+/// testLabels: LABEL in the Dockerfile (the `label:bar=baz` frontend
+/// attribute has no memobuild flag: `docker buildx build --label` is not
+/// supported, see docs/CONFORMANCE.md).
+#[test]
+fn test_labels() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nLABEL foo=bar\n");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.cfg()["Labels"]["foo"], "bar");
+}
+
+/// testUser: USER by name, uid, name:group, uid:gid, and the supplementary
+/// groups `id` reports; the image's User is `nobody`.
+#[test]
+fn test_user() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+RUN mkdir -m 0777 /out
+RUN id -un > /out/rootuser
+
+# Make sure our defaults work
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)" = '0:0/root:root' ]
+
+# TODO decide if "args.user = strconv.Itoa(syscall.Getuid())" is acceptable behavior for changeUser in sysvinit instead of "return nil" when "USER" isn't specified (so that we get the proper group list even if that is the empty list, even in the default case of not supplying an explicit USER to run as, which implies USER 0)
+USER root
+RUN [ "$(id -G):$(id -Gn)" = '0 10:root wheel' ]
+
+# Setup dockerio user and group
+RUN echo 'dockerio:x:1001:1001::/bin:/bin/false' >> /etc/passwd && \
+	echo 'dockerio:x:1001:' >> /etc/group
+
+# Make sure we can switch to our user and all the information is exactly as we expect it to be
+USER dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+
+# Switch back to root and double check that worked exactly as we might expect it to
+USER root
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '0:0/root:root/0 10:root wheel' ] && \
+        # Add a "supplementary" group for our dockerio user
+	echo 'supplementary:x:1002:dockerio' >> /etc/group
+
+# ... and then go verify that we get it like we expect
+USER dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001 1002:dockerio supplementary' ]
+USER 1001
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001 1002:dockerio supplementary' ]
+
+# super test the new "user:group" syntax
+USER dockerio:dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER 1001:dockerio
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER dockerio:1001
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER 1001:1001
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1001/dockerio:dockerio/1001:dockerio' ]
+USER dockerio:supplementary
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER dockerio:1002
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER 1001:supplementary
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+USER 1001:1002
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1001:1002/dockerio:supplementary/1002:supplementary' ]
+
+# make sure unknown uid/gid still works properly
+USER 1042:1043
+RUN [ "$(id -u):$(id -g)/$(id -un):$(id -gn)/$(id -G):$(id -Gn)" = '1042:1043/1042:1043/1043:1043' ]
+USER daemon
+RUN id -un > /out/daemonuser
+FROM scratch
+COPY --from=base /out /
+USER nobody
+"#,
+    );
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/rootuser"), "root\n");
+    assert_eq!(img.read("/daemonuser"), "daemon\n");
+    assert_eq!(img.cfg()["User"], "nobody");
+}
+
+/// testUserAdditionalGids: `id` as the default user, a uid, uid:gid and a name.
+#[test]
+#[ignore = "issue 11: RUN as the default user lacks the supplementary groups from /etc/group"]
+fn test_user_additional_gids() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+# Mimics the tests in https://github.com/containerd/containerd/commit/3eda46af12b1deedab3d0802adb2e81cb3521950
+FROM busybox
+SHELL ["/bin/sh", "-euxc"]
+RUN [ "$(id)" = "uid=0(root) gid=0(root) groups=0(root),10(wheel)" ]
+USER 1234
+RUN [ "$(id)" = "uid=1234 gid=0(root) groups=0(root)" ]
+USER 1234:1234
+RUN [ "$(id)" = "uid=1234 gid=1234 groups=1234" ]
+USER daemon
+RUN [ "$(id)" = "uid=1(daemon) gid=1(daemon) groups=1(daemon)" ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testDockerfileCheckHostname: the build arg BUILDKIT_SANDBOX_HOSTNAME sets
+/// the RUN sandbox's hostname.
+#[test]
+#[ignore = "issue 11: BUILDKIT_SANDBOX_HOSTNAME is not honoured (hostname fixed to buildkitsandbox)"]
+fn test_dockerfile_check_hostname() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN cat /etc/hosts | grep foo
+RUN echo $HOSTNAME | grep foo
+RUN echo $(hostname) | grep foo
+"#,
+    );
+    bk.ok(&ctx, &["--build-arg", "BUILDKIT_SANDBOX_HOSTNAME=foo"]);
+}
+
+/// testStepNames: progress names steps `[stage n/m] INSTRUCTION`.
+#[test]
+#[ignore = "issue 11: progress counts steps without FROM and names unnamed stages `1`, not `stage-1`"]
+fn test_step_names() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+WORKDIR /out
+RUN echo "base" > base
+FROM scratch
+COPY --from=base --chmod=0644 /out /out
+"#,
+    );
+    let out = bk.d.ctl(&[
+        "build",
+        "--progress",
+        "plain",
+        ctx.path().to_str().expect("utf-8"),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for want in [
+        r#"[base 3/3] RUN echo "base" > base"#,
+        "[stage-1 1/1] COPY --from=base --chmod=0644 /out /out",
+    ] {
+        assert!(text.contains(want), "expected {want:?} in:\n{text}");
+    }
+}
+
+/// testTargetMistype: an unknown --target with a close stage name.
+#[test]
+#[ignore = "issue 11: unknown --target has another text and no 'did you mean'"]
+fn test_target_mistype() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM scratch AS build\nCOPY Dockerfile /out\nFROM scratch\nCOPY --from=build /out /\n",
+    );
+    bk.fails_with(
+        &ctx,
+        &["--target", "bulid"],
+        &["target stage \"bulid\" could not be found (did you mean build?)"],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_copy_test.go
+
+/// testDockerfileCopyFromArgs: `--from=$FOO` is refused with BuildKit's reason.
+#[test]
+#[ignore = "issue 11: COPY --from=$VAR is expanded instead of refused with BuildKit's reason"]
+fn test_dockerfile_copy_from_args() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY --from=$FOO . .\n");
+    bk.fails_with(&ctx, &[], &["variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround"]);
+}
+
+/// testChmodNonOctal: `--chmod` in symbolic form (go-w, u=rw,g=r,o=r, a+X)
+/// on files and directories gives what `chmod` gives.
+#[test]
+#[ignore = "issue 11: symbolic --chmod (go-w, u=rw, a+X) is rejected"]
+fn test_chmod_non_octal() {
+    let bk = Bk::start();
+    let cases: &[(&str, &str, &str, bool)] = &[
+        ("file", "f1", "go-w", false),
+        ("file", "f2", "u=rw,g=r,o=r", false),
+        ("file", "f3", "a+X", false),
+        ("dir", "d1", "go-w", true),
+        ("dir", "d2", "u+rw,g+r,o-x,o+w", true),
+        ("dir", "d3", "a+X", true),
+    ];
+    let (mut expected, mut copies, mut verify) = (String::new(), String::new(), String::new());
+    for (src, dst, mode, is_dir) in cases {
+        if *is_dir {
+            expected.push_str(&format!(
+                "RUN mkdir -p /input/dirs/{dst} && cp -a /input/{src} /input/dirs/{dst}/{dst}\n"
+            ));
+            expected.push_str(&format!(
+                "RUN cp -a /input/dirs/{dst}/. /expected/ && chmod {mode} /expected/{dst}\n"
+            ));
+            copies.push_str(&format!(
+                "COPY --from=base --chmod={mode} /input/dirs/{dst} /\n"
+            ));
+        } else {
+            expected.push_str(&format!(
+                "RUN cp -a /input/{src} /expected/{dst} && chmod {mode} /expected/{dst}\n"
+            ));
+            copies.push_str(&format!(
+                "COPY --from=base --chmod={mode} /input/{src} /{dst}\n"
+            ));
+        }
+        verify.push_str(&format!(
+            "RUN [ \"$(stat -c %A /actual/{dst})\" = \"$(stat -c %A /expected/{dst})\" ]\n"
+        ));
+    }
+    let df = format!(
+        "
+FROM alpine as base
+RUN <<eot
+	set -ex
+	mkdir /input
+	touch /input/file
+	chmod 666 /input/file
+	mkdir /input/dir
+	chmod 124 /input/dir
+	mkdir /expected
+eot
+{expected}
+FROM scratch as result
+{copies}
+FROM base
+COPY --from=result / /actual/
+{verify}
+"
+    );
+    bk.ok(&Ctx::new(&df), &[]);
+}
+
+/// testEmptyDestDir: a destination that expands to "" means the working dir.
+#[test]
+fn test_empty_dest_dir() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+ENV empty=""
+COPY testfile $empty
+RUN [ "$(cat testfile)" == "contents0" ]
+"#,
+    )
+    .file("testfile", "contents0");
+    bk.ok(&ctx, &[]);
+}
+
+/// testPreserveDestDirSlash: `COPY testfile /sample/` creates the directory.
+#[test]
+fn test_preserve_dest_dir_slash() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+COPY testfile /sample/
+RUN [ "$(cat /sample/testfile)" == "contents0" ]
+"#,
+    )
+    .file("testfile", "contents0");
+    bk.ok(&ctx, &[]);
+}
+
+/// testCopyLinkDotDestDir: `COPY --link testfile .` in a WORKDIR.
+#[test]
+fn test_copy_link_dot_dest_dir() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+WORKDIR /var/www
+COPY --link testfile .
+RUN [ "$(cat testfile)" == "contents0" ]
+"#,
+    )
+    .file("testfile", "contents0");
+    bk.ok(&ctx, &[]);
+}
+
+/// testCopyLinkEmptyDestDir: `COPY --link testfile $empty` in a WORKDIR.
+#[test]
+fn test_copy_link_empty_dest_dir() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+WORKDIR /var/www
+ENV empty=""
+COPY --link testfile $empty
+RUN [ "$(cat testfile)" == "contents0" ]
+"#,
+    )
+    .file("testfile", "contents0");
+    bk.ok(&ctx, &[]);
+}
+
+/// The ownership checks of testCopyChownExistingDir, one `RUN` line per path.
+fn ownership_checks(expect: &[(&str, &str)]) -> String {
+    let lines: Vec<String> = expect
+        .iter()
+        .map(|(e, p)| {
+            format!(
+                "e=\"{e}\"; p=\"{p}\"; a=`stat -c \"%u:%g\" \"$p\"`; if [ \"$a\" != \"$e\" ]; then echo \"incorrect ownership on $p. expected $e, got $a\"; exit 1; fi"
+            )
+        })
+        .collect();
+    format!("RUN {}\n", lines.join(" \\\n  && "))
+}
+
+/// testCopyChownExistingDir: COPY --from of files and directories into new
+/// and existing directories, with and without --chown: new directories get
+/// the --chown owner (0:0 without it), existing ones keep theirs.
+#[test]
+#[ignore = "issue 11: a directory copied to a new destination keeps the source dir's owner instead of 0:0"]
+fn test_copy_chown_existing_dir() {
+    let bk = Bk::start();
+    let plain = ownership_checks(&[
+        ("100:200", "/file"),
+        ("0:0", "/dir"),
+        ("101:201", "/dir/subdir"),
+        ("102:202", "/dir/subdir/nestedfile"),
+        ("500:600", "/existingdir"),
+        ("501:601", "/existingdir/existingsubdir"),
+        ("501:601", "/existingdir/existingfile"),
+        ("101:201", "/existingdir/subdir"),
+        ("102:202", "/existingdir/subdir/nestedfile"),
+    ]);
+    let chowned = ownership_checks(&[
+        ("300:400", "/file"),
+        ("300:400", "/dir"),
+        ("300:400", "/dir/subdir"),
+        ("300:400", "/dir/subdir/nestedfile"),
+        ("500:600", "/existingdir"),
+        ("501:601", "/existingdir/existingsubdir"),
+        ("501:601", "/existingdir/existingfile"),
+        ("300:400", "/existingdir/subdir"),
+        ("300:400", "/existingdir/subdir/nestedfile"),
+    ]);
+    let df = format!(
+        r#"
+# Set up files and directories with known ownership
+FROM busybox AS source
+RUN touch /file && chown 100:200 /file \
+ && mkdir -p /dir/subdir \
+ && touch /dir/subdir/nestedfile \
+ && chown 100:200 /dir \
+ && chown 101:201 /dir/subdir \
+ && chown 102:202 /dir/subdir/nestedfile
+
+FROM busybox AS test_base
+RUN mkdir -p /existingdir/existingsubdir \
+ && touch /existingdir/existingfile \
+ && chown 500:600 /existingdir \
+ && chown 501:601 /existingdir/existingsubdir \
+ && chown 501:601 /existingdir/existingfile
+
+# Copy files from the source stage
+FROM test_base AS copy_from
+COPY --from=source /file .
+# Copy to a non-existing target directory creates the target directory (as root), then copies the _contents_ of the source directory into it
+COPY --from=source /dir /dir
+# Copying to an existing target directory will copy the _contents_ of the source directory into it
+COPY --from=source /dir/. /existingdir
+
+{plain}
+# Copy files from the source stage and chown them.
+FROM test_base AS copy_from_chowned
+COPY --from=source --chown=300:400 /file .
+# Copy to a non-existing target directory creates the target directory (as root), then copies the _contents_ of the source directory into it
+COPY --from=source --chown=300:400 /dir /dir
+# Copying to an existing target directory copies the _contents_ of the source directory into it
+COPY --from=source --chown=300:400 /dir/. /existingdir
+
+{chowned}"#
+    );
+    let ctx = Ctx(tempfile::tempdir().expect("tempdir"))
+        .file("Dockerfile.web", &df)
+        .symlink("Dockerfile.web", "Dockerfile");
+    bk.ok(&ctx, &["--target", "copy_from"]);
+    bk.ok(&ctx, &["--target", "copy_from_chowned"]);
+}
+
+/// testCopyWildcardCache: adding a file to a wildcard COPY's directory that
+/// the wildcard does not match keeps the RUN after it cached; changing one
+/// after the RUN re-runs nothing before it.
+#[test]
+fn test_copy_wildcard_cache() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+COPY foo* files/
+RUN cat /dev/urandom | head -c 100 | sha256sum > unique
+COPY bar files/
+FROM scratch
+COPY --from=base unique /
+"#,
+    )
+    .file("foo1", "foo1-data")
+    .file("foo2", "foo2-data")
+    .file("bar", "bar-data");
+    let first = bk.ok(&ctx, &[]).read("/unique");
+    let ctx = ctx.file("bar", "bar-data-mod");
+    let second = bk.ok(&ctx, &[]).read("/unique");
+    assert_eq!(first, second);
+    let ctx = ctx.file("foo2", "foo2-data-mod");
+    let third = bk.ok(&ctx, &[]).read("/unique");
+    assert_ne!(first, third);
+}
+
+/// testEmptyWildcard: a wildcard matching nothing next to a real source.
+#[test]
+fn test_empty_wildcard() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY foo nomatch* /\n").file("foo", "contents0");
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "contents0");
+}
+
+/// testCopyChownCreateDest: `--chown=user:user` (and via ARG/ENV) on the
+/// directory COPY creates.
+#[test]
+fn test_copy_chown_create_dest() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+ARG group
+ENV owner user01
+RUN adduser -D user
+RUN adduser -D user01
+COPY --chown=user:user . /dest
+COPY --chown=${owner}:${group} . /dest01
+RUN [ "$(stat -c "%U %G" /dest)" == "user user" ]
+RUN [ "$(stat -c "%U %G" /dest01)" == "user01 user" ]
+"#,
+    );
+    bk.ok(&ctx, &["--build-arg", "group=user"]);
+}
+
+/// testCopyThroughSymlinkContext: a source path through a symlink in the context.
+#[test]
+fn test_copy_through_symlink_context() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY link/foo .\n")
+        .symlink("sub", "link")
+        .dir("sub", 0o700)
+        .file("sub/foo", "contents");
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "contents");
+}
+
+/// testCopyThroughSymlinkMultiStage: COPY --from a path through absolute
+/// and relative symlinks in the source stage.
+#[test]
+fn test_copy_through_symlink_multi_stage() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS build
+RUN mkdir -p /out/sub && ln -s /out/sub /sub && ln -s out/sub /sub2 && echo -n "data" > /sub/foo
+FROM scratch
+COPY --from=build /sub/foo .
+COPY --from=build /sub2/foo bar
+"#,
+    );
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/foo"), "data");
+    assert_eq!(img.read("/bar"), "data");
+}
+
+/// testCopySocket: a Unix socket in the context becomes a regular file.
+#[test]
+#[ignore = "issue 11: a socket in the context is dropped instead of becoming an empty regular file"]
+fn test_copy_socket() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY . /\n").socket("socket.sock");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.kind("/socket.sock"), "file");
+}
+
+/// testCopyFollowAllSymlinks: a source symlink pointing up out of its directory.
+#[test]
+fn test_copy_follow_all_symlinks() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY foo /\nCOPY foo/sub bar\n")
+        .file("bar", "bar-contents")
+        .dir("foo", 0o700)
+        .symlink("../bar", "foo/sub");
+    bk.ok(&ctx, &[]);
+}
+
+/// testCopySymlinks: a named symlink source is followed; wildcard matches
+/// that are symlinks are followed too.
+#[test]
+fn test_copy_symlinks() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY foo /\nCOPY sub/l* alllinks/\n")
+        .file("bar", "bar-contents")
+        .symlink("bar", "foo")
+        .dir("sub", 0o700)
+        .file("sub/lfile", "lfile-contents")
+        .symlink("subfile", "sub/l0")
+        .file("sub/subfile", "subfile-contents")
+        .symlink("second", "sub/l1")
+        .symlink("baz", "sub/second")
+        .file("sub/baz", "baz-contents");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/foo"), "bar-contents");
+    assert_eq!(img.read("/alllinks/l0"), "subfile-contents");
+    assert_eq!(img.read("/alllinks/lfile"), "lfile-contents");
+    assert_eq!(img.read("/alllinks/l1"), "baz-contents");
+}
+
+/// testCopyChown: --chown by name, uid:group and through ARG/ENV.
+#[test]
+fn test_copy_chown() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+ENV owner 1000
+RUN mkdir -m 0777 /out
+COPY --chown=daemon foo /
+COPY --chown=1000:nobody bar /baz
+ARG group
+COPY --chown=${owner}:${group} foo /foobis
+RUN stat -c "%U %G" /foo  > /out/fooowner
+RUN stat -c "%u %G" /baz/sub  > /out/subowner
+RUN stat -c "%u %G" /foobis  > /out/foobisowner
+FROM scratch
+COPY --from=base /out /
+"#,
+    )
+    .file("foo", "foo-contents")
+    .dir("bar", 0o700)
+    .file("bar/sub", "");
+    let img = bk.ok(&ctx, &["--build-arg", "group=nobody"]);
+    assert_eq!(img.read("/fooowner"), "daemon daemon\n");
+    assert_eq!(img.read("/subowner"), "1000 nobody\n");
+    assert_eq!(img.read("/foobisowner"), "1000 nobody\n");
+}
+
+/// testCopyChmod: --chmod on files, on the parents COPY creates, and via ARG.
+#[test]
+#[ignore = "issue 11: COPY --chmod does not apply to the parent directories it creates (0755)"]
+fn test_copy_chmod() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+
+RUN mkdir -m 0777 /out
+COPY --chmod=0644 foo /
+COPY --chmod=777 bar /baz
+COPY --chmod=0 foo /foobis
+COPY --chmod=777 foo /parent/foo
+COPY --chmod=770 foo /parent/sub/foo
+ARG mode
+COPY --chmod=${mode} foo /footer
+
+RUN stat -c "%04a" /foo  > /out/fooperm
+RUN stat -c "%04a" /baz  > /out/barperm
+RUN stat -c "%04a" /foobis  > /out/foobisperm
+RUN stat -c "%04a" /parent  > /out/parentperm
+RUN stat -c "%04a" /parent/sub  > /out/subparentperm
+RUN stat -c "%04a" /footer  > /out/footerperm
+FROM scratch
+COPY --from=base /out /
+"#,
+    )
+    .file("foo", "foo-contents")
+    .file_mode("bar", "bar-contents", 0o700);
+    let img = bk.ok(&ctx, &["--build-arg", "mode=755"]);
+    assert_eq!(img.read("/fooperm"), "0644\n");
+    assert_eq!(img.read("/barperm"), "0777\n");
+    assert_eq!(img.read("/foobisperm"), "0000\n");
+    assert_eq!(img.read("/parentperm"), "0777\n");
+    assert_eq!(img.read("/subparentperm"), "0770\n");
+    assert_eq!(img.read("/footerperm"), "0755\n");
+}
+
+/// testCopyInvalidChmod and testAddInvalidChmod: invalid --chmod values.
+#[test]
+#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
+fn test_copy_invalid_chmod() {
+    let bk = Bk::start();
+    invalid_chmod(&bk, "COPY");
+}
+
+/// testAddInvalidChmod: as testCopyInvalidChmod, for ADD.
+#[test]
+#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
+fn test_add_invalid_chmod() {
+    let bk = Bk::start();
+    invalid_chmod(&bk, "ADD");
+}
+
+fn invalid_chmod(bk: &Bk, ins: &str) {
+    for mode in ["64a", "10000"] {
+        let ctx = Ctx::new(&format!("\nFROM scratch\n{ins} --chmod={mode} foo /\n"))
+            .file("foo", "foo-contents");
+        bk.fails_with(
+            &ctx,
+            &[],
+            &[&format!(
+                "invalid chmod parameter: '{mode}'. it should be octal string and between 0 and 07777"
+            )],
+        );
+    }
+}
+
+/// testCopyOverrideFiles: copying the same directory and file twice.
+#[test]
+fn test_copy_override_files() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM scratch AS base
+COPY sub sub
+COPY sub sub
+COPY files/foo.go dest/foo.go
+COPY files/foo.go dest/foo.go
+COPY files dest
+"#,
+    )
+    .dir("sub", 0o700)
+    .dir("sub/dir1", 0o700)
+    .dir("sub/dir1/dir2", 0o700)
+    .file("sub/dir1/dir2/foo", "foo-contents")
+    .dir("files", 0o700)
+    .file("files/foo.go", "foo.go-contents");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/sub/dir1/dir2/foo"), "foo-contents");
+    assert_eq!(img.read("/dest/foo.go"), "foo.go-contents");
+}
+
+/// testCopyVarSubstitution: `COPY $FOO baz` with FOO from ENV.
+#[test]
+fn test_copy_var_substitution() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch AS base\nENV FOO bar\nCOPY $FOO baz\n")
+        .file("bar", "bar-contents");
+    assert_eq!(bk.ok(&ctx, &[]).read("/baz"), "bar-contents");
+}
+
+/// testCopyWildcards: wildcards in file and directory components, `.` and
+/// trailing `/` and `/.` sources.
+#[test]
+fn test_copy_wildcards() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM scratch AS base
+COPY *.go /gofiles/
+COPY f*.go foo2.go
+COPY sub/* /subdest/
+COPY sub/*/dir2/foo /subdest2/
+COPY sub/*/dir2/foo /subdest3/bar
+COPY . all/
+COPY sub/dir1/ subdest4
+COPY sub/dir1/. subdest5
+COPY sub/dir1 subdest6
+"#,
+    )
+    .file("foo.go", "foo-contents")
+    .file("bar.go", "bar-contents")
+    .dir("sub", 0o700)
+    .dir("sub/dir1", 0o700)
+    .dir("sub/dir1/dir2", 0o700)
+    .file("sub/dir1/dir2/foo", "foo-contents");
+    let img = bk.ok(&ctx, &[]);
+    for (path, want) in [
+        ("/gofiles/foo.go", "foo-contents"),
+        ("/gofiles/bar.go", "bar-contents"),
+        ("/foo2.go", "foo-contents"),
+        ("/subdest/dir2/foo", "foo-contents"),
+        ("/subdest2/foo", "foo-contents"),
+        ("/subdest3/bar", "foo-contents"),
+        ("/all/foo.go", "foo-contents"),
+        ("/subdest4/dir2/foo", "foo-contents"),
+        ("/subdest5/dir2/foo", "foo-contents"),
+        ("/subdest6/dir2/foo", "foo-contents"),
+    ] {
+        assert_eq!(img.read(path), want, "{path}");
+    }
+}
+
+/// testCopyRelative: relative WORKDIRs and relative COPY/ADD destinations.
+#[test]
+fn test_copy_relative() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+WORKDIR /test1
+WORKDIR test2
+RUN sh -c "[ "$PWD" = '/test1/test2' ]"
+COPY foo ./
+RUN sh -c "[ $(cat /test1/test2/foo) = 'hello' ]"
+ADD foo ./bar/baz
+RUN sh -c "[ $(cat /test1/test2/bar/baz) = 'hello' ]"
+COPY foo ./bar/baz2
+RUN sh -c "[ $(cat /test1/test2/bar/baz2) = 'hello' ]"
+WORKDIR ..
+COPY foo ./
+RUN sh -c "[ $(cat /test1/foo) = 'hello' ]"
+COPY foo /test3/
+RUN sh -c "[ $(cat /test3/foo) = 'hello' ]"
+WORKDIR /test4
+COPY . .
+RUN sh -c "[ $(cat /test4/foo) = 'hello' ]"
+WORKDIR /test5/test6
+COPY foo ../
+RUN sh -c "[ $(cat /test5/foo) = 'hello' ]"
+"#,
+    )
+    .file("foo", "hello");
+    bk.ok(&ctx, &[]);
+}
+
+/// testCopyUnicodePath: non-ASCII, percent-encoded-looking and `+` names.
+#[test]
+fn test_copy_unicode_path() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM alpine\nCOPY test-äöü.txt /\nCOPY test-%C3%A4%C3%B6%C3%BC.txt /\nCOPY test+aou.txt /\n",
+    )
+    .file_mode("test-äöü.txt", "foo", 0o644)
+    .file_mode("test-%C3%A4%C3%B6%C3%BC.txt", "bar", 0o644)
+    .file_mode("test+aou.txt", "baz", 0o644);
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/test-äöü.txt"), "foo");
+    assert_eq!(img.read("/test-%C3%A4%C3%B6%C3%BC.txt"), "bar");
+    assert_eq!(img.read("/test+aou.txt"), "baz");
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_args_test.go
+
+/// testGlobalArg: a global ARG in FROM, overridden by --build-arg.
+#[test]
+fn test_global_arg() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nARG tag=nosuchtag\nFROM busybox:${tag}\n");
+    bk.ok(&ctx, &["--build-arg", "tag=latest"]);
+}
+
+/// testGlobalArgErrors: `${FOO:?msg}` in a global ARG fails unless FOO is set.
+#[test]
+fn test_global_arg_errors() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nARG FOO=${FOO:?\"custom error\"}\nFROM busybox\n");
+    bk.fails_with(&ctx, &[], &["FOO: custom error"]);
+    bk.ok(&ctx, &["--build-arg", "FOO=bar"]);
+}
+
+/// testArgDefaultExpansion: `${FOO:?msg}` in a stage ARG default.
+#[test]
+fn test_arg_default_expansion() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nARG FOO\nARG BAR=${FOO:?\"foo missing\"}\n");
+    bk.fails_with(&ctx, &[], &["FOO: foo missing"]);
+    bk.ok(&ctx, &["--build-arg", "FOO=123"]);
+    bk.ok(&ctx, &["--build-arg", "BAR=123"]);
+}
+
+/// testMultiArgs: several ARGs on one line, global and in a stage.
+#[test]
+fn test_multi_args() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+ARG a1="foo bar" a2=box
+ARG a3="$a2-foo"
+FROM busy$a2 AS build
+ARG a3 a4="123 456" a1
+RUN echo -n "$a1:$a3:$a4" > /out
+FROM scratch
+COPY --from=build /out .
+"#,
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/out"), "foo bar:box-foo:123 456");
+}
+
+/// testQuotedMetaArgs: a global ARG's quoted default, redeclared in a stage.
+#[test]
+fn test_quoted_meta_args() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+ARG a1="box"
+ARG a2="$a1-foo"
+FROM busy$a1 AS build
+ARG a2
+ARG a3="bar-$a2"
+RUN echo -n $a3 > /out
+FROM scratch
+COPY --from=build /out .
+"#,
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/out"), "bar-box-foo");
+}
+
+/// testTargetStageNameArg: the automatic TARGETSTAGE arg names the target
+/// stage ("default" for an unnamed last stage), only once declared.
+#[test]
+#[ignore = "issue 11: the automatic TARGETSTAGE arg is not set"]
+fn test_target_stage_name_arg() {
+    let bk = Bk::start();
+    let df = r#"
+FROM alpine AS base
+WORKDIR /out
+RUN echo -n "value:$TARGETSTAGE" > /out/first
+ARG TARGETSTAGE
+RUN echo -n "value:$TARGETSTAGE" > /out/second
+FROM scratch AS foo
+COPY --from=base /out/ /
+FROM scratch
+COPY --from=base /out/ /
+"#;
+    let img = bk.ok(&Ctx::new(df), &["--target", "foo"]);
+    assert_eq!(img.read("/first"), "value:");
+    assert_eq!(img.read("/second"), "value:foo");
+    let img = bk.ok(&Ctx::new(df), &[]);
+    assert_eq!(img.read("/first"), "value:");
+    assert_eq!(img.read("/second"), "value:default");
+    let df2 = format!("{df}\nFROM scratch AS final\nCOPY --from=base /out/ /\n");
+    let img = bk.ok(&Ctx::new(&df2), &[]);
+    assert_eq!(img.read("/first"), "value:");
+    assert_eq!(img.read("/second"), "value:final");
+}
+
+/// testBuiltinArgs: the proxy args are usable without ARG; a changed proxy
+/// value does not invalidate the cache (the output keeps the first value).
+#[test]
+fn test_builtin_args() {
+    let bk = Bk::start();
+    let df = r#"
+FROM busybox AS build
+ARG FOO
+ARG BAR
+ARG BAZ=bazcontent
+RUN echo -n $HTTP_PROXY::$NO_PROXY::$FOO::$BAR::$BAZ > /out
+FROM scratch
+COPY --from=build /out /
+"#;
+    let want = "hpvalue::npvalue::foocontents::::bazcontent";
+    let img = bk.ok(
+        &Ctx::new(df),
+        &[
+            "--build-arg",
+            "FOO=foocontents",
+            "--build-arg",
+            "http_proxy=hpvalue",
+            "--build-arg",
+            "NO_PROXY=npvalue",
+        ],
+    );
+    assert_eq!(img.read("/out"), want);
+    // A different proxy value alone: the RUN is still cached.
+    let img = bk.ok(
+        &Ctx::new(df),
+        &[
+            "--build-arg",
+            "FOO=foocontents",
+            "--build-arg",
+            "http_proxy=hpvalue2",
+        ],
+    );
+    assert_eq!(img.read("/out"), want);
+    // FOO changed: the RUN re-runs, with the new proxy value.
+    let img = bk.ok(
+        &Ctx::new(df),
+        &[
+            "--build-arg",
+            "FOO=foocontents2",
+            "--build-arg",
+            "http_proxy=hpvalue2",
+        ],
+    );
+    assert_eq!(img.read("/out"), "hpvalue2::::foocontents2::::bazcontent");
+}
+
+/// testDefaultEnvWithArgs: ENV defaults from ARG with `${v:-def}` and `${v%%e*}`.
+#[test]
+fn test_default_env_with_args() {
+    let bk = Bk::start();
+    let df = r#"
+ARG image=idlebox
+FROM busy${image#idle} AS build
+ARG my_arg
+ENV my_arg "my_arg=${my_arg:-def_val}"
+ENV my_trimmed_arg "${my_arg%%e*}"
+COPY myscript.sh myscript.sh
+RUN ./myscript.sh $my_arg $my_trimmed_arg
+FROM scratch
+COPY --from=build /out /out
+"#;
+    let script = "\n#!/usr/bin/env sh\necho -n $my_arg $* > /out\n";
+    for (args, want) in [
+        (vec![], "my_arg=def_val my_arg=def_val my_arg=d"),
+        (
+            vec!["--build-arg", "my_arg="],
+            "my_arg=def_val my_arg=def_val my_arg=d",
+        ),
+        (
+            vec!["--build-arg", "my_arg=override"],
+            "my_arg=override my_arg=override my_arg=ov",
+        ),
+    ] {
+        let ctx = Ctx::new(df).file_mode("myscript.sh", script, 0o700);
+        assert_eq!(bk.ok(&ctx, &args).read("/out"), want, "{args:?}");
+    }
+}
+
+/// testEmptyStringArgInEnv: an ARG with an empty default is in RUN's
+/// environment, one without a value is not.
+#[test]
+fn test_empty_string_arg_in_env() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM busybox AS build\nARG FOO\nARG BAR=\nRUN env > env.txt\nFROM scratch\nCOPY --from=build env.txt .\n",
+    );
+    let env = bk.ok(&ctx, &[]).read("/env.txt");
+    assert!(env.contains("BAR="), "{env}");
+    assert!(!env.contains("FOO="), "{env}");
+}
+
+/// testEnvEmptyFormatting: `%s` in ENV values is kept verbatim.
+#[test]
+fn test_env_empty_formatting() {
+    let bk = Bk::start();
+    let ctx =
+        Ctx::new("\nFROM busybox AS build\nENV myenv foo%sbar\nRUN [ \"$myenv\" = 'foo%sbar' ]\n");
+    bk.ok(&ctx, &[]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_cmd_test.go
+
+/// testCmdShell: ENTRYPOINT in shell form after SHELL uses that shell; it
+/// resets the CMD inherited from the base image.
+#[test]
+fn test_cmd_shell() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCMD [\"test\"]\n");
+    let out = bk.d.build(ctx.path(), &["-t", "cmdshell:test"]);
+    assert!(out.success, "{}", out.text());
+    let ctx = Ctx::new("\nFROM cmdshell:test\nSHELL [\"ls\"]\nENTRYPOINT my entrypoint\n");
+    let img = bk.ok(&ctx, &[]);
+    assert!(img.cfg()["Cmd"].is_null(), "Cmd: {}", img.cfg()["Cmd"]);
+    assert_eq!(
+        img.cfg()["Entrypoint"],
+        serde_json::json!(["ls", "my entrypoint"])
+    );
+}
+
+/// testIgnoreEntrypoint: RUN does not go through the image's ENTRYPOINT.
+#[test]
+fn test_ignore_entrypoint() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM busybox\nENTRYPOINT [\"/nosuchcmd\"]\nRUN [\"ls\"]\n");
+    bk.ok(&ctx, &[]);
+}
+
+/// testInvalidJSONCommands: JSON followed by text is shell form: RUN fails
+/// with the text in its error, ENTRYPOINT keeps it as a shell command.
+#[test]
+fn test_invalid_json_commands() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM alpine\nRUN [\"echo\", \"hello\"]this is invalid\n");
+    bk.fails_with(&ctx, &[], &["this is invalid"]);
+    let ctx = Ctx::new("\nFROM alpine\nENTRYPOINT []random string\n");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(
+        img.cfg()["Entrypoint"],
+        serde_json::json!(["/bin/sh", "-c", "[]random string"])
+    );
+}
+
+/// testDockerfileInvalidCommand: a RUN whose command does not exist fails
+/// and says which command and exit code.
+#[test]
+fn test_dockerfile_invalid_command() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM busybox\nRUN invalidcmd\n");
+    let out = bk.build(&ctx, &[]).err().expect("the build must fail");
+    let text = out.text();
+    assert!(text.contains("invalidcmd"), "{text}");
+    assert!(
+        text.contains("did not complete successfully")
+            || text.contains("exit code: 127")
+            || text.contains("127"),
+        "{text}"
+    );
+}
+
+/// testDockerfileInvalidInstruction: an unknown instruction, with a suggestion.
+#[test]
+#[ignore = "issue 11: unknown instruction error has another text and no 'did you mean ENTRYPOINT?'"]
+fn test_dockerfile_invalid_instruction() {
+    let bk = Bk::start();
+    let ctx =
+        Ctx::new("\nFROM scratch\nFNTRYPOINT [\"/bin/sh\", \"-c\", \"echo invalidinstruction\"]\n");
+    bk.fails_with(
+        &ctx,
+        &[],
+        &[
+            "unknown instruction: FNTRYPOINT",
+            "did you mean ENTRYPOINT?",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_dockerignore_test.go
+
+/// testDockerignore: .dockerignore with patterns and exceptions.
+#[test]
+fn test_dockerignore() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY . .\n")
+        .file("foo", "foo-contents")
+        .file("bar", "bar-contents")
+        .file("baz", "baz-contents")
+        .file("bay", "bay-contents")
+        .file(".dockerignore", "\nba*\nDockerfile\n!bay\n.dockerignore\n");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/foo"), "foo-contents");
+    for gone in ["/.dockerignore", "/Dockerfile", "/bar", "/baz"] {
+        assert!(!img.has(gone), "{gone} must be ignored");
+    }
+    assert_eq!(img.read("/bay"), "bay-contents");
+}
+
+/// testDockerignoreInvalid: a `!` pattern alone is an error.
+#[test]
+fn test_dockerignore_invalid() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY . .\n").file(".dockerignore", "!\n");
+    bk.fails(&ctx, &[]);
+}
+
+/// testDockerignoreOverride: `Dockerfile.dockerignore` next to a Dockerfile
+/// wins over `.dockerignore`.
+#[test]
+fn test_dockerignore_override() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM busybox\nCOPY . .\nRUN [ -f foo ] && [ ! -f bar ]\n")
+        .file("Dockerfile.dockerignore", "\nbar\n")
+        .file(
+            "Dockerfile2",
+            "\nFROM busybox\nCOPY . .\nRUN [ ! -f foo ] && [ -f bar ]\n",
+        )
+        .file("Dockerfile2.dockerignore", "\nfoo\n")
+        .file("foo", "contents0")
+        .file("bar", "contents0");
+    bk.ok(&ctx, &[]);
+    let f = ctx.path().join("Dockerfile2").display().to_string();
+    bk.ok(&ctx, &["-f", &f]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_workdir_test.go
+
+/// testWorkdirCreatesDir: WORKDIR creates the directory in a scratch image.
+#[test]
+fn test_workdir_creates_dir() {
+    let bk = Bk::start();
+    let img = bk.ok(&Ctx::new("\nFROM scratch\nWORKDIR /foo\nWORKDIR /\n"), &[]);
+    assert_eq!(img.kind("/foo"), "dir");
+}
+
+/// testWorkdirUser: WORKDIR after USER creates the directory owned by that user.
+#[test]
+fn test_workdir_user() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN adduser -D user
+USER user
+WORKDIR /mydir
+RUN [ "$(stat -c "%U %G" /mydir)" == "user user" ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testWorkdirCopyIgnoreRelative: COPY --from sources are absolute in the
+/// source stage, whatever its WORKDIR.
+#[test]
+fn test_workdir_copy_ignore_relative() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+WORKDIR /foo
+COPY Dockerfile /
+FROM busybox
+# relative path still loaded as absolute
+COPY --from=base Dockerfile .
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testWorkdirExists: WORKDIR on an existing directory keeps its owner.
+#[test]
+fn test_workdir_exists() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN adduser -D user
+RUN mkdir /mydir && chown user:user /mydir
+WORKDIR /mydir
+RUN [ "$(stat -c "%U %G" /mydir)" == "user user" ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_multistage_test.go
+
+/// testMultiStageImplicitFrom: `COPY --from=IMAGE` names an image; a stage
+/// of the same name masks the image.
+#[test]
+#[ignore = "issue 11: COPY --from=IMAGE (an image, not a stage) is refused"]
+fn test_multi_stage_implicit_from() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY --from=busybox /etc/passwd test\n");
+    assert!(bk.ok(&ctx, &[]).read("/test").contains("root"));
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS golang
+RUN mkdir -p /usr/bin && echo -n foo > /usr/bin/go
+FROM scratch
+COPY --from=golang /usr/bin/go go
+"#,
+    );
+    assert!(bk.ok(&ctx, &[]).read("/go").contains("foo"));
+}
+
+/// testMultiStageCaseInsensitive: stage names and --target ignore case.
+#[test]
+fn test_multi_stage_case_insensitive() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS STAge0
+COPY foo bar
+FROM busybox AS staGE1
+COPY --from=staGE0 bar baz
+FROM busybox
+COPY --from=stage1 baz bax
+"#,
+    )
+    .file("foo", "foo-contents");
+    let img = bk.ok(&ctx, &["--target", "Stage1"]);
+    assert!(img.read("/baz").contains("foo-contents"));
+}
+
+/// testOutOfOrderStage: COPY --from a stage defined later is an error.
+#[test]
+#[ignore = "issue 11: COPY --from a later stage fails with another text"]
+fn test_out_of_order_stage() {
+    let bk = Bk::start();
+    for src in ["/", "/d2"] {
+        let ctx = Ctx::new(&format!(
+            "\nFROM busybox AS target\nCOPY --from=build {src} /out\nFROM alpine AS build\nCOPY /Dockerfile /d2\nFROM target\n"
+        ));
+        bk.fails_with(
+            &ctx,
+            &[],
+            &[
+                "cannot copy from stage",
+                "needs to be defined before current stage",
+            ],
+        );
+    }
+}
+
+/// testEmptyStages: a Dockerfile with no FROM.
+#[test]
+#[ignore = "issue 11: a Dockerfile without FROM fails with another text"]
+fn test_empty_stages() {
+    let bk = Bk::start();
+    bk.fails_with(
+        &Ctx::new("ARG foo=bar"),
+        &[],
+        &["dockerfile contains no stages to build"],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_image_test.go
+
+/// testDockerfileScratchConfig: a FROM scratch image's config: os, arch,
+/// WorkingDir set, no layers, one empty-layer history entry, PATH in Env.
+#[test]
+fn test_dockerfile_scratch_config() {
+    let bk = Bk::start();
+    let img = bk.ok(&Ctx::new("\nFROM scratch\nENV foo=bar\n"), &[]);
+    let c = &img.config;
+    assert_ne!(c["os"].as_str().unwrap_or(""), "");
+    assert_ne!(c["architecture"].as_str().unwrap_or(""), "");
+    assert_ne!(c["config"]["WorkingDir"].as_str().unwrap_or(""), "");
+    assert_eq!(c["rootfs"]["type"], "layers");
+    assert_eq!(c["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len), 0);
+    let history = c["history"].as_array().cloned().unwrap_or_default();
+    assert_eq!(history.len(), 1, "history: {history:?}");
+    assert!(history[0]["created_by"]
+        .as_str()
+        .unwrap_or("")
+        .contains("ENV foo=bar"));
+    assert_eq!(history[0]["empty_layer"], true);
+    assert!(img.env().contains(&"foo=bar".to_string()));
+    assert!(img.env().iter().any(|e| e.starts_with("PATH=")));
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_heredoc_test.go
+
+/// testCopyHeredoc: here-documents as COPY sources, several at once, with
+/// --chmod and --chown.
+#[test]
+#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
+fn test_copy_heredoc() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "
+FROM busybox AS build
+RUN adduser -D user
+WORKDIR /dest
+COPY <<EOF single
+single file
+EOF
+COPY <<EOF <<EOF2 double/
+first file
+EOF
+second file
+EOF2
+RUN mkdir -p /permfiles
+COPY --chmod=777 <<EOF /permfiles/all
+dummy content
+EOF
+COPY --chmod=0644 <<EOF /permfiles/rw
+dummy content
+EOF
+COPY --chown=user:user <<EOF /permfiles/owned
+dummy content
+EOF
+RUN stat -c \"%04a\" /permfiles/all >> perms && \\
+\tstat -c \"%04a\" /permfiles/rw >> perms && \\
+\tstat -c \"%U:%G\" /permfiles/owned >> perms
+FROM scratch
+COPY --from=build /dest /
+",
+    );
+    let img = bk.ok(&ctx, &[]);
+    for (name, want) in [
+        ("/single", "single file\n"),
+        ("/double/EOF", "first file\n"),
+        ("/double/EOF2", "second file\n"),
+        ("/perms", "0777\n0644\nuser:user\n"),
+    ] {
+        assert_eq!(img.read(name), want, "{name}");
+    }
+}
+
+/// testCopyHeredocSpecialSymbols: quotes, backslashes and `$` in COPY
+/// here-documents, expanded and raw (`<<"EOF"`).
+#[test]
+#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
+fn test_copy_heredoc_special_symbols() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM scratch
+
+COPY <<EOF quotefile
+"quotes in file"
+EOF
+
+COPY <<EOF slashfile1
+\
+EOF
+COPY <<EOF slashfile2
+\\
+EOF
+COPY <<EOF slashfile3
+\$
+EOF
+
+COPY <<"EOF" rawslashfile1
+\
+EOF
+COPY <<"EOF" rawslashfile2
+\\
+EOF
+COPY <<"EOF" rawslashfile3
+\$
+EOF
+"#,
+    );
+    let img = bk.ok(&ctx, &[]);
+    for (name, want) in [
+        ("/quotefile", "\"quotes in file\"\n"),
+        ("/slashfile1", "\n"),
+        ("/slashfile2", "\\\n"),
+        ("/slashfile3", "$\n"),
+        ("/rawslashfile1", "\\\n"),
+        ("/rawslashfile2", "\\\\\n"),
+        ("/rawslashfile3", "\\$\n"),
+    ] {
+        assert_eq!(img.read(name), want, "{name}");
+    }
+}
+
+/// testRunBasicHeredoc: a RUN here-document is a shell script.
+#[test]
+fn test_run_basic_heredoc() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS build
+RUN <<EOF
+echo "i am" >> /dest
+whoami >> /dest
+EOF
+FROM scratch
+COPY --from=build /dest /dest
+"#,
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/dest"), "i am\nroot\n");
+}
+
+/// testRunFakeHeredoc: with SHELL ["/bin/awk"], the here-document is awk's program.
+#[test]
+fn test_run_fake_heredoc() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "
+FROM busybox AS build
+SHELL [\"/bin/awk\"]
+RUN <<EOF
+BEGIN {
+\tprint \"foo\" > \"/dest\"
+}
+EOF
+FROM scratch
+COPY --from=build /dest /dest
+",
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/dest"), "foo\n");
+}
+
+/// testRunShebangHeredoc: a here-document starting with `#!` runs with that
+/// interpreter; `<<-` strips leading tabs first.
+#[test]
+#[ignore = "issue 11: a RUN here-document starting with #! runs under /bin/sh, not its interpreter"]
+fn test_run_shebang_heredoc() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "
+FROM busybox AS build
+WORKDIR /dest
+RUN <<EOF
+#!/bin/awk -f
+BEGIN {
+\tprint \"hello\" >> \"./out1\"
+\tprint \"world\" >> \"./out1\"
+}
+EOF
+RUN <<-EOF
+\t#!/bin/awk -f
+\tBEGIN {
+\t\tprint \"hello\" >> \"./out2\"
+\t\tprint \"world\" >> \"./out2\"
+\t}
+EOF
+FROM scratch
+COPY --from=build /dest /
+",
+    );
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/out1"), "hello\nworld\n");
+    assert_eq!(img.read("/out2"), "hello\nworld\n");
+}
+
+/// testRunComplexHeredoc: here-documents fed to commands in a pipeline, two
+/// in one RUN, and on file descriptors 3 and 4.
+#[test]
+#[ignore = "issue 11: RUN here-documents fed to a command (cat <<EOF | ..., 3<<IN1) are not parsed"]
+fn test_run_complex_heredoc() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "
+FROM busybox AS build
+WORKDIR /dest
+RUN cat <<EOF1 | tr '[:upper:]' '[:lower:]' > ./out1; \\
+\tcat <<EOF2 | tr '[:lower:]' '[:upper:]' > ./out2
+hello WORLD
+EOF1
+HELLO world
+EOF2
+RUN <<EOF 3<<IN1 4<<IN2 awk -f -
+BEGIN {
+\twhile ((getline line < \"/proc/self/fd/3\") > 0)
+\t\tprint tolower(line) > \"./fd3\"
+\twhile ((getline line < \"/proc/self/fd/4\") > 0)
+\t\tprint toupper(line) > \"./fd4\"
+}
+EOF
+hello WORLD
+IN1
+HELLO world
+IN2
+FROM scratch
+COPY --from=build /dest /
+",
+    );
+    let img = bk.ok(&ctx, &[]);
+    for (name, want) in [
+        ("/out1", "hello world\n"),
+        ("/out2", "HELLO WORLD\n"),
+        ("/fd3", "hello world\n"),
+        ("/fd4", "HELLO WORLD\n"),
+    ] {
+        assert_eq!(img.read(name), want, "{name}");
+    }
+}
+
+/// testHeredocIndent: `<<EOF` keeps leading tabs, `<<-EOF` strips them, in
+/// COPY and RUN (plain, shebang, and fed to `sh`).
+#[test]
+#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
+fn test_heredoc_indent() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "
+FROM busybox AS build
+
+COPY <<EOF /dest/foo-copy
+\tfoo
+EOF
+
+COPY <<-EOF /dest/bar-copy
+\tbar
+EOF
+
+RUN <<EOF
+echo \"
+\tfoo\" > /dest/foo-run
+EOF
+
+RUN <<-EOF
+echo \"
+\tbar\" > /dest/bar-run
+EOF
+
+RUN <<EOF
+#!/bin/sh
+echo \"
+\tfoo\" > /dest/foo2-run
+EOF
+
+RUN <<-EOF
+#!/bin/sh
+echo \"
+\tbar\" > /dest/bar2-run
+EOF
+
+RUN <<EOF sh > /dest/foo3-run
+echo \"
+\tfoo\"
+EOF
+
+RUN <<-EOF sh > /dest/bar3-run
+echo \"
+\tbar\"
+EOF
+
+FROM scratch
+COPY --from=build /dest /
+",
+    );
+    let img = bk.ok(&ctx, &[]);
+    for (name, want) in [
+        ("/foo-copy", "\tfoo\n"),
+        ("/foo-run", "\n\tfoo\n"),
+        ("/foo2-run", "\n\tfoo\n"),
+        ("/foo3-run", "\n\tfoo\n"),
+        ("/bar-copy", "bar\n"),
+        ("/bar-run", "\nbar\n"),
+        ("/bar2-run", "\nbar\n"),
+        ("/bar3-run", "\nbar\n"),
+    ] {
+        assert_eq!(img.read(name), want, "{name}");
+    }
+}
+
+/// testHeredocVarSubstitution: `${name}` in COPY here-documents expands
+/// unless the delimiter is quoted; RUN here-documents leave it to the shell.
+#[test]
+#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
+fn test_heredoc_var_substitution() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox as build
+
+ARG name=world
+
+COPY <<EOF /dest/c1
+Hello ${name}!
+EOF
+COPY <<'EOF' /dest/c2
+Hello ${name}!
+EOF
+COPY <<"EOF" /dest/c3
+Hello ${name}!
+EOF
+
+COPY <<EOF /dest/q1
+Hello '${name}'!
+EOF
+COPY <<EOF /dest/q2
+Hello "${name}"!
+EOF
+COPY <<'EOF' /dest/qsingle1
+Hello '${name}'!
+EOF
+COPY <<'EOF' /dest/qsingle2
+Hello "${name}"!
+EOF
+COPY <<"EOF" /dest/qdouble1
+Hello '${name}'!
+EOF
+COPY <<"EOF" /dest/qdouble2
+Hello "${name}"!
+EOF
+
+RUN <<EOF
+greeting="Hello"
+echo "${greeting} ${name}!" > /dest/r1
+EOF
+RUN <<EOF
+name="new world"
+echo "Hello ${name}!" > /dest/r2
+EOF
+
+FROM scratch
+COPY --from=build /dest /
+"#,
+    );
+    let img = bk.ok(&ctx, &[]);
+    for (name, want) in [
+        ("/c1", "Hello world!\n"),
+        ("/c2", "Hello ${name}!\n"),
+        ("/c3", "Hello ${name}!\n"),
+        ("/q1", "Hello 'world'!\n"),
+        ("/q2", "Hello \"world\"!\n"),
+        ("/qsingle1", "Hello '${name}'!\n"),
+        ("/qsingle2", "Hello \"${name}\"!\n"),
+        ("/qdouble1", "Hello '${name}'!\n"),
+        ("/qdouble2", "Hello \"${name}\"!\n"),
+        ("/r1", "Hello world!\n"),
+        ("/r2", "Hello new world!\n"),
+    ] {
+        assert_eq!(img.read(name), want, "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_mount_test.go
+
+/// testMountContext: `RUN --mount=target=/context` binds the build context.
+#[test]
+fn test_mount_context() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM busybox\nRUN --mount=target=/context [ \"$(cat /context/testfile)\" == \"contents0\" ]\n",
+    )
+    .file("testfile", "contents0");
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountTmpfs: what a tmpfs mount holds is not in the layer.
+#[test]
+fn test_mount_tmpfs() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM busybox\nRUN --mount=target=/mytmp,type=tmpfs touch /mytmp/foo\nRUN [ ! -f /mytmp/foo ]\n",
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountInvalid: misspelled flag, key and mount type, with suggestions.
+#[test]
+#[ignore = "issue 11: RUN flag / mount key / mount type errors differ and have no 'did you mean'"]
+fn test_mount_invalid() {
+    let bk = Bk::start();
+    for (df, want) in [
+        (
+            "\nFROM scratch\nRUN --mont=target=/mytmp,type=tmpfs /bin/true\n",
+            ["unknown flag: --mont", "did you mean mount?"],
+        ),
+        (
+            "\nFROM scratch\nRUN --mount=typ=tmpfs /bin/true\n",
+            ["unexpected key 'typ'", "did you mean type?"],
+        ),
+        (
+            "\nFROM scratch\nRUN --mount=type=tmp /bin/true\n",
+            ["unsupported mount type \"tmp\"", "did you mean tmpfs?"],
+        ),
+    ] {
+        bk.fails_with(&Ctx::new(df), &[], &want);
+    }
+}
+
+/// testMountRWCache: a rw bind mount from a stage; a context change that
+/// leaves that stage's content the same keeps the RUN cached.
+#[test]
+#[ignore = "issue 11: a bind mount from a stage is keyed by the stage's cache key, not its content"]
+fn test_mount_rw_cache() {
+    let bk = Bk::start();
+    let df = r#"
+from busybox AS build
+copy cachebust /
+run mkdir out && echo foo > out/foo
+
+from busybox as second
+RUN --mount=from=build,src=out,target=/out,rw touch /out/bar && cat /dev/urandom | head -c 100 | sha256sum > /unique
+
+from scratch
+COPY --from=second /unique /unique
+"#;
+    let first = bk
+        .ok(&Ctx::new(df).file("cachebust", "0"), &[])
+        .read("/unique");
+    let second = bk
+        .ok(&Ctx::new(df).file("cachebust", "1"), &[])
+        .read("/unique");
+    assert_eq!(first, second);
+}
+
+/// testCacheMountUser: cache mount uid, gid and mode.
+#[test]
+#[ignore = "issue 11: cache mount uid=/gid=/mode= are ignored (the dir gets the RUN user's ids)"]
+fn test_cache_mount_user() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM busybox\nRUN --mount=type=cache,target=/mycache,uid=1001,gid=1002,mode=0751 [ \"$(stat -c \"%u %g %f\" /mycache)\" == \"1001 1002 41e9\" ]\n",
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testCacheMountDefaultID: a cache mount's default id is its target.
+#[test]
+fn test_cache_mount_default_id() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN --mount=type=cache,target=/mycache touch /mycache/foo
+RUN --mount=type=cache,target=/mycache2 [ ! -f /mycache2/foo ]
+RUN --mount=type=cache,target=/mycache [ -f /mycache/foo ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountEnvVar: `target=$SOME_PATH` expands ENV.
+#[test]
+fn test_mount_env_var() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+ENV SOME_PATH=/mycache
+RUN --mount=type=cache,target=/mycache touch /mycache/foo
+RUN --mount=type=cache,target=$SOME_PATH [ -f $SOME_PATH/foo ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountArg: `type=$MNT_TYPE` expands ARG.
+#[test]
+fn test_mount_arg() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+ARG MNT_TYPE=cache
+RUN --mount=type=$MNT_TYPE,target=/mycache2 touch /mycache2/foo
+RUN --mount=type=cache,target=/mycache2 [ -f /mycache2/foo ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountEnvAcrossStages: ENV used in mounts, inherited by `FROM stage1`.
+#[test]
+fn test_mount_env_across_stages() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox as stage1
+
+ENV MNT_ID=mycache
+ENV MNT_TYPE2=cache
+RUN --mount=type=cache,id=mycache,target=/abcabc touch /abcabc/foo
+RUN --mount=type=$MNT_TYPE2,id=$MNT_ID,target=/cbacba [ -f /cbacba/foo ]
+
+FROM stage1
+RUN --mount=type=$MNT_TYPE2,id=$MNT_ID,target=/whatever [ -f /whatever/foo ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountMetaArg: a global ARG redeclared in the stage, in `target=`.
+#[test]
+fn test_mount_meta_arg() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+ARG META_PATH=/tmp/meta
+
+FROM busybox
+ARG META_PATH
+RUN --mount=type=cache,id=mycache,target=/tmp/meta touch /tmp/meta/foo
+RUN --mount=type=cache,id=mycache,target=$META_PATH [ -f /tmp/meta/foo ]
+"#,
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testMountFromError: `from=$ttt` in a mount is refused with BuildKit's reason.
+#[test]
+#[ignore = "issue 11: from=$VAR in a mount is expanded instead of refused with BuildKit's reason"]
+fn test_mount_from_error() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox as test
+RUN touch /tmp/test
+
+FROM busybox
+ENV ttt=test
+RUN --mount=from=$ttt,type=cache,target=/tmp ls
+"#,
+    );
+    bk.fails_with(
+        &ctx,
+        &[],
+        &["'from' doesn't support variable expansion, define alias stage instead"],
+    );
+}
+
+/// testMountTmpfsSize: tmpfs `size=128m`.
+#[test]
+#[ignore = "issue 11: type=tmpfs is a bind of a directory on disk; size= is ignored"]
+fn test_mount_tmpfs_size() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+RUN --mount=type=tmpfs,target=/dev/shm,size=128m mount | grep /dev/shm > /tmpfssize
+FROM scratch
+COPY --from=base /tmpfssize /
+"#,
+    );
+    let out = bk.ok(&ctx, &[]).read("/tmpfssize");
+    assert!(out.contains("size=131072k"), "{out}");
+}
+
+/// testMountDuplicate: two bind mounts of the context (the whole and one
+/// file); a changed file re-runs the step.
+#[test]
+fn test_mount_duplicate() {
+    let bk = Bk::start();
+    let df = r#"
+FROM busybox AS base
+RUN --mount=source=.,target=/tmp/test \
+  --mount=source=b.txt,target=/tmp/b.txt \
+  cat /tmp/test/a.txt /tmp/b.txt > /combined.txt
+FROM scratch
+COPY --from=base /combined.txt /
+"#;
+    for text in ["foo\n", "updated\n"] {
+        let ctx = Ctx::new(df).file("a.txt", text).file("b.txt", "bar\n");
+        assert_eq!(
+            bk.ok(&ctx, &[]).read("/combined.txt"),
+            format!("{text}bar\n")
+        );
+    }
+}
