@@ -62,8 +62,12 @@ impl Printer {
 
     pub fn event(&mut self, event: &BuildEvent) {
         match self.mode {
-            Mode::Json { .. } => return self.json(event),
-            Mode::Quiet => {
+            Mode::Json { stderr: false } => return self.json(event),
+            // stdout has the digest, as in plain mode.
+            Mode::Json { stderr: true } | Mode::Quiet => {
+                if self.mode != Mode::Quiet {
+                    self.json(event);
+                }
                 if let (
                     BuildEvent::Finished {
                         manifest_digest, ..
