@@ -202,12 +202,11 @@ fn same_inputs_same_digest_across_daemons_and_source_date_epoch_is_honoured() {
 /// An image with owners, modes, a symlink, and a file a later RUN removed
 /// (a whiteout) and one it made.
 fn filesystem_project() -> tempfile::TempDir {
-    let dir = common::busybox_context(
+    common::busybox_context(
         "COPY --chown=1234:5678 --chmod=0741 data/ /data/\n\
          RUN rm /data/gone.txt && mkdir /made && echo made > /made/by-run && ln -s ../data/keep.txt /made/link\n",
         &[("data/keep.txt", "kept bytes\n"), ("data/gone.txt", "removed later\n")],
-    );
-    dir
+    )
 }
 
 fn ctl_plain(d: &Daemon, args: &[&str]) -> std::process::Output {
