@@ -195,3 +195,294 @@ fn same_inputs_same_digest_across_daemons_and_source_date_epoch_is_honoured() {
     let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
     assert_eq!(config["created"], "2023-11-14T22:13:20Z");
 }
+
+// ---- The final filesystem (-o type=local|tar, -o DIR, -o -), several
+// outputs at once, stdout, --iidfile/--metadata-file/-q, flag errors. ----
+
+/// An image with owners, modes, a symlink, and a file a later RUN removed
+/// (a whiteout) and one it made.
+fn filesystem_project() -> tempfile::TempDir {
+    common::busybox_context(
+        "COPY --chown=1234:5678 --chmod=0741 data/ /data/\n\
+         RUN rm /data/gone.txt && mkdir /made && echo made > /made/by-run && ln -s ../data/keep.txt /made/link\n",
+        &[("data/keep.txt", "kept bytes\n"), ("data/gone.txt", "removed later\n")],
+    )
+}
+
+fn ctl_plain(d: &Daemon, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["build", "--progress", "plain"];
+    all.extend_from_slice(args);
+    d.ctl(&all)
+}
+
+/// path -> (mode & 0o7777, uid, gid, link target or file bytes) of a filesystem tar.
+fn tar_tree(bytes: &[u8]) -> HashMap<String, (u32, u64, u64, Vec<u8>)> {
+    let mut archive = tar::Archive::new(bytes);
+    let mut out = HashMap::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().display().to_string();
+        let h = e.header().clone();
+        let mut data = Vec::new();
+        if let Some(l) = e.link_name().unwrap() {
+            data = l.display().to_string().into_bytes();
+        } else {
+            e.read_to_end(&mut data).unwrap();
+        }
+        let name = name.trim_end_matches('/').to_string();
+        out.insert(
+            name,
+            (
+                h.mode().unwrap() & 0o7777,
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                data,
+            ),
+        );
+    }
+    out
+}
+
+#[test]
+fn local_output_writes_the_final_filesystem_with_bytes_modes_owners_and_links() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let p = filesystem_project();
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("rootfs");
+    let plain_dir = out.path().join("plain");
+    d.build_ok(
+        p.path(),
+        &[
+            "-o",
+            &format!("type=local,dest={}", dir.display()),
+            "-o",
+            plain_dir.to_str().unwrap(),
+        ],
+    );
+    for root in [&dir, &plain_dir] {
+        let keep = root.join("data/keep.txt");
+        assert_eq!(std::fs::read_to_string(&keep).unwrap(), "kept bytes\n");
+        let meta = std::fs::symlink_metadata(&keep).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o741);
+        // The tests run as root, so owners are kept.
+        assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+        assert!(
+            !root.join("data/gone.txt").exists(),
+            "a file the RUN removed must not be in the output"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("made/by-run")).unwrap(),
+            "made\n"
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("made/link")).unwrap(),
+            Path::new("../data/keep.txt")
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("bin/sh")).unwrap(),
+            Path::new("/bin/busybox")
+        );
+        let busybox = std::fs::read(root.join("bin/busybox")).unwrap();
+        assert_eq!(busybox, std::fs::read("/bin/busybox").unwrap());
+    }
+}
+
+#[test]
+fn tar_output_to_a_file_and_to_stdout() {
+    let d = Daemon::start();
+    let p = filesystem_project();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("fs.tar");
+    let o = ctl_plain(
+        &d,
+        &[
+            "-o",
+            &format!("type=tar,dest={}", file.display()),
+            p.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tree = tar_tree(&std::fs::read(&file).unwrap());
+    assert_eq!(
+        tree["data/keep.txt"],
+        (0o741, 1234, 5678, b"kept bytes\n".to_vec())
+    );
+    assert!(!tree.contains_key("data/gone.txt"), "{:?}", tree.keys());
+    assert_eq!(tree["made/link"].3, b"../data/keep.txt");
+    assert_eq!(tree["made/by-run"].3, b"made\n");
+    // dest=- and `-o -`: the same tar on stdout, and nothing else there.
+    for spec in ["type=tar,dest=-", "-"] {
+        let o = d.ctl_in(
+            &["build", "--progress", "plain", "-o", spec, "."],
+            Some(p.path()),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.stdout, std::fs::read(&file).unwrap(), "-o {spec}");
+        assert!(
+            !p.path().join("-").exists(),
+            "dest=- must not create a file named -"
+        );
+    }
+    // An OCI archive on stdout is the same archive as one written to a file.
+    let oci = out.path().join("image.tar");
+    let o = ctl_plain(
+        &d,
+        &[
+            "-o",
+            &format!("type=oci,dest={}", oci.display()),
+            p.path().to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+    let o = ctl_plain(&d, &["-o", "type=oci,dest=-", p.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.stdout, std::fs::read(&oci).unwrap());
+}
+
+#[test]
+fn a_missing_output_directory_fails_before_the_build() {
+    let d = Daemon::start();
+    let p = project();
+    let out = tempfile::tempdir().unwrap();
+    let missing = out.path().join("no/such/dir/image.tar");
+    let o = ctl_plain(
+        &d,
+        &[
+            "-o",
+            &format!("type=oci,dest={}", missing.display()),
+            p.path().to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(stderr.contains("does not exist"), "{stderr}");
+    assert!(
+        stderr.contains(&out.path().join("no/such/dir").display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("build "), "no build may start: {stderr}");
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = d.ctl(&[
+        "build",
+        "--iidfile",
+        &missing.display().to_string(),
+        p.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--iidfile"));
+}
+
+#[test]
+fn quiet_iidfile_and_metadata_file_hold_the_image_digests() {
+    let d = Daemon::start();
+    let p = project();
+    let out = tempfile::tempdir().unwrap();
+    let iid = out.path().join("iid");
+    let meta = out.path().join("meta.json");
+    let o = d.ctl(&[
+        "build",
+        "-q",
+        "-t",
+        "demo:q",
+        "-t",
+        "demo:r",
+        "--iidfile",
+        iid.to_str().unwrap(),
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        p.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let images = d.ctl_json(&["images"]);
+    let image = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "demo:q")
+        .unwrap()
+        .clone();
+    let config = image["config_digest"].as_str().unwrap();
+    let manifest = image["manifest_digest"].as_str().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), format!("{config}\n"));
+    assert!(
+        o.stderr.is_empty(),
+        "-q prints no progress: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), config);
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["containerimage.digest"], manifest);
+    assert_eq!(m["containerimage.config.digest"], config);
+    assert_eq!(m["containerimage.descriptor"]["digest"], manifest);
+    assert_eq!(m["image.name"], "demo:q,demo:r");
+}
+
+#[test]
+fn progress_modes_and_unsupported_flags_say_what_they_do() {
+    let d = Daemon::start();
+    let p = project();
+    let ctx = p.path().to_str().unwrap();
+    // BUILDKIT_PROGRESS=rawjson: the JSON events, on stderr.
+    let o = Command::new(common::bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["build", ctx])
+        .env("BUILDKIT_PROGRESS", "rawjson")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "finished")
+        .expect(&stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        finished["manifest_digest"].as_str().unwrap()
+    );
+    // --progress=quiet: only the digest.
+    let o = d.ctl(&["build", "--progress=quiet", ctx]);
+    assert!(o.status.success());
+    assert!(
+        o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("sha256:"));
+    // tty is not there yet, and says so.
+    let o = d.ctl(&["build", "--progress=tty", ctx]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not implemented yet"));
+    // A docker flag memobuild does not take is named, without clap's "-- --x" tip.
+    for flag in [
+        &["--label", "a=b"][..],
+        &["--network=host"],
+        &["--shm-size", "1g"],
+    ] {
+        let mut args = vec!["build"];
+        args.extend_from_slice(flag);
+        args.push(ctx);
+        let o = d.ctl(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let name = flag[0].split('=').next().unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            stderr.contains(&format!(
+                "{name} is a `docker build` flag that memobuild-ctl does not support yet"
+            )),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("-- --"), "{stderr}");
+    }
+    let o = d.ctl(&["build", "--frobnicate", ctx]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown flag --frobnicate"));
+}

@@ -2,12 +2,15 @@
 
 mod connect;
 mod disk;
+mod docker;
+mod flags;
 mod import;
 mod inspect;
 mod observe;
 mod output;
 mod progress;
 mod registry;
+mod rootfs;
 
 use clap::{Parser, Subcommand};
 use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
@@ -139,17 +142,31 @@ struct BuildArgs {
     /// Do not use the step cache
     #[arg(long)]
     no_cache: bool,
-    /// Progress output: auto, plain or json (one JSON event per line)
-    #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "json"])]
+    /// Progress output: auto and plain (lines on stderr), json (one JSON event
+    /// per line on stdout), rawjson (the same on stderr), quiet (none)
+    #[arg(long, env = "BUILDKIT_PROGRESS", default_value = "auto", value_parser = ["auto", "tty", "plain", "json", "rawjson", "quiet"])]
     progress: String,
-    /// Output: type=oci,dest=FILE.tar or type=oci-layout,dest=DIR
+    /// Print only the image ID (the config digest) on stdout; no progress
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Write the image ID (the config digest) to FILE
+    #[arg(long, value_name = "FILE")]
+    iidfile: Option<PathBuf>,
+    /// Write the build result as JSON (buildx's keys) to FILE
+    #[arg(long, value_name = "FILE")]
+    metadata_file: Option<PathBuf>,
+    /// Output (repeatable): type=docker|oci|tar,dest=FILE|-, type=oci-layout|local,dest=DIR,
+    /// DIR, -, type=docker[,name=NAME] (into the Docker Engine), type=registry,name=REF
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
-    output: Option<String>,
+    output: Vec<String>,
+    /// Load the image into the local Docker Engine (same as -o type=docker)
+    #[arg(long)]
+    load: bool,
     /// Secret for RUN --mount=type=secret: id=ID,src=FILE (or id=ID,env=VAR)
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
     /// Memory limit of each RUN step, e.g. 512m or 2g
-    #[arg(long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
+    #[arg(short = 'm', long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
     memory: Option<u64>,
     /// CPUs each RUN step may use, e.g. 1.5
     #[arg(long, value_name = "N")]
@@ -178,7 +195,10 @@ struct BuildArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return flags::parse_error(e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -296,9 +316,69 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     match run_build(&client, &args, request).await {
         Ok(_) => Ok(ExitCode::SUCCESS),
         // With --progress json the failure was already printed as an event.
-        Err(_) if args.progress == "json" => Ok(ExitCode::FAILURE),
+        Err(_) if !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson") => {
+            Ok(ExitCode::FAILURE)
+        }
         Err(e) => Err(e),
     }
+}
+
+/// The outputs (`-o`, `--load`) written by this client, checked before the build.
+async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError> {
+    if args.progress == "tty" && !args.quiet {
+        return Err(RpcError::with_hint(
+            "--progress tty (the live, redrawn display) is not implemented yet",
+            "use --progress auto or plain (a line per step), rawjson or quiet",
+        ));
+    }
+    let mut specs = Vec::new();
+    for o in &args.output {
+        if let Some(spec) = output::OutputSpec::parse(o)? {
+            spec.preflight(&format!("-o {o}"))?;
+            specs.push(spec);
+        }
+    }
+    if args.load {
+        specs.push(output::OutputSpec {
+            kind: output::Kind::Docker,
+            dest: output::Dest::Engine,
+            names: Vec::new(),
+        });
+    }
+    if specs.iter().any(|s| s.dest == output::Dest::Engine) {
+        docker::ping().await?;
+    }
+    let to_stdout = specs
+        .iter()
+        .filter(|s| s.dest == output::Dest::Stdout)
+        .count();
+    if to_stdout > 1 {
+        return Err(RpcError::with_hint(
+            "more than one -o writes to stdout (dest=-)",
+            "give all but one of them dest=FILE",
+        ));
+    }
+    if to_stdout == 1 && args.quiet {
+        return Err(RpcError::with_hint(
+            "-q prints the image ID on stdout, where -o dest=- writes the archive",
+            "use --iidfile FILE for the image ID, or give the output dest=FILE",
+        ));
+    }
+    if to_stdout == 1 && args.progress == "json" {
+        return Err(RpcError::with_hint(
+            "--progress json prints on stdout, where -o dest=- writes the archive",
+            "use --progress rawjson (the same events on stderr)",
+        ));
+    }
+    for (flag, path) in [
+        ("--iidfile", &args.iidfile),
+        ("--metadata-file", &args.metadata_file),
+    ] {
+        if let Some(path) = path {
+            output::check_parent(flag, path)?;
+        }
+    }
+    Ok(specs)
 }
 
 /// Runs one build, printing its progress; returns the manifest digest.
@@ -307,13 +387,24 @@ async fn run_build(
     args: &BuildArgs,
     request: BuildRequest,
 ) -> Result<String, RpcError> {
-    let output = args
-        .output
-        .as_deref()
-        .filter(|o| !matches!(registry::registry_output(o), Ok(Some(_))))
-        .map(output::OutputSpec::parse)
-        .transpose()?;
-    let mut printer = progress::Printer::new(&args.progress);
+    let mode = if args.quiet {
+        "quiet"
+    } else {
+        args.progress.as_str()
+    };
+    // Checked before the build; a JSON reader sees a refusal as a `failed` event.
+    let specs = match preflight(args).await {
+        Ok(specs) => specs,
+        Err(error) => {
+            progress::Printer::new(mode, false).event(&BuildEvent::Failed {
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+    };
+    // stdout carries the manifest digest, unless it carries an archive or -q's image ID.
+    let digest_on_stdout = !args.quiet && !specs.iter().any(|s| s.dest == output::Dest::Stdout);
+    let mut printer = progress::Printer::new(mode, digest_on_stdout);
     // A refused build (e.g. the daemon is shutting down) is reported like a
     // failed one, so `--progress json` readers see it too.
     let id = match client
@@ -349,9 +440,16 @@ async fn run_build(
             match event {
                 BuildEvent::Finished {
                     manifest_digest,
+                    config_digest,
                     tags,
                     ..
-                } => result = Some(Ok((manifest_digest.clone(), tags.clone()))),
+                } => {
+                    result = Some(Ok((
+                        manifest_digest.clone(),
+                        config_digest.clone(),
+                        tags.clone(),
+                    )))
+                }
                 BuildEvent::Failed { error } => result = Some(Err(error.clone())),
                 _ => {}
             }
@@ -361,13 +459,59 @@ async fn run_build(
             break;
         }
     }
-    let (digest, tags) = result
+    let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
-    if let Some(spec) = output {
-        output::export(client, &digest, &tags, &spec).await?;
-        printer.note(&format!("wrote {} to {}", spec.kind, spec.dest.display()));
+    let done = write_results(client, args, &specs, &digest, &config, &tags, &printer).await;
+    if let Err(error) = done {
+        printer.event(&BuildEvent::Failed {
+            error: error.clone(),
+        });
+        return Err(error);
     }
     Ok(digest)
+}
+
+/// After a build: the outputs, `--iidfile`, `--metadata-file`, `-q`'s image ID.
+async fn write_results(
+    client: &memobuild_proto::MemobuildClient,
+    args: &BuildArgs,
+    specs: &[output::OutputSpec],
+    digest: &str,
+    config: &str,
+    tags: &[String],
+    printer: &progress::Printer,
+) -> Result<(), RpcError> {
+    output::export(client, digest, tags, specs, |line| printer.note(line)).await?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, config)
+            .map_err(|e| RpcError::new(format!("--iidfile {}: {e}", path.display())))?;
+    }
+    if let Some(path) = &args.metadata_file {
+        let manifest = client
+            .image_blobs(connect::ctx(), digest.to_string())
+            .await
+            .map_err(connect::rpc_failed)??
+            .manifest;
+        let mut metadata = serde_json::json!({
+            "containerimage.digest": digest,
+            "containerimage.config.digest": config,
+            "containerimage.descriptor": {
+                "mediaType": manifest.media_type,
+                "digest": digest,
+                "size": manifest.size,
+            },
+        });
+        if !tags.is_empty() {
+            metadata["image.name"] = serde_json::Value::String(tags.join(","));
+        }
+        let text = serde_json::to_string_pretty(&metadata).unwrap_or_default();
+        std::fs::write(path, text)
+            .map_err(|e| RpcError::new(format!("--metadata-file {}: {e}", path.display())))?;
+    }
+    if args.quiet {
+        println!("{config}");
+    }
+    Ok(())
 }
 
 /// `--secret id=ID,src=FILE` / `id=ID,env=VAR` (as docker buildx), read by the
@@ -496,14 +640,10 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
         }
         request.push.extend(args.tags.iter().cloned());
     }
-    if let Some(names) = args
-        .output
-        .as_deref()
-        .map(registry::registry_output)
-        .transpose()?
-        .flatten()
-    {
-        request.push.extend(names);
+    for o in &args.output {
+        if let Some(names) = registry::registry_output(o)? {
+            request.push.extend(names);
+        }
     }
     request.cache_from = args
         .cache_from

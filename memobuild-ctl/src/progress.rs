@@ -4,36 +4,82 @@
 use memobuild_proto::{BuildEvent, StepInfo};
 use std::io::Write;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// A line per step on stderr.
+    Plain,
+    /// One JSON object per event on stdout (`json`) or stderr (`rawjson`).
+    Json { stderr: bool },
+    /// Nothing but the result.
+    Quiet,
+}
+
 pub struct Printer {
-    json: bool,
+    mode: Mode,
+    /// Print the manifest digest on stdout when the build finishes.
+    digest_on_stdout: bool,
     steps: Vec<StepInfo>,
 }
 
 impl Printer {
-    pub fn new(mode: &str) -> Printer {
+    /// `mode`: `auto`/`plain`, `json`, `rawjson` or `quiet`.
+    pub fn new(mode: &str, digest_on_stdout: bool) -> Printer {
+        let mode = match mode {
+            "json" => Mode::Json { stderr: false },
+            "rawjson" => Mode::Json { stderr: true },
+            "quiet" => Mode::Quiet,
+            _ => Mode::Plain,
+        };
         Printer {
-            json: mode == "json",
+            mode,
+            digest_on_stdout,
             steps: Vec::new(),
         }
     }
 
     pub fn note(&self, line: &str) {
-        if self.json {
-            let event = BuildEvent::Log {
+        match self.mode {
+            Mode::Json { .. } => self.json(&BuildEvent::Log {
                 step: None,
                 line: line.to_string(),
-            };
-            println!("{}", event.to_json());
-        } else {
-            eprintln!("{line}");
+            }),
+            Mode::Plain => eprintln!("{line}"),
+            Mode::Quiet => {}
+        }
+    }
+
+    fn json(&self, event: &BuildEvent) {
+        let line = event.to_json();
+        match self.mode {
+            Mode::Json { stderr: true } => {
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            _ => {
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
         }
     }
 
     pub fn event(&mut self, event: &BuildEvent) {
-        if self.json {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", event.to_json());
-            return;
+        match self.mode {
+            Mode::Json { stderr: false } => return self.json(event),
+            // stdout has the digest, as in plain mode.
+            Mode::Json { stderr: true } | Mode::Quiet => {
+                if self.mode != Mode::Quiet {
+                    self.json(event);
+                }
+                if let (
+                    BuildEvent::Finished {
+                        manifest_digest, ..
+                    },
+                    true,
+                ) = (event, self.digest_on_stdout)
+                {
+                    println!("{manifest_digest}");
+                }
+                return;
+            }
+            Mode::Plain => {}
         }
         match event {
             BuildEvent::Planned { steps, build } => {
@@ -64,7 +110,9 @@ impl Printer {
                     eprintln!("naming to {t}");
                 }
                 eprintln!("built in {:.2}s", *millis as f64 / 1000.0);
-                println!("{manifest_digest}");
+                if self.digest_on_stdout {
+                    println!("{manifest_digest}");
+                }
             }
             BuildEvent::Failed { .. } => {}
         }

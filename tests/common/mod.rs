@@ -687,3 +687,7 @@ impl Rng {
 // ---- Registries (tests/registry.rs, benches/registry.rs) ----
 
 pub mod registry;
+
+// ---- Docker Engine (tests/docker_load.rs) ----
+
+pub mod docker;
