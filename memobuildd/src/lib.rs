@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod oci;
 pub mod project;
 pub mod rootpath;
+pub mod safefs;
 pub mod sandbox;
 pub mod sdnotify;
 pub mod server;

@@ -214,6 +214,15 @@ struct Converter<'a> {
     escape: char,
 }
 
+/// Largest Dockerfile the daemon reads.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a Dockerfile: a regular file (a FIFO or device is refused at once,
+/// never opened), at most [`MAX_FILE_BYTES`], UTF-8.
+pub fn read_file(path: &std::path::Path) -> Result<String, crate::safefs::ReadError> {
+    crate::safefs::read_text_capped(path, MAX_FILE_BYTES)
+}
+
 /// Parses a Dockerfile. `name` is how errors refer to the file.
 pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
     let parsed = parse_dockerfile::parse(text).map_err(|e| {
