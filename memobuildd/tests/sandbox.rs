@@ -509,12 +509,12 @@ async fn failures_limits_and_isolation() {
         env: vec!["FOO=bar".into()],
         mounts: vec![
             memobuildd::sandbox::ExtraMount {
-                source: host.path().join("secret"),
+                source: memobuildd::sandbox::MountSource::Host(host.path().join("secret")),
                 target: "/run/secrets/token".into(),
                 readonly: true,
             },
             memobuildd::sandbox::ExtraMount {
-                source: host.path().to_path_buf(),
+                source: memobuildd::sandbox::MountSource::Host(host.path().to_path_buf()),
                 target: "/cache".into(),
                 readonly: false,
             },
