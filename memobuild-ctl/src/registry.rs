@@ -65,7 +65,18 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
 /// ones when a FROM uses a variable), pushes and caches.
 pub fn hosts_used(dockerfile: &Path, refs: &[String]) -> Option<BTreeSet<String>> {
     let mut hosts: BTreeSet<String> = refs.iter().map(|r| registry_host(r)).collect();
-    let text = std::fs::read_to_string(dockerfile).unwrap_or_default();
+    // Only a regular file, and only its head: `-f /dev/zero` or a FIFO must not
+    // hang the client here (the daemon reports what is wrong with it).
+    let text = match std::fs::metadata(dockerfile) {
+        Ok(meta) if meta.is_file() => {
+            use std::io::Read;
+            let mut text = String::new();
+            let _ = std::fs::File::open(dockerfile)
+                .and_then(|f| f.take(16 << 20).read_to_string(&mut text));
+            text
+        }
+        _ => String::new(),
+    };
     for line in text.lines() {
         let mut words = line.split_whitespace();
         if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {

@@ -41,6 +41,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     // Before anything else: a stop during start-up must not kill us mid-way.
     let mut signals = Signals::new()?;
     let data_dir = config.data_dir.clone();
+    secure_data_dir(&data_dir, &config.socket, config.socket_group.as_deref())?;
     let store = tokio::task::spawn_blocking({
         let data_dir = data_dir.clone();
         move || memobuild_engine::Store::open(&data_dir)
@@ -283,15 +284,80 @@ impl Signals {
     }
 }
 
-/// Binds the socket: creates its directory (0700 when we create it), refuses to
-/// steal a socket another daemon is serving, replaces a stale one.
+fn group_id(name: &str) -> Result<nix::unistd::Gid, DaemonError> {
+    Ok(nix::unistd::Group::from_name(name)
+        .map_err(|e| setup(format!("looking up group {name}: {e}")))?
+        .ok_or_else(|| setup(format!("group {name:?} does not exist")))?
+        .gid)
+}
+
+/// The data dir is 0700, whatever the umask or an earlier version left:
+/// blobs, cache mounts (where steps may leave setuid binaries) and containerd's
+/// snapshots below it are for root only. A socket with a group placed below
+/// the data dir makes the directories down to it 0710 to that group (enter,
+/// not list).
+fn secure_data_dir(data_dir: &Path, socket: &Path, group: Option<&str>) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let fail = |e: std::io::Error| {
+        setup(format!(
+            "securing the data dir {}: {e}; check its owner and path",
+            data_dir.display()
+        ))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(fail)?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    let (Some(group), Some(socket_dir)) = (group, socket.parent()) else {
+        return Ok(());
+    };
+    let Ok(below) = socket_dir.strip_prefix(data_dir) else {
+        return Ok(());
+    };
+    let gid = group_id(group)?;
+    let mut dir = data_dir.to_path_buf();
+    let mut levels = below.components().collect::<Vec<_>>();
+    levels.pop(); // the socket's own directory: bind() gives it 0750
+    for next in std::iter::once(None).chain(levels.into_iter().map(Some)) {
+        if let Some(part) = next {
+            dir.push(part);
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(fail)?;
+        }
+        nix::unistd::chown(&dir, None, Some(gid)).map_err(|e| fail(e.into()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Binds the socket: creates its directory (0700 when we create it; 0750 and
+/// the socket's group with one), refuses to steal a socket another daemon is
+/// serving, replaces a stale one.
 async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = socket.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
-            let mode = if group.is_some() { 0o750 } else { 0o700 };
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+            let mode = match group {
+                Some(name) => {
+                    nix::unistd::chown(dir, None, Some(group_id(name)?))
+                        .map_err(|e| setup(format!("chown {}: {e}", dir.display())))?;
+                    0o750
+                }
+                None => 0o700,
+            };
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| setup(format!("chmod {}: {e}", dir.display())))?;
+        } else if let Some(name) = group {
+            warn_if_group_locked_out(dir, name);
         }
     }
     if socket.exists() {
@@ -319,10 +385,7 @@ async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, Daemon
         .map_err(|e| setup(format!("listening on {}: {e}", socket.display())))?;
     let mode = match group {
         Some(name) => {
-            let group = nix::unistd::Group::from_name(name)
-                .map_err(|e| setup(format!("looking up group {name}: {e}")))?
-                .ok_or_else(|| setup(format!("group {name:?} does not exist")))?;
-            nix::unistd::chown(&staging, None, Some(group.gid))
+            nix::unistd::chown(&staging, None, Some(group_id(name)?))
                 .map_err(|e| setup(format!("chown {}: {e}", socket.display())))?;
             0o660
         }
@@ -337,4 +400,23 @@ async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, Daemon
         ))
     })?;
     Ok(listener)
+}
+
+/// An existing socket directory is left as its owner made it; say so when the
+/// socket's group cannot enter it.
+fn warn_if_group_locked_out(dir: &Path, group: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(gid)) = (std::fs::metadata(dir), group_id(group)) else {
+        return;
+    };
+    let enters =
+        meta.mode() & 0o001 != 0 || (meta.gid() == gid.as_raw() && meta.mode() & 0o010 != 0);
+    if !enters {
+        tracing::warn!(
+            dir = %dir.display(),
+            group,
+            "the socket group cannot enter the socket's directory; `chgrp {group} {0} && chmod g+x {0}`",
+            dir.display()
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 use crate::config::Config;
 use std::io::IsTerminal;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 use tracing_subscriber::layer::{Layered, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -49,10 +50,16 @@ type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
 /// stderr in the configured format, and the daily files.
 pub fn init(config: &Config) -> Result<LogGuard, LoggingError> {
     let dir = config.log_dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| LoggingError::Dir {
-        dir: dir.clone(),
-        source,
-    })?;
+    // Build output lands here: 0700 like the data dir.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|source| LoggingError::Dir {
+            dir: dir.clone(),
+            source,
+        })?;
     let appender = tracing_appender::rolling::Builder::new()
         .rotation(tracing_appender::rolling::Rotation::DAILY)
         .filename_prefix(FILE_PREFIX)

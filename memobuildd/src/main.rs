@@ -3,6 +3,9 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Whatever the daemon creates is private unless it says otherwise (the
+    // socket, the files a step sees); the data dir holds other users' builds.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let flags = memobuildd::config::Flags::parse();
     let config = match memobuildd::config::load(&flags) {
         Ok(c) => c,

@@ -36,6 +36,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub data: PathBuf,
     child: Option<Child>,
+    /// The umask memobuildd starts with (the test's own when `None`).
+    pub umask: Option<&'static str>,
 }
 
 impl Daemon {
@@ -48,6 +50,7 @@ impl Daemon {
             socket,
             data,
             child: None,
+            umask: None,
         };
         d.spawn();
         d
@@ -253,6 +256,21 @@ impl Daemon {
             socket,
             data,
             child: None,
+            umask: None,
+        };
+        d.spawn_with(extra);
+        d
+    }
+
+    /// Like [`Daemon::start_with`], memobuildd started with umask `mask` (e.g. "000").
+    pub fn start_with_umask(mask: &'static str, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut d = Daemon {
+            socket: dir.path().join("run/memobuildd.sock"),
+            data: dir.path().join("data"),
+            dir,
+            child: None,
+            umask: Some(mask),
         };
         d.spawn_with(extra);
         d
@@ -266,7 +284,19 @@ impl Daemon {
             .append(true)
             .open(self.dir.path().join("daemon.log"))
             .expect("log file");
-        let child = Command::new(bin_dir().join("memobuildd"))
+        let daemon = bin_dir().join("memobuildd");
+        let mut command = match self.umask {
+            // `exec`: the child's pid stays the daemon's.
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+                    .arg(daemon);
+                c
+            }
+            None => Command::new(daemon),
+        };
+        let child = command
             .arg("--socket")
             .arg(&self.socket)
             .arg("--data-dir")

@@ -73,6 +73,16 @@ impl fmt::Display for PatternError {
 
 impl std::error::Error for PatternError {}
 
+impl PatternError {
+    /// What is wrong, without any text of the line (the daemon may have read
+    /// the file with rights its user lacks): what precedes a quoted fragment.
+    #[must_use]
+    pub fn redacted_message(&self) -> String {
+        let head = self.message.split('`').next().unwrap_or_default().trim();
+        format!("malformed pattern ({head})")
+    }
+}
+
 /// A compiled `.dockerignore`: decides which context paths are excluded.
 #[derive(Debug, Clone, Default)]
 pub struct DockerIgnore {

@@ -8,7 +8,6 @@
 
 use super::scan::FileMeta;
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -201,7 +200,8 @@ thread_local! {
 }
 
 fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
-    let mut file = File::open(path)?;
+    // A context file replaced by a FIFO or device since the scan is refused, not read.
+    let (mut file, _) = memobuild_rootpath::safefs::open_regular(path, false)?;
     let mut hasher = blake3::Hasher::new();
     BUF.with(|buf| {
         let mut buf = buf.borrow_mut();

@@ -214,6 +214,15 @@ struct Converter<'a> {
     escape: char,
 }
 
+/// Largest Dockerfile the daemon reads.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Reads a Dockerfile: a regular file (a FIFO or device is refused at once,
+/// never opened), at most [`MAX_FILE_BYTES`], UTF-8.
+pub fn read_file(path: &std::path::Path) -> Result<String, memobuild_rootpath::safefs::ReadError> {
+    memobuild_rootpath::safefs::read_text_capped(path, MAX_FILE_BYTES)
+}
+
 /// Parses a Dockerfile. `name` is how errors refer to the file.
 pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
     let parsed = parse_dockerfile::parse(text).map_err(|e| {
@@ -664,6 +673,32 @@ pub fn join_continuations(s: &str, escape: char) -> String {
         return s.to_string();
     }
     logical_line(s, 0, escape)
+}
+
+/// Parses a size as Docker does (`--mount=type=tmpfs,size=`; the binaries
+/// parse their flags with `memobuild_proto::parse_size`, the same rule): a number with an optional b/k/m/g/t suffix
+/// (binary units, case-insensitive): `512m`, `2g`, `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && r.ends_with(|c: char| !c.is_ascii_digit()))
+        .unwrap_or(&t);
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        Some('b') => (&t[..t.len() - 1], 1),
+        _ => (t, 1),
+    };
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid size {text:?}: use a number with b, k, m, g or t, e.g. 512m")
+    })?;
+    if n < 0.0 {
+        return Err(format!("invalid size {text:?}: must not be negative"));
+    }
+    Ok((n * mult as f64) as u64)
 }
 
 #[cfg(test)]

@@ -296,7 +296,7 @@ async fn base_images(
         display.to_string(),
     );
     tokio::task::spawn_blocking(move || {
-        let text = std::fs::read_to_string(&path).ok()?;
+        let text = memobuild_dockerfile::read_file(&path).ok()?;
         let df = dockerfile::parse(&text, &display).ok()?;
         let bases = graph::base_images(&df, &request.target, &request.build_args, &*store).ok()?;
         Some(

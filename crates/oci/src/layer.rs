@@ -173,16 +173,15 @@ fn append_entry<W: Write>(
             tar.append_data(&mut header, path, bytes.as_slice())
         }
         EntryKind::File(Content::Path(src)) => {
-            let file = std::fs::File::open(src)?;
-            let len = file.metadata()?.len();
+            // Never a FIFO or device swapped in since the file was listed.
+            let (file, len) = memobuild_rootpath::safefs::open_regular(src, false)?;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(len);
             // take(): a file that grows while we read it must not corrupt the tar.
             tar.append_data(&mut header, path, BufReader::new(file).take(len))
         }
         EntryKind::File(Content::Checked { path: src, blake3 }) => {
-            let file = std::fs::File::open(src)?;
-            let len = file.metadata()?.len();
+            let (file, len) = memobuild_rootpath::safefs::open_regular(src, false)?;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(len);
             let mut reader = CheckingReader {

@@ -185,8 +185,8 @@ pub enum RunMount {
         from: Option<usize>,
         readwrite: bool,
     },
-    /// An empty tmpfs.
-    Tmpfs { target: String },
+    /// An empty tmpfs; `size` in bytes (`size=` accepts Docker's units).
+    Tmpfs { target: String, size: Option<u64> },
 }
 
 #[derive(Debug, Clone)]

@@ -881,6 +881,10 @@ fn parse_mount(
         }
         _ => Ok(RunMount::Tmpfs {
             target: target.ok_or_else(|| bad("a tmpfs mount needs target=PATH".into()))?,
+            size: match fields.get("size") {
+                Some(text) => Some(memobuild_dockerfile::parse_size(text).map_err(bad)?),
+                None => None,
+            },
         }),
     }
 }
@@ -920,8 +924,12 @@ fn mount_key(
                     .str(target)
                     .u64(u64::from(*required));
             }
-            RunMount::Tmpfs { target } => {
+            RunMount::Tmpfs { target, size } => {
                 k.str("tmpfs").str(target);
+                // Absent from keys without size=, so those keep their keys.
+                if let Some(size) = size {
+                    k.str("size").u64(*size);
+                }
             }
             RunMount::Bind {
                 target,

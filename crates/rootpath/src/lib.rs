@@ -76,6 +76,8 @@ pub fn remove_below<V>(map: &mut std::collections::BTreeMap<String, V>, dir: &st
     doomed
 }
 
+pub mod safefs;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,14 +128,23 @@ pub enum Network {
     Host,
 }
 
-/// A host path bound into the step (cache mounts, secrets, bind mounts). Its
-/// contents never reach the diff, nor does the mount point runc creates for it.
+/// A host path bound into the step (cache mounts, secrets, bind mounts) or a
+/// fresh tmpfs. Its contents never reach the diff, nor does the mount point
+/// runc creates for it. Always nosuid and nodev.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraMount {
-    pub source: PathBuf,
+    pub source: MountSource,
     /// Absolute path in the container.
     pub target: String,
     pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A host file or directory, bind-mounted.
+    Host(PathBuf),
+    /// A new, empty tmpfs (kernel default size, half the RAM, unless `size`).
+    Tmpfs { size: Option<u64> },
 }
 
 /// What to run. Everything is resolved by the caller: shell form is already

@@ -252,7 +252,8 @@ pub(super) async fn start(dir: &Path) -> Result<(Sandbox, PrivateContainerd), Sa
         .open(&log_path)
         .map_err(io(&log_path))?;
     let log2 = log.try_clone().map_err(io(&log_path))?;
-    let mut child = std::process::Command::new("containerd")
+    let mut command = std::process::Command::new("containerd");
+    command
         .arg("--config")
         .arg(&config_path)
         // systemd's variables are the daemon's: containerd would report
@@ -265,17 +266,27 @@ pub(super) async fn start(dir: &Path) -> Result<(Sandbox, PrivateContainerd), Sa
         .env_remove("LISTEN_FDNAMES")
         .stdin(Stdio::null())
         .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => SandboxError::NotInstalled {
-                binary: "containerd".into(),
-            },
-            _ => SandboxError::Io {
-                path: PathBuf::from("containerd"),
-                source: e,
-            },
-        })?;
+        .stderr(log2);
+    // The daemon's umask is 077; containerd (and runc under it) get the usual
+    // 022, or snapshot directories, and so a step's `/`, would be 0700. Its
+    // state is still private: it lives under the 0700 data dir.
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SandboxError::NotInstalled {
+            binary: "containerd".into(),
+        },
+        _ => SandboxError::Io {
+            path: PathBuf::from("containerd"),
+            source: e,
+        },
+    })?;
     let pid_path = dir.join(PID_FILE);
     std::fs::write(&pid_path, format!("{}\n", child.id())).map_err(io(&pid_path))?;
     let deadline = Instant::now() + START_TIMEOUT;

@@ -12,7 +12,7 @@
 //! Docker RUN inherits dockerd's), so a host's `LimitNOFILE=` applies. No host path is visible except the
 //! step's own [`ExtraMount`]s.
 
-use super::{Network, RunSpec};
+use super::{MountSource, Network, RunSpec};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -111,14 +111,25 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Value {
         bind_ro("/etc/resolv.conf", etc.resolv_conf),
     ];
     for m in &spec.mounts {
-        let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
-        options.push(if m.readonly { "ro" } else { "rw" });
-        mounts.push(json!({
-            "destination": m.target,
-            "type": "bind",
-            "source": m.source.to_string_lossy(),
-            "options": options,
-        }));
+        let rw = if m.readonly { "ro" } else { "rw" };
+        mounts.push(match &m.source {
+            MountSource::Host(source) => json!({
+                "destination": m.target,
+                "type": "bind",
+                "source": source.to_string_lossy(),
+                "options": ["rbind", "rprivate", "nosuid", "nodev", rw],
+            }),
+            MountSource::Tmpfs { size } => {
+                let mut options = vec!["nosuid".to_string(), "nodev".into(), rw.into()];
+                options.extend(size.map(|s| format!("size={s}")));
+                json!({
+                    "destination": m.target,
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": options,
+                })
+            }
+        });
     }
 
     let mut namespaces = vec![

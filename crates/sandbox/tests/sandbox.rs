@@ -509,12 +509,12 @@ async fn failures_limits_and_isolation() {
         env: vec!["FOO=bar".into()],
         mounts: vec![
             memobuild_sandbox::ExtraMount {
-                source: host.path().join("secret"),
+                source: memobuild_sandbox::MountSource::Host(host.path().join("secret")),
                 target: "/run/secrets/token".into(),
                 readonly: true,
             },
             memobuild_sandbox::ExtraMount {
-                source: host.path().to_path_buf(),
+                source: memobuild_sandbox::MountSource::Host(host.path().to_path_buf()),
                 target: "/cache".into(),
                 readonly: false,
             },

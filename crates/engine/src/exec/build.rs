@@ -346,19 +346,31 @@ fn dockerfile_path(request: &BuildRequest) -> PathBuf {
     }
 }
 
+/// Largest `.dockerignore` the daemon reads.
+const MAX_IGNORE_BYTES: u64 = 1 << 20;
+
 /// `<Dockerfile>.dockerignore` beside the Dockerfile wins over the context's `.dockerignore`.
+/// Errors never quote the file: it may be a link to a file the user cannot read.
 fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore, RpcError> {
     let specific = PathBuf::from(format!("{}.dockerignore", dockerfile.display()));
     let general = Path::new(&request.context).join(".dockerignore");
     for path in [specific, general] {
-        match std::fs::read_to_string(&path) {
+        match memobuild_rootpath::safefs::read_text_capped(&path, MAX_IGNORE_BYTES) {
             Ok(text) => {
                 return DockerIgnore::parse(&text).map_err(|e| {
-                    RpcError::with_hint(format!("{}: {e}", path.display()), "fix or remove the pattern; .dockerignore uses Go filepath.Match syntax plus **")
+                    RpcError::with_hint(
+                        format!("{}: line {}: {}", path.display(), e.line, e.redacted_message()),
+                        "fix or remove the pattern on that line; .dockerignore uses Go filepath.Match syntax plus **",
+                    )
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(RpcError::new(format!("{}: {e}", path.display()))),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => {
+                return Err(RpcError::with_hint(
+                    format!("cannot read {e}"),
+                    "the ignore file must be a regular text file of at most 1 MiB",
+                ))
+            }
         }
     }
     Ok(DockerIgnore::empty())
@@ -375,10 +387,10 @@ pub fn make_plan(
 ) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
-    let text = std::fs::read_to_string(&df_path).map_err(|e| {
+    let text = dockerfile::read_file(&df_path).map_err(|e| {
         RpcError::with_hint(
-            format!("cannot read Dockerfile {}: {e}", df_path.display()),
-            "pass its path with -f, relative to the context or absolute",
+            format!("cannot read the Dockerfile: {e}"),
+            "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
         )
     })?;
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;

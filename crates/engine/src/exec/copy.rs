@@ -436,7 +436,9 @@ enum Compression {
 
 fn sniff(path: &Path) -> Result<Option<Compression>, CopyError> {
     let mut head = [0u8; 512];
-    let mut file = std::fs::File::open(path).map_err(io_err(path.display().to_string()))?;
+    let mut file = memobuild_rootpath::safefs::open_regular(path, false)
+        .map(|(f, _)| f)
+        .map_err(|e| io_err(path.display().to_string())(e.into()))?;
     let mut n = 0;
     while n < head.len() {
         let read = file
@@ -486,7 +488,9 @@ fn is_archive(path: &Path) -> Result<bool, CopyError> {
 
 fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, CopyError> {
     let file = std::io::BufReader::new(
-        std::fs::File::open(path).map_err(io_err(path.display().to_string()))?,
+        memobuild_rootpath::safefs::open_regular(path, false)
+            .map(|(f, _)| f)
+            .map_err(|e| io_err(path.display().to_string())(e.into()))?,
     );
     Ok(match compression {
         Compression::None => Box::new(file),

@@ -10,7 +10,7 @@ use super::{BuildLog, Engine};
 use memobuild_oci::ChangeSet;
 use memobuild_plan::{CacheSharing, RunMount, RunNetwork, RunOp};
 use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
-use memobuild_sandbox::{ExtraMount, LayerInput, Network, OutputChunk, RunSpec};
+use memobuild_sandbox::{ExtraMount, LayerInput, MountSource, Network, OutputChunk, RunSpec};
 use memobuild_store::{LayerRecord, StepRecord};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -247,7 +247,7 @@ impl Mounts {
                 } => {
                     let dir = m.cache_dir(cx, id, *sharing, uid, gid).await?;
                     m.extra.push(ExtraMount {
-                        source: dir,
+                        source: MountSource::Host(dir),
                         target: target.clone(),
                         readonly: *readonly,
                     });
@@ -273,21 +273,17 @@ impl Mounts {
                     let file = dir.path().join("secret");
                     write_private(&file, &secret.0, uid, gid)?;
                     m.extra.push(ExtraMount {
-                        source: file,
+                        source: MountSource::Host(file),
                         target: target.clone(),
                         readonly: true,
                     });
                     m._temp.push(dir);
                 }
-                RunMount::Tmpfs { target } => {
-                    let dir = temp_in(cx)?;
-                    m.extra.push(ExtraMount {
-                        source: dir.path().to_path_buf(),
-                        target: target.clone(),
-                        readonly: false,
-                    });
-                    m._temp.push(dir);
-                }
+                RunMount::Tmpfs { target, size } => m.extra.push(ExtraMount {
+                    source: MountSource::Tmpfs { size: *size },
+                    target: target.clone(),
+                    readonly: false,
+                }),
                 RunMount::Bind {
                     target,
                     source,
@@ -296,7 +292,7 @@ impl Mounts {
                 } => {
                     let (path, temp) = bind_source(cx, source, *from, *readwrite).await?;
                     m.extra.push(ExtraMount {
-                        source: path,
+                        source: MountSource::Host(path),
                         target: target.clone(),
                         readonly: !*readwrite,
                     });
@@ -334,12 +330,32 @@ impl Mounts {
             },
         }
         if !dir.exists() {
-            std::fs::create_dir_all(&dir)
+            create_cache_dir(&dir, uid, gid)
                 .map_err(|e| err(format!("creating cache mount {}: {e}", dir.display())))?;
-            let _ = nix::unistd::chown(&dir, Some(uid.into()), Some(gid.into()));
         }
         Ok(dir)
     }
+}
+
+/// A cache mount's directory: owned by the step's user, 0755 inside the step,
+/// in `cache-mounts/` which is 0700, so no host user but root can reach what
+/// steps leave there (a setuid binary, say).
+fn create_cache_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Another step sharing it made it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        other => other?,
+    }
+    nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
 }
 
 fn temp_in(cx: &RunContext<'_>) -> Result<tempfile::TempDir, RpcError> {
@@ -448,14 +464,7 @@ fn materialize(
                 "bind mount source {source:?} not found in the stage"
             )))
         }
-        Some(ViewKind::File) => {
-            files.push(root.clone());
-            items.push((
-                String::new(),
-                ViewKind::File,
-                entry.as_ref().map(|e| e.mode).unwrap_or(0o644),
-            ));
-        }
+        Some(ViewKind::File) => files.push(root.clone()),
         _ => {
             let prefix = if root.is_empty() { 0 } else { root.len() + 1 };
             for (path, e) in view.below(&root) {
@@ -470,44 +479,62 @@ fn materialize(
         .extract(&engine.store, &files, staging)
         .map_err(|e| err(e.to_string()))?;
     let single_file = matches!(entry.as_ref().map(|e| &e.kind), Some(ViewKind::File));
-    if !single_file {
-        std::fs::create_dir_all(dest).map_err(|e| err(e.to_string()))?;
+    if single_file {
+        let mode = entry.as_ref().map(|e| e.mode).unwrap_or(0o644);
+        let staged_file = staged.get(&root).ok_or_else(|| {
+            err(format!(
+                "bind mount source {source:?}: its content is missing from the stage's layers"
+            ))
+        })?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(staged_file, std::fs::Permissions::from_mode(mode))
+            .and_then(|()| std::fs::rename(staged_file, dest))
+            .map_err(|e| err(format!("materialising {source:?}: {e}")))?;
+        return Ok(());
     }
+    // The stage's root (or a directory without an entry) is 0755, as in an image.
+    let root_mode = entry.as_ref().map(|e| e.mode).unwrap_or(0o755);
+    std::fs::create_dir(dest).map_err(|e| err(e.to_string()))?;
+    // Every write below `dest` resolves inside it: the stage's symlinks (even
+    // `esc -> /etc` with entries under `esc/`) can never lead out to the host.
+    let tree = memobuild_rootpath::safefs::Root::open(dest)
+        .map_err(|e| err(format!("opening {}: {e}", dest.display())))?;
     for (rel, kind, mode) in items {
-        let target = if rel.is_empty() {
-            dest.to_path_buf()
-        } else {
-            dest.join(&rel)
-        };
-        let src_path = if rel.is_empty() {
-            root.clone()
-        } else if root.is_empty() {
+        let src_path = if root.is_empty() {
             rel.clone()
         } else {
             format!("{root}/{rel}")
         };
         let result = match &kind {
-            ViewKind::Dir => std::fs::create_dir_all(&target),
-            ViewKind::File => staged
-                .get(&src_path)
-                .map(|p| std::fs::rename(p, &target))
-                .unwrap_or(Ok(())),
-            ViewKind::Symlink(t) => std::os::unix::fs::symlink(t, &target),
+            ViewKind::Dir => tree.mkdir(&rel, mode),
+            ViewKind::File => match staged.get(&src_path) {
+                Some(p) => tree.move_in(p, &rel, mode),
+                None => Ok(()),
+            },
+            ViewKind::Symlink(t) => tree.symlink(t, &rel),
             _ => Ok(()),
         };
-        result.map_err(|e| err(format!("materialising {rel}: {e}")))?;
-        if !matches!(kind, ViewKind::Symlink(_)) {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode));
+        if let Err(e) = result {
+            // A path under one of the stage's symlinks that leads nowhere inside
+            // the mount: a real unpack of the stage could not create it there either.
+            tracing::warn!(path = %src_path, error = %e, "bind mount from a stage: entry skipped");
         }
     }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(root_mode))
+        .map_err(|e| err(format!("materialising {source:?}: {e}")))?;
     Ok(())
 }
 
+/// Copies a context directory for a writable bind mount. `to` is the daemon's
+/// own new path; `from` is the user's: nothing in it is followed (symlinks are
+/// copied as links) and only regular files are opened, so a FIFO or device
+/// (which the context's index skips too) is left out instead of blocking.
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let meta = std::fs::symlink_metadata(from)?;
     if meta.is_dir() {
-        std::fs::create_dir_all(to)?;
+        std::fs::create_dir(to)?;
         for entry in std::fs::read_dir(from)? {
             let entry = entry?;
             copy_tree(&entry.path(), &to.join(entry.file_name()))?;
@@ -515,8 +542,25 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::set_permissions(to, meta.permissions())
     } else if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+    } else if meta.is_file() {
+        let (mut src, _) = match memobuild_rootpath::safefs::open_regular(from, false) {
+            Ok(f) => f,
+            // Replaced by something else since: skipped like any special file.
+            Err(memobuild_rootpath::safefs::ReadError::NotRegular { .. }) => return Ok(()),
+            Err(memobuild_rootpath::safefs::ReadError::Io { source, .. }) => return Err(source),
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        };
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(to)?;
+        std::io::copy(&mut src, &mut out)?;
+        out.set_permissions(std::fs::Permissions::from_mode(
+            meta.permissions().mode() & 0o7777,
+        ))
     } else {
-        std::fs::copy(from, to).map(|_| ())
+        Ok(())
     }
 }
 
