@@ -51,14 +51,12 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn find_bins() -> Bins {
     common::find_bins(BENCH)
 }
-use memobuild_proto::{MemobuildClient, StatusReport, MAX_FRAME_BYTES};
+use memobuild_proto::{MemobuildClient, StatusReport};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
 
 const SEED: u64 = 0x6d65_6d6f_6275_696c; // "memobuil", as the e2e bench
 const DOCKERFILE: &str = "FROM scratch\nCOPY . /app/\n";
@@ -251,16 +249,15 @@ impl Rpc {
             let conn = tokio::net::UnixStream::connect(socket)
                 .await
                 .unwrap_or_else(|e| panic!("connecting to {}: {e}", socket.display()));
-            let mut codec = LengthDelimitedCodec::builder();
-            codec.max_frame_length(MAX_FRAME_BYTES);
-            let transport = tarpc::serde_transport::new(codec.new_framed(conn), Bincode::default());
+            let transport = memobuild_proto::wire::transport(conn);
             MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
         });
         let rpc = Rpc { rt, client };
         let info = rpc
             .rt
             .block_on(rpc.client.hello(rpc_ctx()))
-            .expect("hello RPC");
+            .expect("hello RPC")
+            .expect("allowed to use the daemon");
         assert_eq!(
             info.protocol_version,
             memobuild_proto::PROTOCOL_VERSION,

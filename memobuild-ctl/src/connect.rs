@@ -1,10 +1,8 @@
 //! Finding and talking to the daemon; starting one for this user when none runs.
 
-use memobuild_proto::{MemobuildClient, RpcError, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use memobuild_proto::{ErrorKind, MemobuildClient, RpcError, PROTOCOL_VERSION};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
 
 /// How long a freshly started daemon gets to open its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -16,24 +14,16 @@ pub fn ctx() -> tarpc::context::Context {
 }
 
 pub fn rpc_failed(e: tarpc::client::RpcError) -> RpcError {
-    // The daemon answers every call of a user it does not allow with this
-    // error. (Matched by its text: tarpc does not carry the error kind intact.)
-    if let tarpc::client::RpcError::Server(s) = &e {
-        if s.detail.starts_with("permission denied: ") {
-            return RpcError::new(s.detail.clone());
-        }
-    }
-    RpcError::with_hint(
+    RpcError::of(
+        ErrorKind::Unavailable,
         format!("lost the connection to memobuildd: {e}"),
-        "check that the daemon is running (its log says why it stopped)",
     )
+    .hint("check that the daemon is running (its log says why it stopped)")
 }
 
 async fn try_connect(socket: &Path) -> std::io::Result<MemobuildClient> {
     let conn = tokio::net::UnixStream::connect(socket).await?;
-    let mut codec = LengthDelimitedCodec::builder();
-    codec.max_frame_length(MAX_FRAME_BYTES);
-    let transport = tarpc::serde_transport::new(codec.new_framed(conn), Bincode::default());
+    let transport = memobuild_proto::wire::transport(conn);
     Ok(MemobuildClient::new(tarpc::client::Config::default(), transport).spawn())
 }
 
@@ -44,13 +34,16 @@ pub async fn connect(socket: &Path, autostart: bool) -> Result<MemobuildClient, 
         Ok(c) => c,
         Err(e) if autostart && is_absent(&e) => start_daemon(socket).await?,
         Err(e) => {
-            return Err(RpcError::with_hint(
+            return Err(RpcError::of(
+                ErrorKind::Unavailable,
                 format!("cannot reach memobuildd at {}: {e}", socket.display()),
+            ).hint(
                 "start it with `memobuildd` (or `systemctl start memobuildd`), or run `memobuild-ctl build`, which starts one for you",
             ))
         }
     };
-    let info = client.hello(ctx()).await.map_err(rpc_failed)?;
+    // A user the daemon does not allow gets a PermissionDenied error here.
+    let info = client.hello(ctx()).await.map_err(rpc_failed)??;
     if info.protocol_version != PROTOCOL_VERSION {
         return Err(RpcError::with_hint(
             format!(

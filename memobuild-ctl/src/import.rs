@@ -176,7 +176,7 @@ async fn upload_entries(
             }
             hasher.update(&buf[..n]);
             client
-                .upload_chunk(ctx(), upload, buf[..n].to_vec())
+                .upload_chunk(ctx(), upload, memobuild_proto::ByteBuf::from(&buf[..n]))
                 .await
                 .map_err(rpc_failed)??;
         }

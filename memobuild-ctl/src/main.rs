@@ -13,7 +13,7 @@ mod registry;
 mod rootfs;
 
 use clap::{Parser, Subcommand};
-use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
+use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, RpcError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -221,7 +221,18 @@ fn fail(e: &RpcError) -> ExitCode {
     if let Some(hint) = &e.hint {
         eprintln!("hint: {hint}");
     }
-    ExitCode::FAILURE
+    exit_code(e.kind)
+}
+
+/// The exit status for a failure of `kind` (docs/CLI.md, "Exit status"):
+/// scripts can tell "not allowed" and "try again later" from a failed build.
+fn exit_code(kind: ErrorKind) -> ExitCode {
+    match kind {
+        ErrorKind::PermissionDenied => ExitCode::from(77),
+        ErrorKind::Unavailable => ExitCode::from(69),
+        ErrorKind::Cancelled => ExitCode::from(130),
+        _ => ExitCode::FAILURE,
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
@@ -316,8 +327,8 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     match run_build(&client, &args, request).await {
         Ok(_) => Ok(ExitCode::SUCCESS),
         // With --progress json the failure was already printed as an event.
-        Err(_) if !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson") => {
-            Ok(ExitCode::FAILURE)
+        Err(e) if !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson") => {
+            Ok(exit_code(e.kind))
         }
         Err(e) => Err(e),
     }
@@ -432,7 +443,7 @@ async fn run_build(
             _ = interrupt.recv() => {
                 // Ctrl-C: the daemon stops the build and removes its containers.
                 let _ = client.cancel(connect::ctx(), id).await;
-                return Err(RpcError::new("build cancelled"));
+                return Err(RpcError::cancelled());
             }
         };
         for event in &batch.events {

@@ -6,12 +6,13 @@
 
 use crate::config::Config;
 use futures::StreamExt;
-use memobuild_proto::{MemobuildRequest, MemobuildResponse};
+use memobuild_proto::{ErrorKind, MemobuildRequest, MemobuildResponse, RpcError};
 use nix::unistd::{Gid, Group, Uid, User};
+use parking_lot::RwLock;
 use std::ffi::CString;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tarpc::server::{BaseChannel, Channel};
 
 /// The access rules in effect (replaced as a whole on SIGHUP).
@@ -51,12 +52,12 @@ impl Access {
     /// Takes the rules of a reloaded config.
     pub fn update(&self, config: &Config) {
         let rules = Arc::new(Rules::from(config, &self.socket));
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = rules;
+        *self.rules.write() = rules;
     }
 
     /// Ok if `peer` may use the daemon; else the message the client sees.
     pub async fn check(&self, peer: Peer) -> Result<(), String> {
-        let rules = self.rules.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let rules = self.rules.read().clone();
         let (daemon_uid, socket) = (self.daemon_uid, self.socket.clone());
         // User and group lookups may go to NSS (files, LDAP): off the async workers.
         tokio::task::spawn_blocking(move || decide(&rules, daemon_uid, &socket, peer))
@@ -173,13 +174,21 @@ where
         + Send
         + 'static,
 {
-    let answer = move |_: tarpc::context::Context, _: MemobuildRequest| {
+    // `hello`, every client's first call, gets the refusal as a typed error;
+    // anything else gets a transport error with the same text.
+    let answer = move |_: tarpc::context::Context, request: MemobuildRequest| {
         let message = message.clone();
         async move {
-            Err::<MemobuildResponse, _>(tarpc::ServerError::new(
-                std::io::ErrorKind::PermissionDenied,
-                message,
-            ))
+            match request {
+                MemobuildRequest::Hello {} => Ok(MemobuildResponse::Hello(Err(RpcError::of(
+                    ErrorKind::PermissionDenied,
+                    message,
+                )))),
+                _ => Err(tarpc::ServerError::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    message,
+                )),
+            }
         }
     };
     BaseChannel::with_defaults(transport)

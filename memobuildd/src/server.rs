@@ -5,15 +5,13 @@
 use futures::StreamExt;
 use memobuild_engine::{DaemonIdentity, Engine};
 use memobuild_proto::{
-    BuildId, BuildLogReport, BuildRequest, DaemonInfo, DiskUsage, EventBatch, Explanation,
-    ImageBlobs, ImageSummary, ImportSpec, Memobuild, PruneRequest, PruneResult, RpcError,
-    StatusReport, VerifyResult, MAX_FRAME_BYTES,
+    BuildId, BuildLogReport, BuildRequest, ByteBuf, DaemonInfo, DiskUsage, ErrorKind, EventBatch,
+    Explanation, ImageBlobs, ImageSummary, ImportSpec, Memobuild, PruneRequest, PruneResult,
+    RpcError, StatusReport, VerifyResult,
 };
 use std::sync::Arc;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
 use tokio::net::UnixListener;
 
 #[derive(Clone)]
@@ -29,12 +27,10 @@ pub async fn serve(
     server: Server,
     access: Arc<crate::access::Access>,
 ) -> std::io::Result<()> {
-    let mut codec = LengthDelimitedCodec::builder();
-    codec.max_frame_length(MAX_FRAME_BYTES);
     loop {
         let (conn, _) = listener.accept().await?;
         let peer = crate::access::peer_of(&conn);
-        let transport = tarpc::serde_transport::new(codec.new_framed(conn), Bincode::default());
+        let transport = memobuild_proto::wire::transport(conn);
         let server = server.clone();
         let access = access.clone();
         tokio::spawn(async move {
@@ -64,19 +60,23 @@ pub async fn serve(
 }
 
 impl Memobuild for Server {
-    async fn hello(self, _: Context) -> DaemonInfo {
-        (*self.info).clone()
+    async fn hello(self, _: Context) -> Result<DaemonInfo, RpcError> {
+        Ok((*self.info).clone())
     }
 
     async fn start_build(self, _: Context, request: BuildRequest) -> Result<BuildId, RpcError> {
         if !std::path::Path::new(&request.context).is_absolute() {
-            return Err(RpcError::new("the build context must be an absolute path"));
+            return Err(RpcError::of(
+                ErrorKind::InvalidInput,
+                "the build context must be an absolute path",
+            ));
         }
         if self.engine.is_shutting_down() {
-            return Err(RpcError::with_hint(
+            return Err(RpcError::of(
+                ErrorKind::Unavailable,
                 "memobuildd is shutting down: it finishes the running builds and accepts no new ones",
-                "run the build again once the daemon is back (systemd restarts it, or start memobuildd)",
-            ));
+            )
+            .hint("run the build again once the daemon is back (systemd restarts it, or start memobuildd)"));
         }
         Ok(self.engine.start(request))
     }
@@ -99,8 +99,9 @@ impl Memobuild for Server {
         digest: String,
         offset: u64,
         len: u64,
-    ) -> Result<Vec<u8>, RpcError> {
-        self.engine.read_blob(digest, offset, len).await
+    ) -> Result<ByteBuf, RpcError> {
+        let bytes = self.engine.read_blob(digest, offset, len).await?;
+        Ok(ByteBuf::from(bytes))
     }
 
     async fn status(self, _: Context, filter: String) -> Result<StatusReport, RpcError> {
@@ -132,8 +133,8 @@ impl Memobuild for Server {
         self.engine.upload_begin()
     }
 
-    async fn upload_chunk(self, _: Context, upload: u64, data: Vec<u8>) -> Result<(), RpcError> {
-        self.engine.upload_chunk(upload, data).await
+    async fn upload_chunk(self, _: Context, upload: u64, data: ByteBuf) -> Result<(), RpcError> {
+        self.engine.upload_chunk(upload, data.into_vec()).await
     }
 
     async fn upload_commit(self, _: Context, upload: u64, digest: String) -> Result<u64, RpcError> {

@@ -7,10 +7,10 @@
 //! its stat changing, so such entries are always re-hashed.
 
 use super::scan::FileMeta;
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Coarser than any filesystem's timestamp granularity we support (ext4, xfs, btrfs: ns; some: 1 s... we take 2 s to be safe).
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
@@ -90,9 +90,7 @@ impl HashCache {
             path.hash(&mut h);
             h.finish() as usize % STRIPES
         };
-        let _flight = self.stripes[stripe]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _flight = self.stripes[stripe].lock();
         // Whoever held the stripe may have just hashed this very file.
         if let Some(digest) = cached() {
             return Ok(digest);
@@ -103,17 +101,14 @@ impl HashCache {
             .fetch_add(meta.size, std::sync::atomic::Ordering::Relaxed);
         if started - meta.mtime_ns > RACY_WINDOW_NS {
             self.lock().insert(path.to_path_buf(), (key, digest));
-            self.fresh
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(path.to_path_buf());
+            self.fresh.lock().push(path.to_path_buf());
         }
         Ok(digest)
     }
 
     /// Entries added since the last call, encoded for the store.
     pub fn take_new(&self) -> Vec<(String, [u8; RECORD_LEN])> {
-        let fresh = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|p| p.into_inner()));
+        let fresh = std::mem::take(&mut *self.fresh.lock());
         let entries = self.lock();
         fresh
             .into_iter()
@@ -188,8 +183,8 @@ impl HashCache {
         Ok(out.into_iter().map(|d| d.unwrap_or([0; 32])).collect())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (StatKey, [u8; 32])>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<PathBuf, (StatKey, [u8; 32])>> {
+        self.entries.lock()
     }
 }
 

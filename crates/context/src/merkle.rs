@@ -15,9 +15,9 @@
 
 use super::hash::RACY_WINDOW_NS;
 use super::scan::{ContextIndex, FileKind, FileMeta};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
-use std::sync::Mutex;
 
 pub type Digest = [u8; 32];
 
@@ -54,8 +54,8 @@ impl DirDigests {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, (u64, Digest)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Key, (u64, Digest)>> {
+        self.map.lock()
     }
 
     /// The digest of directory `dir` (relative to the context) as `index`

@@ -165,6 +165,9 @@ pub struct DockerfileError {
     pub loc: Loc,
     pub message: String,
     pub hint: Option<String>,
+    /// Not the Dockerfile's fault: a context file changed while the plan
+    /// read it, and the build should start over on a fresh snapshot.
+    pub changed_during_build: bool,
 }
 
 impl fmt::Display for DockerfileError {
@@ -241,6 +244,7 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
             loc,
             hint: syntax_hint(&message),
             message,
+            changed_during_build: false,
         }
     })?;
     let escape = parsed
@@ -290,6 +294,7 @@ impl Converter<'_> {
             loc: self.lines.loc(offset),
             message: message.into(),
             hint: None,
+            changed_during_build: false,
         }
     }
 

@@ -6,7 +6,7 @@ use crate::{gc, import, Engine};
 use memobuild_context::watch::Mode;
 use memobuild_oci::image::read_image;
 use memobuild_proto::{
-    BlobRef, BuildId, BuildLogReport, DaemonHealth, DiskUsage, Explanation, ImageBlobs,
+    BlobRef, BuildId, BuildLogReport, DaemonHealth, DiskUsage, ErrorKind, Explanation, ImageBlobs,
     ImageSummary, ImportSpec, PruneRequest, PruneResult, RpcError, StatusReport, TreeStatus,
     VerifyResult, BLOB_CHUNK_BYTES,
 };
@@ -136,10 +136,10 @@ impl Engine {
     pub fn forget(&self, filter: &str) -> Result<Vec<String>, RpcError> {
         let ids = self.matching(filter)?;
         if filter.is_empty() {
-            return Err(RpcError::with_hint(
-                "forget needs a project",
-                "pass a project id or context path (see `memobuild-ctl projects`)",
-            ));
+            return Err(
+                RpcError::of(ErrorKind::InvalidInput, "forget needs a project")
+                    .hint("pass a project id or context path (see `memobuild-ctl projects`)"),
+            );
         }
         for root in self.projects.forget(&self.store, &ids) {
             self.watcher.forget(&root);
@@ -151,16 +151,18 @@ impl Engine {
     pub fn explain(&self, filter: &str) -> Result<Explanation, RpcError> {
         let ids = self.matching(filter)?;
         let [id] = ids.as_slice() else {
-            return Err(RpcError::with_hint(
+            return Err(RpcError::of(
+                ErrorKind::InvalidInput,
                 format!("{} projects match {filter:?}", ids.len()),
-                "name one project by id or context path (see `memobuild-ctl projects`)",
-            ));
+            )
+            .hint("name one project by id or context path (see `memobuild-ctl projects`)"));
         };
         self.projects.explain(id).ok_or_else(|| {
-            RpcError::with_hint(
+            RpcError::of(
+                ErrorKind::NotFound,
                 format!("project {id} has not been built yet"),
-                "run `memobuild-ctl build` first",
             )
+            .hint("run `memobuild-ctl build` first")
         })
     }
 
@@ -169,7 +171,7 @@ impl Engine {
         self.projects
             .wait_change(project, generation, Duration::from_secs(3))
             .await
-            .ok_or_else(|| RpcError::new(format!("no project {project}")))
+            .ok_or_else(|| RpcError::of(ErrorKind::NotFound, format!("no project {project}")))
     }
 
     /// Appends to an upload begun with `upload_begin`.
@@ -209,10 +211,10 @@ impl Engine {
         let lookup = full.clone();
         match blocking(move || store.remove_image(&lookup).map_err(internal)).await? {
             true => Ok(()),
-            false => Err(RpcError::with_hint(
-                format!("no image named {full}"),
-                "`memobuild-ctl images` lists them",
-            )),
+            false => Err(
+                RpcError::of(ErrorKind::NotFound, format!("no image named {full}"))
+                    .hint("`memobuild-ctl images` lists them"),
+            ),
         }
     }
 
@@ -304,8 +306,11 @@ impl Engine {
         };
         let ids = self.projects.matching(&filter);
         if ids.is_empty() && !filter.is_empty() {
-            return Err(RpcError::with_hint(
+            return Err(RpcError::of(
+                ErrorKind::NotFound,
                 format!("no project matches {filter:?}"),
+            )
+            .hint(
                 "projects are registered by building them; `memobuild-ctl projects` lists them",
             ));
         }
@@ -348,8 +353,7 @@ impl Engine {
 }
 
 fn no_build_log(which: &str) -> RpcError {
-    RpcError::with_hint(
-        format!("no build log for {which:?}"),
+    RpcError::of(ErrorKind::NotFound, format!("no build log for {which:?}")).hint(
         "name a build by the id `memobuild-ctl build` prints first (`build ID`), `last`, or a project id or context path; logs are kept for the newest builds only (--build-logs-keep)",
     )
 }

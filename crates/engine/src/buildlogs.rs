@@ -10,12 +10,13 @@
 //! File format: a header line ([`Header`]), then one [`Line`] per event, JSON.
 
 use memobuild_proto::{BuildEvent, BuildId, BuildLogReport, LogEntry};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Output lines stop being recorded once a build's file reaches this size
 /// (step events and the result are always recorded).
@@ -98,8 +99,8 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 impl BuildLogs {

@@ -4,11 +4,12 @@
 //! `/metrics` by a small listener. Names and labels: docs/OBSERVABILITY.md.
 
 use crate::Engine;
+use parking_lot::Mutex;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Cache tiers a step is looked up in, in order. `memory`: the no-op fast
@@ -183,7 +184,7 @@ impl Metrics {
 
     /// The text exposition format, with the scrape-time values applied.
     pub fn render(&self, sample: Sample) -> Result<String, MetricsError> {
-        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let _one = self.scrape.lock();
         advance(&self.hashed_bytes, sample.hashed_bytes);
         advance(&self.watch_events, sample.watch_events);
         advance(&self.watch_rescans, sample.watch_rescans);

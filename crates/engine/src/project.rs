@@ -11,10 +11,10 @@ use memobuild_proto::{
     BuildRequest, Explanation, LastBuild, ProjectStatus, StepExplanation, StepStatus,
 };
 use memobuild_store::Store;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Most changed paths `status` lists per project.
 const MAX_CHANGED_SHOWN: usize = 1000;
@@ -133,8 +133,8 @@ pub struct Projects {
     changed: tokio::sync::Notify,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
+    m.lock()
 }
 
 impl Projects {

@@ -116,13 +116,16 @@ impl BuildRegistry {
                 ));
                 Ok(())
             }
-            Err(e) => Err(RpcError {
-                message: format!(
+            Err(e) => {
+                let message = format!(
                     "{}:{}:{}: FROM {name}: not in memobuild's image store, and pulling it failed: {e}",
                     w.file, w.base.loc.line, w.base.loc.column
-                ),
-                hint: e.hint,
-            }),
+                );
+                Err(RpcError {
+                    message,
+                    ..RpcError::from(e)
+                })
+            }
         }
     }
 
@@ -210,7 +213,7 @@ impl BuildRegistry {
                 .await
                 .map_err(|e| RpcError {
                     message: format!("pushing {target}: {e}"),
-                    hint: e.hint,
+                    ..RpcError::from(e)
                 })?;
             note(format!(
                 "pushed {target}: {manifest_digest} in {:.2}s ({} blobs uploaded, {:.1} MB; {} already there; {} mounted)",

@@ -290,6 +290,7 @@ fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
         loc: df.stages[index].from.loc,
         message: "internal error: stage base not resolved".into(),
         hint: None,
+        changed_during_build: false,
     }
 }
 
@@ -336,6 +337,7 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
                 } else {
                     format!("stages with names: {}", names.join(", "))
                 }),
+                changed_during_build: false,
             }
         })
 }

@@ -44,6 +44,7 @@ pub(super) fn expand_error(df: &Dockerfile, loc: Loc, e: ExpandError) -> Dockerf
         loc,
         message: e.message,
         hint: None,
+        changed_during_build: false,
     }
 }
 
@@ -53,6 +54,7 @@ fn err(df: &Dockerfile, loc: Loc, message: impl Into<String>) -> DockerfileError
         loc,
         message: message.into(),
         hint: None,
+        changed_during_build: false,
     }
 }
 
@@ -67,6 +69,7 @@ fn err_hint(
         loc,
         message: message.into(),
         hint: Some(hint.into()),
+        changed_during_build: false,
     }
 }
 
@@ -654,14 +657,17 @@ fn copy_op(
         }
         let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                err(
-                    df,
-                    loc,
-                    format!(
-                        "{keyword}: a file of the build context {} ({e})",
-                        memobuild_context::CHANGED_DURING_BUILD
-                    ),
-                )
+                DockerfileError {
+                    changed_during_build: true,
+                    ..err(
+                        df,
+                        loc,
+                        format!(
+                            "{keyword}: a file of the build context {} ({e})",
+                            memobuild_context::CHANGED_DURING_BUILD
+                        ),
+                    )
+                }
             } else {
                 err(
                     df,

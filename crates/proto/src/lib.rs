@@ -4,21 +4,26 @@
 //! service trait ([`Memobuild`]), the request and response types, the progress
 //! events, and the rules for finding the daemon's socket.
 //!
-//! Everything here crosses the socket in bincode, so the types avoid serde
-//! features bincode cannot express (untagged enums, `skip_serializing_if`,
-//! flatten). The same types are printed as JSON by `--json` outputs, which makes
-//! their field names part of the stable JSON schema documented in docs/CLI.md.
+//! Everything here crosses the socket as named MessagePack ([`wire`]): fields
+//! are found by name, so a field added with `#[serde(default)]` is compatible
+//! both ways (an older peer skips it; a newer one defaults it). Removing or
+//! renaming a field, or adding an enum variant an older peer must decode,
+//! needs a [`PROTOCOL_VERSION`] bump. The same types are printed as JSON by
+//! `--json` outputs, which makes their field names part of the stable JSON
+//! schema documented in docs/CLI.md.
 
 pub mod paths;
 pub mod registry;
 pub mod time;
+pub mod wire;
 
 use serde::{Deserialize, Serialize};
+pub use serde_bytes::ByteBuf;
 use std::collections::BTreeMap;
 
 /// Bump when the RPC contract changes incompatibly; the client refuses to talk to a
 /// daemon with another version and says how to restart it.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest frame on the socket. Blob reads are chunked well below this.
 pub const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
@@ -29,7 +34,7 @@ pub const BLOB_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 #[tarpc::service]
 pub trait Memobuild {
     /// Who is answering: versions and where the daemon keeps its state.
-    async fn hello() -> DaemonInfo;
+    async fn hello() -> Result<DaemonInfo, RpcError>;
     /// Starts a build and returns its id at once; progress comes from [`Memobuild::events`].
     async fn start_build(request: BuildRequest) -> Result<BuildId, RpcError>;
     /// Long-polls the events of a build from `cursor` on. Returns when there is at
@@ -40,7 +45,7 @@ pub trait Memobuild {
     /// The manifest and every blob an image needs, for writing `-o` outputs.
     async fn image_blobs(manifest_digest: String) -> Result<ImageBlobs, RpcError>;
     /// Reads part of a verified blob from the daemon's store.
-    async fn read_blob(digest: String, offset: u64, len: u64) -> Result<Vec<u8>, RpcError>;
+    async fn read_blob(digest: String, offset: u64, len: u64) -> Result<ByteBuf, RpcError>;
     /// Projects, their steps' state and the daemon's health, from memory.
     /// `filter`: a project id or a context path; empty = all.
     async fn status(filter: String) -> Result<StatusReport, RpcError>;
@@ -55,7 +60,7 @@ pub trait Memobuild {
     async fn cancel(build: BuildId) -> Result<(), RpcError>;
     /// Starts uploading a blob (for `image import`); returns the upload id.
     async fn upload_begin() -> Result<u64, RpcError>;
-    async fn upload_chunk(upload: u64, data: Vec<u8>) -> Result<(), RpcError>;
+    async fn upload_chunk(upload: u64, data: ByteBuf) -> Result<(), RpcError>;
     /// Ends an upload: the blob is stored only if its sha256 is `digest`.
     async fn upload_commit(upload: u64, digest: String) -> Result<u64, RpcError>;
     /// Names an image made of uploaded blobs.
@@ -84,27 +89,81 @@ pub enum ImportSpec {
     Docker { config: String, layers: Vec<String> },
 }
 
-/// An error the daemon reports to the client: what went wrong and, where it can,
-/// where (file:line:col) and what to do about it.
+/// What kind of failure an [`RpcError`] is. The kind, never the message
+/// text, decides what happens next: retries, metrics, the client's exit code
+/// and the hint it prints. Kinds a newer daemon adds arrive as `Internal`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request, the Dockerfile, an ignore file or a flag is wrong: fix the input.
+    InvalidInput,
+    /// Something named does not exist: an image, a project, a build, a blob.
+    NotFound,
+    /// The caller may not do this (access control).
+    PermissionDenied,
+    /// The build was cancelled: by its client, or by a daemon shutdown.
+    Cancelled,
+    /// A context file changed while the build read it; the engine starts over.
+    ContextChanged,
+    /// A step ran and failed: a non-zero exit, a limit, a step timeout.
+    StepFailed,
+    /// A registry or the daemon itself cannot serve now; trying again may work.
+    Unavailable,
+    /// Anything else: an environment problem or a bug.
+    #[default]
+    #[serde(other)]
+    Internal,
+}
+
+/// An error the daemon reports to the client: its kind, what went wrong and,
+/// where it can, where (file:line:col) and what to do about it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RpcError {
+    #[serde(default)]
+    pub kind: ErrorKind,
     pub message: String,
+    #[serde(default)]
     pub hint: Option<String>,
 }
 
 impl RpcError {
+    /// An error of kind [`ErrorKind::Internal`].
     pub fn new(message: impl Into<String>) -> Self {
         RpcError {
+            kind: ErrorKind::Internal,
             message: message.into(),
             hint: None,
         }
     }
 
     pub fn with_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        RpcError {
-            message: message.into(),
-            hint: Some(hint.into()),
-        }
+        RpcError::new(message).hint(hint)
+    }
+
+    /// An error of `kind`.
+    pub fn of(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RpcError::new(message).kind(kind)
+    }
+
+    /// A cancelled build.
+    pub fn cancelled() -> Self {
+        RpcError::of(ErrorKind::Cancelled, "build cancelled")
+    }
+
+    /// The same error, of `kind`.
+    pub fn kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The same error, with `hint`.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn is(&self, kind: ErrorKind) -> bool {
+        self.kind == kind
     }
 }
 
@@ -200,7 +259,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// A secret's bytes. Its `Debug` never shows them, so no log line can.
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct Secret(pub Vec<u8>);
+pub struct Secret(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

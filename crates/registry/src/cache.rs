@@ -41,7 +41,7 @@ impl Session {
         let reference = reference::parse(name)?;
         let bytes = match self.fetch_manifest(&reference).await {
             Ok((bytes, _)) => bytes,
-            Err(e) if e.message.contains("was not found") => {
+            Err(e) if e.kind == memobuild_proto::ErrorKind::NotFound => {
                 return Ok(RemoteCache {
                     reference,
                     index: CacheIndex::default(),

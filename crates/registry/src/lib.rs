@@ -21,12 +21,12 @@ pub use pull::name_image;
 
 use memobuild_oci::reference::{self, Reference, ReferenceError};
 use memobuild_proto::registry::Credential;
-use memobuild_proto::RpcError;
+use memobuild_proto::{ErrorKind, RpcError};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Attempts per registry operation (the first try and the retries).
@@ -77,6 +77,8 @@ pub struct RegistryError {
     pub what: String,
     pub message: String,
     pub hint: Option<String>,
+    /// A definite answer (not found, denied) or `Internal`.
+    pub kind: ErrorKind,
     /// A network fault that outlasted the retries (not a definite answer
     /// such as "not found" or "denied").
     pub unreachable: bool,
@@ -88,8 +90,14 @@ impl RegistryError {
             what: what.into(),
             message: message.into(),
             hint: None,
+            kind: ErrorKind::Internal,
             unreachable: false,
         }
+    }
+
+    fn kind(mut self, kind: ErrorKind) -> RegistryError {
+        self.kind = kind;
+        self
     }
 
     fn hint(mut self, hint: impl Into<String>) -> RegistryError {
@@ -107,7 +115,13 @@ impl From<ReferenceError> for RegistryError {
 
 impl From<RegistryError> for RpcError {
     fn from(e: RegistryError) -> RpcError {
+        let kind = if e.unreachable {
+            ErrorKind::Unavailable
+        } else {
+            e.kind
+        };
         RpcError {
+            kind,
             message: e.to_string(),
             hint: e.hint,
         }
@@ -207,10 +221,7 @@ impl Session {
                 }
                 Err(e) => {
                     if is_unreachable(&e) {
-                        self.down
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(host.clone());
+                        self.down.lock().insert(host.clone());
                     }
                     let unreachable = is_transient(&e);
                     let mut err = self.explain(reference, what, e, attempt);
@@ -222,10 +233,7 @@ impl Session {
     }
 
     fn is_down(&self, host: &str) -> bool {
-        self.down
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(host)
+        self.down.lock().contains(host)
     }
 
     /// One clear error: what failed, and for auth and TLS problems what to do.
@@ -262,9 +270,11 @@ impl Session {
                     )
                 }) =>
             {
-                RegistryError::new(what, format!("registry {host} denied access: {e}")).hint(
+                let mut err = RegistryError::new(what, format!("registry {host} denied access: {e}")).hint(
                     format!("log in with `docker login {host}`; memobuild-ctl forwards those credentials"),
-                )
+                );
+                err.kind = ErrorKind::PermissionDenied;
+                err
             }
             OciDistributionError::RegistryError { envelope, .. }
                 if envelope.errors.iter().any(|x| {
@@ -304,6 +314,7 @@ fn not_found(reference: &Reference, what: &str) -> RegistryError {
         ),
     )
     .hint("check the name and tag (`skopeo inspect docker://NAME` shows what the registry has)")
+    .kind(ErrorKind::NotFound)
 }
 
 /// Faults worth another try: the network, 5xx, 429, and bytes that did not

@@ -21,7 +21,7 @@ pub struct BlobStore {
     tmp: PathBuf,
     /// Blobs whose content was hashed and found right, by the stat they had
     /// then: a blob is re-hashed only when its file changed (see [`BlobStore::verify_cached`]).
-    verified: std::sync::Mutex<std::collections::HashMap<String, StatKey>>,
+    verified: parking_lot::Mutex<std::collections::HashMap<String, StatKey>>,
 }
 
 /// What changes when a file's bytes are rewritten (ctime cannot be set back).
@@ -156,8 +156,8 @@ impl BlobStore {
 
     fn verified_lock(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, StatKey>> {
-        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    ) -> parking_lot::MutexGuard<'_, std::collections::HashMap<String, StatKey>> {
+        self.verified.lock()
     }
 
     /// Records a blob we just hashed while writing it as verified.

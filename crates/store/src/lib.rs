@@ -100,9 +100,9 @@ pub struct Store {
     db: Database,
     pub blobs: BlobStore,
     /// Last-use times not yet written to [`LAST_USED`].
-    recent: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    recent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// What running builds use; held by garbage collection while it decides and deletes.
-    pins: std::sync::Mutex<pins::Pins>,
+    pins: parking_lot::Mutex<pins::Pins>,
 }
 
 /// The outcome of looking a step up in the cache.
@@ -234,16 +234,13 @@ impl Store {
     /// Notes that a step was used at Unix second `at` (imports keep their
     /// remote use time; tests order entries).
     pub fn note_used_at(&self, key: &str, at: i64) {
-        self.recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), at);
+        self.recent.lock().insert(key.to_string(), at);
     }
 
     /// Writes the noted last-use times in one transaction (after each build and
     /// before garbage collection), so a cached build costs one write, not one per step.
     pub fn flush_last_used(&self) -> Result<(), StoreError> {
-        let recent = std::mem::take(&mut *self.recent.lock().unwrap_or_else(|p| p.into_inner()));
+        let recent = std::mem::take(&mut *self.recent.lock());
         if recent.is_empty() {
             return Ok(());
         }

@@ -69,8 +69,8 @@ impl Pins {
 impl Store {
     /// What running builds use; held, it keeps builds from pinning more (GC
     /// holds it throughout a prune).
-    pub fn pins(&self) -> std::sync::MutexGuard<'_, Pins> {
-        self.pins.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn pins(&self) -> parking_lot::MutexGuard<'_, Pins> {
+        self.pins.lock()
     }
 
     /// A build starts: from now on what it writes or looks up is kept.

@@ -11,9 +11,9 @@ use memobuild_context::{ContextIndex, Tree};
 use memobuild_dockerfile::{self as dockerfile, DockerfileError};
 use memobuild_oci::config::History;
 use memobuild_oci::image::{write_image, StoredImage};
-use memobuild_oci::ChangeSet;
+use memobuild_oci::{ChangeSet, OciError};
 use memobuild_plan::{self as graph, Base, Op, Plan, Step};
-use memobuild_proto::{BuildEvent, BuildId, BuildRequest, RpcError, StepInfo};
+use memobuild_proto::{BuildEvent, BuildId, BuildRequest, ErrorKind, RpcError, StepInfo};
 use memobuild_store::{ImageRecord, LayerRecord, Lookup, StepRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,13 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 }
 
 fn dockerfile_error(e: DockerfileError) -> RpcError {
+    let kind = if e.changed_during_build {
+        ErrorKind::ContextChanged
+    } else {
+        ErrorKind::InvalidInput
+    };
     RpcError {
+        kind,
         message: e.to_string(),
         hint: e.hint,
     }
@@ -81,7 +87,7 @@ pub async fn run(
     let settings = &engine.run_settings().registries;
     let remote = tokio::select! {
         r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => r?,
-        _ = log.cancelled() => return Err(RpcError::new("build cancelled")),
+        _ = log.cancelled() => return Err(RpcError::cancelled()),
     };
     let mut attempt = 1;
     let (result, generation) = loop {
@@ -101,15 +107,12 @@ pub async fn run(
         let result = tokio::select! {
             r = build_planned(engine, id, request, &project, tree, log, &remote) => r,
             // Dropping the build's future stops every step; RUN sandboxes clean up.
-            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+            _ = log.cancelled() => Err(RpcError::cancelled()),
         };
         match result {
             // Files changed under the build: never store a mix; start over on a
             // fresh snapshot (steps already done come from the cache).
-            Err(e)
-                if e.message.contains(memobuild_context::CHANGED_DURING_BUILD)
-                    && attempt < MAX_ATTEMPTS =>
-            {
+            Err(e) if e.is(ErrorKind::ContextChanged) && attempt < MAX_ATTEMPTS => {
                 log.push(BuildEvent::Log {
                     step: None,
                     line: format!(
@@ -119,9 +122,9 @@ pub async fn run(
                 });
                 attempt += 1;
             }
-            Err(e) if e.message.contains(memobuild_context::CHANGED_DURING_BUILD) => {
+            Err(e) if e.is(ErrorKind::ContextChanged) => {
                 let hint = "files in the context kept changing during the build; build again once they settle";
-                break (Err(RpcError::with_hint(e.message, hint)), generation);
+                break (Err(e.hint(hint)), generation);
             }
             other => break (other, generation),
         }
@@ -131,7 +134,7 @@ pub async fn run(
             r = remote.finish(&engine.store, Some(&plan), &done.manifest_digest, &note) => {
                 r.map(|()| (done, plan))
             }
-            _ = log.cancelled() => Err(RpcError::new("build cancelled")),
+            _ = log.cancelled() => Err(RpcError::cancelled()),
         },
         Err(e) => Err(e),
     };
@@ -161,7 +164,7 @@ pub async fn run(
 
 fn cached_steps(n: usize, log: &BuildLog) -> Vec<bool> {
     let mut cached = vec![false; n];
-    for e in log.events.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for e in log.events.lock().iter() {
         if let BuildEvent::StepCached { step } = e {
             if let Some(c) = cached.get_mut(*step) {
                 *c = true;
@@ -615,7 +618,7 @@ async fn run_stage(
                                 "{}:{}:{}: {}",
                                 plan.file, step.loc.line, step.loc.column, e.message
                             ),
-                            hint: e.hint,
+                            ..e
                         })?
                     }
                     _ => {
@@ -710,11 +713,38 @@ async fn base_layers(
 }
 
 /// An error of a step: `FILE:LINE:COL: instruction: what`.
-fn step_error(plan: &Plan, step: &Step, e: impl std::fmt::Display) -> RpcError {
-    RpcError::new(format!(
-        "{}:{}:{}: {}: {e}",
-        plan.file, step.loc.line, step.loc.column, step.display
-    ))
+fn step_error(plan: &Plan, step: &Step, e: impl StepFailure) -> RpcError {
+    RpcError::of(
+        e.kind(),
+        format!(
+            "{}:{}:{}: {}: {e}",
+            plan.file, step.loc.line, step.loc.column, step.display
+        ),
+    )
+}
+
+/// A COPY/ADD/WORKDIR failure and its kind: a context file that changed
+/// under the build is retried, anything else fails the step.
+trait StepFailure: std::fmt::Display {
+    fn kind(&self) -> ErrorKind;
+}
+
+impl StepFailure for OciError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OciError::ContextChanged { .. } => ErrorKind::ContextChanged,
+            _ => ErrorKind::StepFailed,
+        }
+    }
+}
+
+impl StepFailure for copy::CopyError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            copy::CopyError::Oci(e) => StepFailure::kind(e),
+            _ => ErrorKind::StepFailed,
+        }
+    }
 }
 
 /// Runs one step that missed the cache.

@@ -6,8 +6,8 @@
 //! [`LEASE`] is cancelled.
 
 use memobuild_proto::{BuildId, BuildRequest};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Clients long-poll every few seconds (`LONG_POLL`); this many seconds of
@@ -40,8 +40,8 @@ pub fn key_of(request: &BuildRequest) -> String {
 }
 
 impl Flights {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// Joins the running build for `key`, if any (one more waiter).

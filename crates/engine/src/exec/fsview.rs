@@ -5,10 +5,11 @@
 use memobuild_oci::layer::{clean_entry_path, open_layer};
 use memobuild_oci::OciError;
 use memobuild_store::{LayerRecord, Store};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ViewKind {
@@ -46,19 +47,11 @@ pub struct LayerCache {
 
 impl LayerCache {
     fn index(&self, store: &Store, digest: &str) -> Result<Arc<LayerIndex>, OciError> {
-        if let Some(found) = self
-            .layers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(digest)
-        {
+        if let Some(found) = self.layers.lock().get(digest) {
             return Ok(found.clone());
         }
         let index = Arc::new(read_index(store, digest)?);
-        self.layers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest.to_string(), index.clone());
+        self.layers.lock().insert(digest.to_string(), index.clone());
         Ok(index)
     }
 }

@@ -20,9 +20,10 @@ use fsview::LayerCache;
 use memobuild_context::{HashCache, Watcher};
 use memobuild_proto::{BuildEvent, BuildId, BuildRequest, EventBatch, RpcError};
 use memobuild_store::Store;
+use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long an `events` call waits for something new before returning empty.
@@ -45,7 +46,7 @@ pub struct Engine {
     pub projects: Projects,
     /// Reloadable on SIGHUP (the limits and network default; see
     /// [`Engine::set_run_settings`]), hence behind a lock.
-    pub run_settings: std::sync::RwLock<RunSettings>,
+    pub run_settings: parking_lot::RwLock<RunSettings>,
     /// Bounds the RUN steps running at once, across builds.
     pub run_slots: tokio::sync::Semaphore,
     sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
@@ -97,10 +98,7 @@ impl BuildLog {
         if let Some(journal) = &self.journal {
             journal.record(&event);
         }
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(event);
+        self.events.lock().push(event);
         if terminal {
             self.finished.store(true, Ordering::SeqCst);
         }
@@ -119,7 +117,7 @@ impl BuildLog {
     }
 
     fn batch(&self, cursor: u64) -> EventBatch {
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let events = self.events.lock();
         let start = (cursor as usize).min(events.len());
         EventBatch {
             events: events[start..].to_vec(),
@@ -153,7 +151,7 @@ impl Engine {
             watcher: Watcher::start(),
             projects,
             run_slots: tokio::sync::Semaphore::new(run_settings.max_parallel.max(1)),
-            run_settings: std::sync::RwLock::new(run_settings),
+            run_settings: parking_lot::RwLock::new(run_settings),
             sandbox: tokio::sync::Mutex::new(None),
             cache_locks: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
@@ -239,7 +237,6 @@ impl Engine {
     pub fn cache_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.cache_locks
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .entry(name.to_string())
             .or_default()
             .clone()
@@ -284,9 +281,9 @@ impl Engine {
     /// Drops the events of builds that finished long enough ago, or beyond
     /// [`MAX_FINISHED`]; their log files stay.
     fn evict_finished(&self, id: BuildId) {
-        let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut finished = self.finished.lock();
         finished.push_back((id, std::time::Instant::now()));
-        let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut builds = self.builds.lock();
         for _ in 0..evictable(&finished, std::time::Instant::now()) {
             if let Some((old, _)) = finished.pop_front() {
                 builds.remove(&old);
@@ -319,10 +316,7 @@ impl Engine {
             journal,
             ..BuildLog::default()
         });
-        self.builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, log.clone());
+        self.builds.lock().insert(id, log.clone());
         self.flights.insert(key, id);
         let engine = self.clone();
         // A root span: the build outlives the RPC that started it.
@@ -344,7 +338,7 @@ impl Engine {
                 drop(running);
                 engine.metrics.build_ended(match &outcome {
                     Ok(_) => "success",
-                    Err(e) if e.message == "build cancelled" => "cancelled",
+                    Err(e) if e.is(memobuild_proto::ErrorKind::Cancelled) => "cancelled",
                     Err(_) => "failed",
                 });
                 engine.persist_hashes().await;
@@ -407,15 +401,12 @@ impl Engine {
             .upload()
             .map_err(|e| RpcError::new(e.to_string()))?;
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        self.uploads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, upload);
+        self.uploads.lock().insert(id, upload);
         Ok(id)
     }
 
     pub(crate) fn upload_chunk_now(&self, id: u64, data: &[u8]) -> Result<(), RpcError> {
-        let mut uploads = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut uploads = self.uploads.lock();
         let upload = uploads
             .get_mut(&id)
             .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
@@ -426,7 +417,6 @@ impl Engine {
         let upload = self
             .uploads
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .remove(&id)
             .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
         self.store.pin_uploads();
@@ -439,7 +429,6 @@ impl Engine {
     fn log(&self, id: BuildId) -> Result<Arc<BuildLog>, RpcError> {
         self.builds
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
             .ok_or_else(|| {
@@ -478,16 +467,13 @@ struct Lifecycle {
 impl Engine {
     /// The RUN settings in effect now.
     pub fn run_settings(&self) -> RunSettings {
-        self.run_settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.run_settings.read().clone()
     }
 
     /// Replaces the RUN defaults for steps that start from now on. The
     /// containerd socket and the parallelism stay as they were at start-up.
     pub fn set_run_settings(&self, new: RunSettings) {
-        let mut current = self.run_settings.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.run_settings.write();
         *current = RunSettings {
             containerd_socket: current.containerd_socket.clone(),
             max_parallel: current.max_parallel,
@@ -508,7 +494,6 @@ impl Engine {
     pub fn unfinished_builds(&self) -> usize {
         self.builds
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|log| !log.finished.load(Ordering::SeqCst))
             .count()
@@ -531,15 +516,10 @@ impl Engine {
     /// Cancels every running build (as `memobuild-ctl` cancel does: RUN
     /// containers are killed and removed); `grace` is named in their errors.
     pub fn cancel_all(&self, grace: Duration) {
-        *self
-            .lifecycle
-            .cancelled_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(grace);
+        *self.lifecycle.cancelled_after.lock() = Some(grace);
         let logs: Vec<Arc<BuildLog>> = self
             .builds
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|log| !log.finished.load(Ordering::SeqCst))
             .cloned()
@@ -563,11 +543,7 @@ impl Engine {
 
     /// A build cancelled by the shutdown says so, instead of "build cancelled".
     fn shutdown_error(&self, log: &BuildLog, error: RpcError) -> RpcError {
-        let grace = *self
-            .lifecycle
-            .cancelled_after
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let grace = *self.lifecycle.cancelled_after.lock();
         match grace {
             Some(grace) if log.cancelled.load(Ordering::SeqCst) => RpcError::with_hint(
                 format!(

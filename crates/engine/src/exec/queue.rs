@@ -3,9 +3,10 @@
 //! directory) has the fewest builds running, the longest-waiting first among
 //! equals, so one user's burst of builds cannot starve another project.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 pub struct Queue {
     limit: AtomicUsize,
@@ -48,8 +49,8 @@ impl Queue {
         self.limit.load(Ordering::SeqCst)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Builds holding a slot.

@@ -9,7 +9,7 @@ use super::users;
 use super::{BuildLog, Engine};
 use memobuild_oci::ChangeSet;
 use memobuild_plan::{CacheSharing, RunMount, RunNetwork, RunOp};
-use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
+use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, RpcError};
 use memobuild_sandbox::{ExtraMount, LayerInput, MountSource, Network, OutputChunk, RunSpec};
 use memobuild_store::{LayerRecord, StepRecord};
 use std::collections::VecDeque;
@@ -63,7 +63,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         .run_slots
         .acquire()
         .await
-        .map_err(|_| err("the daemon is shutting down"))?;
+        .map_err(|_| err("the daemon is shutting down").kind(ErrorKind::Unavailable))?;
     let store = engine.store.clone();
     let (layers, user) = {
         let (engine, parent, user) = (engine.clone(), cx.parent_layers.to_vec(), op.user.clone());
@@ -140,7 +140,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
             message.push_str("\nlast output:\n");
             message.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n"));
         }
-        return Err(err(message));
+        return Err(RpcError::of(ErrorKind::StepFailed, message));
     }
     let changes: ChangeSet = outcome.changes;
     let mtime = cx.epoch.unwrap_or(0).max(0) as u64;
@@ -259,13 +259,14 @@ impl Mounts {
                 } => {
                     let Some(secret) = cx.request.secrets.get(id) else {
                         if *required {
-                            return Err(RpcError::with_hint(
+                            return Err(RpcError::of(
+                                ErrorKind::InvalidInput,
                                 format!(
                                     "{}: secret {id:?} is required but was not given",
                                     cx.display
                                 ),
-                                format!("pass it with --secret id={id},src=FILE"),
-                            ));
+                            )
+                            .hint(format!("pass it with --secret id={id},src=FILE")));
                         }
                         continue;
                     };
