@@ -545,13 +545,14 @@ impl Engine {
     fn shutdown_error(&self, log: &BuildLog, error: RpcError) -> RpcError {
         let grace = *self.lifecycle.cancelled_after.lock();
         match grace {
-            Some(grace) if log.cancelled.load(Ordering::SeqCst) => RpcError::with_hint(
+            Some(grace) if log.cancelled.load(Ordering::SeqCst) => RpcError::of(
+                memobuild_proto::ErrorKind::Cancelled,
                 format!(
                     "build cancelled: memobuildd is shutting down and the build did not finish within the shutdown grace ({})",
                     humantime::format_duration(grace)
                 ),
-                "run the build again when the daemon is back; admins can raise shutdown-grace",
-            ),
+            )
+            .hint("run the build again when the daemon is back; admins can raise shutdown-grace"),
             _ => error,
         }
     }

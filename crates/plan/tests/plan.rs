@@ -1,0 +1,229 @@
+//! The planner without a daemon: cache keys, what an edit or an argument
+//! invalidates, and stage semantics, from a real context on disk and base
+//! images answered from a map.
+
+use memobuild_context::dockerignore::DockerIgnore;
+use memobuild_context::merkle::DirDigests;
+use memobuild_context::{ContextIndex, HashCache};
+use memobuild_oci::image::StoredImage;
+use memobuild_oci::ImageConfig;
+use memobuild_plan::{plan, Base, Plan, PlanInput};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A context directory and everything a plan is made from but the Dockerfile.
+struct Fixture {
+    dir: tempfile::TempDir,
+    hashes: HashCache,
+    merkle: DirDigests,
+    images: BTreeMap<String, StoredImage>,
+}
+
+impl Fixture {
+    fn new(files: &[(&str, &str)]) -> Fixture {
+        let f = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            hashes: HashCache::new(),
+            merkle: DirDigests::new(),
+            images: BTreeMap::new(),
+        };
+        for (path, text) in files {
+            f.write(path, text);
+        }
+        f
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let path = self.root().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn plan(&self, dockerfile: &str, target: &str, args: &[(&str, &str)]) -> Plan {
+        self.try_plan(dockerfile, target, args)
+            .unwrap_or_else(|e| panic!("plan failed: {e}"))
+    }
+
+    fn try_plan(
+        &self,
+        dockerfile: &str,
+        target: &str,
+        args: &[(&str, &str)],
+    ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
+        let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile")?;
+        let ignore = DockerIgnore::parse("").unwrap();
+        let context = ContextIndex::scan(self.root(), &ignore).unwrap();
+        let build_args = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        plan(&PlanInput {
+            dockerfile: &df,
+            target,
+            build_args: &build_args,
+            context: Arc::new(context),
+            hashes: &self.hashes,
+            merkle: &self.merkle,
+            focus: None,
+            images: &self.images,
+            epoch: None,
+        })
+    }
+}
+
+fn keys(plan: &Plan) -> Vec<String> {
+    plan.steps.iter().map(|s| s.key.clone()).collect()
+}
+
+fn image(manifest: &str, env: &str) -> StoredImage {
+    let mut config = ImageConfig::default();
+    config.config.env = Some(vec![env.to_string()]);
+    StoredImage {
+        manifest_digest: manifest.to_string(),
+        config_digest: format!("{manifest}-config"),
+        config,
+        layers: Vec::new(),
+        size: 0,
+    }
+}
+
+const COPY_TWO: &str = "FROM scratch\nCOPY a.txt /a\nCOPY b.txt /b\n";
+
+#[test]
+fn the_same_inputs_give_the_same_keys_from_a_fresh_planner() {
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let first = keys(&f.plan(COPY_TWO, "", &[]));
+    let again = Fixture {
+        hashes: HashCache::new(),
+        merkle: DirDigests::new(),
+        ..f
+    };
+    assert_eq!(first, keys(&again.plan(COPY_TWO, "", &[])));
+    assert_eq!(first.len(), 2, "FROM scratch adds no step; two COPY steps");
+}
+
+#[test]
+fn editing_a_file_changes_the_copy_that_reads_it_and_every_step_after() {
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let before = keys(&f.plan(COPY_TWO, "", &[]));
+    f.write("b.txt", "b, edited");
+    let after = keys(&f.plan(COPY_TWO, "", &[]));
+    assert_eq!(before[0], after[0], "COPY a.txt does not read b.txt");
+    assert_ne!(before[1], after[1], "COPY b.txt reads the edited file");
+
+    f.write("a.txt", "a, edited");
+    let last = keys(&f.plan(COPY_TWO, "", &[]));
+    assert_ne!(after[0], last[0]);
+    assert_ne!(after[1], last[1], "a step's key covers its parent's");
+}
+
+#[test]
+fn touching_a_file_without_changing_it_keeps_every_key() {
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let before = keys(&f.plan(COPY_TWO, "", &[]));
+    let file = std::fs::File::options()
+        .write(true)
+        .open(f.root().join("a.txt"))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        before,
+        keys(&f.plan(COPY_TWO, "", &[])),
+        "mtimes are not a key input"
+    );
+}
+
+#[test]
+fn a_build_arg_changes_only_the_steps_in_its_scope() {
+    let dockerfile = "FROM scratch\nCOPY a.txt /a\nARG MODE=debug\nCOPY b.txt /b\n";
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let debug = f.plan(dockerfile, "", &[]);
+    let release = f.plan(dockerfile, "", &[("MODE", "release")]);
+    assert_eq!(debug.steps[0].key, release.steps[0].key, "before the ARG");
+    let last = debug.steps.len() - 1;
+    assert_ne!(
+        debug.steps[last].key, release.steps[last].key,
+        "after the ARG"
+    );
+    assert_eq!(
+        debug.steps[last]
+            .inputs
+            .args
+            .get("MODE")
+            .map(String::as_str),
+        Some("debug"),
+        "the key's components name the ARG's value, for `explain`"
+    );
+    assert_eq!(
+        f.plan(dockerfile, "", &[("MODE", "debug")]).steps[last].key,
+        debug.steps[last].key,
+        "passing the default explicitly is the same build"
+    );
+}
+
+#[test]
+fn from_an_image_resolves_through_the_image_source_and_its_digest_is_a_key_input() {
+    let dockerfile = "FROM base\nCOPY a.txt /a\n";
+    let mut f = Fixture::new(&[("a.txt", "a")]);
+    f.images
+        .insert("base:latest".into(), image("sha256:one", "A=1"));
+    let one = f.plan(dockerfile, "", &[]);
+    assert!(matches!(&one.stages[0].base, Base::Image(i) if i.manifest_digest == "sha256:one"));
+    assert_eq!(
+        one.images.get("base:latest").map(String::as_str),
+        Some("sha256:one")
+    );
+    f.images
+        .insert("base:latest".into(), image("sha256:two", "A=1"));
+    let two = f.plan(dockerfile, "", &[]);
+    assert_ne!(
+        keys(&one),
+        keys(&two),
+        "a new base image invalidates the steps on it"
+    );
+}
+
+#[test]
+fn a_missing_base_image_is_an_error_at_its_from_line_only_when_needed() {
+    let dockerfile = "FROM scratch AS ok\nCOPY a.txt /a\n\nFROM nowhere AS broken\nCOPY a.txt /a\n";
+    let f = Fixture::new(&[("a.txt", "a")]);
+    let ok = f.plan(dockerfile, "ok", &[]);
+    assert_eq!(ok.steps.len(), 1, "the unneeded stage is not planned");
+    let e = f.try_plan(dockerfile, "broken", &[]).unwrap_err();
+    assert_eq!((e.loc.line, e.file.as_str()), (4, "Dockerfile"), "{e}");
+    assert!(e.message.contains("nowhere"), "{e}");
+}
+
+#[test]
+fn a_stage_the_target_does_not_need_is_not_planned() {
+    let dockerfile =
+        "FROM scratch AS unused\nCOPY b.txt /b\n\nFROM scratch AS app\nCOPY a.txt /a\n";
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let app = f.plan(dockerfile, "app", &[]);
+    assert_eq!(app.stages.len(), 1);
+    assert_eq!(app.steps.len(), 1);
+    assert_eq!(app.steps[0].display, "COPY a.txt /a");
+    f.write("b.txt", "edited");
+    assert_eq!(keys(&app), keys(&f.plan(dockerfile, "app", &[])));
+}
+
+#[test]
+fn copy_from_a_stage_depends_on_that_stage() {
+    let dockerfile =
+        "FROM scratch AS build\nCOPY b.txt /out\n\nFROM scratch\nCOPY --from=build /out /out\n";
+    let f = Fixture::new(&[("b.txt", "b")]);
+    let before = f.plan(dockerfile, "", &[]);
+    assert_eq!(before.stages.len(), 2, "the final stage needs `build`");
+    f.write("b.txt", "edited");
+    let after = f.plan(dockerfile, "", &[]);
+    assert_ne!(
+        before.steps.last().unwrap().key,
+        after.steps.last().unwrap().key
+    );
+}
