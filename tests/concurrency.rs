@@ -235,7 +235,8 @@ fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
         }
         assert!(
             Instant::now() < deadline,
-            "the abandoned build was not cancelled: {status:#}"
+            "the abandoned build was not cancelled: {status:#}\ndaemon log:\n{}",
+            d.0.log()
         );
         std::thread::sleep(Duration::from_millis(500));
     }

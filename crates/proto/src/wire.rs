@@ -13,9 +13,13 @@ use std::pin::Pin;
 use tarpc::tokio_util::codec::length_delimited::LengthDelimitedCodec;
 use tokio::net::UnixStream;
 
+/// The item types a codec reads and writes, without owning either (so the
+/// codec is Send and Sync whatever they are).
+type Marker<Item, SinkItem> = PhantomData<(fn() -> Item, fn(SinkItem))>;
+
 /// A MessagePack codec for tarpc's serde transport.
 pub struct MsgPack<Item, SinkItem> {
-    _types: PhantomData<(fn() -> Item, fn(SinkItem))>,
+    _types: Marker<Item, SinkItem>,
 }
 
 impl<Item, SinkItem> Default for MsgPack<Item, SinkItem> {
