@@ -360,8 +360,52 @@ fn config() -> Criterion {
         .configure_from_args()
 }
 
+/// One 4 MiB `read_blob` answer (what `-o` outputs fetch, chunk after chunk),
+/// encoded and decoded as tarpc frames: named MessagePack (protocol 3)
+/// against bincode (protocol 1-2), so the cost of a self-describing wire is
+/// on record (docs/PERFORMANCE.md).
+fn wire_benches(c: &mut Criterion) {
+    use futures::pin_mut;
+    use memobuild_proto::wire::MsgPack;
+    use memobuild_proto::{ByteBuf, MemobuildResponse, RpcError};
+    use tarpc::tokio_serde::formats::Bincode;
+    use tarpc::tokio_serde::{Deserializer, Serializer};
+    type Frame = tarpc::Response<MemobuildResponse>;
+    let bytes: Vec<u8> = (0..memobuild_proto::BLOB_CHUNK_BYTES as usize)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
+    let frame = Frame {
+        request_id: 7,
+        message: Ok(MemobuildResponse::ReadBlob(Ok::<_, RpcError>(
+            ByteBuf::from(bytes),
+        ))),
+    };
+    let mut g = c.benchmark_group("wire");
+    g.throughput(Throughput::Bytes(memobuild_proto::BLOB_CHUNK_BYTES));
+    g.bench_function("read_blob_4MiB_msgpack", |b| {
+        b.iter(|| {
+            let codec = MsgPack::<Frame, Frame>::default();
+            pin_mut!(codec);
+            let out = codec.as_mut().serialize(black_box(&frame)).unwrap();
+            let back: Frame = codec.deserialize(&out.as_ref().into()).unwrap();
+            back
+        })
+    });
+    g.bench_function("read_blob_4MiB_bincode", |b| {
+        b.iter(|| {
+            let codec = Bincode::<Frame, Frame>::default();
+            pin_mut!(codec);
+            let out = codec.as_mut().serialize(black_box(&frame)).unwrap();
+            let back: Frame = codec.deserialize(&out.as_ref().into()).unwrap();
+            back
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     let mut c = config();
+    wire_benches(&mut c);
     all_benches(&mut c);
     c.final_summary();
 }

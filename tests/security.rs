@@ -10,7 +10,9 @@
 //! - a `.dockerignore` linked to a file its user cannot read never shows that
 //!   file in an error; a FIFO or device where a Dockerfile or ignore file is
 //!   expected fails at once with a clear error, and the daemon keeps serving;
-//! - `--socket-group` lets the group into the socket's directory.
+//! - `--socket-group` lets the group into the socket's directory;
+//! - huge RUN output (one endless line, 100 MB of lines) is clipped per step
+//!   and never breaks the client's connection.
 //!
 //! Needs root, `containerd`, `runc`, busybox-static; the `nobody` user and
 //! `nogroup` group (Debian's defaults).
@@ -481,4 +483,41 @@ fn the_socket_group_can_reach_the_socket() {
     // Others still cannot enter it.
     let out = ctl_as(4242, 4242, &d.socket, &["status"]);
     assert!(!out.status.success());
+}
+
+/// Output a step could use to exhaust the daemon (issue 14, items 7 and 10):
+/// a 64 MB line without a newline and 100 MB of ordinary lines. The build
+/// succeeds, the client keeps its connection, each step's log is clipped at
+/// BuildKit's 2 MiB with BuildKit's marker, and long lines arrive in pieces.
+#[test]
+fn huge_run_output_is_clipped_and_never_breaks_the_connection() {
+    let d = Daemon::start();
+    let ctx = busybox_context(
+        "RUN head -c 64000000 /dev/zero | tr '\\0' a\n\
+         RUN head -c 100000000 /dev/zero | tr '\\0' '\\n' | sed 's/^/line/'\n",
+        &[],
+    );
+    let out = d.build_ok(ctx.path(), &[]);
+    let lines = log_lines(&out);
+    let clipped: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("[output clipped"))
+        .collect();
+    assert_eq!(
+        clipped,
+        vec!["[output clipped, log limit 2MiB reached]"; 2],
+        "one marker per step"
+    );
+    let total: usize = lines.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        total <= 2 * (2 << 20) + 4096,
+        "{total} bytes of log for two steps"
+    );
+    let longest = lines.iter().map(String::len).max().unwrap_or(0);
+    assert_eq!(
+        longest,
+        16 * 1024,
+        "the 64 MB line arrives in 16 KiB pieces"
+    );
+    assert_serving(&d);
 }

@@ -60,6 +60,11 @@ use tokio::sync::mpsc;
 
 /// The containerd namespace memobuild works in unless told otherwise.
 pub const NAMESPACE: &str = "memobuild";
+/// The largest runtime spec sent to containerd. Its replies carry the spec
+/// back and gRPC refuses messages over 4 MiB, so a larger one would create a
+/// container whose reply cannot be read; leave room for the rest.
+const MAX_SPEC_BYTES: usize = 3 * 1024 * 1024;
+
 /// The label on every container, snapshot and lease a run creates.
 pub const LABEL_RUN: &str = "memobuild.run";
 const SNAPSHOTTER: &str = "overlayfs";
@@ -518,6 +523,15 @@ impl Sandbox {
             },
             &cgroups_path,
         );
+        let spec_bytes =
+            serde_json::to_vec(&oci_spec).map_err(|e| SandboxError::Invalid(e.to_string()))?;
+        if spec_bytes.len() > MAX_SPEC_BYTES {
+            return Err(SandboxError::Invalid(format!(
+                "the step's runtime spec is {} KiB: containerd takes at most {} KiB (its environment, from ENV and ARG, is too large); keep large values in files",
+                spec_bytes.len() / 1024,
+                MAX_SPEC_BYTES / 1024
+            )));
+        }
         let container = Container {
             id: name.clone(),
             labels: HashMap::from([(LABEL_RUN.to_string(), id.to_string())]),
@@ -527,13 +541,15 @@ impl Sandbox {
             }),
             spec: Some(prost_types::Any {
                 type_url: SPEC_TYPE_URL.into(),
-                value: serde_json::to_vec(&oci_spec)
-                    .map_err(|e| SandboxError::Invalid(e.to_string()))?,
+                value: spec_bytes,
             }),
             snapshotter: self.snapshotter.clone(),
             snapshot_key: name.clone(),
             ..Default::default()
         };
+        // Marked before the call: a container created whose reply we could
+        // not read is still removed.
+        guard.state.container = true;
         client
             .containers()
             .create(self.req_leased(
@@ -544,7 +560,6 @@ impl Sandbox {
             ))
             .await
             .map_err(|s| SandboxError::rpc("create container", s))?;
-        guard.state.container = true;
 
         let stdout = dir.join("stdout");
         let stderr = dir.join("stderr");

@@ -22,7 +22,7 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, InfoRequest, WriteAction, WriteContentRequest,
+    AddResourceRequest, ApplyRequest, InfoRequest, Resource, WriteAction, WriteContentRequest,
 };
 use containerd_client::tonic::Code;
 use containerd_client::types::Descriptor;
@@ -178,6 +178,22 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Adds content `digest` (present or about to be written) to `lease`.
+    async fn hold_content(&self, digest: &str, lease: &str) -> Result<(), SandboxError> {
+        let add = AddResourceRequest {
+            id: lease.to_string(),
+            resource: Some(Resource {
+                id: digest.to_string(),
+                r#type: "content".to_string(),
+            }),
+        };
+        match self.client().leases().add_resource(self.req(add)).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Err(s) => Err(SandboxError::rpc("hold content in the run's lease", s)),
+        }
+    }
+
     /// Puts the layer blob into containerd's content store (if not there yet);
     /// returns its size.
     async fn upload(&self, layer: &LayerInput, lease: &str) -> Result<u64, SandboxError> {
@@ -190,6 +206,10 @@ impl Sandbox {
         let info = InfoRequest {
             digest: layer.digest.clone(),
         };
+        // Content nothing references may go in containerd's next GC, even
+        // between the check below and the apply that reads it: the run's
+        // lease holds it first, then we look.
+        self.hold_content(&layer.digest, lease).await?;
         match self.client().content().info(self.req(info)).await {
             Ok(_) => return Ok(size),
             Err(s) if s.code() == Code::NotFound => {}

@@ -116,14 +116,36 @@ impl BuildLog {
         }
     }
 
+    /// The events from `cursor` on, at most [`MAX_BATCH_BYTES`] of them (at
+    /// least one), so one answer always fits a frame on the socket.
     fn batch(&self, cursor: u64) -> EventBatch {
         let events = self.events.lock();
         let start = (cursor as usize).min(events.len());
-        EventBatch {
-            events: events[start..].to_vec(),
-            next_cursor: events.len() as u64,
-            finished: self.finished.load(Ordering::SeqCst),
+        let mut end = start;
+        let mut bytes = 0;
+        while end < events.len()
+            && (end == start || bytes + weight(&events[end]) <= MAX_BATCH_BYTES)
+        {
+            bytes += weight(&events[end]);
+            end += 1;
         }
+        EventBatch {
+            events: events[start..end].to_vec(),
+            next_cursor: end as u64,
+            finished: end == events.len() && self.finished.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// The most event bytes one `events` answer carries (the socket's frames
+/// allow 32 MiB; RUN output is already cut into lines of at most 16 KiB).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// About how many bytes an event takes on the wire.
+fn weight(event: &BuildEvent) -> usize {
+    match event {
+        BuildEvent::Log { line, .. } => line.len() + 32,
+        _ => 512,
     }
 }
 

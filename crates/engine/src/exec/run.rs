@@ -184,38 +184,87 @@ fn with_proxy_env(
     out
 }
 
-/// Forwards the step's output to the build log line by line; returns the last lines.
+/// The most output of one step kept in its build log, as BuildKit's default
+/// (`BUILDKIT_STEP_LOG_MAX_SIZE`); the rest is drained and dropped.
+pub(crate) const MAX_STEP_LOG_BYTES: usize = 2 * 1024 * 1024;
+/// Longer lines are cut into pieces of this size (a line without a newline
+/// would otherwise grow without bound in memory).
+pub(crate) const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// Forwards the step's output to the build log line by line, clipped as
+/// BuildKit clips it; returns the last lines (for the failure message).
 async fn stream_output(
     mut rx: tokio::sync::mpsc::Receiver<OutputChunk>,
     log: Arc<BuildLog>,
     step: usize,
 ) -> VecDeque<String> {
-    let mut tail = VecDeque::with_capacity(TAIL_LINES);
+    let mut out = StepOutput::new(log, step);
     let mut partial = [Vec::new(), Vec::new()];
-    let emit = |line: &[u8], tail: &mut VecDeque<String>| {
-        let line = String::from_utf8_lossy(line).into_owned();
-        if tail.len() == TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line.clone());
-        log.push(BuildEvent::Log {
-            step: Some(step),
-            line,
-        });
-    };
     while let Some(chunk) = rx.recv().await {
         let buf =
             &mut partial[usize::from(chunk.stream == memobuild_sandbox::OutputStream::Stderr)];
         buf.extend_from_slice(&chunk.data);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
-            emit(&line[..line.len() - 1], &mut tail);
+            out.line(&line[..line.len() - 1]);
+        }
+        while buf.len() >= MAX_LINE_BYTES {
+            let piece: Vec<u8> = buf.drain(..MAX_LINE_BYTES).collect();
+            out.line(&piece);
         }
     }
     for buf in partial.iter().filter(|b| !b.is_empty()) {
-        emit(buf, &mut tail);
+        out.line(buf);
     }
-    tail
+    out.tail
+}
+
+/// One step's output on its way into the build log.
+struct StepOutput {
+    log: Arc<BuildLog>,
+    step: usize,
+    logged: usize,
+    clipped: bool,
+    tail: VecDeque<String>,
+}
+
+impl StepOutput {
+    fn new(log: Arc<BuildLog>, step: usize) -> StepOutput {
+        StepOutput {
+            log,
+            step,
+            logged: 0,
+            clipped: false,
+            tail: VecDeque::with_capacity(TAIL_LINES),
+        }
+    }
+
+    fn line(&mut self, bytes: &[u8]) {
+        let line = String::from_utf8_lossy(bytes).into_owned();
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.clone());
+        if self.logged + line.len() > MAX_STEP_LOG_BYTES {
+            if !self.clipped {
+                self.clipped = true;
+                self.push(format!(
+                    "[output clipped, log limit {}MiB reached]",
+                    MAX_STEP_LOG_BYTES >> 20
+                ));
+            }
+            return;
+        }
+        self.logged += line.len() + 1;
+        self.push(line);
+    }
+
+    fn push(&self, line: String) {
+        self.log.push(BuildEvent::Log {
+            step: Some(self.step),
+            line,
+        });
+    }
 }
 
 /// Host directories and files bound into one step; temporary ones are removed on drop.
