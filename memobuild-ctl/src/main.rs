@@ -11,6 +11,7 @@ mod output;
 mod progress;
 mod registry;
 mod rootfs;
+mod tty;
 
 use clap::{Parser, Subcommand};
 use memobuild_proto::{BuildEvent, BuildRequest, RpcError};
@@ -142,8 +143,9 @@ struct BuildArgs {
     /// Do not use the step cache
     #[arg(long)]
     no_cache: bool,
-    /// Progress output: auto and plain (lines on stderr), json (one JSON event
-    /// per line on stdout), rawjson (the same on stderr), quiet (none)
+    /// Progress output: tty (a live display on stderr), plain (a line per step on
+    /// stderr), auto (tty when stderr is a terminal, else plain), json (one JSON
+    /// event per line on stdout), rawjson (the same on stderr), quiet (none)
     #[arg(long, env = "BUILDKIT_PROGRESS", default_value = "auto", value_parser = ["auto", "tty", "plain", "json", "rawjson", "quiet"])]
     progress: String,
     /// Print only the image ID (the config digest) on stdout; no progress
@@ -325,12 +327,6 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
 
 /// The outputs (`-o`, `--load`) written by this client, checked before the build.
 async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError> {
-    if args.progress == "tty" && !args.quiet {
-        return Err(RpcError::with_hint(
-            "--progress tty (the live, redrawn display) is not implemented yet",
-            "use --progress auto or plain (a line per step), rawjson or quiet",
-        ));
-    }
     let mut specs = Vec::new();
     for o in &args.output {
         if let Some(spec) = output::OutputSpec::parse(o)? {
@@ -426,12 +422,22 @@ async fn run_build(
         .map_err(|e| RpcError::new(format!("cannot listen for Ctrl-C: {e}")))?;
     let mut cursor = 0;
     let mut result = None;
+    // The live display's timers move on between events.
+    let mut redraw = tokio::time::interval(std::time::Duration::from_millis(100));
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let poll = client.events(connect::ctx(), id, cursor);
+    tokio::pin!(poll);
     loop {
         let batch = tokio::select! {
-            batch = client.events(connect::ctx(), id, cursor) => batch.map_err(connect::rpc_failed)??,
+            batch = &mut poll => batch.map_err(connect::rpc_failed)??,
+            _ = redraw.tick(), if printer.live() => {
+                printer.tick();
+                continue;
+            }
             _ = interrupt.recv() => {
                 // Ctrl-C: the daemon stops the build and removes its containers.
                 let _ = client.cancel(connect::ctx(), id).await;
+                printer.cancelled();
                 return Err(RpcError::new("build cancelled"));
             }
         };
@@ -458,6 +464,7 @@ async fn run_build(
         if batch.finished {
             break;
         }
+        poll.set(client.events(connect::ctx(), id, cursor));
     }
     let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;

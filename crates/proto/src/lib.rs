@@ -289,6 +289,10 @@ pub struct StepInfo {
     pub location: String,
     /// Hex BLAKE3 cache key of the step.
     pub cache_key: String,
+    /// The stage's base as `FROM NAME` (`FROM scratch`, `FROM base` for an
+    /// earlier stage), which progress shows as the stage's first step.
+    #[serde(default)]
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

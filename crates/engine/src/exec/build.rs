@@ -217,6 +217,7 @@ fn fast_path(
                 instruction: s.instruction.clone(),
                 location: format!("{}:{}", dockerfile_display(request), s.line),
                 cache_key: s.key.clone(),
+                from: s.from.clone(),
             })
             .collect(),
     });
@@ -285,6 +286,7 @@ async fn build_planned(
                 instruction: s.display.clone(),
                 location: format!("{}:{}", dockerfile_display(request), s.loc.line),
                 cache_key: s.key.clone(),
+                from: crate::project::stage_from(&plan, s.stage),
             })
             .collect(),
     });
