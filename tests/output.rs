@@ -469,9 +469,9 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
     );
     // A docker flag memobuild does not take is named, without clap's "-- --x" tip.
     for flag in [
-        &["--label", "a=b"][..],
-        &["--network=host"],
-        &["--shm-size", "1g"],
+        &["--annotation", "a=b"][..],
+        &["--build-context=x=/tmp"],
+        &["--ssh", "default"],
     ] {
         let mut args = vec!["build"];
         args.extend_from_slice(flag);

@@ -72,6 +72,7 @@ impl Memobuild for Server {
         if !std::path::Path::new(&request.context).is_absolute() {
             return Err(RpcError::new("the build context must be an absolute path"));
         }
+        self.engine.check_request(&request)?;
         if self.engine.is_shutting_down() {
             return Err(RpcError::with_hint(
                 "memobuildd is shutting down: it finishes the running builds and accepts no new ones",

@@ -88,6 +88,10 @@ pub struct BuildSummary {
     /// Image names the build started FROM -> the manifests they named then.
     #[serde(default)]
     pub images: BTreeMap<String, String>,
+    /// Digest of the labels, RUN options and Dockerfile text the build had
+    /// (`exec::build::options_digest`).
+    #[serde(default)]
+    pub options: String,
 }
 
 impl BuildSummary {
