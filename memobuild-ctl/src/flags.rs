@@ -8,7 +8,6 @@ use std::process::ExitCode;
 /// `docker build` / `docker buildx build` flags that memobuild-ctl does not
 /// support yet (those it supports are in docs/CLI.md).
 const DOCKER_BUILD_FLAGS: &[&str] = &[
-    "--add-host",
     "--allow",
     "--annotation",
     "--attest",
@@ -28,18 +27,13 @@ const DOCKER_BUILD_FLAGS: &[&str] = &[
     "--disable-content-trust",
     "--force-rm",
     "--isolation",
-    "--label",
     "--memory-swap",
-    "--network",
-    "--no-cache-filter",
     "--provenance",
     "--rm",
     "--sbom",
     "--security-opt",
-    "--shm-size",
     "--squash",
     "--ssh",
-    "--ulimit",
 ];
 
 /// The message for an unknown flag, if `error` is about one: (what, hint).

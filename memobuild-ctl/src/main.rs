@@ -11,6 +11,8 @@ mod output;
 mod progress;
 mod registry;
 mod rootfs;
+mod stdin;
+mod tty;
 
 use clap::{Parser, Subcommand};
 use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, RpcError};
@@ -127,7 +129,7 @@ enum ImageCommand {
 
 #[derive(clap::Args)]
 struct BuildArgs {
-    /// Name of the Dockerfile [default: CONTEXT/Dockerfile]
+    /// Name of the Dockerfile [default: CONTEXT/Dockerfile]; `-` reads it from stdin
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
     /// Name (and optionally tag) for the image: name:tag
@@ -142,8 +144,9 @@ struct BuildArgs {
     /// Do not use the step cache
     #[arg(long)]
     no_cache: bool,
-    /// Progress output: auto and plain (lines on stderr), json (one JSON event
-    /// per line on stdout), rawjson (the same on stderr), quiet (none)
+    /// Progress output: tty (a live display on stderr), plain (a line per step on
+    /// stderr), auto (tty when stderr is a terminal, else plain), json (one JSON
+    /// event per line on stdout), rawjson (the same on stderr), quiet (none)
     #[arg(long, env = "BUILDKIT_PROGRESS", default_value = "auto", value_parser = ["auto", "tty", "plain", "json", "rawjson", "quiet"])]
     progress: String,
     /// Print only the image ID (the config digest) on stdout; no progress
@@ -190,7 +193,25 @@ struct BuildArgs {
     /// Write steps to a registry cache: type=registry,ref=REF[,mode=min|max]
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
-    /// Build context directory
+    /// Set a label in the image config: KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Network of RUN steps without --network: default, none or host
+    #[arg(long, value_name = "MODE", value_parser = ["default", "none", "host"])]
+    network: Option<String>,
+    /// Add a line to RUN's /etc/hosts: HOST:IP (repeatable)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    add_hosts: Vec<String>,
+    /// Size of RUN's /dev/shm, e.g. 128m [default: 64m]
+    #[arg(long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
+    shm_size: Option<u64>,
+    /// Process limit of RUN steps: NAME=SOFT[:HARD], e.g. nofile=1024:2048 (repeatable)
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// Run every step of this stage, cached or not (repeatable)
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
+    /// Build context directory; `-` reads a tar archive (or a Dockerfile alone) from stdin
     context: PathBuf,
 }
 
@@ -293,7 +314,13 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
 
 /// Builds, then waits for the project to turn dirty and builds again, forever.
 async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
-    let request = build_request(&args)?;
+    if args.context.as_os_str() == "-" || args.file.as_ref().is_some_and(|f| f.as_os_str() == "-") {
+        return Err(RpcError::with_hint(
+            "watch cannot read the context or the Dockerfile from stdin",
+            "pass a context directory and a Dockerfile path",
+        ));
+    }
+    let request = build_request(&args, None)?;
     let client = connect::connect(socket, true).await?;
     loop {
         let started = std::time::Instant::now();
@@ -322,9 +349,15 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
 }
 
 async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
-    let request = build_request(&args)?;
+    let stdin_context = stdin::read(&args)?;
+    let request = build_request(&args, stdin_context.as_ref())?;
     let client = connect::connect(socket, true).await?;
-    match run_build(&client, &args, request).await {
+    let result = run_build(&client, &args, request.clone()).await;
+    if stdin_context.is_some_and(|c| c.dir.is_some()) {
+        // The unpacked context is deleted with the guard: the daemon need not watch it.
+        let _ = client.forget(connect::ctx(), request.context.clone()).await;
+    }
+    match result {
         Ok(_) => Ok(ExitCode::SUCCESS),
         // With --progress json the failure was already printed as an event.
         Err(e) if !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson") => {
@@ -336,12 +369,6 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
 
 /// The outputs (`-o`, `--load`) written by this client, checked before the build.
 async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError> {
-    if args.progress == "tty" && !args.quiet {
-        return Err(RpcError::with_hint(
-            "--progress tty (the live, redrawn display) is not implemented yet",
-            "use --progress auto or plain (a line per step), rawjson or quiet",
-        ));
-    }
     let mut specs = Vec::new();
     for o in &args.output {
         if let Some(spec) = output::OutputSpec::parse(o)? {
@@ -437,12 +464,22 @@ async fn run_build(
         .map_err(|e| RpcError::new(format!("cannot listen for Ctrl-C: {e}")))?;
     let mut cursor = 0;
     let mut result = None;
+    // The live display's timers move on between events.
+    let mut redraw = tokio::time::interval(std::time::Duration::from_millis(100));
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let poll = client.events(connect::ctx(), id, cursor);
+    tokio::pin!(poll);
     loop {
         let batch = tokio::select! {
-            batch = client.events(connect::ctx(), id, cursor) => batch.map_err(connect::rpc_failed)??,
+            batch = &mut poll => batch.map_err(connect::rpc_failed)??,
+            _ = redraw.tick(), if printer.live() => {
+                printer.tick();
+                continue;
+            }
             _ = interrupt.recv() => {
                 // Ctrl-C: the daemon stops the build and removes its containers.
                 let _ = client.cancel(connect::ctx(), id).await;
+                printer.cancelled();
                 return Err(RpcError::cancelled());
             }
         };
@@ -469,6 +506,7 @@ async fn run_build(
         if batch.finished {
             break;
         }
+        poll.set(client.events(connect::ctx(), id, cursor));
     }
     let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
@@ -574,8 +612,14 @@ fn read_secret(spec: &str) -> Result<(String, memobuild_proto::Secret), RpcError
     Ok((id, memobuild_proto::Secret(bytes)))
 }
 
-fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
-    let context = std::fs::canonicalize(&args.context).map_err(|e| {
+fn build_request(
+    args: &BuildArgs,
+    stdin_context: Option<&stdin::StdinContext>,
+) -> Result<BuildRequest, RpcError> {
+    let context_dir = stdin_context
+        .and_then(|c| c.dir.as_ref())
+        .map_or(args.context.as_path(), |d| d.path());
+    let context = std::fs::canonicalize(context_dir).map_err(|e| {
         RpcError::with_hint(
             format!("build context {}: {e}", args.context.display()),
             "pass an existing directory, e.g. `memobuild-ctl build .`",
@@ -583,6 +627,9 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
     })?;
     let dockerfile = match &args.file {
         None => String::new(),
+        Some(f) if f.as_os_str() == "-" => String::new(),
+        // Inside a context read from stdin: relative to it.
+        Some(f) if args.context.as_os_str() == "-" => f.display().to_string(),
         Some(f) => std::path::absolute(f)
             .map_err(|e| RpcError::new(format!("Dockerfile {}: {e}", f.display())))?
             .display()
@@ -635,6 +682,11 @@ fn build_request(args: &BuildArgs) -> Result<BuildRequest, RpcError> {
         source_date_epoch,
         ..BuildRequest::default()
     };
+    stdin::add_docker_options(args, &mut request)?;
+    if let Some(text) = stdin_context.and_then(|c| c.dockerfile.clone()) {
+        request.dockerfile = "-".into();
+        request.dockerfile_text = Some(text);
+    }
     add_registry_options(args, &mut request)?;
     Ok(request)
 }
@@ -675,11 +727,22 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
         .chain(request.cache_to.iter().map(|c| &c.reference))
         .cloned()
         .collect();
-    let dockerfile = match args.file.as_ref() {
-        Some(f) => f.clone(),
-        None => args.context.join("Dockerfile"),
+    let hosts = match &request.dockerfile_text {
+        Some(text) => registry::hosts_in(
+            text,
+            refs.iter()
+                .map(|r| memobuild_proto::registry::registry_host(r))
+                .collect(),
+        ),
+        None => {
+            let context = std::path::Path::new(&request.context);
+            let dockerfile = match request.dockerfile.as_str() {
+                "" => context.join("Dockerfile"),
+                f => context.join(f),
+            };
+            registry::hosts_used(&dockerfile, &refs)
+        }
     };
-    let hosts = registry::hosts_used(&dockerfile, &refs);
     request.registry_auth = registry::credentials(hosts.as_ref())?;
     Ok(())
 }

@@ -1,13 +1,18 @@
-//! Rendering build events: a line per step for people, a JSON object per event
-//! for scripts and editors (`--progress json`).
+//! Rendering build events: a line per step for people, a live display on a
+//! terminal (`tty.rs`), a JSON object per event for scripts and editors
+//! (`--progress json`).
 
+use crate::tty::Tty;
 use memobuild_proto::{BuildEvent, StepInfo};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// A line per step on stderr.
     Plain,
+    /// The live display on stderr (a terminal).
+    Tty,
     /// One JSON object per event on stdout (`json`) or stderr (`rawjson`).
     Json { stderr: bool },
     /// Nothing but the result.
@@ -19,21 +24,37 @@ pub struct Printer {
     /// Print the manifest digest on stdout when the build finishes.
     digest_on_stdout: bool,
     steps: Vec<StepInfo>,
+    tty: Option<Tty>,
+}
+
+/// Whether `auto` means the live display: stderr is a terminal that is not `dumb`.
+pub fn auto_is_tty() -> bool {
+    std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 impl Printer {
-    /// `mode`: `auto`/`plain`, `json`, `rawjson` or `quiet`.
+    /// `mode`: `auto`, `tty`, `plain`, `json`, `rawjson` or `quiet`.
     pub fn new(mode: &str, digest_on_stdout: bool) -> Printer {
         let mode = match mode {
             "json" => Mode::Json { stderr: false },
             "rawjson" => Mode::Json { stderr: true },
             "quiet" => Mode::Quiet,
+            "tty" => Mode::Tty,
+            "auto" if auto_is_tty() => Mode::Tty,
             _ => Mode::Plain,
         };
+        let tty = (mode == Mode::Tty).then(|| {
+            Tty::new(
+                Instant::now(),
+                crate::tty::color_wanted(),
+                crate::tty::size(),
+            )
+        });
         Printer {
             mode,
             digest_on_stdout,
             steps: Vec::new(),
+            tty,
         }
     }
 
@@ -44,7 +65,34 @@ impl Printer {
                 line: line.to_string(),
             }),
             Mode::Plain => eprintln!("{line}"),
+            // After the build the display's last frame stays; notes go below it.
+            Mode::Tty => eprintln!("{}", crate::tty::escape(line)),
             Mode::Quiet => {}
+        }
+    }
+
+    /// Whether the live display wants redrawing on a timer.
+    pub fn live(&self) -> bool {
+        self.tty.as_ref().is_some_and(|t| !t.ended())
+    }
+
+    /// Redraws the live display (its timers move on).
+    pub fn tick(&mut self) {
+        if let Some(tty) = self.tty.as_mut() {
+            let frame = tty.redraw(Instant::now());
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(frame.as_bytes());
+            let _ = err.flush();
+        }
+    }
+
+    /// Ctrl-C: the display's last frame shows the running steps cancelled.
+    pub fn cancelled(&mut self) {
+        if let Some(tty) = self.tty.as_mut() {
+            if !tty.ended() {
+                tty.cancel(Instant::now());
+                self.tick();
+            }
         }
     }
 
@@ -80,6 +128,7 @@ impl Printer {
                 return;
             }
             Mode::Plain => {}
+            Mode::Tty => return self.tty_event(event),
         }
         match event {
             BuildEvent::Planned { steps, build } => {
@@ -115,6 +164,35 @@ impl Printer {
                 }
             }
             BuildEvent::Failed { .. } => {}
+        }
+    }
+
+    fn tty_event(&mut self, event: &BuildEvent) {
+        let Some(tty) = self.tty.as_mut() else { return };
+        // A refusal before the build has nothing to show live: main prints it.
+        if matches!(event, BuildEvent::Failed { .. }) && self.steps.is_empty() {
+            return;
+        }
+        if let BuildEvent::Planned { steps, .. } = event {
+            self.steps = steps.clone();
+        }
+        if tty.ended() {
+            return;
+        }
+        tty.event(event, Instant::now());
+        self.tick();
+        if let BuildEvent::Finished {
+            manifest_digest,
+            tags,
+            ..
+        } = event
+        {
+            for t in tags {
+                eprintln!("naming to {}", crate::tty::escape(t));
+            }
+            if self.digest_on_stdout {
+                println!("{manifest_digest}");
+            }
         }
     }
 

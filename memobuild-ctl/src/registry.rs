@@ -64,7 +64,7 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
 /// Registry hosts a build talks to: those of its FROM lines (all configured
 /// ones when a FROM uses a variable), pushes and caches.
 pub fn hosts_used(dockerfile: &Path, refs: &[String]) -> Option<BTreeSet<String>> {
-    let mut hosts: BTreeSet<String> = refs.iter().map(|r| registry_host(r)).collect();
+    let hosts: BTreeSet<String> = refs.iter().map(|r| registry_host(r)).collect();
     // Only a regular file, and only its head: `-f /dev/zero` or a FIFO must not
     // hang the client here (the daemon reports what is wrong with it).
     let text = match std::fs::metadata(dockerfile) {
@@ -77,6 +77,11 @@ pub fn hosts_used(dockerfile: &Path, refs: &[String]) -> Option<BTreeSet<String>
         }
         _ => String::new(),
     };
+    hosts_in(&text, hosts)
+}
+
+/// [`hosts_used`] for a Dockerfile's text (`-f -`).
+pub fn hosts_in(text: &str, mut hosts: BTreeSet<String>) -> Option<BTreeSet<String>> {
     for line in text.lines() {
         let mut words = line.split_whitespace();
         if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {

@@ -71,6 +71,7 @@ impl Memobuild for Server {
                 "the build context must be an absolute path",
             ));
         }
+        self.engine.check_request(&request)?;
         if self.engine.is_shutting_down() {
             return Err(RpcError::of(
                 ErrorKind::Unavailable,

@@ -33,6 +33,40 @@ pub struct DaemonIdentity {
 }
 
 impl Engine {
+    /// Checks what a build request names before the build starts: `-t` names
+    /// as Docker parses them, `--network`, `--ulimit` names.
+    pub fn check_request(&self, request: &memobuild_proto::BuildRequest) -> Result<(), RpcError> {
+        for tag in &request.tags {
+            let bad = |why: String| {
+                RpcError::with_hint(
+                    format!("invalid tag {tag:?}: invalid reference format: {why}"),
+                    "a name is [HOST[:PORT]/]PATH[:TAG] in lower case, e.g. -t myapp:1.0",
+                )
+            };
+            let reference = memobuild_oci::reference::parse(tag).map_err(|e| bad(e.message))?;
+            if reference.digest().is_some() {
+                return Err(bad("a tag cannot have a digest (@sha256:...)".into()));
+            }
+        }
+        if !matches!(request.network.as_str(), "" | "default" | "none" | "host") {
+            return Err(RpcError::with_hint(
+                format!("--network {:?} is not supported", request.network),
+                "use --network default, none or host (RUN steps have no other networks)",
+            ));
+        }
+        for name in request.ulimits.keys() {
+            if !memobuild_proto::ULIMITS.iter().any(|(n, _)| n == name) {
+                return Err(RpcError::with_hint(
+                    format!("--ulimit {name}: unknown limit"),
+                    "use one of as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
     /// Images in the image store.
     pub async fn images(self: &Arc<Self>) -> Result<Vec<ImageSummary>, RpcError> {
         let store = self.store.clone();

@@ -68,6 +68,9 @@ pub struct StepSummary {
     pub line: usize,
     pub cached: bool,
     pub inputs: StepInputs,
+    /// The stage's base, `FROM NAME` (see [`stage_from`]).
+    #[serde(default)]
+    pub from: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +88,10 @@ pub struct BuildSummary {
     /// Image names the build started FROM -> the manifests they named then.
     #[serde(default)]
     pub images: BTreeMap<String, String>,
+    /// Digest of the labels, RUN options and Dockerfile text the build had
+    /// (`exec::build::options_digest`).
+    #[serde(default)]
+    pub options: String,
 }
 
 impl BuildSummary {
@@ -98,8 +105,30 @@ impl BuildSummary {
                 line: s.loc.line,
                 cached: cached.get(s.index).copied().unwrap_or(false),
                 inputs: s.inputs.clone(),
+                from: stage_from(plan, s.stage),
             })
             .collect()
+    }
+}
+
+/// A planned stage's base as progress shows it: `FROM scratch`, `FROM NAME`
+/// of the image (as normalized for the image store) or of the earlier stage.
+pub fn stage_from(plan: &Plan, stage: usize) -> String {
+    let Some(st) = plan.stages.get(stage) else {
+        return String::new();
+    };
+    match &st.base {
+        memobuild_plan::Base::Scratch => "FROM scratch".into(),
+        memobuild_plan::Base::Stage(_) => match st.deps.first().and_then(|d| plan.stages.get(*d)) {
+            Some(base) => format!("FROM {}", base.label),
+            None => String::new(),
+        },
+        memobuild_plan::Base::Image(image) => plan
+            .images
+            .iter()
+            .find(|(_, digest)| **digest == image.manifest_digest)
+            .map(|(name, _)| format!("FROM {name}"))
+            .unwrap_or_default(),
     }
 }
 

@@ -37,6 +37,10 @@ pub struct PlanInput<'a> {
     pub images: &'a dyn ImageSource,
     /// SOURCE_DATE_EPOCH: it changes layer bytes (mtimes), so it is a key input.
     pub epoch: Option<i64>,
+    /// Build-wide RUN options that change what a RUN sees (`--network`,
+    /// `--add-host`, `--shm-size`, `--ulimit`), canonical text; a key input of
+    /// every RUN when not empty (see docs/CACHE.md).
+    pub run_options: &'a str,
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +424,7 @@ mod tests {
                 focus,
                 images: &BTreeMap::new(),
                 epoch: None,
+                run_options: "",
             })
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()

@@ -748,6 +748,10 @@ fn run_op(
         RunNetwork::None => "none",
         RunNetwork::Host => "host",
     });
+    // Absent (not empty) when unset, so keys without these options stay as they were.
+    if !si.input.run_options.is_empty() {
+        k.str(si.input.run_options);
+    }
     mount_key(&mut k, &mounts, si, st, plan).map_err(|e| {
         err(
             df,

@@ -72,6 +72,7 @@ impl Fixture {
             focus: None,
             images: &self.images,
             epoch: None,
+            run_options: "",
         })
     }
 }

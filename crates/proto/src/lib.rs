@@ -229,7 +229,50 @@ pub struct BuildRequest {
     pub cache_from: Vec<String>,
     /// `--cache-to type=registry,ref=REF[,mode=min|max]`: remote step caches to write.
     pub cache_to: Vec<registry::CacheExport>,
+    // ---- docker build flags (docs/CLI.md) ----
+    /// `--label K=V`: set in the image config over the Dockerfile's LABELs.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `--network`: what RUN without `--network` gets: `default` or empty
+    /// (the daemon's `--default-network`), `none` or `host`.
+    #[serde(default)]
+    pub network: String,
+    /// `--add-host HOST:IP`: lines added to RUN's /etc/hosts, in order.
+    #[serde(default)]
+    pub add_hosts: Vec<(String, String)>,
+    /// `--shm-size`: bytes of RUN's /dev/shm (64 MiB otherwise).
+    #[serde(default)]
+    pub shm_bytes: Option<u64>,
+    /// `--ulimit NAME=SOFT[:HARD]`, by Docker's name (`nofile`, `nproc`, ...).
+    #[serde(default)]
+    pub ulimits: BTreeMap<String, (u64, u64)>,
+    /// `--no-cache-filter STAGE`: stages (by name or index) whose steps all run.
+    #[serde(default)]
+    pub no_cache_filter: Vec<String>,
+    /// The Dockerfile's text (`-f -`), used instead of reading `dockerfile`.
+    #[serde(default)]
+    pub dockerfile_text: Option<String>,
 }
+
+/// `--ulimit` names Docker takes, with the rlimit each sets.
+pub const ULIMITS: &[(&str, &str)] = &[
+    ("as", "RLIMIT_AS"),
+    ("core", "RLIMIT_CORE"),
+    ("cpu", "RLIMIT_CPU"),
+    ("data", "RLIMIT_DATA"),
+    ("fsize", "RLIMIT_FSIZE"),
+    ("locks", "RLIMIT_LOCKS"),
+    ("memlock", "RLIMIT_MEMLOCK"),
+    ("msgqueue", "RLIMIT_MSGQUEUE"),
+    ("nice", "RLIMIT_NICE"),
+    ("nofile", "RLIMIT_NOFILE"),
+    ("nproc", "RLIMIT_NPROC"),
+    ("rss", "RLIMIT_RSS"),
+    ("rtprio", "RLIMIT_RTPRIO"),
+    ("rttime", "RLIMIT_RTTIME"),
+    ("sigpending", "RLIMIT_SIGPENDING"),
+    ("stack", "RLIMIT_STACK"),
+];
 
 /// Parses a size as Docker does: a number with an optional b/k/m/g/t suffix
 /// (binary units, case-insensitive): `512m`, `2g`, `1048576`.
@@ -348,6 +391,10 @@ pub struct StepInfo {
     pub location: String,
     /// Hex BLAKE3 cache key of the step.
     pub cache_key: String,
+    /// The stage's base as `FROM NAME` (`FROM scratch`, `FROM base` for an
+    /// earlier stage), which progress shows as the stage's first step.
+    #[serde(default)]
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -170,6 +170,13 @@ pub struct RunSpec {
     pub pids: Option<i64>,
     pub timeout: Option<Duration>,
     pub mounts: Vec<ExtraMount>,
+    /// Lines added to /etc/hosts: (host name, address), as `--add-host`.
+    pub extra_hosts: Vec<(String, String)>,
+    /// Size of /dev/shm (64 MiB when `None`, as Docker).
+    pub shm_bytes: Option<u64>,
+    /// Process limits (`--ulimit`): (`RLIMIT_NOFILE`-style name, soft, hard);
+    /// unset ones are inherited from containerd.
+    pub rlimits: Vec<(String, u64, u64)>,
 }
 
 impl Default for RunSpec {
@@ -188,6 +195,9 @@ impl Default for RunSpec {
             pids: None,
             timeout: None,
             mounts: Vec::new(),
+            extra_hosts: Vec::new(),
+            shm_bytes: None,
+            rlimits: Vec::new(),
         }
     }
 }
@@ -967,8 +977,11 @@ fn write_etc_files(dir: &Path, spec: &RunSpec) -> Result<[PathBuf; 2], SandboxEr
     } else {
         spec.hostname.as_str()
     };
-    let hosts =
+    let mut hosts =
         format!("127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for (host, address) in &spec.extra_hosts {
+        hosts.push_str(&format!("{address}\t{host}\n"));
+    }
     let resolv = match spec.network {
         // No network, no resolver; an empty file keeps libc quiet.
         Network::None => String::new(),

@@ -8,8 +8,9 @@
 //! /etc/resolv.conf bound read-only from files we write (no /etc/hostname, as BuildKit),
 //! Docker's default capabilities, masked and read-only /proc paths, a
 //! deny-all device cgroup (runc adds the standard devices), and the limits
-//! of [`RunSpec`]. No rlimits are set: the step inherits containerd's (as a
-//! Docker RUN inherits dockerd's), so a host's `LimitNOFILE=` applies. No host path is visible except the
+//! of [`RunSpec`]. Only the rlimits of [`RunSpec::rlimits`] (`--ulimit`) are
+//! set: the others are inherited from containerd (as a Docker RUN inherits
+//! dockerd's), so a host's `LimitNOFILE=` applies. No host path is visible except the
 //! step's own [`ExtraMount`]s.
 
 use super::{MountSource, Network, RunSpec};
@@ -100,7 +101,8 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Value {
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+               "options": ["nosuid", "noexec", "nodev", "mode=1777",
+                           format!("size={}", spec.shm_bytes.unwrap_or(64 << 20))]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
                "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
@@ -162,6 +164,11 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Value {
         resources["pids"] = json!({"limit": pids});
     }
 
+    let rlimits: Vec<Value> = spec
+        .rlimits
+        .iter()
+        .map(|(kind, soft, hard)| json!({"type": kind, "soft": soft, "hard": hard}))
+        .collect();
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -180,6 +187,7 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Value {
                 "permitted": caps,
             },
             "noNewPrivileges": false,
+            "rlimits": rlimits,
         },
         "root": {"path": "rootfs", "readonly": false},
         "hostname": spec.hostname,

@@ -149,6 +149,7 @@ pub async fn run(
         epoch: request.source_date_epoch,
         steps: Vec::new(),
         images: Default::default(),
+        options: options_digest(request),
     };
     if let Ok((done, plan)) = &result {
         summary.manifest_digest = Some(done.manifest_digest.clone());
@@ -184,12 +185,16 @@ fn fast_path(
     generation: u64,
     log: &BuildLog,
 ) -> Result<Option<Done>, RpcError> {
-    if request.no_cache {
+    if request.no_cache || !request.no_cache_filter.is_empty() {
         return Ok(None);
     }
     let Some(last) = engine.projects.clean_result(project, generation) else {
         return Ok(None);
     };
+    // Labels, RUN options or a Dockerfile from stdin other than the last build's.
+    if last.options != options_digest(request) {
+        return Ok(None);
+    }
     let (Some(manifest), Some(config)) = (last.manifest_digest.clone(), last.config_digest.clone())
     else {
         return Ok(None);
@@ -220,6 +225,7 @@ fn fast_path(
                 instruction: s.instruction.clone(),
                 location: format!("{}:{}", dockerfile_display(request), s.line),
                 cache_key: s.key.clone(),
+                from: s.from.clone(),
             })
             .collect(),
     });
@@ -273,6 +279,15 @@ async fn build_planned(
         let request = request.clone();
         blocking(move || make_plan(&engine, &request, &tree, None)).await?
     };
+    for name in &request.no_cache_filter {
+        if !plan.stages.iter().any(|s| &s.label == name) {
+            let names: Vec<&str> = plan.stages.iter().map(|s| s.label.as_str()).collect();
+            return Err(RpcError::with_hint(
+                format!("--no-cache-filter {name}: the build has no stage {name:?}"),
+                format!("stages this build runs: {}", names.join(", ")),
+            ));
+        }
+    }
     remote
         .import_steps(&engine.store, &plan, request.no_cache, &registry_note(log))
         .await;
@@ -288,6 +303,7 @@ async fn build_planned(
                 instruction: s.display.clone(),
                 location: format!("{}:{}", dockerfile_display(request), s.loc.line),
                 cache_key: s.key.clone(),
+                from: crate::project::stage_from(&plan, s.stage),
             })
             .collect(),
     });
@@ -304,6 +320,10 @@ async fn build_planned(
     let image = {
         let engine = engine.clone();
         let mut config = target.config.clone();
+        if !request.labels.is_empty() {
+            let labels = config.config.labels.get_or_insert_with(Default::default);
+            labels.extend(request.labels.clone());
+        }
         let epoch = request.source_date_epoch;
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
@@ -390,12 +410,16 @@ pub fn make_plan(
 ) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
-    let text = dockerfile::read_file(&df_path).map_err(|e| {
-        RpcError::with_hint(
-            format!("cannot read the Dockerfile: {e}"),
-            "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
-        )
-    })?;
+    let text = match &request.dockerfile_text {
+        Some(text) => text.clone(),
+        None => dockerfile::read_file(&df_path).map_err(|e| {
+            RpcError::with_hint(
+                format!("cannot read the Dockerfile: {e}"),
+                "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
+            )
+        })?,
+    };
+    let run_options = run_options(request);
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
     let ignore = read_ignore(request, &df_path)?;
     let index = ContextIndex::view(tree, context, ignore);
@@ -409,8 +433,40 @@ pub fn make_plan(
         focus,
         images: &*engine.store,
         epoch: request.source_date_epoch,
+        run_options: &run_options,
     })
     .map_err(dockerfile_error)
+}
+
+/// The build-wide RUN options as one canonical text, a key input of every RUN
+/// (docs/CACHE.md); empty when none is set.
+pub fn run_options(request: &BuildRequest) -> String {
+    let mut parts = Vec::new();
+    if !matches!(request.network.as_str(), "" | "default") {
+        parts.push(format!("network={}", request.network));
+    }
+    for (host, ip) in &request.add_hosts {
+        parts.push(format!("add-host={host}:{ip}"));
+    }
+    if let Some(shm) = request.shm_bytes {
+        parts.push(format!("shm-size={shm}"));
+    }
+    for (name, (soft, hard)) in &request.ulimits {
+        parts.push(format!("ulimit={name}={soft}:{hard}"));
+    }
+    parts.join("\n")
+}
+
+/// What besides the project's key makes an image differ: labels, RUN options,
+/// a Dockerfile sent as text. The fast path reuses a result only when equal.
+fn options_digest(request: &BuildRequest) -> String {
+    let mut k = memobuild_plan::key::KeyHasher::new("options");
+    for (name, value) in &request.labels {
+        k.str(name).str(value);
+    }
+    k.str(&run_options(request));
+    k.str(request.dockerfile_text.as_deref().unwrap_or(""));
+    k.finish()
 }
 
 /// Keeps every project's dirty set current: re-plans the projects a change
@@ -563,6 +619,7 @@ async fn run_stage(
     } = run;
     let (no_cache, epoch) = (*no_cache, *epoch);
     let stage = &plan.stages[stage_index];
+    let no_cache = no_cache || run.request.no_cache_filter.contains(&stage.label);
     let mut state = match &stage.base {
         Base::Scratch => StageResult::default(),
         Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),

@@ -96,12 +96,24 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     let (uid, gid) = (user.uid, user.gid);
     let mounts = Mounts::prepare(cx, op, uid, gid).await?;
     let settings = &engine.run_settings();
-    let network = match op.network {
-        RunNetwork::None => Network::None,
-        RunNetwork::Host => Network::Host,
-        RunNetwork::Default if settings.default_network_none => Network::None,
-        RunNetwork::Default => Network::Host,
+    let network = match (op.network, cx.request.network.as_str()) {
+        (RunNetwork::None, _) => Network::None,
+        (RunNetwork::Host, _) => Network::Host,
+        // `build --network`: what RUN without `--network` gets.
+        (RunNetwork::Default, "none") => Network::None,
+        (RunNetwork::Default, "host") => Network::Host,
+        (RunNetwork::Default, _) if settings.default_network_none => Network::None,
+        (RunNetwork::Default, _) => Network::Host,
     };
+    let rlimits = cx
+        .request
+        .ulimits
+        .iter()
+        .filter_map(|(name, (soft, hard))| {
+            let kind = memobuild_proto::ULIMITS.iter().find(|(n, _)| n == name)?.1;
+            Some((kind.to_string(), *soft, *hard))
+        })
+        .collect();
     let spec = RunSpec {
         args: op.args.clone(),
         env: with_proxy_env(&op.env, &cx.request.build_args),
@@ -120,6 +132,9 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         pids: cx.request.pids_limit.or(settings.pids),
         timeout: settings.step_timeout,
         mounts: mounts.extra.clone(),
+        extra_hosts: cx.request.add_hosts.clone(),
+        shm_bytes: cx.request.shm_bytes,
+        rlimits,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
