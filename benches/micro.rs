@@ -316,6 +316,7 @@ fn all_benches(c: &mut Criterion) {
                 focus: None,
                 images: &store,
                 epoch: None,
+                stage_contents: &memobuild_plan::NoStageContents,
             })
             .unwrap()
         })
@@ -344,6 +345,7 @@ fn all_benches(c: &mut Criterion) {
                 focus: Some(&focus),
                 images: &store,
                 epoch: None,
+                stage_contents: &memobuild_plan::NoStageContents,
             })
             .unwrap()
         })
