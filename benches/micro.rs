@@ -317,6 +317,7 @@ fn all_benches(c: &mut Criterion) {
                 images: &store,
                 epoch: None,
                 run_options: "",
+                stage_contents: &memobuild_plan::NoStageContents,
             })
             .unwrap()
         })
@@ -346,6 +347,7 @@ fn all_benches(c: &mut Criterion) {
                 images: &store,
                 epoch: None,
                 run_options: "",
+                stage_contents: &memobuild_plan::NoStageContents,
             })
             .unwrap()
         })

@@ -2072,7 +2072,6 @@ fn test_mount_invalid() {
 /// testMountRWCache: a rw bind mount from a stage; a context change that
 /// leaves that stage's content the same keeps the RUN cached.
 #[test]
-#[ignore = "issue 11: a bind mount from a stage is keyed by the stage's cache key, not its content"]
 fn test_mount_rw_cache() {
     let bk = Bk::start();
     let df = r#"

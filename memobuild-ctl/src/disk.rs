@@ -34,6 +34,18 @@ pub async fn du(socket: &Path, json: bool) -> Result<ExitCode, RpcError> {
     for (kind, n, bytes) in rows {
         println!("{kind:<14} {n:>8} {:>10}", human_size(bytes));
     }
+    println!(
+        "{:<14} {:>8} {:>10}",
+        "snapshots",
+        "-",
+        human_size(u.containerd_bytes)
+    );
+    println!(
+        "{:<14} {:>8} {:>10}",
+        "on disk",
+        "-",
+        human_size(u.disk_bytes)
+    );
     println!("{} cache entries, {} images", u.cache_entries, u.images);
     if let Some(max) = u.max_storage {
         println!("max-storage: {}", human_size(max));

@@ -75,7 +75,27 @@ fn project_roots(store: &Store) -> Result<HashSet<String>, StoreError> {
     Ok(roots)
 }
 
-/// What the blobs are used for.
+/// Bytes on disk below `dir` as `du -sb` counts them: the apparent size of
+/// every entry (files, directories, symlinks), a file with several names
+/// once. Entries that vanish or cannot be read meanwhile are skipped.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|meta| meta.is_dir() || meta.nlink() < 2 || seen.insert((meta.dev(), meta.ino())))
+        .map(|meta| meta.len())
+        .sum()
+}
+
+/// The private containerd's directory under the data dir.
+pub fn containerd_dir(store: &Store) -> std::path::PathBuf {
+    store.root().join("containerd")
+}
+
+/// What the blobs are used for, and what the data dir holds on disk.
 pub fn usage(store: &Store) -> Result<Usage, StoreError> {
     let (images, image_count) = image_roots(store)?;
     let mut cache = project_roots(store)?;
@@ -88,6 +108,8 @@ pub fn usage(store: &Store) -> Result<Usage, StoreError> {
     let mut u = Usage {
         cache_entries: steps.len() as u64,
         images: image_count,
+        disk_bytes: dir_bytes(store.root()),
+        containerd_bytes: dir_bytes(&containerd_dir(store)),
         ..Usage::default()
     };
     for blob in store.blobs.list()? {

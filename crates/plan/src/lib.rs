@@ -41,6 +41,23 @@ pub struct PlanInput<'a> {
     /// `--add-host`, `--shm-size`, `--ulimit`), canonical text; a key input of
     /// every RUN when not empty (see docs/CACHE.md).
     pub run_options: &'a str,
+    /// Content digests of stage paths computed by earlier builds.
+    pub stage_contents: &'a dyn StageContents,
+}
+
+/// Content digests of paths in stage results that are already known, by
+/// [`key::content_ref_key`]; the engine computes them when a stage has run.
+pub trait StageContents {
+    fn content_digest(&self, ref_key: &str) -> Option<String>;
+}
+
+/// Knows no content digest: every step reading a stage's paths is pending.
+pub struct NoStageContents;
+
+impl StageContents for NoStageContents {
+    fn content_digest(&self, _: &str) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +81,8 @@ pub struct StagePlan {
     pub base: Base,
     /// Key the stage's first step chains from.
     pub base_key: String,
+    /// `base_key` is pending (the base is a stage whose key is).
+    pub base_pending: bool,
     /// Indexes into [`Plan::steps`], in order.
     pub steps: Vec<usize>,
     /// Stages this one reads (its base and `COPY --from` sources).
@@ -74,6 +93,14 @@ pub struct StagePlan {
 }
 
 impl StagePlan {
+    /// The stage's result key is pending (see [`Step::pending`]).
+    pub fn final_pending(&self, steps: &[Step]) -> bool {
+        self.steps
+            .last()
+            .map(|&i| steps[i].pending)
+            .unwrap_or(self.base_pending)
+    }
+
     /// Key of the stage's result: its last step's key, or its base's.
     pub fn final_key(&self, steps: &[Step]) -> String {
         self.steps
@@ -97,13 +124,29 @@ pub struct Step {
     /// The instruction as written (continuations joined).
     pub display: String,
     pub loc: Loc,
-    /// Hex BLAKE3 cache key.
+    /// Hex BLAKE3 cache key; when `pending`, a stand-in (see [`key::pending_content`]).
     pub key: String,
+    /// The key's own inputs (everything but the parent key and `contents`).
+    pub own_key: String,
+    /// Stage paths whose content digests are key inputs, in order.
+    pub contents: Vec<ContentRef>,
+    /// The key needs a content digest that is known only once a stage has run
+    /// (this step's or an earlier one's): the engine computes the real key
+    /// with [`key::step_key`] when it reaches the step.
+    pub pending: bool,
     pub op: Op,
     /// `created_by` for the image history; `None` for steps Docker keeps out of it (ARG).
     pub history: Option<String>,
     /// The key's components, kept so `status` and `explain` can name what changed.
     pub inputs: StepInputs,
+}
+
+/// Paths (as written, expanded) in the result of stage `stage` (a position in
+/// [`Plan::stages`]) that a step reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentRef {
+    pub stage: usize,
+    pub paths: Vec<String>,
 }
 
 /// The key component of a focus path the step does not select (see
@@ -425,6 +468,7 @@ mod tests {
                 images: &BTreeMap::new(),
                 epoch: None,
                 run_options: "",
+                stage_contents: &NoStageContents,
             })
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()

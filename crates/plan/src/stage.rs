@@ -4,8 +4,8 @@
 
 use super::key::KeyHasher;
 use super::{
-    base_key, Base, CacheSharing, CopyOp, CopySource, Op, Plan, PlanInput, RunMount, RunNetwork,
-    RunOp, StagePlan, Step,
+    base_key, Base, CacheSharing, ContentRef, CopyOp, CopySource, Op, Plan, PlanInput, RunMount,
+    RunNetwork, RunOp, StagePlan, Step,
 };
 use memobuild_context::{select, FileKind};
 use memobuild_dockerfile::expand::{self, ExpandError};
@@ -204,6 +204,51 @@ struct State<'a> {
     files: BTreeMap<String, String>,
     /// `files` holds only the paths the plan was asked to focus on.
     partial: bool,
+    /// `parent_key` is pending (see `Step::pending`).
+    parent_pending: bool,
+    /// Stage paths the current instruction reads, and their content digests
+    /// (pending stand-ins where unknown).
+    contents: Vec<(ContentRef, String, bool)>,
+}
+
+impl State<'_> {
+    /// Records that the instruction reads `paths` of stage `position` and
+    /// returns what `StepInputs::files` shows for it.
+    fn read_stage(
+        &mut self,
+        si: &StageInput<'_, '_>,
+        plan: &Plan,
+        position: usize,
+        paths: Vec<String>,
+    ) -> String {
+        let stage = &plan.stages[position];
+        let stage_key = stage.final_key(&plan.steps);
+        let known = if stage.final_pending(&plan.steps) {
+            None
+        } else {
+            si.input
+                .stage_contents
+                .content_digest(&super::key::content_ref_key(&stage_key, &paths))
+        };
+        let (digest, pending) = match known {
+            Some(d) => (d, false),
+            None => (super::key::pending_content(&stage_key, &paths), true),
+        };
+        let shown = if pending {
+            format!("pending:{stage_key}")
+        } else {
+            digest.clone()
+        };
+        self.contents.push((
+            ContentRef {
+                stage: position,
+                paths,
+            },
+            digest,
+            pending,
+        ));
+        shown
+    }
 }
 
 impl State<'_> {
@@ -259,6 +304,10 @@ pub(super) fn plan_stage(
     let df = si.input.dockerfile;
     let platform = format!("linux/{}", memobuild_oci::config::host_architecture());
     let base_key = base_key(&si.base, plan, si.planned, &platform, si.input.epoch);
+    let base_pending = match &si.base {
+        Base::Stage(s) => plan.stages[si.planned[s]].final_pending(&plan.steps),
+        _ => false,
+    };
     let config = match &si.base {
         Base::Scratch => ImageConfig::scratch(),
         Base::Stage(s) => plan.stages[si.planned[s]].config.clone(),
@@ -293,13 +342,21 @@ pub(super) fn plan_stage(
         parent_key: base_key.clone(),
         files: BTreeMap::new(),
         partial: false,
+        parent_pending: base_pending,
+        contents: Vec::new(),
     };
     let mut steps = Vec::new();
     for ins in triggers.iter().chain(&si.stage.instructions) {
         state.files.clear();
         state.partial = false;
+        state.contents.clear();
         let (op, extra_key) = apply(si, &mut state, ins, plan, &mut deps, used_args)?;
-        let key = step_key(&state, ins, &extra_key);
+        let own_key = own_key(&state, ins, &extra_key);
+        let digests: Vec<String> = state.contents.iter().map(|(_, d, _)| d.clone()).collect();
+        let key = super::key::step_key(&state.parent_key, &own_key, &digests);
+        let pending = state.parent_pending || state.contents.iter().any(|(_, _, p)| *p);
+        state.parent_pending = pending;
+        let contents = state.contents.drain(..).map(|(c, _, _)| c).collect();
         let inputs = super::StepInputs {
             parent_key: std::mem::replace(&mut state.parent_key, key.clone()),
             args: state.args.clone(),
@@ -313,6 +370,9 @@ pub(super) fn plan_stage(
             display: ins.source.clone(),
             loc: ins.loc,
             key,
+            own_key,
+            contents,
+            pending,
             op,
             history: (!matches!(ins.value, Instruction::Arg(_))).then(|| ins.source.clone()),
             inputs,
@@ -326,6 +386,7 @@ pub(super) fn plan_stage(
         label: si.stage.label(),
         base: si.base.clone(),
         base_key,
+        base_pending,
         steps,
         deps,
         config: state.config,
@@ -360,11 +421,11 @@ fn onbuild_triggers(
     Ok(out)
 }
 
-/// The step's key: parent key, the instruction's effect (as the resulting config
-/// plus the op's own canonical inputs), and the ARGs in scope.
-fn step_key(state: &State<'_>, ins: &Located<Instruction>, extra: &KeyHasher) -> String {
-    let mut k = KeyHasher::new("step");
-    k.str(&state.parent_key);
+/// The step's own key: the instruction's effect (as the resulting config plus
+/// the op's own canonical inputs) and the ARGs in scope; the step's key adds
+/// the parent key and stage content digests (`key::step_key`).
+fn own_key(state: &State<'_>, ins: &Located<Instruction>, extra: &KeyHasher) -> String {
+    let mut k = KeyHasher::new("own");
     k.str(ins.value.keyword());
     k.str(&serde_json::to_string(&state.config).unwrap_or_default());
     k.u64(state.args.len() as u64);
@@ -627,16 +688,17 @@ fn copy_op(
         )?;
         let position = si.planned[&stage];
         deps.push(position);
-        let stage_key = plan.stages[position].final_key(&plan.steps);
-        k.str(&stage_key);
-        st.files
-            .insert(format!("stage:{}", plan.stages[position].label), stage_key);
         if sources.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
+        let paths: Vec<String> = sources.into_iter().map(|(s, _)| s).collect();
+        // The stage's content at these paths is a key input (not its key).
+        let shown = st.read_stage(si, plan, position, paths.clone());
+        st.files
+            .insert(format!("stage:{}", plan.stages[position].label), shown);
         CopySource::Stage {
             stage: position,
-            paths: sources.into_iter().map(|(s, _)| s).collect(),
+            paths,
         }
     } else {
         let index = si.input.context.clone();
@@ -953,10 +1015,9 @@ fn mount_key(
                     .u64(u64::from(*readwrite));
                 match from {
                     Some(stage) => {
-                        let key = plan.stages[*stage].final_key(&plan.steps);
-                        k.str(&key);
+                        let shown = st.read_stage(si, plan, *stage, vec![source.clone()]);
                         st.files
-                            .insert(format!("stage:{}", plan.stages[*stage].label), key);
+                            .insert(format!("stage:{}", plan.stages[*stage].label), shown);
                     }
                     None => {
                         let index = si.input.context.clone();

@@ -73,6 +73,7 @@ impl Fixture {
             images: &self.images,
             epoch: None,
             run_options: "",
+            stage_contents: &memobuild_plan::NoStageContents,
         })
     }
 }

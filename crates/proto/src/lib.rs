@@ -564,6 +564,14 @@ pub struct DiskUsage {
     pub images: u64,
     /// `max-storage` in bytes, if set.
     pub max_storage: Option<u64>,
+    /// Everything on disk under the data dir (as `du -sb` counts it): blobs,
+    /// the private containerd's directory, cache mounts, the database, logs.
+    #[serde(default)]
+    pub disk_bytes: u64,
+    /// Of `disk_bytes`: the private containerd's directory (unpacked layer
+    /// snapshots and content).
+    #[serde(default)]
+    pub containerd_bytes: u64,
 }
 
 /// `memobuild-ctl prune [--all] [--keep-storage SIZE]`.

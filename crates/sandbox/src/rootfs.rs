@@ -369,7 +369,35 @@ impl Sandbox {
                 all.remove(&leaf);
             }
         }
+        if removed > 0 {
+            self.collect_garbage().await;
+        }
         Ok(removed)
+    }
+
+    /// Runs containerd's garbage collection now: a removed snapshot leaves
+    /// only its metadata at once, its directory goes when the collector runs
+    /// (which containerd otherwise schedules after many more changes).
+    /// Deleting a lease with `sync` makes the collection run before the call
+    /// returns.
+    async fn collect_garbage(&self) {
+        use super::{CreateLeaseRequest, DeleteLeaseRequest};
+        let id = format!("memobuild-gc-{}", std::process::id());
+        let create = CreateLeaseRequest {
+            id: id.clone(),
+            labels: HashMap::new(),
+        };
+        if let Err(s) = self.client().leases().create(self.req(create)).await {
+            tracing::warn!(
+                "cannot start containerd's garbage collection: {}",
+                s.message()
+            );
+            return;
+        }
+        let delete = DeleteLeaseRequest { id, sync: true };
+        if let Err(s) = self.client().leases().delete(self.req(delete)).await {
+            tracing::warn!("containerd's garbage collection: {}", s.message());
+        }
     }
 }
 

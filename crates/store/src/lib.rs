@@ -35,6 +35,9 @@ const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects_v1
 /// Cache key -> Unix seconds the step was last a cache hit or written (LRU for
 /// garbage collection; written in batches, see [`Store::flush_last_used`]).
 const LAST_USED: TableDefinition<&str, i64> = TableDefinition::new("last_used_v1");
+/// Content digests of paths in a stage's result: the hex key of
+/// (stage key, paths) -> hex digest (docs/CACHE.md, "Stage content").
+const STAGE_CONTENT: TableDefinition<&str, &str> = TableDefinition::new("stage_content_v1");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -153,6 +156,7 @@ impl Store {
         txn.open_table(PROJECTS).map_err(db_err)?;
         txn.open_table(HASHES).map_err(db_err)?;
         txn.open_table(LAST_USED).map_err(db_err)?;
+        txn.open_table(STAGE_CONTENT).map_err(db_err)?;
         txn.commit().map_err(db_err)
     }
 
@@ -349,6 +353,29 @@ impl Store {
             out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    /// A remembered content digest of paths in a stage's result (see
+    /// [`Store::put_stage_content`]).
+    pub fn stage_content(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let table = txn.open_table(STAGE_CONTENT).map_err(db_err)?;
+        Ok(table
+            .get(key)
+            .map_err(db_err)?
+            .map(|v| v.value().to_string()))
+    }
+
+    /// Remembers the content digest of paths in a stage's result, keyed by the
+    /// stage's cache key and the paths: the same key always means the same
+    /// result, so the digest is never computed twice.
+    pub fn put_stage_content(&self, key: &str, digest: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut table = txn.open_table(STAGE_CONTENT).map_err(db_err)?;
+            table.insert(key, digest).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
     }
 
     /// Raw project records (id, JSON).

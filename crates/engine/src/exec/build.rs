@@ -35,6 +35,17 @@ pub struct Done {
 struct StageResult {
     layers: Vec<LayerRecord>,
     history: Vec<History>,
+    /// The key of the stage's result as the build resolved it (see `Step::pending`).
+    key: String,
+}
+
+/// Content digests the step cache remembers, for planning.
+struct StoreContents<'a>(&'a memobuild_store::Store);
+
+impl graph::StageContents for StoreContents<'_> {
+    fn content_digest(&self, ref_key: &str) -> Option<String> {
+        self.0.stage_content(ref_key).ok().flatten()
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
@@ -314,7 +325,12 @@ async fn build_planned(
         });
     }
     let plan = Arc::new(plan);
-    let results = run_stages(engine, id, &plan, request, log, project).await?;
+    let (results, resolved) = run_stages(engine, id, &plan, request, log, project).await?;
+    let plan = if resolved.is_empty() {
+        plan
+    } else {
+        Arc::new(resolve_plan(&plan, &resolved))
+    };
     let target = &plan.stages[plan.target];
     let result = results.get(&plan.target).cloned().unwrap_or_default();
     let image = {
@@ -434,6 +450,7 @@ pub fn make_plan(
         images: &*engine.store,
         epoch: request.source_date_epoch,
         run_options: &run_options,
+        stage_contents: &StoreContents(&engine.store),
     })
     .map_err(dockerfile_error)
 }
@@ -545,7 +562,7 @@ async fn run_stages(
     request: &BuildRequest,
     log: &Arc<BuildLog>,
     project: &str,
-) -> Result<BTreeMap<usize, StageResult>, RpcError> {
+) -> Result<ResolvedStages, RpcError> {
     let run = Arc::new(StageRun {
         engine: engine.clone(),
         build,
@@ -555,6 +572,7 @@ async fn run_stages(
         no_cache: request.no_cache,
         epoch: request.source_date_epoch,
         request: Arc::new(request.clone()),
+        resolved: std::sync::Mutex::new(BTreeMap::new()),
     });
     let mut done: BTreeMap<usize, StageResult> = BTreeMap::new();
     let mut started = vec![false; plan.stages.len()];
@@ -588,8 +606,15 @@ async fn run_stages(
             }
         }
     }
-    Ok(done)
+    let resolved = std::mem::take(&mut *run.resolved.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok((done, resolved))
 }
+
+/// Every stage's result, and the keys of the pending steps as resolved.
+type ResolvedStages = (
+    BTreeMap<usize, StageResult>,
+    BTreeMap<usize, (String, Vec<String>)>,
+);
 
 /// What every stage of one build shares.
 struct StageRun {
@@ -601,6 +626,36 @@ struct StageRun {
     no_cache: bool,
     epoch: Option<i64>,
     request: Arc<BuildRequest>,
+    /// Keys of the pending steps as resolved, by step index (see `Step::pending`).
+    resolved: std::sync::Mutex<BTreeMap<usize, (String, Vec<String>)>>,
+}
+
+/// `plan` with the keys of its pending steps replaced by the ones the build
+/// resolved: what the build summary (status, explain) and cache exports use.
+fn resolve_plan(plan: &Plan, resolved: &BTreeMap<usize, (String, Vec<String>)>) -> Plan {
+    let mut plan = plan.clone();
+    let mut parent: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, (key, digests)) in resolved {
+        let step = &mut plan.steps[*i];
+        step.key = key.clone();
+        step.pending = false;
+        for (c, digest) in step.contents.iter().zip(digests) {
+            let label = plan.stages[c.stage].label.clone();
+            step.inputs
+                .files
+                .insert(format!("stage:{label}"), digest.clone());
+        }
+        parent.insert(*i + 1, key.clone());
+    }
+    // A step after a resolved one in its stage names the resolved key as parent.
+    for stage in &plan.stages {
+        for &i in stage.steps.iter().skip(1) {
+            if let Some(key) = parent.get(&i) {
+                plan.steps[i].inputs.parent_key = key.clone();
+            }
+        }
+    }
+    plan
 }
 
 async fn run_stage(
@@ -621,15 +676,30 @@ async fn run_stage(
     let stage = &plan.stages[stage_index];
     let no_cache = no_cache || run.request.no_cache_filter.contains(&stage.label);
     let mut state = match &stage.base {
-        Base::Scratch => StageResult::default(),
+        Base::Scratch => StageResult {
+            key: stage.base_key.clone(),
+            ..StageResult::default()
+        },
         Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),
         Base::Image(image) => StageResult {
             layers: base_layers(engine, run.build, &image.layers).await?,
             history: image.config.history.clone(),
+            key: stage.base_key.clone(),
         },
     };
     for &step_index in &stage.steps {
         let step = &plan.steps[step_index];
+        let step_key = if step.pending {
+            let key = resolve_key(engine, step, &state.key, inputs).await?;
+            run.resolved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(step_index, key.clone());
+            key.0
+        } else {
+            step.key.clone()
+        };
+        state.key = step_key.clone();
         let span = tracing::info_span!("step", build = log.id, step = step_index, instruction = %step.display);
         log.push(BuildEvent::StepStarted { step: step_index });
         engine.projects.step_state(project, step_index, "building");
@@ -637,7 +707,7 @@ async fn run_stage(
         let cached = if no_cache {
             None
         } else {
-            lookup(engine, run.build, step_index, &step.key, log).await?
+            lookup(engine, run.build, step_index, &step_key, log).await?
         };
         if !no_cache {
             // The fast path (memory tier) did not answer this build.
@@ -684,7 +754,7 @@ async fn run_stage(
                     }
                 };
                 {
-                    let (engine, key, record) = (engine.clone(), step.key.clone(), record.clone());
+                    let (engine, key, record) = (engine.clone(), step_key.clone(), record.clone());
                     let build = run.build;
                     blocking(move || {
                         engine
@@ -718,6 +788,35 @@ async fn run_stage(
         }
     }
     Ok(state)
+}
+
+/// The key of a pending step, now that the stages it reads have run: its
+/// parent's resolved key and the content digests of the paths it reads.
+async fn resolve_key(
+    engine: &Arc<Engine>,
+    step: &Step,
+    parent: &str,
+    inputs: &BTreeMap<usize, StageResult>,
+) -> Result<(String, Vec<String>), RpcError> {
+    let glob = matches!(step.op, Op::Copy(_));
+    let mut digests = Vec::new();
+    for c in &step.contents {
+        let source = inputs.get(&c.stage).cloned().ok_or_else(|| {
+            internal(format!(
+                "internal error: {} reads a stage that has not run",
+                step.display
+            ))
+        })?;
+        let (e, paths) = (engine.clone(), c.paths.clone());
+        let digest = blocking(move || {
+            super::content::stage_content(&e, &source.key, &source.layers, &paths, glob)
+                .map_err(internal)
+        })
+        .await?;
+        digests.push(digest);
+    }
+    let key = graph::key::step_key(parent, &step.own_key, &digests);
+    Ok((key, digests))
 }
 
 /// Looks a step up (pinning what it finds for this build); a corrupt cached

@@ -402,7 +402,7 @@ fn copy_from_view(
 }
 
 /// Roots a `--from` source selects: (path in view, name it was asked by).
-fn select_in_view(view: &FsView, rel: &str) -> Option<Vec<(String, String)>> {
+pub(crate) fn select_in_view(view: &FsView, rel: &str) -> Option<Vec<(String, String)>> {
     if !rel.contains(['*', '?', '[']) {
         let resolved = view.resolve(rel)?;
         if !view.exists(&resolved) {

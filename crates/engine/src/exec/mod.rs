@@ -2,6 +2,7 @@
 //! misses, store their results, assemble the image. Independent stages run
 //! concurrently. Progress goes out as [`BuildEvent`]s that clients long-poll.
 
+mod content;
 pub mod copy;
 pub mod fsview;
 pub mod run;

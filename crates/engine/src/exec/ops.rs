@@ -112,30 +112,43 @@ impl Engine {
         if max == 0 || self.gc_running.swap(true, Ordering::SeqCst) {
             return;
         }
+        // Everything under the data dir counts (blobs, unpacked snapshots,
+        // cache mounts, the database): unpacked chains go first, then
+        // least-recently-used entries until the blobs fit in what is left.
+        let root = self.store.root().to_path_buf();
+        let disk = tokio::task::spawn_blocking(move || crate::gc::dir_bytes(&root))
+            .await
+            .unwrap_or(0);
+        if disk <= max {
+            self.gc_running.store(false, Ordering::SeqCst);
+            return;
+        }
+        self.prune_chains(false).await;
         let engine = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let total: u64 = engine.store.blobs.list()?.iter().map(|b| b.size).sum();
-            if total <= max {
+            let disk = crate::gc::dir_bytes(engine.store.root());
+            if disk <= max {
                 return Ok(None);
             }
-            let keep = max / 100 * AUTO_GC_TARGET_PERCENT;
+            let blobs: u64 = engine.store.blobs.list()?.iter().map(|b| b.size).sum();
+            let other = disk.saturating_sub(blobs);
+            let keep = (max / 100 * AUTO_GC_TARGET_PERCENT).saturating_sub(other);
             let opts = PruneOptions {
                 all: false,
                 keep_bytes: Some(keep),
             };
-            crate::gc::prune(&engine.store, &opts).map(Some)
+            crate::gc::prune(&engine.store, &opts).map(|r| Some((r, other)))
         })
         .await;
         match result {
-            Ok(Ok(Some(report))) => {
-                if report.bytes_after > max {
+            Ok(Ok(Some((report, other)))) => {
+                if report.bytes_after + other > max {
                     tracing::warn!(
-                        bytes = report.bytes_after,
+                        bytes = report.bytes_after + other,
                         max,
-                        "store is above max-storage after GC: images and projects' last builds are kept; remove images or run `memobuild-ctl prune --all`"
+                        "the data dir is above max-storage after GC: images, projects' last builds and cache mounts are kept; remove images or run `memobuild-ctl prune --all`"
                     );
                 }
-                self.prune_chains().await;
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "automatic garbage collection failed"),
@@ -155,12 +168,13 @@ impl Engine {
 
     /// `memobuild-ctl prune`.
     pub async fn prune(self: &Arc<Self>, opts: PruneOptions) -> Result<PruneReport, RpcError> {
+        let all = opts.all;
         let engine = self.clone();
         let report = tokio::task::spawn_blocking(move || crate::gc::prune(&engine.store, &opts))
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        self.prune_chains().await;
+        self.prune_chains(all).await;
         Ok(report)
     }
 
@@ -173,11 +187,11 @@ impl Engine {
             .map_err(internal)
     }
 
-    /// Drops containerd's unpacked chain snapshots whose layers no image or
-    /// project's last build has any more. Only while no build runs: a running
-    /// step may be about to use a chain, and the sandbox cannot pin one.
-    /// Never starts containerd for this.
-    async fn prune_chains(self: &Arc<Self>) {
+    /// Drops containerd's unpacked chain snapshots that are not a prefix of a
+    /// named image's layers (or, unless `all`, of a project's last builds).
+    /// Only while no build runs: a running step may be about to use a chain,
+    /// and the sandbox cannot pin one. Never starts containerd for this.
+    async fn prune_chains(self: &Arc<Self>, all: bool) {
         if self.store.pinned_builds() > 0 {
             return;
         }
@@ -191,7 +205,7 @@ impl Engine {
             return;
         };
         let engine = self.clone();
-        let keep = tokio::task::spawn_blocking(move || kept_chains(&engine))
+        let keep = tokio::task::spawn_blocking(move || kept_chains(&engine, all))
             .await
             .unwrap_or_default();
         match sandbox.prune_chains(&keep).await {
@@ -202,8 +216,8 @@ impl Engine {
     }
 }
 
-/// Chain ids (every prefix) of images and projects' remembered builds.
-fn kept_chains(engine: &Engine) -> std::collections::HashSet<String> {
+/// Chain ids (every prefix) of images and, unless `all`, projects' remembered builds.
+fn kept_chains(engine: &Engine, all: bool) -> std::collections::HashSet<String> {
     let store = &engine.store;
     let mut manifests: Vec<String> = store
         .images()
@@ -212,6 +226,9 @@ fn kept_chains(engine: &Engine) -> std::collections::HashSet<String> {
         .map(|(_, r)| r.manifest_digest)
         .collect();
     for (_, raw) in store.projects().unwrap_or_default() {
+        if all {
+            break;
+        }
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw) {
             for b in ["last", "previous"] {
                 if let Some(m) = v[b]["manifest_digest"].as_str() {

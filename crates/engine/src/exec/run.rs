@@ -286,7 +286,14 @@ impl StepOutput {
 struct Mounts {
     extra: Vec<ExtraMount>,
     _temp: Vec<tempfile::TempDir>,
-    _locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    /// Cache mount locks this step holds, by directory name: each id is locked
+    /// once per step, however many of its mounts use it.
+    locks: std::collections::BTreeMap<String, tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// A cache mount's directory name under `cache-mounts/`.
+fn cache_dir_name(id: &str) -> String {
+    blake3::hash(id.as_bytes()).to_hex()[..32].to_string()
 }
 
 impl Mounts {
@@ -299,8 +306,27 @@ impl Mounts {
         let mut m = Mounts {
             extra: Vec::new(),
             _temp: Vec::new(),
-            _locks: Vec::new(),
+            locks: std::collections::BTreeMap::new(),
         };
+        // `sharing=locked` ids first, each once and in one order (by name) for
+        // every step: two mounts of one id in a step share its lock, and two
+        // steps locking the same ids cannot deadlock.
+        let locked: std::collections::BTreeSet<String> = op
+            .mounts
+            .iter()
+            .filter_map(|mount| match mount {
+                RunMount::Cache {
+                    id,
+                    sharing: CacheSharing::Locked,
+                    ..
+                } => Some(cache_dir_name(id)),
+                _ => None,
+            })
+            .collect();
+        for name in locked {
+            let guard = cx.engine.cache_lock(&name).lock_owned().await;
+            m.locks.insert(name, guard);
+        }
         for mount in &op.mounts {
             match mount {
                 RunMount::Cache {
@@ -309,7 +335,7 @@ impl Mounts {
                     sharing,
                     readonly,
                 } => {
-                    let dir = m.cache_dir(cx, id, *sharing, uid, gid).await?;
+                    let dir = m.cache_dir(cx, id, *sharing, uid, gid)?;
                     m.extra.push(ExtraMount {
                         source: MountSource::Host(dir),
                         target: target.clone(),
@@ -369,7 +395,7 @@ impl Mounts {
     }
 
     /// The daemon's directory for cache mount `id` (created for the step's user).
-    async fn cache_dir(
+    fn cache_dir(
         &mut self,
         cx: &RunContext<'_>,
         id: &str,
@@ -377,14 +403,18 @@ impl Mounts {
         uid: u32,
         gid: u32,
     ) -> Result<PathBuf, RpcError> {
-        let name = blake3::hash(id.as_bytes()).to_hex()[..32].to_string();
+        let name = cache_dir_name(id);
         let dir = cx.engine.store.root().join("cache-mounts").join(&name);
-        let lock = cx.engine.cache_lock(&name);
         match sharing {
             CacheSharing::Shared => {}
-            CacheSharing::Locked => self._locks.push(lock.lock_owned().await),
-            CacheSharing::Private => match lock.try_lock_owned() {
-                Ok(guard) => self._locks.push(guard),
+            // Locked ids were locked up front (see `prepare`).
+            CacheSharing::Locked => {}
+            // This step already holds it (another mount of the same id).
+            CacheSharing::Private if self.locks.contains_key(&name) => {}
+            CacheSharing::Private => match cx.engine.cache_lock(&name).try_lock_owned() {
+                Ok(guard) => {
+                    self.locks.insert(name, guard);
+                }
                 // In use by another step: this one gets a fresh, throwaway directory.
                 Err(_) => {
                     let temp = temp_in(cx)?;
