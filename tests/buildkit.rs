@@ -373,7 +373,6 @@ fn test_symlinked_dockerfile() {
 /// (`/symlink -> ../tmp/symlink-target`) that ADD extracted from a tar
 /// writes through it, to /tmp/symlink-target/foo.
 #[test]
-#[ignore = "issue 11: COPY into a directory that is a symlink writes under the symlink, not at its target"]
 fn test_symlink_destination() {
     let bk = Bk::start();
     let t = tarball(&[("symlink", TarEntry::Symlink("../tmp/symlink-target", 0o755))]);
@@ -523,7 +522,6 @@ USER nobody
 
 /// testUserAdditionalGids: `id` as the default user, a uid, uid:gid and a name.
 #[test]
-#[ignore = "issue 11: RUN as the default user lacks the supplementary groups from /etc/group"]
 fn test_user_additional_gids() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -546,7 +544,6 @@ RUN [ "$(id)" = "uid=1(daemon) gid=1(daemon) groups=1(daemon)" ]
 /// testDockerfileCheckHostname: the build arg BUILDKIT_SANDBOX_HOSTNAME sets
 /// the RUN sandbox's hostname.
 #[test]
-#[ignore = "issue 11: BUILDKIT_SANDBOX_HOSTNAME is not honoured (hostname fixed to buildkitsandbox)"]
 fn test_dockerfile_check_hostname() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -621,7 +618,6 @@ fn test_dockerfile_copy_from_args() {
 /// testChmodNonOctal: `--chmod` in symbolic form (go-w, u=rw,g=r,o=r, a+X)
 /// on files and directories gives what `chmod` gives.
 #[test]
-#[ignore = "issue 11: symbolic --chmod (go-w, u=rw, a+X) is rejected"]
 fn test_chmod_non_octal() {
     let bk = Bk::start();
     let cases: &[(&str, &str, &str, bool)] = &[
@@ -760,7 +756,6 @@ fn ownership_checks(expect: &[(&str, &str)]) -> String {
 /// and existing directories, with and without --chown: new directories get
 /// the --chown owner (0:0 without it), existing ones keep theirs.
 #[test]
-#[ignore = "issue 11: a directory copied to a new destination keeps the source dir's owner instead of 0:0"]
 fn test_copy_chown_existing_dir() {
     let bk = Bk::start();
     let plain = ownership_checks(&[
@@ -918,7 +913,6 @@ COPY --from=build /sub2/foo bar
 
 /// testCopySocket: a Unix socket in the context becomes a regular file.
 #[test]
-#[ignore = "issue 11: a socket in the context is dropped instead of becoming an empty regular file"]
 fn test_copy_socket() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nCOPY . /\n").socket("socket.sock");
@@ -990,7 +984,6 @@ COPY --from=base /out /
 
 /// testCopyChmod: --chmod on files, on the parents COPY creates, and via ARG.
 #[test]
-#[ignore = "issue 11: COPY --chmod does not apply to the parent directories it creates (0755)"]
 fn test_copy_chmod() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1029,7 +1022,6 @@ COPY --from=base /out /
 
 /// testCopyInvalidChmod and testAddInvalidChmod: invalid --chmod values.
 #[test]
-#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
 fn test_copy_invalid_chmod() {
     let bk = Bk::start();
     invalid_chmod(&bk, "COPY");
@@ -1037,7 +1029,6 @@ fn test_copy_invalid_chmod() {
 
 /// testAddInvalidChmod: as testCopyInvalidChmod, for ADD.
 #[test]
-#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
 fn test_add_invalid_chmod() {
     let bk = Bk::start();
     invalid_chmod(&bk, "ADD");
@@ -2097,7 +2088,6 @@ COPY --from=second /unique /unique
 
 /// testCacheMountUser: cache mount uid, gid and mode.
 #[test]
-#[ignore = "issue 11: cache mount uid=/gid=/mode= are ignored (the dir gets the RUN user's ids)"]
 fn test_cache_mount_user() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2212,7 +2202,6 @@ RUN --mount=from=$ttt,type=cache,target=/tmp ls
 
 /// testMountTmpfsSize: tmpfs `size=128m`.
 #[test]
-#[ignore = "issue 11: type=tmpfs is a bind of a directory on disk; size= is ignored"]
 fn test_mount_tmpfs_size() {
     let bk = Bk::start();
     let ctx = Ctx::new(

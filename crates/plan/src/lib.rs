@@ -8,8 +8,11 @@
 //! layers (does the destination exist? who is user `app`?) is decided when the
 //! step runs, in `exec`, and is covered by the key through the parent's key.
 
+mod chmod;
 pub mod key;
 mod stage;
+
+pub use chmod::Chmod;
 
 pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration};
 
@@ -51,6 +54,18 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Image names the stages start FROM, and the manifests they resolved to.
     pub images: BTreeMap<String, String>,
+}
+
+impl Plan {
+    /// Position in [`Plan::stages`] of the stage that stage `position` is
+    /// built FROM, if it is built on an earlier stage. (Not `deps[0]`: deps
+    /// are sorted, so a `COPY --from` stage defined before the base comes first.)
+    pub fn base_stage(&self, position: usize) -> Option<usize> {
+        match self.stages.get(position)?.base {
+            Base::Stage(index) => self.stages.iter().position(|s| s.index == index),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +178,14 @@ pub enum CacheSharing {
     Locked,
 }
 
+/// Owner and mode of a cache mount's directory (see [`RunMount::Cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunMount {
     /// A directory kept by the daemon across builds, never in a layer or key.
@@ -171,6 +194,11 @@ pub enum RunMount {
         id: String,
         sharing: CacheSharing,
         readonly: bool,
+        /// `uid=`, `gid=`, `mode=`: with any of them the step mounts the
+        /// cache's `cache/` subdirectory, created with these (0, 0, 0755 for
+        /// those not given), as BuildKit mounts `/cache` of a Mkdir state;
+        /// without them, the cache's root (0:0, 0755).
+        owner: Option<CacheOwner>,
     },
     /// A secret the client sent with the build, present only during the step.
     Secret {
@@ -198,7 +226,7 @@ pub struct CopyOp {
     pub dest: String,
     /// `--chown` after expansion (`user[:group]`, names or ids).
     pub chown: Option<String>,
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
 }
 
 #[derive(Debug, Clone)]
@@ -269,7 +297,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let unused: Vec<&String> = input
         .build_args
         .keys()
-        .filter(|k| !used_args.contains(*k) && !stage::is_predefined_arg(k))
+        .filter(|k| {
+            !used_args.contains(*k) && !stage::is_predefined_arg(k) && !is_frontend_option(k)
+        })
         .collect();
     if !unused.is_empty() {
         plan.warnings.push(format!(
@@ -282,6 +312,12 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         ));
     }
     Ok(plan)
+}
+
+/// Build args BuildKit's frontend reads itself (`BUILDKIT_SANDBOX_HOSTNAME`,
+/// ...): never reported as unused.
+fn is_frontend_option(name: &str) -> bool {
+    name.starts_with("BUILDKIT_")
 }
 
 fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {

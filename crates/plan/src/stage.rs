@@ -579,19 +579,14 @@ fn copy_op(
     let chmod = match spec.flag("chmod") {
         Some(f) => {
             let text = st.expand(f.value.as_deref().unwrap_or(""), f.loc)?;
-            Some(
-                u32::from_str_radix(&text, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| {
-                        err_hint(
-                            df,
-                            f.loc,
-                            format!("invalid --chmod={text}"),
-                            "give an octal mode such as 0644 or 755",
-                        )
-                    })?,
-            )
+            Some(super::Chmod::parse(&text).map_err(|m| {
+                err_hint(
+                    df,
+                    f.loc,
+                    m,
+                    "give an octal mode such as 0644 or 755, or a symbolic one such as u+x or go-w",
+                )
+            })?)
         }
         None => None,
     };
@@ -609,9 +604,13 @@ fn copy_op(
         sources.push((v, s.loc));
     }
     let mut k = KeyHasher::new(keyword);
-    k.str(&dest)
-        .str(chown.as_deref().unwrap_or(""))
-        .u64(chmod.map(u64::from).unwrap_or(u64::MAX));
+    k.str(&dest).str(chown.as_deref().unwrap_or("")).str(
+        chmod
+            .as_ref()
+            .map(|c| c.key_text())
+            .as_deref()
+            .unwrap_or("-"),
+    );
     k.strs(sources.iter().map(|(s, _)| s.as_str()));
 
     let source = if let Some(from) = spec.flag("from") {
@@ -838,11 +837,28 @@ fn parse_mount(
                     )))
                 }
             };
+            let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
+                fields
+                    .get(key)
+                    .map(|v| {
+                        u32::from_str_radix(v, radix)
+                            .map_err(|_| bad(format!("invalid {key}={v} for a cache mount")))
+                    })
+                    .transpose()
+            };
+            let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
+            let owner =
+                (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                    mode: mode.unwrap_or(0o755),
+                });
             Ok(RunMount::Cache {
                 id: fields.get("id").cloned().unwrap_or_else(|| target.clone()),
                 target,
                 sharing,
                 readonly: truthy(fields.get("readonly")),
+                owner,
             })
         }
         "secret" => {
@@ -907,12 +923,21 @@ fn mount_key(
                 id,
                 sharing,
                 readonly,
+                owner,
             } => {
                 k.str("cache")
                     .str(target)
                     .str(id)
                     .str(&format!("{sharing:?}"))
                     .u64(u64::from(*readonly));
+                match owner {
+                    Some(o) => k
+                        .u64(1)
+                        .u64(o.uid.into())
+                        .u64(o.gid.into())
+                        .u64(o.mode.into()),
+                    None => k.u64(0),
+                };
             }
             RunMount::Secret {
                 id,
@@ -1101,6 +1126,7 @@ impl SelectionDigests {
             (FileKind::Symlink, _) => {
                 format!("symlink:{}", meta.link_target.as_deref().unwrap_or(""))
             }
+            (FileKind::Socket, _) => format!("socket mode {:o}", meta.mode),
             _ => format!("dir:{:o}", meta.mode),
         };
         self.shown.insert(path, component);
@@ -1113,6 +1139,7 @@ fn kind_code(kind: FileKind) -> u64 {
         FileKind::Dir => 2,
         FileKind::Symlink => 3,
         FileKind::Other => 4,
+        FileKind::Socket => 5,
     }
 }
 

@@ -562,7 +562,11 @@ async fn run_stage(
     let stage = &plan.stages[stage_index];
     let mut state = match &stage.base {
         Base::Scratch => StageResult::default(),
-        Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),
+        Base::Stage(_) => plan
+            .base_stage(stage_index)
+            .and_then(|position| inputs.get(&position))
+            .cloned()
+            .unwrap_or_default(),
         Base::Image(image) => StageResult {
             layers: base_layers(engine, run.build, &image.layers).await?,
             history: image.config.history.clone(),
