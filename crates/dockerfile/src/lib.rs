@@ -6,6 +6,7 @@
 //! expansion, paths) is decided when the build graph is planned, in `graph`.
 
 pub mod expand;
+pub mod suggest;
 
 use std::fmt;
 
@@ -231,10 +232,19 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
             line: e.line().max(1),
             column: e.column().max(1),
         };
+        let text = e.to_string();
         let message = if e.line() == 0 {
-            "the Dockerfile has no FROM instruction".to_string()
+            // BuildKit's text.
+            "dockerfile contains no stages to build".to_string()
+        } else if let Some(word) = unknown_instruction(&text) {
+            suggest::with_suggestion(
+                format!("unknown instruction: {word}"),
+                &word,
+                INSTRUCTIONS,
+                false,
+            )
         } else {
-            format!("syntax error: {e}")
+            format!("syntax error: {text}")
         };
         DockerfileError {
             file: name.to_string(),
@@ -271,9 +281,48 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
     })
 }
 
+/// Every instruction keyword, for "did you mean" suggestions.
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// The word of parse-dockerfile's "unknown instruction 'WORD'" error.
+fn unknown_instruction(message: &str) -> Option<String> {
+    let rest = &message[message.find("unknown instruction")? + "unknown instruction".len()..];
+    let rest = rest.trim_start_matches([':', ' ']);
+    let word = match rest.strip_prefix('\'') {
+        Some(quoted) => quoted.split('\'').next()?,
+        None => rest.split_whitespace().next()?,
+    };
+    (!word.is_empty()).then(|| word.to_string())
+}
+
 fn syntax_hint(message: &str) -> Option<String> {
     if message.contains("unknown instruction") {
         return Some("instructions are FROM, ARG, ENV, LABEL, WORKDIR, COPY, ADD, RUN, USER, EXPOSE, VOLUME, CMD, ENTRYPOINT, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER".into());
+    }
+    if message.contains("no stages") {
+        return Some(
+            "a Dockerfile needs a FROM instruction (only ARG and comments may come before it)"
+                .into(),
+        );
     }
     if message.contains("FROM") {
         return Some(
@@ -433,9 +482,15 @@ impl Converter<'_> {
                     let list: Vec<String> = allowed.iter().map(|a| format!("--{a}")).collect();
                     format!("{keyword} supports {}", list.join(", "))
                 };
+                // BuildKit's text, and its suggestion.
                 let mut err = self.error(
                     opt.span().start,
-                    format!("unknown flag --{name} for {keyword}"),
+                    suggest::with_suggestion(
+                        format!("unknown flag: --{name}"),
+                        &name,
+                        allowed,
+                        true,
+                    ),
                 );
                 err.hint = Some(supported);
                 return Err(err);
@@ -739,10 +794,7 @@ mod tests {
     #[test]
     fn run_flags_are_checked() {
         let e = parse("FROM scratch\nRUN --frobnicate true\n", "Dockerfile").unwrap_err();
-        assert!(
-            e.message.contains("unknown flag --frobnicate for RUN"),
-            "{e}"
-        );
+        assert!(e.message.contains("unknown flag: --frobnicate"), "{e}");
         let e = parse("FROM scratch\nRUN --security=insecure true\n", "Dockerfile").unwrap_err();
         assert!(e.message.contains("--security is not supported"), "{e}");
     }

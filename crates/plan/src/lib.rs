@@ -18,7 +18,7 @@ pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration};
 
 use key::KeyHasher;
 use memobuild_context::{ContextIndex, HashCache, Selected};
-use memobuild_dockerfile::{expand, Dockerfile, DockerfileError, Loc};
+use memobuild_dockerfile::{expand, suggest, Dockerfile, DockerfileError, Loc};
 use memobuild_oci::image::{ImageSource, StoredImage};
 use memobuild_oci::ImageConfig;
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +70,8 @@ impl Plan {
 
 #[derive(Debug, Clone)]
 pub struct StagePlan {
+    /// The Dockerfile stage; `usize::MAX` for the stage that stands for an
+    /// image named by `COPY --from`/`--mount=from` (no steps, see `implicit_stage`).
     pub index: usize,
     pub label: String,
     pub base: Base,
@@ -245,14 +247,14 @@ pub enum CopySource {
 /// Plans the build of `input.target` (or the last stage).
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let df = input.dockerfile;
-    let global = global_args(df, input.build_args)?;
     let target = find_target(df, input.target)?;
+    let global = global_args(df, input.build_args, target)?;
     let bases = df
         .stages
         .iter()
         .map(|s| stage::resolve_base(df, s, &global, input.images))
         .collect::<Result<Vec<_>, _>>()?;
-    let needed = needed_stages(df, &bases, &global, target)?;
+    let needed = needed_stages(df, &bases, target)?;
 
     let mut plan = Plan {
         file: df.name.clone(),
@@ -273,8 +275,14 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         }
     }
     let mut planned: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut implicit: BTreeMap<String, usize> = BTreeMap::new();
     let mut used_args: BTreeSet<String> = global.keys().cloned().collect();
     for &index in &needed {
+        for (from, loc, usage) in stage::copy_from_stages(df, &df.stages[index])? {
+            if let stage::FromRef::Image(name) = from {
+                implicit_stage(input, &mut plan, &mut implicit, &name, loc, usage)?;
+            }
+        }
         let base = bases[index]
             .clone()
             .ok_or_else(|| unreachable_base(df, index))?;
@@ -286,6 +294,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
                 base,
                 global: &global,
                 planned: &planned,
+                implicit: &implicit,
             },
             &mut plan,
             &mut used_args,
@@ -320,6 +329,56 @@ fn is_frontend_option(name: &str) -> bool {
     name.starts_with("BUILDKIT_")
 }
 
+/// `COPY --from=IMAGE` and `RUN --mount=from=IMAGE` with a name no stage
+/// has: a stage of no steps built FROM that image (BuildKit's implicit
+/// stage), planned once per image.
+fn implicit_stage(
+    input: &PlanInput<'_>,
+    plan: &mut Plan,
+    implicit: &mut BTreeMap<String, usize>,
+    name: &str,
+    loc: Loc,
+    usage: stage::FromUse,
+) -> Result<(), DockerfileError> {
+    let df = input.dockerfile;
+    let normalized = memobuild_oci::normalize_image_name(name);
+    if implicit.contains_key(&normalized) {
+        return Ok(());
+    }
+    let image = match input.images.image(&normalized) {
+        Ok(Some(image)) => image,
+        Ok(None) => return Err(stage::missing_from_image(df, loc, usage, name)),
+        Err(e) => {
+            return Err(DockerfileError {
+                file: df.name.clone(),
+                loc,
+                message: format!("image {name}: {e}"),
+                hint: None,
+            })
+        }
+    };
+    plan.images
+        .insert(normalized.clone(), image.manifest_digest.clone());
+    let base = Base::Image(Box::new(image));
+    let platform = format!("linux/{}", memobuild_oci::config::host_architecture());
+    let base_key = base_key(&base, plan, &BTreeMap::new(), &platform, input.epoch);
+    let config = match &base {
+        Base::Image(image) => image.config.clone(),
+        _ => ImageConfig::scratch(),
+    };
+    implicit.insert(normalized, plan.stages.len());
+    plan.stages.push(StagePlan {
+        index: usize::MAX,
+        label: name.to_string(),
+        base,
+        base_key,
+        steps: Vec::new(),
+        deps: Vec::new(),
+        config,
+    });
+    Ok(())
+}
+
 fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
     DockerfileError {
         file: df.name.clone(),
@@ -329,12 +388,43 @@ fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
     }
 }
 
-/// Values of the ARGs declared before the first FROM: build args override defaults.
+/// BuildKit's automatic args: the platform of the build host and of the
+/// target (the same: memobuild builds for the host's platform), and
+/// TARGETSTAGE, the target stage's name (`default` for an unnamed last stage).
+/// They are in the global scope: FROM lines see them without an ARG line, a
+/// stage sees one once it declares it (`ARG TARGETARCH`).
+pub fn automatic_args(df: &Dockerfile, target: usize) -> BTreeMap<String, String> {
+    let os = "linux";
+    let arch = memobuild_oci::config::host_architecture();
+    let variant = if arch == "arm" { "v7" } else { "" };
+    let platform = if variant.is_empty() {
+        format!("{os}/{arch}")
+    } else {
+        format!("{os}/{arch}/{variant}")
+    };
+    let mut args = BTreeMap::new();
+    for side in ["BUILD", "TARGET"] {
+        args.insert(format!("{side}PLATFORM"), platform.clone());
+        args.insert(format!("{side}OS"), os.to_string());
+        args.insert(format!("{side}ARCH"), arch.to_string());
+        args.insert(format!("{side}VARIANT"), variant.to_string());
+    }
+    let stage = df.stages.get(target).and_then(|s| s.name.clone());
+    args.insert(
+        "TARGETSTAGE".into(),
+        stage.unwrap_or_else(|| "default".into()),
+    );
+    args
+}
+
+/// Values of the ARGs declared before the first FROM over the automatic ones
+/// ([`automatic_args`]): build args override defaults.
 fn global_args(
     df: &Dockerfile,
     build_args: &BTreeMap<String, String>,
+    target: usize,
 ) -> Result<BTreeMap<String, String>, DockerfileError> {
-    let mut vars = BTreeMap::new();
+    let mut vars = automatic_args(df, target);
     for decls in &df.global_args {
         for decl in &decls.value {
             let value = match (build_args.get(&decl.name), &decl.default) {
@@ -366,7 +456,13 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
             DockerfileError {
                 file: df.name.clone(),
                 loc: Loc { line: 1, column: 1 },
-                message: format!("target stage {target:?} not found"),
+                // BuildKit's text and suggestion.
+                message: suggest::with_suggestion(
+                    format!("target stage {target:?} could not be found"),
+                    target,
+                    &names.iter().map(String::as_str).collect::<Vec<_>>(),
+                    true,
+                ),
                 hint: Some(if names.is_empty() {
                     "no stage has a name; name one with `FROM image AS name`".into()
                 } else {
@@ -381,7 +477,6 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
 fn needed_stages(
     df: &Dockerfile,
     bases: &[Option<Base>],
-    global: &BTreeMap<String, String>,
     target: usize,
 ) -> Result<Vec<usize>, DockerfileError> {
     let mut needed = BTreeSet::new();
@@ -396,8 +491,10 @@ fn needed_stages(
         if let Base::Stage(s) = base {
             todo.push(*s);
         }
-        for dep in stage::copy_from_stages(df, &df.stages[i], global)? {
-            todo.push(dep);
+        for (dep, _, _) in stage::copy_from_stages(df, &df.stages[i])? {
+            if let stage::FromRef::Stage(dep) = dep {
+                todo.push(dep);
+            }
         }
     }
     Ok(needed.into_iter().collect())
@@ -534,9 +631,10 @@ pub fn base_images(
     build_args: &BTreeMap<String, String>,
     images: &dyn ImageSource,
 ) -> Result<Vec<BaseImage>, DockerfileError> {
-    let global = global_args(df, build_args)?;
+    let target = find_target(df, target)?;
+    let global = global_args(df, build_args, target)?;
     let mut needed = BTreeSet::new();
-    let mut todo = vec![find_target(df, target)?];
+    let mut todo = vec![target];
     let mut out = Vec::new();
     while let Some(i) = todo.pop() {
         if !needed.insert(i) {
@@ -553,7 +651,20 @@ pub fn base_images(
                 present: found.is_some(),
             }),
         }
-        todo.extend(stage::copy_from_stages(df, stage, &global)?);
+        for (from, loc, _) in stage::copy_from_stages(df, stage)? {
+            match from {
+                stage::FromRef::Stage(dep) => todo.push(dep),
+                stage::FromRef::Image(name) => {
+                    let present = images
+                        .image(&memobuild_oci::normalize_image_name(&name))
+                        .is_ok_and(|found| found.is_some());
+                    let base = BaseImage { name, loc, present };
+                    if !out.contains(&base) {
+                        out.push(base);
+                    }
+                }
+            }
+        }
     }
     Ok(out)
 }
