@@ -1666,7 +1666,6 @@ fn test_dockerfile_scratch_config() {
 /// testCopyHeredoc: here-documents as COPY sources, several at once, with
 /// --chmod and --chown.
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_copy_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1713,7 +1712,6 @@ COPY --from=build /dest /
 /// testCopyHeredocSpecialSymbols: quotes, backslashes and `$` in COPY
 /// here-documents, expanded and raw (`<<"EOF"`).
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_copy_heredoc_special_symbols() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1876,7 +1874,6 @@ COPY --from=build /dest /
 /// testHeredocIndent: `<<EOF` keeps leading tabs, `<<-EOF` strips them, in
 /// COPY and RUN (plain, shebang, and fed to `sh`).
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_heredoc_indent() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1945,7 +1942,6 @@ COPY --from=build /dest /
 /// testHeredocVarSubstitution: `${name}` in COPY here-documents expands
 /// unless the delimiter is quoted; RUN here-documents leave it to the shell.
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_heredoc_var_substitution() {
     let bk = Bk::start();
     let ctx = Ctx::new(

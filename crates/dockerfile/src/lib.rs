@@ -85,7 +85,21 @@ pub struct CopySpec {
     pub flags: Vec<Flag>,
     /// Raw sources, not yet expanded.
     pub sources: Vec<Located<String>>,
+    /// Here-documents as sources (`COPY <<EOF /dest`), in order.
+    pub heredocs: Vec<Located<InlineFile>>,
     pub dest: Located<String>,
+}
+
+/// A here-document used as a COPY/ADD source: a file named after its
+/// delimiter (BuildKit), 0644.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineFile {
+    /// The delimiter, quotes removed: the file's name.
+    pub name: String,
+    /// The body (`<<-` already stripped leading tabs), not yet expanded.
+    pub content: String,
+    /// False when the delimiter was quoted: no variable expansion.
+    pub expand: bool,
 }
 
 impl CopySpec {
@@ -432,6 +446,7 @@ impl Converter<'_> {
             P::Copy(i) => (
                 i.copy.span.start,
                 Instruction::Copy(self.copy_spec(
+                    i.copy.span.start,
                     "COPY",
                     &i.options,
                     &i.src,
@@ -442,6 +457,7 @@ impl Converter<'_> {
             P::Add(i) => (
                 i.add.span.start,
                 Instruction::Add(self.copy_spec(
+                    i.add.span.start,
                     "ADD",
                     &i.options,
                     &i.src,
@@ -551,6 +567,7 @@ impl Converter<'_> {
 
     fn copy_spec(
         &self,
+        start: usize,
         keyword: &str,
         options: &[parse_dockerfile::Flag<'_>],
         src: &[parse_dockerfile::Source<'_>],
@@ -559,6 +576,18 @@ impl Converter<'_> {
     ) -> Result<CopySpec, DockerfileError> {
         let flags = self.flags(options, keyword, allowed)?;
         let mut sources = Vec::new();
+        let mut heredocs = Vec::new();
+        // The delimiters, in order, from the instruction's first line.
+        let first_line = self.text[start..].split('\n').next().unwrap_or("");
+        let mut delimiters = first_line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("<<"))
+            .map(|w| {
+                w.trim_start_matches('-')
+                    .chars()
+                    .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+                    .collect::<String>()
+            });
         for s in src {
             match s {
                 parse_dockerfile::Source::Path(p) => sources.push(Located {
@@ -567,13 +596,21 @@ impl Converter<'_> {
                     value: p.value.to_string(),
                 }),
                 parse_dockerfile::Source::HereDoc(h) => {
-                    let mut err = self.error(
-                        h.span.start,
-                        format!("{keyword} from a here-document is not supported yet"),
-                    );
-                    err.hint =
-                        Some("put the content in a file in the build context and copy that".into());
-                    return Err(err);
+                    let name = delimiters.next().filter(|n| !n.is_empty()).ok_or_else(|| {
+                        self.error(
+                            h.span.start,
+                            format!("{keyword}: a here-document without a name"),
+                        )
+                    })?;
+                    heredocs.push(Located {
+                        loc: self.lines.loc(h.span.start),
+                        source: format!("<<{name}"),
+                        value: InlineFile {
+                            name,
+                            content: h.value.to_string(),
+                            expand: h.expand,
+                        },
+                    });
                 }
                 _ => {
                     return Err(self.error(dest.span.start, format!("unsupported {keyword} source")))
@@ -583,6 +620,7 @@ impl Converter<'_> {
         Ok(CopySpec {
             flags,
             sources,
+            heredocs,
             dest: Located {
                 loc: self.lines.loc(dest.span.start),
                 source: dest.value.to_string(),

@@ -229,6 +229,9 @@ pub struct CopyOp {
     /// `--chown` after expansion (`user[:group]`, names or ids).
     pub chown: Option<String>,
     pub chmod: Option<Chmod>,
+    /// Here-document sources: (file name, content after expansion), each a
+    /// 0644 file (BuildKit's "inline document").
+    pub inline: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone)]

@@ -723,7 +723,21 @@ fn copy_op(
         }
         sources.push((v, s.loc));
     }
+    let mut inline = Vec::new();
+    for doc in &spec.heredocs {
+        let content = if doc.value.expand {
+            expand::expand_heredoc(&doc.value.content, &st.vars())
+                .map_err(|e| expand_error(df, doc.loc, e))?
+        } else {
+            doc.value.content.clone()
+        };
+        inline.push((doc.value.name.clone(), content.into_bytes()));
+    }
     let mut k = KeyHasher::new(keyword);
+    k.u64(inline.len() as u64);
+    for (name, content) in &inline {
+        k.str(name).field(content);
+    }
     k.str(&dest).str(chown.as_deref().unwrap_or("")).str(
         chmod
             .as_ref()
@@ -745,7 +759,7 @@ fn copy_op(
         k.str(&stage_key);
         st.files
             .insert(format!("stage:{}", plan.stages[position].label), stage_key);
-        if sources.len() > 1 && !dest_is_dir {
+        if sources.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
         CopySource::Stage {
@@ -766,7 +780,7 @@ fn copy_op(
             })?;
             roots.extend(selected);
         }
-        if roots.len() > 1 && !dest_is_dir {
+        if roots.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
         let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
@@ -802,6 +816,7 @@ fn copy_op(
             dest,
             chown,
             chmod,
+            inline,
         }),
         k,
     ))

@@ -214,6 +214,16 @@ pub fn copy(
             )?;
         }
     }
+    // Here-documents: files named after their delimiters, 0644 (BuildKit's
+    // Mkfile of an inline document, then a copy with --chown/--chmod).
+    for (name, content) in &op.inline {
+        let target = file_target(view, &dest, dest_named_dir, name);
+        b.add(
+            target,
+            EntryKind::File(Content::Bytes(content.clone())),
+            0o644,
+        );
+    }
     b.add_missing_parents();
     Ok(b.changes)
 }
