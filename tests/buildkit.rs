@@ -438,7 +438,6 @@ fn test_expose_expansion() {
 
 /// testDockerfileLowercase: a context with `dockerfile` (lower case) only.
 #[test]
-#[ignore = "issue 11: a context with only `dockerfile` (lower case) is not found"]
 fn test_dockerfile_lowercase() {
     let bk = Bk::start();
     let ctx = Ctx(tempfile::tempdir().expect("tempdir")).file("dockerfile", "\nFROM scratch\n");

@@ -666,6 +666,12 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
         .collect();
     let dockerfile = match args.file.as_ref() {
         Some(f) => f.clone(),
+        // As the daemon: `dockerfile` when there is no `Dockerfile`.
+        None if !args.context.join("Dockerfile").exists()
+            && args.context.join("dockerfile").exists() =>
+        {
+            args.context.join("dockerfile")
+        }
         None => args.context.join("Dockerfile"),
     };
     let hosts = registry::hosts_used(&dockerfile, &refs);

@@ -331,7 +331,10 @@ fn registry_note(log: &BuildLog) -> impl Fn(String) + Send + Sync + '_ {
 
 fn dockerfile_display(request: &BuildRequest) -> String {
     if request.dockerfile.is_empty() {
-        "Dockerfile".into()
+        let path = crate::project::default_dockerfile(Path::new(&request.context));
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into())
     } else {
         request.dockerfile.clone()
     }
@@ -340,7 +343,7 @@ fn dockerfile_display(request: &BuildRequest) -> String {
 fn dockerfile_path(request: &BuildRequest) -> PathBuf {
     let context = Path::new(&request.context);
     match request.dockerfile.as_str() {
-        "" => context.join("Dockerfile"),
+        "" => crate::project::default_dockerfile(context),
         p if Path::new(p).is_absolute() => PathBuf::from(p),
         p => context.join(p),
     }
