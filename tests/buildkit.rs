@@ -2231,3 +2231,21 @@ COPY --from=base /combined.txt /
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// dockerfile_platform_test.go
+
+/// testPlatformArgsImplicit: the automatic TARGETOS expands in a FROM line
+/// without an ARG (`FROM build-${TARGETOS}` names the stage `build-linux`).
+#[test]
+fn test_platform_args_implicit() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM scratch AS build-linux\nCOPY foo bar\nFROM build-${TARGETOS}\nCOPY foo2 bar2\n",
+    )
+    .file("foo", "d0")
+    .file("foo2", "d1");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/bar"), "d0");
+    assert_eq!(img.read("/bar2"), "d1");
+}

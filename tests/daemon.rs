@@ -131,7 +131,7 @@ fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
         (
             "FROM scratch\nCOPY --from=nope a /\n",
             "Dockerfile:2:",
-            "COPY --from=nope: image \"nope\" is not in memobuild's image store",
+            "COPY --from=nope: not in memobuild's image store",
         ),
         (
             "FROM scratch\nSTOPSIGNAL SIGFOO\n",

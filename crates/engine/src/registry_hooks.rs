@@ -118,8 +118,8 @@ impl BuildRegistry {
             }
             Err(e) => Err(RpcError {
                 message: format!(
-                    "{}:{}:{}: FROM {name}: not in memobuild's image store, and pulling it failed: {e}",
-                    w.file, w.base.loc.line, w.base.loc.column
+                    "{}:{}:{}: {}{name}: not in memobuild's image store, and pulling it failed: {e}",
+                    w.file, w.base.loc.line, w.base.loc.column, w.base.named_by
                 ),
                 hint: e.hint,
             }),

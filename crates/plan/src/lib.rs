@@ -84,6 +84,9 @@ pub struct StagePlan {
     /// The image config after the stage's last instruction (rootfs and history are
     /// filled in when the image is assembled).
     pub config: ImageConfig,
+    /// The ARGs in scope after the stage's last instruction: a stage built
+    /// FROM this one starts with them (BuildKit inherits the base's build args).
+    pub args: BTreeMap<String, String>,
 }
 
 impl StagePlan {
@@ -378,6 +381,7 @@ fn implicit_stage(
         steps: Vec::new(),
         deps: Vec::new(),
         config,
+        args: BTreeMap::new(),
     });
     Ok(())
 }
@@ -560,6 +564,89 @@ mod tests {
         }
     }
 
+    /// WorkingDir: "/" for FROM scratch (BuildKit's empty image); a stage on
+    /// an image whose config has none keeps none, and one on a stage inherits.
+    #[test]
+    fn working_dir_is_set_only_for_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::scan(dir.path()).unwrap();
+        let mut images = BTreeMap::new();
+        let mut bare = ImageConfig::scratch();
+        bare.config.working_dir = None;
+        images.insert(
+            "bare:latest".to_string(),
+            StoredImage {
+                manifest_digest: "sha256:00".into(),
+                config_digest: "sha256:01".into(),
+                config: bare,
+                layers: Vec::new(),
+                size: 0,
+            },
+        );
+        let df = memobuild_dockerfile::parse(
+            "FROM scratch AS a\nFROM bare AS b\nFROM b AS c\nFROM bare AS d\nWORKDIR sub\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let wd = |target: &str| {
+            let plan = plan(&PlanInput {
+                dockerfile: &df,
+                target,
+                build_args: &BTreeMap::new(),
+                context: Arc::new(ContextIndex::view(
+                    &tree,
+                    &tree.root,
+                    DockerIgnore::parse("").unwrap(),
+                )),
+                hashes: &HashCache::new(),
+                merkle: &DirDigests::new(),
+                focus: None,
+                images: &images,
+                epoch: None,
+            })
+            .unwrap();
+            plan.stages[plan.target].config.config.working_dir.clone()
+        };
+        assert_eq!(wd("a").as_deref(), Some("/"));
+        assert_eq!(wd("b"), None);
+        assert_eq!(wd("c"), None);
+        assert_eq!(wd("d").as_deref(), Some("/sub"));
+    }
+
+    /// A stage built FROM an earlier stage starts with that stage's ARGs
+    /// (BuildKit's dispatchState inherits `buildArgs` from its base).
+    #[test]
+    fn args_are_inherited_from_the_base_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::scan(dir.path()).unwrap();
+        let df = memobuild_dockerfile::parse(
+            "FROM scratch AS one\nARG BASE_DIR=/base\nFROM one AS two\nWORKDIR $BASE_DIR/sub\nFROM scratch\nWORKDIR x$BASE_DIR\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let wd = |target: &str| {
+            let plan = plan(&PlanInput {
+                dockerfile: &df,
+                target,
+                build_args: &BTreeMap::new(),
+                context: Arc::new(ContextIndex::view(
+                    &tree,
+                    &tree.root,
+                    DockerIgnore::parse("").unwrap(),
+                )),
+                hashes: &HashCache::new(),
+                merkle: &DirDigests::new(),
+                focus: None,
+                images: &BTreeMap::new(),
+                epoch: None,
+            })
+            .unwrap();
+            plan.stages[plan.target].config.config.working_dir.clone()
+        };
+        assert_eq!(wd("two").as_deref(), Some("/base/sub"));
+        assert_eq!(wd("").as_deref(), Some("/x"), "not in an unrelated stage");
+    }
+
     /// The dirty check plans with a focus and cached directory digests, a
     /// build plans in full: both must give the same keys for the same tree,
     /// or `status` would call a step dirty that the build finds cached.
@@ -624,6 +711,8 @@ pub struct BaseImage {
     pub loc: Loc,
     /// The image store already has an image of this name.
     pub present: bool,
+    /// What names it, for errors: `FROM `, `COPY --from=` or `RUN --mount=from=`.
+    pub named_by: &'static str,
 }
 
 /// The images the stages `target` needs start FROM: what the registry step
@@ -652,16 +741,26 @@ pub fn base_images(
                     .unwrap_or_default(),
                 loc: stage.from.loc,
                 present: found.is_some(),
+                named_by: "FROM ",
             }),
         }
-        for (from, loc, _) in stage::copy_from_stages(df, stage)? {
+        for (from, loc, usage) in stage::copy_from_stages(df, stage)? {
             match from {
                 stage::FromRef::Stage(dep) => todo.push(dep),
                 stage::FromRef::Image(name) => {
                     let present = images
                         .image(&memobuild_oci::normalize_image_name(&name))
                         .is_ok_and(|found| found.is_some());
-                    let base = BaseImage { name, loc, present };
+                    let named_by = match usage {
+                        stage::FromUse::Copy => "COPY --from=",
+                        stage::FromUse::Mount => "RUN --mount=from=",
+                    };
+                    let base = BaseImage {
+                        name,
+                        loc,
+                        present,
+                        named_by,
+                    };
                     if !out.contains(&base) {
                         out.push(base);
                     }

@@ -285,7 +285,7 @@ pub(super) fn missing_from_image(
     err_hint(
         df,
         loc,
-        format!("{what}={name}: image {name:?} is not in memobuild's image store"),
+        format!("{what}={name}: not in memobuild's image store (no stage has that name, so it names an image)"),
         "no stage has that name, so it names an image; check the name, or build one with `memobuild-ctl build -t NAME` or load it with `memobuild-ctl image import`",
     )
 }
@@ -388,24 +388,25 @@ pub(super) fn plan_stage(
         si.stage,
         config.config.on_build.take().unwrap_or_default(),
     )?;
-    // BuildKit starts every stage with a working directory, "/" unless inherited.
-    if config
-        .config
-        .working_dir
-        .as_deref()
-        .unwrap_or("")
-        .is_empty()
-    {
+    // BuildKit's empty image (FROM scratch) has WorkingDir "/"; a stage built
+    // on an image or a stage keeps its base's value, an empty one too (RUN and
+    // relative paths still use "/" then, see `State::workdir`).
+    if matches!(si.base, Base::Scratch) {
         config.config.working_dir = Some("/".into());
     }
     let mut deps = Vec::new();
     if let Base::Stage(s) = &si.base {
         deps.push(si.planned[s]);
     }
+    // A stage on an earlier stage starts with its ARGs (BuildKit).
+    let args = match &si.base {
+        Base::Stage(s) => plan.stages[si.planned[s]].args.clone(),
+        _ => BTreeMap::new(),
+    };
     let mut state = State {
         df,
         config,
-        args: BTreeMap::new(),
+        args,
         cmd_set: false,
         parent_key: base_key.clone(),
         files: BTreeMap::new(),
@@ -446,6 +447,7 @@ pub(super) fn plan_stage(
         steps,
         deps,
         config: state.config,
+        args: state.args,
     })
 }
 
