@@ -1797,7 +1797,6 @@ COPY --from=build /dest /dest
 /// testRunShebangHeredoc: a here-document starting with `#!` runs with that
 /// interpreter; `<<-` strips leading tabs first.
 #[test]
-#[ignore = "issue 11: a RUN here-document starting with #! runs under /bin/sh, not its interpreter"]
 fn test_run_shebang_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(

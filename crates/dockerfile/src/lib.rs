@@ -146,6 +146,10 @@ pub struct RunSpec {
     /// Exec form, or shell form (here-documents already folded into the text
     /// the shell gets: a RUN that is only a here-document runs it as the script).
     pub command: CommandForm,
+    /// A RUN that is only a here-document starting with `#!`: BuildKit writes
+    /// it to a 0755 file mounted read-only at `/dev/pipes/NAME` and executes
+    /// that file (`command` is then `["/dev/pipes/NAME"]`).
+    pub script: Option<InlineFile>,
 }
 
 impl Instruction {
@@ -675,8 +679,34 @@ impl Converter<'_> {
             err.hint = Some("memobuild never runs steps privileged; drop the flag".into());
             return Err(err);
         }
+        let mut script = None;
         let command = match (&i.arguments, i.here_docs.as_slice()) {
             (_, []) => self.command(&i.arguments),
+            (parse_dockerfile::Command::Shell(s), [only])
+                if s.value.trim().is_empty() && only.value.starts_with("#!") =>
+            {
+                let first_line = self.text[i.run.span.start..]
+                    .split('\n')
+                    .next()
+                    .unwrap_or("");
+                let name: String = first_line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("<<"))
+                    .unwrap_or("")
+                    .trim_start_matches('-')
+                    .chars()
+                    .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+                    .collect();
+                if name.is_empty() || name.contains('/') {
+                    return Err(self.error(only.span.start, "RUN: a here-document without a name"));
+                }
+                script = Some(InlineFile {
+                    name: name.clone(),
+                    content: only.value.to_string(),
+                    expand: only.expand,
+                });
+                CommandForm::Exec(vec![format!("/dev/pipes/{name}")])
+            }
             (parse_dockerfile::Command::Shell(s), [only]) if s.value.trim().is_empty() => {
                 CommandForm::Shell(only.value.to_string())
             }
@@ -700,7 +730,11 @@ impl Converter<'_> {
             }
             _ => return Err(self.error(i.run.span.start, "unsupported RUN form")),
         };
-        Ok(RunSpec { flags, command })
+        Ok(RunSpec {
+            flags,
+            command,
+            script,
+        })
     }
 
     /// Docker records the trigger as its source text after `ONBUILD `.

@@ -220,6 +220,13 @@ pub enum RunMount {
     },
     /// An empty tmpfs; `size` in bytes (`size=` accepts Docker's units).
     Tmpfs { target: String, size: Option<u64> },
+    /// One file with `content` and `mode`, read-only at `target` (a shebang
+    /// here-document RUN executes, at `/dev/pipes/NAME`).
+    File {
+        target: String,
+        content: Vec<u8>,
+        mode: u32,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -864,6 +864,13 @@ fn run_op(
             _ => {}
         }
     }
+    if let Some(script) = &spec.script {
+        mounts.push(RunMount::File {
+            target: format!("/dev/pipes/{}", script.name),
+            content: script.content.clone().into_bytes(),
+            mode: 0o755,
+        });
+    }
     let mut k = KeyHasher::new("RUN");
     k.strs(args.iter().map(String::as_str));
     k.strs(env.iter().map(String::as_str));
@@ -1124,6 +1131,13 @@ fn mount_key(
                     .str(id)
                     .str(target)
                     .u64(u64::from(*required));
+            }
+            RunMount::File {
+                target,
+                content,
+                mode,
+            } => {
+                k.str("file").str(target).field(content).u64((*mode).into());
             }
             RunMount::Tmpfs { target, size } => {
                 k.str("tmpfs").str(target);

@@ -294,6 +294,22 @@ impl Mounts {
                     });
                     m._temp.push(dir);
                 }
+                RunMount::File {
+                    target,
+                    content,
+                    mode,
+                } => {
+                    let dir = temp_in(cx)?;
+                    let file = dir.path().join("file");
+                    write_mode(&file, content, *mode)
+                        .map_err(|e| err(format!("{}: writing {target}: {e}", cx.display)))?;
+                    m.extra.push(ExtraMount {
+                        source: MountSource::Host(file),
+                        target: target.clone(),
+                        readonly: true,
+                    });
+                    m._temp.push(dir);
+                }
                 RunMount::Tmpfs { target, size } => m.extra.push(ExtraMount {
                     source: MountSource::Tmpfs { size: *size },
                     target: target.clone(),
@@ -419,6 +435,13 @@ fn secret_dir() -> Result<tempfile::TempDir, RpcError> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711));
     Ok(dir)
+}
+
+/// A new file with `bytes` and exactly `mode` (no umask).
+fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
 }
 
 fn write_private(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<(), RpcError> {
