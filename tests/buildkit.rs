@@ -82,7 +82,15 @@ impl Bk {
                     .events
                     .iter()
                     .find(|e| e["event"] == "failed")
-                    .map(|e| e["error"].to_string())
+                    .map(|e| match &e["error"] {
+                        // The message as a user reads it (not JSON-escaped), then the hint.
+                        Value::Object(o) => format!(
+                            "{}\n{}",
+                            o.get("message").and_then(Value::as_str).unwrap_or(""),
+                            o.get("hint").and_then(Value::as_str).unwrap_or("")
+                        ),
+                        other => other.to_string(),
+                    })
                     .unwrap_or_default();
                 format!("{err}\n{}", out.stderr)
             }
@@ -373,7 +381,6 @@ fn test_symlinked_dockerfile() {
 /// (`/symlink -> ../tmp/symlink-target`) that ADD extracted from a tar
 /// writes through it, to /tmp/symlink-target/foo.
 #[test]
-#[ignore = "issue 11: COPY into a directory that is a symlink writes under the symlink, not at its target"]
 fn test_symlink_destination() {
     let bk = Bk::start();
     let t = tarball(&[("symlink", TarEntry::Symlink("../tmp/symlink-target", 0o755))]);
@@ -431,7 +438,6 @@ fn test_expose_expansion() {
 
 /// testDockerfileLowercase: a context with `dockerfile` (lower case) only.
 #[test]
-#[ignore = "issue 11: a context with only `dockerfile` (lower case) is not found"]
 fn test_dockerfile_lowercase() {
     let bk = Bk::start();
     let ctx = Ctx(tempfile::tempdir().expect("tempdir")).file("dockerfile", "\nFROM scratch\n");
@@ -523,7 +529,6 @@ USER nobody
 
 /// testUserAdditionalGids: `id` as the default user, a uid, uid:gid and a name.
 #[test]
-#[ignore = "issue 11: RUN as the default user lacks the supplementary groups from /etc/group"]
 fn test_user_additional_gids() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -546,7 +551,6 @@ RUN [ "$(id)" = "uid=1(daemon) gid=1(daemon) groups=1(daemon)" ]
 /// testDockerfileCheckHostname: the build arg BUILDKIT_SANDBOX_HOSTNAME sets
 /// the RUN sandbox's hostname.
 #[test]
-#[ignore = "issue 11: BUILDKIT_SANDBOX_HOSTNAME is not honoured (hostname fixed to buildkitsandbox)"]
 fn test_dockerfile_check_hostname() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -593,7 +597,6 @@ COPY --from=base --chmod=0644 /out /out
 
 /// testTargetMistype: an unknown --target with a close stage name.
 #[test]
-#[ignore = "issue 11: unknown --target has another text and no 'did you mean'"]
 fn test_target_mistype() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -611,7 +614,6 @@ fn test_target_mistype() {
 
 /// testDockerfileCopyFromArgs: `--from=$FOO` is refused with BuildKit's reason.
 #[test]
-#[ignore = "issue 11: COPY --from=$VAR is expanded instead of refused with BuildKit's reason"]
 fn test_dockerfile_copy_from_args() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nCOPY --from=$FOO . .\n");
@@ -621,7 +623,6 @@ fn test_dockerfile_copy_from_args() {
 /// testChmodNonOctal: `--chmod` in symbolic form (go-w, u=rw,g=r,o=r, a+X)
 /// on files and directories gives what `chmod` gives.
 #[test]
-#[ignore = "issue 11: symbolic --chmod (go-w, u=rw, a+X) is rejected"]
 fn test_chmod_non_octal() {
     let bk = Bk::start();
     let cases: &[(&str, &str, &str, bool)] = &[
@@ -760,7 +761,6 @@ fn ownership_checks(expect: &[(&str, &str)]) -> String {
 /// and existing directories, with and without --chown: new directories get
 /// the --chown owner (0:0 without it), existing ones keep theirs.
 #[test]
-#[ignore = "issue 11: a directory copied to a new destination keeps the source dir's owner instead of 0:0"]
 fn test_copy_chown_existing_dir() {
     let bk = Bk::start();
     let plain = ownership_checks(&[
@@ -918,7 +918,6 @@ COPY --from=build /sub2/foo bar
 
 /// testCopySocket: a Unix socket in the context becomes a regular file.
 #[test]
-#[ignore = "issue 11: a socket in the context is dropped instead of becoming an empty regular file"]
 fn test_copy_socket() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nCOPY . /\n").socket("socket.sock");
@@ -990,7 +989,6 @@ COPY --from=base /out /
 
 /// testCopyChmod: --chmod on files, on the parents COPY creates, and via ARG.
 #[test]
-#[ignore = "issue 11: COPY --chmod does not apply to the parent directories it creates (0755)"]
 fn test_copy_chmod() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1029,7 +1027,6 @@ COPY --from=base /out /
 
 /// testCopyInvalidChmod and testAddInvalidChmod: invalid --chmod values.
 #[test]
-#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
 fn test_copy_invalid_chmod() {
     let bk = Bk::start();
     invalid_chmod(&bk, "COPY");
@@ -1037,7 +1034,6 @@ fn test_copy_invalid_chmod() {
 
 /// testAddInvalidChmod: as testCopyInvalidChmod, for ADD.
 #[test]
-#[ignore = "issue 11: invalid --chmod error text differs from BuildKit's"]
 fn test_add_invalid_chmod() {
     let bk = Bk::start();
     invalid_chmod(&bk, "ADD");
@@ -1252,7 +1248,6 @@ COPY --from=build /out .
 /// testTargetStageNameArg: the automatic TARGETSTAGE arg names the target
 /// stage ("default" for an unnamed last stage), only once declared.
 #[test]
-#[ignore = "issue 11: the automatic TARGETSTAGE arg is not set"]
 fn test_target_stage_name_arg() {
     let bk = Bk::start();
     let df = r#"
@@ -1445,7 +1440,6 @@ fn test_dockerfile_invalid_command() {
 
 /// testDockerfileInvalidInstruction: an unknown instruction, with a suggestion.
 #[test]
-#[ignore = "issue 11: unknown instruction error has another text and no 'did you mean ENTRYPOINT?'"]
 fn test_dockerfile_invalid_instruction() {
     let bk = Bk::start();
     let ctx =
@@ -1575,7 +1569,6 @@ RUN [ "$(stat -c "%U %G" /mydir)" == "user user" ]
 /// testMultiStageImplicitFrom: `COPY --from=IMAGE` names an image; a stage
 /// of the same name masks the image.
 #[test]
-#[ignore = "issue 11: COPY --from=IMAGE (an image, not a stage) is refused"]
 fn test_multi_stage_implicit_from() {
     let bk = Bk::start();
     let ctx = Ctx::new("\nFROM scratch\nCOPY --from=busybox /etc/passwd test\n");
@@ -1612,7 +1605,6 @@ COPY --from=stage1 baz bax
 
 /// testOutOfOrderStage: COPY --from a stage defined later is an error.
 #[test]
-#[ignore = "issue 11: COPY --from a later stage fails with another text"]
 fn test_out_of_order_stage() {
     let bk = Bk::start();
     for src in ["/", "/d2"] {
@@ -1632,7 +1624,6 @@ fn test_out_of_order_stage() {
 
 /// testEmptyStages: a Dockerfile with no FROM.
 #[test]
-#[ignore = "issue 11: a Dockerfile without FROM fails with another text"]
 fn test_empty_stages() {
     let bk = Bk::start();
     bk.fails_with(
@@ -1674,7 +1665,6 @@ fn test_dockerfile_scratch_config() {
 /// testCopyHeredoc: here-documents as COPY sources, several at once, with
 /// --chmod and --chown.
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_copy_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1721,7 +1711,6 @@ COPY --from=build /dest /
 /// testCopyHeredocSpecialSymbols: quotes, backslashes and `$` in COPY
 /// here-documents, expanded and raw (`<<"EOF"`).
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_copy_heredoc_special_symbols() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1808,7 +1797,6 @@ COPY --from=build /dest /dest
 /// testRunShebangHeredoc: a here-document starting with `#!` runs with that
 /// interpreter; `<<-` strips leading tabs first.
 #[test]
-#[ignore = "issue 11: a RUN here-document starting with #! runs under /bin/sh, not its interpreter"]
 fn test_run_shebang_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1884,7 +1872,6 @@ COPY --from=build /dest /
 /// testHeredocIndent: `<<EOF` keeps leading tabs, `<<-EOF` strips them, in
 /// COPY and RUN (plain, shebang, and fed to `sh`).
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_heredoc_indent() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1953,7 +1940,6 @@ COPY --from=build /dest /
 /// testHeredocVarSubstitution: `${name}` in COPY here-documents expands
 /// unless the delimiter is quoted; RUN here-documents leave it to the shell.
 #[test]
-#[ignore = "issue 11: here-documents are not COPY/ADD sources"]
 fn test_heredoc_var_substitution() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2048,7 +2034,6 @@ fn test_mount_tmpfs() {
 
 /// testMountInvalid: misspelled flag, key and mount type, with suggestions.
 #[test]
-#[ignore = "issue 11: RUN flag / mount key / mount type errors differ and have no 'did you mean'"]
 fn test_mount_invalid() {
     let bk = Bk::start();
     for (df, want) in [
@@ -2096,7 +2081,6 @@ COPY --from=second /unique /unique
 
 /// testCacheMountUser: cache mount uid, gid and mode.
 #[test]
-#[ignore = "issue 11: cache mount uid=/gid=/mode= are ignored (the dir gets the RUN user's ids)"]
 fn test_cache_mount_user() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2189,7 +2173,6 @@ RUN --mount=type=cache,id=mycache,target=$META_PATH [ -f /tmp/meta/foo ]
 
 /// testMountFromError: `from=$ttt` in a mount is refused with BuildKit's reason.
 #[test]
-#[ignore = "issue 11: from=$VAR in a mount is expanded instead of refused with BuildKit's reason"]
 fn test_mount_from_error() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2211,7 +2194,6 @@ RUN --mount=from=$ttt,type=cache,target=/tmp ls
 
 /// testMountTmpfsSize: tmpfs `size=128m`.
 #[test]
-#[ignore = "issue 11: type=tmpfs is a bind of a directory on disk; size= is ignored"]
 fn test_mount_tmpfs_size() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2246,4 +2228,22 @@ COPY --from=base /combined.txt /
             format!("{text}bar\n")
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_platform_test.go
+
+/// testPlatformArgsImplicit: the automatic TARGETOS expands in a FROM line
+/// without an ARG (`FROM build-${TARGETOS}` names the stage `build-linux`).
+#[test]
+fn test_platform_args_implicit() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM scratch AS build-linux\nCOPY foo bar\nFROM build-${TARGETOS}\nCOPY foo2 bar2\n",
+    )
+    .file("foo", "d0")
+    .file("foo2", "d1");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/bar"), "d0");
+    assert_eq!(img.read("/bar2"), "d1");
 }

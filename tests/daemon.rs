@@ -90,7 +90,7 @@ fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
         (
             "FROM scratch\nCOPY --frm=x a /\n",
             "Dockerfile:2:6",
-            "unknown flag --frm",
+            "unknown flag: --frm (did you mean from?)",
         ),
         (
             "FROM scratch\nFOO bar\n",
@@ -116,7 +116,7 @@ fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
         (
             "FROM scratch\nRUN --mount=type=nfs,target=/x true\n",
             "Dockerfile:2:",
-            "unknown mount type",
+            "unsupported mount type \"nfs\"",
         ),
         (
             "FROM scratch\nENV A=\"${B:?must be set}\"\n",
@@ -131,7 +131,7 @@ fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
         (
             "FROM scratch\nCOPY --from=nope a /\n",
             "Dockerfile:2:",
-            "no stage with that name",
+            "COPY --from=nope: not in memobuild's image store",
         ),
         (
             "FROM scratch\nSTOPSIGNAL SIGFOO\n",

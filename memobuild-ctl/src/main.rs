@@ -737,6 +737,12 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
         None => {
             let context = std::path::Path::new(&request.context);
             let dockerfile = match request.dockerfile.as_str() {
+                // As the daemon: `dockerfile` when there is no `Dockerfile`.
+                "" if !context.join("Dockerfile").exists()
+                    && context.join("dockerfile").exists() =>
+                {
+                    context.join("dockerfile")
+                }
                 "" => context.join("Dockerfile"),
                 f => context.join(f),
             };

@@ -150,6 +150,8 @@ impl Walk<'_> {
                     let target = meta.link_target.as_deref().unwrap_or("");
                     records.push(name, b'l', meta.mode, target.as_bytes());
                 }
+                // An empty file once copied (see `FileKind::Socket`).
+                FileKind::Socket => records.push(name, b's', meta.mode, &[]),
                 FileKind::Other => {}
             }
         }

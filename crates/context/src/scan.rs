@@ -14,7 +14,11 @@ pub enum FileKind {
     File,
     Dir,
     Symlink,
-    /// Sockets, devices, FIFOs: Docker skips these in a context; so do we.
+    /// A Unix socket: BuildKit's context transfer (fsutil) clears the socket
+    /// bit, so COPY/ADD give an empty regular file with the socket's
+    /// permission bits.
+    Socket,
+    /// Devices, FIFOs: left out of the context.
     Other,
 }
 
@@ -43,6 +47,8 @@ impl FileMeta {
             FileKind::Dir
         } else if ft.is_file() {
             FileKind::File
+        } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+            FileKind::Socket
         } else {
             FileKind::Other
         };

@@ -77,6 +77,15 @@ pub fn expand_word(word: &str, vars: &dyn Vars, escape: char) -> Result<String, 
         .map(|(result, _)| result)
 }
 
+/// The content of a here-document whose delimiter is not quoted, as BuildKit
+/// expands it (`ExpandRaw`: a lexer with `\\` as escape and
+/// `SkipProcessQuotes`): variables are expanded, quotes stay as they are.
+pub fn expand_heredoc(text: &str, vars: &dyn Vars) -> Result<String, ExpandError> {
+    let mut lexer = Lexer::new(text, vars, '\\');
+    lexer.skip_quotes = true;
+    lexer.process().map(|(result, _)| result)
+}
+
 /// BuildKit `ProcessWords`: like [`expand_word`], then splits on whitespace that
 /// was neither quoted nor escaped. Whitespace coming from a variable's value
 /// splits too (outside double quotes), and BuildKit drops empty words, so `""`
@@ -419,6 +428,8 @@ struct Lexer<'a> {
     /// the pattern and replacement of `#`, `%` and `/`, whose escapes the
     /// pattern matcher interprets itself.
     raw_escapes: bool,
+    /// Quotes are ordinary characters (BuildKit `SkipProcessQuotes`).
+    skip_quotes: bool,
     /// How many `${` are open.
     depth: usize,
 }
@@ -436,6 +447,7 @@ impl<'a> Lexer<'a> {
             vars,
             escape,
             raw_escapes: false,
+            skip_quotes: false,
             depth: 0,
         }
     }
@@ -471,8 +483,8 @@ impl<'a> Lexer<'a> {
             // Special characters win over the escape character, as in BuildKit.
             let text = match ch {
                 '$' => self.process_dollar()?,
-                '\'' => self.process_single_quote()?,
-                '"' => self.process_double_quote()?,
+                '\'' if !self.skip_quotes => self.process_single_quote()?,
+                '"' if !self.skip_quotes => self.process_double_quote()?,
                 _ => {
                     if !self.plain_char(&mut result, &mut words) {
                         break;

@@ -6,6 +6,7 @@
 //! expansion, paths) is decided when the build graph is planned, in `graph`.
 
 pub mod expand;
+pub mod suggest;
 
 use std::fmt;
 
@@ -84,7 +85,21 @@ pub struct CopySpec {
     pub flags: Vec<Flag>,
     /// Raw sources, not yet expanded.
     pub sources: Vec<Located<String>>,
+    /// Here-documents as sources (`COPY <<EOF /dest`), in order.
+    pub heredocs: Vec<Located<InlineFile>>,
     pub dest: Located<String>,
+}
+
+/// A here-document used as a COPY/ADD source: a file named after its
+/// delimiter (BuildKit), 0644.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineFile {
+    /// The delimiter, quotes removed: the file's name.
+    pub name: String,
+    /// The body (`<<-` already stripped leading tabs), not yet expanded.
+    pub content: String,
+    /// False when the delimiter was quoted: no variable expansion.
+    pub expand: bool,
 }
 
 impl CopySpec {
@@ -131,6 +146,10 @@ pub struct RunSpec {
     /// Exec form, or shell form (here-documents already folded into the text
     /// the shell gets: a RUN that is only a here-document runs it as the script).
     pub command: CommandForm,
+    /// A RUN that is only a here-document starting with `#!`: BuildKit writes
+    /// it to a 0755 file mounted read-only at `/dev/pipes/NAME` and executes
+    /// that file (`command` is then `["/dev/pipes/NAME"]`).
+    pub script: Option<InlineFile>,
 }
 
 impl Instruction {
@@ -234,10 +253,19 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
             line: e.line().max(1),
             column: e.column().max(1),
         };
+        let text = e.to_string();
         let message = if e.line() == 0 {
-            "the Dockerfile has no FROM instruction".to_string()
+            // BuildKit's text.
+            "dockerfile contains no stages to build".to_string()
+        } else if let Some(word) = unknown_instruction(&text) {
+            suggest::with_suggestion(
+                format!("unknown instruction: {word}"),
+                &word,
+                INSTRUCTIONS,
+                false,
+            )
         } else {
-            format!("syntax error: {e}")
+            format!("syntax error: {text}")
         };
         DockerfileError {
             file: name.to_string(),
@@ -275,9 +303,48 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
     })
 }
 
+/// Every instruction keyword, for "did you mean" suggestions.
+const INSTRUCTIONS: &[&str] = &[
+    "ADD",
+    "ARG",
+    "CMD",
+    "COPY",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "FROM",
+    "HEALTHCHECK",
+    "LABEL",
+    "MAINTAINER",
+    "ONBUILD",
+    "RUN",
+    "SHELL",
+    "STOPSIGNAL",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+];
+
+/// The word of parse-dockerfile's "unknown instruction 'WORD'" error.
+fn unknown_instruction(message: &str) -> Option<String> {
+    let rest = &message[message.find("unknown instruction")? + "unknown instruction".len()..];
+    let rest = rest.trim_start_matches([':', ' ']);
+    let word = match rest.strip_prefix('\'') {
+        Some(quoted) => quoted.split('\'').next()?,
+        None => rest.split_whitespace().next()?,
+    };
+    (!word.is_empty()).then(|| word.to_string())
+}
+
 fn syntax_hint(message: &str) -> Option<String> {
     if message.contains("unknown instruction") {
         return Some("instructions are FROM, ARG, ENV, LABEL, WORKDIR, COPY, ADD, RUN, USER, EXPOSE, VOLUME, CMD, ENTRYPOINT, SHELL, STOPSIGNAL, HEALTHCHECK, ONBUILD, MAINTAINER".into());
+    }
+    if message.contains("no stages") {
+        return Some(
+            "a Dockerfile needs a FROM instruction (only ARG and comments may come before it)"
+                .into(),
+        );
     }
     if message.contains("FROM") {
         return Some(
@@ -388,6 +455,7 @@ impl Converter<'_> {
             P::Copy(i) => (
                 i.copy.span.start,
                 Instruction::Copy(self.copy_spec(
+                    i.copy.span.start,
                     "COPY",
                     &i.options,
                     &i.src,
@@ -398,6 +466,7 @@ impl Converter<'_> {
             P::Add(i) => (
                 i.add.span.start,
                 Instruction::Add(self.copy_spec(
+                    i.add.span.start,
                     "ADD",
                     &i.options,
                     &i.src,
@@ -438,9 +507,15 @@ impl Converter<'_> {
                     let list: Vec<String> = allowed.iter().map(|a| format!("--{a}")).collect();
                     format!("{keyword} supports {}", list.join(", "))
                 };
+                // BuildKit's text, and its suggestion.
                 let mut err = self.error(
                     opt.span().start,
-                    format!("unknown flag --{name} for {keyword}"),
+                    suggest::with_suggestion(
+                        format!("unknown flag: --{name}"),
+                        &name,
+                        allowed,
+                        true,
+                    ),
                 );
                 err.hint = Some(supported);
                 return Err(err);
@@ -501,6 +576,7 @@ impl Converter<'_> {
 
     fn copy_spec(
         &self,
+        start: usize,
         keyword: &str,
         options: &[parse_dockerfile::Flag<'_>],
         src: &[parse_dockerfile::Source<'_>],
@@ -509,6 +585,18 @@ impl Converter<'_> {
     ) -> Result<CopySpec, DockerfileError> {
         let flags = self.flags(options, keyword, allowed)?;
         let mut sources = Vec::new();
+        let mut heredocs = Vec::new();
+        // The delimiters, in order, from the instruction's first line.
+        let first_line = self.text[start..].split('\n').next().unwrap_or("");
+        let mut delimiters = first_line
+            .split_whitespace()
+            .filter_map(|w| w.strip_prefix("<<"))
+            .map(|w| {
+                w.trim_start_matches('-')
+                    .chars()
+                    .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+                    .collect::<String>()
+            });
         for s in src {
             match s {
                 parse_dockerfile::Source::Path(p) => sources.push(Located {
@@ -517,13 +605,21 @@ impl Converter<'_> {
                     value: p.value.to_string(),
                 }),
                 parse_dockerfile::Source::HereDoc(h) => {
-                    let mut err = self.error(
-                        h.span.start,
-                        format!("{keyword} from a here-document is not supported yet"),
-                    );
-                    err.hint =
-                        Some("put the content in a file in the build context and copy that".into());
-                    return Err(err);
+                    let name = delimiters.next().filter(|n| !n.is_empty()).ok_or_else(|| {
+                        self.error(
+                            h.span.start,
+                            format!("{keyword}: a here-document without a name"),
+                        )
+                    })?;
+                    heredocs.push(Located {
+                        loc: self.lines.loc(h.span.start),
+                        source: format!("<<{name}"),
+                        value: InlineFile {
+                            name,
+                            content: h.value.to_string(),
+                            expand: h.expand,
+                        },
+                    });
                 }
                 _ => {
                     return Err(self.error(dest.span.start, format!("unsupported {keyword} source")))
@@ -533,6 +629,7 @@ impl Converter<'_> {
         Ok(CopySpec {
             flags,
             sources,
+            heredocs,
             dest: Located {
                 loc: self.lines.loc(dest.span.start),
                 source: dest.value.to_string(),
@@ -587,8 +684,34 @@ impl Converter<'_> {
             err.hint = Some("memobuild never runs steps privileged; drop the flag".into());
             return Err(err);
         }
+        let mut script = None;
         let command = match (&i.arguments, i.here_docs.as_slice()) {
             (_, []) => self.command(&i.arguments),
+            (parse_dockerfile::Command::Shell(s), [only])
+                if s.value.trim().is_empty() && only.value.starts_with("#!") =>
+            {
+                let first_line = self.text[i.run.span.start..]
+                    .split('\n')
+                    .next()
+                    .unwrap_or("");
+                let name: String = first_line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("<<"))
+                    .unwrap_or("")
+                    .trim_start_matches('-')
+                    .chars()
+                    .filter(|c| !matches!(c, '"' | '\'' | '\\'))
+                    .collect();
+                if name.is_empty() || name.contains('/') {
+                    return Err(self.error(only.span.start, "RUN: a here-document without a name"));
+                }
+                script = Some(InlineFile {
+                    name: name.clone(),
+                    content: only.value.to_string(),
+                    expand: only.expand,
+                });
+                CommandForm::Exec(vec![format!("/dev/pipes/{name}")])
+            }
             (parse_dockerfile::Command::Shell(s), [only]) if s.value.trim().is_empty() => {
                 CommandForm::Shell(only.value.to_string())
             }
@@ -612,7 +735,11 @@ impl Converter<'_> {
             }
             _ => return Err(self.error(i.run.span.start, "unsupported RUN form")),
         };
-        Ok(RunSpec { flags, command })
+        Ok(RunSpec {
+            flags,
+            command,
+            script,
+        })
     }
 
     /// Docker records the trigger as its source text after `ONBUILD `.
@@ -744,10 +871,7 @@ mod tests {
     #[test]
     fn run_flags_are_checked() {
         let e = parse("FROM scratch\nRUN --frobnicate true\n", "Dockerfile").unwrap_err();
-        assert!(
-            e.message.contains("unknown flag --frobnicate for RUN"),
-            "{e}"
-        );
+        assert!(e.message.contains("unknown flag: --frobnicate"), "{e}");
         let e = parse("FROM scratch\nRUN --security=insecure true\n", "Dockerfile").unwrap_err();
         assert!(e.message.contains("--security is not supported"), "{e}");
     }

@@ -30,11 +30,23 @@ pub struct ProjectKey {
     pub build_args: BTreeMap<String, String>,
 }
 
+/// The Dockerfile of a build without `-f`: `CONTEXT/Dockerfile`, else
+/// `CONTEXT/dockerfile` when only that exists (BuildKit's dockerui).
+pub fn default_dockerfile(context: &Path) -> PathBuf {
+    let upper = context.join("Dockerfile");
+    let lower = context.join("dockerfile");
+    if std::fs::symlink_metadata(&upper).is_err() && std::fs::symlink_metadata(&lower).is_ok() {
+        lower
+    } else {
+        upper
+    }
+}
+
 impl ProjectKey {
     pub fn of(request: &BuildRequest) -> ProjectKey {
         let context = PathBuf::from(&request.context);
         let dockerfile = match request.dockerfile.as_str() {
-            "" => context.join("Dockerfile"),
+            "" => default_dockerfile(&context),
             p if Path::new(p).is_absolute() => PathBuf::from(p),
             p => context.join(p),
         };

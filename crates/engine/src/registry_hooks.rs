@@ -6,7 +6,7 @@
 //! or written only means local work, and the progress says so.
 
 use memobuild_dockerfile as dockerfile;
-use memobuild_plan::{self as graph, Base, Plan};
+use memobuild_plan::{self as graph, Plan};
 use memobuild_proto::{BuildRequest, RpcError};
 use memobuild_registry::{PullPolicy, RegistrySettings, RemoteCache, Session};
 use memobuild_store::Store;
@@ -118,8 +118,8 @@ impl BuildRegistry {
             }
             Err(e) => {
                 let message = format!(
-                    "{}:{}:{}: FROM {name}: not in memobuild's image store, and pulling it failed: {e}",
-                    w.file, w.base.loc.line, w.base.loc.column
+                    "{}:{}:{}: {}{name}: not in memobuild's image store, and pulling it failed: {e}",
+                    w.file, w.base.loc.line, w.base.loc.column, w.base.named_by
                 );
                 Err(RpcError {
                     message,
@@ -350,11 +350,7 @@ async fn cached_steps(
     let mut at = Some(plan.target);
     while let Some(i) = at {
         stages.insert(i);
-        let stage = &plan.stages[i];
-        at = match stage.base {
-            Base::Stage(_) => stage.deps.first().copied(),
-            _ => None,
-        };
+        at = plan.base_stage(i);
     }
     let keys: Vec<String> = plan
         .steps

@@ -8,14 +8,17 @@
 //! layers (does the destination exist? who is user `app`?) is decided when the
 //! step runs, in `exec`, and is covered by the key through the parent's key.
 
+mod chmod;
 pub mod key;
 mod stage;
+
+pub use chmod::Chmod;
 
 pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration};
 
 use key::KeyHasher;
 use memobuild_context::{ContextIndex, HashCache, Selected};
-use memobuild_dockerfile::{expand, Dockerfile, DockerfileError, Loc};
+use memobuild_dockerfile::{expand, suggest, Dockerfile, DockerfileError, Loc};
 use memobuild_oci::image::{ImageSource, StoredImage};
 use memobuild_oci::ImageConfig;
 use std::collections::{BTreeMap, BTreeSet};
@@ -74,8 +77,22 @@ pub struct Plan {
     pub images: BTreeMap<String, String>,
 }
 
+impl Plan {
+    /// Position in [`Plan::stages`] of the stage that stage `position` is
+    /// built FROM, if it is built on an earlier stage. (Not `deps[0]`: deps
+    /// are sorted, so a `COPY --from` stage defined before the base comes first.)
+    pub fn base_stage(&self, position: usize) -> Option<usize> {
+        match self.stages.get(position)?.base {
+            Base::Stage(index) => self.stages.iter().position(|s| s.index == index),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StagePlan {
+    /// The Dockerfile stage; `usize::MAX` for the stage that stands for an
+    /// image named by `COPY --from`/`--mount=from` (no steps, see `implicit_stage`).
     pub index: usize,
     pub label: String,
     pub base: Base,
@@ -90,6 +107,9 @@ pub struct StagePlan {
     /// The image config after the stage's last instruction (rootfs and history are
     /// filled in when the image is assembled).
     pub config: ImageConfig,
+    /// The ARGs in scope after the stage's last instruction: a stage built
+    /// FROM this one starts with them (BuildKit inherits the base's build args).
+    pub args: BTreeMap<String, String>,
 }
 
 impl StagePlan {
@@ -210,6 +230,14 @@ pub enum CacheSharing {
     Locked,
 }
 
+/// Owner and mode of a cache mount's directory (see [`RunMount::Cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheOwner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunMount {
     /// A directory kept by the daemon across builds, never in a layer or key.
@@ -218,6 +246,11 @@ pub enum RunMount {
         id: String,
         sharing: CacheSharing,
         readonly: bool,
+        /// `uid=`, `gid=`, `mode=`: with any of them the step mounts the
+        /// cache's `cache/` subdirectory, created with these (0, 0, 0755 for
+        /// those not given), as BuildKit mounts `/cache` of a Mkdir state;
+        /// without them, the cache's root (0:0, 0755).
+        owner: Option<CacheOwner>,
     },
     /// A secret the client sent with the build, present only during the step.
     Secret {
@@ -234,6 +267,13 @@ pub enum RunMount {
     },
     /// An empty tmpfs; `size` in bytes (`size=` accepts Docker's units).
     Tmpfs { target: String, size: Option<u64> },
+    /// One file with `content` and `mode`, read-only at `target` (a shebang
+    /// here-document RUN executes, at `/dev/pipes/NAME`).
+    File {
+        target: String,
+        content: Vec<u8>,
+        mode: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -245,7 +285,10 @@ pub struct CopyOp {
     pub dest: String,
     /// `--chown` after expansion (`user[:group]`, names or ids).
     pub chown: Option<String>,
-    pub chmod: Option<u32>,
+    pub chmod: Option<Chmod>,
+    /// Here-document sources: (file name, content after expansion), each a
+    /// 0644 file (BuildKit's "inline document").
+    pub inline: Vec<(String, Vec<u8>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -264,14 +307,14 @@ pub enum CopySource {
 /// Plans the build of `input.target` (or the last stage).
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let df = input.dockerfile;
-    let global = global_args(df, input.build_args)?;
     let target = find_target(df, input.target)?;
+    let global = global_args(df, input.build_args, target)?;
     let bases = df
         .stages
         .iter()
         .map(|s| stage::resolve_base(df, s, &global, input.images))
         .collect::<Result<Vec<_>, _>>()?;
-    let needed = needed_stages(df, &bases, &global, target)?;
+    let needed = needed_stages(df, &bases, target)?;
 
     let mut plan = Plan {
         file: df.name.clone(),
@@ -292,8 +335,14 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         }
     }
     let mut planned: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut implicit: BTreeMap<String, usize> = BTreeMap::new();
     let mut used_args: BTreeSet<String> = global.keys().cloned().collect();
     for &index in &needed {
+        for (from, loc, usage) in stage::copy_from_stages(df, &df.stages[index])? {
+            if let stage::FromRef::Image(name) = from {
+                implicit_stage(input, &mut plan, &mut implicit, &name, loc, usage)?;
+            }
+        }
         let base = bases[index]
             .clone()
             .ok_or_else(|| unreachable_base(df, index))?;
@@ -305,6 +354,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
                 base,
                 global: &global,
                 planned: &planned,
+                implicit: &implicit,
             },
             &mut plan,
             &mut used_args,
@@ -316,7 +366,9 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let unused: Vec<&String> = input
         .build_args
         .keys()
-        .filter(|k| !used_args.contains(*k) && !stage::is_predefined_arg(k))
+        .filter(|k| {
+            !used_args.contains(*k) && !stage::is_predefined_arg(k) && !is_frontend_option(k)
+        })
         .collect();
     if !unused.is_empty() {
         plan.warnings.push(format!(
@@ -331,6 +383,65 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     Ok(plan)
 }
 
+/// Build args BuildKit's frontend reads itself (`BUILDKIT_SANDBOX_HOSTNAME`,
+/// ...): never reported as unused.
+fn is_frontend_option(name: &str) -> bool {
+    name.starts_with("BUILDKIT_")
+}
+
+/// `COPY --from=IMAGE` and `RUN --mount=from=IMAGE` with a name no stage
+/// has: a stage of no steps built FROM that image (BuildKit's implicit
+/// stage), planned once per image.
+fn implicit_stage(
+    input: &PlanInput<'_>,
+    plan: &mut Plan,
+    implicit: &mut BTreeMap<String, usize>,
+    name: &str,
+    loc: Loc,
+    usage: stage::FromUse,
+) -> Result<(), DockerfileError> {
+    let df = input.dockerfile;
+    let normalized = memobuild_oci::normalize_image_name(name);
+    if implicit.contains_key(&normalized) {
+        return Ok(());
+    }
+    let image = match input.images.image(&normalized) {
+        Ok(Some(image)) => image,
+        Ok(None) => return Err(stage::missing_from_image(df, loc, usage, name)),
+        Err(e) => {
+            return Err(DockerfileError {
+                file: df.name.clone(),
+                loc,
+                message: format!("image {name}: {e}"),
+                hint: None,
+                changed_during_build: false,
+            })
+        }
+    };
+    plan.images
+        .insert(normalized.clone(), image.manifest_digest.clone());
+    let base = Base::Image(Box::new(image));
+    let platform = format!("linux/{}", memobuild_oci::config::host_architecture());
+    let base_key = base_key(&base, plan, &BTreeMap::new(), &platform, input.epoch);
+    let config = match &base {
+        Base::Image(image) => image.config.clone(),
+        _ => ImageConfig::scratch(),
+    };
+    implicit.insert(normalized, plan.stages.len());
+    plan.stages.push(StagePlan {
+        index: usize::MAX,
+        label: name.to_string(),
+        base,
+        base_key,
+        base_pending: false,
+        steps: Vec::new(),
+        deps: Vec::new(),
+        config,
+        args: BTreeMap::new(),
+    });
+    Ok(())
+}
+
 fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
     DockerfileError {
         file: df.name.clone(),
@@ -341,12 +452,43 @@ fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
     }
 }
 
-/// Values of the ARGs declared before the first FROM: build args override defaults.
+/// BuildKit's automatic args: the platform of the build host and of the
+/// target (the same: memobuild builds for the host's platform), and
+/// TARGETSTAGE, the target stage's name (`default` for an unnamed last stage).
+/// They are in the global scope: FROM lines see them without an ARG line, a
+/// stage sees one once it declares it (`ARG TARGETARCH`).
+pub fn automatic_args(df: &Dockerfile, target: usize) -> BTreeMap<String, String> {
+    let os = "linux";
+    let arch = memobuild_oci::config::host_architecture();
+    let variant = if arch == "arm" { "v7" } else { "" };
+    let platform = if variant.is_empty() {
+        format!("{os}/{arch}")
+    } else {
+        format!("{os}/{arch}/{variant}")
+    };
+    let mut args = BTreeMap::new();
+    for side in ["BUILD", "TARGET"] {
+        args.insert(format!("{side}PLATFORM"), platform.clone());
+        args.insert(format!("{side}OS"), os.to_string());
+        args.insert(format!("{side}ARCH"), arch.to_string());
+        args.insert(format!("{side}VARIANT"), variant.to_string());
+    }
+    let stage = df.stages.get(target).and_then(|s| s.name.clone());
+    args.insert(
+        "TARGETSTAGE".into(),
+        stage.unwrap_or_else(|| "default".into()),
+    );
+    args
+}
+
+/// Values of the ARGs declared before the first FROM over the automatic ones
+/// ([`automatic_args`]): build args override defaults.
 fn global_args(
     df: &Dockerfile,
     build_args: &BTreeMap<String, String>,
+    target: usize,
 ) -> Result<BTreeMap<String, String>, DockerfileError> {
-    let mut vars = BTreeMap::new();
+    let mut vars = automatic_args(df, target);
     for decls in &df.global_args {
         for decl in &decls.value {
             let value = match (build_args.get(&decl.name), &decl.default) {
@@ -378,7 +520,13 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
             DockerfileError {
                 file: df.name.clone(),
                 loc: Loc { line: 1, column: 1 },
-                message: format!("target stage {target:?} not found"),
+                // BuildKit's text and suggestion.
+                message: suggest::with_suggestion(
+                    format!("target stage {target:?} could not be found"),
+                    target,
+                    &names.iter().map(String::as_str).collect::<Vec<_>>(),
+                    true,
+                ),
                 hint: Some(if names.is_empty() {
                     "no stage has a name; name one with `FROM image AS name`".into()
                 } else {
@@ -394,7 +542,6 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
 fn needed_stages(
     df: &Dockerfile,
     bases: &[Option<Base>],
-    global: &BTreeMap<String, String>,
     target: usize,
 ) -> Result<Vec<usize>, DockerfileError> {
     let mut needed = BTreeSet::new();
@@ -409,8 +556,10 @@ fn needed_stages(
         if let Base::Stage(s) = base {
             todo.push(*s);
         }
-        for dep in stage::copy_from_stages(df, &df.stages[i], global)? {
-            todo.push(dep);
+        for (dep, _, _) in stage::copy_from_stages(df, &df.stages[i])? {
+            if let stage::FromRef::Stage(dep) = dep {
+                todo.push(dep);
+            }
         }
     }
     Ok(needed.into_iter().collect())
@@ -473,6 +622,93 @@ mod tests {
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()
         }
+    }
+
+    /// WorkingDir: "/" for FROM scratch (BuildKit's empty image); a stage on
+    /// an image whose config has none keeps none, and one on a stage inherits.
+    #[test]
+    fn working_dir_is_set_only_for_scratch() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::scan(dir.path()).unwrap();
+        let mut images = BTreeMap::new();
+        let mut bare = ImageConfig::scratch();
+        bare.config.working_dir = None;
+        images.insert(
+            "bare:latest".to_string(),
+            StoredImage {
+                manifest_digest: "sha256:00".into(),
+                config_digest: "sha256:01".into(),
+                config: bare,
+                layers: Vec::new(),
+                size: 0,
+            },
+        );
+        let df = memobuild_dockerfile::parse(
+            "FROM scratch AS a\nFROM bare AS b\nFROM b AS c\nFROM bare AS d\nWORKDIR sub\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let wd = |target: &str| {
+            let plan = plan(&PlanInput {
+                dockerfile: &df,
+                target,
+                build_args: &BTreeMap::new(),
+                context: Arc::new(ContextIndex::view(
+                    &tree,
+                    &tree.root,
+                    DockerIgnore::parse("").unwrap(),
+                )),
+                hashes: &HashCache::new(),
+                merkle: &DirDigests::new(),
+                focus: None,
+                images: &images,
+                epoch: None,
+                run_options: "",
+                stage_contents: &NoStageContents,
+            })
+            .unwrap();
+            plan.stages[plan.target].config.config.working_dir.clone()
+        };
+        assert_eq!(wd("a").as_deref(), Some("/"));
+        assert_eq!(wd("b"), None);
+        assert_eq!(wd("c"), None);
+        assert_eq!(wd("d").as_deref(), Some("/sub"));
+    }
+
+    /// A stage built FROM an earlier stage starts with that stage's ARGs
+    /// (BuildKit's dispatchState inherits `buildArgs` from its base).
+    #[test]
+    fn args_are_inherited_from_the_base_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = Tree::scan(dir.path()).unwrap();
+        let df = memobuild_dockerfile::parse(
+            "FROM scratch AS one\nARG BASE_DIR=/base\nFROM one AS two\nWORKDIR $BASE_DIR/sub\nFROM scratch\nWORKDIR x$BASE_DIR\n",
+            "Dockerfile",
+        )
+        .unwrap();
+        let wd = |target: &str| {
+            let plan = plan(&PlanInput {
+                dockerfile: &df,
+                target,
+                build_args: &BTreeMap::new(),
+                context: Arc::new(ContextIndex::view(
+                    &tree,
+                    &tree.root,
+                    DockerIgnore::parse("").unwrap(),
+                )),
+                hashes: &HashCache::new(),
+                merkle: &DirDigests::new(),
+                focus: None,
+                images: &BTreeMap::new(),
+                epoch: None,
+                run_options: "",
+                stage_contents: &NoStageContents,
+            })
+            .unwrap();
+            plan.stages[plan.target].config.config.working_dir.clone()
+        };
+        assert_eq!(wd("two").as_deref(), Some("/base/sub"));
+        assert_eq!(wd("").as_deref(), Some("/x"), "not in an unrelated stage");
     }
 
     /// The dirty check plans with a focus and cached directory digests, a
@@ -539,6 +775,8 @@ pub struct BaseImage {
     pub loc: Loc,
     /// The image store already has an image of this name.
     pub present: bool,
+    /// What names it, for errors: `FROM `, `COPY --from=` or `RUN --mount=from=`.
+    pub named_by: &'static str,
 }
 
 /// The images the stages `target` needs start FROM: what the registry step
@@ -549,9 +787,10 @@ pub fn base_images(
     build_args: &BTreeMap<String, String>,
     images: &dyn ImageSource,
 ) -> Result<Vec<BaseImage>, DockerfileError> {
-    let global = global_args(df, build_args)?;
+    let target = find_target(df, target)?;
+    let global = global_args(df, build_args, target)?;
     let mut needed = BTreeSet::new();
-    let mut todo = vec![find_target(df, target)?];
+    let mut todo = vec![target];
     let mut out = Vec::new();
     while let Some(i) = todo.pop() {
         if !needed.insert(i) {
@@ -566,9 +805,32 @@ pub fn base_images(
                     .unwrap_or_default(),
                 loc: stage.from.loc,
                 present: found.is_some(),
+                named_by: "FROM ",
             }),
         }
-        todo.extend(stage::copy_from_stages(df, stage, &global)?);
+        for (from, loc, usage) in stage::copy_from_stages(df, stage)? {
+            match from {
+                stage::FromRef::Stage(dep) => todo.push(dep),
+                stage::FromRef::Image(name) => {
+                    let present = images
+                        .image(&memobuild_oci::normalize_image_name(&name))
+                        .is_ok_and(|found| found.is_some());
+                    let named_by = match usage {
+                        stage::FromUse::Copy => "COPY --from=",
+                        stage::FromUse::Mount => "RUN --mount=from=",
+                    };
+                    let base = BaseImage {
+                        name,
+                        loc,
+                        present,
+                        named_by,
+                    };
+                    if !out.contains(&base) {
+                        out.push(base);
+                    }
+                }
+            }
+        }
     }
     Ok(out)
 }

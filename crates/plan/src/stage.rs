@@ -36,6 +36,9 @@ pub(super) struct StageInput<'a, 'b> {
     pub global: &'a BTreeMap<String, String>,
     /// Dockerfile stage index -> position in `plan.stages`, for stages planned so far.
     pub planned: &'a BTreeMap<usize, usize>,
+    /// Normalised image name -> position in `plan.stages` of the stage that
+    /// stands for an image named by `--from` (see [`super::implicit_stage`]).
+    pub implicit: &'a BTreeMap<String, usize>,
 }
 
 pub(super) fn expand_error(df: &Dockerfile, loc: Loc, e: ExpandError) -> DockerfileError {
@@ -132,28 +135,48 @@ pub(super) fn missing_base_error(df: &Dockerfile, index: usize) -> DockerfileErr
     )
 }
 
-/// Stages a stage reads through `COPY --from`.
+/// What a `COPY --from` or `RUN --mount=from=` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum FromRef {
+    /// An earlier stage (Dockerfile index).
+    Stage(usize),
+    /// No stage has that name: an image, as FROM would name it (BuildKit).
+    Image(String),
+}
+
+/// What a stage reads through `COPY --from` and `RUN --mount=from=`, with
+/// where each is named.
 pub(super) fn copy_from_stages(
     df: &Dockerfile,
     stage: &Stage,
-    global: &BTreeMap<String, String>,
-) -> Result<Vec<usize>, DockerfileError> {
+) -> Result<Vec<(FromRef, Loc, FromUse)>, DockerfileError> {
     let mut out = Vec::new();
     for ins in &stage.instructions {
         match &ins.value {
             Instruction::Copy(spec) => {
                 if let Some(from) = spec.flag("from") {
                     let name = from.value.as_deref().unwrap_or("");
-                    out.push(resolve_from_stage(df, stage, name, from.loc, global)?);
+                    out.push((
+                        resolve_from(df, stage, name, from.loc, FromUse::Copy)?,
+                        from.loc,
+                        FromUse::Copy,
+                    ));
                 }
             }
             // RUN --mount=...,from=STAGE reads that stage too.
             Instruction::Run(spec) => {
                 for flag in spec.flags.iter().filter(|f| f.name == "mount") {
                     let value = flag.value.as_deref().unwrap_or("");
-                    let from = value.split(',').find_map(|p| p.strip_prefix("from="));
+                    let from = value.split(',').find_map(|p| {
+                        let (k, v) = p.split_once('=')?;
+                        k.eq_ignore_ascii_case("from").then_some(v)
+                    });
                     if let Some(name) = from {
-                        out.push(resolve_from_stage(df, stage, name, flag.loc, global)?);
+                        out.push((
+                            resolve_from(df, stage, name, flag.loc, FromUse::Mount)?,
+                            flag.loc,
+                            FromUse::Mount,
+                        ));
                     }
                 }
             }
@@ -163,32 +186,129 @@ pub(super) fn copy_from_stages(
     Ok(out)
 }
 
-fn resolve_from_stage(
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FromUse {
+    Copy,
+    Mount,
+}
+
+/// Resolves a `--from` name as BuildKit does: never expanded (a variable is
+/// refused with BuildKit's reason), a stage name (any case) or index, which
+/// must be defined before this stage; any other name is an image.
+pub(super) fn resolve_from(
     df: &Dockerfile,
     stage: &Stage,
     raw: &str,
     loc: Loc,
-    global: &BTreeMap<String, String>,
-) -> Result<usize, DockerfileError> {
-    let name = expand::expand_word(raw, global, df.escape).map_err(|e| expand_error(df, loc, e))?;
-    let lower = name.to_lowercase();
+    usage: FromUse,
+) -> Result<FromRef, DockerfileError> {
+    match usage {
+        FromUse::Copy => {
+            let unchanged =
+                expand::expand_word(raw, &BTreeMap::new(), df.escape).is_ok_and(|word| word == raw);
+            if !unchanged {
+                return Err(err_hint(
+                    df,
+                    loc,
+                    "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+                    "name a stage with `FROM ${VAR} AS name` (ARG before the first FROM) and copy --from that name",
+                ));
+            }
+        }
+        FromUse::Mount => {
+            if raw.find('$').is_some_and(|i| i != raw.len() - 1) {
+                return Err(err_hint(
+                    df,
+                    loc,
+                    "'from' doesn't support variable expansion, define alias stage instead",
+                    "name a stage with `FROM ${VAR} AS name` (ARG before the first FROM) and mount from that name",
+                ));
+            }
+        }
+    }
+    let lower = raw.to_lowercase();
     let found = match lower.parse::<usize>() {
-        Ok(i) => df.stages.get(i).map(|s| s.index),
-        Err(_) => df
+        Ok(i) => match df.stages.get(i) {
+            Some(s) => s,
+            None => {
+                return Err(err_hint(
+                    df,
+                    loc,
+                    format!(
+                        "invalid stage index {i}: the Dockerfile has {} stages",
+                        df.stages.len()
+                    ),
+                    "stages are numbered from 0 in the order of their FROM lines",
+                ))
+            }
+        },
+        Err(_) => match df
             .stages
             .iter()
             .find(|s| s.name.as_deref() == Some(lower.as_str()))
-            .map(|s| s.index),
+        {
+            Some(s) => s,
+            None => return Ok(FromRef::Image(raw.to_string())),
+        },
     };
-    match found {
-        Some(i) if i < stage.index => Ok(i),
-        Some(_) => Err(err_hint(df, loc, format!("COPY --from={name} refers to this stage or a later one"), "a stage can only copy from stages defined before it")),
-        None => Err(err_hint(
-            df,
-            loc,
-            format!("COPY --from={name}: no stage with that name or index"),
-            "copying from images by name is not supported yet; name an earlier stage (`FROM ... AS name`) or its index",
-        )),
+    if found.index < stage.index {
+        return Ok(FromRef::Stage(found.index));
+    }
+    let current = stage
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{}", stage.index));
+    let message = match usage {
+        FromUse::Copy => format!(
+            "cannot copy from stage {raw:?}, it needs to be defined before current stage {current:?}"
+        ),
+        FromUse::Mount => format!(
+            "cannot mount from stage {raw:?}, stage needs to be defined before current command"
+        ),
+    };
+    Err(err_hint(
+        df,
+        loc,
+        message,
+        "move that stage above this one in the Dockerfile",
+    ))
+}
+
+/// The error for a `--from` image that is not in the image store.
+pub(super) fn missing_from_image(
+    df: &Dockerfile,
+    loc: Loc,
+    usage: FromUse,
+    name: &str,
+) -> DockerfileError {
+    let what = match usage {
+        FromUse::Copy => "COPY --from",
+        FromUse::Mount => "RUN --mount=from",
+    };
+    err_hint(
+        df,
+        loc,
+        format!("{what}={name}: not in memobuild's image store (no stage has that name, so it names an image)"),
+        "no stage has that name, so it names an image; check the name, or build one with `memobuild-ctl build -t NAME` or load it with `memobuild-ctl image import`",
+    )
+}
+
+/// The position in `plan.stages` of what a `--from` names: a planned stage,
+/// or the stage standing for an image (see [`super::implicit_stage`]).
+fn from_position(
+    si: &StageInput<'_, '_>,
+    raw: &str,
+    loc: Loc,
+    usage: FromUse,
+) -> Result<usize, DockerfileError> {
+    let df = si.input.dockerfile;
+    match resolve_from(df, si.stage, raw, loc, usage)? {
+        FromRef::Stage(index) => Ok(si.planned[&index]),
+        FromRef::Image(name) => si
+            .implicit
+            .get(&normalize_image_name(&name))
+            .copied()
+            .ok_or_else(|| missing_from_image(df, loc, usage, &name)),
     }
 }
 
@@ -320,24 +440,25 @@ pub(super) fn plan_stage(
         si.stage,
         config.config.on_build.take().unwrap_or_default(),
     )?;
-    // BuildKit starts every stage with a working directory, "/" unless inherited.
-    if config
-        .config
-        .working_dir
-        .as_deref()
-        .unwrap_or("")
-        .is_empty()
-    {
+    // BuildKit's empty image (FROM scratch) has WorkingDir "/"; a stage built
+    // on an image or a stage keeps its base's value, an empty one too (RUN and
+    // relative paths still use "/" then, see `State::workdir`).
+    if matches!(si.base, Base::Scratch) {
         config.config.working_dir = Some("/".into());
     }
     let mut deps = Vec::new();
     if let Base::Stage(s) = &si.base {
         deps.push(si.planned[s]);
     }
+    // A stage on an earlier stage starts with its ARGs (BuildKit).
+    let args = match &si.base {
+        Base::Stage(s) => plan.stages[si.planned[s]].args.clone(),
+        _ => BTreeMap::new(),
+    };
     let mut state = State {
         df,
         config,
-        args: BTreeMap::new(),
+        args,
         cmd_set: false,
         parent_key: base_key.clone(),
         files: BTreeMap::new(),
@@ -390,6 +511,7 @@ pub(super) fn plan_stage(
         steps,
         deps,
         config: state.config,
+        args: state.args,
     })
 }
 
@@ -643,19 +765,14 @@ fn copy_op(
     let chmod = match spec.flag("chmod") {
         Some(f) => {
             let text = st.expand(f.value.as_deref().unwrap_or(""), f.loc)?;
-            Some(
-                u32::from_str_radix(&text, 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| {
-                        err_hint(
-                            df,
-                            f.loc,
-                            format!("invalid --chmod={text}"),
-                            "give an octal mode such as 0644 or 755",
-                        )
-                    })?,
-            )
+            Some(super::Chmod::parse(&text).map_err(|m| {
+                err_hint(
+                    df,
+                    f.loc,
+                    m,
+                    "give an octal mode such as 0644 or 755, or a symbolic one such as u+x or go-w",
+                )
+            })?)
         }
         None => None,
     };
@@ -672,23 +789,39 @@ fn copy_op(
         }
         sources.push((v, s.loc));
     }
+    let mut inline = Vec::new();
+    for doc in &spec.heredocs {
+        let content = if doc.value.expand {
+            expand::expand_heredoc(&doc.value.content, &st.vars())
+                .map_err(|e| expand_error(df, doc.loc, e))?
+        } else {
+            doc.value.content.clone()
+        };
+        inline.push((doc.value.name.clone(), content.into_bytes()));
+    }
     let mut k = KeyHasher::new(keyword);
-    k.str(&dest)
-        .str(chown.as_deref().unwrap_or(""))
-        .u64(chmod.map(u64::from).unwrap_or(u64::MAX));
+    k.u64(inline.len() as u64);
+    for (name, content) in &inline {
+        k.str(name).field(content);
+    }
+    k.str(&dest).str(chown.as_deref().unwrap_or("")).str(
+        chmod
+            .as_ref()
+            .map(|c| c.key_text())
+            .as_deref()
+            .unwrap_or("-"),
+    );
     k.strs(sources.iter().map(|(s, _)| s.as_str()));
 
     let source = if let Some(from) = spec.flag("from") {
-        let stage = resolve_from_stage(
-            df,
-            si.stage,
+        let position = from_position(
+            si,
             from.value.as_deref().unwrap_or(""),
             from.loc,
-            si.global,
+            FromUse::Copy,
         )?;
-        let position = si.planned[&stage];
         deps.push(position);
-        if sources.len() > 1 && !dest_is_dir {
+        if sources.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
         let paths: Vec<String> = sources.into_iter().map(|(s, _)| s).collect();
@@ -714,7 +847,7 @@ fn copy_op(
             })?;
             roots.extend(selected);
         }
-        if roots.len() > 1 && !dest_is_dir {
+        if roots.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
         let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
@@ -753,6 +886,7 @@ fn copy_op(
             dest,
             chown,
             chmod,
+            inline,
         }),
         k,
     ))
@@ -797,6 +931,13 @@ fn run_op(
             "mount" => mounts.push(parse_mount(si, st, flag, &value, deps)?),
             _ => {}
         }
+    }
+    if let Some(script) = &spec.script {
+        mounts.push(RunMount::File {
+            target: format!("/dev/pipes/{}", script.name),
+            content: script.content.clone().into_bytes(),
+            mode: 0o755,
+        });
     }
     let mut k = KeyHasher::new("RUN");
     k.strs(args.iter().map(String::as_str));
@@ -852,10 +993,43 @@ fn parse_mount(
             "see the RUN --mount reference: type=cache|secret|bind|tmpfs,target=PATH,...",
         )
     };
+    // BuildKit's keys (any mount type); others are refused with a suggestion.
+    const ALL_KEYS: &[&str] = &[
+        "type",
+        "from",
+        "source",
+        "target",
+        "readonly",
+        "id",
+        "sharing",
+        "required",
+        "size",
+        "mode",
+        "uid",
+        "gid",
+        "src",
+        "dst",
+        "destination",
+        "ro",
+        "rw",
+        "readwrite",
+        "env",
+    ];
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
+    // Normalised key -> the key as written.
+    let mut written: BTreeMap<String, String> = BTreeMap::new();
     for part in value.split(',').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
-        let k = match k.to_ascii_lowercase().as_str() {
+        let lower = k.to_ascii_lowercase();
+        if !ALL_KEYS.contains(&lower.as_str()) {
+            return Err(bad(memobuild_dockerfile::suggest::with_suggestion(
+                format!("unexpected key '{k}' in '{part}'"),
+                k,
+                ALL_KEYS,
+                true,
+            )));
+        }
+        let k = match lower.as_str() {
             "dst" | "destination" => "target".to_string(),
             "src" => "source".to_string(),
             "ro" | "readonly" => "readonly".to_string(),
@@ -867,6 +1041,7 @@ fn parse_mount(
             } else {
                 v
             };
+        written.insert(k.clone(), lower);
         fields.insert(k, v.to_string());
     }
     let kind = fields.remove("type").unwrap_or_else(|| "bind".into());
@@ -881,11 +1056,19 @@ fn parse_mount(
         "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
         "tmpfs" => &["target", "size"],
         "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
-        other => return Err(bad(format!("unknown mount type {other:?}"))),
+        other => {
+            return Err(bad(memobuild_dockerfile::suggest::with_suggestion(
+                format!("unsupported mount type {other:?}"),
+                other,
+                &["bind", "cache", "tmpfs", "secret", "ssh"],
+                true,
+            )))
+        }
     };
     if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
+        let key = written.get(unknown).unwrap_or(unknown);
         return Err(bad(format!(
-            "unknown option {unknown:?} for --mount=type={kind}"
+            "unexpected key '{key}' for mount type '{kind}'"
         )));
     }
     match kind.as_str() {
@@ -910,11 +1093,28 @@ fn parse_mount(
                     )))
                 }
             };
+            let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
+                fields
+                    .get(key)
+                    .map(|v| {
+                        u32::from_str_radix(v, radix)
+                            .map_err(|_| bad(format!("invalid {key}={v} for a cache mount")))
+                    })
+                    .transpose()
+            };
+            let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
+            let owner =
+                (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                    mode: mode.unwrap_or(0o755),
+                });
             Ok(RunMount::Cache {
                 id: fields.get("id").cloned().unwrap_or_else(|| target.clone()),
                 target,
                 sharing,
                 readonly: truthy(fields.get("readonly")),
+                owner,
             })
         }
         "secret" => {
@@ -935,8 +1135,7 @@ fn parse_mount(
             let target = target.ok_or_else(|| bad("a bind mount needs target=PATH".into()))?;
             let from = match fields.get("from") {
                 Some(name) => {
-                    let stage = resolve_from_stage(df, si.stage, name, flag.loc, si.global)?;
-                    let position = si.planned[&stage];
+                    let position = from_position(si, name, flag.loc, FromUse::Mount)?;
                     deps.push(position);
                     Some(position)
                 }
@@ -979,12 +1178,21 @@ fn mount_key(
                 id,
                 sharing,
                 readonly,
+                owner,
             } => {
                 k.str("cache")
                     .str(target)
                     .str(id)
                     .str(&format!("{sharing:?}"))
                     .u64(u64::from(*readonly));
+                match owner {
+                    Some(o) => k
+                        .u64(1)
+                        .u64(o.uid.into())
+                        .u64(o.gid.into())
+                        .u64(o.mode.into()),
+                    None => k.u64(0),
+                };
             }
             RunMount::Secret {
                 id,
@@ -995,6 +1203,13 @@ fn mount_key(
                     .str(id)
                     .str(target)
                     .u64(u64::from(*required));
+            }
+            RunMount::File {
+                target,
+                content,
+                mode,
+            } => {
+                k.str("file").str(target).field(content).u64((*mode).into());
             }
             RunMount::Tmpfs { target, size } => {
                 k.str("tmpfs").str(target);
@@ -1172,6 +1387,7 @@ impl SelectionDigests {
             (FileKind::Symlink, _) => {
                 format!("symlink:{}", meta.link_target.as_deref().unwrap_or(""))
             }
+            (FileKind::Socket, _) => format!("socket mode {:o}", meta.mode),
             _ => format!("dir:{:o}", meta.mode),
         };
         self.shown.insert(path, component);
@@ -1184,6 +1400,7 @@ fn kind_code(kind: FileKind) -> u64 {
         FileKind::Dir => 2,
         FileKind::Symlink => 3,
         FileKind::Other => 4,
+        FileKind::Socket => 5,
     }
 }
 

@@ -370,7 +370,10 @@ fn registry_note(log: &BuildLog) -> impl Fn(String) + Send + Sync + '_ {
 
 fn dockerfile_display(request: &BuildRequest) -> String {
     if request.dockerfile.is_empty() {
-        "Dockerfile".into()
+        let path = crate::project::default_dockerfile(Path::new(&request.context));
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into())
     } else {
         request.dockerfile.clone()
     }
@@ -379,7 +382,7 @@ fn dockerfile_display(request: &BuildRequest) -> String {
 fn dockerfile_path(request: &BuildRequest) -> PathBuf {
     let context = Path::new(&request.context);
     match request.dockerfile.as_str() {
-        "" => context.join("Dockerfile"),
+        "" => crate::project::default_dockerfile(context),
         p if Path::new(p).is_absolute() => PathBuf::from(p),
         p => context.join(p),
     }
@@ -680,7 +683,11 @@ async fn run_stage(
             key: stage.base_key.clone(),
             ..StageResult::default()
         },
-        Base::Stage(_) => inputs.get(&stage.deps[0]).cloned().unwrap_or_default(),
+        Base::Stage(_) => plan
+            .base_stage(stage_index)
+            .and_then(|position| inputs.get(&position))
+            .cloned()
+            .unwrap_or_default(),
         Base::Image(image) => StageResult {
             layers: base_layers(engine, run.build, &image.layers).await?,
             history: image.config.history.clone(),

@@ -9,7 +9,7 @@ use super::users;
 use memobuild_context::{ContextIndex, FileKind, FileMeta, Selected};
 use memobuild_oci::layer::clean_entry_path;
 use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
-use memobuild_plan::{CopyOp, CopySource};
+use memobuild_plan::{Chmod, CopyOp, CopySource};
 use memobuild_store::Store;
 use std::io::Read;
 use std::path::Path;
@@ -41,11 +41,11 @@ struct Owner {
     gid: u32,
 }
 
-/// A directory memobuild creates itself: 0755, owned by `owner`.
-fn dir_entry(owner: Owner) -> LayerEntry {
+/// A directory memobuild creates itself, owned by `owner`.
+fn dir_entry(owner: Owner, mode: u32) -> LayerEntry {
     LayerEntry {
         kind: EntryKind::Dir,
-        mode: 0o755,
+        mode,
         uid: owner.uid,
         gid: owner.gid,
     }
@@ -57,7 +57,7 @@ struct Builder<'a> {
     owner: Owner,
     /// True when `--chown` set `owner`.
     chown: bool,
-    chmod: Option<u32>,
+    chmod: Option<Chmod>,
 }
 
 impl Builder<'_> {
@@ -67,11 +67,10 @@ impl Builder<'_> {
 
     /// [`Builder::add`] with an explicit owner (`COPY --from` keeps the source's).
     fn add_as(&mut self, path: String, kind: EntryKind, mode: u32, owner: Owner) {
-        // --chmod applies to every copied entry (but not to the destination
-        // directory COPY creates, see `add_created_dir`).
-        let mode = match (&kind, self.chmod) {
+        // --chmod applies to every copied entry but symlinks (which are 0777).
+        let mode = match (&kind, &self.chmod) {
             (EntryKind::Symlink(_), _) => 0o777,
-            (_, Some(m)) => m,
+            (_, Some(c)) => c.apply(mode, kind == EntryKind::Dir),
             _ => mode,
         };
         self.changes.insert(
@@ -85,19 +84,29 @@ impl Builder<'_> {
         );
     }
 
-    /// A directory COPY itself creates: 0755 and the new owner, never --chmod.
+    /// The mode of the directories COPY creates itself: an octal --chmod, else
+    /// 0755 (BuildKit's fsutil `MkdirAll(dest, mode)`).
+    fn created_dir_mode(&self) -> u32 {
+        self.chmod.as_ref().map_or(0o755, Chmod::created_dir_mode)
+    }
+
+    /// A directory COPY itself creates: the new owner (the --chown owner,
+    /// else 0:0) and [`Builder::created_dir_mode`], never the source's.
     fn add_created_dir(&mut self, path: String) {
-        self.changes.insert(path, dir_entry(self.owner));
+        let mode = self.created_dir_mode();
+        self.changes.insert(path, dir_entry(self.owner, mode));
     }
 
-    /// Creates missing parent directories of every entry (0755, new owner).
+    /// Creates missing parent directories of every entry, as
+    /// [`Builder::add_created_dir`] does.
     fn add_missing_parents(&mut self) {
-        self.add_missing_dirs("", self.owner);
+        let mode = self.created_dir_mode();
+        self.add_missing_dirs("", self.owner, mode);
     }
 
-    /// Creates, as 0755 directories owned by `owner`, every missing ancestor
-    /// of an entry that lies strictly below `floor` (all ancestors for `""`).
-    fn add_missing_dirs(&mut self, floor: &str, owner: Owner) {
+    /// Creates, as directories owned by `owner` with `mode`, every missing
+    /// ancestor of an entry that lies strictly below `floor` (all ancestors for `""`).
+    fn add_missing_dirs(&mut self, floor: &str, owner: Owner, mode: u32) {
         let prefix = if floor.is_empty() {
             String::new()
         } else {
@@ -122,7 +131,7 @@ impl Builder<'_> {
             }
         }
         for dir in missing {
-            self.changes.insert(dir, dir_entry(owner));
+            self.changes.insert(dir, dir_entry(owner, mode));
         }
     }
 }
@@ -175,7 +184,7 @@ pub fn copy(
         changes: ChangeSet::default(),
         owner,
         chown: op.chown.is_some(),
-        chmod: op.chmod,
+        chmod: op.chmod.clone(),
     };
     let dest_named_dir = op.dest.ends_with('/');
     let dest = resolve_dest(view, &op.dest);
@@ -205,20 +214,27 @@ pub fn copy(
             )?;
         }
     }
+    // Here-documents: files named after their delimiters, 0644 (BuildKit's
+    // Mkfile of an inline document, then a copy with --chown/--chmod).
+    for (name, content) in &op.inline {
+        let target = file_target(view, &dest, dest_named_dir, name);
+        b.add(
+            target,
+            EntryKind::File(Content::Bytes(content.clone())),
+            0o644,
+        );
+    }
     b.add_missing_parents();
     Ok(b.changes)
 }
 
-/// The destination as a path in the view, following symlinks in its parents.
+/// The destination as a path in the view, following symlinks in every
+/// component, the last one too (BuildKit's fsutil copy resolves the whole
+/// destination with the stage's root as `/`): `COPY foo /link/` with
+/// `/link -> ../tmp/x` writes /tmp/x/foo, creating /tmp/x if missing.
 fn resolve_dest(view: &FsView, dest: &str) -> String {
     let rel = clean_entry_path(dest);
-    match rel.rsplit_once('/') {
-        Some((parent, name)) => {
-            let parent = view.resolve(parent).unwrap_or_else(|| parent.to_string());
-            join(&parent, name)
-        }
-        None => rel,
-    }
+    view.resolve(&rel).unwrap_or(rel)
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -303,6 +319,8 @@ fn add_context_entry(
         FileKind::Symlink => {
             EntryKind::Symlink(meta.link_target.as_deref().unwrap_or_default().to_string())
         }
+        // What BuildKit's context transfer makes of a socket: an empty file.
+        FileKind::Socket => EntryKind::File(Content::Bytes(Vec::new())),
         FileKind::Other => return,
     };
     b.add(target, kind, meta.mode);
@@ -551,6 +569,6 @@ fn extract_archive(
     }
     // Directories the archive implies but does not contain come out 0755 and
     // owned by root, whatever --chown says (BuildKit).
-    b.add_missing_dirs(dest, Owner::default());
+    b.add_missing_dirs(dest, Owner::default(), 0o755);
     Ok(())
 }

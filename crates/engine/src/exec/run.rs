@@ -8,7 +8,7 @@ use super::fsview::{FsView, ViewKind};
 use super::users;
 use super::{BuildLog, Engine};
 use memobuild_oci::ChangeSet;
-use memobuild_plan::{CacheSharing, RunMount, RunNetwork, RunOp};
+use memobuild_plan::{CacheOwner, CacheSharing, RunMount, RunNetwork, RunOp};
 use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, RpcError};
 use memobuild_sandbox::{ExtraMount, LayerInput, MountSource, Network, OutputChunk, RunSpec};
 use memobuild_store::{LayerRecord, StepRecord};
@@ -68,8 +68,9 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     let (layers, user) = {
         let (engine, parent, user) = (engine.clone(), cx.parent_layers.to_vec(), op.user.clone());
         tokio::task::spawn_blocking(move || {
-            // Only USER needs the parent's files (/etc/passwd); indexing a large
-            // layer costs real time, so skip it otherwise.
+            // The user (and, without USER, root's supplementary groups) come
+            // from the parent's /etc/passwd and /etc/group; a stage with no
+            // layers has neither.
             let ids = match user.as_deref() {
                 Some(u) => {
                     let view = FsView::load(&engine.store, &engine.layers, &parent)
@@ -77,11 +78,13 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
                     users::resolve_exec(u, &view, &engine.store)
                         .map_err(|e| err(format!("USER {u}: {e}")))?
                 }
-                None => users::ExecUser {
-                    uid: 0,
-                    gid: 0,
-                    groups: Vec::new(),
-                },
+                None if parent.is_empty() => users::ExecUser::root(),
+                None => {
+                    let view = FsView::load(&engine.store, &engine.layers, &parent)
+                        .map_err(|e| err(e.to_string()))?;
+                    users::default_exec(&view, &engine.store)
+                        .map_err(|e| err(format!("the default user (root): {e}")))?
+                }
             };
             let inputs = parent
                 .iter()
@@ -121,7 +124,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         uid,
         gid,
         additional_gids: user.groups.clone(),
-        hostname: "buildkitsandbox".into(),
+        hostname: sandbox_hostname(&cx.request.build_args),
         network,
         memory_bytes: cx.request.memory_bytes.or(settings.memory_bytes),
         cpus: cx
@@ -176,6 +179,17 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         layer: layer?,
         created_at: memobuild_store::now_secs(),
     })
+}
+
+/// The RUN sandbox's hostname: the build arg `BUILDKIT_SANDBOX_HOSTNAME`
+/// (BuildKit's dockerui option), else `buildkitsandbox`. Like BuildKit, it is
+/// not part of the step's cache key.
+fn sandbox_hostname(build_args: &std::collections::BTreeMap<String, String>) -> String {
+    build_args
+        .get("BUILDKIT_SANDBOX_HOSTNAME")
+        .filter(|h| !h.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "buildkitsandbox".into())
 }
 
 /// Docker's predefined proxy args reach RUN without an ARG line, in both
@@ -334,8 +348,9 @@ impl Mounts {
                     id,
                     sharing,
                     readonly,
+                    owner,
                 } => {
-                    let dir = m.cache_dir(cx, id, *sharing, uid, gid)?;
+                    let dir = m.cache_dir(cx, id, *sharing, *owner)?;
                     m.extra.push(ExtraMount {
                         source: MountSource::Host(dir),
                         target: target.clone(),
@@ -370,6 +385,22 @@ impl Mounts {
                     });
                     m._temp.push(dir);
                 }
+                RunMount::File {
+                    target,
+                    content,
+                    mode,
+                } => {
+                    let dir = temp_in(cx)?;
+                    let file = dir.path().join("file");
+                    write_mode(&file, content, *mode)
+                        .map_err(|e| err(format!("{}: writing {target}: {e}", cx.display)))?;
+                    m.extra.push(ExtraMount {
+                        source: MountSource::Host(file),
+                        target: target.clone(),
+                        readonly: true,
+                    });
+                    m._temp.push(dir);
+                }
                 RunMount::Tmpfs { target, size } => m.extra.push(ExtraMount {
                     source: MountSource::Tmpfs { size: *size },
                     target: target.clone(),
@@ -394,14 +425,15 @@ impl Mounts {
         Ok(m)
     }
 
-    /// The daemon's directory for cache mount `id` (created for the step's user).
+    /// The daemon's directory for cache mount `id`: its root (0:0, 0755), or
+    /// with `uid=`/`gid=`/`mode=` its `cache/` subdirectory created with those
+    /// (BuildKit mounts `/cache` of a Mkdir state then).
     fn cache_dir(
         &mut self,
         cx: &RunContext<'_>,
         id: &str,
         sharing: CacheSharing,
-        uid: u32,
-        gid: u32,
+        owner: Option<CacheOwner>,
     ) -> Result<PathBuf, RpcError> {
         let name = cache_dir_name(id);
         let dir = cx.engine.store.root().join("cache-mounts").join(&name);
@@ -420,22 +452,40 @@ impl Mounts {
                     let temp = temp_in(cx)?;
                     let path = temp.path().to_path_buf();
                     self._temp.push(temp);
-                    return Ok(path);
+                    return match owner {
+                        None => Ok(path),
+                        Some(o) => {
+                            let sub = path.join("cache");
+                            create_cache_dir(&sub, o.uid, o.gid, o.mode).map_err(|e| {
+                                err(format!("creating cache mount {}: {e}", sub.display()))
+                            })?;
+                            Ok(sub)
+                        }
+                    };
                 }
             },
         }
         if !dir.exists() {
-            create_cache_dir(&dir, uid, gid)
+            private_parent(&dir)
+                .and_then(|()| create_cache_dir(&dir, 0, 0, 0o755))
                 .map_err(|e| err(format!("creating cache mount {}: {e}", dir.display())))?;
         }
-        Ok(dir)
+        match owner {
+            None => Ok(dir),
+            Some(o) => {
+                let sub = dir.join("cache");
+                if !sub.exists() {
+                    create_cache_dir(&sub, o.uid, o.gid, o.mode)
+                        .map_err(|e| err(format!("creating cache mount {}: {e}", sub.display())))?;
+                }
+                Ok(sub)
+            }
+        }
     }
 }
 
-/// A cache mount's directory: owned by the step's user, 0755 inside the step,
-/// in `cache-mounts/` which is 0700, so no host user but root can reach what
-/// steps leave there (a setuid binary, say).
-fn create_cache_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// `cache-mounts/` itself: 0700.
+fn private_parent(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if let Some(parent) = dir.parent() {
         std::fs::DirBuilder::new()
@@ -444,13 +494,21 @@ fn create_cache_dir(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
             .create(parent)?;
         std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))?;
     }
+    Ok(())
+}
+
+/// A cache mount's directory, with the owner and mode the step sees, in
+/// `cache-mounts/` which is 0700, so no host user but root can reach what
+/// steps leave there (a setuid binary, say).
+fn create_cache_dir(dir: &Path, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         // Another step sharing it made it first.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         other => other?,
     }
     nix::unistd::chown(dir, Some(uid.into()), Some(gid.into()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o7777))
 }
 
 fn temp_in(cx: &RunContext<'_>) -> Result<tempfile::TempDir, RpcError> {
@@ -472,6 +530,13 @@ fn secret_dir() -> Result<tempfile::TempDir, RpcError> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711));
     Ok(dir)
+}
+
+/// A new file with `bytes` and exactly `mode` (no umask).
+fn write_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
 }
 
 fn write_private(path: &Path, bytes: &[u8], uid: u32, gid: u32) -> Result<(), RpcError> {

@@ -69,12 +69,43 @@ fn field_u32(entry: &[String], i: usize, name: &str) -> Result<u32, UserError> {
 }
 
 /// Who a RUN step runs as, resolved as runc/libcontainer does for `USER`:
-/// uid, primary gid and supplementary groups.
+/// uid, primary gid and supplementary groups (the primary one first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecUser {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+}
+
+impl ExecUser {
+    /// uid 0, gid 0, no supplementary groups.
+    pub fn root() -> ExecUser {
+        ExecUser {
+            uid: 0,
+            gid: 0,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// Who RUN runs as without USER: root, with the supplementary groups
+/// /etc/group lists root in (containerd's `WithAdditionalGIDs("root")`, the
+/// CVE-2023-25173 fix BuildKit has): `groups=0(root),10(wheel)` in busybox.
+/// An image without root in its /etc/passwd runs as 0:0 with no groups.
+pub fn default_exec(view: &FsView, store: &Store) -> Result<ExecUser, UserError> {
+    let passwd = read(view, store, "etc/passwd")?;
+    if find(&passwd, "root").is_none() {
+        return Ok(ExecUser::root());
+    }
+    let user = resolve_exec("root", view, store)?;
+    // 0:0 whatever /etc/passwd says, with root's groups from /etc/group.
+    let mut groups = vec![0];
+    groups.extend(user.groups.into_iter().filter(|g| *g != 0));
+    Ok(ExecUser {
+        uid: 0,
+        gid: 0,
+        groups,
+    })
 }
 
 /// `USER name`, `USER uid`, `USER x:group`. A numeric user takes its primary
@@ -127,10 +158,12 @@ pub fn resolve_exec(spec: &str, view: &FsView, store: &Store) -> Result<ExecUser
         return Ok(ExecUser {
             uid,
             gid,
-            groups: Vec::new(),
+            groups: vec![gid],
         });
     }
-    let mut groups = Vec::new();
+    // The primary group leads the supplementary list, as containerd's
+    // WithUserID/WithAdditionalGIDs set it (`id` shows `groups=GID,...`).
+    let mut groups = vec![primary];
     if let Some(name) = name {
         for line in read(view, store, "etc/group")?.lines() {
             let f: Vec<&str> = line.split(':').collect();
