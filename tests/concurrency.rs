@@ -138,6 +138,15 @@ fn ctrl_c(child: &Child) {
 }
 
 /// Waits until a host process runs exactly `args` (the RUN step's command).
+/// Waits until the daemon reports a build running.
+fn wait_until_building(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.ctl_json(&["status"])["daemon"]["running_builds"] != 1 {
+        assert!(Instant::now() < deadline, "the build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_for_process(args: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -217,6 +226,8 @@ fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
     let d = Guard(Daemon::start());
     let ctx = busybox_context("RUN sleep 120 && echo done > /done\n", &[]);
     let mut client = d.0.spawn_build(ctx.path(), &[]);
+    // This daemon's build, not another test run's `sleep 120` on the machine.
+    wait_until_building(&d.0);
     wait_for_process("sleep 120");
     // Killed without a chance to send `cancel`.
     client.kill().unwrap();
