@@ -25,6 +25,8 @@ pub struct BuildRegistry {
     caches: Vec<RemoteCache>,
     exports: Vec<memobuild_proto::registry::CacheExport>,
     push: Vec<String>,
+    /// Caches whose registry stopped answering in this build (by index).
+    failed: parking_lot::Mutex<BTreeSet<usize>>,
 }
 
 /// A base image of the build, with where its FROM is.
@@ -54,6 +56,7 @@ impl BuildRegistry {
             caches: Vec::new(),
             exports,
             push: request.push.clone(),
+            failed: Default::default(),
         };
         let mut seen = BTreeSet::new();
         for w in wanted {
@@ -164,35 +167,47 @@ impl BuildRegistry {
             .unwrap_or_default()
         };
         let mut imported = 0;
-        // A cache whose registry stopped answering is not asked again in this build.
-        let mut failed = vec![false; self.caches.len()];
         for ((_, key), present) in keys.iter().zip(local) {
-            if present {
-                continue;
-            }
-            for (i, cache) in self.caches.iter().enumerate() {
-                if failed[i] {
-                    continue;
-                }
-                match self.session.import_step(store, cache, key).await {
-                    Ok(true) => {
-                        imported += 1;
-                        break;
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        failed[i] = e.unreachable;
-                        note(format!(
-                            "warning: registry cache {}: {e}; building the step locally",
-                            cache.reference.whole()
-                        ))
-                    }
-                }
+            if !present && self.import_one(store, key, note).await {
+                imported += 1;
             }
         }
         if imported > 0 {
             note(format!("{imported} steps came from the registry cache"));
         }
+    }
+
+    /// During the build: records step `key` (a pending step's, resolved) if a
+    /// remote cache has it; true if it did.
+    pub async fn import_key(&self, store: &Arc<Store>, key: &str, note: Note<'_>) -> bool {
+        let imported = self.import_one(store, key, note).await;
+        if imported {
+            note("1 step came from the registry cache".to_string());
+        }
+        imported
+    }
+
+    async fn import_one(&self, store: &Arc<Store>, key: &str, note: Note<'_>) -> bool {
+        for (i, cache) in self.caches.iter().enumerate() {
+            // A cache whose registry stopped answering is not asked again in this build.
+            if self.failed.lock().contains(&i) {
+                continue;
+            }
+            match self.session.import_step(store, cache, key).await {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => {
+                    if e.unreachable {
+                        self.failed.lock().insert(i);
+                    }
+                    note(format!(
+                        "warning: registry cache {}: {e}; building the step locally",
+                        cache.reference.whole()
+                    ))
+                }
+            }
+        }
+        false
     }
 
     /// After a successful build: pushes the image (failures fail the build) and

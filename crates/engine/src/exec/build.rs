@@ -97,7 +97,7 @@ pub async fn run(
     let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
     let settings = &engine.run_settings().registries;
     let remote = tokio::select! {
-        r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => r?,
+        r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => Arc::new(r?),
         _ = log.cancelled() => return Err(RpcError::cancelled()),
     };
     let mut attempt = 1;
@@ -283,7 +283,7 @@ async fn build_planned(
     project: &str,
     tree: Tree,
     log: &Arc<BuildLog>,
-    remote: &BuildRegistry,
+    remote: &Arc<BuildRegistry>,
 ) -> Result<(Done, Arc<Plan>), RpcError> {
     let plan = {
         let engine = engine.clone();
@@ -325,7 +325,8 @@ async fn build_planned(
         });
     }
     let plan = Arc::new(plan);
-    let (results, resolved) = run_stages(engine, id, &plan, request, log, project).await?;
+    let (results, resolved) =
+        run_stages(engine, id, &plan, request, log, project, remote.clone()).await?;
     let plan = if resolved.is_empty() {
         plan
     } else {
@@ -565,8 +566,10 @@ async fn run_stages(
     request: &BuildRequest,
     log: &Arc<BuildLog>,
     project: &str,
+    remote: Arc<BuildRegistry>,
 ) -> Result<ResolvedStages, RpcError> {
     let run = Arc::new(StageRun {
+        remote,
         engine: engine.clone(),
         build,
         plan: plan.clone(),
@@ -622,6 +625,9 @@ type ResolvedStages = (
 /// What every stage of one build shares.
 struct StageRun {
     engine: Arc<Engine>,
+    /// The build's registry caches: a pending step's key, once resolved, is
+    /// looked up there too.
+    remote: Arc<BuildRegistry>,
     build: BuildId,
     plan: Arc<Plan>,
     log: Arc<BuildLog>,
@@ -711,11 +717,23 @@ async fn run_stage(
         log.push(BuildEvent::StepStarted { step: step_index });
         engine.projects.step_state(project, step_index, "building");
         let started = Instant::now();
-        let cached = if no_cache {
+        let mut cached = if no_cache {
             None
         } else {
             lookup(engine, run.build, step_index, &step_key, log).await?
         };
+        // Planning imported the remote cache's steps by their planned keys;
+        // a pending step's key is only known now.
+        if cached.is_none()
+            && step.pending
+            && !no_cache
+            && run
+                .remote
+                .import_key(&engine.store, &step_key, &registry_note(log))
+                .await
+        {
+            cached = lookup(engine, run.build, step_index, &step_key, log).await?;
+        }
         if !no_cache {
             // The fast path (memory tier) did not answer this build.
             engine.metrics.cache("memory", false, 1);
