@@ -517,7 +517,7 @@ impl Sandbox {
                 resolv_conf: &etc[1],
             },
             &cgroups_path,
-        );
+        )?;
         let container = Container {
             id: name.clone(),
             labels: HashMap::from([(LABEL_RUN.to_string(), id.to_string())]),
