@@ -11,7 +11,6 @@
 
 pub mod paths;
 pub mod registry;
-pub mod time;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
