@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Prints the log of `build` (an id, `last`, or a project id / context path).
 pub async fn logs(socket: &Path, build: &str, json: bool) -> Result<ExitCode, RpcError> {
@@ -168,10 +169,16 @@ fn label(steps: &[StepInfo], step: usize) -> String {
     )
 }
 
-/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`. humantime formats years
+/// 1970 to 9999 only, so times outside print as the nearest end.
 fn utc(ms: i64) -> String {
-    let (year, month, day, h, m, s) = memobuild_proto::time::civil_utc(ms.div_euclid(1000));
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC")
+    /// The last millisecond of 9999-12-31.
+    const LAST_MS: u64 = 253_402_300_799_999;
+    let after_epoch = Duration::from_millis(u64::try_from(ms).unwrap_or(0).min(LAST_MS));
+    let rfc3339 = humantime::format_rfc3339_seconds(UNIX_EPOCH + after_epoch).to_string();
+    // `2023-11-14T22:13:20Z`
+    let rfc3339 = rfc3339.strip_suffix('Z').unwrap_or(&rfc3339);
+    format!("{} UTC", rfc3339.replacen('T', " ", 1))
 }
 
 #[cfg(test)]
@@ -181,5 +188,8 @@ mod tests {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(super::utc(1_700_000_000_123), "2023-11-14 22:13:20 UTC");
         assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(super::utc(253_402_300_799_999), "9999-12-31 23:59:59 UTC");
+        assert_eq!(super::utc(-1), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc(i64::MAX), "9999-12-31 23:59:59 UTC");
     }
 }

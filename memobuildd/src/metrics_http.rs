@@ -1,22 +1,33 @@
 //! `GET /metrics` over HTTP for Prometheus (`--metrics-listen`): what the
-//! engine's [`scrape`] renders, served by a minimal HTTP/1.x responder with a
-//! bounded number of connections and a request timeout.
+//! engine's [`scrape`] renders, served by hyper's HTTP/1 server with a
+//! bounded number of connections, a request-head timeout and size limit, and
+//! one request per connection.
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use memobuild_engine::metrics::scrape;
 use memobuild_engine::Engine;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Longest request head the HTTP listener reads.
+/// Longest request head the HTTP listener reads (hyper's smallest buffer
+/// limit); a longer one is answered `431`.
 const MAX_REQUEST: usize = 8192;
-/// A client gets this long to send its request.
+/// A client gets this long to send its request head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections answered at once; more wait for their turn.
 const MAX_CONNECTIONS: usize = 16;
 
-/// Serves `GET /metrics` on `listener` until the daemon stops. A minimal
-/// HTTP/1.x responder: one request per connection, then close.
+/// The Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `GET /metrics` on `listener` until the daemon stops.
 pub async fn serve_http(listener: tokio::net::TcpListener, engine: Arc<Engine>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -33,7 +44,18 @@ pub async fn serve_http(listener: tokio::net::TcpListener, engine: Arc<Engine>) 
         };
         let engine = engine.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(conn, &engine).await {
+            let service = service_fn(move |request| {
+                let engine = engine.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &engine).await) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "metrics request failed");
             }
             drop(slot);
@@ -41,54 +63,34 @@ pub async fn serve_http(listener: tokio::net::TcpListener, engine: Arc<Engine>) 
     }
 }
 
-async fn answer(mut conn: tokio::net::TcpStream, engine: &Arc<Engine>) -> std::io::Result<()> {
-    let head = tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
-    let mut parts = head.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/metrics") => match scrape(engine).await {
-            Ok(text) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text),
-            Err(e) => ("500 Internal Server Error", "text/plain", e.to_string()),
-        },
-        (_, "/metrics") => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "use GET\n".to_string(),
-        ),
-        _ => (
-            "404 Not Found",
-            "text/plain",
-            "metrics are at /metrics\n".to_string(),
-        ),
+/// The response to one request (hyper leaves the body out for `HEAD`).
+async fn answer(request: &Request<Incoming>, engine: &Arc<Engine>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
     };
-    let mut response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        response.push_str(&body);
+    if request.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND, "metrics are at /metrics\n".into());
     }
-    conn.write_all(response.as_bytes()).await?;
-    conn.shutdown().await
-}
-
-/// Reads up to the end of the request head; returns its first line.
-async fn read_head(conn: &mut tokio::net::TcpStream) -> std::io::Result<String> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        if buf.len() > MAX_REQUEST {
-            return Err(std::io::Error::other("request head too long"));
-        }
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
     }
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text.lines().next().unwrap_or("").to_string())
+    match scrape(engine).await {
+        Ok(metrics) => {
+            let mut response = text(StatusCode::OK, metrics);
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT));
+            response
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

@@ -16,15 +16,13 @@
 //!   regexp string upstream builds (`*` → `[^/]*`, `?` → `[^/]`, `**/` →
 //!   `(.*/)?`, trailing `**` → `.*`), including its exact/prefix/suffix fast
 //!   paths, whose semantics differ from the regexp (`**file` matches `myfile`).
-//!   That regexp is then compiled by a small RE2-subset compiler (`regexp`
-//!   below) into an NFA, so upstream's quirks are kept: in a wildcard pattern
+//!   That regexp is read by a parser of Go's RE2 syntax (`regexp` below) into
+//!   a `regex-syntax` HIR that regex-automata's meta engine matches, so
+//!   upstream's quirks are kept: in a wildcard pattern
 //!   `^` is an anchor, `|` an alternation (upstream fails to escape `|`, `{`,
 //!   `}`, so `*|` matches everything) and `{2}` a repetition, `\d` is a digit
 //!   class, `*` inside `[...]` produces the odd class upstream produces,
 //!   `[[:alpha:]]` is a POSIX class and `**` does not cross a newline.
-//!   Patterns made only of literals and single `*` translate to the same
-//!   regexp under `globset` (`literal_separator`), so those use a `globset`
-//!   matcher.
 //! * Matching follows `PatternMatcher.MatchesOrParentMatches`: a pattern
 //!   matches a path if it matches the path or any parent directory of it, and
 //!   the last matching pattern decides (exceptions re-include).
@@ -42,8 +40,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-
-use globset::{GlobBuilder, GlobMatcher};
 
 /// fsutil's `patternChars` (Unix): an exception containing one of these
 /// outside a trailing `/*` or `/**` may match anywhere, so no excluded
@@ -228,44 +224,8 @@ enum Matcher {
     Suffix,
     /// A regexp that is only literal text.
     Literal(String),
-    /// A regexp that `globset` expresses exactly.
-    Glob(Affixes, GlobMatcher),
     /// Any other regexp.
-    Program(Affixes, regexp::Program),
-}
-
-/// Literal text every match of a regexp starts with, ends with and
-/// contains: checking it first rejects most paths without running the
-/// matcher.
-#[derive(Debug, Clone, Default)]
-struct Affixes {
-    prefix: String,
-    suffix: String,
-    inner: String,
-}
-
-impl Affixes {
-    fn of(program: &regexp::Program) -> Affixes {
-        let (prefix, suffix) = program.affixes();
-        let inner = program
-            .required_literals()
-            .into_iter()
-            .filter(|lit| !prefix.contains(lit) && !suffix.contains(lit))
-            .max_by_key(String::len)
-            .unwrap_or_default();
-        Affixes {
-            prefix,
-            suffix,
-            inner,
-        }
-    }
-
-    fn admit(&self, path: &str) -> bool {
-        // The emptiness tests matter: a zero-length `memcmp` is slow here.
-        (self.prefix.is_empty() || path.starts_with(&self.prefix))
-            && (self.suffix.is_empty() || path.ends_with(&self.suffix))
-            && (self.inner.is_empty() || path.contains(&self.inner))
-    }
+    Regex(regex_automata::meta::Regex),
 }
 
 /// Upstream's `matchType` as chosen by `Pattern.compile`.
@@ -333,8 +293,7 @@ impl Rule {
                     || (suffix.first() == Some(&b'/') && path.as_bytes() == &suffix[1..])
             }
             Matcher::Literal(literal) => path == literal,
-            Matcher::Glob(affixes, glob) => affixes.admit(path) && glob.is_match(path),
-            Matcher::Program(affixes, program) => affixes.admit(path) && program.is_match(path),
+            Matcher::Regex(regex) => regex.is_match(path),
         }
     }
 }
@@ -348,29 +307,14 @@ impl Matcher {
             MatchKind::Prefix => Matcher::Prefix,
             MatchKind::Suffix => Matcher::Suffix,
             MatchKind::Regexp => {
-                let program = regexp::Program::compile(&regexp)?;
-                let affixes = Affixes::of(&program);
-                if let Some(literal) = program.literal() {
-                    Matcher::Literal(literal)
-                } else if let Some(glob) = program.as_glob().and_then(|g| build_glob(&g)) {
-                    Matcher::Glob(affixes, glob)
-                } else {
-                    Matcher::Program(affixes, program)
+                let parsed = regexp::Parsed::parse(&regexp)?;
+                match parsed.literal() {
+                    Some(literal) => Matcher::Literal(literal),
+                    None => Matcher::Regex(parsed.compile()?),
                 }
             }
         })
     }
-}
-
-/// Compiles a glob rendered by [`regexp::Program::as_glob`]: with
-/// `literal_separator`, globset turns `*` into `[^/]*` just as upstream does.
-fn build_glob(glob: &str) -> Option<GlobMatcher> {
-    GlobBuilder::new(glob)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-        .ok()
-        .map(|g| g.compile_matcher())
 }
 
 /// `ignorefile.ReadAll` for one physical line; `None` for comments and
@@ -602,107 +546,115 @@ fn translate(pattern: &str) -> (MatchKind, String) {
     (kind, re)
 }
 
-/// A compiler and matcher for the subset of Go's RE2 syntax that
-/// [`translate`] can produce, with Go's flags (`^`/`$` match only at the ends
-/// of the text, `.` does not match `\n`, negated classes do). Matching is a
-/// bit-parallel NFA simulation: linear time, no allocation for programs of
-/// up to 255 instructions.
+/// A parser for the subset of Go's RE2 syntax that [`translate`] can
+/// produce, with Go's flags (`^`/`$` match only at the ends of the text, `.`
+/// does not match `\n`, negated classes do, Perl classes and `\b` are
+/// ASCII). It builds a `regex-syntax` HIR directly, since Rust's regexp
+/// syntax differs from Go's (nested classes, `\<`, `\u`, octal escapes), and
+/// regex-automata's meta engine matches it.
 mod regexp {
+    use regex_automata::meta::{self, Regex};
+    use regex_syntax::hir::{Class, ClassUnicode, ClassUnicodeRange, Dot, Hir, Look, Repetition};
+
     const MAX_CHAR: u32 = char::MAX as u32;
 
     /// Go's limit on `{n,m}` counts.
     const MAX_REPEAT: u32 = 1000;
 
-    /// A set of chars: sorted, disjoint, non-adjacent inclusive ranges of
-    /// code points, never containing surrogates.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub(super) struct CharSet(Vec<(u32, u32)>);
+    /// A regexp parsed with Go's rules.
+    pub(super) struct Parsed {
+        /// The alternatives of the top-level `|`, each a sequence of items.
+        alternatives: Vec<Vec<(Atom, Rep)>>,
+    }
 
-    impl CharSet {
-        fn new(ranges: Vec<(u32, u32)>) -> CharSet {
-            let mut split = Vec::with_capacity(ranges.len() + 1);
-            for (lo, hi) in ranges {
-                if lo < 0xD800 {
-                    split.push((lo, hi.min(0xD7FF)));
-                }
-                if hi > 0xDFFF {
-                    split.push((lo.max(0xE000), hi));
-                }
-            }
-            split.sort_unstable();
-            let mut merged: Vec<(u32, u32)> = Vec::with_capacity(split.len());
-            for (lo, hi) in split {
-                match merged.last_mut() {
-                    Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-                    _ => merged.push((lo, hi)),
-                }
-            }
-            CharSet(merged)
+    impl Parsed {
+        /// Parses `re`, failing like Go's `regexp.Compile` would (or on the
+        /// few constructs not supported here).
+        pub(super) fn parse(re: &str) -> Result<Parsed, String> {
+            let mut parser = Parser {
+                rest: re,
+                atoms: Vec::new(),
+                alternatives: Vec::new(),
+            };
+            parser.parse()?;
+            let mut alternatives = parser.alternatives;
+            alternatives.push(parser.atoms);
+            Ok(Parsed { alternatives })
         }
 
-        fn of(ranges: &[(u32, u32)]) -> CharSet {
-            CharSet::new(ranges.to_vec())
+        /// The text matched if the regexp is `^literal$`.
+        pub(super) fn literal(&self) -> Option<String> {
+            let [items] = self.alternatives.as_slice() else {
+                return None;
+            };
+            let [(Atom::Look(Look::Start), Rep::ONE), body @ .., (Atom::Look(Look::End), Rep::ONE)] =
+                items.as_slice()
+            else {
+                return None;
+            };
+            body.iter()
+                .map(|item| match item {
+                    (Atom::Char(c), Rep::ONE) => char::from_u32(*c),
+                    _ => None,
+                })
+                .collect()
         }
 
-        fn negated(&self) -> CharSet {
-            let mut out = Vec::with_capacity(self.0.len() + 1);
-            let mut next = 0;
-            for &(lo, hi) in &self.0 {
-                if lo > next {
-                    out.push((next, lo - 1));
-                }
-                next = hi + 1;
-            }
-            if next <= MAX_CHAR {
-                out.push((next, MAX_CHAR));
-            }
-            CharSet::new(out)
-        }
-
-        /// `.` under Go's default flags: anything but a newline.
-        fn dot() -> CharSet {
-            CharSet::of(&[(0, 9), (11, MAX_CHAR)])
-        }
-
-        /// `[^/]`, what upstream makes of `*` and `?`.
-        pub(super) fn not_slash() -> CharSet {
-            CharSet::of(&[(0, 0x2E), (0x30, MAX_CHAR)])
-        }
-
-        pub(super) fn contains(&self, c: char) -> bool {
-            let c = c as u32;
-            for &(lo, hi) in &self.0 {
-                if c < lo {
-                    return false;
-                }
-                if c <= hi {
-                    return true;
-                }
-            }
-            false
+        /// Compiles for regex-automata's meta engine; `is_match` is then Go's
+        /// `Regexp.MatchString`.
+        pub(super) fn compile(self) -> Result<Regex, String> {
+            let alternatives = self.alternatives.into_iter().map(|items| {
+                Hir::concat(
+                    items
+                        .into_iter()
+                        .map(|(atom, rep)| rep.apply(atom.hir()))
+                        .collect(),
+                )
+            });
+            let hir = Hir::alternation(alternatives.collect());
+            meta::Builder::new()
+                .build_from_hir(&hir)
+                .map_err(|err| format!("regexp too large to compile: {err}"))
         }
     }
 
+    /// A class from inclusive code point ranges; surrogates are left out
+    /// (no `char` is one, so they match nothing, as in Go).
+    fn class(ranges: &[(u32, u32)]) -> ClassUnicode {
+        let surrogate = |c: u32| (0xD800..=0xDFFF).contains(&c);
+        ClassUnicode::new(ranges.iter().filter_map(|&(lo, hi)| {
+            let lo = char::from_u32(if surrogate(lo) { 0xE000 } else { lo })?;
+            let hi = char::from_u32(if surrogate(hi) { 0xD7FF } else { hi })?;
+            // `ClassUnicodeRange::new` would swap reversed bounds.
+            (lo <= hi).then(|| ClassUnicodeRange::new(lo, hi))
+        }))
+    }
+
+    fn negated(mut set: ClassUnicode) -> ClassUnicode {
+        set.negate();
+        set
+    }
+
     /// Go's Perl classes (ASCII only).
-    fn perl_class(name: char) -> Option<CharSet> {
+    fn perl_class(name: char) -> Option<ClassUnicode> {
         let ranges: &[(u32, u32)] = match name.to_ascii_lowercase() {
             'd' => &[(0x30, 0x39)],
             's' => &[(9, 10), (12, 13), (32, 32)],
             'w' => &[(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)],
             _ => return None,
         };
-        let set = CharSet::of(ranges);
+        let set = class(ranges);
         Some(if name.is_ascii_uppercase() {
-            set.negated()
+            negated(set)
         } else {
             set
         })
     }
 
     /// Go's POSIX classes, `[:name:]` or negated `[:^name:]`.
-    fn posix_class(name: &str) -> Option<CharSet> {
+    fn posix_class(name: &str) -> Option<ClassUnicode> {
         let inner = name.strip_prefix("[:")?.strip_suffix(":]")?;
-        let (negated, inner) = match inner.strip_prefix('^') {
+        let (negate, inner) = match inner.strip_prefix('^') {
             Some(rest) => (true, rest),
             None => (false, inner),
         };
@@ -723,57 +675,37 @@ mod regexp {
             "xdigit" => &[(0x30, 0x39), (0x41, 0x46), (0x61, 0x66)],
             _ => return None,
         };
-        let set = CharSet::of(ranges);
-        Some(if negated { set.negated() } else { set })
-    }
-
-    /// A zero-width assertion.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub(super) enum Assert {
-        Begin,
-        End,
-        WordBoundary,
-        NotWordBoundary,
-    }
-
-    impl Assert {
-        fn holds(self, before: Option<char>, after: Option<char>) -> bool {
-            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-            match self {
-                Assert::Begin => before.is_none(),
-                Assert::End => after.is_none(),
-                Assert::WordBoundary => word(before) != word(after),
-                Assert::NotWordBoundary => word(before) == word(after),
-            }
-        }
-    }
-
-    /// One NFA instruction; instruction `insts.len()` is the match state.
-    /// Every jump goes forward, except `Many`'s loop on itself.
-    #[derive(Debug, Clone)]
-    pub(super) enum Inst {
-        /// Consume this char.
-        Lit(char),
-        /// Consume one char of the set.
-        Set(CharSet),
-        /// Consume any number of chars of the set.
-        Many(CharSet),
-        /// Continue at the next instruction or at the given one.
-        Fork(usize),
-        /// Continue at the given instruction.
-        Jump(usize),
-        /// Continue if the assertion holds here.
-        Assert(Assert),
+        let set = class(ranges);
+        Some(if negate { negated(set) } else { set })
     }
 
     /// A parsed regexp item before repetition is applied.
     enum Atom {
         /// A code point (possibly a surrogate, which matches nothing).
         Char(u32),
-        Set(CharSet),
+        Set(ClassUnicode),
         /// The `(.*/)` group of upstream's `**` translation.
         AnyDirs,
-        Assert(Assert),
+        /// `^`, `$`, `\b`, `\B` with Go's flags: text ends, ASCII words.
+        Look(Look),
+    }
+
+    impl Atom {
+        fn hir(self) -> Hir {
+            match self {
+                Atom::Char(c) => match char::from_u32(c) {
+                    Some(c) => Hir::literal(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                    None => Hir::fail(),
+                },
+                Atom::Set(set) => Hir::class(Class::Unicode(set)),
+                // `.` under Go's default flags: anything but a newline.
+                Atom::AnyDirs => Hir::concat(vec![
+                    Rep { min: 0, max: None }.apply(Hir::dot(Dot::AnyCharExceptLF)),
+                    Hir::literal(*b"/"),
+                ]),
+                Atom::Look(look) => Hir::look(look),
+            }
+        }
     }
 
     /// How often an atom repeats: `min` to `max` times (`None`: unbounded).
@@ -805,299 +737,18 @@ mod regexp {
                 max,
             })
         }
-    }
 
-    /// A compiled regexp.
-    #[derive(Debug, Clone)]
-    pub(super) struct Program {
-        insts: Vec<Inst>,
-        /// The program starts with `^`, so matches can only start at 0.
-        anchored: bool,
-    }
-
-    impl Program {
-        /// Compiles `re`, failing like Go's `regexp.Compile` would (or on
-        /// the few constructs not supported here).
-        pub(super) fn compile(re: &str) -> Result<Program, String> {
-            let mut parser = Parser {
-                rest: re,
-                atoms: Vec::new(),
-                alternatives: Vec::new(),
-            };
-            parser.parse()?;
-            let mut alternatives = parser.alternatives;
-            alternatives.push(parser.atoms);
-            Ok(Program::build(alternatives))
-        }
-
-        /// Lays out `a|b|c` as `Fork(B) a Jump(END) B: Fork(C) b Jump(END)
-        /// C: c END:`.
-        fn build(alternatives: Vec<Vec<(Atom, Rep)>>) -> Program {
-            let mut insts = Vec::new();
-            let mut jumps = Vec::new();
-            let count = alternatives.len();
-            for (index, atoms) in alternatives.into_iter().enumerate() {
-                let fork = insts.len();
-                let last = index + 1 == count;
-                if !last {
-                    insts.push(Inst::Fork(0));
-                }
-                for (atom, rep) in atoms {
-                    push_atom(&mut insts, atom, rep);
-                }
-                if !last {
-                    jumps.push(insts.len());
-                    insts.push(Inst::Jump(0));
-                    insts[fork] = Inst::Fork(insts.len());
-                }
+        fn apply(self, sub: Hir) -> Hir {
+            if self == Rep::ONE {
+                return sub;
             }
-            let end = insts.len();
-            for jump in jumps {
-                insts[jump] = Inst::Jump(end);
-            }
-            let anchored = matches!(insts.first(), Some(Inst::Assert(Assert::Begin)));
-            Program { insts, anchored }
-        }
-
-        /// The text matched if the program is `^literal$`.
-        pub(super) fn literal(&self) -> Option<String> {
-            let body = self.body()?;
-            body.iter()
-                .map(|inst| match inst {
-                    Inst::Lit(c) => Some(*c),
-                    _ => None,
-                })
-                .collect()
-        }
-
-        /// Literal text that every match must start with (for a program
-        /// anchored at the start) and end with (for one anchored at the end).
-        pub(super) fn affixes(&self) -> (String, String) {
-            let lit = |inst: &Inst| match inst {
-                Inst::Lit(c) => Some(*c),
-                _ => None,
-            };
-            let prefix = match self.insts.first() {
-                Some(Inst::Assert(Assert::Begin)) => {
-                    self.insts[1..].iter().map_while(lit).collect()
-                }
-                _ => String::new(),
-            };
-            let Some((Inst::Assert(Assert::End), body)) = self.insts.split_last() else {
-                return (prefix, String::new());
-            };
-            // Only instructions no jump can skip belong to the suffix.
-            let landing = self.insts.iter().filter_map(|inst| match inst {
-                Inst::Fork(to) | Inst::Jump(to) => Some(*to),
-                _ => None,
-            });
-            let first_safe = landing.max().unwrap_or(0);
-            let tail = body.iter().rev().map_while(lit).count();
-            let start = (body.len() - tail).max(first_safe);
-            let suffix = body.get(start..).unwrap_or_default();
-            (prefix, suffix.iter().filter_map(lit).collect())
-        }
-
-        /// Literals that every match contains: runs of `Lit`s that no fork
-        /// or jump can skip.
-        pub(super) fn required_literals(&self) -> Vec<String> {
-            let mut optional = vec![false; self.insts.len()];
-            for (at, inst) in self.insts.iter().enumerate() {
-                if let Inst::Fork(to) | Inst::Jump(to) = inst {
-                    for skipped in &mut optional[at + 1..*to] {
-                        *skipped = true;
-                    }
-                }
-            }
-            let mut runs = vec![String::new()];
-            for (inst, optional) in self.insts.iter().zip(optional) {
-                match inst {
-                    Inst::Lit(c) if !optional => runs.last_mut().unwrap().push(*c),
-                    _ => runs.push(String::new()),
-                }
-            }
-            runs.retain(|run| !run.is_empty());
-            runs
-        }
-
-        /// An equivalent globset glob if the program is `^...$` made of
-        /// literals and non-adjacent `[^/]*`.
-        pub(super) fn as_glob(&self) -> Option<String> {
-            let body = self.body()?;
-            let mut glob = String::new();
-            let mut after_star = false;
-            let mut stars = 0;
-            for inst in body {
-                match inst {
-                    Inst::Lit(c) => {
-                        if !c.is_alphanumeric() {
-                            glob.push('\\');
-                        }
-                        glob.push(*c);
-                        after_star = false;
-                    }
-                    // Two adjacent stars would read as globset's `**`.
-                    Inst::Many(set) if !after_star && *set == CharSet::not_slash() => {
-                        glob.push('*');
-                        after_star = true;
-                        stars += 1;
-                    }
-                    _ => return None,
-                }
-            }
-            (stars > 0).then_some(glob)
-        }
-
-        fn body(&self) -> Option<&[Inst]> {
-            match self.insts.as_slice() {
-                [Inst::Assert(Assert::Begin), body @ .., Inst::Assert(Assert::End)] => Some(body),
-                _ => None,
-            }
-        }
-
-        /// Go's `Regexp.MatchString`: does `text` contain a match?
-        pub(super) fn is_match(&self, text: &str) -> bool {
-            let words = (self.insts.len() + 1).div_ceil(64);
-            if words <= 4 {
-                let (mut a, mut b) = ([0u64; 4], [0u64; 4]);
-                self.run(text, &mut a[..words], &mut b[..words])
-            } else {
-                self.run(text, &mut vec![0; words], &mut vec![0; words])
-            }
-        }
-
-        fn run<'s>(&self, text: &str, mut current: &'s mut [u64], mut next: &'s mut [u64]) -> bool {
-            let accept = self.insts.len();
-            let mut chars = text.chars().peekable();
-            let mut before = None;
-            current[0] |= 1;
-            loop {
-                let after = chars.peek().copied();
-                self.close(current, before, after);
-                if current[accept / 64] & (1 << (accept % 64)) != 0 {
-                    return true;
-                }
-                let Some(c) = chars.next() else {
-                    return false;
-                };
-                next.fill(0);
-                let mut alive = false;
-                for state in ones(current) {
-                    let target = match &self.insts[state] {
-                        Inst::Lit(lit) if *lit == c => state + 1,
-                        Inst::Set(set) if set.contains(c) => state + 1,
-                        Inst::Many(set) if set.contains(c) => state,
-                        _ => continue,
-                    };
-                    next[target / 64] |= 1 << (target % 64);
-                    alive = true;
-                }
-                std::mem::swap(&mut current, &mut next);
-                before = Some(c);
-                if !self.anchored {
-                    // Unanchored search: a match may also start here.
-                    current[0] |= 1;
-                } else if !alive {
-                    return false;
-                }
-            }
-        }
-
-        /// Adds every state reachable without consuming input. All epsilon
-        /// edges point forward, so one ascending pass suffices.
-        fn close(&self, set: &mut [u64], before: Option<char>, after: Option<char>) {
-            for word in 0..set.len() {
-                let mut bits = set[word];
-                while bits != 0 {
-                    let state = word * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let (first, second) = match self.insts.get(state) {
-                        Some(Inst::Many(_)) => (Some(state + 1), None),
-                        Some(Inst::Fork(to)) => (Some(state + 1), Some(*to)),
-                        Some(Inst::Jump(to)) => (Some(*to), None),
-                        Some(Inst::Assert(a)) if a.holds(before, after) => (Some(state + 1), None),
-                        _ => (None, None),
-                    };
-                    for target in [first, second].into_iter().flatten() {
-                        let mask = 1u64 << (target % 64);
-                        set[target / 64] |= mask;
-                        if target / 64 == word {
-                            bits |= mask;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Appends `atom` repeated as `rep`.
-    fn push_atom(insts: &mut Vec<Inst>, atom: Atom, rep: Rep) {
-        let set = match atom {
-            Atom::Char(c) => match char::from_u32(c) {
-                Some(c) => CharSet::of(&[(c as u32, c as u32)]),
-                None => CharSet(Vec::new()),
-            },
-            Atom::Set(set) => set,
-            Atom::Assert(assert) => {
-                // A zero-width assertion repeated is just the assertion,
-                // or nothing if it may be repeated zero times.
-                if rep.min > 0 {
-                    insts.push(Inst::Assert(assert));
-                }
-                return;
-            }
-            Atom::AnyDirs => {
-                // `(.*/){n}` means "at least n slashes"; more repetitions
-                // than `min` add nothing.
-                if rep.min == 0 {
-                    if rep.max != Some(0) {
-                        insts.push(Inst::Fork(insts.len() + 3));
-                        insts.push(Inst::Many(CharSet::dot()));
-                        insts.push(Inst::Lit('/'));
-                    }
-                } else {
-                    for _ in 0..rep.min {
-                        insts.push(Inst::Many(CharSet::dot()));
-                        insts.push(Inst::Lit('/'));
-                    }
-                }
-                return;
-            }
-        };
-        let one = |set: &CharSet| match set.0.as_slice() {
-            [(lo, hi)] if lo == hi => Inst::Lit(char::from_u32(*lo).unwrap_or_default()),
-            _ => Inst::Set(set.clone()),
-        };
-        for _ in 0..rep.min {
-            insts.push(one(&set));
-        }
-        match rep.max {
-            None => insts.push(Inst::Many(set)),
-            Some(max) => {
-                // Optional copies: skipping one skips all later ones.
-                let optional = max.saturating_sub(rep.min) as usize;
-                let end = insts.len() + 2 * optional;
-                for _ in 0..optional {
-                    insts.push(Inst::Fork(end));
-                    insts.push(one(&set));
-                }
-            }
-        }
-    }
-
-    /// Iterates the indices of the set bits.
-    fn ones(set: &[u64]) -> impl Iterator<Item = usize> + '_ {
-        set.iter().enumerate().flat_map(|(word, &bits)| {
-            let mut bits = bits;
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                Some(word * 64 + bit)
+            Hir::repetition(Repetition {
+                min: self.min,
+                max: self.max,
+                greedy: true,
+                sub: Box::new(sub),
             })
-        })
+        }
     }
 
     struct Parser<'a> {
@@ -1165,9 +816,9 @@ mod regexp {
                     let atoms = std::mem::take(&mut self.atoms);
                     self.alternatives.push(atoms);
                 }
-                '^' => self.push(Atom::Assert(Assert::Begin)),
-                '$' => self.push(Atom::Assert(Assert::End)),
-                '.' => self.push(Atom::Set(CharSet::dot())),
+                '^' => self.push(Atom::Look(Look::Start)),
+                '$' => self.push(Atom::Look(Look::End)),
+                '.' => self.push(Atom::Set(negated(class(&[(10, 10)])))),
                 '[' => {
                     let set = self.class()?;
                     self.push(Atom::Set(set));
@@ -1217,10 +868,10 @@ mod regexp {
                 .bump()
                 .ok_or("trailing backslash at end of expression")?;
             let atom = match c {
-                'A' => Atom::Assert(Assert::Begin),
-                'z' => Atom::Assert(Assert::End),
-                'b' => Atom::Assert(Assert::WordBoundary),
-                'B' => Atom::Assert(Assert::NotWordBoundary),
+                'A' => Atom::Look(Look::Start),
+                'z' => Atom::Look(Look::End),
+                'b' => Atom::Look(Look::WordAscii),
+                'B' => Atom::Look(Look::WordAsciiNegate),
                 'Q' => {
                     // `\Q...\E` quotes everything up to `\E` or the end.
                     let (quoted, rest) = self.rest.split_once("\\E").unwrap_or((self.rest, ""));
@@ -1299,9 +950,9 @@ mod regexp {
         }
 
         /// A class after its `[`, as Go's `parseClass` reads it.
-        fn class(&mut self) -> Result<CharSet, String> {
-            let negated = self.eat("^");
-            let mut ranges: Vec<(u32, u32)> = Vec::new();
+        fn class(&mut self) -> Result<ClassUnicode, String> {
+            let negate = self.eat("^");
+            let mut set = ClassUnicode::empty();
             let mut first = true;
             loop {
                 if self.rest.is_empty() {
@@ -1312,27 +963,26 @@ mod regexp {
                     break;
                 }
                 first = false;
-                if let Some(set) = self.named_class()? {
-                    ranges.extend_from_slice(&set.0);
+                if let Some(named) = self.named_class()? {
+                    set.union(&named);
                     continue;
                 }
                 if self.rest.starts_with("\\p") || self.rest.starts_with("\\P") {
                     return Err("unsupported Unicode class escape in class".to_string());
                 }
                 let perl = self.rest.strip_prefix('\\').and_then(|r| r.chars().next());
-                if let Some(set) = perl.and_then(perl_class) {
-                    ranges.extend_from_slice(&set.0);
+                if let Some(perl) = perl.and_then(perl_class) {
+                    set.union(&perl);
                     self.rest = &self.rest[2..];
                     continue;
                 }
-                ranges.push(self.class_range()?);
+                set.union(&class(&[self.class_range()?]));
             }
-            let set = CharSet::new(ranges);
-            Ok(if negated { set.negated() } else { set })
+            Ok(if negate { negated(set) } else { set })
         }
 
         /// `[:name:]` inside a class, if the text has that shape.
-        fn named_class(&mut self) -> Result<Option<CharSet>, String> {
+        fn named_class(&mut self) -> Result<Option<ClassUnicode>, String> {
             if self.rest.len() <= 2 || !self.rest.starts_with("[:") {
                 return Ok(None);
             }
@@ -1415,6 +1065,7 @@ mod regexp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use globset::GlobBuilder;
 
     fn ignore(lines: &[&str]) -> DockerIgnore {
         DockerIgnore::parse(&lines.join("\n")).expect("patterns parse")
@@ -1999,19 +1650,18 @@ mod tests {
             Matcher::Prefix => "prefix",
             Matcher::Suffix => "suffix",
             Matcher::Literal(_) => "literal",
-            Matcher::Glob(..) => "glob",
-            Matcher::Program(..) => "program",
+            Matcher::Regex(_) => "regex",
         };
         assert_eq!(kind("node_modules"), "exact");
         assert_eq!(kind("target/**"), "prefix");
         assert_eq!(kind("**/.git"), "suffix");
         assert_eq!(kind("a\\.b"), "literal");
-        assert_eq!(kind("*.md"), "glob");
-        assert_eq!(kind("*/temp*"), "glob");
-        assert_eq!(kind("{a,b}*"), "glob");
-        assert_eq!(kind("temp?"), "program");
-        assert_eq!(kind("**/*.go"), "program");
-        assert_eq!(kind("[ab]*"), "program");
+        assert_eq!(kind("*.md"), "regex");
+        assert_eq!(kind("*/temp*"), "regex");
+        assert_eq!(kind("{a,b}*"), "regex");
+        assert_eq!(kind("temp?"), "regex");
+        assert_eq!(kind("**/*.go"), "regex");
+        assert_eq!(kind("[ab]*"), "regex");
     }
 
     /// Tiny xorshift PRNG so the randomized tests need no extra crates.
@@ -2037,63 +1687,82 @@ mod tests {
         }
     }
 
-    /// Star-only patterns go to globset; they must agree with the NFA.
+    /// The regexp of a pattern made of literals and single `*` is what
+    /// globset builds for it with `literal_separator` (`*` is `[^/]*`): an
+    /// independent oracle for the Go-syntax parser and the meta engine.
     #[test]
-    fn glob_and_program_agree() {
+    fn star_patterns_agree_with_globset() {
         let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-        let pattern_chars = ['a', 'b', '*', '.', '/', '{', ',', '}', '!', 'é'];
-        let path_chars = ['a', 'b', '.', '/', '{', ',', '}', '!', 'é', '\n'];
-        let mut globs = 0;
+        let pattern_chars = ['a', 'b', '*', '.', '/', '{', ',', '}', '!', 'é', '$', '+'];
+        let path_chars = ['a', 'b', '.', '/', '{', ',', '}', '!', 'é', '\n', '$', '+'];
+        let mut checked = 0;
         for _ in 0..2000 {
             let pattern = rng.string(&pattern_chars, 8);
-            let (kind, re) = translate(&pattern);
-            if kind != MatchKind::Regexp {
+            if pattern.contains("**") {
                 continue;
             }
-            let program = regexp::Program::compile(&re).unwrap();
-            let Some(glob) = program.as_glob().and_then(|g| build_glob(&g)) else {
-                continue;
-            };
-            globs += 1;
-            for _ in 0..20 {
-                let path = rng.string(&path_chars, 8);
-                assert_eq!(
-                    glob.is_match(&path),
-                    program.is_match(&path),
-                    "pattern={pattern:?} path={path:?}"
-                );
-            }
-        }
-        assert!(globs > 100, "only {globs} glob patterns generated");
-    }
-
-    /// The literal prefilters may only reject paths the matcher rejects.
-    #[test]
-    fn affixes_never_reject_a_match() {
-        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
-        let pattern_chars = [
-            'a', 'b', '*', '?', '/', '.', '[', ']', '|', '{', '}', '1', ',',
-        ];
-        let path_chars = ['a', 'b', '/', '.', '|', '{', '}', '1'];
-        let mut checked = 0;
-        for _ in 0..3000 {
-            let pattern = rng.string(&pattern_chars, 10);
             let (MatchKind::Regexp, re) = translate(&pattern) else {
                 continue;
             };
-            let Ok(program) = regexp::Program::compile(&re) else {
-                continue;
-            };
-            let affixes = Affixes::of(&program);
-            for _ in 0..30 {
-                let path = rng.string(&path_chars, 8);
-                if program.is_match(&path) {
-                    checked += 1;
-                    assert!(affixes.admit(&path), "{pattern:?} {path:?} {affixes:?}");
+            let regex = regexp::Parsed::parse(&re).unwrap().compile().unwrap();
+            let mut glob = String::new();
+            for c in pattern.chars() {
+                if c != '*' && !c.is_alphanumeric() {
+                    glob.push('\\');
                 }
+                glob.push(c);
+            }
+            let glob = GlobBuilder::new(&glob)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .unwrap()
+                .compile_matcher();
+            for _ in 0..20 {
+                let path = rng.string(&path_chars, 8);
+                checked += 1;
+                assert_eq!(
+                    glob.is_match(&path),
+                    regex.is_match(&path),
+                    "pattern={pattern:?} regexp={re:?} path={path:?}"
+                );
             }
         }
-        assert!(checked > 1000, "only {checked} matches checked");
+        assert!(checked > 10_000, "only {checked} paths checked");
+    }
+
+    /// A regexp that is only literal text is matched by string equality;
+    /// that must agree with the regexp itself.
+    #[test]
+    fn literal_fast_path_agrees_with_the_regexp() {
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        let pattern_chars = ['a', 'b', '\\', '.', '/', 'x', '4', '1', 'é', 't'];
+        let path_chars = ['a', 'b', '.', '/', 'A', '\t', 'é', '\\'];
+        let mut literals = 0;
+        for _ in 0..3000 {
+            let pattern = rng.string(&pattern_chars, 6);
+            let (MatchKind::Regexp, re) = translate(&pattern) else {
+                continue;
+            };
+            let Ok(parsed) = regexp::Parsed::parse(&re) else {
+                continue;
+            };
+            let Some(literal) = parsed.literal() else {
+                continue;
+            };
+            literals += 1;
+            let regex = parsed.compile().unwrap();
+            assert!(regex.is_match(&literal), "{pattern:?} {literal:?}");
+            for _ in 0..30 {
+                let path = rng.string(&path_chars, 5);
+                assert_eq!(
+                    path == literal,
+                    regex.is_match(&path),
+                    "{pattern:?} {path:?}"
+                );
+            }
+        }
+        assert!(literals > 100, "only {literals} literal patterns generated");
     }
 
     #[test]

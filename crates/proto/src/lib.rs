@@ -14,7 +14,6 @@
 
 pub mod paths;
 pub mod registry;
-pub mod time;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};

@@ -19,6 +19,7 @@ pub use cache::RemoteCache;
 pub use platform::Platform;
 pub use pull::name_image;
 
+use backon::{ExponentialBuilder, Retryable};
 use memobuild_oci::reference::{self, Reference, ReferenceError};
 use memobuild_proto::registry::Credential;
 use memobuild_proto::{ErrorKind, RpcError};
@@ -188,12 +189,12 @@ impl Session {
     }
 
     /// Runs `op` against `reference`'s registry, retrying transient faults with
-    /// exponential backoff (100 ms doubling to 5 s, with jitter, [`ATTEMPTS`] tries).
+    /// exponential backoff ([`backoff`]: 100 ms doubling, with jitter, [`ATTEMPTS`] tries).
     async fn retry<T, F, Fut>(
         &self,
         reference: &Reference,
         what: &str,
-        mut op: F,
+        op: F,
     ) -> Result<T, RegistryError>
     where
         F: FnMut() -> Fut,
@@ -208,28 +209,25 @@ impl Session {
             err.unreachable = true;
             return Err(err);
         }
-        let mut delay = FIRST_BACKOFF;
         let mut attempt = 1;
-        loop {
-            match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) if is_transient(&e) && attempt < ATTEMPTS => {
-                    tracing::info!(registry = %host, what, attempt, error = %e, "registry call failed; retrying");
-                    tokio::time::sleep(jitter(delay)).await;
-                    delay = (delay * 2).min(MAX_BACKOFF);
-                    attempt += 1;
-                }
-                Err(e) => {
-                    if is_unreachable(&e) {
-                        self.down.lock().insert(host.clone());
-                    }
-                    let unreachable = is_transient(&e);
-                    let mut err = self.explain(reference, what, e, attempt);
-                    err.unreachable = unreachable;
-                    return Err(err);
-                }
+        let result = op
+            .retry(backoff())
+            .sleep(tokio::time::sleep)
+            .when(is_transient)
+            .notify(|e, delay| {
+                tracing::info!(registry = %host, what, attempt, error = %e, ?delay, "registry call failed; retrying");
+                attempt += 1;
+            })
+            .await;
+        result.map_err(|e| {
+            if is_unreachable(&e) {
+                self.down.lock().insert(host.clone());
             }
-        }
+            let unreachable = is_transient(&e);
+            let mut err = self.explain(reference, what, e, attempt);
+            err.unreachable = unreachable;
+            err
+        })
     }
 
     fn is_down(&self, host: &str) -> bool {
@@ -343,14 +341,16 @@ fn is_unreachable(e: &OciDistributionError) -> bool {
     }
 }
 
-/// `delay` scaled by a random factor in [0.5, 1.5), so hosts retrying
-/// together spread out.
-fn jitter(delay: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::Instant::now().elapsed().as_nanos());
-    let factor = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
-    delay.mul_f64(factor)
+/// The waits between [`ATTEMPTS`] tries: [`FIRST_BACKOFF`] doubling up to
+/// [`MAX_BACKOFF`], each plus a random jitter below itself (so in
+/// `[delay, 2 * delay)`), so hosts retrying together spread out.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(FIRST_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_factor(2.0)
+        .with_max_times(ATTEMPTS as usize - 1)
+        .with_jitter()
 }
 
 /// reqwest is built against rustls without a default crypto provider (no
@@ -394,10 +394,18 @@ mod tests {
     }
 
     #[test]
-    fn backoff_jitter_stays_within_half_to_one_and_a_half() {
+    fn backoff_doubles_from_100ms_with_jitter_for_4_waits() {
+        use backon::BackoffBuilder;
+        let mut spread = BTreeSet::new();
         for _ in 0..100 {
-            let d = jitter(Duration::from_millis(100));
-            assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(150));
+            let waits: Vec<Duration> = backoff().build().collect();
+            assert_eq!(waits.len(), ATTEMPTS as usize - 1);
+            for (wait, base) in waits.iter().zip([100, 200, 400, 800]) {
+                let base = Duration::from_millis(base);
+                assert!(*wait >= base && *wait < 2 * base, "{waits:?}");
+            }
+            spread.insert(waits[0]);
         }
+        assert!(spread.len() > 10, "jitter varies: {spread:?}");
     }
 }

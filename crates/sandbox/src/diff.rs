@@ -25,9 +25,7 @@
 use super::SandboxError;
 use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -38,24 +36,12 @@ const METACOPY: &str = "trusted.overlay.metacopy";
 /// directory marked `opaque=x`.
 const XWHITEOUT: &str = "trusted.overlay.whiteout";
 
+/// The value of extended attribute `name` of `path` itself (not of a
+/// symlink's target), if it has one of at most 4 KiB.
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
-    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let c_name = CString::new(name).ok()?;
     let mut buf = vec![0u8; 4096];
-    // SAFETY: both strings are NUL-terminated and live across the call; the
-    // buffer is valid for `buf.len()` bytes.
-    let n = unsafe {
-        libc::lgetxattr(
-            c_path.as_ptr(),
-            c_name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return None;
-    }
-    buf.truncate(n as usize);
+    let n = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
+    buf.truncate(n);
     Some(buf)
 }
 

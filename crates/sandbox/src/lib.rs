@@ -532,7 +532,7 @@ impl Sandbox {
                 resolv_conf: &etc[1],
             },
             &cgroups_path,
-        );
+        )?;
         let spec_bytes =
             serde_json::to_vec(&oci_spec).map_err(|e| SandboxError::Invalid(e.to_string()))?;
         if spec_bytes.len() > MAX_SPEC_BYTES {

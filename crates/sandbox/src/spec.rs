@@ -1,6 +1,8 @@
-//! The OCI runtime spec of a RUN task, as JSON (containerd passes it to runc
-//! unchanged). Written by hand rather than with oci-spec's runtime types: every
-//! field is visible here, and nothing is added behind our back.
+//! The OCI runtime spec of a RUN task (containerd passes it to runc
+//! unchanged), built with oci-spec's runtime types. Their `Default`s fill in
+//! youki's choices (rlimits, default mounts, namespaces, masked paths), so
+//! every field of every object is set here explicitly: nothing is added
+//! behind our back, and the unit test below pins the whole document.
 //!
 //! What a RUN gets, as Docker/BuildKit give it: its own pid, ipc, uts and mount
 //! namespaces (and network unless `Network::Host`), /proc, a tmpfs /dev with
@@ -13,9 +15,14 @@
 //! dockerd's), so a host's `LimitNOFILE=` applies. No host path is visible except the
 //! step's own [`ExtraMount`]s.
 
-use super::{MountSource, Network, RunSpec};
-use serde_json::{json, Value};
-use std::path::Path;
+use super::{MountSource, Network, RunSpec, SandboxError};
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use std::path::{Path, PathBuf};
 
 /// What BuildKit puts on `PATH` when the image's config sets none.
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -26,21 +33,22 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// parent) stay in the layer, as they do in BuildKit's.
 pub const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 
-const CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
+/// Docker's default capabilities.
+const CAPS: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
 ];
 
 const MASKED: &[&str] = &[
@@ -79,125 +87,446 @@ fn v1_swap_accounting() -> bool {
         .unwrap_or(false)
 }
 
-pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Value {
+fn invalid(e: oci_spec::OciSpecError) -> SandboxError {
+    SandboxError::Invalid(format!("building the OCI runtime spec: {e}"))
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// `--ulimit`s as the spec's rlimits (`None` when there are none).
+fn rlimits(spec: &RunSpec) -> Result<Option<Vec<PosixRlimit>>, SandboxError> {
+    if spec.rlimits.is_empty() {
+        return Ok(None);
+    }
+    spec.rlimits
+        .iter()
+        .map(|(kind, soft, hard)| {
+            let typ: PosixRlimitType = kind
+                .parse()
+                .map_err(|_| SandboxError::Invalid(format!("unknown rlimit {kind}")))?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(*soft)
+                .hard(*hard)
+                .build()
+                .map_err(invalid)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+fn mount(
+    destination: &str,
+    typ: &str,
+    source: &str,
+    options: &[&str],
+) -> Result<Mount, SandboxError> {
+    mount_owned(destination, typ, source, strings(options))
+}
+
+fn mount_owned(
+    destination: &str,
+    typ: &str,
+    source: &str,
+    options: Vec<String>,
+) -> Result<Mount, SandboxError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(source)
+        .options(options)
+        .build()
+        .map_err(invalid)
+}
+
+/// The spec for `spec`'s RUN.
+///
+/// # Errors
+///
+/// [`SandboxError::Invalid`] if oci-spec rejects a value (a mount it
+/// considers malformed).
+pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<Spec, SandboxError> {
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_string());
     }
-    let caps: Vec<&str> = CAPS.to_vec();
+    let lossy = |path: &Path| path.to_string_lossy().into_owned();
     let bind_ro = |dest: &str, src: &Path| {
-        json!({
-            "destination": dest,
-            "type": "bind",
-            "source": src.to_string_lossy(),
-            "options": ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"],
-        })
+        mount(
+            dest,
+            "bind",
+            &lossy(src),
+            &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"],
+        )
     };
+    let shm_size = format!("size={}", spec.shm_bytes.unwrap_or(64 << 20));
     let mut mounts = vec![
-        json!({"destination": "/proc", "type": "proc", "source": "proc",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
-        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-               "options": ["nosuid", "noexec", "nodev", "mode=1777",
-                           format!("size={}", spec.shm_bytes.unwrap_or(64 << 20))]}),
-        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-               "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
-               "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-               "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
-        bind_ro("/etc/hosts", etc.hosts),
-        bind_ro("/etc/resolv.conf", etc.resolv_conf),
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", &shm_size],
+        )?,
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )?,
+        bind_ro("/etc/hosts", etc.hosts)?,
+        bind_ro("/etc/resolv.conf", etc.resolv_conf)?,
     ];
     for m in &spec.mounts {
         let rw = if m.readonly { "ro" } else { "rw" };
         mounts.push(match &m.source {
-            MountSource::Host(source) => json!({
-                "destination": m.target,
-                "type": "bind",
-                "source": source.to_string_lossy(),
-                "options": ["rbind", "rprivate", "nosuid", "nodev", rw],
-            }),
+            MountSource::Host(source) => mount(
+                &m.target,
+                "bind",
+                &lossy(source),
+                &["rbind", "rprivate", "nosuid", "nodev", rw],
+            )?,
             MountSource::Tmpfs { size } => {
-                let mut options = vec!["nosuid".to_string(), "nodev".into(), rw.into()];
+                let mut options = strings(&["nosuid", "nodev", rw]);
                 options.extend(size.map(|s| format!("size={s}")));
-                json!({
-                    "destination": m.target,
-                    "type": "tmpfs",
-                    "source": "tmpfs",
-                    "options": options,
-                })
+                mount_owned(&m.target, "tmpfs", "tmpfs", options)?
             }
         });
     }
 
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
+    let mut namespace_types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
     ];
     if spec.network == Network::None {
-        namespaces.push(json!({"type": "network"}));
+        namespace_types.push(LinuxNamespaceType::Network);
     }
+    let namespaces = namespace_types
+        .into_iter()
+        .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
 
-    let mut resources = json!({
-        "devices": [{"allow": false, "access": "rwm"}],
-    });
+    let deny_all = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(invalid)?;
+    let mut resources = LinuxResourcesBuilder::default().devices(vec![deny_all]);
     if let Some(limit) = spec.memory_bytes {
-        let mut memory = json!({"limit": limit});
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut memory = LinuxMemoryBuilder::default().limit(limit);
         // No swap beyond the limit; v1 only accepts it with swap accounting.
         if super::cgroup::is_v2() || v1_swap_accounting() {
-            memory["swap"] = json!(limit);
+            memory = memory.swap(limit);
         }
-        resources["memory"] = memory;
+        resources = resources.memory(memory.build().map_err(invalid)?);
     }
     if let Some(cpus) = spec.cpus {
         let period: u64 = 100_000;
         let quota = ((cpus * period as f64).round() as i64).max(1000);
-        resources["cpu"] = json!({"quota": quota, "period": period});
+        let cpu = LinuxCpuBuilder::default()
+            .quota(quota)
+            .period(period)
+            .build()
+            .map_err(invalid)?;
+        resources = resources.cpu(cpu);
     }
     if let Some(pids) = spec.pids {
-        resources["pids"] = json!({"limit": pids});
+        let pids = LinuxPidsBuilder::default()
+            .limit(pids)
+            .build()
+            .map_err(invalid)?;
+        resources = resources.pids(pids);
     }
 
-    let rlimits: Vec<Value> = spec
-        .rlimits
-        .iter()
-        .map(|(kind, soft, hard)| json!({"type": kind, "soft": soft, "hard": hard}))
-        .collect();
-    json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false,
-            "user": {
-                "uid": spec.uid,
-                "gid": spec.gid,
-                "additionalGids": spec.additional_gids,
+    let caps: oci_spec::runtime::Capabilities = CAPS.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(invalid)?;
+    let mut capabilities = capabilities;
+    // oci-spec's default also fills `inheritable` and `ambient`.
+    capabilities.set_inheritable(None);
+    capabilities.set_ambient(None);
+
+    let user = UserBuilder::default()
+        .uid(spec.uid)
+        .gid(spec.gid)
+        .additional_gids(spec.additional_gids.clone())
+        .build()
+        .map_err(invalid)?;
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(user)
+        .args(spec.args.clone())
+        .env(env)
+        .cwd(cwd)
+        .capabilities(capabilities)
+        .no_new_privileges(false)
+        .build()
+        .map_err(invalid)?;
+    // The defaults' `RLIMIT_NOFILE` of 1024 must not apply (see the top);
+    // only what `--ulimit` asks for is set.
+    process.set_rlimits(rlimits(spec)?);
+
+    let mut linux = LinuxBuilder::default()
+        .cgroups_path(PathBuf::from(cgroups_path))
+        .resources(resources.build().map_err(invalid)?)
+        .namespaces(namespaces)
+        .masked_paths(strings(MASKED))
+        .readonly_paths(strings(READONLY))
+        .build()
+        .map_err(invalid)?;
+    // Everything else a default `Linux` carries stays unset.
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+    linux.set_sysctl(None);
+    linux.set_devices(None);
+    linux.set_rootfs_propagation(None);
+    linux.set_mount_label(None);
+    linux.set_intel_rdt(None);
+    linux.set_personality(None);
+    linux.set_seccomp(None);
+
+    let root = RootBuilder::default()
+        .path("rootfs")
+        .readonly(false)
+        .build()
+        .map_err(invalid)?;
+    let mut oci = SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(root)
+        .hostname(spec.hostname.clone())
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(invalid)?;
+    oci.set_annotations(None);
+    Ok(oci)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ExtraMount;
+    use serde_json::{json, Value};
+
+    /// The document as it was written by hand with `json!` before oci-spec's
+    /// types were used: every key and value, in runc's field names.
+    fn expected(swap: bool) -> Value {
+        let caps = [
+            "CAP_AUDIT_WRITE",
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FOWNER",
+            "CAP_FSETID",
+            "CAP_KILL",
+            "CAP_MKNOD",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_NET_RAW",
+            "CAP_SETFCAP",
+            "CAP_SETGID",
+            "CAP_SETPCAP",
+            "CAP_SETUID",
+            "CAP_SYS_CHROOT",
+        ];
+        let mut memory = json!({"limit": 536_870_912});
+        if swap {
+            memory["swap"] = json!(536_870_912);
+        }
+        json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": 1000, "gid": 1001, "additionalGids": [27, 100]},
+                "args": ["/bin/sh", "-c", "make"],
+                "env": [DEFAULT_PATH, "A=1"],
+                "cwd": "/src",
+                "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+                "noNewPrivileges": false,
             },
-            "args": spec.args,
-            "env": env,
-            "cwd": if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() },
-            "capabilities": {
-                "bounding": caps,
-                "effective": caps,
-                "permitted": caps,
+            "root": {"path": "rootfs", "readonly": false},
+            "hostname": "buildhost",
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                 "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                 "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+                {"destination": "/etc/hosts", "type": "bind", "source": "/run/x/hosts",
+                 "options": ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"]},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": "/run/x/resolv.conf",
+                 "options": ["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"]},
+                {"destination": "/cache", "type": "bind", "source": "/var/cache/m",
+                 "options": ["rbind", "rprivate", "nosuid", "nodev", "rw"]},
+                {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "nodev", "ro", "size=1048576"]},
+            ],
+            "linux": {
+                "cgroupsPath": "/memobuild/step",
+                "resources": {
+                    "devices": [{"allow": false, "access": "rwm"}],
+                    "memory": memory,
+                    "cpu": {"quota": 150_000, "period": 100_000},
+                    "pids": {"limit": 64},
+                },
+                "namespaces": [
+                    {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+                    {"type": "network"},
+                ],
+                "maskedPaths": MASKED,
+                "readonlyPaths": READONLY,
             },
-            "noNewPrivileges": false,
-            "rlimits": rlimits,
-        },
-        "root": {"path": "rootfs", "readonly": false},
-        "hostname": spec.hostname,
-        "mounts": mounts,
-        "linux": {
-            "cgroupsPath": cgroups_path,
-            "resources": resources,
-            "namespaces": namespaces,
-            "maskedPaths": MASKED,
-            "readonlyPaths": READONLY,
-        },
-    })
+        })
+    }
+
+    /// Capabilities are sets in oci-spec; sort them to compare.
+    fn sort_capabilities(doc: &mut Value) {
+        for set in ["bounding", "effective", "permitted"] {
+            if let Some(Value::Array(caps)) =
+                doc.pointer_mut(&format!("/process/capabilities/{set}"))
+            {
+                caps.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+
+    fn run_spec() -> RunSpec {
+        RunSpec {
+            args: vec!["/bin/sh".into(), "-c".into(), "make".into()],
+            env: vec!["A=1".into()],
+            cwd: "/src".into(),
+            uid: 1000,
+            gid: 1001,
+            additional_gids: vec![27, 100],
+            hostname: "buildhost".into(),
+            network: Network::None,
+            memory_bytes: Some(512 << 20),
+            cpus: Some(1.5),
+            pids: Some(64),
+            timeout: None,
+            extra_hosts: Vec::new(),
+            shm_bytes: None,
+            rlimits: Vec::new(),
+            mounts: vec![
+                ExtraMount {
+                    source: MountSource::Host("/var/cache/m".into()),
+                    target: "/cache".into(),
+                    readonly: false,
+                },
+                ExtraMount {
+                    source: MountSource::Tmpfs {
+                        size: Some(1 << 20),
+                    },
+                    target: "/tmp".into(),
+                    readonly: true,
+                },
+            ],
+        }
+    }
+
+    fn etc() -> EtcFiles<'static> {
+        EtcFiles {
+            hosts: Path::new("/run/x/hosts"),
+            resolv_conf: Path::new("/run/x/resolv.conf"),
+        }
+    }
+
+    #[test]
+    fn the_whole_document_is_what_runc_was_given_before() {
+        let spec = build(&run_spec(), &etc(), "/memobuild/step").unwrap();
+        let mut doc = serde_json::to_value(&spec).unwrap();
+        sort_capabilities(&mut doc);
+        let swap = crate::cgroup::is_v2() || v1_swap_accounting();
+        assert_eq!(doc, expected(swap));
+    }
+
+    #[test]
+    fn host_network_limits_and_path_are_optional() {
+        let run = RunSpec {
+            env: vec!["PATH=/opt/bin".into()],
+            cwd: String::new(),
+            network: Network::Host,
+            ..RunSpec::default()
+        };
+        let doc = serde_json::to_value(build(&run, &etc(), "/memobuild/s").unwrap()).unwrap();
+        assert_eq!(doc["process"]["env"], json!(["PATH=/opt/bin"]));
+        assert_eq!(doc["process"]["cwd"], "/");
+        assert_eq!(doc["process"]["user"]["additionalGids"], json!([]));
+        assert!(doc["process"].get("rlimits").is_none());
+        let namespaces = doc["linux"]["namespaces"].as_array().unwrap();
+        assert!(!namespaces.contains(&json!({"type": "network"})));
+        assert_eq!(namespaces.len(), 4);
+        assert_eq!(
+            doc["linux"]["resources"],
+            json!({"devices": [{"allow": false, "access": "rwm"}]})
+        );
+        assert_eq!(doc["mounts"].as_array().unwrap().len(), 9);
+    }
+
+    #[test]
+    fn tiny_cpu_shares_get_the_smallest_quota() {
+        let run = RunSpec {
+            cpus: Some(0.001),
+            ..RunSpec::default()
+        };
+        let doc = serde_json::to_value(build(&run, &etc(), "/m").unwrap()).unwrap();
+        assert_eq!(
+            doc["linux"]["resources"]["cpu"],
+            json!({"quota": 1000, "period": 100_000})
+        );
+    }
 }

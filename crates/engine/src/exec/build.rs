@@ -578,7 +578,7 @@ async fn run_stages(
         no_cache: request.no_cache,
         epoch: request.source_date_epoch,
         request: Arc::new(request.clone()),
-        resolved: std::sync::Mutex::new(BTreeMap::new()),
+        resolved: parking_lot::Mutex::new(BTreeMap::new()),
     });
     let mut done: BTreeMap<usize, StageResult> = BTreeMap::new();
     let mut started = vec![false; plan.stages.len()];
@@ -612,7 +612,7 @@ async fn run_stages(
             }
         }
     }
-    let resolved = std::mem::take(&mut *run.resolved.lock().unwrap_or_else(|p| p.into_inner()));
+    let resolved = std::mem::take(&mut *run.resolved.lock());
     Ok((done, resolved))
 }
 
@@ -636,7 +636,7 @@ struct StageRun {
     epoch: Option<i64>,
     request: Arc<BuildRequest>,
     /// Keys of the pending steps as resolved, by step index (see `Step::pending`).
-    resolved: std::sync::Mutex<BTreeMap<usize, (String, Vec<String>)>>,
+    resolved: parking_lot::Mutex<BTreeMap<usize, (String, Vec<String>)>>,
 }
 
 /// `plan` with the keys of its pending steps replaced by the ones the build
@@ -704,10 +704,7 @@ async fn run_stage(
         let step = &plan.steps[step_index];
         let step_key = if step.pending {
             let key = resolve_key(engine, step, &state.key, inputs).await?;
-            run.resolved
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(step_index, key.clone());
+            run.resolved.lock().insert(step_index, key.clone());
             key.0
         } else {
             step.key.clone()
