@@ -79,6 +79,9 @@ impl PatternError {
     }
 }
 
+/// How many parsed ignore files [`DockerIgnore::parse_cached`] keeps.
+pub const PARSED_CACHE_ENTRIES: usize = 256;
+
 /// A compiled `.dockerignore`: decides which context paths are excluded.
 #[derive(Debug, Clone, Default)]
 pub struct DockerIgnore {
@@ -91,6 +94,28 @@ pub struct DockerIgnore {
 }
 
 impl DockerIgnore {
+    /// [`DockerIgnore::parse`], remembered by the text's digest: compiling the
+    /// patterns' regexes costs about 50 µs a wildcard pattern, and every build
+    /// and dirty check of a project reads the same file. Bounded: at most
+    /// [`PARSED_CACHE_ENTRIES`] files are remembered.
+    pub fn parse_cached(text: &str) -> Result<DockerIgnore, PatternError> {
+        static PARSED: std::sync::OnceLock<
+            parking_lot::Mutex<std::collections::HashMap<blake3::Hash, DockerIgnore>>,
+        > = std::sync::OnceLock::new();
+        let parsed = PARSED.get_or_init(Default::default);
+        let digest = blake3::hash(text.as_bytes());
+        if let Some(hit) = parsed.lock().get(&digest) {
+            return Ok(hit.clone());
+        }
+        let fresh = DockerIgnore::parse(text)?;
+        let mut parsed = parsed.lock();
+        if parsed.len() >= PARSED_CACHE_ENTRIES {
+            parsed.clear();
+        }
+        parsed.insert(digest, fresh.clone());
+        Ok(fresh)
+    }
+
     /// Parses the text of a `.dockerignore` file, compiling every pattern.
     ///
     /// # Errors
@@ -1802,5 +1827,22 @@ mod tests {
         assert!(di.is_excluded(&"x".repeat(300)));
         assert!(!di.is_excluded(&"x".repeat(299)));
         assert!(di.is_excluded(&format!("{}/y", "x".repeat(300))));
+    }
+
+    #[test]
+    fn parse_cached_gives_what_parse_gives_and_keeps_errors_uncached() {
+        let text = "*.log\n!keep.log\nbuild/**\n";
+        let cached = DockerIgnore::parse_cached(text).unwrap();
+        let again = DockerIgnore::parse_cached(text).unwrap();
+        let fresh = DockerIgnore::parse(text).unwrap();
+        for path in ["a.log", "keep.log", "build/x/y", "src/main.rs"] {
+            assert_eq!(cached.is_excluded(path), fresh.is_excluded(path), "{path}");
+            assert_eq!(again.is_excluded(path), fresh.is_excluded(path), "{path}");
+        }
+        assert!(DockerIgnore::parse_cached("[").is_err());
+        assert!(
+            DockerIgnore::parse_cached("[").is_err(),
+            "an error is never remembered as a result"
+        );
     }
 }

@@ -400,7 +400,7 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
     for path in [specific, general] {
         match memobuild_rootpath::safefs::read_text_capped(&path, MAX_IGNORE_BYTES) {
             Ok(text) => {
-                return DockerIgnore::parse(&text).map_err(|e| {
+                return DockerIgnore::parse_cached(&text).map_err(|e| {
                     RpcError::with_hint(
                         format!("{}: line {}: {}", path.display(), e.line, e.redacted_message()),
                         "fix or remove the pattern on that line; .dockerignore uses Go filepath.Match syntax plus **",
