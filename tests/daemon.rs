@@ -253,3 +253,35 @@ fn sources_never_leave_the_context() {
         }
     }
 }
+
+/// An editor polling `status --json` while no daemon runs gets JSON it can
+/// read, with the error's kind, and the documented exit status (69).
+#[test]
+fn json_commands_report_a_missing_daemon_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("none.sock");
+    for args in [
+        &["status", "--json"][..],
+        &["images", "--json"],
+        &["du", "--json"],
+    ] {
+        let out = Command::new(bin_dir().join("memobuild-ctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(69), "{args:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e})"));
+        assert_eq!(v["error"]["kind"], "unavailable", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("cannot reach memobuildd"),
+            "{v}"
+        );
+    }
+    assert!(!socket.exists(), "a status query never starts a daemon");
+}

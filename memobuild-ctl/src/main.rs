@@ -231,10 +231,37 @@ fn main() -> ExitCode {
             )))
         }
     };
+    let json = cli.command.wants_json();
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if json => fail_json(&e),
         Err(e) => fail(&e),
     }
+}
+
+impl Command {
+    /// The command was asked for JSON: its failures are JSON too.
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::Images { json }
+            | Command::Status { json, .. }
+            | Command::Projects { json }
+            | Command::Explain { json, .. }
+            | Command::Logs { json, .. }
+            | Command::Du { json }
+            | Command::Prune { json, .. }
+            | Command::Verify { json } => *json,
+            Command::Image(ImageCommand::Ls { json }) => *json,
+            _ => false,
+        }
+    }
+}
+
+/// A failure of a `--json` command: `{"error": {"kind", "message", "hint"}}`
+/// on stdout (docs/CLI.md), the message on stderr, the kind's exit status.
+fn fail_json(e: &RpcError) -> ExitCode {
+    println!("{}", serde_json::json!({ "error": e }));
+    fail(e)
 }
 
 fn fail(e: &RpcError) -> ExitCode {
