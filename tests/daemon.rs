@@ -285,3 +285,21 @@ fn json_commands_report_a_missing_daemon_as_json() {
     }
     assert!(!socket.exists(), "a status query never starts a daemon");
 }
+
+/// `explain` after a failed build says that it failed and why, and exits 1
+/// (it printed nothing and exited 0).
+#[test]
+fn explain_says_why_the_last_build_failed() {
+    let d = Daemon::start();
+    let ctx = common::busybox_context("RUN echo about to fail && exit 3\n", &[]);
+    let out = d.build(ctx.path(), &[]);
+    assert!(!out.success, "{}", out.text());
+    let context = ctx.path().to_str().unwrap();
+    let json = d.ctl_json(&["explain", context]);
+    let failed = json["failed"].as_str().unwrap_or_default();
+    assert!(failed.contains("exit"), "{json}");
+    let text = d.ctl(&["explain", context]);
+    assert_eq!(text.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("the last build failed"), "{stdout}");
+}

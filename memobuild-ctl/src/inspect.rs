@@ -145,6 +145,10 @@ pub async fn explain(
             println!("    {why}");
         }
     }
+    if let Some(error) = &explanation.failed {
+        println!("the last build failed: {error}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

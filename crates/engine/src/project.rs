@@ -449,6 +449,11 @@ impl Projects {
         Some(Explanation {
             project: id.to_string(),
             steps,
+            failed: if last.ok {
+                None
+            } else {
+                Some(last.error.clone().unwrap_or_else(|| "failed".into()))
+            },
         })
     }
 

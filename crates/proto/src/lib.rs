@@ -505,6 +505,9 @@ pub struct LastBuild {
 pub struct Explanation {
     pub project: String,
     pub steps: Vec<StepExplanation>,
+    /// The last build failed: its error (`steps` then lists what ran before).
+    #[serde(default)]
+    pub failed: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
