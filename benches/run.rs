@@ -26,6 +26,10 @@
 //!    dir; BuildKit with this bench's records pruned and a fresh client identity,
 //!    so the whole context is transferred again), then rebuilds after one file
 //!    changed (COPY and RUN re-execute).
+//! 4. stage edit (issue 15): a builder stage `COPY src/` + RUN writes one file,
+//!    the final stage `COPY --from=builder` that file + a 2 s RUN; then an edit
+//!    of a source file the builder reads but does not pass on. Both tools key
+//!    `COPY --from` on the copied content, so only the builder's steps re-run.
 //! 3. phases (memobuild only, in-process): `Sandbox::run`'s own timings (setup,
 //!    run, diff, teardown), the layer write and the snapshot release, the private
 //!    containerd's start, and the unpack of a new 100 MB layer.
@@ -35,7 +39,7 @@
 //! * `MEMOBUILD_BENCH_FILES=N`      context of N files (N x 10 kB), default 10000
 //! * `MEMOBUILD_BENCH_RUN_STEPS=N`  trivial RUN rebuilds per tool, default 20
 //! * `MEMOBUILD_BENCH_RUNS=N`       cold and one-file-change runs per tool, default 5
-//! * `MEMOBUILD_BENCH_ONLY=a,b`     run only some of: trivial, context, phases
+//! * `MEMOBUILD_BENCH_ONLY=a,b`     run only some of: trivial, context, stage, phases
 //! * `MEMOBUILD_BENCH_NO_DOCKER=1`  skip BuildKit even if it is reachable
 //! * `DOCKER_HOST`                  which Docker daemon (a unix socket; else
 //!   /tmp/dockerd/docker.sock, else /var/run/docker.sock)
@@ -94,6 +98,16 @@ const TRIVIAL_EXEC: &str = "mount / from exec /bin/sh -c echo $NONCE > /n";
 const CONTEXT_EXEC: &str = "mount / from exec /bin/sh -c find /app -type f | wc -l > /count";
 const TAG_TRIVIAL: &str = "memobuild-bench-run-trivial";
 const TAG_CONTEXT: &str = "memobuild-bench-run-context";
+/// Scenario 4 (issue 15): a builder stage reads `src/`, the final stage copies
+/// one file the builder wrote and runs an expensive step on it. An edit to a
+/// source file the builder does not pass on must keep the final stage cached.
+const STAGE_TAIL: &str = "FROM base AS builder\nCOPY src/ /src/\n\
+RUN mkdir -p /out && cp /src/used.txt /out/used && cat /src/other.txt > /dev/null\n\
+FROM base\nCOPY --from=builder /out/used /app/used\n\
+RUN sleep 2 && sha256sum /app/used > /app/sum\n";
+const STAGE_FINAL_RUN: &str = "RUN sleep 2 && sha256sum /app/used > /app/sum";
+const STAGE_EXEC: &str = "mount / from exec /bin/sh -c sleep 2 && sha256sum /app/used > /app/sum";
+const TAG_STAGE: &str = "memobuild-bench-run-stage";
 /// Daemon log filter: memobuildd's sandbox logs each layer unpack at debug.
 const DAEMON_LOG: &str = "info,memobuild_sandbox=debug";
 
@@ -1266,6 +1280,78 @@ fn trivial(bins: &Bins, work: &Path, docker: &mut Option<Docker>, steps: usize, 
     eprintln!("run bench: trivial RUN done");
 }
 
+fn stage_edit(
+    bins: &Bins,
+    work: &Path,
+    docker: &mut Option<Docker>,
+    runs: usize,
+    rep: &mut Report,
+) {
+    let ctx = work.join("stage");
+    write_context(&ctx, STAGE_TAIL, dockerfile_len(2));
+    fs::create_dir_all(ctx.join("src")).unwrap();
+    fs::write(
+        ctx.join("src/used.txt"),
+        "the file the final stage copies\n",
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(bins, &work.join("d-stage"));
+    let edit = |n: usize| {
+        fs::write(
+            ctx.join("src/other.txt"),
+            format!("edit {n} of a file not passed on\n"),
+        )
+        .unwrap();
+    };
+    edit(0);
+    let first = memobuild_build(bins, &mut daemon, work, &ctx, TAG_STAGE, &[]);
+    if let Some(dk) = docker.as_mut() {
+        dk.build(&ctx, TAG_STAGE, &[], STAGE_EXEC, None);
+    }
+    let mut row = Row {
+        label: "stage edit: a builder-stage source changed, the file it passes on did not (builder re-runs, final stage cached)".into(),
+        ..Row::default()
+    };
+    for i in 1..=runs {
+        edit(i);
+        let mut mb = |row: &mut Row| {
+            let r = memobuild_build(bins, &mut daemon, work, &ctx, TAG_STAGE, &[]);
+            assert!(
+                r.step(STAGE_FINAL_RUN).is_none(),
+                "memobuild re-ran the final stage: {:?}",
+                r.executed
+            );
+            assert_eq!(r.digest, first.digest, "the image changed");
+            row.mb.push(r.wall);
+            row.mb_daemon.push(r.daemon);
+        };
+        let bk = |row: &mut Row, dk: &mut Docker| {
+            let b = dk.build(&ctx, TAG_STAGE, &[], STAGE_EXEC, None);
+            assert!(
+                !b.executed().iter().any(|s| s.contains("sha256sum")),
+                "BuildKit re-ran the final stage: {:?}",
+                b.executed()
+            );
+            row.bk.push(b.wall);
+        };
+        // Interleaved, alternating who goes first.
+        if i % 2 == 1 {
+            mb(&mut row);
+            if let Some(dk) = docker.as_mut() {
+                bk(&mut row, dk);
+            }
+        } else {
+            if let Some(dk) = docker.as_mut() {
+                bk(&mut row, dk);
+            }
+            mb(&mut row);
+        }
+    }
+    rep.side.push(row);
+    drop(daemon);
+    eprintln!("run bench: stage edit done");
+}
+
 fn short(instruction: &str) -> String {
     if instruction.len() > 32 {
         format!("{}...", &instruction[..29])
@@ -1806,6 +1892,10 @@ fn main() {
 
     if wanted("trivial") {
         trivial(&bins, &work, &mut docker, steps, &mut rep);
+    }
+
+    if wanted("stage") {
+        stage_edit(&bins, &work, &mut docker, runs, &mut rep);
     }
 
     let mut ctx_plan: Option<(PathBuf, GenFile)> = None;

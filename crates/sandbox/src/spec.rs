@@ -161,7 +161,11 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<S
             &["rbind", "rprivate", "ro", "nosuid", "nodev", "noexec"],
         )
     };
-    let shm_size = format!("size={}", spec.shm_bytes.unwrap_or(64 << 20));
+    // Docker's default /dev/shm, written as Docker writes it; `--shm-size` in bytes.
+    let shm_size = match spec.shm_bytes {
+        Some(bytes) => format!("size={bytes}"),
+        None => "size=65536k".to_string(),
+    };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount(
