@@ -320,7 +320,7 @@ fn warn_if_stale(bench: &str, bins: &Bins, manifest: &Path) {
         .min();
     let Some(built) = built else { return };
     let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
-    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "shared/src"]
+    let mut stack: Vec<PathBuf> = ["memobuildd/src", "memobuild-ctl/src", "crates"]
         .iter()
         .map(|d| manifest.join(d))
         .collect();
