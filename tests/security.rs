@@ -521,3 +521,56 @@ fn huge_run_output_is_clipped_and_never_breaks_the_connection() {
     );
     assert_serving(&d);
 }
+
+/// A secret mounted for a step that runs as uid 1234 is readable in the step,
+/// and not by host uid 1234 while the step runs (issue 14, item 4): the file
+/// lives in a 0700 directory only the daemon enters.
+#[test]
+fn a_secret_is_not_readable_on_the_host_by_the_step_uid() {
+    let d = Daemon::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let src = secrets.path().join("tok");
+    std::fs::write(&src, "s3cret-token-for-1234").unwrap();
+    let ctx = busybox_context(
+        "RUN --mount=type=secret,id=tok,uid=1234 \
+         cat /run/secrets/tok > /dev/null && echo read-in-step && sleep 4\n",
+        &[],
+    );
+    let secret_arg = format!("id=tok,src={}", src.display());
+    let child = d.spawn_build(ctx.path(), &["--secret", &secret_arg]);
+    // While the step sleeps, the host side of the secret exists: look for it
+    // as uid 1234.
+    let deadline = Instant::now() + GUARD;
+    let mut seen = false;
+    while Instant::now() < deadline && !seen {
+        let dirs: Vec<_> = std::fs::read_dir("/dev/shm")
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        for dir in dirs.iter().filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("memobuild-secret-"))
+        }) {
+            seen = true;
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+            let read = Command::new("setpriv")
+                .args(["--reuid=1234", "--regid=1234", "--clear-groups", "cat"])
+                .arg(dir.join("secret"))
+                .output()
+                .expect("setpriv (util-linux)");
+            assert!(!read.status.success(), "host uid 1234 read the secret");
+            assert!(!String::from_utf8_lossy(&read.stdout).contains("s3cret"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        seen,
+        "the step's secret directory never appeared in /dev/shm"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("read-in-step"));
+}

@@ -528,7 +528,9 @@ fn secret_dir() -> Result<tempfile::TempDir, RpcError> {
     };
     let dir = dir.map_err(|e| err(format!("creating a secret dir: {e}")))?;
     use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711));
+    // 0700: only the daemon (root) enters; runc bind-mounts the file itself, so
+    // the step reads it while no host user, not even the step's uid, can.
+    let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700));
     Ok(dir)
 }
 
