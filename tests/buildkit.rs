@@ -17,8 +17,6 @@
 mod common;
 use common::{fsdump, repo_root, BuildOutcome, Daemon};
 use serde_json::Value;
-use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 // ---------------------------------------------------------------------------
@@ -298,21 +296,7 @@ impl Image {
 
 /// The image config blob of an `-o type=oci` archive.
 fn image_config(archive: &Path) -> Value {
-    let mut blobs: HashMap<String, Vec<u8>> = HashMap::new();
-    let mut index = Vec::new();
-    let mut tar = tar::Archive::new(std::fs::File::open(archive).expect("open archive"));
-    for entry in tar.entries().expect("archive entries") {
-        let mut entry = entry.expect("archive entry");
-        let name = entry.path().expect("entry path").display().to_string();
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).expect("read entry");
-        if name == "index.json" {
-            index = bytes;
-        } else if let Some(hex) = name.strip_prefix("blobs/sha256/") {
-            blobs.insert(format!("sha256:{hex}"), bytes);
-        }
-    }
-    let index: Value = serde_json::from_slice(&index).expect("index.json");
+    let (index, blobs) = common::oci_archive(archive);
     let mut desc = index["manifests"][0].clone();
     // An index may point to a nested index.
     loop {

@@ -639,9 +639,8 @@ impl BuildOutcome {
     }
 }
 
-/// The content of `path` (absolute, in the image) in an `-o type=oci` archive:
-/// the last layer that has it wins; None if no layer has it.
-pub fn oci_file(archive: &Path, path: &str) -> Option<Vec<u8>> {
+/// An `-o type=oci` archive read whole: its `index.json` and its blobs by digest.
+pub fn oci_archive(archive: &Path) -> (Value, std::collections::HashMap<String, Vec<u8>>) {
     use std::io::Read;
     let mut blobs = std::collections::HashMap::new();
     let mut index = Vec::new();
@@ -657,7 +656,15 @@ pub fn oci_file(archive: &Path, path: &str) -> Option<Vec<u8>> {
             blobs.insert(format!("sha256:{hex}"), bytes);
         }
     }
-    let index: Value = serde_json::from_slice(&index).expect("index.json");
+    let index = serde_json::from_slice(&index).expect("index.json");
+    (index, blobs)
+}
+
+/// The content of `path` (absolute, in the image) in an `-o type=oci` archive:
+/// the last layer that has it wins; None if no layer has it.
+pub fn oci_file(archive: &Path, path: &str) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let (index, blobs) = oci_archive(archive);
     let manifest = &blobs[index["manifests"][0]["digest"].as_str().expect("manifest")];
     let manifest: Value = serde_json::from_slice(manifest).expect("manifest JSON");
     let want = path.trim_start_matches('/');
