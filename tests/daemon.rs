@@ -244,7 +244,10 @@ fn sources_never_leave_the_context() {
     for entry in std::fs::read_dir(d.data.join("blobs/sha256")).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         let mut raw = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut raw);
+        let _ = std::io::Read::read_to_end(
+            &mut flate2::read::MultiGzDecoder::new(&bytes[..]),
+            &mut raw,
+        );
         for hay in [&bytes, &raw] {
             assert!(
                 !hay.windows(10).any(|w| w == b"TOP-SECRET"),

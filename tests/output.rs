@@ -75,7 +75,7 @@ fn every_digest_in_the_oci_archive_verifies() {
         let bytes = blob(layer["digest"].as_str().unwrap());
         assert_eq!(layer["size"].as_u64().unwrap(), bytes.len() as u64);
         let mut raw = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
+        flate2::read::MultiGzDecoder::new(&bytes[..])
             .read_to_end(&mut raw)
             .unwrap();
         assert_eq!(

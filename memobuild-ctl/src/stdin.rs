@@ -67,7 +67,7 @@ pub fn read(args: &BuildArgs) -> Result<Option<StdinContext>, RpcError> {
     }
     let dir = tempdir()?;
     let reader: Box<dyn Read> = if gzip {
-        Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+        Box::new(flate2::read::MultiGzDecoder::new(&bytes[..]))
     } else {
         Box::new(&bytes[..])
     };

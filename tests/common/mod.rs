@@ -671,7 +671,7 @@ pub fn oci_file(archive: &Path, path: &str) -> Option<Vec<u8>> {
     let mut found = None;
     for layer in manifest["layers"].as_array().expect("layers") {
         let blob = &blobs[layer["digest"].as_str().expect("layer digest")];
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
+        let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(blob.as_slice()));
         for entry in tar.entries().expect("layer entries") {
             let mut entry = entry.expect("layer entry");
             let name = entry.path().expect("path").display().to_string();

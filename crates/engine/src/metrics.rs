@@ -41,6 +41,7 @@ pub struct Metrics {
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     hashed_bytes: IntCounter,
+    step_snapshots: IntCounterVec,
     watch_events: IntCounter,
     watch_rescans: IntCounter,
     blob_bytes: IntGauge,
@@ -104,6 +105,13 @@ impl Metrics {
                 ),
                 &["tier"],
             )?,
+            step_snapshots: IntCounterVec::new(
+                Opts::new(
+                    "memobuild_step_snapshots_total",
+                    "Layers made ready for RUN steps as containerd snapshots: written directly from a step's changes, or unpacked from the layer blob",
+                ),
+                &["how"],
+            )?,
             hashed_bytes: IntCounter::new(
                 "memobuild_hashed_bytes_total",
                 "Bytes of context files read for content hashing",
@@ -145,6 +153,7 @@ impl Metrics {
         r.register(Box::new(self.cache_hits.clone()))?;
         r.register(Box::new(self.cache_misses.clone()))?;
         r.register(Box::new(self.hashed_bytes.clone()))?;
+        r.register(Box::new(self.step_snapshots.clone()))?;
         r.register(Box::new(self.watch_events.clone()))?;
         r.register(Box::new(self.watch_rescans.clone()))?;
         r.register(Box::new(self.blob_bytes.clone()))?;
@@ -170,6 +179,13 @@ impl Metrics {
         self.step_seconds
             .with_label_values(&[&instruction_kind(display), outcome])
             .observe(took.as_secs_f64());
+    }
+
+    /// Step results made ready for RUN: `written` directly, or layers `unpacked`.
+    pub fn snapshots(&self, how: &str, count: u64) {
+        if count > 0 {
+            self.step_snapshots.with_label_values(&[how]).inc_by(count);
+        }
     }
 
     /// A lookup in a cache tier (one of [`TIERS`]) for `steps` steps.

@@ -32,10 +32,12 @@
 mod cgroup;
 mod diff;
 mod io;
+mod materialize;
 mod private;
 mod rootfs;
 mod spec;
 
+pub use materialize::Materialized;
 pub use private::{PrivateContainerd, PACKAGES};
 pub use rootfs::chain_ids;
 pub use spec::DEFAULT_PATH;
@@ -269,6 +271,8 @@ pub struct Timings {
     /// Deleting the task and container (and, for a failed step, the snapshot
     /// and lease; for a successful one they go with its [`SnapshotHold`]).
     pub teardown: Duration,
+    /// Parent layers that were not unpacked yet and had to be (part of `setup`).
+    pub unpacked_layers: u32,
 }
 
 #[derive(Debug)]
@@ -287,6 +291,8 @@ pub struct RunOutcome {
 /// them; dropping the hold does it in the background.
 pub struct SnapshotHold {
     guard: Option<RunGuard>,
+    /// The snapshot's upper directory, emptied on release.
+    upper: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SnapshotHold {
@@ -299,11 +305,36 @@ impl std::fmt::Debug for SnapshotHold {
 }
 
 impl SnapshotHold {
+    /// Removes the snapshot and lease. Its files are unlinked first, right
+    /// away (containerd deletes a removed snapshot's directory only at its
+    /// next GC): a snapshot written from this step's changes holds hard
+    /// links to them, and their link count must not depend on when that GC
+    /// runs.
     pub async fn release(mut self) {
+        if let (Some(upper), Some(_)) = (self.upper.take(), &self.guard) {
+            let emptied = tokio::task::spawn_blocking(move || empty_dir(&upper)).await;
+            if let Ok(Err(e)) = emptied {
+                tracing::warn!(error = %e, "could not empty a finished step's snapshot");
+            }
+        }
         if let Some(mut guard) = self.guard.take() {
             guard.release().await;
         }
     }
+}
+
+/// Removes everything inside `dir` (not `dir` itself), never following a
+/// symlink out of it.
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// A connection to containerd.
@@ -456,7 +487,7 @@ impl Sandbox {
         match self.run_inner(&mut guard, &id, layers, spec, output).await {
             Ok(mut outcome) => {
                 if outcome.exit.success() {
-                    outcome.snapshot = SnapshotHold { guard: Some(guard) };
+                    outcome.snapshot.guard = Some(guard);
                 } else {
                     let started = Instant::now();
                     guard.release().await;
@@ -469,6 +500,34 @@ impl Sandbox {
                 Err(e)
             }
         }
+    }
+
+    /// Creates the lease `name` that holds everything run `id` makes (it
+    /// expires by itself after [`LEASE_EXPIRY`]).
+    async fn create_run_lease(
+        &self,
+        guard: &mut RunGuard,
+        name: &str,
+        id: &str,
+    ) -> Result<(), SandboxError> {
+        let expires = unix_secs() + LEASE_EXPIRY.as_secs() as i64;
+        let lease = CreateLeaseRequest {
+            id: name.to_string(),
+            labels: HashMap::from([
+                (LABEL_RUN.to_string(), id.to_string()),
+                (
+                    "containerd.io/gc.expire".to_string(),
+                    memobuild_oci::rfc3339(expires),
+                ),
+            ]),
+        };
+        self.client()
+            .leases()
+            .create(self.req(lease))
+            .await
+            .map_err(|s| SandboxError::rpc("create lease", s))?;
+        guard.state.lease = true;
+        Ok(())
     }
 
     async fn run_inner(
@@ -489,26 +548,10 @@ impl Sandbox {
         create_private_dir(&dir)?;
         guard.state.run_dir = Some(dir.clone());
 
-        let expires = unix_secs() + LEASE_EXPIRY.as_secs() as i64;
-        let lease = CreateLeaseRequest {
-            id: name.clone(),
-            labels: HashMap::from([
-                (LABEL_RUN.to_string(), id.to_string()),
-                (
-                    "containerd.io/gc.expire".to_string(),
-                    memobuild_oci::rfc3339(expires),
-                ),
-            ]),
-        };
-        client
-            .leases()
-            .create(self.req(lease))
-            .await
-            .map_err(|s| SandboxError::rpc("create lease", s))?;
-        guard.state.lease = true;
+        self.create_run_lease(guard, &name, id).await?;
 
         guard.state.unpacking = true;
-        let parent = self.ensure_chain(layers, id, &name).await?;
+        let (parent, unpacked_layers) = self.ensure_chain(layers, id, &name).await?;
         guard.state.unpacking = false;
 
         let mounts = self
@@ -681,6 +724,7 @@ impl Sandbox {
                 .map(|p| p.to_string())
                 .collect();
             points.extend(spec.mounts.iter().map(|m| m.target.clone()));
+            let upper = upper.clone();
             tokio::task::spawn_blocking(move || diff::changes(&upper, &lowers, &points))
                 .await
                 .map_err(|e| SandboxError::Diff(e.to_string()))??
@@ -690,12 +734,16 @@ impl Sandbox {
         Ok(RunOutcome {
             exit,
             changes,
-            snapshot: SnapshotHold { guard: None },
+            snapshot: SnapshotHold {
+                guard: None,
+                upper: Some(upper.clone()),
+            },
             timings: Timings {
                 setup,
                 run,
                 diff: diff_started.elapsed(),
                 teardown,
+                unpacked_layers,
             },
         })
     }

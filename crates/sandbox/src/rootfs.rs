@@ -66,13 +66,14 @@ impl Sandbox {
     }
 
     /// Makes sure the snapshot chain of `layers` exists; returns its top chain
-    /// id (`None` for no layers). Work happens under `lease`.
+    /// id (`None` for no layers) and how many layers had to be unpacked. Work
+    /// happens under `lease`.
     pub(super) async fn ensure_chain(
         &self,
         layers: &[LayerInput],
         run_id: &str,
         lease: &str,
-    ) -> Result<Option<String>, SandboxError> {
+    ) -> Result<(Option<String>, u32), SandboxError> {
         let chain = chain_ids(layers);
         // Find the deepest chain id already unpacked.
         let mut have = 0;
@@ -87,7 +88,7 @@ impl Sandbox {
             self.unpack_layer(&layers[i], parent, &chain[i], run_id, lease)
                 .await?;
         }
-        Ok(chain.last().cloned())
+        Ok((chain.last().cloned(), (chain.len() - have) as u32))
     }
 
     async fn unpack_layer(

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub use blobs::{BlobStore, Digest, Upload};
+pub use blobs::{BlobStore, BlobWriter, Digest, Upload};
 pub use pins::Pins;
 
 /// Seconds since the Unix epoch (0 if the clock is before it): the time

@@ -955,42 +955,85 @@ async fn execute(
         },
         _ => None,
     };
-    blocking(move || {
-        let store = &engine.store;
-        let view = FsView::load(store, &engine.layers, &parent_layers)
-            .map_err(|e| step_error(&plan, &step, e))?;
-        let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
-        let changes: ChangeSet = match &step.op {
-            Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
-            Op::Copy(op) => {
-                let source_view = match &source_layers {
-                    Some(layers) => Some(
-                        FsView::load(store, &engine.layers, layers)
-                            .map_err(|e| step_error(&plan, &step, e))?,
-                    ),
-                    None => None,
-                };
-                copy::copy(op, &view, source_view.as_ref(), store, staging.path())
-            }
-            Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
-        }
-        .map_err(|e| step_error(&plan, &step, e))?;
-        let layer = if changes.is_empty() {
-            None
-        } else {
-            let mtime = epoch.unwrap_or(0).max(0) as u64;
-            Some(
-                changes
-                    .write(&store.blobs, mtime)
-                    .map_err(|e| step_error(&plan, &step, e))?,
-            )
-        };
-        Ok(StepRecord {
-            layer,
+    let mtime = epoch.unwrap_or(0).max(0) as u64;
+    let wants_snapshot = plan.steps.iter().any(|s| matches!(s.op, Op::Run(_)));
+    let (changes, staging) = {
+        let (engine, plan, step, parent_layers) = (
+            engine.clone(),
+            plan.clone(),
+            step.clone(),
+            parent_layers.clone(),
+        );
+        blocking(move || step_changes(&engine, &plan, &step, &parent_layers, source_layers)).await?
+    };
+    if changes.is_empty() {
+        return Ok(StepRecord {
+            layer: None,
             created_at: now,
+        });
+    }
+    // The layer blob and, when a RUN may need it, the unpacked snapshot are
+    // written at the same time from the same changes.
+    let changes = Arc::new(changes);
+    let write = {
+        let (engine, plan, step, changes) =
+            (engine.clone(), plan.clone(), step.clone(), changes.clone());
+        blocking(move || {
+            engine
+                .layer_writer
+                .write(&changes, &engine.store.blobs, mtime)
+                .map_err(|e| step_error(&plan, &step, e))
         })
+    };
+    let snapshot = async {
+        match wants_snapshot {
+            true => {
+                super::snapshots::materialize(&engine, &parent_layers, changes.clone(), mtime).await
+            }
+            false => None,
+        }
+    };
+    let (layer, snapshot) = tokio::join!(write, snapshot);
+    drop(staging);
+    let layer = layer?;
+    if let Some(snapshot) = snapshot {
+        super::snapshots::commit(&engine, &parent_layers, &layer, snapshot).await;
+    }
+    Ok(StepRecord {
+        layer: Some(layer),
+        created_at: now,
     })
-    .await
+}
+
+/// What a COPY, ADD or WORKDIR adds, and the staging directory its files
+/// may live in (kept until the layer is written).
+fn step_changes(
+    engine: &Engine,
+    plan: &Plan,
+    step: &Step,
+    parent_layers: &[memobuild_store::LayerRecord],
+    source_layers: Option<Vec<memobuild_store::LayerRecord>>,
+) -> Result<(ChangeSet, tempfile::TempDir), RpcError> {
+    let store = &engine.store;
+    let view = FsView::load(store, &engine.layers, parent_layers)
+        .map_err(|e| step_error(plan, step, e))?;
+    let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
+    let changes = match &step.op {
+        Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
+        Op::Copy(op) => {
+            let source_view = match &source_layers {
+                Some(layers) => Some(
+                    FsView::load(store, &engine.layers, layers)
+                        .map_err(|e| step_error(plan, step, e))?,
+                ),
+                None => None,
+            };
+            copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+        }
+        Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
+    }
+    .map_err(|e| step_error(plan, step, e))?;
+    Ok((changes, staging))
 }
 
 fn tag_image(

@@ -6,6 +6,7 @@ mod content;
 pub mod copy;
 pub mod fsview;
 pub mod run;
+mod snapshots;
 pub mod users;
 
 mod build;
@@ -41,6 +42,9 @@ const MAX_FINISHED: usize = 100;
 pub struct Engine {
     pub store: Arc<Store>,
     pub layers: LayerCache,
+    /// Writes step layers; remembers their gzip members so the next layer
+    /// of an edited step reuses them (oci::layer).
+    pub layer_writer: memobuild_oci::LayerWriter,
     pub hashes: HashCache,
     pub merkle: memobuild_context::merkle::DirDigests,
     pub watcher: Arc<Watcher>,
@@ -169,6 +173,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             store,
             layers: LayerCache::default(),
+            layer_writer: memobuild_oci::LayerWriter::new(),
             hashes,
             merkle: Default::default(),
             watcher: Watcher::start(),

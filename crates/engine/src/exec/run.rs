@@ -142,6 +142,11 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
     let outcome = sandbox.run(&layers, &spec, tx).await;
+    if let Ok(o) = &outcome {
+        engine
+            .metrics
+            .snapshots("unpacked", o.timings.unpacked_layers.into());
+    }
     let tail = printer.await.unwrap_or_default();
     drop(mounts);
     let outcome = outcome.map_err(|e| {
@@ -162,21 +167,34 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     }
     let changes: ChangeSet = outcome.changes;
     let mtime = cx.epoch.unwrap_or(0).max(0) as u64;
-    let layer = tokio::task::spawn_blocking(move || {
-        if changes.is_empty() {
-            Ok(None)
-        } else {
-            changes
-                .write(&store.blobs, mtime)
-                .map(Some)
+    if changes.is_empty() {
+        outcome.snapshot.release().await;
+        return Ok(StepRecord {
+            layer: None,
+            created_at: memobuild_store::now_secs(),
+        });
+    }
+    // The layer blob and the next step's snapshot (hard links to the files
+    // in this step's upper dir, which stays until both are done).
+    let changes = std::sync::Arc::new(changes);
+    let write = {
+        let (engine, changes) = (engine.clone(), changes.clone());
+        tokio::task::spawn_blocking(move || {
+            engine
+                .layer_writer
+                .write(&changes, &store.blobs, mtime)
                 .map_err(|e| err(e.to_string()))
-        }
-    })
-    .await
-    .map_err(|e| err(format!("internal error: {e}")))?;
+        })
+    };
+    let snapshot = super::snapshots::materialize(engine, cx.parent_layers, changes, mtime);
+    let (layer, snapshot) = tokio::join!(write, snapshot);
+    let layer = layer.map_err(|e| err(format!("internal error: {e}")))?;
+    if let (Ok(layer), Some(snapshot)) = (&layer, snapshot) {
+        super::snapshots::commit(engine, cx.parent_layers, layer, snapshot).await;
+    }
     outcome.snapshot.release().await;
     Ok(StepRecord {
-        layer: layer?,
+        layer: Some(layer?),
         created_at: memobuild_store::now_secs(),
     })
 }

@@ -1,17 +1,22 @@
 //! Layers: a [`ChangeSet`] (what a step adds to the filesystem) written as a
-//! deterministic tar, gzip-compressed, hashed while streaming; and reading a
-//! stored layer's entries back.
+//! deterministic tar, gzip-compressed as independent members (see [`pieces`]:
+//! compressed on all cores, reused across layers), hashed while streaming; and
+//! reading a stored layer's entries back.
 //!
 //! Determinism: entries are sorted by path, owners are numeric (no user or group
 //! names), and every mtime is the build's fixed timestamp (SOURCE_DATE_EPOCH, else
 //! 0): mtimes are not a cache input, so they cannot be a layer input either.
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use memobuild_store::{BlobStore, LayerRecord, StoreError};
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
+
+mod pieces;
+
+pub use pieces::LayerWriter;
+use pieces::PieceSink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -82,14 +87,26 @@ impl ChangeSet {
         self.entries.insert(path, entry);
     }
 
-    /// Writes the layer blob and returns its record. `mtime` is stamped on every entry.
+    /// Writes the layer blob and returns its record. `mtime` is stamped on
+    /// every entry. A daemon keeps one [`LayerWriter`] and calls
+    /// [`LayerWriter::write`] instead, so layers reuse each other's members.
     pub fn write(&self, blobs: &BlobStore, mtime: u64) -> Result<LayerRecord, OciError> {
-        let blob = blobs.writer()?;
-        let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
-        let mut diff = HashingWriter::new(gz);
-        {
-            let mut tar = tar::Builder::new(&mut diff);
-            for (path, entry) in &self.entries {
+        LayerWriter::new().write(self, blobs, mtime)
+    }
+}
+
+impl LayerWriter {
+    /// Writes `changes` as a layer blob (a deterministic tar, as gzip members:
+    /// see [`pieces`]) and returns its record.
+    pub fn write(
+        &self,
+        changes: &ChangeSet,
+        blobs: &BlobStore,
+        mtime: u64,
+    ) -> Result<LayerRecord, OciError> {
+        let (digest, size, diff_id) = pieces::write_layer(self, blobs, |sink| {
+            let mut tar = tar::Builder::new(sink);
+            for (path, entry) in &changes.entries {
                 append_entry(&mut tar, path, entry, mtime).map_err(|source| {
                     if source.kind() == io::ErrorKind::NotFound
                         || source.kind() == io::ErrorKind::InvalidData
@@ -106,14 +123,8 @@ impl ChangeSet {
             tar.finish().map_err(|source| OciError::Write {
                 path: "<end of archive>".into(),
                 source,
-            })?;
-        }
-        let (gz, diff_id) = diff.finish();
-        let blob = gz.finish().map_err(|source| OciError::Write {
-            path: "<gzip trailer>".into(),
-            source,
+            })
         })?;
-        let (digest, size) = blob.commit()?;
         Ok(LayerRecord {
             digest,
             diff_id,
@@ -123,8 +134,10 @@ impl ChangeSet {
     }
 }
 
-fn append_entry<W: Write>(
-    tar: &mut tar::Builder<W>,
+/// Appends one entry, telling the sink where it begins and ends (pieces are
+/// cut at entry boundaries).
+fn append_entry(
+    tar: &mut tar::Builder<&mut PieceSink<'_>>,
     path: &str,
     entry: &LayerEntry,
     mtime: u64,
@@ -134,7 +147,68 @@ fn append_entry<W: Write>(
     header.set_uid(entry.uid.into());
     header.set_gid(entry.gid.into());
     header.set_mtime(mtime);
-    match &entry.kind {
+    let file = match &entry.kind {
+        // Never a FIFO or device swapped in since the file was listed.
+        EntryKind::File(Content::Path(src) | Content::Checked { path: src, .. }) => {
+            Some(memobuild_rootpath::safefs::open_regular(src, false)?)
+        }
+        _ => None,
+    };
+    let data_len = match (&entry.kind, &file) {
+        (_, Some((_, len))) => *len,
+        (EntryKind::File(Content::Bytes(bytes)), _) => bytes.len() as u64,
+        _ => 0,
+    };
+    tar.get_mut().begin_entry(data_len)?;
+    match (&entry.kind, file) {
+        (EntryKind::File(Content::Checked { blake3, .. }), Some((file, len))) => {
+            append_checked(tar, header, path, file, len, blake3)?
+        }
+        (EntryKind::File(_), Some((file, len))) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(len);
+            // take(): a file that grows while we read it must not corrupt the tar.
+            tar.append_data(&mut header, path, BufReader::new(file).take(len))?
+        }
+        (kind, _) => append_other(tar, header, path, kind)?,
+    }
+    tar.get_mut().end_entry(path)
+}
+
+/// A context file: the layer gets exactly the bytes its cache key was made
+/// from, or the write fails as `InvalidData` (the context changed).
+fn append_checked<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut header: tar::Header,
+    path: &str,
+    file: std::fs::File,
+    len: u64,
+    blake3: &[u8; 32],
+) -> io::Result<()> {
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(len);
+    let mut reader = CheckingReader {
+        inner: BufReader::new(file).take(len),
+        hasher: blake3::Hasher::new(),
+        read: 0,
+    };
+    tar.append_data(&mut header, path, &mut reader)?;
+    if reader.read != len || reader.hasher.finalize().as_bytes() != blake3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "content changed",
+        ));
+    }
+    Ok(())
+}
+
+fn append_other<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut header: tar::Header,
+    path: &str,
+    kind: &EntryKind,
+) -> io::Result<()> {
+    match kind {
         EntryKind::Dir => {
             header.set_entry_type(tar::EntryType::Directory);
             header.set_size(0);
@@ -172,32 +246,7 @@ fn append_entry<W: Write>(
             header.set_size(bytes.len() as u64);
             tar.append_data(&mut header, path, bytes.as_slice())
         }
-        EntryKind::File(Content::Path(src)) => {
-            // Never a FIFO or device swapped in since the file was listed.
-            let (file, len) = memobuild_rootpath::safefs::open_regular(src, false)?;
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(len);
-            // take(): a file that grows while we read it must not corrupt the tar.
-            tar.append_data(&mut header, path, BufReader::new(file).take(len))
-        }
-        EntryKind::File(Content::Checked { path: src, blake3 }) => {
-            let (file, len) = memobuild_rootpath::safefs::open_regular(src, false)?;
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(len);
-            let mut reader = CheckingReader {
-                inner: BufReader::new(file).take(len),
-                hasher: blake3::Hasher::new(),
-                read: 0,
-            };
-            tar.append_data(&mut header, path, &mut reader)?;
-            if reader.read != len || reader.hasher.finalize().as_bytes() != blake3 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "content changed",
-                ));
-            }
-            Ok(())
-        }
+        EntryKind::File(_) => Err(io::Error::other("a file entry without its file")),
     }
 }
 
@@ -233,38 +282,6 @@ impl<R: Read> Read for CheckingReader<R> {
     }
 }
 
-/// Passes bytes through while computing their sha256 (the layer's diff_id).
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-        }
-    }
-
-    fn finish(self) -> (W, String) {
-        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
-        (self.inner, digest)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 /// Opens a stored layer as an uncompressed tar stream (gzip and zstd, as
 /// pulled images may have, detected by magic).
 pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send>, OciError> {
@@ -272,7 +289,7 @@ pub fn open_layer(blobs: &BlobStore, digest: &str) -> Result<Box<dyn Read + Send
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let magic = peek(&mut reader, digest)?;
     if magic.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(GzDecoder::new(reader)))
+        Ok(Box::new(MultiGzDecoder::new(reader)))
     } else if magic.starts_with(&super::zstd::MAGIC) {
         Ok(Box::new(super::zstd::Frames::new(reader)))
     } else {

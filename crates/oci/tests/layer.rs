@@ -1,0 +1,159 @@
+//! The layer writer: multi-member gzip blobs that any gzip reader reads as one
+//! tar, with the same digest whether members were compressed or reused.
+
+use memobuild_oci::layer::open_layer;
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry, LayerWriter};
+use memobuild_store::BlobStore;
+use std::io::Read;
+
+fn file(bytes: Vec<u8>) -> LayerEntry {
+    LayerEntry {
+        kind: EntryKind::File(Content::Bytes(bytes)),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible enough.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// 300 small files, a few big ones (one over the 4 MiB piece size), a long
+/// path, a directory, a symlink and a whiteout.
+fn changes(edit: u64) -> ChangeSet {
+    let mut c = ChangeSet::default();
+    c.insert(
+        "app".into(),
+        LayerEntry {
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    for i in 0..300u64 {
+        let text =
+            format!("file {i} {}\n", if i == 150 { edit } else { 0 }).repeat(i as usize % 40 + 1);
+        c.insert(format!("app/f{i:03}"), file(text.into_bytes()));
+    }
+    c.insert("app/big1".into(), file(noise(1, 200_000)));
+    c.insert("app/big2".into(), file(noise(2, 9 << 20)));
+    c.insert(
+        format!("app/{}", "long".repeat(60)),
+        file(b"long name".to_vec()),
+    );
+    c.insert(
+        "app/link".into(),
+        LayerEntry {
+            kind: EntryKind::Symlink("f001".into()),
+            mode: 0o777,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    c.insert(
+        "gone".into(),
+        LayerEntry {
+            kind: EntryKind::Whiteout,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    c
+}
+
+fn tar_of(blobs: &BlobStore, digest: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    open_layer(blobs, digest)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn warm_and_cold_writers_give_the_same_blob_and_a_readable_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let warm = LayerWriter::new();
+    let first = warm.write(&changes(0), &blobs, 7).unwrap();
+    let edited_warm = warm.write(&changes(1), &blobs, 7).unwrap();
+    let edited_cold = LayerWriter::new().write(&changes(1), &blobs, 7).unwrap();
+    assert_eq!(edited_warm, edited_cold, "reusing members changed the blob");
+    assert_ne!(first.digest, edited_warm.digest);
+
+    // The blob is several gzip members, and reads back as one tar whose
+    // sha256 is the diff_id.
+    let blob = std::fs::read(blobs.path(&first.digest).unwrap()).unwrap();
+    let members = blob.windows(4).filter(|w| w == &[0x1f, 0x8b, 8, 0]).count();
+    assert!(members > 10, "expected many members, found {members}");
+    let tar = tar_of(&blobs, &first.digest);
+    let diff_id = memobuild_store::blobs::sha256_digest(&tar);
+    assert_eq!(diff_id, first.diff_id);
+    let mut archive = tar::Archive::new(tar.as_slice());
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name == "app/big2" {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            assert_eq!(data, noise(2, 9 << 20));
+        }
+        assert_eq!(entry.header().mtime().unwrap(), 7);
+        names.push(name);
+    }
+    assert_eq!(names.len(), 1 + 300 + 2 + 1 + 1 + 1);
+    assert!(names.contains(&".wh.gone".to_string()));
+    assert!(names.contains(&format!("app/{}", "long".repeat(60))));
+}
+
+#[test]
+fn a_reused_member_whose_blob_is_gone_is_compressed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path()).unwrap();
+    let warm = LayerWriter::new();
+    let first = warm.write(&changes(0), &blobs, 0).unwrap();
+    blobs.remove(&first.digest).unwrap();
+    let again = warm.write(&changes(0), &blobs, 0).unwrap();
+    assert_eq!(again, first);
+    assert_eq!(tar_of(&blobs, &again.digest).len() % 512, 0);
+}
+
+#[test]
+fn a_changed_context_file_fails_the_write_and_leaves_no_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = BlobStore::open(dir.path().join("store").as_path()).unwrap();
+    let src = dir.path().join("src.txt");
+    std::fs::write(&src, b"what the key was made from").unwrap();
+    let mut c = changes(0);
+    c.insert(
+        "app/checked".into(),
+        LayerEntry {
+            kind: EntryKind::File(Content::Checked {
+                path: src,
+                blake3: *blake3::hash(b"something else").as_bytes(),
+            }),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+    );
+    let err = LayerWriter::new().write(&c, &blobs, 0).unwrap_err();
+    assert!(
+        matches!(err, memobuild_oci::OciError::ContextChanged { ref path } if path == "app/checked"),
+        "{err:?}"
+    );
+    assert!(blobs.list().unwrap().is_empty());
+}
