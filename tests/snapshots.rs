@@ -20,7 +20,7 @@ COPY --chown=12:34 tree/ /t/copied/
 COPY --chmod=4755 tool /t/keep/tool
 RUN echo made > /t/keep/made && ln /t/keep/made /t/keep/hard && ln -s ../keep/made /t/keep/soft \
  && rm -rf /t/gone /t/swap && mkdir /t/swap && echo n > /t/swap/new && chmod 1777 /t/swap \
- && chown 7:8 /t/keep/made && mkdir -p /t/copied/sub/new && rm /t/copied/a
+ && chown 7:8 /t/keep/made && mkdir -p /t/copied/sub/new && rm -rf /t/copied/a
 ARG NONCE
 RUN echo $NONCE > /nonce && find /t | sort | while read p; do \
       if [ -d "$p" ]; then stat -c '%n %F %a %u %g' "$p"; \
@@ -104,11 +104,26 @@ fn a_rootfs_written_as_snapshots_is_what_unpacking_the_layers_gives() {
 }
 
 #[test]
-fn an_edit_loop_gives_the_image_a_no_cache_build_gives() {
+fn an_edit_loop_gives_the_image_a_fresh_daemon_builds() {
     let ctx = context();
     let d = Daemon::start();
+    d.build_ok(ctx.path(), &["--build-arg", "NONCE=x"]);
+    let tree = ctx.path().join("tree");
     for i in 0..10 {
-        std::fs::write(ctx.path().join("tree/sub/b"), format!("edit {i}\n")).unwrap();
+        // Edits, new files, deletions and a file turned into a directory.
+        std::fs::write(tree.join("sub/b"), format!("edit {i}\n")).unwrap();
+        std::fs::write(tree.join(format!("new{i}")), format!("{i}\n")).unwrap();
+        if i > 0 {
+            std::fs::remove_file(tree.join(format!("new{}", i - 1))).unwrap();
+        }
+        if i == 4 {
+            std::fs::remove_dir_all(tree.join("sub/deeper")).unwrap();
+        }
+        if i == 6 {
+            std::fs::remove_file(tree.join("a")).unwrap();
+            std::fs::create_dir(tree.join("a")).unwrap();
+            std::fs::write(tree.join("a/inside"), "in\n").unwrap();
+        }
         let out = d.build_ok(ctx.path(), &["--build-arg", "NONCE=x"]);
         assert!(
             out.executed().iter().any(|s| s.starts_with("COPY --chown")),
@@ -117,7 +132,14 @@ fn an_edit_loop_gives_the_image_a_no_cache_build_gives() {
         );
     }
     let warm = d.build_ok(ctx.path(), &["--build-arg", "NONCE=x"]);
-    let cold = d.build_ok(ctx.path(), &["--build-arg", "NONCE=x", "--no-cache"]);
-    assert_eq!(warm.manifest_digest(), cold.manifest_digest());
     assert_eq!(snapshots(&d, "unpacked"), 0, "{}", d.log());
+    assert!(
+        snapshots(&d, "delta") >= 8,
+        "edits were not written as deltas"
+    );
+    // A fresh daemon builds the final context from scratch (whole snapshots).
+    let fresh = Daemon::start();
+    let cold = fresh.build_ok(ctx.path(), &["--build-arg", "NONCE=x"]);
+    assert_eq!(snapshots(&fresh, "delta"), 0);
+    assert_eq!(warm.manifest_digest(), cold.manifest_digest());
 }

@@ -108,7 +108,7 @@ impl Metrics {
             step_snapshots: IntCounterVec::new(
                 Opts::new(
                     "memobuild_step_snapshots_total",
-                    "Layers made ready for RUN steps as containerd snapshots: written directly from a step's changes, or unpacked from the layer blob",
+                    "Layers made ready for RUN steps as containerd snapshots: written directly from a step's changes (whole, or as a delta on the step's previous result), or unpacked from the layer blob",
                 ),
                 &["how"],
             )?,
@@ -181,7 +181,8 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Step results made ready for RUN: `written` directly, or layers `unpacked`.
+    /// Step results made ready for RUN: `written` whole, written as a `delta`,
+    /// or layers `unpacked`.
     pub fn snapshots(&self, how: &str, count: u64) {
         if count > 0 {
             self.step_snapshots.with_label_values(&[how]).inc_by(count);

@@ -37,7 +37,7 @@ mod private;
 mod rootfs;
 mod spec;
 
-pub use materialize::Materialized;
+pub use materialize::{Base, Materialized};
 pub use private::{PrivateContainerd, PACKAGES};
 pub use rootfs::chain_ids;
 pub use spec::DEFAULT_PATH;

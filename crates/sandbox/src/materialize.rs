@@ -46,13 +46,28 @@ pub struct Materialized {
     pub unpacked_layers: u32,
 }
 
+/// What a materialized snapshot is written on.
+pub enum Base<'a> {
+    /// The chain of these layers (unpacked first where missing): the
+    /// snapshot gets the step's whole changes.
+    Layers(&'a [LayerInput]),
+    /// An existing snapshot holding an earlier result of the same step on
+    /// the same parent: the snapshot gets only what differs (an edit of one
+    /// file writes one file). The paths that result had and this one lacks
+    /// are whited out; if one of them also exists below that result, the
+    /// delta cannot express it and materializing fails.
+    Previous {
+        snapshot: &'a str,
+        removed: Vec<String>,
+    },
+}
+
 impl Sandbox {
     /// Writes `changes` (with `mtime` on every entry) into a new snapshot on
-    /// top of `parent`'s chain (unpacked first if needed). Commit it with the
-    /// layer's chain id once the layer is written.
+    /// `base`. Commit it with the layer's chain id once the layer is written.
     pub async fn materialize(
         &self,
-        parent: &[LayerInput],
+        base: Base<'_>,
         changes: Arc<ChangeSet>,
         mtime: u64,
     ) -> Result<Materialized, SandboxError> {
@@ -66,9 +81,22 @@ impl Sandbox {
             },
         };
         self.create_run_lease(&mut guard, &key, &id).await?;
-        guard.state.unpacking = true;
-        let (parent, unpacked_layers) = self.ensure_chain(parent, &id, &key).await?;
-        guard.state.unpacking = false;
+        let (parent, unpacked_layers, removed) = match base {
+            Base::Layers(layers) => {
+                guard.state.unpacking = true;
+                let (parent, unpacked) = self.ensure_chain(layers, &id, &key).await?;
+                guard.state.unpacking = false;
+                (parent, unpacked, Vec::new())
+            }
+            Base::Previous { snapshot, removed } => {
+                if !self.snapshot_exists(snapshot).await? {
+                    return Err(SandboxError::Invalid(format!(
+                        "snapshot {snapshot} is gone"
+                    )));
+                }
+                (Some(snapshot.to_string()), 0, removed)
+            }
+        };
         let mounts = self
             .prepare_snapshot(
                 &key,
@@ -80,9 +108,11 @@ impl Sandbox {
             .await?;
         guard.state.snapshot = true;
         let (upper, lowers) = diff::upper_and_lowers(&mounts)?;
-        tokio::task::spawn_blocking(move || write_changes(&upper, &lowers, &changes, mtime))
-            .await
-            .map_err(|e| SandboxError::Invalid(format!("writing a step's snapshot: {e}")))??;
+        tokio::task::spawn_blocking(move || {
+            write_changes(&upper, &lowers, &changes, &removed, mtime)
+        })
+        .await
+        .map_err(|e| SandboxError::Invalid(format!("writing a step's snapshot: {e}")))??;
         Ok(Materialized {
             guard,
             key,
@@ -132,27 +162,15 @@ fn werr(path: &str, e: impl std::fmt::Display) -> SandboxError {
 }
 
 /// Writes `changes` into the empty upper directory `upper` (lower layers
-/// `lowers`, top first).
+/// `lowers`, top first), and whiteouts for `removed` (see [`Base::Previous`]).
 pub(crate) fn write_changes(
     upper: &Path,
     lowers: &[PathBuf],
     changes: &ChangeSet,
+    removed: &[String],
     mtime: u64,
 ) -> Result<(), SandboxError> {
-    let root = rfs::open(
-        upper,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| werr("/", e))?;
-    let mut upper = Upper {
-        root,
-        lowers,
-        dirs: HashSet::new(),
-        dir_times: Vec::new(),
-        cached: None,
-        buf: vec![0u8; 256 * 1024],
-    };
+    let mut upper = Upper::open(upper, lowers)?;
     let time = Timespec {
         tv_sec: mtime as i64,
         tv_nsec: 0,
@@ -161,6 +179,7 @@ pub(crate) fn write_changes(
         upper.ensure_parents(path, changes)?;
         upper.put(path, entry, time).map_err(|e| werr(path, e))?;
     }
+    upper.white_out(removed, changes)?;
     upper.set_dir_times()
 }
 
@@ -180,7 +199,24 @@ fn split(rel: &str) -> (&str, &str) {
     rel.rsplit_once('/').unwrap_or(("", rel))
 }
 
-impl Upper<'_> {
+impl<'a> Upper<'a> {
+    fn open(upper: &Path, lowers: &'a [PathBuf]) -> Result<Upper<'a>, SandboxError> {
+        let root = rfs::open(
+            upper,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| werr("/", e))?;
+        Ok(Upper {
+            root,
+            lowers,
+            dirs: HashSet::new(),
+            dir_times: Vec::new(),
+            cached: None,
+            buf: vec![0u8; 256 * 1024],
+        })
+    }
+
     /// The directory `dir` (relative), opened without following symlinks.
     fn dir_fd(&mut self, dir: &str) -> std::io::Result<&OwnedFd> {
         let hit = matches!(&self.cached, Some((d, _)) if d == dir);
@@ -307,6 +343,40 @@ impl Upper<'_> {
         let mut file = std::fs::File::from(fd);
         write_content(&mut file, content, &mut self.buf)?;
         set_file_attrs(&file, entry, time)
+    }
+
+    /// Whiteouts for `removed` (sorted), whose lowers start with the previous
+    /// result: only paths nothing below that result has.
+    fn white_out(&mut self, removed: &[String], changes: &ChangeSet) -> Result<(), SandboxError> {
+        let below = self.lowers.get(1..).unwrap_or_default();
+        let mut hidden: Vec<&str> = Vec::new();
+        let whiteout = LayerEntry {
+            kind: EntryKind::Whiteout,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+        };
+        for path in removed {
+            let under =
+                |h: &&str| path.starts_with(*h) && path.as_bytes().get(h.len()) == Some(&b'/');
+            if hidden.iter().any(under) {
+                continue;
+            }
+            if diff::lower_meta(below, path).is_some() {
+                return Err(werr(
+                    path,
+                    "it exists below the previous result; a delta cannot uncover it",
+                ));
+            }
+            self.ensure_parents(path, changes)?;
+            let time = Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            self.put(path, &whiteout, time).map_err(|e| werr(path, e))?;
+            hidden.push(path);
+        }
+        Ok(())
     }
 
     fn set_dir_times(&mut self) -> Result<(), SandboxError> {

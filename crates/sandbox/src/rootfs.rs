@@ -53,7 +53,7 @@ pub fn chain_ids(layers: &[LayerInput]) -> Vec<String> {
 }
 
 impl Sandbox {
-    async fn snapshot_exists(&self, key: &str) -> Result<bool, SandboxError> {
+    pub(super) async fn snapshot_exists(&self, key: &str) -> Result<bool, SandboxError> {
         let req = StatSnapshotRequest {
             snapshotter: self.snapshotter.clone(),
             key: key.to_string(),

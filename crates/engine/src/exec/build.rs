@@ -985,10 +985,16 @@ async fn execute(
                 .map_err(|e| step_error(&plan, &step, e))
         })
     };
+    let slot = super::snapshots::StepSlot {
+        parent_chain: super::snapshots::chain_top(&engine, &parent_layers),
+        instruction: step.display.clone(),
+    };
     let snapshot = async {
         match wants_snapshot {
             true => {
-                super::snapshots::materialize(&engine, &parent_layers, changes.clone(), mtime).await
+                let changes = changes.clone();
+                super::snapshots::materialize(&engine, &parent_layers, changes, mtime, Some(&slot))
+                    .await
             }
             false => None,
         }
@@ -997,7 +1003,17 @@ async fn execute(
     drop(staging);
     let layer = layer?;
     if let Some(snapshot) = snapshot {
-        super::snapshots::commit(&engine, &parent_layers, &layer, snapshot).await;
+        let slot = Some(&slot);
+        super::snapshots::commit(
+            &engine,
+            &parent_layers,
+            &layer,
+            snapshot,
+            changes,
+            mtime,
+            slot,
+        )
+        .await;
     }
     Ok(StepRecord {
         layer: Some(layer),

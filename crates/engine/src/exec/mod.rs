@@ -45,6 +45,8 @@ pub struct Engine {
     /// Writes step layers; remembers their gzip members so the next layer
     /// of an edited step reuses them (oci::layer).
     pub layer_writer: memobuild_oci::LayerWriter,
+    /// The last snapshot written for each step, for deltas.
+    recent: snapshots::Recent,
     pub hashes: HashCache,
     pub merkle: memobuild_context::merkle::DirDigests,
     pub watcher: Arc<Watcher>,
@@ -174,6 +176,7 @@ impl Engine {
             store,
             layers: LayerCache::default(),
             layer_writer: memobuild_oci::LayerWriter::new(),
+            recent: Default::default(),
             hashes,
             merkle: Default::default(),
             watcher: Watcher::start(),

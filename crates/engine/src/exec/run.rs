@@ -186,11 +186,21 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
                 .map_err(|e| err(e.to_string()))
         })
     };
-    let snapshot = super::snapshots::materialize(engine, cx.parent_layers, changes, mtime);
+    let snapshot =
+        super::snapshots::materialize(engine, cx.parent_layers, changes.clone(), mtime, None);
     let (layer, snapshot) = tokio::join!(write, snapshot);
     let layer = layer.map_err(|e| err(format!("internal error: {e}")))?;
     if let (Ok(layer), Some(snapshot)) = (&layer, snapshot) {
-        super::snapshots::commit(engine, cx.parent_layers, layer, snapshot).await;
+        super::snapshots::commit(
+            engine,
+            cx.parent_layers,
+            layer,
+            snapshot,
+            changes,
+            mtime,
+            None,
+        )
+        .await;
     }
     outcome.snapshot.release().await;
     Ok(StepRecord {

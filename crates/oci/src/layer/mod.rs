@@ -95,6 +95,53 @@ impl ChangeSet {
     }
 }
 
+impl ChangeSet {
+    /// What turns the filesystem `old` gave (on the same lower layers) into
+    /// the one `self` gives: the entries that are new or differ, and the
+    /// paths `old` had and `self` lacks (to be whited out). `None` when the
+    /// two cannot be related that simply: either holds whiteouts, opaque
+    /// directories or hard links. A file is the same only if both name
+    /// content of the same digest (a context file) or the same bytes.
+    pub fn delta_from(&self, old: &ChangeSet) -> Option<(ChangeSet, Vec<String>)> {
+        let simple = |c: &ChangeSet| {
+            c.entries.values().all(|e| {
+                !matches!(
+                    e.kind,
+                    EntryKind::Whiteout | EntryKind::OpaqueDir | EntryKind::Hardlink(_)
+                )
+            })
+        };
+        if !simple(self) || !simple(old) {
+            return None;
+        }
+        let mut delta = ChangeSet::default();
+        for (path, entry) in &self.entries {
+            if !old.entries.get(path).is_some_and(|o| same_entry(o, entry)) {
+                delta.insert(path.clone(), entry.clone());
+            }
+        }
+        let removed = old
+            .entries
+            .keys()
+            .filter(|p| !self.entries.contains_key(*p))
+            .cloned()
+            .collect();
+        Some((delta, removed))
+    }
+}
+
+fn same_entry(a: &LayerEntry, b: &LayerEntry) -> bool {
+    let same_kind = match (&a.kind, &b.kind) {
+        (EntryKind::File(x), EntryKind::File(y)) => match (x, y) {
+            (Content::Checked { blake3: x, .. }, Content::Checked { blake3: y, .. }) => x == y,
+            (Content::Bytes(x), Content::Bytes(y)) => x == y,
+            _ => false,
+        },
+        (x, y) => x == y,
+    };
+    same_kind && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid
+}
+
 impl LayerWriter {
     /// Writes `changes` as a layer blob (a deterministic tar, as gzip members:
     /// see [`pieces`]) and returns its record.
