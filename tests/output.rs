@@ -499,7 +499,11 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
 /// `memobuild_export_blobs_total{via}` from the daemon's metrics.
 fn exported_blobs(d: &Daemon, via: &str) -> u64 {
     let out = d.ctl(&["metrics"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let want = format!("memobuild_export_blobs_total{{via=\"{via}\"}} ");
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -522,7 +526,12 @@ fn layout_blobs(layout: &Path) -> HashMap<String, Vec<u8>> {
         let entry = entry.unwrap();
         let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
         let bytes = std::fs::read(entry.path()).unwrap();
-        assert_eq!(sha(&bytes), digest, "{} does not hash to its name", entry.path().display());
+        assert_eq!(
+            sha(&bytes),
+            digest,
+            "{} does not hash to its name",
+            entry.path().display()
+        );
         out.insert(digest, bytes);
     }
     out
@@ -547,8 +556,15 @@ fn outputs_from_handed_over_files_are_the_bytes_the_chunked_reads_give() {
     }
     let digest = d.build_ok(p.path(), &args).manifest_digest();
     let by_fd = exported_blobs(&d, "fd");
-    assert!(by_fd >= 3, "manifest, config and layers go by descriptor: {by_fd}");
-    assert_eq!(exported_blobs(&d, "rpc"), 0, "no chunked reads when descriptors work");
+    assert!(
+        by_fd >= 3,
+        "manifest, config and layers go by descriptor: {by_fd}"
+    );
+    assert_eq!(
+        exported_blobs(&d, "rpc"),
+        0,
+        "no chunked reads when descriptors work"
+    );
 
     // The same outputs through read_blob chunks (what older daemons serve).
     let chunked = Command::new(common::bin_dir().join("memobuild-ctl"))
@@ -556,18 +572,30 @@ fn outputs_from_handed_over_files_are_the_bytes_the_chunked_reads_give() {
         .arg(&d.socket)
         .args(["build", "--progress", "plain", "-t", "demo:1"])
         .args(["-o", &format!("type=oci,dest={}", path("rpc.tar"))])
-        .args(["-o", &format!("type=docker,dest={}", path("rpc-docker.tar"))])
+        .args([
+            "-o",
+            &format!("type=docker,dest={}", path("rpc-docker.tar")),
+        ])
         .arg(p.path())
         .env("MEMOBUILD_BLOB_FDS", "0")
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .unwrap();
-    assert!(chunked.status.success(), "{}", String::from_utf8_lossy(&chunked.stderr));
+    assert!(
+        chunked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chunked.stderr)
+    );
     assert!(exported_blobs(&d, "rpc") >= 3);
-    assert_eq!(exported_blobs(&d, "fd"), by_fd, "MEMOBUILD_BLOB_FDS=0 takes no descriptors");
+    assert_eq!(
+        exported_blobs(&d, "fd"),
+        by_fd,
+        "MEMOBUILD_BLOB_FDS=0 takes no descriptors"
+    );
     for (a, b) in [("fd.tar", "rpc.tar"), ("fd-docker.tar", "rpc-docker.tar")] {
         assert!(
-            std::fs::read(out.path().join(a)).unwrap() == std::fs::read(out.path().join(b)).unwrap(),
+            std::fs::read(out.path().join(a)).unwrap()
+                == std::fs::read(out.path().join(b)).unwrap(),
             "{a} and {b} differ"
         );
     }
@@ -589,7 +617,10 @@ fn outputs_from_handed_over_files_are_the_bytes_the_chunked_reads_give() {
         Some(&big[..])
     );
     let fs = tar_tree(&std::fs::read(out.path().join("fs.tar")).unwrap());
-    assert_eq!(fs["app/big.bin"].3, big, "type=tar from the handed-over layer");
+    assert_eq!(
+        fs["app/big.bin"].3, big,
+        "type=tar from the handed-over layer"
+    );
 }
 
 #[test]
@@ -644,7 +675,12 @@ fn a_user_exports_blobs_they_cannot_open_into_files_they_own() {
     {
         let meta = std::fs::metadata(&entry).unwrap();
         assert_eq!(meta.uid(), NOBODY, "{} is not the user's", entry.display());
-        assert_eq!(meta.mode() & 0o022, 0, "{} writable by others", entry.display());
+        assert_eq!(
+            meta.mode() & 0o022,
+            0,
+            "{} writable by others",
+            entry.display()
+        );
     }
 }
 
@@ -665,27 +701,45 @@ fn handoff_tokens_work_once_and_name_only_an_images_blobs() {
     });
     let ctx = tarpc::context::current;
     let info = rt.block_on(client.hello(ctx())).unwrap().unwrap();
-    assert!(info.features.iter().any(|f| f == memobuild_proto::FEATURE_BLOB_FDS));
+    assert!(info
+        .features
+        .iter()
+        .any(|f| f == memobuild_proto::FEATURE_BLOB_FDS));
     let offer = rt
         .block_on(client.open_blobs(ctx(), digest.clone()))
         .unwrap()
         .unwrap();
-    let blobs = rt.block_on(client.image_blobs(ctx(), digest.clone())).unwrap().unwrap();
+    let blobs = rt
+        .block_on(client.image_blobs(ctx(), digest.clone()))
+        .unwrap()
+        .unwrap();
     let mut expected = vec![blobs.config.clone()];
     expected.extend(blobs.layers.iter().cloned());
     expected.push(blobs.manifest.clone());
     expected.dedup_by(|a, b| a.digest == b.digest);
-    assert_eq!(offer.blobs, expected, "the image's blobs, config first, manifest last");
+    assert_eq!(
+        offer.blobs, expected,
+        "the image's blobs, config first, manifest last"
+    );
     // A layer is no image: open_blobs names no blob outside an image's set.
-    let layer = rt.block_on(client.open_blobs(ctx(), blobs.layers[0].digest.clone())).unwrap();
-    assert!(layer.is_err(), "a layer digest was accepted as an image: {layer:?}");
+    let layer = rt
+        .block_on(client.open_blobs(ctx(), blobs.layers[0].digest.clone()))
+        .unwrap();
+    assert!(
+        layer.is_err(),
+        "a layer digest was accepted as an image: {layer:?}"
+    );
     let missing = format!("sha256:{}", "0".repeat(64));
-    assert!(rt.block_on(client.open_blobs(ctx(), missing)).unwrap().is_err());
+    assert!(rt
+        .block_on(client.open_blobs(ctx(), missing))
+        .unwrap()
+        .is_err());
 
     // First answer byte of a handoff connection for `request`.
     let answer = |request: &[u8]| -> Vec<u8> {
         let mut conn = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
-        conn.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         conn.write_all(request).unwrap();
         let mut got = Vec::new();
         std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
@@ -695,7 +749,11 @@ fn handoff_tokens_work_once_and_name_only_an_images_blobs() {
     // Descriptors the test does not take are closed by the kernel; the bytes remain.
     let messages = offer.blobs.len().div_ceil(handoff::FDS_PER_MESSAGE);
     assert_eq!(answer(&request), vec![handoff::SENT; messages]);
-    assert_eq!(answer(&request), vec![handoff::REFUSED], "a token works once");
+    assert_eq!(
+        answer(&request),
+        vec![handoff::REFUSED],
+        "a token works once"
+    );
     let guessed = handoff::request(&"ab".repeat(handoff::TOKEN_BYTES)).unwrap();
     assert_eq!(answer(&guessed), vec![handoff::REFUSED]);
     assert!(d.log().contains("refused a blob handoff"));
