@@ -540,7 +540,13 @@ async fn run_build(
     let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
     let done = write_results(
-        client, socket, args, &specs, &digest, &config, &tags, &printer,
+        connect::Conn { client, socket },
+        args,
+        &specs,
+        &digest,
+        &config,
+        &tags,
+        &printer,
     )
     .await;
     if let Err(error) = done {
@@ -554,8 +560,7 @@ async fn run_build(
 
 /// After a build: the outputs, `--iidfile`, `--metadata-file`, `-q`'s image ID.
 async fn write_results(
-    client: &memobuild_proto::MemobuildClient,
-    socket: &std::path::Path,
+    conn: connect::Conn<'_>,
     args: &BuildArgs,
     specs: &[output::OutputSpec],
     digest: &str,
@@ -563,16 +568,14 @@ async fn write_results(
     tags: &[String],
     printer: &progress::Printer,
 ) -> Result<(), RpcError> {
-    output::export(client, socket, digest, tags, specs, |line| {
-        printer.note(line)
-    })
-    .await?;
+    output::export(conn, digest, tags, specs, |line| printer.note(line)).await?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, config)
             .map_err(|e| RpcError::new(format!("--iidfile {}: {e}", path.display())))?;
     }
     if let Some(path) = &args.metadata_file {
-        let manifest = client
+        let manifest = conn
+            .client
             .image_blobs(connect::ctx(), digest.to_string())
             .await
             .map_err(connect::rpc_failed)??

@@ -263,8 +263,7 @@ pub fn human_size(bytes: u64) -> String {
 /// its open, read-only files when it can hand them over ([`blobfd`]), else
 /// downloaded in chunks.
 pub async fn export(
-    client: &MemobuildClient,
-    socket: &Path,
+    conn: crate::connect::Conn<'_>,
     manifest: &str,
     tags: &[String],
     specs: &[OutputSpec],
@@ -273,6 +272,7 @@ pub async fn export(
     if specs.is_empty() {
         return Ok(());
     }
+    let (client, socket) = (conn.client, conn.socket);
     let blobs = client
         .image_blobs(ctx(), manifest.to_string())
         .await
