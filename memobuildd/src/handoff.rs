@@ -77,13 +77,19 @@ impl Handoffs {
 
     /// The files offered under `token`, if it is unexpired and was offered to
     /// `uid`. The token is spent by any attempt.
+    /// Expired offers (and their descriptors) go on every offer and take.
     fn take(&self, token: &str, uid: u32) -> Option<Vec<File>> {
-        let offer = self.pending.lock().remove(token)?;
-        (offer.uid == uid && offer.expires > Instant::now()).then_some(offer.files)
+        let now = Instant::now();
+        let mut pending = self.pending.lock();
+        let offer = pending.remove(token);
+        pending.retain(|_, o| o.expires > now);
+        drop(pending);
+        let offer = offer?;
+        (offer.uid == uid && offer.expires > now).then_some(offer.files)
     }
 
-    /// Offers waiting (for tests and status).
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         self.pending.lock().len()
     }
 }
@@ -208,6 +214,30 @@ mod tests {
         let offer = h.offer(1000, opened(2)).unwrap();
         assert_eq!(h.take(&offer.token, 1000).map(|f| f.len()), Some(2));
         assert!(h.take(&offer.token, 1000).is_none(), "single use");
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_its_files_closed() {
+        let h = Handoffs::default();
+        let expired = |h: &Handoffs, token: &str| {
+            let files = opened(1).into_iter().map(|(_, f)| f).collect();
+            h.pending.lock().insert(
+                token.to_string(),
+                Offer {
+                    uid: 0,
+                    files,
+                    expires: Instant::now() - Duration::from_millis(1),
+                },
+            );
+        };
+        expired(&h, "a");
+        assert!(h.take("a", 0).is_none(), "expired");
+        expired(&h, "b");
+        let live = h.offer(0, opened(1)).unwrap();
+        assert_eq!(h.pending(), 1, "the expired offer went with the next offer");
+        expired(&h, "c");
+        assert!(h.take(&live.token, 0).is_some());
+        assert_eq!(h.pending(), 0, "and with the next take");
     }
 
     #[test]
