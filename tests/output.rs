@@ -491,3 +491,272 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
     let o = d.ctl(&["build", "--frobnicate", ctx]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown flag --frobnicate"));
 }
+
+// ---- How blobs leave the daemon (issue 10 item 5): as its read-only files
+// over SCM_RIGHTS, copied by the client; the read_blob chunks stay the
+// fallback and give the same bytes. ----
+
+/// `memobuild_export_blobs_total{via}` from the daemon's metrics.
+fn exported_blobs(d: &Daemon, via: &str) -> u64 {
+    let out = d.ctl(&["metrics"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = format!("memobuild_export_blobs_total{{via=\"{via}\"}} ");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(&want)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {want} in the metrics"))
+}
+
+/// A project whose layer spans several 4 MiB read_blob chunks.
+fn big_project(rng: &mut common::Rng) -> (tempfile::TempDir, Vec<u8>) {
+    let dir = project();
+    let big = rng.bytes(9 * 1024 * 1024 + 17);
+    std::fs::write(dir.path().join("app/big.bin"), &big).unwrap();
+    (dir, big)
+}
+
+/// Every `blobs/sha256/HEX` of a layout hashes to HEX; returns them by digest.
+fn layout_blobs(layout: &Path) -> HashMap<String, Vec<u8>> {
+    let mut out = HashMap::new();
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert_eq!(
+            sha(&bytes),
+            digest,
+            "{} does not hash to its name",
+            entry.path().display()
+        );
+        out.insert(digest, bytes);
+    }
+    out
+}
+
+#[test]
+fn outputs_from_handed_over_files_are_the_bytes_the_chunked_reads_give() {
+    let mut rng = common::Rng::from_time();
+    let d = Daemon::start();
+    let (p, big) = big_project(&mut rng);
+    let out = tempfile::tempdir().unwrap();
+    let path = |name: &str| out.path().join(name).display().to_string();
+    let fd_outputs = [
+        format!("type=oci,dest={}", path("fd.tar")),
+        format!("type=docker,dest={}", path("fd-docker.tar")),
+        format!("type=oci-layout,dest={}", path("layout")),
+        format!("type=tar,dest={}", path("fs.tar")),
+    ];
+    let mut args = vec!["-t", "demo:1"];
+    for o in &fd_outputs {
+        args.extend(["-o", o.as_str()]);
+    }
+    let digest = d.build_ok(p.path(), &args).manifest_digest();
+    let by_fd = exported_blobs(&d, "fd");
+    assert!(
+        by_fd >= 3,
+        "manifest, config and layers go by descriptor: {by_fd}"
+    );
+    assert_eq!(
+        exported_blobs(&d, "rpc"),
+        0,
+        "no chunked reads when descriptors work"
+    );
+
+    // The same outputs through read_blob chunks (what older daemons serve).
+    let chunked = Command::new(common::bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["build", "--progress", "plain", "-t", "demo:1"])
+        .args(["-o", &format!("type=oci,dest={}", path("rpc.tar"))])
+        .args([
+            "-o",
+            &format!("type=docker,dest={}", path("rpc-docker.tar")),
+        ])
+        .arg(p.path())
+        .env("MEMOBUILD_BLOB_FDS", "0")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert!(
+        chunked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&chunked.stderr)
+    );
+    assert!(exported_blobs(&d, "rpc") >= 3);
+    assert_eq!(
+        exported_blobs(&d, "fd"),
+        by_fd,
+        "MEMOBUILD_BLOB_FDS=0 takes no descriptors"
+    );
+    for (a, b) in [("fd.tar", "rpc.tar"), ("fd-docker.tar", "rpc-docker.tar")] {
+        assert!(
+            std::fs::read(out.path().join(a)).unwrap()
+                == std::fs::read(out.path().join(b)).unwrap(),
+            "{a} and {b} differ"
+        );
+    }
+
+    // The archive's blobs hash to their names (checked by oci_archive's reader
+    // below too), the layout holds the same blobs, and the file is whole.
+    let (index, archive_blobs) = common::oci_archive(&out.path().join("fd.tar"));
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+    for (name, bytes) in &archive_blobs {
+        assert_eq!(&sha(bytes), name, "archive blob {name}");
+    }
+    assert_eq!(layout_blobs(&out.path().join("layout")), archive_blobs);
+    let layout_index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("layout/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(layout_index["manifests"][0]["digest"], digest.as_str());
+    assert_eq!(
+        common::oci_file(&out.path().join("fd.tar"), "/app/big.bin").as_deref(),
+        Some(&big[..])
+    );
+    let fs = tar_tree(&std::fs::read(out.path().join("fs.tar")).unwrap());
+    assert_eq!(
+        fs["app/big.bin"].3, big,
+        "type=tar from the handed-over layer"
+    );
+}
+
+#[test]
+fn a_user_exports_blobs_they_cannot_open_into_files_they_own() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    const NOBODY: u32 = 65534;
+    let conf = tempfile::tempdir().unwrap();
+    let config = conf.path().join("memobuildd.toml");
+    std::fs::write(&config, "allowed-users = [\"nobody\"]\n").unwrap();
+    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    d.open_socket_to_all();
+    let p = project();
+    std::fs::set_permissions(p.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(out.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mine = out.path().join("nobody");
+    std::fs::create_dir(&mine).unwrap();
+    std::os::unix::fs::chown(&mine, Some(NOBODY), Some(NOBODY)).unwrap();
+    let tar = mine.join("image.tar");
+    let layout = mine.join("layout");
+    let o = common::ctl_as(
+        NOBODY,
+        NOBODY,
+        &d.socket,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-o",
+            &format!("type=oci,dest={}", tar.display()),
+            "-o",
+            &format!("type=oci-layout,dest={}", layout.display()),
+            p.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "{}\n--- daemon log ---\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    // The store is root's (0700): nobody got the blobs as descriptors.
+    assert!(exported_blobs(&d, "fd") >= 3);
+    assert_eq!(exported_blobs(&d, "rpc"), 0);
+    let blobs = layout_blobs(&layout);
+    let (_, archive_blobs) = common::oci_archive(&tar);
+    assert_eq!(blobs, archive_blobs);
+    for entry in std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .chain([tar.clone(), layout.join("index.json")])
+    {
+        let meta = std::fs::metadata(&entry).unwrap();
+        assert_eq!(meta.uid(), NOBODY, "{} is not the user's", entry.display());
+        assert_eq!(
+            meta.mode() & 0o022,
+            0,
+            "{} writable by others",
+            entry.display()
+        );
+    }
+}
+
+/// The handoff itself, spoken to the daemon as a client would: a token names
+/// an image's blobs only, works once, and nothing but a token is served.
+#[test]
+fn handoff_tokens_work_once_and_name_only_an_images_blobs() {
+    use memobuild_proto::{handoff, MemobuildClient};
+    use std::io::Write;
+    let d = Daemon::start();
+    let p = project();
+    let digest = d.build_ok(p.path(), &[]).manifest_digest();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client: MemobuildClient = rt.block_on(async {
+        let conn = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        let transport = memobuild_proto::wire::transport(conn);
+        MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
+    });
+    let ctx = tarpc::context::current;
+    let info = rt.block_on(client.hello(ctx())).unwrap().unwrap();
+    assert!(info
+        .features
+        .iter()
+        .any(|f| f == memobuild_proto::FEATURE_BLOB_FDS));
+    let offer = rt
+        .block_on(client.open_blobs(ctx(), digest.clone()))
+        .unwrap()
+        .unwrap();
+    let blobs = rt
+        .block_on(client.image_blobs(ctx(), digest.clone()))
+        .unwrap()
+        .unwrap();
+    let mut expected = vec![blobs.config.clone()];
+    expected.extend(blobs.layers.iter().cloned());
+    expected.push(blobs.manifest.clone());
+    expected.dedup_by(|a, b| a.digest == b.digest);
+    assert_eq!(
+        offer.blobs, expected,
+        "the image's blobs, config first, manifest last"
+    );
+    // A layer is no image: open_blobs names no blob outside an image's set.
+    let layer = rt
+        .block_on(client.open_blobs(ctx(), blobs.layers[0].digest.clone()))
+        .unwrap();
+    assert!(
+        layer.is_err(),
+        "a layer digest was accepted as an image: {layer:?}"
+    );
+    let missing = format!("sha256:{}", "0".repeat(64));
+    assert!(rt
+        .block_on(client.open_blobs(ctx(), missing))
+        .unwrap()
+        .is_err());
+
+    // First answer byte of a handoff connection for `request`.
+    let answer = |request: &[u8]| -> Vec<u8> {
+        let mut conn = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(request).unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut conn, &mut got).unwrap();
+        got
+    };
+    let request = handoff::request(&offer.token).unwrap();
+    // Descriptors the test does not take are closed by the kernel; the bytes remain.
+    let messages = offer.blobs.len().div_ceil(handoff::FDS_PER_MESSAGE);
+    assert_eq!(answer(&request), vec![handoff::SENT; messages]);
+    assert_eq!(
+        answer(&request),
+        vec![handoff::REFUSED],
+        "a token works once"
+    );
+    let guessed = handoff::request(&"ab".repeat(handoff::TOKEN_BYTES)).unwrap();
+    assert_eq!(answer(&guessed), vec![handoff::REFUSED]);
+    assert!(d.log().contains("refused a blob handoff"));
+    // The daemon still serves RPC on the same socket.
+    assert!(rt.block_on(client.images(ctx())).unwrap().is_ok());
+}

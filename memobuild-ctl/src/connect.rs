@@ -7,6 +7,14 @@ use std::time::{Duration, Instant};
 /// How long a freshly started daemon gets to open its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A connected client and the socket it reached the daemon on (an export
+/// opens a second connection there to receive blob descriptors).
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    pub client: &'a MemobuildClient,
+    pub socket: &'a Path,
+}
+
 pub fn ctx() -> tarpc::context::Context {
     let mut ctx = tarpc::context::current();
     ctx.deadline = Instant::now() + Duration::from_secs(120);

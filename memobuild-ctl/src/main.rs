@@ -1,5 +1,6 @@
 //! memobuild-ctl: the command-line client of memobuildd.
 
+mod blobfd;
 mod connect;
 mod disk;
 mod docker;
@@ -351,7 +352,7 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     let client = connect::connect(socket, true).await?;
     loop {
         let started = std::time::Instant::now();
-        match run_build(&client, &args, request.clone()).await {
+        match run_build(&client, socket, &args, request.clone()).await {
             Ok(digest) => eprintln!(
                 "== built {digest} in {:.2}s; watching for changes",
                 started.elapsed().as_secs_f64()
@@ -379,7 +380,7 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     let stdin_context = stdin::read(&args)?;
     let request = build_request(&args, stdin_context.as_ref())?;
     let client = connect::connect(socket, true).await?;
-    let result = run_build(&client, &args, request.clone()).await;
+    let result = run_build(&client, socket, &args, request.clone()).await;
     if stdin_context.is_some_and(|c| c.dir.is_some()) {
         // The unpacked context is deleted with the guard: the daemon need not watch it.
         let _ = client.forget(connect::ctx(), request.context.clone()).await;
@@ -449,6 +450,7 @@ async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError
 /// Runs one build, printing its progress; returns the manifest digest.
 async fn run_build(
     client: &memobuild_proto::MemobuildClient,
+    socket: &std::path::Path,
     args: &BuildArgs,
     request: BuildRequest,
 ) -> Result<String, RpcError> {
@@ -537,7 +539,16 @@ async fn run_build(
     }
     let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
-    let done = write_results(client, args, &specs, &digest, &config, &tags, &printer).await;
+    let done = write_results(
+        connect::Conn { client, socket },
+        args,
+        &specs,
+        &digest,
+        &config,
+        &tags,
+        &printer,
+    )
+    .await;
     if let Err(error) = done {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
@@ -549,7 +560,7 @@ async fn run_build(
 
 /// After a build: the outputs, `--iidfile`, `--metadata-file`, `-q`'s image ID.
 async fn write_results(
-    client: &memobuild_proto::MemobuildClient,
+    conn: connect::Conn<'_>,
     args: &BuildArgs,
     specs: &[output::OutputSpec],
     digest: &str,
@@ -557,13 +568,14 @@ async fn write_results(
     tags: &[String],
     printer: &progress::Printer,
 ) -> Result<(), RpcError> {
-    output::export(client, digest, tags, specs, |line| printer.note(line)).await?;
+    output::export(conn, digest, tags, specs, |line| printer.note(line)).await?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, config)
             .map_err(|e| RpcError::new(format!("--iidfile {}: {e}", path.display())))?;
     }
     if let Some(path) = &args.metadata_file {
-        let manifest = client
+        let manifest = conn
+            .client
             .image_blobs(connect::ctx(), digest.to_string())
             .await
             .map_err(connect::rpc_failed)??

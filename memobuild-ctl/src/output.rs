@@ -2,15 +2,21 @@
 //! OCI image layout), `-o type=oci-layout` (the layout as a directory),
 //! `-o type=docker` (the OCI archive plus `docker save`'s manifest.json, to a
 //! file, stdout or the Docker Engine), `-o type=tar` and `-o type=local` (the
-//! final filesystem, see rootfs.rs). Blobs
-//! are fetched in chunks and verified against their digests before they are
-//! written, so a corrupt store can never produce a corrupt output.
+//! final filesystem, see rootfs.rs). Blobs come from the daemon as open,
+//! read-only files (blobfd.rs; the daemon verifies each against its digest
+//! before it hands it over) or, from older daemons, in chunks the client
+//! verifies; either way a corrupt store cannot produce a corrupt output.
+//! Everything is written by this process, with the user's permissions.
 
 use crate::connect::{ctx, rpc_failed};
-use crate::{docker, rootfs};
-use memobuild_proto::{BlobRef, ImageSummary, MemobuildClient, RpcError, BLOB_CHUNK_BYTES};
+use crate::{blobfd, docker, rootfs};
+use memobuild_proto::{
+    BlobRef, ImageSummary, MemobuildClient, RpcError, BLOB_CHUNK_BYTES, FEATURE_BLOB_FDS,
+};
 use sha2::{Digest, Sha256};
-use std::io::{IsTerminal, Seek, Write};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 /// What an `-o` writes.
@@ -253,9 +259,11 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// Writes the built image `manifest` to every output in `specs`; `note` is
-/// told what each wrote. Blobs are fetched from the daemon once for all.
+/// told what each wrote. Blobs come from the daemon once for all outputs: as
+/// its open, read-only files when it can hand them over ([`blobfd`]), else
+/// downloaded in chunks.
 pub async fn export(
-    client: &MemobuildClient,
+    conn: crate::connect::Conn<'_>,
     manifest: &str,
     tags: &[String],
     specs: &[OutputSpec],
@@ -264,6 +272,7 @@ pub async fn export(
     if specs.is_empty() {
         return Ok(());
     }
+    let (client, socket) = (conn.client, conn.socket);
     let blobs = client
         .image_blobs(ctx(), manifest.to_string())
         .await
@@ -290,9 +299,25 @@ pub async fn export(
             staging_parent.display()
         ))
     })?;
-    let mut files = Vec::new();
+    let sources = match handed_over(client, socket, manifest, &all).await? {
+        Some(sources) => sources,
+        None => {
+            let mut sources = HashMap::new();
+            for blob in &all {
+                if !sources.contains_key(&blob.digest) {
+                    let file = fetch(client, blob, staging.path()).await?;
+                    sources.insert(blob.digest.clone(), file);
+                }
+            }
+            sources
+        }
+    };
+    let mut files = Vec::with_capacity(all.len());
     for blob in &all {
-        files.push((blob.clone(), fetch(client, blob, staging.path()).await?));
+        let file = sources
+            .get(&blob.digest)
+            .ok_or_else(|| RpcError::new(format!("blob {} was not received", blob.digest)))?;
+        files.push((blob.clone(), file));
     }
     let layers: Vec<rootfs::Layer> = files[1..files.len() - 1].to_vec();
     for spec in specs {
@@ -308,27 +333,30 @@ pub async fn export(
         match (&spec.dest, spec.kind) {
             (Dest::Path(dest), Kind::OciLayout) => write_layout(dest, &files, &index)?,
             (Dest::Path(dest), Kind::Local) => rootfs::unpack(dest, &layers, staging.path())?,
-            (Dest::Path(dest), Kind::Tar) => {
-                write_file(dest, |w| rootfs::write_tar(w, &layers).map(drop))?
-            }
-            (Dest::Path(dest), _) => write_file(dest, |w| {
-                write_archive(w, &files, &index, extra)
+            (Dest::Path(dest), Kind::Tar) => write_file(dest, |f| {
+                let mut w = rootfs::write_tar(std::io::BufWriter::new(f), &layers)?;
+                w.flush().map_err(|e| io_error(dest, e))
+            })?,
+            (Dest::Path(dest), _) => write_file(dest, |f| {
+                write_archive(f, &files, &index, extra)
                     .map(drop)
                     .map_err(|e| io_error(dest, e))
             })?,
             (Dest::Stdout, kind) => {
-                let out = std::io::BufWriter::new(std::io::stdout().lock());
+                let stdout = std::io::stdout().lock();
                 let mut out = match kind {
-                    Kind::Tar => rootfs::write_tar(out, &layers)?,
-                    _ => write_archive(out, &files, &index, extra)
+                    Kind::Tar => rootfs::write_tar(std::io::BufWriter::new(stdout), &layers)?
+                        .into_inner()
+                        .map_err(|e| io_error(Path::new("stdout"), e.into_error()))?,
+                    _ => write_archive(stdout, &files, &index, extra)
                         .map_err(|e| io_error(Path::new("stdout"), e))?,
                 };
                 out.flush().map_err(|e| io_error(Path::new("stdout"), e))?;
             }
             (Dest::Engine, _) => {
                 let archive = staging.path().join("docker-load.tar");
-                write_file(&archive, |w| {
-                    write_archive(w, &files, &index, extra)
+                write_file(&archive, |f| {
+                    write_archive(f, &files, &index, extra)
                         .map(drop)
                         .map_err(|e| io_error(&archive, e))
                 })?;
@@ -343,23 +371,83 @@ pub async fn export(
     Ok(())
 }
 
+/// The image's blobs as the daemon's own read-only files, by digest, when
+/// the daemon can hand them over; `None` means: download them instead (an
+/// older daemon, `MEMOBUILD_BLOB_FDS=0`, or a handoff that did not work out).
+/// An error the daemon reports about the image itself is returned.
+async fn handed_over(
+    client: &MemobuildClient,
+    socket: &Path,
+    manifest: &str,
+    all: &[BlobRef],
+) -> Result<Option<HashMap<String, std::fs::File>>, RpcError> {
+    if !blobfd::enabled() {
+        return Ok(None);
+    }
+    let info = client.hello(ctx()).await.map_err(rpc_failed)??;
+    if !info.features.iter().any(|f| f == FEATURE_BLOB_FDS) {
+        return Ok(None);
+    }
+    let handoff = client
+        .open_blobs(ctx(), manifest.to_string())
+        .await
+        .map_err(rpc_failed)??;
+    let (socket, token, count) = (socket.to_path_buf(), handoff.token, handoff.blobs.len());
+    let received = tokio::task::spawn_blocking(move || blobfd::receive(&socket, &token, count))
+        .await
+        .map_err(|e| RpcError::new(e.to_string()))?;
+    let files = match received {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("note: reading the image's blobs through the socket instead ({e})");
+            return Ok(None);
+        }
+    };
+    let mut sources = HashMap::new();
+    for (blob, file) in handoff.blobs.into_iter().zip(files) {
+        // What the daemon handed over must be the blob the image names, whole.
+        let meta = file
+            .metadata()
+            .map_err(|e| RpcError::new(format!("blob {}: {e}", blob.digest)))?;
+        if !meta.is_file() || meta.len() != blob.size {
+            return Err(corrupt(&blob, "a file of another size"));
+        }
+        sources.insert(blob.digest, file);
+    }
+    match all.iter().find(|b| {
+        sources
+            .get(&b.digest)
+            .is_none_or(|f| f.metadata().map_or(true, |m| m.len() != b.size))
+    }) {
+        Some(missing) => Err(corrupt(missing, "no such blob in the handoff")),
+        None => Ok(Some(sources)),
+    }
+}
+
+fn corrupt(blob: &BlobRef, what: &str) -> RpcError {
+    RpcError::with_hint(
+        format!("blob {} from the daemon is wrong ({what})", blob.digest),
+        "run `memobuild-ctl verify`, then build again with --no-cache",
+    )
+}
+
 fn io_error(path: &Path, e: std::io::Error) -> RpcError {
     RpcError::new(format!("writing {}: {e}", path.display()))
 }
 
-/// Writes `dest` through `write` into `dest.partial`, then renames it: a
-/// failed or interrupted export never leaves a truncated file under the name.
+/// Writes `dest` through `write` into `dest.partial` (created with the
+/// user's umask), then renames it: a failed or interrupted export never
+/// leaves a truncated file under the name.
 fn write_file(
     dest: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<(), RpcError>,
+    write: impl FnOnce(&mut std::fs::File) -> Result<(), RpcError>,
 ) -> Result<(), RpcError> {
     let mut tmp = dest.as_os_str().to_owned();
     tmp.push(".partial");
     let tmp = PathBuf::from(tmp);
-    let file = std::fs::File::create(&tmp).map_err(|e| io_error(dest, e))?;
-    let mut w = std::io::BufWriter::new(file);
-    let result = write(&mut w).and_then(|()| w.flush().map_err(|e| io_error(dest, e)));
-    drop(w);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| io_error(dest, e))?;
+    let result = write(&mut file);
+    drop(file);
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
@@ -367,10 +455,18 @@ fn write_file(
     std::fs::rename(&tmp, dest).map_err(|e| io_error(dest, e))
 }
 
-/// Downloads a blob into `dir`, verifying its size and digest.
-async fn fetch(client: &MemobuildClient, blob: &BlobRef, dir: &Path) -> Result<PathBuf, RpcError> {
+/// Downloads a blob into `dir` in chunks, verifying its size and digest.
+async fn fetch(
+    client: &MemobuildClient,
+    blob: &BlobRef,
+    dir: &Path,
+) -> Result<std::fs::File, RpcError> {
     let path = dir.join(blob.digest.replace(':', "-"));
-    let mut file = std::fs::File::create(&path)
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
         .map_err(|e| RpcError::new(format!("{}: {e}", path.display())))?;
     let mut hasher = Sha256::new();
     let mut offset = 0;
@@ -397,7 +493,7 @@ async fn fetch(client: &MemobuildClient, blob: &BlobRef, dir: &Path) -> Result<P
             "rebuild with --no-cache; the daemon will replace the blob",
         ));
     }
-    Ok(path)
+    Ok(file)
 }
 
 fn index_json(manifest: &BlobRef, tags: &[String]) -> Vec<u8> {
@@ -428,45 +524,131 @@ fn blob_path(digest: &str) -> String {
 }
 
 /// The OCI image layout as a tar archive; `extra` adds files at the top
-/// (`manifest.json` and `repositories` for a docker archive).
-fn write_archive<W: Write>(
+/// (`manifest.json` and `repositories` for a docker archive). Blob bytes go
+/// from their files to `out` with [`blobfd::copy`] (copy_file_range when
+/// `out` is a file); the archive is the same byte for byte as `tar`'s
+/// builder writes it.
+fn write_archive<W: Write + AsFd>(
     out: W,
-    files: &[(BlobRef, PathBuf)],
+    files: &[(BlobRef, &std::fs::File)],
     index: &[u8],
     extra: &[(String, Vec<u8>)],
 ) -> std::io::Result<W> {
-    let mut tar = tar::Builder::new(out);
-    let mut add = |name: &str, size: u64, data: &mut dyn std::io::Read| -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    fn header(out: &mut impl Write, name: &str, size: u64) -> std::io::Result<()> {
         let mut h = tar::Header::new_ustar();
         h.set_mode(0o644);
         h.set_size(size);
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, name, data)
+        h.set_path(name)?;
+        h.set_cksum();
+        out.write_all(h.as_bytes())
+    }
+    fn pad(out: &mut impl Write, size: u64) -> std::io::Result<()> {
+        let rest = (512 - size % 512) % 512;
+        out.write_all(&[0u8; 512][..rest as usize])
+    }
+    let small = |out: &mut std::io::BufWriter<W>, name: &str, bytes: &[u8]| {
+        header(out, name, bytes.len() as u64)?;
+        out.write_all(bytes)?;
+        pad(out, bytes.len() as u64)
     };
-    add("oci-layout", LAYOUT.len() as u64, &mut &LAYOUT[..])?;
-    add("index.json", index.len() as u64, &mut &index[..])?;
+    small(&mut out, "oci-layout", LAYOUT)?;
+    small(&mut out, "index.json", index)?;
     for (name, bytes) in extra {
-        add(name, bytes.len() as u64, &mut &bytes[..])?;
+        small(&mut out, name, bytes)?;
     }
     let mut seen = std::collections::HashSet::new();
-    for (blob, path) in files {
+    for (blob, file) in files {
         if !seen.insert(blob.digest.clone()) {
             continue;
         }
-        let mut f = std::fs::File::open(path)?;
-        f.rewind()?;
-        add(&blob_path(&blob.digest), blob.size, &mut f)?;
+        header(&mut out, &blob_path(&blob.digest), blob.size)?;
+        out.flush()?;
+        blobfd::copy(file, blob.size, out.get_mut())?;
+        pad(&mut out, blob.size)?;
     }
-    tar.into_inner()
+    out.write_all(&[0u8; 1024])?;
+    out.into_inner().map_err(|e| e.into_error())
 }
 
-fn write_layout(dest: &Path, files: &[(BlobRef, PathBuf)], index: &[u8]) -> Result<(), RpcError> {
+/// The OCI image layout as a directory: every file created by this process
+/// (so with the user's owner and umask), blobs copied with [`blobfd::copy`].
+fn write_layout(
+    dest: &Path,
+    files: &[(BlobRef, &std::fs::File)],
+    index: &[u8],
+) -> Result<(), RpcError> {
     let err = |e: std::io::Error| RpcError::new(format!("writing {}: {e}", dest.display()));
     std::fs::create_dir_all(dest.join("blobs/sha256")).map_err(err)?;
-    for (blob, path) in files {
-        std::fs::copy(path, dest.join(blob_path(&blob.digest))).map_err(err)?;
+    let mut seen = std::collections::HashSet::new();
+    for (blob, file) in files {
+        if !seen.insert(blob.digest.clone()) {
+            continue;
+        }
+        let mut out = std::fs::File::create(dest.join(blob_path(&blob.digest))).map_err(err)?;
+        blobfd::copy(file, blob.size, &mut out).map_err(err)?;
     }
     std::fs::write(dest.join("oci-layout"), LAYOUT).map_err(err)?;
     std::fs::write(dest.join("index.json"), index).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The archive is what `tar::Builder` would write for the same entries
+    /// (the format the outputs had before blobs were copied by descriptor).
+    #[test]
+    fn the_archive_matches_tars_builder_byte_for_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs: Vec<(BlobRef, Vec<u8>)> = [&b"config"[..], &vec![7u8; 70_000], b""]
+            .iter()
+            .map(|bytes| {
+                let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+                let blob = BlobRef {
+                    digest,
+                    size: bytes.len() as u64,
+                    media_type: String::new(),
+                };
+                (blob, bytes.to_vec())
+            })
+            .collect();
+        let opened: Vec<(BlobRef, std::fs::File)> = blobs
+            .iter()
+            .map(|(b, bytes)| {
+                let path = dir.path().join(b.digest.replace(':', "-"));
+                std::fs::write(&path, bytes).unwrap();
+                (b.clone(), std::fs::File::open(&path).unwrap())
+            })
+            .collect();
+        let mut files: Vec<(BlobRef, &std::fs::File)> =
+            opened.iter().map(|(b, f)| (b.clone(), f)).collect();
+        files.push(files[0].clone()); // a repeated blob is written once
+        let extra = vec![("manifest.json".to_string(), b"[]".to_vec())];
+        let out = std::fs::File::create(dir.path().join("ours.tar")).unwrap();
+        write_archive(out, &files, b"{}", &extra).unwrap();
+
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, name, data).unwrap();
+        };
+        add("oci-layout", LAYOUT);
+        add("index.json", b"{}");
+        add("manifest.json", b"[]");
+        for (b, bytes) in &blobs {
+            add(&blob_path(&b.digest), bytes);
+        }
+        let expected = tar.into_inner().unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("ours.tar")).unwrap(),
+            expected
+        );
+    }
 }

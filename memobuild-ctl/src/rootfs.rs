@@ -11,22 +11,38 @@
 use memobuild_proto::{BlobRef, RpcError};
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 
-/// A layer blob on disk and its media type.
-pub type Layer = (BlobRef, PathBuf);
+/// A layer blob (an open file: the daemon's descriptor, or a downloaded
+/// copy) and its media type.
+pub type Layer<'a> = (BlobRef, &'a File);
+
+/// Reads a file from offset 0 without using or moving its file position (the
+/// same blob is read once per pass and per output).
+struct ReadAt<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for ReadAt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
 
 /// Opens a layer's uncompressed tar stream.
-fn open(layer: &Layer) -> Result<Box<dyn Read>, RpcError> {
-    let (blob, path) = layer;
-    let file = std::fs::File::open(path)
-        .map_err(|e| RpcError::new(format!("opening layer {}: {e}", blob.digest)))?;
-    let file = io::BufReader::new(file);
+fn open<'a>(layer: &Layer<'a>) -> Result<Box<dyn Read + 'a>, RpcError> {
+    let (blob, file) = layer;
+    let file = io::BufReader::with_capacity(256 * 1024, ReadAt { file, pos: 0 });
     let media = blob.media_type.as_str();
     if media.ends_with("gzip") {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(file)))
@@ -101,7 +117,7 @@ fn layer_err(blob: &BlobRef) -> impl Fn(io::Error) -> RpcError + '_ {
     move |e| RpcError::new(format!("reading layer {}: {e}", blob.digest))
 }
 
-fn winners(layers: &[Layer]) -> Result<Winners, RpcError> {
+fn winners(layers: &[Layer<'_>]) -> Result<Winners, RpcError> {
     let mut winners = Winners::new();
     for (l, layer) in layers.iter().enumerate() {
         let err = layer_err(&layer.0);
@@ -131,7 +147,7 @@ fn winners(layers: &[Layer]) -> Result<Winners, RpcError> {
 }
 
 /// Writes the final filesystem of `layers` as one tar archive to `out`.
-pub fn write_tar<W: Write>(out: W, layers: &[Layer]) -> Result<W, RpcError> {
+pub fn write_tar<W: Write>(out: W, layers: &[Layer<'_>]) -> Result<W, RpcError> {
     let winners = winners(layers)?;
     let mut builder = tar::Builder::new(out);
     let werr = |e: io::Error| RpcError::new(format!("writing the filesystem tar: {e}"));
@@ -188,7 +204,7 @@ pub fn write_tar<W: Write>(out: W, layers: &[Layer]) -> Result<W, RpcError> {
 /// Writes the final filesystem of `layers` into `dir` (created if missing):
 /// modes, times, symlinks and hard links as in the image, owners too when
 /// running as root. `scratch` holds the intermediate tar.
-pub fn unpack(dir: &Path, layers: &[Layer], scratch: &Path) -> Result<(), RpcError> {
+pub fn unpack(dir: &Path, layers: &[Layer<'_>], scratch: &Path) -> Result<(), RpcError> {
     let err = |e: io::Error| RpcError::new(format!("writing {}: {e}", dir.display()));
     let tmp = tempfile::tempfile_in(scratch).map_err(err)?;
     let mut tmp = write_tar(io::BufWriter::new(tmp), layers)?

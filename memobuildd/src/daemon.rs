@@ -54,10 +54,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         data_dir: data_dir.display().to_string(),
         pid: std::process::id(),
+        features: vec![memobuild_proto::FEATURE_BLOB_FDS.to_string()],
     };
     let server = Server {
         engine: Engine::new(Arc::new(store), config.run_settings()),
         info: Arc::new(info),
+        handoffs: Arc::new(crate::handoff::Handoffs::default()),
+        peer_uid: u32::MAX,
     };
     let engine = server.engine.clone();
     observe(&engine, &config).await?;

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod config;
 pub mod daemon;
+pub mod handoff;
 pub mod logging;
 mod metrics_http;
 pub mod sdnotify;

@@ -5,9 +5,9 @@
 use futures::StreamExt;
 use memobuild_engine::{DaemonIdentity, Engine};
 use memobuild_proto::{
-    BuildId, BuildLogReport, BuildRequest, ByteBuf, DaemonInfo, DiskUsage, ErrorKind, EventBatch,
-    Explanation, ImageBlobs, ImageSummary, ImportSpec, Memobuild, PruneRequest, PruneResult,
-    RpcError, StatusReport, VerifyResult,
+    BlobHandoff, BuildId, BuildLogReport, BuildRequest, ByteBuf, DaemonInfo, DiskUsage, ErrorKind,
+    EventBatch, Explanation, ImageBlobs, ImageSummary, ImportSpec, Memobuild, PruneRequest,
+    PruneResult, RpcError, StatusReport, VerifyResult,
 };
 use std::sync::Arc;
 use tarpc::context::Context;
@@ -18,6 +18,10 @@ use tokio::net::UnixListener;
 pub struct Server {
     pub engine: Arc<Engine>,
     pub info: Arc<DaemonInfo>,
+    /// Blob descriptors waiting for their client's handoff connection.
+    pub handoffs: Arc<crate::handoff::Handoffs>,
+    /// The uid on the other end of this connection (set per connection).
+    pub peer_uid: u32,
 }
 
 /// Serves connections until the listener fails; peers `access` refuses get
@@ -30,12 +34,15 @@ pub async fn serve(
     loop {
         let (conn, _) = listener.accept().await?;
         let peer = crate::access::peer_of(&conn);
-        let transport = memobuild_proto::wire::transport(conn);
-        let server = server.clone();
+        let mut server = server.clone();
         let access = access.clone();
         tokio::spawn(async move {
             let verdict = match peer {
-                Ok(peer) => access.check(peer).await.map_err(|e| (peer, e)),
+                Ok(peer) => access
+                    .check(peer)
+                    .await
+                    .map(|()| peer)
+                    .map_err(|e| (peer, e)),
                 Err(e) => Err((
                     crate::access::Peer {
                         uid: u32::MAX,
@@ -45,10 +52,24 @@ pub async fn serve(
                     format!("permission denied: cannot read the peer's credentials: {e}"),
                 )),
             };
-            if let Err((peer, message)) = verdict {
-                tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused a connection: {message}");
-                return crate::access::refuse(transport, message).await;
+            let peer = match verdict {
+                Ok(peer) => peer,
+                Err((peer, message)) => {
+                    tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused a connection: {message}");
+                    let transport = memobuild_proto::wire::transport(conn);
+                    return crate::access::refuse(transport, message).await;
+                }
+            };
+            // A blob handoff (docs in memobuild_proto::handoff) or tarpc.
+            match crate::handoff::first_byte(&conn).await {
+                Ok(Some(b)) if b == memobuild_proto::handoff::MAGIC[0] => {
+                    return crate::handoff::serve(conn, peer.uid, server.handoffs.clone()).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
             }
+            server.peer_uid = peer.uid;
+            let transport = memobuild_proto::wire::transport(conn);
             BaseChannel::with_defaults(transport)
                 .execute(server.serve())
                 .for_each(|response| async move {
@@ -173,6 +194,11 @@ impl Memobuild for Server {
 
     async fn verify_store(self, _: Context) -> Result<VerifyResult, RpcError> {
         self.engine.verify_report().await
+    }
+
+    async fn open_blobs(self, _: Context, manifest: String) -> Result<BlobHandoff, RpcError> {
+        let opened = self.engine.open_image_blobs(manifest).await?;
+        self.handoffs.offer(self.peer_uid, opened)
     }
 }
 

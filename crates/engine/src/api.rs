@@ -125,6 +125,44 @@ impl Engine {
         .await
     }
 
+    /// Every blob of the image `manifest_digest`, each once (config, layers,
+    /// manifest), verified and opened read-only (`O_RDONLY | O_CLOEXEC |
+    /// O_NOFOLLOW`), for the daemon to hand to an exporting client. The same
+    /// blobs [`Engine::image_blobs`] names and pins; nothing else.
+    pub async fn open_image_blobs(
+        self: &Arc<Self>,
+        manifest_digest: String,
+    ) -> Result<Vec<(BlobRef, std::fs::File)>, RpcError> {
+        let blobs = self.image_blobs(manifest_digest).await?;
+        let store = self.store.clone();
+        let opened = blocking(move || {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::new();
+            let all = std::iter::once(blobs.config)
+                .chain(blobs.layers)
+                .chain(std::iter::once(blobs.manifest));
+            for blob in all {
+                if !seen.insert(blob.digest.clone()) {
+                    continue;
+                }
+                if let Err(e @ StoreError::Corrupt { .. }) = store.blobs.verify_cached(&blob.digest)
+                {
+                    tracing::warn!(digest = blob.digest, error = %e, "corrupt blob: dropping it and its cache entries");
+                    store.drop_blob(&blob.digest).map_err(internal)?;
+                    return Err(internal(e).hint(
+                        "build again: the daemon rebuilds what the dropped blob held",
+                    ));
+                }
+                let file = open_read_only(&store, &blob)?;
+                out.push((blob, file));
+            }
+            Ok(out)
+        })
+        .await?;
+        self.metrics.export_blobs("fd", opened.len() as u64);
+        Ok(opened)
+    }
+
     /// At most [`BLOB_CHUNK_BYTES`] of a blob from `offset`.
     pub async fn read_blob(
         self: &Arc<Self>,
@@ -134,10 +172,12 @@ impl Engine {
     ) -> Result<Vec<u8>, RpcError> {
         let store = self.store.clone();
         let len = len.min(BLOB_CHUNK_BYTES);
+        let metrics = self.metrics.clone();
         blocking(move || {
             // The first chunk checks the whole blob (hashed once per change of
             // its file); a corrupt one is dropped so the next build rebuilds it.
             if offset == 0 {
+                metrics.export_blobs("rpc", 1);
                 if let Err(e @ StoreError::Corrupt { .. }) = store.blobs.verify_cached(&digest) {
                     tracing::warn!(digest, error = %e, "corrupt blob: dropping it and its cache entries");
                     store.drop_blob(&digest).map_err(internal)?;
@@ -384,6 +424,38 @@ impl Engine {
             queued_builds: self.queued_builds(),
         }
     }
+}
+
+/// A store blob opened for reading only, never through a symlink, and
+/// checked to be a regular file of the size the image records.
+fn open_read_only(
+    store: &memobuild_store::Store,
+    blob: &BlobRef,
+) -> Result<std::fs::File, RpcError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store.blobs.path(&blob.digest).map_err(internal)?;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .and_then(|f| Ok((f.metadata()?, f)));
+    let (meta, file) = opened.map_err(|e| {
+        RpcError::of(
+            ErrorKind::NotFound,
+            format!("opening blob {} ({}): {e}", blob.digest, path.display()),
+        )
+        .hint("build again: the daemon rebuilds blobs that went missing")
+    })?;
+    if !meta.file_type().is_file() || meta.len() != blob.size {
+        return Err(internal(format!(
+            "blob {} at {} is not a regular file of {} bytes",
+            blob.digest,
+            path.display(),
+            blob.size
+        ))
+        .hint("run `memobuild-ctl verify`, then build again"));
+    }
+    Ok(file)
 }
 
 fn no_build_log(which: &str) -> RpcError {

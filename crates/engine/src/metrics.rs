@@ -20,6 +20,10 @@ pub const TIERS: [&str; 3] = ["memory", "local", "remote"];
 /// Build results, as the `result` label.
 pub const RESULTS: [&str; 3] = ["success", "failed", "cancelled"];
 
+/// How `-o` exports read blobs, as the `via` label: `fd` (handed over as
+/// file descriptors), `rpc` (read through `read_blob` chunks).
+pub const EXPORT_VIAS: [&str; 2] = ["fd", "rpc"];
+
 /// Step durations: from a cache lookup (sub-millisecond) to long RUN steps.
 const STEP_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 300.0,
@@ -46,6 +50,7 @@ pub struct Metrics {
     watch_rescans: IntCounter,
     blob_bytes: IntGauge,
     blobs: IntGauge,
+    export_blobs: IntCounterVec,
     /// Scrapes bring the counters kept elsewhere up to date; one at a time,
     /// so two scrapes never add the same increase twice.
     scrape: Mutex<()>,
@@ -129,6 +134,13 @@ impl Metrics {
                 "Bytes of blobs (layers, configs, manifests) in the store",
             )?,
             blobs: IntGauge::new("memobuild_store_blobs", "Blobs in the store")?,
+            export_blobs: IntCounterVec::new(
+                Opts::new(
+                    "memobuild_export_blobs_total",
+                    "Blobs clients read for -o exports, by how (file descriptor or RPC chunks)",
+                ),
+                &["via"],
+            )?,
             registry,
             scrape: Mutex::new(()),
         };
@@ -140,6 +152,9 @@ impl Metrics {
         for t in TIERS {
             m.cache_hits.with_label_values(&[t]);
             m.cache_misses.with_label_values(&[t]);
+        }
+        for v in EXPORT_VIAS {
+            m.export_blobs.with_label_values(&[v]);
         }
         Ok(m)
     }
@@ -158,6 +173,7 @@ impl Metrics {
         r.register(Box::new(self.watch_rescans.clone()))?;
         r.register(Box::new(self.blob_bytes.clone()))?;
         r.register(Box::new(self.blobs.clone()))?;
+        r.register(Box::new(self.export_blobs.clone()))?;
         Ok(())
     }
 
@@ -197,6 +213,11 @@ impl Metrics {
             &self.cache_misses
         };
         counter.with_label_values(&[tier]).inc_by(steps);
+    }
+
+    /// `blobs` blobs went to an exporting client `via` one of [`EXPORT_VIAS`].
+    pub fn export_blobs(&self, via: &str, blobs: u64) {
+        self.export_blobs.with_label_values(&[via]).inc_by(blobs);
     }
 
     /// The text exposition format, with the scrape-time values applied.

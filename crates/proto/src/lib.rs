@@ -12,6 +12,7 @@
 //! `--json` outputs, which makes their field names part of the stable JSON
 //! schema documented in docs/CLI.md.
 
+pub mod handoff;
 pub mod paths;
 pub mod registry;
 pub mod wire;
@@ -77,7 +78,19 @@ pub trait Memobuild {
     async fn prune(request: PruneRequest) -> Result<PruneResult, RpcError>;
     /// Hashes every blob and checks every record (`memobuild-ctl verify`).
     async fn verify_store() -> Result<VerifyResult, RpcError>;
+    /// Opens every blob of the image `manifest_digest` (the blobs
+    /// [`Memobuild::image_blobs`] names, each once) read-only for an `-o`
+    /// export and returns a one-time token: a second connection on the same
+    /// socket that presents it receives them as file descriptors ([`handoff`]).
+    /// Only daemons whose [`DaemonInfo::features`] lists [`FEATURE_BLOB_FDS`]
+    /// have it; the client falls back to [`Memobuild::read_blob`] otherwise.
+    /// (Added last: the variants before it keep their place on the wire.)
+    async fn open_blobs(manifest_digest: String) -> Result<BlobHandoff, RpcError>;
 }
+
+/// A [`DaemonInfo::features`] entry: the daemon has [`Memobuild::open_blobs`]
+/// and answers [`handoff`] connections.
+pub const FEATURE_BLOB_FDS: &str = "blob_fds";
 
 /// What an imported archive holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -184,6 +197,10 @@ pub struct DaemonInfo {
     pub daemon_version: String,
     pub data_dir: String,
     pub pid: u32,
+    /// Optional requests and connection kinds this daemon serves (e.g.
+    /// [`FEATURE_BLOB_FDS`]); empty from daemons older than the list.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// Everything a build depends on besides the files themselves.
@@ -413,6 +430,15 @@ pub struct ImageBlobs {
     pub manifest: BlobRef,
     pub config: BlobRef,
     pub layers: Vec<BlobRef>,
+}
+
+/// [`Memobuild::open_blobs`]' answer: present `token` on a [`handoff`]
+/// connection within [`handoff::TTL`] to receive one read-only file descriptor
+/// per entry of `blobs`, in that order. The token works once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobHandoff {
+    pub token: String,
+    pub blobs: Vec<BlobRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -122,6 +122,28 @@ mod tests {
         assert_eq!(e.hint, None);
     }
 
+    /// A daemon from before `features` answers `hello` without it: a new
+    /// client reads no features (and exports through `read_blob`).
+    #[test]
+    fn a_hello_without_features_reads_as_none() {
+        #[derive(Serialize)]
+        struct OldInfo {
+            protocol_version: u32,
+            daemon_version: &'static str,
+            data_dir: &'static str,
+            pid: u32,
+        }
+        let bytes = rmp_serde::to_vec_named(&OldInfo {
+            protocol_version: crate::PROTOCOL_VERSION,
+            daemon_version: "0.1.0",
+            data_dir: "/d",
+            pid: 1,
+        })
+        .unwrap();
+        let info: crate::DaemonInfo = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(info.features.is_empty());
+    }
+
     #[test]
     fn blob_chunks_cost_their_length() {
         let chunk = serde_bytes::ByteBuf::from(vec![0xffu8; 4096]);
