@@ -2,7 +2,8 @@
 //! (COPY-only and RUN, contexts edited between builds so new cache entries and
 //! blobs keep being written, automatic GC running after builds) never leaves a
 //! cache entry or image pointing at a missing or corrupt blob, nor temp files;
-//! and the restarted daemon builds the same images as a fresh one.
+//! and the restarted daemon builds the same images as a fresh one, also when
+//! its RUN steps run again on the snapshots the killed daemons wrote.
 
 mod common;
 use common::{busybox_context, BuildOutcome, Daemon, Rng};
@@ -98,6 +99,18 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
             after, clean,
             "context {i}: the crashed daemon's cache gave another image"
         );
+    }
+    // RUN steps again on the snapshots the killed daemons wrote (COPY and RUN
+    // results written straight into containerd, possibly killed halfway):
+    // none that is incomplete may be trusted, so the steps see what a fresh
+    // daemon's see.
+    for (i, (ctx, _, run)) in contexts.iter().enumerate() {
+        if !*run {
+            continue;
+        }
+        let again = d.0.build_ok(ctx.path(), &["--no-cache"]).manifest_digest();
+        let clean = fresh.0.build_ok(ctx.path(), &[]).manifest_digest();
+        assert_eq!(again, clean, "context {i}: RUN on the crashed daemon's snapshots");
     }
     d.0.assert_store_consistent();
     fresh.0.assert_store_consistent();
