@@ -687,29 +687,6 @@ fn print_table(rows: &[Row], b3: &Samples, total: u64, docker: bool) {
 }
 
 fn print_machine() {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    println!("machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}");
+    let machine = common::machine_line();
+    println!("{machine}");
 }

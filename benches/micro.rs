@@ -291,6 +291,64 @@ fn all_benches(c: &mut Criterion) {
     });
     g.finish();
 
+    // --- Layers: the whole context as one COPY layer ---------------------------
+    // Cold: a new LayerWriter every time (every gzip member compressed, on all
+    // cores). Warm: the writer has written both versions of the layer before
+    // (one file differs), so every member is copied from an earlier blob: what
+    // an edit of one file costs, less one small member's compression.
+    let layer_dir = tempfile::tempdir().expect("temp dir");
+    let blobs = memobuild_store::BlobStore::open(layer_dir.path()).expect("blob store");
+    let mut changes = memobuild_oci::ChangeSet::default();
+    for (path, meta) in &hash_input {
+        let blake3 = *blake3::hash(&std::fs::read(path).unwrap()).as_bytes();
+        let rel = path.strip_prefix(&root).unwrap().display().to_string();
+        let entry = memobuild_oci::LayerEntry {
+            kind: memobuild_oci::EntryKind::File(memobuild_oci::Content::Checked {
+                path: path.clone(),
+                blake3,
+            }),
+            mode: meta.mode & 0o7777,
+            uid: 0,
+            gid: 0,
+        };
+        changes.insert(format!("app/{rel}"), entry);
+    }
+    let mut edited = changes.clone();
+    let bytes_entry = memobuild_oci::LayerEntry {
+        kind: memobuild_oci::EntryKind::File(memobuild_oci::Content::Bytes(b"edited\n".to_vec())),
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    edited.insert("app/edited.txt".into(), bytes_entry);
+    let mut g = c.benchmark_group("layer");
+    g.sampling_mode(SamplingMode::Flat);
+    g.measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Bytes(bytes));
+    g.bench_function(format!("write_cold_{}MB", bytes / 1_000_000), |b| {
+        b.iter(|| {
+            memobuild_oci::LayerWriter::new()
+                .write(black_box(&changes), &blobs, 0)
+                .unwrap()
+        })
+    });
+    let warm_writer = memobuild_oci::LayerWriter::new();
+    warm_writer.write(&changes, &blobs, 0).unwrap();
+    warm_writer.write(&edited, &blobs, 0).unwrap();
+    let mut flip = false;
+    g.bench_function(
+        format!("write_warm_{}MB_one_file_changed", bytes / 1_000_000),
+        |b| {
+            b.iter(|| {
+                flip = !flip;
+                let which = if flip { &edited } else { &changes };
+                warm_writer.write(black_box(which), &blobs, 0).unwrap()
+            })
+        },
+    );
+    g.finish();
+    drop(layer_dir);
+
     // --- Planning: what the dirty re-plan after a save costs -----------------
     // `COPY . /app` over the whole context with every file in the hash cache:
     // the key of the step covers all 10,000 files.

@@ -1984,30 +1984,7 @@ fn main() {
 }
 
 fn print_machine() {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let machine = common::machine_line();
     let containerd = Command::new("containerd")
         .arg("--version")
         .output()
@@ -2024,7 +2001,7 @@ fn print_machine() {
                 .to_string()
         })
         .unwrap_or_else(|_| "not installed".into());
-    println!("machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}");
+    println!("{machine}");
     println!("memobuild's sandbox: {containerd}; {runc}");
 }
 

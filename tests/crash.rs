@@ -110,7 +110,10 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
         }
         let again = d.0.build_ok(ctx.path(), &["--no-cache"]).manifest_digest();
         let clean = fresh.0.build_ok(ctx.path(), &[]).manifest_digest();
-        assert_eq!(again, clean, "context {i}: RUN on the crashed daemon's snapshots");
+        assert_eq!(
+            again, clean,
+            "context {i}: RUN on the crashed daemon's snapshots"
+        );
     }
     d.0.assert_store_consistent();
     fresh.0.assert_store_consistent();

@@ -759,6 +759,7 @@ async fn run_stage(
                             stage_layers: &stage_layers,
                             context_root: std::path::Path::new(&run.request.context),
                             epoch,
+                            snapshot_for_later_run: later_run(plan, step),
                         };
                         let run =
                             tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());
@@ -956,7 +957,7 @@ async fn execute(
         _ => None,
     };
     let mtime = epoch.unwrap_or(0).max(0) as u64;
-    let wants_snapshot = plan.steps.iter().any(|s| matches!(s.op, Op::Run(_)));
+    let wants_snapshot = later_run(&plan, &step);
     let (changes, staging) = {
         let (engine, plan, step, parent_layers) = (
             engine.clone(),
@@ -979,10 +980,12 @@ async fn execute(
         let (engine, plan, step, changes) =
             (engine.clone(), plan.clone(), step.clone(), changes.clone());
         blocking(move || {
-            engine
+            let (layer, sizes) = engine
                 .layer_writer
-                .write(&changes, &engine.store.blobs, mtime)
-                .map_err(|e| step_error(&plan, &step, e))
+                .write_sized(&changes, &engine.store.blobs, mtime)
+                .map_err(|e| step_error(&plan, &step, e))?;
+            engine.layers.remember(&layer.digest, &changes, &sizes);
+            Ok(layer)
         })
     };
     let slot = super::snapshots::StepSlot {
@@ -1019,6 +1022,14 @@ async fn execute(
         layer: Some(layer),
         created_at: now,
     })
+}
+
+/// Whether a RUN comes after `step` (a stage is only ever built on an
+/// earlier one, so a RUN that can stand on this result has a higher index).
+fn later_run(plan: &Plan, step: &Step) -> bool {
+    plan.steps
+        .iter()
+        .any(|s| s.index > step.index && matches!(s.op, Op::Run(_)))
 }
 
 /// What a COPY, ADD or WORKDIR adds, and the staging directory its files

@@ -3,7 +3,7 @@
 //! headers only (OCI whiteouts applied), and cached per layer digest.
 
 use memobuild_oci::layer::{clean_entry_path, open_layer};
-use memobuild_oci::OciError;
+use memobuild_oci::{ChangeSet, EntryKind, OciError};
 use memobuild_store::{LayerRecord, Store};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -32,7 +32,7 @@ pub struct ViewEntry {
 }
 
 /// One layer's entries, in tar order; whiteouts are kept as markers.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct LayerIndex {
     entries: Vec<(String, ViewEntry)>,
     whiteouts: Vec<String>,
@@ -54,6 +54,53 @@ impl LayerCache {
         self.layers.lock().insert(digest.to_string(), index.clone());
         Ok(index)
     }
+
+    /// Indexes the layer `digest` just written from `changes` (`file_sizes`:
+    /// what the writer gave each regular file, in order), so the next step
+    /// does not read its headers back (decompressing the whole layer).
+    pub fn remember(&self, digest: &str, changes: &ChangeSet, file_sizes: &[u64]) {
+        if let Some(index) = index_of_changes(changes, file_sizes) {
+            self.layers
+                .lock()
+                .insert(digest.to_string(), Arc::new(index));
+        }
+    }
+}
+
+/// What [`read_index`] reads from the layer written from `changes`.
+fn index_of_changes(changes: &ChangeSet, file_sizes: &[u64]) -> Option<LayerIndex> {
+    let mut sizes = file_sizes.iter();
+    let mut index = LayerIndex {
+        entries: Vec::new(),
+        whiteouts: Vec::new(),
+        opaque_dirs: Vec::new(),
+    };
+    for (path, entry) in &changes.entries {
+        let (kind, size) = match &entry.kind {
+            EntryKind::File(_) => (ViewKind::File, *sizes.next()?),
+            EntryKind::Dir => (ViewKind::Dir, 0),
+            EntryKind::OpaqueDir => {
+                index.opaque_dirs.push(path.clone());
+                (ViewKind::Dir, 0)
+            }
+            EntryKind::Symlink(target) => (ViewKind::Symlink(target.clone()), 0),
+            EntryKind::Hardlink(target) => (ViewKind::Hardlink(clean_entry_path(target)), 0),
+            EntryKind::Whiteout => {
+                index.whiteouts.push(path.clone());
+                continue;
+            }
+        };
+        let view = ViewEntry {
+            kind,
+            mode: entry.mode & 0o7777,
+            uid: entry.uid,
+            gid: entry.gid,
+            size,
+            layer: 0,
+        };
+        index.entries.push((path.clone(), view));
+    }
+    sizes.next().is_none().then_some(index)
 }
 
 fn read_err(digest: &str, source: std::io::Error) -> OciError {
@@ -264,4 +311,57 @@ impl FsView {
 
 fn remove_below(entries: &mut BTreeMap<String, ViewEntry>, dir: &str) {
     memobuild_rootpath::remove_below(entries, dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memobuild_oci::{Content, LayerEntry};
+
+    fn entry(kind: EntryKind, mode: u32) -> LayerEntry {
+        LayerEntry {
+            kind,
+            mode,
+            uid: 3,
+            gid: 4,
+        }
+    }
+
+    /// The index made from a change set is the one read back from its layer.
+    #[test]
+    fn an_index_from_changes_equals_the_index_read_from_the_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let src = dir.path().join("src.bin");
+        std::fs::write(&src, vec![7u8; 70_000]).unwrap();
+        let mut c = ChangeSet::default();
+        c.insert("a".into(), entry(EntryKind::Dir, 0o755));
+        c.insert(
+            "a/big".into(),
+            entry(EntryKind::File(Content::Path(src)), 0o4755),
+        );
+        c.insert(
+            "a/f".into(),
+            entry(EntryKind::File(Content::Bytes(b"hi".to_vec())), 0o600),
+        );
+        c.insert(
+            "a/hl".into(),
+            entry(EntryKind::Hardlink("/a/f".into()), 0o600),
+        );
+        c.insert(
+            "a/ln".into(),
+            entry(EntryKind::Symlink("../x".into()), 0o777),
+        );
+        c.insert("gone".into(), entry(EntryKind::Whiteout, 0));
+        c.insert("opq".into(), entry(EntryKind::OpaqueDir, 0o1777));
+        c.insert(
+            format!("a/{}", "long".repeat(50)),
+            entry(EntryKind::File(Content::Bytes(vec![])), 0o644),
+        );
+        let writer = memobuild_oci::LayerWriter::new();
+        let (record, sizes) = writer.write_sized(&c, &store.blobs, 0).unwrap();
+        assert_eq!(sizes, vec![70_000, 2, 0]);
+        let read = read_index(&store, &record.digest).unwrap();
+        assert_eq!(index_of_changes(&c, &sizes).unwrap(), read);
+    }
 }

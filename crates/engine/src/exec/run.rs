@@ -49,6 +49,9 @@ pub struct RunContext<'a> {
     pub stage_layers: &'a std::collections::BTreeMap<usize, Vec<LayerRecord>>,
     pub context_root: &'a Path,
     pub epoch: Option<i64>,
+    /// A later step of the build is a RUN: write this result as a snapshot
+    /// for it (see `exec::snapshots`).
+    pub snapshot_for_later_run: bool,
 }
 
 fn err(message: impl Into<String>) -> RpcError {
@@ -143,9 +146,11 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
     let outcome = sandbox.run(&layers, &spec, tx).await;
     if let Ok(o) = &outcome {
+        let t = &o.timings;
+        tracing::debug!(setup = ?t.setup, run = ?t.run, diff = ?t.diff, teardown = ?t.teardown, unpacked_layers = t.unpacked_layers, "sandbox finished");
         engine
             .metrics
-            .snapshots("unpacked", o.timings.unpacked_layers.into());
+            .snapshots("unpacked", t.unpacked_layers.into());
     }
     let tail = printer.await.unwrap_or_default();
     drop(mounts);
@@ -180,15 +185,26 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     let write = {
         let (engine, changes) = (engine.clone(), changes.clone());
         tokio::task::spawn_blocking(move || {
-            engine
+            let (layer, sizes) = engine
                 .layer_writer
-                .write(&changes, &store.blobs, mtime)
-                .map_err(|e| err(e.to_string()))
+                .write_sized(&changes, &store.blobs, mtime)
+                .map_err(|e| err(e.to_string()))?;
+            engine.layers.remember(&layer.digest, &changes, &sizes);
+            Ok::<_, RpcError>(layer)
         })
     };
-    let snapshot =
-        super::snapshots::materialize(engine, cx.parent_layers, changes.clone(), mtime, None);
+    let snapshot = async {
+        match cx.snapshot_for_later_run {
+            true => {
+                let changes = changes.clone();
+                super::snapshots::materialize(engine, cx.parent_layers, changes, mtime, None).await
+            }
+            false => None,
+        }
+    };
+    let started = std::time::Instant::now();
     let (layer, snapshot) = tokio::join!(write, snapshot);
+    tracing::debug!(took = ?started.elapsed(), "layer and snapshot written");
     let layer = layer.map_err(|e| err(format!("internal error: {e}")))?;
     if let (Ok(layer), Some(snapshot)) = (&layer, snapshot) {
         super::snapshots::commit(

@@ -151,10 +151,24 @@ impl LayerWriter {
         blobs: &BlobStore,
         mtime: u64,
     ) -> Result<LayerRecord, OciError> {
+        self.write_sized(changes, blobs, mtime)
+            .map(|(record, _)| record)
+    }
+
+    /// Like [`LayerWriter::write`], also returning the size the layer gives
+    /// each regular file of `changes`, in their order (what a reader of the
+    /// layer's headers would see, without reading them back).
+    pub fn write_sized(
+        &self,
+        changes: &ChangeSet,
+        blobs: &BlobStore,
+        mtime: u64,
+    ) -> Result<(LayerRecord, Vec<u64>), OciError> {
+        let mut sizes = Vec::new();
         let (digest, size, diff_id) = pieces::write_layer(self, blobs, |sink| {
             let mut tar = tar::Builder::new(sink);
             for (path, entry) in &changes.entries {
-                append_entry(&mut tar, path, entry, mtime).map_err(|source| {
+                let written = append_entry(&mut tar, path, entry, mtime).map_err(|source| {
                     if source.kind() == io::ErrorKind::NotFound
                         || source.kind() == io::ErrorKind::InvalidData
                     {
@@ -166,29 +180,33 @@ impl LayerWriter {
                         }
                     }
                 })?;
+                if let EntryKind::File(_) = entry.kind {
+                    sizes.push(written);
+                }
             }
             tar.finish().map_err(|source| OciError::Write {
                 path: "<end of archive>".into(),
                 source,
             })
         })?;
-        Ok(LayerRecord {
+        let record = LayerRecord {
             digest,
             diff_id,
             size,
             media_type: super::MEDIA_LAYER_GZIP.to_string(),
-        })
+        };
+        Ok((record, sizes))
     }
 }
 
 /// Appends one entry, telling the sink where it begins and ends (pieces are
-/// cut at entry boundaries).
+/// cut at entry boundaries); returns the size of its data.
 fn append_entry(
     tar: &mut tar::Builder<&mut PieceSink<'_>>,
     path: &str,
     entry: &LayerEntry,
     mtime: u64,
-) -> io::Result<()> {
+) -> io::Result<u64> {
     let mut header = tar::Header::new_gnu();
     header.set_mode(entry.mode & 0o7777);
     header.set_uid(entry.uid.into());
@@ -219,7 +237,8 @@ fn append_entry(
         }
         (kind, _) => append_other(tar, header, path, kind)?,
     }
-    tar.get_mut().end_entry(path)
+    tar.get_mut().end_entry(path)?;
+    Ok(data_len)
 }
 
 /// A context file: the layer gets exactly the bytes its cache key was made
