@@ -748,7 +748,27 @@ impl Converter<'_> {
         i: &parse_dockerfile::OnbuildInstruction<'_>,
     ) -> Result<String, DockerfileError> {
         let line = logical_line(self.text, i.onbuild.span.start, self.escape);
-        let trigger = line.get("ONBUILD".len()..).unwrap_or("").trim().to_string();
+        let mut trigger = line.get("ONBUILD".len()..).unwrap_or("").trim().to_string();
+        // Here-documents follow the line: the trigger keeps their bodies and
+        // terminators, so it parses again in the image built FROM this one.
+        let docs: Vec<std::ops::Range<usize>> = match &*i.instruction {
+            parse_dockerfile::Instruction::Run(r) => {
+                r.here_docs.iter().map(|h| h.span.clone()).collect()
+            }
+            parse_dockerfile::Instruction::Copy(c) => heredoc_spans(&c.src),
+            parse_dockerfile::Instruction::Add(a) => heredoc_spans(&a.src),
+            _ => Vec::new(),
+        };
+        if let (Some(first), Some(last)) = (docs.first(), docs.last()) {
+            // A span ends where its terminator line starts.
+            let end = self.text[last.end..]
+                .find('\n')
+                .map_or(self.text.len(), |n| last.end + n);
+            if let Some(body) = self.text.get(first.start..end) {
+                trigger.push('\n');
+                trigger.push_str(body);
+            }
+        }
         let first = trigger
             .split_whitespace()
             .next()
@@ -762,6 +782,16 @@ impl Converter<'_> {
         }
         Ok(trigger)
     }
+}
+
+/// The spans of the here-document sources of a COPY/ADD.
+fn heredoc_spans(src: &[parse_dockerfile::Source<'_>]) -> Vec<std::ops::Range<usize>> {
+    src.iter()
+        .filter_map(|s| match s {
+            parse_dockerfile::Source::HereDoc(h) => Some(h.span.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn string_array<const N: usize>(arr: &parse_dockerfile::JsonOrStringArray<'_, N>) -> Vec<String> {

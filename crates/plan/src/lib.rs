@@ -255,8 +255,15 @@ pub enum RunMount {
     /// A secret the client sent with the build, present only during the step.
     Secret {
         id: String,
-        target: String,
+        /// The file's path; `None` when only `env=` was given (BuildKit
+        /// mounts no file then).
+        target: Option<String>,
         required: bool,
+        /// `env=NAME`: the secret is also the value of NAME in the step.
+        env: Option<String>,
+        /// `uid=`, `gid=`, `mode=`: the file's owner and mode (0, 0, 0400 for
+        /// those not given); without them, the step's user and 0400.
+        owner: Option<CacheOwner>,
     },
     /// Files from the context (`from: None`) or another stage, read-only unless `rw`.
     Bind {
@@ -314,7 +321,25 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         .iter()
         .map(|s| stage::resolve_base(df, s, &global, input.images))
         .collect::<Result<Vec<_>, _>>()?;
-    let needed = needed_stages(df, &bases, target)?;
+    // The ONBUILD triggers of each stage's base run first in it: they are
+    // planned as its first instructions, so what they name (stages, images)
+    // is a dependency like what the stage names itself (BuildKit).
+    let (effective, trigger_errors) = with_triggers(df, &bases);
+    let df = &effective;
+    let input = &PlanInput {
+        dockerfile: df,
+        target: input.target,
+        build_args: input.build_args,
+        context: input.context.clone(),
+        hashes: input.hashes,
+        merkle: input.merkle,
+        focus: input.focus,
+        images: input.images,
+        epoch: input.epoch,
+        run_options: input.run_options,
+        stage_contents: input.stage_contents,
+    };
+    let needed = needed_stages(df, &bases, target, &trigger_errors)?;
 
     let mut plan = Plan {
         file: df.name.clone(),
@@ -539,16 +564,57 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
 
 /// Stages the target depends on, in Dockerfile order (which is a topological
 /// order: a stage may only refer to stages before it).
+/// `df` with the ONBUILD triggers of each stage's base (an image's
+/// `OnBuild`, or the ONBUILD instructions of the stage it is built FROM)
+/// placed before the stage's own instructions; a stage whose triggers do not
+/// parse has its error instead (reported only if the stage is needed).
+fn with_triggers(
+    df: &Dockerfile,
+    bases: &[Option<Base>],
+) -> (Dockerfile, Vec<Option<DockerfileError>>) {
+    let mut out = df.clone();
+    let mut errors = vec![None; df.stages.len()];
+    for (i, stage) in out.stages.iter_mut().enumerate() {
+        let texts: Vec<String> = match &bases[i] {
+            Some(Base::Image(image)) => image.config.config.on_build.clone().unwrap_or_default(),
+            Some(Base::Stage(s)) => df.stages[*s]
+                .instructions
+                .iter()
+                .filter_map(|ins| match &ins.value {
+                    memobuild_dockerfile::Instruction::Onbuild(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if texts.is_empty() {
+            continue;
+        }
+        match stage::onbuild_triggers(df, &df.stages[i], texts) {
+            Ok(mut triggers) => {
+                triggers.append(&mut stage.instructions);
+                stage.instructions = triggers;
+            }
+            Err(e) => errors[i] = Some(e),
+        }
+    }
+    (out, errors)
+}
+
 fn needed_stages(
     df: &Dockerfile,
     bases: &[Option<Base>],
     target: usize,
+    trigger_errors: &[Option<DockerfileError>],
 ) -> Result<Vec<usize>, DockerfileError> {
     let mut needed = BTreeSet::new();
     let mut todo = vec![target];
     while let Some(i) = todo.pop() {
         if !needed.insert(i) {
             continue;
+        }
+        if let Some(e) = &trigger_errors[i] {
+            return Err(e.clone());
         }
         let base = bases[i]
             .as_ref()

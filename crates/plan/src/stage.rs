@@ -434,12 +434,9 @@ pub(super) fn plan_stage(
         Base::Image(image) => image.config.clone(),
     };
     let mut config = config;
-    // ONBUILD triggers of the base run first, and are not inherited.
-    let triggers = onbuild_triggers(
-        df,
-        si.stage,
-        config.config.on_build.take().unwrap_or_default(),
-    )?;
+    // ONBUILD triggers of the base are not inherited; they run first, as the
+    // stage's first instructions (placed there by `super::with_triggers`).
+    config.config.on_build = None;
     // BuildKit's empty image (FROM scratch) has WorkingDir "/"; a stage built
     // on an image or a stage keeps its base's value, an empty one too (RUN and
     // relative paths still use "/" then, see `State::workdir`).
@@ -467,7 +464,7 @@ pub(super) fn plan_stage(
         contents: Vec::new(),
     };
     let mut steps = Vec::new();
-    for ins in triggers.iter().chain(&si.stage.instructions) {
+    for ins in &si.stage.instructions {
         state.files.clear();
         state.partial = false;
         state.contents.clear();
@@ -516,7 +513,7 @@ pub(super) fn plan_stage(
 }
 
 /// Parses the base's ONBUILD triggers as instructions placed at the FROM line.
-fn onbuild_triggers(
+pub(super) fn onbuild_triggers(
     df: &Dockerfile,
     stage: &Stage,
     triggers: Vec<String>,
@@ -1052,7 +1049,9 @@ fn parse_mount(
         "cache" => &[
             "target", "id", "sharing", "readonly", "mode", "uid", "gid", "from", "source",
         ],
-        "secret" => &["target", "id", "required", "mode", "uid", "gid"],
+        "secret" => &[
+            "target", "id", "source", "required", "mode", "uid", "gid", "env",
+        ],
         "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
         "tmpfs" => &["target", "size"],
         "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
@@ -1118,17 +1117,47 @@ fn parse_mount(
             })
         }
         "secret" => {
-            let id = match (fields.get("id"), &target) {
+            // BuildKit (dispatchSecret): source= wins over id=; without
+            // either, the target's base name.
+            let id = match (fields.get("source").or(fields.get("id")), &target) {
                 (Some(id), _) => id.clone(),
                 (None, Some(t)) => t.rsplit('/').next().unwrap_or("").to_string(),
                 (None, None) => {
                     return Err(bad("a secret mount needs id=ID or target=PATH".into()))
                 }
             };
+            let env = fields.get("env").cloned();
+            // A file unless only env= was given.
+            let target = match (target, &env) {
+                (Some(t), _) => Some(t),
+                (None, None) => Some(format!(
+                    "/run/secrets/{}",
+                    id.rsplit('/').next().unwrap_or("")
+                )),
+                (None, Some(_)) => None,
+            };
+            let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
+                fields
+                    .get(key)
+                    .map(|v| {
+                        u32::from_str_radix(v, radix)
+                            .map_err(|_| bad(format!("invalid {key}={v} for a secret mount")))
+                    })
+                    .transpose()
+            };
+            let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
+            let owner =
+                (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                    mode: mode.unwrap_or(0o400),
+                });
             Ok(RunMount::Secret {
-                target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                target,
                 id,
                 required: truthy(fields.get("required")),
+                env,
+                owner,
             })
         }
         "bind" => {
@@ -1198,11 +1227,23 @@ fn mount_key(
                 id,
                 target,
                 required,
+                env,
+                owner,
             } => {
                 k.str("secret")
                     .str(id)
-                    .str(target)
+                    .str(target.as_deref().unwrap_or(""))
                     .u64(u64::from(*required));
+                // Absent from keys without them, so those keep their keys.
+                if let Some(env) = env {
+                    k.str("env").str(env);
+                }
+                if let Some(o) = owner {
+                    k.str("owner")
+                        .u64(o.uid.into())
+                        .u64(o.gid.into())
+                        .u64(o.mode.into());
+                }
             }
             RunMount::File {
                 target,

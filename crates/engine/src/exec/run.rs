@@ -119,7 +119,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         .collect();
     let spec = RunSpec {
         args: op.args.clone(),
-        env: with_proxy_env(&op.env, &cx.request.build_args),
+        env: with_secret_env(with_proxy_env(&op.env, &cx.request.build_args), &mounts.env),
         cwd: op.cwd.clone(),
         uid,
         gid,
@@ -194,6 +194,16 @@ fn sandbox_hostname(build_args: &std::collections::BTreeMap<String, String>) -> 
 
 /// Docker's predefined proxy args reach RUN without an ARG line, in both
 /// spellings, and stay out of the cache key (they are added here, not planned).
+/// `env` with each `NAME=VALUE` of `secrets` replacing any NAME there.
+fn with_secret_env(mut env: Vec<String>, secrets: &[String]) -> Vec<String> {
+    for pair in secrets {
+        let name = pair.split('=').next().unwrap_or("");
+        env.retain(|e| e.split('=').next() != Some(name));
+        env.push(pair.clone());
+    }
+    env
+}
+
 fn with_proxy_env(
     env: &[String],
     build_args: &std::collections::BTreeMap<String, String>,
@@ -299,6 +309,8 @@ impl StepOutput {
 /// Host directories and files bound into one step; temporary ones are removed on drop.
 struct Mounts {
     extra: Vec<ExtraMount>,
+    /// `NAME=VALUE` of secrets mounted with `env=`, over the step's own.
+    env: Vec<String>,
     _temp: Vec<tempfile::TempDir>,
     /// Cache mount locks this step holds, by directory name: each id is locked
     /// once per step, however many of its mounts use it.
@@ -319,6 +331,7 @@ impl Mounts {
     ) -> Result<Mounts, RpcError> {
         let mut m = Mounts {
             extra: Vec::new(),
+            env: Vec::new(),
             _temp: Vec::new(),
             locks: std::collections::BTreeMap::new(),
         };
@@ -361,13 +374,16 @@ impl Mounts {
                     id,
                     target,
                     required,
+                    env,
+                    owner,
                 } => {
                     let Some(secret) = cx.request.secrets.get(id) else {
                         if *required {
+                            // BuildKit's text: "secret ID: not found".
                             return Err(RpcError::of(
                                 ErrorKind::InvalidInput,
                                 format!(
-                                    "{}: secret {id:?} is required but was not given",
+                                    "{}: secret {id}: not found (the mount is required)",
                                     cx.display
                                 ),
                             )
@@ -375,9 +391,33 @@ impl Mounts {
                         }
                         continue;
                     };
+                    if let Some(name) = env {
+                        let value = String::from_utf8(secret.0.clone()).map_err(|_| {
+                            RpcError::of(
+                                ErrorKind::InvalidInput,
+                                format!(
+                                    "{}: secret {id} is not UTF-8 text, so it cannot be the value of {name}",
+                                    cx.display
+                                ),
+                            )
+                            .hint("mount it as a file (target=PATH without env=)")
+                        })?;
+                        m.env.push(format!("{name}={value}"));
+                    }
+                    let Some(target) = target else { continue };
                     let dir = secret_dir()?;
                     let file = dir.path().join("secret");
-                    write_private(&file, &secret.0, uid, gid)?;
+                    match owner {
+                        Some(o) => {
+                            write_private(&file, &secret.0, o.uid, o.gid)?;
+                            use std::os::unix::fs::PermissionsExt;
+                            let mode = std::fs::Permissions::from_mode(o.mode & 0o7777);
+                            std::fs::set_permissions(&file, mode).map_err(|e| {
+                                err(format!("{}: writing secret {id}: {e}", cx.display))
+                            })?;
+                        }
+                        None => write_private(&file, &secret.0, uid, gid)?,
+                    }
                     m.extra.push(ExtraMount {
                         source: MountSource::Host(file),
                         target: target.clone(),
