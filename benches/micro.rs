@@ -318,6 +318,7 @@ fn all_benches(c: &mut Criterion) {
                 epoch: None,
                 run_options: "",
                 stage_contents: &memobuild_plan::NoStageContents,
+                urls: &memobuild_plan::NoUrls,
             })
             .unwrap()
         })
@@ -348,6 +349,7 @@ fn all_benches(c: &mut Criterion) {
                 epoch: None,
                 run_options: "",
                 stage_contents: &memobuild_plan::NoStageContents,
+                urls: &memobuild_plan::NoUrls,
             })
             .unwrap()
         })

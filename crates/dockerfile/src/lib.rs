@@ -460,7 +460,7 @@ impl Converter<'_> {
                     &i.options,
                     &i.src,
                     &i.dest,
-                    &["from", "chown", "chmod", "link"],
+                    &["from", "chown", "chmod", "link", "parents", "exclude"],
                 )?),
             ),
             P::Add(i) => (
@@ -471,7 +471,7 @@ impl Converter<'_> {
                     &i.options,
                     &i.src,
                     &i.dest,
-                    &["chown", "chmod", "link"],
+                    &["chown", "chmod", "link", "exclude", "checksum", "unpack"],
                 )?),
             ),
             P::Healthcheck(i) => (

@@ -14,7 +14,7 @@ mod stage;
 
 pub use chmod::Chmod;
 
-pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration};
+pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration, split_parents};
 
 use key::KeyHasher;
 use memobuild_context::{ContextIndex, HashCache, Selected};
@@ -46,12 +46,42 @@ pub struct PlanInput<'a> {
     pub run_options: &'a str,
     /// Content digests of stage paths computed by earlier builds.
     pub stage_contents: &'a dyn StageContents,
+    /// Where `ADD URL` downloads come from.
+    pub urls: &'a dyn UrlSource,
 }
 
 /// Content digests of paths in stage results that are already known, by
 /// [`key::content_ref_key`]; the engine computes them when a stage has run.
 pub trait StageContents {
     fn content_digest(&self, ref_key: &str) -> Option<String>;
+}
+
+/// Downloads what `ADD https://...` names. The planner asks this with the
+/// expanded URL and keys the step by the content it gets, as BuildKit keys an
+/// HTTP source by its checksum; the daemon downloads (or revalidates a copy
+/// by its ETag), tests answer from a map.
+pub trait UrlSource {
+    /// The content at `url`, downloaded to a local file.
+    fn fetch(&self, url: &str) -> Result<Fetched, String>;
+}
+
+/// A downloaded URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The downloaded bytes, in a file that stays until the build ends.
+    pub path: std::path::PathBuf,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// Fetches nothing: every URL is an error (for plans that must not touch the
+/// network).
+pub struct NoUrls;
+
+impl UrlSource for NoUrls {
+    fn fetch(&self, url: &str) -> Result<Fetched, String> {
+        Err(format!("{url}: downloads are not available here"))
+    }
 }
 
 /// Knows no content digest: every step reading a stage's paths is pending.
@@ -285,8 +315,20 @@ pub enum RunMount {
 
 #[derive(Debug, Clone)]
 pub struct CopyOp {
-    /// ADD: local archives are extracted.
+    /// Archives are extracted: ADD of local files unless `--unpack=false`,
+    /// ADD of URLs only with `--unpack=true`.
     pub add: bool,
+    /// `COPY --parents`: each source is split at its first `/./` (or at
+    /// `/` without one) into a root and a pattern, and the entries below the
+    /// root the pattern selects keep their path relative to the root under
+    /// the destination (BuildKit's IncludePatterns on the root's contents).
+    pub parents: bool,
+    /// For a context source with `--parents`: the pattern of each of
+    /// `roots`, in order.
+    pub root_patterns: Vec<String>,
+    /// `--exclude` patterns (.dockerignore syntax), matched against paths
+    /// relative to each copied root.
+    pub exclude: Vec<String>,
     pub source: CopySource,
     /// Absolute destination; ends with `/` when it names a directory.
     pub dest: String,
@@ -309,6 +351,16 @@ pub enum CopySource {
     },
     /// Paths (as written, expanded) in another stage's result.
     Stage { stage: usize, paths: Vec<String> },
+    /// `ADD URL...`: downloaded files, each named after its URL's last path
+    /// component (`__unnamed__` without one), mode 0600 unless `--chmod`.
+    Url { files: Vec<UrlFile> },
+}
+
+#[derive(Debug, Clone)]
+pub struct UrlFile {
+    pub url: String,
+    pub name: String,
+    pub fetched: Fetched,
 }
 
 /// Plans the build of `input.target` (or the last stage).
@@ -338,6 +390,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         epoch: input.epoch,
         run_options: input.run_options,
         stage_contents: input.stage_contents,
+        urls: input.urls,
     };
     let needed = needed_stages(df, &bases, target, &trigger_errors)?;
 
@@ -684,6 +737,7 @@ mod tests {
                 epoch: None,
                 run_options: "",
                 stage_contents: &NoStageContents,
+                urls: &NoUrls,
             })
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()
@@ -731,6 +785,7 @@ mod tests {
                 epoch: None,
                 run_options: "",
                 stage_contents: &NoStageContents,
+                urls: &NoUrls,
             })
             .unwrap();
             plan.stages[plan.target].config.config.working_dir.clone()
@@ -769,6 +824,7 @@ mod tests {
                 epoch: None,
                 run_options: "",
                 stage_contents: &NoStageContents,
+                urls: &NoUrls,
             })
             .unwrap();
             plan.stages[plan.target].config.config.working_dir.clone()

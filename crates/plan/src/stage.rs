@@ -773,18 +773,61 @@ fn copy_op(
         }
         None => None,
     };
+    let parents = match spec.flag("parents") {
+        None => false,
+        Some(f) => parse_bool_flag(df, f, "parents")?,
+    };
+    let mut exclude = Vec::new();
+    for f in spec.flags.iter().filter(|f| f.name == "exclude") {
+        exclude.push(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?);
+    }
+    if let Err(e) = memobuild_context::dockerignore::DockerIgnore::parse(&exclude.join("\n")) {
+        let loc = spec.flag("exclude").map_or(loc, |f| f.loc);
+        return Err(err(df, loc, format!("--exclude: {}", e.message)));
+    }
+    let unpack = match spec.flag("unpack") {
+        None => None,
+        Some(f) => Some(parse_bool_flag(df, f, "unpack")?),
+    };
+    let checksum = match spec.flag("checksum") {
+        Some(f) => Some(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?),
+        None => None,
+    };
     let mut sources = Vec::new();
+    let mut urls = Vec::new();
     for s in &spec.sources {
         let v = st.expand(&s.value, s.loc)?;
-        if v.contains("://") || v.starts_with("git@") {
+        if is_git_source(&v) {
             return Err(err_hint(
                 df,
                 s.loc,
-                format!("{keyword} from a URL ({v}) is not supported"),
-                "download the file into the build context and copy it from there",
+                format!("{keyword} of a git repository ({v}) is not supported"),
+                "clone the repository into the build context and copy it from there",
             ));
         }
+        if is_http_source(&v) {
+            if !add {
+                // BuildKit's text.
+                return Err(err(df, s.loc, "source can't be a URL for COPY"));
+            }
+            urls.push((v, s.loc));
+            continue;
+        }
         sources.push((v, s.loc));
+    }
+    if let (Some(sum), Some(f)) = (&checksum, spec.flag("checksum")) {
+        if urls.is_empty() {
+            return Err(err(df, f.loc, "checksum requires HTTP(S) or Git sources"));
+        }
+        parse_checksum(sum).map_err(|m| err(df, f.loc, m))?;
+    }
+    if !urls.is_empty() && (!sources.is_empty() || !spec.heredocs.is_empty()) {
+        return Err(err_hint(
+            df,
+            loc,
+            format!("{keyword} of URLs and of other sources in one instruction is not supported"),
+            "split it into one ADD for the URLs and one for the other sources",
+        ));
     }
     let mut inline = Vec::new();
     for doc in &spec.heredocs {
@@ -809,8 +852,44 @@ fn copy_op(
             .unwrap_or("-"),
     );
     k.strs(sources.iter().map(|(s, _)| s.as_str()));
+    // Absent from keys without them, so those keep their keys.
+    if parents {
+        k.str("parents");
+    }
+    if let Some(unpack) = unpack {
+        k.str("unpack").u64(u64::from(unpack));
+    }
+    if !exclude.is_empty() {
+        k.str("exclude").strs(exclude.iter().map(String::as_str));
+    }
 
-    let source = if let Some(from) = spec.flag("from") {
+    let (source, root_patterns) = if !urls.is_empty() {
+        if urls.len() > 1 && !dest_is_dir {
+            return Err(multi_source_error(df, keyword, spec.dest.loc));
+        }
+        let mut files = Vec::new();
+        for (url, uloc) in &urls {
+            let fetched = si
+                .input
+                .urls
+                .fetch(url)
+                .map_err(|m| err(df, *uloc, format!("{keyword} {url}: {m}")))?;
+            if let Some(sum) = &checksum {
+                verify_checksum(sum, &fetched).map_err(|m| err(df, *uloc, m))?;
+            }
+            let name = url_file_name(url);
+            // The downloaded content is the key input, as BuildKit keys an
+            // HTTP source by its checksum.
+            k.str("url").str(&name).str(&fetched.sha256);
+            st.files.insert(url.clone(), fetched.sha256.clone());
+            files.push(super::UrlFile {
+                url: url.clone(),
+                name,
+                fetched,
+            });
+        }
+        (CopySource::Url { files }, Vec::new())
+    } else if let Some(from) = spec.flag("from") {
         let position = from_position(
             si,
             from.value.as_deref().unwrap_or(""),
@@ -826,25 +905,55 @@ fn copy_op(
         let shown = st.read_stage(si, plan, position, paths.clone());
         st.files
             .insert(format!("stage:{}", plan.stages[position].label), shown);
-        CopySource::Stage {
-            stage: position,
-            paths,
-        }
+        (
+            CopySource::Stage {
+                stage: position,
+                paths,
+            },
+            Vec::new(),
+        )
     } else {
         let index = si.input.context.clone();
         let mut roots = Vec::new();
+        let mut root_patterns = Vec::new();
+        let not_found = |e: select::SelectError, sloc: Loc| {
+            err_hint(
+                df,
+                sloc,
+                format!("{keyword} source: {e}"),
+                "check the path (relative to the build context) and the .dockerignore",
+            )
+        };
         for (s, sloc) in &sources {
-            let selected = select::select(&index, s).map_err(|e| {
-                err_hint(
-                    df,
-                    *sloc,
-                    format!("{keyword} source: {e}"),
-                    "check the path (relative to the build context) and the .dockerignore",
-                )
-            })?;
+            let (root, pattern) = if parents {
+                let (root, pattern) = split_parents(s);
+                // BuildKit requires the path to exist unless it has wildcards.
+                if !has_wildcard(root) && !has_wildcard(pattern) {
+                    select::select(&index, &format!("{root}/{pattern}"))
+                        .map_err(|e| not_found(e, *sloc))?;
+                }
+                (root, Some(pattern))
+            } else {
+                (s.as_str(), None)
+            };
+            let selected = match select::select(&index, root) {
+                Ok(selected) => selected,
+                // A wildcard pattern may match nothing (AllowEmptyWildcard).
+                Err(select::SelectError::NotFound(_))
+                    if pattern.is_some_and(has_wildcard) || has_wildcard(root) =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(not_found(e, *sloc)),
+            };
+            if let Some(pattern) = pattern {
+                root_patterns.extend(selected.iter().map(|_| pattern.to_string()));
+            }
             roots.extend(selected);
         }
-        if roots.len() + inline.len() > 1 && !dest_is_dir {
+        // BuildKit counts the sources as written: a wildcard matching several
+        // roots copies each in turn to the destination.
+        if sources.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
         let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
@@ -870,15 +979,24 @@ fn copy_op(
         })?;
         st.files = selection.shown;
         st.partial = selection.partial;
-        CopySource::Context {
-            index,
-            roots,
-            digests: Arc::new(selection.files),
-        }
+        (
+            CopySource::Context {
+                index,
+                roots,
+                digests: Arc::new(selection.files),
+            },
+            root_patterns,
+        )
     };
+    // BuildKit: ADD extracts local archives unless --unpack=false, and URLs
+    // only with --unpack=true.
+    let add = add && unpack.unwrap_or(urls.is_empty());
     Ok((
         Op::Copy(CopyOp {
             add,
+            parents,
+            root_patterns,
+            exclude,
             source,
             dest,
             chown,
@@ -1289,6 +1407,117 @@ fn mount_key(
         }
     }
     Ok(())
+}
+
+/// BuildKit's isHTTPSource.
+fn is_http_source(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
+}
+
+/// A git repository as ADD names one (BuildKit's gitutil): `git@host:...`,
+/// `git://`, `ssh://`, or an HTTP(S) URL whose path ends in `.git` (with an
+/// optional `#ref`).
+fn is_git_source(src: &str) -> bool {
+    if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
+        return true;
+    }
+    if !is_http_source(src) {
+        return false;
+    }
+    let without_ref = src.split('#').next().unwrap_or(src);
+    let path = without_ref.split('?').next().unwrap_or(without_ref);
+    path.trim_end_matches('/').ends_with(".git")
+}
+
+/// The file name an `ADD URL` writes: the URL path's last component, or
+/// `__unnamed__` (BuildKit).
+fn url_file_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .split_once('/')
+        .map_or("", |(_, p)| p);
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
+}
+
+/// `--checksum=ALGO:HEX` as BuildKit (go-digest) accepts it: sha256, sha384
+/// or sha512, lowercase hex of the right length.
+fn parse_checksum(text: &str) -> Result<(&str, &str), String> {
+    let Some((algo, hex)) = text.split_once(':') else {
+        return Err(format!("invalid checksum digest format: {text:?}"));
+    };
+    let len = match algo {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(format!("unsupported digest algorithm: {algo:?}")),
+    };
+    if hex.len() != len
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!("invalid checksum digest format: {text:?}"));
+    }
+    Ok((algo, hex))
+}
+
+/// Checks downloaded bytes against `--checksum`.
+fn verify_checksum(text: &str, fetched: &super::Fetched) -> Result<(), String> {
+    use sha2::Digest as _;
+    let (algo, want) = parse_checksum(text)?;
+    let got = if algo == "sha256" {
+        fetched.sha256.clone()
+    } else {
+        let bytes =
+            std::fs::read(&fetched.path).map_err(|e| format!("reading the download: {e}"))?;
+        match algo {
+            "sha384" => hex::encode(sha2::Sha384::digest(&bytes)),
+            _ => hex::encode(sha2::Sha512::digest(&bytes)),
+        }
+    };
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("digest mismatch {algo}:{got}: {text}"))
+    }
+}
+
+fn parse_bool_flag(
+    df: &Dockerfile,
+    f: &memobuild_dockerfile::Flag,
+    name: &str,
+) -> Result<bool, DockerfileError> {
+    match f.value.as_deref() {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(v) => Err(err(
+            df,
+            f.loc,
+            format!("expecting boolean value for flag {name}, not: {v}"),
+        )),
+    }
+}
+
+/// `COPY --parents SRC`: the root (before the first `/./`, or `/`) and the
+/// pattern of what below it is copied with its path (BuildKit's pivot).
+pub fn split_parents(src: &str) -> (&str, &str) {
+    match src.split_once("/./") {
+        Some((root, pattern)) => (
+            if root.is_empty() { "/" } else { root },
+            pattern.trim_start_matches('/'),
+        ),
+        None => ("/", src.trim_start_matches('/')),
+    }
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
 }
 
 fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileError {

@@ -74,6 +74,7 @@ impl Fixture {
             epoch: None,
             run_options: "",
             stage_contents: &memobuild_plan::NoStageContents,
+            urls: &memobuild_plan::NoUrls,
         })
     }
 }

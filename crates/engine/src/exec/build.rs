@@ -455,6 +455,7 @@ pub fn make_plan(
         epoch: request.source_date_epoch,
         run_options: &run_options,
         stage_contents: &StoreContents(&engine.store),
+        urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
     })
     .map_err(dockerfile_error)
 }
@@ -759,6 +760,7 @@ async fn run_stage(
                             stage_layers: &stage_layers,
                             context_root: std::path::Path::new(&run.request.context),
                             epoch,
+                            no_cache,
                         };
                         let run =
                             tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());

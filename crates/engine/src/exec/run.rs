@@ -49,6 +49,9 @@ pub struct RunContext<'a> {
     pub stage_layers: &'a std::collections::BTreeMap<usize, Vec<LayerRecord>>,
     pub context_root: &'a Path,
     pub epoch: Option<i64>,
+    /// The step runs because of `--no-cache`/`--no-cache-filter`: a cache
+    /// mount with `uid=`/`gid=`/`mode=` starts empty (see `Mounts::cache_dir`).
+    pub no_cache: bool,
 }
 
 fn err(message: impl Into<String>) -> RpcError {
@@ -514,6 +517,18 @@ impl Mounts {
             None => Ok(dir),
             Some(o) => {
                 let sub = dir.join("cache");
+                // BuildKit makes such a cache from a Mkdir of its own, which
+                // --no-cache runs again: the step gets a new, empty cache, and
+                // later steps of that id see what it left (moby/buildkit#5305).
+                // The old one is moved aside (a step still using it keeps it
+                // until this step ends), then removed.
+                if cx.no_cache && sub.exists() {
+                    let old = temp_in(cx)?;
+                    std::fs::rename(&sub, old.path().join("cache")).map_err(|e| {
+                        err(format!("resetting cache mount {}: {e}", sub.display()))
+                    })?;
+                    self._temp.push(old);
+                }
                 if !sub.exists() {
                     create_cache_dir(&sub, o.uid, o.gid, o.mode)
                         .map_err(|e| err(format!("creating cache mount {}: {e}", sub.display())))?;
