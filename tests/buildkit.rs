@@ -3150,3 +3150,318 @@ COPY --from=b2 /etc/passwd p2
         assert!(out.success, "{}", out.text());
     }
 }
+
+// ---------------------------------------------------------------------------
+// dockerfile_add_test.go (URLs), with a local HTTP server
+
+/// One resource of [`HttpServer`].
+#[derive(Clone)]
+struct Resource {
+    content: Vec<u8>,
+    etag: String,
+    last_modified: Option<String>,
+}
+
+impl Resource {
+    fn new(content: impl Into<Vec<u8>>) -> Resource {
+        let n = NEXT_ETAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Resource {
+            content: content.into(),
+            etag: format!("\"etag-{}-{n}\"", std::process::id()),
+            last_modified: None,
+        }
+    }
+}
+
+static NEXT_ETAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A request the server got: method, path, User-Agent.
+#[derive(Clone, Debug)]
+struct Request {
+    method: String,
+    path: String,
+}
+
+/// BuildKit's httpserver.NewTestServer: serves `routes` on 127.0.0.1 over
+/// HTTP/1.1 (GET and HEAD, ETag and Last-Modified) and records the requests.
+struct HttpServer {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+impl HttpServer {
+    fn start(routes: Vec<(&str, Resource)>) -> HttpServer {
+        use std::io::{BufRead, Write};
+        let routes: std::collections::HashMap<String, Resource> = routes
+            .into_iter()
+            .map(|(p, r)| (p.to_string(), r))
+            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                }
+                log.lock().expect("log").push(Request {
+                    method: method.clone(),
+                    path: path.clone(),
+                });
+                let mut conn = conn;
+                let response = match routes.get(&path) {
+                    Some(r) => {
+                        let mut head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {}\r\nConnection: close\r\n",
+                            r.content.len(),
+                            r.etag
+                        );
+                        if let Some(lm) = &r.last_modified {
+                            head.push_str(&format!("Last-Modified: {lm}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        let mut bytes = head.into_bytes();
+                        if method != "HEAD" {
+                            bytes.extend_from_slice(&r.content);
+                        }
+                        bytes
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = conn.write_all(&response);
+            }
+        });
+        HttpServer { url, requests }
+    }
+
+    fn requests(&self, path: &str) -> Vec<Request> {
+        self.requests
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+/// sha256:HEX of `bytes` (go-digest's digest.FromBytes).
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// testDockerfileADDFromURL: `ADD URL /dest/` names the file after the URL
+/// (`__unnamed__` for `/`); a second build asks with HEAD and reuses the
+/// download when the ETag is unchanged. BuildKit also sets the file's mtime
+/// from Last-Modified (issue 11 item 11, file times, not done yet) and sends
+/// `User-Agent: buildkit/v...` (memobuild sends `memobuild/VERSION`, a
+/// deliberate difference, not asserted).
+#[test]
+#[ignore = "issue 11: the mtime of an ADD URL file is not Last-Modified yet (item 11, file times)"]
+fn test_dockerfile_add_from_url() {
+    let bk = Bk::start();
+    let mut unnamed = Resource::new("content2");
+    unnamed.last_modified = Some("Fri, 04 Dec 2026 06:00:00 GMT".into());
+    let server = HttpServer::start(vec![("/foo", Resource::new("content1")), ("/", unnamed)]);
+    let ctx = Ctx::new(&format!("\nFROM scratch\nADD {}/foo /dest/\n", server.url));
+    assert_eq!(bk.ok(&ctx, &[]).read("/dest/foo"), "content1");
+    // Again: a HEAD request, no new download.
+    bk.ok(&ctx, &[]);
+    let ctx2 = Ctx::new(&format!("\nFROM scratch\nADD {}/ /dest/\n", server.url));
+    let img = bk.ok(&ctx2, &[]);
+    assert_eq!(img.read("/dest/__unnamed__"), "content2");
+    let methods: Vec<String> = server
+        .requests("/foo")
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, ["GET", "HEAD"]);
+    // Last-Modified as the file's mtime (Unix seconds of the date above).
+    assert_eq!(
+        layer_mtime(&img.archive, "dest/__unnamed__"),
+        Some(1_796_364_000)
+    );
+}
+
+/// The tar header mtime of `path` (relative) in the last layer of an
+/// `-o type=oci` archive that has it.
+fn layer_mtime(archive: &Path, path: &str) -> Option<u64> {
+    let (index, blobs) = common::oci_archive(archive);
+    let manifest = &blobs[index["manifests"][0]["digest"].as_str().expect("manifest")];
+    let manifest: Value = serde_json::from_slice(manifest).expect("manifest JSON");
+    let mut found = None;
+    for layer in manifest["layers"].as_array().expect("layers") {
+        let blob = &blobs[layer["digest"].as_str().expect("layer digest")];
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
+        for entry in tar.entries().expect("layer entries") {
+            let entry = entry.expect("layer entry");
+            let name = entry.path().expect("path").display().to_string();
+            if name.trim_start_matches("./").trim_end_matches('/') == path {
+                found = entry.header().mtime().ok();
+            }
+        }
+    }
+    found
+}
+
+/// testAddURLChmod: `--chmod` on downloaded files, also from an ARG.
+#[test]
+fn test_add_url_chmod() {
+    let bk = Bk::start();
+    let server = HttpServer::start(vec![("/foo", Resource::new("content1"))]);
+    let ctx = Ctx::new(&format!(
+        r#"
+FROM busybox AS build
+ADD --chmod=644 {0} /tmp/foo1
+ADD --chmod=755 {0} /tmp/foo2
+ADD --chmod=0413 {0} /tmp/foo3
+ARG mode
+ADD --chmod=${{mode}} {0} /tmp/foo4
+RUN stat -c "%04a" /tmp/foo1 >> /dest && \
+	stat -c "%04a" /tmp/foo2 >> /dest && \
+	stat -c "%04a" /tmp/foo3 >> /dest && \
+	stat -c "%04a" /tmp/foo4 >> /dest
+
+FROM scratch
+COPY --from=build /dest /dest
+"#,
+        format!("{}/foo", server.url)
+    ));
+    let img = bk.ok(&ctx, &["--build-arg", "mode=400"]);
+    assert_eq!(img.read("/dest"), "0644\n0755\n0413\n0400\n");
+}
+
+/// testAddChecksum: `--checksum` accepts the content's digest (also from
+/// ENV), refuses a mismatch, other algorithms, a digest without algorithm
+/// and a checksum on a local source.
+#[test]
+fn test_add_checksum() {
+    let bk = Bk::start();
+    let server = HttpServer::start(vec![("/foo", Resource::new("content1"))]);
+    let url = format!("{}/foo", server.url);
+    let good = digest_of(b"content1");
+    // Valid
+    bk.ok(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={good} {url} /tmp/foo\n"
+        )),
+        &[],
+    );
+    // DigestFromEnv
+    bk.ok(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nENV DIGEST={good}\nENV LINK={url}\nADD --checksum=${{DIGEST}} ${{LINK}} /tmp/foo\n"
+        )),
+        &[],
+    );
+    // DigestMismatch
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={} {url} /tmp/foo\n",
+            digest_of(b"")
+        )),
+        &[],
+        &["digest mismatch"],
+    );
+    // DigestWithKnownButUnsupportedAlgoName
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum=md5:7e55db001d319a94b0b713529a756623 {url} /tmp/foo\n"
+        )),
+        &[],
+        &["unsupported digest algorithm"],
+    );
+    // DigestWithUnknownAlgoName
+    let hexpart = good.trim_start_matches("sha256:");
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum=unknown:{hexpart} {url} /tmp/foo\n"
+        )),
+        &[],
+        &["unsupported digest algorithm"],
+    );
+    // DigestWithoutAlgoName
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={hexpart} {url} /tmp/foo\n"
+        )),
+        &[],
+        &["invalid checksum digest format"],
+    );
+    // NonHTTPSource
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={} foo /tmp/foo\n",
+            digest_of(b"local file")
+        ))
+        .file("foo", "local file"),
+        &[],
+        &["checksum requires HTTP(S) or Git sources"],
+    );
+}
+
+/// testDockerfileAddArchive: ADD extracts a local tar and tar.gz, not with
+/// `--unpack=false`; COPY never extracts; ADD of a URL does not extract
+/// unless `--unpack=true`; a URL to a new file name keeps the archive.
+#[test]
+fn test_dockerfile_add_archive() {
+    let bk = Bk::start();
+    let t = tarball(&[("foo", TarEntry::File(b"content0", 0o644))]);
+    let gz = gzipped(&t);
+    let ctx = Ctx::new("\nFROM scratch\nADD t.tar /\n").file("t.tar", &t);
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "content0");
+    let ctx = Ctx::new("\nFROM scratch\nADD t.tar.gz /\n").file("t.tar.gz", &gz);
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "content0");
+    // --unpack=false
+    let ctx =
+        Ctx::new("\n\tFROM scratch\n\tADD --unpack=false t.tar.gz /\n\t").file("t.tar.gz", &gz);
+    let img = bk.ok(&ctx, &[]);
+    assert!(!img.has("/foo"));
+    assert_eq!(
+        common::oci_file(&img.archive, "/t.tar.gz"),
+        Some(gz.clone())
+    );
+    // COPY doesn't extract
+    let ctx = Ctx::new("\nFROM scratch\nCOPY t.tar.gz /\n").file("t.tar.gz", &gz);
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(
+        common::oci_file(&img.archive, "/t.tar.gz"),
+        Some(gz.clone())
+    );
+    // ADD from URL doesn't extract
+    let server = HttpServer::start(vec![("/t.tar.gz", Resource::new(gz.clone()))]);
+    let url = format!("{}/t.tar.gz", server.url);
+    let img = bk.ok(&Ctx::new(&format!("\nFROM scratch\nADD {url} /\n")), &[]);
+    assert_eq!(
+        common::oci_file(&img.archive, "/t.tar.gz"),
+        Some(gz.clone())
+    );
+    // ADD from URL with --unpack=true
+    let img = bk.ok(
+        &Ctx::new(&format!("\nFROM scratch\nADD --unpack=true {url} /dest/\n")),
+        &[],
+    );
+    assert_eq!(img.read("/dest/foo"), "content0");
+    // https://github.com/moby/buildkit/issues/386
+    let img = bk.ok(
+        &Ctx::new(&format!("\nFROM scratch\nADD {url} /newname.tar.gz\n")),
+        &[],
+    );
+    assert_eq!(common::oci_file(&img.archive, "/newname.tar.gz"), Some(gz));
+}

@@ -3,8 +3,9 @@
 //! with everything it will do already resolved (variables expanded, paths made
 //! absolute, sources selected) and its cache key computed.
 //!
-//! Planning reads the context's metadata and hashes the files COPY/ADD select,
-//! but never touches the filesystem of an image: what depends on the parent
+//! Planning reads the context's metadata and hashes the files COPY/ADD select
+//! (and gets what `ADD https://...` names from a [`UrlSource`]), but never
+//! touches the filesystem of an image: what depends on the parent
 //! layers (does the destination exist? who is user `app`?) is decided when the
 //! step runs, in `exec`, and is covered by the key through the parent's key.
 

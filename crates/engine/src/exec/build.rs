@@ -213,6 +213,16 @@ fn fast_path(
     if last.epoch != request.source_date_epoch || !image_intact(engine, id, &manifest) {
         return Ok(None);
     }
+    // A build that downloaded a URL asks its server again (ADD https://...):
+    // the planner records each as a key input named by the URL.
+    if last.steps.iter().any(|s| {
+        s.inputs
+            .files
+            .keys()
+            .any(|k| k.starts_with("http://") || k.starts_with("https://"))
+    }) {
+        return Ok(None);
+    }
     // A base image re-tagged or removed since makes the last result stale.
     for (name, digest) in &last.images {
         let now = engine.store.image(name).map_err(internal)?;
