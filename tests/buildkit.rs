@@ -3465,3 +3465,26 @@ fn test_dockerfile_add_archive() {
     );
     assert_eq!(common::oci_file(&img.archive, "/newname.tar.gz"), Some(gz));
 }
+
+// ---------------------------------------------------------------------------
+// dockerfile_source_date_epoch_test.go (the image config; file times and
+// BuildKit's rewritten-timestamp layer annotation are issue 11 item 11)
+
+/// testSourceDateEpochWithoutExporter: `--build-arg SOURCE_DATE_EPOCH` sets
+/// the image's `created` and every history entry's.
+#[test]
+fn test_source_date_epoch_without_exporter() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nENTRYPOINT foo bar\nCOPY Dockerfile .\n");
+    let img = bk.ok(&ctx, &["--build-arg", "SOURCE_DATE_EPOCH=1700000001"]);
+    assert_eq!(
+        img.config["created"], "2023-11-14T22:13:21Z",
+        "{}",
+        img.config
+    );
+    let history = img.config["history"].as_array().expect("history");
+    assert!(!history.is_empty());
+    for h in history {
+        assert_eq!(h["created"], "2023-11-14T22:13:21Z", "{h}");
+    }
+}
