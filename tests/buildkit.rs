@@ -3488,3 +3488,37 @@ fn test_source_date_epoch_without_exporter() {
         assert_eq!(h["created"], "2023-11-14T22:13:21Z", "{h}");
     }
 }
+
+/// testCacheMountSourceEscape: a cache mount's `source=` that an earlier step
+/// turned into a symlink out of the cache (`sel -> /etc`) fails the build.
+/// Also checks that `source=` mounts the subdirectory (not in the Go test).
+#[test]
+fn test_cache_mount_source_escape() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS init
+RUN --mount=type=cache,id=sourceescape,target=/cache mkdir -p /cache/sel && echo benign > /cache/sel/benign.txt
+
+FROM init AS link
+RUN --mount=type=cache,id=sourceescape,target=/cache rm -rf /cache/sel && ln -s /etc /cache/sel
+
+FROM link AS victim
+RUN --mount=type=cache,id=sourceescape,source=sel,target=/victim cat /victim/hostname
+
+FROM scratch
+COPY --from=victim /etc/hostname /hostname
+"#,
+    );
+    bk.fails_with(&ctx, &["--no-cache"], &["source=sel", "symbolic link"]);
+    let ok = Ctx::new(
+        r#"
+FROM busybox AS init
+RUN --mount=type=cache,id=sub,target=/cache mkdir -p /cache/sel && echo benign > /cache/sel/benign.txt
+RUN --mount=type=cache,id=sub,source=sel,target=/victim cat /victim/benign.txt > /out
+FROM scratch
+COPY --from=init /out /out
+"#,
+    );
+    assert_eq!(bk.ok(&ok, &[]).read("/out"), "benign\n");
+}

@@ -282,6 +282,9 @@ pub enum RunMount {
         /// those not given), as BuildKit mounts `/cache` of a Mkdir state;
         /// without them, the cache's root (0:0, 0755).
         owner: Option<CacheOwner>,
+        /// `source=`: a subdirectory of the cache to mount (cleaned, relative);
+        /// a path through a symlink is refused when the step runs.
+        source: Option<String>,
     },
     /// A secret the client sent with the build, present only during the step.
     Secret {

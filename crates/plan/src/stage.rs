@@ -1191,11 +1191,15 @@ fn parse_mount(
     match kind.as_str() {
         "cache" => {
             let target = target.ok_or_else(|| bad("a cache mount needs target=PATH".into()))?;
-            if fields.contains_key("from") || fields.contains_key("source") {
+            if fields.contains_key("from") {
                 return Err(bad(
-                    "cache mounts seeded from a stage (from=, source=) are not supported".into(),
+                    "cache mounts seeded from a stage (from=) are not supported".into(),
                 ));
             }
+            let source = fields
+                .get("source")
+                .map(|s| memobuild_rootpath::clean(s))
+                .filter(|s| !s.is_empty());
             let sharing = match fields
                 .get("sharing")
                 .map(String::as_str)
@@ -1232,6 +1236,7 @@ fn parse_mount(
                 sharing,
                 readonly: truthy(fields.get("readonly")),
                 owner,
+                source,
             })
         }
         "secret" => {
@@ -1326,6 +1331,7 @@ fn mount_key(
                 sharing,
                 readonly,
                 owner,
+                source,
             } => {
                 k.str("cache")
                     .str(target)
@@ -1340,6 +1346,10 @@ fn mount_key(
                         .u64(o.mode.into()),
                     None => k.u64(0),
                 };
+                // Absent from keys without it, so those keep their keys.
+                if let Some(source) = source {
+                    k.str("source").str(source);
+                }
             }
             RunMount::Secret {
                 id,

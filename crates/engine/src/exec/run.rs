@@ -365,8 +365,17 @@ impl Mounts {
                     sharing,
                     readonly,
                     owner,
+                    source,
                 } => {
-                    let dir = m.cache_dir(cx, id, *sharing, *owner)?;
+                    let mut dir = m.cache_dir(cx, id, *sharing, *owner)?;
+                    if let Some(source) = source {
+                        dir = cache_subdir(&dir, source).map_err(|e| {
+                            RpcError::of(
+                                ErrorKind::InvalidInput,
+                                format!("{}: cache mount source={source}: {e}", cx.display),
+                            )
+                        })?;
+                    }
                     m.extra.push(ExtraMount {
                         source: MountSource::Host(dir),
                         target: target.clone(),
@@ -537,6 +546,30 @@ impl Mounts {
             }
         }
     }
+}
+
+/// `source=` below a cache directory: each component a real directory
+/// (created when missing, 0755), never a symlink, so a step cannot make a
+/// later mount reach outside the cache (BuildKit refuses the same).
+fn cache_subdir(dir: &Path, source: &str) -> Result<PathBuf, String> {
+    let mut path = dir.to_path_buf();
+    for part in source.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!(
+                    "{part} is a symbolic link; a cache source must stay inside the cache"
+                ))
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("{part} is not a directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_cache_dir(&path, 0, 0, 0o755).map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(path)
 }
 
 /// `cache-mounts/` itself: 0700.
