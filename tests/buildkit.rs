@@ -600,7 +600,6 @@ RUN echo $(hostname) | grep foo
 
 /// testStepNames: progress names steps `[stage n/m] INSTRUCTION`.
 #[test]
-#[ignore = "issue 11: progress counts steps without FROM and names unnamed stages `1`, not `stage-1`"]
 fn test_step_names() {
     let bk = Bk::start();
     let ctx = Ctx::new(

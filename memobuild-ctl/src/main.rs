@@ -12,6 +12,7 @@ mod progress;
 mod registry;
 mod rootfs;
 mod stdin;
+mod steplabel;
 mod tty;
 
 use clap::{Parser, Subcommand};
