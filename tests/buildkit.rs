@@ -1862,7 +1862,6 @@ COPY --from=build /dest /
 /// testRunComplexHeredoc: here-documents fed to commands in a pipeline, two
 /// in one RUN, and on file descriptors 3 and 4.
 #[test]
-#[ignore = "issue 11: RUN here-documents fed to a command (cat <<EOF | ..., 3<<IN1) are not parsed"]
 fn test_run_complex_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(

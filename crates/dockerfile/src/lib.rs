@@ -6,6 +6,7 @@
 //! expansion, paths) is decided when the build graph is planned, in `graph`.
 
 pub mod expand;
+mod heredoc;
 pub mod suggest;
 
 use std::fmt;
@@ -234,6 +235,9 @@ struct Converter<'a> {
     text: &'a str,
     lines: LineIndex<'a>,
     escape: char,
+    /// By the offset of a RUN keyword: its shell command with the
+    /// here-documents the parser does not take (see `heredoc`).
+    run_heredocs: std::collections::BTreeMap<usize, String>,
 }
 
 /// Largest Dockerfile the daemon reads.
@@ -247,6 +251,10 @@ pub fn read_file(path: &std::path::Path) -> Result<String, memobuild_rootpath::s
 
 /// Parses a Dockerfile. `name` is how errors refer to the file.
 pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
+    // RUN here-documents the parser does not take (several, or fed to a
+    // command) leave the text here, same offsets, and join the command later.
+    let (blanked, run_heredocs) = heredoc::split_run_heredocs(text);
+    let text = blanked.as_str();
     let parsed = parse_dockerfile::parse(text).map_err(|e| {
         // The crate reports "no stage" at line 0; positions we print are 1-based.
         let loc = Loc {
@@ -286,6 +294,7 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
         text,
         lines: LineIndex::new(text),
         escape,
+        run_heredocs,
     };
     let mut global_args = Vec::new();
     for arg in parsed.global_args() {
@@ -734,6 +743,10 @@ impl Converter<'_> {
                 ));
             }
             _ => return Err(self.error(i.run.span.start, "unsupported RUN form")),
+        };
+        let command = match self.run_heredocs.get(&i.run.span.start) {
+            Some(full) => CommandForm::Shell(full.clone()),
+            None => command,
         };
         Ok(RunSpec {
             flags,
