@@ -480,7 +480,15 @@ impl Converter<'_> {
                     &i.options,
                     &i.src,
                     &i.dest,
-                    &["chown", "chmod", "link", "exclude", "checksum", "unpack"],
+                    &[
+                        "chown",
+                        "chmod",
+                        "link",
+                        "exclude",
+                        "checksum",
+                        "unpack",
+                        "keep-git-dir",
+                    ],
                 )?),
             ),
             P::Healthcheck(i) => (

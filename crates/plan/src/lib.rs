@@ -64,6 +64,23 @@ pub trait StageContents {
 pub trait UrlSource {
     /// The content at `url`, downloaded to a local file.
     fn fetch(&self, url: &str) -> Result<Fetched, String>;
+
+    /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
+    /// remote's HEAD when empty), checked out in a local directory, with
+    /// its `.git` when `keep_git_dir`.
+    fn git(&self, remote: &str, reference: &str, keep_git_dir: bool) -> Result<GitTree, String> {
+        let _ = (reference, keep_git_dir);
+        Err(format!("{remote}: git repositories are not available here"))
+    }
+}
+
+/// A checked-out git commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitTree {
+    /// The checkout, kept until the build ends.
+    pub dir: std::path::PathBuf,
+    /// The full hex commit hash (SHA-1 or SHA-256).
+    pub commit: String,
 }
 
 /// A downloaded URL.
@@ -358,6 +375,9 @@ pub enum CopySource {
     /// `ADD URL...`: downloaded files, each named after its URL's last path
     /// component (`__unnamed__` without one), mode 0600 unless `--chmod`.
     Url { files: Vec<UrlFile> },
+    /// `ADD` of a git repository: the checkout's tree (a subdirectory of it
+    /// with `#ref:subdir`) copied into the destination directory.
+    Git { tree: GitTree, subdir: String },
 }
 
 #[derive(Debug, Clone)]

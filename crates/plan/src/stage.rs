@@ -793,17 +793,29 @@ fn copy_op(
         Some(f) => Some(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?),
         None => None,
     };
+    let keep_git_dir = match spec.flag("keep-git-dir") {
+        None => false,
+        Some(f) => parse_bool_flag(df, f, "keep-git-dir")?,
+    };
     let mut sources = Vec::new();
     let mut urls = Vec::new();
+    let mut gits = Vec::new();
     for s in &spec.sources {
         let v = st.expand(&s.value, s.loc)?;
         if is_git_source(&v) {
-            return Err(err_hint(
-                df,
-                s.loc,
-                format!("{keyword} of a git repository ({v}) is not supported"),
-                "clone the repository into the build context and copy it from there",
-            ));
+            if !add {
+                return Err(err(df, s.loc, "source can't be a git ref for COPY"));
+            }
+            if v.starts_with("git@") || v.starts_with("ssh://") {
+                return Err(err_hint(
+                    df,
+                    s.loc,
+                    format!("{keyword} {v}: git over ssh needs --ssh, which memobuild does not support yet"),
+                    "use the repository's https:// URL",
+                ));
+            }
+            gits.push((v, s.loc));
+            continue;
         }
         if is_http_source(&v) {
             if !add {
@@ -816,10 +828,29 @@ fn copy_op(
         sources.push((v, s.loc));
     }
     if let (Some(sum), Some(f)) = (&checksum, spec.flag("checksum")) {
-        if urls.is_empty() {
+        if urls.is_empty() && gits.is_empty() {
             return Err(err(df, f.loc, "checksum requires HTTP(S) or Git sources"));
         }
-        parse_checksum(sum).map_err(|m| err(df, f.loc, m))?;
+        if gits.is_empty() {
+            parse_checksum(sum).map_err(|m| err(df, f.loc, m))?;
+        } else if sum.is_empty() || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // BuildKit's text.
+            return Err(err(
+                df,
+                f.loc,
+                format!("invalid checksum {sum:?}: expected hex commit hash"),
+            ));
+        }
+    }
+    if !gits.is_empty()
+        && (gits.len() > 1 || !urls.is_empty() || !sources.is_empty() || !spec.heredocs.is_empty())
+    {
+        return Err(err_hint(
+            df,
+            loc,
+            format!("{keyword} of a git repository with other sources is not supported"),
+            "add each repository with an ADD of its own",
+        ));
     }
     if !urls.is_empty() && (!sources.is_empty() || !spec.heredocs.is_empty()) {
         return Err(err_hint(
@@ -863,7 +894,34 @@ fn copy_op(
         k.str("exclude").strs(exclude.iter().map(String::as_str));
     }
 
-    let (source, root_patterns) = if !urls.is_empty() {
+    let (source, root_patterns) = if let Some((repo, gloc)) = gits.first() {
+        let (remote, reference, subdir) = split_git_ref(repo);
+        let tree = si
+            .input
+            .urls
+            .git(&remote, &reference, keep_git_dir)
+            .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
+        if let Some(sum) = &checksum {
+            if !tree.commit.starts_with(sum.as_str()) {
+                return Err(err(
+                    df,
+                    *gloc,
+                    format!(
+                        "{keyword} {repo}: expected checksum to match {sum}, got {}",
+                        tree.commit
+                    ),
+                ));
+            }
+        }
+        // The commit is the key input, as BuildKit keys a git source by it.
+        k.str("git")
+            .str(&tree.commit)
+            .str(&subdir)
+            .u64(u64::from(keep_git_dir));
+        st.files
+            .insert(remote.clone(), format!("git:{}", tree.commit));
+        (CopySource::Git { tree, subdir }, Vec::new())
+    } else if !urls.is_empty() {
         if urls.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
@@ -1437,6 +1495,18 @@ fn is_git_source(src: &str) -> bool {
     let without_ref = src.split('#').next().unwrap_or(src);
     let path = without_ref.split('?').next().unwrap_or(without_ref);
     path.trim_end_matches('/').ends_with(".git")
+}
+
+/// `REMOTE#REF:SUBDIR` (BuildKit's fragment): the remote, the ref (empty:
+/// the remote's HEAD) and the subdirectory (cleaned, empty for the root).
+fn split_git_ref(src: &str) -> (String, String, String) {
+    let (remote, fragment) = src.split_once('#').unwrap_or((src, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    (
+        remote.to_string(),
+        reference.to_string(),
+        memobuild_rootpath::clean(subdir),
+    )
 }
 
 /// The file name an `ADD URL` writes: the URL path's last component, or

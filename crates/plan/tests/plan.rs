@@ -257,6 +257,23 @@ struct Urls {
 }
 
 impl memobuild_plan::UrlSource for Urls {
+    /// Every ref of a remote named in `content` is the commit its content names.
+    fn git(
+        &self,
+        remote: &str,
+        reference: &str,
+        _keep_git_dir: bool,
+    ) -> Result<memobuild_plan::GitTree, String> {
+        let commit = self
+            .content
+            .get(&format!("{remote}#{reference}"))
+            .ok_or("no such ref")?;
+        Ok(memobuild_plan::GitTree {
+            dir: self.dir.path().to_path_buf(),
+            commit: commit.clone(),
+        })
+    }
+
     fn fetch(&self, url: &str) -> Result<memobuild_plan::Fetched, String> {
         use sha2::Digest as _;
         let text = self.content.get(url).ok_or("404")?;
@@ -355,5 +372,54 @@ fn copy_flags_change_the_key_only_when_given() {
             assert_eq!(c.root_patterns, ["b.txt"]);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// ADD of a git ref is keyed by the commit it names (not by `--checksum`,
+/// which must be a prefix of that commit); COPY and ssh remotes are refused.
+#[test]
+fn add_of_a_git_ref_is_keyed_by_its_commit() {
+    let f = Fixture::new(&[]);
+    let mut urls = Urls {
+        dir: tempfile::tempdir().unwrap(),
+        content: BTreeMap::from([("https://h/r.git#v1".to_string(), "a".repeat(40))]),
+    };
+    let df = "FROM scratch\nADD https://h/r.git#v1 /src\n";
+    let one = f.plan_with_urls(df, &urls).unwrap();
+    let with_sum = format!(
+        "FROM scratch\nADD --checksum={} https://h/r.git#v1 /src\n",
+        "a".repeat(12)
+    );
+    assert_eq!(
+        keys(&one),
+        keys(&f.plan_with_urls(&with_sum, &urls).unwrap())
+    );
+    let keep = "FROM scratch\nADD --keep-git-dir https://h/r.git#v1 /src\n";
+    assert_ne!(keys(&one), keys(&f.plan_with_urls(keep, &urls).unwrap()));
+    urls.content
+        .insert("https://h/r.git#v1".to_string(), "b".repeat(40));
+    assert_ne!(keys(&one), keys(&f.plan_with_urls(df, &urls).unwrap()));
+    let wrong = format!(
+        "FROM scratch\nADD --checksum={} https://h/r.git#v1 /src\n",
+        "a".repeat(40)
+    );
+    let err = f.plan_with_urls(&wrong, &urls).unwrap_err();
+    assert!(
+        err.message.contains("expected checksum to match"),
+        "{}",
+        err.message
+    );
+    let garbage = "FROM scratch\nADD --checksum=foobar https://h/r.git#v1 /src\n";
+    let err = f.plan_with_urls(garbage, &urls).unwrap_err();
+    assert!(
+        err.message.contains("expected hex commit hash"),
+        "{}",
+        err.message
+    );
+    for df in [
+        "FROM scratch\nCOPY https://h/r.git#v1 /src\n",
+        "FROM scratch\nADD git@h:r.git#v1 /src\n",
+    ] {
+        assert!(f.plan_with_urls(df, &urls).is_err(), "{df}");
     }
 }

@@ -213,13 +213,13 @@ fn fast_path(
     if last.epoch != request.source_date_epoch || !image_intact(engine, id, &manifest) {
         return Ok(None);
     }
-    // A build that downloaded a URL asks its server again (ADD https://...):
-    // the planner records each as a key input named by the URL.
+    // A build that downloaded a URL or a git repository asks its server
+    // again (ADD https://..., ADD REPO#REF): the planner records each as a
+    // key input named by the URL (a git one with the value `git:COMMIT`).
     if last.steps.iter().any(|s| {
-        s.inputs
-            .files
-            .keys()
-            .any(|k| k.starts_with("http://") || k.starts_with("https://"))
+        s.inputs.files.iter().any(|(k, v)| {
+            k.starts_with("http://") || k.starts_with("https://") || v.starts_with("git:")
+        })
     }) {
         return Ok(None);
     }

@@ -232,6 +232,9 @@ pub fn copy(
                 );
             }
         }
+        CopySource::Git { tree, subdir } => {
+            copy_git_tree(&mut b, &tree.dir.join(subdir), &dest)?;
+        }
         CopySource::Stage { paths, .. } => {
             let source_view = source_view.ok_or_else(|| {
                 CopyError::Source("internal: COPY --from without its stage".into())
@@ -260,6 +263,44 @@ pub fn copy(
     }
     b.add_missing_parents();
     Ok(b.changes)
+}
+
+/// `ADD REPO#REF`: the checkout's tree into the destination directory, owned
+/// by the `--chown` owner (else 0:0), modes as checked out.
+fn copy_git_tree(b: &mut Builder<'_>, root: &Path, dest: &str) -> Result<(), CopyError> {
+    use std::os::unix::fs::PermissionsExt;
+    if !b.view.is_dir(dest) && !dest.is_empty() {
+        b.add_created_dir(dest.to_string());
+    }
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(|e| CopyError::Source(format!("reading the checkout: {e}")))?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .map_err(|e| CopyError::Source(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if b.exclude.is_excluded(&rel) {
+            continue;
+        }
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .map_err(io_err(entry.path().display().to_string()))?;
+        let kind = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(entry.path())
+                .map_err(io_err(entry.path().display().to_string()))?;
+            EntryKind::Symlink(target.to_string_lossy().into_owned())
+        } else if meta.is_dir() {
+            EntryKind::Dir
+        } else if meta.is_file() {
+            EntryKind::File(Content::Path(entry.path().to_path_buf()))
+        } else {
+            continue;
+        };
+        b.add(join(dest, &rel), kind, meta.permissions().mode() & 0o7777);
+    }
+    Ok(())
 }
 
 /// Patterns in .dockerignore syntax (`--exclude`, a `--parents` pattern).

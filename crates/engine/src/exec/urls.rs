@@ -1,4 +1,4 @@
-//! `ADD https://...`: the downloads the planner asks for
+//! `ADD https://...` and `ADD REPO.git#REF`: what the planner asks for
 //! ([`memobuild_plan::UrlSource`]). A URL is downloaded once into
 //! `DATA/downloads/<sha256>`; a later build asks the server again with a HEAD
 //! request and reuses the download when its `ETag` is unchanged (BuildKit's
@@ -122,7 +122,132 @@ impl Downloads {
     }
 }
 
+/// (remote, ref, keep-git-dir) of a checkout this daemon made.
+type GitKey = (String, String, bool);
+
+/// Runs `git ARGS` (in `dir` when given); its stdout, or its stderr as the error.
+fn git(
+    home: &std::path::Path,
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut cmd = std::process::Command::new("git");
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+    }
+    // No prompts, no configuration, credentials or keys of the daemon's
+    // user (HOME is an empty directory: no ~/.netrc, ~/.ssh, ~/.gitconfig),
+    // and only the network transports ADD names.
+    cmd.args(args)
+        .env("HOME", home)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ALLOW_PROTOCOL", "http:https:git")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("SSH_ASKPASS", "/bin/false");
+    let out = cmd.output().map_err(|e| {
+        format!("running git: {e} (ADD of a git repository needs git on the daemon's host)")
+    })?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {}: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Downloads {
+    /// Clones `remote`, resolves `reference` to a commit and keeps its
+    /// checkout in `DATA/downloads/git-COMMIT[-keep]`, reused by later builds.
+    fn git_tree(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<memobuild_plan::GitTree, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let work = tempfile::tempdir_in(&self.dir)
+            .map_err(|e| format!("creating a directory in {}: {e}", self.dir.display()))?;
+        let clone = work.path().join("tree");
+        let clone_arg = clone.to_string_lossy().into_owned();
+        // HOME: an empty directory of the daemon's own (see `git`).
+        let home = work.path().join("home");
+        std::fs::create_dir(&home).map_err(|e| format!("creating {}: {e}", home.display()))?;
+        git(
+            &home,
+            None,
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--",
+                remote,
+                &clone_arg,
+            ],
+        )?;
+        let wanted = if reference.is_empty() {
+            "HEAD".to_string()
+        } else {
+            reference.to_string()
+        };
+        let commit = git(
+            &home,
+            Some(&clone),
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{wanted}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| format!("{reference:?} names no commit in {remote}"))?;
+        let name = format!("git-{commit}{}", if keep_git_dir { "-keep" } else { "" });
+        let dir = self.dir.join(name);
+        if !dir.is_dir() {
+            git(
+                &home,
+                Some(&clone),
+                &["checkout", "--quiet", "--detach", &commit],
+            )?;
+            if !keep_git_dir {
+                std::fs::remove_dir_all(clone.join(".git"))
+                    .map_err(|e| format!("removing .git: {e}"))?;
+            }
+            // Another build may have placed the same commit meanwhile.
+            if let Err(e) = std::fs::rename(&clone, &dir) {
+                if !dir.is_dir() {
+                    return Err(format!("saving {}: {e}", dir.display()));
+                }
+            }
+        }
+        Ok(memobuild_plan::GitTree { dir, commit })
+    }
+}
+
 impl UrlSource for Downloads {
+    fn git(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<memobuild_plan::GitTree, String> {
+        static TREES: OnceLock<Mutex<HashMap<GitKey, memobuild_plan::GitTree>>> = OnceLock::new();
+        let trees = TREES.get_or_init(Default::default);
+        let key = (remote.to_string(), reference.to_string(), keep_git_dir);
+        if self.offline {
+            if let Some(t) = trees.lock().get(&key).filter(|t| t.dir.is_dir()) {
+                return Ok(t.clone());
+            }
+        }
+        let tree = self.git_tree(remote, reference, keep_git_dir)?;
+        trees.lock().insert(key, tree.clone());
+        Ok(tree)
+    }
+
     fn fetch(&self, url: &str) -> Result<Fetched, String> {
         if let Some(f) = self.seen.lock().get(url) {
             return Ok(f.clone());
