@@ -376,6 +376,7 @@ fn all_benches(c: &mut Criterion) {
                 epoch: None,
                 run_options: "",
                 stage_contents: &memobuild_plan::NoStageContents,
+                urls: &memobuild_plan::NoUrls,
             })
             .unwrap()
         })
@@ -406,6 +407,7 @@ fn all_benches(c: &mut Criterion) {
                 epoch: None,
                 run_options: "",
                 stage_contents: &memobuild_plan::NoStageContents,
+                urls: &memobuild_plan::NoUrls,
             })
             .unwrap()
         })

@@ -31,7 +31,15 @@ struct Bk {
 
 impl Bk {
     fn start() -> Bk {
-        let d = Daemon::start();
+        Bk::with_daemon(Daemon::start())
+    }
+
+    /// A daemon started with `extra` memobuildd flags.
+    fn start_with(extra: &[&str]) -> Bk {
+        Bk::with_daemon(Daemon::start_with(extra))
+    }
+
+    fn with_daemon(d: Daemon) -> Bk {
         let work = tempfile::tempdir().expect("tempdir");
         let ctx = work.path().join("busybox-image");
         copy_dir(&repo_root().join("tests/buildkit/busybox"), &ctx);
@@ -181,6 +189,25 @@ fn tarball(entries: &[(&str, TarEntry)]) -> Vec<u8> {
                 h.set_mode(*mode);
                 b.append_link(&mut h, name, target).expect("tar symlink");
             }
+            TarEntry::Hardlink(target, mode) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_size(0);
+                h.set_mode(*mode);
+                b.append_link(&mut h, name, target).expect("tar hardlink");
+            }
+            TarEntry::File(content, mode) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(content.len() as u64);
+                h.set_mode(*mode);
+                b.append_data(&mut h, name, *content).expect("tar file");
+            }
+            TarEntry::Dir(mode) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_size(0);
+                h.set_mode(*mode);
+                b.append_data(&mut h, name, std::io::empty())
+                    .expect("tar dir");
+            }
         }
     }
     b.into_inner().expect("tar")
@@ -188,6 +215,17 @@ fn tarball(entries: &[(&str, TarEntry)]) -> Vec<u8> {
 
 enum TarEntry {
     Symlink(&'static str, u32),
+    Hardlink(&'static str, u32),
+    File(&'static [u8], u32),
+    Dir(u32),
+}
+
+/// `data` gzip-compressed (Go's gzip.NewWriter).
+fn gzipped(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(data).expect("gzip");
+    gz.finish().expect("gzip")
 }
 
 /// An image memobuild exported: its filesystem (fsdump.py's view, with
@@ -220,7 +258,13 @@ impl Image {
 
     /// The content of a regular file, following symlinks in the image.
     fn read(&self, path: &str) -> String {
-        let resolved = self.resolve(path);
+        let mut resolved = self.resolve(path);
+        // A hard link's bytes are its target's (fsdump names it).
+        if let Some(e) = self.entry(&resolved) {
+            if e["type"] == "hardlink" {
+                resolved = e["target"].as_str().unwrap_or_default().to_string();
+            }
+        }
         let bytes = common::oci_file(&self.archive, &resolved)
             .unwrap_or_else(|| panic!("{path} ({resolved}) is not in the image"));
         String::from_utf8(bytes).expect("utf-8 content")
@@ -556,7 +600,6 @@ RUN echo $(hostname) | grep foo
 
 /// testStepNames: progress names steps `[stage n/m] INSTRUCTION`.
 #[test]
-#[ignore = "issue 11: progress counts steps without FROM and names unnamed stages `1`, not `stage-1`"]
 fn test_step_names() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -1819,7 +1862,6 @@ COPY --from=build /dest /
 /// testRunComplexHeredoc: here-documents fed to commands in a pipeline, two
 /// in one RUN, and on file descriptors 3 and 4.
 #[test]
-#[ignore = "issue 11: RUN here-documents fed to a command (cat <<EOF | ..., 3<<IN1) are not parsed"]
 fn test_run_complex_heredoc() {
     let bk = Bk::start();
     let ctx = Ctx::new(
@@ -2236,4 +2278,1449 @@ fn test_platform_args_implicit() {
     let img = bk.ok(&ctx, &[]);
     assert_eq!(img.read("/bar"), "d0");
     assert_eq!(img.read("/bar2"), "d1");
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_onbuild_test.go (the Go tests push the base images to a
+// registry; here they are tagged in the daemon's image store, which FROM
+// resolves the same way)
+
+/// testOnBuildCleared: a base's ONBUILD trigger runs once, in the image
+/// built FROM it, and is not inherited by that image's children.
+#[test]
+fn test_on_build_cleared() {
+    let bk = Bk::start();
+    let base = Ctx::new("\nFROM busybox\nONBUILD RUN mkdir -p /out && echo -n 11 >> /out/foo\n");
+    bk.d.build_ok(base.path(), &["-t", "onbuild:base"]);
+    let child = Ctx::new("\n\tFROM onbuild:base\n\t");
+    bk.d.build_ok(child.path(), &["-t", "onbuild:child"]);
+    let ctx =
+        Ctx::new("\n\tFROM onbuild:child AS base\n\tFROM scratch\n\tCOPY --from=base /out /\n\t");
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "11");
+}
+
+/// testOnBuildWithChildStage: triggers from the parent image do not run
+/// again in a stage built FROM the stage that ran them (moby/buildkit#5578).
+#[test]
+fn test_on_build_with_child_stage() {
+    let bk = Bk::start();
+    let base =
+        Ctx::new("\nFROM busybox\nONBUILD RUN mkdir -p /out && echo -n yes >> /out/didrun\n");
+    bk.d.build_ok(base.path(), &["-t", "onbuildstage:base"]);
+    let ctx = Ctx::new(
+        r#"
+FROM onbuildstage:base AS base
+RUN [ -f /out/didrun ] && touch /step1
+RUN rm /out/didrun
+RUN [ ! -f /out/didrun ] && touch /step2
+
+FROM base AS child
+RUN [ ! -f /out/didrun ] && touch /step3
+
+FROM scratch
+COPY --from=child /step* /
+"#,
+    );
+    let img = bk.ok(&ctx, &[]);
+    for f in ["/step1", "/step2", "/step3"] {
+        assert!(img.has(f), "{f} is missing");
+    }
+}
+
+/// testOnBuildInheritedStageRun: a stage's ONBUILD runs in a stage built
+/// FROM it in the same Dockerfile.
+#[test]
+fn test_on_build_inherited_stage_run() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+ONBUILD RUN mkdir -p /out && echo -n 11 >> /out/foo
+
+FROM base AS mid
+RUN cp /out/foo /out/bar
+
+FROM scratch
+COPY --from=mid /out/bar /
+"#,
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/bar"), "11");
+}
+
+/// testOnBuildInheritedStageWithFrom: an inherited ONBUILD COPY --from of
+/// another stage of the same Dockerfile.
+#[test]
+fn test_on_build_inherited_stage_with_from() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM alpine AS src
+RUN mkdir -p /in && echo -n 12 > /in/file
+
+FROM busybox AS base
+ONBUILD COPY --from=src /in/file /out/foo
+
+FROM base AS mid
+RUN cp /out/foo /out/bar
+
+FROM scratch
+COPY --from=mid /out/bar /
+"#,
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/bar"), "12");
+}
+
+/// testOnBuildNewDeps: triggers add dependencies the consuming Dockerfile
+/// never names: an image (`COPY --from=alpine`), a stage of the consumer in
+/// a bind mount (`from=inputstage`), and the nested case.
+#[test]
+fn test_on_build_new_deps() {
+    let bk = Bk::start();
+    let base = Ctx::new(
+        "\nFROM busybox\nONBUILD COPY --from=alpine /etc/alpine-release /out/alpine-release2\n",
+    );
+    bk.d.build_ok(base.path(), &["-t", "onbuilddeps:base"]);
+    let ctx = Ctx::new(
+        "\n\tFROM onbuilddeps:base AS base\n\tRUN cat /out/alpine-release2 > /out/alpine-release3\n\tFROM scratch\n\tCOPY --from=base /out /\n\t",
+    );
+    assert!(bk.ok(&ctx, &[]).read("/alpine-release3").len() > 5);
+
+    let base2 = Ctx::new(
+        "\nFROM alpine\nONBUILD RUN --mount=type=bind,target=/in,from=inputstage mkdir /out && cat /in/foo > /out/bar && cat /in/out/alpine-release2 > /out/bar2\n",
+    );
+    bk.d.build_ok(base2.path(), &["-t", "onbuilddeps:base2"]);
+    let ctx = Ctx::new(
+        "\n\tFROM onbuilddeps:base AS inputstage\n\tRUN cat /out/alpine-release2 > /out/alpine-release4\n\tRUN echo -n foo > /foo\n\n\tFROM onbuilddeps:base2 AS base\n\tRUN echo -n bar3 > /out/bar3\n\n\tFROM scratch\n\tCOPY --from=base /out /\n\t",
+    );
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/bar"), "foo");
+    assert!(img.read("/bar2").len() > 5);
+    assert_eq!(img.read("/bar3"), "bar3");
+}
+
+/// testOnBuildWithCacheMount: a trigger with a cache mount writes the cache
+/// the consumer's own step then reads.
+#[test]
+fn test_on_build_with_cache_mount() {
+    let bk = Bk::start();
+    let base = Ctx::new(
+        "\nFROM busybox\nONBUILD RUN --mount=type=cache,target=/cache echo -n 42 >> /cache/foo && echo -n 11 >> /bar\n",
+    );
+    bk.d.build_ok(base.path(), &["-t", "onbuildcache:base"]);
+    let ctx = Ctx::new(
+        "FROM onbuildcache:base\nRUN --mount=type=cache,target=/cache [ \"$(cat /cache/foo)\" = \"42\" ] && [ \"$(cat /bar)\" = \"11\" ]\n",
+    );
+    bk.ok(&ctx, &[]);
+}
+
+/// testOnBuildHeredoc (dockerfile_heredoc_test.go): an ONBUILD RUN with a
+/// here-document runs in the child.
+#[test]
+fn test_on_build_heredoc() {
+    let bk = Bk::start();
+    let base = Ctx::new("\nFROM busybox\nONBUILD RUN <<EOF\necho \"hello world\" >> /dest\nEOF\n");
+    bk.d.build_ok(base.path(), &["-t", "onbuildheredoc:base"]);
+    let ctx = Ctx::new(
+        "\n\tFROM onbuildheredoc:base AS base\n\tFROM scratch\n\tCOPY --from=base /dest /dest\n\t",
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/dest"), "hello world\n");
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_runnetwork_test.go
+
+/// A TCP server on 127.0.0.1 that writes `text` to every connection
+/// (BuildKit's echoserver.NewTestServer); returns its port.
+fn echo_server(text: &'static str) -> u16 {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let _ = conn.write_all(text.as_bytes());
+        }
+    });
+    port
+}
+
+/// testRunDefaultNetwork: RUN without `--network` has a network interface
+/// (memobuild's default is the host's network, which has eth0 here;
+/// BuildKit's is a bridge with eth0).
+#[test]
+fn test_run_default_network() {
+    let bk = Bk::start();
+    bk.ok(&Ctx::new("\nFROM busybox\nRUN ip link show eth0\n"), &[]);
+}
+
+/// testRunNoNetwork: `--network=none` has no eth0; the next RUN has it.
+#[test]
+fn test_run_no_network() {
+    let bk = Bk::start();
+    let ctx =
+        Ctx::new("\nFROM busybox\nRUN --network=none ! ip link show eth0\nRUN ip link show eth0");
+    bk.ok(&ctx, &[]);
+}
+
+/// testRunHostNetwork: `--network=host` reaches a server on the host's
+/// loopback, the default network does not. memobuild's default network is
+/// the host's (`memobuildd --default-network host`, docs/CLI.md), so the
+/// Go test's second step holds for a daemon started with
+/// `--default-network none`; with the default it reaches the server, a
+/// deliberate difference (docs/CONFORMANCE.md). memobuild has no
+/// network.host entitlement: `--network=host` is always allowed.
+#[test]
+fn test_run_host_network() {
+    let port = echo_server("foo");
+    let df = format!(
+        "\nFROM busybox\nRUN --network=host nc 127.0.0.1 {port} | grep foo\nRUN ! nc 127.0.0.1 {port} | grep foo"
+    );
+    let bk = Bk::start_with(&["--default-network", "none"]);
+    bk.ok(&Ctx::new(&df), &[]);
+    // The deliberate difference, so it cannot change unnoticed.
+    let bk = Bk::start();
+    let text = bk.fails(&Ctx::new(&df), &[]);
+    assert!(text.contains("nc 127.0.0.1"), "{text}");
+}
+
+/// testRunGlobalNetwork: the build's network mode (`force-network-mode`,
+/// here `--network host`) applies to RUN without `--network`; `--network=none`
+/// still wins.
+#[test]
+fn test_run_global_network() {
+    let port = echo_server("foo");
+    let bk = Bk::start_with(&["--default-network", "none"]);
+    let ctx = Ctx::new(&format!(
+        "\nFROM busybox\nRUN nc 127.0.0.1 {port} | grep foo\nRUN --network=none ! nc -z 127.0.0.1 {port}\n"
+    ));
+    bk.ok(&ctx, &["--network", "host"]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_cache_test.go and dockerfile_test.go (cache)
+
+/// testReproducibleIDs: the same build under two names is the same image.
+#[test]
+fn test_reproducible_ids() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM busybox\nENV foo=bar\nCOPY foo /\nRUN echo bar > bar\n")
+        .file("foo", "foo-contents");
+    let a =
+        bk.d.build_ok(ctx.path(), &["-t", "example.com/moby/dockerfileids:test"]);
+    let b =
+        bk.d.build_ok(ctx.path(), &["-t", "example.com/moby/dockerfileids2:test"]);
+    assert_eq!(a.manifest_digest(), b.manifest_digest());
+}
+
+/// testNoCache: `--no-cache` re-runs every step; `--no-cache-filter s1`
+/// (BuildKit's `no-cache=s1`) only those of stage s1.
+#[test]
+fn test_no_cache() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS s0
+RUN cat /dev/urandom | head -c 100 | sha256sum | tee unique
+FROM busybox AS s1
+RUN cat /dev/urandom | head -c 100 | sha256sum | tee unique2
+FROM scratch
+COPY --from=s0 unique /
+COPY --from=s1 unique2 /
+"#,
+    );
+    let one = bk.ok(&ctx, &[]);
+    let two = bk.ok(&ctx, &["--no-cache"]);
+    assert_ne!(one.read("/unique"), two.read("/unique"));
+    assert_ne!(one.read("/unique2"), two.read("/unique2"));
+    let three = bk.ok(&ctx, &["--no-cache-filter", "s1"]);
+    assert_eq!(two.read("/unique"), three.read("/unique"));
+    assert_ne!(one.read("/unique2"), three.read("/unique2"));
+}
+
+/// testCacheMountModeNoCache (moby/buildkit#5305): with `--no-cache` a cache
+/// mount with `mode=` starts empty; without it, the cache is kept.
+#[test]
+fn test_cache_mount_mode_no_cache() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS base
+ARG FOO=abc
+RUN --mount=type=cache,target=/cache,mode=0773 touch /cache/$FOO && ls -l /cache | wc -l > /out
+FROM scratch
+COPY --from=base /out /
+"#,
+    );
+    assert_eq!(bk.ok(&ctx, &[]).read("/out"), "2\n");
+    let img = bk.ok(&ctx, &["--no-cache", "--build-arg", "FOO=def"]);
+    assert_eq!(img.read("/out"), "2\n");
+    // Without --no-cache the cache is kept.
+    let img = bk.ok(&ctx, &["--build-arg", "FOO=ghi"]);
+    assert_eq!(img.read("/out"), "3\n");
+}
+
+/// testWildcardRenameCache (#2008): a renamed file no longer matches what
+/// the next step reads; the cache must not hide it.
+#[test]
+fn test_wildcard_rename_cache() {
+    let bk = Bk::start();
+    let ctx =
+        Ctx::new("\nFROM alpine\nCOPY file* /files/\nRUN ls /files/file1\n").file("file1", "foo");
+    bk.ok(&ctx, &[]);
+    std::fs::rename(ctx.path().join("file1"), ctx.path().join("file2")).expect("rename");
+    bk.fails(&ctx, &[]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_secrets_test.go
+
+/// A file holding `pw`, for `--secret id=mysecret,src=FILE`.
+fn secret_file(bk: &Bk) -> String {
+    let path = bk.work.path().join("mysecret");
+    std::fs::write(&path, "pw").expect("write secret");
+    format!("id=mysecret,src={}", path.display())
+}
+
+/// testSecretFileParams: `mode=`, `uid=`, `gid=` on a secret file; no stub
+/// is left where it was mounted.
+#[test]
+fn test_secret_file_params() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN --mount=type=secret,required=false,mode=741,uid=100,gid=102,target=/mysecret [ "$(stat -c "%u %g %f" /mysecret)" = "100 102 81e1" ]
+RUN [ ! -f /mysecret ] # check no stub left behind
+"#,
+    );
+    let secret = secret_file(&bk);
+    bk.ok(&ctx, &["--secret", &secret]);
+}
+
+/// testSecretRequiredWithoutValue: a required secret the build was not
+/// given fails the build with "secret mysecret: not found".
+#[test]
+fn test_secret_required_without_value() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("FROM busybox \n\t\tRUN --mount=type=secret,required,id=mysecret foo");
+    bk.fails_with(&ctx, &[], &["secret mysecret: not found"]);
+}
+
+/// testSecretAsEnviron: `env=` sets the variable (over the stage's ENV) and
+/// mounts no file. The Go test also checks BuildKit's progress shows
+/// `$SECRET_ENV` as `****`; memobuild's progress shows the instruction as
+/// written (the variable's name, never its value), checked here.
+#[test]
+fn test_secret_as_environ() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+ENV SECRET_ENV=foo
+RUN --mount=type=secret,id=mysecret,env=SECRET_ENV [ "$SECRET_ENV" == "pw" ] && [ ! -f /run/secrets/mysecret ] || false
+"#,
+    );
+    let secret = secret_file(&bk);
+    let out = bk.d.build(ctx.path(), &["--secret", &secret]);
+    assert!(out.success, "{}", out.text());
+    assert!(
+        out.stdout.contains("[ \\\"$SECRET_ENV\\\" == \\\"pw\\\" ]"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// testSecretAsEnvironWithFileMount: `env=` and `target=`: both.
+#[test]
+fn test_secret_as_environ_with_file_mount() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN --mount=type=secret,id=mysecret,target=/run/secrets/secret,env=SECRET_ENV [ "$SECRET_ENV" == "pw" ] && [ -f /run/secrets/secret ] || false
+"#,
+    );
+    let secret = secret_file(&bk);
+    bk.ok(&ctx, &["--secret", &secret]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_parents_test.go
+
+/// testCopyParents: `COPY --parents` keeps the sources' paths (from the
+/// context, to `/` and to a relative destination, with a wildcard).
+#[test]
+fn test_copy_parents() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nFROM scratch\n\nCOPY --parents foo1/foo2/bar /\n\nWORKDIR /test\nCOPY --parents foo1/foo2/ba* .\n",
+    )
+    .dir("foo1", 0o700)
+    .dir("foo1/foo2", 0o700)
+    .file("foo1/foo2/bar", "testing")
+    .file("foo1/foo2/baz", "testing2");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/foo1/foo2/bar"), "testing");
+    assert_eq!(img.read("/test/foo1/foo2/bar"), "testing");
+    assert_eq!(img.read("/test/foo1/foo2/baz"), "testing2");
+}
+
+/// The base stage of testCopyRelativeParents and testCopyParentsMissingDirectory.
+const PARENTS_BASE: &str = r#"
+FROM alpine AS base
+WORKDIR /test
+RUN <<eot
+	set -ex
+	mkdir -p a/b/c/d/e
+	mkdir -p a/b2/c/d/e
+	mkdir -p a/b/c2/d/e
+	mkdir -p a/b/c2/d/e2
+	touch a/b/c/d/foo
+	touch a/b/c/d/e/bay
+	touch a/b2/c/d/e/bar
+	touch a/b/c2/d/e/baz
+	touch a/b/c2/d/e2/baz
+eot
+"#;
+
+/// testCopyRelativeParents: `--parents` from a stage with a pivot (`/./`),
+/// twice, wildcards and `**`, several sources; each target's RUN checks.
+#[test]
+fn test_copy_relative_parents() {
+    let bk = Bk::start();
+    let df = format!(
+        "{PARENTS_BASE}{}",
+        r#"
+FROM alpine AS middle
+COPY --from=base --parents /test/a/b/./c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/c/d/e ]
+	[ -f /out/c/d/foo ]
+	[ ! -d /out/a ]
+	[ ! -d /out/e ]
+eot
+
+FROM alpine AS end
+COPY --from=base --parents /test/a/b/c/d/. /out/
+RUN <<eot
+	set -ex
+	[ -d /out/test/a/b/c/d/e ]
+	[ -f /out/test/a/b/c/d/foo ]
+eot
+
+FROM alpine AS start
+COPY --from=base --parents ./test/a/b/c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/test/a/b/c/d/e ]
+	[ -f /out/test/a/b/c/d/foo ]
+eot
+
+FROM alpine AS double
+COPY --from=base --parents /test/a/./b/./c /out/
+RUN <<eot
+	set -ex
+	[ -d /out/b/c/d/e ]
+	[ -f /out/b/c/d/foo ]
+eot
+
+FROM alpine AS wildcard
+COPY --from=base --parents /test/a/./*/c /out/
+RUN <<eot
+	set -ex
+	[ -d /out/b/c/d/e ]
+	[ -f /out/b2/c/d/e/bar ]
+eot
+
+FROM alpine AS doublewildcard
+COPY --from=base --parents /test/a/b*/./c/**/e /out/
+RUN <<eot
+	set -ex
+	[ -d /out/c/d/e ]
+	[ -f /out/c/d/e/bay ] # via b
+	[ -f /out/c/d/e/bar ] # via b2
+eot
+
+FROM alpine AS doubleinputs
+COPY --from=base --parents /test/a/b/c*/./d/**/baz /test/a/b*/./c/**/bar /out/
+RUN <<eot
+	set -ex
+	[ -f /out/d/e/baz ]
+	[ ! -f /out/d/e/bay ]
+	[ -f /out/d/e2/baz ]
+	[ -f /out/c/d/e/bar ] # via b2
+eot
+"#
+    );
+    let ctx = Ctx::new(&df);
+    for target in [
+        "middle",
+        "end",
+        "start",
+        "double",
+        "wildcard",
+        "doublewildcard",
+        "doubleinputs",
+    ] {
+        let out = bk.d.build(ctx.path(), &["--target", target]);
+        assert!(out.success, "target {target}:\n{}", out.text());
+    }
+}
+
+/// testCopyParentsMissingDirectory: a missing path without wildcards is an
+/// error; wildcards that match nothing copy nothing.
+#[test]
+fn test_copy_parents_missing_directory() {
+    let bk = Bk::start();
+    let df = r#"
+FROM alpine AS base
+WORKDIR /test
+RUN <<eot
+	set -ex
+	mkdir -p a/b/c/d/e
+	touch a/b/c/d/foo
+	touch a/b/c/d/e/bay
+eot
+
+FROM alpine AS normal
+COPY --from=base --parents /test/a/b/c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/test/a/b/c/d/e ]
+	[ -f /out/test/a/b/c/d/e/bay ]
+	[ ! -d /out/e ]
+	[ ! -d /out/a ]
+eot
+
+FROM alpine AS withpivot
+COPY --from=base --parents /test/a/b/./c/d /out/
+RUN <<eot
+	set -ex
+	[ -d /out/c/d/e ]
+	[ -f /out/c/d/foo ]
+	[ ! -d /out/a ]
+	[ ! -d /out/e ]
+eot
+
+FROM alpine AS nonexistentfile
+COPY --from=base --parents /test/nonexistent-file /out/
+
+FROM alpine AS wildcard-nonexistent
+COPY --from=base --parents /test/a/b2*/c /out/
+RUN <<eot
+	set -ex
+	[ -d /out ]
+	[ ! -d /out/a ]
+eot
+
+FROM alpine AS wildcard-afterpivot
+COPY --from=base --parents /test/a/b/./c2* /out/
+RUN <<eot
+	set -ex
+	[ -d /out ]
+	[ ! -d /out/a ]
+	[ ! -d /out/c* ]
+eot
+"#;
+    let ctx = Ctx::new(df);
+    for target in [
+        "normal",
+        "withpivot",
+        "wildcard-nonexistent",
+        "wildcard-afterpivot",
+    ] {
+        let out = bk.d.build(ctx.path(), &["--target", target]);
+        assert!(out.success, "target {target}:\n{}", out.text());
+    }
+    // BuildKit: `failed to calculate checksum of ref ...: "/test/nonexistent-file": not found`.
+    bk.fails_with(
+        &ctx,
+        &["--target", "nonexistentfile"],
+        &["\"/test/nonexistent-file\": not found"],
+    );
+}
+
+// ---------------------------------------------------------------------------
+// exclude_patterns_test.go
+
+/// The files of testExcludedFilesOnCopy, in `ctx`.
+fn exclude_files(ctx: Ctx) -> Ctx {
+    ctx.dir("dir1", 0o777)
+        .dir("dir2", 0o777)
+        .dir("dir3", 0o777)
+        .dir("dir4", 0o777)
+        .file("dir1/file-101.png", "2")
+        .file("dir1/file-102.txt", "3")
+        .file("dir1/file-103.jpeg", "4")
+        .file("dir2/file-201.pdf", "6")
+        .file("dir2/file-202.jpeg", "7")
+        .file("dir2/file-203.png", "8")
+        .file("dir3/file-301.mp3", "9")
+        .file("dir3/file-302.mpeg", "10")
+        .file("dir4/file-401.txt", "11")
+        .symlink("file-401.txt", "dir4/file-402.txt")
+        .symlink("file-404.txt", "dir4/file-403.txt")
+}
+
+/// The builders' stages of testExcludedFilesOnCopy, after `base`.
+const EXCLUDE_FINAL: &str = r#"
+FROM scratch
+COPY --from=builder1 / /builder1
+COPY --from=builder2 / /builder2
+COPY --from=builder3 / /builder3
+COPY --from=builder4 / /builder4
+COPY --from=builder5 / /builder5
+COPY --from=builder6 / /builder6
+"#;
+
+/// The assertions of testExcludedFilesOnCopy.
+fn check_excluded(img: &Image) {
+    let cases: &[(&str, Option<&str>)] = &[
+        ("builder1/1/dir1/file-101.png", None),
+        ("builder1/1/dir1/file-102.txt", Some("3")),
+        ("builder1/1/dir1/file-103.jpeg", None),
+        ("builder1/1/dir2/file-201.pdf", Some("6")),
+        ("builder1/1/dir2/file-202.jpeg", None),
+        ("builder1/1/dir2/file-203.png", None),
+        ("builder1/1/dir3/file-301.mp3", Some("9")),
+        ("builder1/1/dir3/file-302.mpeg", Some("10")),
+        ("builder1/1/dir4/file-401.txt", Some("11")),
+        ("builder1/1/dir4/file-402.txt", Some("file-401.txt")),
+        ("builder1/1/dir4/file-403.txt", Some("file-404.txt")),
+        ("builder2/2/dir1/file-101.png", Some("2")),
+        ("builder2/2/dir1/file-102.txt", None),
+        ("builder2/2/dir1/file-103.jpeg", Some("4")),
+        ("builder2/2/dir2/file-201.pdf", None),
+        ("builder2/2/dir2/file-202.jpeg", Some("7")),
+        ("builder2/2/dir2/file-203.png", Some("8")),
+        ("builder2/2/dir3/file-301.mp3", Some("9")),
+        ("builder2/2/dir3/file-302.mpeg", Some("10")),
+        ("builder2/2/dir4/file-401.txt", None),
+        ("builder2/2/dir4/file-402.txt", None),
+        ("builder2/2/dir4/file-403.txt", None),
+        ("builder3/3/file-301.mp3", None),
+        ("builder3/3/file-302.mpeg", Some("10")),
+        ("builder4/4/file-101.png", None),
+        ("builder4/4/file-102.txt", None),
+        ("builder4/4/file-103.jpeg", None),
+        ("builder4/4/file-201.pdf", None),
+        ("builder4/4/file-202.jpeg", None),
+        ("builder4/4/file-203.png", None),
+        ("builder4/4/file-301.mp3", None),
+        ("builder4/4/file-302.mpeg", Some("10")),
+        ("builder4/4/dir4/file-401.txt", None),
+        ("builder4/4/dir4/file-402.txt", None),
+        ("builder4/4/dir4/file-403.txt", None),
+        ("builder5/5/file-101.png", None),
+        ("builder5/5/file-102.txt", Some("3")),
+        ("builder5/5/file-103.jpeg", None),
+        ("builder5/5/file-201.pdf", None),
+        ("builder5/5/file-202.jpeg", None),
+        ("builder5/5/file-203.png", None),
+        ("builder5/5/file-301.mp3", None),
+        ("builder5/5/file-302.mpeg", None),
+        ("builder5/5/file-401.txt", Some("11")),
+        ("builder5/5/file-402.txt", Some("file-401.txt")),
+        ("builder5/5/file-403.txt", Some("file-404.txt")),
+    ];
+    for (path, expected) in cases {
+        let path = format!("/{path}");
+        match expected {
+            None => assert!(!img.has(&path), "{path} should not exist"),
+            Some(content) => {
+                let entry = img
+                    .entry(&path)
+                    .unwrap_or_else(|| panic!("{path} should exist"));
+                let got = if entry["type"] == "symlink" {
+                    entry["target"].as_str().unwrap_or_default().to_string()
+                } else {
+                    img.read(&path)
+                };
+                assert_eq!(&got, content, "{path}");
+            }
+        }
+    }
+    // As all files are excluded, the directory must be empty (and exist).
+    assert_eq!(img.kind("/builder6/6"), "dir");
+    let below: Vec<&Value> = img.dump["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/builder6/6/"))
+        })
+        .collect();
+    assert!(below.is_empty(), "{below:?}");
+}
+
+/// testExcludedFilesOnCopy (#4439): `COPY --exclude` and `ADD --exclude`,
+/// with a directory, `.` and wildcard sources, symlinks kept, everything
+/// excluded leaving an empty destination; first from the context, then
+/// with `COPY --from` a base made by `ADD --keep-git-dir` of a git
+/// repository of the same files.
+#[test]
+fn test_excluded_files_on_copy() {
+    let bk = Bk::start();
+    let builders = r#"
+# ignore all the image files
+FROM scratch as builder1
+COPY --exclude=*/*.png --exclude=*/*.jpeg . /1
+
+# ignore all document files
+FROM scratch as builder2
+COPY --exclude=*/*.pdf --exclude=*/*.txt . /2
+
+# ignore all mp3 files
+FROM scratch as builder3
+ADD --exclude=*.mp3 dir3/ /3/
+
+# Ignore everything, keeping only .mpeg files, using src as a wildcard.
+# it's a fake example, just to be sure that src as wildcards work as expected.
+FROM scratch as builder4
+COPY --exclude=*.mp3 --exclude=*.jpeg --exclude=*.png --exclude=*.pdf --exclude=*.txt dir* /4/
+
+# Ignore everything, keeping only txt files.
+# it's a fake example, just to be sure that src as wildcards work as expected.
+FROM scratch as builder5
+ADD --exclude=*.mp* --exclude=*.jpeg --exclude=*.png --exclude=*.pdf dir* /5
+
+# Exclude all files. No idea how it could be useful, but it should not be forbidden.
+FROM scratch as builder6
+ADD --exclude=* dir* /6
+"#;
+    let ctx = exclude_files(Ctx::new(&format!("{builders}{EXCLUDE_FINAL}")));
+    check_excluded(&bk.ok(&ctx, &[]));
+
+    // From a git repository: ADD becomes COPY --from=base.
+    let src = exclude_files(Ctx(tempfile::tempdir().expect("tempdir")));
+    run_shell(
+        src.path(),
+        &[
+            "git init",
+            "git config --local user.email test",
+            "git config --local user.name test",
+            "git add *",
+            "git commit -m 0.1",
+            "git tag 0.1",
+            "git update-server-info",
+        ],
+    );
+    let server = HttpServer::serve_dir(src.path());
+    let df = format!(
+        r#"
+FROM scratch AS base
+ARG REPO="{}/.git"
+ARG TAG="0.1"
+ADD --keep-git-dir=true ${{REPO}}#${{TAG}} /
+{}{EXCLUDE_FINAL}"#,
+        server.url,
+        builders
+            .replace("COPY --exclude", "COPY --from=base --exclude")
+            .replace("ADD --exclude", "COPY --from=base --exclude")
+    );
+    check_excluded(&bk.ok(&Ctx::new(&df), &[]));
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_add_test.go (local archives)
+
+/// testDockerfileAddArchiveWithImpliedParentDir: a gzip archive whose first
+/// entry is `etc/dnf/` (its parent `etc` implied) extracts at `/`.
+#[test]
+fn test_dockerfile_add_archive_with_implied_parent_dir() {
+    let bk = Bk::start();
+    let t = tarball(&[
+        ("etc/dnf/", TarEntry::Dir(0o755)),
+        ("etc/dnf/dnf.conf", TarEntry::File(b"content0", 0o644)),
+    ]);
+    let ctx = Ctx::new("\nFROM scratch\nADD t.tar.gz /\n").file("t.tar.gz", gzipped(&t));
+    assert_eq!(bk.ok(&ctx, &[]).read("/etc/dnf/dnf.conf"), "content0");
+}
+
+/// testDockerfileAddArchiveThroughAbsoluteSymlink (moby/moby#53258): an
+/// archive extracted through `/var/run -> /run` (from an earlier ADD) lands
+/// under /run, its hardlink with it, the same file.
+#[test]
+fn test_dockerfile_add_archive_through_absolute_symlink() {
+    let bk = Bk::start();
+    let rootfs = tarball(&[
+        ("run/", TarEntry::Dir(0o755)),
+        ("var/", TarEntry::Dir(0o755)),
+        ("var/run", TarEntry::Symlink("/run", 0o777)),
+    ]);
+    let payload = tarball(&[
+        ("var/run/act/", TarEntry::Dir(0o755)),
+        ("var/run/act/actions/", TarEntry::Dir(0o755)),
+        ("var/run/act/actions/broad/", TarEntry::Dir(0o755)),
+        ("var/run/act/actions/broad/.git/", TarEntry::Dir(0o755)),
+        (
+            "var/run/act/actions/broad/.git/HEAD",
+            TarEntry::File(b"ref: refs/heads/main\n", 0o644),
+        ),
+        (
+            "var/run/act/actions/broad/.git/HEAD.link",
+            TarEntry::Hardlink("var/run/act/actions/broad/.git/HEAD", 0o644),
+        ),
+    ]);
+    let ctx = Ctx::new("\nFROM scratch\nADD rootfs.tar /\nADD payload.tar /\n")
+        .file("rootfs.tar", rootfs)
+        .file("payload.tar", payload);
+    let img = bk.ok(&ctx, &[]);
+    let head = "/run/act/actions/broad/.git/HEAD";
+    let link = "/run/act/actions/broad/.git/HEAD.link";
+    assert_eq!(img.read(head), "ref: refs/heads/main\n");
+    assert_eq!(img.read(link), "ref: refs/heads/main\n");
+    // os.SameFile: one inode, so one is a hard link to the other.
+    let (h, l) = (
+        &img.entry(head).expect("HEAD"),
+        &img.entry(link).expect("HEAD.link"),
+    );
+    assert!(
+        (l["type"] == "hardlink" && l["target"] == head)
+            || (h["type"] == "hardlink" && h["target"] == link),
+        "{h} {l}"
+    );
+}
+
+/// testDockerfileAddChownArchive: `ADD --chown=100:200` of an archive owns
+/// the extracted files and the destination directory it creates.
+#[test]
+fn test_dockerfile_add_chown_archive() {
+    let bk = Bk::start();
+    let t = tarball(&[("foo", TarEntry::File(b"content0", 0o644))]);
+    let ctx = Ctx::new("\nFROM scratch\nADD --chown=100:200 t.tar /out/\n").file("t.tar", t);
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/out/foo"), "content0");
+    for path in ["/out/foo", "/out"] {
+        let e = img.entry(path).expect("entry");
+        assert_eq!(
+            (e["uid"].as_u64(), e["gid"].as_u64()),
+            (Some(100), Some(200)),
+            "{path}"
+        );
+    }
+}
+
+/// testDockerfileAddArchiveWildcard: `ADD *.tar /dest` extracts each match
+/// into /dest.
+#[test]
+fn test_dockerfile_add_archive_wildcard() {
+    let bk = Bk::start();
+    let t = tarball(&[("foo", TarEntry::File(b"content0", 0o644))]);
+    let b = tarball(&[("bar", TarEntry::File(b"content1", 0o644))]);
+    let ctx = Ctx::new("\nFROM scratch\nADD *.tar /dest\n")
+        .file("t.tar", t)
+        .file("b.tar", b);
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(img.read("/dest/foo"), "content0");
+    assert_eq!(img.read("/dest/bar"), "content1");
+}
+
+/// testDockerfileAddChownExpand: `--chown=${owner}:${group}` from ENV and ARG.
+#[test]
+fn test_dockerfile_add_chown_expand() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+ARG group
+ENV owner 1000
+ADD --chown=${owner}:${group} foo /
+RUN [ "$(stat -c "%u %G" /foo)" == "1000 nobody" ]
+"#,
+    )
+    .file("foo", "foo-contents");
+    bk.ok(&ctx, &["--build-arg", "group=nobody"]);
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_export_test.go
+
+/// testTarExporterBasic: `-o type=tar` holds the copied file as `foo`.
+#[test]
+fn test_tar_exporter_basic() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nCOPY foo foo\n").file("foo", "data");
+    let out = bk.work.path().join("out.tar");
+    let dest = format!("type=tar,dest={}", out.display());
+    bk.d.build_ok(ctx.path(), &["-o", &dest]);
+    let file = std::fs::File::open(&out).expect("open the tar");
+    let mut archive = tar::Archive::new(file);
+    let mut found = None;
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        if entry.path().expect("path").to_str() == Some("foo") {
+            let mut data = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut data).expect("read foo");
+            found = Some(data);
+        }
+    }
+    assert_eq!(found.as_deref(), Some("data"));
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_mount_test.go (cache mounts in parallel)
+
+/// testCacheMountParallel (#5566): two stages with nested cache mounts
+/// (`/foo/bar` and `/foo/bar/baz`) run in parallel, 20 times with --no-cache.
+#[test]
+fn test_cache_mount_parallel() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM alpine AS b1
+RUN --mount=type=cache,target=/foo/bar --mount=type=cache,target=/foo/bar/baz echo 1
+
+FROM alpine AS b2
+RUN --mount=type=cache,target=/foo/bar --mount=type=cache,target=/foo/bar/baz echo 2
+
+FROM scratch
+COPY --from=b1 /etc/passwd p1
+COPY --from=b2 /etc/passwd p2
+"#,
+    );
+    for _ in 0..20 {
+        let out = bk.d.build(ctx.path(), &["--no-cache"]);
+        assert!(out.success, "{}", out.text());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_add_test.go (URLs), with a local HTTP server
+
+/// One resource of [`HttpServer`].
+#[derive(Clone)]
+struct Resource {
+    content: Vec<u8>,
+    etag: String,
+    last_modified: Option<String>,
+}
+
+impl Resource {
+    fn new(content: impl Into<Vec<u8>>) -> Resource {
+        let n = NEXT_ETAG.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Resource {
+            content: content.into(),
+            etag: format!("\"etag-{}-{n}\"", std::process::id()),
+            last_modified: None,
+        }
+    }
+}
+
+static NEXT_ETAG: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A request the server got: method, path, User-Agent.
+#[derive(Clone, Debug)]
+struct Request {
+    method: String,
+    path: String,
+}
+
+/// BuildKit's httpserver.NewTestServer: serves `routes` on 127.0.0.1 over
+/// HTTP/1.1 (GET and HEAD, ETag and Last-Modified) and records the requests.
+struct HttpServer {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+impl HttpServer {
+    fn start(routes: Vec<(&str, Resource)>) -> HttpServer {
+        HttpServer::start_with(routes, None)
+    }
+
+    /// Serves the files of `dir` (Go's http.FileServer), as the git tests
+    /// serve a repository for git's dumb HTTP protocol.
+    fn serve_dir(dir: &Path) -> HttpServer {
+        HttpServer::start_with(Vec::new(), Some(dir.to_path_buf()))
+    }
+
+    fn start_with(routes: Vec<(&str, Resource)>, dir: Option<PathBuf>) -> HttpServer {
+        use std::io::{BufRead, Write};
+        let routes: std::collections::HashMap<String, Resource> = routes
+            .into_iter()
+            .map(|(p, r)| (p.to_string(), r))
+            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut parts = line.split_whitespace();
+                let method = parts.next().unwrap_or("").to_string();
+                let path = parts.next().unwrap_or("").to_string();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                }
+                log.lock().expect("log").push(Request {
+                    method: method.clone(),
+                    path: path.clone(),
+                });
+                let mut conn = conn;
+                let from_dir = dir.as_ref().and_then(|d| {
+                    let rel = path.split('?').next().unwrap_or("").trim_start_matches('/');
+                    if rel.split('/').any(|c| c == "..") {
+                        return None;
+                    }
+                    std::fs::read(d.join(rel)).ok().map(Resource::new)
+                });
+                let response = match routes.get(&path).or(from_dir.as_ref()) {
+                    Some(r) => {
+                        let mut head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: {}\r\nConnection: close\r\n",
+                            r.content.len(),
+                            r.etag
+                        );
+                        if let Some(lm) = &r.last_modified {
+                            head.push_str(&format!("Last-Modified: {lm}\r\n"));
+                        }
+                        head.push_str("\r\n");
+                        let mut bytes = head.into_bytes();
+                        if method != "HEAD" {
+                            bytes.extend_from_slice(&r.content);
+                        }
+                        bytes
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = conn.write_all(&response);
+            }
+        });
+        HttpServer { url, requests }
+    }
+
+    fn requests(&self, path: &str) -> Vec<Request> {
+        self.requests
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+/// sha256:HEX of `bytes` (go-digest's digest.FromBytes).
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// testDockerfileADDFromURL: `ADD URL /dest/` names the file after the URL
+/// (`__unnamed__` for `/`); a second build asks with HEAD and reuses the
+/// download when the ETag is unchanged. BuildKit also sets the file's mtime
+/// from Last-Modified (issue 11 item 11, file times, not done yet) and sends
+/// `User-Agent: buildkit/v...` (memobuild sends `memobuild/VERSION`, a
+/// deliberate difference, not asserted).
+#[test]
+#[ignore = "issue 11: the mtime of an ADD URL file is not Last-Modified yet (item 11, file times)"]
+fn test_dockerfile_add_from_url() {
+    let bk = Bk::start();
+    let mut unnamed = Resource::new("content2");
+    unnamed.last_modified = Some("Fri, 04 Dec 2026 06:00:00 GMT".into());
+    let server = HttpServer::start(vec![("/foo", Resource::new("content1")), ("/", unnamed)]);
+    let ctx = Ctx::new(&format!("\nFROM scratch\nADD {}/foo /dest/\n", server.url));
+    assert_eq!(bk.ok(&ctx, &[]).read("/dest/foo"), "content1");
+    // Again: a HEAD request, no new download.
+    bk.ok(&ctx, &[]);
+    let ctx2 = Ctx::new(&format!("\nFROM scratch\nADD {}/ /dest/\n", server.url));
+    let img = bk.ok(&ctx2, &[]);
+    assert_eq!(img.read("/dest/__unnamed__"), "content2");
+    let methods: Vec<String> = server
+        .requests("/foo")
+        .into_iter()
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(methods, ["GET", "HEAD"]);
+    // Last-Modified as the file's mtime (Unix seconds of the date above).
+    assert_eq!(
+        layer_mtime(&img.archive, "dest/__unnamed__"),
+        Some(1_796_364_000)
+    );
+}
+
+/// The tar header mtime of `path` (relative) in the last layer of an
+/// `-o type=oci` archive that has it.
+fn layer_mtime(archive: &Path, path: &str) -> Option<u64> {
+    let (index, blobs) = common::oci_archive(archive);
+    let manifest = &blobs[index["manifests"][0]["digest"].as_str().expect("manifest")];
+    let manifest: Value = serde_json::from_slice(manifest).expect("manifest JSON");
+    let mut found = None;
+    for layer in manifest["layers"].as_array().expect("layers") {
+        let blob = &blobs[layer["digest"].as_str().expect("layer digest")];
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(blob.as_slice()));
+        for entry in tar.entries().expect("layer entries") {
+            let entry = entry.expect("layer entry");
+            let name = entry.path().expect("path").display().to_string();
+            if name.trim_start_matches("./").trim_end_matches('/') == path {
+                found = entry.header().mtime().ok();
+            }
+        }
+    }
+    found
+}
+
+/// testAddURLChmod: `--chmod` on downloaded files, also from an ARG.
+#[test]
+fn test_add_url_chmod() {
+    let bk = Bk::start();
+    let server = HttpServer::start(vec![("/foo", Resource::new("content1"))]);
+    let ctx = Ctx::new(&format!(
+        r#"
+FROM busybox AS build
+ADD --chmod=644 {0} /tmp/foo1
+ADD --chmod=755 {0} /tmp/foo2
+ADD --chmod=0413 {0} /tmp/foo3
+ARG mode
+ADD --chmod=${{mode}} {0} /tmp/foo4
+RUN stat -c "%04a" /tmp/foo1 >> /dest && \
+	stat -c "%04a" /tmp/foo2 >> /dest && \
+	stat -c "%04a" /tmp/foo3 >> /dest && \
+	stat -c "%04a" /tmp/foo4 >> /dest
+
+FROM scratch
+COPY --from=build /dest /dest
+"#,
+        format!("{}/foo", server.url)
+    ));
+    let img = bk.ok(&ctx, &["--build-arg", "mode=400"]);
+    assert_eq!(img.read("/dest"), "0644\n0755\n0413\n0400\n");
+}
+
+/// testAddChecksum: `--checksum` accepts the content's digest (also from
+/// ENV), refuses a mismatch, other algorithms, a digest without algorithm
+/// and a checksum on a local source.
+#[test]
+fn test_add_checksum() {
+    let bk = Bk::start();
+    let server = HttpServer::start(vec![("/foo", Resource::new("content1"))]);
+    let url = format!("{}/foo", server.url);
+    let good = digest_of(b"content1");
+    // Valid
+    bk.ok(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={good} {url} /tmp/foo\n"
+        )),
+        &[],
+    );
+    // DigestFromEnv
+    bk.ok(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nENV DIGEST={good}\nENV LINK={url}\nADD --checksum=${{DIGEST}} ${{LINK}} /tmp/foo\n"
+        )),
+        &[],
+    );
+    // DigestMismatch
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={} {url} /tmp/foo\n",
+            digest_of(b"")
+        )),
+        &[],
+        &["digest mismatch"],
+    );
+    // DigestWithKnownButUnsupportedAlgoName
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum=md5:7e55db001d319a94b0b713529a756623 {url} /tmp/foo\n"
+        )),
+        &[],
+        &["unsupported digest algorithm"],
+    );
+    // DigestWithUnknownAlgoName
+    let hexpart = good.trim_start_matches("sha256:");
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum=unknown:{hexpart} {url} /tmp/foo\n"
+        )),
+        &[],
+        &["unsupported digest algorithm"],
+    );
+    // DigestWithoutAlgoName
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={hexpart} {url} /tmp/foo\n"
+        )),
+        &[],
+        &["invalid checksum digest format"],
+    );
+    // NonHTTPSource
+    bk.fails_with(
+        &Ctx::new(&format!(
+            "\nFROM scratch\nADD --checksum={} foo /tmp/foo\n",
+            digest_of(b"local file")
+        ))
+        .file("foo", "local file"),
+        &[],
+        &["checksum requires HTTP(S) or Git sources"],
+    );
+}
+
+/// testDockerfileAddArchive: ADD extracts a local tar and tar.gz, not with
+/// `--unpack=false`; COPY never extracts; ADD of a URL does not extract
+/// unless `--unpack=true`; a URL to a new file name keeps the archive.
+#[test]
+fn test_dockerfile_add_archive() {
+    let bk = Bk::start();
+    let t = tarball(&[("foo", TarEntry::File(b"content0", 0o644))]);
+    let gz = gzipped(&t);
+    let ctx = Ctx::new("\nFROM scratch\nADD t.tar /\n").file("t.tar", &t);
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "content0");
+    let ctx = Ctx::new("\nFROM scratch\nADD t.tar.gz /\n").file("t.tar.gz", &gz);
+    assert_eq!(bk.ok(&ctx, &[]).read("/foo"), "content0");
+    // --unpack=false
+    let ctx =
+        Ctx::new("\n\tFROM scratch\n\tADD --unpack=false t.tar.gz /\n\t").file("t.tar.gz", &gz);
+    let img = bk.ok(&ctx, &[]);
+    assert!(!img.has("/foo"));
+    assert_eq!(
+        common::oci_file(&img.archive, "/t.tar.gz"),
+        Some(gz.clone())
+    );
+    // COPY doesn't extract
+    let ctx = Ctx::new("\nFROM scratch\nCOPY t.tar.gz /\n").file("t.tar.gz", &gz);
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(
+        common::oci_file(&img.archive, "/t.tar.gz"),
+        Some(gz.clone())
+    );
+    // ADD from URL doesn't extract
+    let server = HttpServer::start(vec![("/t.tar.gz", Resource::new(gz.clone()))]);
+    let url = format!("{}/t.tar.gz", server.url);
+    let img = bk.ok(&Ctx::new(&format!("\nFROM scratch\nADD {url} /\n")), &[]);
+    assert_eq!(
+        common::oci_file(&img.archive, "/t.tar.gz"),
+        Some(gz.clone())
+    );
+    // ADD from URL with --unpack=true
+    let img = bk.ok(
+        &Ctx::new(&format!("\nFROM scratch\nADD --unpack=true {url} /dest/\n")),
+        &[],
+    );
+    assert_eq!(img.read("/dest/foo"), "content0");
+    // https://github.com/moby/buildkit/issues/386
+    let img = bk.ok(
+        &Ctx::new(&format!("\nFROM scratch\nADD {url} /newname.tar.gz\n")),
+        &[],
+    );
+    assert_eq!(common::oci_file(&img.archive, "/newname.tar.gz"), Some(gz));
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_source_date_epoch_test.go (the image config; file times and
+// BuildKit's rewritten-timestamp layer annotation are issue 11 item 11)
+
+/// testSourceDateEpochWithoutExporter: `--build-arg SOURCE_DATE_EPOCH` sets
+/// the image's `created` and every history entry's.
+#[test]
+fn test_source_date_epoch_without_exporter() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM scratch\nENTRYPOINT foo bar\nCOPY Dockerfile .\n");
+    let img = bk.ok(&ctx, &["--build-arg", "SOURCE_DATE_EPOCH=1700000001"]);
+    assert_eq!(
+        img.config["created"], "2023-11-14T22:13:21Z",
+        "{}",
+        img.config
+    );
+    let history = img.config["history"].as_array().expect("history");
+    assert!(!history.is_empty());
+    for h in history {
+        assert_eq!(h["created"], "2023-11-14T22:13:21Z", "{h}");
+    }
+}
+
+/// testCacheMountSourceEscape: a cache mount's `source=` that an earlier step
+/// turned into a symlink out of the cache (`sel -> /etc`) fails the build.
+/// Also checks that `source=` mounts the subdirectory (not in the Go test).
+#[test]
+fn test_cache_mount_source_escape() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox AS init
+RUN --mount=type=cache,id=sourceescape,target=/cache mkdir -p /cache/sel && echo benign > /cache/sel/benign.txt
+
+FROM init AS link
+RUN --mount=type=cache,id=sourceescape,target=/cache rm -rf /cache/sel && ln -s /etc /cache/sel
+
+FROM link AS victim
+RUN --mount=type=cache,id=sourceescape,source=sel,target=/victim cat /victim/hostname
+
+FROM scratch
+COPY --from=victim /etc/hostname /hostname
+"#,
+    );
+    bk.fails_with(&ctx, &["--no-cache"], &["source=sel", "symbolic link"]);
+    let ok = Ctx::new(
+        r#"
+FROM busybox AS init
+RUN --mount=type=cache,id=sub,target=/cache mkdir -p /cache/sel && echo benign > /cache/sel/benign.txt
+RUN --mount=type=cache,id=sub,source=sel,target=/victim cat /victim/benign.txt > /out
+FROM scratch
+COPY --from=init /out /out
+"#,
+    );
+    assert_eq!(bk.ok(&ok, &[]).read("/out"), "benign\n");
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_addgit_test.go, with the repository served by the test's HTTP
+// server (git's dumb HTTP protocol, as Go's http.FileServer serves it)
+
+/// Runs `sh -c` lines in `dir` (the Go tests' runShell), panicking on failure.
+fn run_shell(dir: &Path, commands: &[&str]) {
+    for c in commands {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("sh (git is needed: apt-get install git)");
+        assert!(
+            out.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn git_rev(dir: &Path, rev: &str) -> String {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", rev])
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository with a commit and tag per `tags`, `foo` holding `foo of TAG`.
+fn git_repo(tags: &[&str], init: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut commands = vec![
+        init.to_string(),
+        "git config --local user.email test".into(),
+        "git config --local user.name test".into(),
+    ];
+    for t in tags {
+        commands.push(format!("echo foo of {t} >foo"));
+        commands.push("git add foo".into());
+        commands.push(format!("git commit -m {t}"));
+        commands.push(format!("git tag {t}"));
+    }
+    commands.push("git update-server-info".into());
+    let refs: Vec<&str> = commands.iter().map(String::as_str).collect();
+    run_shell(dir.path(), &refs);
+    dir
+}
+
+/// testAddGit (testAddGitSHA1, testAddGitSHA256): ADD of a tag, with
+/// `--keep-git-dir`, `--chown`, `--checksum` (a commit hash), of a commit by
+/// hash; a wrong and a malformed checksum fail. The Go test's "complicated
+/// case" also installs git in the image (`RUN apk add git`) to check `git
+/// status -s` is empty; the stand-in image has no git, so that one check is
+/// replaced by `[ -d .git ]` (ported in part).
+fn add_git(init: &str) {
+    let bk = Bk::start();
+    let repo = git_repo(&["v0.0.1", "v0.0.2", "v0.0.3"], init);
+    let v2 = git_rev(repo.path(), "v0.0.2");
+    let v3 = git_rev(repo.path(), "v0.0.3");
+    let server = HttpServer::serve_dir(repo.path());
+    let url = &server.url;
+    let df = format!(
+        r#"
+FROM alpine
+# Basic case
+ADD {url}/.git#v0.0.1 /x
+RUN cd /x && \
+  [ "$(cat foo)" = "foo of v0.0.1" ]
+# Complicated case
+ARG REPO="{url}/.git"
+ARG TAG="v0.0.2"
+ADD --keep-git-dir=true --chown=4242:8484 --checksum={v2} ${{REPO}}#${{TAG}} /buildkit-chowned
+USER 4242
+RUN cd /buildkit-chowned && \
+  [ "$(cat foo)" = "foo of v0.0.2" ] && \
+  [ "$(stat -c %u foo)" = "4242" ] && \
+  [ "$(stat -c %g foo)" = "8484" ] && \
+  [ -d .git ]
+"#
+    );
+    bk.ok(&Ctx::new(&df), &[]);
+    // With a checksum, without keep-git-dir.
+    let df = format!(
+        "\nFROM alpine\nARG REPO=\"{url}/.git\"\nARG TAG=\"v0.0.3\"\nADD --checksum={v3} ${{REPO}}#${{TAG}} /nogitdir\nRUN [ -f /nogitdir/foo ]\nRUN [ \"$(cat /nogitdir/foo)\" = \"foo of v0.0.3\" ]\nRUN [ ! -d /nogitdir/.git ]\n"
+    );
+    bk.ok(&Ctx::new(&df), &[]);
+    // The first ref again, with its .git.
+    let df = format!(
+        "\n\t\tFROM alpine\n\t\tARG REPO=\"{url}/.git\"\n\t\tARG TAG=\"v0.0.2\"\n\t\tADD --keep-git-dir --checksum={v2} ${{REPO}}#${{TAG}} /nogitdir\n\t\tRUN [ -f /nogitdir/foo ]\n\t\tRUN [ \"$(cat /nogitdir/foo)\" = \"foo of v0.0.2\" ]\n\t\tRUN [ -d /nogitdir/.git ]\n\t\t"
+    );
+    bk.ok(&Ctx::new(&df), &[]);
+    // A commit hash as the ref and the checksum.
+    let df = format!(
+        "\n\tFROM alpine\n\tARG REPO=\"{url}/.git\"\n\tARG COMMIT=\"{v3}\"\n\tADD --keep-git-dir=true --checksum={v3} ${{REPO}}#${{COMMIT}} /commitdir\n\tRUN [ -f /commitdir/foo ]\n\tRUN [ \"$(cat /commitdir/foo)\" = \"foo of v0.0.3\" ]\n\tRUN [ -d /commitdir/.git ]\n\t"
+    );
+    bk.ok(&Ctx::new(&df), &[]);
+    // The checksum does not match.
+    let df = format!(
+        "\n\tFROM alpine\n\tARG REPO=\"{url}/.git\"\n\tARG TAG=\"v0.0.3\"\n\tADD --checksum={v2} ${{REPO}}#${{TAG}} /faildir\n\t"
+    );
+    bk.fails_with(&Ctx::new(&df), &[], &["expected checksum to match"]);
+    // The checksum is garbage.
+    let df = format!(
+        "\n\tFROM alpine\n\tARG REPO=\"{url}/.git\"\n\tARG TAG=\"v0.0.3\"\n\tADD --checksum=foobar ${{REPO}}#${{TAG}} /faildir\n\t"
+    );
+    bk.fails_with(
+        &Ctx::new(&df),
+        &[],
+        &["invalid checksum", "expected hex commit hash"],
+    );
+}
+
+/// testAddGitSHA1: see [`add_git`].
+#[test]
+fn test_add_git_sha1() {
+    add_git("git init");
+}
+
+/// testAddGitSHA256: see [`add_git`], with a SHA-256 repository.
+#[test]
+fn test_add_git_sha256() {
+    add_git("git init --object-format=sha256");
+}
+
+/// testAddGitChecksumCache: adding `--checksum` (the commit the tag names)
+/// to an ADD of a git ref keeps the cache: the next step is not run again.
+#[test]
+fn test_add_git_checksum_cache() {
+    let bk = Bk::start();
+    let repo = git_repo(&["v0.0.1", "v0.0.2"], "git init");
+    let commit = git_rev(repo.path(), "v0.0.2");
+    let server = HttpServer::serve_dir(repo.path());
+    let df1 = format!(
+        "\nFROM alpine AS src\nADD --keep-git-dir {}/.git#v0.0.2 /repo\nRUN head -c 16 /dev/urandom | base64 > /repo/unique.txt\nFROM scratch\nCOPY --from=src /repo/unique.txt /\n",
+        server.url
+    );
+    let unique1 = bk.ok(&Ctx::new(&df1), &[]).read("/unique.txt");
+    let df2 = format!(
+        "\nFROM alpine AS src\nADD --keep-git-dir --checksum={commit} {}/.git#v0.0.2 /repo\nRUN head -c 16 /dev/urandom | base64 > /repo/unique.txt\nFROM scratch\nCOPY --from=src /repo/unique.txt /\n",
+        server.url
+    );
+    let unique2 = bk.ok(&Ctx::new(&df2), &[]).read("/unique.txt");
+    assert_eq!(unique1, unique2, "cache should be matched");
 }

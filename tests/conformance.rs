@@ -51,8 +51,144 @@ const DEVIATIONS: &[(&str, &str, &str)] = &[(
 /// produced `expected/`, and memobuild follows current BuildKit (issue 11 item
 /// 9; BuildKit's own Go tests, ported in tests/buildkit.rs, assert the newer
 /// behaviour): (case, path, field, what memobuild builds). `mode` replaces the
-/// entry's mode; `content` its sha256 and size.
+/// entry's mode; `owner` (UID:GID) its uid and gid; `content` its sha256 and size.
 const NEWER_BUILDKIT: &[(&str, &str, &str, &str)] = &[
+    // ADD --chown of a local archive owns every entry the archive has (not
+    // the directories it only implies, which stay 0:0), as BuildKit's untar
+    // ChownOpts do (testDockerfileAddChownArchive).
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/bin",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/bin/readme-link",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/bin/run.sh",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/empty",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/etc",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/etc/app.conf",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/hardlink.txt",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/pkg/readme.txt",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-tar/extra/root-owned.txt",
+        "owner",
+        "1000:1000",
+    ),
+    ("add-archive-chown", "/chowned-gz/pkg", "owner", "1000:1000"),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/bin",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/bin/readme-link",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/bin/run.sh",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/empty",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/etc",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/etc/app.conf",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/hardlink.txt",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/pkg/readme.txt",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-gz/extra/root-owned.txt",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-noroot/pkg/etc",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-noroot/pkg/etc/app.conf",
+        "owner",
+        "1000:1000",
+    ),
+    (
+        "add-archive-chown",
+        "/chowned-noroot/pkg/readme.txt",
+        "owner",
+        "1000:1000",
+    ),
     // COPY --chmod applies an octal mode to the directories COPY creates, the
     // destination and missing parents (testCopyChmod: /parent is 0777).
     ("copy-chmod", "/chmod", "mode", "0600"),
@@ -115,6 +251,11 @@ fn with_newer_buildkit(name: &str, mut expected: Value) -> Value {
             .unwrap_or_else(|| panic!("{name}: {path} is not in expected/{name}.json"));
         match *field {
             "mode" => entry["mode"] = Value::from(*value),
+            "owner" => {
+                let (uid, gid) = value.split_once(':').expect("owner is UID:GID");
+                entry["uid"] = Value::from(uid.parse::<u64>().expect("uid"));
+                entry["gid"] = Value::from(gid.parse::<u64>().expect("gid"));
+            }
             _ => {
                 entry["sha256"] = Value::from(hex::encode(sha2::Sha256::digest(value.as_bytes())));
                 entry["size"] = Value::from(value.len());

@@ -73,6 +73,17 @@ fn a_rootfs_written_as_snapshots_is_what_unpacking_the_layers_gives() {
     let ctx = context();
     let mut d = Daemon::start();
     let written = dump(&d, ctx.path(), "1");
+    // The context's files were copied, never linked into a snapshot (whose
+    // owner and mode would then be theirs).
+    for rel in ["tree/a", "tree/sub/b", "tool"] {
+        let meta = std::fs::metadata(ctx.path().join(rel)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (meta.nlink(), meta.uid(), meta.mode() & 0o7777),
+            (1, 0, 0o644),
+            "{rel}"
+        );
+    }
     // Every layer below the last RUN was written as a snapshot, none unpacked.
     assert_eq!(snapshots(&d, "unpacked"), 0, "{}", d.log());
     assert!(snapshots(&d, "written") >= 6, "{}", d.log());

@@ -13,6 +13,7 @@ mod progress;
 mod registry;
 mod rootfs;
 mod stdin;
+mod steplabel;
 mod tty;
 
 use clap::{Parser, Subcommand};
@@ -688,7 +689,13 @@ fn build_request(
             }
         }
     }
-    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+    // `--build-arg SOURCE_DATE_EPOCH=N` is BuildKit's way to set it (buildx
+    // passes the environment's that way); it wins over the environment.
+    let epoch_text = match build_args.get("SOURCE_DATE_EPOCH") {
+        Some(v) => Ok(v.clone()),
+        None => std::env::var("SOURCE_DATE_EPOCH"),
+    };
+    let source_date_epoch = match epoch_text {
         Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
             RpcError::with_hint(
                 format!("SOURCE_DATE_EPOCH={v:?} is not a number"),

@@ -153,20 +153,12 @@ fn write_text(out: &mut impl Write, report: &BuildLogReport) -> std::io::Result<
     }
 }
 
-/// `#3 [stage 2/4] COPY a /b`, as the build's progress shows it.
+/// `#3 [stage 2/4] COPY a /b`, as the build's plain progress shows it.
 fn label(steps: &[StepInfo], step: usize) -> String {
-    let Some(s) = steps.get(step) else {
-        return format!("#{}", step + 1);
-    };
-    let in_stage: Vec<&StepInfo> = steps.iter().filter(|x| x.stage == s.stage).collect();
-    let pos = in_stage.iter().position(|x| x.index == step).unwrap_or(0) + 1;
-    format!(
-        "#{} [{} {pos}/{}] {}",
-        step + 1,
-        s.stage,
-        in_stage.len(),
-        s.instruction
-    )
+    match steps.get(step) {
+        Some(_) => format!("#{} {}", step + 1, crate::steplabel::label(steps, step)),
+        None => format!("#{}", step + 1),
+    }
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`. humantime formats years

@@ -198,19 +198,11 @@ impl Printer {
 
     fn label(&self, step: usize) -> String {
         match self.steps.get(step) {
-            Some(s) => {
-                let in_stage: Vec<&StepInfo> =
-                    self.steps.iter().filter(|x| x.stage == s.stage).collect();
-                let pos = in_stage.iter().position(|x| x.index == step).unwrap_or(0) + 1;
-                format!(
-                    "#{} [{} {}/{}] {}",
-                    step + 1,
-                    s.stage,
-                    pos,
-                    in_stage.len(),
-                    s.instruction
-                )
-            }
+            Some(_) => format!(
+                "#{} {}",
+                step + 1,
+                crate::steplabel::label(&self.steps, step)
+            ),
             None => format!("#{}", step + 1),
         }
     }

@@ -6,6 +6,7 @@
 //! expansion, paths) is decided when the build graph is planned, in `graph`.
 
 pub mod expand;
+mod heredoc;
 pub mod suggest;
 
 use std::fmt;
@@ -234,6 +235,9 @@ struct Converter<'a> {
     text: &'a str,
     lines: LineIndex<'a>,
     escape: char,
+    /// By the offset of a RUN keyword: its shell command with the
+    /// here-documents the parser does not take (see `heredoc`).
+    run_heredocs: std::collections::BTreeMap<usize, String>,
 }
 
 /// Largest Dockerfile the daemon reads.
@@ -247,6 +251,10 @@ pub fn read_file(path: &std::path::Path) -> Result<String, memobuild_rootpath::s
 
 /// Parses a Dockerfile. `name` is how errors refer to the file.
 pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
+    // RUN here-documents the parser does not take (several, or fed to a
+    // command) leave the text here, same offsets, and join the command later.
+    let (blanked, run_heredocs) = heredoc::split_run_heredocs(text);
+    let text = blanked.as_str();
     let parsed = parse_dockerfile::parse(text).map_err(|e| {
         // The crate reports "no stage" at line 0; positions we print are 1-based.
         let loc = Loc {
@@ -286,6 +294,7 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
         text,
         lines: LineIndex::new(text),
         escape,
+        run_heredocs,
     };
     let mut global_args = Vec::new();
     for arg in parsed.global_args() {
@@ -460,7 +469,7 @@ impl Converter<'_> {
                     &i.options,
                     &i.src,
                     &i.dest,
-                    &["from", "chown", "chmod", "link"],
+                    &["from", "chown", "chmod", "link", "parents", "exclude"],
                 )?),
             ),
             P::Add(i) => (
@@ -471,7 +480,15 @@ impl Converter<'_> {
                     &i.options,
                     &i.src,
                     &i.dest,
-                    &["chown", "chmod", "link"],
+                    &[
+                        "chown",
+                        "chmod",
+                        "link",
+                        "exclude",
+                        "checksum",
+                        "unpack",
+                        "keep-git-dir",
+                    ],
                 )?),
             ),
             P::Healthcheck(i) => (
@@ -735,6 +752,10 @@ impl Converter<'_> {
             }
             _ => return Err(self.error(i.run.span.start, "unsupported RUN form")),
         };
+        let command = match self.run_heredocs.get(&i.run.span.start) {
+            Some(full) => CommandForm::Shell(full.clone()),
+            None => command,
+        };
         Ok(RunSpec {
             flags,
             command,
@@ -748,7 +769,27 @@ impl Converter<'_> {
         i: &parse_dockerfile::OnbuildInstruction<'_>,
     ) -> Result<String, DockerfileError> {
         let line = logical_line(self.text, i.onbuild.span.start, self.escape);
-        let trigger = line.get("ONBUILD".len()..).unwrap_or("").trim().to_string();
+        let mut trigger = line.get("ONBUILD".len()..).unwrap_or("").trim().to_string();
+        // Here-documents follow the line: the trigger keeps their bodies and
+        // terminators, so it parses again in the image built FROM this one.
+        let docs: Vec<std::ops::Range<usize>> = match &*i.instruction {
+            parse_dockerfile::Instruction::Run(r) => {
+                r.here_docs.iter().map(|h| h.span.clone()).collect()
+            }
+            parse_dockerfile::Instruction::Copy(c) => heredoc_spans(&c.src),
+            parse_dockerfile::Instruction::Add(a) => heredoc_spans(&a.src),
+            _ => Vec::new(),
+        };
+        if let (Some(first), Some(last)) = (docs.first(), docs.last()) {
+            // A span ends where its terminator line starts.
+            let end = self.text[last.end..]
+                .find('\n')
+                .map_or(self.text.len(), |n| last.end + n);
+            if let Some(body) = self.text.get(first.start..end) {
+                trigger.push('\n');
+                trigger.push_str(body);
+            }
+        }
         let first = trigger
             .split_whitespace()
             .next()
@@ -762,6 +803,16 @@ impl Converter<'_> {
         }
         Ok(trigger)
     }
+}
+
+/// The spans of the here-document sources of a COPY/ADD.
+fn heredoc_spans(src: &[parse_dockerfile::Source<'_>]) -> Vec<std::ops::Range<usize>> {
+    src.iter()
+        .filter_map(|s| match s {
+            parse_dockerfile::Source::HereDoc(h) => Some(h.span.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn string_array<const N: usize>(arr: &parse_dockerfile::JsonOrStringArray<'_, N>) -> Vec<String> {

@@ -3,8 +3,9 @@
 //! with everything it will do already resolved (variables expanded, paths made
 //! absolute, sources selected) and its cache key computed.
 //!
-//! Planning reads the context's metadata and hashes the files COPY/ADD select,
-//! but never touches the filesystem of an image: what depends on the parent
+//! Planning reads the context's metadata and hashes the files COPY/ADD select
+//! (and gets what `ADD https://...` names from a [`UrlSource`]), but never
+//! touches the filesystem of an image: what depends on the parent
 //! layers (does the destination exist? who is user `app`?) is decided when the
 //! step runs, in `exec`, and is covered by the key through the parent's key.
 
@@ -14,7 +15,7 @@ mod stage;
 
 pub use chmod::Chmod;
 
-pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration};
+pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration, split_parents};
 
 use key::KeyHasher;
 use memobuild_context::{ContextIndex, HashCache, Selected};
@@ -46,12 +47,59 @@ pub struct PlanInput<'a> {
     pub run_options: &'a str,
     /// Content digests of stage paths computed by earlier builds.
     pub stage_contents: &'a dyn StageContents,
+    /// Where `ADD URL` downloads come from.
+    pub urls: &'a dyn UrlSource,
 }
 
 /// Content digests of paths in stage results that are already known, by
 /// [`key::content_ref_key`]; the engine computes them when a stage has run.
 pub trait StageContents {
     fn content_digest(&self, ref_key: &str) -> Option<String>;
+}
+
+/// Downloads what `ADD https://...` names. The planner asks this with the
+/// expanded URL and keys the step by the content it gets, as BuildKit keys an
+/// HTTP source by its checksum; the daemon downloads (or revalidates a copy
+/// by its ETag), tests answer from a map.
+pub trait UrlSource {
+    /// The content at `url`, downloaded to a local file.
+    fn fetch(&self, url: &str) -> Result<Fetched, String>;
+
+    /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
+    /// remote's HEAD when empty), checked out in a local directory, with
+    /// its `.git` when `keep_git_dir`.
+    fn git(&self, remote: &str, reference: &str, keep_git_dir: bool) -> Result<GitTree, String> {
+        let _ = (reference, keep_git_dir);
+        Err(format!("{remote}: git repositories are not available here"))
+    }
+}
+
+/// A checked-out git commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitTree {
+    /// The checkout, kept until the build ends.
+    pub dir: std::path::PathBuf,
+    /// The full hex commit hash (SHA-1 or SHA-256).
+    pub commit: String,
+}
+
+/// A downloaded URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The downloaded bytes, in a file that stays until the build ends.
+    pub path: std::path::PathBuf,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// Fetches nothing: every URL is an error (for plans that must not touch the
+/// network).
+pub struct NoUrls;
+
+impl UrlSource for NoUrls {
+    fn fetch(&self, url: &str) -> Result<Fetched, String> {
+        Err(format!("{url}: downloads are not available here"))
+    }
 }
 
 /// Knows no content digest: every step reading a stage's paths is pending.
@@ -251,12 +299,22 @@ pub enum RunMount {
         /// those not given), as BuildKit mounts `/cache` of a Mkdir state;
         /// without them, the cache's root (0:0, 0755).
         owner: Option<CacheOwner>,
+        /// `source=`: a subdirectory of the cache to mount (cleaned, relative);
+        /// a path through a symlink is refused when the step runs.
+        source: Option<String>,
     },
     /// A secret the client sent with the build, present only during the step.
     Secret {
         id: String,
-        target: String,
+        /// The file's path; `None` when only `env=` was given (BuildKit
+        /// mounts no file then).
+        target: Option<String>,
         required: bool,
+        /// `env=NAME`: the secret is also the value of NAME in the step.
+        env: Option<String>,
+        /// `uid=`, `gid=`, `mode=`: the file's owner and mode (0, 0, 0400 for
+        /// those not given); without them, the step's user and 0400.
+        owner: Option<CacheOwner>,
     },
     /// Files from the context (`from: None`) or another stage, read-only unless `rw`.
     Bind {
@@ -278,8 +336,20 @@ pub enum RunMount {
 
 #[derive(Debug, Clone)]
 pub struct CopyOp {
-    /// ADD: local archives are extracted.
+    /// Archives are extracted: ADD of local files unless `--unpack=false`,
+    /// ADD of URLs only with `--unpack=true`.
     pub add: bool,
+    /// `COPY --parents`: each source is split at its first `/./` (or at
+    /// `/` without one) into a root and a pattern, and the entries below the
+    /// root the pattern selects keep their path relative to the root under
+    /// the destination (BuildKit's IncludePatterns on the root's contents).
+    pub parents: bool,
+    /// For a context source with `--parents`: the pattern of each of
+    /// `roots`, in order.
+    pub root_patterns: Vec<String>,
+    /// `--exclude` patterns (.dockerignore syntax), matched against paths
+    /// relative to each copied root.
+    pub exclude: Vec<String>,
     pub source: CopySource,
     /// Absolute destination; ends with `/` when it names a directory.
     pub dest: String,
@@ -302,6 +372,19 @@ pub enum CopySource {
     },
     /// Paths (as written, expanded) in another stage's result.
     Stage { stage: usize, paths: Vec<String> },
+    /// `ADD URL...`: downloaded files, each named after its URL's last path
+    /// component (`__unnamed__` without one), mode 0600 unless `--chmod`.
+    Url { files: Vec<UrlFile> },
+    /// `ADD` of a git repository: the checkout's tree (a subdirectory of it
+    /// with `#ref:subdir`) copied into the destination directory.
+    Git { tree: GitTree, subdir: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct UrlFile {
+    pub url: String,
+    pub name: String,
+    pub fetched: Fetched,
 }
 
 /// Plans the build of `input.target` (or the last stage).
@@ -314,7 +397,26 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         .iter()
         .map(|s| stage::resolve_base(df, s, &global, input.images))
         .collect::<Result<Vec<_>, _>>()?;
-    let needed = needed_stages(df, &bases, target)?;
+    // The ONBUILD triggers of each stage's base run first in it: they are
+    // planned as its first instructions, so what they name (stages, images)
+    // is a dependency like what the stage names itself (BuildKit).
+    let (effective, trigger_errors) = with_triggers(df, &bases);
+    let df = &effective;
+    let input = &PlanInput {
+        dockerfile: df,
+        target: input.target,
+        build_args: input.build_args,
+        context: input.context.clone(),
+        hashes: input.hashes,
+        merkle: input.merkle,
+        focus: input.focus,
+        images: input.images,
+        epoch: input.epoch,
+        run_options: input.run_options,
+        stage_contents: input.stage_contents,
+        urls: input.urls,
+    };
+    let needed = needed_stages(df, &bases, target, &trigger_errors)?;
 
     let mut plan = Plan {
         file: df.name.clone(),
@@ -539,16 +641,57 @@ fn find_target(df: &Dockerfile, target: &str) -> Result<usize, DockerfileError> 
 
 /// Stages the target depends on, in Dockerfile order (which is a topological
 /// order: a stage may only refer to stages before it).
+/// `df` with the ONBUILD triggers of each stage's base (an image's
+/// `OnBuild`, or the ONBUILD instructions of the stage it is built FROM)
+/// placed before the stage's own instructions; a stage whose triggers do not
+/// parse has its error instead (reported only if the stage is needed).
+fn with_triggers(
+    df: &Dockerfile,
+    bases: &[Option<Base>],
+) -> (Dockerfile, Vec<Option<DockerfileError>>) {
+    let mut out = df.clone();
+    let mut errors = vec![None; df.stages.len()];
+    for (i, stage) in out.stages.iter_mut().enumerate() {
+        let texts: Vec<String> = match &bases[i] {
+            Some(Base::Image(image)) => image.config.config.on_build.clone().unwrap_or_default(),
+            Some(Base::Stage(s)) => df.stages[*s]
+                .instructions
+                .iter()
+                .filter_map(|ins| match &ins.value {
+                    memobuild_dockerfile::Instruction::Onbuild(t) => Some(t.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if texts.is_empty() {
+            continue;
+        }
+        match stage::onbuild_triggers(df, &df.stages[i], texts) {
+            Ok(mut triggers) => {
+                triggers.append(&mut stage.instructions);
+                stage.instructions = triggers;
+            }
+            Err(e) => errors[i] = Some(e),
+        }
+    }
+    (out, errors)
+}
+
 fn needed_stages(
     df: &Dockerfile,
     bases: &[Option<Base>],
     target: usize,
+    trigger_errors: &[Option<DockerfileError>],
 ) -> Result<Vec<usize>, DockerfileError> {
     let mut needed = BTreeSet::new();
     let mut todo = vec![target];
     while let Some(i) = todo.pop() {
         if !needed.insert(i) {
             continue;
+        }
+        if let Some(e) = &trigger_errors[i] {
+            return Err(e.clone());
         }
         let base = bases[i]
             .as_ref()
@@ -618,6 +761,7 @@ mod tests {
                 epoch: None,
                 run_options: "",
                 stage_contents: &NoStageContents,
+                urls: &NoUrls,
             })
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()
@@ -665,6 +809,7 @@ mod tests {
                 epoch: None,
                 run_options: "",
                 stage_contents: &NoStageContents,
+                urls: &NoUrls,
             })
             .unwrap();
             plan.stages[plan.target].config.config.working_dir.clone()
@@ -703,6 +848,7 @@ mod tests {
                 epoch: None,
                 run_options: "",
                 stage_contents: &NoStageContents,
+                urls: &NoUrls,
             })
             .unwrap();
             plan.stages[plan.target].config.config.working_dir.clone()

@@ -434,12 +434,9 @@ pub(super) fn plan_stage(
         Base::Image(image) => image.config.clone(),
     };
     let mut config = config;
-    // ONBUILD triggers of the base run first, and are not inherited.
-    let triggers = onbuild_triggers(
-        df,
-        si.stage,
-        config.config.on_build.take().unwrap_or_default(),
-    )?;
+    // ONBUILD triggers of the base are not inherited; they run first, as the
+    // stage's first instructions (placed there by `super::with_triggers`).
+    config.config.on_build = None;
     // BuildKit's empty image (FROM scratch) has WorkingDir "/"; a stage built
     // on an image or a stage keeps its base's value, an empty one too (RUN and
     // relative paths still use "/" then, see `State::workdir`).
@@ -467,7 +464,7 @@ pub(super) fn plan_stage(
         contents: Vec::new(),
     };
     let mut steps = Vec::new();
-    for ins in triggers.iter().chain(&si.stage.instructions) {
+    for ins in &si.stage.instructions {
         state.files.clear();
         state.partial = false;
         state.contents.clear();
@@ -516,7 +513,7 @@ pub(super) fn plan_stage(
 }
 
 /// Parses the base's ONBUILD triggers as instructions placed at the FROM line.
-fn onbuild_triggers(
+pub(super) fn onbuild_triggers(
     df: &Dockerfile,
     stage: &Stage,
     triggers: Vec<String>,
@@ -776,18 +773,92 @@ fn copy_op(
         }
         None => None,
     };
+    let parents = match spec.flag("parents") {
+        None => false,
+        Some(f) => parse_bool_flag(df, f, "parents")?,
+    };
+    let mut exclude = Vec::new();
+    for f in spec.flags.iter().filter(|f| f.name == "exclude") {
+        exclude.push(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?);
+    }
+    if let Err(e) = memobuild_context::dockerignore::DockerIgnore::parse(&exclude.join("\n")) {
+        let loc = spec.flag("exclude").map_or(loc, |f| f.loc);
+        return Err(err(df, loc, format!("--exclude: {}", e.message)));
+    }
+    let unpack = match spec.flag("unpack") {
+        None => None,
+        Some(f) => Some(parse_bool_flag(df, f, "unpack")?),
+    };
+    let checksum = match spec.flag("checksum") {
+        Some(f) => Some(st.expand(f.value.as_deref().unwrap_or(""), f.loc)?),
+        None => None,
+    };
+    let keep_git_dir = match spec.flag("keep-git-dir") {
+        None => false,
+        Some(f) => parse_bool_flag(df, f, "keep-git-dir")?,
+    };
     let mut sources = Vec::new();
+    let mut urls = Vec::new();
+    let mut gits = Vec::new();
     for s in &spec.sources {
         let v = st.expand(&s.value, s.loc)?;
-        if v.contains("://") || v.starts_with("git@") {
-            return Err(err_hint(
-                df,
-                s.loc,
-                format!("{keyword} from a URL ({v}) is not supported"),
-                "download the file into the build context and copy it from there",
-            ));
+        if is_git_source(&v) {
+            if !add {
+                return Err(err(df, s.loc, "source can't be a git ref for COPY"));
+            }
+            if v.starts_with("git@") || v.starts_with("ssh://") {
+                return Err(err_hint(
+                    df,
+                    s.loc,
+                    format!("{keyword} {v}: git over ssh needs --ssh, which memobuild does not support yet"),
+                    "use the repository's https:// URL",
+                ));
+            }
+            gits.push((v, s.loc));
+            continue;
+        }
+        if is_http_source(&v) {
+            if !add {
+                // BuildKit's text.
+                return Err(err(df, s.loc, "source can't be a URL for COPY"));
+            }
+            urls.push((v, s.loc));
+            continue;
         }
         sources.push((v, s.loc));
+    }
+    if let (Some(sum), Some(f)) = (&checksum, spec.flag("checksum")) {
+        if urls.is_empty() && gits.is_empty() {
+            return Err(err(df, f.loc, "checksum requires HTTP(S) or Git sources"));
+        }
+        if gits.is_empty() {
+            parse_checksum(sum).map_err(|m| err(df, f.loc, m))?;
+        } else if sum.is_empty() || !sum.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // BuildKit's text.
+            return Err(err(
+                df,
+                f.loc,
+                format!("invalid checksum {sum:?}: expected hex commit hash"),
+            ));
+        }
+    }
+    if !gits.is_empty()
+        && (gits.len() > 1 || !urls.is_empty() || !sources.is_empty() || !spec.heredocs.is_empty())
+    {
+        return Err(err_hint(
+            df,
+            loc,
+            format!("{keyword} of a git repository with other sources is not supported"),
+            "add each repository with an ADD of its own",
+        ));
+    }
+    if !urls.is_empty() && (!sources.is_empty() || !spec.heredocs.is_empty()) {
+        return Err(err_hint(
+            df,
+            loc,
+            format!("{keyword} of URLs and of other sources in one instruction is not supported"),
+            "split it into one ADD for the URLs and one for the other sources",
+        ));
     }
     let mut inline = Vec::new();
     for doc in &spec.heredocs {
@@ -812,8 +883,71 @@ fn copy_op(
             .unwrap_or("-"),
     );
     k.strs(sources.iter().map(|(s, _)| s.as_str()));
+    // Absent from keys without them, so those keep their keys.
+    if parents {
+        k.str("parents");
+    }
+    if let Some(unpack) = unpack {
+        k.str("unpack").u64(u64::from(unpack));
+    }
+    if !exclude.is_empty() {
+        k.str("exclude").strs(exclude.iter().map(String::as_str));
+    }
 
-    let source = if let Some(from) = spec.flag("from") {
+    let (source, root_patterns) = if let Some((repo, gloc)) = gits.first() {
+        let (remote, reference, subdir) = split_git_ref(repo);
+        let tree = si
+            .input
+            .urls
+            .git(&remote, &reference, keep_git_dir)
+            .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
+        if let Some(sum) = &checksum {
+            if !tree.commit.starts_with(sum.as_str()) {
+                return Err(err(
+                    df,
+                    *gloc,
+                    format!(
+                        "{keyword} {repo}: expected checksum to match {sum}, got {}",
+                        tree.commit
+                    ),
+                ));
+            }
+        }
+        // The commit is the key input, as BuildKit keys a git source by it.
+        k.str("git")
+            .str(&tree.commit)
+            .str(&subdir)
+            .u64(u64::from(keep_git_dir));
+        st.files
+            .insert(remote.clone(), format!("git:{}", tree.commit));
+        (CopySource::Git { tree, subdir }, Vec::new())
+    } else if !urls.is_empty() {
+        if urls.len() > 1 && !dest_is_dir {
+            return Err(multi_source_error(df, keyword, spec.dest.loc));
+        }
+        let mut files = Vec::new();
+        for (url, uloc) in &urls {
+            let fetched = si
+                .input
+                .urls
+                .fetch(url)
+                .map_err(|m| err(df, *uloc, format!("{keyword} {url}: {m}")))?;
+            if let Some(sum) = &checksum {
+                verify_checksum(sum, &fetched).map_err(|m| err(df, *uloc, m))?;
+            }
+            let name = url_file_name(url);
+            // The downloaded content is the key input, as BuildKit keys an
+            // HTTP source by its checksum.
+            k.str("url").str(&name).str(&fetched.sha256);
+            st.files.insert(url.clone(), fetched.sha256.clone());
+            files.push(super::UrlFile {
+                url: url.clone(),
+                name,
+                fetched,
+            });
+        }
+        (CopySource::Url { files }, Vec::new())
+    } else if let Some(from) = spec.flag("from") {
         let position = from_position(
             si,
             from.value.as_deref().unwrap_or(""),
@@ -829,25 +963,55 @@ fn copy_op(
         let shown = st.read_stage(si, plan, position, paths.clone());
         st.files
             .insert(format!("stage:{}", plan.stages[position].label), shown);
-        CopySource::Stage {
-            stage: position,
-            paths,
-        }
+        (
+            CopySource::Stage {
+                stage: position,
+                paths,
+            },
+            Vec::new(),
+        )
     } else {
         let index = si.input.context.clone();
         let mut roots = Vec::new();
+        let mut root_patterns = Vec::new();
+        let not_found = |e: select::SelectError, sloc: Loc| {
+            err_hint(
+                df,
+                sloc,
+                format!("{keyword} source: {e}"),
+                "check the path (relative to the build context) and the .dockerignore",
+            )
+        };
         for (s, sloc) in &sources {
-            let selected = select::select(&index, s).map_err(|e| {
-                err_hint(
-                    df,
-                    *sloc,
-                    format!("{keyword} source: {e}"),
-                    "check the path (relative to the build context) and the .dockerignore",
-                )
-            })?;
+            let (root, pattern) = if parents {
+                let (root, pattern) = split_parents(s);
+                // BuildKit requires the path to exist unless it has wildcards.
+                if !has_wildcard(root) && !has_wildcard(pattern) {
+                    select::select(&index, &format!("{root}/{pattern}"))
+                        .map_err(|e| not_found(e, *sloc))?;
+                }
+                (root, Some(pattern))
+            } else {
+                (s.as_str(), None)
+            };
+            let selected = match select::select(&index, root) {
+                Ok(selected) => selected,
+                // A wildcard pattern may match nothing (AllowEmptyWildcard).
+                Err(select::SelectError::NotFound(_))
+                    if pattern.is_some_and(has_wildcard) || has_wildcard(root) =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(not_found(e, *sloc)),
+            };
+            if let Some(pattern) = pattern {
+                root_patterns.extend(selected.iter().map(|_| pattern.to_string()));
+            }
             roots.extend(selected);
         }
-        if roots.len() + inline.len() > 1 && !dest_is_dir {
+        // BuildKit counts the sources as written: a wildcard matching several
+        // roots copies each in turn to the destination.
+        if sources.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
         let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
@@ -873,15 +1037,24 @@ fn copy_op(
         })?;
         st.files = selection.shown;
         st.partial = selection.partial;
-        CopySource::Context {
-            index,
-            roots,
-            digests: Arc::new(selection.files),
-        }
+        (
+            CopySource::Context {
+                index,
+                roots,
+                digests: Arc::new(selection.files),
+            },
+            root_patterns,
+        )
     };
+    // BuildKit: ADD extracts local archives unless --unpack=false, and URLs
+    // only with --unpack=true.
+    let add = add && unpack.unwrap_or(urls.is_empty());
     Ok((
         Op::Copy(CopyOp {
             add,
+            parents,
+            root_patterns,
+            exclude,
             source,
             dest,
             chown,
@@ -1052,7 +1225,9 @@ fn parse_mount(
         "cache" => &[
             "target", "id", "sharing", "readonly", "mode", "uid", "gid", "from", "source",
         ],
-        "secret" => &["target", "id", "required", "mode", "uid", "gid"],
+        "secret" => &[
+            "target", "id", "source", "required", "mode", "uid", "gid", "env",
+        ],
         "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
         "tmpfs" => &["target", "size"],
         "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
@@ -1074,11 +1249,15 @@ fn parse_mount(
     match kind.as_str() {
         "cache" => {
             let target = target.ok_or_else(|| bad("a cache mount needs target=PATH".into()))?;
-            if fields.contains_key("from") || fields.contains_key("source") {
+            if fields.contains_key("from") {
                 return Err(bad(
-                    "cache mounts seeded from a stage (from=, source=) are not supported".into(),
+                    "cache mounts seeded from a stage (from=) are not supported".into(),
                 ));
             }
+            let source = fields
+                .get("source")
+                .map(|s| memobuild_rootpath::clean(s))
+                .filter(|s| !s.is_empty());
             let sharing = match fields
                 .get("sharing")
                 .map(String::as_str)
@@ -1115,20 +1294,51 @@ fn parse_mount(
                 sharing,
                 readonly: truthy(fields.get("readonly")),
                 owner,
+                source,
             })
         }
         "secret" => {
-            let id = match (fields.get("id"), &target) {
+            // BuildKit (dispatchSecret): source= wins over id=; without
+            // either, the target's base name.
+            let id = match (fields.get("source").or(fields.get("id")), &target) {
                 (Some(id), _) => id.clone(),
                 (None, Some(t)) => t.rsplit('/').next().unwrap_or("").to_string(),
                 (None, None) => {
                     return Err(bad("a secret mount needs id=ID or target=PATH".into()))
                 }
             };
+            let env = fields.get("env").cloned();
+            // A file unless only env= was given.
+            let target = match (target, &env) {
+                (Some(t), _) => Some(t),
+                (None, None) => Some(format!(
+                    "/run/secrets/{}",
+                    id.rsplit('/').next().unwrap_or("")
+                )),
+                (None, Some(_)) => None,
+            };
+            let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
+                fields
+                    .get(key)
+                    .map(|v| {
+                        u32::from_str_radix(v, radix)
+                            .map_err(|_| bad(format!("invalid {key}={v} for a secret mount")))
+                    })
+                    .transpose()
+            };
+            let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
+            let owner =
+                (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
+                    uid: uid.unwrap_or(0),
+                    gid: gid.unwrap_or(0),
+                    mode: mode.unwrap_or(0o400),
+                });
             Ok(RunMount::Secret {
-                target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                target,
                 id,
                 required: truthy(fields.get("required")),
+                env,
+                owner,
             })
         }
         "bind" => {
@@ -1179,6 +1389,7 @@ fn mount_key(
                 sharing,
                 readonly,
                 owner,
+                source,
             } => {
                 k.str("cache")
                     .str(target)
@@ -1193,16 +1404,32 @@ fn mount_key(
                         .u64(o.mode.into()),
                     None => k.u64(0),
                 };
+                // Absent from keys without it, so those keep their keys.
+                if let Some(source) = source {
+                    k.str("source").str(source);
+                }
             }
             RunMount::Secret {
                 id,
                 target,
                 required,
+                env,
+                owner,
             } => {
                 k.str("secret")
                     .str(id)
-                    .str(target)
+                    .str(target.as_deref().unwrap_or(""))
                     .u64(u64::from(*required));
+                // Absent from keys without them, so those keep their keys.
+                if let Some(env) = env {
+                    k.str("env").str(env);
+                }
+                if let Some(o) = owner {
+                    k.str("owner")
+                        .u64(o.uid.into())
+                        .u64(o.gid.into())
+                        .u64(o.mode.into());
+                }
             }
             RunMount::File {
                 target,
@@ -1248,6 +1475,129 @@ fn mount_key(
         }
     }
     Ok(())
+}
+
+/// BuildKit's isHTTPSource.
+fn is_http_source(src: &str) -> bool {
+    src.starts_with("http://") || src.starts_with("https://")
+}
+
+/// A git repository as ADD names one (BuildKit's gitutil): `git@host:...`,
+/// `git://`, `ssh://`, or an HTTP(S) URL whose path ends in `.git` (with an
+/// optional `#ref`).
+fn is_git_source(src: &str) -> bool {
+    if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
+        return true;
+    }
+    if !is_http_source(src) {
+        return false;
+    }
+    let without_ref = src.split('#').next().unwrap_or(src);
+    let path = without_ref.split('?').next().unwrap_or(without_ref);
+    path.trim_end_matches('/').ends_with(".git")
+}
+
+/// `REMOTE#REF:SUBDIR` (BuildKit's fragment): the remote, the ref (empty:
+/// the remote's HEAD) and the subdirectory (cleaned, empty for the root).
+fn split_git_ref(src: &str) -> (String, String, String) {
+    let (remote, fragment) = src.split_once('#').unwrap_or((src, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    (
+        remote.to_string(),
+        reference.to_string(),
+        memobuild_rootpath::clean(subdir),
+    )
+}
+
+/// The file name an `ADD URL` writes: the URL path's last component, or
+/// `__unnamed__` (BuildKit).
+fn url_file_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let path = rest
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .split_once('/')
+        .map_or("", |(_, p)| p);
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
+        _ => "__unnamed__".to_string(),
+    }
+}
+
+/// `--checksum=ALGO:HEX` as BuildKit (go-digest) accepts it: sha256, sha384
+/// or sha512, lowercase hex of the right length.
+fn parse_checksum(text: &str) -> Result<(&str, &str), String> {
+    let Some((algo, hex)) = text.split_once(':') else {
+        return Err(format!("invalid checksum digest format: {text:?}"));
+    };
+    let len = match algo {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(format!("unsupported digest algorithm: {algo:?}")),
+    };
+    if hex.len() != len
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(format!("invalid checksum digest format: {text:?}"));
+    }
+    Ok((algo, hex))
+}
+
+/// Checks downloaded bytes against `--checksum`.
+fn verify_checksum(text: &str, fetched: &super::Fetched) -> Result<(), String> {
+    use sha2::Digest as _;
+    let (algo, want) = parse_checksum(text)?;
+    let got = if algo == "sha256" {
+        fetched.sha256.clone()
+    } else {
+        let bytes =
+            std::fs::read(&fetched.path).map_err(|e| format!("reading the download: {e}"))?;
+        match algo {
+            "sha384" => hex::encode(sha2::Sha384::digest(&bytes)),
+            _ => hex::encode(sha2::Sha512::digest(&bytes)),
+        }
+    };
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("digest mismatch {algo}:{got}: {text}"))
+    }
+}
+
+fn parse_bool_flag(
+    df: &Dockerfile,
+    f: &memobuild_dockerfile::Flag,
+    name: &str,
+) -> Result<bool, DockerfileError> {
+    match f.value.as_deref() {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(v) => Err(err(
+            df,
+            f.loc,
+            format!("expecting boolean value for flag {name}, not: {v}"),
+        )),
+    }
+}
+
+/// `COPY --parents SRC`: the root (before the first `/./`, or `/`) and the
+/// pattern of what below it is copied with its path (BuildKit's pivot).
+pub fn split_parents(src: &str) -> (&str, &str) {
+    match src.split_once("/./") {
+        Some((root, pattern)) => (
+            if root.is_empty() { "/" } else { root },
+            pattern.trim_start_matches('/'),
+        ),
+        None => ("/", src.trim_start_matches('/')),
+    }
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
 }
 
 fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileError {

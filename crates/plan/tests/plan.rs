@@ -74,6 +74,7 @@ impl Fixture {
             epoch: None,
             run_options: "",
             stage_contents: &memobuild_plan::NoStageContents,
+            urls: &memobuild_plan::NoUrls,
         })
     }
 }
@@ -228,4 +229,197 @@ fn copy_from_a_stage_depends_on_that_stage() {
         before.steps.last().unwrap().key,
         after.steps.last().unwrap().key
     );
+}
+
+/// A stage's base's ONBUILD triggers are its first steps, and what they name
+/// (an earlier stage) is a dependency, planned even though only the trigger
+/// names it.
+#[test]
+fn onbuild_triggers_are_first_steps_and_their_from_is_a_dependency() {
+    let f = Fixture::new(&[("a.txt", "a"), ("b.txt", "b")]);
+    let df = "FROM scratch AS src\nCOPY a.txt /in\nFROM scratch AS base\nONBUILD COPY --from=src /in /out\nFROM base AS mid\nCOPY b.txt /b\nFROM scratch\nCOPY --from=mid /out /\n";
+    let p = f.plan(df, "", &[]);
+    let labels: Vec<&str> = p.stages.iter().map(|s| s.label.as_str()).collect();
+    assert!(labels.contains(&"src"), "{labels:?}");
+    let mid = p.stages.iter().position(|s| s.label == "mid").unwrap();
+    let src = p.stages.iter().position(|s| s.label == "src").unwrap();
+    assert!(p.stages[mid].deps.contains(&src));
+    let first = &p.steps[p.stages[mid].steps[0]];
+    assert_eq!(first.display, "ONBUILD COPY --from=src /in /out");
+    // The trigger is not inherited by what is built FROM mid.
+    assert!(p.stages[mid].config.config.on_build.is_none());
+}
+
+/// Answers `ADD https://...` from a map of URL -> content, written to files.
+struct Urls {
+    dir: tempfile::TempDir,
+    content: BTreeMap<String, String>,
+}
+
+impl memobuild_plan::UrlSource for Urls {
+    /// Every ref of a remote named in `content` is the commit its content names.
+    fn git(
+        &self,
+        remote: &str,
+        reference: &str,
+        _keep_git_dir: bool,
+    ) -> Result<memobuild_plan::GitTree, String> {
+        let commit = self
+            .content
+            .get(&format!("{remote}#{reference}"))
+            .ok_or("no such ref")?;
+        Ok(memobuild_plan::GitTree {
+            dir: self.dir.path().to_path_buf(),
+            commit: commit.clone(),
+        })
+    }
+
+    fn fetch(&self, url: &str) -> Result<memobuild_plan::Fetched, String> {
+        use sha2::Digest as _;
+        let text = self.content.get(url).ok_or("404")?;
+        let sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        let path = self.dir.path().join(&sha256);
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        Ok(memobuild_plan::Fetched { path, sha256 })
+    }
+}
+
+impl Fixture {
+    fn plan_with_urls(
+        &self,
+        dockerfile: &str,
+        urls: &Urls,
+    ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
+        let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile")?;
+        let ignore = DockerIgnore::parse("").unwrap();
+        let context = ContextIndex::scan(self.root(), &ignore).unwrap();
+        plan(&PlanInput {
+            dockerfile: &df,
+            target: "",
+            build_args: &BTreeMap::new(),
+            context: Arc::new(context),
+            hashes: &self.hashes,
+            merkle: &self.merkle,
+            focus: None,
+            images: &self.images,
+            epoch: None,
+            run_options: "",
+            stage_contents: &memobuild_plan::NoStageContents,
+            urls,
+        })
+    }
+}
+
+/// ADD of a URL is keyed by the downloaded content; `--checksum` must match
+/// it; COPY refuses URLs; the file is named after the URL's path.
+#[test]
+fn add_of_a_url_is_keyed_by_its_content() {
+    use sha2::Digest as _;
+    let f = Fixture::new(&[]);
+    let mut urls = Urls {
+        dir: tempfile::tempdir().unwrap(),
+        content: BTreeMap::from([("http://h/dir/f.txt".to_string(), "one".to_string())]),
+    };
+    let df = "FROM scratch\nADD http://h/dir/f.txt /d/\n";
+    let one = f.plan_with_urls(df, &urls).unwrap();
+    match &one.steps[0].op {
+        memobuild_plan::Op::Copy(c) => match &c.source {
+            memobuild_plan::CopySource::Url { files } => assert_eq!(files[0].name, "f.txt"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    urls.content
+        .insert("http://h/dir/f.txt".to_string(), "two".to_string());
+    let two = f.plan_with_urls(df, &urls).unwrap();
+    assert_ne!(keys(&one), keys(&two));
+    let sum = hex::encode(sha2::Sha256::digest(b"two"));
+    let ok = format!("FROM scratch\nADD --checksum=sha256:{sum} http://h/dir/f.txt /d/\n");
+    assert!(f.plan_with_urls(&ok, &urls).is_ok());
+    let bad = format!(
+        "FROM scratch\nADD --checksum=sha256:{} http://h/dir/f.txt /d/\n",
+        "0".repeat(64)
+    );
+    let err = f.plan_with_urls(&bad, &urls).unwrap_err();
+    assert!(err.message.contains("digest mismatch"), "{}", err.message);
+    let err = f
+        .plan_with_urls("FROM scratch\nCOPY http://h/dir/f.txt /d/\n", &urls)
+        .unwrap_err();
+    assert!(err.message.contains("source can't be a URL for COPY"));
+}
+
+/// `--parents`, `--exclude` and `--unpack` are key inputs only when given.
+#[test]
+fn copy_flags_change_the_key_only_when_given() {
+    let f = Fixture::new(&[("a/b.txt", "b")]);
+    let plain = keys(&f.plan("FROM scratch\nCOPY a/b.txt /x/\n", "", &[]));
+    for df in [
+        "FROM scratch\nCOPY --parents a/b.txt /x/\n",
+        "FROM scratch\nCOPY --exclude=*.md a/b.txt /x/\n",
+    ] {
+        assert_ne!(plain, keys(&f.plan(df, "", &[])), "{df}");
+    }
+    let add = keys(&f.plan("FROM scratch\nADD a/b.txt /x/\n", "", &[]));
+    assert_ne!(
+        add,
+        keys(&f.plan("FROM scratch\nADD --unpack=false a/b.txt /x/\n", "", &[]))
+    );
+    // A pivot selects what keeps its path below the root.
+    let p = f.plan("FROM scratch\nCOPY --parents ./a/./b.txt /x/\n", "", &[]);
+    match &p.steps[0].op {
+        memobuild_plan::Op::Copy(c) => {
+            assert!(c.parents);
+            assert_eq!(c.root_patterns, ["b.txt"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// ADD of a git ref is keyed by the commit it names (not by `--checksum`,
+/// which must be a prefix of that commit); COPY and ssh remotes are refused.
+#[test]
+fn add_of_a_git_ref_is_keyed_by_its_commit() {
+    let f = Fixture::new(&[]);
+    let mut urls = Urls {
+        dir: tempfile::tempdir().unwrap(),
+        content: BTreeMap::from([("https://h/r.git#v1".to_string(), "a".repeat(40))]),
+    };
+    let df = "FROM scratch\nADD https://h/r.git#v1 /src\n";
+    let one = f.plan_with_urls(df, &urls).unwrap();
+    let with_sum = format!(
+        "FROM scratch\nADD --checksum={} https://h/r.git#v1 /src\n",
+        "a".repeat(12)
+    );
+    assert_eq!(
+        keys(&one),
+        keys(&f.plan_with_urls(&with_sum, &urls).unwrap())
+    );
+    let keep = "FROM scratch\nADD --keep-git-dir https://h/r.git#v1 /src\n";
+    assert_ne!(keys(&one), keys(&f.plan_with_urls(keep, &urls).unwrap()));
+    urls.content
+        .insert("https://h/r.git#v1".to_string(), "b".repeat(40));
+    assert_ne!(keys(&one), keys(&f.plan_with_urls(df, &urls).unwrap()));
+    let wrong = format!(
+        "FROM scratch\nADD --checksum={} https://h/r.git#v1 /src\n",
+        "a".repeat(40)
+    );
+    let err = f.plan_with_urls(&wrong, &urls).unwrap_err();
+    assert!(
+        err.message.contains("expected checksum to match"),
+        "{}",
+        err.message
+    );
+    let garbage = "FROM scratch\nADD --checksum=foobar https://h/r.git#v1 /src\n";
+    let err = f.plan_with_urls(garbage, &urls).unwrap_err();
+    assert!(
+        err.message.contains("expected hex commit hash"),
+        "{}",
+        err.message
+    );
+    for df in [
+        "FROM scratch\nCOPY https://h/r.git#v1 /src\n",
+        "FROM scratch\nADD git@h:r.git#v1 /src\n",
+    ] {
+        assert!(f.plan_with_urls(df, &urls).is_err(), "{df}");
+    }
 }

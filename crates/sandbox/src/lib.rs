@@ -305,6 +305,11 @@ impl std::fmt::Debug for SnapshotHold {
 }
 
 impl SnapshotHold {
+    /// The step's upper directory (where its changes' files are), while held.
+    pub fn upper(&self) -> Option<&Path> {
+        self.guard.as_ref().and(self.upper.as_deref())
+    }
+
     /// Removes the snapshot and lease. Its files are unlinked first, right
     /// away (containerd deletes a removed snapshot's directory only at its
     /// next GC): a snapshot written from this step's changes holds hard

@@ -65,11 +65,17 @@ pub enum Base<'a> {
 impl Sandbox {
     /// Writes `changes` (with `mtime` on every entry) into a new snapshot on
     /// `base`. Commit it with the layer's chain id once the layer is written.
+    ///
+    /// Files under `linkable` (a directory the daemon made for this step and
+    /// discards afterwards: a RUN's upper directory, a staging directory) are
+    /// hard linked instead of copied; any other file is copied, never linked
+    /// (a user's context file must not share an inode with a snapshot).
     pub async fn materialize(
         &self,
         base: Base<'_>,
         changes: Arc<ChangeSet>,
         mtime: u64,
+        linkable: Option<PathBuf>,
     ) -> Result<Materialized, SandboxError> {
         let id = super::new_id();
         let key = format!("mb-run-{id}");
@@ -109,7 +115,7 @@ impl Sandbox {
         guard.state.snapshot = true;
         let (upper, lowers) = diff::upper_and_lowers(&mounts)?;
         tokio::task::spawn_blocking(move || {
-            write_changes(&upper, &lowers, &changes, &removed, mtime)
+            write_changes(&upper, &lowers, &changes, &removed, mtime, linkable)
         })
         .await
         .map_err(|e| SandboxError::Invalid(format!("writing a step's snapshot: {e}")))??;
@@ -169,8 +175,10 @@ pub(crate) fn write_changes(
     changes: &ChangeSet,
     removed: &[String],
     mtime: u64,
+    linkable: Option<PathBuf>,
 ) -> Result<(), SandboxError> {
     let mut upper = Upper::open(upper, lowers)?;
+    upper.linkable = linkable;
     let time = Timespec {
         tv_sec: mtime as i64,
         tv_nsec: 0,
@@ -193,6 +201,8 @@ struct Upper<'a> {
     /// The last parent directory opened (entries come sorted, so siblings share it).
     cached: Option<(String, OwnedFd)>,
     buf: Vec<u8>,
+    /// Files below this directory may be hard linked (see `Sandbox::materialize`).
+    linkable: Option<PathBuf>,
 }
 
 fn split(rel: &str) -> (&str, &str) {
@@ -214,6 +224,7 @@ impl<'a> Upper<'a> {
             dir_times: Vec::new(),
             cached: None,
             buf: vec![0u8; 256 * 1024],
+            linkable: None,
         })
     }
 
@@ -293,7 +304,9 @@ impl<'a> Upper<'a> {
                 self.dir_times.push((path.to_string(), time));
                 Ok(())
             }
-            EntryKind::File(Content::Path(src)) => {
+            EntryKind::File(Content::Path(src))
+                if self.linkable.as_ref().is_some_and(|l| src.starts_with(l)) =>
+            {
                 // A file of the step's own upper dir or staging directory: a
                 // hard link, if they share the file system, is all it takes.
                 let (file, _) = memobuild_rootpath::safefs::open_regular(src, false)?;

@@ -213,6 +213,16 @@ fn fast_path(
     if last.epoch != request.source_date_epoch || !image_intact(engine, id, &manifest) {
         return Ok(None);
     }
+    // A build that downloaded a URL or a git repository asks its server
+    // again (ADD https://..., ADD REPO#REF): the planner records each as a
+    // key input named by the URL (a git one with the value `git:COMMIT`).
+    if last.steps.iter().any(|s| {
+        s.inputs.files.iter().any(|(k, v)| {
+            k.starts_with("http://") || k.starts_with("https://") || v.starts_with("git:")
+        })
+    }) {
+        return Ok(None);
+    }
     // A base image re-tagged or removed since makes the last result stale.
     for (name, digest) in &last.images {
         let now = engine.store.image(name).map_err(internal)?;
@@ -455,6 +465,7 @@ pub fn make_plan(
         epoch: request.source_date_epoch,
         run_options: &run_options,
         stage_contents: &StoreContents(&engine.store),
+        urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
     })
     .map_err(dockerfile_error)
 }
@@ -760,6 +771,7 @@ async fn run_stage(
                             context_root: std::path::Path::new(&run.request.context),
                             epoch,
                             snapshot_for_later_run: later_run(plan, step),
+                            no_cache,
                         };
                         let run =
                             tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());
@@ -996,8 +1008,16 @@ async fn execute(
         match wants_snapshot {
             true => {
                 let changes = changes.clone();
-                super::snapshots::materialize(&engine, &parent_layers, changes, mtime, Some(&slot))
-                    .await
+                let staged = Some(staging.path());
+                super::snapshots::materialize(
+                    &engine,
+                    &parent_layers,
+                    changes,
+                    mtime,
+                    Some(&slot),
+                    staged,
+                )
+                .await
             }
             false => None,
         }

@@ -6,6 +6,7 @@
 
 use super::fsview::{FsView, ViewKind};
 use super::users;
+use memobuild_context::dockerignore::DockerIgnore;
 use memobuild_context::{ContextIndex, FileKind, FileMeta, Selected};
 use memobuild_oci::layer::clean_entry_path;
 use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
@@ -58,6 +59,8 @@ struct Builder<'a> {
     /// True when `--chown` set `owner`.
     chown: bool,
     chmod: Option<Chmod>,
+    /// `--exclude` patterns, matched against paths relative to each root.
+    exclude: DockerIgnore,
 }
 
 impl Builder<'_> {
@@ -158,6 +161,7 @@ pub fn workdir(
         owner: Owner { uid, gid },
         chown: true,
         chmod: None,
+        exclude: DockerIgnore::empty(),
     };
     b.add(resolved, EntryKind::Dir, 0o755);
     b.add_missing_parents();
@@ -185,6 +189,7 @@ pub fn copy(
         owner,
         chown: op.chown.is_some(),
         chmod: op.chmod.clone(),
+        exclude: patterns(&op.exclude.join("\n"))?,
     };
     let dest_named_dir = op.dest.ends_with('/');
     let dest = resolve_dest(view, &op.dest);
@@ -195,9 +200,40 @@ pub fn copy(
             digests,
         } => {
             let source = ContextSource { index, digests };
-            for root in roots {
-                copy_context_root(&mut b, op, &source, root, &dest, dest_named_dir, staging)?;
+            for (i, root) in roots.iter().enumerate() {
+                match op.root_patterns.get(i) {
+                    Some(pattern) if op.parents => {
+                        copy_context_parents(&mut b, &source, root, pattern, &dest)?
+                    }
+                    _ => copy_context_root(
+                        &mut b,
+                        op,
+                        &source,
+                        root,
+                        &dest,
+                        dest_named_dir,
+                        staging,
+                    )?,
+                }
             }
+        }
+        CopySource::Url { files } => {
+            for file in files {
+                if op.add && is_archive(&file.fetched.path)? {
+                    extract_archive(&mut b, &file.fetched.path, &dest, staging)?;
+                    continue;
+                }
+                let target = file_target(view, &dest, dest_named_dir, &file.name);
+                // BuildKit's HTTP source writes 0600; --chmod/--chown apply.
+                b.add(
+                    target,
+                    EntryKind::File(Content::Path(file.fetched.path.clone())),
+                    0o600,
+                );
+            }
+        }
+        CopySource::Git { tree, subdir } => {
+            copy_git_tree(&mut b, &tree.dir.join(subdir), &dest)?;
         }
         CopySource::Stage { paths, .. } => {
             let source_view = source_view.ok_or_else(|| {
@@ -207,6 +243,7 @@ pub fn copy(
                 &mut b,
                 source_view,
                 paths,
+                op.parents,
                 &dest,
                 dest_named_dir,
                 store,
@@ -226,6 +263,96 @@ pub fn copy(
     }
     b.add_missing_parents();
     Ok(b.changes)
+}
+
+/// `ADD REPO#REF`: the checkout's tree into the destination directory, owned
+/// by the `--chown` owner (else 0:0), modes as checked out.
+fn copy_git_tree(b: &mut Builder<'_>, root: &Path, dest: &str) -> Result<(), CopyError> {
+    use std::os::unix::fs::PermissionsExt;
+    if !b.view.is_dir(dest) && !dest.is_empty() {
+        b.add_created_dir(dest.to_string());
+    }
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(|e| CopyError::Source(format!("reading the checkout: {e}")))?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .map_err(|e| CopyError::Source(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if b.exclude.is_excluded(&rel) {
+            continue;
+        }
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .map_err(io_err(entry.path().display().to_string()))?;
+        let kind = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(entry.path())
+                .map_err(io_err(entry.path().display().to_string()))?;
+            EntryKind::Symlink(target.to_string_lossy().into_owned())
+        } else if meta.is_dir() {
+            EntryKind::Dir
+        } else if meta.is_file() {
+            EntryKind::File(Content::Path(entry.path().to_path_buf()))
+        } else {
+            continue;
+        };
+        b.add(join(dest, &rel), kind, meta.permissions().mode() & 0o7777);
+    }
+    Ok(())
+}
+
+/// Patterns in .dockerignore syntax (`--exclude`, a `--parents` pattern).
+fn patterns(text: &str) -> Result<DockerIgnore, CopyError> {
+    DockerIgnore::parse(text)
+        .map_err(|e| CopyError::Source(format!("pattern {:?}: {}", e.pattern, e.message)))
+}
+
+/// The ancestors of `rel` (a relative path), nearest last: `a/b/c` -> `a`, `a/b`.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').map(move |(i, _)| &rel[..i])
+}
+
+/// `COPY --parents` of a context root: the entries below it that `pattern`
+/// selects (or lies below), with their directories, at their path relative to
+/// the root under `dest`.
+fn copy_context_parents(
+    b: &mut Builder<'_>,
+    source: &ContextSource<'_>,
+    root: &Selected,
+    pattern: &str,
+    dest: &str,
+) -> Result<(), CopyError> {
+    let ContextSource { index, digests } = source;
+    if !b.view.is_dir(dest) && !dest.is_empty() {
+        b.add_created_dir(dest.to_string());
+    }
+    if root.meta.kind != FileKind::Dir {
+        return Ok(());
+    }
+    let include = patterns(pattern)?;
+    let prefix_len = if root.rel.is_empty() {
+        0
+    } else {
+        root.rel.len() + 1
+    };
+    let mut dirs = std::collections::BTreeSet::new();
+    for (path, meta) in index.below(&root.rel) {
+        let rel = &path[prefix_len..];
+        if !include.is_excluded(rel) || b.exclude.is_excluded(rel) {
+            continue;
+        }
+        dirs.extend(ancestors(rel).map(String::from));
+        add_context_entry(b, index, digests, path, meta, join(dest, rel));
+    }
+    for dir in dirs {
+        let path = join(&root.rel, &dir);
+        if let Some(meta) = index.get(&path) {
+            add_context_entry(b, index, digests, &path, meta, join(dest, &dir));
+        }
+    }
+    Ok(())
 }
 
 /// The destination as a path in the view, following symlinks in every
@@ -282,11 +409,15 @@ fn copy_context_root(
                 root.rel.len() + 1
             };
             for (path, meta) in index.below(&root.rel) {
+                if b.exclude.is_excluded(&path[prefix_len..]) {
+                    continue;
+                }
                 let target = join(dest, &path[prefix_len..]);
                 add_context_entry(b, index, digests, path, meta, target);
             }
             Ok(())
         }
+        _ if b.exclude.is_excluded(&root.name) => Ok(()),
         FileKind::File if op.add && is_archive(&index.host_path(&root.rel))? => {
             extract_archive(b, &index.host_path(&root.rel), dest, staging)
         }
@@ -334,10 +465,12 @@ enum FromItem {
     Entry { source: String, target: String },
 }
 
+#[allow(clippy::too_many_arguments)]
 fn copy_from_view(
     b: &mut Builder<'_>,
     source: &FsView,
     paths: &[String],
+    parents: bool,
     dest: &str,
     dest_named_dir: bool,
     store: &Store,
@@ -345,6 +478,10 @@ fn copy_from_view(
 ) -> Result<(), CopyError> {
     let mut items = Vec::new();
     for raw in paths {
+        if parents {
+            parents_from_view(b, source, raw, dest, &mut items)?;
+            continue;
+        }
         let rel = clean_entry_path(raw);
         let roots = select_in_view(source, &rel)
             .ok_or_else(|| CopyError::Source(format!("{raw:?} not found in the source stage")))?;
@@ -352,6 +489,9 @@ fn copy_from_view(
             let is_dir = path.is_empty()
                 || matches!(source.get(&path).map(|e| &e.kind), Some(ViewKind::Dir));
             if !is_dir {
+                if b.exclude.is_excluded(&name) {
+                    continue;
+                }
                 let target = file_target(b.view, dest, dest_named_dir, &name);
                 items.push(FromItem::Entry {
                     source: path,
@@ -364,6 +504,9 @@ fn copy_from_view(
             }
             let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
             for (p, _) in source.below(&path) {
+                if b.exclude.is_excluded(&p[prefix_len..]) {
+                    continue;
+                }
                 let target = join(dest, &p[prefix_len..]);
                 items.push(FromItem::Entry {
                     source: p.clone(),
@@ -420,6 +563,60 @@ fn copy_from_view(
 }
 
 /// Roots a `--from` source selects: (path in view, name it was asked by).
+/// `COPY --from --parents RAW`: as [`copy_context_parents`], the root and
+/// pattern split at the first `/./`; a path without wildcards must exist.
+fn parents_from_view(
+    b: &Builder<'_>,
+    source: &FsView,
+    raw: &str,
+    dest: &str,
+    items: &mut Vec<FromItem>,
+) -> Result<(), CopyError> {
+    let (root, pattern) = memobuild_plan::split_parents(raw);
+    let wildcard = |s: &str| s.contains(['*', '?', '[']);
+    let required = clean_entry_path(&format!("{root}/{pattern}"));
+    if !wildcard(root) && !wildcard(pattern) && select_in_view(source, &required).is_none() {
+        return Err(CopyError::Source(format!(
+            "\"/{required}\": not found in the source stage"
+        )));
+    }
+    if !b.view.is_dir(dest) && !dest.is_empty() {
+        items.push(FromItem::NewDir(dest.to_string()));
+    }
+    let root = clean_entry_path(root);
+    let roots = if root.is_empty() {
+        vec![(String::new(), String::new())]
+    } else {
+        select_in_view(source, &root).unwrap_or_default()
+    };
+    let include = patterns(pattern)?;
+    for (path, _) in roots {
+        if !(path.is_empty() || matches!(source.get(&path).map(|e| &e.kind), Some(ViewKind::Dir))) {
+            continue;
+        }
+        let prefix_len = if path.is_empty() { 0 } else { path.len() + 1 };
+        let mut dirs = std::collections::BTreeSet::new();
+        for (p, _) in source.below(&path) {
+            let rel = &p[prefix_len..];
+            if !include.is_excluded(rel) || b.exclude.is_excluded(rel) {
+                continue;
+            }
+            dirs.extend(ancestors(rel).map(String::from));
+            items.push(FromItem::Entry {
+                source: p.clone(),
+                target: join(dest, rel),
+            });
+        }
+        for dir in dirs {
+            items.push(FromItem::Entry {
+                source: join(&path, &dir),
+                target: join(dest, &dir),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn select_in_view(view: &FsView, rel: &str) -> Option<Vec<(String, String)>> {
     if !rel.contains(['*', '?', '[']) {
         let resolved = view.resolve(rel)?;
@@ -520,6 +717,18 @@ fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, 
 
 /// ADD of a local archive: its entries land under `dest` with their own modes and
 /// owners; paths are cleaned so no entry can land outside `dest`.
+/// `path` with its parent directory resolved through the view's symlinks
+/// (the last component is the entry itself, never followed).
+fn through_symlinks(view: &FsView, path: &str) -> String {
+    match path.rsplit_once('/') {
+        Some((parent, name)) => join(
+            &view.resolve(parent).unwrap_or_else(|| parent.to_string()),
+            name,
+        ),
+        None => path.to_string(),
+    }
+}
+
 fn extract_archive(
     b: &mut Builder<'_>,
     path: &Path,
@@ -546,7 +755,10 @@ fn extract_archive(
         let kind = match header.entry_type() {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink(link),
-            tar::EntryType::Link => EntryKind::Hardlink(join(dest, &clean_entry_path(&link))),
+            tar::EntryType::Link => EntryKind::Hardlink(through_symlinks(
+                b.view,
+                &join(dest, &clean_entry_path(&link)),
+            )),
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let file = staging.join(format!("add-{}-{i}", b.changes.entries.len()));
                 let mut out = std::fs::File::create(&file).map_err(io_err(&name))?;
@@ -555,10 +767,19 @@ fn extract_archive(
             }
             _ => continue,
         };
-        // Extracted entries keep the archive's modes and owners, even with
-        // --chown/--chmod (BuildKit applies those only to what it creates itself).
+        // Extracted entries keep the archive's modes and owners; --chown
+        // owns every entry the archive has (BuildKit's untar ChownOpts), and
+        // --chmod does not apply to them.
+        let (uid, gid) = if b.chown {
+            (b.owner.uid, b.owner.gid)
+        } else {
+            (uid, gid)
+        };
+        // Written where the stage's symlinks lead (BuildKit untars in a
+        // chroot of the destination): `var/run/x` with `/var/run -> /run`
+        // lands at run/x.
         b.changes.insert(
-            join(dest, &rel),
+            through_symlinks(b.view, &join(dest, &rel)),
             LayerEntry {
                 kind,
                 mode,

@@ -13,6 +13,7 @@ mod build;
 pub mod flight;
 mod ops;
 pub mod queue;
+mod urls;
 
 pub use ops::DEFAULT_MAX_PARALLEL_BUILDS;
 pub use run::RunSettings;

@@ -52,6 +52,9 @@ pub struct RunContext<'a> {
     /// A later step of the build is a RUN: write this result as a snapshot
     /// for it (see `exec::snapshots`).
     pub snapshot_for_later_run: bool,
+    /// The step runs because of `--no-cache`/`--no-cache-filter`: a cache
+    /// mount with `uid=`/`gid=`/`mode=` starts empty (see `Mounts::cache_dir`).
+    pub no_cache: bool,
 }
 
 fn err(message: impl Into<String>) -> RpcError {
@@ -122,7 +125,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         .collect();
     let spec = RunSpec {
         args: op.args.clone(),
-        env: with_proxy_env(&op.env, &cx.request.build_args),
+        env: with_secret_env(with_proxy_env(&op.env, &cx.request.build_args), &mounts.env),
         cwd: op.cwd.clone(),
         uid,
         gid,
@@ -197,7 +200,9 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         match cx.snapshot_for_later_run {
             true => {
                 let changes = changes.clone();
-                super::snapshots::materialize(engine, cx.parent_layers, changes, mtime, None).await
+                let upper = outcome.snapshot.upper();
+                super::snapshots::materialize(engine, cx.parent_layers, changes, mtime, None, upper)
+                    .await
             }
             false => None,
         }
@@ -238,6 +243,16 @@ fn sandbox_hostname(build_args: &std::collections::BTreeMap<String, String>) -> 
 
 /// Docker's predefined proxy args reach RUN without an ARG line, in both
 /// spellings, and stay out of the cache key (they are added here, not planned).
+/// `env` with each `NAME=VALUE` of `secrets` replacing any NAME there.
+fn with_secret_env(mut env: Vec<String>, secrets: &[String]) -> Vec<String> {
+    for pair in secrets {
+        let name = pair.split('=').next().unwrap_or("");
+        env.retain(|e| e.split('=').next() != Some(name));
+        env.push(pair.clone());
+    }
+    env
+}
+
 fn with_proxy_env(
     env: &[String],
     build_args: &std::collections::BTreeMap<String, String>,
@@ -343,6 +358,8 @@ impl StepOutput {
 /// Host directories and files bound into one step; temporary ones are removed on drop.
 struct Mounts {
     extra: Vec<ExtraMount>,
+    /// `NAME=VALUE` of secrets mounted with `env=`, over the step's own.
+    env: Vec<String>,
     _temp: Vec<tempfile::TempDir>,
     /// Cache mount locks this step holds, by directory name: each id is locked
     /// once per step, however many of its mounts use it.
@@ -363,6 +380,7 @@ impl Mounts {
     ) -> Result<Mounts, RpcError> {
         let mut m = Mounts {
             extra: Vec::new(),
+            env: Vec::new(),
             _temp: Vec::new(),
             locks: std::collections::BTreeMap::new(),
         };
@@ -393,8 +411,17 @@ impl Mounts {
                     sharing,
                     readonly,
                     owner,
+                    source,
                 } => {
-                    let dir = m.cache_dir(cx, id, *sharing, *owner)?;
+                    let mut dir = m.cache_dir(cx, id, *sharing, *owner)?;
+                    if let Some(source) = source {
+                        dir = cache_subdir(&dir, source).map_err(|e| {
+                            RpcError::of(
+                                ErrorKind::InvalidInput,
+                                format!("{}: cache mount source={source}: {e}", cx.display),
+                            )
+                        })?;
+                    }
                     m.extra.push(ExtraMount {
                         source: MountSource::Host(dir),
                         target: target.clone(),
@@ -405,13 +432,16 @@ impl Mounts {
                     id,
                     target,
                     required,
+                    env,
+                    owner,
                 } => {
                     let Some(secret) = cx.request.secrets.get(id) else {
                         if *required {
+                            // BuildKit's text: "secret ID: not found".
                             return Err(RpcError::of(
                                 ErrorKind::InvalidInput,
                                 format!(
-                                    "{}: secret {id:?} is required but was not given",
+                                    "{}: secret {id}: not found (the mount is required)",
                                     cx.display
                                 ),
                             )
@@ -419,9 +449,33 @@ impl Mounts {
                         }
                         continue;
                     };
+                    if let Some(name) = env {
+                        let value = String::from_utf8(secret.0.clone()).map_err(|_| {
+                            RpcError::of(
+                                ErrorKind::InvalidInput,
+                                format!(
+                                    "{}: secret {id} is not UTF-8 text, so it cannot be the value of {name}",
+                                    cx.display
+                                ),
+                            )
+                            .hint("mount it as a file (target=PATH without env=)")
+                        })?;
+                        m.env.push(format!("{name}={value}"));
+                    }
+                    let Some(target) = target else { continue };
                     let dir = secret_dir()?;
                     let file = dir.path().join("secret");
-                    write_private(&file, &secret.0, uid, gid)?;
+                    match owner {
+                        Some(o) => {
+                            write_private(&file, &secret.0, o.uid, o.gid)?;
+                            use std::os::unix::fs::PermissionsExt;
+                            let mode = std::fs::Permissions::from_mode(o.mode & 0o7777);
+                            std::fs::set_permissions(&file, mode).map_err(|e| {
+                                err(format!("{}: writing secret {id}: {e}", cx.display))
+                            })?;
+                        }
+                        None => write_private(&file, &secret.0, uid, gid)?,
+                    }
                     m.extra.push(ExtraMount {
                         source: MountSource::Host(file),
                         target: target.clone(),
@@ -518,6 +572,18 @@ impl Mounts {
             None => Ok(dir),
             Some(o) => {
                 let sub = dir.join("cache");
+                // BuildKit makes such a cache from a Mkdir of its own, which
+                // --no-cache runs again: the step gets a new, empty cache, and
+                // later steps of that id see what it left (moby/buildkit#5305).
+                // The old one is moved aside (a step still using it keeps it
+                // until this step ends), then removed.
+                if cx.no_cache && sub.exists() {
+                    let old = temp_in(cx)?;
+                    std::fs::rename(&sub, old.path().join("cache")).map_err(|e| {
+                        err(format!("resetting cache mount {}: {e}", sub.display()))
+                    })?;
+                    self._temp.push(old);
+                }
                 if !sub.exists() {
                     create_cache_dir(&sub, o.uid, o.gid, o.mode)
                         .map_err(|e| err(format!("creating cache mount {}: {e}", sub.display())))?;
@@ -526,6 +592,30 @@ impl Mounts {
             }
         }
     }
+}
+
+/// `source=` below a cache directory: each component a real directory
+/// (created when missing, 0755), never a symlink, so a step cannot make a
+/// later mount reach outside the cache (BuildKit refuses the same).
+fn cache_subdir(dir: &Path, source: &str) -> Result<PathBuf, String> {
+    let mut path = dir.to_path_buf();
+    for part in source.split('/').filter(|p| !p.is_empty()) {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(format!(
+                    "{part} is a symbolic link; a cache source must stay inside the cache"
+                ))
+            }
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("{part} is not a directory")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_cache_dir(&path, 0, 0, 0o755).map_err(|e| e.to_string())?;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(path)
 }
 
 /// `cache-mounts/` itself: 0700.

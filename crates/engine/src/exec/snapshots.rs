@@ -55,7 +55,9 @@ pub(super) async fn materialize(
     changes: Arc<ChangeSet>,
     mtime: u64,
     slot: Option<&StepSlot>,
+    linkable: Option<&std::path::Path>,
 ) -> Option<(memobuild_sandbox::Materialized, u32)> {
+    let linkable = linkable.map(|p| p.to_path_buf());
     let sandbox = engine.sandbox().await.ok()?;
     if let Some((previous, delta, removed)) =
         slot.and_then(|s| engine.recent.delta(s, &changes, mtime))
@@ -64,7 +66,10 @@ pub(super) async fn materialize(
             snapshot: &previous.chain_id,
             removed,
         };
-        match sandbox.materialize(base, Arc::new(delta), mtime).await {
+        match sandbox
+            .materialize(base, Arc::new(delta), mtime, linkable.clone())
+            .await
+        {
             Ok(m) => return Some((m, previous.depth + 1)),
             Err(e) => {
                 tracing::debug!(error = %e, "step result not written as a delta; writing it whole")
@@ -73,7 +78,7 @@ pub(super) async fn materialize(
     }
     let inputs = layer_inputs(engine, parent_layers)?;
     match sandbox
-        .materialize(Base::Layers(&inputs), changes, mtime)
+        .materialize(Base::Layers(&inputs), changes, mtime, linkable)
         .await
     {
         Ok(m) => {

@@ -1,0 +1,271 @@
+//! `ADD https://...` and `ADD REPO.git#REF`: what the planner asks for
+//! ([`memobuild_plan::UrlSource`]). A URL is downloaded once into
+//! `DATA/downloads/<sha256>`; a later build asks the server again with a HEAD
+//! request and reuses the download when its `ETag` is unchanged (BuildKit's
+//! HTTP source does the same), else downloads it again.
+
+use memobuild_plan::{Fetched, UrlSource};
+use parking_lot::Mutex;
+use sha2::Digest as _;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use tokio::io::AsyncWriteExt as _;
+
+/// What this daemon downloaded, by URL, with the `ETag` it came with.
+#[derive(Clone)]
+struct Known {
+    etag: Option<String>,
+    fetched: Fetched,
+}
+
+fn known() -> &'static Mutex<HashMap<String, Known>> {
+    static KNOWN: OnceLock<Mutex<HashMap<String, Known>>> = OnceLock::new();
+    KNOWN.get_or_init(Default::default)
+}
+
+/// Downloads into `dir`, for one plan.
+pub struct Downloads {
+    pub dir: PathBuf,
+    /// Reuse what was downloaded before without asking the server (dirty
+    /// checks while watching); a URL never downloaded is still fetched.
+    pub offline: bool,
+    /// Each URL once per plan.
+    seen: Mutex<HashMap<String, Fetched>>,
+}
+
+impl Downloads {
+    pub fn new(dir: PathBuf, offline: bool) -> Downloads {
+        Downloads {
+            dir,
+            offline,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn fetch_async(&self, url: &str) -> Result<Fetched, String> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("memobuild/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let before = known().lock().get(url).cloned();
+        if let Some(k) = before.filter(|k| k.fetched.path.is_file()) {
+            if self.offline {
+                return Ok(k.fetched);
+            }
+            if let Some(etag) = &k.etag {
+                let head = client
+                    .head(url)
+                    .send()
+                    .await
+                    .map_err(|e| format!("HEAD request: {e}"))?;
+                let now = head
+                    .headers()
+                    .get(reqwest::header::ETAG)
+                    .and_then(|v| v.to_str().ok());
+                if head.status().is_success() && now == Some(etag.as_str()) {
+                    return Ok(k.fetched);
+                }
+            }
+        }
+        let mut resp = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| format!("GET request: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("the server answered {}", resp.status()));
+        }
+        let etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let temp = tempfile::NamedTempFile::new_in(&self.dir)
+            .map_err(|e| format!("creating a file in {}: {e}", self.dir.display()))?;
+        let mut file = tokio::fs::File::from_std(
+            temp.reopen()
+                .map_err(|e| format!("opening {}: {e}", temp.path().display()))?,
+        );
+        let mut hasher = sha2::Sha256::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the response: {e}"))?
+        {
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("writing {}: {e}", temp.path().display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("writing {}: {e}", temp.path().display()))?;
+        let sha256 = hex::encode(hasher.finalize());
+        let path = self.dir.join(&sha256);
+        temp.persist(&path)
+            .map_err(|e| format!("saving {}: {e}", path.display()))?;
+        let fetched = Fetched { path, sha256 };
+        known().lock().insert(
+            url.to_string(),
+            Known {
+                etag,
+                fetched: fetched.clone(),
+            },
+        );
+        Ok(fetched)
+    }
+}
+
+/// (remote, ref, keep-git-dir) of a checkout this daemon made.
+type GitKey = (String, String, bool);
+
+/// Runs `git ARGS` (in `dir` when given); its stdout, or its stderr as the error.
+fn git(
+    home: &std::path::Path,
+    dir: Option<&std::path::Path>,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut cmd = std::process::Command::new("git");
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+    }
+    // No prompts, no configuration, credentials or keys of the daemon's
+    // user (HOME is an empty directory: no ~/.netrc, ~/.ssh, ~/.gitconfig),
+    // and only the network transports ADD names.
+    cmd.args(args)
+        .env("HOME", home)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ALLOW_PROTOCOL", "http:https:git")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("SSH_ASKPASS", "/bin/false");
+    let out = cmd.output().map_err(|e| {
+        format!("running git: {e} (ADD of a git repository needs git on the daemon's host)")
+    })?;
+    if !out.status.success() {
+        return Err(format!(
+            "git {}: {}",
+            args.first().copied().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+impl Downloads {
+    /// Clones `remote`, resolves `reference` to a commit and keeps its
+    /// checkout in `DATA/downloads/git-COMMIT[-keep]`, reused by later builds.
+    fn git_tree(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<memobuild_plan::GitTree, String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let work = tempfile::tempdir_in(&self.dir)
+            .map_err(|e| format!("creating a directory in {}: {e}", self.dir.display()))?;
+        let clone = work.path().join("tree");
+        let clone_arg = clone.to_string_lossy().into_owned();
+        // HOME: an empty directory of the daemon's own (see `git`).
+        let home = work.path().join("home");
+        std::fs::create_dir(&home).map_err(|e| format!("creating {}: {e}", home.display()))?;
+        git(
+            &home,
+            None,
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--",
+                remote,
+                &clone_arg,
+            ],
+        )?;
+        let wanted = if reference.is_empty() {
+            "HEAD".to_string()
+        } else {
+            reference.to_string()
+        };
+        let commit = git(
+            &home,
+            Some(&clone),
+            &[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{wanted}^{{commit}}"),
+            ],
+        )
+        .map_err(|_| format!("{reference:?} names no commit in {remote}"))?;
+        let name = format!("git-{commit}{}", if keep_git_dir { "-keep" } else { "" });
+        let dir = self.dir.join(name);
+        if !dir.is_dir() {
+            git(
+                &home,
+                Some(&clone),
+                &["checkout", "--quiet", "--detach", &commit],
+            )?;
+            if !keep_git_dir {
+                std::fs::remove_dir_all(clone.join(".git"))
+                    .map_err(|e| format!("removing .git: {e}"))?;
+            }
+            // Another build may have placed the same commit meanwhile.
+            if let Err(e) = std::fs::rename(&clone, &dir) {
+                if !dir.is_dir() {
+                    return Err(format!("saving {}: {e}", dir.display()));
+                }
+            }
+        }
+        Ok(memobuild_plan::GitTree { dir, commit })
+    }
+}
+
+impl UrlSource for Downloads {
+    fn git(
+        &self,
+        remote: &str,
+        reference: &str,
+        keep_git_dir: bool,
+    ) -> Result<memobuild_plan::GitTree, String> {
+        static TREES: OnceLock<Mutex<HashMap<GitKey, memobuild_plan::GitTree>>> = OnceLock::new();
+        let trees = TREES.get_or_init(Default::default);
+        let key = (remote.to_string(), reference.to_string(), keep_git_dir);
+        if self.offline {
+            if let Some(t) = trees.lock().get(&key).filter(|t| t.dir.is_dir()) {
+                return Ok(t.clone());
+            }
+        }
+        let tree = self.git_tree(remote, reference, keep_git_dir)?;
+        trees.lock().insert(key, tree.clone());
+        Ok(tree)
+    }
+
+    fn fetch(&self, url: &str) -> Result<Fetched, String> {
+        if let Some(f) = self.seen.lock().get(url) {
+            return Ok(f.clone());
+        }
+        // Plans are made on blocking threads, where waiting on the runtime is allowed.
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| "internal: no runtime to download with".to_string())?;
+        let fetched = handle.block_on(self.fetch_async(url))?;
+        self.seen.lock().insert(url.to_string(), fetched.clone());
+        Ok(fetched)
+    }
+}
+
+/// reqwest is built against rustls without a default crypto provider; install
+/// ring's once (as the registry client does).
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
