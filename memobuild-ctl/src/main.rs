@@ -49,8 +49,12 @@ enum Command {
         /// Print the stable JSON schema (docs/CLI.md) instead of text.
         #[arg(long)]
         json: bool,
-        /// A context directory or project id; all projects by default.
-        target: Option<String>,
+        /// Keep running: print a line (with --json, a project's JSON object)
+        /// whenever a project's state changes.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        pick: inspect::Pick,
     },
     /// List the projects the daemon keeps warm.
     Projects {
@@ -66,8 +70,8 @@ enum Command {
     Explain {
         #[arg(long)]
         json: bool,
-        /// A context directory or project id [default: .]
-        project: Option<String>,
+        #[command(flatten)]
+        pick: inspect::Pick,
     },
     /// Build, then rebuild on every change (Ctrl-C to stop).
     Watch(BuildArgs),
@@ -296,10 +300,13 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
             output::print_images(&images, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, target } => inspect::status(&socket, json, target).await,
+        Command::Status { json, follow, pick } => match follow {
+            true => inspect::follow(&socket, json, pick).await,
+            false => inspect::status(&socket, json, pick).await,
+        },
         Command::Projects { json } => inspect::projects(&socket, json).await,
         Command::Forget { project } => inspect::forget(&socket, &project).await,
-        Command::Explain { json, project } => inspect::explain(&socket, json, project).await,
+        Command::Explain { json, pick } => inspect::explain(&socket, json, pick).await,
         Command::Watch(args) => watch(&socket, args).await,
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
@@ -358,20 +365,18 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
             ),
             Err(e) => eprintln!("== build failed: {e}\n== watching for changes"),
         }
-        let project = inspect::project_of(&client, &request).await?;
-        let mut generation = project.generation;
-        loop {
-            generation = client
-                .wait_change(connect::ctx(), project.id.clone(), generation)
+        let mut project = inspect::project_of(&client, &request).await?;
+        // A save during the build leaves the project dirty right after it:
+        // look before waiting for the next change.
+        while project.state != "dirty" {
+            client
+                .wait_change(connect::ctx(), project.id.clone(), project.generation)
                 .await
                 .map_err(connect::rpc_failed)??;
-            let now = inspect::project_status(&client, &project.id).await?;
-            if now.state == "dirty" {
-                // Debounce: let a burst of saves settle.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                break;
-            }
+            project = inspect::project_status(&client, &project.id).await?;
         }
+        // Debounce: let a burst of saves settle.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -463,6 +468,7 @@ async fn run_build(
         Err(error) => {
             progress::Printer::new(mode, false).event(&BuildEvent::Failed {
                 error: error.clone(),
+                failure: None,
             });
             return Err(error);
         }
@@ -482,6 +488,7 @@ async fn run_build(
         Err(error) => {
             printer.event(&BuildEvent::Failed {
                 error: error.clone(),
+                failure: None,
             });
             return Err(error);
         }
@@ -525,7 +532,7 @@ async fn run_build(
                         tags.clone(),
                     )))
                 }
-                BuildEvent::Failed { error } => result = Some(Err(error.clone())),
+                BuildEvent::Failed { error, .. } => result = Some(Err(error.clone())),
                 _ => {}
             }
         }
@@ -541,6 +548,7 @@ async fn run_build(
     if let Err(error) = done {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
+            failure: None,
         });
         return Err(error);
     }

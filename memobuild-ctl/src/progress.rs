@@ -131,7 +131,7 @@ impl Printer {
             Mode::Tty => return self.tty_event(event),
         }
         match event {
-            BuildEvent::Planned { steps, build } => {
+            BuildEvent::Planned { steps, build, .. } => {
                 // The id `memobuild-ctl logs` takes (once, though a build
                 // that starts over is planned again).
                 if self.steps.is_empty() {

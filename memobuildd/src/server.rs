@@ -174,6 +174,17 @@ impl Memobuild for Server {
     async fn verify_store(self, _: Context) -> Result<VerifyResult, RpcError> {
         self.engine.verify_report().await
     }
+
+    async fn status_wait(
+        self,
+        _: Context,
+        filter: String,
+        generation: u64,
+    ) -> Result<StatusReport, RpcError> {
+        self.engine
+            .status_wait(&filter, generation, &self.identity())
+            .await
+    }
 }
 
 impl Server {

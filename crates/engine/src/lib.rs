@@ -13,6 +13,7 @@
 mod api;
 pub mod buildlogs;
 pub mod exec;
+pub mod failure;
 pub mod gc;
 pub mod import;
 pub mod metrics;

@@ -77,6 +77,13 @@ pub trait Memobuild {
     async fn prune(request: PruneRequest) -> Result<PruneResult, RpcError>;
     /// Hashes every blob and checks every record (`memobuild-ctl verify`).
     async fn verify_store() -> Result<VerifyResult, RpcError>;
+    /// Long-polls `status` (`status --follow`): answers once the daemon's
+    /// status generation has moved past `generation` (any project changed
+    /// state or was forgotten), or after about 30 seconds, with the report
+    /// for `filter` as [`Memobuild::status`] gives it. Added within protocol
+    /// 3 (a method is added, nothing changed): older clients never call it; a
+    /// daemon older than it closes the connection when asked.
+    async fn status_wait(filter: String, generation: u64) -> Result<StatusReport, RpcError>;
 }
 
 /// What an imported archive holds.
@@ -123,6 +130,43 @@ pub struct RpcError {
     pub message: String,
     #[serde(default)]
     pub hint: Option<String>,
+    /// Where in the Dockerfile the error is, when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// A place in a file: 1-based line and column.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Why a build failed, as data for editors (docs/CLI.md, "Failures"): in
+/// `status --json` (`last_build.failure` and the failed step's `failure`),
+/// `explain --json` and the `failed` progress event. Every field is one line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailureInfo {
+    /// What kind of failure it is (the error's kind).
+    #[serde(default)]
+    pub kind: ErrorKind,
+    /// The step that failed (index into the plan's steps), if one did: a
+    /// Dockerfile that cannot be parsed or planned fails before any step.
+    pub step: Option<usize>,
+    /// The Dockerfile: absolute, without `.` or `..` components.
+    pub file: String,
+    /// 1-based line and column of the instruction (or of the parse error);
+    /// 0 when the failure has no place in the Dockerfile (a registry error).
+    pub line: usize,
+    pub column: usize,
+    /// What went wrong, one line, without the `FILE:LINE:COL:` prefix.
+    pub message: String,
+    /// The exit code of a RUN step that exited non-zero (a shell's 128+N
+    /// for a signal); `None` for other failures (a limit, a timeout, COPY).
+    pub exit_code: Option<i32>,
+    /// The last lines a failed RUN step printed, oldest first.
+    pub output: Vec<String>,
 }
 
 impl RpcError {
@@ -132,6 +176,7 @@ impl RpcError {
             kind: ErrorKind::Internal,
             message: message.into(),
             hint: None,
+            location: None,
         }
     }
 
@@ -158,6 +203,18 @@ impl RpcError {
     /// The same error, with `hint`.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// The same error, with `hint` if there is one.
+    pub fn hint_opt(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+
+    /// The same error, located at `location`.
+    pub fn at(mut self, location: Location) -> Self {
+        self.location = Some(location);
         self
     }
 
@@ -329,6 +386,9 @@ pub enum BuildEvent {
     Planned {
         build: BuildId,
         steps: Vec<StepInfo>,
+        /// The project the build belongs to (`status` lists it by this id).
+        #[serde(default)]
+        project: String,
     },
     StepStarted {
         step: usize,
@@ -357,6 +417,9 @@ pub enum BuildEvent {
     /// The build failed; the error says what, where and what to do.
     Failed {
         error: RpcError,
+        /// The failure as data: which step, where, exit code, last output.
+        #[serde(default)]
+        failure: Option<FailureInfo>,
     },
 }
 
@@ -427,6 +490,11 @@ pub struct BlobRef {
 pub struct StatusReport {
     pub daemon: DaemonHealth,
     pub projects: Vec<ProjectStatus>,
+    /// The daemon's status generation: bumped whenever any project's state
+    /// changes or a project is forgotten. Pass it to
+    /// [`Memobuild::status_wait`] to wait for the next change.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -476,6 +544,10 @@ pub struct ProjectStatus {
     pub last_build: Option<LastBuild>,
     /// Bumped whenever the state above changes (for `wait_change`).
     pub generation: u64,
+    /// Unix seconds of the project's last build (or registration); projects
+    /// unused for `forget-projects-after` are forgotten.
+    #[serde(default)]
+    pub last_used: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -484,10 +556,13 @@ pub struct StepStatus {
     pub stage: String,
     pub instruction: String,
     pub line: usize,
-    /// `clean`, `dirty`, `building`, `done` or `failed`.
+    /// `clean`, `dirty`, `building`, `cached`, `done` or `failed`.
     pub state: String,
     /// Why the step is dirty: which files, arg, instruction or parent.
     pub why: Vec<String>,
+    /// For a `failed` step: why it failed.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -498,16 +573,23 @@ pub struct LastBuild {
     pub finished_at: i64,
     pub millis: u64,
     pub manifest_digest: Option<String>,
+    /// The error's first line (the whole message is in the build's log).
     pub error: Option<String>,
+    /// A failed build's failure as data.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Explanation {
     pub project: String,
     pub steps: Vec<StepExplanation>,
-    /// The last build failed: its error (`steps` then lists what ran before).
+    /// The last build failed: its error's first line.
     #[serde(default)]
     pub failed: Option<String>,
+    /// The last build failed: the failure as data.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -516,10 +598,14 @@ pub struct StepExplanation {
     pub stage: String,
     pub instruction: String,
     pub line: usize,
-    /// `cached` or `rebuilt`.
+    /// `cached`, `rebuilt`, `failed` (it ran and failed) or `not_built`
+    /// (the build failed before it).
     pub outcome: String,
-    /// For rebuilt steps: the inputs that differ from the build before.
+    /// For rebuilt and failed steps: the inputs that differ from the build before.
     pub why: Vec<String>,
+    /// For the failed step: why it failed.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 /// `memobuild-ctl logs`: one build's log, read from the file the daemon wrote

@@ -88,9 +88,42 @@ pub struct BuildLog {
     changed: tokio::sync::Notify,
     cancelled: std::sync::atomic::AtomicBool,
     cancel: tokio::sync::Notify,
+    /// The step that failed the build, first one wins (`failure.rs`).
+    failed_step: Mutex<Option<crate::failure::FailedStep>>,
+    /// The build's failure as data, for the `failed` event.
+    failure: Mutex<Option<memobuild_proto::FailureInfo>>,
 }
 
 impl BuildLog {
+    /// Notes that `step` failed the build (a later note of another step, which
+    /// was only stopped because of this one, is ignored).
+    pub fn note_failed_step(&self, step: usize, exit_code: Option<i32>, output: Vec<String>) {
+        self.failed_step
+            .lock()
+            .get_or_insert(crate::failure::FailedStep {
+                step,
+                exit_code,
+                output,
+            });
+    }
+
+    pub fn failed_step(&self) -> Option<crate::failure::FailedStep> {
+        self.failed_step.lock().clone()
+    }
+
+    /// Forgets a noted failure (a build starting over).
+    pub fn clear_failed_step(&self) {
+        *self.failed_step.lock() = None;
+    }
+
+    pub fn set_failure(&self, failure: memobuild_proto::FailureInfo) {
+        *self.failure.lock() = Some(failure);
+    }
+
+    pub fn failure(&self) -> Option<memobuild_proto::FailureInfo> {
+        self.failure.lock().clone()
+    }
+
     pub fn push(&self, event: BuildEvent) {
         let terminal = matches!(
             event,
@@ -350,6 +383,7 @@ impl Engine {
                     engine.flights.finish(id);
                     log.push(BuildEvent::Failed {
                         error: RpcError::new("build cancelled while queued"),
+                        failure: None,
                     });
                     return;
                 };
@@ -381,7 +415,8 @@ impl Engine {
                     Err(error) => {
                         let error = engine.shutdown_error(&log, error);
                         tracing::warn!(error = %error.message, "build failed");
-                        log.push(BuildEvent::Failed { error });
+                        let failure = log.failure();
+                        log.push(BuildEvent::Failed { error, failure });
                     }
                 }
                 engine.evict_finished(id);
