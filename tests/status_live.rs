@@ -629,3 +629,75 @@ fn status_and_explain_pick_by_dockerfile_and_target() {
     let v: Value = serde_json::from_slice(&none.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "not_found", "{v:#}");
 }
+
+/// `max-projects` forgets the least recently built project when one more is
+/// built, `forget-projects-after` the ones nobody built for that long; their
+/// watches go with them.
+#[test]
+fn unused_projects_and_those_beyond_the_cap_are_forgotten_with_their_watches() {
+    let d = Daemon::start_with(&["--max-projects", "2", "--forget-projects-after", "6s"]);
+    let contexts: Vec<tempfile::TempDir> = (0..3)
+        .map(|i| {
+            let ctx = tempfile::tempdir().unwrap();
+            write_files(
+                ctx.path(),
+                &[
+                    ("Dockerfile", "FROM scratch\nCOPY f /f\n"),
+                    ("f", &format!("{i}")),
+                ],
+            );
+            ctx
+        })
+        .collect();
+    let paths: Vec<String> = contexts
+        .iter()
+        .map(|c| c.path().canonicalize().unwrap().display().to_string())
+        .collect();
+    let watched = |s: &Value| -> BTreeSet<String> {
+        s["daemon"]["trees"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["root"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let listed = |s: &Value| -> BTreeSet<String> {
+        s["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["context"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for p in &paths {
+        d.build_ok(Path::new(p), &[]);
+    }
+    let s = d.ctl_json(&["status"]);
+    let newest: BTreeSet<String> = paths[1..].iter().cloned().collect();
+    assert_eq!(listed(&s), newest, "{s:#}");
+    assert!(!watched(&s).contains(&paths[0]), "{s:#}");
+    assert!(newest.iter().all(|p| watched(&s).contains(p)), "{s:#}");
+    assert!(s["projects"][0]["last_used"].as_i64().unwrap() > 1_700_000_000);
+
+    // Building one again keeps it: the other is now the least recently used.
+    d.build_ok(Path::new(&paths[1]), &[]);
+    d.build_ok(Path::new(&paths[0]), &[]);
+    let s = d.ctl_json(&["status"]);
+    assert_eq!(
+        listed(&s),
+        [paths[0].clone(), paths[1].clone()].into_iter().collect(),
+        "{s:#}"
+    );
+
+    // Then nobody builds: all are forgotten, and nothing is watched.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = d.ctl_json(&["status"]);
+        if listed(&s).is_empty() && s["daemon"]["watch_count"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still kept after 20 s: {s:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(d.log().contains("forgot projects"), "{}", d.log());
+}

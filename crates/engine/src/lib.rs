@@ -19,6 +19,7 @@ pub mod import;
 pub mod metrics;
 pub mod project;
 mod registry_hooks;
+pub mod tidy;
 pub mod verify;
 
 pub use api::DaemonIdentity;

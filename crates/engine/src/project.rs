@@ -205,6 +205,8 @@ struct Project {
     /// Tree generation the dirty set was last computed at (a build's, or a
     /// re-plan's): an older re-plan finishing late is dropped.
     planned_at: u64,
+    /// Order of last use (ties of `last_used` seconds), for the cap.
+    used_seq: u64,
     generation: u64,
 }
 
@@ -214,6 +216,8 @@ pub struct Projects {
     /// Bumped with every project's generation and when one is forgotten
     /// (`StatusReport::generation`, `status_wait`).
     epoch: AtomicU64,
+    /// Source of `Project::used_seq`.
+    use_counter: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
@@ -228,7 +232,11 @@ impl Projects {
             Ok(rows) => {
                 for (id, bytes) in rows {
                     match serde_json::from_slice::<Record>(&bytes) {
-                        Ok(record) => {
+                        Ok(mut record) => {
+                            // A record from before `last_used` existed: used now.
+                            if record.last_used == 0 {
+                                record.last_used = memobuild_store::now_secs();
+                            }
                             map.insert(id, Project::new(record));
                         }
                         Err(e) => {
@@ -243,7 +251,41 @@ impl Projects {
             map: Mutex::new(map),
             changed: tokio::sync::Notify::new(),
             epoch: AtomicU64::new(1),
+            use_counter: AtomicU64::new(1),
         }
+    }
+
+    fn used(&self, p: &mut Project) {
+        p.record.last_used = memobuild_store::now_secs();
+        p.used_seq = self.use_counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Projects to forget: those not built for `unused` (none when zero),
+    /// then the least recently used beyond `max` (none when zero). A project
+    /// whose build runs stays.
+    pub fn stale(&self, now: i64, unused: std::time::Duration, max: usize) -> Vec<String> {
+        let map = lock(&self.map);
+        let mut idle: Vec<(&String, &Project)> =
+            map.iter().filter(|(_, p)| p.building.is_none()).collect();
+        let mut out = Vec::new();
+        if !unused.is_zero() {
+            let cutoff = now.saturating_sub(unused.as_secs().min(i64::MAX as u64) as i64);
+            idle.retain(|(id, p)| {
+                let old = p.record.last_used <= cutoff;
+                if old {
+                    out.push((*id).clone());
+                }
+                !old
+            });
+        }
+        if max > 0 {
+            let kept = map.len() - out.len();
+            if kept > max {
+                idle.sort_by_key(|(_, p)| (p.record.last_used, p.used_seq));
+                out.extend(idle.iter().take(kept - max).map(|(id, _)| (*id).clone()));
+            }
+        }
+        out
     }
 
     fn bump(&self, p: &mut Project) {
@@ -286,7 +328,7 @@ impl Projects {
             })
         });
         p.root = Some(root.to_path_buf());
-        p.record.last_used = memobuild_store::now_secs();
+        self.used(p);
         id
     }
 
@@ -347,7 +389,7 @@ impl Projects {
             let ok = summary.ok;
             p.record.previous = p.record.last.take();
             p.record.last = Some(summary);
-            p.record.last_used = memobuild_store::now_secs();
+            self.used(p);
             p.dirty.clear();
             p.plan_error = None;
             p.clean_at = ok.then_some(generation);
@@ -632,6 +674,7 @@ impl Project {
             building: None,
             planned: None,
             planned_at: 0,
+            used_seq: 0,
             generation: 1,
         }
     }

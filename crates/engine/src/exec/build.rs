@@ -94,6 +94,8 @@ pub async fn run(
     };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
+    // A new project may push the least recently used one over max-projects.
+    engine.tidy_projects();
     // Registries: FROM images pulled and remote caches read once per build.
     let note = registry_note(log);
     let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));

@@ -67,6 +67,8 @@ pub struct Engine {
     /// `max-storage` in bytes; 0 = no cap.
     max_storage: AtomicU64,
     gc_running: std::sync::atomic::AtomicBool,
+    /// `forget-projects-after`, `max-projects` (tidy.rs).
+    pub(crate) project_limits: Arc<crate::tidy::ProjectLimits>,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -222,6 +224,7 @@ impl Engine {
             flights: flight::Flights::default(),
             max_storage: AtomicU64::new(0),
             gc_running: Default::default(),
+            project_limits: Default::default(),
         });
         tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
         tokio::spawn(build::track_dirty(
@@ -229,6 +232,7 @@ impl Engine {
             engine.watcher.subscribe(),
         ));
         tokio::spawn(build::resume_watching(engine.clone()));
+        crate::tidy::spawn(&engine);
         // A containerd used before may hold what a crashed daemon left behind.
         if engine.run_settings().containerd_socket.is_some()
             || engine.store.root().join("containerd").is_dir()
