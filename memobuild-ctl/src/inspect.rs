@@ -40,9 +40,9 @@ impl Pick {
             normalize(&abs)
         });
         projects.retain(|p| {
-            file.as_ref()
-                .map_or(true, |f| normalize(Path::new(&p.dockerfile)) == *f)
-                && self.target.as_ref().map_or(true, |t| p.target == *t)
+            file.iter()
+                .all(|f| normalize(Path::new(&p.dockerfile)) == *f)
+                && self.target.iter().all(|t| p.target == *t)
         });
     }
 }
