@@ -6,6 +6,7 @@ mod docker;
 mod flags;
 mod import;
 mod inspect;
+mod lsp;
 mod observe;
 mod output;
 mod progress;
@@ -75,6 +76,8 @@ enum Command {
     },
     /// Build, then rebuild on every change (Ctrl-C to stop).
     Watch(BuildArgs),
+    /// Serve the Language Server Protocol over stdio for Dockerfiles (docs/EDITORS.md).
+    Lsp,
     /// Manage the daemon's image store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -236,7 +239,10 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.wants_json();
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for blocking reads still parked (`lsp` reads stdin on one).
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) if json => fail_json(&e),
         Err(e) => fail(&e),
@@ -308,6 +314,7 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Forget { project } => inspect::forget(&socket, &project).await,
         Command::Explain { json, pick } => inspect::explain(&socket, json, pick).await,
         Command::Watch(args) => watch(&socket, args).await,
+        Command::Lsp => lsp::serve(&socket).await,
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
         Command::Metrics => observe::metrics(&socket).await,

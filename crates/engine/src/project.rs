@@ -195,7 +195,7 @@ struct Project {
     /// Dirty steps (index -> why), from the last recomputation.
     dirty: BTreeMap<usize, Vec<String>>,
     /// A dirty recomputation could not plan (bad Dockerfile, missing file).
-    plan_error: Option<String>,
+    plan_error: Option<FailureInfo>,
     changed: BTreeSet<String>,
     /// Live state of a running build: step index -> `building`/`done`/`cached`.
     building: Option<BTreeMap<usize, String>>,
@@ -463,7 +463,12 @@ impl Projects {
     }
 
     /// Stores the result of re-planning a project against the current tree.
-    pub fn set_dirty(&self, id: &str, generation: u64, plan: Result<&Plan, String>) {
+    pub fn set_dirty(
+        &self,
+        id: &str,
+        generation: u64,
+        plan: Result<&Plan, &memobuild_proto::RpcError>,
+    ) {
         // Summarising a plan copies every step's inputs: do it before locking,
         // so `status` never waits for it.
         let new = plan
@@ -480,7 +485,8 @@ impl Projects {
         p.planned_at = generation;
         match (plan, new) {
             (Err(e), _) => {
-                p.plan_error = Some(e);
+                let failure = crate::failure::failure_info(e, &p.record.key.dockerfile, None, None);
+                p.plan_error = Some(failure);
                 p.dirty.clear();
                 p.clean_at = None;
             }
@@ -741,7 +747,7 @@ impl Project {
         if let Some(e) = &self.plan_error {
             for s in &mut steps {
                 s.state = "dirty".into();
-                s.why = vec![format!("the build cannot be planned now: {e}")];
+                s.why = vec![format!("the build cannot be planned now: {}", e.message)];
             }
         }
         ProjectStatus {
@@ -763,6 +769,7 @@ impl Project {
             }),
             generation: self.generation,
             last_used: self.record.last_used,
+            plan_error: self.plan_error.clone(),
         }
     }
 }

@@ -548,6 +548,10 @@ pub struct ProjectStatus {
     /// unused for `forget-projects-after` are forgotten.
     #[serde(default)]
     pub last_used: i64,
+    /// The Dockerfile (as saved now) cannot be planned: where and why (a
+    /// syntax error, a COPY of a missing file). Steps are then all `dirty`.
+    #[serde(default)]
+    pub plan_error: Option<FailureInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -584,7 +584,7 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
         tokio::task::spawn_blocking(
             move || match make_plan(&e, &request, &tree, focus.as_ref()) {
                 Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
-                Err(err) => e.projects.set_dirty(&project, generation, Err(err.message)),
+                Err(err) => e.projects.set_dirty(&project, generation, Err(&err)),
             },
         )
         .await;
