@@ -524,6 +524,7 @@ async fn run_build(
                 return Err(RpcError::cancelled());
             }
         };
+        printer.set_project(&batch.project);
         for event in &batch.events {
             printer.event(event);
             match event {

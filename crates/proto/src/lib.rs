@@ -376,6 +376,10 @@ pub struct EventBatch {
     pub next_cursor: u64,
     /// True once the build has ended and every event was delivered.
     pub finished: bool,
+    /// The project the build belongs to: `--progress json` adds it to every
+    /// event line as `project`.
+    #[serde(default)]
+    pub project: String,
 }
 
 /// One thing that happened in a build, in the order it happened.

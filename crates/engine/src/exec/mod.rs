@@ -83,6 +83,8 @@ struct SandboxHandle {
 pub struct BuildLog {
     /// The build's id (0 for logs outside a daemon build).
     pub id: BuildId,
+    /// The project the build belongs to (`EventBatch::project`).
+    pub project: String,
     /// Where the events are persisted, when the daemon keeps build logs.
     journal: Option<crate::buildlogs::Journal>,
     pub(crate) events: Mutex<Vec<BuildEvent>>,
@@ -169,6 +171,7 @@ impl BuildLog {
             events: events[start..end].to_vec(),
             next_cursor: end as u64,
             finished: end == events.len() && self.finished.load(Ordering::SeqCst),
+            project: self.project.clone(),
         }
     }
 }
@@ -373,6 +376,7 @@ impl Engine {
         });
         let log = Arc::new(BuildLog {
             id,
+            project: project.clone(),
             journal,
             ..BuildLog::default()
         });
