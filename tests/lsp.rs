@@ -193,6 +193,7 @@ fn code_lenses_and_diagnostics_follow_saves() {
         text.contains("**dirty**") && text.contains("file changed: f"),
         "{text}"
     );
+    assert!(text.contains("cache key `"), "{text}");
 
     // A syntax error saved: a diagnostic at its exact place.
     std::fs::write(&dockerfile, "FROM scratch\nCOPY f /f\nBOGUS g\n").unwrap();

@@ -102,11 +102,28 @@ fn a_save_after_the_copy_read_the_file_leaves_the_build_dirty() {
     std::fs::write(ctx.path().join("app.txt"), "v2").unwrap();
     let build = d.spawn_build(ctx.path(), &[]);
     // The COPY has read v2 and the RUN sleeps: save v3 now.
-    wait_project(&d, ctx.path(), "the COPY done and the RUN building", |p| {
+    let during = wait_project(&d, ctx.path(), "the COPY done and the RUN building", |p| {
         p["state"] == "building"
             && step(p, "COPY app.txt /app.txt")["state"] == "done"
             && step(p, "RUN sleep 2 && cat /app.txt")["state"] == "building"
     });
+    // A running step says since when; every step has its planned cache key.
+    let running = step(&during, "RUN sleep 2 && cat /app.txt");
+    let since = running["started_at_ms"].as_i64().expect("started_at_ms");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!((0..30_000).contains(&(now_ms - since)), "{during:#}");
+    assert_eq!(
+        running["cache_key"].as_str().unwrap().len(),
+        64,
+        "{during:#}"
+    );
+    assert_eq!(
+        step(&during, "COPY app.txt /app.txt")["started_at_ms"],
+        Value::Null
+    );
     std::fs::write(ctx.path().join("app.txt"), "v3").unwrap();
     let out = BuildOutcome::wait(build);
     assert!(out.success, "{}", out.text());

@@ -288,7 +288,10 @@ impl Server {
                 let title = match s.state.as_str() {
                     "clean" | "cached" => "cached".to_string(),
                     "done" => "built".to_string(),
-                    "building" => "building".to_string(),
+                    "building" => match s.started_at_ms {
+                        Some(t) => format!("building {:.1}s", (now_ms() - t).max(0) as f64 / 1000.0),
+                        None => "building".to_string(),
+                    },
                     "dirty" => match s.why.first() {
                         Some(why) => format!("dirty: {why}"),
                         None => "dirty".to_string(),
@@ -324,6 +327,9 @@ impl Server {
         for why in &s.why {
             text.push_str(&format!("\n- {why}"));
         }
+        if !s.cache_key.is_empty() {
+            text.push_str(&format!("\n\ncache key `{}`", s.cache_key));
+        }
         if let Some(f) = &s.failure {
             text.push_str(&format!("\n\n{}", f.message));
             if !f.output.is_empty() {
@@ -332,6 +338,13 @@ impl Server {
         }
         json!({"contents": {"kind": "markdown", "value": text}})
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The project of the Dockerfile at `path`: the most recently used of them.

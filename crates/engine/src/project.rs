@@ -199,6 +199,8 @@ struct Project {
     changed: BTreeSet<String>,
     /// Live state of a running build: step index -> `building`/`done`/`cached`.
     building: Option<BTreeMap<usize, String>>,
+    /// When each step of the running build started (Unix milliseconds).
+    started_ms: BTreeMap<usize, i64>,
     /// The steps the running build planned (`status` shows them while it runs;
     /// a failed build keeps them).
     planned: Option<Vec<StepSummary>>,
@@ -364,6 +366,7 @@ impl Projects {
     pub fn build_started(&self, id: &str) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             p.building = Some(BTreeMap::new());
+            p.started_ms.clear();
             p.planned = None;
             p.changed.clear();
             self.bump(p);
@@ -374,6 +377,9 @@ impl Projects {
         if let Some(p) = lock(&self.map).get_mut(id) {
             if let Some(b) = p.building.as_mut() {
                 b.insert(step, state.to_string());
+                if state == "building" {
+                    p.started_ms.insert(step, now_ms());
+                }
             }
             self.bump(p);
         }
@@ -678,6 +684,7 @@ impl Project {
             plan_error: None,
             changed: BTreeSet::new(),
             building: None,
+            started_ms: BTreeMap::new(),
             planned: None,
             planned_at: 0,
             used_seq: 0,
@@ -730,6 +737,9 @@ impl Project {
                             ),
                             _ => ("clean".to_string(), Vec::new(), None),
                         };
+                        let started_at_ms = (state == "building")
+                            .then(|| self.started_ms.get(&i).copied())
+                            .flatten();
                         StepStatus {
                             index: i,
                             stage: s.stage.clone(),
@@ -738,6 +748,8 @@ impl Project {
                             state,
                             why,
                             failure,
+                            cache_key: s.key.clone(),
+                            started_at_ms,
                         }
                     })
                     .collect()
@@ -772,6 +784,13 @@ impl Project {
             plan_error: self.plan_error.clone(),
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// The first line of a message (single-line fields of the JSON schema).

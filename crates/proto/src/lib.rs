@@ -571,6 +571,12 @@ pub struct StepStatus {
     /// For a `failed` step: why it failed.
     #[serde(default)]
     pub failure: Option<FailureInfo>,
+    /// The step's cache key (hex BLAKE3) in the build it is listed from (docs/CACHE.md).
+    #[serde(default)]
+    pub cache_key: String,
+    /// For a `building` step: when it started (Unix milliseconds).
+    #[serde(default)]
+    pub started_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
