@@ -166,6 +166,8 @@ impl Server {
             "textDocument/didOpen" | "textDocument/didSave" | "textDocument/didChange" => {
                 let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
                 if let Some(path) = uri_path(uri) {
+                    // The daemon names Dockerfiles under canonical contexts.
+                    let path = std::fs::canonicalize(&path).unwrap_or(path);
                     self.open.insert(uri.to_string(), path);
                 }
                 return self.diagnostics(Some(uri));
