@@ -716,3 +716,101 @@ fn unused_projects_and_those_beyond_the_cap_are_forgotten_with_their_watches() {
     }
     assert!(d.log().contains("forgot projects"), "{}", d.log());
 }
+
+// ---------------------------------------------------------------------------
+// 6. Eager builds
+// ---------------------------------------------------------------------------
+
+/// With `eager on`, a save is built in the background: the next `build` is
+/// the fast path and its image has the save. Without it, nothing builds by
+/// itself.
+#[test]
+fn eager_builds_have_the_image_ready_and_only_for_projects_that_opted_in() {
+    let d = Daemon::start();
+    let ctx = busybox_context("FROM base\nCOPY f /f\nRUN cat /f > /g\n", &[("f", "one")]);
+    let ctx_path = ctx.path().canonicalize().unwrap();
+    let c = ctx_path.to_str().unwrap();
+    d.build_ok(&ctx_path, &[]);
+
+    // Not opted in: a save leaves the project dirty.
+    std::fs::write(ctx_path.join("f"), "two").unwrap();
+    wait_project(&d, &ctx_path, "dirty", |p| p["state"] == "dirty");
+    std::thread::sleep(Duration::from_millis(1500));
+    let p = project(&d, &ctx_path);
+    assert_eq!(p["state"], "dirty", "{p:#}");
+    assert_eq!(p["eager"], false);
+
+    // Opted in while dirty: it builds at once.
+    let on = d.ctl(&["eager", "on", c]);
+    assert!(
+        on.status.success(),
+        "{}",
+        String::from_utf8_lossy(&on.stderr)
+    );
+    let p = wait_project(&d, &ctx_path, "clean after the eager build", |p| {
+        p["state"] == "clean"
+    });
+    assert_eq!(p["eager"], true);
+
+    // A save: built in the background; then `build` finds the image ready.
+    std::fs::write(ctx_path.join("f"), "three").unwrap();
+    wait_project(&d, &ctx_path, "the save seen", |p| p["state"] != "clean");
+    wait_project(&d, &ctx_path, "clean again", |p| p["state"] == "clean");
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out_dir.path().display());
+    let next = d.build_ok(&ctx_path, &["-o", &dest]);
+    assert!(next.executed().is_empty(), "{}", next.text());
+    assert_eq!(
+        std::fs::read_to_string(out_dir.path().join("g")).unwrap(),
+        "three"
+    );
+
+    // Off again: saves wait for a build.
+    let off = d.ctl(&["eager", "off", c]);
+    assert!(off.status.success());
+    std::fs::write(ctx_path.join("f"), "four").unwrap();
+    wait_project(&d, &ctx_path, "dirty", |p| p["state"] == "dirty");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(project(&d, &ctx_path)["state"], "dirty");
+}
+
+/// An explicit build never waits for an eager one: the eager build is
+/// cancelled (leaving no failed build behind) and resumes after it.
+#[test]
+fn an_eager_build_yields_to_an_explicit_build_and_resumes_after_it() {
+    let d = Daemon::start();
+    let slow = busybox_context(
+        "FROM base\nCOPY f /f\nRUN sleep 4 && cat /f > /g\n",
+        &[("f", "one")],
+    );
+    let slow_path = slow.path().canonicalize().unwrap();
+    d.build_ok(&slow_path, &[]);
+    let on = d.ctl(&["eager", "on", slow_path.to_str().unwrap()]);
+    assert!(on.status.success());
+    std::fs::write(slow_path.join("f"), "two").unwrap();
+    wait_project(&d, &slow_path, "the eager build running its RUN", |p| {
+        p["state"] == "building" && step(p, "RUN sleep 4 && cat /f > /g")["state"] == "building"
+    });
+
+    let other = tempfile::tempdir().unwrap();
+    write_files(
+        other.path(),
+        &[("Dockerfile", "FROM scratch\nCOPY x /x\n"), ("x", "x")],
+    );
+    let started = Instant::now();
+    d.build_ok(other.path(), &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the explicit build waited {:?}",
+        started.elapsed()
+    );
+    assert!(d.log().contains("the eager build yields"), "{}", d.log());
+
+    // The eager build comes back and finishes; no failed build was recorded.
+    let p = wait_project(&d, &slow_path, "clean after the resumed eager build", |p| {
+        p["state"] == "clean"
+    });
+    assert_eq!(p["last_build"]["result"], "success", "{p:#}");
+    let next = d.build_ok(&slow_path, &[]);
+    assert!(next.executed().is_empty(), "{}", next.text());
+}

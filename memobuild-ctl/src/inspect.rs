@@ -176,8 +176,23 @@ pub async fn forget(socket: &Path, project: &str) -> Result<ExitCode, RpcError> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn explain(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, RpcError> {
+/// `eager on|off`: the project(s) picked as for `explain`, `.` by default.
+pub async fn eager(socket: &Path, on: bool, pick: Pick) -> Result<ExitCode, RpcError> {
     let client = connect(socket, false).await?;
+    let filter = one_project(&client, &pick).await?;
+    let ids = client
+        .set_eager(ctx(), filter, on)
+        .await
+        .map_err(rpc_failed)??;
+    for id in ids {
+        println!("eager builds {} for {id}", if on { "on" } else { "off" });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The filter naming the project `pick` means: its id when `-f`/`--target`
+/// narrow a context to one project.
+async fn one_project(client: &MemobuildClient, pick: &Pick) -> Result<String, RpcError> {
     let mut filter = filter_arg(Some(pick.project.clone().unwrap_or_else(|| ".".into())));
     if pick.narrows() {
         let mut report = client
@@ -187,7 +202,7 @@ pub async fn explain(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, 
         pick.select(&mut report.projects);
         filter = match report.projects.as_slice() {
             [one] => one.id.clone(),
-            [] => return Err(no_pick(&pick)),
+            [] => return Err(no_pick(pick)),
             many => {
                 let ids: Vec<String> = many
                     .iter()
@@ -201,6 +216,12 @@ pub async fn explain(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, 
             }
         };
     }
+    Ok(filter)
+}
+
+pub async fn explain(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, RpcError> {
+    let client = connect(socket, false).await?;
+    let filter = one_project(&client, &pick).await?;
     let explanation = client.explain(ctx(), filter).await.map_err(rpc_failed)??;
     if json {
         println!(

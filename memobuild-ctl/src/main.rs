@@ -78,6 +78,14 @@ enum Command {
     Watch(BuildArgs),
     /// Serve the Language Server Protocol over stdio for Dockerfiles (docs/EDITORS.md).
     Lsp,
+    /// Turn eager builds on or off: the daemon rebuilds the project in the
+    /// background after every save, so the next build finds its image ready.
+    Eager {
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        #[command(flatten)]
+        pick: inspect::Pick,
+    },
     /// Manage the daemon's image store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -315,6 +323,7 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Explain { json, pick } => inspect::explain(&socket, json, pick).await,
         Command::Watch(args) => watch(&socket, args).await,
         Command::Lsp => lsp::serve(&socket).await,
+        Command::Eager { mode, pick } => inspect::eager(&socket, mode == "on", pick).await,
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
         Command::Metrics => observe::metrics(&socket).await,

@@ -175,6 +175,15 @@ impl Memobuild for Server {
         self.engine.verify_report().await
     }
 
+    async fn set_eager(
+        self,
+        _: Context,
+        filter: String,
+        on: bool,
+    ) -> Result<Vec<String>, RpcError> {
+        self.engine.set_eager(&filter, on)
+    }
+
     async fn status_wait(
         self,
         _: Context,

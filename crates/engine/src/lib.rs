@@ -12,6 +12,7 @@
 
 mod api;
 pub mod buildlogs;
+pub mod eager;
 pub mod exec;
 pub mod failure;
 pub mod gc;

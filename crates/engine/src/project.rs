@@ -183,6 +183,9 @@ struct Record {
     /// Unix seconds of the last build (or registration).
     #[serde(default)]
     last_used: i64,
+    /// Rebuilt in the background after saves (eager.rs).
+    #[serde(default)]
+    eager: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -327,11 +330,55 @@ impl Projects {
                 last: None,
                 previous: None,
                 last_used: memobuild_store::now_secs(),
+                eager: false,
             })
         });
         p.root = Some(root.to_path_buf());
         self.used(p);
         id
+    }
+
+    /// Opts project `id` in or out of eager builds (persisted).
+    pub fn set_eager(&self, store: &Store, id: &str, on: bool) {
+        let record = {
+            let mut map = lock(&self.map);
+            let Some(p) = map.get_mut(id) else { return };
+            p.record.eager = on;
+            self.bump(p);
+            p.record.clone()
+        };
+        persist(store, id, &record);
+    }
+
+    /// Projects opted in to eager builds.
+    pub fn eager_projects(&self) -> Vec<String> {
+        lock(&self.map)
+            .iter()
+            .filter(|(_, p)| p.record.eager)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A build of `id` ended without a result worth keeping (an eager build
+    /// cancelled): the last build stays the baseline.
+    pub fn build_abandoned(&self, id: &str) {
+        if let Some(p) = lock(&self.map).get_mut(id) {
+            p.building = None;
+            p.planned = None;
+            self.bump(p);
+        }
+    }
+
+    /// Project `id` opted in to eager builds, is dirty (and plannable), and
+    /// no build of it runs.
+    pub fn wants_eager_build(&self, id: &str) -> bool {
+        lock(&self.map).get(id).is_some_and(|p| {
+            p.record.eager
+                && p.building.is_none()
+                && p.record.last.is_some()
+                && p.plan_error.is_none()
+                && !p.dirty.is_empty()
+        })
     }
 
     /// The request that re-plans project `id` (for dirty tracking).
@@ -404,14 +451,7 @@ impl Projects {
             self.bump(p);
             p.record.clone()
         };
-        match serde_json::to_vec(&record) {
-            Ok(bytes) => {
-                if let Err(e) = store.put_project(id, &bytes) {
-                    tracing::warn!(project = id, error = %e, "cannot persist project");
-                }
-            }
-            Err(e) => tracing::warn!(project = id, error = %e, "cannot encode project"),
-        }
+        persist(store, id, &record);
     }
 
     /// Notes changed tree paths; returns the projects (id, request) to re-plan.
@@ -663,6 +703,17 @@ impl Projects {
     }
 }
 
+fn persist(store: &Store, id: &str, record: &Record) {
+    match serde_json::to_vec(record) {
+        Ok(bytes) => {
+            if let Err(e) = store.put_project(id, &bytes) {
+                tracing::warn!(project = id, error = %e, "cannot persist project");
+            }
+        }
+        Err(e) => tracing::warn!(project = id, error = %e, "cannot encode project"),
+    }
+}
+
 /// The request that rebuilds a project (for re-planning).
 pub fn request_of(key: &ProjectKey) -> BuildRequest {
     BuildRequest {
@@ -782,6 +833,7 @@ impl Project {
             generation: self.generation,
             last_used: self.record.last_used,
             plan_error: self.plan_error.clone(),
+            eager: self.record.eager,
         }
     }
 }

@@ -84,6 +84,10 @@ pub trait Memobuild {
     /// 3 (a method is added, nothing changed): older clients never call it; a
     /// daemon older than it closes the connection when asked.
     async fn status_wait(filter: String, generation: u64) -> Result<StatusReport, RpcError>;
+    /// Opts the projects `filter` names (id or context path) in or out of
+    /// eager builds; returns their ids. Added within protocol 3 like
+    /// `status_wait`.
+    async fn set_eager(filter: String, on: bool) -> Result<Vec<String>, RpcError>;
 }
 
 /// What an imported archive holds.
@@ -556,6 +560,10 @@ pub struct ProjectStatus {
     /// syntax error, a COPY of a missing file). Steps are then all `dirty`.
     #[serde(default)]
     pub plan_error: Option<FailureInfo>,
+    /// The daemon rebuilds the project in the background after saves
+    /// (`memobuild-ctl eager on`).
+    #[serde(default)]
+    pub eager: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -196,6 +196,13 @@ pub async fn run(
             summary.failure = Some(failure);
         }
     }
+    // A cancelled eager build leaves no trace: the last build stays the
+    // baseline, and the project gets another eager build when it may.
+    if log.eager && result.as_ref().is_err_and(|e| e.is(ErrorKind::Cancelled)) {
+        engine.projects.build_abandoned(&project);
+        engine.maybe_eager(&project);
+        return result.map(|(done, _)| done);
+    }
     engine
         .projects
         .build_finished(&engine.store, &project, summary, generation);
@@ -205,6 +212,7 @@ pub async fn run(
         if now != generation {
             if let Some(request) = engine.projects.request(&project) {
                 recompute_dirty(engine, &project, request, &root).await;
+                engine.maybe_eager(&project);
             }
         }
     }
@@ -567,7 +575,9 @@ pub async fn track_dirty(
             return;
         };
         for (project, request) in engine.projects.paths_changed(&change.root, &change.paths) {
+            engine.eager_cancel(&project);
             recompute_dirty(&engine, &project, request, &change.root).await;
+            engine.maybe_eager(&project);
         }
     }
 }

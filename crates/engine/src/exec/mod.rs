@@ -63,12 +63,14 @@ pub struct Engine {
     lifecycle: Lifecycle,
     // Disk GC, single flight and the build queue (exec/ops.rs).
     pub queue: Arc<queue::Queue>,
-    flights: flight::Flights,
+    pub(crate) flights: flight::Flights,
     /// `max-storage` in bytes; 0 = no cap.
     max_storage: AtomicU64,
     gc_running: std::sync::atomic::AtomicBool,
     /// `forget-projects-after`, `max-projects` (tidy.rs).
     pub(crate) project_limits: Arc<crate::tidy::ProjectLimits>,
+    /// Eager builds running (eager.rs).
+    pub(crate) eager: crate::eager::EagerBuilds,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -85,6 +87,8 @@ pub struct BuildLog {
     pub id: BuildId,
     /// The project the build belongs to (`EventBatch::project`).
     pub project: String,
+    /// A background build nobody asked for (eager.rs).
+    pub eager: bool,
     /// Where the events are persisted, when the daemon keeps build logs.
     journal: Option<crate::buildlogs::Journal>,
     pub(crate) events: Mutex<Vec<BuildEvent>>,
@@ -228,6 +232,7 @@ impl Engine {
             max_storage: AtomicU64::new(0),
             gc_running: Default::default(),
             project_limits: Default::default(),
+            eager: Default::default(),
         });
         tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
         tokio::spawn(build::track_dirty(
@@ -357,6 +362,17 @@ impl Engine {
     /// Starts a build in the background and returns its id; an identical
     /// request while one runs joins that build instead (single flight).
     pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        // An explicit build never waits for background work.
+        self.eager_yield();
+        self.start_build(request, false)
+    }
+
+    /// Starts an eager build (eager.rs): as [`Engine::start`], but it yields.
+    pub(crate) fn start_eager(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        self.start_build(request, true)
+    }
+
+    fn start_build(self: &Arc<Self>, request: BuildRequest, eager: bool) -> BuildId {
         let key = flight::key_of(&request);
         if let Some(id) = self.flights.join(&key) {
             tracing::info!(build = id, "identical build running: joined it");
@@ -377,16 +393,20 @@ impl Engine {
         let log = Arc::new(BuildLog {
             id,
             project: project.clone(),
+            eager,
             journal,
             ..BuildLog::default()
         });
         self.builds.lock().insert(id, log.clone());
         self.flights.insert(key, id);
+        // Eager builds wait while explicit ones run (eager.rs).
+        let explicit = (!eager).then(|| crate::eager::Explicit::begin(self));
         let engine = self.clone();
         // A root span: the build outlives the RPC that started it.
         let span = tracing::info_span!(parent: None, "build", build = id, project = %project, context = %request.context, target = %request.target);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let _explicit = explicit;
                 let Some(slot) = engine.queue_for_slot(id, &request, &log).await else {
                     engine.flights.finish(id);
                     log.push(BuildEvent::Failed {
