@@ -2,9 +2,67 @@
 //! projects, as text for people and as JSON for editors.
 
 use crate::connect::{connect, ctx, rpc_failed};
-use memobuild_proto::{BuildRequest, MemobuildClient, ProjectStatus, RpcError, StatusReport};
-use std::path::Path;
+use memobuild_proto::{
+    BuildRequest, ErrorKind, MemobuildClient, ProjectStatus, RpcError, StatusReport,
+};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+
+/// Which project(s) `status` and `explain` are about: a context directory or
+/// project id, narrowed by Dockerfile and target among the projects of one
+/// context (one per Dockerfile, target and build args).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Pick {
+    /// A context directory or project id (`status`: all projects by default;
+    /// `explain`: `.` by default)
+    #[arg(value_name = "PROJECT")]
+    pub project: Option<String>,
+    /// Only the project(s) of this Dockerfile (a path as given to `build -f`)
+    #[arg(long = "file", short = 'f', value_name = "PATH")]
+    pub file: Option<PathBuf>,
+    /// Only the project(s) building this stage (`--target` of the build;
+    /// `--target ''` picks builds of the last stage)
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+}
+
+impl Pick {
+    fn narrows(&self) -> bool {
+        self.file.is_some() || self.target.is_some()
+    }
+
+    /// Keeps the projects of the Dockerfile and target asked for.
+    fn select(&self, projects: &mut Vec<ProjectStatus>) {
+        let file = self.file.as_ref().map(|f| {
+            let abs = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            normalize(&abs)
+        });
+        projects.retain(|p| {
+            file.iter()
+                .all(|f| normalize(Path::new(&p.dockerfile)) == *f)
+                && self.target.iter().all(|t| p.target == *t)
+        });
+    }
+}
+
+/// `path` without `.` and `..` components, as the daemon names Dockerfiles.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
 
 /// A directory argument is sent as its canonical path; anything else (a project id) as is.
 fn filter_arg(target: Option<String>) -> String {
@@ -17,16 +75,16 @@ fn filter_arg(target: Option<String>) -> String {
     }
 }
 
-pub async fn status(
-    socket: &Path,
-    json: bool,
-    target: Option<String>,
-) -> Result<ExitCode, RpcError> {
+pub async fn status(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, RpcError> {
     let client = connect(socket, false).await?;
-    let report = client
-        .status(ctx(), filter_arg(target))
+    let mut report = client
+        .status(ctx(), filter_arg(pick.project.clone()))
         .await
         .map_err(rpc_failed)??;
+    pick.select(&mut report.projects);
+    if pick.narrows() && report.projects.is_empty() {
+        return Err(no_pick(&pick));
+    }
     if json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
@@ -118,13 +176,52 @@ pub async fn forget(socket: &Path, project: &str) -> Result<ExitCode, RpcError> 
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn explain(
-    socket: &Path,
-    json: bool,
-    project: Option<String>,
-) -> Result<ExitCode, RpcError> {
+/// `eager on|off`: the project(s) picked as for `explain`, `.` by default.
+pub async fn eager(socket: &Path, on: bool, pick: Pick) -> Result<ExitCode, RpcError> {
     let client = connect(socket, false).await?;
-    let filter = filter_arg(Some(project.unwrap_or_else(|| ".".into())));
+    let filter = one_project(&client, &pick).await?;
+    let ids = client
+        .set_eager(ctx(), filter, on)
+        .await
+        .map_err(rpc_failed)??;
+    for id in ids {
+        println!("eager builds {} for {id}", if on { "on" } else { "off" });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The filter naming the project `pick` means: its id when `-f`/`--target`
+/// narrow a context to one project.
+async fn one_project(client: &MemobuildClient, pick: &Pick) -> Result<String, RpcError> {
+    let mut filter = filter_arg(Some(pick.project.clone().unwrap_or_else(|| ".".into())));
+    if pick.narrows() {
+        let mut report = client
+            .status(ctx(), filter.clone())
+            .await
+            .map_err(rpc_failed)??;
+        pick.select(&mut report.projects);
+        filter = match report.projects.as_slice() {
+            [one] => one.id.clone(),
+            [] => return Err(no_pick(pick)),
+            many => {
+                let ids: Vec<String> = many
+                    .iter()
+                    .map(|p| format!("{} (build args {:?})", p.id, p.build_args))
+                    .collect();
+                return Err(RpcError::of(
+                    ErrorKind::InvalidInput,
+                    format!("{} projects match: {}", many.len(), ids.join(", ")),
+                )
+                .hint("name one by its id"));
+            }
+        };
+    }
+    Ok(filter)
+}
+
+pub async fn explain(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, RpcError> {
+    let client = connect(socket, false).await?;
+    let filter = one_project(&client, &pick).await?;
     let explanation = client.explain(ctx(), filter).await.map_err(rpc_failed)??;
     if json {
         println!(
@@ -152,6 +249,68 @@ pub async fn explain(
     Ok(ExitCode::SUCCESS)
 }
 
+fn no_pick(pick: &Pick) -> RpcError {
+    let mut what = Vec::new();
+    if let Some(f) = &pick.file {
+        what.push(format!("Dockerfile {}", f.display()));
+    }
+    if let Some(t) = &pick.target {
+        what.push(format!("target {t:?}"));
+    }
+    RpcError::of(
+        ErrorKind::NotFound,
+        format!("no project has {}", what.join(" and ")),
+    )
+    .hint("projects are registered by building them; `memobuild-ctl projects` lists them")
+}
+
+/// `status --follow`: the matching projects once, then each project again
+/// whenever its state changes (a long poll, `status_wait`, underneath). A
+/// forgotten project prints `{"id": ID, "state": "forgotten"}`. Ends when the
+/// daemon goes away (an error, exit status 69) or stdout is closed.
+pub async fn follow(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, RpcError> {
+    let client = connect(socket, false).await?;
+    let filter = filter_arg(pick.project.clone());
+    let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    let mut generation = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let mut report = client
+            .status_wait(ctx(), filter.clone(), generation)
+            .await
+            .map_err(rpc_failed)??;
+        generation = report.generation;
+        pick.select(&mut report.projects);
+        let mut lines = Vec::new();
+        for p in &report.projects {
+            if seen.insert(p.id.clone(), p.generation) != Some(p.generation) {
+                lines.push(match json {
+                    true => serde_json::to_string(p).unwrap_or_default(),
+                    false => format!("{}  {}  {}", p.id, p.state, p.context),
+                });
+            }
+        }
+        let gone: Vec<String> = seen
+            .keys()
+            .filter(|id| !report.projects.iter().any(|p| &p.id == *id))
+            .cloned()
+            .collect();
+        for id in gone {
+            seen.remove(&id);
+            lines.push(match json {
+                true => serde_json::json!({ "id": id, "state": "forgotten" }).to_string(),
+                false => format!("{id}  forgotten"),
+            });
+        }
+        for line in lines {
+            // The reader went away (an editor closed the pipe): done.
+            if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
 /// The project a build request registered.
 pub async fn project_of(
     client: &MemobuildClient,
@@ -161,18 +320,21 @@ pub async fn project_of(
         .status(ctx(), request.context.clone())
         .await
         .map_err(rpc_failed)??;
+    let context = Path::new(&request.context);
     let dockerfile = match request.dockerfile.as_str() {
-        "" => Path::new(&request.context)
-            .join("Dockerfile")
-            .display()
-            .to_string(),
-        d => d.to_string(),
+        // As the daemon: `dockerfile` when there is no `Dockerfile`.
+        "" if !context.join("Dockerfile").exists() && context.join("dockerfile").exists() => {
+            context.join("dockerfile")
+        }
+        "" => context.join("Dockerfile"),
+        d => context.join(d),
     };
+    let dockerfile = normalize(&dockerfile);
     report
         .projects
         .into_iter()
         .find(|p| {
-            p.dockerfile == dockerfile
+            normalize(Path::new(&p.dockerfile)) == dockerfile
                 && p.target == request.target
                 && p.build_args == request.build_args
         })

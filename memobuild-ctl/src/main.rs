@@ -7,6 +7,7 @@ mod docker;
 mod flags;
 mod import;
 mod inspect;
+mod lsp;
 mod observe;
 mod output;
 mod progress;
@@ -51,8 +52,12 @@ enum Command {
         /// Print the stable JSON schema (docs/CLI.md) instead of text.
         #[arg(long)]
         json: bool,
-        /// A context directory or project id; all projects by default.
-        target: Option<String>,
+        /// Keep running: print a line (with --json, a project's JSON object)
+        /// whenever a project's state changes.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        pick: inspect::Pick,
     },
     /// List the projects the daemon keeps warm.
     Projects {
@@ -68,11 +73,21 @@ enum Command {
     Explain {
         #[arg(long)]
         json: bool,
-        /// A context directory or project id [default: .]
-        project: Option<String>,
+        #[command(flatten)]
+        pick: inspect::Pick,
     },
     /// Build, then rebuild on every change (Ctrl-C to stop).
     Watch(BuildArgs),
+    /// Serve the Language Server Protocol over stdio for Dockerfiles (docs/EDITORS.md).
+    Lsp,
+    /// Turn eager builds on or off: the daemon rebuilds the project in the
+    /// background after every save, so the next build finds its image ready.
+    Eager {
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        #[command(flatten)]
+        pick: inspect::Pick,
+    },
     /// Manage the daemon's image store.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -234,7 +249,10 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.command.wants_json();
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Do not wait for blocking reads still parked (`lsp` reads stdin on one).
+    runtime.shutdown_background();
+    match result {
         Ok(code) => code,
         Err(e) if json => fail_json(&e),
         Err(e) => fail(&e),
@@ -298,11 +316,16 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
             output::print_images(&images, json);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { json, target } => inspect::status(&socket, json, target).await,
+        Command::Status { json, follow, pick } => match follow {
+            true => inspect::follow(&socket, json, pick).await,
+            false => inspect::status(&socket, json, pick).await,
+        },
         Command::Projects { json } => inspect::projects(&socket, json).await,
         Command::Forget { project } => inspect::forget(&socket, &project).await,
-        Command::Explain { json, project } => inspect::explain(&socket, json, project).await,
+        Command::Explain { json, pick } => inspect::explain(&socket, json, pick).await,
         Command::Watch(args) => watch(&socket, args).await,
+        Command::Lsp => lsp::serve(&socket).await,
+        Command::Eager { mode, pick } => inspect::eager(&socket, mode == "on", pick).await,
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
         Command::Metrics => observe::metrics(&socket).await,
@@ -360,20 +383,18 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
             ),
             Err(e) => eprintln!("== build failed: {e}\n== watching for changes"),
         }
-        let project = inspect::project_of(&client, &request).await?;
-        let mut generation = project.generation;
-        loop {
-            generation = client
-                .wait_change(connect::ctx(), project.id.clone(), generation)
+        let mut project = inspect::project_of(&client, &request).await?;
+        // A save during the build leaves the project dirty right after it:
+        // look before waiting for the next change.
+        while project.state != "dirty" {
+            client
+                .wait_change(connect::ctx(), project.id.clone(), project.generation)
                 .await
                 .map_err(connect::rpc_failed)??;
-            let now = inspect::project_status(&client, &project.id).await?;
-            if now.state == "dirty" {
-                // Debounce: let a burst of saves settle.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                break;
-            }
+            project = inspect::project_status(&client, &project.id).await?;
         }
+        // Debounce: let a burst of saves settle.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
 
@@ -466,6 +487,7 @@ async fn run_build(
         Err(error) => {
             progress::Printer::new(mode, false).event(&BuildEvent::Failed {
                 error: error.clone(),
+                failure: None,
             });
             return Err(error);
         }
@@ -485,6 +507,7 @@ async fn run_build(
         Err(error) => {
             printer.event(&BuildEvent::Failed {
                 error: error.clone(),
+                failure: None,
             });
             return Err(error);
         }
@@ -513,6 +536,7 @@ async fn run_build(
                 return Err(RpcError::cancelled());
             }
         };
+        printer.set_project(&batch.project);
         for event in &batch.events {
             printer.event(event);
             match event {
@@ -528,7 +552,7 @@ async fn run_build(
                         tags.clone(),
                     )))
                 }
-                BuildEvent::Failed { error } => result = Some(Err(error.clone())),
+                BuildEvent::Failed { error, .. } => result = Some(Err(error.clone())),
                 _ => {}
             }
         }
@@ -553,6 +577,7 @@ async fn run_build(
     if let Err(error) = done {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
+            failure: None,
         });
         return Err(error);
     }

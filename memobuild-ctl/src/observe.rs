@@ -138,7 +138,7 @@ fn write_text(out: &mut impl Write, report: &BuildLogReport) -> std::io::Result<
                     *millis as f64 / 1000.0
                 )?;
             }
-            BuildEvent::Failed { error } => {
+            BuildEvent::Failed { error, .. } => {
                 writeln!(out, "{at} FAILED: {}", error.message)?;
                 if let Some(hint) = &error.hint {
                     writeln!(out, "{at} hint: {hint}")?;

@@ -25,6 +25,8 @@ pub struct Printer {
     digest_on_stdout: bool,
     steps: Vec<StepInfo>,
     tty: Option<Tty>,
+    /// The build's project id, added to every JSON event.
+    project: String,
 }
 
 /// Whether `auto` means the live display: stderr is a terminal that is not `dumb`.
@@ -55,6 +57,14 @@ impl Printer {
             digest_on_stdout,
             steps: Vec::new(),
             tty,
+            project: String::new(),
+        }
+    }
+
+    /// The build's project (from the daemon's event batches).
+    pub fn set_project(&mut self, project: &str) {
+        if self.project != project {
+            self.project = project.to_string();
         }
     }
 
@@ -97,7 +107,12 @@ impl Printer {
     }
 
     fn json(&self, event: &BuildEvent) {
-        let line = event.to_json();
+        let mut line = event.to_json();
+        if let (Some(fields), false) = (line.as_object_mut(), self.project.is_empty()) {
+            fields
+                .entry("project")
+                .or_insert_with(|| serde_json::Value::String(self.project.clone()));
+        }
         match self.mode {
             Mode::Json { stderr: true } => {
                 let _ = writeln!(std::io::stderr().lock(), "{line}");
@@ -131,7 +146,7 @@ impl Printer {
             Mode::Tty => return self.tty_event(event),
         }
         match event {
-            BuildEvent::Planned { steps, build } => {
+            BuildEvent::Planned { steps, build, .. } => {
                 // The id `memobuild-ctl logs` takes (once, though a build
                 // that starts over is planned again).
                 if self.steps.is_empty() {

@@ -377,6 +377,7 @@ mod tests {
     fn planned() -> BuildEvent {
         BuildEvent::Planned {
             build: 7,
+            project: String::new(),
             steps: vec![
                 step(0, "base", "WORKDIR /src", "FROM busybox"),
                 step(1, "base", "COPY a /src/a", "FROM busybox"),
@@ -507,6 +508,7 @@ mod tests {
         tty.event(
             &BuildEvent::Failed {
                 error: memobuild_proto::RpcError::new("RUN failed"),
+                failure: None,
             },
             at(t0, 1_500),
         );

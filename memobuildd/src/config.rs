@@ -106,6 +106,13 @@ pub struct Settings {
     /// Remote step cache (type=registry) every build reads and writes unless it names its own, e.g. registry.example:5000/team/cache:main
     #[arg(long, value_name = "REF")]
     pub cache_ref: Option<String>,
+    /// Forget projects (and stop watching their contexts) not built for this long: seconds or a duration like 7d; 0 = never [default: 7d]
+    #[arg(long, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "duration_text")]
+    pub forget_projects_after: Option<String>,
+    /// Most projects kept; beyond it the least recently built are forgotten; 0 = no cap [default: 200]
+    #[arg(long, value_name = "N")]
+    pub max_projects: Option<usize>,
 }
 
 /// The effective settings.
@@ -137,6 +144,9 @@ pub struct Config {
     pub insecure_registry: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_ref: Option<String>,
+    #[serde(serialize_with = "humantime_text")]
+    pub forget_projects_after: std::time::Duration,
+    pub max_projects: usize,
     /// Where the file settings came from, if anywhere.
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -181,6 +191,8 @@ impl Settings {
                 self.insecure_registry
             },
             cache_ref: self.cache_ref.or(other.cache_ref),
+            forget_projects_after: self.forget_projects_after.or(other.forget_projects_after),
+            max_projects: self.max_projects.or(other.max_projects),
         }
     }
 }
@@ -274,6 +286,10 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
             .max(1),
         insecure_registry: s.insecure_registry,
         cache_ref: s.cache_ref,
+        forget_projects_after: parse_forget_after(s.forget_projects_after.as_deref())?,
+        max_projects: s
+            .max_projects
+            .unwrap_or(memobuild_engine::tidy::DEFAULT_MAX_PROJECTS),
         file,
         flags: flags.clone(),
     })
@@ -358,6 +374,21 @@ pub fn parse_grace(text: Option<&str>) -> Result<std::time::Duration, ConfigErro
     })
 }
 
+/// `forget-projects-after`: seconds or a duration; 0 = never.
+fn parse_forget_after(text: Option<&str>) -> Result<std::time::Duration, ConfigError> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(memobuild_engine::tidy::DEFAULT_FORGET_AFTER);
+    };
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        ConfigError(format!(
+            "forget-projects-after = {text:?}: {e}; use seconds (3600), a duration like 7d, or 0 for never"
+        ))
+    })
+}
+
 /// The metrics endpoint has no authentication: it listens on loopback unless
 /// the operator says the network is trusted.
 fn check_metrics_listen(
@@ -429,6 +460,32 @@ mod tests {
         assert_eq!(c.default_network, "none");
         assert_eq!(c.pids_limit, 4096);
         assert!(c.to_toml().contains("step-timeout = 5"));
+    }
+
+    #[test]
+    fn project_limits_default_to_a_week_and_200_and_read_durations() {
+        let flags = Flags::parse_from(["memobuildd", "--data-dir", "/d"]);
+        let c = load(&flags).unwrap();
+        assert_eq!(
+            c.forget_projects_after,
+            std::time::Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(c.max_projects, 200);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, "forget-projects-after = \"90m\"\nmax-projects = 3\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = load(&Flags::parse_from(["memobuildd", "--config", path])).unwrap();
+        assert_eq!(
+            c.forget_projects_after,
+            std::time::Duration::from_secs(5400)
+        );
+        assert_eq!(c.max_projects, 3);
+        assert!(c.to_toml().contains("forget-projects-after = \"1h 30m\""));
+        let never = Flags::parse_from(["memobuildd", "--forget-projects-after", "0"]);
+        assert!(load(&never).unwrap().forget_projects_after.is_zero());
+        let bad = Flags::parse_from(["memobuildd", "--forget-projects-after", "soon"]);
+        assert!(load(&bad).unwrap_err().0.contains("forget-projects-after"));
     }
 
     #[test]

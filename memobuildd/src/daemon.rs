@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let engine = server.engine.clone();
     observe(&engine, &config).await?;
     engine.set_limits(config.max_parallel_builds, config.max_storage);
+    engine.set_project_limits(config.forget_projects_after, config.max_projects);
     let access = Arc::new(Access::new(&config, &socket));
     let mut serving = tokio::spawn(serve(listener, server, access.clone()));
     tracing::info!(socket = %socket.display(), data_dir = %data_dir.display(), activated = !owned, "memobuildd serving");
@@ -214,6 +215,7 @@ async fn reload(old: Config, engine: &Engine, access: &Access) -> Config {
     access.update(&new);
     engine.set_run_settings(new.run_settings());
     engine.set_limits(new.max_parallel_builds, new.max_storage);
+    engine.set_project_limits(new.forget_projects_after, new.max_projects);
     tracing::info!(
         file = ?new.file,
         allowed_users = ?new.allowed_users,

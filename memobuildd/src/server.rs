@@ -200,6 +200,26 @@ impl Memobuild for Server {
         let opened = self.engine.open_image_blobs(manifest).await?;
         self.handoffs.offer(self.peer_uid, opened)
     }
+
+    async fn set_eager(
+        self,
+        _: Context,
+        filter: String,
+        on: bool,
+    ) -> Result<Vec<String>, RpcError> {
+        self.engine.set_eager(&filter, on)
+    }
+
+    async fn status_wait(
+        self,
+        _: Context,
+        filter: String,
+        generation: u64,
+    ) -> Result<StatusReport, RpcError> {
+        self.engine
+            .status_wait(&filter, generation, &self.identity())
+            .await
+    }
 }
 
 impl Server {

@@ -152,7 +152,7 @@ pub struct BuildOutcome {
 }
 
 impl BuildOutcome {
-    fn from_output(out: Output) -> BuildOutcome {
+    pub fn from_output(out: Output) -> BuildOutcome {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let events = stdout
             .lines()

@@ -14,6 +14,9 @@ use memobuild_store::StoreError;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Longest a `status_wait` call waits for a change.
+const STATUS_WAIT: Duration = Duration::from_secs(30);
+
 fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(e.to_string())
 }
@@ -191,6 +194,8 @@ impl Engine {
 
     /// The projects `filter` names, with the daemon's health.
     pub fn status(&self, filter: &str, daemon: &DaemonIdentity) -> Result<StatusReport, RpcError> {
+        // Read first: a change after this shows in a later generation.
+        let generation = self.projects.epoch();
         let ids = self.matching(filter)?;
         let mut projects = self.projects.status(&ids);
         // A project whose build waits for a slot (and none of its builds runs).
@@ -203,7 +208,29 @@ impl Engine {
         Ok(StatusReport {
             daemon: self.health(daemon),
             projects,
+            generation,
         })
+    }
+
+    /// `status` once the status generation moved past `generation` (or
+    /// after [`STATUS_WAIT`] with nothing new): the long poll under
+    /// `status --follow`. No project matching `filter` is not an error here:
+    /// the report is empty until one is built.
+    pub async fn status_wait(
+        &self,
+        filter: &str,
+        generation: u64,
+        daemon: &DaemonIdentity,
+    ) -> Result<StatusReport, RpcError> {
+        self.projects.wait_any(generation, STATUS_WAIT).await;
+        match self.status(filter, daemon) {
+            Err(e) if e.is(ErrorKind::NotFound) => Ok(StatusReport {
+                daemon: self.health(daemon),
+                projects: Vec::new(),
+                generation: self.projects.epoch(),
+            }),
+            other => other,
+        }
     }
 
     /// Forgets the projects `filter` names, and their watches.

@@ -394,6 +394,7 @@ mod tests {
             });
             j.record(&BuildEvent::Failed {
                 error: memobuild_proto::RpcError::new("boom"),
+                failure: None,
             });
         }
         wait_for(|| {

@@ -12,12 +12,15 @@
 
 mod api;
 pub mod buildlogs;
+pub mod eager;
 pub mod exec;
+pub mod failure;
 pub mod gc;
 pub mod import;
 pub mod metrics;
 pub mod project;
 mod registry_hooks;
+pub mod tidy;
 pub mod verify;
 
 pub use api::DaemonIdentity;

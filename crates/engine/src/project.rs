@@ -8,13 +8,14 @@
 
 use memobuild_plan::{Plan, StepInputs, ABSENT};
 use memobuild_proto::{
-    BuildRequest, Explanation, LastBuild, ProjectStatus, StepExplanation, StepStatus,
+    BuildRequest, Explanation, FailureInfo, LastBuild, ProjectStatus, StepExplanation, StepStatus,
 };
 use memobuild_store::Store;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most changed paths `status` lists per project.
 const MAX_CHANGED_SHOWN: usize = 1000;
@@ -28,6 +29,24 @@ pub struct ProjectKey {
     pub dockerfile: PathBuf,
     pub target: String,
     pub build_args: BTreeMap<String, String>,
+}
+
+/// `path` without `.` and `..` components (lexically, as Go's filepath.Clean:
+/// `/a/b/../c` is `/a/c`), so one file has one name in keys and reports.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// The Dockerfile of a build without `-f`: `CONTEXT/Dockerfile`, else
@@ -45,11 +64,11 @@ pub fn default_dockerfile(context: &Path) -> PathBuf {
 impl ProjectKey {
     pub fn of(request: &BuildRequest) -> ProjectKey {
         let context = PathBuf::from(&request.context);
-        let dockerfile = match request.dockerfile.as_str() {
+        let dockerfile = normalize(&match request.dockerfile.as_str() {
             "" => default_dockerfile(&context),
             p if Path::new(p).is_absolute() => PathBuf::from(p),
             p => context.join(p),
-        };
+        });
         ProjectKey {
             context,
             dockerfile,
@@ -83,6 +102,12 @@ pub struct StepSummary {
     /// The stage's base, `FROM NAME` (see [`stage_from`]).
     #[serde(default)]
     pub from: String,
+    /// Of a failed build: this step failed, and why.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
+    /// Of a failed build: the build stopped before this step finished.
+    #[serde(default)]
+    pub not_built: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +129,9 @@ pub struct BuildSummary {
     /// (`exec::build::options_digest`).
     #[serde(default)]
     pub options: String,
+    /// Of a failed build: why, as data.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 impl BuildSummary {
@@ -118,6 +146,8 @@ impl BuildSummary {
                 cached: cached.get(s.index).copied().unwrap_or(false),
                 inputs: s.inputs.clone(),
                 from: stage_from(plan, s.stage),
+                failure: None,
+                not_built: false,
             })
             .collect()
     }
@@ -150,6 +180,12 @@ struct Record {
     key: ProjectKey,
     last: Option<BuildSummary>,
     previous: Option<BuildSummary>,
+    /// Unix seconds of the last build (or registration).
+    #[serde(default)]
+    last_used: i64,
+    /// Rebuilt in the background after saves (eager.rs).
+    #[serde(default)]
+    eager: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -162,16 +198,31 @@ struct Project {
     /// Dirty steps (index -> why), from the last recomputation.
     dirty: BTreeMap<usize, Vec<String>>,
     /// A dirty recomputation could not plan (bad Dockerfile, missing file).
-    plan_error: Option<String>,
+    plan_error: Option<FailureInfo>,
     changed: BTreeSet<String>,
     /// Live state of a running build: step index -> `building`/`done`/`cached`.
     building: Option<BTreeMap<usize, String>>,
+    /// When each step of the running build started (Unix milliseconds).
+    started_ms: BTreeMap<usize, i64>,
+    /// The steps the running build planned (`status` shows them while it runs;
+    /// a failed build keeps them).
+    planned: Option<Vec<StepSummary>>,
+    /// Tree generation the dirty set was last computed at (a build's, or a
+    /// re-plan's): an older re-plan finishing late is dropped.
+    planned_at: u64,
+    /// Order of last use (ties of `last_used` seconds), for the cap.
+    used_seq: u64,
     generation: u64,
 }
 
 pub struct Projects {
     map: Mutex<HashMap<String, Project>>,
     changed: tokio::sync::Notify,
+    /// Bumped with every project's generation and when one is forgotten
+    /// (`StatusReport::generation`, `status_wait`).
+    epoch: AtomicU64,
+    /// Source of `Project::used_seq`.
+    use_counter: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
@@ -186,7 +237,11 @@ impl Projects {
             Ok(rows) => {
                 for (id, bytes) in rows {
                     match serde_json::from_slice::<Record>(&bytes) {
-                        Ok(record) => {
+                        Ok(mut record) => {
+                            // A record from before `last_used` existed: used now.
+                            if record.last_used == 0 {
+                                record.last_used = memobuild_store::now_secs();
+                            }
                             map.insert(id, Project::new(record));
                         }
                         Err(e) => {
@@ -200,12 +255,69 @@ impl Projects {
         Projects {
             map: Mutex::new(map),
             changed: tokio::sync::Notify::new(),
+            epoch: AtomicU64::new(1),
+            use_counter: AtomicU64::new(1),
         }
+    }
+
+    fn used(&self, p: &mut Project) {
+        p.record.last_used = memobuild_store::now_secs();
+        p.used_seq = self.use_counter.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Projects to forget: those not built for `unused` (none when zero),
+    /// then the least recently used beyond `max` (none when zero). A project
+    /// whose build runs stays.
+    pub fn stale(&self, now: i64, unused: std::time::Duration, max: usize) -> Vec<String> {
+        let map = lock(&self.map);
+        let mut idle: Vec<(&String, &Project)> =
+            map.iter().filter(|(_, p)| p.building.is_none()).collect();
+        let mut out = Vec::new();
+        if !unused.is_zero() {
+            let cutoff = now.saturating_sub(unused.as_secs().min(i64::MAX as u64) as i64);
+            idle.retain(|(id, p)| {
+                let old = p.record.last_used <= cutoff;
+                if old {
+                    out.push((*id).clone());
+                }
+                !old
+            });
+        }
+        if max > 0 {
+            let kept = map.len() - out.len();
+            if kept > max {
+                idle.sort_by_key(|(_, p)| (p.record.last_used, p.used_seq));
+                out.extend(idle.iter().take(kept - max).map(|(id, _)| (*id).clone()));
+            }
+        }
+        out
     }
 
     fn bump(&self, p: &mut Project) {
         p.generation += 1;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
+    }
+
+    /// The status generation (see [`Projects::wait_any`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Waits until any project changes after status generation `after`, or
+    /// `timeout` passes; returns the status generation then.
+    pub async fn wait_any(&self, after: u64, timeout: std::time::Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            let now = self.epoch();
+            if now != after {
+                return now;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.epoch();
+            }
+        }
     }
 
     /// Registers (or finds) the project for a request; returns its id.
@@ -217,10 +329,75 @@ impl Projects {
                 key,
                 last: None,
                 previous: None,
+                last_used: memobuild_store::now_secs(),
+                eager: false,
             })
         });
         p.root = Some(root.to_path_buf());
+        self.used(p);
         id
+    }
+
+    /// Opts project `id` in or out of eager builds (persisted).
+    pub fn set_eager(&self, store: &Store, id: &str, on: bool) {
+        let record = {
+            let mut map = lock(&self.map);
+            let Some(p) = map.get_mut(id) else { return };
+            p.record.eager = on;
+            self.bump(p);
+            p.record.clone()
+        };
+        persist(store, id, &record);
+    }
+
+    /// Projects opted in to eager builds.
+    pub fn eager_projects(&self) -> Vec<String> {
+        lock(&self.map)
+            .iter()
+            .filter(|(_, p)| p.record.eager)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// A build of `id` ended without a result worth keeping (an eager build
+    /// cancelled): the last build stays the baseline.
+    pub fn build_abandoned(&self, id: &str) {
+        if let Some(p) = lock(&self.map).get_mut(id) {
+            p.building = None;
+            p.planned = None;
+            self.bump(p);
+        }
+    }
+
+    /// Project `id` opted in to eager builds, is dirty (and plannable), and
+    /// no build of it runs.
+    pub fn wants_eager_build(&self, id: &str) -> bool {
+        lock(&self.map).get(id).is_some_and(|p| {
+            p.record.eager
+                && p.building.is_none()
+                && p.record.last.is_some()
+                && p.plan_error.is_none()
+                && !p.dirty.is_empty()
+        })
+    }
+
+    /// The request that re-plans project `id` (for dirty tracking).
+    pub fn request(&self, id: &str) -> Option<BuildRequest> {
+        lock(&self.map).get(id).map(|p| request_of(&p.record.key))
+    }
+
+    /// A build of project `id` planned `plan`: `status` shows its steps.
+    pub fn build_planned(&self, id: &str, plan: &Plan) {
+        let steps = BuildSummary::from_plan(plan, &[]);
+        if let Some(p) = lock(&self.map).get_mut(id) {
+            p.planned = Some(steps);
+            self.bump(p);
+        }
+    }
+
+    /// The steps the running build of `id` planned, if it got that far.
+    pub fn planned_steps(&self, id: &str) -> Option<Vec<StepSummary>> {
+        lock(&self.map).get(id).and_then(|p| p.planned.clone())
     }
 
     /// The last successful build, if nothing it depends on changed since: the
@@ -236,6 +413,8 @@ impl Projects {
     pub fn build_started(&self, id: &str) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             p.building = Some(BTreeMap::new());
+            p.started_ms.clear();
+            p.planned = None;
             p.changed.clear();
             self.bump(p);
         }
@@ -245,6 +424,9 @@ impl Projects {
         if let Some(p) = lock(&self.map).get_mut(id) {
             if let Some(b) = p.building.as_mut() {
                 b.insert(step, state.to_string());
+                if state == "building" {
+                    p.started_ms.insert(step, now_ms());
+                }
             }
             self.bump(p);
         }
@@ -256,25 +438,20 @@ impl Projects {
             let mut map = lock(&self.map);
             let Some(p) = map.get_mut(id) else { return };
             p.building = None;
+            p.planned = None;
             let ok = summary.ok;
-            if ok || p.record.last.is_none() {
-                p.record.previous = p.record.last.take();
-            }
+            p.record.previous = p.record.last.take();
             p.record.last = Some(summary);
+            self.used(p);
             p.dirty.clear();
             p.plan_error = None;
             p.clean_at = ok.then_some(generation);
+            // The new baseline: dirty sets computed before it are void.
+            p.planned_at = generation;
             self.bump(p);
             p.record.clone()
         };
-        match serde_json::to_vec(&record) {
-            Ok(bytes) => {
-                if let Err(e) = store.put_project(id, &bytes) {
-                    tracing::warn!(project = id, error = %e, "cannot persist project");
-                }
-            }
-            Err(e) => tracing::warn!(project = id, error = %e, "cannot encode project"),
-        }
+        persist(store, id, &record);
     }
 
     /// Notes changed tree paths; returns the projects (id, request) to re-plan.
@@ -332,7 +509,12 @@ impl Projects {
     }
 
     /// Stores the result of re-planning a project against the current tree.
-    pub fn set_dirty(&self, id: &str, generation: u64, plan: Result<&Plan, String>) {
+    pub fn set_dirty(
+        &self,
+        id: &str,
+        generation: u64,
+        plan: Result<&Plan, &memobuild_proto::RpcError>,
+    ) {
         // Summarising a plan copies every step's inputs: do it before locking,
         // so `status` never waits for it.
         let new = plan
@@ -341,9 +523,16 @@ impl Projects {
             .map(|plan| BuildSummary::from_plan(plan, &[]));
         let mut map = lock(&self.map);
         let Some(p) = map.get_mut(id) else { return };
+        // A re-plan of an older tree than the one the dirty set (or the last
+        // build) was computed from finished late: it would bring back old news.
+        if generation < p.planned_at {
+            return;
+        }
+        p.planned_at = generation;
         match (plan, new) {
             (Err(e), _) => {
-                p.plan_error = Some(e);
+                let failure = crate::failure::failure_info(e, &p.record.key.dockerfile, None, None);
+                p.plan_error = Some(failure);
                 p.dirty.clear();
                 p.clean_at = None;
             }
@@ -423,7 +612,7 @@ impl Projects {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let why = if s.cached {
+                let why = if s.cached || s.not_built {
                     Vec::new()
                 } else if last.no_cache {
                     vec!["--no-cache".to_string()]
@@ -436,13 +625,23 @@ impl Projects {
                     }
                 };
                 parent_rebuilt |= !s.cached;
+                let outcome = if s.failure.is_some() {
+                    "failed"
+                } else if s.not_built {
+                    "not_built"
+                } else if s.cached {
+                    "cached"
+                } else {
+                    "rebuilt"
+                };
                 StepExplanation {
                     index: i,
                     stage: s.stage.clone(),
                     instruction: s.instruction.clone(),
                     line: s.line,
-                    outcome: if s.cached { "cached" } else { "rebuilt" }.into(),
+                    outcome: outcome.into(),
                     why,
+                    failure: s.failure.clone(),
                 }
             })
             .collect();
@@ -452,8 +651,9 @@ impl Projects {
             failed: if last.ok {
                 None
             } else {
-                Some(last.error.clone().unwrap_or_else(|| "failed".into()))
+                Some(first_line(last.error.as_deref().unwrap_or("failed")))
             },
+            failure: last.failure.clone(),
         })
     }
 
@@ -470,6 +670,7 @@ impl Projects {
             }
         }
         roots.retain(|r| !map.values().any(|p| p.root.as_ref() == Some(r)));
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
         roots
     }
@@ -502,6 +703,17 @@ impl Projects {
     }
 }
 
+fn persist(store: &Store, id: &str, record: &Record) {
+    match serde_json::to_vec(record) {
+        Ok(bytes) => {
+            if let Err(e) = store.put_project(id, &bytes) {
+                tracing::warn!(project = id, error = %e, "cannot persist project");
+            }
+        }
+        Err(e) => tracing::warn!(project = id, error = %e, "cannot encode project"),
+    }
+}
+
 /// The request that rebuilds a project (for re-planning).
 pub fn request_of(key: &ProjectKey) -> BuildRequest {
     BuildRequest {
@@ -523,6 +735,10 @@ impl Project {
             plan_error: None,
             changed: BTreeSet::new(),
             building: None,
+            started_ms: BTreeMap::new(),
+            planned: None,
+            planned_at: 0,
+            used_seq: 0,
             generation: 1,
         }
     }
@@ -540,21 +756,41 @@ impl Project {
         } else {
             "clean"
         };
-        let steps = last
-            .map(|l| {
-                l.steps
+        // While a build runs, the steps it planned; else the last build's.
+        let shown = match (&self.building, &self.planned, last) {
+            (Some(_), Some(planned), _) => Some(planned.as_slice()),
+            (_, _, Some(l)) => Some(l.steps.as_slice()),
+            _ => None,
+        };
+        let stopped_at = last
+            .and_then(|l| l.failure.as_ref())
+            .and_then(|f| f.step)
+            .map(|i| format!("not built: the last build failed at step {}", i + 1));
+        let steps = shown
+            .map(|steps| {
+                steps
                     .iter()
                     .enumerate()
                     .map(|(i, s)| {
                         let live = self.building.as_ref().and_then(|b| b.get(&i)).cloned();
-                        let (state, why) = match (live, self.dirty.get(&i)) {
-                            (Some(live), _) => (live, Vec::new()),
-                            (None, Some(why)) => ("dirty".to_string(), why.clone()),
-                            (None, None) if !l.ok && i + 1 == l.steps.len() => {
-                                ("failed".into(), Vec::new())
+                        let (state, why, failure) = match (live, self.dirty.get(&i)) {
+                            (Some(live), _) => (live, Vec::new(), None),
+                            (None, Some(why)) => ("dirty".to_string(), why.clone(), None),
+                            (None, None) if s.failure.is_some() => {
+                                ("failed".into(), Vec::new(), s.failure.clone())
                             }
-                            _ => ("clean".to_string(), Vec::new()),
+                            (None, None) if s.not_built => (
+                                "dirty".into(),
+                                vec![stopped_at
+                                    .clone()
+                                    .unwrap_or_else(|| "not built: the last build failed".into())],
+                                None,
+                            ),
+                            _ => ("clean".to_string(), Vec::new(), None),
                         };
+                        let started_at_ms = (state == "building")
+                            .then(|| self.started_ms.get(&i).copied())
+                            .flatten();
                         StepStatus {
                             index: i,
                             stage: s.stage.clone(),
@@ -562,6 +798,9 @@ impl Project {
                             line: s.line,
                             state,
                             why,
+                            failure,
+                            cache_key: s.key.clone(),
+                            started_at_ms,
                         }
                     })
                     .collect()
@@ -571,7 +810,7 @@ impl Project {
         if let Some(e) = &self.plan_error {
             for s in &mut steps {
                 s.state = "dirty".into();
-                s.why = vec![format!("the build cannot be planned now: {e}")];
+                s.why = vec![format!("the build cannot be planned now: {}", e.message)];
             }
         }
         ProjectStatus {
@@ -588,11 +827,27 @@ impl Project {
                 finished_at: l.finished_at,
                 millis: l.millis,
                 manifest_digest: l.manifest_digest.clone(),
-                error: l.error.clone(),
+                error: l.error.as_deref().map(first_line),
+                failure: l.failure.clone(),
             }),
             generation: self.generation,
+            last_used: self.record.last_used,
+            plan_error: self.plan_error.clone(),
+            eager: self.record.eager,
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The first line of a message (single-line fields of the JSON schema).
+pub fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").trim_end().to_string()
 }
 
 /// Steps of `new` whose keys differ from the last build's, with reasons.

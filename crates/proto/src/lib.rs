@@ -86,6 +86,17 @@ pub trait Memobuild {
     /// have it; the client falls back to [`Memobuild::read_blob`] otherwise.
     /// (Added last: the variants before it keep their place on the wire.)
     async fn open_blobs(manifest_digest: String) -> Result<BlobHandoff, RpcError>;
+    /// Long-polls `status` (`status --follow`): answers once the daemon's
+    /// status generation has moved past `generation` (any project changed
+    /// state or was forgotten), or after about 30 seconds, with the report
+    /// for `filter` as [`Memobuild::status`] gives it. Added within protocol
+    /// 3 (a method is added, nothing changed): older clients never call it; a
+    /// daemon older than it closes the connection when asked.
+    async fn status_wait(filter: String, generation: u64) -> Result<StatusReport, RpcError>;
+    /// Opts the projects `filter` names (id or context path) in or out of
+    /// eager builds; returns their ids. Added within protocol 3 like
+    /// `status_wait`.
+    async fn set_eager(filter: String, on: bool) -> Result<Vec<String>, RpcError>;
 }
 
 /// A [`DaemonInfo::features`] entry: the daemon has [`Memobuild::open_blobs`]
@@ -136,6 +147,43 @@ pub struct RpcError {
     pub message: String,
     #[serde(default)]
     pub hint: Option<String>,
+    /// Where in the Dockerfile the error is, when it is in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// A place in a file: 1-based line and column.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// Why a build failed, as data for editors (docs/CLI.md, "Failures"): in
+/// `status --json` (`last_build.failure` and the failed step's `failure`),
+/// `explain --json` and the `failed` progress event. Every field is one line.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailureInfo {
+    /// What kind of failure it is (the error's kind).
+    #[serde(default)]
+    pub kind: ErrorKind,
+    /// The step that failed (index into the plan's steps), if one did: a
+    /// Dockerfile that cannot be parsed or planned fails before any step.
+    pub step: Option<usize>,
+    /// The Dockerfile: absolute, without `.` or `..` components.
+    pub file: String,
+    /// 1-based line and column of the instruction (or of the parse error);
+    /// 0 when the failure has no place in the Dockerfile (a registry error).
+    pub line: usize,
+    pub column: usize,
+    /// What went wrong, one line, without the `FILE:LINE:COL:` prefix.
+    pub message: String,
+    /// The exit code of a RUN step that exited non-zero (a shell's 128+N
+    /// for a signal); `None` for other failures (a limit, a timeout, COPY).
+    pub exit_code: Option<i32>,
+    /// The last lines a failed RUN step printed, oldest first.
+    pub output: Vec<String>,
 }
 
 impl RpcError {
@@ -145,6 +193,7 @@ impl RpcError {
             kind: ErrorKind::Internal,
             message: message.into(),
             hint: None,
+            location: None,
         }
     }
 
@@ -171,6 +220,18 @@ impl RpcError {
     /// The same error, with `hint`.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// The same error, with `hint` if there is one.
+    pub fn hint_opt(mut self, hint: Option<String>) -> Self {
+        self.hint = hint;
+        self
+    }
+
+    /// The same error, located at `location`.
+    pub fn at(mut self, location: Location) -> Self {
+        self.location = Some(location);
         self
     }
 
@@ -336,6 +397,10 @@ pub struct EventBatch {
     pub next_cursor: u64,
     /// True once the build has ended and every event was delivered.
     pub finished: bool,
+    /// The project the build belongs to: `--progress json` adds it to every
+    /// event line as `project`.
+    #[serde(default)]
+    pub project: String,
 }
 
 /// One thing that happened in a build, in the order it happened.
@@ -346,6 +411,9 @@ pub enum BuildEvent {
     Planned {
         build: BuildId,
         steps: Vec<StepInfo>,
+        /// The project the build belongs to (`status` lists it by this id).
+        #[serde(default)]
+        project: String,
     },
     StepStarted {
         step: usize,
@@ -374,6 +442,9 @@ pub enum BuildEvent {
     /// The build failed; the error says what, where and what to do.
     Failed {
         error: RpcError,
+        /// The failure as data: which step, where, exit code, last output.
+        #[serde(default)]
+        failure: Option<FailureInfo>,
     },
 }
 
@@ -453,6 +524,11 @@ pub struct BlobRef {
 pub struct StatusReport {
     pub daemon: DaemonHealth,
     pub projects: Vec<ProjectStatus>,
+    /// The daemon's status generation: bumped whenever any project's state
+    /// changes or a project is forgotten. Pass it to
+    /// [`Memobuild::status_wait`] to wait for the next change.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -502,6 +578,18 @@ pub struct ProjectStatus {
     pub last_build: Option<LastBuild>,
     /// Bumped whenever the state above changes (for `wait_change`).
     pub generation: u64,
+    /// Unix seconds of the project's last build (or registration); projects
+    /// unused for `forget-projects-after` are forgotten.
+    #[serde(default)]
+    pub last_used: i64,
+    /// The Dockerfile (as saved now) cannot be planned: where and why (a
+    /// syntax error, a COPY of a missing file). Steps are then all `dirty`.
+    #[serde(default)]
+    pub plan_error: Option<FailureInfo>,
+    /// The daemon rebuilds the project in the background after saves
+    /// (`memobuild-ctl eager on`).
+    #[serde(default)]
+    pub eager: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -510,10 +598,19 @@ pub struct StepStatus {
     pub stage: String,
     pub instruction: String,
     pub line: usize,
-    /// `clean`, `dirty`, `building`, `done` or `failed`.
+    /// `clean`, `dirty`, `building`, `cached`, `done` or `failed`.
     pub state: String,
     /// Why the step is dirty: which files, arg, instruction or parent.
     pub why: Vec<String>,
+    /// For a `failed` step: why it failed.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
+    /// The step's cache key (hex BLAKE3) in the build it is listed from (docs/CACHE.md).
+    #[serde(default)]
+    pub cache_key: String,
+    /// For a `building` step: when it started (Unix milliseconds).
+    #[serde(default)]
+    pub started_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -524,16 +621,23 @@ pub struct LastBuild {
     pub finished_at: i64,
     pub millis: u64,
     pub manifest_digest: Option<String>,
+    /// The error's first line (the whole message is in the build's log).
     pub error: Option<String>,
+    /// A failed build's failure as data.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Explanation {
     pub project: String,
     pub steps: Vec<StepExplanation>,
-    /// The last build failed: its error (`steps` then lists what ran before).
+    /// The last build failed: its error's first line.
     #[serde(default)]
     pub failed: Option<String>,
+    /// The last build failed: the failure as data.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -542,10 +646,14 @@ pub struct StepExplanation {
     pub stage: String,
     pub instruction: String,
     pub line: usize,
-    /// `cached` or `rebuilt`.
+    /// `cached`, `rebuilt`, `failed` (it ran and failed) or `not_built`
+    /// (the build failed before it).
     pub outcome: String,
-    /// For rebuilt steps: the inputs that differ from the build before.
+    /// For rebuilt and failed steps: the inputs that differ from the build before.
     pub why: Vec<String>,
+    /// For the failed step: why it failed.
+    #[serde(default)]
+    pub failure: Option<FailureInfo>,
 }
 
 /// `memobuild-ctl logs`: one build's log, read from the file the daemon wrote

@@ -121,11 +121,7 @@ impl From<RegistryError> for RpcError {
         } else {
             e.kind
         };
-        RpcError {
-            kind,
-            message: e.to_string(),
-            hint: e.hint,
-        }
+        RpcError::of(kind, e.to_string()).hint_opt(e.hint)
     }
 }
 

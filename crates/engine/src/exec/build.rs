@@ -58,11 +58,13 @@ fn dockerfile_error(e: DockerfileError) -> RpcError {
     } else {
         ErrorKind::InvalidInput
     };
-    RpcError {
-        kind,
-        message: e.to_string(),
-        hint: e.hint,
-    }
+    RpcError::of(kind, e.to_string())
+        .at(memobuild_proto::Location {
+            file: e.file,
+            line: e.loc.line,
+            column: e.loc.column,
+        })
+        .hint_opt(e.hint)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -92,6 +94,8 @@ pub async fn run(
     };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
+    // A new project may push the least recently used one over max-projects.
+    engine.tidy_projects();
     // Registries: FROM images pulled and remote caches read once per build.
     let note = registry_note(log);
     let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
@@ -115,6 +119,7 @@ pub async fn run(
             return Ok(done);
         }
         engine.projects.build_started(&project);
+        log.clear_failed_step();
         let result = tokio::select! {
             r = build_planned(engine, id, request, &project, tree, log, &remote) => r,
             // Dropping the build's future stops every step; RUN sandboxes clean up.
@@ -161,17 +166,70 @@ pub async fn run(
         steps: Vec::new(),
         images: Default::default(),
         options: options_digest(request),
+        failure: None,
     };
-    if let Ok((done, plan)) = &result {
-        summary.manifest_digest = Some(done.manifest_digest.clone());
-        summary.config_digest = Some(done.config_digest.clone());
-        summary.steps = BuildSummary::from_plan(plan, &cached_steps(plan.steps.len(), log));
-        summary.images = plan.images.clone();
+    match &result {
+        Ok((done, plan)) => {
+            summary.manifest_digest = Some(done.manifest_digest.clone());
+            summary.config_digest = Some(done.config_digest.clone());
+            summary.steps = BuildSummary::from_plan(plan, &cached_steps(plan.steps.len(), log));
+            summary.images = plan.images.clone();
+        }
+        Err(e) => {
+            let planned = engine.projects.planned_steps(&project);
+            let failure = crate::failure::failure_info(
+                e,
+                &ProjectKey::of(request).dockerfile,
+                log.failed_step().as_ref(),
+                planned.as_deref(),
+            );
+            if let Some(planned) = planned {
+                let n = planned.len();
+                summary.steps = crate::failure::failed_build_steps(
+                    planned,
+                    &cached_steps(n, log),
+                    &finished_steps(n, log),
+                    &failure,
+                );
+            }
+            log.set_failure(failure.clone());
+            summary.failure = Some(failure);
+        }
+    }
+    // A cancelled eager build leaves no trace: the last build stays the
+    // baseline, and the project gets another eager build when it may.
+    if log.eager && result.as_ref().is_err_and(|e| e.is(ErrorKind::Cancelled)) {
+        engine.projects.build_abandoned(&project);
+        engine.maybe_eager(&project);
+        return result.map(|(done, _)| done);
     }
     engine
         .projects
         .build_finished(&engine.store, &project, summary, generation);
+    // Saves that landed after the build's steps read their files: compare
+    // the tree now with the new baseline before the client hears the result.
+    if let Ok((_, now)) = engine.watcher.sync(&root).await {
+        if now != generation {
+            if let Some(request) = engine.projects.request(&project) {
+                recompute_dirty(engine, &project, request, &root).await;
+                engine.maybe_eager(&project);
+            }
+        }
+    }
     result.map(|(done, _)| done)
+}
+
+/// Steps of a build that came from the cache or ran to the end.
+fn finished_steps(n: usize, log: &BuildLog) -> Vec<bool> {
+    let mut finished = vec![false; n];
+    for e in log.events.lock().iter() {
+        if let BuildEvent::StepCached { step } | BuildEvent::StepDone { step, .. } = e {
+            if let Some(f) = finished.get_mut(*step) {
+                *f = true;
+            }
+        }
+    }
+    finished
 }
 
 fn cached_steps(n: usize, log: &BuildLog) -> Vec<bool> {
@@ -249,6 +307,7 @@ fn fast_path(
                 from: s.from.clone(),
             })
             .collect(),
+        project: project.to_string(),
     });
     for step in 0..last.steps.len() {
         log.push(BuildEvent::StepCached { step });
@@ -327,7 +386,9 @@ async fn build_planned(
                 from: crate::project::stage_from(&plan, s.stage),
             })
             .collect(),
+        project: project.to_string(),
     });
+    engine.projects.build_planned(project, &plan);
     for w in &plan.warnings {
         log.push(BuildEvent::Log {
             step: None,
@@ -386,7 +447,9 @@ fn dockerfile_display(request: &BuildRequest) -> String {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Dockerfile".into())
     } else {
-        request.dockerfile.clone()
+        crate::project::normalize(Path::new(&request.dockerfile))
+            .display()
+            .to_string()
     }
 }
 
@@ -523,7 +586,9 @@ pub async fn track_dirty(
             return;
         };
         for (project, request) in engine.projects.paths_changed(&change.root, &change.paths) {
+            engine.eager_cancel(&project);
             recompute_dirty(&engine, &project, request, &change.root).await;
+            engine.maybe_eager(&project);
         }
     }
 }
@@ -540,7 +605,7 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
         tokio::task::spawn_blocking(
             move || match make_plan(&e, &request, &tree, focus.as_ref()) {
                 Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
-                Err(err) => e.projects.set_dirty(&project, generation, Err(err.message)),
+                Err(err) => e.projects.set_dirty(&project, generation, Err(&err)),
             },
         )
         .await;
@@ -775,17 +840,23 @@ async fn run_stage(
                         };
                         let run =
                             tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());
-                        run.await.map_err(|e| RpcError {
-                            message: format!(
-                                "{}:{}:{}: {}",
-                                plan.file, step.loc.line, step.loc.column, e.message
-                            ),
-                            ..e
+                        run.await.map_err(|e| {
+                            note_failed(log, step_index, &e);
+                            RpcError {
+                                message: format!(
+                                    "{}:{}:{}: {}",
+                                    plan.file, step.loc.line, step.loc.column, e.message
+                                ),
+                                ..e
+                            }
+                            .at(step_location(plan, step))
                         })?
                     }
                     _ => {
                         let exec = execute(engine, plan, step, &state, inputs, epoch);
-                        tracing::Instrument::instrument(exec, span.clone()).await?
+                        tracing::Instrument::instrument(exec, span.clone())
+                            .await
+                            .inspect_err(|e| note_failed(log, step_index, e))?
                     }
                 };
                 {
@@ -912,6 +983,23 @@ fn step_error(plan: &Plan, step: &Step, e: impl StepFailure) -> RpcError {
             plan.file, step.loc.line, step.loc.column, step.display
         ),
     )
+    .at(step_location(plan, step))
+}
+
+fn step_location(plan: &Plan, step: &Step) -> memobuild_proto::Location {
+    memobuild_proto::Location {
+        file: plan.file.clone(),
+        line: step.loc.line,
+        column: step.loc.column,
+    }
+}
+
+/// Notes the step whose failure fails the build (not one that only saw its
+/// files change, which starts the build over, nor a cancelled one).
+fn note_failed(log: &BuildLog, step: usize, e: &RpcError) {
+    if !e.is(ErrorKind::ContextChanged) && !e.is(ErrorKind::Cancelled) {
+        log.note_failed_step(step, None, Vec::new());
+    }
 }
 
 /// A COPY/ADD/WORKDIR failure and its kind: a context file that changed

@@ -70,10 +70,14 @@ pub struct Engine {
     lifecycle: Lifecycle,
     // Disk GC, single flight and the build queue (exec/ops.rs).
     pub queue: Arc<queue::Queue>,
-    flights: flight::Flights,
+    pub(crate) flights: flight::Flights,
     /// `max-storage` in bytes; 0 = no cap.
     max_storage: AtomicU64,
     gc_running: std::sync::atomic::AtomicBool,
+    /// `forget-projects-after`, `max-projects` (tidy.rs).
+    pub(crate) project_limits: Arc<crate::tidy::ProjectLimits>,
+    /// Eager builds running (eager.rs).
+    pub(crate) eager: crate::eager::EagerBuilds,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -88,6 +92,10 @@ struct SandboxHandle {
 pub struct BuildLog {
     /// The build's id (0 for logs outside a daemon build).
     pub id: BuildId,
+    /// The project the build belongs to (`EventBatch::project`).
+    pub project: String,
+    /// A background build nobody asked for (eager.rs).
+    pub eager: bool,
     /// Where the events are persisted, when the daemon keeps build logs.
     journal: Option<crate::buildlogs::Journal>,
     pub(crate) events: Mutex<Vec<BuildEvent>>,
@@ -95,9 +103,42 @@ pub struct BuildLog {
     changed: tokio::sync::Notify,
     cancelled: std::sync::atomic::AtomicBool,
     cancel: tokio::sync::Notify,
+    /// The step that failed the build, first one wins (`failure.rs`).
+    failed_step: Mutex<Option<crate::failure::FailedStep>>,
+    /// The build's failure as data, for the `failed` event.
+    failure: Mutex<Option<memobuild_proto::FailureInfo>>,
 }
 
 impl BuildLog {
+    /// Notes that `step` failed the build (a later note of another step, which
+    /// was only stopped because of this one, is ignored).
+    pub fn note_failed_step(&self, step: usize, exit_code: Option<i32>, output: Vec<String>) {
+        self.failed_step
+            .lock()
+            .get_or_insert(crate::failure::FailedStep {
+                step,
+                exit_code,
+                output,
+            });
+    }
+
+    pub fn failed_step(&self) -> Option<crate::failure::FailedStep> {
+        self.failed_step.lock().clone()
+    }
+
+    /// Forgets a noted failure (a build starting over).
+    pub fn clear_failed_step(&self) {
+        *self.failed_step.lock() = None;
+    }
+
+    pub fn set_failure(&self, failure: memobuild_proto::FailureInfo) {
+        *self.failure.lock() = Some(failure);
+    }
+
+    pub fn failure(&self) -> Option<memobuild_proto::FailureInfo> {
+        self.failure.lock().clone()
+    }
+
     pub fn push(&self, event: BuildEvent) {
         let terminal = matches!(
             event,
@@ -141,6 +182,7 @@ impl BuildLog {
             events: events[start..end].to_vec(),
             next_cursor: end as u64,
             finished: end == events.len() && self.finished.load(Ordering::SeqCst),
+            project: self.project.clone(),
         }
     }
 }
@@ -198,6 +240,8 @@ impl Engine {
             flights: flight::Flights::default(),
             max_storage: AtomicU64::new(0),
             gc_running: Default::default(),
+            project_limits: Default::default(),
+            eager: Default::default(),
         });
         tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
         tokio::spawn(build::track_dirty(
@@ -205,6 +249,7 @@ impl Engine {
             engine.watcher.subscribe(),
         ));
         tokio::spawn(build::resume_watching(engine.clone()));
+        crate::tidy::spawn(&engine);
         // A containerd used before may hold what a crashed daemon left behind.
         if engine.run_settings().containerd_socket.is_some()
             || engine.store.root().join("containerd").is_dir()
@@ -326,6 +371,17 @@ impl Engine {
     /// Starts a build in the background and returns its id; an identical
     /// request while one runs joins that build instead (single flight).
     pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        // An explicit build never waits for background work.
+        self.eager_yield();
+        self.start_build(request, false)
+    }
+
+    /// Starts an eager build (eager.rs): as [`Engine::start`], but it yields.
+    pub(crate) fn start_eager(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+        self.start_build(request, true)
+    }
+
+    fn start_build(self: &Arc<Self>, request: BuildRequest, eager: bool) -> BuildId {
         let key = flight::key_of(&request);
         if let Some(id) = self.flights.join(&key) {
             tracing::info!(build = id, "identical build running: joined it");
@@ -345,20 +401,26 @@ impl Engine {
         });
         let log = Arc::new(BuildLog {
             id,
+            project: project.clone(),
+            eager,
             journal,
             ..BuildLog::default()
         });
         self.builds.lock().insert(id, log.clone());
         self.flights.insert(key, id);
+        // Eager builds wait while explicit ones run (eager.rs).
+        let explicit = (!eager).then(|| crate::eager::Explicit::begin(self));
         let engine = self.clone();
         // A root span: the build outlives the RPC that started it.
         let span = tracing::info_span!(parent: None, "build", build = id, project = %project, context = %request.context, target = %request.target);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let _explicit = explicit;
                 let Some(slot) = engine.queue_for_slot(id, &request, &log).await else {
                     engine.flights.finish(id);
                     log.push(BuildEvent::Failed {
                         error: RpcError::new("build cancelled while queued"),
+                        failure: None,
                     });
                     return;
                 };
@@ -390,7 +452,8 @@ impl Engine {
                     Err(error) => {
                         let error = engine.shutdown_error(&log, error);
                         tracing::warn!(error = %error.message, "build failed");
-                        log.push(BuildEvent::Failed { error });
+                        let failure = log.failure();
+                        log.push(BuildEvent::Failed { error, failure });
                     }
                 }
                 engine.evict_finished(id);

@@ -165,6 +165,12 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     })?;
     if !outcome.exit.success() {
         let exit = outcome.exit;
+        let code = match exit {
+            memobuild_sandbox::ExitReason::Code(code) => Some(code),
+            _ => None,
+        };
+        cx.log
+            .note_failed_step(cx.step, code, tail.iter().cloned().collect());
         outcome.snapshot.release().await;
         let mut message = format!("{} failed: {exit}", cx.display);
         if !tail.is_empty() {

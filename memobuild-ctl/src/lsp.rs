@@ -1,0 +1,431 @@
+//! `memobuild-ctl lsp`: a language server for Dockerfiles over stdio
+//! (docs/EDITORS.md). It shows what the daemon knows, live: a code lens per
+//! instruction (`cached`, `dirty: file changed: src/app.py`, `building`,
+//! `failed: exit 2`), diagnostics for a Dockerfile the daemon cannot plan
+//! (syntax errors, missing files: exact line and column) and for the last
+//! build's failure, a hover with why a step is dirty or failed, and a
+//! `memobuild.build` command. Updates come from the daemon's status stream
+//! (`status_wait`), so a save shows without the editor asking.
+//!
+//! The JSON-RPC framing (a `Content-Length` header, then the body) is the few
+//! lines LSP needs; messages are built with serde_json.
+
+use crate::connect::{connect, ctx};
+use memobuild_proto::{FailureInfo, ProjectStatus, RpcError, StatusReport};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::process::ExitCode;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Largest message the server reads (a Dockerfile's text travels in them).
+const MAX_MESSAGE: usize = 64 << 20;
+
+enum Input {
+    Message(Value),
+    Status(StatusReport),
+    Closed,
+}
+
+/// Serves LSP on stdin/stdout until the client sends `exit` or closes stdin.
+pub async fn serve(socket: &Path) -> Result<ExitCode, RpcError> {
+    let client = connect(socket, false).await?;
+    let (tx, mut rx) = mpsc::channel::<Input>(64);
+    tokio::spawn(read_messages(tx.clone()));
+    let follower = {
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut generation = 0;
+            loop {
+                match client.status_wait(ctx(), String::new(), generation).await {
+                    Ok(Ok(report)) => {
+                        generation = report.generation;
+                        if tx.send(Input::Status(report)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // The daemon went away: the lenses stay as they were.
+                    _ => return,
+                }
+            }
+        })
+    };
+    let mut out = tokio::io::stdout();
+    let mut server = Server {
+        socket: socket.to_path_buf(),
+        ..Server::default()
+    };
+    let mut shutdown = false;
+    while let Some(input) = rx.recv().await {
+        let replies = match input {
+            Input::Closed => break,
+            Input::Status(report) => server.status(report),
+            Input::Message(m) if m["method"] == "exit" => break,
+            Input::Message(m) => {
+                if m["method"] == "shutdown" {
+                    shutdown = true;
+                }
+                server.handle(&m)
+            }
+        };
+        for reply in replies {
+            let body = reply.to_string();
+            let frame = format!("Content-Length: {}\r\n\r\n{body}", body.len());
+            if out.write_all(frame.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                follower.abort();
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    follower.abort();
+    // LSP: exit without a shutdown first is exit status 1.
+    Ok(if shutdown {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn read_messages(tx: mpsc::Sender<Input>) {
+    let mut stdin = BufReader::new(tokio::io::stdin());
+    loop {
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            match stdin.read_line(&mut line).await {
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(Input::Closed).await;
+                    return;
+                }
+                Ok(_) => {}
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let Some(length) = length.filter(|l| *l <= MAX_MESSAGE) else {
+            let _ = tx.send(Input::Closed).await;
+            return;
+        };
+        let mut body = vec![0; length];
+        if stdin.read_exact(&mut body).await.is_err() {
+            let _ = tx.send(Input::Closed).await;
+            return;
+        }
+        // A message that is not JSON is skipped (the spec has no reply for it).
+        if let Ok(message) = serde_json::from_slice(&body) {
+            if tx.send(Input::Message(message)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Server {
+    /// The daemon's socket (for builds the command starts).
+    socket: PathBuf,
+    /// Open documents: URI -> path.
+    open: BTreeMap<String, PathBuf>,
+    report: Option<StatusReport>,
+    /// The client takes `workspace/codeLens/refresh`.
+    refresh: bool,
+    next_id: u64,
+    /// What was last published per document (to send only changes).
+    published: BTreeMap<String, Value>,
+}
+
+impl Server {
+    fn handle(&mut self, m: &Value) -> Vec<Value> {
+        let id = m.get("id").cloned();
+        let params = &m["params"];
+        let method = m["method"].as_str().unwrap_or("");
+        let result = match method {
+            "initialize" => {
+                self.refresh = params["capabilities"]["workspace"]["codeLens"]["refreshSupport"]
+                    .as_bool()
+                    .unwrap_or(false);
+                json!({
+                    "capabilities": {
+                        "textDocumentSync": {"openClose": true, "change": 1, "save": {"includeText": false}},
+                        "codeLensProvider": {"resolveProvider": false},
+                        "hoverProvider": true,
+                        "executeCommandProvider": {"commands": ["memobuild.build"]},
+                    },
+                    "serverInfo": {"name": "memobuild", "version": env!("CARGO_PKG_VERSION")},
+                })
+            }
+            "shutdown" => Value::Null,
+            "textDocument/didOpen" | "textDocument/didSave" | "textDocument/didChange" => {
+                let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
+                if let Some(path) = uri_path(uri) {
+                    // The daemon names Dockerfiles under canonical contexts.
+                    let path = std::fs::canonicalize(&path).unwrap_or(path);
+                    self.open.insert(uri.to_string(), path);
+                }
+                return self.diagnostics(Some(uri));
+            }
+            "textDocument/didClose" => {
+                let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
+                self.open.remove(uri);
+                self.published.remove(uri);
+                return Vec::new();
+            }
+            "textDocument/codeLens" => {
+                let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
+                self.lenses(uri)
+            }
+            "textDocument/hover" => {
+                let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
+                let line = params["position"]["line"].as_u64().unwrap_or(0) as usize + 1;
+                self.hover(uri, line)
+            }
+            "workspace/executeCommand" if params["command"] == "memobuild.build" => {
+                let path = normalize(Path::new(params["arguments"][0].as_str().unwrap_or("")));
+                if let Some(p) = self.report.as_ref().and_then(|r| project_for(r, &path)) {
+                    build_in_background(&self.socket, p);
+                }
+                Value::Null
+            }
+            _ => match id {
+                // A request we do not serve: the spec's MethodNotFound.
+                Some(id) if !method.is_empty() => {
+                    return vec![json!({"jsonrpc": "2.0", "id": id, "error": {
+                        "code": -32601, "message": format!("memobuild lsp does not serve {method}")}})]
+                }
+                // Notifications we do not need, and replies to our requests.
+                _ => return Vec::new(),
+            },
+        };
+        match id {
+            Some(id) => vec![json!({"jsonrpc": "2.0", "id": id, "result": result})],
+            None => Vec::new(),
+        }
+    }
+
+    /// A new status report: republish what changed, and ask for new lenses.
+    fn status(&mut self, report: StatusReport) -> Vec<Value> {
+        let changed = |old: Option<&StatusReport>, path: &Path| {
+            let generation =
+                |r: &StatusReport| project_for(r, path).map(|p| (p.id.clone(), p.generation));
+            old.map(generation) != Some(generation(&report))
+        };
+        let touched: Vec<PathBuf> = self
+            .open
+            .values()
+            .filter(|path| changed(self.report.as_ref(), path))
+            .cloned()
+            .collect();
+        self.report = Some(report);
+        if touched.is_empty() {
+            return Vec::new();
+        }
+        let mut out = self.diagnostics(None);
+        if self.refresh {
+            self.next_id += 1;
+            out.push(
+                json!({"jsonrpc": "2.0", "id": format!("memobuild-{}", self.next_id),
+                "method": "workspace/codeLens/refresh"}),
+            );
+        }
+        out
+    }
+
+    fn project(&self, uri: &str) -> Option<&ProjectStatus> {
+        let path = self.open.get(uri)?;
+        project_for(self.report.as_ref()?, path)
+    }
+
+    /// `publishDiagnostics` for one document (or all open ones) whose
+    /// diagnostics changed.
+    fn diagnostics(&mut self, only: Option<&str>) -> Vec<Value> {
+        let uris: Vec<String> = self
+            .open
+            .keys()
+            .filter(|u| match only {
+                None => true,
+                Some(o) => o == u.as_str(),
+            })
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for uri in uris {
+            let mut list = Vec::new();
+            if let Some(p) = self.project(&uri) {
+                if let Some(e) = &p.plan_error {
+                    list.push(diagnostic(e, "the Dockerfile cannot be planned"));
+                } else if let Some(f) = p.last_build.as_ref().and_then(|l| l.failure.as_ref()) {
+                    list.push(diagnostic(f, "the last build failed"));
+                }
+            }
+            let list = Value::Array(list);
+            if self.published.get(&uri) != Some(&list) {
+                self.published.insert(uri.clone(), list.clone());
+                out.push(
+                    json!({"jsonrpc": "2.0", "method": "textDocument/publishDiagnostics",
+                    "params": {"uri": uri, "diagnostics": list}}),
+                );
+            }
+        }
+        out
+    }
+
+    fn lenses(&self, uri: &str) -> Value {
+        let Some(p) = self.project(uri) else {
+            return json!([]);
+        };
+        let path = self.open.get(uri).map(|p| p.display().to_string());
+        let lenses: Vec<Value> = p
+            .steps
+            .iter()
+            .filter(|s| s.line > 0)
+            .map(|s| {
+                let title = match s.state.as_str() {
+                    "clean" | "cached" => "cached".to_string(),
+                    "done" => "built".to_string(),
+                    "building" => match s.started_at_ms {
+                        Some(t) => format!("building {:.1}s", (now_ms() - t).max(0) as f64 / 1000.0),
+                        None => "building".to_string(),
+                    },
+                    "dirty" => match s.why.first() {
+                        Some(why) => format!("dirty: {why}"),
+                        None => "dirty".to_string(),
+                    },
+                    "failed" => match s.failure.as_ref() {
+                        Some(FailureInfo {
+                            exit_code: Some(code),
+                            ..
+                        }) => format!("failed: exit {code}"),
+                        Some(f) => format!("failed: {}", f.message),
+                        None => "failed".to_string(),
+                    },
+                    other => other.to_string(),
+                };
+                let line = s.line - 1;
+                json!({
+                    "range": {"start": {"line": line, "character": 0}, "end": {"line": line, "character": 0}},
+                    "command": {"title": title, "command": "memobuild.build", "arguments": [path]},
+                })
+            })
+            .collect();
+        Value::Array(lenses)
+    }
+
+    fn hover(&self, uri: &str, line: usize) -> Value {
+        let Some(p) = self.project(uri) else {
+            return Value::Null;
+        };
+        let Some(s) = p.steps.iter().find(|s| s.line == line) else {
+            return Value::Null;
+        };
+        let mut text = format!("**{}** step {} of project `{}`", s.state, s.index + 1, p.id);
+        for why in &s.why {
+            text.push_str(&format!("\n- {why}"));
+        }
+        if !s.cache_key.is_empty() {
+            text.push_str(&format!("\n\ncache key `{}`", s.cache_key));
+        }
+        if let Some(f) = &s.failure {
+            text.push_str(&format!("\n\n{}", f.message));
+            if !f.output.is_empty() {
+                text.push_str(&format!("\n```\n{}\n```", f.output.join("\n")));
+            }
+        }
+        json!({"contents": {"kind": "markdown", "value": text}})
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The project of the Dockerfile at `path`: the most recently used of them.
+fn project_for<'a>(report: &'a StatusReport, path: &Path) -> Option<&'a ProjectStatus> {
+    report
+        .projects
+        .iter()
+        .filter(|p| normalize(Path::new(&p.dockerfile)) == path)
+        .max_by_key(|p| p.last_used)
+}
+
+fn diagnostic(f: &FailureInfo, what: &str) -> Value {
+    let line = f.line.saturating_sub(1);
+    let character = f.column.saturating_sub(1);
+    json!({
+        "range": {"start": {"line": line, "character": character},
+                  "end": {"line": line + 1, "character": 0}},
+        "severity": 1,
+        "source": "memobuild",
+        "code": f.kind,
+        "message": format!("{what}: {}", f.message),
+    })
+}
+
+/// The path of a `file://` URI (percent-decoded), normalized.
+fn uri_path(uri: &str) -> Option<PathBuf> {
+    let rest = uri.strip_prefix("file://")?;
+    let mut bytes = Vec::with_capacity(rest.len());
+    let raw = rest.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let Ok(b) = u8::from_str_radix(&rest[i + 1..i + 3], 16) {
+                bytes.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        bytes.push(raw[i]);
+        i += 1;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    Some(normalize(Path::new(&text)))
+}
+
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// `memobuild-ctl build` of project `p`, its output to nowhere: the
+/// lenses show its progress.
+fn build_in_background(socket: &Path, p: &ProjectStatus) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(["build", "--progress", "quiet", "-f", &p.dockerfile]);
+    if !p.target.is_empty() {
+        cmd.args(["--target", &p.target]);
+    }
+    for (name, value) in &p.build_args {
+        cmd.arg("--build-arg").arg(format!("{name}={value}"));
+    }
+    let _ = cmd
+        .arg(&p.context)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+}
