@@ -108,9 +108,9 @@ impl Engine {
 fn unreachable(how: &str, e: impl std::fmt::Display) -> RpcError {
     RpcError::with_hint(
         format!("--load / -o type=docker: no Docker Engine answers at {how}: {e}"),
-        "start Docker (or point DOCKER_HOST at it), or write the image to a file instead: \
-         -o type=docker,dest=FILE.tar (for `docker load -i`), -o type=oci,dest=FILE.tar, \
-         or keep it in memobuild's store with -t NAME; loading into containerd is not supported yet",
+        "start Docker (or point DOCKER_HOST at it) or containerd (or point CONTAINERD_ADDRESS \
+         at it), or write the image to a file instead: -o type=docker,dest=FILE.tar (for \
+         `docker load -i`), -o type=oci,dest=FILE.tar, or keep it in memobuild's store with -t NAME",
     )
 }
 

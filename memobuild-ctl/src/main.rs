@@ -1,6 +1,7 @@
 //! memobuild-ctl: the command-line client of memobuildd.
 
 mod connect;
+mod containerd;
 mod disk;
 mod docker;
 mod flags;
@@ -411,7 +412,22 @@ async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError
         });
     }
     if specs.iter().any(|s| s.dest == output::Dest::Engine) {
-        docker::ping().await?;
+        // The Docker Engine when one answers, else containerd, else an error naming both.
+        if let Err(no_docker) = docker::ping().await {
+            match containerd::reachable().await {
+                Ok(target) => {
+                    for s in specs.iter_mut().filter(|s| s.dest == output::Dest::Engine) {
+                        s.dest = output::Dest::Containerd(target.clone());
+                    }
+                }
+                Err(no_containerd) => {
+                    return Err(RpcError::with_hint(
+                        format!("{}; and {no_containerd}", no_docker.message),
+                        no_docker.hint.unwrap_or_default(),
+                    ))
+                }
+            }
+        }
     }
     let to_stdout = specs
         .iter()

@@ -7,7 +7,7 @@
 //! written, so a corrupt store can never produce a corrupt output.
 
 use crate::connect::{ctx, rpc_failed};
-use crate::{docker, rootfs};
+use crate::{containerd, docker, rootfs};
 use memobuild_proto::{BlobRef, ImageSummary, MemobuildClient, RpcError, BLOB_CHUNK_BYTES};
 use sha2::{Digest, Sha256};
 use std::io::{IsTerminal, Seek, Write};
@@ -47,8 +47,11 @@ pub enum Dest {
     Path(PathBuf),
     /// `dest=-`
     Stdout,
-    /// `type=docker` without dest, and `--load`: the local Docker Engine.
+    /// `type=docker` without dest, and `--load`: the local Docker Engine, or
+    /// containerd when no Engine answers (decided before the build).
     Engine,
+    /// `--load` into containerd's image store (containerd.rs).
+    Containerd(crate::containerd::Target),
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +182,7 @@ impl OutputSpec {
                 }
                 Ok(())
             }
-            Dest::Engine => Ok(()),
+            Dest::Engine | Dest::Containerd(_) => Ok(()),
         }
     }
 
@@ -188,6 +191,7 @@ impl OutputSpec {
             Dest::Path(p) => format!("wrote {} to {}", self.kind.name(), p.display()),
             Dest::Stdout => format!("wrote {} to stdout", self.kind.name()),
             Dest::Engine => "loaded into the Docker Engine".to_string(),
+            Dest::Containerd(target) => format!("loaded into {}", target.describe()),
         }
     }
 }
@@ -337,6 +341,22 @@ pub async fn export(
                 }
                 let _ = std::fs::remove_file(&archive);
             }
+            (Dest::Containerd(target), _) => {
+                // An OCI archive naming the image once per name, as containerd
+                // (and Docker) spell it: docker.io/library/NAME:TAG.
+                let names: Vec<String> = names.iter().map(|n| containerd::normalize(n)).collect();
+                let index = containerd_index(&blobs.manifest, &names);
+                let archive = staging.path().join("containerd-import.tar");
+                write_file(&archive, |w| {
+                    write_archive(w, &files, &index, &[])
+                        .map(drop)
+                        .map_err(|e| io_error(&archive, e))
+                })?;
+                for name in containerd::import(target, &archive, &names).await? {
+                    note(&format!("Loaded image: {name}"));
+                }
+                let _ = std::fs::remove_file(&archive);
+            }
         }
         note(&spec.describe());
     }
@@ -417,6 +437,33 @@ fn index_json(manifest: &BlobRef, tags: &[String]) -> Vec<u8> {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [desc],
+    });
+    serde_json::to_vec(&index).unwrap_or_default()
+}
+
+/// index.json for `ctr images import`: the manifest once per name, each
+/// with `io.containerd.image.name` (the name containerd gives the image).
+fn containerd_index(manifest: &BlobRef, names: &[String]) -> Vec<u8> {
+    let desc = |name: Option<&String>| {
+        let mut d = serde_json::json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": manifest.size,
+        });
+        if let Some(name) = name {
+            d["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+        }
+        d
+    };
+    let manifests: Vec<serde_json::Value> = if names.is_empty() {
+        vec![desc(None)]
+    } else {
+        names.iter().map(|n| desc(Some(n))).collect()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
     });
     serde_json::to_vec(&index).unwrap_or_default()
 }
