@@ -469,7 +469,7 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
     );
     // A docker flag memobuild does not take is named, without clap's "-- --x" tip.
     for flag in [
-        &["--annotation", "a=b"][..],
+        &["--squash"][..],
         &["--build-context=x=/tmp"],
         &["--ssh", "default"],
     ] {

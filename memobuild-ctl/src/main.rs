@@ -4,6 +4,7 @@ mod connect;
 mod containerd;
 mod disk;
 mod docker;
+mod dropin;
 mod flags;
 mod import;
 mod inspect;
@@ -212,6 +213,13 @@ struct BuildArgs {
     /// Run every step of this stage, cached or not (repeatable)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
+    /// Add an annotation to the image manifest: [manifest:]KEY=VALUE (repeatable)
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// Entitlement: network.host (accepted: RUN may use the host network anyway);
+    /// security.insecure is refused (memobuild never runs a step privileged)
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
     /// Build context directory; `-` reads a tar archive (or a Dockerfile alone) from stdin
     context: PathBuf,
 }
@@ -726,6 +734,7 @@ fn build_request(
         ..BuildRequest::default()
     };
     stdin::add_docker_options(args, &mut request)?;
+    dropin::add_options(args, &mut request)?;
     if let Some(text) = stdin_context.and_then(|c| c.dockerfile.clone()) {
         request.dockerfile = "-".into();
         request.dockerfile_text = Some(text);

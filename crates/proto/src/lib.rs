@@ -251,6 +251,9 @@ pub struct BuildRequest {
     /// The Dockerfile's text (`-f -`), used instead of reading `dockerfile`.
     #[serde(default)]
     pub dockerfile_text: Option<String>,
+    /// `--annotation K=V`: annotations of the image manifest.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// `--ulimit` names Docker takes, with the rlimit each sets.
