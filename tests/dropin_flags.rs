@@ -79,3 +79,151 @@ fn allow_accepts_network_host_and_refuses_security_insecure() {
         assert!(stderr.contains(says), "--allow {value}: {stderr}");
     }
 }
+
+/// A `git daemon` on 127.0.0.1 serving the repositories under its directory.
+struct GitDaemon {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl GitDaemon {
+    fn start() -> GitDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // git-daemon itself (not `git daemon`, whose wrapper would outlive a kill).
+        let exec_path = std::process::Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git (Debian package git)");
+        let exec_path = String::from_utf8_lossy(&exec_path.stdout)
+            .trim()
+            .to_string();
+        let child = std::process::Command::new(format!("{exec_path}/git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", dir.path().display()))
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git daemon (Debian package git)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        GitDaemon { dir, port, child }
+    }
+
+    fn url(&self, repo: &str) -> String {
+        format!("git://127.0.0.1:{}/{repo}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_git_url_context_builds_the_ref_and_directory_it_names() {
+    let server = GitDaemon::start();
+    let repo = server.dir.path().join("repo.git");
+    std::fs::create_dir_all(repo.join("app")).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let dockerfile = "FROM scratch\nCOPY . /ctx/\n";
+    common::write_files(
+        &repo,
+        &[
+            ("app/Dockerfile", dockerfile),
+            ("app/version.txt", "one\n"),
+            ("top.txt", "top\n"),
+            ("Dockerfile", "FROM scratch\nCOPY top.txt /top.txt\n"),
+        ],
+    );
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    git(&repo, &["tag", "v1"]);
+    std::fs::write(repo.join("app/version.txt"), "two\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "two"]);
+
+    let d = Daemon::start();
+    let out = tempfile::tempdir().unwrap();
+    let build = |context: &str, dest: &str| {
+        let dest = out.path().join(dest);
+        let o = d.ctl(&[
+            "build",
+            "--progress",
+            "plain",
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+            context,
+        ]);
+        assert!(
+            o.status.success(),
+            "{context}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            d.log()
+        );
+        dest
+    };
+    // The tag, in a directory of the repository; no .git in the context.
+    let v1 = build(&format!("{}#v1:app", server.url("repo.git")), "v1");
+    assert_eq!(
+        std::fs::read_to_string(v1.join("ctx/version.txt")).unwrap(),
+        "one\n"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(v1.join("ctx"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["Dockerfile", "version.txt"]);
+    // The default branch's head, whole repository.
+    let head = build(&server.url("repo.git"), "head");
+    assert_eq!(
+        std::fs::read_to_string(head.join("top.txt")).unwrap(),
+        "top\n"
+    );
+    let main = build(&format!("{}#main:app", server.url("repo.git")), "main");
+    assert_eq!(
+        std::fs::read_to_string(main.join("ctx/version.txt")).unwrap(),
+        "two\n"
+    );
+    // A ref that does not exist: git's words, and a hint.
+    let o = d.ctl(&["build", &format!("{}#nope", server.url("repo.git"))]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("git context: fetching nope from"),
+        "{stderr}"
+    );
+    // A remote tarball is refused by name.
+    let o = d.ctl(&["build", "http://127.0.0.1:1/context.tar.gz"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not supported"));
+}

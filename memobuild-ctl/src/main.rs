@@ -6,6 +6,7 @@ mod disk;
 mod docker;
 mod dropin;
 mod flags;
+mod git;
 mod import;
 mod inspect;
 mod observe;
@@ -356,6 +357,12 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
             "pass a context directory and a Dockerfile path",
         ));
     }
+    if git::parse(&args.context.to_string_lossy()).is_some() {
+        return Err(RpcError::with_hint(
+            "watch cannot watch a git URL context",
+            "clone the repository and watch its directory",
+        ));
+    }
     let request = build_request(&args, None)?;
     let client = connect::connect(socket, true).await?;
     loop {
@@ -667,9 +674,8 @@ fn build_request(
     args: &BuildArgs,
     stdin_context: Option<&stdin::StdinContext>,
 ) -> Result<BuildRequest, RpcError> {
-    let context_dir = stdin_context
-        .and_then(|c| c.dir.as_ref())
-        .map_or(args.context.as_path(), |d| d.path());
+    let fetched_dir = stdin_context.and_then(|c| c.dir.as_ref().map(|d| d.path().join(&c.subdir)));
+    let context_dir = fetched_dir.as_deref().unwrap_or(args.context.as_path());
     let context = std::fs::canonicalize(context_dir).map_err(|e| {
         RpcError::with_hint(
             format!("build context {}: {e}", args.context.display()),
@@ -679,8 +685,8 @@ fn build_request(
     let dockerfile = match &args.file {
         None => String::new(),
         Some(f) if f.as_os_str() == "-" => String::new(),
-        // Inside a context read from stdin: relative to it.
-        Some(f) if args.context.as_os_str() == "-" => f.display().to_string(),
+        // Inside a context read from stdin or fetched with git: relative to it.
+        Some(f) if fetched_dir.is_some() => f.display().to_string(),
         Some(f) => std::path::absolute(f)
             .map_err(|e| RpcError::new(format!("Dockerfile {}: {e}", f.display())))?
             .display()
