@@ -7,6 +7,7 @@ mod docker;
 mod dropin;
 mod flags;
 mod git;
+mod images;
 mod import;
 mod inspect;
 mod observe;
@@ -86,6 +87,13 @@ enum Command {
         /// directory (its latest build)
         build: String,
     },
+    /// Show the steps that made an image, newest first (as `docker history`).
+    History {
+        #[arg(long)]
+        json: bool,
+        /// An image name or ID
+        name: String,
+    },
     /// Print the daemon's metrics in the Prometheus text format.
     Metrics,
     /// Disk used by the daemon's blob store: images, build cache, unreferenced.
@@ -119,7 +127,20 @@ enum ImageCommand {
         /// Name for the image [default: the name recorded in the archive]
         #[arg(long)]
         name: Option<String>,
+        /// The archive; `-` reads it from stdin
         file: PathBuf,
+    },
+    /// Print images' configs as JSON, in `docker image inspect`'s shape.
+    Inspect {
+        /// Image names or IDs
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show the steps that made an image, newest first (as `docker history`).
+    History {
+        #[arg(long)]
+        json: bool,
+        name: String,
     },
     /// Remove an image name.
     Rm { name: String },
@@ -261,7 +282,10 @@ impl Command {
             | Command::Du { json }
             | Command::Prune { json, .. }
             | Command::Verify { json } => *json,
-            Command::Image(ImageCommand::Ls { json }) => *json,
+            Command::Image(ImageCommand::Ls { json })
+            | Command::Image(ImageCommand::History { json, .. })
+            | Command::History { json, .. } => *json,
+            Command::Image(ImageCommand::Inspect { .. }) => true,
             _ => false,
         }
     }
@@ -303,7 +327,11 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
                 .images(connect::ctx())
                 .await
                 .map_err(connect::rpc_failed)??;
-            output::print_images(&images, json);
+            if json {
+                output::print_images_json(&images);
+            } else {
+                images::print_table(&client, &images).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, target } => inspect::status(&socket, json, target).await,
@@ -313,6 +341,11 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Watch(args) => watch(&socket, args).await,
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
+        Command::History { json, name } => {
+            let client = connect::connect(&socket, false).await?;
+            images::history(&client, &name, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Metrics => observe::metrics(&socket).await,
         Command::Du { json } => disk::du(&socket, json).await,
         Command::Prune {
@@ -328,9 +361,30 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
     let client = connect::connect(socket, true).await?;
     match cmd {
         ImageCommand::Import { name, file } => {
-            let image = import::import(&client, &file, name).await?;
+            let before = client
+                .images(connect::ctx())
+                .await
+                .map_err(connect::rpc_failed)??;
+            let image = if file.as_os_str() == "-" {
+                let staged = import::stdin_to_file()?;
+                import::import(&client, staged.path(), name).await?
+            } else {
+                import::import(&client, &file, name).await?
+            };
+            if let Some(old) = before.iter().find(|i| i.name == image.name) {
+                if old.manifest_digest != image.manifest_digest {
+                    eprintln!(
+                        "{} now names the imported image; it named {} (image ID {}) before",
+                        image.name,
+                        old.manifest_digest,
+                        images::short_id(&old.config_digest)
+                    );
+                }
+            }
             println!("{} {}", image.name, image.manifest_digest);
         }
+        ImageCommand::Inspect { names } => images::inspect(&client, &names).await?,
+        ImageCommand::History { json, name } => images::history(&client, &name, json).await?,
         ImageCommand::Rm { name } => {
             client
                 .remove_image(connect::ctx(), name.clone())
@@ -339,11 +393,15 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
             println!("removed {name}");
         }
         ImageCommand::Ls { json } => {
-            let images = client
+            let list = client
                 .images(connect::ctx())
                 .await
                 .map_err(connect::rpc_failed)??;
-            output::print_images(&images, json);
+            if json {
+                output::print_images_json(&list);
+            } else {
+                images::print_table(&client, &list).await?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -225,24 +225,12 @@ pub fn check_parent(flag: &str, path: &Path) -> Result<(), RpcError> {
     }
 }
 
-pub fn print_images(images: &[ImageSummary], json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(images).unwrap_or_default()
-        );
-        return;
-    }
-    println!("{:<40} {:<20} {:>10}", "NAME", "DIGEST", "SIZE");
-    for i in images {
-        let short = i
-            .manifest_digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect::<String>();
-        println!("{:<40} {:<20} {:>10}", i.name, short, human_size(i.size));
-    }
+/// `images --json`: the summaries as one JSON array (the table is images.rs).
+pub fn print_images_json(images: &[ImageSummary]) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(images).unwrap_or_default()
+    );
 }
 
 pub fn human_size(bytes: u64) -> String {
