@@ -110,6 +110,12 @@ enum Command {
         /// Remove least-recently-used cache only until the store is this small, e.g. 10GB
         #[arg(long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
         keep_storage: Option<u64>,
+        /// Only cache unused for this long: until=DURATION, e.g. until=24h
+        #[arg(long, value_name = "FILTER")]
+        filter: Vec<String>,
+        /// Do not ask for confirmation (it is asked only when stdin is a terminal)
+        #[arg(long, short = 'f')]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -351,8 +357,17 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Prune {
             all,
             keep_storage,
+            filter,
+            force,
             json,
-        } => disk::prune(&socket, all, keep_storage, json).await,
+        } => {
+            let request = memobuild_proto::PruneRequest {
+                all,
+                keep_bytes: keep_storage,
+                unused_for_secs: disk::until_filter(&filter)?,
+            };
+            disk::prune(&socket, request, force, json).await
+        }
         Command::Verify { json } => disk::verify(&socket, json).await,
     }
 }

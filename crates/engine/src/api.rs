@@ -289,6 +289,7 @@ impl Engine {
         let opts = gc::PruneOptions {
             all: request.all,
             keep_bytes: request.keep_bytes,
+            unused_for_secs: request.unused_for_secs,
         };
         let r = self.prune(opts).await?;
         Ok(PruneResult {

@@ -586,6 +586,9 @@ pub struct PruneRequest {
     pub all: bool,
     /// Remove least-recently-used entries only until the store is this small.
     pub keep_bytes: Option<u64>,
+    /// `--filter until=DURATION`: only entries unused for at least this many seconds.
+    #[serde(default)]
+    pub unused_for_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
