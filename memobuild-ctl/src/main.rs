@@ -2,6 +2,7 @@
 
 mod connect;
 mod containerd;
+mod credhelper;
 mod disk;
 mod docker;
 mod dropin;
