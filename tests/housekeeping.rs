@@ -205,3 +205,128 @@ fn docker_credential_helpers_log_in_to_the_registry() {
     assert!(out.success, "{}", out.text());
     assert!(!out.stderr.contains("warning"), "{}", out.stderr);
 }
+
+#[test]
+fn x_install_puts_binaries_man_pages_and_completions_where_shells_find_them() {
+    let prefix = tempfile::tempdir().unwrap();
+    let out = Command::new(common::repo_root().join("x"))
+        .arg("install")
+        .arg("--prefix")
+        .arg(prefix.path())
+        .arg("--from")
+        .arg(bin_dir())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("is not on PATH"), "{stdout}");
+    let p = prefix.path();
+    let ctl = p.join("bin/memobuild-ctl");
+    assert!(p.join("bin/memobuildd").is_file());
+    let version = Command::new(&ctl).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("memobuild-ctl "));
+
+    // man renders the pages; one per command.
+    let page = Command::new("man")
+        .arg("-l")
+        .arg(p.join("share/man/man1/memobuild-ctl-build.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "100")
+        .output();
+    let roff = std::fs::read_to_string(p.join("share/man/man1/memobuild-ctl-build.1")).unwrap();
+    assert!(roff.contains(".TH memobuild-ctl-build 1"), "{roff}");
+    assert!(
+        roff.contains("\\-\\-iidfile"),
+        "the build flags are documented"
+    );
+    if let Ok(page) = page {
+        if page.status.success() {
+            assert!(String::from_utf8_lossy(&page.stdout).contains("--metadata-file"));
+        }
+    }
+    for cmd in [
+        "memobuild-ctl",
+        "memobuild-ctl-daemon-stop",
+        "memobuild-ctl-image-inspect",
+    ] {
+        assert!(
+            p.join(format!("share/man/man1/{cmd}.1")).is_file(),
+            "{cmd}.1"
+        );
+    }
+
+    // bash: the completion script registers itself and completes subcommands and flags.
+    let script = p.join("share/bash-completion/completions/memobuild-ctl");
+    let probe = format!(
+        "source {}; COMP_WORDS=(memobuild-ctl bui); COMP_CWORD=1; _memobuild__ctl memobuild-ctl bui memobuild-ctl; echo \"${{COMPREPLY[@]}}\"; \
+         COMP_WORDS=(memobuild-ctl build --iid); COMP_CWORD=2; _memobuild__ctl memobuild-ctl --iid build; echo \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let out = Command::new("bash").args(["-c", &probe]).output().unwrap();
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("build"),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines.get(1).map(String::as_str),
+        Some("--iidfile"),
+        "{lines:?}"
+    );
+    assert!(
+        std::fs::read_to_string(p.join("share/zsh/site-functions/_memobuild-ctl"))
+            .unwrap()
+            .starts_with("#compdef memobuild-ctl")
+    );
+    assert!(p
+        .join("share/fish/vendor_completions.d/memobuild-ctl.fish")
+        .is_file());
+}
+
+#[test]
+fn daemon_status_and_stop() {
+    let mut d = Daemon::start();
+    let out = d.ctl(&["daemon", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let pid = d.pid().unwrap();
+    assert!(text.contains(&format!("is running: pid {pid}")), "{text}");
+    let status = d.ctl_json(&["daemon", "status"]);
+    assert_eq!(status["running"], true);
+    assert_eq!(n(&status["pid"]), pid as u64);
+    assert_eq!(status["data_dir"], d.data.display().to_string());
+
+    let out = d.ctl(&["daemon", "stop"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("stopped memobuildd (pid {pid})"))
+    );
+    // Really gone: it exited by itself, gracefully.
+    let exit = d
+        .wait_exit(std::time::Duration::from_secs(10))
+        .expect("the daemon exited");
+    assert!(exit.success(), "{exit:?}");
+    assert!(std::os::unix::net::UnixStream::connect(&d.socket).is_err());
+
+    let out = d.ctl(&["daemon", "status"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("memobuildd is not running"));
+    let out = d.ctl(&["daemon", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], false);
+    // Stopping what is not running is not an error (as systemctl stop).
+    assert!(d.ctl(&["daemon", "stop"]).status.success());
+}

@@ -3,6 +3,7 @@
 mod connect;
 mod containerd;
 mod credhelper;
+mod daemonctl;
 mod disk;
 mod docker;
 mod dropin;
@@ -19,7 +20,7 @@ mod rootfs;
 mod stdin;
 mod tty;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, RpcError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,6 +125,36 @@ enum Command {
     Verify {
         #[arg(long)]
         json: bool,
+    },
+    /// Whether the daemon runs, and stopping it.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    /// (e.g. `memobuild-ctl completion bash > ~/.local/share/bash-completion/completions/memobuild-ctl`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (memobuild-ctl.1 and one per command) into DIR.
+    Man {
+        /// Directory to write the pages to (created if missing)
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// Whether a daemon answers at the socket: pid, version, data dir
+    /// (exit 3 when none runs).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon gracefully (SIGTERM; running builds get its shutdown-grace).
+    Stop {
+        /// How long to wait for it to exit
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -288,7 +319,8 @@ impl Command {
             | Command::Logs { json, .. }
             | Command::Du { json }
             | Command::Prune { json, .. }
-            | Command::Verify { json } => *json,
+            | Command::Verify { json }
+            | Command::Daemon(DaemonCommand::Status { json }) => *json,
             Command::Image(ImageCommand::Ls { json })
             | Command::Image(ImageCommand::History { json, .. })
             | Command::History { json, .. } => *json,
@@ -370,6 +402,36 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
             disk::prune(&socket, request, force, json).await
         }
         Command::Verify { json } => disk::verify(&socket, json).await,
+        Command::Daemon(DaemonCommand::Status { json }) => daemonctl::status(&socket, json).await,
+        Command::Daemon(DaemonCommand::Stop { timeout }) => daemonctl::stop(&socket, timeout).await,
+        Command::Completion { shell } => {
+            // Into memory first: clap_complete panics on a write error (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "memobuild-ctl", &mut script);
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete's bash script spells the states of a hyphenated
+                // binary two ways, so no subcommand's flags ever complete
+                // (clap-rs/clap#6421): make the case arms match the loop.
+                script = String::from_utf8_lossy(&script)
+                    .replace("memobuild__subcmd__ctl", "memobuild__ctl")
+                    .into_bytes();
+            }
+            use std::io::Write;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(RpcError::new(format!("writing the completion script: {e}")))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| {
+                    RpcError::new(format!("writing man pages to {}: {e}", dir.display()))
+                })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
