@@ -227,3 +227,119 @@ fn a_git_url_context_builds_the_ref_and_directory_it_names() {
     let o = d.ctl(&["build", "http://127.0.0.1:1/context.tar.gz"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not supported"));
 }
+
+#[test]
+fn build_context_docker_image_replaces_from_and_copy_from_names() {
+    let reg = Registry::start();
+    let maker = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = common::registry::busybox_layout(&maker, dir.path(), "pulled");
+    reg.push_layout(&layout, "ctx/base:1", &[]);
+    let d = Daemon::start_with(&["--insecure-registry", &reg.host]);
+    // Two local images, each with its own /marker.
+    for marker in ["one", "two"] {
+        let ctx = tempfile::tempdir().unwrap();
+        common::write_files(
+            ctx.path(),
+            &[
+                ("Dockerfile", "FROM scratch\nCOPY marker /marker\n"),
+                ("marker", marker),
+            ],
+        );
+        d.build_ok(ctx.path(), &["-t", &format!("mb-base:{marker}")]);
+    }
+    let app = tempfile::tempdir().unwrap();
+    common::write_files(
+        app.path(),
+        &[(
+            "Dockerfile",
+            "FROM base\nCOPY --from=tools /marker /tools-marker\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let build = |contexts: &[&str], dest: &str| {
+        let dest = out.path().join(dest);
+        let mut args = vec![
+            "build".to_string(),
+            "--progress".into(),
+            "plain".into(),
+            "-o".into(),
+            format!("type=local,dest={}", dest.display()),
+        ];
+        for c in contexts {
+            args.push("--build-context".into());
+            args.push(c.to_string());
+        }
+        args.push(app.path().display().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = d.ctl(&args);
+        assert!(
+            o.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            d.log()
+        );
+        dest
+    };
+    let read = |dir: &std::path::Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let a = build(
+        &[
+            "base=docker-image://mb-base:one",
+            "tools=docker-image://mb-base:two",
+        ],
+        "a",
+    );
+    assert_eq!(
+        (read(&a, "marker"), read(&a, "tools-marker")),
+        ("one".into(), "two".into())
+    );
+    // Swapped: the same Dockerfile, the other images (the fast path must not answer).
+    let b = build(
+        &[
+            "base=docker-image://mb-base:two",
+            "tools=docker-image://mb-base:one",
+        ],
+        "b",
+    );
+    assert_eq!(
+        (read(&b, "marker"), read(&b, "tools-marker")),
+        ("two".into(), "one".into())
+    );
+    // From a registry: the image REF is pulled, never NAME.
+    let c = build(
+        &[
+            &format!("base=docker-image://{}", reg.image("ctx/base:1")),
+            "tools=docker-image://mb-base:one",
+        ],
+        "c",
+    );
+    assert_eq!(read(&c, "marker"), "pulled");
+    assert!(c.join("bin/busybox").is_file());
+
+    // A build context named like a stage is refused, with the stage's line.
+    common::write_files(
+        app.path(),
+        &[("Dockerfile", "FROM scratch AS tools\nFROM tools\n")],
+    );
+    let o = d.ctl(&[
+        "build",
+        "--build-context",
+        "tools=docker-image://mb-base:one",
+        app.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("Dockerfile:1: --build-context tools names the stage"),
+        "{stderr}"
+    );
+    // A directory is not a supported build context yet: said so before the build.
+    let o = d.ctl(&[
+        "build",
+        "--build-context",
+        "x=/tmp",
+        app.path().to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&o.stderr)
+        .contains("a local directory as a build context is not supported yet"));
+}

@@ -470,7 +470,7 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
     // A docker flag memobuild does not take is named, without clap's "-- --x" tip.
     for flag in [
         &["--squash"][..],
-        &["--build-context=x=/tmp"],
+        &["--isolation=default"],
         &["--ssh", "default"],
     ] {
         let mut args = vec!["build"];

@@ -1,4 +1,5 @@
-//! More of `docker buildx build`'s flags: `--annotation` and `--allow`.
+//! More of `docker buildx build`'s flags: `--annotation`, `--allow`,
+//! `--build-context`.
 
 use crate::BuildArgs;
 use memobuild_proto::{BuildRequest, RpcError};
@@ -78,8 +79,46 @@ pub fn allow(entitlement: &str) -> Result<(), RpcError> {
     }
 }
 
-/// Adds `--annotation` and checks `--allow`.
+/// `--build-context NAME=docker-image://REF`; the other sources buildx takes
+/// are refused by kind.
+pub fn build_context(spec: &str) -> Result<(String, String), RpcError> {
+    let usage = "use --build-context NAME=docker-image://IMAGE[:TAG|@DIGEST]";
+    let (name, value) = spec
+        .split_once('=')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .ok_or_else(|| {
+            RpcError::with_hint(format!("--build-context {spec:?}: want NAME=VALUE"), usage)
+        })?;
+    if let Some(reference) = value.strip_prefix("docker-image://") {
+        if reference.is_empty() || reference.contains(char::is_whitespace) {
+            return Err(RpcError::with_hint(
+                format!("--build-context {spec}: no image after docker-image://"),
+                usage,
+            ));
+        }
+        return Ok((name.to_string(), value.to_string()));
+    }
+    let kind = if value.starts_with("oci-layout://") {
+        "an OCI layout (oci-layout://)"
+    } else if value.starts_with("target:") {
+        "a bake target (target:)"
+    } else if value.contains("://") || value.starts_with("git@") {
+        "a URL"
+    } else {
+        "a local directory"
+    };
+    Err(RpcError::with_hint(
+        format!("--build-context {spec}: {kind} as a build context is not supported yet"),
+        format!("{usage}; for files, copy them into the main context"),
+    ))
+}
+
+/// Adds `--annotation` and `--build-context`, and checks `--allow`.
 pub fn add_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<(), RpcError> {
+    for spec in &args.build_contexts {
+        let (name, value) = build_context(spec)?;
+        request.build_contexts.insert(name, value);
+    }
     for spec in &args.allow {
         for entitlement in spec.split(',').filter(|e| !e.is_empty()) {
             allow(entitlement)?;
@@ -109,6 +148,24 @@ mod tests {
         assert!(annotation("manifest[linux/s390x]:a=b").is_err());
         assert!(annotation("novalue").is_err());
         assert!(annotation("=v").is_err());
+    }
+
+    #[test]
+    fn build_contexts() {
+        assert_eq!(
+            build_context("base=docker-image://busybox:1").unwrap(),
+            ("base".into(), "docker-image://busybox:1".into())
+        );
+        for (spec, says) in [
+            ("x=./dir", "a local directory"),
+            ("x=oci-layout://d", "OCI layout"),
+            ("x=https://h/r.git", "a URL"),
+            ("x=docker-image://", "no image"),
+            ("novalue", "NAME=VALUE"),
+        ] {
+            let e = build_context(spec).unwrap_err();
+            assert!(e.message.contains(says), "{spec}: {}", e.message);
+        }
     }
 
     #[test]

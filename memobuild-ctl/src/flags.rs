@@ -9,7 +9,6 @@ use std::process::ExitCode;
 /// support yet (those it supports are in docs/CLI.md).
 const DOCKER_BUILD_FLAGS: &[&str] = &[
     "--attest",
-    "--build-context",
     "--builder",
     "--call",
     "--cgroup-parent",

@@ -280,6 +280,10 @@ struct BuildArgs {
     /// security.insecure is refused (memobuild never runs a step privileged)
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
+    /// An image FROM, COPY --from and RUN --mount=from= get for NAME:
+    /// NAME=docker-image://REF (repeatable)
+    #[arg(long = "build-context", value_name = "NAME=docker-image://REF")]
+    build_contexts: Vec<String>,
     /// Build context directory; `-` reads a tar archive (or a Dockerfile alone) from stdin
     context: PathBuf,
 }

@@ -12,6 +12,7 @@
 
 mod api;
 pub mod buildlogs;
+mod contexts;
 pub mod exec;
 pub mod gc;
 pub mod import;

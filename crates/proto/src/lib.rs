@@ -254,6 +254,10 @@ pub struct BuildRequest {
     /// `--annotation K=V`: annotations of the image manifest.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// `--build-context NAME=docker-image://REF`: images that FROM, `COPY
+    /// --from` and `RUN --mount=from=` get for NAME.
+    #[serde(default)]
+    pub build_contexts: BTreeMap<String, String>,
 }
 
 /// `--ulimit` names Docker takes, with the rlimit each sets.

@@ -448,6 +448,12 @@ pub fn make_plan(
     };
     let run_options = run_options(request);
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
+    crate::contexts::check_stage_names(&df, request)?;
+    let aliases = crate::contexts::image_aliases(request)?;
+    let images = crate::contexts::Aliased {
+        inner: &*engine.store,
+        aliases: &aliases,
+    };
     let ignore = read_ignore(request, &df_path)?;
     let index = ContextIndex::view(tree, context, ignore);
     graph::plan(&graph::PlanInput {
@@ -458,7 +464,7 @@ pub fn make_plan(
         hashes: &engine.hashes,
         merkle: &engine.merkle,
         focus,
-        images: &*engine.store,
+        images: &images,
         epoch: request.source_date_epoch,
         run_options: &run_options,
         stage_contents: &StoreContents(&engine.store),
@@ -495,6 +501,9 @@ fn options_digest(request: &BuildRequest) -> String {
     // Only when set: the digest of a build without annotations stays as it was.
     for (name, value) in &request.annotations {
         k.str("annotation").str(name).str(value);
+    }
+    for (name, value) in &request.build_contexts {
+        k.str("build-context").str(name).str(value);
     }
     k.str(&run_options(request));
     k.str(request.dockerfile_text.as_deref().unwrap_or(""));
