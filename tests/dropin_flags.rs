@@ -1,5 +1,7 @@
 //! More of `docker buildx build`'s flags, each checked by its effect:
-//! `--annotation` (in the manifest the registry serves), `--allow`.
+//! `--annotation` (in the manifest the registry serves), `--allow`, a git URL
+//! context (a local `git daemon`), `--build-context NAME=docker-image://REF`;
+//! and the refusals of what does not apply (cache types other than registry).
 
 mod common;
 use common::registry::Registry;
@@ -77,6 +79,30 @@ fn allow_accepts_network_host_and_refuses_security_insecure() {
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "--allow {value}");
         assert!(stderr.contains(says), "--allow {value}: {stderr}");
+    }
+    // Cache backends other than a registry are refused by name, before the build.
+    for (flag, value, says) in [
+        (
+            "--cache-to",
+            "type=local,dest=/tmp/mb-cache",
+            "type=local) is not supported yet",
+        ),
+        (
+            "--cache-from",
+            "type=local,src=/tmp/mb-cache",
+            "type=local) is not supported yet",
+        ),
+        (
+            "--cache-to",
+            "type=inline",
+            "type=inline) is not supported yet",
+        ),
+    ] {
+        let o = d.ctl(&["build", flag, value, ctx.path().to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{flag} {value}");
+        assert!(stderr.contains(says), "{flag} {value}: {stderr}");
+        assert!(stderr.contains("type=registry,ref=REF"), "{stderr}");
     }
 }
 

@@ -41,6 +41,20 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("type", "registry")) => {}
+            Some(("type", kind)) => {
+                let why = match kind {
+                    "local" => "a cache in a local directory (type=local) is not supported yet",
+                    "inline" => {
+                        "inline cache metadata in the image (type=inline) is not supported yet"
+                    }
+                    "gha" | "s3" | "azblob" => "this cache backend is not supported",
+                    _ => "unknown cache type",
+                };
+                return Err(RpcError::with_hint(
+                    format!("{flag} {spec}: {why}"),
+                    format!("memobuild shares its step cache through an OCI registry: {flag} type=registry,ref=REF (a registry on localhost serves one machine, e.g. Debian's docker-registry)"),
+                ));
+            }
             Some(("ref", r)) => reference = Some(r.to_string()),
             Some(("mode", "max")) => max = true,
             Some(("mode", "min")) => max = false,
@@ -281,7 +295,15 @@ mod tests {
         let c = cache_spec("--cache-to", "type=registry,ref=h:5/c:1,mode=max").unwrap();
         assert_eq!((c.reference.as_str(), c.max), ("h:5/c:1", true));
         assert!(!cache_spec("--cache-to", "ref=h/c").unwrap().max);
-        assert!(cache_spec("--cache-to", "type=local,dest=x").is_err());
+        for (spec, says) in [
+            ("type=local,dest=x", "type=local) is not supported yet"),
+            ("type=inline", "type=inline) is not supported yet"),
+            ("type=gha", "backend is not supported"),
+        ] {
+            let e = cache_spec("--cache-to", spec).unwrap_err();
+            assert!(e.message.contains(says), "{spec}: {}", e.message);
+            assert!(e.hint.unwrap().contains("type=registry,ref=REF"));
+        }
     }
 
     #[test]
