@@ -301,9 +301,6 @@ mod tests {
     #[test]
     fn times_read_as_docker_prints_them() {
         assert_eq!(ago(None), "N/A");
-        assert_eq!(
-            ago(Some("1970-01-01T00:00:00Z")).ends_with("years ago"),
-            true
-        );
+        assert!(ago(Some("1970-01-01T00:00:00Z")).ends_with("years ago"));
     }
 }
