@@ -359,13 +359,73 @@ fn build_context_docker_image_replaces_from_and_copy_from_names() {
         stderr.contains("Dockerfile:1: --build-context tools names the stage"),
         "{stderr}"
     );
-    // A directory is not a supported build context yet: said so before the build.
+    // An OCI layout is not a supported build context yet: said so before the build.
     let o = d.ctl(&[
         "build",
         "--build-context",
-        "x=/tmp",
+        "x=oci-layout:///tmp/layout",
         app.path().to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr)
-        .contains("a local directory as a build context is not supported yet"));
+        .contains("an OCI layout (oci-layout://) as a build context is not supported yet"));
+}
+
+#[test]
+fn build_context_dir_serves_copy_from_and_from() {
+    let d = Daemon::start();
+    let files = tempfile::tempdir().unwrap();
+    common::write_files(
+        files.path(),
+        &[
+            ("data.txt", "from the directory\n"),
+            ("sub/inner.txt", "inner\n"),
+            ("secret.key", "never copied\n"),
+            (".dockerignore", "*.key\n"),
+        ],
+    );
+    let app = tempfile::tempdir().unwrap();
+    common::write_files(
+        app.path(),
+        &[(
+            "Dockerfile",
+            "FROM files AS base\nFROM scratch\nCOPY --from=files / /all/\nCOPY --from=base /data.txt /copied.txt\n",
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let build = |dest: &str| {
+        let dest = out.path().join(dest);
+        let o = d.ctl(&[
+            "build",
+            "--progress",
+            "plain",
+            "--build-context",
+            &format!("files={}", files.path().display()),
+            "-o",
+            &format!("type=local,dest={}", dest.display()),
+            app.path().to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}\n{}", d.log());
+        (dest, stderr)
+    };
+    let (first, stderr) = build("first");
+    let canonical = files.path().canonicalize().unwrap();
+    assert!(
+        stderr.contains(&format!("build context files: {}", canonical.display())),
+        "{stderr}"
+    );
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap();
+    assert_eq!(read(first.join("copied.txt")), "from the directory\n");
+    assert_eq!(read(first.join("all/sub/inner.txt")), "inner\n");
+    assert!(
+        !first.join("all/secret.key").exists(),
+        ".dockerignore of the directory applies"
+    );
+    // The directory's image was for that build only.
+    let images = d.ctl_json(&["images"]);
+    assert_eq!(images, serde_json::json!([]), "{images}");
+    // An edit in the directory reaches the next build.
+    std::fs::write(files.path().join("data.txt"), "edited\n").unwrap();
+    let (second, _) = build("second");
+    assert_eq!(read(second.join("copied.txt")), "edited\n");
 }

@@ -1,5 +1,5 @@
 //! More of `docker buildx build`'s flags: `--annotation`, `--allow`,
-//! `--build-context`.
+//! `--build-context` (an image, or a local directory).
 
 use crate::BuildArgs;
 use memobuild_proto::{BuildRequest, RpcError};
@@ -105,12 +105,86 @@ pub fn build_context(spec: &str) -> Result<(String, String), RpcError> {
     } else if value.contains("://") || value.starts_with("git@") {
         "a URL"
     } else {
-        "a local directory"
+        // A local directory: made into an image before the build (local_contexts).
+        let dir = std::fs::canonicalize(value).map_err(|e| {
+            RpcError::with_hint(
+                format!("--build-context {spec}: {value}: {e}"),
+                "give an existing directory, or NAME=docker-image://IMAGE",
+            )
+        })?;
+        if !dir.is_dir() {
+            return Err(RpcError::with_hint(
+                format!("--build-context {spec}: {value} is not a directory"),
+                usage,
+            ));
+        }
+        return Ok((name.to_string(), format!("{LOCAL}{}", dir.display())));
     };
     Err(RpcError::with_hint(
         format!("--build-context {spec}: {kind} as a build context is not supported yet"),
-        format!("{usage}; for files, copy them into the main context"),
+        format!("{usage}, or NAME=DIR"),
     ))
+}
+
+/// How the client marks a directory build context until [`local_contexts`]
+/// replaces it; the daemon never sees it.
+const LOCAL: &str = "local-dir://";
+
+/// `--build-context NAME=DIR`: the directory becomes an image first (a build
+/// of `FROM scratch` + `COPY . /` with DIR as its context, so DIR's
+/// `.dockerignore` applies, its files are hashed and watched like any
+/// context's, and unchanged files are cached), named for this build only;
+/// the main build then gets `NAME=docker-image://` that name. Returns the
+/// names to remove after the build.
+pub async fn local_contexts(
+    client: &memobuild_proto::MemobuildClient,
+    request: &mut BuildRequest,
+    mut note: impl FnMut(&str),
+) -> Result<Vec<String>, RpcError> {
+    use crate::connect::{ctx, rpc_failed};
+    let mut made = Vec::new();
+    for (name, value) in request.build_contexts.iter_mut() {
+        let Some(dir) = value.strip_prefix(LOCAL) else {
+            continue;
+        };
+        let tag = format!(
+            "memobuild-build-context:{}-{}",
+            std::process::id(),
+            made.len()
+        );
+        let sub = BuildRequest {
+            context: dir.to_string(),
+            dockerfile: "-".into(),
+            dockerfile_text: Some("FROM scratch\nCOPY . /\n".into()),
+            tags: vec![tag.clone()],
+            source_date_epoch: request.source_date_epoch,
+            ..BuildRequest::default()
+        };
+        let id = client.start_build(ctx(), sub).await.map_err(rpc_failed)??;
+        let mut cursor = 0;
+        loop {
+            let batch = client
+                .events(ctx(), id, cursor)
+                .await
+                .map_err(rpc_failed)??;
+            for event in &batch.events {
+                if let memobuild_proto::BuildEvent::Failed { error } = event {
+                    return Err(RpcError {
+                        message: format!("--build-context {name}={dir}: {}", error.message),
+                        ..error.clone()
+                    });
+                }
+            }
+            cursor = batch.next_cursor;
+            if batch.finished {
+                break;
+            }
+        }
+        note(&format!("build context {name}: {dir}"));
+        *value = format!("docker-image://{tag}");
+        made.push(tag);
+    }
+    Ok(made)
 }
 
 /// Adds `--annotation` and `--build-context`, and checks `--allow`.
@@ -157,7 +231,7 @@ mod tests {
             ("base".into(), "docker-image://busybox:1".into())
         );
         for (spec, says) in [
-            ("x=./dir", "a local directory"),
+            ("x=/nonexistent-dir", "No such file"),
             ("x=oci-layout://d", "OCI layout"),
             ("x=https://h/r.git", "a URL"),
             ("x=docker-image://", "no image"),

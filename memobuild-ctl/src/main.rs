@@ -280,9 +280,9 @@ struct BuildArgs {
     /// security.insecure is refused (memobuild never runs a step privileged)
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
-    /// An image FROM, COPY --from and RUN --mount=from= get for NAME:
-    /// NAME=docker-image://REF (repeatable)
-    #[arg(long = "build-context", value_name = "NAME=docker-image://REF")]
+    /// What FROM, COPY --from and RUN --mount=from= get for NAME:
+    /// NAME=docker-image://REF or NAME=DIR (repeatable)
+    #[arg(long = "build-context", value_name = "NAME=docker-image://REF|DIR")]
     build_contexts: Vec<String>,
     /// Build context directory; `-` reads a tar archive (or a Dockerfile alone) from stdin
     context: PathBuf,
@@ -641,6 +641,32 @@ async fn run_build(
     // stdout carries the manifest digest, unless it carries an archive or -q's image ID.
     let digest_on_stdout = !args.quiet && !specs.iter().any(|s| s.dest == output::Dest::Stdout);
     let mut printer = progress::Printer::new(mode, digest_on_stdout);
+    let mut request = request;
+    let made = match dropin::local_contexts(client, &mut request, |l| printer.note(l)).await {
+        Ok(made) => made,
+        Err(error) => {
+            printer.event(&BuildEvent::Failed {
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+    };
+    let result = run_main_build(client, args, request, &specs, &mut printer).await;
+    // The directories' images were for this build only.
+    for tag in made {
+        let _ = client.remove_image(connect::ctx(), tag).await;
+    }
+    result
+}
+
+/// [`run_build`] once the outputs are checked and the build contexts made.
+async fn run_main_build(
+    client: &memobuild_proto::MemobuildClient,
+    args: &BuildArgs,
+    request: BuildRequest,
+    specs: &[output::OutputSpec],
+    printer: &mut progress::Printer,
+) -> Result<String, RpcError> {
     // A refused build (e.g. the daemon is shutting down) is reported like a
     // failed one, so `--progress json` readers see it too.
     let id = match client
@@ -708,7 +734,7 @@ async fn run_build(
     }
     let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
-    let done = write_results(client, args, &specs, &digest, &config, &tags, &printer).await;
+    let done = write_results(client, args, specs, &digest, &config, &tags, printer).await;
     if let Err(error) = done {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
