@@ -303,6 +303,11 @@ fn daemon_status_and_stop() {
     assert_eq!(status["running"], true);
     assert_eq!(n(&status["pid"]), pid as u64);
     assert_eq!(status["data_dir"], d.data.display().to_string());
+    // What this daemon understands beyond protocol 3 (a client checks before using it).
+    assert_eq!(
+        status["features"],
+        serde_json::json!(["annotations", "build-contexts", "prune-until"])
+    );
 
     let out = d.ctl(&["daemon", "stop"]);
     assert!(

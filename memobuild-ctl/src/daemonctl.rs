@@ -29,6 +29,7 @@ pub async fn status(socket: &Path, json: bool) -> Result<ExitCode, RpcError> {
                 "version": i.daemon_version,
                 "protocol": i.protocol_version,
                 "data_dir": i.data_dir,
+                "features": i.features,
             }),
             None => serde_json::json!({ "running": false, "socket": socket }),
         };

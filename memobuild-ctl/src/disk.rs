@@ -111,6 +111,9 @@ pub async fn prune(
         return Ok(ExitCode::SUCCESS);
     }
     let client = connect::connect(socket, false).await?;
+    if request.unused_for_secs.is_some() {
+        connect::require_features(&client, &[("prune-until", "--filter until")]).await?;
+    }
     let r = client
         .prune(connect::ctx(), request)
         .await

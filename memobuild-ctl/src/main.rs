@@ -642,6 +642,19 @@ async fn run_build(
     let digest_on_stdout = !args.quiet && !specs.iter().any(|s| s.dest == output::Dest::Stdout);
     let mut printer = progress::Printer::new(mode, digest_on_stdout);
     let mut request = request;
+    let mut needed = Vec::new();
+    if !request.annotations.is_empty() {
+        needed.push(("annotations", "--annotation"));
+    }
+    if !request.build_contexts.is_empty() {
+        needed.push(("build-contexts", "--build-context"));
+    }
+    if let Err(error) = connect::require_features(client, &needed).await {
+        printer.event(&BuildEvent::Failed {
+            error: error.clone(),
+        });
+        return Err(error);
+    }
     let made = match dropin::local_contexts(client, &mut request, |l| printer.note(l)).await {
         Ok(made) => made,
         Err(error) => {

@@ -184,7 +184,16 @@ pub struct DaemonInfo {
     pub daemon_version: String,
     pub data_dir: String,
     pub pid: u32,
+    /// What this daemon understands beyond its protocol version ([`FEATURES`]):
+    /// a client refuses a request field an older daemon would skip unread.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
+
+/// Request fields added within protocol 3, named for [`DaemonInfo::features`]:
+/// `annotations` ([`BuildRequest::annotations`]), `build-contexts`
+/// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]).
+pub const FEATURES: &[&str] = &["annotations", "build-contexts", "prune-until"];
 
 /// Everything a build depends on besides the files themselves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
