@@ -335,3 +335,72 @@ fn daemon_status_and_stop() {
     // Stopping what is not running is not an error (as systemctl stop).
     assert!(d.ctl(&["daemon", "stop"]).status.success());
 }
+
+/// What `./x demo` does at its end: examples/hello, with busybox-static as
+/// the `busybox` build context, loaded into Docker, runs there.
+#[test]
+fn the_demo_image_runs_in_docker() {
+    let d = Daemon::start();
+    let engine = common::docker::Dockerd::start();
+    let tools = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tools.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", tools.path().join("bin/busybox"))
+        .expect("/bin/busybox (busybox-static)");
+    let hello = common::repo_root().join("examples/hello");
+    let out = Command::new(bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args([
+            "build",
+            "-q",
+            "-t",
+            "hello:demo",
+            "--load",
+            "--build-context",
+        ])
+        .arg(format!("busybox={}", tools.path().display()))
+        .arg(&hello)
+        .env("DOCKER_HOST", engine.host())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let page = engine.docker_ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/busybox",
+        "hello:demo",
+        "cat",
+        "/srv/www/index.html",
+    ]);
+    assert_eq!(
+        page,
+        std::fs::read_to_string(hello.join("site/index.html")).unwrap()
+    );
+    // Its CMD serves the site with busybox's httpd.
+    let id = engine.docker_ok(&["run", "-d", "--network", "none", "hello:demo"]);
+    let id = id.trim();
+    let mut served = String::new();
+    for _ in 0..50 {
+        let o = engine.docker(&[
+            "exec",
+            id,
+            "/bin/busybox",
+            "wget",
+            "-qO-",
+            "http://127.0.0.1:8080/",
+        ]);
+        served = String::from_utf8_lossy(&o.stdout).into_owned();
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = engine.docker(&["rm", "-f", id]);
+    assert_eq!(served, page);
+}
