@@ -1,7 +1,8 @@
 //! More of `docker buildx build`'s flags, each checked by its effect:
 //! `--annotation` (in the manifest the registry serves), `--allow`, a git URL
 //! context (a local `git daemon`), `--build-context NAME=docker-image://REF`;
-//! and the refusals of what does not apply (cache types other than registry).
+//! `--cache-to/--cache-from type=local` between two daemons; and the
+//! refusals of what does not apply (other cache types).
 
 mod common;
 use common::registry::Registry;
@@ -84,13 +85,8 @@ fn allow_accepts_network_host_and_refuses_security_insecure() {
     for (flag, value, says) in [
         (
             "--cache-to",
-            "type=local,dest=/tmp/mb-cache",
-            "type=local) is not supported yet",
-        ),
-        (
-            "--cache-from",
-            "type=local,src=/tmp/mb-cache",
-            "type=local) is not supported yet",
+            "type=gha",
+            "this cache backend is not supported",
         ),
         (
             "--cache-to",
@@ -428,4 +424,97 @@ fn build_context_dir_serves_copy_from_and_from() {
     std::fs::write(files.path().join("data.txt"), "edited\n").unwrap();
     let (second, _) = build("second");
     assert_eq!(read(second.join("copied.txt")), "edited\n");
+}
+
+#[test]
+fn a_local_cache_carries_steps_to_an_empty_daemon() {
+    use common::registry::build_env;
+    let ctx = busybox_context(
+        "RUN head -c 32 /dev/urandom | od -x > /rand\nCOPY f /f\n",
+        &[("f", "x")],
+    );
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("cache");
+    let out = tempfile::tempdir().unwrap();
+    let a = Daemon::start();
+    let first = build_env(
+        &a,
+        ctx.path(),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", dir.display()),
+            "-o",
+            &format!("type=local,dest={}", out.path().join("a").display()),
+        ],
+        &[],
+    );
+    assert!(first.success, "{}", first.text());
+    assert!(
+        first
+            .logs()
+            .iter()
+            .any(|l| l.starts_with(&format!("local cache {}: wrote", dir.display()))),
+        "{}",
+        first.text()
+    );
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+
+    // Another daemon with an empty store: every step comes from the directory.
+    let b = Daemon::start();
+    let second = build_env(
+        &b,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", dir.display()),
+            "-o",
+            &format!("type=local,dest={}", out.path().join("b").display()),
+        ],
+        &[],
+    );
+    assert!(second.success, "{}", second.text());
+    assert!(
+        second.executed().is_empty(),
+        "nothing ran: {}",
+        second.text()
+    );
+    assert_eq!(second.manifest_digest(), first.manifest_digest());
+    let rand = |d: &str| std::fs::read(out.path().join(d).join("rand")).unwrap();
+    assert_eq!(rand("a"), rand("b"), "the RUN's output is the cached one");
+
+    // A cache whose layer does not match: a warning, and the steps run here.
+    let c = Daemon::start();
+    let manifest = &index["manifests"][0]["digest"];
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.join("blobs")
+                .join(manifest.as_str().unwrap().replacen(':', "/", 1)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    std::fs::write(
+        dir.join("blobs").join(layer.replacen(':', "/", 1)),
+        b"not the layer",
+    )
+    .unwrap();
+    let third = build_env(
+        &c,
+        ctx.path(),
+        &["--cache-from", &format!("type=local,src={}", dir.display())],
+        &[],
+    );
+    assert!(third.success, "{}", third.text());
+    assert!(
+        third.logs().iter().any(|l| l.contains("cannot be read")),
+        "{}",
+        third.text()
+    );
+    assert!(!third.executed().is_empty(), "{}", third.text());
 }

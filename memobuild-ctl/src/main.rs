@@ -12,6 +12,7 @@ mod git;
 mod images;
 mod import;
 mod inspect;
+mod localcache;
 mod observe;
 mod output;
 mod progress;
@@ -649,6 +650,18 @@ async fn run_build(
     if !request.build_contexts.is_empty() {
         needed.push(("build-contexts", "--build-context"));
     }
+    let (cache_from, cache_to) = match local_caches(args) {
+        Ok(c) => c,
+        Err(error) => {
+            printer.event(&BuildEvent::Failed {
+                error: error.clone(),
+            });
+            return Err(error);
+        }
+    };
+    if !cache_from.is_empty() || !cache_to.is_empty() {
+        needed.push(("local-cache", "type=local"));
+    }
     if let Err(error) = connect::require_features(client, &needed).await {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
@@ -664,7 +677,22 @@ async fn run_build(
             return Err(error);
         }
     };
-    let result = run_main_build(client, args, request, &specs, &mut printer).await;
+    // As a registry cache: one that cannot be read means its steps are built here.
+    for cache in &cache_from {
+        let mut lines = Vec::new();
+        let read = localcache::import(client, cache, |l| lines.push(l.to_string())).await;
+        for line in lines {
+            printer.note(&line);
+        }
+        if let Err(e) = read {
+            printer.note(&format!(
+                "warning: local cache {} cannot be read ({}); steps not cached here are built locally",
+                cache.dir.display(),
+                e.message
+            ));
+        }
+    }
+    let result = run_main_build(client, args, request, &specs, &cache_to, &mut printer).await;
     // The directories' images were for this build only.
     for tag in made {
         let _ = client.remove_image(connect::ctx(), tag).await;
@@ -678,6 +706,7 @@ async fn run_main_build(
     args: &BuildArgs,
     request: BuildRequest,
     specs: &[output::OutputSpec],
+    cache_to: &[localcache::LocalCache],
     printer: &mut progress::Printer,
 ) -> Result<String, RpcError> {
     // A refused build (e.g. the daemon is shutting down) is reported like a
@@ -754,7 +783,37 @@ async fn run_main_build(
         });
         return Err(error);
     }
+    // As a registry cache: a cache that cannot be written does not fail the build.
+    for cache in cache_to {
+        let mut lines = Vec::new();
+        let written = localcache::export(client, id, cache, |l| lines.push(l.to_string())).await;
+        for line in lines {
+            printer.note(&line);
+        }
+        if let Err(e) = written {
+            printer.note(&format!(
+                "warning: local cache {} was not written: {}",
+                cache.dir.display(),
+                e.message
+            ));
+        }
+    }
     Ok(digest)
+}
+
+/// `--cache-from/--cache-to type=local` (the others are registry caches).
+fn local_caches(
+    args: &BuildArgs,
+) -> Result<(Vec<localcache::LocalCache>, Vec<localcache::LocalCache>), RpcError> {
+    let mut from = Vec::new();
+    for s in &args.cache_from {
+        from.extend(localcache::parse("--cache-from", s)?);
+    }
+    let mut to = Vec::new();
+    for s in &args.cache_to {
+        to.extend(localcache::parse("--cache-to", s)?);
+    }
+    Ok((from, to))
 }
 
 /// After a build: the outputs, `--iidfile`, `--metadata-file`, `-q`'s image ID.
@@ -945,14 +1004,19 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
             request.push.extend(names);
         }
     }
+    // type=local caches are the client's (localcache.rs); checked here.
+    local_caches(args)?;
+    let is_local = |s: &&String| s.split(',').any(|p| p == "type=local");
     request.cache_from = args
         .cache_from
         .iter()
+        .filter(|s| !is_local(s))
         .map(|s| registry::cache_spec("--cache-from", s).map(|c| c.reference))
         .collect::<Result<_, _>>()?;
     request.cache_to = args
         .cache_to
         .iter()
+        .filter(|s| !is_local(s))
         .map(|s| registry::cache_spec("--cache-to", s))
         .collect::<Result<_, _>>()?;
     request.platform = args.platform.clone().unwrap_or_default();

@@ -376,7 +376,11 @@ fn write_file(
 }
 
 /// Downloads a blob into `dir`, verifying its size and digest.
-async fn fetch(client: &MemobuildClient, blob: &BlobRef, dir: &Path) -> Result<PathBuf, RpcError> {
+pub async fn fetch(
+    client: &MemobuildClient,
+    blob: &BlobRef,
+    dir: &Path,
+) -> Result<PathBuf, RpcError> {
     let path = dir.join(blob.digest.replace(':', "-"));
     let mut file = std::fs::File::create(&path)
         .map_err(|e| RpcError::new(format!("{}: {e}", path.display())))?;

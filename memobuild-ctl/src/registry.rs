@@ -43,7 +43,6 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
             Some(("type", "registry")) => {}
             Some(("type", kind)) => {
                 let why = match kind {
-                    "local" => "a cache in a local directory (type=local) is not supported yet",
                     "inline" => {
                         "inline cache metadata in the image (type=inline) is not supported yet"
                     }
@@ -296,7 +295,6 @@ mod tests {
         assert_eq!((c.reference.as_str(), c.max), ("h:5/c:1", true));
         assert!(!cache_spec("--cache-to", "ref=h/c").unwrap().max);
         for (spec, says) in [
-            ("type=local,dest=x", "type=local) is not supported yet"),
             ("type=inline", "type=inline) is not supported yet"),
             ("type=gha", "backend is not supported"),
         ] {

@@ -16,6 +16,7 @@ mod contexts;
 pub mod exec;
 pub mod gc;
 pub mod import;
+mod localcache;
 pub mod metrics;
 pub mod project;
 mod registry_hooks;

@@ -77,6 +77,29 @@ pub trait Memobuild {
     async fn prune(request: PruneRequest) -> Result<PruneResult, RpcError>;
     /// Hashes every blob and checks every record (`memobuild-ctl verify`).
     async fn verify_store() -> Result<VerifyResult, RpcError>;
+    /// The step results of a finished build (`--cache-to type=local`): every
+    /// step (`max`) or those of the target stage and the stages it is built on.
+    async fn cache_steps(build: BuildId, max: bool) -> Result<Vec<CacheStep>, RpcError>;
+    /// Records step results whose layers were uploaded (`--cache-from
+    /// type=local`); each layer's diff_id is checked. Returns how many.
+    async fn import_cache_steps(steps: Vec<CacheStep>) -> Result<u64, RpcError>;
+}
+
+/// One step result of a local cache (the remote cache's format, docs/CACHE.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheStep {
+    /// The step's cache key (hex BLAKE3).
+    pub key: String,
+    /// The layer it added; `None` for a step that only changes the config.
+    pub layer: Option<CacheLayer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
 }
 
 /// What an imported archive holds.
@@ -192,8 +215,14 @@ pub struct DaemonInfo {
 
 /// Request fields added within protocol 3, named for [`DaemonInfo::features`]:
 /// `annotations` ([`BuildRequest::annotations`]), `build-contexts`
-/// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]).
-pub const FEATURES: &[&str] = &["annotations", "build-contexts", "prune-until"];
+/// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]),
+/// `local-cache` (the `cache_steps` and `import_cache_steps` calls).
+pub const FEATURES: &[&str] = &[
+    "annotations",
+    "build-contexts",
+    "prune-until",
+    "local-cache",
+];
 
 /// Everything a build depends on besides the files themselves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
