@@ -248,6 +248,30 @@ fn x_install_puts_binaries_man_pages_and_completions_where_shells_find_them() {
             assert!(String::from_utf8_lossy(&page.stdout).contains("--metadata-file"));
         }
     }
+    let daemon_page =
+        std::fs::read_to_string(p.join("share/man/man8/memobuildd.8")).expect("memobuildd.8");
+    assert!(daemon_page.contains(".TH memobuildd 8"), "{daemon_page}");
+    assert!(
+        daemon_page.contains("\\-\\-max\\-storage"),
+        "the daemon's flags are documented"
+    );
+    // A user-level unit starting the installed daemon; systemd accepts it.
+    let unit = p.join("lib/systemd/user/memobuildd.service");
+    let text = std::fs::read_to_string(&unit).expect("user unit");
+    assert!(
+        text.contains(&format!("ExecStart={}/bin/memobuildd ", p.display())),
+        "{text}"
+    );
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze (Debian package systemd)");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && stderr.trim().is_empty(),
+        "{stderr}"
+    );
     for cmd in [
         "memobuild-ctl",
         "memobuild-ctl-daemon-stop",
