@@ -134,6 +134,31 @@ fn load_without_docker_goes_into_containerd_and_ctr_runs_it() {
 }
 
 #[test]
+fn a_docker_host_memobuild_cannot_speak_to_is_an_error_not_a_fallback() {
+    let d = Daemon::start();
+    let ctx = busybox_context("RUN true\n", &[]);
+    d.build_ok(ctx.path(), &[]);
+    let out = Command::new(bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["build", "--progress", "plain", "--load"])
+        .arg(ctx.path())
+        .env("DOCKER_HOST", "ssh://builder@example.invalid")
+        .env("CONTAINERD_ADDRESS", d.containerd_socket())
+        .env("CONTAINERD_NAMESPACE", "mbssh")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("DOCKER_HOST=ssh://builder@example.invalid is not supported"),
+        "{stderr}"
+    );
+    let listed = ctr_ok(&d.containerd_socket(), "mbssh", &["images", "ls", "-q"]);
+    assert_eq!(listed, "", "nothing went into containerd");
+}
+
+#[test]
 fn load_with_neither_docker_nor_containerd_names_both_before_the_build() {
     let d = Daemon::start();
     let ctx = busybox_context("", &[]);

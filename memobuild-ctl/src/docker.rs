@@ -170,6 +170,13 @@ fn builder(method: &str, path: &str) -> hyper::http::request::Builder {
         )
 }
 
+/// `DOCKER_HOST` names an engine memobuild-ctl can talk to (checked before
+/// falling back to containerd: an unsupported DOCKER_HOST is an error, not
+/// "no engine").
+pub fn configured() -> Result<(), RpcError> {
+    Engine::from_env().map(drop)
+}
+
 /// Checks, before a build, that a Docker Engine answers (`GET /_ping`).
 pub async fn ping() -> Result<(), RpcError> {
     let (_, how) = Engine::from_env()?;

@@ -569,6 +569,7 @@ async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError
     }
     if specs.iter().any(|s| s.dest == output::Dest::Engine) {
         // The Docker Engine when one answers, else containerd, else an error naming both.
+        docker::configured()?;
         if let Err(no_docker) = docker::ping().await {
             match containerd::reachable().await {
                 Ok(target) => {
