@@ -330,7 +330,12 @@ fn daemon_status_and_stop() {
     // What this daemon understands beyond protocol 3 (a client checks before using it).
     assert_eq!(
         status["features"],
-        serde_json::json!(["annotations", "build-contexts", "prune-until"])
+        serde_json::json!([
+            "annotations",
+            "build-contexts",
+            "prune-until",
+            "local-cache"
+        ])
     );
 
     let out = d.ctl(&["daemon", "stop"]);
