@@ -36,6 +36,8 @@ fn ctl_with_docker_host(d: &Daemon, host: &str, args: &[&str]) -> std::process::
         .arg(&d.socket)
         .args(args)
         .env("DOCKER_HOST", host)
+        // No fallback to a containerd on this machine (tests/containerd_load.rs).
+        .env("CONTAINERD_ADDRESS", "/nonexistent/containerd.sock")
         .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .unwrap()

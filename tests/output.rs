@@ -469,8 +469,8 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
     );
     // A docker flag memobuild does not take is named, without clap's "-- --x" tip.
     for flag in [
-        &["--annotation", "a=b"][..],
-        &["--build-context=x=/tmp"],
+        &["--squash"][..],
+        &["--isolation=default"],
         &["--ssh", "default"],
     ] {
         let mut args = vec!["build"];

@@ -147,3 +147,28 @@ async fn start_daemon(socket: &Path) -> Result<MemobuildClient, RpcError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Refuses, before anything is sent, a request that uses what the daemon
+/// does not understand (an older daemon would skip the field unread):
+/// `wanted` holds (feature, the flag that needs it).
+pub async fn require_features(
+    client: &MemobuildClient,
+    wanted: &[(&str, &str)],
+) -> Result<(), RpcError> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let info = client.hello(ctx()).await.map_err(rpc_failed)??;
+    for (feature, flag) in wanted {
+        if !info.features.iter().any(|f| f == feature) {
+            return Err(RpcError::with_hint(
+                format!(
+                    "{flag}: memobuildd {} (pid {}) is older than this client and does not understand it",
+                    info.daemon_version, info.pid
+                ),
+                "restart the daemon so the installed version runs (`memobuild-ctl daemon stop`), or leave the flag out",
+            ));
+        }
+    }
+    Ok(())
+}

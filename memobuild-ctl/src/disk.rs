@@ -53,17 +53,67 @@ pub async fn du(socket: &Path, json: bool) -> Result<ExitCode, RpcError> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--filter until=DURATION` (Go's durations as Docker takes them: `24h`,
+/// `90m`, `1h30m`); the only filter memobuild's cache entries can answer.
+pub fn until_filter(filters: &[String]) -> Result<Option<u64>, RpcError> {
+    let mut until = None;
+    for f in filters {
+        match f.split_once('=') {
+            Some(("until", v)) => {
+                let d = humantime::parse_duration(v).map_err(|e| {
+                    RpcError::with_hint(
+                        format!("--filter {f}: {e}"),
+                        "give a duration such as until=24h, until=90m or until=7days",
+                    )
+                })?;
+                until = Some(d.as_secs());
+            }
+            _ => {
+                return Err(RpcError::with_hint(
+                    format!("--filter {f:?} is not supported"),
+                    "memobuild's cache entries have no types, ids or descriptions to filter on; the filter it takes is until=DURATION",
+                ))
+            }
+        }
+    }
+    Ok(until)
+}
+
+/// Docker's question before `builder prune`, when someone can answer it.
+fn confirmed(request: &PruneRequest) -> Result<bool, RpcError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    let what = if request.all {
+        "all build cache"
+    } else {
+        "all dangling build cache"
+    };
+    eprint!("WARNING! This will remove {what}. Are you sure you want to continue? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| RpcError::new(format!("reading the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
+}
+
 pub async fn prune(
     socket: &Path,
-    all: bool,
-    keep_storage: Option<u64>,
+    request: PruneRequest,
+    force: bool,
     json: bool,
 ) -> Result<ExitCode, RpcError> {
+    if !force && !json && !confirmed(&request)? {
+        eprintln!("nothing removed");
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = connect::connect(socket, false).await?;
-    let request = PruneRequest {
-        all,
-        keep_bytes: keep_storage,
-    };
+    if request.unused_for_secs.is_some() {
+        connect::require_features(&client, &[("prune-until", "--filter until")]).await?;
+    }
     let r = client
         .prune(connect::ctx(), request)
         .await

@@ -108,9 +108,9 @@ impl Engine {
 fn unreachable(how: &str, e: impl std::fmt::Display) -> RpcError {
     RpcError::with_hint(
         format!("--load / -o type=docker: no Docker Engine answers at {how}: {e}"),
-        "start Docker (or point DOCKER_HOST at it), or write the image to a file instead: \
-         -o type=docker,dest=FILE.tar (for `docker load -i`), -o type=oci,dest=FILE.tar, \
-         or keep it in memobuild's store with -t NAME; loading into containerd is not supported yet",
+        "start Docker (or point DOCKER_HOST at it) or containerd (or point CONTAINERD_ADDRESS \
+         at it), or write the image to a file instead: -o type=docker,dest=FILE.tar (for \
+         `docker load -i`), -o type=oci,dest=FILE.tar, or keep it in memobuild's store with -t NAME",
     )
 }
 
@@ -168,6 +168,13 @@ fn builder(method: &str, path: &str) -> hyper::http::request::Builder {
             hyper::header::USER_AGENT,
             concat!("memobuild-ctl/", env!("CARGO_PKG_VERSION")),
         )
+}
+
+/// `DOCKER_HOST` names an engine memobuild-ctl can talk to (checked before
+/// falling back to containerd: an unsupported DOCKER_HOST is an error, not
+/// "no engine").
+pub fn configured() -> Result<(), RpcError> {
+    Engine::from_env().map(drop)
 }
 
 /// Checks, before a build, that a Docker Engine answers (`GET /_ping`).

@@ -8,10 +8,7 @@ use std::process::ExitCode;
 /// `docker build` / `docker buildx build` flags that memobuild-ctl does not
 /// support yet (those it supports are in docs/CLI.md).
 const DOCKER_BUILD_FLAGS: &[&str] = &[
-    "--allow",
-    "--annotation",
     "--attest",
-    "--build-context",
     "--builder",
     "--call",
     "--cgroup-parent",

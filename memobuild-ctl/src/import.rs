@@ -20,6 +20,24 @@ fn entries_err(path: &Path, e: std::io::Error) -> RpcError {
     )
 }
 
+/// `image import -`: stdin copied to a temporary file (an archive is read
+/// twice: its index first, then its blobs).
+pub fn stdin_to_file() -> Result<tempfile::NamedTempFile, RpcError> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(RpcError::with_hint(
+            "image import -: stdin is a terminal, not an archive",
+            "pipe the archive in: `memobuild-ctl image import - < image.tar`",
+        ));
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix("memobuild-import-")
+        .tempfile()
+        .map_err(|e| RpcError::new(format!("image import -: cannot create a temp file: {e}")))?;
+    std::io::copy(&mut std::io::stdin().lock(), file.as_file_mut())
+        .map_err(|e| RpcError::new(format!("image import -: reading stdin: {e}")))?;
+    Ok(file)
+}
+
 /// The small JSON files that say what the archive holds.
 fn read_index_files(path: &Path) -> Result<HashMap<String, Vec<u8>>, RpcError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;

@@ -2,11 +2,18 @@
 
 mod blobfd;
 mod connect;
+mod containerd;
+mod credhelper;
+mod daemonctl;
 mod disk;
 mod docker;
+mod dropin;
 mod flags;
+mod git;
+mod images;
 mod import;
 mod inspect;
+mod localcache;
 mod lsp;
 mod observe;
 mod output;
@@ -17,7 +24,7 @@ mod stdin;
 mod steplabel;
 mod tty;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, RpcError};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -100,6 +107,13 @@ enum Command {
         /// directory (its latest build)
         build: String,
     },
+    /// Show the steps that made an image, newest first (as `docker history`).
+    History {
+        #[arg(long)]
+        json: bool,
+        /// An image name or ID
+        name: String,
+    },
     /// Print the daemon's metrics in the Prometheus text format.
     Metrics,
     /// Disk used by the daemon's blob store: images, build cache, unreferenced.
@@ -116,6 +130,12 @@ enum Command {
         /// Remove least-recently-used cache only until the store is this small, e.g. 10GB
         #[arg(long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
         keep_storage: Option<u64>,
+        /// Only cache unused for this long: until=DURATION, e.g. until=24h
+        #[arg(long, value_name = "FILTER")]
+        filter: Vec<String>,
+        /// Do not ask for confirmation (it is asked only when stdin is a terminal)
+        #[arg(long, short = 'f')]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -123,6 +143,36 @@ enum Command {
     Verify {
         #[arg(long)]
         json: bool,
+    },
+    /// Whether the daemon runs, and stopping it.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell
+    /// (e.g. `memobuild-ctl completion bash > ~/.local/share/bash-completion/completions/memobuild-ctl`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (memobuild-ctl.1 and one per command) into DIR.
+    Man {
+        /// Directory to write the pages to (created if missing)
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// Whether a daemon answers at the socket: pid, version, data dir
+    /// (exit 3 when none runs).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon gracefully (SIGTERM; running builds get its shutdown-grace).
+    Stop {
+        /// How long to wait for it to exit
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -133,7 +183,20 @@ enum ImageCommand {
         /// Name for the image [default: the name recorded in the archive]
         #[arg(long)]
         name: Option<String>,
+        /// The archive; `-` reads it from stdin
         file: PathBuf,
+    },
+    /// Print images' configs as JSON, in `docker image inspect`'s shape.
+    Inspect {
+        /// Image names or IDs
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show the steps that made an image, newest first (as `docker history`).
+    History {
+        #[arg(long)]
+        json: bool,
+        name: String,
     },
     /// Remove an image name.
     Rm { name: String },
@@ -228,6 +291,17 @@ struct BuildArgs {
     /// Run every step of this stage, cached or not (repeatable)
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
+    /// Add an annotation to the image manifest: [manifest:]KEY=VALUE (repeatable)
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    annotations: Vec<String>,
+    /// Entitlement: network.host (accepted: RUN may use the host network anyway);
+    /// security.insecure is refused (memobuild never runs a step privileged)
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
+    /// What FROM, COPY --from and RUN --mount=from= get for NAME:
+    /// NAME=docker-image://REF or NAME=DIR (repeatable)
+    #[arg(long = "build-context", value_name = "NAME=docker-image://REF|DIR")]
+    build_contexts: Vec<String>,
     /// Build context directory; `-` reads a tar archive (or a Dockerfile alone) from stdin
     context: PathBuf,
 }
@@ -270,8 +344,12 @@ impl Command {
             | Command::Logs { json, .. }
             | Command::Du { json }
             | Command::Prune { json, .. }
-            | Command::Verify { json } => *json,
-            Command::Image(ImageCommand::Ls { json }) => *json,
+            | Command::Verify { json }
+            | Command::Daemon(DaemonCommand::Status { json }) => *json,
+            Command::Image(ImageCommand::Ls { json })
+            | Command::Image(ImageCommand::History { json, .. })
+            | Command::History { json, .. } => *json,
+            Command::Image(ImageCommand::Inspect { .. }) => true,
             _ => false,
         }
     }
@@ -313,7 +391,11 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
                 .images(connect::ctx())
                 .await
                 .map_err(connect::rpc_failed)??;
-            output::print_images(&images, json);
+            if json {
+                output::print_images_json(&images);
+            } else {
+                images::print_table(&client, &images).await?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, follow, pick } => match follow {
@@ -328,14 +410,58 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
         Command::Eager { mode, pick } => inspect::eager(&socket, mode == "on", pick).await,
         Command::Image(cmd) => image(&socket, cmd).await,
         Command::Logs { json, build } => observe::logs(&socket, &build, json).await,
+        Command::History { json, name } => {
+            let client = connect::connect(&socket, false).await?;
+            images::history(&client, &name, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Metrics => observe::metrics(&socket).await,
         Command::Du { json } => disk::du(&socket, json).await,
         Command::Prune {
             all,
             keep_storage,
+            filter,
+            force,
             json,
-        } => disk::prune(&socket, all, keep_storage, json).await,
+        } => {
+            let request = memobuild_proto::PruneRequest {
+                all,
+                keep_bytes: keep_storage,
+                unused_for_secs: disk::until_filter(&filter)?,
+            };
+            disk::prune(&socket, request, force, json).await
+        }
         Command::Verify { json } => disk::verify(&socket, json).await,
+        Command::Daemon(DaemonCommand::Status { json }) => daemonctl::status(&socket, json).await,
+        Command::Daemon(DaemonCommand::Stop { timeout }) => daemonctl::stop(&socket, timeout).await,
+        Command::Completion { shell } => {
+            // Into memory first: clap_complete panics on a write error (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "memobuild-ctl", &mut script);
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete's bash script spells the states of a hyphenated
+                // binary two ways, so no subcommand's flags ever complete
+                // (clap-rs/clap#6421): make the case arms match the loop.
+                script = String::from_utf8_lossy(&script)
+                    .replace("memobuild__subcmd__ctl", "memobuild__ctl")
+                    .into_bytes();
+            }
+            use std::io::Write;
+            match std::io::stdout().write_all(&script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(RpcError::new(format!("writing the completion script: {e}")))
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(|e| {
+                    RpcError::new(format!("writing man pages to {}: {e}", dir.display()))
+                })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -343,9 +469,30 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
     let client = connect::connect(socket, true).await?;
     match cmd {
         ImageCommand::Import { name, file } => {
-            let image = import::import(&client, &file, name).await?;
+            let before = client
+                .images(connect::ctx())
+                .await
+                .map_err(connect::rpc_failed)??;
+            let image = if file.as_os_str() == "-" {
+                let staged = import::stdin_to_file()?;
+                import::import(&client, staged.path(), name).await?
+            } else {
+                import::import(&client, &file, name).await?
+            };
+            if let Some(old) = before.iter().find(|i| i.name == image.name) {
+                if old.manifest_digest != image.manifest_digest {
+                    eprintln!(
+                        "{} now names the imported image; it named {} (image ID {}) before",
+                        image.name,
+                        old.manifest_digest,
+                        images::short_id(&old.config_digest)
+                    );
+                }
+            }
             println!("{} {}", image.name, image.manifest_digest);
         }
+        ImageCommand::Inspect { names } => images::inspect(&client, &names).await?,
+        ImageCommand::History { json, name } => images::history(&client, &name, json).await?,
         ImageCommand::Rm { name } => {
             client
                 .remove_image(connect::ctx(), name.clone())
@@ -354,11 +501,15 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
             println!("removed {name}");
         }
         ImageCommand::Ls { json } => {
-            let images = client
+            let list = client
                 .images(connect::ctx())
                 .await
                 .map_err(connect::rpc_failed)??;
-            output::print_images(&images, json);
+            if json {
+                output::print_images_json(&list);
+            } else {
+                images::print_table(&client, &list).await?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -370,6 +521,12 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
         return Err(RpcError::with_hint(
             "watch cannot read the context or the Dockerfile from stdin",
             "pass a context directory and a Dockerfile path",
+        ));
+    }
+    if git::parse(&args.context.to_string_lossy()).is_some() {
+        return Err(RpcError::with_hint(
+            "watch cannot watch a git URL context",
+            "clone the repository and watch its directory",
         ));
     }
     let request = build_request(&args, None)?;
@@ -434,7 +591,23 @@ async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError
         });
     }
     if specs.iter().any(|s| s.dest == output::Dest::Engine) {
-        docker::ping().await?;
+        // The Docker Engine when one answers, else containerd, else an error naming both.
+        docker::configured()?;
+        if let Err(no_docker) = docker::ping().await {
+            match containerd::reachable().await {
+                Ok(target) => {
+                    for s in specs.iter_mut().filter(|s| s.dest == output::Dest::Engine) {
+                        s.dest = output::Dest::Containerd(target.clone());
+                    }
+                }
+                Err(no_containerd) => {
+                    return Err(RpcError::with_hint(
+                        format!("{}; and {no_containerd}", no_docker.message),
+                        no_docker.hint.unwrap_or_default(),
+                    ))
+                }
+            }
+        }
     }
     let to_stdout = specs
         .iter()
@@ -495,6 +668,78 @@ async fn run_build(
     // stdout carries the manifest digest, unless it carries an archive or -q's image ID.
     let digest_on_stdout = !args.quiet && !specs.iter().any(|s| s.dest == output::Dest::Stdout);
     let mut printer = progress::Printer::new(mode, digest_on_stdout);
+    let mut request = request;
+    let mut needed = Vec::new();
+    if !request.annotations.is_empty() {
+        needed.push(("annotations", "--annotation"));
+    }
+    if !request.build_contexts.is_empty() {
+        needed.push(("build-contexts", "--build-context"));
+    }
+    let (cache_from, cache_to) = match local_caches(args) {
+        Ok(c) => c,
+        Err(error) => {
+            printer.event(&BuildEvent::Failed {
+                error: error.clone(),
+                failure: None,
+            });
+            return Err(error);
+        }
+    };
+    if !cache_from.is_empty() || !cache_to.is_empty() {
+        needed.push(("local-cache", "type=local"));
+    }
+    if let Err(error) = connect::require_features(client, &needed).await {
+        printer.event(&BuildEvent::Failed {
+            error: error.clone(),
+            failure: None,
+        });
+        return Err(error);
+    }
+    let made = match dropin::local_contexts(client, &mut request, |l| printer.note(l)).await {
+        Ok(made) => made,
+        Err(error) => {
+            printer.event(&BuildEvent::Failed {
+                error: error.clone(),
+                failure: None,
+            });
+            return Err(error);
+        }
+    };
+    // As a registry cache: one that cannot be read means its steps are built here.
+    for cache in &cache_from {
+        let mut lines = Vec::new();
+        let read = localcache::import(client, cache, |l| lines.push(l.to_string())).await;
+        for line in lines {
+            printer.note(&line);
+        }
+        if let Err(e) = read {
+            printer.note(&format!(
+                "warning: local cache {} cannot be read ({}); steps not cached here are built locally",
+                cache.dir.display(),
+                e.message
+            ));
+        }
+    }
+    let conn = connect::Conn { client, socket };
+    let result = run_main_build(conn, args, request, &specs, &cache_to, &mut printer).await;
+    // The directories' images were for this build only.
+    for tag in made {
+        let _ = client.remove_image(connect::ctx(), tag).await;
+    }
+    result
+}
+
+/// [`run_build`] once the outputs are checked and the build contexts made.
+async fn run_main_build(
+    conn: connect::Conn<'_>,
+    args: &BuildArgs,
+    request: BuildRequest,
+    specs: &[output::OutputSpec],
+    cache_to: &[localcache::LocalCache],
+    printer: &mut progress::Printer,
+) -> Result<String, RpcError> {
+    let client = conn.client;
     // A refused build (e.g. the daemon is shutting down) is reported like a
     // failed one, so `--progress json` readers see it too.
     let id = match client
@@ -564,16 +809,7 @@ async fn run_build(
     }
     let (digest, config, tags) = result
         .unwrap_or_else(|| Err(RpcError::new("the daemon ended the build without a result")))?;
-    let done = write_results(
-        connect::Conn { client, socket },
-        args,
-        &specs,
-        &digest,
-        &config,
-        &tags,
-        &printer,
-    )
-    .await;
+    let done = write_results(conn, args, specs, &digest, &config, &tags, printer).await;
     if let Err(error) = done {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
@@ -581,7 +817,37 @@ async fn run_build(
         });
         return Err(error);
     }
+    // As a registry cache: a cache that cannot be written does not fail the build.
+    for cache in cache_to {
+        let mut lines = Vec::new();
+        let written = localcache::export(client, id, cache, |l| lines.push(l.to_string())).await;
+        for line in lines {
+            printer.note(&line);
+        }
+        if let Err(e) = written {
+            printer.note(&format!(
+                "warning: local cache {} was not written: {}",
+                cache.dir.display(),
+                e.message
+            ));
+        }
+    }
     Ok(digest)
+}
+
+/// `--cache-from/--cache-to type=local` (the others are registry caches).
+fn local_caches(
+    args: &BuildArgs,
+) -> Result<(Vec<localcache::LocalCache>, Vec<localcache::LocalCache>), RpcError> {
+    let mut from = Vec::new();
+    for s in &args.cache_from {
+        from.extend(localcache::parse("--cache-from", s)?);
+    }
+    let mut to = Vec::new();
+    for s in &args.cache_to {
+        to.extend(localcache::parse("--cache-to", s)?);
+    }
+    Ok((from, to))
 }
 
 /// After a build: the outputs, `--iidfile`, `--metadata-file`, `-q`'s image ID.
@@ -681,9 +947,8 @@ fn build_request(
     args: &BuildArgs,
     stdin_context: Option<&stdin::StdinContext>,
 ) -> Result<BuildRequest, RpcError> {
-    let context_dir = stdin_context
-        .and_then(|c| c.dir.as_ref())
-        .map_or(args.context.as_path(), |d| d.path());
+    let fetched_dir = stdin_context.and_then(|c| c.dir.as_ref().map(|d| d.path().join(&c.subdir)));
+    let context_dir = fetched_dir.as_deref().unwrap_or(args.context.as_path());
     let context = std::fs::canonicalize(context_dir).map_err(|e| {
         RpcError::with_hint(
             format!("build context {}: {e}", args.context.display()),
@@ -693,8 +958,8 @@ fn build_request(
     let dockerfile = match &args.file {
         None => String::new(),
         Some(f) if f.as_os_str() == "-" => String::new(),
-        // Inside a context read from stdin: relative to it.
-        Some(f) if args.context.as_os_str() == "-" => f.display().to_string(),
+        // Inside a context read from stdin or fetched with git: relative to it.
+        Some(f) if fetched_dir.is_some() => f.display().to_string(),
         Some(f) => std::path::absolute(f)
             .map_err(|e| RpcError::new(format!("Dockerfile {}: {e}", f.display())))?
             .display()
@@ -754,6 +1019,7 @@ fn build_request(
         ..BuildRequest::default()
     };
     stdin::add_docker_options(args, &mut request)?;
+    dropin::add_options(args, &mut request)?;
     if let Some(text) = stdin_context.and_then(|c| c.dockerfile.clone()) {
         request.dockerfile = "-".into();
         request.dockerfile_text = Some(text);
@@ -779,14 +1045,19 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
             request.push.extend(names);
         }
     }
+    // type=local caches are the client's (localcache.rs); checked here.
+    local_caches(args)?;
+    let is_local = |s: &&String| s.split(',').any(|p| p == "type=local");
     request.cache_from = args
         .cache_from
         .iter()
+        .filter(|s| !is_local(s))
         .map(|s| registry::cache_spec("--cache-from", s).map(|c| c.reference))
         .collect::<Result<_, _>>()?;
     request.cache_to = args
         .cache_to
         .iter()
+        .filter(|s| !is_local(s))
         .map(|s| registry::cache_spec("--cache-to", s))
         .collect::<Result<_, _>>()?;
     request.platform = args.platform.clone().unwrap_or_default();

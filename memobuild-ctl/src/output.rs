@@ -9,7 +9,7 @@
 //! Everything is written by this process, with the user's permissions.
 
 use crate::connect::{ctx, rpc_failed};
-use crate::{blobfd, docker, rootfs};
+use crate::{blobfd, containerd, docker, rootfs};
 use memobuild_proto::{
     BlobRef, ImageSummary, MemobuildClient, RpcError, BLOB_CHUNK_BYTES, FEATURE_BLOB_FDS,
 };
@@ -53,8 +53,11 @@ pub enum Dest {
     Path(PathBuf),
     /// `dest=-`
     Stdout,
-    /// `type=docker` without dest, and `--load`: the local Docker Engine.
+    /// `type=docker` without dest, and `--load`: the local Docker Engine, or
+    /// containerd when no Engine answers (decided before the build).
     Engine,
+    /// `--load` into containerd's image store (containerd.rs).
+    Containerd(crate::containerd::Target),
 }
 
 #[derive(Debug, Clone)]
@@ -185,7 +188,7 @@ impl OutputSpec {
                 }
                 Ok(())
             }
-            Dest::Engine => Ok(()),
+            Dest::Engine | Dest::Containerd(_) => Ok(()),
         }
     }
 
@@ -194,6 +197,7 @@ impl OutputSpec {
             Dest::Path(p) => format!("wrote {} to {}", self.kind.name(), p.display()),
             Dest::Stdout => format!("wrote {} to stdout", self.kind.name()),
             Dest::Engine => "loaded into the Docker Engine".to_string(),
+            Dest::Containerd(target) => format!("loaded into {}", target.describe()),
         }
     }
 }
@@ -227,24 +231,12 @@ pub fn check_parent(flag: &str, path: &Path) -> Result<(), RpcError> {
     }
 }
 
-pub fn print_images(images: &[ImageSummary], json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(images).unwrap_or_default()
-        );
-        return;
-    }
-    println!("{:<40} {:<20} {:>10}", "NAME", "DIGEST", "SIZE");
-    for i in images {
-        let short = i
-            .manifest_digest
-            .trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect::<String>();
-        println!("{:<40} {:<20} {:>10}", i.name, short, human_size(i.size));
-    }
+/// `images --json`: the summaries as one JSON array (the table is images.rs).
+pub fn print_images_json(images: &[ImageSummary]) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(images).unwrap_or_default()
+    );
 }
 
 pub fn human_size(bytes: u64) -> String {
@@ -365,6 +357,22 @@ pub async fn export(
                 }
                 let _ = std::fs::remove_file(&archive);
             }
+            (Dest::Containerd(target), _) => {
+                // An OCI archive naming the image once per name, as containerd
+                // (and Docker) spell it: docker.io/library/NAME:TAG.
+                let names: Vec<String> = names.iter().map(|n| containerd::normalize(n)).collect();
+                let index = containerd_index(&blobs.manifest, &names);
+                let archive = staging.path().join("containerd-import.tar");
+                write_file(&archive, |w| {
+                    write_archive(w, &files, &index, &[])
+                        .map(drop)
+                        .map_err(|e| io_error(&archive, e))
+                })?;
+                for name in containerd::import(target, &archive, &names).await? {
+                    note(&format!("Loaded image: {name}"));
+                }
+                let _ = std::fs::remove_file(&archive);
+            }
         }
         note(&spec.describe());
     }
@@ -456,12 +464,12 @@ fn write_file(
 }
 
 /// Downloads a blob into `dir` in chunks, verifying its size and digest.
-async fn fetch(
+pub async fn fetch(
     client: &MemobuildClient,
     blob: &BlobRef,
     dir: &Path,
 ) -> Result<std::fs::File, RpcError> {
-    let path = dir.join(blob.digest.replace(':', "-"));
+    let path = fetched_path(dir, &blob.digest);
     let mut file = std::fs::File::options()
         .read(true)
         .write(true)
@@ -496,6 +504,11 @@ async fn fetch(
     Ok(file)
 }
 
+/// Where [`fetch`] puts blob `digest` in `dir`.
+pub fn fetched_path(dir: &Path, digest: &str) -> PathBuf {
+    dir.join(digest.replace(':', "-"))
+}
+
 fn index_json(manifest: &BlobRef, tags: &[String]) -> Vec<u8> {
     let mut desc = serde_json::json!({
         "mediaType": manifest.media_type,
@@ -513,6 +526,33 @@ fn index_json(manifest: &BlobRef, tags: &[String]) -> Vec<u8> {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
         "manifests": [desc],
+    });
+    serde_json::to_vec(&index).unwrap_or_default()
+}
+
+/// index.json for `ctr images import`: the manifest once per name, each
+/// with `io.containerd.image.name` (the name containerd gives the image).
+fn containerd_index(manifest: &BlobRef, names: &[String]) -> Vec<u8> {
+    let desc = |name: Option<&String>| {
+        let mut d = serde_json::json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": manifest.size,
+        });
+        if let Some(name) = name {
+            d["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+        }
+        d
+    };
+    let manifests: Vec<serde_json::Value> = if names.is_empty() {
+        vec![desc(None)]
+    } else {
+        names.iter().map(|n| desc(Some(n))).collect()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
     });
     serde_json::to_vec(&index).unwrap_or_default()
 }

@@ -1,7 +1,7 @@
 //! Registry flags of `build`: `--push`, `-o type=registry,name=REF`,
 //! `--cache-from/--cache-to type=registry,ref=REF`, and the credentials the
 //! build needs, read here from the user's docker config (`$DOCKER_CONFIG/config.json`,
-//! else `~/.docker/config.json`) and forwarded only for the registries this
+//! else `~/.docker/config.json`, and the credential helpers it names) and forwarded only for the registries this
 //! build names, so the daemon (often root, serving many users) never reads
 //! anyone's home and keeps no credentials.
 
@@ -41,6 +41,19 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
     for part in spec.split(',') {
         match part.split_once('=') {
             Some(("type", "registry")) => {}
+            Some(("type", kind)) => {
+                let why = match kind {
+                    "inline" => {
+                        "inline cache metadata in the image (type=inline) is not supported yet"
+                    }
+                    "gha" | "s3" | "azblob" => "this cache backend is not supported",
+                    _ => "unknown cache type",
+                };
+                return Err(RpcError::with_hint(
+                    format!("{flag} {spec}: {why}"),
+                    format!("memobuild shares its step cache through an OCI registry: {flag} type=registry,ref=REF (a registry on localhost serves one machine, e.g. Debian's docker-registry)"),
+                ));
+            }
             Some(("ref", r)) => reference = Some(r.to_string()),
             Some(("mode", "max")) => max = true,
             Some(("mode", "min")) => max = false,
@@ -81,19 +94,30 @@ pub fn hosts_used(dockerfile: &Path, refs: &[String]) -> Option<BTreeSet<String>
 }
 
 /// [`hosts_used`] for a Dockerfile's text (`-f -`).
+/// `FROM scratch` and `FROM` an earlier stage name no registry.
 pub fn hosts_in(text: &str, mut hosts: BTreeSet<String>) -> Option<BTreeSet<String>> {
+    let mut stages = BTreeSet::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
         if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
             continue;
         }
-        let Some(image) = words.find(|w| !w.starts_with("--")) else {
+        let mut rest = words.skip_while(|w| w.starts_with("--"));
+        let Some(image) = rest.next() else {
             continue;
         };
         if image.contains('$') {
             return None;
         }
-        hosts.insert(registry_host(image));
+        let lower = image.to_lowercase();
+        if lower != "scratch" && !stages.contains(&lower) {
+            hosts.insert(registry_host(image));
+        }
+        if rest.next().is_some_and(|w| w.eq_ignore_ascii_case("AS")) {
+            if let Some(name) = rest.next() {
+                stages.insert(name.to_lowercase());
+            }
+        }
     }
     Some(hosts)
 }
@@ -106,29 +130,78 @@ fn config_path() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
-/// Credentials for `hosts` (every host when `None`) from the docker config.
-/// Credential helpers (`credsStore`, `credHelpers`) are not consulted.
+/// Credentials for `hosts` (every host when `None`) from the docker config:
+/// a host's `credHelpers` entry first, else `credsStore`, else `auths`, as
+/// Docker looks them up. A config that cannot be read or parsed is a warning:
+/// the registries may not need a login (the daemon says so if one does).
 pub fn credentials(
     hosts: Option<&BTreeSet<String>>,
 ) -> Result<BTreeMap<String, Credential>, RpcError> {
+    if hosts.is_some_and(|h| h.is_empty()) {
+        return Ok(BTreeMap::new());
+    }
     let Some(path) = config_path() else {
         return Ok(BTreeMap::new());
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(RpcError::new(format!("{}: {e}", path.display()))),
+        Err(e) => {
+            eprintln!(
+                "warning: {}: {e}; no registry credentials are used",
+                path.display()
+            );
+            return Ok(BTreeMap::new());
+        }
     };
-    let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        RpcError::with_hint(
-            format!("{} is not valid JSON: {e}", path.display()),
-            "fix it, or log in again with `docker login`",
-        )
-    })?;
+    let config: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "warning: {} is not valid JSON ({e}); no registry credentials are used (fix it, or log in again with `docker login`)",
+                path.display()
+            );
+            return Ok(BTreeMap::new());
+        }
+    };
     let mut out = BTreeMap::new();
+    // credHelpers: one helper per registry host.
+    let mut helped = BTreeSet::new();
+    for (key, helper) in config["credHelpers"].as_object().into_iter().flatten() {
+        let host = config_key_host(key);
+        let Some(helper) = helper.as_str().filter(|h| !h.is_empty()) else {
+            continue;
+        };
+        helped.insert(host.clone());
+        if hosts.is_some_and(|h| !h.contains(&host)) {
+            continue;
+        }
+        if let Some(c) = crate::credhelper::get(helper, &host)? {
+            out.insert(host, c);
+        }
+    }
+    // credsStore: every other host's login lives in that helper.
+    if let Some(store) = config["credsStore"].as_str().filter(|s| !s.is_empty()) {
+        let wanted: Vec<String> = match hosts {
+            Some(h) => h.iter().cloned().collect(),
+            None => crate::credhelper::list(store)?
+                .iter()
+                .map(|url| config_key_host(url))
+                .collect(),
+        };
+        for host in wanted {
+            if helped.contains(&host) || out.contains_key(&host) {
+                continue;
+            }
+            if let Some(c) = crate::credhelper::get(store, &host)? {
+                out.insert(host, c);
+            }
+        }
+        return Ok(out);
+    }
     for (key, entry) in config["auths"].as_object().into_iter().flatten() {
         let host = config_key_host(key);
-        if hosts.is_some_and(|h| !h.contains(&host)) {
+        if helped.contains(&host) || hosts.is_some_and(|h| !h.contains(&host)) {
             continue;
         }
         if has_identity_token(entry) {
@@ -221,7 +294,14 @@ mod tests {
         let c = cache_spec("--cache-to", "type=registry,ref=h:5/c:1,mode=max").unwrap();
         assert_eq!((c.reference.as_str(), c.max), ("h:5/c:1", true));
         assert!(!cache_spec("--cache-to", "ref=h/c").unwrap().max);
-        assert!(cache_spec("--cache-to", "type=local,dest=x").is_err());
+        for (spec, says) in [
+            ("type=inline", "type=inline) is not supported yet"),
+            ("type=gha", "backend is not supported"),
+        ] {
+            let e = cache_spec("--cache-to", spec).unwrap_err();
+            assert!(e.message.contains(says), "{spec}: {}", e.message);
+            assert!(e.hint.unwrap().contains("type=registry,ref=REF"));
+        }
     }
 
     #[test]
@@ -260,6 +340,12 @@ mod tests {
             hosts.into_iter().collect::<Vec<_>>(),
             vec!["docker.io", "h:5000", "p:1"]
         );
+        std::fs::write(
+            &df,
+            "FROM scratch AS base\nFROM base\nFROM Base AS two\nFROM two\n",
+        )
+        .unwrap();
+        assert!(hosts_used(&df, &[]).unwrap().is_empty());
         std::fs::write(&df, "ARG B\nFROM $B\n").unwrap();
         assert!(hosts_used(&df, &[]).is_none());
     }

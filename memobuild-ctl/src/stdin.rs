@@ -18,6 +18,8 @@ pub struct StdinContext {
     pub dir: Option<tempfile::TempDir>,
     /// The Dockerfile's text (`-f -`, or context `-` holding a Dockerfile alone).
     pub dockerfile: Option<String>,
+    /// The context inside `dir` (a git context's `#REF:DIR`); empty: `dir` itself.
+    pub subdir: std::path::PathBuf,
 }
 
 fn is_stdin(p: &std::path::Path) -> bool {
@@ -26,6 +28,19 @@ fn is_stdin(p: &std::path::Path) -> bool {
 
 /// Reads stdin when the context or the Dockerfile is `-`.
 pub fn read(args: &BuildArgs) -> Result<Option<StdinContext>, RpcError> {
+    let context = args.context.to_string_lossy();
+    if let Some(git) = crate::git::parse(&context) {
+        if args.file.as_deref().is_some_and(is_stdin) {
+            return Ok(Some(StdinContext {
+                dockerfile: read_dockerfile()?.dockerfile,
+                ..crate::git::fetch(&git)?
+            }));
+        }
+        return crate::git::fetch(&git).map(Some);
+    }
+    if let Some(e) = crate::git::unsupported_url(&context) {
+        return Err(e);
+    }
     let file_stdin = args.file.as_deref().is_some_and(is_stdin);
     let context_stdin = is_stdin(&args.context);
     if !file_stdin && !context_stdin {
@@ -46,6 +61,7 @@ pub fn read(args: &BuildArgs) -> Result<Option<StdinContext>, RpcError> {
         return Ok(Some(StdinContext {
             dir: None,
             dockerfile: Some(dockerfile_text(bytes)?),
+            subdir: Default::default(),
         }));
     }
     // Context `-`: a tar (plain or gzip), else the bytes are a Dockerfile.
@@ -63,6 +79,7 @@ pub fn read(args: &BuildArgs) -> Result<Option<StdinContext>, RpcError> {
         return Ok(Some(StdinContext {
             dir: Some(dir),
             dockerfile: Some(dockerfile_text(bytes)?),
+            subdir: Default::default(),
         }));
     }
     let dir = tempdir()?;
@@ -84,7 +101,22 @@ pub fn read(args: &BuildArgs) -> Result<Option<StdinContext>, RpcError> {
     Ok(Some(StdinContext {
         dir: Some(dir),
         dockerfile: None,
+        subdir: Default::default(),
     }))
+}
+
+/// `-f -` beside a context that is not stdin.
+fn read_dockerfile() -> Result<StdinContext, RpcError> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .take(MAX_DOCKERFILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| RpcError::new(format!("cannot read stdin: {e}")))?;
+    Ok(StdinContext {
+        dir: None,
+        dockerfile: Some(dockerfile_text(bytes)?),
+        subdir: Default::default(),
+    })
 }
 
 /// A directory for a context read from stdin. The daemon reads it, so it must

@@ -20,6 +20,9 @@ pub struct Flags {
     /// Validate the config, print the effective settings and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Write the man page memobuildd.8 into DIR and exit.
+    #[arg(long, value_name = "DIR")]
+    pub generate_man: Option<PathBuf>,
     #[command(flatten)]
     pub settings: Settings,
 }

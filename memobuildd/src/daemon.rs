@@ -54,7 +54,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         data_dir: data_dir.display().to_string(),
         pid: std::process::id(),
-        features: vec![memobuild_proto::FEATURE_BLOB_FDS.to_string()],
+        features: memobuild_proto::FEATURES
+            .iter()
+            .map(|f| f.to_string())
+            .collect(),
     };
     let server = Server {
         engine: Engine::new(Arc::new(store), config.run_settings()),

@@ -7,6 +7,17 @@ fn main() -> std::process::ExitCode {
     // socket, the files a step sees); the data dir holds other users' builds.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let flags = memobuildd::config::Flags::parse();
+    if let Some(dir) = &flags.generate_man {
+        use clap::CommandFactory;
+        let man = clap_mangen::Man::new(memobuildd::config::Flags::command()).section("8");
+        return match std::fs::create_dir_all(dir).and_then(|()| man.generate_to(dir)) {
+            Ok(_) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("memobuildd: writing the man page to {}: {e}", dir.display());
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let config = match memobuildd::config::load(&flags) {
         Ok(c) => c,
         Err(e) => {

@@ -220,6 +220,23 @@ impl Memobuild for Server {
             .status_wait(&filter, generation, &self.identity())
             .await
     }
+
+    async fn cache_steps(
+        self,
+        _: Context,
+        build: BuildId,
+        max: bool,
+    ) -> Result<Vec<memobuild_proto::CacheStep>, RpcError> {
+        self.engine.cache_steps(build, max).await
+    }
+
+    async fn import_cache_steps(
+        self,
+        _: Context,
+        steps: Vec<memobuild_proto::CacheStep>,
+    ) -> Result<u64, RpcError> {
+        self.engine.import_cache_steps(steps).await
+    }
 }
 
 impl Server {

@@ -356,6 +356,7 @@ impl Engine {
         let opts = gc::PruneOptions {
             all: request.all,
             keep_bytes: request.keep_bytes,
+            unused_for_secs: request.unused_for_secs,
         };
         let r = self.prune(opts).await?;
         Ok(PruneResult {
@@ -364,6 +365,39 @@ impl Engine {
             bytes_freed: r.bytes_freed,
             bytes_after: r.bytes_after,
         })
+    }
+
+    /// The step results of finished build `build` for a local cache: its
+    /// project's last build's steps (`max`: all; else the target stage and
+    /// the stages it is built on), each with its stored layer.
+    pub async fn cache_steps(
+        self: &Arc<Self>,
+        build: BuildId,
+        max: bool,
+    ) -> Result<Vec<memobuild_proto::CacheStep>, RpcError> {
+        let report = self.build_log(build.to_string()).await?;
+        let steps = self.projects.last_steps(&report.project).ok_or_else(|| {
+            RpcError::of(
+                ErrorKind::NotFound,
+                format!("build {build} has no finished steps"),
+            )
+        })?;
+        let steps = if max {
+            steps
+        } else {
+            crate::localcache::target_chain(steps)
+        };
+        let store = self.store.clone();
+        blocking(move || crate::localcache::cache_steps(&store, &steps)).await
+    }
+
+    /// Records step results from a local cache whose layers were uploaded.
+    pub async fn import_cache_steps(
+        self: &Arc<Self>,
+        steps: Vec<memobuild_proto::CacheStep>,
+    ) -> Result<u64, RpcError> {
+        let store = self.store.clone();
+        blocking(move || crate::localcache::import(&store, &steps)).await
     }
 
     /// The store's consistency check.

@@ -23,6 +23,8 @@ pub struct PruneOptions {
     pub all: bool,
     /// Drop least-recently-used entries only until the blobs total at most this.
     pub keep_bytes: Option<u64>,
+    /// Drop only entries not used (or made) within this many seconds.
+    pub unused_for_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -179,6 +181,13 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreErr
                 }
         })
         .collect();
+    if let Some(secs) = opts.unused_for_secs {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let cutoff = now.saturating_sub(secs as i64);
+        candidates.retain(|(k, r)| last_used.get(k).copied().unwrap_or(r.created_at) <= cutoff);
+    }
     // Least recently used first; never-noted entries by when they were made.
     candidates.sort_by_key(|(k, r)| last_used.get(k).copied().unwrap_or(r.created_at));
     let mut drop_keys = Vec::new();
@@ -247,7 +256,7 @@ mod tests {
     fn all() -> PruneOptions {
         PruneOptions {
             all: true,
-            keep_bytes: None,
+            ..PruneOptions::default()
         }
     }
 
@@ -294,11 +303,34 @@ mod tests {
         let opts = PruneOptions {
             all: true,
             keep_bytes: Some(150),
+            ..PruneOptions::default()
         };
         let report = prune(&store, &opts).unwrap();
         assert_eq!(report.records_removed, 2);
         assert_eq!(report.bytes_after, 100);
         assert!(store.blobs.contains(&a) && !store.blobs.contains(&b) && !store.blobs.contains(&c));
+    }
+
+    #[test]
+    fn until_drops_only_what_was_not_used_recently() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let recent = step_with_blob(&store, "recent", &[1; 100]);
+        let old = step_with_blob(&store, "old", &[2; 100]);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        store.note_used_at("recent", now - 60);
+        store.note_used_at("old", now - 2 * 86_400);
+        let opts = PruneOptions {
+            all: true,
+            unused_for_secs: Some(86_400),
+            ..PruneOptions::default()
+        };
+        let report = prune(&store, &opts).unwrap();
+        assert_eq!(report.records_removed, 1);
+        assert!(store.blobs.contains(&recent) && !store.blobs.contains(&old));
     }
 
     #[test]

@@ -12,11 +12,13 @@
 
 mod api;
 pub mod buildlogs;
+mod contexts;
 pub mod eager;
 pub mod exec;
 pub mod failure;
 pub mod gc;
 pub mod import;
+mod localcache;
 pub mod metrics;
 pub mod project;
 mod registry_hooks;

@@ -596,6 +596,12 @@ impl Projects {
             .collect()
     }
 
+    /// The steps of project `id`'s last build, if it was built.
+    pub fn last_steps(&self, id: &str) -> Option<Vec<StepSummary>> {
+        let map = lock(&self.map);
+        Some(map.get(id)?.record.last.as_ref()?.steps.clone())
+    }
+
     pub fn explain(&self, id: &str) -> Option<Explanation> {
         let map = lock(&self.map);
         let p = map.get(id)?;

@@ -316,13 +316,25 @@ async fn base_images(
     tokio::task::spawn_blocking(move || {
         let text = memobuild_dockerfile::read_file(&path).ok()?;
         let df = dockerfile::parse(&text, &display).ok()?;
-        let bases = graph::base_images(&df, &request.target, &request.build_args, &*store).ok()?;
+        // --build-context NAME=docker-image://REF: REF is what is pulled.
+        let aliases = crate::contexts::image_aliases(&request).ok()?;
+        let images = crate::contexts::Aliased {
+            inner: &*store,
+            aliases: &aliases,
+        };
+        let bases = graph::base_images(&df, &request.target, &request.build_args, &images).ok()?;
         Some(
             bases
                 .into_iter()
-                .map(|base| Wanted {
-                    base,
-                    file: display.clone(),
+                .map(|mut base| {
+                    let normalized = memobuild_oci::normalize_image_name(&base.name);
+                    if let Some(reference) = aliases.get(&normalized) {
+                        base.name = reference.clone();
+                    }
+                    Wanted {
+                        base,
+                        file: display.clone(),
+                    }
                 })
                 .collect(),
         )

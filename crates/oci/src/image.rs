@@ -24,10 +24,29 @@ pub fn write_image(
     config: &ImageConfig,
     layers: &[LayerRecord],
 ) -> Result<StoredImage, OciError> {
+    write_image_annotated(store, config, layers, &Default::default())
+}
+
+/// [`write_image`] with `annotations` in the manifest (`--annotation`); none
+/// leaves the manifest exactly as [`write_image`] writes it.
+pub fn write_image_annotated(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[LayerRecord],
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<StoredImage, OciError> {
     let config_bytes =
         serde_json::to_vec(config).map_err(|e| OciError::Invalid(format!("image config: {e}")))?;
     let (config_digest, config_size) = store.blobs.put_bytes(&config_bytes)?;
-    let manifest = build_manifest(&config_digest, config_size, layers)?;
+    let mut manifest = build_manifest(&config_digest, config_size, layers)?;
+    if !annotations.is_empty() {
+        manifest.set_annotations(Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ));
+    }
     let manifest_bytes = serde_json::to_vec(&manifest)
         .map_err(|e| OciError::Invalid(format!("image manifest: {e}")))?;
     let (manifest_digest, manifest_size) = store.blobs.put_bytes(&manifest_bytes)?;

@@ -97,6 +97,29 @@ pub trait Memobuild {
     /// eager builds; returns their ids. Added within protocol 3 like
     /// `status_wait`.
     async fn set_eager(filter: String, on: bool) -> Result<Vec<String>, RpcError>;
+    /// The step results of a finished build (`--cache-to type=local`): every
+    /// step (`max`) or those of the target stage and the stages it is built on.
+    async fn cache_steps(build: BuildId, max: bool) -> Result<Vec<CacheStep>, RpcError>;
+    /// Records step results whose layers were uploaded (`--cache-from
+    /// type=local`); each layer's diff_id is checked. Returns how many.
+    async fn import_cache_steps(steps: Vec<CacheStep>) -> Result<u64, RpcError>;
+}
+
+/// One step result of a local cache (the remote cache's format, docs/CACHE.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheStep {
+    /// The step's cache key (hex BLAKE3).
+    pub key: String,
+    /// The layer it added; `None` for a step that only changes the config.
+    pub layer: Option<CacheLayer>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
 }
 
 /// A [`DaemonInfo::features`] entry: the daemon has [`Memobuild::open_blobs`]
@@ -258,11 +281,25 @@ pub struct DaemonInfo {
     pub daemon_version: String,
     pub data_dir: String,
     pub pid: u32,
-    /// Optional requests and connection kinds this daemon serves (e.g.
-    /// [`FEATURE_BLOB_FDS`]); empty from daemons older than the list.
+    /// Optional requests, request fields and connection kinds this daemon
+    /// serves ([`FEATURES`]); empty from daemons older than the list. A client
+    /// refuses a request field an older daemon would skip unread.
     #[serde(default)]
     pub features: Vec<String>,
 }
+
+/// Request fields added within protocol 3, named for [`DaemonInfo::features`]:
+/// `annotations` ([`BuildRequest::annotations`]), `build-contexts`
+/// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]),
+/// `local-cache` (the `cache_steps` and `import_cache_steps` calls), and
+/// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections).
+pub const FEATURES: &[&str] = &[
+    FEATURE_BLOB_FDS,
+    "annotations",
+    "build-contexts",
+    "prune-until",
+    "local-cache",
+];
 
 /// Everything a build depends on besides the files themselves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -329,6 +366,13 @@ pub struct BuildRequest {
     /// The Dockerfile's text (`-f -`), used instead of reading `dockerfile`.
     #[serde(default)]
     pub dockerfile_text: Option<String>,
+    /// `--annotation K=V`: annotations of the image manifest.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// `--build-context NAME=docker-image://REF`: images that FROM, `COPY
+    /// --from` and `RUN --mount=from=` get for NAME.
+    #[serde(default)]
+    pub build_contexts: BTreeMap<String, String>,
 }
 
 /// `--ulimit` names Docker takes, with the rlimit each sets.
@@ -717,6 +761,9 @@ pub struct PruneRequest {
     pub all: bool,
     /// Remove least-recently-used entries only until the store is this small.
     pub keep_bytes: Option<u64>,
+    /// `--filter until=DURATION`: only entries unused for at least this many seconds.
+    #[serde(default)]
+    pub unused_for_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use memobuild_context::dockerignore::DockerIgnore;
 use memobuild_context::{ContextIndex, Tree};
 use memobuild_dockerfile::{self as dockerfile, DockerfileError};
 use memobuild_oci::config::History;
-use memobuild_oci::image::{write_image, StoredImage};
+use memobuild_oci::image::StoredImage;
 use memobuild_oci::{ChangeSet, OciError};
 use memobuild_plan::{self as graph, Base, Op, Plan, Step};
 use memobuild_proto::{BuildEvent, BuildId, BuildRequest, ErrorKind, RpcError, StepInfo};
@@ -413,11 +413,18 @@ async fn build_planned(
             labels.extend(request.labels.clone());
         }
         let epoch = request.source_date_epoch;
+        let annotations = request.annotations.clone();
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
             config.history = result.history.clone();
             config.created = epoch.map(memobuild_oci::rfc3339);
-            write_image(&engine.store, &config, &result.layers).map_err(internal)
+            memobuild_oci::image::write_image_annotated(
+                &engine.store,
+                &config,
+                &result.layers,
+                &annotations,
+            )
+            .map_err(internal)
         })
         .await?
     };
@@ -514,6 +521,12 @@ pub fn make_plan(
     };
     let run_options = run_options(request);
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
+    crate::contexts::check_stage_names(&df, request)?;
+    let aliases = crate::contexts::image_aliases(request)?;
+    let images = crate::contexts::Aliased {
+        inner: &*engine.store,
+        aliases: &aliases,
+    };
     let ignore = read_ignore(request, &df_path)?;
     let index = ContextIndex::view(tree, context, ignore);
     graph::plan(&graph::PlanInput {
@@ -524,7 +537,7 @@ pub fn make_plan(
         hashes: &engine.hashes,
         merkle: &engine.merkle,
         focus,
-        images: &*engine.store,
+        images: &images,
         epoch: request.source_date_epoch,
         run_options: &run_options,
         stage_contents: &StoreContents(&engine.store),
@@ -558,6 +571,13 @@ fn options_digest(request: &BuildRequest) -> String {
     let mut k = memobuild_plan::key::KeyHasher::new("options");
     for (name, value) in &request.labels {
         k.str(name).str(value);
+    }
+    // Only when set: the digest of a build without annotations stays as it was.
+    for (name, value) in &request.annotations {
+        k.str("annotation").str(name).str(value);
+    }
+    for (name, value) in &request.build_contexts {
+        k.str("build-context").str(name).str(value);
     }
     k.str(&run_options(request));
     k.str(request.dockerfile_text.as_deref().unwrap_or(""));

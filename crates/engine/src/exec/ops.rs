@@ -136,6 +136,7 @@ impl Engine {
             let opts = PruneOptions {
                 all: false,
                 keep_bytes: Some(keep),
+                ..PruneOptions::default()
             };
             crate::gc::prune(&engine.store, &opts).map(|r| Some((r, other)))
         })
