@@ -331,6 +331,7 @@ fn daemon_status_and_stop() {
     assert_eq!(
         status["features"],
         serde_json::json!([
+            "blob_fds",
             "annotations",
             "build-contexts",
             "prune-until",
