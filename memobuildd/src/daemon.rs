@@ -58,6 +58,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let server = Server {
         engine: Engine::new(Arc::new(store), config.run_settings()),
         info: Arc::new(info),
+        reader: None,
     };
     let engine = server.engine.clone();
     observe(&engine, &config).await?;

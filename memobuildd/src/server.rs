@@ -18,6 +18,9 @@ use tokio::net::UnixListener;
 pub struct Server {
     pub engine: Arc<Engine>,
     pub info: Arc<DaemonInfo>,
+    /// Whose rights this connection's builds read files with (set per
+    /// connection from its peer credentials; `None` for root).
+    pub reader: Option<memobuild_proto::Reader>,
 }
 
 /// Serves connections until the listener fails; peers `access` refuses get
@@ -31,7 +34,7 @@ pub async fn serve(
         let (conn, _) = listener.accept().await?;
         let peer = crate::access::peer_of(&conn);
         let transport = memobuild_proto::wire::transport(conn);
-        let server = server.clone();
+        let mut server = server.clone();
         let access = access.clone();
         tokio::spawn(async move {
             let verdict = match peer {
@@ -45,9 +48,12 @@ pub async fn serve(
                     format!("permission denied: cannot read the peer's credentials: {e}"),
                 )),
             };
-            if let Err((peer, message)) = verdict {
-                tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused a connection: {message}");
-                return crate::access::refuse(transport, message).await;
+            match verdict {
+                Ok(reader) => server.reader = reader,
+                Err((peer, message)) => {
+                    tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused a connection: {message}");
+                    return crate::access::refuse(transport, message).await;
+                }
             }
             BaseChannel::with_defaults(transport)
                 .execute(server.serve())
@@ -64,7 +70,9 @@ impl Memobuild for Server {
         Ok((*self.info).clone())
     }
 
-    async fn start_build(self, _: Context, request: BuildRequest) -> Result<BuildId, RpcError> {
+    async fn start_build(self, _: Context, mut request: BuildRequest) -> Result<BuildId, RpcError> {
+        // Never what the client says: the kernel's word on who connected.
+        request.read_as = self.reader.clone();
         if !std::path::Path::new(&request.context).is_absolute() {
             return Err(RpcError::of(
                 ErrorKind::InvalidInput,

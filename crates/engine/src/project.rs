@@ -28,6 +28,11 @@ pub struct ProjectKey {
     pub dockerfile: PathBuf,
     pub target: String,
     pub build_args: BTreeMap<String, String>,
+    /// The user whose rights the project's context is read with (`None`:
+    /// root's). Users' projects are apart: one user's clean result or dirty
+    /// re-plan never answers for another's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_as: Option<memobuild_proto::Reader>,
 }
 
 /// The Dockerfile of a build without `-f`: `CONTEXT/Dockerfile`, else
@@ -55,6 +60,7 @@ impl ProjectKey {
             dockerfile,
             target: request.target.clone(),
             build_args: request.build_args.clone(),
+            read_as: request.read_as.clone(),
         }
     }
 
@@ -66,6 +72,10 @@ impl ProjectKey {
             .str(&self.target);
         for (name, value) in &self.build_args {
             k.str(name).str(value);
+        }
+        // Root's projects keep the ids they always had.
+        if let Some(reader) = &self.read_as {
+            k.str("read-as").str(&reader.uid.to_string());
         }
         k.finish()[..12].to_string()
     }
@@ -509,6 +519,7 @@ pub fn request_of(key: &ProjectKey) -> BuildRequest {
         dockerfile: key.dockerfile.display().to_string(),
         target: key.target.clone(),
         build_args: key.build_args.clone(),
+        read_as: key.read_as.clone(),
         ..BuildRequest::default()
     }
 }
