@@ -201,3 +201,53 @@ fn a_bind_mount_of_the_context_shows_a_user_only_what_they_may_read() {
     assert!(text.contains("hello"), "{text}");
     d.build_ok(ctx.path(), &["--no-cache"]);
 }
+
+#[test]
+fn a_user_adds_archives_and_copies_from_stages_they_built() {
+    // The daemon's own staging files (an extracted archive, a stage's files)
+    // are read with its rights; only the user's files with theirs.
+    let d = daemon();
+    let ctx = tempfile::tempdir().expect("tempdir");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(6);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "inside/a.txt", &b"inner\n"[..])
+        .expect("tar");
+    let bytes = tar.into_inner().expect("tar");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &bytes).expect("gzip");
+    std::fs::write(ctx.path().join("a.tar.gz"), gz.finish().expect("gzip")).unwrap();
+    std::fs::write(ctx.path().join("hello.txt"), "hello\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch AS one\nADD a.tar.gz /x/\nCOPY hello.txt /\n\
+         FROM scratch\nCOPY --from=one /x /y\nCOPY --from=one /hello.txt /\n",
+    )
+    .unwrap();
+    chmod(ctx.path(), 0o755);
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    chmod(out_dir.path(), 0o777);
+    let dest = out_dir.path().join("image.tar");
+    let spec = format!("type=tar,dest={}", dest.display());
+    let (ok, text) = build_as_nobody(&d, ctx.path(), &["-o", &spec]);
+    assert!(ok, "{text}\n--- daemon log ---\n{}", d.log());
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&dest).expect("output"));
+    for entry in archive.entries().expect("tar") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").display().to_string();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text).unwrap_or_default();
+        names.push(format!("{name}={text}"));
+    }
+    assert!(
+        names.iter().any(|n| n == "y/inside/a.txt=inner\n"),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n == "hello.txt=hello\n"), "{names:?}");
+}

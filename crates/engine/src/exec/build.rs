@@ -1035,42 +1035,46 @@ async fn execute(
         },
         _ => None,
     };
-    // COPY and ADD open context files with the requesting user's rights.
     blocking(move || {
-        reading_as(reader, || {
-            let store = &engine.store;
-            let view = FsView::load(store, &engine.layers, &parent_layers)
-                .map_err(|e| step_error(&plan, &step, e))?;
-            let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
-            let changes: ChangeSet = match &step.op {
-                Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
-                Op::Copy(op) => {
-                    let source_view = match &source_layers {
-                        Some(layers) => Some(
-                            FsView::load(store, &engine.layers, layers)
-                                .map_err(|e| step_error(&plan, &step, e))?,
-                        ),
-                        None => None,
-                    };
-                    copy::copy(op, &view, source_view.as_ref(), store, staging.path())
-                }
-                Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
-            }
+        let store = &engine.store;
+        let view = FsView::load(store, &engine.layers, &parent_layers)
             .map_err(|e| step_error(&plan, &step, e))?;
-            let layer = if changes.is_empty() {
-                None
-            } else {
-                let mtime = epoch.unwrap_or(0).max(0) as u64;
-                Some(
-                    changes
-                        .write(&store.blobs, mtime)
-                        .map_err(|e| step_error(&plan, &step, e))?,
-                )
-            };
-            Ok(StepRecord {
-                layer,
-                created_at: now,
-            })
+        let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
+        let changes: ChangeSet = match &step.op {
+            Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
+            Op::Copy(op) => {
+                let source_view = match &source_layers {
+                    Some(layers) => Some(
+                        FsView::load(store, &engine.layers, layers)
+                            .map_err(|e| step_error(&plan, &step, e))?,
+                    ),
+                    None => None,
+                };
+                // COPY and ADD open context files (ADD's archives) with the
+                // requesting user's rights. The layer is written with the
+                // daemon's (its staging files are its own): context files go
+                // in as `Content::Checked`, holding exactly the bytes whose
+                // digests, computed and checked as the user, made the key.
+                reading_as(reader, || {
+                    copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+                })
+            }
+            Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
+        }
+        .map_err(|e| step_error(&plan, &step, e))?;
+        let layer = if changes.is_empty() {
+            None
+        } else {
+            let mtime = epoch.unwrap_or(0).max(0) as u64;
+            Some(
+                changes
+                    .write(&store.blobs, mtime)
+                    .map_err(|e| step_error(&plan, &step, e))?,
+            )
+        };
+        Ok(StepRecord {
+            layer,
+            created_at: now,
         })
     })
     .await
