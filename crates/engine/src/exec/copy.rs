@@ -518,8 +518,57 @@ fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, 
     })
 }
 
+/// The target of the symlink at `rel` (below `dest`), made by this archive
+/// (`changes`) or already in the image (`view`).
+fn link_below(b: &Builder<'_>, dest: &str, rel: &str) -> Option<String> {
+    let full = join(dest, rel);
+    match b.changes.entries.get(&full) {
+        Some(entry) => match &entry.kind {
+            EntryKind::Symlink(target) => Some(target.clone()),
+            _ => None,
+        },
+        None => match b.view.get(&full).map(|e| &e.kind) {
+            Some(ViewKind::Symlink(target)) => Some(target.clone()),
+            _ => None,
+        },
+    }
+}
+
+/// `rel` (a cleaned archive path) with its parent resolved through the
+/// symlinks below `dest`, `dest` standing in for `/` (as BuildKit's unpack,
+/// chrooted into the destination): `esc -> /host` then `esc/f` gives `host/f`,
+/// so no entry lies below a symlink and none can leave `dest`.
+fn resolve_in_dest(b: &Builder<'_>, dest: &str, rel: &str) -> Option<String> {
+    match rel.rsplit_once('/') {
+        None => Some(rel.to_string()),
+        Some((parent, name)) => {
+            let parent = memobuild_rootpath::resolve(parent, |p| link_below(b, dest, p))?;
+            Some(join(&parent, name))
+        }
+    }
+}
+
+/// Whether a relative symlink target, taken from the directory `dir` (below
+/// the destination), climbs above the destination (Docker's "invalid symlink").
+fn climbs_out(dir: &str, target: &str) -> bool {
+    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if depth == 0 => return true,
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
 /// ADD of a local archive: its entries land under `dest` with their own modes and
-/// owners; paths are cleaned so no entry can land outside `dest`.
+/// owners. Entry names are cleaned (`../` and a leading `/` cannot leave
+/// `dest`), parents are resolved through the archive's own symlinks inside
+/// `dest` ([`resolve_in_dest`]); a relative symlink pointing above `dest` and a
+/// hard link to anything but a file already extracted (or already in the image
+/// below `dest`) are refused, as Docker's unpack refuses them.
 fn extract_archive(
     b: &mut Builder<'_>,
     path: &Path,
@@ -531,7 +580,16 @@ fn extract_archive(
     let name = path.display().to_string();
     for (i, entry) in archive.entries().map_err(io_err(&name))?.enumerate() {
         let mut entry = entry.map_err(io_err(&name))?;
-        let rel = clean_entry_path(&String::from_utf8_lossy(&entry.path_bytes()));
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rel = clean_entry_path(&raw);
+        if rel.is_empty() {
+            continue;
+        }
+        let rel = resolve_in_dest(b, dest, &rel).ok_or_else(|| {
+            CopyError::Source(format!(
+                "{name}: archive entry {raw:?}: too many levels of symbolic links"
+            ))
+        })?;
         if rel.is_empty() {
             continue;
         }
@@ -545,8 +603,37 @@ fn extract_archive(
             .unwrap_or_default();
         let kind = match header.entry_type() {
             tar::EntryType::Directory => EntryKind::Dir,
-            tar::EntryType::Symlink => EntryKind::Symlink(link),
-            tar::EntryType::Link => EntryKind::Hardlink(join(dest, &clean_entry_path(&link))),
+            tar::EntryType::Symlink => {
+                let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
+                if !link.starts_with('/') && climbs_out(dir, &link) {
+                    return Err(CopyError::Source(format!(
+                        "{name}: invalid symlink {raw:?} -> {link:?}: it points above the ADD destination"
+                    )));
+                }
+                EntryKind::Symlink(link)
+            }
+            tar::EntryType::Link => {
+                let target = resolve_in_dest(b, dest, &clean_entry_path(&link))
+                    .map(|t| join(dest, &t))
+                    .filter(|t| {
+                        let file = |k: &EntryKind| {
+                            matches!(k, EntryKind::File(_) | EntryKind::Hardlink(_))
+                        };
+                        match b.changes.entries.get(t) {
+                            Some(e) => file(&e.kind),
+                            None => matches!(
+                                b.view.get(t).map(|e| &e.kind),
+                                Some(ViewKind::File | ViewKind::Hardlink(_))
+                            ),
+                        }
+                    })
+                    .ok_or_else(|| {
+                        CopyError::Source(format!(
+                            "{name}: invalid hard link {raw:?} -> {link:?}: no such file earlier in the archive or under the ADD destination"
+                        ))
+                    })?;
+                EntryKind::Hardlink(target)
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let file = staging.join(format!("add-{}-{i}", b.changes.entries.len()));
                 let mut out = std::fs::File::create(&file).map_err(io_err(&name))?;
