@@ -636,7 +636,7 @@ pub fn why_differs(
             new.line, old.instruction, new.instruction
         ));
     }
-    for (name, value) in &new.inputs.args {
+    for (name, value) in new.inputs.args.iter() {
         match old.inputs.args.get(name) {
             Some(v) if v == value => {}
             Some(v) => why.push(format!("build arg {name} changed: {v:?} -> {value:?}")),
