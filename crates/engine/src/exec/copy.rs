@@ -548,27 +548,13 @@ fn resolve_in_dest(b: &Builder<'_>, dest: &str, rel: &str) -> Option<String> {
     }
 }
 
-/// Whether a relative symlink target, taken from the directory `dir` (below
-/// the destination), climbs above the destination (Docker's "invalid symlink").
-fn climbs_out(dir: &str, target: &str) -> bool {
-    let mut depth = dir.split('/').filter(|c| !c.is_empty()).count();
-    for part in target.split('/') {
-        match part {
-            "" | "." => {}
-            ".." if depth == 0 => return true,
-            ".." => depth -= 1,
-            _ => depth += 1,
-        }
-    }
-    false
-}
-
 /// ADD of a local archive: its entries land under `dest` with their own modes and
 /// owners. Entry names are cleaned (`../` and a leading `/` cannot leave
 /// `dest`), parents are resolved through the archive's own symlinks inside
-/// `dest` ([`resolve_in_dest`]); a relative symlink pointing above `dest` and a
-/// hard link to anything but a file already extracted (or already in the image
-/// below `dest`) are refused, as Docker's unpack refuses them.
+/// `dest` ([`resolve_in_dest`]); a hard link to anything but a file already
+/// extracted (or already in the image below `dest`) is refused, as BuildKit's
+/// unpack refuses it. Symlinks are kept as they are (BuildKit keeps
+/// `x -> ../tmp/y` too): what lands below them is resolved inside `dest`.
 fn extract_archive(
     b: &mut Builder<'_>,
     path: &Path,
@@ -603,15 +589,7 @@ fn extract_archive(
             .unwrap_or_default();
         let kind = match header.entry_type() {
             tar::EntryType::Directory => EntryKind::Dir,
-            tar::EntryType::Symlink => {
-                let dir = rel.rsplit_once('/').map_or("", |(d, _)| d);
-                if !link.starts_with('/') && climbs_out(dir, &link) {
-                    return Err(CopyError::Source(format!(
-                        "{name}: invalid symlink {raw:?} -> {link:?}: it points above the ADD destination"
-                    )));
-                }
-                EntryKind::Symlink(link)
-            }
+            tar::EntryType::Symlink => EntryKind::Symlink(link),
             tar::EntryType::Link => {
                 let target = resolve_in_dest(b, dest, &clean_entry_path(&link))
                     .map(|t| join(dest, &t))
