@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use futures::StreamExt;
-use memobuild_proto::{ErrorKind, MemobuildRequest, MemobuildResponse, RpcError};
+use memobuild_proto::{ErrorKind, MemobuildRequest, MemobuildResponse, Reader, RpcError};
 use nix::unistd::{Gid, Group, Uid, User};
 use parking_lot::RwLock;
 use std::ffi::CString;
@@ -55,14 +55,19 @@ impl Access {
         *self.rules.write() = rules;
     }
 
-    /// Ok if `peer` may use the daemon; else the message the client sees.
-    pub async fn check(&self, peer: Peer) -> Result<(), String> {
+    /// If `peer` may use the daemon: whose rights its builds read files with
+    /// (`None`: root and the daemon's own user, who read with the daemon's);
+    /// else the message the client sees.
+    pub async fn check(&self, peer: Peer) -> Result<Option<Reader>, String> {
         let rules = self.rules.read().clone();
         let (daemon_uid, socket) = (self.daemon_uid, self.socket.clone());
         // User and group lookups may go to NSS (files, LDAP): off the async workers.
-        tokio::task::spawn_blocking(move || decide(&rules, daemon_uid, &socket, peer))
-            .await
-            .unwrap_or_else(|e| Err(format!("permission check failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            decide(&rules, daemon_uid, &socket, peer)?;
+            Ok(reader_of(daemon_uid, peer))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("permission check failed: {e}")))
     }
 }
 
@@ -87,6 +92,24 @@ pub fn peer_of(conn: &tokio::net::UnixStream) -> std::io::Result<Peer> {
         uid: cred.uid(),
         gid: cred.gid(),
         pid: cred.pid(),
+    })
+}
+
+/// The filesystem identity a peer's builds read with: its uid, gid and
+/// supplementary groups (as at login). Root and the daemon's own user read
+/// with the daemon's rights.
+fn reader_of(daemon_uid: u32, peer: Peer) -> Option<Reader> {
+    if peer.uid == 0 || peer.uid == daemon_uid {
+        return None;
+    }
+    let user = User::from_uid(Uid::from_raw(peer.uid)).ok().flatten();
+    let mut groups = groups_of(user.as_ref().map(|u| u.name.as_str()), peer.gid);
+    groups.sort_unstable();
+    groups.dedup();
+    Some(Reader {
+        uid: peer.uid,
+        gid: peer.gid,
+        groups,
     })
 }
 
@@ -241,5 +264,15 @@ mod tests {
         assert!(decide(&rules(&[], &["4242"], None), 0, s, peer(54321, 4242)).is_ok());
         let e = decide(&rules(&["root2"], &["4242"], None), 0, s, peer(54321, 1)).unwrap_err();
         assert!(e.contains("uid 54321") && e.contains("group 4242"), "{e}");
+    }
+
+    #[test]
+    fn builds_read_with_the_peers_rights_unless_root_or_the_daemons_user() {
+        assert_eq!(reader_of(1234, peer(0, 0)), None);
+        assert_eq!(reader_of(1234, peer(1234, 1234)), None);
+        let r = reader_of(0, peer(54321, 4242)).unwrap();
+        assert_eq!((r.uid, r.gid, r.groups), (54321, 4242, vec![4242]));
+        let nobody = reader_of(0, peer(65534, 65534)).unwrap();
+        assert!(nobody.groups.contains(&65534));
     }
 }

@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         info: Arc::new(info),
         handoffs: Arc::new(crate::handoff::Handoffs::default()),
         peer_uid: u32::MAX,
+        reader: None,
     };
     let engine = server.engine.clone();
     observe(&engine, &config).await?;

@@ -22,6 +22,9 @@ pub struct Server {
     pub handoffs: Arc<crate::handoff::Handoffs>,
     /// The uid on the other end of this connection (set per connection).
     pub peer_uid: u32,
+    /// Whose rights this connection's builds read files with (set per
+    /// connection from its peer credentials; `None` for root).
+    pub reader: Option<memobuild_proto::Reader>,
 }
 
 /// Serves connections until the listener fails; peers `access` refuses get
@@ -41,7 +44,7 @@ pub async fn serve(
                 Ok(peer) => access
                     .check(peer)
                     .await
-                    .map(|()| peer)
+                    .map(|reader| (peer, reader))
                     .map_err(|e| (peer, e)),
                 Err(e) => Err((
                     crate::access::Peer {
@@ -53,7 +56,10 @@ pub async fn serve(
                 )),
             };
             let peer = match verdict {
-                Ok(peer) => peer,
+                Ok((peer, reader)) => {
+                    server.reader = reader;
+                    peer
+                }
                 Err((peer, message)) => {
                     tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused a connection: {message}");
                     let transport = memobuild_proto::wire::transport(conn);
@@ -85,7 +91,9 @@ impl Memobuild for Server {
         Ok((*self.info).clone())
     }
 
-    async fn start_build(self, _: Context, request: BuildRequest) -> Result<BuildId, RpcError> {
+    async fn start_build(self, _: Context, mut request: BuildRequest) -> Result<BuildId, RpcError> {
+        // Never what the client says: the kernel's word on who connected.
+        request.read_as = self.reader.clone();
         if !std::path::Path::new(&request.context).is_absolute() {
             return Err(RpcError::of(
                 ErrorKind::InvalidInput,

@@ -156,14 +156,19 @@ impl HashCache {
             }
         } else {
             let chunk = misses.len().div_ceil(workers);
+            // Workers open files with the rights of this thread's reader, if any.
+            let reader = memobuild_rootpath::creds::current();
             let hashed = std::thread::scope(|s| {
                 let handles: Vec<_> = misses
                     .chunks(chunk)
                     .map(|part| {
+                        let reader = reader.clone();
                         s.spawn(move || {
-                            part.iter()
-                                .map(|&i| self.hash(&files[i].0, &files[i].1).map(|d| (i, d)))
-                                .collect::<io::Result<Vec<_>>>()
+                            memobuild_rootpath::creds::reading_as(reader, || {
+                                part.iter()
+                                    .map(|&i| self.hash(&files[i].0, &files[i].1).map(|d| (i, d)))
+                                    .collect::<io::Result<Vec<_>>>()
+                            })
                         })
                     })
                     .collect();

@@ -7,6 +7,7 @@
 //! nothing below has changed in; [`select`] resolves COPY/ADD sources to
 //! entries, never leaving the context.
 
+pub mod access;
 pub mod dockerignore;
 pub mod hash;
 pub mod merkle;

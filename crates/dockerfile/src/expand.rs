@@ -432,6 +432,20 @@ struct Lexer<'a> {
     skip_quotes: bool,
     /// How many `${` are open.
     depth: usize,
+    /// Bytes substituted so far (see [`MAX_EXPANSION`]).
+    expanded: usize,
+}
+
+/// Most bytes the variables of one word may expand to. BuildKit has no
+/// limit; without one, `$a$a$a...` over a large value, or doubling ENVs,
+/// make a 16 MiB Dockerfile ask for terabytes.
+pub const MAX_EXPANSION: usize = 1 << 20;
+
+fn too_large(start: usize) -> ExpandError {
+    ExpandError::new(
+        format!("the variables in this word expand to more than {MAX_EXPANSION} bytes"),
+        start,
+    )
 }
 
 /// Deepest nesting of `${...}` accepted (BuildKit has no limit; real
@@ -449,6 +463,7 @@ impl<'a> Lexer<'a> {
             raw_escapes: false,
             skip_quotes: false,
             depth: 0,
+            expanded: 0,
         }
     }
 
@@ -599,6 +614,16 @@ impl<'a> Lexer<'a> {
     /// `processDollar`: `$name`, `${name}` and `${name<modifier>...}`.
     fn process_dollar(&mut self) -> Result<String, ExpandError> {
         let start = self.sc.offset();
+        let value = self.process_dollar_inner()?;
+        self.expanded = self.expanded.saturating_add(value.len());
+        if self.expanded > MAX_EXPANSION {
+            return Err(too_large(start));
+        }
+        Ok(value)
+    }
+
+    fn process_dollar_inner(&mut self) -> Result<String, ExpandError> {
+        let start = self.sc.offset();
         self.sc.next();
         if self.sc.peek() != Some('{') {
             let name = self.process_name();
@@ -698,11 +723,11 @@ impl<'a> Lexer<'a> {
         let value: Vec<char> = self.lookup(name).unwrap_or_default().chars().collect();
         let toks = compile_pattern(&pattern).map_err(|e| invalid_pattern(&pattern, &e, start))?;
         let ends = match_ends(&toks, &value, true);
-        Ok(if all {
-            replace_all(&ends, &value, &replacement)
+        if all {
+            replace_all(&ends, &value, &replacement).ok_or_else(|| too_large(start))
         } else {
-            replace_first(&ends, &value, &replacement)
-        })
+            Ok(replace_first(&ends, &value, &replacement))
+        }
     }
 
     /// BuildKit reports any failure that ran into the end of input as the
@@ -959,8 +984,9 @@ fn replace_first(ends: &[Option<usize>], value: &[char], replacement: &str) -> S
 }
 
 /// `${name//pat/rep}`: Go's `Regexp.ReplaceAllString`, including its rules for
-/// empty matches and its `$` templates in the replacement.
-fn replace_all(ends: &[Option<usize>], value: &[char], replacement: &str) -> String {
+/// empty matches and its `$` templates in the replacement. `None` once the
+/// result passes [`MAX_EXPANSION`] bytes.
+fn replace_all(ends: &[Option<usize>], value: &[char], replacement: &str) -> Option<String> {
     let n = value.len();
     let mut out = String::new();
     let mut last_end = 0;
@@ -974,13 +1000,16 @@ fn replace_all(ends: &[Option<usize>], value: &[char], replacement: &str) -> Str
         if end > last_end || start == 0 {
             let matched: String = value[start..end].iter().collect();
             out.push_str(&expand_template(replacement, &matched));
+            if out.len() > MAX_EXPANSION {
+                return None;
+            }
         }
         last_end = end;
         // Always advance by at least one character.
         search = if end > search { end } else { search + 1 };
     }
     out.extend(&value[last_end..]);
-    out
+    Some(out)
 }
 
 /// Go's `Regexp.Expand` for a pattern without groups: `$$` is `$`, `$0` and
@@ -2002,6 +2031,23 @@ A|${0:-bbb}                 |     bbb
         let err = expand_word(&nested(100_000), &env, '\\').unwrap_err();
         assert_eq!(err.message, "syntax error: more than 64 nested ${...}");
         assert_eq!(err.offset, 6 * MAX_NESTING);
+    }
+
+    #[test]
+    fn expansions_past_the_limit_are_an_error() {
+        let big = "a".repeat(300_000);
+        let env = vars(&[("V", &big)]);
+        assert_eq!(expand_word("$V$V$V", &env, '\\').unwrap().len(), 900_000);
+        let err = expand_word("x $V$V$V$V", &env, '\\').unwrap_err();
+        assert!(
+            err.message.contains("more than 1048576 bytes"),
+            "{}",
+            err.message
+        );
+        assert_eq!(err.offset, 8);
+        // `//` with a long replacement stops as soon as it is past the limit.
+        let err = expand_word(&format!("${{V//a/{}}}", "b".repeat(100)), &env, '\\').unwrap_err();
+        assert!(err.message.contains("more than"), "{}", err.message);
     }
 
     #[test]

@@ -250,6 +250,11 @@ pub fn read_file(path: &std::path::Path) -> Result<String, memobuild_rootpath::s
 }
 
 /// Parses a Dockerfile. `name` is how errors refer to the file.
+/// Most instructions (global ARGs, FROMs and the rest) one Dockerfile may
+/// hold. BuildKit has no limit; planning costs grow with instructions times
+/// the image config's size, so a bound keeps a hostile file cheap.
+pub const MAX_INSTRUCTIONS: usize = 5000;
+
 pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
     // RUN here-documents the parser does not take (several, or fed to a
     // command) leave the text here, same offsets, and join the command later.
@@ -300,9 +305,33 @@ pub fn parse(text: &str, name: &str) -> Result<Dockerfile, DockerfileError> {
     for arg in parsed.global_args() {
         global_args.push(conv.located(arg.arg.span.start, conv.arg_decls(arg)?));
     }
-    let mut stages = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut count = global_args.len();
     for (index, stage) in parsed.stages().enumerate() {
-        stages.push(conv.stage(index, &stage)?);
+        let stage = conv.stage(index, &stage)?;
+        count += 1 + stage.instructions.len();
+        if count > MAX_INSTRUCTIONS {
+            let over = count - MAX_INSTRUCTIONS;
+            let loc = stage
+                .instructions
+                .len()
+                .checked_sub(over)
+                .and_then(|i| stage.instructions.get(i))
+                .map_or(stage.from.loc, |ins| ins.loc);
+            return Err(DockerfileError {
+                file: name.to_string(),
+                loc,
+                message: format!(
+                    "the Dockerfile has more than {MAX_INSTRUCTIONS} instructions; this is the first one past the limit"
+                ),
+                hint: Some(
+                    "split the build, or merge instructions (one ENV or LABEL sets many values)"
+                        .into(),
+                ),
+                changed_during_build: false,
+            });
+        }
+        stages.push(stage);
     }
     Ok(Dockerfile {
         name: name.to_string(),

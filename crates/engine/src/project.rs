@@ -29,6 +29,11 @@ pub struct ProjectKey {
     pub dockerfile: PathBuf,
     pub target: String,
     pub build_args: BTreeMap<String, String>,
+    /// The user whose rights the project's context is read with (`None`:
+    /// root's). Users' projects are apart: one user's clean result or dirty
+    /// re-plan never answers for another's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_as: Option<memobuild_proto::Reader>,
 }
 
 /// `path` without `.` and `..` components (lexically, as Go's filepath.Clean:
@@ -74,6 +79,7 @@ impl ProjectKey {
             dockerfile,
             target: request.target.clone(),
             build_args: request.build_args.clone(),
+            read_as: request.read_as.clone(),
         }
     }
 
@@ -85,6 +91,10 @@ impl ProjectKey {
             .str(&self.target);
         for (name, value) in &self.build_args {
             k.str(name).str(value);
+        }
+        // Root's projects keep the ids they always had.
+        if let Some(reader) = &self.read_as {
+            k.str("read-as").str(&reader.uid.to_string());
         }
         k.finish()[..12].to_string()
     }
@@ -727,6 +737,7 @@ pub fn request_of(key: &ProjectKey) -> BuildRequest {
         dockerfile: key.dockerfile.display().to_string(),
         target: key.target.clone(),
         build_args: key.build_args.clone(),
+        read_as: key.read_as.clone(),
         ..BuildRequest::default()
     }
 }
@@ -886,7 +897,7 @@ pub fn why_differs(
             new.line, old.instruction, new.instruction
         ));
     }
-    for (name, value) in &new.inputs.args {
+    for (name, value) in new.inputs.args.iter() {
         match old.inputs.args.get(name) {
             Some(v) if v == value => {}
             Some(v) => why.push(format!("build arg {name} changed: {v:?} -> {value:?}")),

@@ -314,7 +314,11 @@ async fn base_images(
         display.to_string(),
     );
     tokio::task::spawn_blocking(move || {
-        let text = memobuild_dockerfile::read_file(&path).ok()?;
+        let reader = crate::exec::reader_of(&request);
+        let text = memobuild_rootpath::creds::reading_as(reader, || {
+            memobuild_dockerfile::read_file(&path)
+        })
+        .ok()?;
         let df = dockerfile::parse(&text, &display).ok()?;
         // --build-context NAME=docker-image://REF: REF is what is pulled.
         let aliases = crate::contexts::image_aliases(&request).ok()?;

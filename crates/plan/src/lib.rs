@@ -225,8 +225,8 @@ pub const ABSENT: &str = "-";
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StepInputs {
     pub parent_key: String,
-    /// ARGs in scope.
-    pub args: BTreeMap<String, String>,
+    /// ARGs in scope (shared by the steps between two ARG changes).
+    pub args: Arc<BTreeMap<String, String>>,
     /// Context path -> BLAKE3 hex (files), `dir`, or `symlink:TARGET`; for
     /// `COPY --from`, `stage:NAME` -> that stage's key.
     pub files: BTreeMap<String, String>,
@@ -389,6 +389,7 @@ pub struct UrlFile {
 
 /// Plans the build of `input.target` (or the last stage).
 pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
+    let started = std::time::Instant::now();
     let df = input.dockerfile;
     let target = find_target(df, input.target)?;
     let global = global_args(df, input.build_args, target)?;
@@ -457,6 +458,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
                 global: &global,
                 planned: &planned,
                 implicit: &implicit,
+                started,
             },
             &mut plan,
             &mut used_args,

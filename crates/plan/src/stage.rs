@@ -39,6 +39,50 @@ pub(super) struct StageInput<'a, 'b> {
     /// Normalised image name -> position in `plan.stages` of the stage that
     /// stands for an image named by `--from` (see [`super::implicit_stage`]).
     pub implicit: &'a BTreeMap<String, usize>,
+    /// When planning began (see [`MAX_PLAN_TIME`]).
+    pub started: std::time::Instant,
+}
+
+/// Bounds on what one stage may accumulate, so a hostile Dockerfile costs
+/// little memory and time to plan (each step's key covers the whole image
+/// config and the ARGs in scope). BuildKit has none of these limits; real
+/// Dockerfiles stay far below them.
+pub const MAX_ARGS: usize = 1000;
+/// ENV entries of a stage's image config.
+pub const MAX_ENV: usize = 1000;
+/// LABELs of a stage's image config.
+pub const MAX_LABELS: usize = 1000;
+/// The image config of a stage as JSON (ENV, LABEL, EXPOSE, VOLUME, ... all count).
+pub const MAX_CONFIG_BYTES: usize = 256 << 10;
+/// Longest WORKDIR and COPY/ADD destination (Linux's PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest a plan may take; past it the build fails (the daemon keeps serving).
+pub const MAX_PLAN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The limit `state` passes after an instruction, if any, as an error message.
+fn over_limit(state: &State<'_>, config_json: &str) -> Option<String> {
+    let config = &state.config.config;
+    let env = config.env.as_ref().map_or(0, Vec::len);
+    let labels = config.labels.as_ref().map_or(0, BTreeMap::len);
+    let workdir = config.working_dir.as_ref().map_or(0, String::len);
+    if state.args.len() > MAX_ARGS {
+        Some(format!("more than {MAX_ARGS} ARGs in scope in one stage"))
+    } else if env > MAX_ENV {
+        Some(format!("more than {MAX_ENV} ENV variables in one stage"))
+    } else if labels > MAX_LABELS {
+        Some(format!("more than {MAX_LABELS} LABELs in one stage"))
+    } else if workdir > MAX_PATH_BYTES {
+        Some(format!(
+            "the WORKDIR is {workdir} bytes long; paths have at most {MAX_PATH_BYTES}"
+        ))
+    } else if config_json.len() > MAX_CONFIG_BYTES {
+        Some(format!(
+            "the image config grows to {} bytes here; at most {MAX_CONFIG_BYTES} bytes are allowed",
+            config_json.len()
+        ))
+    } else {
+        None
+    }
 }
 
 pub(super) fn expand_error(df: &Dockerfile, loc: Loc, e: ExpandError) -> DockerfileError {
@@ -464,20 +508,40 @@ pub(super) fn plan_stage(
         contents: Vec::new(),
     };
     let mut steps = Vec::new();
+    let mut shared_args: Option<Arc<BTreeMap<String, String>>> = None;
     for ins in &si.stage.instructions {
         state.files.clear();
         state.partial = false;
         state.contents.clear();
+        if si.started.elapsed() > MAX_PLAN_TIME {
+            return Err(err(
+                df,
+                ins.loc,
+                format!(
+                    "planning the build took more than {} s; stopped here",
+                    MAX_PLAN_TIME.as_secs()
+                ),
+            ));
+        }
         let (op, extra_key) = apply(si, &mut state, ins, plan, &mut deps, used_args)?;
-        let own_key = own_key(&state, ins, &extra_key);
+        let config_json = serde_json::to_string(&state.config).unwrap_or_default();
+        if let Some(message) = over_limit(&state, &config_json) {
+            return Err(err(df, ins.loc, message));
+        }
+        let own_key = own_key(&state, &config_json, ins, &extra_key);
         let digests: Vec<String> = state.contents.iter().map(|(_, d, _)| d.clone()).collect();
         let key = super::key::step_key(&state.parent_key, &own_key, &digests);
         let pending = state.parent_pending || state.contents.iter().any(|(_, _, p)| *p);
         state.parent_pending = pending;
         let contents = state.contents.drain(..).map(|(c, _, _)| c).collect();
+        // Steps share one copy of the ARGs in scope until an ARG changes them
+        // (a copy per step made ARG lines cost memory quadratically).
+        if shared_args.as_deref() != Some(&state.args) {
+            shared_args = Some(Arc::new(state.args.clone()));
+        }
         let inputs = super::StepInputs {
             parent_key: std::mem::replace(&mut state.parent_key, key.clone()),
-            args: state.args.clone(),
+            args: shared_args.clone().unwrap_or_default(),
             files: std::mem::take(&mut state.files),
             partial: state.partial,
         };
@@ -543,10 +607,15 @@ pub(super) fn onbuild_triggers(
 /// The step's own key: the instruction's effect (as the resulting config plus
 /// the op's own canonical inputs) and the ARGs in scope; the step's key adds
 /// the parent key and stage content digests (`key::step_key`).
-fn own_key(state: &State<'_>, ins: &Located<Instruction>, extra: &KeyHasher) -> String {
+fn own_key(
+    state: &State<'_>,
+    config_json: &str,
+    ins: &Located<Instruction>,
+    extra: &KeyHasher,
+) -> String {
     let mut k = KeyHasher::new("own");
     k.str(ins.value.keyword());
-    k.str(&serde_json::to_string(&state.config).unwrap_or_default());
+    k.str(config_json);
     k.u64(state.args.len() as u64);
     for (name, value) in &state.args {
         k.str(name).str(value);
@@ -747,6 +816,16 @@ fn copy_op(
     let df = st.df;
     let keyword = if add { "ADD" } else { "COPY" };
     let raw_dest = st.expand(&spec.dest.value, spec.dest.loc)?;
+    if raw_dest.len() > MAX_PATH_BYTES {
+        return Err(err(
+            df,
+            spec.dest.loc,
+            format!(
+                "the destination is {} bytes long; paths have at most {MAX_PATH_BYTES}",
+                raw_dest.len()
+            ),
+        ));
+    }
     let dest_is_dir =
         raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/.") || raw_dest == "..";
     let mut dest = absolute_clean(&st.workdir(), &raw_dest);

@@ -373,6 +373,21 @@ pub struct BuildRequest {
     /// --from` and `RUN --mount=from=` get for NAME.
     #[serde(default)]
     pub build_contexts: BTreeMap<String, String>,
+    /// Whose rights the daemon reads the context, Dockerfile and ignore files
+    /// with. Set by the daemon from the connection's peer credentials
+    /// (SO_PEERCRED) for every request, whatever a client sends; `None` for
+    /// root and the daemon's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_as: Option<Reader>,
+}
+
+/// A user's filesystem identity (see [`BuildRequest::read_as`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Reader {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups, from the group database (getgrouplist).
+    pub groups: Vec<u32>,
 }
 
 /// `--ulimit` names Docker takes, with the rlimit each sets.

@@ -76,6 +76,7 @@ pub fn remove_below<V>(map: &mut std::collections::BTreeMap<String, V>, dir: &st
     doomed
 }
 
+pub mod creds;
 pub mod safefs;
 
 #[cfg(test)]

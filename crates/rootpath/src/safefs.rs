@@ -67,7 +67,19 @@ fn kind_name(kind: FileType) -> &'static str {
 /// Opens `path` for reading if it is a regular file; never opens anything else
 /// (opening a FIFO blocks, opening some devices has effects). With `follow`
 /// false, a symlink as the last component is refused too.
+///
+/// With a reader set on this thread ([`crate::creds::reading_as`]), the file is
+/// opened with that user's rights: a file they may not read is refused
+/// ("Permission denied"), whatever the daemon's own rights.
 pub fn open_regular(path: &Path, follow: bool) -> Result<(File, u64), ReadError> {
+    if crate::creds::current().is_some() {
+        return crate::creds::as_reader(|| open_regular_as_reader(path, follow)).map_err(
+            |source| ReadError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
     let io_err = |source: rustix::io::Errno| ReadError::Io {
         path: path.to_path_buf(),
         source: source.into(),
@@ -92,6 +104,52 @@ pub fn open_regular(path: &Path, follow: bool) -> Result<(File, u64), ReadError>
         Mode::empty(),
     )
     .map_err(io_err)?;
+    Ok((File::from(fd), stat.st_size.max(0) as u64))
+}
+
+/// [`open_regular`] with a user's credentials in effect on this thread. The
+/// reopen through `/proc/self/fd` is not open to a user (the daemon's /proc
+/// entries are root's), so the path is opened again, non-blocking (a FIFO
+/// swapped in returns at once), and must be the very inode checked.
+fn open_regular_as_reader(path: &Path, follow: bool) -> Result<(File, u64), ReadError> {
+    let io_err = |source: rustix::io::Errno| ReadError::Io {
+        path: path.to_path_buf(),
+        source: source.into(),
+    };
+    let nofollow = if follow {
+        OFlags::empty()
+    } else {
+        OFlags::NOFOLLOW
+    };
+    let handle = rfs::open(
+        path,
+        OFlags::PATH | OFlags::CLOEXEC | nofollow,
+        Mode::empty(),
+    )
+    .map_err(io_err)?;
+    let stat = rfs::fstat(&handle).map_err(io_err)?;
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind != FileType::RegularFile {
+        return Err(ReadError::NotRegular {
+            path: path.to_path_buf(),
+            kind: kind_name(kind),
+        });
+    }
+    let fd = rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK | nofollow,
+        Mode::empty(),
+    )
+    .map_err(io_err)?;
+    let again = rfs::fstat(&fd).map_err(io_err)?;
+    if (again.st_dev, again.st_ino) != (stat.st_dev, stat.st_ino) {
+        return Err(ReadError::Io {
+            path: path.to_path_buf(),
+            source: io::Error::other("it was replaced while being opened"),
+        });
+    }
+    // Regular files ignore O_NONBLOCK; cleared anyway for plain reads.
+    rfs::fcntl_setfl(&fd, OFlags::empty()).map_err(io_err)?;
     Ok((File::from(fd), stat.st_size.max(0) as u64))
 }
 

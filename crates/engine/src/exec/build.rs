@@ -3,6 +3,7 @@
 
 use super::copy;
 use super::fsview::FsView;
+use super::reader_of;
 use super::{BuildLog, Engine};
 use crate::project::{BuildSummary, ProjectKey};
 use crate::registry_hooks::BuildRegistry;
@@ -14,12 +15,49 @@ use memobuild_oci::image::StoredImage;
 use memobuild_oci::{ChangeSet, OciError};
 use memobuild_plan::{self as graph, Base, Op, Plan, Step};
 use memobuild_proto::{BuildEvent, BuildId, BuildRequest, ErrorKind, RpcError, StepInfo};
+use memobuild_rootpath::creds::{reading_as, Creds};
 use memobuild_store::{ImageRecord, LayerRecord, Lookup, StepRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
+
+/// The context directory opened with the requesting user's rights: a user
+/// may build only a directory they may list, and the daemon does not even
+/// start watching one they may not.
+fn check_context_dir(request: &BuildRequest) -> Result<(), RpcError> {
+    let Some(reader) = reader_of(request) else {
+        return Ok(());
+    };
+    let context = Path::new(&request.context);
+    let uid = reader.uid;
+    let opened = reading_as(Some(reader), || {
+        memobuild_rootpath::creds::as_reader(|| {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                .open(context)
+        })
+    })
+    .map_err(|e| RpcError::new(e.to_string()))?;
+    match opened {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(RpcError::of(
+            ErrorKind::PermissionDenied,
+            format!(
+                "build context {}: permission denied: uid {uid} may not list it, and memobuildd reads build contexts with the rights of the user who asks",
+                context.display()
+            ),
+        )
+        .hint("build a directory you can read, or ask its owner for read access")),
+        Err(e) => Err(RpcError::with_hint(
+            format!("build context {}: {e}", context.display()),
+            "pass the directory to build, e.g. `memobuild-ctl build .`",
+        )),
+    }
+}
 
 /// Builds whose context changes under them start over this many times at most.
 const MAX_ATTEMPTS: u32 = 5;
@@ -50,6 +88,28 @@ impl graph::StageContents for StoreContents<'_> {
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(e.to_string())
+}
+
+fn access_error(e: memobuild_context::access::AccessError) -> RpcError {
+    use memobuild_context::access::AccessError;
+    let kind = match &e {
+        AccessError::Denied { .. } => ErrorKind::PermissionDenied,
+        AccessError::Changed { .. } => ErrorKind::ContextChanged,
+        AccessError::Io { .. } | AccessError::Switch(_) => ErrorKind::Internal,
+    };
+    let hint = match &e {
+        AccessError::Denied { .. } => Some(
+            "add it to .dockerignore if the build does not need it, or ask its owner for read access"
+                .to_string(),
+        ),
+        _ => None,
+    };
+    RpcError {
+        kind,
+        message: e.to_string(),
+        hint,
+        location: None,
+    }
 }
 
 fn dockerfile_error(e: DockerfileError) -> RpcError {
@@ -83,6 +143,10 @@ pub async fn run(
 ) -> Result<Done, RpcError> {
     let started = Instant::now();
     let context = Path::new(&request.context);
+    {
+        let request = request.clone();
+        blocking(move || check_context_dir(&request)).await?;
+    }
     if !context.is_dir() {
         return Err(RpcError::with_hint(
             format!("build context {} is not a directory", context.display()),
@@ -508,6 +572,20 @@ pub fn make_plan(
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<Plan, RpcError> {
+    // Every read of planning (Dockerfile, ignore file, context files hashed)
+    // with the requesting user's rights; and everything the build may use
+    // must be readable by them (see memobuild_context::access).
+    reading_as(reader_of(request), || {
+        plan_as_reader(engine, request, tree, focus)
+    })
+}
+
+fn plan_as_reader(
+    engine: &Engine,
+    request: &BuildRequest,
+    tree: &Tree,
+    focus: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
     let text = match &request.dockerfile_text {
@@ -529,6 +607,7 @@ pub fn make_plan(
     };
     let ignore = read_ignore(request, &df_path)?;
     let index = ContextIndex::view(tree, context, ignore);
+    memobuild_context::access::check_readable(&index).map_err(access_error)?;
     graph::plan(&graph::PlanInput {
         dockerfile: &df,
         target: &request.target,
@@ -873,7 +952,8 @@ async fn run_stage(
                         })?
                     }
                     _ => {
-                        let exec = execute(engine, plan, step, &state, inputs, epoch);
+                        let reader = reader_of(&run.request);
+                        let exec = execute(engine, plan, step, &state, inputs, epoch, reader);
                         tracing::Instrument::instrument(exec, span.clone())
                             .await
                             .inspect_err(|e| note_failed(log, step_index, e))?
@@ -1054,6 +1134,7 @@ async fn execute(
     parent: &StageResult,
     inputs: &BTreeMap<usize, StageResult>,
     epoch: Option<i64>,
+    reader: Option<Arc<Creds>>,
 ) -> Result<StepRecord, RpcError> {
     let now = memobuild_store::now_secs();
     if matches!(step.op, Op::Meta) {
@@ -1085,7 +1166,8 @@ async fn execute(
             step.clone(),
             parent_layers.clone(),
         );
-        blocking(move || step_changes(&engine, &plan, &step, &parent_layers, source_layers)).await?
+        blocking(move || step_changes(&engine, &plan, &step, &parent_layers, source_layers, reader))
+            .await?
     };
     if changes.is_empty() {
         return Ok(StepRecord {
@@ -1168,6 +1250,7 @@ fn step_changes(
     step: &Step,
     parent_layers: &[memobuild_store::LayerRecord],
     source_layers: Option<Vec<memobuild_store::LayerRecord>>,
+    reader: Option<Arc<Creds>>,
 ) -> Result<(ChangeSet, tempfile::TempDir), RpcError> {
     let store = &engine.store;
     let view = FsView::load(store, &engine.layers, parent_layers)
@@ -1183,7 +1266,14 @@ fn step_changes(
                 ),
                 None => None,
             };
-            copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+            // COPY and ADD open context files (ADD's archives) with the
+            // requesting user's rights. The layer and the snapshot are written
+            // with the daemon's (its staging files are its own): context files
+            // go in as `Content::Checked`, holding exactly the bytes whose
+            // digests, computed and checked as the user, made the key.
+            reading_as(reader, || {
+                copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+            })
         }
         Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
     }

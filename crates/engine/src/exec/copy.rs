@@ -715,10 +715,39 @@ fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, 
     })
 }
 
-/// ADD of a local archive: its entries land under `dest` with their own modes and
-/// owners; paths are cleaned so no entry can land outside `dest`.
+/// The target of the symlink at `rel` (below `dest`), made by this archive
+/// (`changes`) or already in the image (`view`).
+fn link_below(b: &Builder<'_>, dest: &str, rel: &str) -> Option<String> {
+    let full = join(dest, rel);
+    match b.changes.entries.get(&full) {
+        Some(entry) => match &entry.kind {
+            EntryKind::Symlink(target) => Some(target.clone()),
+            _ => None,
+        },
+        None => match b.view.get(&full).map(|e| &e.kind) {
+            Some(ViewKind::Symlink(target)) => Some(target.clone()),
+            _ => None,
+        },
+    }
+}
+
+/// `rel` (a cleaned archive path) with its parent resolved through the
+/// symlinks below `dest`, `dest` standing in for `/` (as BuildKit's unpack,
+/// chrooted into the destination): `esc -> /host` then `esc/f` gives `host/f`,
+/// so no entry lies below a symlink and none can leave `dest`.
+fn resolve_in_dest(b: &Builder<'_>, dest: &str, rel: &str) -> Option<String> {
+    match rel.rsplit_once('/') {
+        None => Some(rel.to_string()),
+        Some((parent, name)) => {
+            let parent = memobuild_rootpath::resolve(parent, |p| link_below(b, dest, p))?;
+            Some(join(&parent, name))
+        }
+    }
+}
+
 /// `path` with its parent directory resolved through the view's symlinks
-/// (the last component is the entry itself, never followed).
+/// (the last component is the entry itself, never followed): where the
+/// stage's own symlinks above the destination lead (`/var/run -> /run`).
 fn through_symlinks(view: &FsView, path: &str) -> String {
     match path.rsplit_once('/') {
         Some((parent, name)) => join(
@@ -729,6 +758,13 @@ fn through_symlinks(view: &FsView, path: &str) -> String {
     }
 }
 
+/// ADD of a local archive: its entries land under `dest` with their own modes and
+/// owners. Entry names are cleaned (`../` and a leading `/` cannot leave
+/// `dest`), parents are resolved through the archive's own symlinks inside
+/// `dest` ([`resolve_in_dest`]); a hard link to anything but a file already
+/// extracted (or already in the image below `dest`) is refused, as BuildKit's
+/// unpack refuses it. Symlinks are kept as they are (BuildKit keeps
+/// `x -> ../tmp/y` too): what lands below them is resolved inside `dest`.
 fn extract_archive(
     b: &mut Builder<'_>,
     path: &Path,
@@ -740,7 +776,16 @@ fn extract_archive(
     let name = path.display().to_string();
     for (i, entry) in archive.entries().map_err(io_err(&name))?.enumerate() {
         let mut entry = entry.map_err(io_err(&name))?;
-        let rel = clean_entry_path(&String::from_utf8_lossy(&entry.path_bytes()));
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let rel = clean_entry_path(&raw);
+        if rel.is_empty() {
+            continue;
+        }
+        let rel = resolve_in_dest(b, dest, &rel).ok_or_else(|| {
+            CopyError::Source(format!(
+                "{name}: archive entry {raw:?}: too many levels of symbolic links"
+            ))
+        })?;
         if rel.is_empty() {
             continue;
         }
@@ -755,10 +800,28 @@ fn extract_archive(
         let kind = match header.entry_type() {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink(link),
-            tar::EntryType::Link => EntryKind::Hardlink(through_symlinks(
-                b.view,
-                &join(dest, &clean_entry_path(&link)),
-            )),
+            tar::EntryType::Link => {
+                let target = resolve_in_dest(b, dest, &clean_entry_path(&link))
+                    .map(|t| join(dest, &t))
+                    .filter(|t| {
+                        let file = |k: &EntryKind| {
+                            matches!(k, EntryKind::File(_) | EntryKind::Hardlink(_))
+                        };
+                        match b.changes.entries.get(t) {
+                            Some(e) => file(&e.kind),
+                            None => matches!(
+                                b.view.get(t).map(|e| &e.kind),
+                                Some(ViewKind::File | ViewKind::Hardlink(_))
+                            ),
+                        }
+                    })
+                    .ok_or_else(|| {
+                        CopyError::Source(format!(
+                            "{name}: invalid hard link {raw:?} -> {link:?}: no such file earlier in the archive or under the ADD destination"
+                        ))
+                    })?;
+                EntryKind::Hardlink(target)
+            }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let file = staging.join(format!("add-{}-{i}", b.changes.entries.len()));
                 let mut out = std::fs::File::create(&file).map_err(io_err(&name))?;

@@ -29,6 +29,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Whose rights a build reads its context with (`None`: the daemon's own).
+pub(crate) fn reader_of(request: &BuildRequest) -> Option<Arc<memobuild_rootpath::creds::Creds>> {
+    request.read_as.as_ref().map(|r| {
+        Arc::new(memobuild_rootpath::creds::Creds {
+            uid: r.uid,
+            gid: r.gid,
+            groups: r.groups.clone(),
+        })
+    })
+}
+
 /// How long an `events` call waits for something new before returning empty.
 const LONG_POLL: Duration = Duration::from_secs(3);
 

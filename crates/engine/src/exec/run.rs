@@ -57,6 +57,8 @@ pub struct RunContext<'a> {
     pub no_cache: bool,
 }
 
+use memobuild_rootpath::creds::{as_reader, reading_as};
+
 fn err(message: impl Into<String>) -> RpcError {
     RpcError::new(message.into())
 }
@@ -706,9 +708,13 @@ async fn bind_source(
 ) -> Result<(PathBuf, Option<tempfile::TempDir>), RpcError> {
     match from {
         None => {
+            // A user other than root gets a copy made with their rights: the
+            // step (root in its container) must not see through a live bind
+            // what they may not read.
+            let reader = super::reader_of(cx.request);
             let path = cx.context_root.join(source);
-            let real = path
-                .canonicalize()
+            let real = reading_as(reader.clone(), || as_reader(|| path.canonicalize()))
+                .map_err(|e| err(e.to_string()))?
                 .map_err(|e| err(format!("bind mount source {source:?}: {e}")))?;
             if !real.starts_with(cx.context_root) {
                 return Err(RpcError::with_hint(
@@ -716,12 +722,15 @@ async fn bind_source(
                     "bind mounts read the build context only",
                 ));
             }
-            if !readwrite {
+            if !readwrite && reader.is_none() {
                 return Ok((real, None));
             }
             let temp = temp_in(cx)?;
             let copy = temp.path().join("src");
-            copy_tree(&real, &copy)
+            let (from, to) = (real.clone(), copy.clone());
+            tokio::task::spawn_blocking(move || reading_as(reader, || copy_tree(&from, &to)))
+                .await
+                .map_err(|e| err(format!("internal error: {e}")))?
                 .map_err(|e| err(format!("copying bind mount source {source:?}: {e}")))?;
             Ok((copy, Some(temp)))
         }
@@ -832,18 +841,25 @@ fn materialize(
 /// own new path; `from` is the user's: nothing in it is followed (symlinks are
 /// copied as links) and only regular files are opened, so a FIFO or device
 /// (which the context's index skips too) is left out instead of blocking.
+///
+/// With a reader set on the thread, `from` is looked up, listed and opened
+/// with that user's rights (writes below `to` stay the daemon's).
 fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(from)?;
+    let meta = as_reader(|| std::fs::symlink_metadata(from))??;
     if meta.is_dir() {
         std::fs::create_dir(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        let names = as_reader(|| {
+            std::fs::read_dir(from)?
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<std::io::Result<Vec<_>>>()
+        })??;
+        for name in names {
+            copy_tree(&from.join(&name), &to.join(&name))?;
         }
         std::fs::set_permissions(to, meta.permissions())
     } else if meta.file_type().is_symlink() {
-        std::os::unix::fs::symlink(std::fs::read_link(from)?, to)
+        std::os::unix::fs::symlink(as_reader(|| std::fs::read_link(from))??, to)
     } else if meta.is_file() {
         let (mut src, _) = match memobuild_rootpath::safefs::open_regular(from, false) {
             Ok(f) => f,

@@ -1,0 +1,1 @@
+FROM scratchEXPOSE 80/tcp 443VOLUME ["/data"]USER 1000:1000STOPSIG

@@ -1,0 +1,7 @@
+# escape=`
+FROM scratch
+ENV A=a`
+    B=b
+COPY Dockerfile /x
+SHELL []
+VOLUME ["/v"

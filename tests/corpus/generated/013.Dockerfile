@@ -1,0 +1,5 @@
+FROM scratch
+ADD --chown=1:2 Dockerfile /a/
+LABEL a=1 \
+      b=2
+CMD [1, 2]

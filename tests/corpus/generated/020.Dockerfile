@@ -1,0 +1,6 @@
+ARG BASE=scratch
+FROM ${BASE}
+ARG A B=2
+ENV P=/p
+COPY --chmod=0644 Dockerfile .
+WORKDIR $P

@@ -1,0 +1,5 @@
+FROM scratch
+COFRUN /greeting
+hello ${NAME:-world}
+EOF
+SHELL []

@@ -1,0 +1,4 @@
+FROM scraRUNtch
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF

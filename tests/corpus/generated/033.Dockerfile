@@ -1,0 +1,5 @@
+COPYFROM scratch AS base
+ARG N
+FROM base AS next
+ENV M=${N:+set}
+COPY --link Dockerfile /

@@ -1,0 +1,4 @@
+FROM scratch
+COPY Dockerfile /d
+VOLUME ["/v"
+ADD --platform Dockerfile /x

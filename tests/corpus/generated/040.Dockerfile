@@ -1,0 +1,6 @@
+
+# escape=`
+FROM scratch
+COPY Dockerfile
+ /d
+

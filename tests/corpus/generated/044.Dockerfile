@@ -1,0 +1,8 @@
+FROM sch AS a
+ARG V=1
+ENV X=$V Y=${V:-2}
+LABEL k="v w"
+WORKDIR /w/$V
+COPY Dockerfile ./
+FROM scratch AS x
+COPY --from=x / /

@@ -1,0 +1,5 @@
+FROM scratch
+WORKDIR /a
+WORKDIR b
+WORKDIR ../c
+COPY ["Dockerfile", "/q/"] \

@@ -1,0 +1,5 @@
+WORKDIR ../c
+WORKDIR /a
+WORKDIR b
+FROM scratch
+CMD [1, 2]

@@ -1,0 +1,9 @@
+ARG BASE=scratch
+FROM ${BASE}
+ARG A B=2
+ENV P=/p
+WORKDIR $P
+COPY --chmod=0644 Dockerfile .
+SHELL []
+COPY <<EOF /x
+no end

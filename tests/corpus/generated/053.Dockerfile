@@ -1,0 +1,4 @@
+COPY --chmod=x Dockerfile /x
+ENTRYPOINT ["/bin/app", "--flag"]
+CMD run
+SHEL

@@ -1,0 +1,2 @@
+FROM scratch
+ADD --chown=1:2 Dockerfile /a/

@@ -1,0 +1,5 @@
+FROM scratch
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF
+ENV Z=${A:-${A:-${A:-x}}

@@ -1,0 +1,5 @@
+
+ADD --chown=1:2 Dockerfile /a/
+LABEL a=1 \
+      b=2
+FROM scratch

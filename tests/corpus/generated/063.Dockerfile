@@ -1,0 +1,10 @@
+ARG BASE=scratch
+FROM ${BASE}
+ARG A B=2
+ENV P=/p
+WORKDIR $P
+COPY --chmod=0644 Dockerfile .
+FROM scratch AS UPPER
+COPY --from=upper / /
+FROM missing-stage-zz AS z
+COPY --from=nowhere /a /b

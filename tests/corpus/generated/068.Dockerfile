@@ -1,0 +1,3 @@
+COPY Dockerfile /d
+FROch
+SHELL []

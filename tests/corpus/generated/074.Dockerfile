@@ -1,0 +1,7 @@
+FROM scratch
+WORKDIR /a
+
+WIR ../c
+COPY ["Dockerfile", "/q/"]\
+WORKDIR b
+

@@ -1,0 +1,4 @@
+FROM scratch
+ENTRYPOINT ["/bin/app", "--flag"]
+CMD run
+SHELL ["/bin/sh", "-c"]

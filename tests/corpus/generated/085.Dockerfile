@@ -1,0 +1,7 @@
+FROM scratch AS base
+ARG N
+FROM base AS next
+ENV M=${N:+set}
+COPY --link Dockerfile /
+RUN <<EOF
+ADD --keep-git-dir=${X Dockerfile /x

@@ -1,0 +1,6 @@
+FROM scratch
+ADD --chown=1:2 Dockerfile /a/
+LABEL a=1 \
+      b=2
+FROM scratch AS a
+FROM a AS a

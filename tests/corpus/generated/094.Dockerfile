@@ -1,0 +1,3 @@
+FRO scratch
+COPY Dockerfile' /d
+RUN <<EOF

@@ -1,0 +1,8 @@
+FROM scratch
+VOLUME ",
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF
+FROM scratch AS UPPER
+COPY --from=upper / /
+ENV Z=${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-x}}}}}}}}}}}}}}}}}}}}}}}}}}}}}

@@ -1,0 +1,3 @@
+FROM scratch AS baseARG NFROM base AS nextENV M=${N:+set}COPY --link Dockerfile /COPY <<EOF <<EOF2 /x
+EOF
+

@@ -1,0 +1,4 @@
+FROM scratch
+COPY Docrfile /d
+COP <<EOF <<EOF2 /x
+EOF

@@ -1,0 +1,5 @@
+ENTRYPOINT ["/bin/app", "--flag"]
+FROM scratch
+CMD run
+SHELL ["/bin/sh", "-c"]
+

@@ -1,0 +1,6 @@
+FROM scratch
+ENTRYPOINT ["/bin/app", "--flag"]
+CMD run
+SHELL ["/bin/sh", "-c{"]\\
+
+

@@ -1,0 +1,5 @@
+FROM scratch
+COPY greeting
+hello ${NAME:-world}
+EOF
+

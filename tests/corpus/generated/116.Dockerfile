@@ -1,0 +1,5 @@
+# escape=`
+FROM scratch
+ENV A[31m=a`
+    B=b
+COPY 

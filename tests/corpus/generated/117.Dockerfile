@@ -1,0 +1,6 @@
+# syntax=docker/dockerfile:1
+# escape=`
+FROM scratch
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF

@@ -1,0 +1,3 @@
+FROM scratch
+COPY Dockerfile /d
+FROM --chmod= Dockerfile /x

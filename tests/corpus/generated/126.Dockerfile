@@ -1,0 +1,5 @@
+FROM scrat${A//x/ch
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF
+ENTRYPOINT

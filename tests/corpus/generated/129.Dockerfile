@@ -1,0 +1,135 @@
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /
+FROM scratchHEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]ONBUILD COPY . /

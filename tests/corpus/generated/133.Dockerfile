@@ -1,0 +1,2 @@
+FROM scEALTHCHECK --interval=5s --timeout=3s CMD ["/check"]
+ONBUILD COPY . /

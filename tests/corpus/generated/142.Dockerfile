@@ -1,0 +1,6 @@
+# escape=
+ARG BASE=scratch
+FROM ${BASE}
+ARG A BMAINTAINER=2
+ENV P=/p
+WOR

@@ -1,0 +1,6 @@
+# escapOM scratch
+EXPOSE 80/tcp 443
+VOLUME ["/data"]
+USER 1000:1000
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["a",]

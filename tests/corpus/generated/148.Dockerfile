@@ -1,0 +1,6 @@
+FROM scratch
+WORKDIR /a
+STOPSIGNAL 
+WORKDIR b
+WORKDIR ../c
+COPY ["Dockerfile", "/q/"]

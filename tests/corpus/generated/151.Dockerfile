@@ -1,0 +1,5 @@
+ENV A=a`
+FROM scratch
+# escape=`
+    B=b
+COPY Dockerfile /x

@@ -1,0 +1,4 @@
+FROM scratch
+COPY Dockerfile /d
+COPY <<EOF /x
+no end

@@ -1,0 +1,38 @@
+FROM scratch
+ENTRYPOINT ["/bin/app", "--flag"]
+CMD run
+SHELL ["/bin/sh", "-c"]
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+FROM missing-stage-zz AS z
+COPY --from=nowhere /a /b

@@ -1,0 +1,4 @@
+FROM scratch
+COPY <<EOF ENTRYPOINT ["a",]
+
+ADD =`--link=maybe${A%%${A#

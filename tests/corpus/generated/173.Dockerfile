@@ -1,0 +1,2 @@
+# escape=`FROM scratchENV A=a`    B=bCOPY Dockerfile /x `
+VOLUME FROM

@@ -1,0 +1,5 @@
+FROM scratch AS base
+ENV M=${N:+set}
+FROM base AS next
+ARG N
+COPY --link Dockerfile /

@@ -1,0 +1,7 @@
+FROM scratch
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF
+COPY ["Dockerfile" "/x"]
+COPY <<EOF <<EOF2 /x
+EOF

@@ -1,0 +1,6 @@
+ARG BASE=scratch
+FROM ${BASE}
+ARG A B=2
+ENV P=/p
+WORKDIR $P
+COPY --c//////////////////////////////////////////////////hmod=0644 Dockerfile .

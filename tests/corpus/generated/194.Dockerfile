@@ -1,0 +1,4 @@
+FROM scratch
+COPY <<EOF /greeting
+hello ${NAME:-world}
+EOF \

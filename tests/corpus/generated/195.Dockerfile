@@ -1,0 +1,7 @@
+
+# escape=`
+FROM scratch
+ENTRYPOINT ["/bin/app", "--flag"]
+CMD run
+SHELL ["/bin/sh", "-c"]
+VOLUME ["/v" `

@@ -1,0 +1,4 @@
+FROM scratch
+COPY Dockerfil<<EOFe /d\
+
+

@@ -1,0 +1,6 @@
+FROM scratch
+WORKDIR /a
+WORKDIR b
+WORKDIR ../c
+COPY ["Dockerfile", "/q/"]
+ADD --bogus=a=b Dockerfile /x

@@ -1,0 +1,3 @@
+FROM scratch
+HEALTHCHECK --interval=5s --timeout=3s CMD ["/che
+ONBUILD COPY . /

@@ -1,0 +1,8 @@
+ARG BASE=scratch
+FROM ${BASE}
+ARG A B=2
+ENV P=/p
+WORKDIR $P
+COPY --chmod=0644 Dockerfile .
+COPY <<EOF /x
+no end

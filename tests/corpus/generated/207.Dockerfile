@@ -1,0 +1,5 @@
+FROM scratch AS base
+ARG N
+FROM base AS next
+ENV M=${N:+set}
+COPY --link 

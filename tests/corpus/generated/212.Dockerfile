@@ -1,0 +1,4 @@
+FROM scratch
+WORKDIR /a
+WORKDIR b
+WORK

@@ -1,0 +1,5 @@
+FROM scratch
+COPY Dockerfile /d
+VOLUME ["/v"\
+
+

@@ -1,0 +1,8 @@
+
+# escape=`
+FROM scratch AS base
+ARG N
+FROM base AS next
+ENV M=${N:+set}
+COPY --link Dockerfile /
+ratch AS 9bad

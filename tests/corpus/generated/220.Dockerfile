@@ -1,0 +1,1 @@
+FROM scratchCOPY <<EOF /greetinghello ${NAME:-world}EOF

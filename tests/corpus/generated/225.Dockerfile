@@ -1,0 +1,3 @@
+#escape=\\
+--interval=-1sFROM scratch
+ENTRYPOINT ["/bin/ap

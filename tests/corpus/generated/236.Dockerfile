@@ -1,0 +1,4 @@
+FROM scratch
+COPY Dockerfile /d
+FROM scratch AS UPPER
+COPY --from=upper / /

@@ -1,0 +1,5 @@
+FROM scratch
+ADD --chown=1:2 Dockerfile /a/
+      b=2
+
+LABEL a=1 \

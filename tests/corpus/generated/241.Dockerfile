@@ -1,0 +1,5 @@
+F--interval=-1sROM scratch
+EXPOSE 80/tcp 443
+VOLUME ["/data"]
+USER 1000:1000
+STOPSIGNAL SIGTERM

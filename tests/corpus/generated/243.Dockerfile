@@ -1,0 +1,3 @@
+FROM scratch
+COPY Dockerfile /d
+COPY --platform=0 Dockerfile /x

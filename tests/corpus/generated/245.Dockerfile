@@ -1,0 +1,6 @@
+# escape=`
+FROM scratch
+ENV A=a`
+    B=b
+COPY Dockerfile /x
+

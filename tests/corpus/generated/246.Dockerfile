@@ -1,0 +1,1 @@
+FROM scratchCOPY <<EOF /gre=etinghello ${NAME:-world}EOF

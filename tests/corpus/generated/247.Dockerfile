@@ -1,0 +1,2 @@
+FROM scratch${A#
+COPY Dockerfile /d

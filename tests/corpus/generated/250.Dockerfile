@@ -1,0 +1,5 @@
+
+COPY <<EOF /greeting
+EOF
+hello ${NAME:-world}
+FROM scratch

@@ -1,0 +1,56 @@
+# escape=`
+FROM scratch
+ENV A=a`
+    B=b
+COPY Dockerfile /x\
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

@@ -1,0 +1,1 @@
+FROM scratch AS oneCOPY Dockerfile /oneFROM scratchCOPY --from=one /one /twoCMD ["/two"] `FROM scratch AS aFROM a AS a

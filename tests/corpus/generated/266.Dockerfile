@@ -1,0 +1,6 @@
+FROM scratch
+USER 1000:1000
+VOLUME ["/data"]
+EXPOSE 80/tcp 443
+STOPSIGNAL SIGTERM
+COPY ["Dockerfile" "/x"]

@@ -1,0 +1,2 @@
+ARG BASE=scratch
+FROM $

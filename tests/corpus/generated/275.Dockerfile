@@ -1,0 +1,4 @@
+FROM sCOPY <<EOF /greetin",g
+hello ${NAME:-world}
+EOF
+CMD [1, 2]

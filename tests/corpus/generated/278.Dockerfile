@@ -1,0 +1,3 @@
+FROM scratch
+EXPOSE 80/tcp 443
+VOLUME ["

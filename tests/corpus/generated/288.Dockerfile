@@ -1,0 +1,3 @@
+COPY Dockerfile /d
+FROM scratch
+ADD --keep-git-dir Dockerfile /x

@@ -1,0 +1,5 @@
+# escape=`
+FROM scratch
+ENV A=a`
+    Y Dockerfile /x
+CMD ["a`", "b"

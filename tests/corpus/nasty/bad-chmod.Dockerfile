@@ -1,0 +1,2 @@
+FROM scratch
+COPY --chmod=99999 Dockerfile /

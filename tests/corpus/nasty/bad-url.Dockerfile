@@ -1,0 +1,2 @@
+FROM scratch
+ADD http://[::1 /x

@@ -1,0 +1,2 @@
+FROM scratch AS s
+COPY --from=s /x /y

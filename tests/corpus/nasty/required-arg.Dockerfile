@@ -1,0 +1,1 @@
+FROM ${NOPE:?is required}

@@ -1,0 +1,2 @@
+ARG X=${X}${X}
+FROM scratch
