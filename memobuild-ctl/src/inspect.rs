@@ -2,12 +2,13 @@
 //! projects, as text for people and as JSON for editors.
 
 use crate::connect::{connect, ctx, rpc_failed};
+use memobuild_proto::paths::normalize;
 use memobuild_proto::{
     BuildRequest, ErrorKind, MemobuildClient, ProjectStatus, RpcError, StatusReport,
 };
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Which project(s) `status` and `explain` are about: a context directory or
@@ -45,23 +46,6 @@ impl Pick {
                 && self.target.iter().all(|t| p.target == *t)
         });
     }
-}
-
-/// `path` without `.` and `..` components, as the daemon names Dockerfiles.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// A directory argument is sent as its canonical path; anything else (a project id) as is.

@@ -11,10 +11,11 @@
 //! lines LSP needs; messages are built with serde_json.
 
 use crate::connect::{connect, ctx};
+use memobuild_proto::paths::normalize;
 use memobuild_proto::{FailureInfo, ProjectStatus, RpcError, StatusReport};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -390,20 +391,6 @@ fn uri_path(uri: &str) -> Option<PathBuf> {
     }
     let text = String::from_utf8(bytes).ok()?;
     Some(normalize(Path::new(&text)))
-}
-
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// `memobuild-ctl build` of project `p`, its output to nowhere: the

@@ -3,7 +3,8 @@
 //! `explain` and the `failed` event. Every field is a single line and the
 //! file is an absolute, normalized path, so editors can use them as they are.
 
-use crate::project::{first_line, normalize, StepSummary};
+use crate::project::{first_line, StepSummary};
+use memobuild_proto::paths::normalize;
 use memobuild_proto::{FailureInfo, RpcError};
 use std::path::Path;
 

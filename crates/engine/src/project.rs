@@ -7,6 +7,7 @@
 //! build summaries are also persisted (redb) so `explain` survives a restart.
 
 use memobuild_plan::{Plan, StepInputs, ABSENT};
+use memobuild_proto::paths::normalize;
 use memobuild_proto::{
     BuildRequest, Explanation, FailureInfo, LastBuild, ProjectStatus, StepExplanation, StepStatus,
 };
@@ -14,7 +15,7 @@ use memobuild_store::Store;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most changed paths `status` lists per project.
@@ -34,24 +35,6 @@ pub struct ProjectKey {
     /// re-plan never answers for another's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_as: Option<memobuild_proto::Reader>,
-}
-
-/// `path` without `.` and `..` components (lexically, as Go's filepath.Clean:
-/// `/a/b/../c` is `/a/c`), so one file has one name in keys and reports.
-pub fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other.as_os_str()),
-        }
-    }
-    out
 }
 
 /// The Dockerfile of a build without `-f`: `CONTEXT/Dockerfile`, else

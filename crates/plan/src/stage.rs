@@ -1351,22 +1351,7 @@ fn parse_mount(
                     )))
                 }
             };
-            let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
-                fields
-                    .get(key)
-                    .map(|v| {
-                        u32::from_str_radix(v, radix)
-                            .map_err(|_| bad(format!("invalid {key}={v} for a cache mount")))
-                    })
-                    .transpose()
-            };
-            let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
-            let owner =
-                (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
-                    uid: uid.unwrap_or(0),
-                    gid: gid.unwrap_or(0),
-                    mode: mode.unwrap_or(0o755),
-                });
+            let owner = mount_owner(&fields, "cache", 0o755, &bad)?;
             Ok(RunMount::Cache {
                 id: fields.get("id").cloned().unwrap_or_else(|| target.clone()),
                 target,
@@ -1396,22 +1381,7 @@ fn parse_mount(
                 )),
                 (None, Some(_)) => None,
             };
-            let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
-                fields
-                    .get(key)
-                    .map(|v| {
-                        u32::from_str_radix(v, radix)
-                            .map_err(|_| bad(format!("invalid {key}={v} for a secret mount")))
-                    })
-                    .transpose()
-            };
-            let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
-            let owner =
-                (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
-                    uid: uid.unwrap_or(0),
-                    gid: gid.unwrap_or(0),
-                    mode: mode.unwrap_or(0o400),
-                });
+            let owner = mount_owner(&fields, "secret", 0o400, &bad)?;
             Ok(RunMount::Secret {
                 target,
                 id,
@@ -1960,6 +1930,33 @@ pub fn parse_go_duration(s: &str) -> Option<i64> {
         rest = &rest[unit_len..];
     }
     Some(total as i64)
+}
+
+/// A mount's `uid=`, `gid=` (decimal) and `mode=` (octal) options; `None`
+/// when none is given, else the missing ones as 0, 0 and `default_mode`.
+fn mount_owner(
+    fields: &BTreeMap<String, String>,
+    kind: &str,
+    default_mode: u32,
+    bad: &dyn Fn(String) -> DockerfileError,
+) -> Result<Option<super::CacheOwner>, DockerfileError> {
+    let number = |key: &str, radix: u32| -> Result<Option<u32>, DockerfileError> {
+        fields
+            .get(key)
+            .map(|v| {
+                u32::from_str_radix(v, radix)
+                    .map_err(|_| bad(format!("invalid {key}={v} for a {kind} mount")))
+            })
+            .transpose()
+    };
+    let (uid, gid, mode) = (number("uid", 10)?, number("gid", 10)?, number("mode", 8)?);
+    Ok(
+        (uid.is_some() || gid.is_some() || mode.is_some()).then(|| super::CacheOwner {
+            uid: uid.unwrap_or(0),
+            gid: gid.unwrap_or(0),
+            mode: mode.unwrap_or(default_mode),
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Order of precedence for the socket: `--socket`, then `MEMOBUILD_SOCKET`, then the
 //! per-user default. Root uses the system service's paths.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 pub const SOCKET_ENV: &str = "MEMOBUILD_SOCKET";
 pub const SYSTEM_SOCKET: &str = "/run/memobuild/memobuildd.sock";
@@ -58,4 +58,23 @@ fn home_dir() -> PathBuf {
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// `path` without `.` and `..` components (`/a/b/../c` is `/a/c`): the one
+/// spelling of a Dockerfile path in project ids, `status` and reports, so a
+/// client picking a project by path names it as the daemon does.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }

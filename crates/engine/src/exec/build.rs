@@ -518,7 +518,7 @@ fn dockerfile_display(request: &BuildRequest) -> String {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Dockerfile".into())
     } else {
-        crate::project::normalize(Path::new(&request.dockerfile))
+        memobuild_proto::paths::normalize(Path::new(&request.dockerfile))
             .display()
             .to_string()
     }
