@@ -770,6 +770,35 @@ mod tests {
         }
     }
 
+    /// The WorkingDir of `target`'s image, planned with no context files.
+    fn working_dir(
+        df: &Dockerfile,
+        tree: &Tree,
+        images: &BTreeMap<String, StoredImage>,
+        target: &str,
+    ) -> Option<String> {
+        let plan = plan(&PlanInput {
+            dockerfile: df,
+            target,
+            build_args: &BTreeMap::new(),
+            context: Arc::new(ContextIndex::view(
+                tree,
+                &tree.root,
+                DockerIgnore::parse("").unwrap(),
+            )),
+            hashes: &HashCache::new(),
+            merkle: &DirDigests::new(),
+            focus: None,
+            images,
+            epoch: None,
+            run_options: "",
+            stage_contents: &NoStageContents,
+            urls: &NoUrls,
+        })
+        .unwrap();
+        plan.stages[plan.target].config.config.working_dir.clone()
+    }
+
     /// WorkingDir: "/" for FROM scratch (BuildKit's empty image); a stage on
     /// an image whose config has none keeps none, and one on a stage inherits.
     #[test]
@@ -794,28 +823,7 @@ mod tests {
             "Dockerfile",
         )
         .unwrap();
-        let wd = |target: &str| {
-            let plan = plan(&PlanInput {
-                dockerfile: &df,
-                target,
-                build_args: &BTreeMap::new(),
-                context: Arc::new(ContextIndex::view(
-                    &tree,
-                    &tree.root,
-                    DockerIgnore::parse("").unwrap(),
-                )),
-                hashes: &HashCache::new(),
-                merkle: &DirDigests::new(),
-                focus: None,
-                images: &images,
-                epoch: None,
-                run_options: "",
-                stage_contents: &NoStageContents,
-                urls: &NoUrls,
-            })
-            .unwrap();
-            plan.stages[plan.target].config.config.working_dir.clone()
-        };
+        let wd = |target: &str| working_dir(&df, &tree, &images, target);
         assert_eq!(wd("a").as_deref(), Some("/"));
         assert_eq!(wd("b"), None);
         assert_eq!(wd("c"), None);
@@ -833,28 +841,7 @@ mod tests {
             "Dockerfile",
         )
         .unwrap();
-        let wd = |target: &str| {
-            let plan = plan(&PlanInput {
-                dockerfile: &df,
-                target,
-                build_args: &BTreeMap::new(),
-                context: Arc::new(ContextIndex::view(
-                    &tree,
-                    &tree.root,
-                    DockerIgnore::parse("").unwrap(),
-                )),
-                hashes: &HashCache::new(),
-                merkle: &DirDigests::new(),
-                focus: None,
-                images: &BTreeMap::new(),
-                epoch: None,
-                run_options: "",
-                stage_contents: &NoStageContents,
-                urls: &NoUrls,
-            })
-            .unwrap();
-            plan.stages[plan.target].config.config.working_dir.clone()
-        };
+        let wd = |target: &str| working_dir(&df, &tree, &BTreeMap::new(), target);
         assert_eq!(wd("two").as_deref(), Some("/base/sub"));
         assert_eq!(wd("").as_deref(), Some("/x"), "not in an unrelated stage");
     }
