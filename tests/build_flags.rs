@@ -89,6 +89,19 @@ RUN mkdir /out && cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort > /o
 RUN --network=host cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort > /out/nets-host
 ";
 
+/// Options that change what a RUN step sees (each is a key input).
+const RUN_OPTIONS: &[&str] = &[
+    "--network=none",
+    "--add-host",
+    "db.local:10.1.2.3",
+    "--add-host",
+    "v6.local=fd00::7",
+    "--shm-size",
+    "16m",
+    "--ulimit",
+    "nofile=123:456",
+];
+
 #[test]
 fn run_options_reach_every_run_and_are_part_of_its_key() {
     let d = Daemon::start();
@@ -103,21 +116,7 @@ fn run_options_reach_every_run_and_are_part_of_its_key() {
     assert_eq!(read(plain.path(), "out/nets-host"), host_nets);
     assert!(read(plain.path(), "out/shm").contains(" 65536 "));
 
-    let (dir, outcome) = build_to_dir(
-        &d,
-        ctx.path(),
-        &[
-            "--network=none",
-            "--add-host",
-            "db.local:10.1.2.3",
-            "--add-host",
-            "v6.local=fd00::7",
-            "--shm-size",
-            "16m",
-            "--ulimit",
-            "nofile=123:456",
-        ],
-    );
+    let (dir, outcome) = build_to_dir(&d, ctx.path(), RUN_OPTIONS);
     // Every option is a key input: the RUN steps ran again.
     let executed = outcome.executed();
     assert!(
@@ -143,20 +142,7 @@ fn run_options_reach_every_run_and_are_part_of_its_key() {
     assert_eq!(nofile[3..5], ["123", "456"], "{nofile:?}");
 
     // Same options again: all cached; without them: the first result, cached.
-    let again = d.build_ok(
-        ctx.path(),
-        &[
-            "--network=none",
-            "--add-host",
-            "db.local:10.1.2.3",
-            "--add-host",
-            "v6.local=fd00::7",
-            "--shm-size",
-            "16m",
-            "--ulimit",
-            "nofile=123:456",
-        ],
-    );
+    let again = d.build_ok(ctx.path(), RUN_OPTIONS);
     assert!(again.executed().is_empty(), "{:?}", again.executed());
     let (back, outcome) = build_to_dir(&d, ctx.path(), &[]);
     assert!(outcome.executed().is_empty(), "{:?}", outcome.executed());
