@@ -1092,13 +1092,7 @@ mod tests {
 
     #[test]
     fn chain_ids_follow_oci() {
-        let layer = |d: &str| LayerInput {
-            digest: String::new(),
-            diff_id: d.into(),
-            path: PathBuf::new(),
-            media_type: String::new(),
-        };
-        let ids = chain_ids(&[layer("sha256:a"), layer("sha256:b")]);
+        let ids = chain_ids(["sha256:a", "sha256:b"]);
         assert_eq!(ids[0], "sha256:a");
         let expected = {
             use sha2::Digest;

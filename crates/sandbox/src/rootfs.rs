@@ -32,18 +32,18 @@ use tokio::io::AsyncReadExt;
 
 const CHUNK: usize = 1 << 20;
 
-/// OCI chain ids of `layers`: `chain[0] = diff_id[0]`,
-/// `chain[n] = sha256(chain[n-1] + " " + diff_id[n])`.
-pub fn chain_ids(layers: &[LayerInput]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(layers.len());
-    for layer in layers {
+/// OCI chain ids of the layers with these diff ids (bottom first):
+/// `chain[0] = diff_id[0]`, `chain[n] = sha256(chain[n-1] + " " + diff_id[n])`.
+pub fn chain_ids<'a>(diff_ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for diff_id in diff_ids {
         let next = match out.last() {
-            None => layer.diff_id.clone(),
+            None => diff_id.to_string(),
             Some(parent) => {
                 let mut h = Sha256::new();
                 h.update(parent.as_bytes());
                 h.update(b" ");
-                h.update(layer.diff_id.as_bytes());
+                h.update(diff_id.as_bytes());
                 format!("sha256:{}", hex::encode(h.finalize()))
             }
         };
@@ -74,7 +74,7 @@ impl Sandbox {
         run_id: &str,
         lease: &str,
     ) -> Result<(Option<String>, u32), SandboxError> {
-        let chain = chain_ids(layers);
+        let chain = chain_ids(layers.iter().map(|l| l.diff_id.as_str()));
         // Find the deepest chain id already unpacked.
         let mut have = 0;
         for i in (0..chain.len()).rev() {

@@ -379,7 +379,7 @@ echo n > /replaced/new
     // The chain (base, base+step) stays unpacked for the next steps.
     assert_eq!(chain_snapshots(&env.sandbox).await, 2);
     // Disk GC: keep the base's chain only, then nothing.
-    let base_chain = memobuild_sandbox::chain_ids(&env.base);
+    let base_chain = memobuild_sandbox::chain_ids(env.base.iter().map(|l| l.diff_id.as_str()));
     let keep = base_chain.iter().cloned().collect();
     assert_eq!(env.sandbox.prune_chains(&keep).await.unwrap(), 1);
     assert_eq!(chain_snapshots(&env.sandbox).await, 1);

@@ -1190,21 +1190,18 @@ async fn execute(
             Ok(layer)
         })
     };
-    let slot = super::snapshots::StepSlot {
-        parent_chain: super::snapshots::chain_top(&engine, &parent_layers),
-        instruction: step.display.clone(),
-    };
     let snapshot = async {
         match wants_snapshot {
             true => {
-                let changes = changes.clone();
+                let slot = super::snapshots::slot(&parent_layers, &step.display);
                 let staged = Some(staging.path());
+                let changes = changes.clone();
                 super::snapshots::materialize(
                     &engine,
                     &parent_layers,
                     changes,
                     mtime,
-                    Some(&slot),
+                    Some(slot),
                     staged,
                 )
                 .await
@@ -1216,17 +1213,7 @@ async fn execute(
     drop(staging);
     let layer = layer?;
     if let Some(snapshot) = snapshot {
-        let slot = Some(&slot);
-        super::snapshots::commit(
-            &engine,
-            &parent_layers,
-            &layer,
-            snapshot,
-            changes,
-            mtime,
-            slot,
-        )
-        .await;
+        super::snapshots::commit(&engine, &parent_layers, &layer, snapshot).await;
     }
     Ok(StepRecord {
         layer: Some(layer),

@@ -241,17 +241,8 @@ fn kept_chains(engine: &Engine, all: bool) -> std::collections::HashSet<String> 
     let mut keep = std::collections::HashSet::new();
     for m in manifests {
         if let Ok(image) = memobuild_oci::image::read_image(store, &m) {
-            let inputs: Vec<memobuild_sandbox::LayerInput> = image
-                .layers
-                .iter()
-                .map(|l| memobuild_sandbox::LayerInput {
-                    digest: l.digest.clone(),
-                    diff_id: l.diff_id.clone(),
-                    path: Default::default(),
-                    media_type: l.media_type.clone(),
-                })
-                .collect();
-            keep.extend(memobuild_sandbox::chain_ids(&inputs));
+            let diff_ids = image.layers.iter().map(|l| l.diff_id.as_str());
+            keep.extend(memobuild_sandbox::chain_ids(diff_ids));
         }
     }
     keep

@@ -220,16 +220,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     tracing::debug!(took = ?started.elapsed(), "layer and snapshot written");
     let layer = layer.map_err(|e| err(format!("internal error: {e}")))?;
     if let (Ok(layer), Some(snapshot)) = (&layer, snapshot) {
-        super::snapshots::commit(
-            engine,
-            cx.parent_layers,
-            layer,
-            snapshot,
-            changes,
-            mtime,
-            None,
-        )
-        .await;
+        super::snapshots::commit(engine, cx.parent_layers, layer, snapshot).await;
     }
     outcome.snapshot.release().await;
     Ok(StepRecord {

@@ -12,6 +12,7 @@
 use super::Engine;
 use memobuild_oci::ChangeSet;
 use memobuild_sandbox::Base;
+use memobuild_store::LayerRecord;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ const RECENT_CAP: usize = 256;
 /// just picks the one likely to be close.
 #[derive(Default)]
 pub struct Recent {
-    by_step: parking_lot::Mutex<HashMap<(String, String), RecentResult>>,
+    by_step: parking_lot::Mutex<HashMap<StepSlot, RecentResult>>,
 }
 
 #[derive(Clone)]
@@ -40,9 +41,23 @@ struct RecentResult {
 }
 
 /// Which step a result belongs to: its parent chain and its instruction.
-pub(super) struct StepSlot {
-    pub parent_chain: String,
-    pub instruction: String,
+pub(super) type StepSlot = (String, String);
+
+/// The slot of `step` standing on `parent_layers`.
+pub(super) fn slot(parent_layers: &[LayerRecord], instruction: &str) -> StepSlot {
+    let top = chain_ids(parent_layers).pop().unwrap_or_default();
+    (top, instruction.to_string())
+}
+
+/// A step result written into a snapshot, waiting for its layer's chain id.
+pub(super) struct Written {
+    snapshot: memobuild_sandbox::Materialized,
+    /// How many deltas it stands on (0: written whole).
+    depth: u32,
+    changes: Arc<ChangeSet>,
+    mtime: u64,
+    /// Remembered for the step's next delta, if it has a slot.
+    slot: Option<StepSlot>,
 }
 
 /// Writes a step's changes straight into a containerd snapshot on its
@@ -51,16 +66,24 @@ pub(super) struct StepSlot {
 /// Best effort: on any failure the RUN unpacks the layer as before.
 pub(super) async fn materialize(
     engine: &Arc<Engine>,
-    parent_layers: &[memobuild_store::LayerRecord],
+    parent_layers: &[LayerRecord],
     changes: Arc<ChangeSet>,
     mtime: u64,
-    slot: Option<&StepSlot>,
+    slot: Option<StepSlot>,
     linkable: Option<&std::path::Path>,
-) -> Option<(memobuild_sandbox::Materialized, u32)> {
+) -> Option<Written> {
     let linkable = linkable.map(|p| p.to_path_buf());
     let sandbox = engine.sandbox().await.ok()?;
-    if let Some((previous, delta, removed)) =
-        slot.and_then(|s| engine.recent.delta(s, &changes, mtime))
+    let written = |snapshot, depth, slot| Written {
+        snapshot,
+        depth,
+        changes: changes.clone(),
+        mtime,
+        slot,
+    };
+    if let Some((previous, delta, removed)) = slot
+        .as_ref()
+        .and_then(|s| engine.recent.delta(s, &changes, mtime))
     {
         let base = Base::Previous {
             snapshot: &previous.chain_id,
@@ -70,22 +93,26 @@ pub(super) async fn materialize(
             .materialize(base, Arc::new(delta), mtime, linkable.clone())
             .await
         {
-            Ok(m) => return Some((m, previous.depth + 1)),
+            Ok(m) => return Some(written(m, previous.depth + 1, slot)),
             Err(e) => {
                 tracing::debug!(error = %e, "step result not written as a delta; writing it whole")
             }
         }
     }
-    let inputs = layer_inputs(engine, parent_layers)?;
+    let inputs = parent_layers
+        .iter()
+        .map(|l| super::run::layer_input(&engine.store.blobs, l))
+        .collect::<Result<Vec<_>, _>>()
+        .ok()?;
     match sandbox
-        .materialize(Base::Layers(&inputs), changes, mtime, linkable)
+        .materialize(Base::Layers(&inputs), changes.clone(), mtime, linkable)
         .await
     {
         Ok(m) => {
             engine
                 .metrics
                 .snapshots("unpacked", m.unpacked_layers.into());
-            Some((m, 0))
+            Some(written(m, 0, slot))
         }
         Err(e) => {
             tracing::debug!(error = %e, "step result not written as a snapshot; a RUN will unpack its layer");
@@ -102,11 +129,7 @@ impl Recent {
         changes: &ChangeSet,
         mtime: u64,
     ) -> Option<(RecentResult, ChangeSet, Vec<String>)> {
-        let previous = self
-            .by_step
-            .lock()
-            .get(&(slot.parent_chain.clone(), slot.instruction.clone()))
-            .cloned()?;
+        let previous = self.by_step.lock().get(slot).cloned()?;
         if previous.mtime != mtime || previous.depth >= MAX_DELTA_DEPTH {
             return None;
         }
@@ -114,53 +137,41 @@ impl Recent {
         Some((previous, delta, removed))
     }
 
-    fn remember(&self, slot: &StepSlot, result: RecentResult) {
+    fn remember(&self, slot: StepSlot, result: RecentResult) {
         let mut by_step = self.by_step.lock();
         if by_step.len() >= RECENT_CAP {
             by_step.clear();
         }
-        by_step.insert(
-            (slot.parent_chain.clone(), slot.instruction.clone()),
-            result,
-        );
+        by_step.insert(slot, result);
     }
 }
 
-/// The top chain id of `layers` ("" for none): where a step's result stands.
-pub(super) fn chain_top(engine: &Engine, layers: &[memobuild_store::LayerRecord]) -> String {
-    layer_inputs(engine, layers)
-        .and_then(|inputs| memobuild_sandbox::chain_ids(&inputs).pop())
-        .unwrap_or_default()
-}
-
-#[allow(clippy::too_many_arguments)]
+/// Commits `written` as the chain of `parent_layers` plus `layer`.
 pub(super) async fn commit(
     engine: &Engine,
-    parent_layers: &[memobuild_store::LayerRecord],
-    layer: &memobuild_store::LayerRecord,
-    (snapshot, depth): (memobuild_sandbox::Materialized, u32),
-    changes: Arc<ChangeSet>,
-    mtime: u64,
-    slot: Option<&StepSlot>,
+    parent_layers: &[LayerRecord],
+    layer: &LayerRecord,
+    written: Written,
 ) {
     let mut layers = parent_layers.to_vec();
     layers.push(layer.clone());
-    let Some(inputs) = layer_inputs(engine, &layers) else {
+    let Some(chain_id) = chain_ids(&layers).pop() else {
         return;
     };
-    let Some(chain_id) = memobuild_sandbox::chain_ids(&inputs).pop() else {
-        return;
-    };
-    match snapshot.commit(&chain_id, &layer.diff_id).await {
+    match written.snapshot.commit(&chain_id, &layer.diff_id).await {
         Ok(()) => {
-            let how = if depth > 0 { "delta" } else { "written" };
+            let how = if written.depth > 0 {
+                "delta"
+            } else {
+                "written"
+            };
             engine.metrics.snapshots(how, 1);
-            if let Some(slot) = slot {
+            if let Some(slot) = written.slot {
                 let result = RecentResult {
                     chain_id,
-                    changes,
-                    mtime,
-                    depth,
+                    changes: written.changes,
+                    mtime: written.mtime,
+                    depth: written.depth,
                 };
                 engine.recent.remember(slot, result);
             }
@@ -171,13 +182,6 @@ pub(super) async fn commit(
     }
 }
 
-fn layer_inputs(
-    engine: &Engine,
-    layers: &[memobuild_store::LayerRecord],
-) -> Option<Vec<memobuild_sandbox::LayerInput>> {
-    layers
-        .iter()
-        .map(|l| super::run::layer_input(&engine.store.blobs, l))
-        .collect::<Result<Vec<_>, _>>()
-        .ok()
+fn chain_ids(layers: &[LayerRecord]) -> Vec<String> {
+    memobuild_sandbox::chain_ids(layers.iter().map(|l| l.diff_id.as_str()))
 }
