@@ -28,6 +28,7 @@
 use super::{diff, LayerInput, Leftovers, RunGuard, Sandbox, SandboxError};
 use containerd_client::services::v1::snapshots::CommitSnapshotRequest;
 use containerd_client::tonic::Code;
+use memobuild_oci::layer::CheckingReader;
 use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec};
 use std::collections::{HashMap, HashSet};
@@ -462,23 +463,15 @@ fn write_content(
         }
         Content::Checked { path, blake3 } => {
             let (file, len) = memobuild_rootpath::safefs::open_regular(path, false)?;
-            let mut reader = file.take(len);
-            let mut hasher = blake3::Hasher::new();
+            let mut reader = CheckingReader::new(file.take(len));
             loop {
                 let n = reader.read(buf)?;
                 if n == 0 {
                     break;
                 }
-                hasher.update(&buf[..n]);
                 out.write_all(&buf[..n])?;
             }
-            if hasher.finalize().as_bytes() != blake3 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    "the context file changed since the step's key was made",
-                ));
-            }
-            Ok(())
+            reader.finish(len, blake3)
         }
     }
 }

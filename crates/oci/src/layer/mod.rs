@@ -253,19 +253,9 @@ fn append_checked<W: Write>(
 ) -> io::Result<()> {
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(len);
-    let mut reader = CheckingReader {
-        inner: BufReader::new(file).take(len),
-        hasher: blake3::Hasher::new(),
-        read: 0,
-    };
+    let mut reader = CheckingReader::new(BufReader::new(file).take(len));
     tar.append_data(&mut header, path, &mut reader)?;
-    if reader.read != len || reader.hasher.finalize().as_bytes() != blake3 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "content changed",
-        ));
-    }
-    Ok(())
+    reader.finish(len, blake3)
 }
 
 fn append_other<W: Write>(
@@ -331,12 +321,35 @@ fn append_marker<W: Write>(
     tar.append_data(&mut header, name, io::empty())
 }
 
-/// Reads a context file into a layer while hashing it, so the bytes can be
-/// checked against the hash the cache key was made from.
-struct CheckingReader<R> {
+/// Reads a context file (into a layer, or a snapshot) while hashing it, so
+/// the bytes can be checked against the hash the cache key was made from
+/// ([`Content::Checked`]).
+pub struct CheckingReader<R> {
     inner: R,
     hasher: blake3::Hasher,
     read: u64,
+}
+
+impl<R> CheckingReader<R> {
+    pub fn new(inner: R) -> CheckingReader<R> {
+        CheckingReader {
+            inner,
+            hasher: blake3::Hasher::new(),
+            read: 0,
+        }
+    }
+
+    /// Ok if exactly `len` bytes hashing to `blake3` were read; else
+    /// `InvalidData` (the file changed since the key was made).
+    pub fn finish(self, len: u64, blake3: &[u8; 32]) -> io::Result<()> {
+        if self.read != len || self.hasher.finalize().as_bytes() != blake3 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the context file changed since the step's key was made",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl<R: Read> Read for CheckingReader<R> {
