@@ -51,7 +51,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 fn find_bins() -> Bins {
     common::find_bins(BENCH)
 }
-use memobuild_proto::{MemobuildClient, StatusReport};
+use memobuild_proto::{MemobuildClient, ProjectState, StatusReport};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -420,7 +420,7 @@ fn wait_state(rpc: &Rpc, project: &str, want: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let s = rpc.status(project);
-        if s.projects.first().is_some_and(|p| p.state == want) {
+        if s.projects.first().is_some_and(|p| p.state.as_str() == want) {
             return true;
         }
         if Instant::now() > deadline {
@@ -685,7 +685,11 @@ fn save_to_dirty(
     let poll_gap = Duration::from_micros(env_usize("MEMOBUILD_BENCH_POLL_US", 0) as u64);
     let project = project_of(rpc, ctx);
     let id = project.id.clone();
-    assert_eq!(project.state, "clean", "the project must start clean");
+    assert_eq!(
+        project.state,
+        ProjectState::Clean,
+        "the project must start clean"
+    );
     let mut to_changed = Samples::default();
     let mut to_dirty = Samples::default();
     let mut replan = Samples::default();
@@ -719,7 +723,7 @@ fn save_to_dirty(
                 if changed.is_none() && p.changed_files.contains(&file.rel) {
                     changed = Some(elapsed);
                 }
-                if p.state == "dirty" {
+                if p.state == ProjectState::Dirty {
                     let why = p
                         .steps
                         .iter()
@@ -1090,7 +1094,11 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
             .map(|t| t.entries)
             .sum();
         if e as usize >= made {
-            if s.daemon.trees.iter().any(|t| t.mode != "watching") {
+            if s.daemon
+                .trees
+                .iter()
+                .any(|t| t.mode != memobuild_proto::TreeMode::Watching)
+            {
                 rep.note(format!(
                     "index memory: the tree is not in `watching` mode: {:?} (max_user_watches {watches:?})",
                     s.daemon.trees
@@ -1136,7 +1144,7 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
             if to_changed.len() == i && p.changed_files.iter().any(|f| f == "small.txt") {
                 to_changed.push(written.elapsed());
             }
-            if p.state == "dirty" {
+            if p.state == ProjectState::Dirty {
                 to_dirty.push(written.elapsed());
                 break;
             }

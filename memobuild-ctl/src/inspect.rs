@@ -91,7 +91,12 @@ fn print_status(report: &StatusReport) {
     }
     for p in &report.projects {
         println!();
-        println!("{}  {}  {}", p.id, p.state.to_uppercase(), p.context);
+        println!(
+            "{}  {}  {}",
+            p.id,
+            p.state.as_str().to_uppercase(),
+            p.context
+        );
         if let Some(l) = &p.last_build {
             println!(
                 "  last build: {} {:.2}s {}",
@@ -220,7 +225,7 @@ pub async fn explain(socket: &Path, json: bool, pick: Pick) -> Result<ExitCode, 
             s.index + 1,
             s.stage,
             s.instruction,
-            s.outcome.to_uppercase()
+            s.outcome.as_str().to_uppercase()
         );
         for why in &s.why {
             println!("    {why}");

@@ -12,7 +12,7 @@
 
 use crate::connect::{connect, ctx};
 use memobuild_proto::paths::normalize;
-use memobuild_proto::{FailureInfo, ProjectStatus, RpcError, StatusReport};
+use memobuild_proto::{FailureInfo, ProjectStatus, RpcError, StatusReport, StepState};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -288,18 +288,18 @@ impl Server {
             .iter()
             .filter(|s| s.line > 0)
             .map(|s| {
-                let title = match s.state.as_str() {
-                    "clean" | "cached" => "cached".to_string(),
-                    "done" => "built".to_string(),
-                    "building" => match s.started_at_ms {
+                let title = match &s.state {
+                    StepState::Clean | StepState::Cached => "cached".to_string(),
+                    StepState::Done => "built".to_string(),
+                    StepState::Building => match s.started_at_ms {
                         Some(t) => format!("building {:.1}s", (now_ms() - t).max(0) as f64 / 1000.0),
                         None => "building".to_string(),
                     },
-                    "dirty" => match s.why.first() {
+                    StepState::Dirty => match s.why.first() {
                         Some(why) => format!("dirty: {why}"),
                         None => "dirty".to_string(),
                     },
-                    "failed" => match s.failure.as_ref() {
+                    StepState::Failed => match s.failure.as_ref() {
                         Some(FailureInfo {
                             exit_code: Some(code),
                             ..
@@ -307,7 +307,7 @@ impl Server {
                         Some(f) => format!("failed: {}", f.message),
                         None => "failed".to_string(),
                     },
-                    other => other.to_string(),
+                    StepState::Unknown(other) => other.clone(),
                 };
                 let line = s.line - 1;
                 json!({

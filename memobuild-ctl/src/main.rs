@@ -543,7 +543,7 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
         let mut project = inspect::project_of(&client, &request).await?;
         // A save during the build leaves the project dirty right after it:
         // look before waiting for the next change.
-        while project.state != "dirty" {
+        while project.state != memobuild_proto::ProjectState::Dirty {
             client
                 .wait_change(connect::ctx(), project.id.clone(), project.generation)
                 .await

@@ -2,7 +2,7 @@
 //! metrics` (the daemon's Prometheus metrics).
 
 use crate::connect;
-use memobuild_proto::{BuildEvent, BuildLogReport, RpcError, StepInfo};
+use memobuild_proto::{BuildEvent, BuildLogReport, BuildLogState, RpcError, StepInfo};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
@@ -146,9 +146,11 @@ fn write_text(out: &mut impl Write, report: &BuildLogReport) -> std::io::Result<
             }
         }
     }
-    match report.state.as_str() {
-        "running" => writeln!(out, "(the build is still running)"),
-        "interrupted" => writeln!(out, "(the daemon stopped before this build ended)"),
+    match report.state {
+        BuildLogState::Running => writeln!(out, "(the build is still running)"),
+        BuildLogState::Interrupted => {
+            writeln!(out, "(the daemon stopped before this build ended)")
+        }
         _ => Ok(()),
     }
 }

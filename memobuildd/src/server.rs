@@ -139,7 +139,7 @@ impl Memobuild for Server {
     }
 
     async fn forget(self, _: Context, filter: String) -> Result<Vec<String>, RpcError> {
-        self.engine.forget(&filter)
+        self.engine.forget(&filter).await
     }
 
     async fn explain(self, _: Context, filter: String) -> Result<Explanation, RpcError> {
@@ -215,7 +215,7 @@ impl Memobuild for Server {
         filter: String,
         on: bool,
     ) -> Result<Vec<String>, RpcError> {
-        self.engine.set_eager(&filter, on)
+        self.engine.set_eager(&filter, on).await
     }
 
     async fn status_wait(

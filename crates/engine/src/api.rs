@@ -7,8 +7,8 @@ use memobuild_context::watch::Mode;
 use memobuild_oci::image::read_image;
 use memobuild_proto::{
     BlobRef, BuildId, BuildLogReport, DaemonHealth, DiskUsage, ErrorKind, Explanation, ImageBlobs,
-    ImageSummary, ImportSpec, PruneRequest, PruneResult, RpcError, StatusReport, TreeStatus,
-    VerifyResult, BLOB_CHUNK_BYTES,
+    ImageSummary, ImportSpec, ProjectState, PruneRequest, PruneResult, RpcError, StatusReport,
+    TreeMode, TreeStatus, VerifyResult, BLOB_CHUNK_BYTES,
 };
 use memobuild_store::StoreError;
 use std::sync::Arc;
@@ -201,8 +201,8 @@ impl Engine {
         // A project whose build waits for a slot (and none of its builds runs).
         let queued = self.queued_projects();
         for p in projects.iter_mut() {
-            if queued.contains(&p.id) && p.state != "building" {
-                p.state = "queued".into();
+            if queued.contains(&p.id) && p.state != ProjectState::Building {
+                p.state = ProjectState::Queued;
             }
         }
         Ok(StatusReport {
@@ -234,7 +234,7 @@ impl Engine {
     }
 
     /// Forgets the projects `filter` names, and their watches.
-    pub fn forget(&self, filter: &str) -> Result<Vec<String>, RpcError> {
+    pub async fn forget(self: &Arc<Self>, filter: &str) -> Result<Vec<String>, RpcError> {
         let ids = self.matching(filter)?;
         if filter.is_empty() {
             return Err(
@@ -242,10 +242,15 @@ impl Engine {
                     .hint("pass a project id or context path (see `memobuild-ctl projects`)"),
             );
         }
-        for root in self.projects.forget(&self.store, &ids) {
-            self.watcher.forget(&root);
-        }
-        Ok(ids)
+        // Forgetting deletes project records (redb commits).
+        let engine = self.clone();
+        blocking(move || {
+            for root in engine.projects.forget(&engine.store, &ids) {
+                engine.watcher.forget(&root);
+            }
+            Ok(ids)
+        })
+        .await
     }
 
     /// Why each step of one project's last build ran or was cached.
@@ -459,13 +464,13 @@ impl Engine {
             .iter()
             .map(|t| {
                 let (mode, reason) = match &t.mode {
-                    Mode::Watching => ("watching", None),
-                    Mode::RescanPending(r) => ("rescan_pending", Some(r.clone())),
-                    Mode::Polling(r) => ("polling", Some(r.clone())),
+                    Mode::Watching => (TreeMode::Watching, None),
+                    Mode::RescanPending(r) => (TreeMode::RescanPending, Some(r.clone())),
+                    Mode::Polling(r) => (TreeMode::Polling, Some(r.clone())),
                 };
                 TreeStatus {
                     root: t.root.display().to_string(),
-                    mode: mode.to_string(),
+                    mode,
                     reason,
                     entries: t.entries as u64,
                     rescans: t.rescans,
@@ -475,7 +480,7 @@ impl Engine {
         DaemonHealth {
             pid: daemon.pid,
             version: daemon.version.clone(),
-            watching: trees.iter().all(|t| t.mode == "watching"),
+            watching: trees.iter().all(|t| t.mode == TreeMode::Watching),
             index_entries: trees.iter().map(|t| t.entries).sum(),
             watch_count: trees.len() as u64,
             trees,

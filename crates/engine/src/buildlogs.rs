@@ -9,7 +9,7 @@
 //!
 //! File format: a header line ([`Header`]), then one [`Line`] per event, JSON.
 
-use memobuild_proto::{BuildEvent, BuildId, BuildLogReport, LogEntry};
+use memobuild_proto::{BuildEvent, BuildId, BuildLogReport, BuildLogState, LogEntry};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -195,9 +195,9 @@ impl BuildLogs {
             .collect();
         let ended = entries.iter().any(|e| is_terminal(&e.event));
         let state = match (ended, running) {
-            (true, _) => "finished",
-            (false, true) => "running",
-            (false, false) => "interrupted",
+            (true, _) => BuildLogState::Finished,
+            (false, true) => BuildLogState::Running,
+            (false, false) => BuildLogState::Interrupted,
         };
         Ok(BuildLogReport {
             build,
@@ -206,7 +206,7 @@ impl BuildLogs {
             dockerfile: header.dockerfile,
             target: header.target,
             started_at_ms: header.started_at_ms,
-            state: state.into(),
+            state,
             entries,
         })
     }
@@ -398,8 +398,9 @@ mod tests {
             });
         }
         wait_for(|| {
-            logs.read(3, false)
-                .is_ok_and(|r| r.state == "finished" && !dir.path().join("1.jsonl").exists())
+            logs.read(3, false).is_ok_and(|r| {
+                r.state == BuildLogState::Finished && !dir.path().join("1.jsonl").exists()
+            })
         });
         drop(logs);
         let again = BuildLogs::open(dir.path(), 2).unwrap();
@@ -427,7 +428,10 @@ mod tests {
         let j = logs.begin(header(7));
         j.record(&BuildEvent::StepStarted { step: 0 });
         wait_for(|| logs.read(7, true).is_ok_and(|r| r.entries.len() == 1));
-        assert_eq!(logs.read(7, true).unwrap().state, "running");
-        assert_eq!(logs.read(7, false).unwrap().state, "interrupted");
+        assert_eq!(logs.read(7, true).unwrap().state, BuildLogState::Running);
+        assert_eq!(
+            logs.read(7, false).unwrap().state,
+            BuildLogState::Interrupted
+        );
     }
 }

@@ -45,7 +45,11 @@ impl Drop for Explicit {
 
 impl Engine {
     /// Turns eager builds on or off for the projects `filter` names.
-    pub fn set_eager(self: &Arc<Self>, filter: &str, on: bool) -> Result<Vec<String>, RpcError> {
+    pub async fn set_eager(
+        self: &Arc<Self>,
+        filter: &str,
+        on: bool,
+    ) -> Result<Vec<String>, RpcError> {
         if filter.is_empty() {
             return Err(
                 RpcError::of(ErrorKind::InvalidInput, "eager needs a project")
@@ -63,7 +67,13 @@ impl Engine {
             ));
         }
         for id in &ids {
-            self.projects.set_eager(&self.store, id, on);
+            // Persisting the setting is a redb commit: off the async workers.
+            let (engine, project) = (self.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                engine.projects.set_eager(&engine.store, &project, on)
+            })
+            .await
+            .map_err(|e| RpcError::new(format!("internal error: {e}")))?;
             if on {
                 self.maybe_eager(id);
             } else {

@@ -26,7 +26,7 @@ pub mod tidy;
 pub mod verify;
 
 pub use api::DaemonIdentity;
-pub use exec::{Engine, RunSettings, DEFAULT_MAX_PARALLEL_BUILDS};
+pub use exec::{Engine, RunSettings, Runner, DEFAULT_MAX_PARALLEL_BUILDS};
 pub use memobuild_registry::RegistrySettings;
 /// The store the engine is opened on, and its error.
 pub use memobuild_store::{Store, StoreError};

@@ -9,7 +9,8 @@
 use memobuild_plan::{Plan, StepInputs, ABSENT};
 use memobuild_proto::paths::normalize;
 use memobuild_proto::{
-    BuildRequest, Explanation, FailureInfo, LastBuild, ProjectStatus, StepExplanation, StepStatus,
+    BuildRequest, Explanation, FailureInfo, LastBuild, ProjectState, ProjectStatus,
+    StepExplanation, StepOutcome, StepState, StepStatus,
 };
 use memobuild_store::Store;
 use parking_lot::Mutex;
@@ -194,7 +195,7 @@ struct Project {
     plan_error: Option<FailureInfo>,
     changed: BTreeSet<String>,
     /// Live state of a running build: step index -> `building`/`done`/`cached`.
-    building: Option<BTreeMap<usize, String>>,
+    building: Option<BTreeMap<usize, StepState>>,
     /// When each step of the running build started (Unix milliseconds).
     started_ms: BTreeMap<usize, i64>,
     /// The steps the running build planned (`status` shows them while it runs;
@@ -413,11 +414,12 @@ impl Projects {
         }
     }
 
-    pub fn step_state(&self, id: &str, step: usize, state: &str) {
+    pub fn step_state(&self, id: &str, step: usize, state: StepState) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             if let Some(b) = p.building.as_mut() {
-                b.insert(step, state.to_string());
-                if state == "building" {
+                let building = state == StepState::Building;
+                b.insert(step, state);
+                if building {
                     p.started_ms.insert(step, now_ms());
                 }
             }
@@ -625,20 +627,20 @@ impl Projects {
                 };
                 parent_rebuilt |= !s.cached;
                 let outcome = if s.failure.is_some() {
-                    "failed"
+                    StepOutcome::Failed
                 } else if s.not_built {
-                    "not_built"
+                    StepOutcome::NotBuilt
                 } else if s.cached {
-                    "cached"
+                    StepOutcome::Cached
                 } else {
-                    "rebuilt"
+                    StepOutcome::Rebuilt
                 };
                 StepExplanation {
                     index: i,
                     stage: s.stage.clone(),
                     instruction: s.instruction.clone(),
                     line: s.line,
-                    outcome: outcome.into(),
+                    outcome,
                     why,
                     failure: s.failure.clone(),
                 }
@@ -746,15 +748,15 @@ impl Project {
     fn status(&self, id: &str) -> ProjectStatus {
         let last = self.record.last.as_ref();
         let state = if self.building.is_some() {
-            "building"
+            ProjectState::Building
         } else if last.is_none() {
-            "never_built"
+            ProjectState::NeverBuilt
         } else if self.plan_error.is_some() || !self.dirty.is_empty() {
-            "dirty"
+            ProjectState::Dirty
         } else if last.is_some_and(|l| !l.ok) {
-            "failed"
+            ProjectState::Failed
         } else {
-            "clean"
+            ProjectState::Clean
         };
         // While a build runs, the steps it planned; else the last build's.
         let shown = match (&self.building, &self.planned, last) {
@@ -775,20 +777,20 @@ impl Project {
                         let live = self.building.as_ref().and_then(|b| b.get(&i)).cloned();
                         let (state, why, failure) = match (live, self.dirty.get(&i)) {
                             (Some(live), _) => (live, Vec::new(), None),
-                            (None, Some(why)) => ("dirty".to_string(), why.clone(), None),
+                            (None, Some(why)) => (StepState::Dirty, why.clone(), None),
                             (None, None) if s.failure.is_some() => {
-                                ("failed".into(), Vec::new(), s.failure.clone())
+                                (StepState::Failed, Vec::new(), s.failure.clone())
                             }
                             (None, None) if s.not_built => (
-                                "dirty".into(),
+                                StepState::Dirty,
                                 vec![stopped_at
                                     .clone()
                                     .unwrap_or_else(|| "not built: the last build failed".into())],
                                 None,
                             ),
-                            _ => ("clean".to_string(), Vec::new(), None),
+                            _ => (StepState::Clean, Vec::new(), None),
                         };
-                        let started_at_ms = (state == "building")
+                        let started_at_ms = (state == StepState::Building)
                             .then(|| self.started_ms.get(&i).copied())
                             .flatten();
                         StepStatus {
@@ -809,7 +811,7 @@ impl Project {
         let mut steps: Vec<StepStatus> = steps;
         if let Some(e) = &self.plan_error {
             for s in &mut steps {
-                s.state = "dirty".into();
+                s.state = StepState::Dirty;
                 s.why = vec![format!("the build cannot be planned now: {}", e.message)];
             }
         }
@@ -819,7 +821,7 @@ impl Project {
             dockerfile: self.record.key.dockerfile.display().to_string(),
             target: self.record.key.target.clone(),
             build_args: self.record.key.build_args.clone(),
-            state: state.to_string(),
+            state,
             steps,
             changed_files: self.changed.iter().cloned().collect(),
             last_build: last.map(|l| LastBuild {

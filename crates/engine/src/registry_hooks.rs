@@ -355,11 +355,11 @@ async fn name_known_digest(store: &Arc<Store>, name: &str) -> bool {
     let Some((_, digest)) = name.rsplit_once('@') else {
         return false;
     };
-    if !store.blobs.contains(digest) {
-        return false;
-    }
     let (store, name, digest) = (store.clone(), name.to_string(), digest.to_string());
     tokio::task::spawn_blocking(move || {
+        if !store.blobs.contains(&digest) {
+            return None;
+        }
         let image = memobuild_oci::image::read_image(&store, &digest).ok()?;
         memobuild_registry::name_image(&store, &memobuild_oci::reference::store_name(&name), &image)
             .ok()

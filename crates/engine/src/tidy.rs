@@ -84,9 +84,8 @@ pub async fn tidy_loop(engine: Weak<Engine>) {
         let limits = e.project_limits.clone();
         let changed = limits.changed.notified();
         let (after, _) = limits.get();
-        e.tidy_projects();
-        // No strong reference while it sleeps: the engine can go.
-        drop(e);
+        // Forgetting deletes project records (redb commits): off the async workers.
+        let _ = tokio::task::spawn_blocking(move || e.tidy_projects()).await;
         let tick = (after / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
         tokio::select! {
             _ = changed => {}

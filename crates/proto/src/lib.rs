@@ -15,10 +15,12 @@
 pub mod handoff;
 pub mod paths;
 pub mod registry;
+mod states;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};
 pub use serde_bytes::ByteBuf;
+pub use states::{BuildLogState, ProjectState, StepOutcome, StepState, TreeMode};
 use std::collections::BTreeMap;
 
 /// Bump when the RPC contract changes incompatibly; the client refuses to talk to a
@@ -613,8 +615,7 @@ pub struct DaemonHealth {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TreeStatus {
     pub root: String,
-    /// `watching`, `rescan_pending` or `polling`.
-    pub mode: String,
+    pub mode: TreeMode,
     /// Why the tree is not simply `watching`.
     pub reason: Option<String>,
     pub entries: u64,
@@ -628,9 +629,7 @@ pub struct ProjectStatus {
     pub dockerfile: String,
     pub target: String,
     pub build_args: BTreeMap<String, String>,
-    /// `never_built`, `clean`, `dirty`, `queued` (a build waits for a slot),
-    /// `building` or `failed`.
-    pub state: String,
+    pub state: ProjectState,
     pub steps: Vec<StepStatus>,
     /// Context paths changed since the last build started (relative, sorted).
     pub changed_files: Vec<String>,
@@ -657,8 +656,7 @@ pub struct StepStatus {
     pub stage: String,
     pub instruction: String,
     pub line: usize,
-    /// `clean`, `dirty`, `building`, `cached`, `done` or `failed`.
-    pub state: String,
+    pub state: StepState,
     /// Why the step is dirty: which files, arg, instruction or parent.
     pub why: Vec<String>,
     /// For a `failed` step: why it failed.
@@ -705,9 +703,7 @@ pub struct StepExplanation {
     pub stage: String,
     pub instruction: String,
     pub line: usize,
-    /// `cached`, `rebuilt`, `failed` (it ran and failed) or `not_built`
-    /// (the build failed before it).
-    pub outcome: String,
+    pub outcome: StepOutcome,
     /// For rebuilt and failed steps: the inputs that differ from the build before.
     pub why: Vec<String>,
     /// For the failed step: why it failed.
@@ -727,8 +723,7 @@ pub struct BuildLogReport {
     pub target: String,
     /// Unix milliseconds.
     pub started_at_ms: i64,
-    /// `running`, `finished`, or `interrupted` (the daemon stopped during the build).
-    pub state: String,
+    pub state: BuildLogState,
     pub entries: Vec<LogEntry>,
 }
 

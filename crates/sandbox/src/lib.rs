@@ -305,6 +305,15 @@ impl std::fmt::Debug for SnapshotHold {
 }
 
 impl SnapshotHold {
+    /// Holds nothing: for a run whose changes do not live in a snapshot
+    /// (a runner other than containerd).
+    pub fn none() -> SnapshotHold {
+        SnapshotHold {
+            guard: None,
+            upper: None,
+        }
+    }
+
     /// The step's upper directory (where its changes' files are), while held.
     pub fn upper(&self) -> Option<&Path> {
         self.guard.as_ref().and(self.upper.as_deref())
@@ -705,7 +714,7 @@ impl Sandbox {
             .map_err(|s| SandboxError::rpc("delete container", s))?;
         guard.state.container = false;
         guard.state.fifos.clear();
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = tokio::fs::remove_dir_all(&dir).await;
         guard.state.run_dir = None;
         let teardown = teardown_started.elapsed();
 
@@ -898,13 +907,15 @@ impl Sandbox {
                 removed += 1;
             }
         }
-        if let Ok(dirs) = std::fs::read_dir(&self.run_dir) {
-            for dir in dirs.flatten() {
+        let run_dir = self.run_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in std::fs::read_dir(run_dir).into_iter().flatten().flatten() {
                 if dir.file_name().to_string_lossy().starts_with("mb-run-") {
                     let _ = std::fs::remove_dir_all(dir.path());
                 }
             }
-        }
+        })
+        .await;
         if removed > 0 {
             tracing::info!(
                 removed,
@@ -988,7 +999,7 @@ async fn release(sandbox: &Sandbox, state: Leftovers) {
         io::unblock(fifo);
     }
     if let Some(dir) = &state.run_dir {
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = tokio::fs::remove_dir_all(dir).await;
     }
     if state.snapshot {
         sandbox.remove_snapshot(&name).await;

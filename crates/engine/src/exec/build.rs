@@ -14,7 +14,9 @@ use memobuild_oci::config::History;
 use memobuild_oci::image::StoredImage;
 use memobuild_oci::{ChangeSet, OciError};
 use memobuild_plan::{self as graph, Base, Op, Plan, Step};
-use memobuild_proto::{BuildEvent, BuildId, BuildRequest, ErrorKind, RpcError, StepInfo};
+use memobuild_proto::{
+    BuildEvent, BuildId, BuildRequest, ErrorKind, RpcError, StepInfo, StepState,
+};
 use memobuild_rootpath::creds::{reading_as, Creds};
 use memobuild_store::{ImageRecord, LayerRecord, Lookup, StepRecord};
 use std::collections::BTreeMap;
@@ -159,7 +161,10 @@ pub async fn run(
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
     // A new project may push the least recently used one over max-projects.
-    engine.tidy_projects();
+    {
+        let e = engine.clone();
+        blocking(move || Ok(e.tidy_projects())).await?;
+    }
     // Registries: FROM images pulled and remote caches read once per build.
     let note = registry_note(log);
     let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
@@ -174,7 +179,15 @@ pub async fn run(
         // A remote cache export needs the plan, so it skips the fast path.
         let fast = match remote.needs_plan() {
             true => None,
-            false => fast_path(engine, id, request, &project, generation, log)?,
+            false => {
+                let (e, r, p, l) = (
+                    engine.clone(),
+                    request.clone(),
+                    project.clone(),
+                    log.clone(),
+                );
+                blocking(move || fast_path(&e, id, &r, &p, generation, &l)).await?
+            }
         };
         if let Some(done) = fast {
             remote
@@ -267,9 +280,15 @@ pub async fn run(
         engine.maybe_eager(&project);
         return result.map(|(done, _)| done);
     }
-    engine
-        .projects
-        .build_finished(&engine.store, &project, summary, generation);
+    {
+        // Persisting the project record is a redb commit.
+        let (e, p) = (engine.clone(), project.clone());
+        let finished = blocking(move || {
+            e.projects.build_finished(&e.store, &p, summary, generation);
+            Ok(())
+        });
+        finished.await?;
+    }
     // Saves that landed after the build's steps read their files: compare
     // the tree now with the new baseline before the client hears the result.
     if let Ok((_, now)) = engine.watcher.sync(&root).await {
@@ -469,7 +488,7 @@ async fn build_planned(
     };
     let target = &plan.stages[plan.target];
     let result = results.get(&plan.target).cloned().unwrap_or_default();
-    let image = {
+    let (image, tags) = {
         let engine = engine.clone();
         let mut config = target.config.clone();
         if !request.labels.is_empty() {
@@ -478,21 +497,23 @@ async fn build_planned(
         }
         let epoch = request.source_date_epoch;
         let annotations = request.annotations.clone();
+        let tags = request.tags.clone();
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
             config.history = result.history.clone();
             config.created = epoch.map(memobuild_oci::rfc3339);
-            memobuild_oci::image::write_image_annotated(
+            let image = memobuild_oci::image::write_image_annotated(
                 &engine.store,
                 &config,
                 &result.layers,
                 &annotations,
             )
-            .map_err(internal)
+            .map_err(internal)?;
+            let tags = tag_image(&engine, &tags, &image)?;
+            Ok((image, tags))
         })
         .await?
     };
-    let tags = tag_image(engine, &request.tags, &image)?;
     Ok((
         Done {
             manifest_digest: image.manifest_digest,
@@ -887,7 +908,9 @@ async fn run_stage(
         state.key = step_key.clone();
         let span = tracing::info_span!("step", build = log.id, step = step_index, instruction = %step.display);
         log.push(BuildEvent::StepStarted { step: step_index });
-        engine.projects.step_state(project, step_index, "building");
+        engine
+            .projects
+            .step_state(project, step_index, StepState::Building);
         let started = Instant::now();
         let mut cached = if no_cache {
             None
@@ -916,7 +939,9 @@ async fn run_stage(
                 engine.metrics.step(&step.display, true, started.elapsed());
                 tracing::info!(parent: &span, "step cached");
                 log.push(BuildEvent::StepCached { step: step_index });
-                engine.projects.step_state(project, step_index, "cached");
+                engine
+                    .projects
+                    .step_state(project, step_index, StepState::Cached);
                 record
             }
             None => {
@@ -977,7 +1002,9 @@ async fn run_stage(
                     step: step_index,
                     millis,
                 });
-                engine.projects.step_state(project, step_index, "done");
+                engine
+                    .projects
+                    .step_state(project, step_index, StepState::Done);
                 record
             }
         };

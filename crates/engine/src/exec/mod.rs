@@ -6,6 +6,7 @@ mod content;
 pub mod copy;
 pub mod fsview;
 pub mod run;
+mod runner;
 mod snapshots;
 pub mod users;
 
@@ -17,6 +18,7 @@ mod urls;
 
 pub use ops::DEFAULT_MAX_PARALLEL_BUILDS;
 pub use run::RunSettings;
+pub use runner::Runner;
 
 use crate::project::Projects;
 use fsview::LayerCache;
@@ -69,6 +71,8 @@ pub struct Engine {
     /// Bounds the RUN steps running at once, across builds.
     pub run_slots: tokio::sync::Semaphore,
     sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
+    /// Runs RUN steps instead of containerd (`Engine::with_runner`).
+    custom_runner: Option<Arc<dyn Runner>>,
     cache_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     uploads: Mutex<HashMap<u64, memobuild_store::Upload>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
@@ -214,6 +218,25 @@ impl Engine {
     /// Creates the engine, starts its file watcher and dirty tracking, and
     /// resumes watching the contexts of known projects (needs a tokio runtime).
     pub fn new(store: Arc<Store>, run_settings: RunSettings) -> Arc<Engine> {
+        Engine::open(store, run_settings, None)
+    }
+
+    /// An engine whose RUN steps go to `runner` instead of containerd (no
+    /// snapshots are written, nothing is cleaned up in containerd). For
+    /// tests of everything around the sandbox.
+    pub fn with_runner(
+        store: Arc<Store>,
+        run_settings: RunSettings,
+        runner: Arc<dyn Runner>,
+    ) -> Arc<Engine> {
+        Engine::open(store, run_settings, Some(runner))
+    }
+
+    fn open(
+        store: Arc<Store>,
+        run_settings: RunSettings,
+        custom_runner: Option<Arc<dyn Runner>>,
+    ) -> Arc<Engine> {
         let projects = Projects::load(&store);
         let hashes = HashCache::new();
         match store.hashes() {
@@ -238,6 +261,7 @@ impl Engine {
             run_slots: tokio::sync::Semaphore::new(run_settings.max_parallel.max(1)),
             run_settings: parking_lot::RwLock::new(run_settings),
             sandbox: tokio::sync::Mutex::new(None),
+            custom_runner,
             cache_locks: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
@@ -262,9 +286,9 @@ impl Engine {
         tokio::spawn(build::resume_watching(engine.clone()));
         crate::tidy::spawn(&engine);
         // A containerd used before may hold what a crashed daemon left behind.
-        if engine.run_settings().containerd_socket.is_some()
-            || engine.store.root().join("containerd").is_dir()
-        {
+        let containerd_used = engine.run_settings().containerd_socket.is_some()
+            || engine.store.root().join("containerd").is_dir();
+        if containerd_used && engine.custom_runner.is_none() {
             let e = engine.clone();
             tokio::spawn(async move {
                 if let Err(err) = e.sandbox().await {
@@ -275,9 +299,25 @@ impl Engine {
         engine
     }
 
-    /// The sandbox for RUN steps: connects (or starts the private containerd)
-    /// on first use, and removes what a crashed daemon left in it.
+    /// What runs RUN steps: containerd (see [`Engine::sandbox`]) unless the
+    /// engine was opened [`Engine::with_runner`].
+    pub async fn runner(&self) -> Result<Arc<dyn Runner>, RpcError> {
+        match &self.custom_runner {
+            Some(runner) => Ok(runner.clone()),
+            None => Ok(Arc::new(self.sandbox().await?)),
+        }
+    }
+
+    /// The containerd sandbox: connects (or starts the private containerd)
+    /// on first use, and removes what a crashed daemon left in it. An engine
+    /// with a custom runner has none.
     pub async fn sandbox(&self) -> Result<memobuild_sandbox::Sandbox, RpcError> {
+        if self.custom_runner.is_some() {
+            return Err(RpcError::of(
+                memobuild_proto::ErrorKind::Unavailable,
+                "this engine runs steps without containerd",
+            ));
+        }
         let mut guard = self.sandbox.lock().await;
         if let Some(handle) = guard.as_ref() {
             return Ok(handle.sandbox.clone());

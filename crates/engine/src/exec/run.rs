@@ -66,7 +66,7 @@ fn err(message: impl Into<String>) -> RpcError {
 /// Runs the step; returns its cache record (its layer, if it changed anything).
 pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError> {
     let engine = cx.engine;
-    let sandbox = engine.sandbox().await?;
+    let runner = engine.runner().await?;
     let _slot = engine
         .run_slots
         .acquire()
@@ -149,7 +149,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     };
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
-    let outcome = sandbox.run(&layers, &spec, tx).await;
+    let outcome = runner.run(&layers, &spec, tx).await;
     if let Ok(o) = &outcome {
         let t = &o.timings;
         tracing::debug!(setup = ?t.setup, run = ?t.run, diff = ?t.diff, teardown = ?t.teardown, unpacked_layers = t.unpacked_layers, "sandbox finished");
