@@ -158,8 +158,9 @@ fn log_files_are_written_and_json_lines_carry_the_build() {
     // The daily file (memobuildd.YYYY-MM-DD.log) and the build's own log.
     assert!(log_dir.path().join(format!("builds/{id}.jsonl")).is_file());
     // The file writer flushes in the background; a test running over
-    // midnight (UTC) finds its lines in two files.
-    let lines = wait_for_lines(log_dir.path(), "step done");
+    // midnight (UTC) finds its lines in two files. "build finished" is the
+    // last line the build logs.
+    let lines = wait_for_lines(log_dir.path(), "build finished");
     let parsed: Vec<Value> = lines
         .iter()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))

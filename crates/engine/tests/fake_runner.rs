@@ -184,6 +184,7 @@ fn read_rootfs<'a>(blobs: impl Iterator<Item = &'a Path>) -> BTreeMap<String, Ve
 struct Fixture {
     _dir: tempfile::TempDir,
     context: std::path::PathBuf,
+    store: Arc<Store>,
     engine: Arc<Engine>,
     runner: Arc<FakeRunner>,
 }
@@ -199,10 +200,11 @@ impl Fixture {
             max_parallel: 2,
             ..RunSettings::default()
         };
-        let engine = Engine::with_runner(store, settings, runner.clone());
+        let engine = Engine::with_runner(store.clone(), settings, runner.clone());
         let fixture = Fixture {
             _dir: dir,
             context,
+            store,
             engine,
             runner,
         };
@@ -262,11 +264,11 @@ impl Fixture {
     /// The image's regular files, with what later layers wrote on top.
     fn files(&self, built: &Built) -> BTreeMap<String, String> {
         let manifest = built.manifest().expect("a finished build");
-        let image = memobuild_oci::image::read_image(&self.engine.store, &manifest).expect("image");
+        let image = memobuild_oci::image::read_image(&self.store, &manifest).expect("image");
         let blobs: Vec<_> = image
             .layers
             .iter()
-            .map(|l| self.engine.store.blobs.path(&l.digest).expect("layer path"))
+            .map(|l| self.store.blobs.path(&l.digest).expect("layer path"))
             .collect();
         read_rootfs(blobs.iter().map(|p| p.as_path()))
             .into_iter()
