@@ -7,7 +7,7 @@
 //! (Debian `containerd`); without them these tests fail, they never skip.
 
 mod common;
-use common::{busybox_context, write_files, BuildOutcome, Daemon};
+use common::{busybox_context, BuildOutcome, Daemon};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
