@@ -24,74 +24,19 @@
 
 mod common;
 
-use common::{timed, Bins};
+use common::daemon::Daemon;
+use common::report::{fmt, Samples, Table};
+use common::{timed, SEED};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 const BENCH: &str = "export";
-const SEED: u64 = 0x6d65_6d6f_6275_696c; // "memobuil", as the e2e bench
 const DOCKERFILE: &str = "FROM scratch\nCOPY . /app/\n";
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(bins: &Bins, dir: &Path) -> Daemon {
-        let socket = dir.join("memobuildd.sock");
-        let log = dir.join("memobuildd.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let child = Command::new(&bins.daemon)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bins.daemon.display()));
-        let mut d = Daemon { child, socket, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!(
-                    "memobuildd exited at start-up ({status}): {}",
-                    fs::read_to_string(&d.log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "memobuildd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        d
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One timed `memobuild-ctl build` (whole process); panics on failure.
-fn build(bins: &Bins, d: &Daemon, ctx: &Path, outputs: &[String], fds: bool) -> Duration {
-    let mut cmd = Command::new(&bins.ctl);
-    cmd.arg("--socket").arg(&d.socket).args([
+fn build(d: &Daemon, ctx: &Path, outputs: &[String], fds: bool) -> Duration {
+    let mut cmd = d.ctl(&[
         "build",
         "--progress",
         "quiet",
@@ -111,7 +56,7 @@ fn build(bins: &Bins, d: &Daemon, ctx: &Path, outputs: &[String], fds: bool) -> 
             "memobuild-ctl build {outputs:?} failed ({}): {}\n--- daemon log ---\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            fs::read_to_string(&d.log).unwrap_or_default()
+            d.log_text()
         );
     }
     took
@@ -119,48 +64,65 @@ fn build(bins: &Bins, d: &Daemon, ctx: &Path, outputs: &[String], fds: bool) -> 
 
 struct Scenario {
     name: &'static str,
-    /// `-o` values; `{}` is replaced by this scenario's output path.
+    /// `-o` value; `{}` is replaced by this scenario's output path.
     output: Option<&'static str>,
     fds: bool,
     /// Remove the previous output before the run (untimed).
     fresh: bool,
-    times: Vec<f64>,
+    times: Samples,
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
+/// (name, output, blobs by descriptor, fresh output path): the scenarios, in
+/// the order of the report; `no-op` must stay first, the two `type=oci` with
+/// and without descriptors second and last (their archives are compared).
+const SCENARIOS: [(&str, Option<&str>, bool, bool); 6] = [
+    ("no-op build alone", None, true, true),
+    ("+ -o type=oci (fd)", Some("type=oci,dest={}"), true, true),
+    (
+        "+ -o type=oci (fd), replacing the last archive",
+        Some("type=oci,dest={}"),
+        true,
+        false,
+    ),
+    (
+        "+ -o type=oci-layout (fd)",
+        Some("type=oci-layout,dest={}"),
+        true,
+        true,
+    ),
+    (
+        "+ -o type=docker,dest= (fd)",
+        Some("type=docker,dest={}"),
+        true,
+        true,
+    ),
+    (
+        "+ -o type=oci (read_blob chunks)",
+        Some("type=oci,dest={}"),
+        false,
+        true,
+    ),
+];
 
 fn main() {
     let files = common::env_usize(BENCH, "MEMOBUILD_BENCH_FILES", 10_000).max(10);
     let runs = common::env_usize(BENCH, "MEMOBUILD_BENCH_RUNS", 10).max(1);
     let total = files as u64 * 10_000;
-    let bins = match std::env::var_os("MEMOBUILD_BENCH_BIN_DIR") {
-        Some(dir) => Bins {
-            daemon: PathBuf::from(&dir).join("memobuildd"),
-            ctl: PathBuf::from(&dir).join("memobuild-ctl"),
-        },
-        None => common::find_bins(BENCH),
-    };
-    let work_dir = tempfile::Builder::new()
-        .prefix("memobuild-export-")
-        .tempdir_in("/tmp")
-        .expect("creating a temp dir in /tmp");
+    let bins = common::find_bins(BENCH);
+    let work_dir = common::work_dir("memobuild-export-");
     let work = work_dir.path();
     let ctx = work.join("ctx");
     let out = work.join("out");
     fs::create_dir_all(&ctx).unwrap();
     fs::create_dir_all(&out).unwrap();
     println!("memobuild export benchmark ({})", bins.ctl.display());
-    print_machine();
+    println!("{}", common::machine::machine_line());
     common::generate_tree(&ctx, files, total, SEED).expect("generating the context");
     fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
-    let d = Daemon::start(&bins, work);
-    let cold = build(&bins, &d, &ctx, &[], true);
+    let d = Daemon::start(&bins, &work.join("daemon"));
+    let cold = build(&d, &ctx, &[], true);
     let probe = out.join("probe.tar");
     build(
-        &bins,
         &d,
         &ctx,
         &[format!("type=oci,dest={}", probe.display())],
@@ -174,50 +136,16 @@ fn main() {
         image_bytes as f64 / 1e6
     );
 
-    let mut scenarios = vec![
-        Scenario {
-            name: "no-op build alone",
-            output: None,
-            fds: true,
-            fresh: true,
-            times: vec![],
-        },
-        Scenario {
-            name: "+ -o type=oci (fd)",
-            output: Some("type=oci,dest={}"),
-            fds: true,
-            fresh: true,
-            times: vec![],
-        },
-        Scenario {
-            name: "+ -o type=oci (fd), replacing the last archive",
-            output: Some("type=oci,dest={}"),
-            fds: true,
-            fresh: false,
-            times: vec![],
-        },
-        Scenario {
-            name: "+ -o type=oci-layout (fd)",
-            output: Some("type=oci-layout,dest={}"),
-            fds: true,
-            fresh: true,
-            times: vec![],
-        },
-        Scenario {
-            name: "+ -o type=docker,dest= (fd)",
-            output: Some("type=docker,dest={}"),
-            fds: true,
-            fresh: true,
-            times: vec![],
-        },
-        Scenario {
-            name: "+ -o type=oci (read_blob chunks)",
-            output: Some("type=oci,dest={}"),
-            fds: false,
-            fresh: true,
-            times: vec![],
-        },
-    ];
+    let mut scenarios: Vec<Scenario> = SCENARIOS
+        .iter()
+        .map(|&(name, output, fds, fresh)| Scenario {
+            name,
+            output,
+            fds,
+            fresh,
+            times: Samples::default(),
+        })
+        .collect();
     for run in 0..runs {
         for (i, s) in scenarios.iter_mut().enumerate() {
             let path = out.join(format!("s{i}"));
@@ -230,8 +158,7 @@ fn main() {
                 .map(|o| o.replace("{}", &path.display().to_string()))
                 .into_iter()
                 .collect();
-            let took = build(&bins, &d, &ctx, &outputs, s.fds);
-            s.times.push(took.as_secs_f64());
+            s.times.push(build(&d, &ctx, &outputs, s.fds));
         }
         eprint!("\rrun {}/{runs}", run + 1);
     }
@@ -242,39 +169,33 @@ fn main() {
         fs::read(out.join("s5")).unwrap(),
     );
     assert!(fd == rpc, "the fd and the chunked type=oci archives differ");
+    drop(d);
 
-    for s in scenarios.iter_mut() {
-        s.times.sort_by(f64::total_cmp);
-    }
-    let noop = pct(&scenarios[0].times, 50.0);
+    let p50 = |s: &Scenario| s.times.p50().unwrap_or_default().as_secs_f64();
+    let noop = p50(&scenarios[0]);
     println!();
-    println!(
-        "| scenario (whole ctl process, {runs} runs) | p50 | p99 | over the no-op build (p50) |"
-    );
-    println!("| --- | --- | --- | --- |");
+    println!("Percentiles are nearest-rank (p99 of fewer than 100 runs is the maximum).");
+    println!();
+    let head = format!("scenario (whole ctl process, {runs} runs)");
+    let mut t = Table::new(&[head.as_str(), "p50", "p99", "over the no-op build (p50)"]);
     for s in &scenarios {
-        let p50 = pct(&s.times, 50.0);
         let over = if s.output.is_some() {
-            format!("{:.3} s", p50 - noop)
+            format!("{:.3} s", p50(s) - noop)
         } else {
             "-".to_string()
         };
-        println!(
-            "| {} | {:.3} s | {:.3} s | {over} |",
-            s.name,
-            p50,
-            pct(&s.times, 99.0)
-        );
+        t.row(vec![
+            s.name.to_string(),
+            fmt(s.times.p50()),
+            fmt(s.times.p99()),
+            over,
+        ]);
     }
-    let fd_over = pct(&scenarios[1].times, 50.0) - noop;
-    let rpc_over = pct(&scenarios[5].times, 50.0) - noop;
+    t.print();
+    let fd_over = p50(&scenarios[1]) - noop;
+    let rpc_over = p50(&scenarios[5]) - noop;
     println!(
         "\ntype=oci export cost: {fd_over:.3} s by descriptor vs {rpc_over:.3} s by read_blob chunks: {:.1}x less",
         rpc_over / fd_over.max(1e-6)
     );
-}
-
-fn print_machine() {
-    let machine = common::machine_line();
-    println!("{machine}");
 }

@@ -40,190 +40,23 @@
 
 mod common;
 
-use common::{timed, Bins, GenFile};
-
-const BENCH: &str = "warm";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    common::env_usize(BENCH, name, default)
-}
-
-fn find_bins() -> Bins {
-    common::find_bins(BENCH)
-}
+use common::daemon::{Daemon, MbRun};
+use common::report::{fmt as fmt_d, print_notes, Samples, Table};
+use common::{timed, wanted, Bins, GenFile, SEED};
 use memobuild_proto::{MemobuildClient, ProjectState, StatusReport};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SEED: u64 = 0x6d65_6d6f_6275_696c; // "memobuil", as the e2e bench
+const BENCH: &str = "warm";
 const DOCKERFILE: &str = "FROM scratch\nCOPY . /app/\n";
 const TAG: &str = "memobuild-bench-warm";
 /// Directories of the memory scenario's tree.
 const INDEX_DIRS: usize = 1000;
 
-fn wanted(part: &str) -> bool {
-    match std::env::var("MEMOBUILD_BENCH_ONLY") {
-        Ok(v) if !v.is_empty() => v.split(',').any(|p| p.trim() == part),
-        _ => true,
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Binaries (as benches/e2e.rs)
-
-// ---------------------------------------------------------------------------
-// Samples
-
-#[derive(Default, Clone)]
-struct Samples(Vec<Duration>);
-
-impl Samples {
-    fn push(&mut self, d: Duration) {
-        self.0.push(d);
-    }
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    /// Nearest-rank percentile.
-    fn pct(&self, p: f64) -> Option<Duration> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let mut v = self.0.clone();
-        v.sort();
-        let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
-        Some(v[rank.min(v.len()) - 1])
-    }
-    fn p50(&self) -> Option<Duration> {
-        self.pct(50.0)
-    }
-    fn p99(&self) -> Option<Duration> {
-        self.pct(99.0)
-    }
-    fn max(&self) -> Option<Duration> {
-        self.0.iter().max().copied()
-    }
-    fn min(&self) -> Option<Duration> {
-        self.0.iter().min().copied()
-    }
-}
-
-fn fmt_d(d: Option<Duration>) -> String {
-    match d {
-        None => "-".into(),
-        Some(d) => {
-            let ms = d.as_secs_f64() * 1000.0;
-            if ms < 1.0 {
-                format!("{:.0} µs", ms * 1000.0)
-            } else if ms < 10.0 {
-                format!("{ms:.2} ms")
-            } else if ms < 1000.0 {
-                format!("{ms:.1} ms")
-            } else {
-                format!("{:.2} s", ms / 1000.0)
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The daemon and its clients
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    data_dir: PathBuf,
-    log: PathBuf,
-    /// For the auto-start fallback of memobuild-ctl (never used if all goes well).
-    xdg: PathBuf,
-}
-
-impl Daemon {
-    fn start(bins: &Bins, dir: &Path) -> Daemon {
-        fs::create_dir_all(dir).unwrap();
-        let socket = dir.join("memobuildd.sock");
-        let data_dir = dir.join("data");
-        let log = dir.join("memobuildd.log");
-        let log_file = fs::File::create(&log).unwrap();
-        let child = Command::new(&bins.daemon)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bins.daemon.display()));
-        let mut d = Daemon {
-            child,
-            socket,
-            data_dir,
-            log,
-            xdg: dir.join("xdg-data"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if std::os::unix::net::UnixStream::connect(&d.socket).is_ok() {
-                return d;
-            }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!(
-                    "memobuildd exited at start-up ({status}); its log:\n{}",
-                    fs::read_to_string(&d.log).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                panic!("memobuildd did not open {} within 20 s", d.socket.display());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "memobuildd died ({status}); its log:\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-
-    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-    fn proc_kib(&self, field: &str) -> u64 {
-        let text = fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("reading the daemon's /proc status");
-        text.lines()
-            .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or_else(|| panic!("no {field} in /proc/{}/status", self.pid()))
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                let _ = fs::remove_dir_all(&self.data_dir);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.data_dir);
-    }
+fn env_usize(name: &str, default: usize) -> usize {
+    common::env_usize(BENCH, name, default)
 }
 
 /// One tarpc connection to the daemon, as memobuild-ctl makes it
@@ -280,65 +113,9 @@ impl Rpc {
     }
 }
 
-struct MbRun {
-    wall: Duration,
-    daemon_millis: u64,
-    done: usize,
-    cached: usize,
-    digest: String,
-}
-
 /// `memobuild-ctl build --progress json -f CTX/Dockerfile CTX`, wall time of the process.
-fn build_cmd(bins: &Bins, daemon: &Daemon, ctx: &Path) -> Command {
-    let mut cmd = Command::new(&bins.ctl);
-    cmd.arg("--socket")
-        .arg(&daemon.socket)
-        .args(["build", "-t", TAG, "--progress", "json", "-f"])
-        .arg(ctx.join("Dockerfile"))
-        .arg(ctx)
-        .env("XDG_DATA_HOME", &daemon.xdg);
-    cmd
-}
-
-fn parse_build(wall: Duration, out: &Output) -> MbRun {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        panic!(
-            "memobuild-ctl build failed ({}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let mut run = MbRun {
-        wall,
-        daemon_millis: 0,
-        done: 0,
-        cached: 0,
-        digest: String::new(),
-    };
-    for line in stdout.lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        match v["event"].as_str() {
-            Some("step_done") => run.done += 1,
-            Some("step_cached") => run.cached += 1,
-            Some("finished") => {
-                run.digest = v["manifest_digest"].as_str().unwrap_or("").to_string();
-                run.daemon_millis = v["millis"].as_u64().unwrap_or(0);
-            }
-            _ => {}
-        }
-    }
-    assert!(!run.digest.is_empty(), "no finished event in:\n{stdout}");
-    run
-}
-
-/// `memobuild-ctl build --progress json -f CTX/Dockerfile CTX`, wall time of the process.
-fn ctl_build(bins: &Bins, daemon: &mut Daemon, ctx: &Path) -> MbRun {
-    daemon.assert_alive();
-    let (wall, out) = timed(&mut build_cmd(bins, daemon, ctx));
-    parse_build(wall, &out)
+fn ctl_build(daemon: &mut Daemon, ctx: &Path) -> MbRun {
+    daemon.build(ctx, "Dockerfile", TAG, &[])
 }
 
 /// Where the daemon's hashing happened inside one build, seen from outside:
@@ -353,17 +130,13 @@ struct HashWindow {
 
 /// A build while polling `status` for `hashed_bytes` (every 2 ms, so the poller
 /// hardly takes CPU from the daemon).
-fn ctl_build_watching_hashes(
-    bins: &Bins,
-    daemon: &mut Daemon,
-    rpc: &Rpc,
-    ctx: &Path,
-) -> (MbRun, HashWindow) {
+fn ctl_build_watching_hashes(daemon: &mut Daemon, rpc: &Rpc, ctx: &Path) -> (MbRun, HashWindow) {
     daemon.assert_alive();
     let gap = Duration::from_millis(2);
     let base = rpc.status("").daemon.hashed_bytes;
     let started = Instant::now();
-    let mut child = build_cmd(bins, daemon, ctx)
+    let mut child = daemon
+        .build_cmd(ctx, "Dockerfile", TAG, &[])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -382,7 +155,7 @@ fn ctl_build_watching_hashes(
         std::thread::sleep(gap);
     };
     let out = child.wait_with_output().expect("memobuild-ctl output");
-    let run = parse_build(wall, &out);
+    let run = MbRun::parse(wall, &out, daemon);
     let final_bytes = rpc.status("").daemon.hashed_bytes - base;
     let first = seen
         .iter()
@@ -416,11 +189,11 @@ fn project_of(rpc: &Rpc, ctx: &Path) -> memobuild_proto::ProjectStatus {
 }
 
 /// Polls `status(project)` until its state is `want` (or `timeout`).
-fn wait_state(rpc: &Rpc, project: &str, want: &str, timeout: Duration) -> bool {
+fn wait_state(rpc: &Rpc, project: &str, want: ProjectState, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         let s = rpc.status(project);
-        if s.projects.first().is_some_and(|p| p.state.as_str() == want) {
+        if s.projects.first().is_some_and(|p| p.state == want) {
             return true;
         }
         if Instant::now() > deadline {
@@ -473,18 +246,12 @@ impl Report {
 
     fn print(&self) {
         println!();
-        println!("| scenario | n | target | measured | result |");
-        println!("|---|---|---|---|---|");
+        let mut t = Table::new(&["scenario", "n", "target", "measured", "result"]);
         for r in &self.rows {
-            println!("| {} | {} | {} | {} | {} |", r[0], r[1], r[2], r[3], r[4]);
+            t.row(r.to_vec());
         }
-        if !self.notes.is_empty() {
-            println!();
-            for n in &self.notes {
-                println!("* {n}");
-            }
-        }
-        let _ = std::io::stdout().flush();
+        t.print();
+        print_notes(&self.notes);
     }
 }
 
@@ -496,26 +263,18 @@ fn le(d: Option<Duration>, ms: f64) -> Option<bool> {
 // Scenarios
 
 /// 1. No-op builds of the warm project.
-fn noop_builds(
-    bins: &Bins,
-    d: &mut Daemon,
-    rpc: &Rpc,
-    ctx: &Path,
-    digest: &str,
-    label: &str,
-    rep: &mut Report,
-) {
+fn noop_builds(d: &mut Daemon, rpc: &Rpc, ctx: &Path, digest: &str, label: &str, rep: &mut Report) {
     let runs = env_usize("MEMOBUILD_BENCH_NOOP_RUNS", 200).max(1);
     let before = rpc.status("");
     let gen_before = project_of(rpc, ctx).generation;
     let mut wall = Samples::default();
     let mut daemon_side = Samples::default();
     for _ in 0..runs {
-        let r = ctl_build(bins, d, ctx);
-        assert_eq!(r.done, 0, "a no-op build ran {} steps", r.done);
+        let r = ctl_build(d, ctx);
+        assert_eq!(r.executed.len(), 0, "a no-op build ran {:?}", r.executed);
         assert_eq!(r.digest, digest, "a no-op build changed the image");
         wall.push(r.wall);
-        daemon_side.push(Duration::from_millis(r.daemon_millis));
+        daemon_side.push(r.daemon);
     }
     let after = rpc.status("");
     let hashed = after.daemon.hashed_bytes - before.daemon.hashed_bytes;
@@ -672,14 +431,7 @@ fn status_latency(bins: &Bins, d: &mut Daemon, rpc: &Rpc, rep: &mut Report) {
 }
 
 /// 3. Save (write in place) -> first `dirty` answer.
-fn save_to_dirty(
-    bins: &Bins,
-    d: &mut Daemon,
-    rpc: &Rpc,
-    ctx: &Path,
-    file: &GenFile,
-    rep: &mut Report,
-) {
+fn save_to_dirty(d: &mut Daemon, rpc: &Rpc, ctx: &Path, file: &GenFile, rep: &mut Report) {
     let samples = env_usize("MEMOBUILD_BENCH_DIRTY_SAMPLES", 50).max(1);
     // 0 = a tight loop (the default); else sleep this long between polls.
     let poll_gap = Duration::from_micros(env_usize("MEMOBUILD_BENCH_POLL_US", 0) as u64);
@@ -700,7 +452,7 @@ fn save_to_dirty(
     for i in 0..samples {
         // Let the previous build's own after-effects settle.
         std::thread::sleep(Duration::from_millis(50));
-        if !wait_state(rpc, &id, "clean", Duration::from_secs(5)) {
+        if !wait_state(rpc, &id, ProjectState::Clean, Duration::from_secs(5)) {
             panic!("project {id} is not clean before sample {i}");
         }
         common::rewrite_file(ctx, file, 1000 + i as u64).unwrap();
@@ -757,13 +509,18 @@ fn save_to_dirty(
             None => missed += 1,
         }
         // Restore: build (the one COPY runs again).
-        let r = ctl_build(bins, d, ctx);
+        let r = ctl_build(d, ctx);
         build_times.push(r.wall);
-        assert_eq!(r.done, 1, "the restoring build ran {} steps", r.done);
-        if !wait_state(rpc, &id, "clean", Duration::from_secs(2)) {
+        assert_eq!(
+            r.executed.len(),
+            1,
+            "the restoring build ran {:?}",
+            r.executed
+        );
+        if !wait_state(rpc, &id, ProjectState::Clean, Duration::from_secs(2)) {
             restore_anomalies += 1;
             // A dirty re-plan that finished after the build: build once more.
-            ctl_build(bins, d, ctx);
+            ctl_build(d, ctx);
         }
     }
     let mut slow: Vec<(Duration, Duration)> = to_dirty
@@ -827,15 +584,7 @@ fn save_to_dirty(
 }
 
 /// 5. First index of a cold copy of the context, next to b3sum and the library.
-fn first_index(
-    bins: &Bins,
-    d: &mut Daemon,
-    rpc: &Rpc,
-    work: &Path,
-    ctx: &Path,
-    digest: &str,
-    rep: &mut Report,
-) {
+fn first_index(d: &mut Daemon, rpc: &Rpc, work: &Path, ctx: &Path, digest: &str, rep: &mut Report) {
     let runs = env_usize("MEMOBUILD_BENCH_COLD_RUNS", 5).max(1);
     let have_b3sum = Command::new("b3sum")
         .arg("--version")
@@ -887,16 +636,16 @@ fn first_index(
         }
         // The daemon: a tree it has never seen (walk + hash every file); the step
         // itself is cached (same content), so no layer is written.
-        let (r, window) = ctl_build_watching_hashes(bins, d, rpc, &copy);
+        let (r, window) = ctl_build_watching_hashes(d, rpc, &copy);
         let hashed = window.bytes;
         before_hash.push(window.first);
         hashing.push(window.last.saturating_sub(window.first));
         after_hash.push(r.wall.saturating_sub(window.last));
         assert_eq!(r.digest, digest, "the copy built another image");
-        if r.done != 0 {
+        if !r.executed.is_empty() {
             rep.note(format!(
                 "first index run {i}: {} steps ran (expected all cached): the time includes layer writing",
-                r.done
+                r.executed.len()
             ));
         }
         if hashed != bytes {
@@ -905,7 +654,7 @@ fn first_index(
             ));
         }
         daemon_wall.push(r.wall);
-        daemon_side.push(Duration::from_millis(r.daemon_millis));
+        daemon_side.push(r.daemon);
         rpc.forget(&copy.display().to_string());
         fs::remove_dir_all(&copy).unwrap();
     }
@@ -1082,7 +831,7 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     rpc.status("");
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = d.proc_kib("VmRSS");
-    let r = ctl_build(bins, &mut d, &tree);
+    let r = ctl_build(&mut d, &tree);
     let deadline = Instant::now() + Duration::from_secs(120);
     let entries = loop {
         let s = rpc.status("");
@@ -1135,7 +884,7 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
     let mut rss_trail = Vec::new();
     for i in 0..saves {
         std::thread::sleep(Duration::from_millis(100));
-        wait_state(&rpc, &id, "clean", Duration::from_secs(30));
+        wait_state(&rpc, &id, ProjectState::Clean, Duration::from_secs(30));
         fs::write(tree.join("small.txt"), format!("hello {i}\n")).unwrap();
         let written = Instant::now();
         loop {
@@ -1152,7 +901,7 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
                 break;
             }
         }
-        ctl_build(bins, &mut d, &tree);
+        ctl_build(&mut d, &tree);
         rss_trail.push(d.proc_kib("VmRSS") / 1024);
     }
     eprintln!("warm bench: index memory: VmRSS (MiB) after each save + build: {rss_trail:?}");
@@ -1211,26 +960,17 @@ fn index_memory(bins: &Bins, work: &Path, rep: &mut Report) {
 
 // ---------------------------------------------------------------------------
 
-fn print_machine() {
-    let machine = common::machine_line();
-    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("{machine}");
-    println!("load average at start: {}", load.trim());
-}
-
 fn main() {
     let files = env_usize("MEMOBUILD_BENCH_FILES", 10_000).max(10);
     let total = files as u64 * 10_000;
-    let bins = find_bins();
-    let work_dir = tempfile::Builder::new()
-        .prefix("memobuild-warm-")
-        .tempdir_in("/tmp")
-        .expect("creating a temp dir in /tmp");
+    let bins = common::find_bins(BENCH);
+    let work_dir = common::work_dir("memobuild-warm-");
     let work = work_dir.path().to_path_buf();
     let mut rep = Report::default();
 
     println!("memobuild warm-daemon benchmark (issue 4)");
-    print_machine();
+    println!("{}", common::machine::machine_line());
+    println!("load average at start: {}", common::machine::load_average());
     let t0 = Instant::now();
 
     let need_ctx = ["noop", "status", "dirty", "cold"]
@@ -1252,25 +992,20 @@ fn main() {
         // A real project's files are older than that: wait it out.
         let racy = memobuild_context::hash::RACY_WINDOW_NS as u64;
         std::thread::sleep(Duration::from_nanos(racy) + Duration::from_millis(100));
-        let changed: GenFile = plan
-            .iter()
-            .filter(|f| f.rel.starts_with("d9/"))
-            .min_by_key(|f| f.size.abs_diff(10_000))
-            .cloned()
-            .expect("a file in d9");
+        let changed = common::file_to_change(&plan);
 
         let mut d = Daemon::start(&bins, &work.join("daemon"));
         let rpc = Rpc::connect(&d.socket);
         // Cold build (fresh data dir), then a warm-up no-op.
-        let cold = ctl_build(&bins, &mut d, &ctx);
+        let cold = ctl_build(&mut d, &ctx);
         let hashed = rpc.status("").daemon.hashed_bytes;
         println!(
             "cold build (fresh daemon, every file hashed, the layer written): {} wall, {} ms daemon-side, {hashed} bytes hashed",
             fmt_d(Some(cold.wall)),
-            cold.daemon_millis
+            cold.daemon.as_millis()
         );
-        let warm = ctl_build(&bins, &mut d, &ctx);
-        assert_eq!(warm.done, 0, "the warm-up rebuild ran steps");
+        let warm = ctl_build(&mut d, &ctx);
+        assert_eq!(warm.executed.len(), 0, "the warm-up rebuild ran steps");
         assert_eq!(warm.digest, cold.digest);
         let p = project_of(&rpc, &ctx);
         println!(
@@ -1282,7 +1017,7 @@ fn main() {
 
         if wanted("noop") {
             let label = format!("{files} files / {:.0} MB", total as f64 / 1e6);
-            noop_builds(&bins, &mut d, &rpc, &ctx, &cold.digest, &label, &mut rep);
+            noop_builds(&mut d, &rpc, &ctx, &cold.digest, &label, &mut rep);
             eprintln!(
                 "warm bench: no-op builds done ({:.0} s)",
                 t0.elapsed().as_secs_f64()
@@ -1297,15 +1032,15 @@ fn main() {
         }
         let mut digest = cold.digest.clone();
         if wanted("dirty") {
-            save_to_dirty(&bins, &mut d, &rpc, &ctx, &changed, &mut rep);
-            digest = ctl_build(&bins, &mut d, &ctx).digest;
+            save_to_dirty(&mut d, &rpc, &ctx, &changed, &mut rep);
+            digest = ctl_build(&mut d, &ctx).digest;
             eprintln!(
                 "warm bench: save-to-dirty done ({:.0} s)",
                 t0.elapsed().as_secs_f64()
             );
         }
         if wanted("cold") {
-            first_index(&bins, &mut d, &rpc, &work, &ctx, &digest, &mut rep);
+            first_index(&mut d, &rpc, &work, &ctx, &digest, &mut rep);
             eprintln!(
                 "warm bench: first index done ({:.0} s)",
                 t0.elapsed().as_secs_f64()
@@ -1326,9 +1061,7 @@ fn main() {
     println!();
     println!(
         "load average at the end: {}",
-        fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .trim()
+        common::machine::load_average()
     );
     println!("Percentiles are nearest-rank. Whole-process figures are the wall time from");
     println!("spawning memobuild-ctl until it exits.");

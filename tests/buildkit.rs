@@ -112,6 +112,11 @@ impl Bk {
     }
 }
 
+/// `--build-arg KV` for each of `kvs`.
+fn build_args<'a>(kvs: &[&'a str]) -> Vec<&'a str> {
+    kvs.iter().flat_map(|kv| ["--build-arg", kv]).collect()
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read_dir") {
@@ -1323,36 +1328,19 @@ COPY --from=build /out /
     let want = "hpvalue::npvalue::foocontents::::bazcontent";
     let img = bk.ok(
         &Ctx::new(df),
-        &[
-            "--build-arg",
-            "FOO=foocontents",
-            "--build-arg",
-            "http_proxy=hpvalue",
-            "--build-arg",
-            "NO_PROXY=npvalue",
-        ],
+        &build_args(&["FOO=foocontents", "http_proxy=hpvalue", "NO_PROXY=npvalue"]),
     );
     assert_eq!(img.read("/out"), want);
     // A different proxy value alone: the RUN is still cached.
     let img = bk.ok(
         &Ctx::new(df),
-        &[
-            "--build-arg",
-            "FOO=foocontents",
-            "--build-arg",
-            "http_proxy=hpvalue2",
-        ],
+        &build_args(&["FOO=foocontents", "http_proxy=hpvalue2"]),
     );
     assert_eq!(img.read("/out"), want);
     // FOO changed: the RUN re-runs, with the new proxy value.
     let img = bk.ok(
         &Ctx::new(df),
-        &[
-            "--build-arg",
-            "FOO=foocontents2",
-            "--build-arg",
-            "http_proxy=hpvalue2",
-        ],
+        &build_args(&["FOO=foocontents2", "http_proxy=hpvalue2"]),
     );
     assert_eq!(img.read("/out"), "hpvalue2::::foocontents2::::bazcontent");
 }

@@ -8,19 +8,9 @@ use common::{busybox_context, oci_file, BuildOutcome, Daemon};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// Stops the daemon (and a stray containerd) however the test ends.
-struct Guard(Daemon);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.stop();
-        self.0.stop_stray_containerd();
-    }
-}
-
 #[test]
 fn twenty_identical_builds_share_one_execution() {
-    let d = Guard(Daemon::start());
+    let d = Daemon::start();
     // The RUN's output is random: one execution is the only way every
     // client can get the same image. It runs long enough for all 20 clients
     // to start and connect even on a loaded 2-core CI machine (a client that
@@ -29,7 +19,7 @@ fn twenty_identical_builds_share_one_execution() {
         "RUN sleep 10 && cat /proc/sys/kernel/random/uuid > /stamp\n",
         &[],
     );
-    let children: Vec<Child> = (0..20).map(|_| d.0.spawn_build(ctx.path(), &[])).collect();
+    let children: Vec<Child> = (0..20).map(|_| d.spawn_build(ctx.path(), &[])).collect();
     let outcomes: Vec<BuildOutcome> = children.into_iter().map(BuildOutcome::wait).collect();
     for o in &outcomes {
         assert!(o.success, "a client's build failed:\n{}", o.text());
@@ -52,14 +42,14 @@ fn twenty_identical_builds_share_one_execution() {
         );
     }
     // The next request starts a new build (answered from the cache).
-    let again = d.0.build_ok(ctx.path(), &[]);
+    let again = d.build_ok(ctx.path(), &[]);
     assert_ne!(again.build_id(), *ids.iter().next().unwrap());
     assert_eq!(again.manifest_digest(), *digests.iter().next().unwrap());
 }
 
 #[test]
 fn different_projects_run_in_parallel_up_to_the_limit_and_queue_beyond() {
-    let d = Guard(Daemon::start_with(&["--max-parallel-builds", "2"]));
+    let d = Daemon::start_with(&["--max-parallel-builds", "2"]);
     let contexts: Vec<tempfile::TempDir> = (0..6)
         .map(|i| {
             busybox_context(
@@ -70,27 +60,27 @@ fn different_projects_run_in_parallel_up_to_the_limit_and_queue_beyond() {
         .collect();
     // Known projects (built once), so `status` lists them while they queue.
     for c in &contexts {
-        d.0.build_ok(c.path(), &[]);
+        d.build_ok(c.path(), &[]);
     }
     for (i, c) in contexts.iter().enumerate() {
         std::fs::write(c.path().join("in.txt"), format!("project {i}\n")).unwrap();
     }
     let dests: Vec<std::path::PathBuf> = (0..6)
-        .map(|i| d.0.dir.path().join(format!("out{i}.tar")))
+        .map(|i| d.dir.path().join(format!("out{i}.tar")))
         .collect();
     let mut children: Vec<Child> = contexts
         .iter()
         .zip(&dests)
         .map(|(c, dest)| {
             let spec = format!("type=oci,dest={}", dest.display());
-            d.0.spawn_build(c.path(), &["-o", &spec])
+            d.spawn_build(c.path(), &["-o", &spec])
         })
         .collect();
     // Watch the daemon while they run: never more than 2 at once, some queued.
     let (mut max_running, mut max_queued, mut queued_projects) = (0, 0, 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let status = d.0.ctl_json(&["status"]);
+        let status = d.ctl_json(&["status"]);
         max_running = max_running.max(status["daemon"]["running_builds"].as_u64().unwrap());
         max_queued = max_queued.max(status["daemon"]["queued_builds"].as_u64().unwrap());
         let projects = status["projects"].as_array().cloned().unwrap_or_default();
@@ -165,10 +155,10 @@ fn wait_for_process(args: &str) {
 
 #[test]
 fn ctrl_c_cancels_a_shared_build_only_for_the_last_client() {
-    let d = Guard(Daemon::start());
+    let d = Daemon::start();
     let ctx = busybox_context("RUN sleep 3 && echo done > /done\n", &[]);
-    let first = d.0.spawn_build(ctx.path(), &[]);
-    let second = d.0.spawn_build(ctx.path(), &[]);
+    let first = d.spawn_build(ctx.path(), &[]);
+    let second = d.spawn_build(ctx.path(), &[]);
     wait_for_process("sleep 3");
     ctrl_c(&first);
     let first = BuildOutcome::wait(first);
@@ -178,7 +168,7 @@ fn ctrl_c_cancels_a_shared_build_only_for_the_last_client() {
         second.success,
         "the other client's build was cancelled:\n{}\n{}",
         second.text(),
-        d.0.log()
+        d.log()
     );
     assert_eq!(first.build_id(), second.build_id());
 
@@ -192,8 +182,8 @@ fn ctrl_c_cancels_a_shared_build_only_for_the_last_client() {
     )
     .unwrap();
     let started = Instant::now();
-    let a = d.0.spawn_build(ctx.path(), &[]);
-    let b = d.0.spawn_build(ctx.path(), &[]);
+    let a = d.spawn_build(ctx.path(), &[]);
+    let b = d.spawn_build(ctx.path(), &[]);
     wait_for_process("sleep 30");
     ctrl_c(&a);
     std::thread::sleep(Duration::from_millis(300));
@@ -202,7 +192,7 @@ fn ctrl_c_cancels_a_shared_build_only_for_the_last_client() {
     assert!(!a.success && !b.success);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let status = d.0.ctl_json(&["status"]);
+        let status = d.ctl_json(&["status"]);
         let last = &status["projects"][0]["last_build"];
         if last["result"] == "failed" {
             let error = last["error"].as_str().unwrap_or("");
@@ -223,11 +213,11 @@ fn ctrl_c_cancels_a_shared_build_only_for_the_last_client() {
 
 #[test]
 fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
-    let d = Guard(Daemon::start());
+    let d = Daemon::start();
     let ctx = busybox_context("RUN sleep 120 && echo done > /done\n", &[]);
-    let mut client = d.0.spawn_build(ctx.path(), &[]);
+    let mut client = d.spawn_build(ctx.path(), &[]);
     // This daemon's build, not another test run's `sleep 120` on the machine.
-    wait_until_building(&d.0);
+    wait_until_building(&d);
     wait_for_process("sleep 120");
     // Killed without a chance to send `cancel`.
     client.kill().unwrap();
@@ -235,7 +225,7 @@ fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     loop {
-        let status = d.0.ctl_json(&["status"]);
+        let status = d.ctl_json(&["status"]);
         let last = &status["projects"][0]["last_build"];
         if last["result"] == "failed" {
             assert!(
@@ -247,7 +237,7 @@ fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
         assert!(
             Instant::now() < deadline,
             "the abandoned build was not cancelled: {status:#}\ndaemon log:\n{}",
-            d.0.log()
+            d.log()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -257,5 +247,5 @@ fn a_build_whose_clients_all_vanished_is_cancelled_after_the_lease() {
         "{:?}",
         started.elapsed()
     );
-    assert!(d.0.log().contains("no client has polled the build"));
+    assert!(d.log().contains("no client has polled the build"));
 }

@@ -9,16 +9,6 @@ mod common;
 use common::{busybox_context, BuildOutcome, Daemon, Rng};
 use std::time::{Duration, Instant};
 
-/// Stops the daemon and the private containerd a killed daemon left running.
-struct Guard(Daemon);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.stop();
-        self.0.stop_stray_containerd();
-    }
-}
-
 /// Small enough that automatic GC runs after most builds (and gets killed too).
 const FLAGS: &[&str] = &["--max-storage", "300k"];
 
@@ -58,7 +48,7 @@ fn contexts() -> Vec<(tempfile::TempDir, &'static str, bool)> {
 fn kill_9_at_random_moments_never_corrupts_the_store() {
     let started = Instant::now();
     let mut rng = Rng::from_time();
-    let mut d = Guard(Daemon::start_with(FLAGS));
+    let mut d = Daemon::start_with(FLAGS);
     let contexts = contexts();
     let mut finished = 0;
     for i in 0..52 {
@@ -68,18 +58,18 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
         let seed = if rng.below(4) == 0 { 7 } else { rng.next() };
         std::fs::write(ctx.path().join(file), Rng(seed | 1).bytes(len)).unwrap();
         let tag = format!("crash{}:latest", i % contexts.len());
-        let child = d.0.spawn_build(ctx.path(), &["-t", &tag]);
+        let child = d.spawn_build(ctx.path(), &["-t", &tag]);
         let window = if *run { 1500 } else { 120 };
         std::thread::sleep(Duration::from_millis(rng.below(window)));
-        d.0.kill9();
+        d.kill9();
         if BuildOutcome::wait(child).success {
             finished += 1;
         }
-        d.0.spawn_with(FLAGS);
+        d.spawn_with(FLAGS);
     }
     eprintln!("{finished} of 52 builds finished before their kill");
 
-    let report = d.0.assert_store_consistent();
+    let report = d.assert_store_consistent();
     assert_eq!(
         report["temp_files"], 0,
         "temp leftovers after restart: {report:#}"
@@ -90,11 +80,11 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
     );
 
     // The restarted daemon and a fresh one build the same images.
-    let fresh = Guard(Daemon::start());
+    let fresh = Daemon::start();
     for (i, (ctx, _, _)) in contexts.iter().enumerate() {
         let tag = format!("crash{i}:latest");
-        let after = d.0.build_ok(ctx.path(), &["-t", &tag]).manifest_digest();
-        let clean = fresh.0.build_ok(ctx.path(), &[]).manifest_digest();
+        let after = d.build_ok(ctx.path(), &["-t", &tag]).manifest_digest();
+        let clean = fresh.build_ok(ctx.path(), &[]).manifest_digest();
         assert_eq!(
             after, clean,
             "context {i}: the crashed daemon's cache gave another image"
@@ -108,14 +98,14 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
         if !*run {
             continue;
         }
-        let again = d.0.build_ok(ctx.path(), &["--no-cache"]).manifest_digest();
-        let clean = fresh.0.build_ok(ctx.path(), &[]).manifest_digest();
+        let again = d.build_ok(ctx.path(), &["--no-cache"]).manifest_digest();
+        let clean = fresh.build_ok(ctx.path(), &[]).manifest_digest();
         assert_eq!(
             again, clean,
             "context {i}: RUN on the crashed daemon's snapshots"
         );
     }
-    d.0.assert_store_consistent();
-    fresh.0.assert_store_consistent();
+    d.assert_store_consistent();
+    fresh.assert_store_consistent();
     eprintln!("took {:?}", started.elapsed());
 }

@@ -2,87 +2,18 @@
 //! failures, limits, network, secrets, cache and bind mounts, USER/WORKDIR,
 //! and what a cancelled build or a killed daemon leaves behind (nothing).
 //!
-//! Every context gets a copy of /bin/busybox (Debian `busybox-static`) and a
-//! Dockerfile starting with [`BASE`]. Needs `containerd`, `runc` and `ctr`
+//! Every context is a [`busybox_context`]: a copy of /bin/busybox (Debian
+//! `busybox-static`) and a Dockerfile starting with its base. Needs `containerd`, `runc` and `ctr`
 //! (Debian `containerd`); without them these tests fail, they never skip.
 
 mod common;
-use common::{write_files, BuildOutcome, Daemon};
+use common::{busybox_context, BuildOutcome, Daemon};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Lines 1-3 of every Dockerfile here: a busybox base image without a registry.
-const BASE: &str = "FROM scratch AS base
-COPY busybox /bin/busybox
-RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
-";
-
-/// A build context: busybox, `Dockerfile` = [`BASE`] + `rest`, and `files`.
-fn context(rest: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy("/bin/busybox", dir.path().join("busybox"))
-        .expect("/bin/busybox is missing: apt-get install busybox-static");
-    std::fs::write(dir.path().join("Dockerfile"), format!("{BASE}{rest}")).unwrap();
-    write_files(dir.path(), files);
-    dir
-}
-
-/// A daemon that is stopped gracefully (so it stops its private containerd)
-/// when the test ends, and whose stray containerd is stopped if it was killed.
-struct RunDaemon(Daemon);
-
-impl RunDaemon {
-    fn start() -> RunDaemon {
-        RunDaemon(Daemon::start())
-    }
-
-    fn start_with(args: &[&str]) -> RunDaemon {
-        RunDaemon(Daemon::start_with(args))
-    }
-}
-
-impl Deref for RunDaemon {
-    type Target = Daemon;
-    fn deref(&self) -> &Daemon {
-        &self.0
-    }
-}
-
-impl DerefMut for RunDaemon {
-    fn deref_mut(&mut self) -> &mut Daemon {
-        &mut self.0
-    }
-}
-
-impl Drop for RunDaemon {
-    fn drop(&mut self) {
-        self.0.stop();
-        // A daemon killed with -9 leaves its containerd running: stop it.
-        let pid_file = self.0.data.join("containerd/containerd.pid");
-        if let Some(pid) = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|t| t.trim().parse::<u32>().ok())
-        {
-            let config = self.0.data.join("containerd/config.toml");
-            if cmdline(pid).contains(&config.display().to_string()) {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
-            }
-        }
-    }
-}
 
 /// A process's command line, arguments separated by spaces ("" if gone).
 fn cmdline(pid: u32) -> String {
@@ -498,8 +429,8 @@ impl Drop for BgBuild {
 
 #[test]
 fn failing_run_reports_command_exit_code_and_last_output_and_is_not_cached() {
-    let d = RunDaemon::start();
-    let ctx = context(
+    let d = Daemon::start();
+    let ctx = busybox_context(
         "RUN echo building; for i in $(seq 1 30); do echo out-$i; done; echo oops-on-stderr >&2; exit 3\n",
         &[],
     );
@@ -570,8 +501,8 @@ fn failing_run_reports_command_exit_code_and_last_output_and_is_not_cached() {
 
 #[test]
 fn step_timeout_kills_the_step_and_the_daemon_keeps_serving() {
-    let d = RunDaemon::start_with(&["--step-timeout", "2"]);
-    let ctx = context("RUN echo before-sleep; sleep 60\n", &[]);
+    let d = Daemon::start_with(&["--step-timeout", "2"]);
+    let ctx = busybox_context("RUN echo before-sleep; sleep 60\n", &[]);
     let started = Instant::now();
     let out = d.build(ctx.path(), &[]);
     let took = started.elapsed();
@@ -596,7 +527,7 @@ fn step_timeout_kills_the_step_and_the_daemon_keeps_serving() {
         "the timed-out step's process",
     );
 
-    let next = context("RUN echo fine > /ok\n", &[]);
+    let next = busybox_context("RUN echo fine > /ok\n", &[]);
     let (_, image) = build_image(&d, next.path(), &[]);
     assert_eq!(image.text("/ok"), "fine\n");
 }
@@ -605,8 +536,8 @@ const MEMORY_HOG: &str = "RUN dd if=/dev/zero of=/dev/null bs=128M count=1\n";
 
 #[test]
 fn memory_limit_fails_the_step_with_a_message_naming_it() {
-    let d = RunDaemon::start();
-    let ctx = context(MEMORY_HOG, &[]);
+    let d = Daemon::start();
+    let ctx = busybox_context(MEMORY_HOG, &[]);
     let out = d.build(ctx.path(), &["--memory", "32m"]);
     assert!(
         !out.success,
@@ -627,15 +558,15 @@ fn memory_limit_fails_the_step_with_a_message_naming_it() {
 
 #[test]
 fn pids_limit_fails_the_step_and_a_concurrent_build_carries_on() {
-    let d = RunDaemon::start();
-    let other = context(
+    let d = Daemon::start();
+    let other = busybox_context(
         "RUN echo other-started; sleep 3; echo other > /other\n",
         &[],
     );
     let mut bg = spawn_build(&d, other.path(), &[]);
     bg.wait_for("other-started", Duration::from_secs(60));
 
-    let ctx = context("RUN for i in $(seq 1 100); do sleep 33 & done; wait\n", &[]);
+    let ctx = busybox_context("RUN for i in $(seq 1 100); do sleep 33 & done; wait\n", &[]);
     let started = Instant::now();
     let out = d.build(ctx.path(), &["--pids-limit", "32"]);
     assert!(
@@ -666,15 +597,15 @@ fn pids_limit_fails_the_step_and_a_concurrent_build_carries_on() {
         "the failed step's processes",
     );
     // And the daemon still builds.
-    let next = context("RUN echo fine > /ok\n", &[]);
+    let next = busybox_context("RUN echo fine > /ok\n", &[]);
     let (_, image) = build_image(&d, next.path(), &[]);
     assert_eq!(image.text("/ok"), "fine\n");
 }
 
 #[test]
 fn daemon_wide_memory_and_pids_limits_apply_to_every_build() {
-    let d = RunDaemon::start_with(&["--memory", "32m", "--pids-limit", "32"]);
-    let mem = context(MEMORY_HOG, &[]);
+    let d = Daemon::start_with(&["--memory", "32m", "--pids-limit", "32"]);
+    let mem = busybox_context(MEMORY_HOG, &[]);
     let out = d.build(mem.path(), &[]);
     assert!(!out.success, "{}", out.text());
     let msg = message(&out);
@@ -682,7 +613,7 @@ fn daemon_wide_memory_and_pids_limits_apply_to_every_build() {
         msg.to_lowercase().contains("memory") && msg.contains("32"),
         "{msg}"
     );
-    let pids = context("RUN for i in $(seq 1 100); do sleep 34 & done; wait\n", &[]);
+    let pids = busybox_context("RUN for i in $(seq 1 100); do sleep 34 & done; wait\n", &[]);
     let out = d.build(pids.path(), &[]);
     assert!(!out.success, "{}", out.text());
     let msg = message(&out);
@@ -692,7 +623,7 @@ fn daemon_wide_memory_and_pids_limits_apply_to_every_build() {
         "{msg}"
     );
     assert_no_leftovers(&d, Duration::from_secs(5));
-    let next = context("RUN echo fine > /ok\n", &[]);
+    let next = busybox_context("RUN echo fine > /ok\n", &[]);
     let (_, image) = build_image(&d, next.path(), &[]);
     assert_eq!(image.text("/ok"), "fine\n");
 }
@@ -721,9 +652,9 @@ fn network_none_leaves_only_loopback_and_the_daemon_can_make_it_the_default() {
 RUN cat /proc/net/dev
 RUN --network=none ip link
 ";
-    let ctx = context(dockerfile, &[]);
+    let ctx = busybox_context(dockerfile, &[]);
 
-    let d = RunDaemon::start();
+    let d = Daemon::start();
     let out = d.build_ok(ctx.path(), &[]);
     assert_eq!(
         interfaces(&step_log(&out, "RUN --network=none cat")),
@@ -740,7 +671,7 @@ RUN --network=none ip link
     // Without --network a step has the host's network, as with Docker.
     assert_eq!(interfaces(&step_log(&out, "RUN cat")), host);
 
-    let d = RunDaemon::start_with(&["--default-network", "none"]);
+    let d = Daemon::start_with(&["--default-network", "none"]);
     let out = d.build_ok(ctx.path(), &[]);
     assert_eq!(
         interfaces(&step_log(&out, "RUN cat")),
@@ -801,7 +732,7 @@ fn random_token() -> String {
 
 #[test]
 fn secret_is_usable_in_its_step_and_leaks_nowhere() {
-    let d = RunDaemon::start();
+    let d = Daemon::start();
     let secrets = tempfile::tempdir().unwrap();
     let token = random_token();
     assert_eq!(token.len(), 32);
@@ -820,7 +751,7 @@ fn secret_is_usable_in_its_step_and_leaks_nowhere() {
             vec![src.clone()]
         );
     }
-    let ctx = context(
+    let ctx = busybox_context(
         "RUN --mount=type=secret,id=tok cat /run/secrets/tok | wc -c > /len
 RUN --mount=type=secret,id=tok,target=/etc/tok.txt,required wc -c < /etc/tok.txt > /len2
 RUN ls /run/secrets > /after 2>&1 || echo gone > /after
@@ -896,7 +827,7 @@ RUN ls /run/secrets > /after 2>&1 || echo gone > /after
     // still, no layer and no metadata may hold it.
     let token3 = random_token();
     std::fs::write(&src, &token3).unwrap();
-    let printing = context(
+    let printing = busybox_context(
         "RUN --mount=type=secret,id=tok cat /run/secrets/tok && echo > /printed\n",
         &[],
     );
@@ -922,8 +853,8 @@ RUN ls /run/secrets > /after 2>&1 || echo gone > /after
 
 #[test]
 fn cache_mount_persists_across_builds_and_restarts_and_stays_out_of_the_image() {
-    let mut d = RunDaemon::start();
-    let ctx = context(
+    let mut d = Daemon::start();
+    let ctx = busybox_context(
         "ARG N
 RUN --mount=type=cache,target=/cache echo \"build-$N\" >> /cache/log && wc -l < /cache/log > /count && cp /cache/log /seen
 RUN --mount=type=cache,id=/cache,target=/other wc -l < /other/log > /count-by-id
@@ -973,7 +904,7 @@ RUN --mount=type=cache,id=/cache,target=/other wc -l < /other/log > /count-by-id
 
 /// `ARG D` and a RUN that prints `started` and sleeps D seconds.
 fn sleeper(default: u32) -> tempfile::TempDir {
-    context(
+    busybox_context(
         &format!("ARG D={default}\nRUN echo started; sleep $D; echo finished > /done\n"),
         &[],
     )
@@ -981,7 +912,7 @@ fn sleeper(default: u32) -> tempfile::TempDir {
 
 #[test]
 fn cancelled_build_stops_its_step_and_leaves_nothing_in_containerd() {
-    let d = RunDaemon::start();
+    let d = Daemon::start();
     let ctx = sleeper(31);
     let mut bg = spawn_build(&d, ctx.path(), &[]);
     bg.wait_for("\"started\"", Duration::from_secs(60));
@@ -1016,7 +947,7 @@ fn cancelled_build_stops_its_step_and_leaves_nothing_in_containerd() {
 
 #[test]
 fn daemon_killed_mid_run_restarts_cleans_up_and_builds() {
-    let mut d = RunDaemon::start();
+    let mut d = Daemon::start();
     let ctx = sleeper(37);
     let mut bg = spawn_build(&d, ctx.path(), &[]);
     bg.wait_for("\"started\"", Duration::from_secs(60));
@@ -1059,8 +990,8 @@ fn daemon_killed_mid_run_restarts_cleans_up_and_builds() {
 
 #[test]
 fn bind_mounts_read_the_context_and_never_write_back() {
-    let d = RunDaemon::start();
-    let ctx = context(
+    let d = Daemon::start();
+    let ctx = busybox_context(
         "RUN --mount=type=bind,source=data,target=/data cat /data/x > /copied && cat /data/sub/y > /copied-sub
 RUN --mount=type=bind,source=data,target=/data,rw echo changed > /data/x && echo new > /data/new && cat /data/x > /rw-seen
 RUN --mount=type=bind,source=data,target=/data cat /data/x > /after-rw; if echo y > /data/x 2>/dev/null; then echo writable; else echo readonly; fi > /ro-check
@@ -1096,8 +1027,8 @@ RUN --mount=type=bind,source=data/x,target=/etc/x.conf cat /etc/x.conf > /single
 
 #[test]
 fn bind_mount_from_a_stage_reads_that_stage() {
-    let d = RunDaemon::start();
-    let ctx = context(
+    let d = Daemon::start();
+    let ctx = busybox_context(
         "FROM base AS gen
 RUN mkdir -p /out && echo generated > /out/g.txt
 FROM base
@@ -1123,8 +1054,8 @@ RUN --mount=type=bind,from=gen,source=/out/g.txt,target=/one.txt cat /one.txt > 
 
 #[test]
 fn user_and_workdir_apply_inside_run() {
-    let d = RunDaemon::start();
-    let ctx = context(
+    let d = Daemon::start();
+    let ctx = busybox_context(
         "COPY etc/ /etc/
 RUN mkdir -m 1777 /tmp && mkdir -p /work
 WORKDIR /work

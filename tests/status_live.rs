@@ -222,37 +222,8 @@ fn watch_rebuilds_for_a_save_during_its_build() {
         "FROM base\nCOPY f /f\nRUN sleep 2 && cat /f\n",
         &[("f", "one")],
     );
-    let mut child = Command::new(bin_dir().join("memobuild-ctl"))
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["watch", "--progress", "plain"])
-        .arg(ctx.path())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let wait_for = |what: &str| -> Vec<String> {
-        let mut seen = Vec::new();
-        loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => {
-                    let hit = line.contains(what);
-                    seen.push(line);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("no {what:?} within 60 s; saw {seen:?}"),
-            }
-        }
-    };
+    let watch = d.ctl_lines(&["watch", "--progress", "plain", ctx.path().to_str().unwrap()]);
+    let wait_for = |what: &str| watch.wait_for(what, Duration::from_secs(60));
     wait_for("== built");
     std::fs::write(ctx.path().join("f"), "two").unwrap();
     // The rebuild copied "two"; its RUN sleeps: save again.
@@ -260,8 +231,7 @@ fn watch_rebuilds_for_a_save_during_its_build() {
     std::fs::write(ctx.path().join("f"), "three").unwrap();
     wait_for("== built");
     let next = wait_for("== built");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(watch);
     assert!(
         next.iter().any(|l| l.contains("COPY f /f DONE")),
         "the save during the build must be built: {next:?}"
@@ -295,17 +265,20 @@ fn a_failed_run_is_data_in_status_explain_and_the_failed_event() {
     let ctx_path = ctx.path().canonicalize().unwrap();
     let dockerfile = ctx_path.join("Dockerfile").display().to_string();
     // An unnormalized -f: the reports name the file by its clean path.
-    let out = BuildOutcome::from_output(d.ctl_in(
-        &[
-            "build",
-            "--progress",
-            "json",
-            "-f",
-            "./sub/../Dockerfile",
-            ".",
-        ],
-        Some(&ctx_path),
-    ));
+    let build = || {
+        BuildOutcome::from_output(d.ctl_in(
+            &[
+                "build",
+                "--progress",
+                "json",
+                "-f",
+                "./sub/../Dockerfile",
+                ".",
+            ],
+            Some(&ctx_path),
+        ))
+    };
+    let out = build();
     assert!(!out.success, "{}", out.text());
     let failed_run = "RUN echo first line && echo boom >&2 && exit 3";
 
@@ -410,17 +383,7 @@ fn a_failed_run_is_data_in_status_explain_and_the_failed_event() {
     );
     assert_eq!(s["failure"], Value::Null, "{p:#}");
     assert!(steps_in(&p, "failed").is_empty(), "{p:#}");
-    let out = BuildOutcome::from_output(d.ctl_in(
-        &[
-            "build",
-            "--progress",
-            "json",
-            "-f",
-            "./sub/../Dockerfile",
-            ".",
-        ],
-        Some(&ctx_path),
-    ));
+    let out = build();
     assert!(out.success, "{}", out.text());
     assert_eq!(project(&d, &ctx_path)["state"], "clean");
 }

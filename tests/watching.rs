@@ -10,7 +10,7 @@
 //! directory they were built from.
 
 mod common;
-use common::{fsdump, write_files, BuildOutcome, Daemon};
+use common::{fsdump, write_files, BuildOutcome, Daemon, Rng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -448,6 +448,19 @@ fn rebuild_std(d: &Daemon, p: &Project, executed: &[&str]) -> Value {
 const FROM_CTX: [&str; 2] = ["COPY . /ctx/", "LABEL pattern=1"];
 const PARENT: &str = "parent step changed";
 
+/// A save that only `COPY . /ctx/` selects: status names `reasons` for it
+/// (and the parent for the LABEL after it) and `changed` among the changed
+/// files; the rebuild runs exactly those two steps (see [`rebuild`]).
+fn ctx_dirty_then_rebuild(d: &Daemon, p: &Project, reasons: &[&str], changed: &[&str]) -> Value {
+    expect_dirty(
+        d,
+        &p.ctx,
+        &[("COPY . /ctx/", reasons), ("LABEL pattern=1", &[PARENT])],
+        changed,
+    );
+    rebuild_std(d, p, &FROM_CTX)
+}
+
 // ---------------------------------------------------------------------------
 // 1. Every way of saving
 // ---------------------------------------------------------------------------
@@ -459,16 +472,7 @@ fn save_write_in_place() {
     first_build(&d, &p);
 
     std::fs::write(p.ctx.join("src/main.c"), "int main(void) { return 1; }\n").unwrap();
-    expect_dirty(
-        &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file changed: src/main.c"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
-        &["src/main.c"],
-    );
-    rebuild_std(&d, &p, &FROM_CTX);
+    ctx_dirty_then_rebuild(&d, &p, &["file changed: src/main.c"], &["src/main.c"]);
 
     // A file both COPYs select: both rebuild (and what follows them).
     std::fs::write(p.ctx.join("keep/k.txt"), "kept, edited\n").unwrap();
@@ -493,16 +497,7 @@ fn save_write_in_place() {
         std::thread::sleep(Duration::from_millis(30));
         f.write_all(b"second half\n").unwrap();
     }
-    expect_dirty(
-        &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file changed: README"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
-        &["README"],
-    );
-    rebuild_std(&d, &p, &FROM_CTX);
+    ctx_dirty_then_rebuild(&d, &p, &["file changed: README"], &["README"]);
 }
 
 #[test]
@@ -540,16 +535,12 @@ fn save_write_temp_then_rename_over() {
     std::fs::rename(&file, &backup).unwrap();
     std::fs::write(&file, "int util = 3;\n").unwrap();
     std::fs::remove_file(&backup).unwrap();
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file changed: src/lib/util.c"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
+        &p,
+        &["file changed: src/lib/util.c"],
         &["src/lib/util.c"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 }
 
 #[test]
@@ -561,16 +552,7 @@ fn save_delete_then_create() {
     let file = p.ctx.join("src/main.c");
     std::fs::remove_file(&file).unwrap();
     std::fs::write(&file, "int main(void) { return 4; }\n").unwrap();
-    expect_dirty(
-        &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file changed: src/main.c"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
-        &["src/main.c"],
-    );
-    rebuild_std(&d, &p, &FROM_CTX);
+    ctx_dirty_then_rebuild(&d, &p, &["file changed: src/main.c"], &["src/main.c"]);
 
     // Deleted and created again with the same bytes and mode: nothing changed.
     std::fs::remove_file(&file).unwrap();
@@ -585,16 +567,7 @@ fn save_delete_then_create() {
 
     // Deleted for good.
     std::fs::remove_file(&file).unwrap();
-    expect_dirty(
-        &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file removed: src/main.c"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
-        &["src/main.c"],
-    );
-    rebuild_std(&d, &p, &FROM_CTX);
+    ctx_dirty_then_rebuild(&d, &p, &["file removed: src/main.c"], &["src/main.c"]);
 }
 
 #[test]
@@ -674,37 +647,26 @@ fn save_rename_a_directory() {
     first_build(&d, &p);
 
     std::fs::rename(p.ctx.join("src/lib"), p.ctx.join("src/library")).unwrap();
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
+        &p,
         &[
-            (
-                "COPY . /ctx/",
-                &[
-                    "file removed: src/lib/util.c",
-                    "file removed: src/lib/deep/x.c",
-                    "file added: src/library/util.c",
-                    "file added: src/library/deep/x.c",
-                ],
-            ),
-            ("LABEL pattern=1", &[PARENT]),
+            "file removed: src/lib/util.c",
+            "file removed: src/lib/deep/x.c",
+            "file added: src/library/util.c",
+            "file added: src/library/deep/x.c",
         ],
         &["src/lib/util.c", "src/library/deep/x.c"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 
     // The renamed directory is still watched: an edit inside it is seen.
     std::fs::write(p.ctx.join("src/library/deep/x.c"), "int x = 1;\n").unwrap();
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file changed: src/library/deep/x.c"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
+        &p,
+        &["file changed: src/library/deep/x.c"],
         &["src/library/deep/x.c"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 }
 
 #[test]
@@ -715,22 +677,15 @@ fn save_move_a_directory_out_of_and_into_the_context() {
 
     // Out: its files are removed from the context.
     std::fs::rename(p.ctx.join("src/lib"), p.outside.join("lib")).unwrap();
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
+        &p,
         &[
-            (
-                "COPY . /ctx/",
-                &[
-                    "file removed: src/lib/util.c",
-                    "file removed: src/lib/deep/x.c",
-                ],
-            ),
-            ("LABEL pattern=1", &[PARENT]),
+            "file removed: src/lib/util.c",
+            "file removed: src/lib/deep/x.c",
         ],
         &["src/lib/util.c"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 
     // Edits outside the context are no input.
     let before = status(&d, None)["daemon"]["events"].as_u64().unwrap();
@@ -815,36 +770,20 @@ fn save_create_a_new_subtree() {
     std::fs::write(p.ctx.join("gen/a/b/c/f1"), "one\n").unwrap();
     std::fs::write(p.ctx.join("gen/a/b/c/f2"), "two\n").unwrap();
     std::fs::write(p.ctx.join("gen/a/top"), "top\n").unwrap();
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
+        &p,
         &[
-            (
-                "COPY . /ctx/",
-                &[
-                    "file added: gen/a/b/c/f1",
-                    "file added: gen/a/b/c/f2",
-                    "file added: gen/a/top",
-                ],
-            ),
-            ("LABEL pattern=1", &[PARENT]),
+            "file added: gen/a/b/c/f1",
+            "file added: gen/a/b/c/f2",
+            "file added: gen/a/top",
         ],
         &["gen/a/b/c/f1", "gen/a/b/c/f2", "gen/a/top"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 
     // The new directories are watched.
     std::fs::write(p.ctx.join("gen/a/b/c/f3"), "three\n").unwrap();
-    expect_dirty(
-        &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file added: gen/a/b/c/f3"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
-        &["gen/a/b/c/f3"],
-    );
-    rebuild_std(&d, &p, &FROM_CTX);
+    ctx_dirty_then_rebuild(&d, &p, &["file added: gen/a/b/c/f3"], &["gen/a/b/c/f3"]);
 }
 
 #[test]
@@ -854,35 +793,24 @@ fn save_delete_a_subtree() {
     first_build(&d, &p);
 
     std::fs::remove_dir_all(p.ctx.join("src/lib")).unwrap();
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
+        &p,
         &[
-            (
-                "COPY . /ctx/",
-                &[
-                    "file removed: src/lib/util.c",
-                    "file removed: src/lib/deep/x.c",
-                ],
-            ),
-            ("LABEL pattern=1", &[PARENT]),
+            "file removed: src/lib/util.c",
+            "file removed: src/lib/deep/x.c",
         ],
         &["src/lib/util.c", "src/lib/deep/x.c"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 
     // The same path made again (a new directory, new watch) is seen.
     write_files(&p.ctx, &[("src/lib/again.c", "again\n")]);
-    expect_dirty(
+    ctx_dirty_then_rebuild(
         &d,
-        &p.ctx,
-        &[
-            ("COPY . /ctx/", &["file added: src/lib/again.c"]),
-            ("LABEL pattern=1", &[PARENT]),
-        ],
+        &p,
+        &["file added: src/lib/again.c"],
         &["src/lib/again.c"],
     );
-    rebuild_std(&d, &p, &FROM_CTX);
 }
 
 #[test]
@@ -1061,21 +989,6 @@ fn a_build_right_after_a_save_sees_the_save() {
 // ---------------------------------------------------------------------------
 // 3. Stress: thousands of changes while builds run
 // ---------------------------------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const STRESS_DIRS: [&str; 4] = ["s0", "s1", "s2", "s3"];
 

@@ -1,5 +1,9 @@
-//! Shared by the benchmarks: a seeded PRNG and a deterministic build-context
-//! generator (same seed and parameters = byte-identical tree).
+//! The bench harness, shared by every benchmark: finding the release
+//! binaries, the knobs (`MEMOBUILD_BENCH_*`), a seeded PRNG and a
+//! deterministic build-context generator (same seed and parameters =
+//! byte-identical tree); in submodules the one way to run a daemon
+//! ([`daemon`]), the one BuildKit driver ([`buildkit`]), the report format
+//! ([`report`]) and the machine line ([`machine`]).
 //!
 //! The tree has 100 directories (`d0`..`d9`, each with `s1`..`s9`). File sizes
 //! are spread log-uniformly (a few bytes to ~100 KB) plus one large file
@@ -10,9 +14,18 @@
 
 #![allow(dead_code)]
 
+pub mod buildkit;
+pub mod daemon;
+pub mod machine;
+pub mod report;
+
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
+
+/// The seed of the generated contexts ("memobuil"): every bench builds the
+/// same tree.
+pub const SEED: u64 = 0x6d65_6d6f_6275_696c;
 
 /// xoshiro256** seeded through splitmix64: fast, deterministic, good enough.
 pub struct Rng {
@@ -258,6 +271,23 @@ pub fn rewrite_file(root: &Path, file: &GenFile, generation: u64) -> io::Result<
     fs::write(root.join(&file.rel), &buf)
 }
 
+/// The file a one-file-change scenario edits: a ~10 kB file in `d9/`.
+pub fn file_to_change(plan: &[GenFile]) -> GenFile {
+    plan.iter()
+        .filter(|f| f.rel.starts_with("d9/"))
+        .min_by_key(|f| f.size.abs_diff(10_000))
+        .cloned()
+        .expect("a file in d9")
+}
+
+/// `MEMOBUILD_BENCH_ONLY=a,b`: whether scenario `part` is to run (all when unset).
+pub fn wanted(part: &str) -> bool {
+    match std::env::var("MEMOBUILD_BENCH_ONLY") {
+        Ok(v) if !v.is_empty() => v.split(',').any(|p| p.trim() == part),
+        _ => true,
+    }
+}
+
 /// Reads a numeric knob from the environment (`default` when unset); exits
 /// with a message naming `bench` when it is not a number.
 pub fn env_usize(bench: &str, name: &str, default: usize) -> usize {
@@ -272,18 +302,37 @@ pub fn env_usize(bench: &str, name: &str, default: usize) -> usize {
 
 /// The release binaries the end-to-end benches drive.
 pub struct Bins {
+    /// The bench's name, for its messages.
+    pub bench: &'static str,
     pub daemon: std::path::PathBuf,
     pub ctl: std::path::PathBuf,
 }
 
-/// Finds the release binaries next to the bench executable
-/// (target/release/deps/NAME-<hash>: its grandparent), else in target/release;
-/// exits with how to build them when missing, warns when they are older than
-/// the sources.
-pub fn find_bins(bench: &str) -> Bins {
+/// Finds the binaries: in `MEMOBUILD_BENCH_BIN_DIR` when set (e.g. an older
+/// build to compare with), else the release binaries next to the bench
+/// executable (target/release/deps/NAME-<hash>: its grandparent), else in
+/// target/release; exits with how to build them when missing, warns when they
+/// are older than the sources.
+pub fn find_bins(bench: &'static str) -> Bins {
     use std::path::PathBuf;
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("MEMOBUILD_BENCH_BIN_DIR") {
+        let dir = PathBuf::from(dir);
+        let bins = Bins {
+            bench,
+            daemon: dir.join("memobuildd"),
+            ctl: dir.join("memobuild-ctl"),
+        };
+        if !bins.daemon.is_file() || !bins.ctl.is_file() {
+            eprintln!(
+                "{bench} bench: MEMOBUILD_BENCH_BIN_DIR={} holds no memobuildd and memobuild-ctl",
+                dir.display()
+            );
+            std::process::exit(2);
+        }
+        return bins;
+    }
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent()?.parent().map(Path::to_path_buf))
@@ -293,6 +342,7 @@ pub fn find_bins(bench: &str) -> Bins {
     dirs.push(manifest.join("target/release"));
     for dir in &dirs {
         let bins = Bins {
+            bench,
             daemon: dir.join("memobuildd"),
             ctl: dir.join("memobuild-ctl"),
         };
@@ -360,32 +410,11 @@ pub fn timed(cmd: &mut std::process::Command) -> (std::time::Duration, std::proc
     (started.elapsed(), out)
 }
 
-/// "machine: N cores (CPU), M GiB RAM, Linux KERNEL": the line every bench
-/// report starts with.
-pub fn machine_line() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let mem = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    format!("machine: {cores} cores ({cpu}), {mem} RAM, Linux {kernel}")
+/// The bench's temp dir in /tmp (short paths: containerd's socket under a
+/// daemon's data dir must fit in sun_path), removed when dropped.
+pub fn work_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("creating a temp dir in /tmp")
 }

@@ -129,9 +129,11 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
-    /// A graceful stop, so the daemon stops its private containerd too.
+    /// A graceful stop, so the daemon stops its private containerd too; and
+    /// the private containerd a daemon killed with -9 left running.
     fn drop(&mut self) {
         self.stop();
+        self.stop_stray_containerd();
     }
 }
 
@@ -611,6 +613,68 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = nix_kill(pid, "KILL");
+    }
+}
+
+/// A running `memobuild-ctl` (e.g. `watch`) whose stderr is read line by
+/// line as it comes; killed on drop.
+pub struct CtlLines {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Starts `memobuild-ctl ARGS` against this daemon, reading its stderr.
+    pub fn ctl_lines(&self, args: &[&str]) -> CtlLines {
+        let mut child = Command::new(bin_dir().join("memobuild-ctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start memobuild-ctl");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        CtlLines { child, lines }
+    }
+}
+
+impl CtlLines {
+    /// The lines up to and including the first that contains `what`; panics
+    /// (with what it saw) if no line does within `within` of the last one.
+    pub fn wait_for(&self, what: &str, within: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(within) {
+                Ok(line) => {
+                    let hit = line.contains(what);
+                    seen.push(line);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no {what:?} within {within:?}; saw {seen:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for CtlLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
