@@ -45,23 +45,19 @@ impl Drop for Explicit {
 
 impl Engine {
     /// Turns eager builds on or off for the projects `filter` names.
-    pub fn set_eager(self: &Arc<Self>, filter: &str, on: bool) -> Result<Vec<String>, RpcError> {
+    pub fn set_eager(
+        self: &Arc<Self>,
+        filter: &str,
+        on: bool,
+        caller: crate::Caller,
+    ) -> Result<Vec<String>, RpcError> {
         if filter.is_empty() {
             return Err(
                 RpcError::of(ErrorKind::InvalidInput, "eager needs a project")
                     .hint("pass a project id or context path (see `memobuild-ctl projects`)"),
             );
         }
-        let ids = self.projects.matching(filter);
-        if ids.is_empty() {
-            return Err(RpcError::of(
-                ErrorKind::NotFound,
-                format!("no project matches {filter:?}"),
-            )
-            .hint(
-                "projects are registered by building them; `memobuild-ctl projects` lists them",
-            ));
-        }
+        let ids = self.matching_for(filter, caller)?;
         for id in &ids {
             self.projects.set_eager(&self.store, id, on);
             if on {
