@@ -245,10 +245,20 @@ fn a_users_prune_removes_only_that_users_cache_entries() {
     assert_eq!(a_img["manifest_digest"], a.manifest_digest().as_str());
     assert!(blob_path(&d, &a.manifest_digest()).is_file());
     // A's step entry stays: another project with the same step is cached.
-    let again = build_as(&d, A, ctx_a.path(), &["-f", &file(ctx_a.path(), "Dockerfile.again")]);
+    let again = build_as(
+        &d,
+        A,
+        ctx_a.path(),
+        &["-f", &file(ctx_a.path(), "Dockerfile.again")],
+    );
     assert_eq!(again.cached(), ["COPY f.txt /"], "{}", again.text());
     // B's is gone: its step runs again.
-    let again = build_as(&d, B, ctx_b.path(), &["-f", &file(ctx_b.path(), "Dockerfile.again")]);
+    let again = build_as(
+        &d,
+        B,
+        ctx_b.path(),
+        &["-f", &file(ctx_b.path(), "Dockerfile.again")],
+    );
     assert_eq!(again.executed(), ["COPY f.txt /"], "{}", again.text());
 
     // An admin's prune drops every user's entries.
@@ -258,7 +268,12 @@ fn a_users_prune_removes_only_that_users_cache_entries() {
         "{pruned}"
     );
     assert_eq!(d.ctl_json(&["du"])["cache_entries"], 0);
-    let third = build_as(&d, A, ctx_a.path(), &["-f", &file(ctx_a.path(), "Dockerfile.third")]);
+    let third = build_as(
+        &d,
+        A,
+        ctx_a.path(),
+        &["-f", &file(ctx_a.path(), "Dockerfile.third")],
+    );
     assert_eq!(third.executed(), ["COPY f.txt /"], "{}", third.text());
     // Named images are never pruned, whoever prunes.
     assert!(image(&all_images(&d), "a-img:latest").is_some());
