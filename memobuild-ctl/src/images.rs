@@ -281,6 +281,7 @@ mod tests {
             config_digest: config.into(),
             size: 1,
             tagged_at: 0,
+            owner: None,
         }
     }
 

@@ -3,6 +3,9 @@
 //! daemon's own user and, when the socket's mode lets its group in, members of
 //! the socket's group are always allowed. A refused client gets one clear
 //! error for every request it makes (see [`refuse`]), and the daemon logs it.
+//! An allowed peer is an admin (acts on every user's images, logs, projects
+//! and cache entries) if it is root, the daemon's own user, or named in
+//! `admin-users` / `admin-groups`; anyone else acts on their own only.
 
 use crate::config::Config;
 use futures::StreamExt;
@@ -26,6 +29,8 @@ pub struct Access {
 struct Rules {
     users: Vec<String>,
     groups: Vec<String>,
+    admin_users: Vec<String>,
+    admin_groups: Vec<String>,
     /// The socket file's group, when its mode grants the group access.
     socket_gid: Option<u32>,
 }
@@ -56,15 +61,18 @@ impl Access {
     }
 
     /// If `peer` may use the daemon: whose rights its builds read files with
-    /// (`None`: root and the daemon's own user, who read with the daemon's);
-    /// else the message the client sees.
-    pub async fn check(&self, peer: Peer) -> Result<Option<Reader>, String> {
+    /// (`None`: root and the daemon's own user, who read with the daemon's)
+    /// and whether it is an admin; else the message the client sees.
+    pub async fn check(&self, peer: Peer) -> Result<(Option<Reader>, bool), String> {
         let rules = self.rules.read().clone();
         let (daemon_uid, socket) = (self.daemon_uid, self.socket.clone());
         // User and group lookups may go to NSS (files, LDAP): off the async workers.
         tokio::task::spawn_blocking(move || {
             decide(&rules, daemon_uid, &socket, peer)?;
-            Ok(reader_of(daemon_uid, peer))
+            Ok((
+                reader_of(daemon_uid, peer),
+                is_admin(&rules, daemon_uid, peer),
+            ))
         })
         .await
         .unwrap_or_else(|e| Err(format!("permission check failed: {e}")))
@@ -80,6 +88,8 @@ impl Rules {
         Rules {
             users: config.allowed_users.clone(),
             groups: config.allowed_groups.clone(),
+            admin_users: config.admin_users.clone(),
+            admin_groups: config.admin_groups.clone(),
             socket_gid,
         }
     }
@@ -114,29 +124,48 @@ fn reader_of(daemon_uid: u32, peer: Peer) -> Option<Reader> {
 }
 
 fn decide(rules: &Rules, daemon_uid: u32, socket: &Path, peer: Peer) -> Result<(), String> {
-    if peer.uid == 0 || peer.uid == daemon_uid {
+    if is_admin(rules, daemon_uid, peer) {
         return Ok(());
     }
     let name = User::from_uid(Uid::from_raw(peer.uid)).ok().flatten();
     let user_name = name.as_ref().map(|u| u.name.as_str());
-    if rules
-        .users
-        .iter()
-        .any(|u| *u == peer.uid.to_string() || Some(u.as_str()) == user_name)
-    {
-        return Ok(());
-    }
-    let groups = groups_of(user_name, peer.gid);
-    let allowed_gids: Vec<u32> = rules
-        .groups
-        .iter()
-        .filter_map(|g| group_id(g))
-        .chain(rules.socket_gid)
-        .collect();
-    if groups.iter().any(|g| allowed_gids.contains(g)) {
+    if listed(&rules.users, &rules.groups, rules.socket_gid, peer) {
         return Ok(());
     }
     Err(denied_message(rules, socket, peer.uid, user_name))
+}
+
+/// Root, the daemon's own user and those `admin-users` / `admin-groups`
+/// name: they act on every user's images, logs, projects and cache entries.
+fn is_admin(rules: &Rules, daemon_uid: u32, peer: Peer) -> bool {
+    peer.uid == 0
+        || peer.uid == daemon_uid
+        || listed(&rules.admin_users, &rules.admin_groups, None, peer)
+}
+
+/// Whether `users` names the peer (by name or uid), or one of its groups
+/// (primary or supplementary) is in `groups` (by name or gid) or is `gid`.
+fn listed(users: &[String], groups: &[String], gid: Option<u32>, peer: Peer) -> bool {
+    if users.is_empty() && groups.is_empty() && gid.is_none() {
+        return false;
+    }
+    let name = User::from_uid(Uid::from_raw(peer.uid)).ok().flatten();
+    let user_name = name.as_ref().map(|u| u.name.as_str());
+    if users
+        .iter()
+        .any(|u| *u == peer.uid.to_string() || Some(u.as_str()) == user_name)
+    {
+        return true;
+    }
+    let allowed_gids: Vec<u32> = groups
+        .iter()
+        .filter_map(|g| group_id(g))
+        .chain(gid)
+        .collect();
+    !allowed_gids.is_empty()
+        && groups_of(user_name, peer.gid)
+            .iter()
+            .any(|g| allowed_gids.contains(g))
 }
 
 /// The user's primary group and, when it has a passwd entry, its
@@ -228,8 +257,27 @@ mod tests {
         Rules {
             users: users.iter().map(|s| s.to_string()).collect(),
             groups: groups.iter().map(|s| s.to_string()).collect(),
+            admin_users: Vec::new(),
+            admin_groups: Vec::new(),
             socket_gid,
         }
+    }
+
+    #[test]
+    fn admins_are_root_the_daemons_user_and_those_configured() {
+        let mut r = rules(&["nobody"], &[], None);
+        assert!(is_admin(&r, 1234, peer(0, 0)));
+        assert!(is_admin(&r, 1234, peer(1234, 1234)));
+        assert!(!is_admin(&r, 1234, peer(65534, 65534)));
+        r.admin_users = vec!["65534".into()];
+        assert!(is_admin(&r, 1234, peer(65534, 65534)));
+        // An admin need not be in allowed-users: admins may use the daemon.
+        r.users.clear();
+        assert!(decide(&r, 1234, Path::new("/s"), peer(65534, 65534)).is_ok());
+        r.admin_users.clear();
+        r.admin_groups = vec!["4242".into()];
+        assert!(is_admin(&r, 1234, peer(54321, 4242)));
+        assert!(!is_admin(&r, 1234, peer(54321, 4243)));
     }
 
     fn peer(uid: u32, gid: u32) -> Peer {

@@ -92,6 +92,14 @@ pub struct Settings {
     #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
     #[serde(default, deserialize_with = "names_or_ids")]
     pub allowed_groups: Option<Vec<String>>,
+    /// Users who may act on every user's images, build logs, projects and cache entries (besides root and the daemon's user), names or uids, comma-separated; they may also use the daemon
+    #[arg(long, value_name = "USERS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "names_or_ids")]
+    pub admin_users: Option<Vec<String>>,
+    /// Groups whose members (primary or supplementary) are admins as admin-users are, names or gids, comma-separated
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "names_or_ids")]
+    pub admin_groups: Option<Vec<String>>,
     /// On SIGTERM/SIGINT, how long running builds may take before they are cancelled: seconds or a duration like 1m30s [default: 30s]
     #[arg(long, value_name = "DURATION")]
     #[serde(default, deserialize_with = "duration_text")]
@@ -140,6 +148,8 @@ pub struct Config {
     pub metrics_allow_remote: bool,
     pub allowed_users: Vec<String>,
     pub allowed_groups: Vec<String>,
+    pub admin_users: Vec<String>,
+    pub admin_groups: Vec<String>,
     #[serde(serialize_with = "humantime_text")]
     pub shutdown_grace: std::time::Duration,
     pub max_storage: Option<u64>,
@@ -185,6 +195,8 @@ impl Settings {
             metrics_allow_remote: self.metrics_allow_remote || other.metrics_allow_remote,
             allowed_users: self.allowed_users.or(other.allowed_users),
             allowed_groups: self.allowed_groups.or(other.allowed_groups),
+            admin_users: self.admin_users.or(other.admin_users),
+            admin_groups: self.admin_groups.or(other.admin_groups),
             shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
             max_storage: self.max_storage.or(other.max_storage),
             max_parallel_builds: self.max_parallel_builds.or(other.max_parallel_builds),
@@ -281,6 +293,8 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
             .max(1),
         allowed_users: non_empty("allowed-users", s.allowed_users)?,
         allowed_groups: non_empty("allowed-groups", s.allowed_groups)?,
+        admin_users: non_empty("admin-users", s.admin_users)?,
+        admin_groups: non_empty("admin-groups", s.admin_groups)?,
         shutdown_grace: parse_grace(s.shutdown_grace.as_deref())?,
         max_storage,
         max_parallel_builds: s
@@ -545,6 +559,7 @@ mod tests {
         let c = load(&flags).unwrap();
         assert_eq!(c.allowed_users, ["alice", "1001"]);
         assert_eq!(c.allowed_groups, ["dev"]);
+        assert!(c.admin_users.is_empty() && c.admin_groups.is_empty());
         assert_eq!(c.shutdown_grace, std::time::Duration::from_secs(90));
         assert!(
             c.to_toml().contains("shutdown-grace = \"1m 30s\""),

@@ -64,6 +64,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         info: Arc::new(info),
         handoffs: Arc::new(crate::handoff::Handoffs::default()),
         peer_uid: u32::MAX,
+        admin: false,
         reader: None,
     };
     let engine = server.engine.clone();
@@ -224,6 +225,8 @@ async fn reload(old: Config, engine: &Engine, access: &Access) -> Config {
         file = ?new.file,
         allowed_users = ?new.allowed_users,
         allowed_groups = ?new.allowed_groups,
+        admin_users = ?new.admin_users,
+        admin_groups = ?new.admin_groups,
         "SIGHUP: config reloaded"
     );
     sdnotify::ready("serving").await;

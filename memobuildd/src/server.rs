@@ -3,7 +3,7 @@
 //! the engine's facade. Nothing here knows how a build works.
 
 use futures::StreamExt;
-use memobuild_engine::{DaemonIdentity, Engine};
+use memobuild_engine::{Caller, DaemonIdentity, Engine};
 use memobuild_proto::{
     BlobHandoff, BuildId, BuildLogReport, BuildRequest, ByteBuf, DaemonInfo, DiskUsage, ErrorKind,
     EventBatch, Explanation, ImageBlobs, ImageSummary, ImportSpec, Memobuild, PruneRequest,
@@ -22,6 +22,9 @@ pub struct Server {
     pub handoffs: Arc<crate::handoff::Handoffs>,
     /// The uid on the other end of this connection (set per connection).
     pub peer_uid: u32,
+    /// Whether that uid is an admin (root, the daemon's own user,
+    /// `admin-users`, `admin-groups`): it acts on everyone's things.
+    pub admin: bool,
     /// Whose rights this connection's builds read files with (set per
     /// connection from its peer credentials; `None` for root).
     pub reader: Option<memobuild_proto::Reader>,
@@ -56,8 +59,9 @@ pub async fn serve(
                 )),
             };
             let peer = match verdict {
-                Ok((peer, reader)) => {
+                Ok((peer, (reader, admin))) => {
                     server.reader = reader;
+                    server.admin = admin;
                     peer
                 }
                 Err((peer, message)) => {
@@ -94,6 +98,7 @@ impl Memobuild for Server {
     async fn start_build(self, _: Context, mut request: BuildRequest) -> Result<BuildId, RpcError> {
         // Never what the client says: the kernel's word on who connected.
         request.read_as = self.reader.clone();
+        request.owner = Some(self.peer_uid);
         if !std::path::Path::new(&request.context).is_absolute() {
             return Err(RpcError::of(
                 ErrorKind::InvalidInput,
@@ -101,6 +106,7 @@ impl Memobuild for Server {
             ));
         }
         self.engine.check_request(&request)?;
+        self.engine.check_tags(&request.tags, self.caller()).await?;
         if self.engine.is_shutting_down() {
             return Err(RpcError::of(
                 ErrorKind::Unavailable,
@@ -108,15 +114,15 @@ impl Memobuild for Server {
             )
             .hint("run the build again once the daemon is back (systemd restarts it, or start memobuildd)"));
         }
-        Ok(self.engine.start(request))
+        Ok(self.engine.start(request, self.caller()))
     }
 
     async fn events(self, _: Context, build: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
-        self.engine.events(build, cursor).await
+        self.engine.events(build, cursor, self.caller()).await
     }
 
     async fn images(self, _: Context) -> Result<Vec<ImageSummary>, RpcError> {
-        self.engine.images().await
+        self.engine.images(self.caller()).await
     }
 
     async fn image_blobs(self, _: Context, manifest: String) -> Result<ImageBlobs, RpcError> {
@@ -135,15 +141,15 @@ impl Memobuild for Server {
     }
 
     async fn status(self, _: Context, filter: String) -> Result<StatusReport, RpcError> {
-        self.engine.status(&filter, &self.identity())
+        self.engine.status(&filter, &self.identity(), self.caller())
     }
 
     async fn forget(self, _: Context, filter: String) -> Result<Vec<String>, RpcError> {
-        self.engine.forget(&filter).await
+        self.engine.forget(&filter, self.caller()).await
     }
 
     async fn explain(self, _: Context, filter: String) -> Result<Explanation, RpcError> {
-        self.engine.explain(&filter)
+        self.engine.explain(&filter, self.caller())
     }
 
     async fn wait_change(
@@ -152,11 +158,13 @@ impl Memobuild for Server {
         project: String,
         generation: u64,
     ) -> Result<u64, RpcError> {
-        self.engine.wait_change(&project, generation).await
+        self.engine
+            .wait_change(&project, generation, self.caller())
+            .await
     }
 
     async fn cancel(self, _: Context, build: BuildId) -> Result<(), RpcError> {
-        self.engine.cancel(build)
+        self.engine.cancel(build, self.caller())
     }
 
     async fn upload_begin(self, _: Context) -> Result<u64, RpcError> {
@@ -177,15 +185,15 @@ impl Memobuild for Server {
         name: String,
         spec: ImportSpec,
     ) -> Result<ImageSummary, RpcError> {
-        self.engine.import_image(name, spec).await
+        self.engine.import_image(name, spec, self.caller()).await
     }
 
     async fn remove_image(self, _: Context, name: String) -> Result<(), RpcError> {
-        self.engine.remove_image(name).await
+        self.engine.remove_image(name, self.caller()).await
     }
 
     async fn build_log(self, _: Context, build: String) -> Result<BuildLogReport, RpcError> {
-        self.engine.build_log(build).await
+        self.engine.build_log(build, self.caller()).await
     }
 
     async fn metrics(self, _: Context) -> Result<String, RpcError> {
@@ -197,7 +205,7 @@ impl Memobuild for Server {
     }
 
     async fn prune(self, _: Context, request: PruneRequest) -> Result<PruneResult, RpcError> {
-        self.engine.prune_request(request).await
+        self.engine.prune_request(request, self.caller()).await
     }
 
     async fn verify_store(self, _: Context) -> Result<VerifyResult, RpcError> {
@@ -215,7 +223,7 @@ impl Memobuild for Server {
         filter: String,
         on: bool,
     ) -> Result<Vec<String>, RpcError> {
-        self.engine.set_eager(&filter, on).await
+        self.engine.set_eager(&filter, on, self.caller()).await
     }
 
     async fn status_wait(
@@ -225,7 +233,7 @@ impl Memobuild for Server {
         generation: u64,
     ) -> Result<StatusReport, RpcError> {
         self.engine
-            .status_wait(&filter, generation, &self.identity())
+            .status_wait(&filter, generation, &self.identity(), self.caller())
             .await
     }
 
@@ -235,7 +243,7 @@ impl Memobuild for Server {
         build: BuildId,
         max: bool,
     ) -> Result<Vec<memobuild_proto::CacheStep>, RpcError> {
-        self.engine.cache_steps(build, max).await
+        self.engine.cache_steps(build, max, self.caller()).await
     }
 
     async fn import_cache_steps(
@@ -243,11 +251,19 @@ impl Memobuild for Server {
         _: Context,
         steps: Vec<memobuild_proto::CacheStep>,
     ) -> Result<u64, RpcError> {
-        self.engine.import_cache_steps(steps).await
+        self.engine.import_cache_steps(steps, self.caller()).await
     }
 }
 
 impl Server {
+    /// Who this connection's requests come from.
+    fn caller(&self) -> Caller {
+        Caller {
+            uid: self.peer_uid,
+            admin: self.admin,
+        }
+    }
+
     fn identity(&self) -> DaemonIdentity {
         DaemonIdentity {
             pid: self.info.pid,

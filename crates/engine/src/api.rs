@@ -2,7 +2,7 @@
 //! types. Blocking store work runs on the blocking pool, never on an async
 //! worker thread.
 
-use crate::{gc, import, Engine};
+use crate::{gc, import, Caller, Engine};
 use memobuild_context::watch::Mode;
 use memobuild_oci::image::read_image;
 use memobuild_proto::{
@@ -70,18 +70,44 @@ impl Engine {
 }
 
 impl Engine {
-    /// Images in the image store.
-    pub async fn images(self: &Arc<Self>) -> Result<Vec<ImageSummary>, RpcError> {
+    /// Checks that `caller` may point each of `tags` at a new image: a name
+    /// nobody holds, or one that is the caller's (an admin's: any). Checked
+    /// before a build starts, and again when it tags.
+    pub async fn check_tags(
+        self: &Arc<Self>,
+        tags: &[String],
+        caller: Caller,
+    ) -> Result<(), RpcError> {
+        let store = self.store.clone();
+        let names: Vec<String> = tags
+            .iter()
+            .map(|t| memobuild_oci::normalize_image_name(t))
+            .collect();
+        blocking(move || {
+            for name in names {
+                may_name(&store, &name, caller)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Images in the image store: for an admin all of them; for anyone else
+    /// their own and those without an owner (pulled base images, names set
+    /// before owners were recorded).
+    pub async fn images(self: &Arc<Self>, caller: Caller) -> Result<Vec<ImageSummary>, RpcError> {
         let store = self.store.clone();
         let images = blocking(move || store.images().map_err(internal)).await?;
         Ok(images
             .into_iter()
+            .filter(|(_, r)| caller.admin || r.owner.is_none() || r.owner == Some(caller.uid))
             .map(|(name, r)| ImageSummary {
                 name,
                 manifest_digest: r.manifest_digest,
                 config_digest: r.config_digest,
                 size: r.size,
                 tagged_at: r.tagged_at,
+                owner: r.owner,
             })
             .collect())
     }
@@ -192,11 +218,16 @@ impl Engine {
         .await
     }
 
-    /// The projects `filter` names, with the daemon's health.
-    pub fn status(&self, filter: &str, daemon: &DaemonIdentity) -> Result<StatusReport, RpcError> {
+    /// The projects `filter` names (of those `caller` owns), with the daemon's health.
+    pub fn status(
+        &self,
+        filter: &str,
+        daemon: &DaemonIdentity,
+        caller: Caller,
+    ) -> Result<StatusReport, RpcError> {
         // Read first: a change after this shows in a later generation.
         let generation = self.projects.epoch();
-        let ids = self.matching(filter)?;
+        let ids = self.matching_for(filter, caller)?;
         let mut projects = self.projects.status(&ids);
         // A project whose build waits for a slot (and none of its builds runs).
         let queued = self.queued_projects();
@@ -221,9 +252,10 @@ impl Engine {
         filter: &str,
         generation: u64,
         daemon: &DaemonIdentity,
+        caller: Caller,
     ) -> Result<StatusReport, RpcError> {
         self.projects.wait_any(generation, STATUS_WAIT).await;
-        match self.status(filter, daemon) {
+        match self.status(filter, daemon, caller) {
             Err(e) if e.is(ErrorKind::NotFound) => Ok(StatusReport {
                 daemon: self.health(daemon),
                 projects: Vec::new(),
@@ -234,8 +266,12 @@ impl Engine {
     }
 
     /// Forgets the projects `filter` names, and their watches.
-    pub async fn forget(self: &Arc<Self>, filter: &str) -> Result<Vec<String>, RpcError> {
-        let ids = self.matching(filter)?;
+    pub async fn forget(
+        self: &Arc<Self>,
+        filter: &str,
+        caller: Caller,
+    ) -> Result<Vec<String>, RpcError> {
+        let ids = self.matching_for(filter, caller)?;
         if filter.is_empty() {
             return Err(
                 RpcError::of(ErrorKind::InvalidInput, "forget needs a project")
@@ -254,8 +290,8 @@ impl Engine {
     }
 
     /// Why each step of one project's last build ran or was cached.
-    pub fn explain(&self, filter: &str) -> Result<Explanation, RpcError> {
-        let ids = self.matching(filter)?;
+    pub fn explain(&self, filter: &str, caller: Caller) -> Result<Explanation, RpcError> {
+        let ids = self.matching_for(filter, caller)?;
         let [id] = ids.as_slice() else {
             return Err(RpcError::of(
                 ErrorKind::InvalidInput,
@@ -273,7 +309,17 @@ impl Engine {
     }
 
     /// Waits (a few seconds at most) for `project` to move past `generation`.
-    pub async fn wait_change(&self, project: &str, generation: u64) -> Result<u64, RpcError> {
+    pub async fn wait_change(
+        &self,
+        project: &str,
+        generation: u64,
+        caller: Caller,
+    ) -> Result<u64, RpcError> {
+        if let Some(owner) = self.projects.owner(project) {
+            if !caller.may_change(owner) {
+                return Err(caller.denied(&format!("project {project}"), owner));
+            }
+        }
         self.projects
             .wait_change(project, generation, Duration::from_secs(3))
             .await
@@ -305,17 +351,41 @@ impl Engine {
         self: &Arc<Self>,
         name: String,
         spec: ImportSpec,
+        caller: Caller,
     ) -> Result<ImageSummary, RpcError> {
         let store = self.store.clone();
-        blocking(move || import::import(&store, &name, &spec)).await
+        blocking(move || {
+            may_name(&store, &memobuild_oci::normalize_image_name(&name), caller)?;
+            import::import(&store, &name, &spec, Some(caller.uid))
+        })
+        .await
     }
 
-    /// Removes an image name (its blobs go at the next GC).
-    pub async fn remove_image(self: &Arc<Self>, name: String) -> Result<(), RpcError> {
+    /// Removes an image name (its blobs go at the next GC): the caller's own,
+    /// or any for an admin.
+    pub async fn remove_image(
+        self: &Arc<Self>,
+        name: String,
+        caller: Caller,
+    ) -> Result<(), RpcError> {
         let full = memobuild_oci::normalize_image_name(&name);
         let store = self.store.clone();
         let lookup = full.clone();
-        match blocking(move || store.remove_image(&lookup).map_err(internal)).await? {
+        let removed = blocking(move || {
+            // Checked and removed under the store's write lock order: a
+            // re-tag in between is caught by the owner check below.
+            let Some(record) = store.image(&lookup).map_err(internal)? else {
+                return Ok(false);
+            };
+            if !caller.may_change(record.owner) {
+                return Err(caller.denied(&format!("image {lookup}"), record.owner));
+            }
+            store
+                .remove_image_if(&lookup, |r| r.owner == record.owner)
+                .map_err(internal)
+        })
+        .await?;
+        match removed {
             true => Ok(()),
             false => Err(
                 RpcError::of(ErrorKind::NotFound, format!("no image named {full}"))
@@ -324,13 +394,24 @@ impl Engine {
         }
     }
 
-    /// A build's log: by id, `last`, or a project's latest build.
-    pub async fn build_log(self: &Arc<Self>, which: String) -> Result<BuildLogReport, RpcError> {
+    /// A build's log: by id, `last`, or a project's latest build; the
+    /// caller's own builds only (an admin's: any).
+    pub async fn build_log(
+        self: &Arc<Self>,
+        which: String,
+        caller: Caller,
+    ) -> Result<BuildLogReport, RpcError> {
         let logs = self
             .build_logs()
             .cloned()
             .ok_or_else(|| RpcError::new("this daemon keeps no build logs"))?;
-        let id = self.resolve_build(&logs, which.trim())?;
+        let id = self.resolve_build(&logs, which.trim(), caller)?;
+        let header = logs
+            .header(id)
+            .ok_or_else(|| no_build_log(&id.to_string()))?;
+        if !caller.may_change(header.owner) {
+            return Err(caller.denied(&format!("the log of build {id}"), header.owner));
+        }
         let running = self.is_running(id);
         blocking(move || {
             logs.read(id, running).map_err(|e| match e {
@@ -354,14 +435,19 @@ impl Engine {
     }
 
     /// Garbage collection on request.
+    /// Garbage collection on request: an admin's drops any entry; anyone
+    /// else's only the step cache entries their own builds made (and, with
+    /// `all`, no longer keeps what their own projects' last builds use).
     pub async fn prune_request(
         self: &Arc<Self>,
         request: PruneRequest,
+        caller: Caller,
     ) -> Result<PruneResult, RpcError> {
         let opts = gc::PruneOptions {
             all: request.all,
             keep_bytes: request.keep_bytes,
             unused_for_secs: request.unused_for_secs,
+            owner: caller.scope(),
         };
         let r = self.prune(opts).await?;
         Ok(PruneResult {
@@ -379,8 +465,9 @@ impl Engine {
         self: &Arc<Self>,
         build: BuildId,
         max: bool,
+        caller: Caller,
     ) -> Result<Vec<memobuild_proto::CacheStep>, RpcError> {
-        let report = self.build_log(build.to_string()).await?;
+        let report = self.build_log(build.to_string(), caller).await?;
         let steps = self.projects.last_steps(&report.project).ok_or_else(|| {
             RpcError::of(
                 ErrorKind::NotFound,
@@ -400,9 +487,10 @@ impl Engine {
     pub async fn import_cache_steps(
         self: &Arc<Self>,
         steps: Vec<memobuild_proto::CacheStep>,
+        caller: Caller,
     ) -> Result<u64, RpcError> {
         let store = self.store.clone();
-        blocking(move || crate::localcache::import(&store, &steps)).await
+        blocking(move || crate::localcache::import(&store, &steps, Some(caller.uid))).await
     }
 
     /// The store's consistency check.
@@ -423,16 +511,44 @@ impl Engine {
         &self,
         logs: &crate::buildlogs::BuildLogs,
         which: &str,
+        caller: Caller,
     ) -> Result<BuildId, RpcError> {
         if let Ok(id) = which.parse::<BuildId>() {
             return Ok(id);
         }
         if which == "last" {
-            return logs.latest().ok_or_else(|| no_build_log(which));
+            return logs
+                .latest_where(|h| caller.may_change(h.owner))
+                .ok_or_else(|| no_build_log(which));
         }
-        let projects = self.matching(which).map_err(|_| no_build_log(which))?;
+        let projects = match self.matching_for(which, caller) {
+            Err(e) if e.is(ErrorKind::PermissionDenied) => return Err(e),
+            other => other.map_err(|_| no_build_log(which))?,
+        };
         logs.latest_where(|h| projects.contains(&h.project))
             .ok_or_else(|| no_build_log(which))
+    }
+
+    /// Project ids for a filter, of the projects `caller` owns (an admin:
+    /// all). A filter that names only other users' projects is refused.
+    pub(crate) fn matching_for(
+        &self,
+        filter: &str,
+        caller: Caller,
+    ) -> Result<Vec<String>, RpcError> {
+        let ids = self.matching(filter)?;
+        let Some(uid) = caller.scope() else {
+            return Ok(ids);
+        };
+        let (mine, theirs): (Vec<String>, Vec<String>) = ids
+            .into_iter()
+            .partition(|id| self.projects.owner(id) == Some(Some(uid)));
+        match theirs.first() {
+            Some(id) if mine.is_empty() && !filter.is_empty() => {
+                Err(caller.denied(&format!("project {id}"), self.projects.owner(id).flatten()))
+            }
+            _ => Ok(mine),
+        }
     }
 
     /// Project ids for a filter; a filter naming a directory is canonicalised
@@ -522,6 +638,17 @@ fn open_read_only(
         .hint("run `memobuild-ctl verify`, then build again"));
     }
     Ok(file)
+}
+
+/// Whether `caller` may point image name `name` somewhere: nobody holds it,
+/// or its holder is the caller (an admin may take any).
+fn may_name(store: &memobuild_store::Store, name: &str, caller: Caller) -> Result<(), RpcError> {
+    match store.image(name).map_err(internal)? {
+        Some(record) if !caller.may_change(record.owner) => {
+            Err(caller.denied(&format!("image name {name}"), record.owner))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn no_build_log(which: &str) -> RpcError {

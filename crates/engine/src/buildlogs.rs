@@ -49,6 +49,10 @@ pub struct Header {
     pub dockerfile: String,
     pub target: String,
     pub started_at_ms: i64,
+    /// The uid whose build it is; `None` for root's background builds and
+    /// logs written before owners were recorded (admins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
 }
 
 /// One event line.
@@ -164,6 +168,11 @@ impl BuildLogs {
             .rev()
             .find(|h| matches(h))
             .map(|h| h.build)
+    }
+
+    /// The header of build `build`'s log, if the daemon has it.
+    pub fn header(&self, build: BuildId) -> Option<Header> {
+        lock(&self.index).get(&build).cloned()
     }
 
     /// Reads a build's log. `running` says whether the build is still going;
@@ -371,6 +380,7 @@ mod tests {
             dockerfile: "Dockerfile".into(),
             target: String::new(),
             started_at_ms: 1,
+            owner: None,
         }
     }
 

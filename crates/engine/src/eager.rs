@@ -49,6 +49,7 @@ impl Engine {
         self: &Arc<Self>,
         filter: &str,
         on: bool,
+        caller: crate::Caller,
     ) -> Result<Vec<String>, RpcError> {
         if filter.is_empty() {
             return Err(
@@ -56,16 +57,7 @@ impl Engine {
                     .hint("pass a project id or context path (see `memobuild-ctl projects`)"),
             );
         }
-        let ids = self.projects.matching(filter);
-        if ids.is_empty() {
-            return Err(RpcError::of(
-                ErrorKind::NotFound,
-                format!("no project matches {filter:?}"),
-            )
-            .hint(
-                "projects are registered by building them; `memobuild-ctl projects` lists them",
-            ));
-        }
+        let ids = self.matching_for(filter, caller)?;
         for id in &ids {
             // Persisting the setting is a redb commit: off the async workers.
             let (engine, project) = (self.clone(), id.clone());

@@ -25,6 +25,10 @@ pub struct PruneOptions {
     pub keep_bytes: Option<u64>,
     /// Drop only entries not used (or made) within this many seconds.
     pub unused_for_secs: Option<u64>,
+    /// A user's prune (`Some(uid)`): only the step entries that user's builds
+    /// made are dropped, and `all` gives up only what that user's projects'
+    /// last builds keep. `None`: an admin's, or the daemon's own GC.
+    pub owner: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,13 +65,24 @@ fn image_roots(store: &Store) -> Result<(HashSet<String>, u64), StoreError> {
     Ok((roots, images.len() as u64))
 }
 
-/// Blobs of every project's remembered builds (their manifests, configs, layers).
-fn project_roots(store: &Store) -> Result<HashSet<String>, StoreError> {
+/// Blobs of every project's remembered builds (their manifests, configs,
+/// layers), of the projects whose owner (the uid the project reads as, `None`
+/// for root's) `of_owner` accepts.
+fn project_roots(
+    store: &Store,
+    of_owner: impl Fn(Option<u32>) -> bool,
+) -> Result<HashSet<String>, StoreError> {
     let mut roots = HashSet::new();
     for (_, raw) in store.projects()? {
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(&raw) else {
             continue;
         };
+        let owner = value["key"]["read_as"]["uid"]
+            .as_u64()
+            .and_then(|uid| u32::try_from(uid).ok());
+        if !of_owner(owner) {
+            continue;
+        }
         for build in ["last", "previous"] {
             if let Some(m) = value[build]["manifest_digest"].as_str() {
                 image_digests(store, m, &mut roots);
@@ -100,7 +115,7 @@ pub fn containerd_dir(store: &Store) -> std::path::PathBuf {
 /// What the blobs are used for, and what the data dir holds on disk.
 pub fn usage(store: &Store) -> Result<Usage, StoreError> {
     let (images, image_count) = image_roots(store)?;
-    let mut cache = project_roots(store)?;
+    let mut cache = project_roots(store, |_| true)?;
     let steps = store.steps()?;
     cache.extend(
         steps
@@ -138,8 +153,11 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreErr
     let pins = store.pins();
     let fence = pins.fence(SystemTime::now());
     let (mut protected, _) = image_roots(store)?;
-    if !opts.all {
-        protected.extend(project_roots(store)?);
+    match (opts.all, opts.owner) {
+        (false, _) => protected.extend(project_roots(store, |_| true)?),
+        // A user's --all: other users' projects keep theirs.
+        (true, Some(uid)) => protected.extend(project_roots(store, |o| o != Some(uid))?),
+        (true, None) => {}
     }
     protected.extend(pins.digests(SystemTime::now()));
     let pinned_keys = pins.keys();
@@ -174,6 +192,7 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreErr
         .iter()
         .filter(|(k, r)| {
             !pinned_keys.contains(k)
+                && opts.owner.is_none_or(|uid| r.owner == Some(uid))
                 && match &r.layer {
                     Some(l) => opts.all || !protected.contains(&l.digest),
                     // Config-only entries use no disk: only --all drops them.
@@ -248,6 +267,7 @@ mod tests {
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
             }),
             created_at: 1,
+            owner: None,
         };
         store.put_step(key, &record).unwrap();
         digest
@@ -288,6 +308,46 @@ mod tests {
         prune(&store, &all()).unwrap();
         assert!(!store.blobs.contains(&used) && !store.blobs.contains(&fresh));
         assert!(store.steps().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_users_prune_drops_only_that_users_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mine = step_with_blob(&store, "mine", b"one");
+        let theirs = step_with_blob(&store, "theirs", b"two");
+        let old = step_with_blob(&store, "old", b"three");
+        for (key, owner) in [("mine", Some(1001)), ("theirs", Some(1002)), ("old", None)] {
+            let (_, mut record) = store
+                .steps()
+                .unwrap()
+                .into_iter()
+                .find(|(k, _)| k == key)
+                .unwrap();
+            record.owner = owner;
+            store.put_step(key, &record).unwrap();
+        }
+        for d in [&mine, &theirs, &old] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(store.blobs.path(d).unwrap())
+                .unwrap();
+            file.set_modified(SystemTime::now() - Duration::from_secs(10))
+                .unwrap();
+        }
+        let as_1001 = PruneOptions {
+            owner: Some(1001),
+            ..all()
+        };
+        let report = prune(&store, &as_1001).unwrap();
+        assert_eq!(report.records_removed, 1);
+        assert!(!store.blobs.contains(&mine));
+        assert!(store.blobs.contains(&theirs) && store.blobs.contains(&old));
+        let keys: Vec<String> = store.steps().unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"theirs".to_string()) && keys.contains(&"old".to_string()));
+        // An admin's prune (no owner) drops the rest.
+        assert_eq!(prune(&store, &all()).unwrap().records_removed, 2);
     }
 
     #[test]

@@ -10,7 +10,13 @@ fn err(e: impl std::fmt::Display) -> RpcError {
     RpcError::new(e.to_string())
 }
 
-pub fn import(store: &Store, name: &str, spec: &ImportSpec) -> Result<ImageSummary, RpcError> {
+/// Names the image `spec` describes `name`, owned by `owner`.
+pub fn import(
+    store: &Store,
+    name: &str,
+    spec: &ImportSpec,
+    owner: Option<u32>,
+) -> Result<ImageSummary, RpcError> {
     let image = match spec {
         ImportSpec::Manifest { digest } => read_image(store, digest).map_err(err)?,
         ImportSpec::Docker { config, layers } => {
@@ -51,6 +57,7 @@ pub fn import(store: &Store, name: &str, spec: &ImportSpec) -> Result<ImageSumma
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
+        owner,
     };
     store.put_image(&full, &record).map_err(err)?;
     Ok(ImageSummary {
@@ -59,5 +66,6 @@ pub fn import(store: &Store, name: &str, spec: &ImportSpec) -> Result<ImageSumma
         config_digest: record.config_digest,
         size: record.size,
         tagged_at: record.tagged_at,
+        owner: record.owner,
     })
 }

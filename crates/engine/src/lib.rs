@@ -20,6 +20,7 @@ pub mod gc;
 pub mod import;
 mod localcache;
 pub mod metrics;
+pub mod owner;
 pub mod project;
 mod registry_hooks;
 pub mod tidy;
@@ -30,3 +31,4 @@ pub use exec::{Engine, RunSettings, Runner, DEFAULT_MAX_PARALLEL_BUILDS};
 pub use memobuild_registry::RegistrySettings;
 /// The store the engine is opened on, and its error.
 pub use memobuild_store::{Store, StoreError};
+pub use owner::Caller;

@@ -68,7 +68,7 @@ fn refused(key: &str, why: String) -> RpcError {
 
 /// Records `steps` whose layer blobs are in the store; every layer must
 /// uncompress to its diff_id.
-pub fn import(store: &Store, steps: &[CacheStep]) -> Result<u64, RpcError> {
+pub fn import(store: &Store, steps: &[CacheStep], owner: Option<u32>) -> Result<u64, RpcError> {
     let mut n = 0;
     for step in steps {
         let valid_key = step.key.len() == 64 && step.key.chars().all(|c| c.is_ascii_hexdigit());
@@ -125,6 +125,7 @@ pub fn import(store: &Store, steps: &[CacheStep]) -> Result<u64, RpcError> {
         let record = StepRecord {
             layer,
             created_at: memobuild_store::now_secs(),
+            owner,
         };
         store
             .put_step(&step.key, &record)

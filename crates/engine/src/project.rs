@@ -568,6 +568,14 @@ impl Projects {
         }
     }
 
+    /// The uid owning project `id`: the user its context is read as
+    /// (`None`: root's, an admin's to act on). `None` if there is no such project.
+    pub fn owner(&self, id: &str) -> Option<Option<u32>> {
+        let map = lock(&self.map);
+        let p = map.get(id)?;
+        Some(p.record.key.read_as.as_ref().map(|r| r.uid))
+    }
+
     /// Ids matching a filter: an id, an id prefix, or a context path.
     pub fn matching(&self, filter: &str) -> Vec<String> {
         let map = lock(&self.map);

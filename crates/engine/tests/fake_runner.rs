@@ -16,7 +16,7 @@
 
 use flate2::read::MultiGzDecoder;
 use futures::future::BoxFuture;
-use memobuild_engine::{Engine, RunSettings, Runner, Store};
+use memobuild_engine::{Caller, Engine, RunSettings, Runner, Store};
 use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
 use memobuild_proto::{BuildEvent, BuildRequest, ErrorKind, FailureInfo, ProjectState, StepState};
 use memobuild_sandbox::{
@@ -229,7 +229,7 @@ impl Fixture {
     /// Builds and returns what happened. RUN calls are counted from here.
     async fn build(&self, request: BuildRequest) -> Built {
         let before = self.runner.calls().len();
-        let id = self.engine.start(request);
+        let id = self.engine.start(request, Caller::ROOT);
         let mut events = Vec::new();
         let mut cursor = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -238,7 +238,11 @@ impl Fixture {
                 std::time::Instant::now() < deadline,
                 "build did not finish: {events:?}"
             );
-            let batch = self.engine.events(id, cursor).await.expect("events");
+            let batch = self
+                .engine
+                .events(id, cursor, Caller::ROOT)
+                .await
+                .expect("events");
             cursor = batch.next_cursor;
             events.extend(batch.events);
             if batch.finished {
@@ -493,7 +497,10 @@ async fn status_names_the_edited_file_and_only_the_steps_it_dirties() {
         version: "test".into(),
     };
     let project = |f: &Fixture| {
-        let report = f.engine.status("", &identity).expect("status");
+        let report = f
+            .engine
+            .status("", &identity, Caller::ROOT)
+            .expect("status");
         assert_eq!(report.projects.len(), 1);
         report.projects.into_iter().next().expect("the project")
     };
@@ -507,7 +514,10 @@ async fn status_names_the_edited_file_and_only_the_steps_it_dirties() {
             break p;
         }
         assert!(std::time::Instant::now() < deadline, "never dirty: {p:?}");
-        let _ = f.engine.wait_change(&p.id, p.generation).await;
+        let _ = f
+            .engine
+            .wait_change(&p.id, p.generation, Caller::ROOT)
+            .await;
     };
     let states: Vec<(&str, &StepState)> = dirty
         .steps

@@ -381,6 +381,11 @@ pub struct BuildRequest {
     /// root and the daemon's own user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_as: Option<Reader>,
+    /// The uid that asked for the build: it owns the build's log, its image
+    /// names and its cache mounts (docs/SECURITY.md, "Ownership"). Set by the
+    /// daemon from the connection's peer credentials, whatever a client sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
 }
 
 /// A user's filesystem identity (see [`BuildRequest::read_as`]).
@@ -554,6 +559,11 @@ pub struct ImageSummary {
     pub size: u64,
     /// Unix seconds when the name was last set.
     pub tagged_at: i64,
+    /// The uid that named the image (a build's `-t`, `image import`); `None`
+    /// for base images pulled from a registry and names set before the daemon
+    /// recorded owners, which only admins may remove or re-tag.
+    #[serde(default)]
+    pub owner: Option<u32>,
 }
 
 /// What a client needs to write an image out: the manifest and every blob it names.

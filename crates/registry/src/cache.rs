@@ -102,6 +102,7 @@ impl Session {
             let record = StepRecord {
                 layer,
                 created_at: memobuild_store::now_secs(),
+                owner: None,
             };
             store.put_step(&key, &record).map_err(|e| e.to_string())?;
             // Newest in LRU order: GC keeps it for the build about to use it.

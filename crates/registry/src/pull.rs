@@ -174,6 +174,8 @@ pub fn name_image(store: &Store, name: &str, image: &StoredImage) -> Result<(), 
         config_digest: image.config_digest.clone(),
         size: image.size,
         tagged_at: memobuild_store::now_secs(),
+        // Base images reflect their registry: shared, an admin's to remove.
+        owner: None,
     };
     store.put_image(name, &record).map_err(|e| e.to_string())
 }

@@ -78,6 +78,12 @@ pub struct StepRecord {
     pub layer: Option<LayerRecord>,
     /// Unix seconds when the step ran.
     pub created_at: i64,
+    /// The uid whose build ran the step. The step cache is shared (a key
+    /// covers every input, so any build with that key may use the result),
+    /// but only its owner's `prune` (or an admin's) drops the entry. `None`:
+    /// imported from a remote cache, or written before owners were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +102,11 @@ pub struct ImageRecord {
     pub config_digest: Digest,
     pub size: u64,
     pub tagged_at: i64,
+    /// The uid that named the image; `None` for base images pulled from a
+    /// registry and for names set before owners were recorded (only admins
+    /// may remove or re-tag those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
 }
 
 pub struct Store {
@@ -293,6 +304,33 @@ impl Store {
         Ok(removed)
     }
 
+    /// Removes image `name` only if its record (read in the same
+    /// transaction) satisfies `remove_if`: an owner check that a concurrent
+    /// re-tag cannot slip past. False if there is no such image or it fails.
+    pub fn remove_image_if(
+        &self,
+        name: &str,
+        remove_if: impl Fn(&ImageRecord) -> bool,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let removed = {
+            let mut table = txn.open_table(IMAGES).map_err(db_err)?;
+            let current = match table.get(name).map_err(db_err)? {
+                Some(v) => Some(decode::<ImageRecord>(name, v.value())?),
+                None => None,
+            };
+            match current {
+                Some(record) if remove_if(&record) => {
+                    table.remove(name).map_err(db_err)?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(removed)
+    }
+
     pub fn images(&self) -> Result<Vec<(String, ImageRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(IMAGES).map_err(db_err)?;
@@ -424,4 +462,54 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, St
         key: key.to_string(),
         message: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_before_owners_read_as_unowned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // As an older daemon wrote them: no `owner` field.
+        let old_image = br#"{"manifest_digest":"sha256:aa","config_digest":"sha256:bb","size":3,"tagged_at":5}"#;
+        let old_step = br#"{"layer":null,"created_at":7}"#;
+        {
+            let txn = store.db.begin_write().unwrap();
+            txn.open_table(IMAGES)
+                .unwrap()
+                .insert("app:latest", old_image.as_slice())
+                .unwrap();
+            txn.open_table(STEPS)
+                .unwrap()
+                .insert("k", old_step.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let image = store.image("app:latest").unwrap().unwrap();
+        assert_eq!((image.owner, image.size), (None, 3));
+        assert_eq!(store.steps().unwrap()[0].1.owner, None);
+        // Owned records round-trip; the owner check and the removal are one step.
+        store
+            .put_image(
+                "app:latest",
+                &ImageRecord {
+                    owner: Some(1001),
+                    ..image
+                },
+            )
+            .unwrap();
+        assert!(!store
+            .remove_image_if("app:latest", |r| r.owner == Some(1002))
+            .unwrap());
+        assert_eq!(
+            store.image("app:latest").unwrap().unwrap().owner,
+            Some(1001)
+        );
+        assert!(store
+            .remove_image_if("app:latest", |r| r.owner == Some(1001))
+            .unwrap());
+        assert!(store.image("app:latest").unwrap().is_none());
+    }
 }

@@ -398,7 +398,7 @@ fn fast_path(
     engine
         .metrics
         .cache("memory", true, last.steps.len() as u64);
-    let tags = tag_digests(engine, &request.tags, &manifest, &config, None)?;
+    let tags = tag_digests(engine, request, log, &manifest, &config, None)?;
     Ok(Some(Done {
         manifest_digest: manifest,
         config_digest: config,
@@ -497,7 +497,7 @@ async fn build_planned(
         }
         let epoch = request.source_date_epoch;
         let annotations = request.annotations.clone();
-        let tags = request.tags.clone();
+        let (request, log) = (request.clone(), log.clone());
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
             config.history = result.history.clone();
@@ -509,7 +509,7 @@ async fn build_planned(
                 &annotations,
             )
             .map_err(internal)?;
-            let tags = tag_image(&engine, &tags, &image)?;
+            let tags = tag_image(&engine, &request, &log, &image)?;
             Ok((image, tags))
         })
         .await?
@@ -985,7 +985,10 @@ async fn run_stage(
                     }
                 };
                 {
-                    let (engine, key, record) = (engine.clone(), step_key.clone(), record.clone());
+                    let (engine, key, mut record) =
+                        (engine.clone(), step_key.clone(), record.clone());
+                    // Shared by key; its maker's (or an admin's) prune drops it.
+                    record.owner = crate::owner::owner_of(&run.request);
                     let build = run.build;
                     blocking(move || {
                         engine
@@ -1168,6 +1171,7 @@ async fn execute(
         return Ok(StepRecord {
             layer: None,
             created_at: now,
+            owner: None,
         });
     }
     let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
@@ -1200,6 +1204,7 @@ async fn execute(
         return Ok(StepRecord {
             layer: None,
             created_at: now,
+            owner: None,
         });
     }
     // The layer blob and, when a RUN may need it, the unpacked snapshot are
@@ -1245,6 +1250,7 @@ async fn execute(
     Ok(StepRecord {
         layer: Some(layer),
         created_at: now,
+        owner: None,
     })
 }
 
@@ -1297,31 +1303,50 @@ fn step_changes(
 
 fn tag_image(
     engine: &Engine,
-    tags: &[String],
+    request: &BuildRequest,
+    log: &BuildLog,
     image: &StoredImage,
 ) -> Result<Vec<String>, RpcError> {
     tag_digests(
         engine,
-        tags,
+        request,
+        log,
         &image.manifest_digest,
         &image.config_digest,
         Some(image.size),
     )
 }
 
-/// Points each tag at the image; a tag that already does is left alone (no write).
+/// Points each of the request's tags at the image, owned by the build's
+/// owner; a tag that already does is left alone (no write). A name another
+/// user holds is refused unless the build's caller is an admin.
 fn tag_digests(
     engine: &Engine,
-    tags: &[String],
+    request: &BuildRequest,
+    log: &BuildLog,
     manifest: &str,
     config: &str,
     size: Option<u64>,
 ) -> Result<Vec<String>, RpcError> {
+    let owner = crate::owner::owner_of(request);
     let mut names = Vec::new();
-    for tag in tags {
+    for tag in &request.tags {
         let name = memobuild_oci::normalize_image_name(tag);
         let existing = engine.store.image(&name).map_err(internal)?;
-        if existing.as_ref().map(|r| r.manifest_digest.as_str()) != Some(manifest) {
+        if let Some(current) = existing.as_ref().filter(|r| r.owner != owner) {
+            let may = log.caller.is_some_and(|c| c.may_change(current.owner));
+            if !may {
+                let caller = log.caller.unwrap_or(crate::Caller {
+                    uid: owner.unwrap_or(0),
+                    admin: false,
+                });
+                return Err(caller.denied(&format!("image name {name}"), current.owner));
+            }
+        }
+        let same = existing
+            .as_ref()
+            .is_some_and(|r| r.manifest_digest == manifest && r.owner == owner);
+        if !same {
             let size = size.unwrap_or_else(|| {
                 memobuild_oci::image::read_image(&engine.store, manifest).map_or(0, |i| i.size)
             });
@@ -1330,6 +1355,7 @@ fn tag_digests(
                 config_digest: config.to_string(),
                 size,
                 tagged_at: memobuild_store::now_secs(),
+                owner,
             };
             engine.store.put_image(&name, &record).map_err(internal)?;
         }

@@ -111,6 +111,11 @@ pub struct BuildLog {
     pub project: String,
     /// A background build nobody asked for (eager.rs).
     pub eager: bool,
+    /// Who asked for the build (`None`: the daemon itself, an eager build);
+    /// its owner is [`crate::owner::owner_of`] the request.
+    pub caller: Option<crate::owner::Caller>,
+    /// The uid owning the build: its events, log and cancel are its own.
+    pub owner: Option<u32>,
     /// Where the events are persisted, when the daemon keeps build logs.
     journal: Option<crate::buildlogs::Journal>,
     pub(crate) events: Mutex<Vec<BuildEvent>>,
@@ -421,18 +426,23 @@ impl Engine {
 
     /// Starts a build in the background and returns its id; an identical
     /// request while one runs joins that build instead (single flight).
-    pub fn start(self: &Arc<Self>, request: BuildRequest) -> BuildId {
+    pub fn start(self: &Arc<Self>, request: BuildRequest, caller: crate::Caller) -> BuildId {
         // An explicit build never waits for background work.
         self.eager_yield();
-        self.start_build(request, false)
+        self.start_build(request, false, Some(caller))
     }
 
     /// Starts an eager build (eager.rs): as [`Engine::start`], but it yields.
     pub(crate) fn start_eager(self: &Arc<Self>, request: BuildRequest) -> BuildId {
-        self.start_build(request, true)
+        self.start_build(request, true, None)
     }
 
-    fn start_build(self: &Arc<Self>, request: BuildRequest, eager: bool) -> BuildId {
+    fn start_build(
+        self: &Arc<Self>,
+        request: BuildRequest,
+        eager: bool,
+        caller: Option<crate::Caller>,
+    ) -> BuildId {
         let key = flight::key_of(&request);
         if let Some(id) = self.flights.join(&key) {
             tracing::info!(build = id, "identical build running: joined it");
@@ -440,6 +450,7 @@ impl Engine {
         }
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let project = crate::project::ProjectKey::of(&request).id();
+        let owner = crate::owner::owner_of(&request);
         let journal = self.build_logs.get().map(|logs| {
             logs.begin(crate::buildlogs::Header {
                 build: id,
@@ -448,12 +459,15 @@ impl Engine {
                 dockerfile: request.dockerfile.clone(),
                 target: request.target.clone(),
                 started_at_ms: crate::buildlogs::now_ms(),
+                owner,
             })
         });
         let log = Arc::new(BuildLog {
             id,
             project: project.clone(),
             eager,
+            caller,
+            owner,
             journal,
             ..BuildLog::default()
         });
@@ -518,8 +532,8 @@ impl Engine {
 
     /// Cancels a build: its running steps are dropped (RUN containers killed and
     /// removed) and it fails with "cancelled".
-    pub fn cancel(&self, id: BuildId) -> Result<(), RpcError> {
-        let log = self.log(id)?;
+    pub fn cancel(&self, id: BuildId, caller: crate::Caller) -> Result<(), RpcError> {
+        let log = self.log_for(id, caller)?;
         // Other clients still wait on this build: only this one leaves.
         if !self.flights.leave(id) {
             tracing::info!(build = id, "a client left; others still wait on the build");
@@ -572,6 +586,15 @@ impl Engine {
             .map_err(|e| RpcError::new(e.to_string()))
     }
 
+    /// Build `id`'s events, if `caller` may see them (its owner or an admin).
+    fn log_for(&self, id: BuildId, caller: crate::Caller) -> Result<Arc<BuildLog>, RpcError> {
+        let log = self.log(id)?;
+        if !caller.may_change(log.owner) {
+            return Err(caller.denied(&format!("build {id}"), log.owner));
+        }
+        Ok(log)
+    }
+
     fn log(&self, id: BuildId) -> Result<Arc<BuildLog>, RpcError> {
         self.builds
             .lock()
@@ -586,8 +609,13 @@ impl Engine {
     }
 
     /// Events of build `id` from `cursor`, waiting briefly for new ones.
-    pub async fn events(&self, id: BuildId, cursor: u64) -> Result<EventBatch, RpcError> {
-        let log = self.log(id)?;
+    pub async fn events(
+        &self,
+        id: BuildId,
+        cursor: u64,
+        caller: crate::Caller,
+    ) -> Result<EventBatch, RpcError> {
+        let log = self.log_for(id, caller)?;
         self.flights.seen(id);
         let notified = log.changed.notified();
         let batch = log.batch(cursor);

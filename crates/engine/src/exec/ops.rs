@@ -59,7 +59,11 @@ impl Engine {
         request: &BuildRequest,
         log: &Arc<BuildLog>,
     ) -> Option<super::queue::Slot> {
-        if let Some(slot) = self.queue.try_acquire(&request.context) {
+        let who = super::queue::Who {
+            user: crate::owner::owner_of(request),
+            project: request.context.clone(),
+        };
+        if let Some(slot) = self.queue.try_acquire(&who) {
             return Some(slot);
         }
         let line = format!(
@@ -73,7 +77,7 @@ impl Engine {
         let project = crate::project::ProjectKey::of(request).id();
         self.flights.set_queued(id, Some(project));
         let slot = tokio::select! {
-            slot = self.queue.wait(&request.context) => Some(slot),
+            slot = self.queue.wait(&who) => Some(slot),
             _ = log.cancelled() => None,
         };
         self.flights.set_queued(id, None);
@@ -169,7 +173,8 @@ impl Engine {
 
     /// `memobuild-ctl prune`.
     pub async fn prune(self: &Arc<Self>, opts: PruneOptions) -> Result<PruneReport, RpcError> {
-        let all = opts.all;
+        // Unpacked chains of other users' projects stay for a user's --all.
+        let all = opts.all && opts.owner.is_none();
         let engine = self.clone();
         let report = tokio::task::spawn_blocking(move || crate::gc::prune(&engine.store, &opts))
             .await

@@ -1,7 +1,8 @@
 //! The build queue: at most `max-parallel-builds` builds run at once; the rest
-//! wait. When a slot frees it goes to the waiting build whose project (context
-//! directory) has the fewest builds running, the longest-waiting first among
-//! equals, so one user's burst of builds cannot starve another project.
+//! wait. When a slot frees it goes to the waiting build whose user (the uid
+//! that asked) has the fewest builds running, then whose project (context
+//! directory) has, the longest-waiting first among equals: one user's burst of
+//! builds cannot starve another user, nor one project another of the same user.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -14,21 +15,31 @@ pub struct Queue {
     granted: tokio::sync::Notify,
 }
 
+/// Whose build asks for a slot: the user, then the project, share fairly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Who {
+    /// The uid that asked (`None`: the daemon's own background builds).
+    pub user: Option<u32>,
+    /// The project's context directory.
+    pub project: String,
+}
+
 #[derive(Default)]
 struct State {
     running: usize,
-    per_owner: HashMap<String, usize>,
-    /// (ticket, owner) in arrival order.
-    waiting: Vec<(u64, String)>,
-    /// (ticket, owner) given a slot whose waiter has not woken yet.
-    ready: Vec<(u64, String)>,
+    per_user: HashMap<Option<u32>, usize>,
+    per_project: HashMap<String, usize>,
+    /// (ticket, who) in arrival order.
+    waiting: Vec<(u64, Who)>,
+    /// (ticket, who) given a slot whose waiter has not woken yet.
+    ready: Vec<(u64, Who)>,
     next_ticket: u64,
 }
 
 /// A running build's slot; frees it on drop.
 pub struct Slot {
     queue: Arc<Queue>,
-    owner: String,
+    owner: Who,
 }
 
 impl Queue {
@@ -65,7 +76,7 @@ impl Queue {
     }
 
     /// A slot at once if one is free and nobody waits; else `None` (then [`Queue::wait`]).
-    pub fn try_acquire(self: &Arc<Self>, owner: &str) -> Option<Slot> {
+    pub fn try_acquire(self: &Arc<Self>, owner: &Who) -> Option<Slot> {
         let mut s = self.lock();
         if s.running < self.limit() && s.waiting.is_empty() && s.ready.is_empty() {
             take(&mut s, owner);
@@ -75,12 +86,12 @@ impl Queue {
     }
 
     /// Waits for a slot. Dropping the future gives up the place in the queue.
-    pub async fn wait(self: &Arc<Self>, owner: &str) -> Slot {
+    pub async fn wait(self: &Arc<Self>, owner: &Who) -> Slot {
         let ticket = {
             let mut s = self.lock();
             s.next_ticket += 1;
             let t = s.next_ticket;
-            s.waiting.push((t, owner.to_string()));
+            s.waiting.push((t, owner.clone()));
             self.grant(&mut s);
             t
         };
@@ -103,19 +114,27 @@ impl Queue {
         }
     }
 
-    fn slot(self: &Arc<Self>, owner: &str) -> Slot {
+    fn slot(self: &Arc<Self>, owner: &Who) -> Slot {
         Slot {
             queue: self.clone(),
-            owner: owner.to_string(),
+            owner: owner.clone(),
         }
     }
 
-    /// Hands free slots to waiters: fewest running builds of the same owner first.
+    /// Hands free slots to waiters: fewest running builds of the same user
+    /// first, then of the same project, then the longest waiting.
     fn grant(&self, s: &mut State) {
         let mut woke = false;
         while s.running < self.limit() && !s.waiting.is_empty() {
             let pick = (0..s.waiting.len())
-                .min_by_key(|&i| (s.per_owner.get(&s.waiting[i].1).copied().unwrap_or(0), i))
+                .min_by_key(|&i| {
+                    let who = &s.waiting[i].1;
+                    (
+                        s.per_user.get(&who.user).copied().unwrap_or(0),
+                        s.per_project.get(&who.project).copied().unwrap_or(0),
+                        i,
+                    )
+                })
                 .unwrap_or(0);
             let (ticket, owner) = s.waiting.remove(pick);
             take(s, &owner);
@@ -127,22 +146,29 @@ impl Queue {
         }
     }
 
-    fn release(&self, owner: &str) {
+    fn release(&self, owner: &Who) {
         let mut s = self.lock();
         s.running = s.running.saturating_sub(1);
-        if let Some(n) = s.per_owner.get_mut(owner) {
+        if let Some(n) = s.per_user.get_mut(&owner.user) {
             *n -= 1;
             if *n == 0 {
-                s.per_owner.remove(owner);
+                s.per_user.remove(&owner.user);
+            }
+        }
+        if let Some(n) = s.per_project.get_mut(&owner.project) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_project.remove(&owner.project);
             }
         }
         self.grant(&mut s);
     }
 }
 
-fn take(s: &mut State, owner: &str) {
+fn take(s: &mut State, owner: &Who) {
     s.running += 1;
-    *s.per_owner.entry(owner.to_string()).or_default() += 1;
+    *s.per_user.entry(owner.user).or_default() += 1;
+    *s.per_project.entry(owner.project.clone()).or_default() += 1;
 }
 
 impl Drop for Slot {
@@ -185,9 +211,25 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Project `p` of user 1000 (the tests of fairness between projects).
+    fn project(p: &str) -> Who {
+        of(1000, p)
+    }
+
+    fn of(user: u32, p: &str) -> Who {
+        Who {
+            user: Some(user),
+            project: p.to_string(),
+        }
+    }
+
     async fn granted(queue: &Arc<Queue>, owner: &str) -> tokio::task::JoinHandle<Slot> {
-        let (q, o) = (queue.clone(), owner.to_string());
-        let handle = tokio::spawn(async move { q.wait(&o).await });
+        waiting(queue, project(owner)).await
+    }
+
+    async fn waiting(queue: &Arc<Queue>, who: Who) -> tokio::task::JoinHandle<Slot> {
+        let q = queue.clone();
+        let handle = tokio::spawn(async move { q.wait(&who).await });
         // Let it take its place in the queue.
         tokio::time::sleep(Duration::from_millis(20)).await;
         handle
@@ -196,9 +238,9 @@ mod tests {
     #[tokio::test]
     async fn a_burst_of_one_project_does_not_starve_another() {
         let queue = Queue::new(2);
-        let a1 = queue.try_acquire("a").expect("a free slot");
-        let x1 = queue.try_acquire("x").expect("a free slot");
-        assert!(queue.try_acquire("b").is_none(), "the limit is 2");
+        let a1 = queue.try_acquire(&project("a")).expect("a free slot");
+        let x1 = queue.try_acquire(&project("x")).expect("a free slot");
+        assert!(queue.try_acquire(&project("b")).is_none(), "the limit is 2");
         // Project a queues a burst before b asks.
         let a2 = granted(&queue, "a").await;
         let a3 = granted(&queue, "a").await;
@@ -221,8 +263,8 @@ mod tests {
     #[tokio::test]
     async fn fewest_running_owner_goes_first_and_leaving_the_queue_frees_the_place() {
         let queue = Queue::new(2);
-        let a1 = queue.try_acquire("a").unwrap();
-        let b1 = queue.try_acquire("b").unwrap();
+        let a1 = queue.try_acquire(&project("a")).unwrap();
+        let b1 = queue.try_acquire(&project("b")).unwrap();
         let a2 = granted(&queue, "a").await;
         let c1 = granted(&queue, "c").await;
         // A waiter that gives up (a cancelled build) leaves no trace.
@@ -238,5 +280,37 @@ mod tests {
         let _a = a2.await.unwrap();
         drop(c);
         assert_eq!(queue.running(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_user_with_many_queued_builds_does_not_starve_another_user() {
+        let queue = Queue::new(2);
+        // User 1001 fills both slots and queues ten more, each its own project.
+        let r1 = queue.try_acquire(&of(1001, "p0")).unwrap();
+        let r2 = queue.try_acquire(&of(1001, "p1")).unwrap();
+        let mut burst = Vec::new();
+        for i in 2..12 {
+            burst.push(waiting(&queue, of(1001, &format!("p{i}"))).await);
+        }
+        // User 1002 asks last, for one build.
+        let other = waiting(&queue, of(1002, "q")).await;
+        assert_eq!(queue.queued(), 11);
+        drop(r1);
+        // Per project, every waiter ties (none of their projects runs); per
+        // user, 1002 has nothing running: its one build goes first.
+        let o = other.await.unwrap();
+        assert!(burst.iter().all(|b| !b.is_finished()));
+        drop(r2);
+        // Then 1001's, oldest first.
+        let first = burst.remove(0).await.unwrap();
+        assert!(burst.iter().all(|b| !b.is_finished()));
+        drop(o);
+        let second = burst.remove(0).await.unwrap();
+        assert!(burst.iter().all(|b| !b.is_finished()));
+        drop((first, second));
+        for b in burst {
+            drop(b.await.unwrap());
+        }
+        assert_eq!((queue.queued(), queue.running()), (0, 0));
     }
 }

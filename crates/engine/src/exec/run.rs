@@ -188,6 +188,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         return Ok(StepRecord {
             layer: None,
             created_at: memobuild_store::now_secs(),
+            owner: None,
         });
     }
     // The layer blob and the next step's snapshot (hard links to the files
@@ -226,6 +227,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
     Ok(StepRecord {
         layer: Some(layer?),
         created_at: memobuild_store::now_secs(),
+        owner: None,
     })
 }
 
@@ -365,9 +367,15 @@ struct Mounts {
     locks: std::collections::BTreeMap<String, tokio::sync::OwnedMutexGuard<()>>,
 }
 
-/// A cache mount's directory name under `cache-mounts/`.
-fn cache_dir_name(id: &str) -> String {
-    blake3::hash(id.as_bytes()).to_hex()[..32].to_string()
+/// A cache mount's directory under `cache-mounts/`, per requesting user:
+/// `uid-N/HASH` for uid N, `HASH` for root (where every cache lived before
+/// they were per user), so one user's step never sees another's cache.
+fn cache_dir_name(request: &BuildRequest, id: &str) -> String {
+    let hash = blake3::hash(id.as_bytes()).to_hex()[..32].to_string();
+    match crate::owner::owner_of(request) {
+        Some(uid) if uid != 0 => format!("uid-{uid}/{hash}"),
+        _ => hash,
+    }
 }
 
 impl Mounts {
@@ -394,7 +402,7 @@ impl Mounts {
                     id,
                     sharing: CacheSharing::Locked,
                     ..
-                } => Some(cache_dir_name(id)),
+                } => Some(cache_dir_name(cx.request, id)),
                 _ => None,
             })
             .collect();
@@ -532,7 +540,7 @@ impl Mounts {
         sharing: CacheSharing,
         owner: Option<CacheOwner>,
     ) -> Result<PathBuf, RpcError> {
-        let name = cache_dir_name(id);
+        let name = cache_dir_name(cx.request, id);
         let dir = cx.engine.store.root().join("cache-mounts").join(&name);
         match sharing {
             CacheSharing::Shared => {}

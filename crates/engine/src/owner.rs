@@ -1,0 +1,93 @@
+//! Who owns what (docs/SECURITY.md, "Ownership"): images, build logs,
+//! projects, cache mounts and step cache entries belong to the uid whose
+//! request made them. A [`Caller`] may act on what is its own; an admin on
+//! everything. What has no recorded owner (base images pulled from a
+//! registry, records from before owners were recorded, root's projects) is
+//! an admin's to change.
+
+use memobuild_proto::{BuildRequest, ErrorKind, RpcError};
+
+/// Who makes a request: the uid from the connection's peer credentials
+/// (SO_PEERCRED), and whether the daemon counts it as an admin (root, the
+/// daemon's own user, `admin-users` / `admin-groups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Root: an admin (the daemon's own work, tests).
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        admin: true,
+    };
+
+    /// Whether the caller may remove or change something owned by `owner`.
+    pub fn may_change(&self, owner: Option<u32>) -> bool {
+        self.admin || owner == Some(self.uid)
+    }
+
+    /// The uid whose things a request is limited to: `None` for an admin
+    /// (everything), else the caller's own uid.
+    pub fn scope(&self) -> Option<u32> {
+        (!self.admin).then_some(self.uid)
+    }
+
+    /// The error for acting on `what`, which belongs to `owner`.
+    pub fn denied(&self, what: &str, owner: Option<u32>) -> RpcError {
+        let whose = match owner {
+            Some(uid) => format!("user {}", user_label(uid)),
+            None => "no user (only admins may change it)".to_string(),
+        };
+        RpcError::of(
+            ErrorKind::PermissionDenied,
+            format!(
+                "permission denied: {what} belongs to {whose}, not to {}",
+                user_label(self.uid)
+            ),
+        )
+        .hint("you may act only on what your own builds made; ask its owner, or an admin (root, admin-users, admin-groups in memobuildd.toml)")
+    }
+}
+
+/// `name (uid N)`, or `uid N` for a uid without a passwd entry.
+fn user_label(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// The uid that owns what a build makes: the one the daemon set from the
+/// peer credentials, else (a background re-build of a project) the user the
+/// project reads as; `None` for root's projects rebuilt in the background.
+pub fn owner_of(request: &BuildRequest) -> Option<u32> {
+    request
+        .owner
+        .or_else(|| request.read_as.as_ref().map(|r| r.uid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_change_their_own_and_admins_everything() {
+        let alice = Caller {
+            uid: 1001,
+            admin: false,
+        };
+        assert!(alice.may_change(Some(1001)));
+        assert!(!alice.may_change(Some(1002)));
+        assert!(!alice.may_change(Some(0)));
+        assert!(!alice.may_change(None), "no owner: admins only");
+        assert!(Caller::ROOT.may_change(Some(1001)) && Caller::ROOT.may_change(None));
+        let e = alice.denied("image app:latest", Some(4242));
+        assert!(e.is(ErrorKind::PermissionDenied));
+        assert!(e.message.contains("uid 4242") && e.message.contains("uid 1001"));
+        assert!(e.hint.is_some());
+        assert_eq!(alice.scope(), Some(1001));
+        assert_eq!(Caller::ROOT.scope(), None);
+    }
+}

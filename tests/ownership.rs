@@ -1,0 +1,336 @@
+//! Ownership (docs/SECURITY.md, "Ownership"): images, build logs, projects,
+//! step cache entries and cache mounts belong to the uid whose request made
+//! them. Another allowed user gets `permission denied` (exit status 77, error
+//! kind `permission_denied`) for acting on them; admins (root, `admin-users`)
+//! act on everything. The tests run as root and act as two users, uid 4242
+//! ("A", no passwd entry) and `nobody` ("B"), and as admin uid 4343, through a
+//! socket open to all, so only the daemon's checks stand in the way.
+
+mod common;
+use common::{busybox_context, ctl_as, BuildOutcome, Daemon};
+use serde_json::Value;
+use std::path::Path;
+use std::process::Output;
+
+const A: u32 = 4242;
+const B: u32 = 65534;
+const ADMIN: u32 = 4343;
+/// memobuild-ctl's exit status for an error of kind `permission_denied`.
+const DENIED: i32 = 77;
+
+fn daemon() -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("memobuildd.toml");
+    std::fs::write(
+        &config,
+        format!("allowed-users = [{A}, {B}]\nadmin-users = [{ADMIN}]\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    d.open_socket_to_all();
+    (d, dir)
+}
+
+fn as_user(d: &Daemon, uid: u32, args: &[&str]) -> Output {
+    ctl_as(uid, uid, &d.socket, args)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn json_as(d: &Daemon, uid: u32, args: &[&str]) -> Value {
+    let out = as_user(d, uid, args);
+    assert!(out.status.success(), "{args:?} as {uid}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("JSON output")
+}
+
+fn build_as(d: &Daemon, uid: u32, context: &Path, extra: &[&str]) -> BuildOutcome {
+    let mut args = vec!["build", "--progress", "json"];
+    args.extend_from_slice(extra);
+    args.push(context.to_str().unwrap());
+    let out = BuildOutcome::from_output(as_user(d, uid, &args));
+    assert!(
+        out.success,
+        "build as {uid} failed:\n{}\n--- daemon log ---\n{}",
+        out.text(),
+        d.log()
+    );
+    out
+}
+
+/// A context any user can read: `FROM scratch` and a COPY of a file whose
+/// content is unique to this run, with the same Dockerfile under each name
+/// of `dockerfiles` (each a project of its own, with the same step keys).
+fn copy_context(content: &str, dockerfiles: &[&str]) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    for name in dockerfiles {
+        std::fs::write(dir.path().join(name), "FROM scratch\nCOPY f.txt /\n").unwrap();
+    }
+    std::fs::write(dir.path().join("f.txt"), content).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+fn unique() -> String {
+    format!("{:?}-{}", std::time::SystemTime::now(), std::process::id())
+}
+
+/// `-f` for `name` in `dir`: absolute (the client runs in `/`).
+fn file(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().unwrap().to_string()
+}
+
+/// Every image the daemon lists to root (an admin), by name.
+fn all_images(d: &Daemon) -> Vec<Value> {
+    d.ctl_json(&["images"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn image<'a>(images: &'a [Value], name: &str) -> Option<&'a Value> {
+    images.iter().find(|i| i["name"] == name)
+}
+
+fn blob_path(d: &Daemon, digest: &str) -> std::path::PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
+    d.data.join("blobs/sha256").join(hex)
+}
+
+#[test]
+fn another_user_cannot_remove_read_or_retag_what_is_not_theirs() {
+    let (d, _config) = daemon();
+    let ctx = copy_context(&unique(), &["Dockerfile"]);
+    let built = build_as(&d, A, ctx.path(), &["-t", "owned-by-a"]);
+    let build_id = built.build_id().to_string();
+    let manifest = built.manifest_digest();
+
+    // Listings: A and root see the image, owned by A; B does not see it.
+    let mine = json_as(&d, A, &["images", "--json"]);
+    let entry = image(mine.as_array().unwrap(), "owned-by-a:latest").expect("A lists it");
+    assert_eq!(entry["owner"], A);
+    let theirs = json_as(&d, B, &["images", "--json"]);
+    assert!(image(theirs.as_array().unwrap(), "owned-by-a:latest").is_none());
+    assert_eq!(
+        image(&all_images(&d), "owned-by-a:latest").unwrap()["owner"],
+        A
+    );
+
+    // B cannot remove it: refused with the typed kind, and it is still there.
+    let out = as_user(&d, B, &["image", "rm", "owned-by-a"]);
+    assert_eq!(out.status.code(), Some(DENIED), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hint:"),
+        "{}",
+        text(&out)
+    );
+    let still = all_images(&d);
+    assert_eq!(
+        image(&still, "owned-by-a:latest").unwrap()["manifest_digest"],
+        manifest.as_str()
+    );
+    assert!(blob_path(&d, &manifest).is_file());
+
+    // B cannot point the name at an image of its own.
+    let other = copy_context(&unique(), &["Dockerfile"]);
+    let out = as_user(
+        &d,
+        B,
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "owned-by-a",
+            other.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(DENIED), "{}", text(&out));
+    assert_eq!(
+        image(&all_images(&d), "owned-by-a:latest").unwrap()["manifest_digest"],
+        manifest.as_str()
+    );
+
+    // B cannot read A's build log, by id or as A's project; B's `last` is
+    // not A's build.
+    let out = as_user(&d, B, &["logs", "--json", &build_id]);
+    assert_eq!(out.status.code(), Some(DENIED), "{}", text(&out));
+    let error: Value = serde_json::from_slice(&out.stdout).expect("JSON error");
+    assert_eq!(error["error"]["kind"], "permission_denied", "{error}");
+    let out = as_user(&d, B, &["logs", "--json", ctx.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(DENIED), "{}", text(&out));
+    let out = as_user(&d, B, &["logs", "--json", "last"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(answer["error"]["kind"], "not_found", "{}", text(&out));
+    // A reads it.
+    let log = json_as(&d, A, &["logs", "--json", &build_id]);
+    assert_eq!(log["build"].to_string(), build_id);
+
+    // A's project: not in B's status, and B cannot explain or forget it.
+    let project = built
+        .events
+        .iter()
+        .find(|e| e["event"] == "planned")
+        .and_then(|e| e["project"].as_str())
+        .expect("project id")
+        .to_string();
+    let status = json_as(&d, B, &["status", "--json"]);
+    assert!(
+        !status["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == project.as_str()),
+        "{status}"
+    );
+    let status = json_as(&d, A, &["status", "--json"]);
+    assert!(status["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == project.as_str()));
+    for args in [["explain", project.as_str()], ["forget", project.as_str()]] {
+        let out = as_user(&d, B, &args);
+        assert_eq!(out.status.code(), Some(DENIED), "{args:?}: {}", text(&out));
+    }
+    let status = json_as(&d, A, &["status", "--json"]);
+    assert!(status["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["id"] == project.as_str()));
+
+    // An admin from the config reads the log and removes the image.
+    let log = json_as(&d, ADMIN, &["logs", "--json", &build_id]);
+    assert_eq!(log["build"].to_string(), build_id);
+    let out = as_user(&d, ADMIN, &["image", "rm", "owned-by-a"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(image(&all_images(&d), "owned-by-a:latest").is_none());
+
+    // Root too; and A removes its own.
+    build_as(&d, A, ctx.path(), &["-t", "a-again", "-t", "a-third"]);
+    let out = d.ctl(&["image", "rm", "a-again"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_user(&d, A, &["image", "rm", "a-third"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let left = all_images(&d);
+    assert!(image(&left, "a-again:latest").is_none() && image(&left, "a-third:latest").is_none());
+}
+
+#[test]
+fn a_users_prune_removes_only_that_users_cache_entries() {
+    let (d, _config) = daemon();
+    let names = ["Dockerfile", "Dockerfile.again", "Dockerfile.third"];
+    let ctx_a = copy_context(&format!("a {}", unique()), &names);
+    let ctx_b = copy_context(&format!("b {}", unique()), &names);
+    let a = build_as(&d, A, ctx_a.path(), &["-t", "a-img"]);
+    build_as(&d, B, ctx_b.path(), &["-t", "b-img"]);
+    let entries_before = d.ctl_json(&["du"])["cache_entries"].as_u64().unwrap();
+
+    // B prunes everything it may: its own entry, nothing of A's.
+    let pruned = json_as(&d, B, &["prune", "--all", "--force", "--json"]);
+    assert_eq!(pruned["cache_entries_removed"], 1, "{pruned}");
+    let entries_after = d.ctl_json(&["du"])["cache_entries"].as_u64().unwrap();
+    assert_eq!(entries_after, entries_before - 1);
+    // A's image, and the blobs it names, stay.
+    let images = all_images(&d);
+    let a_img = image(&images, "a-img:latest").expect("A's image stays");
+    assert_eq!(a_img["manifest_digest"], a.manifest_digest().as_str());
+    assert!(blob_path(&d, &a.manifest_digest()).is_file());
+    // A's step entry stays: another project with the same step is cached.
+    let again = build_as(
+        &d,
+        A,
+        ctx_a.path(),
+        &["-f", &file(ctx_a.path(), "Dockerfile.again")],
+    );
+    assert_eq!(again.cached(), ["COPY f.txt /"], "{}", again.text());
+    // B's is gone: its step runs again.
+    let again = build_as(
+        &d,
+        B,
+        ctx_b.path(),
+        &["-f", &file(ctx_b.path(), "Dockerfile.again")],
+    );
+    assert_eq!(again.executed(), ["COPY f.txt /"], "{}", again.text());
+
+    // An admin's prune drops every user's entries.
+    let pruned = d.ctl_json(&["prune", "--all", "--force"]);
+    assert!(
+        pruned["cache_entries_removed"].as_u64().unwrap() >= 2,
+        "{pruned}"
+    );
+    assert_eq!(d.ctl_json(&["du"])["cache_entries"], 0);
+    let third = build_as(
+        &d,
+        A,
+        ctx_a.path(),
+        &["-f", &file(ctx_a.path(), "Dockerfile.third")],
+    );
+    assert_eq!(third.executed(), ["COPY f.txt /"], "{}", third.text());
+    // Named images are never pruned, whoever prunes.
+    assert!(image(&all_images(&d), "a-img:latest").is_some());
+    assert!(image(&all_images(&d), "b-img:latest").is_some());
+}
+
+/// The directories of cache mounts under `cache-mounts/uid-UID/`.
+fn cache_dirs_of(d: &Daemon, uid: u32) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(d.data.join(format!("cache-mounts/uid-{uid}"))) {
+        Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn cache_mounts_are_per_user() {
+    let (d, _config) = daemon();
+    let mark = unique();
+    let mount = "--mount=type=cache,id=shared-id,target=/cache";
+    // A leaves a file in its cache.
+    let writer = busybox_context(
+        &format!("FROM base\nRUN {mount} echo 'A was here {mark}' > /cache/f\n"),
+        &[],
+    );
+    build_as(&d, A, writer.path(), &[]);
+    let a_dirs = cache_dirs_of(&d, A);
+    assert_eq!(a_dirs.len(), 1, "{a_dirs:?}");
+    let left = std::fs::read_to_string(a_dirs[0].join("f")).unwrap();
+    assert_eq!(left.trim(), format!("A was here {mark}"));
+
+    // B's RUN with the same id sees an empty cache: the build fails if the
+    // file is there.
+    let reader = busybox_context(
+        &format!("FROM base\nRUN {mount} test ! -e /cache/f && echo {mark} > /cache/mine\n"),
+        &[],
+    );
+    build_as(&d, B, reader.path(), &[]);
+    let b_dirs = cache_dirs_of(&d, B);
+    assert_eq!(b_dirs.len(), 1, "{b_dirs:?}");
+    assert!(!b_dirs[0].join("f").exists());
+    assert!(b_dirs[0].join("mine").is_file());
+    // Root's builds have their own, too (where every cache lived before).
+    build_as(&d, 0, reader.path(), &["--no-cache"]);
+    // A's is untouched, and A's next step sees it (within one user a cache
+    // is shared, as before).
+    assert_eq!(
+        std::fs::read_to_string(a_dirs[0].join("f")).unwrap().trim(),
+        format!("A was here {mark}")
+    );
+    assert!(!a_dirs[0].join("mine").exists());
+    let again = busybox_context(
+        &format!("FROM base\nRUN {mount} grep -q '{mark}' /cache/f\n"),
+        &[],
+    );
+    build_as(&d, A, again.path(), &[]);
+    // The per-user directories are root's alone.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(d.data.join(format!("cache-mounts/uid-{A}"))).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
+}
