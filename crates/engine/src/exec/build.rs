@@ -432,6 +432,7 @@ async fn build_planned(
             ));
         }
     }
+    super::run::check_entitlements(&engine.run_settings(), request, &plan)?;
     remote
         .import_steps(&engine.store, &plan, request.no_cache, &registry_note(log))
         .await;
