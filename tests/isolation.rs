@@ -132,7 +132,12 @@ fn host_listens(port: u16) -> bool {
 
 /// Builds `df` in the background and watches the host's sockets while it
 /// runs; returns whether a listener on `port` appeared, and the build.
-fn watch_for_listener(d: &Daemon, df: &str, port: u16, extra: &[&str]) -> (bool, tempfile::TempDir) {
+fn watch_for_listener(
+    d: &Daemon,
+    df: &str,
+    port: u16,
+    extra: &[&str],
+) -> (bool, tempfile::TempDir) {
     let ctx = busybox_context(df, &[]);
     let out = tempfile::tempdir().unwrap();
     let spec = format!("type=local,dest={}", out.path().display());
@@ -172,7 +177,10 @@ fn a_listening_run_does_not_listen_on_the_host() {
         listens(&read(out.path(), "out/tcp"), port),
         "the step listened in its own namespace"
     );
-    assert!(!seen, "a RUN's listener on port {port} appeared on the host");
+    assert!(
+        !seen,
+        "a RUN's listener on port {port} appeared on the host"
+    );
     // On the host's network (entitled) the same listener is the host's.
     let port = free_port();
     let host_df = LISTEN.replace("RUN mkdir", "RUN --network=host mkdir");
@@ -222,7 +230,11 @@ fn compile_sniffer(dir: &Path) {
         .arg(&src)
         .output()
         .expect("gcc (apt-get install gcc libc6-dev)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Sends `marker` over host loopback TCP until `stop`.
@@ -264,7 +276,10 @@ fn packet_sockets_in_run_see_only_the_steps_own_traffic() {
     // but in the step's own namespace, so the host's loopback is not there.
     let own = sniff("", &[]);
     assert!(own.contains("socket ok"), "{own}");
-    assert!(own.contains("marker not seen"), "a RUN sniffed host loopback traffic: {own}");
+    assert!(
+        own.contains("marker not seen"),
+        "a RUN sniffed host loopback traffic: {own}"
+    );
     // The sniffer works: on the host's network it sees the traffic.
     let host = sniff("--network=host", &["--allow", "network.host"]);
     stop.store(true, Ordering::SeqCst);
@@ -294,7 +309,10 @@ fn unshare_and_mount_fail_under_dockers_seccomp_profile_and_caps() {
     assert!(status.contains("CapBnd:\t00000000a80425fb"), "{status}");
 
     // --security=insecure needs the entitlement from the build...
-    let insecure = busybox_context(&UNSHARE.replace("RUN mkdir", "RUN --security=insecure mkdir"), &[]);
+    let insecure = busybox_context(
+        &UNSHARE.replace("RUN mkdir", "RUN --security=insecure mkdir"),
+        &[],
+    );
     let failed = d.build(insecure.path(), &[]);
     assert!(!failed.success);
     let text = failed.text();
@@ -326,17 +344,25 @@ fn host_network_needs_the_entitlement_from_build_and_daemon() {
     let out = plain.build(ctx.path(), &["--allow", "network.host"]);
     assert!(!out.success);
     let text = out.text();
-    assert!(text.contains("does not grant the network.host entitlement"), "{text}");
+    assert!(
+        text.contains("does not grant the network.host entitlement"),
+        "{text}"
+    );
     assert!(text.contains("insecure-entitlements"), "{text}");
     // `build --network host` is the same request.
     let default_ctx = busybox_context("RUN true\n", &[]);
     let out = plain.build(default_ctx.path(), &["--network", "host"]);
     assert!(!out.success);
-    assert!(out.text().contains("build --network host needs the network.host entitlement"));
+    assert!(out
+        .text()
+        .contains("build --network host needs the network.host entitlement"));
     // Both: it runs.
     let entitled = Daemon::start_with(&["--insecure-entitlements", "network.host"]);
     entitled.build_ok(ctx.path(), &["--allow", "network.host"]);
-    entitled.build_ok(default_ctx.path(), &["--allow", "network.host", "--network", "host"]);
+    entitled.build_ok(
+        default_ctx.path(),
+        &["--allow", "network.host", "--network", "host"],
+    );
 }
 
 #[test]

@@ -498,7 +498,9 @@ mod tests {
         let path = file.to_str().unwrap();
         let c = load(&Flags::parse_from(["memobuildd", "--config", path])).unwrap();
         assert_eq!(c.run_settings().insecure_entitlements, ["network.host"]);
-        assert!(c.to_toml().contains("insecure-entitlements = [\"network.host\"]"));
+        assert!(c
+            .to_toml()
+            .contains("insecure-entitlements = [\"network.host\"]"));
         let both = Flags::parse_from([
             "memobuildd",
             "--insecure-entitlements",

@@ -136,7 +136,7 @@ fn iptables(args: &[&str]) -> Result<bool, SandboxError> {
 
 /// Adds a rule unless it is there (`-C` first), as Docker does for its bridge.
 fn ensure_rule(table: &str, chain: &str, insert: bool, rule: &[&str]) -> Result<(), SandboxError> {
-    let with = |op: &str| {
+    let with = |op: &'static str| {
         let mut a = vec!["-t", table, op, chain];
         a.extend_from_slice(rule);
         a
@@ -178,7 +178,10 @@ fn host_rules() -> Result<(), SandboxError> {
     back.extend_from_slice(&["-j", "ACCEPT"]);
     ensure_rule("filter", "FORWARD", true, &back)?;
     let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
-    if std::fs::read_to_string(forward).map(|s| s.trim() == "0").unwrap_or(false) {
+    if std::fs::read_to_string(forward)
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
         std::fs::write(forward, "1")
             .map_err(|e| net_error(format!("enabling IPv4 forwarding: {e}")))?;
     }
@@ -429,7 +432,9 @@ fn sweep(plugins: &Path) {
         if !alive {
             match cni(plugins, "DEL", id, "") {
                 Ok(()) => tracing::info!(netns = id, "released a dead daemon's RUN address"),
-                Err(e) => tracing::warn!(netns = id, error = %e, "releasing a leftover RUN address"),
+                Err(e) => {
+                    tracing::warn!(netns = id, error = %e, "releasing a leftover RUN address")
+                }
             }
         }
     }

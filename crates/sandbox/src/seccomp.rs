@@ -85,8 +85,7 @@ fn profile_for(
     kernel: (u64, u64),
 ) -> Result<LinuxSeccomp, SandboxError> {
     let bad = |what: &str| SandboxError::Invalid(format!("the default seccomp profile: {what}"));
-    let profile: Value =
-        serde_json::from_str(DEFAULT_PROFILE).map_err(|e| bad(&e.to_string()))?;
+    let profile: Value = serde_json::from_str(DEFAULT_PROFILE).map_err(|e| bad(&e.to_string()))?;
     let has_cap = |c: &str| caps.iter().any(|have| have == c);
     let kernel_at_least = |min: Option<&Value>| {
         min.and_then(Value::as_str)
@@ -208,7 +207,10 @@ mod tests {
             json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
         );
         for denied in ["unshare", "mount", "setns", "umount2", "bpf"] {
-            assert!(allowed(&p, denied).is_empty(), "{denied} must not be allowed");
+            assert!(
+                allowed(&p, denied).is_empty(),
+                "{denied} must not be allowed"
+            );
         }
         // clone only without namespace flags (CLONE_NEWNS|...|CLONE_NEWUSER...).
         let clone = allowed(&p, "clone");
@@ -226,7 +228,10 @@ mod tests {
         for ok in ["read", "socket", "arch_prctl", "chroot", "ptrace"] {
             assert!(!allowed(&p, ok).is_empty(), "{ok} must be allowed");
         }
-        assert!(allowed(&p, "set_tls").is_empty(), "an arm-only rule on amd64");
+        assert!(
+            allowed(&p, "set_tls").is_empty(),
+            "an arm-only rule on amd64"
+        );
     }
 
     #[test]

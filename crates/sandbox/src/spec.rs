@@ -39,15 +39,47 @@ pub const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 /// Every capability, for `--security=insecure` (runc drops those the kernel
 /// does not know).
 const ALL_CAPS: &[&str] = &[
-    "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "CAP_AUDIT_WRITE", "CAP_BLOCK_SUSPEND",
-    "CAP_BPF", "CAP_CHECKPOINT_RESTORE", "CAP_CHOWN", "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_IPC_LOCK", "CAP_IPC_OWNER",
-    "CAP_KILL", "CAP_LEASE", "CAP_LINUX_IMMUTABLE", "CAP_MAC_ADMIN", "CAP_MAC_OVERRIDE",
-    "CAP_MKNOD", "CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_RAW",
-    "CAP_PERFMON", "CAP_SETGID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_SETUID", "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT", "CAP_SYS_CHROOT", "CAP_SYS_MODULE", "CAP_SYS_NICE", "CAP_SYS_PACCT",
-    "CAP_SYS_PTRACE", "CAP_SYS_RAWIO", "CAP_SYS_RESOURCE", "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG", "CAP_SYSLOG", "CAP_WAKE_ALARM",
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETGID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
 ];
 
 /// Docker's default capabilities (containerd's `oci.WithDefaultSpec` gives the same).
@@ -225,7 +257,12 @@ pub fn build(
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", if spec.insecure { "rw" } else { "ro" }],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                if spec.insecure { "rw" } else { "ro" },
+            ],
         )?,
         mount(
             "/sys/fs/cgroup",
@@ -253,7 +290,7 @@ pub fn build(
         });
     }
 
-    let mut namespace_types = vec![
+    let namespace_types = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
@@ -376,8 +413,16 @@ pub fn build(
         .cgroups_path(PathBuf::from(cgroups_path))
         .resources(resources.build().map_err(invalid)?)
         .namespaces(namespaces)
-        .masked_paths(if spec.insecure { Vec::new() } else { strings(MASKED) })
-        .readonly_paths(if spec.insecure { Vec::new() } else { strings(READONLY) })
+        .masked_paths(if spec.insecure {
+            Vec::new()
+        } else {
+            strings(MASKED)
+        })
+        .readonly_paths(if spec.insecure {
+            Vec::new()
+        } else {
+            strings(READONLY)
+        })
         .build()
         .map_err(invalid)?;
     // Everything else a default `Linux` carries stays unset.
@@ -552,7 +597,11 @@ mod tests {
         let mut doc = serde_json::to_value(&spec).unwrap();
         sort_capabilities(&mut doc);
         // Docker's profile for these capabilities (seccomp.rs tests it).
-        let seccomp = doc["linux"].as_object_mut().unwrap().remove("seccomp").unwrap();
+        let seccomp = doc["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("seccomp")
+            .unwrap();
         assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
         let swap = crate::cgroup::is_v2() || v1_swap_accounting();
         assert_eq!(doc, expected(swap));
@@ -598,10 +647,12 @@ mod tests {
 
     #[test]
     fn insecure_is_privileged_and_default_is_not() {
-        let default = serde_json::to_value(build(&RunSpec::default(), &etc(), "/m", None).unwrap())
-            .unwrap();
+        let default =
+            serde_json::to_value(build(&RunSpec::default(), &etc(), "/m", None).unwrap()).unwrap();
         assert!(default["linux"]["seccomp"].is_object());
-        let bounding = default["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let bounding = default["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
         assert_eq!(bounding.len(), CAPS.len());
         assert!(!bounding.contains(&json!("CAP_SYS_ADMIN")));
         let run = RunSpec {
@@ -610,11 +661,20 @@ mod tests {
         };
         let doc = serde_json::to_value(build(&run, &etc(), "/m", None).unwrap()).unwrap();
         assert!(doc["linux"].get("seccomp").is_none());
-        let bounding = doc["process"]["capabilities"]["bounding"].as_array().unwrap();
+        let bounding = doc["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
         assert_eq!(bounding.len(), ALL_CAPS.len());
         assert!(bounding.contains(&json!("CAP_SYS_ADMIN")));
-        assert!(doc["linux"].get("maskedPaths").is_none() || doc["linux"]["maskedPaths"] == json!([]));
-        let sys = doc["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sys").unwrap();
+        assert!(
+            doc["linux"].get("maskedPaths").is_none() || doc["linux"]["maskedPaths"] == json!([])
+        );
+        let sys = doc["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&json!("rw")));
     }
 
