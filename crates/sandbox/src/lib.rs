@@ -188,7 +188,7 @@ pub struct RunSpec {
     /// Process limits (`--ulimit`): (`RLIMIT_NOFILE`-style name, soft, hard);
     /// unset ones are inherited from containerd.
     pub rlimits: Vec<(String, u64, u64)>,
-    /// `RUN --security=insecure`: every capability, no seccomp filter, no
+    /// `RUN --security=insecure`: every capability the daemon has, no seccomp filter, no
     /// masked /proc paths, /sys writable (Docker's `--privileged`). Otherwise
     /// Docker's default capabilities and seccomp profile.
     pub insecure: bool,

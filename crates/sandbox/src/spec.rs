@@ -36,51 +36,70 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// parent) stay in the layer, as they do in BuildKit's.
 pub const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 
-/// Every capability, for `--security=insecure` (runc drops those the kernel
-/// does not know).
+/// Every capability by number, for `--security=insecure`: those in the
+/// daemon's own bounding set are given (as containerd's `WithPrivileged`), since
+/// runc cannot grant more.
 const ALL_CAPS: &[&str] = &[
-    "CAP_AUDIT_CONTROL",
-    "CAP_AUDIT_READ",
-    "CAP_AUDIT_WRITE",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
     "CAP_FOWNER",
     "CAP_FSETID",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
     "CAP_KILL",
-    "CAP_LEASE",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
     "CAP_LINUX_IMMUTABLE",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MKNOD",
-    "CAP_NET_ADMIN",
     "CAP_NET_BIND_SERVICE",
     "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
     "CAP_NET_RAW",
-    "CAP_PERFMON",
-    "CAP_SETGID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_SETUID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
     "CAP_SYS_ADMIN",
     "CAP_SYS_BOOT",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_MODULE",
     "CAP_SYS_NICE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_RAWIO",
     "CAP_SYS_RESOURCE",
     "CAP_SYS_TIME",
     "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
     "CAP_SYSLOG",
     "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
 ];
+
+/// The daemon's bounding set (`CapBnd` of /proc/self/status), if readable.
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The capabilities of a privileged step: every one the daemon has.
+fn privileged_caps() -> Vec<&'static str> {
+    let have = own_bounding_set().unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| have & (1u64 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
 
 /// Docker's default capabilities (containerd's `oci.WithDefaultSpec` gives the same).
 const CAPS: &[Capability] = &[
@@ -355,8 +374,8 @@ pub fn build(
     }
 
     let caps: oci_spec::runtime::Capabilities = if spec.insecure {
-        ALL_CAPS
-            .iter()
+        privileged_caps()
+            .into_iter()
             .map(|name| serde_json::from_value(serde_json::json!(name)))
             .collect::<Result<_, _>>()
             .map_err(|e| SandboxError::Invalid(format!("capability names: {e}")))?
@@ -664,7 +683,8 @@ mod tests {
         let bounding = doc["process"]["capabilities"]["bounding"]
             .as_array()
             .unwrap();
-        assert_eq!(bounding.len(), ALL_CAPS.len());
+        assert_eq!(bounding.len(), privileged_caps().len());
+        assert!(bounding.len() > CAPS.len());
         assert!(bounding.contains(&json!("CAP_SYS_ADMIN")));
         assert!(
             doc["linux"].get("maskedPaths").is_none() || doc["linux"]["maskedPaths"] == json!([])
