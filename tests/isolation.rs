@@ -369,6 +369,16 @@ fn host_network_needs_the_entitlement_from_build_and_daemon() {
         default_ctx.path(),
         &["--allow", "network.host", "--network", "host"],
     );
+    // A cached result is no way around it (BuildKit fails cached steps too):
+    // the same build without --allow fails, with it is all cached.
+    let out = entitled.build(ctx.path(), &[]);
+    assert!(
+        !out.success,
+        "a cached --network=host step without the entitlement"
+    );
+    assert!(out.text().contains("network.host is not allowed"));
+    let again = entitled.build_ok(ctx.path(), &["--allow", "network.host"]);
+    assert!(again.executed().is_empty(), "{:?}", again.executed());
 }
 
 #[test]
