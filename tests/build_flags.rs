@@ -91,6 +91,8 @@ RUN --network=host cut -d: -f1 /proc/net/dev | tail -n +3 | tr -d ' ' | sort > /
 
 /// Options that change what a RUN step sees (each is a key input).
 const RUN_OPTIONS: &[&str] = &[
+    "--allow",
+    "network.host",
     "--network=none",
     "--add-host",
     "db.local:10.1.2.3",
@@ -104,16 +106,18 @@ const RUN_OPTIONS: &[&str] = &[
 
 #[test]
 fn run_options_reach_every_run_and_are_part_of_its_key() {
-    let d = Daemon::start();
+    // RUN --network=host needs the entitlement from the daemon and the build.
+    let d = Daemon::start_with(&["--insecure-entitlements", "network.host"]);
     let ctx = busybox_context(PROBE, &[]);
-    // The daemon's default: host networking.
-    let (plain, _) = build_to_dir(&d, ctx.path(), &[]);
-    let host_nets = read(plain.path(), "out/nets");
+    // The daemon's default: the step's own network (lo and eth0).
+    let (plain, _) = build_to_dir(&d, ctx.path(), &["--allow", "network.host"]);
+    let own_nets = read(plain.path(), "out/nets");
+    assert_eq!(own_nets, "eth0\nlo\n");
+    let host_nets = read(plain.path(), "out/nets-host");
     assert!(
-        host_nets.lines().count() > 1,
+        host_nets.lines().count() > 1 && host_nets != own_nets,
         "host interfaces: {host_nets}"
     );
-    assert_eq!(read(plain.path(), "out/nets-host"), host_nets);
     assert!(read(plain.path(), "out/shm").contains(" 65536 "));
 
     let (dir, outcome) = build_to_dir(&d, ctx.path(), RUN_OPTIONS);
@@ -144,9 +148,9 @@ fn run_options_reach_every_run_and_are_part_of_its_key() {
     // Same options again: all cached; without them: the first result, cached.
     let again = d.build_ok(ctx.path(), RUN_OPTIONS);
     assert!(again.executed().is_empty(), "{:?}", again.executed());
-    let (back, outcome) = build_to_dir(&d, ctx.path(), &[]);
+    let (back, outcome) = build_to_dir(&d, ctx.path(), &["--allow", "network.host"]);
     assert!(outcome.executed().is_empty(), "{:?}", outcome.executed());
-    assert_eq!(read(back.path(), "out/nets"), host_nets);
+    assert_eq!(read(back.path(), "out/nets"), own_nets);
 
     // What cannot apply says so before anything runs.
     for (args, want) in [

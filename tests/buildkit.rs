@@ -2432,8 +2432,7 @@ fn echo_server(text: &'static str) -> u16 {
 }
 
 /// testRunDefaultNetwork: RUN without `--network` has a network interface
-/// (memobuild's default is the host's network, which has eth0 here;
-/// BuildKit's is a bridge with eth0).
+/// (its own namespace with eth0 on the daemon's bridge, as BuildKit's).
 #[test]
 fn test_run_default_network() {
     let bk = Bk::start();
@@ -2449,25 +2448,19 @@ fn test_run_no_network() {
     bk.ok(&ctx, &[]);
 }
 
-/// testRunHostNetwork: `--network=host` reaches a server on the host's
-/// loopback, the default network does not. memobuild's default network is
-/// the host's (`memobuildd --default-network host`, docs/CLI.md), so the
-/// Go test's second step holds for a daemon started with
-/// `--default-network none`; with the default it reaches the server, a
-/// deliberate difference (docs/CONFORMANCE.md). memobuild has no
-/// network.host entitlement: `--network=host` is always allowed.
+/// testRunHostNetwork: with the network.host entitlement, `--network=host`
+/// reaches a server on the host's loopback and the default network does not;
+/// without it the build fails with BuildKit's "network.host is not allowed".
 #[test]
 fn test_run_host_network() {
     let port = echo_server("foo");
     let df = format!(
         "\nFROM busybox\nRUN --network=host nc 127.0.0.1 {port} | grep foo\nRUN ! nc 127.0.0.1 {port} | grep foo"
     );
-    let bk = Bk::start_with(&["--default-network", "none"]);
-    bk.ok(&Ctx::new(&df), &[]);
-    // The deliberate difference, so it cannot change unnoticed.
-    let bk = Bk::start();
+    let bk = Bk::start_with(&["--insecure-entitlements", "network.host"]);
+    bk.ok(&Ctx::new(&df), &["--allow", "network.host"]);
     let text = bk.fails(&Ctx::new(&df), &[]);
-    assert!(text.contains("nc 127.0.0.1"), "{text}");
+    assert!(text.contains("network.host is not allowed"), "{text}");
 }
 
 /// testRunGlobalNetwork: the build's network mode (`force-network-mode`,
@@ -2476,11 +2469,11 @@ fn test_run_host_network() {
 #[test]
 fn test_run_global_network() {
     let port = echo_server("foo");
-    let bk = Bk::start_with(&["--default-network", "none"]);
+    let bk = Bk::start_with(&["--insecure-entitlements", "network.host"]);
     let ctx = Ctx::new(&format!(
         "\nFROM busybox\nRUN nc 127.0.0.1 {port} | grep foo\nRUN --network=none ! nc -z 127.0.0.1 {port}\n"
     ));
-    bk.ok(&ctx, &["--network", "host"]);
+    bk.ok(&ctx, &["--network", "host", "--allow", "network.host"]);
 }
 
 // ---------------------------------------------------------------------------

@@ -109,9 +109,9 @@ fn bad_dockerfiles_get_positioned_errors_and_the_daemon_keeps_serving() {
             "must be a directory and end with a /",
         ),
         (
-            "FROM scratch\nRUN --security=insecure true\n",
+            "FROM scratch\nRUN --security=bogus true\n",
             "Dockerfile:2:",
-            "RUN --security is not supported",
+            "unknown RUN --security=bogus",
         ),
         (
             "FROM scratch\nRUN --mount=type=nfs,target=/x true\n",

@@ -668,8 +668,10 @@ RUN --network=none ip link
             && links.iter().filter(|l| l.contains(": <")).count() == 1,
         "ip link must show lo only: {links:?}"
     );
-    // Without --network a step has the host's network, as with Docker.
-    assert_eq!(interfaces(&step_log(&out, "RUN cat")), host);
+    // Without --network a step has its own network (lo and eth0 on the
+    // daemon's bridge), as with Docker, not the host's.
+    assert_eq!(interfaces(&step_log(&out, "RUN cat")), ["eth0", "lo"]);
+    assert_ne!(host, ["eth0", "lo"], "the host must have other interfaces");
 
     let d = Daemon::start_with(&["--default-network", "none"]);
     let out = d.build_ok(ctx.path(), &[]);

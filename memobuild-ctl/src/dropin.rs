@@ -62,20 +62,16 @@ pub fn annotation(spec: &str) -> Result<(String, String), RpcError> {
     Ok((key.to_string(), value.to_string()))
 }
 
-/// `--allow ENTITLEMENT`: what buildx's entitlements ask for, checked against
-/// what memobuild does.
+/// `--allow ENTITLEMENT`: one of buildx's entitlements. The daemon grants it
+/// only where its administrator enabled it (`insecure-entitlements`).
 pub fn allow(entitlement: &str) -> Result<(), RpcError> {
-    match entitlement {
-        // RUN --network=host and --network host need no entitlement here.
-        "network.host" => Ok(()),
-        "security.insecure" => Err(RpcError::with_hint(
-            "--allow security.insecure: memobuild never runs a step privileged, so it cannot grant this",
-            "drop --allow security.insecure and RUN --security=insecure; a step that needs privileges cannot be built with memobuild",
-        )),
-        other => Err(RpcError::with_hint(
-            format!("--allow {other:?}: unknown entitlement"),
+    if memobuild_proto::ENTITLEMENTS.contains(&entitlement) {
+        Ok(())
+    } else {
+        Err(RpcError::with_hint(
+            format!("--allow {entitlement:?}: unknown entitlement"),
             "buildx's entitlements are network.host and security.insecure",
-        )),
+        ))
     }
 }
 
@@ -196,6 +192,9 @@ pub fn add_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<(), R
     for spec in &args.allow {
         for entitlement in spec.split(',').filter(|e| !e.is_empty()) {
             allow(entitlement)?;
+            if !request.entitlements.iter().any(|e| e == entitlement) {
+                request.entitlements.push(entitlement.to_string());
+            }
         }
     }
     for spec in &args.annotations {
@@ -245,7 +244,7 @@ mod tests {
     #[test]
     fn entitlements() {
         assert!(allow("network.host").is_ok());
-        assert!(allow("security.insecure").is_err());
+        assert!(allow("security.insecure").is_ok());
         assert!(allow("device").is_err());
     }
 }

@@ -294,8 +294,9 @@ struct BuildArgs {
     /// Add an annotation to the image manifest: [manifest:]KEY=VALUE (repeatable)
     #[arg(long = "annotation", value_name = "KEY=VALUE")]
     annotations: Vec<String>,
-    /// Entitlement: network.host (accepted: RUN may use the host network anyway);
-    /// security.insecure is refused (memobuild never runs a step privileged)
+    /// Entitlement: network.host (RUN --network=host, --network host) or
+    /// security.insecure (RUN --security=insecure); the daemon's administrator
+    /// must enable it too (insecure-entitlements)
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
     /// What FROM, COPY --from and RUN --mount=from= get for NAME:

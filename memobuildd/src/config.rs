@@ -44,9 +44,12 @@ pub struct Settings {
     /// containerd socket for RUN steps [default: start a private containerd under the data dir]
     #[arg(long, value_name = "PATH")]
     pub containerd_socket: Option<PathBuf>,
-    /// Network for RUN steps without --network: host (as Docker: the step has network) or none [default: host]
-    #[arg(long, value_parser = ["host", "none"])]
+    /// Network for RUN steps without --network: default (as Docker: the step's own network namespace with outbound access through NAT) or none [default: default]
+    #[arg(long, value_parser = ["default", "none"])]
     pub default_network: Option<String>,
+    /// Entitlements builds may ask for with --allow: network.host, security.insecure, comma-separated [default: none]
+    #[arg(long, value_name = "ENTITLEMENTS", value_delimiter = ',')]
+    pub insecure_entitlements: Option<Vec<String>>,
     /// Kill a RUN step after this many seconds; 0 = no limit [default: 3600]
     #[arg(long, value_name = "SECONDS")]
     pub step_timeout: Option<u64>,
@@ -135,6 +138,7 @@ pub struct Config {
     pub socket_group: Option<String>,
     pub containerd_socket: Option<PathBuf>,
     pub default_network: String,
+    pub insecure_entitlements: Vec<String>,
     pub step_timeout: u64,
     pub memory: Option<u64>,
     pub cpus: Option<f64>,
@@ -182,6 +186,7 @@ impl Settings {
             socket_group: self.socket_group.or(other.socket_group),
             containerd_socket: self.containerd_socket.or(other.containerd_socket),
             default_network: self.default_network.or(other.default_network),
+            insecure_entitlements: self.insecure_entitlements.or(other.insecure_entitlements),
             step_timeout: self.step_timeout.or(other.step_timeout),
             memory: self.memory.or(other.memory),
             cpus: self.cpus.or(other.cpus),
@@ -246,10 +251,24 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         .map(memobuild_proto::parse_size)
         .transpose()
         .map_err(|e| ConfigError(format!("max-storage: {e}")))?;
-    let default_network = s.default_network.unwrap_or_else(|| "host".into());
-    if default_network != "host" && default_network != "none" {
+    let default_network = s.default_network.unwrap_or_else(|| "default".into());
+    if default_network == "host" {
+        return Err(ConfigError(
+            "default-network = \"host\" is no longer offered: RUN steps get their own network namespace with outbound access\nhint: to let builds use the host's network, set insecure-entitlements = [\"network.host\"] and build with --allow network.host --network host (docs/SECURITY.md)".into(),
+        ));
+    }
+    if default_network != "default" && default_network != "none" {
         return Err(ConfigError(format!(
-            "default-network = {default_network:?}: use \"host\" or \"none\""
+            "default-network = {default_network:?}: use \"default\" or \"none\""
+        )));
+    }
+    let insecure_entitlements = s.insecure_entitlements.unwrap_or_default();
+    if let Some(bad) = insecure_entitlements
+        .iter()
+        .find(|e| !memobuild_proto::ENTITLEMENTS.contains(&e.as_str()))
+    {
+        return Err(ConfigError(format!(
+            "insecure-entitlements: unknown entitlement {bad:?}: use network.host or security.insecure"
         )));
     }
     if let Some(c) = s.cpus.filter(|c| !(c.is_finite() && *c > 0.0)) {
@@ -279,6 +298,7 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         socket_group: s.socket_group,
         containerd_socket: s.containerd_socket,
         default_network,
+        insecure_entitlements,
         step_timeout: s.step_timeout.unwrap_or(3600),
         memory,
         cpus: s.cpus,
@@ -425,6 +445,7 @@ impl Config {
         memobuild_engine::RunSettings {
             containerd_socket: self.containerd_socket.clone(),
             default_network_none: self.default_network == "none",
+            insecure_entitlements: self.insecure_entitlements.clone(),
             step_timeout: (self.step_timeout > 0)
                 .then(|| std::time::Duration::from_secs(self.step_timeout)),
             memory_bytes: self.memory,
@@ -477,6 +498,34 @@ mod tests {
         assert_eq!(c.default_network, "none");
         assert_eq!(c.pids_limit, 4096);
         assert!(c.to_toml().contains("step-timeout = 5"));
+    }
+
+    #[test]
+    fn networks_and_entitlements_are_checked() {
+        let c = load(&Flags::parse_from(["memobuildd", "--data-dir", "/d"])).unwrap();
+        assert_eq!(c.default_network, "default");
+        assert!(c.insecure_entitlements.is_empty());
+        assert!(c.run_settings().insecure_entitlements.is_empty());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("e.toml");
+        std::fs::write(&file, "insecure-entitlements = [\"network.host\"]\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = load(&Flags::parse_from(["memobuildd", "--config", path])).unwrap();
+        assert_eq!(c.run_settings().insecure_entitlements, ["network.host"]);
+        assert!(c
+            .to_toml()
+            .contains("insecure-entitlements = [\"network.host\"]"));
+        let both = Flags::parse_from([
+            "memobuildd",
+            "--insecure-entitlements",
+            "network.host,security.insecure",
+        ]);
+        assert_eq!(load(&both).unwrap().insecure_entitlements.len(), 2);
+        let bad = Flags::parse_from(["memobuildd", "--insecure-entitlements", "device"]);
+        assert!(load(&bad).unwrap_err().0.contains("unknown entitlement"));
+        std::fs::write(&file, "default-network = \"host\"\n").unwrap();
+        let e = load(&Flags::parse_from(["memobuildd", "--config", path])).unwrap_err();
+        assert!(e.0.contains("network.host"), "{}", e.0);
     }
 
     #[test]

@@ -723,13 +723,9 @@ impl Converter<'_> {
         &self,
         i: &parse_dockerfile::RunInstruction<'_>,
     ) -> Result<RunSpec, DockerfileError> {
+        // `--security` is checked when planned (its value may use ARGs) and
+        // needs the security.insecure entitlement when the step runs.
         let flags = self.flags(&i.options, "RUN", &["mount", "network", "security"])?;
-        if let Some(f) = flags.iter().find(|f| f.name == "security") {
-            let mut err = self.error(i.run.span.start, "RUN --security is not supported");
-            err.loc = f.loc;
-            err.hint = Some("memobuild never runs steps privileged; drop the flag".into());
-            return Err(err);
-        }
         let mut script = None;
         let command = match (&i.arguments, i.here_docs.as_slice()) {
             (_, []) => self.command(&i.arguments),
@@ -952,7 +948,6 @@ mod tests {
     fn run_flags_are_checked() {
         let e = parse("FROM scratch\nRUN --frobnicate true\n", "Dockerfile").unwrap_err();
         assert!(e.message.contains("unknown flag: --frobnicate"), "{e}");
-        let e = parse("FROM scratch\nRUN --security=insecure true\n", "Dockerfile").unwrap_err();
-        assert!(e.message.contains("--security is not supported"), "{e}");
+        assert!(parse("FROM scratch\nRUN --security=insecure true\n", "Dockerfile").is_ok());
     }
 }

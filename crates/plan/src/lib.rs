@@ -260,6 +260,9 @@ pub struct RunOp {
     pub user: Option<String>,
     pub cwd: String,
     pub network: RunNetwork,
+    /// `--security=insecure`: run privileged (needs the `security.insecure`
+    /// entitlement when it runs).
+    pub insecure: bool,
     pub mounts: Vec<RunMount>,
 }
 

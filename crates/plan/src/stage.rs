@@ -1161,6 +1161,7 @@ fn run_op(
         }
     }
     let mut network = RunNetwork::Default;
+    let mut insecure = false;
     let mut mounts = Vec::new();
     for flag in &spec.flags {
         let value = st.expand(flag.value.as_deref().unwrap_or(""), flag.loc)?;
@@ -1176,6 +1177,20 @@ fn run_op(
                             flag.loc,
                             format!("unknown RUN --network={other}"),
                             "use --network=default, none or host",
+                        ))
+                    }
+                }
+            }
+            "security" => {
+                insecure = match value.as_str() {
+                    "sandbox" => false,
+                    "insecure" => true,
+                    other => {
+                        return Err(err_hint(
+                            df,
+                            flag.loc,
+                            format!("unknown RUN --security={other}"),
+                            "use --security=sandbox or insecure",
                         ))
                     }
                 }
@@ -1203,6 +1218,10 @@ fn run_op(
         RunNetwork::None => "none",
         RunNetwork::Host => "host",
     });
+    // Present only for a privileged step, so other keys stay as they were.
+    if insecure {
+        k.str("security=insecure");
+    }
     // Absent (not empty) when unset, so keys without these options stay as they were.
     if !si.input.run_options.is_empty() {
         k.str(si.input.run_options);
@@ -1221,6 +1240,7 @@ fn run_op(
             user,
             cwd,
             network,
+            insecure,
             mounts,
         }),
         k,

@@ -303,6 +303,11 @@ pub const FEATURES: &[&str] = &[
     "local-cache",
 ];
 
+/// BuildKit's entitlements: `network.host` lets `RUN --network=host` and
+/// `build --network host` use the host's network; `security.insecure` lets
+/// `RUN --security=insecure` run privileged.
+pub const ENTITLEMENTS: &[&str] = &["network.host", "security.insecure"];
+
 /// Everything a build depends on besides the files themselves.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BuildRequest {
@@ -365,6 +370,11 @@ pub struct BuildRequest {
     /// `--no-cache-filter STAGE`: stages (by name or index) whose steps all run.
     #[serde(default)]
     pub no_cache_filter: Vec<String>,
+    /// `--allow ENTITLEMENT`: [`ENTITLEMENTS`] the build asks for. The daemon
+    /// grants one only if its administrator enabled it too
+    /// (`insecure-entitlements`).
+    #[serde(default)]
+    pub entitlements: Vec<String>,
     /// The Dockerfile's text (`-f -`), used instead of reading `dockerfile`.
     #[serde(default)]
     pub dockerfile_text: Option<String>,

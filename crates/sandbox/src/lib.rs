@@ -33,11 +33,14 @@ mod cgroup;
 mod diff;
 mod io;
 mod materialize;
+mod net;
 mod private;
 mod rootfs;
+mod seccomp;
 mod spec;
 
 pub use materialize::{Base, Materialized};
+pub use net::{BRIDGE, CNI_PACKAGE, SUBNET};
 pub use private::{PrivateContainerd, PACKAGES};
 pub use rootfs::chain_ids;
 pub use spec::DEFAULT_PATH;
@@ -103,6 +106,9 @@ pub enum SandboxError {
     Diff(String),
     #[error("invalid RUN: {0}")]
     Invalid(String),
+    /// The step's network namespace could not be set up.
+    #[error("the RUN network: {0}")]
+    Network(String),
 }
 
 impl SandboxError {
@@ -131,6 +137,9 @@ pub enum Network {
     /// An own network namespace with only `lo` (up).
     #[default]
     None,
+    /// An own network namespace with `lo` and `eth0` on the host bridge
+    /// [`BRIDGE`], NAT for outbound traffic (Docker's default network).
+    Isolated,
     /// The host's network namespace.
     Host,
 }
@@ -179,6 +188,10 @@ pub struct RunSpec {
     /// Process limits (`--ulimit`): (`RLIMIT_NOFILE`-style name, soft, hard);
     /// unset ones are inherited from containerd.
     pub rlimits: Vec<(String, u64, u64)>,
+    /// `RUN --security=insecure`: every capability the daemon has, no seccomp filter, no
+    /// masked /proc paths, /sys writable (Docker's `--privileged`). Otherwise
+    /// Docker's default capabilities and seccomp profile.
+    pub insecure: bool,
 }
 
 impl Default for RunSpec {
@@ -200,6 +213,7 @@ impl Default for RunSpec {
             extra_hosts: Vec::new(),
             shm_bytes: None,
             rlimits: Vec::new(),
+            insecure: false,
         }
     }
 }
@@ -359,6 +373,8 @@ pub struct Sandbox {
     snapshotter: String,
     /// FIFOs and the /etc files of each run, in `mb-run-<id>` directories.
     run_dir: PathBuf,
+    /// Network namespaces for [`Network::Isolated`] steps.
+    net: std::sync::Arc<net::NetPool>,
 }
 
 impl Sandbox {
@@ -376,6 +392,7 @@ impl Sandbox {
             namespace: AsciiMetadataValue::from_static(NAMESPACE),
             snapshotter: SNAPSHOTTER.into(),
             run_dir: std::env::temp_dir().join("memobuild-sandbox"),
+            net: Default::default(),
         };
         sandbox
             .client()
@@ -409,6 +426,14 @@ impl Sandbox {
             .parse()
             .map_err(|_| SandboxError::Invalid(format!("containerd namespace {namespace:?}")))?;
         Ok(self)
+    }
+
+    /// Tears down the network namespaces made ahead for later steps (call it
+    /// at shutdown; a daemon killed before leaves addresses that the next
+    /// one releases).
+    pub async fn release_network(&self) {
+        let net = self.net.clone();
+        let _ = tokio::task::spawn_blocking(move || net.drain()).await;
     }
 
     /// Where runs keep their FIFOs and /etc files.
@@ -580,6 +605,18 @@ impl Sandbox {
         guard.state.snapshot = true;
         let (upper, lowers) = diff::upper_and_lowers(&mounts)?;
 
+        // Held until the run returns; dropped, it is torn down in the background.
+        let netns = match spec.network {
+            Network::Isolated => {
+                let pool = self.net.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || pool.take())
+                        .await
+                        .map_err(|e| SandboxError::Network(e.to_string()))??,
+                )
+            }
+            Network::None | Network::Host => None,
+        };
         let etc = write_etc_files(&dir, spec)?;
         let cgroups_path = format!("/memobuild/{id}");
         let oci_spec = spec::build(
@@ -589,6 +626,7 @@ impl Sandbox {
                 resolv_conf: &etc[1],
             },
             &cgroups_path,
+            netns.as_ref().map(|n| n.path()),
         )?;
         let spec_bytes =
             serde_json::to_vec(&oci_spec).map_err(|e| SandboxError::Invalid(e.to_string()))?;
@@ -1049,6 +1087,9 @@ fn write_etc_files(dir: &Path, spec: &RunSpec) -> Result<[PathBuf; 2], SandboxEr
     let resolv = match spec.network {
         // No network, no resolver; an empty file keeps libc quiet.
         Network::None => String::new(),
+        Network::Isolated => {
+            net::resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        }
         Network::Host => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
     let files = [

@@ -5,10 +5,13 @@
 //! behind our back, and the unit test below pins the whole document.
 //!
 //! What a RUN gets, as Docker/BuildKit give it: its own pid, ipc, uts and mount
-//! namespaces (and network unless `Network::Host`), /proc, a tmpfs /dev with
+//! namespaces (and network unless `Network::Host`: a fresh one with only `lo`
+//! for `Network::None`, the one `net.rs` prepared for `Network::Isolated`), /proc, a tmpfs /dev with
 //! pts, shm and mqueue, read-only /sys and cgroupfs, /etc/hosts,
 //! /etc/resolv.conf bound read-only from files we write (no /etc/hostname, as BuildKit),
-//! Docker's default capabilities, masked and read-only /proc paths, a
+//! Docker's default capabilities and seccomp profile (`seccomp.rs`), masked and
+//! read-only /proc paths (all capabilities, no seccomp, no masked paths and a
+//! writable /sys for `RunSpec::insecure`, as Docker's `--privileged`), a
 //! deny-all device cgroup (runc adds the standard devices), and the limits
 //! of [`RunSpec`]. Only the rlimits of [`RunSpec::rlimits`] (`--ulimit`) are
 //! set: the others are inherited from containerd (as a Docker RUN inherits
@@ -33,7 +36,72 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// parent) stay in the layer, as they do in BuildKit's.
 pub const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 
-/// Docker's default capabilities.
+/// Every capability by number, for `--security=insecure`: those in the
+/// daemon's own bounding set are given (as containerd's `WithPrivileged`), since
+/// runc cannot grant more.
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The daemon's bounding set (`CapBnd` of /proc/self/status), if readable.
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The capabilities of a privileged step: every one the daemon has.
+fn privileged_caps() -> Vec<&'static str> {
+    let have = own_bounding_set().unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| have & (1u64 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// Docker's default capabilities (containerd's `oci.WithDefaultSpec` gives the same).
 const CAPS: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
@@ -147,7 +215,12 @@ fn mount_owned(
 ///
 /// [`SandboxError::Invalid`] if oci-spec rejects a value (a mount it
 /// considers malformed).
-pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<Spec, SandboxError> {
+pub fn build(
+    spec: &RunSpec,
+    etc: &EtcFiles<'_>,
+    cgroups_path: &str,
+    netns: Option<&str>,
+) -> Result<Spec, SandboxError> {
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_string());
@@ -203,7 +276,12 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<S
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                if spec.insecure { "rw" } else { "ro" },
+            ],
         )?,
         mount(
             "/sys/fs/cgroup",
@@ -231,20 +309,36 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<S
         });
     }
 
-    let mut namespace_types = vec![
+    let namespace_types = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
         LinuxNamespaceType::Uts,
         LinuxNamespaceType::Mount,
     ];
-    if spec.network == Network::None {
-        namespace_types.push(LinuxNamespaceType::Network);
-    }
-    let namespaces = namespace_types
+    let network_path = match spec.network {
+        Network::Host => None,
+        Network::None => Some(None),
+        Network::Isolated => match netns {
+            Some(path) => Some(Some(path)),
+            None => {
+                return Err(SandboxError::Invalid(
+                    "an isolated network step needs its network namespace".into(),
+                ))
+            }
+        },
+    };
+    let mut namespaces = namespace_types
         .into_iter()
         .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build())
         .collect::<Result<Vec<_>, _>>()
         .map_err(invalid)?;
+    if let Some(path) = network_path {
+        let mut ns = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+        if let Some(path) = path {
+            ns = ns.path(PathBuf::from(path));
+        }
+        namespaces.push(ns.build().map_err(invalid)?);
+    }
 
     let deny_all = LinuxDeviceCgroupBuilder::default()
         .allow(false)
@@ -279,7 +373,25 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<S
         resources = resources.pids(pids);
     }
 
-    let caps: oci_spec::runtime::Capabilities = CAPS.iter().copied().collect();
+    let caps: oci_spec::runtime::Capabilities = if spec.insecure {
+        privileged_caps()
+            .into_iter()
+            .map(|name| serde_json::from_value(serde_json::json!(name)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| SandboxError::Invalid(format!("capability names: {e}")))?
+    } else {
+        CAPS.iter().copied().collect()
+    };
+    let seccomp = if spec.insecure {
+        None
+    } else {
+        let mut names: Vec<String> = caps
+            .iter()
+            .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(String::from))
+            .collect();
+        names.sort();
+        Some(super::seccomp::default_profile(&names)?)
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -320,8 +432,16 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<S
         .cgroups_path(PathBuf::from(cgroups_path))
         .resources(resources.build().map_err(invalid)?)
         .namespaces(namespaces)
-        .masked_paths(strings(MASKED))
-        .readonly_paths(strings(READONLY))
+        .masked_paths(if spec.insecure {
+            Vec::new()
+        } else {
+            strings(MASKED)
+        })
+        .readonly_paths(if spec.insecure {
+            Vec::new()
+        } else {
+            strings(READONLY)
+        })
         .build()
         .map_err(invalid)?;
     // Everything else a default `Linux` carries stays unset.
@@ -333,7 +453,7 @@ pub fn build(spec: &RunSpec, etc: &EtcFiles<'_>, cgroups_path: &str) -> Result<S
     linux.set_mount_label(None);
     linux.set_intel_rdt(None);
     linux.set_personality(None);
-    linux.set_seccomp(None);
+    linux.set_seccomp(seccomp);
 
     let root = RootBuilder::default()
         .path("rootfs")
@@ -465,6 +585,7 @@ mod tests {
             extra_hosts: Vec::new(),
             shm_bytes: None,
             rlimits: Vec::new(),
+            insecure: false,
             mounts: vec![
                 ExtraMount {
                     source: MountSource::Host("/var/cache/m".into()),
@@ -491,9 +612,16 @@ mod tests {
 
     #[test]
     fn the_whole_document_is_what_runc_was_given_before() {
-        let spec = build(&run_spec(), &etc(), "/memobuild/step").unwrap();
+        let spec = build(&run_spec(), &etc(), "/memobuild/step", None).unwrap();
         let mut doc = serde_json::to_value(&spec).unwrap();
         sort_capabilities(&mut doc);
+        // Docker's profile for these capabilities (seccomp.rs tests it).
+        let seccomp = doc["linux"]
+            .as_object_mut()
+            .unwrap()
+            .remove("seccomp")
+            .unwrap();
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
         let swap = crate::cgroup::is_v2() || v1_swap_accounting();
         assert_eq!(doc, expected(swap));
     }
@@ -506,7 +634,7 @@ mod tests {
             network: Network::Host,
             ..RunSpec::default()
         };
-        let doc = serde_json::to_value(build(&run, &etc(), "/memobuild/s").unwrap()).unwrap();
+        let doc = serde_json::to_value(build(&run, &etc(), "/memobuild/s", None).unwrap()).unwrap();
         assert_eq!(doc["process"]["env"], json!(["PATH=/opt/bin"]));
         assert_eq!(doc["process"]["cwd"], "/");
         assert_eq!(doc["process"]["user"]["additionalGids"], json!([]));
@@ -522,12 +650,61 @@ mod tests {
     }
 
     #[test]
+    fn isolated_network_joins_the_prepared_namespace() {
+        let run = RunSpec {
+            network: Network::Isolated,
+            ..RunSpec::default()
+        };
+        assert!(build(&run, &etc(), "/m", None).is_err());
+        let doc =
+            serde_json::to_value(build(&run, &etc(), "/m", Some("/proc/1/task/2/ns/net")).unwrap())
+                .unwrap();
+        let namespaces = doc["linux"]["namespaces"].as_array().unwrap();
+        assert!(namespaces.contains(&json!({"type": "network", "path": "/proc/1/task/2/ns/net"})));
+        assert_eq!(namespaces.len(), 5);
+    }
+
+    #[test]
+    fn insecure_is_privileged_and_default_is_not() {
+        let default =
+            serde_json::to_value(build(&RunSpec::default(), &etc(), "/m", None).unwrap()).unwrap();
+        assert!(default["linux"]["seccomp"].is_object());
+        let bounding = default["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(bounding.len(), CAPS.len());
+        assert!(!bounding.contains(&json!("CAP_SYS_ADMIN")));
+        let run = RunSpec {
+            insecure: true,
+            ..RunSpec::default()
+        };
+        let doc = serde_json::to_value(build(&run, &etc(), "/m", None).unwrap()).unwrap();
+        assert!(doc["linux"].get("seccomp").is_none());
+        let bounding = doc["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(bounding.len(), privileged_caps().len());
+        assert!(bounding.len() > CAPS.len());
+        assert!(bounding.contains(&json!("CAP_SYS_ADMIN")));
+        assert!(
+            doc["linux"].get("maskedPaths").is_none() || doc["linux"]["maskedPaths"] == json!([])
+        );
+        let sys = doc["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == "/sys")
+            .unwrap();
+        assert!(sys["options"].as_array().unwrap().contains(&json!("rw")));
+    }
+
+    #[test]
     fn tiny_cpu_shares_get_the_smallest_quota() {
         let run = RunSpec {
             cpus: Some(0.001),
             ..RunSpec::default()
         };
-        let doc = serde_json::to_value(build(&run, &etc(), "/m").unwrap()).unwrap();
+        let doc = serde_json::to_value(build(&run, &etc(), "/m", None).unwrap()).unwrap();
         assert_eq!(
             doc["linux"]["resources"]["cpu"],
             json!({"quota": 1000, "period": 100_000})

@@ -337,7 +337,9 @@ fn fast_path(
     generation: u64,
     log: &BuildLog,
 ) -> Result<Option<Done>, RpcError> {
-    if request.no_cache || !request.no_cache_filter.is_empty() {
+    // A build with `--allow` always plans: its entitlements are checked
+    // against the daemon's settings of now (`run::check_entitlements`).
+    if request.no_cache || !request.no_cache_filter.is_empty() || !request.entitlements.is_empty() {
         return Ok(None);
     }
     let Some(last) = engine.projects.clean_result(project, generation) else {
@@ -451,6 +453,7 @@ async fn build_planned(
             ));
         }
     }
+    super::run::check_entitlements(&engine.run_settings(), request, &plan)?;
     remote
         .import_steps(&engine.store, &plan, request.no_cache, &registry_note(log))
         .await;
@@ -678,6 +681,10 @@ fn options_digest(request: &BuildRequest) -> String {
     }
     for (name, value) in &request.build_contexts {
         k.str("build-context").str(name).str(value);
+    }
+    // A result built with entitlements is no fast answer to a build without.
+    for entitlement in &request.entitlements {
+        k.str("allow").str(entitlement);
     }
     k.str(&run_options(request));
     k.str(request.dockerfile_text.as_deref().unwrap_or(""));

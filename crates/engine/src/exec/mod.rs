@@ -360,6 +360,7 @@ impl Engine {
     /// Stops the private containerd, if the daemon started one.
     pub async fn shutdown(&self) {
         if let Some(handle) = self.sandbox.lock().await.take() {
+            handle.sandbox.release_network().await;
             if let Some(private) = handle.private {
                 private.shutdown().await;
             }

@@ -25,8 +25,12 @@ const TAIL_LINES: usize = 20;
 pub struct RunSettings {
     /// An existing containerd; `None` starts a private one under the data dir.
     pub containerd_socket: Option<PathBuf>,
-    /// What `RUN` without `--network` gets: host networking, or none.
+    /// What `RUN` without `--network` gets: no network at all, instead of its
+    /// own namespace with outbound access (NAT on the host bridge).
     pub default_network_none: bool,
+    /// Entitlements (`network.host`, `security.insecure`) the administrator
+    /// lets builds ask for with `--allow` (`insecure-entitlements`).
+    pub insecure_entitlements: Vec<String>,
     pub step_timeout: Option<Duration>,
     pub memory_bytes: Option<u64>,
     pub cpus: Option<f64>,
@@ -61,6 +65,86 @@ use memobuild_rootpath::creds::{as_reader, reading_as};
 
 fn err(message: impl Into<String>) -> RpcError {
     RpcError::new(message.into())
+}
+
+/// The entitlements `op` needs, each with what asks for it.
+fn needs(op: &RunOp, request: &BuildRequest) -> Vec<(&'static str, &'static str)> {
+    let mut needs = Vec::new();
+    match op.network {
+        RunNetwork::Host => needs.push(("network.host", "RUN --network=host")),
+        RunNetwork::Default if request.network == "host" => {
+            needs.push(("network.host", "build --network host"))
+        }
+        _ => {}
+    }
+    if op.insecure {
+        needs.push(("security.insecure", "RUN --security=insecure"));
+    }
+    needs
+}
+
+/// `Ok` if the build asked for `entitlement` (`--allow`) and the daemon's
+/// administrator enabled it (`insecure-entitlements`), as BuildKit's
+/// entitlements; else a `PermissionDenied` error saying which is missing.
+fn entitled(
+    settings: &RunSettings,
+    request: &BuildRequest,
+    entitlement: &str,
+    what: &str,
+) -> Result<(), RpcError> {
+    let asked = request.entitlements.iter().any(|e| e == entitlement);
+    let enabled = settings
+        .insecure_entitlements
+        .iter()
+        .any(|e| e == entitlement);
+    let daemon_side = format!(
+        "the daemon's administrator must enable it too: insecure-entitlements = [\"{entitlement}\"] in /etc/memobuild/memobuildd.toml (or memobuildd --insecure-entitlements {entitlement}), see docs/SECURITY.md"
+    );
+    match (asked, enabled) {
+        (true, true) => Ok(()),
+        (false, _) => Err(RpcError::with_hint(
+            format!("{what} needs the {entitlement} entitlement, which this build did not ask for ({entitlement} is not allowed)"),
+            format!("build with --allow {entitlement} if you trust this Dockerfile; {daemon_side}"),
+        )
+        .kind(ErrorKind::PermissionDenied)),
+        (true, false) => Err(RpcError::with_hint(
+            format!("{what}: this daemon does not grant the {entitlement} entitlement (--allow {entitlement} was given, but {entitlement} is not allowed here)"),
+            format!("{daemon_side}; or drop {what}"),
+        )
+        .kind(ErrorKind::PermissionDenied)),
+    }
+}
+
+/// Fails the build before any step runs (or is taken from the cache) if a
+/// RUN needs an entitlement the build or the daemon does not grant; the error
+/// points at the first such RUN.
+pub fn check_entitlements(
+    settings: &RunSettings,
+    request: &BuildRequest,
+    plan: &memobuild_plan::Plan,
+) -> Result<(), RpcError> {
+    for step in &plan.steps {
+        let memobuild_plan::Op::Run(op) = &step.op else {
+            continue;
+        };
+        for (entitlement, what) in needs(op, request) {
+            entitled(settings, request, entitlement, what).map_err(|e| {
+                RpcError {
+                    message: format!(
+                        "{}:{}:{}: {}",
+                        plan.file, step.loc.line, step.loc.column, e.message
+                    ),
+                    ..e
+                }
+                .at(memobuild_proto::Location {
+                    file: plan.file.clone(),
+                    line: step.loc.line,
+                    column: step.loc.column,
+                })
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs the step; returns its cache record (its layer, if it changed anything).
@@ -105,8 +189,13 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         .map_err(|e| err(format!("internal error: {e}")))??
     };
     let (uid, gid) = (user.uid, user.gid);
-    let mounts = Mounts::prepare(cx, op, uid, gid).await?;
     let settings = &engine.run_settings();
+    // Checked for the whole plan before any step (`check_entitlements`);
+    // again here, where the step would get them.
+    for (entitlement, what) in needs(op, cx.request) {
+        entitled(settings, cx.request, entitlement, what)?;
+    }
+    let mounts = Mounts::prepare(cx, op, uid, gid).await?;
     let network = match (op.network, cx.request.network.as_str()) {
         (RunNetwork::None, _) => Network::None,
         (RunNetwork::Host, _) => Network::Host,
@@ -114,7 +203,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         (RunNetwork::Default, "none") => Network::None,
         (RunNetwork::Default, "host") => Network::Host,
         (RunNetwork::Default, _) if settings.default_network_none => Network::None,
-        (RunNetwork::Default, _) => Network::Host,
+        (RunNetwork::Default, _) => Network::Isolated,
     };
     let rlimits = cx
         .request
@@ -146,6 +235,7 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         extra_hosts: cx.request.add_hosts.clone(),
         shm_bytes: cx.request.shm_bytes,
         rlimits,
+        insecure: op.insecure,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
