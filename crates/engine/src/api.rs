@@ -233,6 +233,22 @@ impl Engine {
         }
     }
 
+    /// BuildKit's lint rules on the request's Dockerfile (`build
+    /// --call=check`); nothing is built or registered.
+    pub async fn check(
+        &self,
+        request: memobuild_proto::BuildRequest,
+    ) -> Result<memobuild_proto::LintReport, RpcError> {
+        blocking(move || {
+            let report = Engine::lint_report(&request)?;
+            Ok(memobuild_proto::LintReport {
+                warnings: crate::project::lint_warnings(&report.warnings),
+                error: report.error,
+            })
+        })
+        .await
+    }
+
     /// Forgets the projects `filter` names, and their watches.
     pub fn forget(&self, filter: &str) -> Result<Vec<String>, RpcError> {
         let ids = self.matching(filter)?;

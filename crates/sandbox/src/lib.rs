@@ -179,6 +179,10 @@ pub struct RunSpec {
     /// Process limits (`--ulimit`): (`RLIMIT_NOFILE`-style name, soft, hard);
     /// unset ones are inherited from containerd.
     pub rlimits: Vec<(String, u64, u64)>,
+    /// A background run (an eager build): the smallest CPU weight, so that
+    /// any other task of the host gets the CPU first (`cpu.shares` 2, which
+    /// runc writes as cgroup v2 `cpu.weight` 1).
+    pub low_priority: bool,
 }
 
 impl Default for RunSpec {
@@ -200,6 +204,7 @@ impl Default for RunSpec {
             extra_hosts: Vec::new(),
             shm_bytes: None,
             rlimits: Vec::new(),
+            low_priority: false,
         }
     }
 }

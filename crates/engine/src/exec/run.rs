@@ -146,6 +146,8 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         extra_hosts: cx.request.add_hosts.clone(),
         shm_bytes: cx.request.shm_bytes,
         rlimits,
+        // An eager build runs at the lowest CPU weight (eager.rs).
+        low_priority: cx.log.eager,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
