@@ -6,8 +6,9 @@
 //! build's failure, BuildKit's lint warnings (`--call=check` rules, same
 //! names), a hover with why a step is dirty or failed and what went into its
 //! cache key, a `memobuild.build` command, and a `memobuild.eager` command
-//! (also a code action) that turns eager builds on or off. Updates come from the daemon's status stream
-//! (`status_wait`), so a save shows without the editor asking.
+//! (also a code action) that turns eager builds on or off. Updates come from
+//! the daemon's status stream (`status_wait`), so a save shows without the
+//! editor asking.
 //!
 //! The JSON-RPC framing (a `Content-Length` header, then the body) is the few
 //! lines LSP needs; messages are built with serde_json.
