@@ -10,9 +10,7 @@ use std::process::ExitCode;
 const DOCKER_BUILD_FLAGS: &[&str] = &[
     "--attest",
     "--builder",
-    "--call",
     "--cgroup-parent",
-    "--check",
     "--compress",
     "--cpu-period",
     "--cpu-quota",

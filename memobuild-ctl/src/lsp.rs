@@ -3,16 +3,21 @@
 //! instruction (`cached`, `dirty: file changed: src/app.py`, `building`,
 //! `failed: exit 2`), diagnostics for a Dockerfile the daemon cannot plan
 //! (syntax errors, missing files: exact line and column) and for the last
-//! build's failure, a hover with why a step is dirty or failed, and a
-//! `memobuild.build` command. Updates come from the daemon's status stream
-//! (`status_wait`), so a save shows without the editor asking.
+//! build's failure, BuildKit's lint warnings (`--call=check` rules, same
+//! names), a hover with why a step is dirty or failed and what went into its
+//! cache key, a `memobuild.build` command, and a `memobuild.eager` command
+//! (also a code action) that turns eager builds on or off. Updates come from
+//! the daemon's status stream (`status_wait`), so a save shows without the
+//! editor asking.
 //!
 //! The JSON-RPC framing (a `Content-Length` header, then the body) is the few
 //! lines LSP needs; messages are built with serde_json.
 
 use crate::connect::{connect, ctx};
 use memobuild_proto::paths::normalize;
-use memobuild_proto::{FailureInfo, ProjectStatus, RpcError, StatusReport, StepState};
+use memobuild_proto::{
+    FailureInfo, MemobuildClient, ProjectStatus, RpcError, StatusReport, StepState,
+};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +31,8 @@ const MAX_MESSAGE: usize = 64 << 20;
 enum Input {
     Message(Value),
     Status(StatusReport),
+    /// Messages a background task produced (a command's reply).
+    Send(Vec<Value>),
     Closed,
 }
 
@@ -55,6 +62,7 @@ pub async fn serve(socket: &Path) -> Result<ExitCode, RpcError> {
     let mut out = tokio::io::stdout();
     let mut server = Server {
         socket: socket.to_path_buf(),
+        rpc: Some((client.clone(), tx.clone())),
         ..Server::default()
     };
     let mut shutdown = false;
@@ -62,6 +70,7 @@ pub async fn serve(socket: &Path) -> Result<ExitCode, RpcError> {
         let replies = match input {
             Input::Closed => break,
             Input::Status(report) => server.status(report),
+            Input::Send(messages) => messages,
             Input::Message(m) if m["method"] == "exit" => break,
             Input::Message(m) => {
                 if m["method"] == "shutdown" {
@@ -141,6 +150,8 @@ struct Server {
     next_id: u64,
     /// What was last published per document (to send only changes).
     published: BTreeMap<String, Value>,
+    /// The daemon, for commands, and where their replies go.
+    rpc: Option<(MemobuildClient, mpsc::Sender<Input>)>,
 }
 
 impl Server {
@@ -158,7 +169,8 @@ impl Server {
                         "textDocumentSync": {"openClose": true, "change": 1, "save": {"includeText": false}},
                         "codeLensProvider": {"resolveProvider": false},
                         "hoverProvider": true,
-                        "executeCommandProvider": {"commands": ["memobuild.build"]},
+                        "codeActionProvider": true,
+                        "executeCommandProvider": {"commands": ["memobuild.build", "memobuild.eager"]},
                     },
                     "serverInfo": {"name": "memobuild", "version": env!("CARGO_PKG_VERSION")},
                 })
@@ -187,6 +199,13 @@ impl Server {
                 let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
                 let line = params["position"]["line"].as_u64().unwrap_or(0) as usize + 1;
                 self.hover(uri, line)
+            }
+            "textDocument/codeAction" => {
+                let uri = params["textDocument"]["uri"].as_str().unwrap_or("");
+                self.code_actions(uri)
+            }
+            "workspace/executeCommand" if params["command"] == "memobuild.eager" => {
+                return self.set_eager(id, &params["arguments"]);
             }
             "workspace/executeCommand" if params["command"] == "memobuild.build" => {
                 let path = normalize(Path::new(params["arguments"][0].as_str().unwrap_or("")));
@@ -265,6 +284,8 @@ impl Server {
                 } else if let Some(f) = p.last_build.as_ref().and_then(|l| l.failure.as_ref()) {
                     list.push(diagnostic(f, "the last build failed"));
                 }
+                // The lint warnings of the Dockerfile as saved.
+                list.extend(p.lint.iter().map(lint_diagnostic));
             }
             let list = Value::Array(list);
             if self.published.get(&uri) != Some(&list) {
@@ -333,6 +354,9 @@ impl Server {
         if !s.cache_key.is_empty() {
             text.push_str(&format!("\n\ncache key `{}`", s.cache_key));
         }
+        if let Some(k) = &s.key_inputs {
+            text.push_str(&key_inputs_text(&s.instruction, k));
+        }
         if let Some(f) = &s.failure {
             text.push_str(&format!("\n\n{}", f.message));
             if !f.output.is_empty() {
@@ -341,6 +365,109 @@ impl Server {
         }
         json!({"contents": {"kind": "markdown", "value": text}})
     }
+}
+
+impl Server {
+    /// `memobuild.eager [PATH, ON]`: turns eager builds on or off for the
+    /// project of the Dockerfile at PATH (without ON: the opposite of now).
+    /// The reply comes once the daemon has answered.
+    fn set_eager(&self, id: Option<Value>, arguments: &Value) -> Vec<Value> {
+        let reply = |id: &Option<Value>, outcome: Result<Value, String>| match (id, outcome) {
+            (Some(id), Ok(result)) => vec![json!({"jsonrpc": "2.0", "id": id, "result": result})],
+            (Some(id), Err(message)) => vec![json!({"jsonrpc": "2.0", "id": id, "error": {
+                "code": -32603, "message": message}})],
+            (None, _) => Vec::new(),
+        };
+        let path = normalize(Path::new(arguments[0].as_str().unwrap_or("")));
+        let Some(p) = self.report.as_ref().and_then(|r| project_for(r, &path)) else {
+            return reply(
+                &id,
+                Err(format!(
+                    "no project for {}: build it once (memobuild-ctl build)",
+                    path.display()
+                )),
+            );
+        };
+        let on = arguments[1].as_bool().unwrap_or(!p.eager);
+        let Some((client, tx)) = self.rpc.clone() else {
+            return reply(&id, Err("not connected to the daemon".into()));
+        };
+        let project = p.id.clone();
+        tokio::spawn(async move {
+            let outcome = match client.set_eager(ctx(), project.clone(), on).await {
+                Ok(Ok(_)) => Ok(json!({"project": project, "eager": on})),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("the daemon did not answer: {e}")),
+            };
+            let _ = tx.send(Input::Send(reply(&id, outcome))).await;
+        });
+        Vec::new()
+    }
+
+    /// One code action per Dockerfile of a project: eager builds on or off.
+    fn code_actions(&self, uri: &str) -> Value {
+        let (Some(p), Some(path)) = (self.project(uri), self.open.get(uri)) else {
+            return json!([]);
+        };
+        let title = if p.eager {
+            "memobuild: turn eager builds off for this project"
+        } else {
+            "memobuild: turn eager builds on for this project (rebuild in the background after saves)"
+        };
+        json!([{
+            "title": title,
+            "kind": "source",
+            "command": {"title": title, "command": "memobuild.eager",
+                        "arguments": [path.display().to_string(), !p.eager]},
+        }])
+    }
+}
+
+/// The hover's part on what went into a step's key (docs/CACHE.md).
+fn key_inputs_text(instruction: &str, k: &memobuild_proto::KeyInputs) -> String {
+    let mut text = String::from("\n\nwhat went into the key:");
+    text.push_str(&format!("\n- instruction `{instruction}`"));
+    if !k.base.is_empty() {
+        text.push_str(&format!("\n- base `{}`", k.base));
+    }
+    if !k.parent_key.is_empty() {
+        text.push_str(&format!("\n- parent key `{}`", k.parent_key));
+    }
+    if !k.args.is_empty() {
+        let args: Vec<String> = k.args.iter().map(|(n, v)| format!("`{n}={v}`")).collect();
+        text.push_str(&format!("\n- args {}", args.join(", ")));
+    }
+    if k.file_count > 0 {
+        let what = if k.partial {
+            "files changed since the last build"
+        } else {
+            "files"
+        };
+        text.push_str(&format!("\n- {what} ({}):", k.file_count));
+        for (path, digest) in &k.files {
+            let digest = digest.get(..16).unwrap_or(digest);
+            text.push_str(&format!("\n  - `{path}` {digest}"));
+        }
+        if k.file_count > k.files.len() {
+            text.push_str(&format!("\n  - and {} more", k.file_count - k.files.len()));
+        }
+    }
+    text
+}
+
+/// A lint warning as an LSP diagnostic (severity Warning, the rule's name as
+/// the code, its documentation as the code's description).
+fn lint_diagnostic(w: &memobuild_proto::LintWarning) -> Value {
+    let line = w.line.saturating_sub(1);
+    json!({
+        "range": {"start": {"line": line, "character": w.column.saturating_sub(1)},
+                  "end": {"line": line + 1, "character": 0}},
+        "severity": 2,
+        "source": "memobuild",
+        "code": w.rule,
+        "codeDescription": {"href": w.url},
+        "message": w.detail,
+    })
 }
 
 fn now_ms() -> i64 {

@@ -303,6 +303,13 @@ struct BuildArgs {
     /// NAME=docker-image://REF or NAME=DIR (repeatable)
     #[arg(long = "build-context", value_name = "NAME=docker-image://REF|DIR")]
     build_contexts: Vec<String>,
+    /// What to do: build (default), or check (BuildKit's lint rules on the
+    /// Dockerfile, nothing built; exit status 1 when there are warnings)
+    #[arg(long, value_name = "METHOD", default_value = "build", value_parser = ["build", "check"])]
+    call: String,
+    /// Same as --call=check
+    #[arg(long)]
+    check: bool,
     /// Build context directory; `-` reads a tar archive (or a Dockerfile alone) from stdin
     context: PathBuf,
 }
@@ -560,6 +567,9 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     let stdin_context = stdin::read(&args)?;
     let request = build_request(&args, stdin_context.as_ref())?;
     let client = connect::connect(socket, true).await?;
+    if args.check || args.call == "check" {
+        return check(&client, &args, request).await;
+    }
     let result = run_build(&client, socket, &args, request.clone()).await;
     if stdin_context.is_some_and(|c| c.dir.is_some()) {
         // The unpacked context is deleted with the guard: the daemon need not watch it.
@@ -573,6 +583,53 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
         }
         Err(e) => Err(e),
     }
+}
+
+/// `build --call=check`: BuildKit's lint warnings, as `docker build --check`
+/// prints them (JSON on stdout with `--progress json`). Exit status 1 when
+/// there are warnings (or `check=error=true` fails the build), else 0.
+async fn check(
+    client: &memobuild_proto::MemobuildClient,
+    args: &BuildArgs,
+    request: memobuild_proto::BuildRequest,
+) -> Result<ExitCode, RpcError> {
+    connect::require_features(client, &[("check", "--call=check")]).await?;
+    let report = client
+        .check(connect::ctx(), request)
+        .await
+        .map_err(connect::rpc_failed)??;
+    let name = args
+        .file
+        .as_ref()
+        .filter(|f| f.as_os_str() != "-")
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| "Dockerfile".into());
+    if matches!(args.progress.as_str(), "json" | "rawjson") {
+        let json = serde_json::to_string(&report).unwrap_or_default();
+        if args.progress == "json" {
+            println!("{json}");
+        } else {
+            eprintln!("{json}");
+        }
+    } else if !args.quiet {
+        let n = report.warnings.len();
+        match n {
+            0 => println!("Check complete, no warnings found."),
+            1 => println!("Check complete, 1 warning has been found!"),
+            n => println!("Check complete, {n} warnings have been found!"),
+        }
+        for w in &report.warnings {
+            println!("\n{} - {}\n{}\n{name}:{}", w.rule, w.url, w.detail, w.line);
+        }
+        if let Some(e) = &report.error {
+            println!("\nERROR: {e}");
+        }
+    }
+    Ok(if report.warnings.is_empty() && report.error.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The outputs (`-o`, `--load`) written by this client, checked before the build.

@@ -246,6 +246,22 @@ impl Memobuild for Server {
         self.engine.cache_steps(build, max, self.caller()).await
     }
 
+    async fn check(
+        self,
+        _: Context,
+        mut request: BuildRequest,
+    ) -> Result<memobuild_proto::LintReport, RpcError> {
+        // Read with the rights of who connected, as a build reads.
+        request.read_as = self.reader.clone();
+        if !std::path::Path::new(&request.context).is_absolute() {
+            return Err(RpcError::of(
+                ErrorKind::InvalidInput,
+                "the build context must be an absolute path",
+            ));
+        }
+        self.engine.check(request).await
+    }
+
     async fn import_cache_steps(
         self,
         _: Context,

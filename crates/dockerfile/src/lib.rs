@@ -7,6 +7,7 @@
 
 pub mod expand;
 mod heredoc;
+pub mod lint;
 pub mod suggest;
 
 use std::fmt;

@@ -193,6 +193,8 @@ struct Project {
     dirty: BTreeMap<usize, Vec<String>>,
     /// A dirty recomputation could not plan (bad Dockerfile, missing file).
     plan_error: Option<FailureInfo>,
+    /// Lint warnings of the Dockerfile as last planned.
+    lint: Vec<memobuild_proto::LintWarning>,
     changed: BTreeSet<String>,
     /// Live state of a running build: step index -> `building`/`done`/`cached`.
     building: Option<BTreeMap<usize, StepState>>,
@@ -383,9 +385,19 @@ impl Projects {
     /// A build of project `id` planned `plan`: `status` shows its steps.
     pub fn build_planned(&self, id: &str, plan: &Plan) {
         let steps = BuildSummary::from_plan(plan, &[]);
+        let lint = lint_warnings(&plan.lint);
         if let Some(p) = lock(&self.map).get_mut(id) {
             p.planned = Some(steps);
+            p.lint = lint;
             self.bump(p);
+        }
+    }
+
+    /// The lint warnings of a Dockerfile that cannot be planned (a plan
+    /// brings its own).
+    pub fn set_lint(&self, id: &str, warnings: &[memobuild_dockerfile::lint::Warning]) {
+        if let Some(p) = lock(&self.map).get_mut(id) {
+            p.lint = lint_warnings(warnings);
         }
     }
 
@@ -516,6 +528,7 @@ impl Projects {
             .as_ref()
             .ok()
             .map(|plan| BuildSummary::from_plan(plan, &[]));
+        let lint = plan.as_ref().ok().map(|plan| lint_warnings(&plan.lint));
         let mut map = lock(&self.map);
         let Some(p) = map.get_mut(id) else { return };
         // A re-plan of an older tree than the one the dirty set (or the last
@@ -534,6 +547,7 @@ impl Projects {
             (Ok(_), new) => {
                 let new = new.unwrap_or_default();
                 p.plan_error = None;
+                p.lint = lint.unwrap_or_default();
                 let old = p
                     .record
                     .last
@@ -743,6 +757,7 @@ impl Project {
             clean_at: None,
             dirty: BTreeMap::new(),
             plan_error: None,
+            lint: Vec::new(),
             changed: BTreeSet::new(),
             building: None,
             started_ms: BTreeMap::new(),
@@ -811,6 +826,7 @@ impl Project {
                             failure,
                             cache_key: s.key.clone(),
                             started_at_ms,
+                            key_inputs: Some(key_inputs(s)),
                         }
                     })
                     .collect()
@@ -844,7 +860,43 @@ impl Project {
             last_used: self.record.last_used,
             plan_error: self.plan_error.clone(),
             eager: self.record.eager,
+            lint: self.lint.clone(),
         }
+    }
+}
+
+/// A plan's lint warnings as the wire carries them.
+pub(crate) fn lint_warnings(
+    warnings: &[memobuild_dockerfile::lint::Warning],
+) -> Vec<memobuild_proto::LintWarning> {
+    warnings
+        .iter()
+        .map(|w| memobuild_proto::LintWarning {
+            rule: w.rule.name.to_string(),
+            description: w.rule.description.to_string(),
+            url: w.rule.url.to_string(),
+            detail: w.detail.clone(),
+            line: w.loc.line,
+            column: w.loc.column,
+        })
+        .collect()
+}
+
+/// What went into a step's key, for people (`status`, the LSP hover).
+fn key_inputs(s: &StepSummary) -> memobuild_proto::KeyInputs {
+    memobuild_proto::KeyInputs {
+        base: s.from.clone(),
+        parent_key: s.inputs.parent_key.clone(),
+        args: (*s.inputs.args).clone(),
+        files: s
+            .inputs
+            .files
+            .iter()
+            .take(memobuild_proto::KEY_FILES_SHOWN)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        file_count: s.inputs.files.len(),
+        partial: s.inputs.partial,
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod chmod;
 pub mod key;
+pub mod lint;
 mod stage;
 
 pub use chmod::Chmod;
@@ -123,6 +124,9 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Image names the stages start FROM, and the manifests they resolved to.
     pub images: BTreeMap<String, String>,
+    /// BuildKit's lint warnings (`--call=check`); [`plan`] leaves it empty,
+    /// the caller fills it with [`lint::lint`] (which needs the text).
+    pub lint: Vec<memobuild_dockerfile::lint::Warning>,
 }
 
 impl Plan {
@@ -429,6 +433,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         target: 0,
         warnings: Vec::new(),
         images: BTreeMap::new(),
+        lint: Vec::new(),
     };
     for &index in &needed {
         if let Some(Base::Image(image)) = &bases[index] {

@@ -105,6 +105,21 @@ pub trait Memobuild {
     /// Records step results whose layers were uploaded (`--cache-from
     /// type=local`); each layer's diff_id is checked. Returns how many.
     async fn import_cache_steps(steps: Vec<CacheStep>) -> Result<u64, RpcError>;
+    /// BuildKit's lint rules on the request's Dockerfile, nothing built
+    /// (`build --call=check`). Added within protocol 3 (a method is added at
+    /// the end): only daemons whose [`DaemonInfo::features`] lists `check`
+    /// have it.
+    async fn check(request: BuildRequest) -> Result<LintReport, RpcError>;
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LintReport {
+    /// By line, then message.
+    pub warnings: Vec<LintWarning>,
+    /// `# check=error=true` and some warning: the build would fail with this
+    /// (BuildKit's `lint violation found for rules: ...`).
+    pub error: Option<String>,
 }
 
 /// One step result of a local cache (the remote cache's format, docs/CACHE.md).
@@ -293,14 +308,16 @@ pub struct DaemonInfo {
 /// Request fields added within protocol 3, named for [`DaemonInfo::features`]:
 /// `annotations` ([`BuildRequest::annotations`]), `build-contexts`
 /// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]),
-/// `local-cache` (the `cache_steps` and `import_cache_steps` calls), and
-/// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections).
+/// `local-cache` (the `cache_steps` and `import_cache_steps` calls),
+/// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections),
+/// and `check` (the `check` call).
 pub const FEATURES: &[&str] = &[
     FEATURE_BLOB_FDS,
     "annotations",
     "build-contexts",
     "prune-until",
     "local-cache",
+    "check",
 ];
 
 /// BuildKit's entitlements: `network.host` lets `RUN --network=host` and
@@ -668,7 +685,50 @@ pub struct ProjectStatus {
     /// (`memobuild-ctl eager on`).
     #[serde(default)]
     pub eager: bool,
+    /// BuildKit's lint warnings (`--call=check` rules) for the Dockerfile as
+    /// last planned, by line.
+    #[serde(default)]
+    pub lint: Vec<LintWarning>,
 }
+
+/// A lint warning: one of BuildKit's rules (same name, same message).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LintWarning {
+    /// The rule's name, e.g. `JSONArgsRecommended`.
+    pub rule: String,
+    /// What the rule asks for.
+    pub description: String,
+    /// The rule's documentation.
+    pub url: String,
+    /// This warning's message.
+    pub detail: String,
+    /// 1-based.
+    pub line: usize,
+    pub column: usize,
+}
+
+/// What went into a step's cache key (docs/CACHE.md), for people: `explain`
+/// and the LSP hover show it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInputs {
+    /// The stage's base (`FROM NAME`) for a stage's first step.
+    pub base: String,
+    /// The previous step's key (or the base's), hex.
+    pub parent_key: String,
+    /// Build args in scope.
+    pub args: BTreeMap<String, String>,
+    /// Context files the step reads: path -> BLAKE3 hex (`dir`,
+    /// `symlink:TARGET`; `stage:NAME` -> that stage's content digest), at most
+    /// [`KEY_FILES_SHOWN`] of them.
+    pub files: BTreeMap<String, String>,
+    /// How many files the key covers (`files` may list fewer).
+    pub file_count: usize,
+    /// `files` names only the paths changed since the last build.
+    pub partial: bool,
+}
+
+/// Most files [`KeyInputs::files`] lists.
+pub const KEY_FILES_SHOWN: usize = 20;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StepStatus {
@@ -688,6 +748,9 @@ pub struct StepStatus {
     /// For a `building` step: when it started (Unix milliseconds).
     #[serde(default)]
     pub started_at_ms: Option<i64>,
+    /// What went into `cache_key`.
+    #[serde(default)]
+    pub key_inputs: Option<KeyInputs>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -192,6 +192,10 @@ pub struct RunSpec {
     /// masked /proc paths, /sys writable (Docker's `--privileged`). Otherwise
     /// Docker's default capabilities and seccomp profile.
     pub insecure: bool,
+    /// A background run (an eager build): the smallest CPU weight, so that
+    /// any other task of the host gets the CPU first (`cpu.shares` 2, which
+    /// runc writes as cgroup v2 `cpu.weight` 1).
+    pub low_priority: bool,
 }
 
 impl Default for RunSpec {
@@ -214,6 +218,7 @@ impl Default for RunSpec {
             shm_bytes: None,
             rlimits: Vec::new(),
             insecure: false,
+            low_priority: false,
         }
     }
 }

@@ -141,6 +141,10 @@ const READONLY: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
+/// `cpu.shares` of a [`RunSpec::low_priority`] run: the kernel's minimum
+/// (cgroup v2 `cpu.weight` 1 after runc's conversion; the default is 1024/100).
+pub const LOW_PRIORITY_SHARES: u64 = 2;
+
 /// Files bound over /etc/hosts and /etc/resolv.conf.
 pub struct EtcFiles<'a> {
     pub hosts: &'a Path,
@@ -355,15 +359,17 @@ pub fn build(
         }
         resources = resources.memory(memory.build().map_err(invalid)?);
     }
-    if let Some(cpus) = spec.cpus {
-        let period: u64 = 100_000;
-        let quota = ((cpus * period as f64).round() as i64).max(1000);
-        let cpu = LinuxCpuBuilder::default()
-            .quota(quota)
-            .period(period)
-            .build()
-            .map_err(invalid)?;
-        resources = resources.cpu(cpu);
+    if spec.cpus.is_some() || spec.low_priority {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(cpus) = spec.cpus {
+            let period: u64 = 100_000;
+            let quota = ((cpus * period as f64).round() as i64).max(1000);
+            cpu = cpu.quota(quota).period(period);
+        }
+        if spec.low_priority {
+            cpu = cpu.shares(LOW_PRIORITY_SHARES);
+        }
+        resources = resources.cpu(cpu.build().map_err(invalid)?);
     }
     if let Some(pids) = spec.pids {
         let pids = LinuxPidsBuilder::default()
@@ -586,6 +592,7 @@ mod tests {
             shm_bytes: None,
             rlimits: Vec::new(),
             insecure: false,
+            low_priority: false,
             mounts: vec![
                 ExtraMount {
                     source: MountSource::Host("/var/cache/m".into()),
@@ -696,6 +703,25 @@ mod tests {
             .find(|m| m["destination"] == "/sys")
             .unwrap();
         assert!(sys["options"].as_array().unwrap().contains(&json!("rw")));
+    }
+
+    #[test]
+    fn a_low_priority_run_gets_the_smallest_cpu_weight() {
+        let run = RunSpec {
+            low_priority: true,
+            ..RunSpec::default()
+        };
+        let doc = serde_json::to_value(build(&run, &etc(), "/m", None).unwrap()).unwrap();
+        assert_eq!(
+            doc["linux"]["resources"]["cpu"],
+            serde_json::json!({"shares": 2})
+        );
+        let normal =
+            serde_json::to_value(build(&RunSpec::default(), &etc(), "/m", None).unwrap()).unwrap();
+        assert!(
+            normal["linux"]["resources"].get("cpu").is_none(),
+            "{normal:#}"
+        );
     }
 
     #[test]

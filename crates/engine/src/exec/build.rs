@@ -604,6 +604,53 @@ pub fn make_plan(
     })
 }
 
+/// BuildKit's lint rules on `request`'s Dockerfile (`build --call=check`),
+/// read with the requesting user's rights; nothing is planned.
+pub fn lint_request(
+    request: &BuildRequest,
+) -> Result<memobuild_dockerfile::lint::Report, RpcError> {
+    reading_as(reader_of(request), || {
+        let df_path = dockerfile_path(request);
+        let text = match &request.dockerfile_text {
+            Some(text) => text.clone(),
+            None => dockerfile::read_file(&df_path).map_err(|e| {
+                RpcError::with_hint(
+                    format!("cannot read the Dockerfile: {e}"),
+                    "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
+                )
+            })?,
+        };
+        let df =
+            dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
+        let ignore = read_ignore(request, &df_path)?;
+        Ok(memobuild_plan::lint::lint(
+            &text,
+            &df,
+            &request.target,
+            &request.build_args,
+            &ignore,
+        ))
+    })
+}
+
+impl Engine {
+    /// [`lint_request`], for the facade (api.rs).
+    pub(crate) fn lint_report(
+        request: &BuildRequest,
+    ) -> Result<memobuild_dockerfile::lint::Report, RpcError> {
+        lint_request(request)
+    }
+}
+
+/// The lint warnings of `request`'s Dockerfile when it cannot be planned
+/// (a plan carries its own, [`Plan::lint`]): empty if it cannot be read or
+/// parsed.
+pub fn lint_unplanned(request: &BuildRequest) -> Vec<memobuild_dockerfile::lint::Warning> {
+    lint_request(request)
+        .map(|r| r.warnings)
+        .unwrap_or_default()
+}
+
 fn plan_as_reader(
     engine: &Engine,
     request: &BuildRequest,
@@ -630,9 +677,11 @@ fn plan_as_reader(
         aliases: &aliases,
     };
     let ignore = read_ignore(request, &df_path)?;
+    let lint =
+        memobuild_plan::lint::lint(&text, &df, &request.target, &request.build_args, &ignore);
     let index = ContextIndex::view(tree, context, ignore);
     memobuild_context::access::check_readable(&index).map_err(access_error)?;
-    graph::plan(&graph::PlanInput {
+    let mut plan = graph::plan(&graph::PlanInput {
         dockerfile: &df,
         target: &request.target,
         build_args: &request.build_args,
@@ -646,7 +695,9 @@ fn plan_as_reader(
         stage_contents: &StoreContents(&engine.store),
         urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
     })
-    .map_err(dockerfile_error)
+    .map_err(dockerfile_error)?;
+    plan.lint = lint.warnings;
+    Ok(plan)
 }
 
 /// The build-wide RUN options as one canonical text, a key input of every RUN
@@ -732,7 +783,10 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
         tokio::task::spawn_blocking(
             move || match make_plan(&e, &request, &tree, focus.as_ref()) {
                 Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
-                Err(err) => e.projects.set_dirty(&project, generation, Err(&err)),
+                Err(err) => {
+                    e.projects.set_lint(&project, &lint_unplanned(&request));
+                    e.projects.set_dirty(&project, generation, Err(&err))
+                }
             },
         )
         .await;

@@ -236,6 +236,8 @@ pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError
         shm_bytes: cx.request.shm_bytes,
         rlimits,
         insecure: op.insecure,
+        // An eager build runs at the lowest CPU weight (eager.rs).
+        low_priority: cx.log.eager,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     let printer = tokio::spawn(stream_output(rx, cx.log.clone(), cx.step));
