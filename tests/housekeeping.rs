@@ -335,7 +335,8 @@ fn daemon_status_and_stop() {
             "annotations",
             "build-contexts",
             "prune-until",
-            "local-cache"
+            "local-cache",
+            "check"
         ])
     );
 
