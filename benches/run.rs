@@ -63,7 +63,7 @@ use common::buildkit::{BkBuild, BkRun, Docker, Records};
 use common::daemon::{stop_processes_under, unmount_below, Daemon, MbRun};
 use common::report::{fmt, print_notes, print_side_by_side, tenths, Samples, SideRow, Table};
 use common::{timed, wanted, Bins, GenFile, SEED};
-use memobuild_engine::exec::fsview::{FsView, LayerCache};
+use memobuild_engine::{FsView, LayerCache};
 use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
 use memobuild_sandbox::{LayerInput, Network, OutputChunk, RunSpec, Sandbox, DEFAULT_PATH};
 use memobuild_store::{LayerRecord, Store};

@@ -326,7 +326,7 @@ pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
         forget_projects_after: parse_forget_after(s.forget_projects_after.as_deref())?,
         max_projects: s
             .max_projects
-            .unwrap_or(memobuild_engine::tidy::DEFAULT_MAX_PROJECTS),
+            .unwrap_or(memobuild_engine::DEFAULT_MAX_PROJECTS),
         file,
         flags: flags.clone(),
     })
@@ -414,7 +414,7 @@ pub fn parse_grace(text: Option<&str>) -> Result<std::time::Duration, ConfigErro
 /// `forget-projects-after`: seconds or a duration; 0 = never.
 fn parse_forget_after(text: Option<&str>) -> Result<std::time::Duration, ConfigError> {
     let Some(text) = text.map(str::trim) else {
-        return Ok(memobuild_engine::tidy::DEFAULT_FORGET_AFTER);
+        return Ok(memobuild_engine::DEFAULT_FORGET_AFTER);
     };
     if let Ok(secs) = text.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));

@@ -106,12 +106,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
 /// Per-build logs and the metrics listener (docs/OBSERVABILITY.md).
 async fn observe(engine: &Arc<Engine>, config: &Config) -> Result<(), DaemonError> {
     let (dir, keep) = (config.log_dir.join("builds"), config.build_logs_keep);
-    let logs = tokio::task::spawn_blocking(move || {
-        memobuild_engine::buildlogs::BuildLogs::open(&dir, keep)
-    })
-    .await
-    .map_err(|e| setup(e.to_string()))?
-    .map_err(|e| setup(e.to_string()))?;
+    let logs = tokio::task::spawn_blocking(move || memobuild_engine::BuildLogs::open(&dir, keep))
+        .await
+        .map_err(|e| setup(e.to_string()))?
+        .map_err(|e| setup(e.to_string()))?;
     engine.attach_build_logs(logs);
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {

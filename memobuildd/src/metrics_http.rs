@@ -10,7 +10,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use memobuild_engine::metrics::scrape;
+use memobuild_engine::scrape;
 use memobuild_engine::Engine;
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 /// Output lines stop being recorded once a build's file reaches this size
 /// (step events and the result are always recorded).
-pub const MAX_FILE_BYTES: u64 = 4 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 20;
 
 const SUFFIX: &str = ".jsonl";
 
@@ -77,14 +77,14 @@ pub struct BuildLogs {
 }
 
 /// Where one build's events go.
-pub struct Journal {
+pub(crate) struct Journal {
     build: BuildId,
     tx: Sender<Msg>,
 }
 
 impl Journal {
     /// Queues the event for the build's file (never blocks on the disk).
-    pub fn record(&self, event: &BuildEvent) {
+    pub(crate) fn record(&self, event: &BuildEvent) {
         let line = Line {
             at_ms: now_ms(),
             event: event.clone(),
@@ -97,7 +97,7 @@ impl Journal {
     }
 }
 
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
@@ -143,12 +143,12 @@ impl BuildLogs {
 
     /// The highest build id with a log: new ids must start above it, so an id
     /// never names two builds' logs.
-    pub fn last_id(&self) -> BuildId {
+    pub(crate) fn last_id(&self) -> BuildId {
         lock(&self.index).keys().next_back().copied().unwrap_or(0)
     }
 
     /// Starts the log of a build.
-    pub fn begin(&self, header: Header) -> Journal {
+    pub(crate) fn begin(&self, header: Header) -> Journal {
         let build = header.build;
         lock(&self.index).insert(build, header.clone());
         let tx = lock(&self.tx).clone();
@@ -162,7 +162,7 @@ impl BuildLogs {
     }
 
     /// The newest build whose header matches.
-    pub fn latest_where(&self, matches: impl Fn(&Header) -> bool) -> Option<BuildId> {
+    pub(crate) fn latest_where(&self, matches: impl Fn(&Header) -> bool) -> Option<BuildId> {
         lock(&self.index)
             .values()
             .rev()

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 const DOCKER_IMAGE: &str = "docker-image://";
 
 /// Normalized NAME -> REF as written (what is pulled), from the request.
-pub fn image_aliases(request: &BuildRequest) -> Result<BTreeMap<String, String>, RpcError> {
+pub(crate) fn image_aliases(request: &BuildRequest) -> Result<BTreeMap<String, String>, RpcError> {
     let mut out = BTreeMap::new();
     for (name, value) in &request.build_contexts {
         let Some(reference) = value.strip_prefix(DOCKER_IMAGE).filter(|r| !r.is_empty()) else {
@@ -26,7 +26,7 @@ pub fn image_aliases(request: &BuildRequest) -> Result<BTreeMap<String, String>,
 }
 
 /// An image source that answers for each alias with its image.
-pub struct Aliased<'a> {
+pub(crate) struct Aliased<'a> {
     pub inner: &'a dyn ImageSource,
     pub aliases: &'a BTreeMap<String, String>,
 }
@@ -42,7 +42,7 @@ impl ImageSource for Aliased<'_> {
 
 /// A build context named like a stage of the Dockerfile would replace that
 /// stage, which memobuild does not do: refused, with where the stage is.
-pub fn check_stage_names(
+pub(crate) fn check_stage_names(
     df: &memobuild_dockerfile::Dockerfile,
     request: &BuildRequest,
 ) -> Result<(), RpcError> {

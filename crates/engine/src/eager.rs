@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Eager builds running, by project.
 #[derive(Default)]
-pub struct EagerBuilds {
+pub(crate) struct EagerBuilds {
     running: Mutex<HashMap<String, BuildId>>,
     /// Explicit builds started and not yet ended.
     explicit: AtomicUsize,
@@ -24,10 +24,10 @@ pub struct EagerBuilds {
 
 /// An explicit build, from its start to its end: no eager build starts
 /// meanwhile, and when the last one ends the eager projects get theirs.
-pub struct Explicit(Arc<Engine>);
+pub(crate) struct Explicit(Arc<Engine>);
 
 impl Explicit {
-    pub fn begin(engine: &Arc<Engine>) -> Explicit {
+    pub(crate) fn begin(engine: &Arc<Engine>) -> Explicit {
         engine.eager.explicit.fetch_add(1, Ordering::SeqCst);
         Explicit(engine.clone())
     }

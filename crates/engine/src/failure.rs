@@ -10,7 +10,7 @@ use std::path::Path;
 
 /// What the step that failed a build left behind (noted in its build log).
 #[derive(Debug, Clone, Default)]
-pub struct FailedStep {
+pub(crate) struct FailedStep {
     pub step: usize,
     /// A RUN's exit code, when it exited non-zero.
     pub exit_code: Option<i32>,
@@ -20,7 +20,7 @@ pub struct FailedStep {
 
 /// `error` of a build of `dockerfile`, with the step that failed (if noted)
 /// among the build's `planned` steps.
-pub fn failure_info(
+pub(crate) fn failure_info(
     error: &RpcError,
     dockerfile: &Path,
     failed: Option<&FailedStep>,
@@ -56,7 +56,7 @@ pub fn failure_info(
 
 /// The steps of a failed build: the planned ones, each marked cached, failed
 /// or not built. `finished[i]`: step `i` came from the cache or ran.
-pub fn failed_build_steps(
+pub(crate) fn failed_build_steps(
     mut planned: Vec<StepSummary>,
     cached: &[bool],
     finished: &[bool],

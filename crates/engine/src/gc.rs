@@ -40,7 +40,7 @@ pub struct PruneReport {
 }
 
 /// What the blob store holds, by use (`max_storage` is the engine's to fill in).
-pub type Usage = memobuild_proto::DiskUsage;
+pub(crate) type Usage = memobuild_proto::DiskUsage;
 
 /// Digests every blob of the image `manifest` (manifest, config, layers); an
 /// unreadable manifest contributes only itself.
@@ -95,7 +95,7 @@ fn project_roots(
 /// Bytes on disk below `dir` as `du -sb` counts them: the apparent size of
 /// every entry (files, directories, symlinks), a file with several names
 /// once. Entries that vanish or cannot be read meanwhile are skipped.
-pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+pub(crate) fn dir_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut seen = HashSet::new();
     walkdir::WalkDir::new(dir)
@@ -108,12 +108,12 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
 }
 
 /// The private containerd's directory under the data dir.
-pub fn containerd_dir(store: &Store) -> std::path::PathBuf {
+pub(crate) fn containerd_dir(store: &Store) -> std::path::PathBuf {
     store.root().join("containerd")
 }
 
 /// What the blobs are used for, and what the data dir holds on disk.
-pub fn usage(store: &Store) -> Result<Usage, StoreError> {
+pub(crate) fn usage(store: &Store) -> Result<Usage, StoreError> {
     let (images, image_count) = image_roots(store)?;
     let mut cache = project_roots(store, |_| true)?;
     let steps = store.steps()?;
@@ -147,7 +147,7 @@ pub fn usage(store: &Store) -> Result<Usage, StoreError> {
 
 /// Removes cache entries (least recently used first) and unreferenced blobs.
 /// Blocking: call from a blocking thread.
-pub fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreError> {
+pub(crate) fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreError> {
     store.flush_last_used()?;
     // Held throughout: no build can look a step up (and pin it) meanwhile.
     let pins = store.pins();

@@ -11,7 +11,7 @@ fn err(e: impl std::fmt::Display) -> RpcError {
 }
 
 /// Names the image `spec` describes `name`, owned by `owner`.
-pub fn import(
+pub(crate) fn import(
     store: &Store,
     name: &str,
     spec: &ImportSpec,

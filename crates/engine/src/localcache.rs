@@ -12,7 +12,7 @@ use std::io::Read;
 
 /// The steps of the last stage and of the stages it is built on (by the
 /// `FROM` each step's stage starts with), as `mode=min` exports them.
-pub fn target_chain(steps: Vec<StepSummary>) -> Vec<StepSummary> {
+pub(crate) fn target_chain(steps: Vec<StepSummary>) -> Vec<StepSummary> {
     let mut stages = std::collections::BTreeSet::new();
     let mut at = steps.last().map(|s| s.stage.clone());
     while let Some(stage) = at.take() {
@@ -33,7 +33,10 @@ pub fn target_chain(steps: Vec<StepSummary>) -> Vec<StepSummary> {
 }
 
 /// Each step's stored result (steps no longer stored are left out).
-pub fn cache_steps(store: &Store, steps: &[StepSummary]) -> Result<Vec<CacheStep>, RpcError> {
+pub(crate) fn cache_steps(
+    store: &Store,
+    steps: &[StepSummary],
+) -> Result<Vec<CacheStep>, RpcError> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for s in steps {
@@ -68,7 +71,11 @@ fn refused(key: &str, why: String) -> RpcError {
 
 /// Records `steps` whose layer blobs are in the store; every layer must
 /// uncompress to its diff_id.
-pub fn import(store: &Store, steps: &[CacheStep], owner: Option<u32>) -> Result<u64, RpcError> {
+pub(crate) fn import(
+    store: &Store,
+    steps: &[CacheStep],
+    owner: Option<u32>,
+) -> Result<u64, RpcError> {
     let mut n = 0;
     for step in steps {
         let valid_key = step.key.len() == 64 && step.key.chars().all(|c| c.is_ascii_hexdigit());

@@ -15,14 +15,14 @@ use std::time::Duration;
 /// Cache tiers a step is looked up in, in order. `memory`: the no-op fast
 /// path, the whole build answered from the project's warm state; `local`:
 /// the step cache in the store; `remote`: a registry cache (not yet).
-pub const TIERS: [&str; 3] = ["memory", "local", "remote"];
+pub(crate) const TIERS: [&str; 3] = ["memory", "local", "remote"];
 
 /// Build results, as the `result` label.
-pub const RESULTS: [&str; 3] = ["success", "failed", "cancelled"];
+pub(crate) const RESULTS: [&str; 3] = ["success", "failed", "cancelled"];
 
 /// How `-o` exports read blobs, as the `via` label: `fd` (handed over as
 /// file descriptors), `rpc` (read through `read_blob` chunks).
-pub const EXPORT_VIAS: [&str; 2] = ["fd", "rpc"];
+pub(crate) const EXPORT_VIAS: [&str; 2] = ["fd", "rpc"];
 
 /// Step durations: from a cache lookup (sub-millisecond) to long RUN steps.
 const STEP_BUCKETS: [f64; 14] = [
@@ -34,7 +34,7 @@ const STEP_BUCKETS: [f64; 14] = [
 pub struct MetricsError(#[from] prometheus::Error);
 
 /// Every metric the daemon exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     builds: IntCounterVec,
     builds_running: IntGauge,
@@ -58,7 +58,7 @@ pub struct Metrics {
 
 /// Values read from the engine at scrape time.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub hashed_bytes: u64,
     pub watch_events: u64,
     pub watch_rescans: u64,
@@ -67,7 +67,7 @@ pub struct Sample {
 }
 
 /// Decrements the running-builds gauge when the build ends, however it ends.
-pub struct Running(IntGauge);
+pub(crate) struct Running(IntGauge);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -76,7 +76,7 @@ impl Drop for Running {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Metrics, MetricsError> {
+    pub(crate) fn new() -> Result<Metrics, MetricsError> {
         let registry = Registry::new();
         let m = Metrics {
             builds: IntCounterVec::new(
@@ -178,19 +178,19 @@ impl Metrics {
     }
 
     /// A build started; it counts as running until the guard drops.
-    pub fn build_running(&self) -> Running {
+    pub(crate) fn build_running(&self) -> Running {
         self.builds_running.inc();
         Running(self.builds_running.clone())
     }
 
     /// A build ended with `result` (one of [`RESULTS`]).
-    pub fn build_ended(&self, result: &str) {
+    pub(crate) fn build_ended(&self, result: &str) {
         self.builds.with_label_values(&[result]).inc();
     }
 
     /// A step ended: `display` is the instruction as written (its keyword
     /// becomes the label), `cached` whether the cache answered it.
-    pub fn step(&self, display: &str, cached: bool, took: Duration) {
+    pub(crate) fn step(&self, display: &str, cached: bool, took: Duration) {
         let outcome = if cached { "cached" } else { "executed" };
         self.step_seconds
             .with_label_values(&[&instruction_kind(display), outcome])
@@ -199,14 +199,14 @@ impl Metrics {
 
     /// Step results made ready for RUN: `written` whole, written as a `delta`,
     /// or layers `unpacked`.
-    pub fn snapshots(&self, how: &str, count: u64) {
+    pub(crate) fn snapshots(&self, how: &str, count: u64) {
         if count > 0 {
             self.step_snapshots.with_label_values(&[how]).inc_by(count);
         }
     }
 
     /// A lookup in a cache tier (one of [`TIERS`]) for `steps` steps.
-    pub fn cache(&self, tier: &str, hit: bool, steps: u64) {
+    pub(crate) fn cache(&self, tier: &str, hit: bool, steps: u64) {
         let counter = if hit {
             &self.cache_hits
         } else {
@@ -216,12 +216,12 @@ impl Metrics {
     }
 
     /// `blobs` blobs went to an exporting client `via` one of [`EXPORT_VIAS`].
-    pub fn export_blobs(&self, via: &str, blobs: u64) {
+    pub(crate) fn export_blobs(&self, via: &str, blobs: u64) {
         self.export_blobs.with_label_values(&[via]).inc_by(blobs);
     }
 
     /// The text exposition format, with the scrape-time values applied.
-    pub fn render(&self, sample: Sample) -> Result<String, MetricsError> {
+    pub(crate) fn render(&self, sample: Sample) -> Result<String, MetricsError> {
         let _one = self.scrape.lock();
         advance(&self.hashed_bytes, sample.hashed_bytes);
         advance(&self.watch_events, sample.watch_events);
@@ -244,7 +244,7 @@ fn advance(counter: &IntCounter, total: u64) {
 }
 
 /// The instruction keyword of a step as written, upper-cased: `COPY`, `RUN`...
-pub fn instruction_kind(display: &str) -> String {
+pub(crate) fn instruction_kind(display: &str) -> String {
     let word = display.split_whitespace().next().unwrap_or("");
     // Keywords are letters; anything else is not a label value worth a series.
     if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphabetic()) {

@@ -24,7 +24,7 @@ impl Caller {
     };
 
     /// Whether the caller may remove or change something owned by `owner`.
-    pub fn may_change(&self, owner: Option<u32>) -> bool {
+    pub(crate) fn may_change(&self, owner: Option<u32>) -> bool {
         self.admin || owner == Some(self.uid)
     }
 
@@ -62,7 +62,7 @@ fn user_label(uid: u32) -> String {
 /// The uid that owns what a build makes: the one the daemon set from the
 /// peer credentials, else (a background re-build of a project) the user the
 /// project reads as; `None` for root's projects rebuilt in the background.
-pub fn owner_of(request: &BuildRequest) -> Option<u32> {
+pub(crate) fn owner_of(request: &BuildRequest) -> Option<u32> {
     request
         .owner
         .or_else(|| request.read_as.as_ref().map(|r| r.uid))

@@ -26,7 +26,7 @@ const MAX_WHY: usize = 20;
 
 /// What identifies a project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProjectKey {
+pub(crate) struct ProjectKey {
     pub context: PathBuf,
     pub dockerfile: PathBuf,
     pub target: String,
@@ -40,7 +40,7 @@ pub struct ProjectKey {
 
 /// The Dockerfile of a build without `-f`: `CONTEXT/Dockerfile`, else
 /// `CONTEXT/dockerfile` when only that exists (BuildKit's dockerui).
-pub fn default_dockerfile(context: &Path) -> PathBuf {
+pub(crate) fn default_dockerfile(context: &Path) -> PathBuf {
     let upper = context.join("Dockerfile");
     let lower = context.join("dockerfile");
     if std::fs::symlink_metadata(&upper).is_err() && std::fs::symlink_metadata(&lower).is_ok() {
@@ -51,7 +51,7 @@ pub fn default_dockerfile(context: &Path) -> PathBuf {
 }
 
 impl ProjectKey {
-    pub fn of(request: &BuildRequest) -> ProjectKey {
+    pub(crate) fn of(request: &BuildRequest) -> ProjectKey {
         let context = PathBuf::from(&request.context);
         let dockerfile = normalize(&match request.dockerfile.as_str() {
             "" => default_dockerfile(&context),
@@ -68,7 +68,7 @@ impl ProjectKey {
     }
 
     /// Short stable id: BLAKE3 of the key's fields.
-    pub fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         let mut k = memobuild_plan::key::KeyHasher::new("project");
         k.str(&self.context.display().to_string())
             .str(&self.dockerfile.display().to_string())
@@ -86,7 +86,7 @@ impl ProjectKey {
 
 /// One step of a finished build, as remembered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepSummary {
+pub(crate) struct StepSummary {
     pub key: String,
     pub stage: String,
     pub instruction: String,
@@ -105,7 +105,7 @@ pub struct StepSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildSummary {
+pub(crate) struct BuildSummary {
     pub ok: bool,
     pub finished_at: i64,
     pub millis: u64,
@@ -129,7 +129,7 @@ pub struct BuildSummary {
 }
 
 impl BuildSummary {
-    pub fn from_plan(plan: &Plan, cached: &[bool]) -> Vec<StepSummary> {
+    pub(crate) fn from_plan(plan: &Plan, cached: &[bool]) -> Vec<StepSummary> {
         plan.steps
             .iter()
             .map(|s| StepSummary {
@@ -149,7 +149,7 @@ impl BuildSummary {
 
 /// A planned stage's base as progress shows it: `FROM scratch`, `FROM NAME`
 /// of the image (as normalized for the image store) or of the earlier stage.
-pub fn stage_from(plan: &Plan, stage: usize) -> String {
+pub(crate) fn stage_from(plan: &Plan, stage: usize) -> String {
     let Some(st) = plan.stages.get(stage) else {
         return String::new();
     };
@@ -211,7 +211,7 @@ struct Project {
     generation: u64,
 }
 
-pub struct Projects {
+pub(crate) struct Projects {
     map: Mutex<HashMap<String, Project>>,
     changed: tokio::sync::Notify,
     /// Bumped with every project's generation and when one is forgotten
@@ -227,7 +227,7 @@ fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
 
 impl Projects {
     /// Loads persisted projects.
-    pub fn load(store: &Store) -> Projects {
+    pub(crate) fn load(store: &Store) -> Projects {
         let mut map = HashMap::new();
         match store.projects() {
             Ok(rows) => {
@@ -264,7 +264,7 @@ impl Projects {
     /// Projects to forget: those not built for `unused` (none when zero),
     /// then the least recently used beyond `max` (none when zero). A project
     /// whose build runs stays.
-    pub fn stale(&self, now: i64, unused: std::time::Duration, max: usize) -> Vec<String> {
+    pub(crate) fn stale(&self, now: i64, unused: std::time::Duration, max: usize) -> Vec<String> {
         let map = lock(&self.map);
         let mut idle: Vec<(&String, &Project)> =
             map.iter().filter(|(_, p)| p.building.is_none()).collect();
@@ -296,13 +296,13 @@ impl Projects {
     }
 
     /// The status generation (see [`Projects::wait_any`]).
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
     /// Waits until any project changes after status generation `after`, or
     /// `timeout` passes; returns the status generation then.
-    pub async fn wait_any(&self, after: u64, timeout: std::time::Duration) -> u64 {
+    pub(crate) async fn wait_any(&self, after: u64, timeout: std::time::Duration) -> u64 {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
@@ -317,7 +317,7 @@ impl Projects {
     }
 
     /// Registers (or finds) the project for a request; returns its id.
-    pub fn register(&self, key: ProjectKey, root: &Path) -> String {
+    pub(crate) fn register(&self, key: ProjectKey, root: &Path) -> String {
         let id = key.id();
         let mut map = lock(&self.map);
         let p = map.entry(id.clone()).or_insert_with(|| {
@@ -335,7 +335,7 @@ impl Projects {
     }
 
     /// Opts project `id` in or out of eager builds (persisted).
-    pub fn set_eager(&self, store: &Store, id: &str, on: bool) {
+    pub(crate) fn set_eager(&self, store: &Store, id: &str, on: bool) {
         let record = {
             let mut map = lock(&self.map);
             let Some(p) = map.get_mut(id) else { return };
@@ -347,7 +347,7 @@ impl Projects {
     }
 
     /// Projects opted in to eager builds.
-    pub fn eager_projects(&self) -> Vec<String> {
+    pub(crate) fn eager_projects(&self) -> Vec<String> {
         lock(&self.map)
             .iter()
             .filter(|(_, p)| p.record.eager)
@@ -357,7 +357,7 @@ impl Projects {
 
     /// A build of `id` ended without a result worth keeping (an eager build
     /// cancelled): the last build stays the baseline.
-    pub fn build_abandoned(&self, id: &str) {
+    pub(crate) fn build_abandoned(&self, id: &str) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             p.building = None;
             p.planned = None;
@@ -367,7 +367,7 @@ impl Projects {
 
     /// Project `id` opted in to eager builds, is dirty (and plannable), and
     /// no build of it runs.
-    pub fn wants_eager_build(&self, id: &str) -> bool {
+    pub(crate) fn wants_eager_build(&self, id: &str) -> bool {
         lock(&self.map).get(id).is_some_and(|p| {
             p.record.eager
                 && p.building.is_none()
@@ -378,12 +378,12 @@ impl Projects {
     }
 
     /// The request that re-plans project `id` (for dirty tracking).
-    pub fn request(&self, id: &str) -> Option<BuildRequest> {
+    pub(crate) fn request(&self, id: &str) -> Option<BuildRequest> {
         lock(&self.map).get(id).map(|p| request_of(&p.record.key))
     }
 
     /// A build of project `id` planned `plan`: `status` shows its steps.
-    pub fn build_planned(&self, id: &str, plan: &Plan) {
+    pub(crate) fn build_planned(&self, id: &str, plan: &Plan) {
         let steps = BuildSummary::from_plan(plan, &[]);
         let lint = lint_warnings(&plan.lint);
         if let Some(p) = lock(&self.map).get_mut(id) {
@@ -395,20 +395,20 @@ impl Projects {
 
     /// The lint warnings of a Dockerfile that cannot be planned (a plan
     /// brings its own).
-    pub fn set_lint(&self, id: &str, warnings: &[memobuild_dockerfile::lint::Warning]) {
+    pub(crate) fn set_lint(&self, id: &str, warnings: &[memobuild_dockerfile::lint::Warning]) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             p.lint = lint_warnings(warnings);
         }
     }
 
     /// The steps the running build of `id` planned, if it got that far.
-    pub fn planned_steps(&self, id: &str) -> Option<Vec<StepSummary>> {
+    pub(crate) fn planned_steps(&self, id: &str) -> Option<Vec<StepSummary>> {
         lock(&self.map).get(id).and_then(|p| p.planned.clone())
     }
 
     /// The last successful build, if nothing it depends on changed since: the
     /// tree is still at the generation it was clean at.
-    pub fn clean_result(&self, id: &str, generation: u64) -> Option<BuildSummary> {
+    pub(crate) fn clean_result(&self, id: &str, generation: u64) -> Option<BuildSummary> {
         let map = lock(&self.map);
         let p = map.get(id)?;
         let last = p.record.last.as_ref()?;
@@ -416,7 +416,7 @@ impl Projects {
             .then(|| last.clone())
     }
 
-    pub fn build_started(&self, id: &str) {
+    pub(crate) fn build_started(&self, id: &str) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             p.building = Some(BTreeMap::new());
             p.started_ms.clear();
@@ -426,7 +426,7 @@ impl Projects {
         }
     }
 
-    pub fn step_state(&self, id: &str, step: usize, state: StepState) {
+    pub(crate) fn step_state(&self, id: &str, step: usize, state: StepState) {
         if let Some(p) = lock(&self.map).get_mut(id) {
             if let Some(b) = p.building.as_mut() {
                 let building = state == StepState::Building;
@@ -440,7 +440,13 @@ impl Projects {
     }
 
     /// Records a finished build; `generation` is the tree generation it read.
-    pub fn build_finished(&self, store: &Store, id: &str, summary: BuildSummary, generation: u64) {
+    pub(crate) fn build_finished(
+        &self,
+        store: &Store,
+        id: &str,
+        summary: BuildSummary,
+        generation: u64,
+    ) {
         let record = {
             let mut map = lock(&self.map);
             let Some(p) = map.get_mut(id) else { return };
@@ -462,7 +468,11 @@ impl Projects {
     }
 
     /// Notes changed tree paths; returns the projects (id, request) to re-plan.
-    pub fn paths_changed(&self, root: &Path, paths: &[String]) -> Vec<(String, BuildRequest)> {
+    pub(crate) fn paths_changed(
+        &self,
+        root: &Path,
+        paths: &[String],
+    ) -> Vec<(String, BuildRequest)> {
         let mut out = Vec::new();
         let mut map = lock(&self.map);
         for (id, p) in map.iter_mut() {
@@ -506,7 +516,7 @@ impl Projects {
     /// for: those changed since its last build. `None` asks for a complete
     /// re-plan: nothing recorded (a restart), too many changes to list, or an
     /// ignore file changed (which changes what every step selects).
-    pub fn focus(&self, id: &str) -> Option<BTreeSet<String>> {
+    pub(crate) fn focus(&self, id: &str) -> Option<BTreeSet<String>> {
         let map = lock(&self.map);
         let changed = &map.get(id)?.changed;
         let complete = changed.is_empty()
@@ -516,7 +526,7 @@ impl Projects {
     }
 
     /// Stores the result of re-planning a project against the current tree.
-    pub fn set_dirty(
+    pub(crate) fn set_dirty(
         &self,
         id: &str,
         generation: u64,
@@ -563,7 +573,7 @@ impl Projects {
     }
 
     /// Waits until some project changes after `generation` (or a timeout).
-    pub async fn wait_change(
+    pub(crate) async fn wait_change(
         &self,
         id: &str,
         generation: u64,
@@ -584,14 +594,14 @@ impl Projects {
 
     /// The uid owning project `id`: the user its context is read as
     /// (`None`: root's, an admin's to act on). `None` if there is no such project.
-    pub fn owner(&self, id: &str) -> Option<Option<u32>> {
+    pub(crate) fn owner(&self, id: &str) -> Option<Option<u32>> {
         let map = lock(&self.map);
         let p = map.get(id)?;
         Some(p.record.key.read_as.as_ref().map(|r| r.uid))
     }
 
     /// Ids matching a filter: an id, an id prefix, or a context path.
-    pub fn matching(&self, filter: &str) -> Vec<String> {
+    pub(crate) fn matching(&self, filter: &str) -> Vec<String> {
         let map = lock(&self.map);
         let mut ids: Vec<String> = map
             .iter()
@@ -606,7 +616,7 @@ impl Projects {
         ids
     }
 
-    pub fn status(&self, ids: &[String]) -> Vec<ProjectStatus> {
+    pub(crate) fn status(&self, ids: &[String]) -> Vec<ProjectStatus> {
         let map = lock(&self.map);
         ids.iter()
             .filter_map(|id| map.get(id).map(|p| p.status(id)))
@@ -614,12 +624,12 @@ impl Projects {
     }
 
     /// The steps of project `id`'s last build, if it was built.
-    pub fn last_steps(&self, id: &str) -> Option<Vec<StepSummary>> {
+    pub(crate) fn last_steps(&self, id: &str) -> Option<Vec<StepSummary>> {
         let map = lock(&self.map);
         Some(map.get(id)?.record.last.as_ref()?.steps.clone())
     }
 
-    pub fn explain(&self, id: &str) -> Option<Explanation> {
+    pub(crate) fn explain(&self, id: &str) -> Option<Explanation> {
         let map = lock(&self.map);
         let p = map.get(id)?;
         let last = p.record.last.as_ref()?;
@@ -681,7 +691,7 @@ impl Projects {
     }
 
     /// Forgets projects; returns (ids, tree roots no project uses any more).
-    pub fn forget(&self, store: &Store, ids: &[String]) -> Vec<PathBuf> {
+    pub(crate) fn forget(&self, store: &Store, ids: &[String]) -> Vec<PathBuf> {
         let mut map = lock(&self.map);
         let mut roots = Vec::new();
         for id in ids {
@@ -699,7 +709,7 @@ impl Projects {
     }
 
     /// Contexts of all projects (to start watching them again after a restart).
-    pub fn contexts(&self) -> Vec<PathBuf> {
+    pub(crate) fn contexts(&self) -> Vec<PathBuf> {
         lock(&self.map)
             .values()
             .map(|p| p.record.key.context.clone())
@@ -707,7 +717,7 @@ impl Projects {
     }
 
     /// Records the watched root of every project with this context; returns them.
-    pub fn set_root(&self, context: &Path, root: &Path) -> Vec<(String, BuildRequest)> {
+    pub(crate) fn set_root(&self, context: &Path, root: &Path) -> Vec<(String, BuildRequest)> {
         let mut out = Vec::new();
         for (id, p) in lock(&self.map).iter_mut() {
             if p.record.key.context == context {
@@ -718,7 +728,7 @@ impl Projects {
         out
     }
 
-    pub fn running(&self) -> u64 {
+    pub(crate) fn running(&self) -> u64 {
         lock(&self.map)
             .values()
             .filter(|p| p.building.is_some())
@@ -738,7 +748,7 @@ fn persist(store: &Store, id: &str, record: &Record) {
 }
 
 /// The request that rebuilds a project (for re-planning).
-pub fn request_of(key: &ProjectKey) -> BuildRequest {
+pub(crate) fn request_of(key: &ProjectKey) -> BuildRequest {
     BuildRequest {
         context: key.context.display().to_string(),
         dockerfile: key.dockerfile.display().to_string(),
@@ -908,7 +918,7 @@ fn now_ms() -> i64 {
 }
 
 /// The first line of a message (single-line fields of the JSON schema).
-pub fn first_line(text: &str) -> String {
+pub(crate) fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").trim_end().to_string()
 }
 
@@ -927,7 +937,7 @@ fn dirty_steps(old: &[StepSummary], new: &[StepSummary]) -> BTreeMap<usize, Vec<
 }
 
 /// Names the inputs that differ between a step's earlier and current version.
-pub fn why_differs(
+pub(crate) fn why_differs(
     old: Option<&StepSummary>,
     new: &StepSummary,
     parent_changed: bool,

@@ -15,10 +15,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// Progress lines for the user (they also go to the daemon's log).
-pub type Note<'a> = &'a (dyn Fn(String) + Send + Sync);
+pub(crate) type Note<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 /// A build's registry work.
-pub struct BuildRegistry {
+pub(crate) struct BuildRegistry {
     session: Session,
     /// FROM names of the needed stages (their repositories are mount sources).
     bases: Vec<String>,
@@ -37,7 +37,7 @@ struct Wanted {
 
 impl BuildRegistry {
     /// Before planning: pulls what `request.pull` asks for and reads the remote caches.
-    pub async fn prepare(
+    pub(crate) async fn prepare(
         store: &Arc<Store>,
         settings: &RegistrySettings,
         request: &BuildRequest,
@@ -133,13 +133,13 @@ impl BuildRegistry {
     }
 
     /// Fast-path builds skip planning; exporting a cache needs the plan.
-    pub fn needs_plan(&self) -> bool {
+    pub(crate) fn needs_plan(&self) -> bool {
         !self.exports.is_empty()
     }
 
     /// After planning: records every planned step the local store lacks and a
     /// remote cache has, so the build finds it as a cache hit.
-    pub async fn import_steps(
+    pub(crate) async fn import_steps(
         &self,
         store: &Arc<Store>,
         plan: &Plan,
@@ -179,7 +179,7 @@ impl BuildRegistry {
 
     /// During the build: records step `key` (a pending step's, resolved) if a
     /// remote cache has it; true if it did.
-    pub async fn import_key(&self, store: &Arc<Store>, key: &str, note: Note<'_>) -> bool {
+    pub(crate) async fn import_key(&self, store: &Arc<Store>, key: &str, note: Note<'_>) -> bool {
         let imported = self.import_one(store, key, note).await;
         if imported {
             note("1 step came from the registry cache".to_string());
@@ -212,7 +212,7 @@ impl BuildRegistry {
 
     /// After a successful build: pushes the image (failures fail the build) and
     /// writes the remote caches (failures are warnings).
-    pub async fn finish(
+    pub(crate) async fn finish(
         &self,
         store: &Arc<Store>,
         plan: Option<&Plan>,

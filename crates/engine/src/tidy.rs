@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_PROJECTS: usize = 200;
 
 /// The limits, settable at run time (SIGHUP).
 #[derive(Debug)]
-pub struct ProjectLimits {
+pub(crate) struct ProjectLimits {
     /// Seconds; 0 = never forget for age.
     forget_after: AtomicU64,
     /// 0 = no cap.
@@ -62,7 +62,7 @@ impl Engine {
 
     /// Forgets the projects the limits leave out, and watches no project
     /// needs any more; returns their ids.
-    pub fn tidy_projects(&self) -> Vec<String> {
+    pub(crate) fn tidy_projects(&self) -> Vec<String> {
         let (after, max) = self.project_limits().get();
         let ids = self.projects.stale(memobuild_store::now_secs(), after, max);
         if ids.is_empty() {
@@ -78,7 +78,7 @@ impl Engine {
 
 /// Applies the limits now and then: a quarter of `forget-projects-after`,
 /// between a second and ten minutes.
-pub async fn tidy_loop(engine: Weak<Engine>) {
+pub(crate) async fn tidy_loop(engine: Weak<Engine>) {
     loop {
         let Some(e) = engine.upgrade() else { return };
         let limits = e.project_limits.clone();
@@ -95,6 +95,6 @@ pub async fn tidy_loop(engine: Weak<Engine>) {
 }
 
 /// Starts [`tidy_loop`].
-pub fn spawn(engine: &Arc<Engine>) {
+pub(crate) fn spawn(engine: &Arc<Engine>) {
     tokio::spawn(tidy_loop(Arc::downgrade(engine)));
 }

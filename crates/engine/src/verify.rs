@@ -16,7 +16,7 @@ pub struct VerifyReport {
 }
 
 /// Hashes every blob and checks every record. Blocking; reads the whole store.
-pub fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
+pub(crate) fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let mut bad_blobs = std::collections::HashMap::new();
     for blob in store.blobs.list()? {

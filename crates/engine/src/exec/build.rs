@@ -64,7 +64,7 @@ fn check_context_dir(request: &BuildRequest) -> Result<(), RpcError> {
 /// Builds whose context changes under them start over this many times at most.
 const MAX_ATTEMPTS: u32 = 5;
 
-pub struct Done {
+pub(super) struct Done {
     pub manifest_digest: String,
     pub config_digest: String,
     pub tags: Vec<String>,
@@ -137,7 +137,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RpcError::new(format!("internal error: build task failed: {e}")))?
 }
 
-pub async fn run(
+pub(super) async fn run(
     engine: &Arc<Engine>,
     id: BuildId,
     request: &BuildRequest,
@@ -590,7 +590,7 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
 /// Plans a build against a snapshot of the context's tree.
 /// Plans `request` against `tree`; with `focus`, only to tell which steps are
 /// dirty (see [`graph::PlanInput::focus`]).
-pub fn make_plan(
+pub(super) fn make_plan(
     engine: &Engine,
     request: &BuildRequest,
     tree: &Tree,
@@ -606,7 +606,7 @@ pub fn make_plan(
 
 /// BuildKit's lint rules on `request`'s Dockerfile (`build --call=check`),
 /// read with the requesting user's rights; nothing is planned.
-pub fn lint_request(
+pub(super) fn lint_request(
     request: &BuildRequest,
 ) -> Result<memobuild_dockerfile::lint::Report, RpcError> {
     reading_as(reader_of(request), || {
@@ -645,7 +645,7 @@ impl Engine {
 /// The lint warnings of `request`'s Dockerfile when it cannot be planned
 /// (a plan carries its own, [`Plan::lint`]): empty if it cannot be read or
 /// parsed.
-pub fn lint_unplanned(request: &BuildRequest) -> Vec<memobuild_dockerfile::lint::Warning> {
+pub(super) fn lint_unplanned(request: &BuildRequest) -> Vec<memobuild_dockerfile::lint::Warning> {
     lint_request(request)
         .map(|r| r.warnings)
         .unwrap_or_default()
@@ -702,7 +702,7 @@ fn plan_as_reader(
 
 /// The build-wide RUN options as one canonical text, a key input of every RUN
 /// (docs/CACHE.md); empty when none is set.
-pub fn run_options(request: &BuildRequest) -> String {
+pub(super) fn run_options(request: &BuildRequest) -> String {
     let mut parts = Vec::new();
     if !matches!(request.network.as_str(), "" | "default") {
         parts.push(format!("network={}", request.network));
@@ -744,7 +744,7 @@ fn options_digest(request: &BuildRequest) -> String {
 
 /// Keeps every project's dirty set current: re-plans the projects a change
 /// touches against the (already updated) tree and compares the step keys.
-pub async fn track_dirty(
+pub(super) async fn track_dirty(
     engine: std::sync::Weak<Engine>,
     mut changes: tokio::sync::broadcast::Receiver<memobuild_context::watch::Change>,
 ) {
@@ -797,7 +797,7 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
 
 /// After a restart: watch the contexts of known projects again, and compare
 /// them with their last builds (files may have changed while no daemon watched).
-pub async fn resume_watching(engine: Arc<Engine>) {
+pub(super) async fn resume_watching(engine: Arc<Engine>) {
     for context in engine.projects.contexts() {
         if !context.is_dir() {
             continue;

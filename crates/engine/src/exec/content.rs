@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ContentError {
+pub(super) enum ContentError {
     #[error("reading the stage's layers: {0}")]
     Layers(#[from] OciError),
     #[error("the step cache: {0}")]
@@ -28,7 +28,7 @@ pub enum ContentError {
 /// The content digest of `paths` in the result (`layers`) of the stage whose
 /// key is `stage_key`: remembered, or computed and remembered. `glob`: the
 /// paths are COPY sources (wildcards match); else a bind mount's source.
-pub fn stage_content(
+pub(super) fn stage_content(
     engine: &Engine,
     stage_key: &str,
     layers: &[LayerRecord],

@@ -16,7 +16,7 @@ use std::io::Read;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CopyError {
+pub(crate) enum CopyError {
     #[error("{0}")]
     User(#[from] users::UserError),
     #[error(transparent)]
@@ -140,7 +140,7 @@ impl Builder<'_> {
 }
 
 /// `WORKDIR path`: the directory and its missing parents, owned by the stage's user.
-pub fn workdir(
+pub(crate) fn workdir(
     path: &str,
     user: Option<&str>,
     view: &FsView,
@@ -169,7 +169,7 @@ pub fn workdir(
 }
 
 /// What a COPY/ADD step adds. `source_view` is the `--from` stage's filesystem.
-pub fn copy(
+pub(crate) fn copy(
     op: &CopyOp,
     view: &FsView,
     source_view: Option<&FsView>,

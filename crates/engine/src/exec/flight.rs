@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 /// Clients long-poll every few seconds (`LONG_POLL`); this many seconds of
 /// silence means every client is gone.
-pub const LEASE: Duration = Duration::from_secs(30);
+pub(crate) const LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
-pub struct Flights {
+pub(crate) struct Flights {
     inner: Mutex<Inner>,
 }
 
@@ -34,7 +34,7 @@ struct Flight {
 }
 
 /// What identifies identical requests: every field, secrets included.
-pub fn key_of(request: &BuildRequest) -> String {
+pub(crate) fn key_of(request: &BuildRequest) -> String {
     let bytes = serde_json::to_vec(request).unwrap_or_default();
     blake3::hash(&bytes).to_hex().to_string()
 }
@@ -45,7 +45,7 @@ impl Flights {
     }
 
     /// Joins the running build for `key`, if any (one more waiter).
-    pub fn join(&self, key: &str) -> Option<BuildId> {
+    pub(crate) fn join(&self, key: &str) -> Option<BuildId> {
         let mut inner = self.lock();
         let id = *inner.by_key.get(key)?;
         let flight = inner.builds.get_mut(&id)?;
@@ -55,7 +55,7 @@ impl Flights {
     }
 
     /// A new build with its first waiter.
-    pub fn insert(&self, key: String, id: BuildId) {
+    pub(crate) fn insert(&self, key: String, id: BuildId) {
         let mut inner = self.lock();
         inner.by_key.insert(key.clone(), id);
         inner.builds.insert(
@@ -69,7 +69,7 @@ impl Flights {
     }
 
     /// A client polled the build's events: its waiters are still there.
-    pub fn seen(&self, id: BuildId) {
+    pub(crate) fn seen(&self, id: BuildId) {
         if let Some(f) = self.lock().builds.get_mut(&id) {
             f.last_seen = Instant::now();
         }
@@ -77,7 +77,7 @@ impl Flights {
 
     /// A waiter leaves; true when it was the last one (cancel the build then).
     /// Unknown (finished) builds: true, cancelling them is harmless.
-    pub fn leave(&self, id: BuildId) -> bool {
+    pub(crate) fn leave(&self, id: BuildId) -> bool {
         let mut inner = self.lock();
         match inner.builds.get_mut(&id) {
             Some(f) => {
@@ -88,13 +88,8 @@ impl Flights {
         }
     }
 
-    /// Waiters of a running build (None once it ended).
-    pub fn waiters(&self, id: BuildId) -> Option<u32> {
-        self.lock().builds.get(&id).map(|f| f.waiters)
-    }
-
     /// The build ended: later identical requests start a new one.
-    pub fn finish(&self, id: BuildId) {
+    pub(crate) fn finish(&self, id: BuildId) {
         let mut inner = self.lock();
         if let Some(f) = inner.builds.remove(&id) {
             if inner.by_key.get(&f.key) == Some(&id) {
@@ -104,7 +99,7 @@ impl Flights {
     }
 
     /// The build waits in the queue (`Some(project)`) or no longer does.
-    pub fn set_queued(&self, id: BuildId, project: Option<String>) {
+    pub(crate) fn set_queued(&self, id: BuildId, project: Option<String>) {
         let mut inner = self.lock();
         match project {
             Some(p) => inner.queued.insert(id, p),
@@ -113,12 +108,12 @@ impl Flights {
     }
 
     /// Ids of projects with a build waiting in the queue.
-    pub fn queued_projects(&self) -> std::collections::HashSet<String> {
+    pub(crate) fn queued_projects(&self) -> std::collections::HashSet<String> {
         self.lock().queued.values().cloned().collect()
     }
 
     /// Builds nobody has polled within the lease.
-    pub fn abandoned(&self) -> Vec<BuildId> {
+    pub(crate) fn abandoned(&self) -> Vec<BuildId> {
         self.lock()
             .builds
             .iter()

@@ -58,7 +58,7 @@ impl LayerCache {
     /// Indexes the layer `digest` just written from `changes` (`file_sizes`:
     /// what the writer gave each regular file, in order), so the next step
     /// does not read its headers back (decompressing the whole layer).
-    pub fn remember(&self, digest: &str, changes: &ChangeSet, file_sizes: &[u64]) {
+    pub(crate) fn remember(&self, digest: &str, changes: &ChangeSet, file_sizes: &[u64]) {
         if let Some(index) = index_of_changes(changes, file_sizes) {
             self.layers
                 .lock()

@@ -3,17 +3,17 @@
 //! concurrently. Progress goes out as [`BuildEvent`]s that clients long-poll.
 
 mod content;
-pub mod copy;
-pub mod fsview;
-pub mod run;
+pub(crate) mod copy;
+pub(crate) mod fsview;
+pub(crate) mod run;
 mod runner;
 mod snapshots;
-pub mod users;
+pub(crate) mod users;
 
 mod build;
-pub mod flight;
+pub(crate) mod flight;
 mod ops;
-pub mod queue;
+pub(crate) mod queue;
 mod urls;
 
 pub use ops::DEFAULT_MAX_PARALLEL_BUILDS;
@@ -54,22 +54,22 @@ const MAX_FINISHED: usize = 100;
 
 /// The shared machinery every build uses.
 pub struct Engine {
-    pub store: Arc<Store>,
-    pub layers: LayerCache,
+    pub(crate) store: Arc<Store>,
+    pub(crate) layers: LayerCache,
     /// Writes step layers; remembers their gzip members so the next layer
     /// of an edited step reuses them (oci::layer).
-    pub layer_writer: memobuild_oci::LayerWriter,
+    pub(crate) layer_writer: memobuild_oci::LayerWriter,
     /// The last snapshot written for each step, for deltas.
     recent: snapshots::Recent,
-    pub hashes: HashCache,
-    pub merkle: memobuild_context::merkle::DirDigests,
-    pub watcher: Arc<Watcher>,
-    pub projects: Projects,
+    pub(crate) hashes: HashCache,
+    pub(crate) merkle: memobuild_context::merkle::DirDigests,
+    pub(crate) watcher: Arc<Watcher>,
+    pub(crate) projects: Projects,
     /// Reloadable on SIGHUP (the limits and network default; see
     /// [`Engine::set_run_settings`]), hence behind a lock.
-    pub run_settings: parking_lot::RwLock<RunSettings>,
+    pub(crate) run_settings: parking_lot::RwLock<RunSettings>,
     /// Bounds the RUN steps running at once, across builds.
-    pub run_slots: tokio::sync::Semaphore,
+    pub(crate) run_slots: tokio::sync::Semaphore,
     sandbox: tokio::sync::Mutex<Option<SandboxHandle>>,
     /// Runs RUN steps instead of containerd (`Engine::with_runner`).
     custom_runner: Option<Arc<dyn Runner>>,
@@ -78,13 +78,13 @@ pub struct Engine {
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
     // Observability (docs/OBSERVABILITY.md).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     build_logs: std::sync::OnceLock<Arc<crate::buildlogs::BuildLogs>>,
     /// Finished builds still in `builds`, oldest first.
     finished: Mutex<VecDeque<(BuildId, std::time::Instant)>>,
     lifecycle: Lifecycle,
     // Disk GC, single flight and the build queue (exec/ops.rs).
-    pub queue: Arc<queue::Queue>,
+    pub(crate) queue: Arc<queue::Queue>,
     pub(crate) flights: flight::Flights,
     /// `max-storage` in bytes; 0 = no cap.
     max_storage: AtomicU64,
@@ -104,18 +104,18 @@ struct SandboxHandle {
 
 /// A build's events so far; clients read it from any cursor.
 #[derive(Default)]
-pub struct BuildLog {
+pub(crate) struct BuildLog {
     /// The build's id (0 for logs outside a daemon build).
-    pub id: BuildId,
+    pub(crate) id: BuildId,
     /// The project the build belongs to (`EventBatch::project`).
-    pub project: String,
+    pub(crate) project: String,
     /// A background build nobody asked for (eager.rs).
-    pub eager: bool,
+    pub(crate) eager: bool,
     /// Who asked for the build (`None`: the daemon itself, an eager build);
     /// its owner is [`crate::owner::owner_of`] the request.
-    pub caller: Option<crate::owner::Caller>,
+    pub(crate) caller: Option<crate::owner::Caller>,
     /// The uid owning the build: its events, log and cancel are its own.
-    pub owner: Option<u32>,
+    pub(crate) owner: Option<u32>,
     /// Where the events are persisted, when the daemon keeps build logs.
     journal: Option<crate::buildlogs::Journal>,
     pub(crate) events: Mutex<Vec<BuildEvent>>,
@@ -132,7 +132,12 @@ pub struct BuildLog {
 impl BuildLog {
     /// Notes that `step` failed the build (a later note of another step, which
     /// was only stopped because of this one, is ignored).
-    pub fn note_failed_step(&self, step: usize, exit_code: Option<i32>, output: Vec<String>) {
+    pub(crate) fn note_failed_step(
+        &self,
+        step: usize,
+        exit_code: Option<i32>,
+        output: Vec<String>,
+    ) {
         self.failed_step
             .lock()
             .get_or_insert(crate::failure::FailedStep {
@@ -142,24 +147,24 @@ impl BuildLog {
             });
     }
 
-    pub fn failed_step(&self) -> Option<crate::failure::FailedStep> {
+    pub(crate) fn failed_step(&self) -> Option<crate::failure::FailedStep> {
         self.failed_step.lock().clone()
     }
 
     /// Forgets a noted failure (a build starting over).
-    pub fn clear_failed_step(&self) {
+    pub(crate) fn clear_failed_step(&self) {
         *self.failed_step.lock() = None;
     }
 
-    pub fn set_failure(&self, failure: memobuild_proto::FailureInfo) {
+    pub(crate) fn set_failure(&self, failure: memobuild_proto::FailureInfo) {
         *self.failure.lock() = Some(failure);
     }
 
-    pub fn failure(&self) -> Option<memobuild_proto::FailureInfo> {
+    pub(crate) fn failure(&self) -> Option<memobuild_proto::FailureInfo> {
         self.failure.lock().clone()
     }
 
-    pub fn push(&self, event: BuildEvent) {
+    pub(crate) fn push(&self, event: BuildEvent) {
         let terminal = matches!(
             event,
             BuildEvent::Finished { .. } | BuildEvent::Failed { .. }
@@ -175,7 +180,7 @@ impl BuildLog {
     }
 
     /// Resolves once the build is cancelled.
-    pub async fn cancelled(&self) {
+    pub(crate) async fn cancelled(&self) {
         loop {
             let notified = self.cancel.notified();
             if self.cancelled.load(Ordering::SeqCst) {
@@ -368,7 +373,7 @@ impl Engine {
     }
 
     /// The lock of cache mount `name` (for sharing=locked and private).
-    pub fn cache_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn cache_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.cache_locks
             .lock()
             .entry(name.to_string())
@@ -402,12 +407,12 @@ impl Engine {
     }
 
     /// The per-build logs, when the daemon keeps them.
-    pub fn build_logs(&self) -> Option<&Arc<crate::buildlogs::BuildLogs>> {
+    pub(crate) fn build_logs(&self) -> Option<&Arc<crate::buildlogs::BuildLogs>> {
         self.build_logs.get()
     }
 
     /// Whether build `id` is running now (known and not finished).
-    pub fn is_running(&self, id: BuildId) -> bool {
+    pub(crate) fn is_running(&self, id: BuildId) -> bool {
         self.log(id)
             .is_ok_and(|log| !log.finished.load(Ordering::SeqCst))
     }
@@ -545,7 +550,7 @@ impl Engine {
     }
 
     /// Cancels a build whoever waits on it (daemon shutdown, expired lease).
-    pub fn abort_build(&self, id: BuildId) -> Result<(), RpcError> {
+    pub(crate) fn abort_build(&self, id: BuildId) -> Result<(), RpcError> {
         self.abort(&*self.log(id)?);
         Ok(())
     }

@@ -46,11 +46,6 @@ impl Engine {
         self.flights.queued_projects()
     }
 
-    /// Builds holding a slot (planning, running steps or assembling).
-    pub fn active_builds(&self) -> u64 {
-        self.queue.running() as u64
-    }
-
     /// Waits for a build slot, saying so in the build's progress; None when the
     /// build is cancelled while it waits.
     pub(super) async fn queue_for_slot(

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-pub struct Queue {
+pub(crate) struct Queue {
     limit: AtomicUsize,
     state: Mutex<State>,
     granted: tokio::sync::Notify,
@@ -17,7 +17,7 @@ pub struct Queue {
 
 /// Whose build asks for a slot: the user, then the project, share fairly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Who {
+pub(crate) struct Who {
     /// The uid that asked (`None`: the daemon's own background builds).
     pub user: Option<u32>,
     /// The project's context directory.
@@ -37,13 +37,13 @@ struct State {
 }
 
 /// A running build's slot; frees it on drop.
-pub struct Slot {
+pub(crate) struct Slot {
     queue: Arc<Queue>,
     owner: Who,
 }
 
 impl Queue {
-    pub fn new(limit: usize) -> Arc<Queue> {
+    pub(crate) fn new(limit: usize) -> Arc<Queue> {
         Arc::new(Queue {
             limit: AtomicUsize::new(limit.max(1)),
             state: Mutex::new(State::default()),
@@ -51,12 +51,12 @@ impl Queue {
         })
     }
 
-    pub fn set_limit(&self, limit: usize) {
+    pub(crate) fn set_limit(&self, limit: usize) {
         self.limit.store(limit.max(1), Ordering::SeqCst);
         self.grant(&mut self.lock());
     }
 
-    pub fn limit(&self) -> usize {
+    pub(crate) fn limit(&self) -> usize {
         self.limit.load(Ordering::SeqCst)
     }
 
@@ -65,18 +65,18 @@ impl Queue {
     }
 
     /// Builds holding a slot.
-    pub fn running(&self) -> usize {
+    pub(crate) fn running(&self) -> usize {
         self.lock().running
     }
 
     /// Builds waiting for a slot.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         let s = self.lock();
         s.waiting.len() + s.ready.len()
     }
 
     /// A slot at once if one is free and nobody waits; else `None` (then [`Queue::wait`]).
-    pub fn try_acquire(self: &Arc<Self>, owner: &Who) -> Option<Slot> {
+    pub(crate) fn try_acquire(self: &Arc<Self>, owner: &Who) -> Option<Slot> {
         let mut s = self.lock();
         if s.running < self.limit() && s.waiting.is_empty() && s.ready.is_empty() {
             take(&mut s, owner);
@@ -86,7 +86,7 @@ impl Queue {
     }
 
     /// Waits for a slot. Dropping the future gives up the place in the queue.
-    pub async fn wait(self: &Arc<Self>, owner: &Who) -> Slot {
+    pub(crate) async fn wait(self: &Arc<Self>, owner: &Who) -> Slot {
         let ticket = {
             let mut s = self.lock();
             s.next_ticket += 1;

@@ -42,7 +42,7 @@ pub struct RunSettings {
 }
 
 /// Everything one RUN needs from its build.
-pub struct RunContext<'a> {
+pub(crate) struct RunContext<'a> {
     pub engine: &'a Arc<Engine>,
     pub request: &'a BuildRequest,
     pub log: &'a Arc<BuildLog>,
@@ -118,7 +118,7 @@ fn entitled(
 /// Fails the build before any step runs (or is taken from the cache) if a
 /// RUN needs an entitlement the build or the daemon does not grant; the error
 /// points at the first such RUN.
-pub fn check_entitlements(
+pub(crate) fn check_entitlements(
     settings: &RunSettings,
     request: &BuildRequest,
     plan: &memobuild_plan::Plan,
@@ -148,7 +148,7 @@ pub fn check_entitlements(
 }
 
 /// Runs the step; returns its cache record (its layer, if it changed anything).
-pub async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError> {
+pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, RpcError> {
     let engine = cx.engine;
     let runner = engine.runner().await?;
     let _slot = engine

@@ -28,7 +28,7 @@ const RECENT_CAP: usize = 256;
 /// (the delta is computed from that result's own changes); the instruction
 /// just picks the one likely to be close.
 #[derive(Default)]
-pub struct Recent {
+pub(super) struct Recent {
     by_step: parking_lot::Mutex<HashMap<StepSlot, RecentResult>>,
 }
 

@@ -25,7 +25,7 @@ fn known() -> &'static Mutex<HashMap<String, Known>> {
 }
 
 /// Downloads into `dir`, for one plan.
-pub struct Downloads {
+pub(super) struct Downloads {
     pub dir: PathBuf,
     /// Reuse what was downloaded before without asking the server (dirty
     /// checks while watching); a URL never downloaded is still fetched.
@@ -35,7 +35,7 @@ pub struct Downloads {
 }
 
 impl Downloads {
-    pub fn new(dir: PathBuf, offline: bool) -> Downloads {
+    pub(super) fn new(dir: PathBuf, offline: bool) -> Downloads {
         Downloads {
             dir,
             offline,

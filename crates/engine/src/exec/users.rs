@@ -6,11 +6,11 @@ use memobuild_store::Store;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct UserError(pub String);
+pub(crate) struct UserError(pub String);
 
 /// uid and gid for `spec`. A numeric user without a group gets gid = uid (as
 /// BuildKit); a named user without a group gets its primary group.
-pub fn resolve(spec: &str, view: &FsView, store: &Store) -> Result<(u32, u32), UserError> {
+pub(crate) fn resolve(spec: &str, view: &FsView, store: &Store) -> Result<(u32, u32), UserError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -71,7 +71,7 @@ fn field_u32(entry: &[String], i: usize, name: &str) -> Result<u32, UserError> {
 /// Who a RUN step runs as, resolved as runc/libcontainer does for `USER`:
 /// uid, primary gid and supplementary groups (the primary one first).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecUser {
+pub(crate) struct ExecUser {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
@@ -79,7 +79,7 @@ pub struct ExecUser {
 
 impl ExecUser {
     /// uid 0, gid 0, no supplementary groups.
-    pub fn root() -> ExecUser {
+    pub(crate) fn root() -> ExecUser {
         ExecUser {
             uid: 0,
             gid: 0,
@@ -92,7 +92,7 @@ impl ExecUser {
 /// /etc/group lists root in (containerd's `WithAdditionalGIDs("root")`, the
 /// CVE-2023-25173 fix BuildKit has): `groups=0(root),10(wheel)` in busybox.
 /// An image without root in its /etc/passwd runs as 0:0 with no groups.
-pub fn default_exec(view: &FsView, store: &Store) -> Result<ExecUser, UserError> {
+pub(crate) fn default_exec(view: &FsView, store: &Store) -> Result<ExecUser, UserError> {
     let passwd = read(view, store, "etc/passwd")?;
     if find(&passwd, "root").is_none() {
         return Ok(ExecUser::root());
@@ -112,7 +112,11 @@ pub fn default_exec(view: &FsView, store: &Store) -> Result<ExecUser, UserError>
 /// group and supplementary groups from /etc/passwd and /etc/group when listed
 /// there (gid 0 otherwise); an image with no /etc/passwd at all only accepts
 /// `uid:gid` (BuildKit: "unable to find user").
-pub fn resolve_exec(spec: &str, view: &FsView, store: &Store) -> Result<ExecUser, UserError> {
+pub(crate) fn resolve_exec(
+    spec: &str,
+    view: &FsView,
+    store: &Store,
+) -> Result<ExecUser, UserError> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
