@@ -32,10 +32,9 @@ fn build_to(d: &Daemon, ctx: &Path, archive: &Path) -> BuildOutcome {
 /// Every entry name (raw bytes) of every layer of an `-o type=oci` archive.
 fn layer_names(archive: &Path) -> Vec<Vec<u8>> {
     let (index, blobs) = common::oci_archive(archive);
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &blobs[index["manifests"][0]["digest"].as_str().expect("manifest")],
-    )
-    .expect("manifest JSON");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blobs[index["manifests"][0]["digest"].as_str().expect("manifest")])
+            .expect("manifest JSON");
     let mut names = Vec::new();
     for layer in manifest["layers"].as_array().expect("layers") {
         let blob = &blobs[layer["digest"].as_str().expect("digest")];
@@ -49,7 +48,11 @@ fn layer_names(archive: &Path) -> Vec<Vec<u8>> {
 }
 
 fn assert_refused(out: &BuildOutcome, name: &str, line: usize) {
-    assert!(!out.success, "the build copied around {name}:\n{}", out.text());
+    assert!(
+        !out.success,
+        "the build copied around {name}:\n{}",
+        out.text()
+    );
     let error = out.error();
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
@@ -58,7 +61,8 @@ fn assert_refused(out: &BuildOutcome, name: &str, line: usize) {
     );
     assert!(message.contains(".dockerignore"), "{error:#}");
     assert!(
-        message.contains(&format!("Dockerfile:{line}:")) || error.to_string().contains(&format!("Dockerfile:{line}")),
+        message.contains(&format!("Dockerfile:{line}:"))
+            || error.to_string().contains(&format!("Dockerfile:{line}")),
         "no location in {error:#}"
     );
 }
@@ -78,23 +82,35 @@ fn copy_dot_refuses_a_name_that_is_not_utf8_never_drops_it() {
     std::fs::write(ctx.path().join(".dockerignore"), "caf*\n").expect("write");
     let built = build_to(&d, ctx.path(), &archive);
     assert!(built.success, "{}", built.text());
-    assert_eq!(oci_file(&archive, "/app/ok.txt").as_deref(), Some(&b"fine\n"[..]));
+    assert_eq!(
+        oci_file(&archive, "/app/ok.txt").as_deref(),
+        Some(&b"fine\n"[..])
+    );
     let names = layer_names(&archive);
     assert!(
         !names.iter().any(|n| n.starts_with(b"app/caf")),
         "{:?}",
-        names.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect::<Vec<_>>()
+        names
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect::<Vec<_>>()
     );
 
     // A COPY that does not select it is not affected.
     std::fs::remove_file(ctx.path().join(".dockerignore")).expect("rm");
-    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY ok.txt /app/\n")
-        .expect("write");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY ok.txt /app/\n",
+    )
+    .expect("write");
     let other = build_to(&d, ctx.path(), &archive);
     assert!(other.success, "{}", other.text());
     // A wildcard that matches it refuses too.
-    std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY ca* /app/\n")
-        .expect("write");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY ca* /app/\n",
+    )
+    .expect("write");
     assert_refused(&build_to(&d, ctx.path(), &archive), "caf\\xe9", 2);
 }
 

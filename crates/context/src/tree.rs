@@ -391,7 +391,11 @@ mod tests {
         fs::remove_dir_all(&bad_dir).unwrap();
         tree.refresh("sub", &mut changed).unwrap();
         assert_eq!(changed, ["sub/d\\xff"]);
-        fs::write(root.join("sub").join(std::ffi::OsStr::from_bytes(b"\x80x")), "4").unwrap();
+        fs::write(
+            root.join("sub").join(std::ffi::OsStr::from_bytes(b"\x80x")),
+            "4",
+        )
+        .unwrap();
         tree.refresh("sub", &mut changed).unwrap();
         assert_eq!(
             tree.entries.keys().cloned().collect::<Vec<_>>(),
@@ -402,7 +406,10 @@ mod tests {
             escape_name(std::ffi::OsStr::from_bytes(b"a\xc3\xa9\xe9b")),
             Err("a\u{e9}\\xe9b".to_string())
         );
-        assert_eq!(escape_name(std::ffi::OsStr::new("caf\u{e9}")), Ok("caf\u{e9}"));
+        assert_eq!(
+            escape_name(std::ffi::OsStr::new("caf\u{e9}")),
+            Ok("caf\u{e9}")
+        );
     }
 
     fn kind_of(tree: &Tree, path: &str) -> Option<crate::FileKind> {

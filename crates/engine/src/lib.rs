@@ -22,6 +22,7 @@ mod localcache;
 pub mod metrics;
 pub mod project;
 mod registry_hooks;
+pub mod secret_ids;
 pub mod tidy;
 pub mod verify;
 
