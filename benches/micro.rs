@@ -377,6 +377,7 @@ fn all_benches(c: &mut Criterion) {
                 run_options: "",
                 stage_contents: &memobuild_plan::NoStageContents,
                 urls: &memobuild_plan::NoUrls,
+                secrets: &no_args,
             })
             .unwrap()
         })
@@ -408,6 +409,7 @@ fn all_benches(c: &mut Criterion) {
                 run_options: "",
                 stage_contents: &memobuild_plan::NoStageContents,
                 urls: &memobuild_plan::NoUrls,
+                secrets: &no_args,
             })
             .unwrap()
         })

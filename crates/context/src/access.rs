@@ -73,6 +73,9 @@ fn walk(index: &ContextIndex, uid: u32) -> Result<(), AccessError> {
             FileKind::Symlink | FileKind::Socket => std::fs::symlink_metadata(&path),
             // Left out of builds: never opened.
             FileKind::Other => continue,
+            // Its name cannot be opened from here; a build that would copy it
+            // fails when planned (scan::FileKind::NotUtf8).
+            FileKind::NotUtf8 => continue,
         }
         .map_err(|e| fail(rel, e))?;
         if (found.dev(), found.ino()) != (meta.dev, meta.ino) {

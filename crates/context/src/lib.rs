@@ -17,7 +17,7 @@ pub mod tree;
 pub mod watch;
 
 pub use hash::HashCache;
-pub use scan::{ContextIndex, FileKind, FileMeta};
+pub use scan::{not_utf8_error, ContextIndex, FileKind, FileMeta};
 pub use select::{SelectError, Selected};
 pub use tree::Tree;
 pub use watch::Watcher;

@@ -153,6 +153,8 @@ impl Walk<'_> {
                 // An empty file once copied (see `FileKind::Socket`).
                 FileKind::Socket => records.push(name, b's', meta.mode, &[]),
                 FileKind::Other => {}
+                // Never left out silently: the build refuses (scan::FileKind).
+                FileKind::NotUtf8 => return Err(super::scan::not_utf8_error(path)),
             }
         }
         Ok(Node {

@@ -20,6 +20,24 @@ pub enum FileKind {
     Socket,
     /// Devices, FIFOs: left out of the context.
     Other,
+    /// An entry whose name is not UTF-8 (any type; a directory is not
+    /// walked). Paths here are UTF-8 strings, so its key in the tree is the
+    /// name with each byte that is not UTF-8 written `\xNN`
+    /// ([`crate::tree::escape_name`]). A build that would copy or hash it
+    /// fails with [`not_utf8_error`] rather than leave it out;
+    /// `.dockerignore` patterns match the escaped name.
+    NotUtf8,
+}
+
+/// The error for a context entry whose name is not UTF-8 (`path` escaped, as
+/// the tree keys it), naming it and what to do.
+pub fn not_utf8_error(path: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "\"{path}\": the file name is not UTF-8 (shown with \\xNN for the bytes that are not); memobuild cannot copy such names byte for byte yet and refuses rather than leave the file out: rename it to UTF-8 (e.g. `convmv -f latin1 -t utf-8 --notest -r .`) or add it to .dockerignore"
+        ),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -42,6 +42,32 @@ fn is_cookie(name: &str) -> bool {
     name.starts_with(COOKIE_PREFIX)
 }
 
+/// A directory entry's name as the tree keys it: the name itself when it is
+/// UTF-8 (`Ok`), else (`Err`) the name with each byte that is not UTF-8
+/// written `\xNN` (lowercase hex), for a [`super::FileKind::NotUtf8`] entry.
+pub fn escape_name(name: &std::ffi::OsStr) -> Result<&str, String> {
+    use std::os::unix::ffi::OsStrExt;
+    if let Some(name) = name.to_str() {
+        return Ok(name);
+    }
+    let mut out = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    Err(out)
+}
+
+/// The entry of a name that is not UTF-8: its stat, marked (never walked).
+fn not_utf8(meta: &fs::Metadata) -> FileMeta {
+    FileMeta {
+        kind: super::FileKind::NotUtf8,
+        ..FileMeta::from_metadata(meta, None)
+    }
+}
+
 fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() {
         name.to_string()
@@ -191,14 +217,28 @@ fn sync_listing(
     };
     for entry in read {
         let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(String::from) else {
-            continue;
+        let file_name = entry.file_name();
+        let (name, utf8) = match escape_name(&file_name) {
+            Ok(name) => (name.to_string(), true),
+            Err(escaped) => (escaped, false),
         };
         if is_cookie(&name) {
             continue;
         }
         let child = join(rel, &name);
         on_disk.insert(name);
+        if !utf8 {
+            if new_dir || !entries.contains_key(&child) {
+                let meta = match entry.metadata() {
+                    Ok(m) => not_utf8(&m),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                changed.push(child.clone());
+                entries.insert(child, meta);
+            }
+            continue;
+        }
         if new_dir || !entries.contains_key(&child) {
             let meta = entry.metadata()?;
             let target = if meta.file_type().is_symlink() {
@@ -274,9 +314,17 @@ fn walk(root: &Path, rel_dir: &str, out: &mut BTreeMap<String, FileMeta>) -> io:
     for entry in read {
         let entry = entry?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            tracing::warn!(dir = %dir.display(), "skipping a file whose name is not UTF-8");
-            continue;
+        let name = match escape_name(&name) {
+            Ok(name) => name,
+            Err(escaped) => {
+                // Kept as a marker: a build that would copy it refuses.
+                match entry.metadata() {
+                    Ok(m) => out.insert(join(rel_dir, &escaped), not_utf8(&m)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                continue;
+            }
         };
         if is_cookie(name) {
             continue;
@@ -300,7 +348,7 @@ fn walk(root: &Path, rel_dir: &str, out: &mut BTreeMap<String, FileMeta>) -> io:
                 out.insert(rel.clone(), meta);
                 walk(root, &rel, out)?;
             }
-            super::FileKind::Other => {}
+            super::FileKind::Other | super::FileKind::NotUtf8 => {}
             _ => {
                 out.insert(rel, meta);
             }
@@ -317,6 +365,55 @@ mod tests {
 
     fn fresh(root: &Path) -> Vec<String> {
         Tree::scan(root).unwrap().entries.keys().cloned().collect()
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_kept_as_escaped_markers() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "sub/ok.txt", "1");
+        fs::write(root.join(std::ffi::OsStr::from_bytes(b"caf\xe9")), "2").unwrap();
+        let bad_dir = root.join("sub").join(std::ffi::OsStr::from_bytes(b"d\xff"));
+        fs::create_dir(&bad_dir).unwrap();
+        fs::write(bad_dir.join("inner"), "3").unwrap();
+        let tree = Tree::scan(root).unwrap();
+        let kind = |p: &str| tree.entries.get(p).map(|m| m.kind);
+        assert_eq!(kind("caf\\xe9"), Some(crate::FileKind::NotUtf8));
+        // A directory is one marker, not walked.
+        assert_eq!(kind("sub/d\\xff"), Some(crate::FileKind::NotUtf8));
+        assert_eq!(kind("sub/d\\xff/inner"), None);
+        assert_eq!(kind("sub/ok.txt"), Some(crate::FileKind::File));
+        // The parent's refresh (what the watcher does for such a name)
+        // removes and adds markers as a fresh scan would.
+        let mut tree = tree;
+        let mut changed = Vec::new();
+        fs::remove_dir_all(&bad_dir).unwrap();
+        tree.refresh("sub", &mut changed).unwrap();
+        assert_eq!(changed, ["sub/d\\xff"]);
+        fs::write(
+            root.join("sub").join(std::ffi::OsStr::from_bytes(b"\x80x")),
+            "4",
+        )
+        .unwrap();
+        tree.refresh("sub", &mut changed).unwrap();
+        assert_eq!(
+            tree.entries.keys().cloned().collect::<Vec<_>>(),
+            fresh(root)
+        );
+        assert_eq!(kind_of(&tree, "sub/\\x80x"), Some(crate::FileKind::NotUtf8));
+        assert_eq!(
+            escape_name(std::ffi::OsStr::from_bytes(b"a\xc3\xa9\xe9b")),
+            Err("a\u{e9}\\xe9b".to_string())
+        );
+        assert_eq!(
+            escape_name(std::ffi::OsStr::new("caf\u{e9}")),
+            Ok("caf\u{e9}")
+        );
+    }
+
+    fn kind_of(tree: &Tree, path: &str) -> Option<crate::FileKind> {
+        tree.entries.get(path).map(|m| m.kind)
     }
 
     #[test]

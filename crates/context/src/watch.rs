@@ -363,9 +363,12 @@ impl Watcher {
                 continue;
             };
             if let (Some(t), Ok(rel)) = (trees.get_mut(&root), path.strip_prefix(&root)) {
-                if let Some(rel) = rel.to_str() {
-                    t.pending.insert(rel.to_string());
-                }
+                match rel.to_str() {
+                    Some(rel) => t.pending.insert(rel.to_string()),
+                    // A name that is not UTF-8: the directory above the first
+                    // such component lists it again (tree::escape_name).
+                    None => t.pending.insert(utf8_parent(rel)),
+                };
             }
         }
     }
@@ -481,6 +484,19 @@ fn create_cookie(path: &Path) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map(drop)
+}
+
+/// The path of the directory holding the first component of `rel` whose
+/// name is not UTF-8 (`""` for the root).
+fn utf8_parent(rel: &std::path::Path) -> String {
+    let mut parts = Vec::new();
+    for part in rel.iter() {
+        match part.to_str() {
+            Some(p) => parts.push(p),
+            None => break,
+        }
+    }
+    parts.join("/")
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ mod metrics;
 mod owner;
 mod project;
 mod registry_hooks;
+mod secret_ids;
 mod tidy;
 mod verify;
 

@@ -126,6 +126,11 @@ pub(crate) struct BuildSummary {
     /// Of a failed build: why, as data.
     #[serde(default)]
     pub failure: Option<FailureInfo>,
+    /// The secrets the build had, as the MACs its keys cover (never the
+    /// values; see `secret_ids`): a re-plan for `status` keys its secret
+    /// steps on them, so they stay clean while nothing else changed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl BuildSummary {
@@ -380,6 +385,15 @@ impl Projects {
     /// The request that re-plans project `id` (for dirty tracking).
     pub(crate) fn request(&self, id: &str) -> Option<BuildRequest> {
         lock(&self.map).get(id).map(|p| request_of(&p.record.key))
+    }
+
+    /// The secret MACs of project `id`'s last build (see [`BuildSummary::secrets`]).
+    pub(crate) fn last_secrets(&self, id: &str) -> BTreeMap<String, String> {
+        lock(&self.map)
+            .get(id)
+            .and_then(|p| p.record.last.as_ref())
+            .map(|l| l.secrets.clone())
+            .unwrap_or_default()
     }
 
     /// A build of project `id` planned `plan`: `status` shows its steps.
@@ -976,6 +990,10 @@ pub(crate) fn why_differs(
             (Some(_), _) if path.starts_with("stage:") => {
                 files.push(format!("source stage {} changed", &path[6..]))
             }
+            (Some(_), _) if path.starts_with("secret:") => files.push(format!(
+                "secret {} changed, or given to one build and not the other",
+                &path[7..]
+            )),
             (Some(_), _) => files.push(format!("file changed: {path}")),
             (None, _) => files.push(format!("file added: {path}")),
         }

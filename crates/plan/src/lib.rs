@@ -50,6 +50,11 @@ pub struct PlanInput<'a> {
     pub stage_contents: &'a dyn StageContents,
     /// Where `ADD URL` downloads come from.
     pub urls: &'a dyn UrlSource,
+    /// The identity of each secret the build provides, by id: a MAC of its
+    /// value under a key only the daemon knows (hex), never the value. A
+    /// RUN that mounts a secret is keyed on it, or on its absence, so its
+    /// result is never reused by a build without that very secret.
+    pub secrets: &'a BTreeMap<String, String>,
 }
 
 /// Content digests of paths in stage results that are already known, by
@@ -232,7 +237,8 @@ pub struct StepInputs {
     /// ARGs in scope (shared by the steps between two ARG changes).
     pub args: Arc<BTreeMap<String, String>>,
     /// Context path -> BLAKE3 hex (files), `dir`, or `symlink:TARGET`; for
-    /// `COPY --from`, `stage:NAME` -> that stage's key.
+    /// `COPY --from`, `stage:NAME` -> that stage's key; for a secret mount,
+    /// `secret:ID` -> `provided:` and the start of its MAC, or `absent`.
     pub files: BTreeMap<String, String>,
     /// `files` lists only the paths of [`PlanInput::focus`], with
     /// [`ABSENT`] for those the step does not select.
@@ -423,6 +429,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         run_options: input.run_options,
         stage_contents: input.stage_contents,
         urls: input.urls,
+        secrets: input.secrets,
     };
     let needed = needed_stages(df, &bases, target, &trigger_errors)?;
 
@@ -772,6 +779,7 @@ mod tests {
                 run_options: "",
                 stage_contents: &NoStageContents,
                 urls: &NoUrls,
+                secrets: &BTreeMap::new(),
             })
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()
@@ -802,6 +810,7 @@ mod tests {
             run_options: "",
             stage_contents: &NoStageContents,
             urls: &NoUrls,
+            secrets: &BTreeMap::new(),
         })
         .unwrap();
         plan.stages[plan.target].config.config.working_dir.clone()

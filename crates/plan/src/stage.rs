@@ -1440,8 +1440,9 @@ fn parse_mount(
 }
 
 /// What mounts contribute to a RUN key: their kind, targets and options; a
-/// bind mount's source content (context digest or source stage key). Never a
-/// cache's content or a secret's value.
+/// bind mount's source content (context digest or source stage key); a
+/// secret's identity (a MAC the daemon computes, see `PlanInput::secrets`).
+/// Never a cache's content or a secret's value.
 fn mount_key(
     k: &mut KeyHasher,
     mounts: &[RunMount],
@@ -1499,6 +1500,20 @@ fn mount_key(
                         .u64(o.gid.into())
                         .u64(o.mode.into());
                 }
+                // The secret's identity (a daemon-keyed MAC, never its value)
+                // or its absence: a step that read a secret is never reused
+                // by a build without that very secret (docs/CACHE.md).
+                let shown = match si.input.secrets.get(id) {
+                    Some(mac) => {
+                        k.str("provided").str(mac);
+                        format!("provided:{}", mac.get(..16).unwrap_or(mac))
+                    }
+                    None => {
+                        k.str("absent");
+                        "absent".to_string()
+                    }
+                };
+                st.files.insert(format!("secret:{id}"), shown);
             }
             RunMount::File {
                 target,
@@ -1716,6 +1731,7 @@ fn hash_sources(
         match meta.kind {
             FileKind::File => k.field(&file_digest(&root.rel, meta)?),
             FileKind::Dir => k.field(&input.merkle.digest(index, &root.rel, &file_digest)?),
+            FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(&root.rel)),
             _ => k.field(&[]),
         };
     }
@@ -1735,6 +1751,10 @@ fn flat_listing(
         if root.meta.kind == FileKind::Dir {
             entries.extend(index.below(&root.rel).map(|(p, m)| (p.to_string(), m)));
         }
+    }
+    // A name that is not UTF-8 is refused, never left out of the copy.
+    if let Some((path, _)) = entries.iter().find(|(_, m)| m.kind == FileKind::NotUtf8) {
+        return Err(memobuild_context::not_utf8_error(path));
     }
     let files: Vec<(PathBuf, memobuild_context::FileMeta)> = entries
         .iter()
@@ -1820,6 +1840,8 @@ fn kind_code(kind: FileKind) -> u64 {
         FileKind::Symlink => 3,
         FileKind::Other => 4,
         FileKind::Socket => 5,
+        // Refused before any key is made (flat_listing).
+        FileKind::NotUtf8 => 6,
     }
 }
 

@@ -75,6 +75,7 @@ impl Fixture {
             run_options: "",
             stage_contents: &memobuild_plan::NoStageContents,
             urls: &memobuild_plan::NoUrls,
+            secrets: &BTreeMap::new(),
         })
     }
 }
@@ -306,6 +307,7 @@ impl Fixture {
             run_options: "",
             stage_contents: &memobuild_plan::NoStageContents,
             urls,
+            secrets: &BTreeMap::new(),
         })
     }
 }
@@ -422,4 +424,88 @@ fn add_of_a_git_ref_is_keyed_by_its_commit() {
     ] {
         assert!(f.plan_with_urls(df, &urls).is_err(), "{df}");
     }
+}
+
+impl Fixture {
+    fn plan_with_secrets(&self, dockerfile: &str, secrets: &[(&str, &str)]) -> Plan {
+        let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile").unwrap();
+        let context = ContextIndex::scan(self.root(), &DockerIgnore::parse("").unwrap()).unwrap();
+        let secrets: BTreeMap<String, String> = secrets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        plan(&PlanInput {
+            dockerfile: &df,
+            target: "",
+            build_args: &BTreeMap::new(),
+            context: Arc::new(context),
+            hashes: &self.hashes,
+            merkle: &self.merkle,
+            focus: None,
+            images: &self.images,
+            epoch: None,
+            run_options: "",
+            stage_contents: &memobuild_plan::NoStageContents,
+            urls: &memobuild_plan::NoUrls,
+            secrets: &secrets,
+        })
+        .unwrap()
+    }
+}
+
+/// A RUN that mounts a secret is keyed on the secret's MAC or its absence
+/// (docs/CACHE.md); steps that mount none keep their keys whatever the
+/// build's secrets.
+#[test]
+fn a_secret_mount_is_keyed_on_the_secrets_identity_and_nothing_else_is() {
+    let f = Fixture::new(&[("a.txt", "a")]);
+    let df =
+        "FROM scratch\nCOPY a.txt /a\nRUN --mount=type=secret,id=s cat /run/secrets/s\nRUN true\n";
+    let absent = f.plan_with_secrets(df, &[]);
+    let mac1 = f.plan_with_secrets(df, &[("s", "11aa")]);
+    let mac1_again = f.plan_with_secrets(df, &[("s", "11aa")]);
+    let mac2 = f.plan_with_secrets(df, &[("s", "22bb")]);
+    let other_id = f.plan_with_secrets(df, &[("t", "11aa")]);
+    let (absent, mac1, mac1_again, mac2, other_id) = (
+        keys(&absent),
+        keys(&mac1),
+        keys(&mac1_again),
+        keys(&mac2),
+        keys(&other_id),
+    );
+    assert_eq!(mac1, mac1_again);
+    assert_eq!(absent[0], mac1[0], "COPY mounts no secret");
+    for (a, b) in [(&absent, &mac1), (&mac1, &mac2)] {
+        assert_ne!(a[1], b[1], "the secret's RUN");
+        assert_ne!(a[2], b[2], "the step after it");
+    }
+    assert_eq!(
+        other_id, absent,
+        "a secret under another id is not this one"
+    );
+    // Steps without a secret mount: the same keys with or without secrets.
+    let plain = "FROM scratch\nCOPY a.txt /a\nRUN true\n";
+    assert_eq!(
+        keys(&f.plan_with_secrets(plain, &[])),
+        keys(&f.plan_with_secrets(plain, &[("s", "11aa")]))
+    );
+    // What `explain` shows: the MAC's start or `absent`, never more.
+    let plan = f.plan_with_secrets(df, &[("s", "0123456789abcdef0123")]);
+    assert_eq!(
+        plan.steps[1]
+            .inputs
+            .files
+            .get("secret:s")
+            .map(String::as_str),
+        Some("provided:0123456789abcdef")
+    );
+    let plan = f.plan_with_secrets(df, &[]);
+    assert_eq!(
+        plan.steps[1]
+            .inputs
+            .files
+            .get("secret:s")
+            .map(String::as_str),
+        Some("absent")
+    );
 }

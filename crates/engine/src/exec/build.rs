@@ -158,6 +158,11 @@ pub(super) async fn run(
     let scan_error = |e: std::io::Error| {
         RpcError::new(format!("scanning build context {}: {e}", context.display()))
     };
+    // What the keys of steps that mount a secret cover (secret_ids.rs).
+    let secrets = {
+        let (data, given) = (engine.store.root().to_path_buf(), request.secrets.clone());
+        Arc::new(blocking(move || crate::secret_ids::secret_ids(&data, &given)).await?)
+    };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
     // A new project may push the least recently used one over max-projects.
@@ -180,13 +185,14 @@ pub(super) async fn run(
         let fast = match remote.needs_plan() {
             true => None,
             false => {
-                let (e, r, p, l) = (
+                let (e, r, s, p, l) = (
                     engine.clone(),
                     request.clone(),
+                    secrets.clone(),
                     project.clone(),
                     log.clone(),
                 );
-                blocking(move || fast_path(&e, id, &r, &p, generation, &l)).await?
+                blocking(move || fast_path(&e, id, &r, &s, &p, generation, &l)).await?
             }
         };
         if let Some(done) = fast {
@@ -198,7 +204,7 @@ pub(super) async fn run(
         engine.projects.build_started(&project);
         log.clear_failed_step();
         let result = tokio::select! {
-            r = build_planned(engine, id, request, &project, tree, log, &remote) => r,
+            r = build_planned(engine, id, request, &secrets, &project, tree, log, &remote) => r,
             // Dropping the build's future stops every step; RUN sandboxes clean up.
             _ = log.cancelled() => Err(RpcError::cancelled()),
         };
@@ -242,8 +248,9 @@ pub(super) async fn run(
         epoch: request.source_date_epoch,
         steps: Vec::new(),
         images: Default::default(),
-        options: options_digest(request),
+        options: options_digest(request, &secrets),
         failure: None,
+        secrets: (*secrets).clone(),
     };
     match &result {
         Ok((done, plan)) => {
@@ -333,6 +340,7 @@ fn fast_path(
     engine: &Engine,
     id: BuildId,
     request: &BuildRequest,
+    secrets: &BTreeMap<String, String>,
     project: &str,
     generation: u64,
     log: &BuildLog,
@@ -345,8 +353,9 @@ fn fast_path(
     let Some(last) = engine.projects.clean_result(project, generation) else {
         return Ok(None);
     };
-    // Labels, RUN options or a Dockerfile from stdin other than the last build's.
-    if last.options != options_digest(request) {
+    // Labels, RUN options, a Dockerfile from stdin or secrets other than the
+    // last build's.
+    if last.options != options_digest(request, secrets) {
         return Ok(None);
     }
     let (Some(manifest), Some(config)) = (last.manifest_digest.clone(), last.config_digest.clone())
@@ -430,10 +439,12 @@ fn image_intact(engine: &Engine, build: BuildId, manifest: &str) -> bool {
             .all(|l| engine.store.blobs.verify_cached(&l.digest).is_ok())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn build_planned(
     engine: &Arc<Engine>,
     id: BuildId,
     request: &BuildRequest,
+    secrets: &Arc<BTreeMap<String, String>>,
     project: &str,
     tree: Tree,
     log: &Arc<BuildLog>,
@@ -441,8 +452,8 @@ async fn build_planned(
 ) -> Result<(Done, Arc<Plan>), RpcError> {
     let plan = {
         let engine = engine.clone();
-        let request = request.clone();
-        blocking(move || make_plan(&engine, &request, &tree, None)).await?
+        let (request, secrets) = (request.clone(), secrets.clone());
+        blocking(move || make_plan(&engine, &request, &secrets, &tree, None)).await?
     };
     for name in &request.no_cache_filter {
         if !plan.stages.iter().any(|s| &s.label == name) {
@@ -587,12 +598,13 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
     Ok(DockerIgnore::empty())
 }
 
-/// Plans a build against a snapshot of the context's tree.
 /// Plans `request` against `tree`; with `focus`, only to tell which steps are
-/// dirty (see [`graph::PlanInput::focus`]).
+/// dirty (see [`graph::PlanInput::focus`]). `secrets`: the secrets' MACs
+/// (see [`graph::PlanInput::secrets`]).
 pub(super) fn make_plan(
     engine: &Engine,
     request: &BuildRequest,
+    secrets: &BTreeMap<String, String>,
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<Plan, RpcError> {
@@ -600,7 +612,7 @@ pub(super) fn make_plan(
     // with the requesting user's rights; and everything the build may use
     // must be readable by them (see memobuild_context::access).
     reading_as(reader_of(request), || {
-        plan_as_reader(engine, request, tree, focus)
+        plan_as_reader(engine, request, secrets, tree, focus)
     })
 }
 
@@ -654,6 +666,7 @@ pub(super) fn lint_unplanned(request: &BuildRequest) -> Vec<memobuild_dockerfile
 fn plan_as_reader(
     engine: &Engine,
     request: &BuildRequest,
+    secrets: &BTreeMap<String, String>,
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
 ) -> Result<Plan, RpcError> {
@@ -694,6 +707,7 @@ fn plan_as_reader(
         run_options: &run_options,
         stage_contents: &StoreContents(&engine.store),
         urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
+        secrets,
     })
     .map_err(dockerfile_error)?;
     plan.lint = lint.warnings;
@@ -720,8 +734,9 @@ pub(super) fn run_options(request: &BuildRequest) -> String {
 }
 
 /// What besides the project's key makes an image differ: labels, RUN options,
-/// a Dockerfile sent as text. The fast path reuses a result only when equal.
-fn options_digest(request: &BuildRequest) -> String {
+/// a Dockerfile sent as text, the secrets (their MACs). The fast path reuses
+/// a result only when equal.
+fn options_digest(request: &BuildRequest, secrets: &BTreeMap<String, String>) -> String {
     let mut k = memobuild_plan::key::KeyHasher::new("options");
     for (name, value) in &request.labels {
         k.str(name).str(value);
@@ -739,6 +754,10 @@ fn options_digest(request: &BuildRequest) -> String {
     }
     k.str(&run_options(request));
     k.str(request.dockerfile_text.as_deref().unwrap_or(""));
+    // Only when given: the digest of a build without secrets stays as it was.
+    for (id, mac) in secrets {
+        k.str("secret").str(id).str(mac);
+    }
     k.finish()
 }
 
@@ -778,18 +797,19 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
     };
     let (e, project) = (engine.clone(), project.to_string());
     let focus = engine.projects.focus(&project);
+    // Secret steps keyed on the last build's secrets: clean while unchanged.
+    let secrets = engine.projects.last_secrets(&project);
     // Planning, comparing and dropping the plan all stay off the async workers.
-    let done =
-        tokio::task::spawn_blocking(
-            move || match make_plan(&e, &request, &tree, focus.as_ref()) {
-                Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
-                Err(err) => {
-                    e.projects.set_lint(&project, &lint_unplanned(&request));
-                    e.projects.set_dirty(&project, generation, Err(&err))
-                }
-            },
-        )
-        .await;
+    let done = tokio::task::spawn_blocking(move || {
+        match make_plan(&e, &request, &secrets, &tree, focus.as_ref()) {
+            Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
+            Err(err) => {
+                e.projects.set_lint(&project, &lint_unplanned(&request));
+                e.projects.set_dirty(&project, generation, Err(&err))
+            }
+        }
+    })
+    .await;
     if let Err(err) = done {
         tracing::warn!(error = %err, "dirty re-plan task failed");
     }

@@ -452,7 +452,8 @@ fn add_context_entry(
         }
         // What BuildKit's context transfer makes of a socket: an empty file.
         FileKind::Socket => EntryKind::File(Content::Bytes(Vec::new())),
-        FileKind::Other => return,
+        // The plan refused a name that is not UTF-8 already.
+        FileKind::Other | FileKind::NotUtf8 => return,
     };
     b.add(target, kind, meta.mode);
 }
