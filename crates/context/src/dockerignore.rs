@@ -192,7 +192,7 @@ impl DockerIgnore {
     /// below directory `rel_dir`, so a walker must descend into an excluded
     /// directory instead of skipping it (as fsutil does).
     #[must_use]
-    pub fn may_reinclude_below(&self, rel_dir: &str) -> bool {
+    pub(crate) fn may_reinclude_below(&self, rel_dir: &str) -> bool {
         if !self.has_exceptions {
             return false;
         }

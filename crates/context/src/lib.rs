@@ -7,6 +7,9 @@
 //! nothing below has changed in; [`select`] resolves COPY/ADD sources to
 //! entries, never leaving the context.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 pub mod access;
 pub mod dockerignore;
 pub mod hash;

@@ -57,7 +57,7 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
-    pub fn from_metadata(meta: &fs::Metadata, link_target: Option<String>) -> FileMeta {
+    pub(crate) fn from_metadata(meta: &fs::Metadata, link_target: Option<String>) -> FileMeta {
         let ft = meta.file_type();
         let kind = if ft.is_symlink() {
             FileKind::Symlink
@@ -148,11 +148,11 @@ impl ContextIndex {
     }
 
     /// The snapshot's tree (see `Tree::id`).
-    pub fn tree_id(&self) -> u64 {
+    pub(crate) fn tree_id(&self) -> u64 {
         self.tree_id
     }
 
-    pub fn view_id(&self) -> [u8; 16] {
+    pub(crate) fn view_id(&self) -> [u8; 16] {
         self.view_id
     }
 
@@ -162,7 +162,7 @@ impl ContextIndex {
     }
 
     /// Where context path `rel` sits in the tree.
-    pub fn tree_path(&self, rel: &str) -> String {
+    pub(crate) fn tree_path(&self, rel: &str) -> String {
         self.full(rel)
     }
 

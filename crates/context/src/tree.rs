@@ -45,7 +45,7 @@ fn is_cookie(name: &str) -> bool {
 /// A directory entry's name as the tree keys it: the name itself when it is
 /// UTF-8 (`Ok`), else (`Err`) the name with each byte that is not UTF-8
 /// written `\xNN` (lowercase hex), for a [`super::FileKind::NotUtf8`] entry.
-pub fn escape_name(name: &std::ffi::OsStr) -> Result<&str, String> {
+pub(crate) fn escape_name(name: &std::ffi::OsStr) -> Result<&str, String> {
     use std::os::unix::ffi::OsStrExt;
     if let Some(name) = name.to_str() {
         return Ok(name);
@@ -191,7 +191,7 @@ impl Tree {
     }
 }
 
-pub fn stamp_of(stamps: &Stamps, dir: &str) -> u64 {
+pub(crate) fn stamp_of(stamps: &Stamps, dir: &str) -> u64 {
     stamps.get(dir).copied().unwrap_or(0)
 }
 
@@ -282,7 +282,7 @@ fn sync_listing(
 }
 
 /// Two stats of one directory that differ at most in times and size.
-pub fn same_dir(a: &FileMeta, b: &FileMeta) -> bool {
+pub(crate) fn same_dir(a: &FileMeta, b: &FileMeta) -> bool {
     a.kind == b.kind && a.mode == b.mode && a.ino == b.ino && a.dev == b.dev
 }
 

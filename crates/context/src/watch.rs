@@ -117,7 +117,7 @@ impl Watcher {
     }
 
     /// The watched root covering `path`, if any.
-    pub fn root_of(&self, path: &Path) -> Option<PathBuf> {
+    pub(crate) fn root_of(&self, path: &Path) -> Option<PathBuf> {
         lock(&self.trees)
             .keys()
             .filter(|root| path.starts_with(root))
@@ -325,7 +325,7 @@ impl Watcher {
 
     /// Treats the next sync of every tree as after a queue overflow. Used when
     /// notify reports a Rescan, and by tests to force that path.
-    pub fn overflowed(&self, why: &str) {
+    pub(crate) fn overflowed(&self, why: &str) {
         for (root, t) in lock(&self.trees).iter_mut() {
             if t.mode == Mode::Watching {
                 tracing::warn!(root = %root.display(), why, "watch events were lost; a full rescan is due");

@@ -88,7 +88,7 @@ fn escape_of(text: &str) -> char {
 /// `text` with the bodies of the RUN here-documents described in the module
 /// docs blanked, and, by the byte offset of each such RUN keyword, the
 /// command its shell gets (command line, then each body and delimiter).
-pub fn split_run_heredocs(text: &str) -> (String, BTreeMap<usize, String>) {
+pub(crate) fn split_run_heredocs(text: &str) -> (String, BTreeMap<usize, String>) {
     let escape = escape_of(text);
     let lines: Vec<(usize, &str)> = {
         let mut at = 0;

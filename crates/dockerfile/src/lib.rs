@@ -5,6 +5,9 @@
 //! This module only checks syntax and flags. What instructions mean (ARG scoping,
 //! expansion, paths) is decided when the build graph is planned, in `graph`.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 pub mod expand;
 mod heredoc;
 pub mod lint;
@@ -854,7 +857,7 @@ fn string_array<const N: usize>(arr: &parse_dockerfile::JsonOrStringArray<'_, N>
 
 /// The instruction starting at `start` as one line: continuations joined, comment
 /// lines inside it dropped, as Docker's parser does.
-pub fn logical_line(text: &str, start: usize, escape: char) -> String {
+pub(crate) fn logical_line(text: &str, start: usize, escape: char) -> String {
     let rest = text.get(start..).unwrap_or("");
     let mut out = String::new();
     for (i, line) in rest.split('\n').enumerate() {
@@ -877,7 +880,7 @@ pub fn logical_line(text: &str, start: usize, escape: char) -> String {
 }
 
 /// Removes `escape` + newline pairs (and comment lines between them) from shell-form text.
-pub fn join_continuations(s: &str, escape: char) -> String {
+pub(crate) fn join_continuations(s: &str, escape: char) -> String {
     if !s.contains('\n') {
         return s.to_string();
     }

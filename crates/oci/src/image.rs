@@ -18,17 +18,8 @@ pub struct StoredImage {
 }
 
 /// Writes `config` (whose rootfs must list `layers`' diff_ids) and a manifest
-/// naming it and `layers` into the blob store.
-pub fn write_image(
-    store: &Store,
-    config: &ImageConfig,
-    layers: &[LayerRecord],
-) -> Result<StoredImage, OciError> {
-    write_image_annotated(store, config, layers, &Default::default())
-}
-
-/// [`write_image`] with `annotations` in the manifest (`--annotation`); none
-/// leaves the manifest exactly as [`write_image`] writes it.
+/// naming it and `layers`, with `annotations` (`--annotation`; none leaves
+/// the manifest without an `annotations` field), into the blob store.
 pub fn write_image_annotated(
     store: &Store,
     config: &ImageConfig,

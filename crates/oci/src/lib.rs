@@ -4,6 +4,9 @@
 //! Digests here are sha256, as OCI requires. Everything is serialised with
 //! sorted maps so the same inputs give the same bytes, build after build.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 pub mod config;
 pub mod image;
 pub mod layer;

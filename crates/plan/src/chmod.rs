@@ -14,7 +14,7 @@ pub enum Chmod {
 }
 
 /// The error BuildKit gives for a value that is no mode at all.
-pub fn invalid_chmod(text: &str) -> String {
+pub(crate) fn invalid_chmod(text: &str) -> String {
     format!("invalid chmod parameter: '{text}'. it should be octal string and between 0 and 07777")
 }
 
@@ -52,7 +52,7 @@ impl Chmod {
     }
 
     /// The value as the cache key encodes it.
-    pub fn key_text(&self) -> String {
+    pub(crate) fn key_text(&self) -> String {
         match self {
             Chmod::Octal(m) => format!("{m:o}"),
             Chmod::Symbolic(s) => s.text.clone(),

@@ -70,7 +70,7 @@ pub fn content_ref_key(stage_key: &str, paths: &[String]) -> String {
 /// Stands in for a content digest that is not known before the stage runs:
 /// it makes the planned key of such a step (a *pending* key) unique to the
 /// stage's key, but the step is looked up under the key with the real digest.
-pub fn pending_content(stage_key: &str, paths: &[String]) -> String {
+pub(crate) fn pending_content(stage_key: &str, paths: &[String]) -> String {
     let mut k = KeyHasher::new("stage-content-pending");
     k.str(stage_key).strs(paths.iter().map(String::as_str));
     k.finish()

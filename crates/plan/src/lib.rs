@@ -9,6 +9,9 @@
 //! layers (does the destination exist? who is user `app`?) is decided when the
 //! step runs, in `exec`, and is covered by the key through the parent's key.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 mod chmod;
 pub mod key;
 pub mod lint;
@@ -16,7 +19,7 @@ mod stage;
 
 pub use chmod::Chmod;
 
-pub use stage::{absolute_clean, is_predefined_arg, parse_go_duration, split_parents};
+pub use stage::{is_predefined_arg, split_parents};
 
 use key::KeyHasher;
 use memobuild_context::{ContextIndex, HashCache, Selected};
@@ -171,7 +174,7 @@ pub struct StagePlan {
 
 impl StagePlan {
     /// The stage's result key is pending (see [`Step::pending`]).
-    pub fn final_pending(&self, steps: &[Step]) -> bool {
+    pub(crate) fn final_pending(&self, steps: &[Step]) -> bool {
         self.steps
             .last()
             .map(|&i| steps[i].pending)
@@ -179,7 +182,7 @@ impl StagePlan {
     }
 
     /// Key of the stage's result: its last step's key, or its base's.
-    pub fn final_key(&self, steps: &[Step]) -> String {
+    pub(crate) fn final_key(&self, steps: &[Step]) -> String {
         self.steps
             .last()
             .map(|&i| steps[i].key.clone())
@@ -576,7 +579,7 @@ fn unreachable_base(df: &Dockerfile, index: usize) -> DockerfileError {
 /// TARGETSTAGE, the target stage's name (`default` for an unnamed last stage).
 /// They are in the global scope: FROM lines see them without an ARG line, a
 /// stage sees one once it declares it (`ARG TARGETARCH`).
-pub fn automatic_args(df: &Dockerfile, target: usize) -> BTreeMap<String, String> {
+pub(crate) fn automatic_args(df: &Dockerfile, target: usize) -> BTreeMap<String, String> {
     let os = "linux";
     let arch = memobuild_oci::config::host_architecture();
     let variant = if arch == "arm" { "v7" } else { "" };

@@ -47,17 +47,17 @@ pub(super) struct StageInput<'a, 'b> {
 /// little memory and time to plan (each step's key covers the whole image
 /// config and the ARGs in scope). BuildKit has none of these limits; real
 /// Dockerfiles stay far below them.
-pub const MAX_ARGS: usize = 1000;
+pub(crate) const MAX_ARGS: usize = 1000;
 /// ENV entries of a stage's image config.
-pub const MAX_ENV: usize = 1000;
+pub(crate) const MAX_ENV: usize = 1000;
 /// LABELs of a stage's image config.
-pub const MAX_LABELS: usize = 1000;
+pub(crate) const MAX_LABELS: usize = 1000;
 /// The image config of a stage as JSON (ENV, LABEL, EXPOSE, VOLUME, ... all count).
-pub const MAX_CONFIG_BYTES: usize = 256 << 10;
+pub(crate) const MAX_CONFIG_BYTES: usize = 256 << 10;
 /// Longest WORKDIR and COPY/ADD destination (Linux's PATH_MAX).
-pub const MAX_PATH_BYTES: usize = 4096;
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
 /// Longest a plan may take; past it the build fails (the daemon keeps serving).
-pub const MAX_PLAN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+pub(crate) const MAX_PLAN_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The limit `state` passes after an instruction, if any, as an error message.
 fn over_limit(state: &State<'_>, config_json: &str) -> Option<String> {
@@ -1847,7 +1847,7 @@ fn kind_code(kind: FileKind) -> u64 {
 
 /// Joins `path` onto `base` (both slash paths) and cleans the result to an
 /// absolute path without `.`/`..` components or a trailing slash.
-pub fn absolute_clean(base: &str, path: &str) -> String {
+pub(crate) fn absolute_clean(base: &str, path: &str) -> String {
     let joined = if path.starts_with('/') {
         path.to_string()
     } else {
@@ -1940,7 +1940,7 @@ fn health_config(df: &Dockerfile, h: &Healthcheck) -> Result<HealthConfig, Docke
 }
 
 /// Go's time.ParseDuration, in nanoseconds.
-pub fn parse_go_duration(s: &str) -> Option<i64> {
+pub(crate) fn parse_go_duration(s: &str) -> Option<i64> {
     if s == "0" {
         return Some(0);
     }

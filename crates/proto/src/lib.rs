@@ -12,6 +12,9 @@
 //! `--json` outputs, which makes their field names part of the stable JSON
 //! schema documented in docs/CLI.md.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 pub mod handoff;
 pub mod paths;
 pub mod registry;

@@ -25,7 +25,7 @@ pub fn socket_path(explicit: Option<PathBuf>) -> PathBuf {
 }
 
 /// `$XDG_RUNTIME_DIR/memobuild/memobuildd.sock`, or the system socket for root.
-pub fn default_socket_path() -> PathBuf {
+pub(crate) fn default_socket_path() -> PathBuf {
     if is_root() {
         return PathBuf::from(SYSTEM_SOCKET);
     }

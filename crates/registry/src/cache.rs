@@ -14,7 +14,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 /// Media type of the cache's config blob (the key -> layer map).
-pub const MEDIA_CACHE: &str = "application/vnd.memobuild.cache.v1+json";
+pub(crate) const MEDIA_CACHE: &str = "application/vnd.memobuild.cache.v1+json";
 
 /// The config blob of a remote cache.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

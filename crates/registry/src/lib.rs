@@ -9,6 +9,9 @@
 //! exponential backoff; what the build can do without the registry (remote
 //! cache reads and writes) then falls back to local work and says so.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 mod blobs;
 mod cache;
 mod platform;

@@ -10,10 +10,12 @@ use memobuild_store::{ImageRecord, Store};
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;
 
-pub const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MEDIA_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const MEDIA_DOCKER_MANIFEST: &str =
+    "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Layer blobs the image store, containerd and the filesystem view can read:
 /// OCI and Docker; gzip, zstd or plain tar.

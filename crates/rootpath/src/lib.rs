@@ -2,6 +2,9 @@
 //! cleaning them so they cannot climb above the root, and following symlinks
 //! with the root standing in for `/`, so resolution can never leave it.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 /// Relative path without `.`, `..` or empty components; `..` stops at the root.
 pub fn clean(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();

@@ -154,7 +154,7 @@ fn open_regular_as_reader(path: &Path, follow: bool) -> Result<(File, u64), Read
 }
 
 /// The whole content of regular file `path`, at most `limit` bytes.
-pub fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     let (file, size) = open_regular(path, true)?;
     let too_large = |size| ReadError::TooLarge {
         path: path.to_path_buf(),

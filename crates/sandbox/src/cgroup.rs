@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 const ROOT: &str = "/sys/fs/cgroup";
 
 /// True on a unified (v2-only) hierarchy.
-pub fn is_v2() -> bool {
+pub(crate) fn is_v2() -> bool {
     Path::new(ROOT).join("cgroup.controllers").exists()
 }
 
 /// The mount point of a v1 controller (from /proc/self/mounts).
-pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+pub(crate) fn v1_mount(controller: &str) -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
@@ -28,7 +28,7 @@ pub fn v1_mount(controller: &str) -> Option<PathBuf> {
 
 /// What a task's cgroup says about the limits it hit.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LimitEvents {
+pub(crate) struct LimitEvents {
     /// Processes the kernel's OOM killer killed in the cgroup.
     pub oom_kills: u64,
     /// Times a fork or clone failed because of the pids limit.
@@ -48,7 +48,7 @@ fn read(path: PathBuf) -> String {
 
 /// Reads the counters of the cgroup at `cgroups_path` (absolute, as in the
 /// spec). Missing files read as zero.
-pub fn limit_events(cgroups_path: &str) -> LimitEvents {
+pub(crate) fn limit_events(cgroups_path: &str) -> LimitEvents {
     let rel = cgroups_path.trim_start_matches('/');
     if is_v2() {
         let dir = Path::new(ROOT).join(rel);

@@ -56,7 +56,7 @@ fn diff_err(path: &Path, e: std::io::Error) -> SandboxError {
 /// The metadata of `rel` in the merged lower layers (`lowers` top first), or
 /// `None` if they do not have it (absent, whited out, or hidden by an opaque
 /// directory).
-pub fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<Metadata> {
+pub(crate) fn lower_meta(lowers: &[PathBuf], rel: &str) -> Option<Metadata> {
     let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
     if comps.is_empty() {
         return None;
@@ -195,7 +195,7 @@ fn has_descendants(entries: &BTreeMap<String, LayerEntry>, path: &str) -> bool {
 /// The changes in `upper`. `lowers` are the lower layer directories (top first);
 /// `mount_points` are the mount targets (relative to `/`) whose stubs must not
 /// show.
-pub fn changes(
+pub(crate) fn changes(
     upper: &Path,
     lowers: &[PathBuf],
     mount_points: &[String],
@@ -262,7 +262,7 @@ pub fn changes(
 }
 
 /// Parses the snapshot's mounts into (upperdir, lowerdirs top first).
-pub fn upper_and_lowers(
+pub(crate) fn upper_and_lowers(
     mounts: &[containerd_client::types::Mount],
 ) -> Result<(PathBuf, Vec<PathBuf>), SandboxError> {
     let [mount] = mounts else {

@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
-pub fn mkfifo(path: &Path) -> Result<(), SandboxError> {
+pub(crate) fn mkfifo(path: &Path) -> Result<(), SandboxError> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|e| {
         SandboxError::Io {
             path: path.to_path_buf(),
@@ -19,7 +19,7 @@ pub fn mkfifo(path: &Path) -> Result<(), SandboxError> {
 
 /// Starts reading `fifo`. The open blocks until the shim opens the write end;
 /// [`unblock`] releases it if the task never got that far.
-pub fn spawn_reader(
+pub(crate) fn spawn_reader(
     fifo: PathBuf,
     stream: OutputStream,
     output: mpsc::Sender<OutputChunk>,
@@ -56,7 +56,7 @@ pub fn spawn_reader(
 
 /// Opens and closes the write end without blocking, so a reader still waiting
 /// in `open` sees EOF and ends.
-pub fn unblock(fifo: &Path) {
+pub(crate) fn unblock(fifo: &Path) {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::OpenOptions::new()
         .write(true)

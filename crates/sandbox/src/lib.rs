@@ -29,6 +29,9 @@
 //! daemon left, by that label. The unpacked layer chain is not a leftover: it
 //! is the cache that makes the next run start fast.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 mod cgroup;
 mod diff;
 mod io;
@@ -415,24 +418,6 @@ impl Sandbox {
         private::start(dir).await
     }
 
-    /// Uses another containerd namespace (one per daemon: `cleanup_orphans`
-    /// treats every run in it as its own).
-    pub fn with_namespace(mut self, namespace: &str) -> Result<Sandbox, SandboxError> {
-        let valid = !namespace.is_empty()
-            && namespace
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
-            return Err(SandboxError::Invalid(format!(
-                "containerd namespace {namespace:?}: use letters, digits, '-', '_' and '.'"
-            )));
-        }
-        self.namespace = namespace
-            .parse()
-            .map_err(|_| SandboxError::Invalid(format!("containerd namespace {namespace:?}")))?;
-        Ok(self)
-    }
-
     /// Tears down the network namespaces made ahead for later steps (call it
     /// at shutdown; a daemon killed before leaves addresses that the next
     /// one releases).
@@ -442,7 +427,7 @@ impl Sandbox {
     }
 
     /// Where runs keep their FIFOs and /etc files.
-    pub fn with_run_dir(mut self, dir: PathBuf) -> Sandbox {
+    pub(crate) fn with_run_dir(mut self, dir: PathBuf) -> Sandbox {
         self.run_dir = dir;
         self
     }

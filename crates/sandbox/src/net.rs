@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 /// The CNI network name (host-local keeps addresses in
 /// `/var/lib/cni/networks/memobuild`, shared by every memobuildd on the host).
-pub const NETWORK: &str = "memobuild";
+pub(crate) const NETWORK: &str = "memobuild";
 /// The host bridge.
 pub const BRIDGE: &str = "memobuild0";
 /// Addresses of RUN steps; the bridge (the steps' gateway) is the first.
@@ -39,7 +39,7 @@ pub const SUBNET: &str = "10.213.0.0/16";
 const PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
 const IPAM_DIR: &str = "/var/lib/cni/networks";
 /// Namespaces kept ready for the next steps.
-pub const POOL_READY: usize = 2;
+pub(crate) const POOL_READY: usize = 2;
 /// The Debian package with the plugins.
 pub const CNI_PACKAGE: &str = "containernetworking-plugins";
 
@@ -279,7 +279,7 @@ fn start_time(pid: u32) -> Option<u64> {
 
 /// One step's network namespace, ready: `eth0` with an address and a default
 /// route. Dropping it tears it down in the background.
-pub struct NetNs {
+pub(crate) struct NetNs {
     id: String,
     holder: Option<Holder>,
     plugins: PathBuf,
@@ -287,7 +287,7 @@ pub struct NetNs {
 
 impl NetNs {
     /// What the runtime spec names as the step's network namespace.
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.holder.as_ref().map(|h| h.path.as_str()).unwrap_or("")
     }
 
@@ -332,7 +332,7 @@ impl Drop for NetNs {
 
 /// Fresh namespaces for RUN steps, a few made ahead.
 #[derive(Default)]
-pub struct NetPool {
+pub(crate) struct NetPool {
     state: Mutex<PoolState>,
 }
 
@@ -360,7 +360,7 @@ impl NetPool {
     }
 
     /// A namespace no step has used. Blocking: call it on the blocking pool.
-    pub fn take(self: &Arc<Self>) -> Result<NetNs, SandboxError> {
+    pub(crate) fn take(self: &Arc<Self>) -> Result<NetNs, SandboxError> {
         let plugins = self.plugins()?;
         let ready = self.state.lock().ready.pop();
         let ns = match ready {
@@ -397,7 +397,7 @@ impl NetPool {
     }
 
     /// Tears down the namespaces made ahead (at shutdown). Blocking.
-    pub fn drain(&self) {
+    pub(crate) fn drain(&self) {
         let ready = std::mem::take(&mut self.state.lock().ready);
         for mut ns in ready {
             let holder = ns.holder.take();
@@ -443,7 +443,7 @@ fn sweep(plugins: &Path) {
 /// /etc/resolv.conf for a step with its own network: the host's, without
 /// loopback name servers (unreachable from the step), or Google's public
 /// servers when none is left, as Docker does.
-pub fn resolv_conf(host: &str) -> String {
+pub(crate) fn resolv_conf(host: &str) -> String {
     let mut out = String::new();
     let mut servers = 0;
     for line in host.lines() {

@@ -77,7 +77,7 @@ fn stop(mut child: std::process::Child, grace: Duration) {
 }
 
 /// Finds `name` on `PATH`.
-pub fn which(name: &str) -> Option<PathBuf> {
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -90,7 +90,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 /// Errors with the packages to install if a binary RUN needs is missing.
-pub fn check_binaries() -> Result<(), SandboxError> {
+pub(crate) fn check_binaries() -> Result<(), SandboxError> {
     for binary in BINARIES {
         if which(binary).is_none() {
             return Err(SandboxError::NotInstalled {

@@ -74,7 +74,7 @@ fn strings(v: Option<&Value>) -> Vec<&str> {
 ///
 /// [`SandboxError::Invalid`] if the bundled profile does not parse (a bad
 /// `seccomp/default.json`; the unit tests catch it).
-pub fn default_profile(caps: &[String]) -> Result<LinuxSeccomp, SandboxError> {
+pub(crate) fn default_profile(caps: &[String]) -> Result<LinuxSeccomp, SandboxError> {
     profile_for(caps, go_arch(), scmp_arch(), kernel_version())
 }
 

@@ -34,7 +34,7 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 /// dropped from the diff when runc had to create them: the /etc files. The
 /// directories runc creates (`proc`, `dev`, `sys`, and `etc` as the files'
 /// parent) stay in the layer, as they do in BuildKit's.
-pub const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
+pub(crate) const DEFAULT_MOUNT_POINTS: &[&str] = &["etc/hosts", "etc/resolv.conf"];
 
 /// Every capability by number, for `--security=insecure`: those in the
 /// daemon's own bounding set are given (as containerd's `WithPrivileged`), since
@@ -143,10 +143,10 @@ const READONLY: &[&str] = &[
 
 /// `cpu.shares` of a [`RunSpec::low_priority`] run: the kernel's minimum
 /// (cgroup v2 `cpu.weight` 1 after runc's conversion; the default is 1024/100).
-pub const LOW_PRIORITY_SHARES: u64 = 2;
+pub(crate) const LOW_PRIORITY_SHARES: u64 = 2;
 
 /// Files bound over /etc/hosts and /etc/resolv.conf.
-pub struct EtcFiles<'a> {
+pub(crate) struct EtcFiles<'a> {
     pub hosts: &'a Path,
     pub resolv_conf: &'a Path,
 }
@@ -219,7 +219,7 @@ fn mount_owned(
 ///
 /// [`SandboxError::Invalid`] if oci-spec rejects a value (a mount it
 /// considers malformed).
-pub fn build(
+pub(crate) fn build(
     spec: &RunSpec,
     etc: &EtcFiles<'_>,
     cgroups_path: &str,

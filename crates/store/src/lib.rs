@@ -5,6 +5,9 @@
 //! Every record that names a blob is committed only after the blob is durable
 //! (see [`blobs`]), so the database never points at a missing blob.
 
+// What other crates may use is what this file exports; the rest is private.
+#![warn(unreachable_pub)]
+
 pub mod blobs;
 mod pins;
 
