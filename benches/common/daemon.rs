@@ -44,6 +44,11 @@ impl Daemon {
         if let Some(filter) = filter {
             cmd.env("MEMOBUILD_LOG", filter);
         }
+        // Extra daemon flags for a variant of a bench, e.g.
+        // `MEMOBUILD_BENCH_DAEMON_ARGS="--default-network none"`.
+        if let Ok(extra) = std::env::var("MEMOBUILD_BENCH_DAEMON_ARGS") {
+            cmd.args(extra.split_whitespace());
+        }
         let child = cmd
             .arg("--socket")
             .arg(&socket)
