@@ -7,7 +7,7 @@
 //! Needs `containerd`, `runc` and busybox (Debian `containerd`, `busybox-static`).
 
 mod common;
-use common::{busybox_context, ctl_as, oci_file, BuildOutcome, Daemon};
+use common::{busybox_context, ctl_as, oci_file, wait_status, BuildOutcome, Daemon};
 use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -83,30 +83,6 @@ fn image_bytes(archive: &Path) -> Vec<u8> {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The project's entry in `status --json`, polled until `ok` holds (20 s).
-fn wait_status(d: &Daemon, ctx: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let ctx = ctx.canonicalize().expect("canonical context");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = d.ctl_json(&["status"]);
-        let project = status["projects"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["context"] == ctx.display().to_string())
-            .cloned()
-            .unwrap_or(Value::Null);
-        if ok(&project) {
-            return project;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}; last:\n{project:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn step_state(project: &Value, instruction: &str) -> String {

@@ -5,7 +5,7 @@
 //! keeps the rest cached, as in BuildKit.
 
 mod common;
-use common::{busybox_context, oci_file, BuildOutcome, Daemon};
+use common::{busybox_context, oci_file, wait_status, BuildOutcome, Daemon};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,30 +19,6 @@ fn build(d: &Daemon, ctx: &Path, out: &Path) -> BuildOutcome {
 fn text(archive: &Path, path: &str) -> String {
     String::from_utf8(oci_file(archive, path).unwrap_or_else(|| panic!("{path} not in the image")))
         .expect("utf-8")
-}
-
-/// The project's entry in `status --json`, polled until `ok` holds (10 s).
-fn wait_status(d: &Daemon, ctx: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let ctx = ctx.canonicalize().expect("canonical context");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = d.ctl_json(&["status"]);
-        let project = status["projects"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["context"] == ctx.display().to_string())
-            .cloned()
-            .unwrap_or(Value::Null);
-        if ok(&project) {
-            return project;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}; last:\n{project:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 const DOCKERFILE: &str = "FROM base AS builder

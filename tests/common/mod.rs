@@ -792,3 +792,27 @@ pub mod registry;
 // ---- Docker Engine (tests/docker_load.rs) ----
 
 pub mod docker;
+
+/// The project's entry in `status --json`, polled until `ok` holds (20 s).
+pub fn wait_status(d: &Daemon, ctx: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let ctx = ctx.canonicalize().expect("canonical context");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = d.ctl_json(&["status"]);
+        let project = status["projects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["context"] == ctx.display().to_string())
+            .cloned()
+            .unwrap_or(Value::Null);
+        if ok(&project) {
+            return project;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what}; last:\n{project:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -623,15 +623,7 @@ pub(super) fn lint_request(
 ) -> Result<memobuild_dockerfile::lint::Report, RpcError> {
     reading_as(reader_of(request), || {
         let df_path = dockerfile_path(request);
-        let text = match &request.dockerfile_text {
-            Some(text) => text.clone(),
-            None => dockerfile::read_file(&df_path).map_err(|e| {
-                RpcError::with_hint(
-                    format!("cannot read the Dockerfile: {e}"),
-                    "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
-                )
-            })?,
-        };
+        let text = dockerfile_text(request, &df_path)?;
         let df =
             dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
         let ignore = read_ignore(request, &df_path)?;
@@ -663,6 +655,20 @@ pub(super) fn lint_unplanned(request: &BuildRequest) -> Vec<memobuild_dockerfile
         .unwrap_or_default()
 }
 
+/// The Dockerfile's text: the one sent with the request (stdin), else the
+/// file at `df_path` (read as the caller is reading; capped, regular files only).
+fn dockerfile_text(request: &BuildRequest, df_path: &Path) -> Result<String, RpcError> {
+    match &request.dockerfile_text {
+        Some(text) => Ok(text.clone()),
+        None => dockerfile::read_file(df_path).map_err(|e| {
+            RpcError::with_hint(
+                format!("cannot read the Dockerfile: {e}"),
+                "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
+            )
+        }),
+    }
+}
+
 fn plan_as_reader(
     engine: &Engine,
     request: &BuildRequest,
@@ -672,15 +678,7 @@ fn plan_as_reader(
 ) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
-    let text = match &request.dockerfile_text {
-        Some(text) => text.clone(),
-        None => dockerfile::read_file(&df_path).map_err(|e| {
-            RpcError::with_hint(
-                format!("cannot read the Dockerfile: {e}"),
-                "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
-            )
-        })?,
-    };
+    let text = dockerfile_text(request, &df_path)?;
     let run_options = run_options(request);
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
     crate::contexts::check_stage_names(&df, request)?;
