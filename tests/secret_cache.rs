@@ -12,7 +12,6 @@ use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 const NOBODY: u32 = 65534;
 const NOGROUP: u32 = 65534;

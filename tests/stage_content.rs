@@ -6,9 +6,7 @@
 
 mod common;
 use common::{busybox_context, oci_file, wait_status, BuildOutcome, Daemon};
-use serde_json::Value;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 /// Builds with `-o type=oci` and returns the outcome and the archive's path.
 fn build(d: &Daemon, ctx: &Path, out: &Path) -> BuildOutcome {
