@@ -41,6 +41,7 @@ impl BuildRegistry {
         store: &Arc<Store>,
         settings: &RegistrySettings,
         request: &BuildRequest,
+        caller: crate::Caller,
         dockerfile: &Path,
         display: &str,
         note: Note<'_>,
@@ -49,7 +50,7 @@ impl BuildRegistry {
         let platform = memobuild_registry::Platform::parse(&request.platform)?;
         let session = Session::new(settings, request.registry_auth.clone(), platform, policy);
         let (cache_from, exports) = cache_refs(settings, request);
-        let wanted = base_images(store, request, dockerfile, display).await;
+        let wanted = base_images(store, request, caller, dockerfile, display).await;
         let mut registry = BuildRegistry {
             session,
             bases: wanted.iter().map(|w| w.base.name.clone()).collect(),
@@ -61,7 +62,7 @@ impl BuildRegistry {
         let mut seen = BTreeSet::new();
         for w in wanted {
             if seen.insert(w.base.name.clone()) {
-                registry.resolve(store, &w, note).await?;
+                registry.resolve(store, &w, caller, note).await?;
             }
         }
         for name in cache_from {
@@ -86,6 +87,7 @@ impl BuildRegistry {
         &self,
         store: &Arc<Store>,
         w: &Wanted,
+        caller: crate::Caller,
         note: Note<'_>,
     ) -> Result<(), RpcError> {
         let name = &w.base.name;
@@ -95,7 +97,7 @@ impl BuildRegistry {
             PullPolicy::Missing => !w.base.present,
             PullPolicy::Always => !(w.base.present && pinned),
         };
-        if !pull || (pinned && name_known_digest(store, name).await) {
+        if !pull || (pinned && name_known_digest(store, name, caller).await) {
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -300,10 +302,13 @@ fn cache_refs(
 }
 
 /// The FROM images of the stages the build needs. A Dockerfile that does not
-/// parse yields none: planning reports that error with its location.
+/// parse yields none: planning reports that error with its location. An
+/// image the caller may not read is never pulled over its owner's name:
+/// planning refuses it (image_access.rs).
 async fn base_images(
     store: &Arc<Store>,
     request: &BuildRequest,
+    caller: crate::Caller,
     dockerfile: &Path,
     display: &str,
 ) -> Vec<Wanted> {
@@ -322,14 +327,23 @@ async fn base_images(
         let df = dockerfile::parse(&text, &display).ok()?;
         // --build-context NAME=docker-image://REF: REF is what is pulled.
         let aliases = crate::contexts::image_aliases(&request).ok()?;
+        let readable = crate::image_access::Readable::new(&store, caller);
         let images = crate::contexts::Aliased {
-            inner: &*store,
+            inner: &readable,
             aliases: &aliases,
         };
         let bases = graph::base_images(&df, &request.target, &request.build_args, &images).ok()?;
         Some(
             bases
                 .into_iter()
+                .filter(|base| {
+                    let normalized = memobuild_oci::normalize_image_name(&base.name);
+                    let looked_up = aliases
+                        .get(&normalized)
+                        .map(|r| memobuild_oci::normalize_image_name(r))
+                        .unwrap_or(normalized);
+                    !readable.refused(&looked_up)
+                })
                 .map(|mut base| {
                     let normalized = memobuild_oci::normalize_image_name(&base.name);
                     if let Some(reference) = aliases.get(&normalized) {
@@ -350,14 +364,21 @@ async fn base_images(
 }
 
 /// A FROM pinned by digest whose manifest is already in the blob store (pulled
-/// under another name) is named without the network.
-async fn name_known_digest(store: &Arc<Store>, name: &str) -> bool {
+/// under another name) is named without the network, if an image the caller
+/// may read has that manifest (another user's private image is not named).
+async fn name_known_digest(store: &Arc<Store>, name: &str, caller: crate::Caller) -> bool {
     let Some((_, digest)) = name.rsplit_once('@') else {
         return false;
     };
     let (store, name, digest) = (store.clone(), name.to_string(), digest.to_string());
     tokio::task::spawn_blocking(move || {
         if !store.blobs.contains(&digest) {
+            return None;
+        }
+        if !crate::image_access::readable_manifests(&store, caller)
+            .ok()?
+            .contains(&digest)
+        {
             return None;
         }
         let image = memobuild_oci::image::read_image(&store, &digest).ok()?;
