@@ -557,3 +557,138 @@ fn another_users_image_content_is_not_readable() {
         Some(secret.as_bytes())
     );
 }
+
+/// The step cache index (key -> layer) of a `type=local` cache directory,
+/// with the blobs it names read by `blob`.
+fn cache_steps_of(dir: &Path) -> serde_json::Map<String, Value> {
+    let blob =
+        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let config: Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["steps"].as_object().unwrap().clone()
+}
+
+/// Rewrites cache directory `dir` so its index maps `key` to `layer` (a
+/// layer whose blob `dir` holds), as a user crafting a cache would.
+fn point_cache_key(dir: &Path, key: &str, layer: &Value) {
+    use sha2::Digest;
+    let put = |bytes: &[u8]| -> String {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let read =
+        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut manifest: Value =
+        serde_json::from_slice(&read(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["steps"] = serde_json::json!({ key: layer });
+    let config = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put(&config).into();
+    manifest["config"]["size"] = config.len().into();
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    index["manifests"][0]["digest"] = put(&manifest).into();
+    index["manifests"][0]["size"] = manifest.len().into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_step_imported_from_a_cache_serves_only_its_importer() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, _config) = daemon();
+    let honest = format!("honest {}", unique());
+    let ctx = context_with("FROM scratch\nCOPY f.txt /\n", &honest);
+    let other = context_with(
+        "FROM scratch\nCOPY f.txt /\n",
+        &format!("poisoned {}", unique()),
+    );
+    let caches = open_dir();
+    let (dir_honest, dir_poison) = (caches.path().join("honest"), caches.path().join("poison"));
+    for (context, dir) in [(ctx.path(), &dir_honest), (other.path(), &dir_poison)] {
+        d.build_ok(
+            context,
+            &[
+                "--cache-to",
+                &format!("type=local,dest={},mode=max", dir.display()),
+            ],
+        );
+    }
+    // The honest step's key, pointed at the other build's layer: a cache A
+    // crafts to seed the shared step cache.
+    let honest_steps = cache_steps_of(&dir_honest);
+    let [(key, _)] = honest_steps.iter().collect::<Vec<_>>()[..] else {
+        panic!("one step: {honest_steps:?}");
+    };
+    let poison_steps = cache_steps_of(&dir_poison);
+    let [(_, poison_layer)] = poison_steps.iter().collect::<Vec<_>>()[..] else {
+        panic!("one step: {poison_steps:?}");
+    };
+    point_cache_key(&dir_poison, key, poison_layer);
+    for entry in walk(caches.path()) {
+        let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let pruned = d.ctl_json(&["prune", "--all", "--force"]);
+    assert!(
+        pruned["cache_entries_removed"].as_u64().unwrap() >= 2,
+        "{pruned}"
+    );
+
+    // A imports it: A's own build uses it (A asked for that cache).
+    let out = open_dir();
+    let oci = |name: &str| out.path().join(name);
+    let a = build_as(
+        &d,
+        A,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", dir_poison.display()),
+            "-o",
+            &format!("type=oci,dest={}", oci("a.tar").display()),
+        ],
+    );
+    assert_eq!(a.cached(), ["COPY f.txt /"], "{}", a.text());
+    let a_file = common::oci_file(&oci("a.tar"), "/f.txt").unwrap();
+    assert!(
+        a_file.starts_with(b"poisoned"),
+        "{}",
+        String::from_utf8_lossy(&a_file)
+    );
+
+    // B's build of the same step does not use A's import: it runs, and B's
+    // image holds the context's bytes.
+    let b = build_as(
+        &d,
+        B,
+        ctx.path(),
+        &["-o", &format!("type=oci,dest={}", oci("b.tar").display())],
+    );
+    assert_eq!(b.executed(), ["COPY f.txt /"], "{}", b.text());
+    assert_eq!(
+        common::oci_file(&oci("b.tar"), "/f.txt").as_deref(),
+        Some(honest.as_bytes())
+    );
+}
+
+/// Every path under `root` (itself included).
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() {
+            for e in std::fs::read_dir(&out[i]).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}

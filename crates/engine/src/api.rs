@@ -519,8 +519,16 @@ impl Engine {
         steps: Vec<memobuild_proto::CacheStep>,
         caller: Caller,
     ) -> Result<u64, RpcError> {
-        let store = self.store.clone();
-        blocking(move || crate::localcache::import(&store, &steps, Some(caller.uid))).await
+        let engine = self.clone();
+        blocking(move || {
+            let readable = engine.readable_blobs(caller)?;
+            let uploaded = engine.uploaded_by(caller.uid);
+            let may_use_layer = |digest: &str| {
+                readable.as_ref().is_none_or(|r| r.contains(digest)) || uploaded.contains(digest)
+            };
+            crate::localcache::import(&engine.store, &steps, caller, &may_use_layer)
+        })
+        .await
     }
 
     /// The store's consistency check.

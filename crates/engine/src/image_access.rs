@@ -77,6 +77,29 @@ pub(crate) fn readable_manifests(
         .collect())
 }
 
+/// The manifest, config and layer digests of `manifests` (images whose blobs
+/// went missing name nothing).
+fn image_blobs_of(store: &Store, manifests: HashSet<String>) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for manifest in manifests {
+        if let Ok(image) = read_image(store, &manifest) {
+            out.insert(image.config_digest.clone());
+            out.extend(image.layers.iter().map(|l| l.digest.clone()));
+            out.insert(manifest);
+        }
+    }
+    out
+}
+
+/// Whether `caller` may read blob `digest` as part of an image it may read
+/// (admins: any).
+pub(crate) fn image_blob_readable(store: &Store, caller: Caller, digest: &str) -> bool {
+    caller.admin
+        || readable_manifests(store, caller)
+            .map(|m| image_blobs_of(store, m).contains(digest))
+            .unwrap_or(false)
+}
+
 impl Engine {
     /// Every blob digest `caller` may read through the export requests:
     /// manifests, configs and layers of the images it may read and of its
@@ -94,15 +117,7 @@ impl Engine {
         let mut manifests = readable_manifests(&self.store, caller)?;
         let (built, keys) = self.projects.results_of(caller.uid);
         manifests.extend(built);
-        let mut out = HashSet::new();
-        for manifest in manifests {
-            // An image whose blobs went missing names nothing readable.
-            if let Ok(image) = read_image(&self.store, &manifest) {
-                out.insert(image.config_digest.clone());
-                out.extend(image.layers.iter().map(|l| l.digest.clone()));
-                out.insert(manifest);
-            }
-        }
+        let mut out = image_blobs_of(&self.store, manifests);
         for key in keys {
             if let Lookup::Hit(record) = self.store.lookup_step(&key).map_err(internal)? {
                 out.extend(record.layer.map(|l| l.digest));

@@ -36,6 +36,13 @@ impl Caller {
         self.admin || matches!(owner, None | Some(0)) || owner == Some(self.uid)
     }
 
+    /// Whether the caller's builds may use a step cache entry: one built by
+    /// any build (shared by key), or one imported from a cache
+    /// (`--cache-from`) by the caller itself; an admin's, any.
+    pub(crate) fn may_use_step(&self, record: &memobuild_store::StepRecord) -> bool {
+        !record.imported || self.admin || record.owner == Some(self.uid)
+    }
+
     /// The error for reading `what` (an image), which belongs to `owner`.
     pub(crate) fn denied_read(&self, what: &str, owner: Option<u32>) -> RpcError {
         let mut e = self.denied(what, owner);
@@ -89,7 +96,12 @@ pub(crate) fn owner_of(request: &BuildRequest) -> Option<u32> {
 /// Who a build acts for: the caller that asked for it, else (a background
 /// build) the project's user as a non-admin, or root for root's projects.
 pub(crate) fn build_caller(asked_by: Option<Caller>, request: &BuildRequest) -> Caller {
-    asked_by.unwrap_or_else(|| match owner_of(request) {
+    acting_for(asked_by, owner_of(request))
+}
+
+/// [`build_caller`] from a build's caller and owner (`BuildLog`).
+pub(crate) fn acting_for(asked_by: Option<Caller>, owner: Option<u32>) -> Caller {
+    asked_by.unwrap_or(match owner {
         Some(uid) => Caller {
             uid,
             admin: uid == 0,

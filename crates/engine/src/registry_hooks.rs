@@ -27,6 +27,8 @@ pub(crate) struct BuildRegistry {
     push: Vec<String>,
     /// Caches whose registry stopped answering in this build (by index).
     failed: parking_lot::Mutex<BTreeSet<usize>>,
+    /// Who the build acts for: imported steps are theirs alone.
+    caller: crate::Caller,
 }
 
 /// A base image of the build, with where its FROM is.
@@ -58,6 +60,7 @@ impl BuildRegistry {
             exports,
             push: request.push.clone(),
             failed: Default::default(),
+            caller,
         };
         let mut seen = BTreeSet::new();
         for w in wanted {
@@ -157,11 +160,12 @@ impl BuildRegistry {
             .map(|s| (s.index, s.key.clone()))
             .collect();
         let local = {
-            let (store, keys) = (store.clone(), keys.clone());
+            let (store, keys, caller) = (store.clone(), keys.clone(), self.caller);
             tokio::task::spawn_blocking(move || {
                 keys.iter()
                     .map(|(_, k)| {
-                        matches!(store.lookup_step(k), Ok(memobuild_store::Lookup::Hit(_)))
+                        // Another user's import is not this build's to use.
+                        matches!(store.lookup_step(k), Ok(memobuild_store::Lookup::Hit(r)) if caller.may_use_step(&r))
                     })
                     .collect::<Vec<bool>>()
             })
@@ -195,7 +199,31 @@ impl BuildRegistry {
             if self.failed.lock().contains(&i) {
                 continue;
             }
-            match self.session.import_step(store, cache, key).await {
+            // A layer the store holds but the caller may not read (another
+            // user's private image) is not fetched, so a cache naming it
+            // cannot hand it over.
+            if let Some(Some(layer)) = cache.index.steps.get(key) {
+                let (s, digest, caller) = (store.clone(), layer.digest.clone(), self.caller);
+                let foreign = tokio::task::spawn_blocking(move || {
+                    s.blobs.contains(&digest)
+                        && !crate::image_access::image_blob_readable(&s, caller, &digest)
+                })
+                .await
+                .unwrap_or(true);
+                if foreign {
+                    note(format!(
+                        "warning: registry cache {}: step {key} names layer {} of an image you may not read; building the step locally",
+                        cache.reference.whole(),
+                        layer.digest
+                    ));
+                    continue;
+                }
+            }
+            match self
+                .session
+                .import_step(store, cache, key, Some(self.caller.uid))
+                .await
+            {
                 Ok(true) => return true,
                 Ok(false) => {}
                 Err(e) => {

@@ -1153,7 +1153,10 @@ async fn lookup(
 ) -> Result<Option<StepRecord>, RpcError> {
     let (e, k) = (engine.clone(), key.to_string());
     let found = blocking(move || e.store.use_step(build, &k).map_err(internal)).await?;
+    let caller = crate::owner::acting_for(log.caller, log.owner);
     Ok(match found {
+        // Imported by another user (--cache-from): theirs alone, run it here.
+        Lookup::Hit(record) if !caller.may_use_step(&record) => None,
         Lookup::Hit(record) => Some(record),
         Lookup::Miss => None,
         Lookup::Corrupt { digest, message } => {
@@ -1259,6 +1262,7 @@ async fn execute(
             layer: None,
             created_at: now,
             owner: None,
+            imported: false,
         });
     }
     let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
@@ -1292,6 +1296,7 @@ async fn execute(
             layer: None,
             created_at: now,
             owner: None,
+            imported: false,
         });
     }
     // The layer blob and, when a RUN may need it, the unpacked snapshot are
@@ -1338,6 +1343,7 @@ async fn execute(
         layer: Some(layer),
         created_at: now,
         owner: None,
+        imported: false,
     })
 }
 

@@ -77,6 +77,9 @@ pub struct Engine {
     /// Uploads in progress for `image import` / a local cache, by random id,
     /// each with the uid that began it (only that uid may write or commit it).
     uploads: Mutex<HashMap<u64, (u32, memobuild_store::Upload)>>,
+    /// Blobs each uid committed through an upload (the layers its local
+    /// cache import may name); bounded by [`MAX_UPLOADED`] per uid.
+    uploaded: Mutex<HashMap<u32, std::collections::HashSet<String>>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
     // Observability (docs/OBSERVABILITY.md).
@@ -276,6 +279,7 @@ impl Engine {
             custom_runner,
             cache_locks: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            uploaded: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             // The metric names are constants: only a programming error fails here.
@@ -618,10 +622,23 @@ impl Engine {
             }
         };
         self.store.pin_uploads();
-        self.store
+        let size = self
+            .store
             .blobs
             .commit_upload(upload, digest)
-            .map_err(|e| RpcError::new(e.to_string()))
+            .map_err(|e| RpcError::new(e.to_string()))?;
+        let mut uploaded = self.uploaded.lock();
+        let mine = uploaded.entry(caller.uid).or_default();
+        if mine.len() >= MAX_UPLOADED {
+            mine.clear();
+        }
+        mine.insert(digest.to_string());
+        Ok(size)
+    }
+
+    /// The blobs `uid` committed through uploads (the newest, at most [`MAX_UPLOADED`]).
+    pub(crate) fn uploaded_by(&self, uid: u32) -> std::collections::HashSet<String> {
+        self.uploaded.lock().get(&uid).cloned().unwrap_or_default()
     }
 
     /// Build `id`'s events, if `caller` may see them (its owner or an admin).
@@ -798,6 +815,9 @@ mod tests {
         assert_eq!(evictable(&VecDeque::new(), now), 0);
     }
 }
+
+/// How many uploaded blobs are remembered per uid.
+const MAX_UPLOADED: usize = 100_000;
 
 /// An upload id no upload in progress has.
 fn no_upload(id: u64) -> RpcError {
