@@ -797,6 +797,18 @@ fn evictable(finished: &VecDeque<(BuildId, std::time::Instant)>, now: std::time:
     expired.max(finished.len().saturating_sub(MAX_FINISHED))
 }
 
+/// How many uploaded blobs are remembered per uid.
+const MAX_UPLOADED: usize = 100_000;
+
+/// An upload id no upload in progress has.
+fn no_upload(id: u64) -> RpcError {
+    RpcError::of(
+        memobuild_proto::ErrorKind::NotFound,
+        format!("no upload {id}"),
+    )
+    .hint("begin an upload with upload_begin and use the id it returns")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -814,16 +826,4 @@ mod tests {
         assert_eq!(evictable(&fresh, now), 3);
         assert_eq!(evictable(&VecDeque::new(), now), 0);
     }
-}
-
-/// How many uploaded blobs are remembered per uid.
-const MAX_UPLOADED: usize = 100_000;
-
-/// An upload id no upload in progress has.
-fn no_upload(id: u64) -> RpcError {
-    RpcError::of(
-        memobuild_proto::ErrorKind::NotFound,
-        format!("no upload {id}"),
-    )
-    .hint("begin an upload with upload_begin and use the id it returns")
 }
