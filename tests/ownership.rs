@@ -692,3 +692,65 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn pull_always_never_repoints_a_name_another_user_holds() {
+    let reg = common::registry::Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("memobuildd.toml");
+    std::fs::write(
+        &config,
+        format!("allowed-users = [{A}, {B}]\nadmin-users = [{ADMIN}]\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--insecure-registry",
+        &reg.host,
+    ]);
+    d.open_socket_to_all();
+    let mark = unique();
+    // The registry's base:1 and root's own image under the same name differ.
+    let remote = context_with(
+        "FROM scratch\nCOPY f.txt /src.txt\n",
+        &format!("registry {mark}"),
+    );
+    let layout = dir.path().join("layout");
+    d.build_ok(
+        remote.path(),
+        &["-o", &format!("type=oci-layout,dest={}", layout.display())],
+    );
+    reg.push_layout(&layout, "base:1", &[]);
+    let name = reg.image("base:1");
+    let local_text = format!("root's local {mark}");
+    let local = context_with("FROM scratch\nCOPY f.txt /src.txt\n", &local_text);
+    let roots = d.build_ok(local.path(), &["-t", &name]).manifest_digest();
+
+    // B builds FROM that name with --pull=always: root's image is used, and
+    // the name still names it, root's.
+    let ctx = context_with(&format!("FROM {name}\nCOPY f.txt /b.txt\n"), "b");
+    let out = open_dir();
+    let dest = out.path().join("b.tar");
+    let b = build_as(
+        &d,
+        B,
+        ctx.path(),
+        &[
+            "--pull=always",
+            "-o",
+            &format!("type=oci,dest={}", dest.display()),
+        ],
+    );
+    assert_eq!(
+        common::oci_file(&dest, "/src.txt").as_deref(),
+        Some(local_text.as_bytes()),
+        "{}",
+        b.text()
+    );
+    let entry = image(&all_images(&d), &name)
+        .cloned()
+        .expect("the name stays");
+    assert_eq!(entry["manifest_digest"], roots.as_str());
+    assert_eq!(entry["owner"], 0);
+}

@@ -103,6 +103,22 @@ impl BuildRegistry {
         if !pull || (pinned && name_known_digest(store, name, caller).await) {
             return Ok(());
         }
+        // A pull re-points the name: never one the caller may not change
+        // (root's bases, with --pull=always); the stored image is used.
+        let holder = {
+            let (s, n) = (store.clone(), memobuild_oci::normalize_image_name(name));
+            tokio::task::spawn_blocking(move || s.image(&n).ok().flatten().and_then(|r| r.owner))
+                .await
+                .ok()
+                .flatten()
+        };
+        if w.base.present && holder.is_some() && !caller.may_change(holder) {
+            note(format!(
+                "not pulling {name}: that name belongs to another user here (uid {}); using the stored image",
+                holder.unwrap_or_default()
+            ));
+            return Ok(());
+        }
         let started = std::time::Instant::now();
         note(format!("pulling {name} ({})", self.session.platform));
         match self.session.pull(store, name).await {
