@@ -524,6 +524,10 @@ fn another_users_image_content_is_not_readable() {
     let root_mark = format!("root's base {}", unique());
     let root_ctx = context_with("FROM scratch\nCOPY f.txt /root.txt\n", &root_mark);
     d.build_ok(root_ctx.path(), &["-t", "root-base"]);
+    let listed = json_as(&d, B, &["images", "--json"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(image(listed, "root-base:latest").unwrap()["owner"], 0);
+    assert!(image(listed, "a-private:latest").is_none());
     let b_mark = format!("B's file {}", unique());
     let b_ctx = context_with("FROM root-base\nCOPY f.txt /b.txt\n", &b_mark);
     let dest = out_dir.path().join("b-ok.tar");

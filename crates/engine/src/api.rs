@@ -93,14 +93,14 @@ impl Engine {
     }
 
     /// Images in the image store: for an admin all of them; for anyone else
-    /// their own and those without an owner (pulled base images, names set
-    /// before owners were recorded).
+    /// those it may read: its own, those without an owner (pulled base
+    /// images, names set before owners were recorded) and root's.
     pub async fn images(self: &Arc<Self>, caller: Caller) -> Result<Vec<ImageSummary>, RpcError> {
         let store = self.store.clone();
         let images = blocking(move || store.images().map_err(internal)).await?;
         Ok(images
             .into_iter()
-            .filter(|(_, r)| caller.admin || r.owner.is_none() || r.owner == Some(caller.uid))
+            .filter(|(_, r)| caller.may_read(r.owner))
             .map(|(name, r)| ImageSummary {
                 name,
                 manifest_digest: r.manifest_digest,
