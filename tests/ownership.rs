@@ -334,3 +334,427 @@ fn cache_mounts_are_per_user() {
     let meta = std::fs::metadata(d.data.join(format!("cache-mounts/uid-{A}"))).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
 }
+
+/// A client connected to `socket` as `uid`: the connecting thread alone takes
+/// the uid (raw `setresgid`/`setresuid` change only the calling thread, not
+/// the process as glibc's wrappers do), and the kernel records it at
+/// connect, so the daemon's SO_PEERCRED sees `uid`.
+fn client_as(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    uid: u32,
+) -> memobuild_proto::MemobuildClient {
+    let socket = socket.to_path_buf();
+    let conn = std::thread::spawn(move || {
+        let id = uid as libc::c_long;
+        // SAFETY: plain system calls on this thread's credentials; the thread
+        // ends right after connecting.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, id, id, id), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, id, id, id), 0);
+        }
+        std::os::unix::net::UnixStream::connect(&socket)
+    })
+    .join()
+    .expect("connecting thread")
+    .expect("connect to the daemon");
+    conn.set_nonblocking(true).unwrap();
+    rt.block_on(async move {
+        let conn = tokio::net::UnixStream::from_std(conn).unwrap();
+        let transport = memobuild_proto::wire::transport(conn);
+        memobuild_proto::MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
+    })
+}
+
+fn kind<T: std::fmt::Debug>(
+    answer: Result<T, memobuild_proto::RpcError>,
+) -> memobuild_proto::ErrorKind {
+    match answer {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.kind,
+    }
+}
+
+#[test]
+fn an_upload_is_written_and_committed_only_by_the_uid_that_began_it() {
+    use memobuild_proto::{ByteBuf, ErrorKind};
+    use sha2::Digest;
+    let (d, _config) = daemon();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = client_as(&rt, &d.socket, A);
+    let b = client_as(&rt, &d.socket, B);
+    let ctx = tarpc::context::current;
+    let first = rt.block_on(a.upload_begin(ctx())).unwrap().unwrap();
+    let second = rt.block_on(a.upload_begin(ctx())).unwrap().unwrap();
+    let third = rt.block_on(b.upload_begin(ctx())).unwrap().unwrap();
+    // Not sequential: the next id cannot be guessed from one's own.
+    for (x, y) in [(first, second), (second, third), (first, third)] {
+        assert!(x.abs_diff(y) > 1_000_000, "ids {x} and {y} are close");
+    }
+
+    let bytes = format!("A's blob {}", unique()).into_bytes();
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    // B writes into A's upload, and commits it: both refused.
+    let chunk = rt.block_on(b.upload_chunk(ctx(), first, ByteBuf::from(b"B's bytes".to_vec())));
+    assert_eq!(kind(chunk.unwrap()), ErrorKind::PermissionDenied);
+    let commit = rt.block_on(b.upload_commit(ctx(), first, digest.clone()));
+    assert_eq!(kind(commit.unwrap()), ErrorKind::PermissionDenied);
+    // A's upload holds exactly A's bytes.
+    rt.block_on(a.upload_chunk(ctx(), first, ByteBuf::from(bytes.clone())))
+        .unwrap()
+        .unwrap();
+    let size = rt
+        .block_on(a.upload_commit(ctx(), first, digest.clone()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(size, bytes.len() as u64);
+    assert_eq!(std::fs::read(blob_path(&d, &digest)).unwrap(), bytes);
+    // Committed: gone for everyone.
+    let again = rt.block_on(a.upload_commit(ctx(), first, digest.clone()));
+    assert_eq!(kind(again.unwrap()), ErrorKind::NotFound);
+    // B's own upload is B's: A cannot write into it either.
+    let chunk = rt.block_on(a.upload_chunk(ctx(), third, ByteBuf::from(b"A".to_vec())));
+    assert_eq!(kind(chunk.unwrap()), ErrorKind::PermissionDenied);
+}
+
+/// A context readable by everyone with `dockerfile` and `f.txt` holding `content`.
+fn context_with(dockerfile: &str, content: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
+    std::fs::write(dir.path().join("f.txt"), content).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// A directory every user may write an export into.
+fn open_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+#[test]
+fn another_users_image_content_is_not_readable() {
+    use memobuild_proto::ErrorKind;
+    let (d, _config) = daemon();
+    let secret = format!("A's private content {}", unique());
+    let a_ctx = context_with("FROM scratch\nCOPY f.txt /a.txt\n", &secret);
+    let built = build_as(&d, A, a_ctx.path(), &["-t", "a-private"]);
+    let manifest = built.manifest_digest();
+    let a_layer = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let a = client_as(&rt, &d.socket, A);
+        let blobs = rt
+            .block_on(a.image_blobs(tarpc::context::current(), manifest.clone()))
+            .unwrap()
+            .unwrap();
+        blobs.layers[0].digest.clone()
+    };
+
+    // B names A's image in FROM, COPY --from and a build context: each is
+    // refused as permission denied, and nothing is pulled over A's name.
+    let out_dir = open_dir();
+    for dockerfile in [
+        "FROM a-private\nCOPY f.txt /b.txt\n",
+        "FROM scratch\nCOPY --from=a-private /a.txt /b.txt\n",
+        "FROM x\nCOPY f.txt /b.txt\n",
+    ] {
+        let ctx = context_with(dockerfile, "b");
+        let dest = out_dir.path().join("b.tar");
+        let dest_arg = format!("type=oci,dest={}", dest.display());
+        let out = as_user(
+            &d,
+            B,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--build-context",
+                "x=docker-image://a-private",
+                "-o",
+                &dest_arg,
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(DENIED),
+            "{dockerfile}: {}",
+            text(&out)
+        );
+        assert!(!dest.exists(), "{dockerfile}: an image was exported");
+        let a_img = image(&all_images(&d), "a-private:latest")
+            .cloned()
+            .expect("A's image stays");
+        assert_eq!(a_img["manifest_digest"], manifest.as_str());
+        assert_eq!(a_img["owner"], A);
+    }
+
+    // B's export requests for A's image and its layer: refused; A's own work.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let b = client_as(&rt, &d.socket, B);
+    let a = client_as(&rt, &d.socket, A);
+    let ctx = tarpc::context::current;
+    let answer = rt.block_on(b.image_blobs(ctx(), manifest.clone())).unwrap();
+    assert_eq!(kind(answer), ErrorKind::PermissionDenied);
+    let answer = rt.block_on(b.open_blobs(ctx(), manifest.clone())).unwrap();
+    assert_eq!(kind(answer), ErrorKind::PermissionDenied);
+    for digest in [&manifest, &a_layer] {
+        let answer = rt
+            .block_on(b.read_blob(ctx(), digest.clone(), 0, 1 << 20))
+            .unwrap();
+        assert_eq!(kind(answer), ErrorKind::PermissionDenied, "{digest}");
+        let answer = rt
+            .block_on(b.read_blob(ctx(), digest.clone(), 1, 1 << 20))
+            .unwrap();
+        assert_eq!(kind(answer), ErrorKind::PermissionDenied, "{digest}");
+    }
+    let bytes = rt
+        .block_on(a.read_blob(ctx(), a_layer.clone(), 0, 1 << 20))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        bytes.into_vec(),
+        std::fs::read(blob_path(&d, &a_layer)).unwrap()
+    );
+
+    // Root's images are bases for everyone; B's own untagged result exports.
+    let root_mark = format!("root's base {}", unique());
+    let root_ctx = context_with("FROM scratch\nCOPY f.txt /root.txt\n", &root_mark);
+    d.build_ok(root_ctx.path(), &["-t", "root-base"]);
+    let listed = json_as(&d, B, &["images", "--json"]);
+    let listed = listed.as_array().unwrap();
+    assert_eq!(image(listed, "root-base:latest").unwrap()["owner"], 0);
+    assert!(image(listed, "a-private:latest").is_none());
+    let b_mark = format!("B's file {}", unique());
+    let b_ctx = context_with("FROM root-base\nCOPY f.txt /b.txt\n", &b_mark);
+    let dest = out_dir.path().join("b-ok.tar");
+    build_as(
+        &d,
+        B,
+        b_ctx.path(),
+        &["-o", &format!("type=oci,dest={}", dest.display())],
+    );
+    assert_eq!(
+        common::oci_file(&dest, "/root.txt").as_deref(),
+        Some(root_mark.as_bytes())
+    );
+    assert_eq!(
+        common::oci_file(&dest, "/b.txt").as_deref(),
+        Some(b_mark.as_bytes())
+    );
+
+    // An admin builds on A's image and reads its blobs.
+    let admin_ctx = context_with("FROM a-private\nCOPY f.txt /admin.txt\n", "admin");
+    let admin_dest = open_dir();
+    let dest = admin_dest.path().join("admin.tar");
+    build_as(
+        &d,
+        ADMIN,
+        admin_ctx.path(),
+        &["-o", &format!("type=oci,dest={}", dest.display())],
+    );
+    assert_eq!(
+        common::oci_file(&dest, "/a.txt").as_deref(),
+        Some(secret.as_bytes())
+    );
+}
+
+/// The step cache index (key -> layer) of a `type=local` cache directory,
+/// with the blobs it names read by `blob`.
+fn cache_steps_of(dir: &Path) -> serde_json::Map<String, Value> {
+    let blob =
+        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let config: Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["steps"].as_object().unwrap().clone()
+}
+
+/// Rewrites cache directory `dir` so its index maps `key` to `layer` (a
+/// layer whose blob `dir` holds), as a user crafting a cache would.
+fn point_cache_key(dir: &Path, key: &str, layer: &Value) {
+    use sha2::Digest;
+    let put = |bytes: &[u8]| -> String {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let read =
+        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
+    let mut index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let mut manifest: Value =
+        serde_json::from_slice(&read(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["steps"] = serde_json::json!({ key: layer });
+    let config = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put(&config).into();
+    manifest["config"]["size"] = config.len().into();
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    index["manifests"][0]["digest"] = put(&manifest).into();
+    index["manifests"][0]["size"] = manifest.len().into();
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_step_imported_from_a_cache_serves_only_its_importer() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, _config) = daemon();
+    let honest = format!("honest {}", unique());
+    let ctx = context_with("FROM scratch\nCOPY f.txt /\n", &honest);
+    let other = context_with(
+        "FROM scratch\nCOPY f.txt /\n",
+        &format!("poisoned {}", unique()),
+    );
+    let caches = open_dir();
+    let (dir_honest, dir_poison) = (caches.path().join("honest"), caches.path().join("poison"));
+    for (context, dir) in [(ctx.path(), &dir_honest), (other.path(), &dir_poison)] {
+        d.build_ok(
+            context,
+            &[
+                "--cache-to",
+                &format!("type=local,dest={},mode=max", dir.display()),
+            ],
+        );
+    }
+    // The honest step's key, pointed at the other build's layer: a cache A
+    // crafts to seed the shared step cache.
+    let honest_steps = cache_steps_of(&dir_honest);
+    let [(key, _)] = honest_steps.iter().collect::<Vec<_>>()[..] else {
+        panic!("one step: {honest_steps:?}");
+    };
+    let poison_steps = cache_steps_of(&dir_poison);
+    let [(_, poison_layer)] = poison_steps.iter().collect::<Vec<_>>()[..] else {
+        panic!("one step: {poison_steps:?}");
+    };
+    point_cache_key(&dir_poison, key, poison_layer);
+    for entry in walk(caches.path()) {
+        let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let pruned = d.ctl_json(&["prune", "--all", "--force"]);
+    assert!(
+        pruned["cache_entries_removed"].as_u64().unwrap() >= 2,
+        "{pruned}"
+    );
+
+    // A imports it: A's own build uses it (A asked for that cache).
+    let out = open_dir();
+    let oci = |name: &str| out.path().join(name);
+    let a = build_as(
+        &d,
+        A,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", dir_poison.display()),
+            "-o",
+            &format!("type=oci,dest={}", oci("a.tar").display()),
+        ],
+    );
+    assert_eq!(a.cached(), ["COPY f.txt /"], "{}", a.text());
+    let a_file = common::oci_file(&oci("a.tar"), "/f.txt").unwrap();
+    assert!(
+        a_file.starts_with(b"poisoned"),
+        "{}",
+        String::from_utf8_lossy(&a_file)
+    );
+
+    // B's build of the same step does not use A's import: it runs, and B's
+    // image holds the context's bytes.
+    let b = build_as(
+        &d,
+        B,
+        ctx.path(),
+        &["-o", &format!("type=oci,dest={}", oci("b.tar").display())],
+    );
+    assert_eq!(b.executed(), ["COPY f.txt /"], "{}", b.text());
+    assert_eq!(
+        common::oci_file(&oci("b.tar"), "/f.txt").as_deref(),
+        Some(honest.as_bytes())
+    );
+}
+
+/// Every path under `root` (itself included).
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() {
+            for e in std::fs::read_dir(&out[i]).unwrap() {
+                out.push(e.unwrap().path());
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+#[test]
+fn pull_always_never_repoints_a_name_another_user_holds() {
+    let reg = common::registry::Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("memobuildd.toml");
+    std::fs::write(
+        &config,
+        format!("allowed-users = [{A}, {B}]\nadmin-users = [{ADMIN}]\n"),
+    )
+    .unwrap();
+    let d = Daemon::start_with(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--insecure-registry",
+        &reg.host,
+    ]);
+    d.open_socket_to_all();
+    let mark = unique();
+    // The registry's base:1 and root's own image under the same name differ.
+    let remote = context_with(
+        "FROM scratch\nCOPY f.txt /src.txt\n",
+        &format!("registry {mark}"),
+    );
+    let layout = dir.path().join("layout");
+    d.build_ok(
+        remote.path(),
+        &["-o", &format!("type=oci-layout,dest={}", layout.display())],
+    );
+    reg.push_layout(&layout, "base:1", &[]);
+    let name = reg.image("base:1");
+    let local_text = format!("root's local {mark}");
+    let local = context_with("FROM scratch\nCOPY f.txt /src.txt\n", &local_text);
+    let roots = d.build_ok(local.path(), &["-t", &name]).manifest_digest();
+
+    // B builds FROM that name with --pull=always: root's image is used, and
+    // the name still names it, root's.
+    let ctx = context_with(&format!("FROM {name}\nCOPY f.txt /b.txt\n"), "b");
+    let out = open_dir();
+    let dest = out.path().join("b.tar");
+    let b = build_as(
+        &d,
+        B,
+        ctx.path(),
+        &[
+            "--pull=always",
+            "-o",
+            &format!("type=oci,dest={}", dest.display()),
+        ],
+    );
+    assert_eq!(
+        common::oci_file(&dest, "/src.txt").as_deref(),
+        Some(local_text.as_bytes()),
+        "{}",
+        b.text()
+    );
+    let entry = image(&all_images(&d), &name)
+        .cloned()
+        .expect("the name stays");
+    assert_eq!(entry["manifest_digest"], roots.as_str());
+    assert_eq!(entry["owner"], 0);
+}

@@ -126,7 +126,7 @@ impl Memobuild for Server {
     }
 
     async fn image_blobs(self, _: Context, manifest: String) -> Result<ImageBlobs, RpcError> {
-        self.engine.image_blobs(manifest).await
+        self.engine.image_blobs(manifest, self.caller()).await
     }
 
     async fn read_blob(
@@ -136,7 +136,10 @@ impl Memobuild for Server {
         offset: u64,
         len: u64,
     ) -> Result<ByteBuf, RpcError> {
-        let bytes = self.engine.read_blob(digest, offset, len).await?;
+        let bytes = self
+            .engine
+            .read_blob(digest, offset, len, self.caller())
+            .await?;
         Ok(ByteBuf::from(bytes))
     }
 
@@ -168,15 +171,19 @@ impl Memobuild for Server {
     }
 
     async fn upload_begin(self, _: Context) -> Result<u64, RpcError> {
-        self.engine.upload_begin()
+        self.engine.upload_begin(self.caller())
     }
 
     async fn upload_chunk(self, _: Context, upload: u64, data: ByteBuf) -> Result<(), RpcError> {
-        self.engine.upload_chunk(upload, data.into_vec()).await
+        self.engine
+            .upload_chunk(upload, data.into_vec(), self.caller())
+            .await
     }
 
     async fn upload_commit(self, _: Context, upload: u64, digest: String) -> Result<u64, RpcError> {
-        self.engine.upload_commit(upload, digest).await
+        self.engine
+            .upload_commit(upload, digest, self.caller())
+            .await
     }
 
     async fn import_image(
@@ -213,7 +220,10 @@ impl Memobuild for Server {
     }
 
     async fn open_blobs(self, _: Context, manifest: String) -> Result<BlobHandoff, RpcError> {
-        let opened = self.engine.open_image_blobs(manifest).await?;
+        let opened = self
+            .engine
+            .open_image_blobs(manifest, self.caller())
+            .await?;
         self.handoffs.offer(self.peer_uid, opened)
     }
 

@@ -93,14 +93,14 @@ impl Engine {
     }
 
     /// Images in the image store: for an admin all of them; for anyone else
-    /// their own and those without an owner (pulled base images, names set
-    /// before owners were recorded).
+    /// those it may read: its own, those without an owner (pulled base
+    /// images, names set before owners were recorded) and root's.
     pub async fn images(self: &Arc<Self>, caller: Caller) -> Result<Vec<ImageSummary>, RpcError> {
         let store = self.store.clone();
         let images = blocking(move || store.images().map_err(internal)).await?;
         Ok(images
             .into_iter()
-            .filter(|(_, r)| caller.admin || r.owner.is_none() || r.owner == Some(caller.uid))
+            .filter(|(_, r)| caller.may_read(r.owner))
             .map(|(name, r)| ImageSummary {
                 name,
                 manifest_digest: r.manifest_digest,
@@ -113,12 +113,17 @@ impl Engine {
     }
 
     /// The blobs an image needs, for `-o` outputs; kept from GC meanwhile.
+    /// Only an image `caller` may read: one named by an image it may read
+    /// (its own, unowned, root's) or one of its own builds' results.
     pub async fn image_blobs(
         self: &Arc<Self>,
         manifest_digest: String,
+        caller: Caller,
     ) -> Result<ImageBlobs, RpcError> {
         let store = self.store.clone();
+        let engine = self.clone();
         blocking(move || {
+            engine.check_blob_readable(caller, &manifest_digest)?;
             let image = read_image(&store, &manifest_digest).map_err(internal)?;
             // An export follows: keep these blobs from GC meanwhile.
             let blobs = [&image.manifest_digest, &image.config_digest]
@@ -161,8 +166,9 @@ impl Engine {
     pub async fn open_image_blobs(
         self: &Arc<Self>,
         manifest_digest: String,
+        caller: Caller,
     ) -> Result<Vec<(BlobRef, std::fs::File)>, RpcError> {
-        let blobs = self.image_blobs(manifest_digest).await?;
+        let blobs = self.image_blobs(manifest_digest, caller).await?;
         let store = self.store.clone();
         let opened = blocking(move || {
             let mut seen = std::collections::HashSet::new();
@@ -192,17 +198,22 @@ impl Engine {
         Ok(opened)
     }
 
-    /// At most [`BLOB_CHUNK_BYTES`] of a blob from `offset`.
+    /// At most [`BLOB_CHUNK_BYTES`] of a blob from `offset`: a blob of an
+    /// image `caller` may read (see [`Engine::image_blobs`]) or a layer of
+    /// its own builds' steps.
     pub async fn read_blob(
         self: &Arc<Self>,
         digest: String,
         offset: u64,
         len: u64,
+        caller: Caller,
     ) -> Result<Vec<u8>, RpcError> {
         let store = self.store.clone();
         let len = len.min(BLOB_CHUNK_BYTES);
         let metrics = self.metrics.clone();
+        let engine = self.clone();
         blocking(move || {
+            engine.check_blob_readable(caller, &digest)?;
             // The first chunk checks the whole blob (hashed once per change of
             // its file); a corrupt one is dropped so the next build rebuilds it.
             if offset == 0 {
@@ -342,24 +353,27 @@ impl Engine {
             .ok_or_else(|| RpcError::of(ErrorKind::NotFound, format!("no project {project}")))
     }
 
-    /// Appends to an upload begun with `upload_begin`.
+    /// Appends to an upload `caller` began with `upload_begin` (another
+    /// uid's upload: permission denied).
     pub async fn upload_chunk(
         self: &Arc<Self>,
         upload: u64,
         data: Vec<u8>,
+        caller: Caller,
     ) -> Result<(), RpcError> {
         let engine = self.clone();
-        blocking(move || engine.upload_chunk_now(upload, &data)).await
+        blocking(move || engine.upload_chunk_now(upload, &data, caller)).await
     }
 
-    /// Verifies an upload against `digest` and stores it; returns its size.
+    /// Verifies `caller`'s upload against `digest` and stores it; returns its size.
     pub async fn upload_commit(
         self: &Arc<Self>,
         upload: u64,
         digest: String,
+        caller: Caller,
     ) -> Result<u64, RpcError> {
         let engine = self.clone();
-        blocking(move || engine.upload_commit_now(upload, &digest)).await
+        blocking(move || engine.upload_commit_now(upload, &digest, caller)).await
     }
 
     /// Names an image whose blobs a client uploaded.
@@ -505,8 +519,16 @@ impl Engine {
         steps: Vec<memobuild_proto::CacheStep>,
         caller: Caller,
     ) -> Result<u64, RpcError> {
-        let store = self.store.clone();
-        blocking(move || crate::localcache::import(&store, &steps, Some(caller.uid))).await
+        let engine = self.clone();
+        blocking(move || {
+            let readable = engine.readable_blobs(caller)?;
+            let uploaded = engine.uploaded_by(caller.uid);
+            let may_use_layer = |digest: &str| {
+                readable.as_ref().is_none_or(|r| r.contains(digest)) || uploaded.contains(digest)
+            };
+            crate::localcache::import(&engine.store, &steps, caller, &may_use_layer)
+        })
+        .await
     }
 
     /// The store's consistency check.

@@ -268,6 +268,7 @@ mod tests {
             }),
             created_at: 1,
             owner: None,
+            imported: false,
         };
         store.put_step(key, &record).unwrap();
         digest

@@ -21,6 +21,7 @@ mod eager;
 mod exec;
 mod failure;
 mod gc;
+mod image_access;
 mod import;
 mod localcache;
 mod metrics;

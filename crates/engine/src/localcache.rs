@@ -69,12 +69,15 @@ fn refused(key: &str, why: String) -> RpcError {
     .hint("the cache directory is damaged: remove it and write it again with --cache-to type=local,dest=DIR")
 }
 
-/// Records `steps` whose layer blobs are in the store; every layer must
-/// uncompress to its diff_id.
+/// Records `steps` whose layer blobs are in the store, as imported by
+/// `caller` (its builds alone use them); every layer must uncompress to its
+/// diff_id, and be one `may_use_layer` allows (uploaded by the caller, or
+/// part of what it may read), so a cache cannot name another user's layer.
 pub(crate) fn import(
     store: &Store,
     steps: &[CacheStep],
-    owner: Option<u32>,
+    caller: crate::Caller,
+    may_use_layer: &dyn Fn(&str) -> bool,
 ) -> Result<u64, RpcError> {
     let mut n = 0;
     for step in steps {
@@ -82,12 +85,12 @@ pub(crate) fn import(
         if !valid_key {
             return Err(refused(&step.key, "not a step cache key".into()));
         }
-        if matches!(store.lookup_step(&step.key), Ok(Lookup::Hit(_))) {
+        if matches!(store.lookup_step(&step.key), Ok(Lookup::Hit(r)) if caller.may_use_step(&r)) {
             continue;
         }
         let layer = match &step.layer {
             Some(l) => {
-                if !store.blobs.contains(&l.digest) {
+                if !store.blobs.contains(&l.digest) || !may_use_layer(&l.digest) {
                     return Err(refused(
                         &step.key,
                         format!("layer {} was not uploaded", l.digest),
@@ -132,7 +135,8 @@ pub(crate) fn import(
         let record = StepRecord {
             layer,
             created_at: memobuild_store::now_secs(),
-            owner,
+            owner: Some(caller.uid),
+            imported: true,
         };
         store
             .put_step(&step.key, &record)

@@ -28,6 +28,31 @@ impl Caller {
         self.admin || owner == Some(self.uid)
     }
 
+    /// Whether the caller may read (build FROM, export) an image owned by
+    /// `owner`: its own, one nobody owns (pulled from a registry, named
+    /// before owners were recorded), root's (bases every user may use), or
+    /// any for an admin.
+    pub(crate) fn may_read(&self, owner: Option<u32>) -> bool {
+        self.admin || matches!(owner, None | Some(0)) || owner == Some(self.uid)
+    }
+
+    /// Whether the caller's builds may use a step cache entry: one built by
+    /// any build (shared by key), or one imported from a cache
+    /// (`--cache-from`) by the caller itself; an admin's, any.
+    pub(crate) fn may_use_step(&self, record: &memobuild_store::StepRecord) -> bool {
+        !record.imported || self.admin || record.owner == Some(self.uid)
+    }
+
+    /// The error for reading `what` (an image), which belongs to `owner`.
+    pub(crate) fn denied_read(&self, what: &str, owner: Option<u32>) -> RpcError {
+        let mut e = self.denied(what, owner);
+        e.hint = Some(
+            "another user's images are private to them: build FROM an image of your own, one pulled from a registry, or root's; or ask its owner to push it to a registry you can pull from"
+                .into(),
+        );
+        e
+    }
+
     /// The uid whose things a request is limited to: `None` for an admin
     /// (everything), else the caller's own uid.
     pub fn scope(&self) -> Option<u32> {
@@ -68,6 +93,23 @@ pub(crate) fn owner_of(request: &BuildRequest) -> Option<u32> {
         .or_else(|| request.read_as.as_ref().map(|r| r.uid))
 }
 
+/// Who a build acts for: the caller that asked for it, else (a background
+/// build) the project's user as a non-admin, or root for root's projects.
+pub(crate) fn build_caller(asked_by: Option<Caller>, request: &BuildRequest) -> Caller {
+    acting_for(asked_by, owner_of(request))
+}
+
+/// [`build_caller`] from a build's caller and owner (`BuildLog`).
+pub(crate) fn acting_for(asked_by: Option<Caller>, owner: Option<u32>) -> Caller {
+    asked_by.unwrap_or(match owner {
+        Some(uid) => Caller {
+            uid,
+            admin: uid == 0,
+        },
+        None => Caller::ROOT,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +131,18 @@ mod tests {
         assert!(e.hint.is_some());
         assert_eq!(alice.scope(), Some(1001));
         assert_eq!(Caller::ROOT.scope(), None);
+    }
+
+    #[test]
+    fn users_read_their_own_unowned_and_roots_images() {
+        let alice = Caller {
+            uid: 1001,
+            admin: false,
+        };
+        assert!(alice.may_read(Some(1001)) && alice.may_read(None) && alice.may_read(Some(0)));
+        assert!(!alice.may_read(Some(1002)));
+        assert!(Caller::ROOT.may_read(Some(1002)));
+        let e = alice.denied_read("image x:latest", Some(1002));
+        assert!(e.is(ErrorKind::PermissionDenied) && e.hint.is_some());
     }
 }

@@ -614,6 +614,23 @@ impl Projects {
         Some(p.record.key.read_as.as_ref().map(|r| r.uid))
     }
 
+    /// What the last and previous builds of `uid`'s projects made: their
+    /// manifest digests, and the cache keys of their steps.
+    pub(crate) fn results_of(&self, uid: u32) -> (Vec<String>, Vec<String>) {
+        let map = lock(&self.map);
+        let (mut manifests, mut keys) = (Vec::new(), Vec::new());
+        let builds = map
+            .values()
+            .filter(|p| p.record.key.read_as.as_ref().map(|r| r.uid) == Some(uid))
+            .flat_map(|p| [&p.record.last, &p.record.previous])
+            .flatten();
+        for build in builds {
+            manifests.extend(build.manifest_digest.clone());
+            keys.extend(build.steps.iter().map(|s| s.key.clone()));
+        }
+        (manifests, keys)
+    }
+
     /// Ids matching a filter: an id, an id prefix, or a context path.
     pub(crate) fn matching(&self, filter: &str) -> Vec<String> {
         let map = lock(&self.map);

@@ -27,6 +27,8 @@ pub(crate) struct BuildRegistry {
     push: Vec<String>,
     /// Caches whose registry stopped answering in this build (by index).
     failed: parking_lot::Mutex<BTreeSet<usize>>,
+    /// Who the build acts for: imported steps are theirs alone.
+    caller: crate::Caller,
 }
 
 /// A base image of the build, with where its FROM is.
@@ -41,6 +43,7 @@ impl BuildRegistry {
         store: &Arc<Store>,
         settings: &RegistrySettings,
         request: &BuildRequest,
+        caller: crate::Caller,
         dockerfile: &Path,
         display: &str,
         note: Note<'_>,
@@ -49,7 +52,7 @@ impl BuildRegistry {
         let platform = memobuild_registry::Platform::parse(&request.platform)?;
         let session = Session::new(settings, request.registry_auth.clone(), platform, policy);
         let (cache_from, exports) = cache_refs(settings, request);
-        let wanted = base_images(store, request, dockerfile, display).await;
+        let wanted = base_images(store, request, caller, dockerfile, display).await;
         let mut registry = BuildRegistry {
             session,
             bases: wanted.iter().map(|w| w.base.name.clone()).collect(),
@@ -57,11 +60,12 @@ impl BuildRegistry {
             exports,
             push: request.push.clone(),
             failed: Default::default(),
+            caller,
         };
         let mut seen = BTreeSet::new();
         for w in wanted {
             if seen.insert(w.base.name.clone()) {
-                registry.resolve(store, &w, note).await?;
+                registry.resolve(store, &w, caller, note).await?;
             }
         }
         for name in cache_from {
@@ -86,6 +90,7 @@ impl BuildRegistry {
         &self,
         store: &Arc<Store>,
         w: &Wanted,
+        caller: crate::Caller,
         note: Note<'_>,
     ) -> Result<(), RpcError> {
         let name = &w.base.name;
@@ -95,7 +100,23 @@ impl BuildRegistry {
             PullPolicy::Missing => !w.base.present,
             PullPolicy::Always => !(w.base.present && pinned),
         };
-        if !pull || (pinned && name_known_digest(store, name).await) {
+        if !pull || (pinned && name_known_digest(store, name, caller).await) {
+            return Ok(());
+        }
+        // A pull re-points the name: never one the caller may not change
+        // (root's bases, with --pull=always); the stored image is used.
+        let holder = {
+            let (s, n) = (store.clone(), memobuild_oci::normalize_image_name(name));
+            tokio::task::spawn_blocking(move || s.image(&n).ok().flatten().and_then(|r| r.owner))
+                .await
+                .ok()
+                .flatten()
+        };
+        if w.base.present && holder.is_some() && !caller.may_change(holder) {
+            note(format!(
+                "not pulling {name}: that name belongs to another user here (uid {}); using the stored image",
+                holder.unwrap_or_default()
+            ));
             return Ok(());
         }
         let started = std::time::Instant::now();
@@ -155,11 +176,12 @@ impl BuildRegistry {
             .map(|s| (s.index, s.key.clone()))
             .collect();
         let local = {
-            let (store, keys) = (store.clone(), keys.clone());
+            let (store, keys, caller) = (store.clone(), keys.clone(), self.caller);
             tokio::task::spawn_blocking(move || {
                 keys.iter()
                     .map(|(_, k)| {
-                        matches!(store.lookup_step(k), Ok(memobuild_store::Lookup::Hit(_)))
+                        // Another user's import is not this build's to use.
+                        matches!(store.lookup_step(k), Ok(memobuild_store::Lookup::Hit(r)) if caller.may_use_step(&r))
                     })
                     .collect::<Vec<bool>>()
             })
@@ -193,7 +215,31 @@ impl BuildRegistry {
             if self.failed.lock().contains(&i) {
                 continue;
             }
-            match self.session.import_step(store, cache, key).await {
+            // A layer the store holds but the caller may not read (another
+            // user's private image) is not fetched, so a cache naming it
+            // cannot hand it over.
+            if let Some(Some(layer)) = cache.index.steps.get(key) {
+                let (s, digest, caller) = (store.clone(), layer.digest.clone(), self.caller);
+                let foreign = tokio::task::spawn_blocking(move || {
+                    s.blobs.contains(&digest)
+                        && !crate::image_access::image_blob_readable(&s, caller, &digest)
+                })
+                .await
+                .unwrap_or(true);
+                if foreign {
+                    note(format!(
+                        "warning: registry cache {}: step {key} names layer {} of an image you may not read; building the step locally",
+                        cache.reference.whole(),
+                        layer.digest
+                    ));
+                    continue;
+                }
+            }
+            match self
+                .session
+                .import_step(store, cache, key, Some(self.caller.uid))
+                .await
+            {
                 Ok(true) => return true,
                 Ok(false) => {}
                 Err(e) => {
@@ -300,10 +346,13 @@ fn cache_refs(
 }
 
 /// The FROM images of the stages the build needs. A Dockerfile that does not
-/// parse yields none: planning reports that error with its location.
+/// parse yields none: planning reports that error with its location. An
+/// image the caller may not read is never pulled over its owner's name:
+/// planning refuses it (image_access.rs).
 async fn base_images(
     store: &Arc<Store>,
     request: &BuildRequest,
+    caller: crate::Caller,
     dockerfile: &Path,
     display: &str,
 ) -> Vec<Wanted> {
@@ -322,14 +371,23 @@ async fn base_images(
         let df = dockerfile::parse(&text, &display).ok()?;
         // --build-context NAME=docker-image://REF: REF is what is pulled.
         let aliases = crate::contexts::image_aliases(&request).ok()?;
+        let readable = crate::image_access::Readable::new(&store, caller);
         let images = crate::contexts::Aliased {
-            inner: &*store,
+            inner: &readable,
             aliases: &aliases,
         };
         let bases = graph::base_images(&df, &request.target, &request.build_args, &images).ok()?;
         Some(
             bases
                 .into_iter()
+                .filter(|base| {
+                    let normalized = memobuild_oci::normalize_image_name(&base.name);
+                    let looked_up = aliases
+                        .get(&normalized)
+                        .map(|r| memobuild_oci::normalize_image_name(r))
+                        .unwrap_or(normalized);
+                    !readable.refused(&looked_up)
+                })
                 .map(|mut base| {
                     let normalized = memobuild_oci::normalize_image_name(&base.name);
                     if let Some(reference) = aliases.get(&normalized) {
@@ -350,14 +408,21 @@ async fn base_images(
 }
 
 /// A FROM pinned by digest whose manifest is already in the blob store (pulled
-/// under another name) is named without the network.
-async fn name_known_digest(store: &Arc<Store>, name: &str) -> bool {
+/// under another name) is named without the network, if an image the caller
+/// may read has that manifest (another user's private image is not named).
+async fn name_known_digest(store: &Arc<Store>, name: &str, caller: crate::Caller) -> bool {
     let Some((_, digest)) = name.rsplit_once('@') else {
         return false;
     };
     let (store, name, digest) = (store.clone(), name.to_string(), digest.to_string());
     tokio::task::spawn_blocking(move || {
         if !store.blobs.contains(&digest) {
+            return None;
+        }
+        if !crate::image_access::readable_manifests(&store, caller)
+            .ok()?
+            .contains(&digest)
+        {
             return None;
         }
         let image = memobuild_oci::image::read_image(&store, &digest).ok()?;

@@ -79,12 +79,14 @@ impl Session {
 
     /// Records step `key` from a remote cache: downloads its layer (digest
     /// verified on the way in), checks the layer's diff_id, then writes the
-    /// step record. `Ok(false)` when the cache does not have the step.
+    /// step record, marked imported and owned by `importer` (the uid whose
+    /// build imports it). `Ok(false)` when the cache does not have the step.
     pub async fn import_step(
         &self,
         store: &Arc<Store>,
         cache: &RemoteCache,
         key: &str,
+        importer: Option<u32>,
     ) -> Result<bool, RegistryError> {
         let Some(layer) = cache.index.steps.get(key) else {
             return Ok(false);
@@ -102,7 +104,8 @@ impl Session {
             let record = StepRecord {
                 layer,
                 created_at: memobuild_store::now_secs(),
-                owner: None,
+                owner: importer,
+                imported: true,
             };
             store.put_step(&key, &record).map_err(|e| e.to_string())?;
             // Newest in LRU order: GC keeps it for the build about to use it.

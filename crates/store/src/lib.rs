@@ -84,9 +84,15 @@ pub struct StepRecord {
     /// The uid whose build ran the step. The step cache is shared (a key
     /// covers every input, so any build with that key may use the result),
     /// but only its owner's `prune` (or an admin's) drops the entry. `None`:
-    /// imported from a remote cache, or written before owners were recorded.
+    /// imported from a remote cache before importers were recorded, or
+    /// written before owners were recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
+    /// Imported from a cache (`--cache-from`, a local directory or a
+    /// registry) rather than built here: `owner` is the importer, and only
+    /// the importer's (and admins') builds use it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

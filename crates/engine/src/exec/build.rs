@@ -175,7 +175,7 @@ pub(super) async fn run(
     let (df_path, df_name) = (dockerfile_path(request), dockerfile_display(request));
     let settings = &engine.run_settings().registries;
     let remote = tokio::select! {
-        r = BuildRegistry::prepare(&engine.store, settings, request, &df_path, &df_name, &note) => Arc::new(r?),
+        r = BuildRegistry::prepare(&engine.store, settings, request, crate::owner::build_caller(log.caller, request), &df_path, &df_name, &note) => Arc::new(r?),
         _ = log.cancelled() => return Err(RpcError::cancelled()),
     };
     let mut attempt = 1;
@@ -453,7 +453,8 @@ async fn build_planned(
     let plan = {
         let engine = engine.clone();
         let (request, secrets) = (request.clone(), secrets.clone());
-        blocking(move || make_plan(&engine, &request, &secrets, &tree, None)).await?
+        let caller = crate::owner::build_caller(log.caller, &request);
+        blocking(move || make_plan(&engine, &request, &secrets, &tree, None, caller)).await?
     };
     for name in &request.no_cache_filter {
         if !plan.stages.iter().any(|s| &s.label == name) {
@@ -607,12 +608,13 @@ pub(super) fn make_plan(
     secrets: &BTreeMap<String, String>,
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
+    caller: crate::Caller,
 ) -> Result<Plan, RpcError> {
     // Every read of planning (Dockerfile, ignore file, context files hashed)
     // with the requesting user's rights; and everything the build may use
     // must be readable by them (see memobuild_context::access).
     reading_as(reader_of(request), || {
-        plan_as_reader(engine, request, secrets, tree, focus)
+        plan_as_reader(engine, request, secrets, tree, focus, caller)
     })
 }
 
@@ -675,6 +677,7 @@ fn plan_as_reader(
     secrets: &BTreeMap<String, String>,
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
+    caller: crate::Caller,
 ) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
@@ -683,8 +686,10 @@ fn plan_as_reader(
     let df = dockerfile::parse(&text, &dockerfile_display(request)).map_err(dockerfile_error)?;
     crate::contexts::check_stage_names(&df, request)?;
     let aliases = crate::contexts::image_aliases(request)?;
+    // Only images the caller may read (image_access.rs).
+    let readable = crate::image_access::Readable::new(&engine.store, caller);
     let images = crate::contexts::Aliased {
-        inner: &*engine.store,
+        inner: &readable,
         aliases: &aliases,
     };
     let ignore = read_ignore(request, &df_path)?;
@@ -707,7 +712,7 @@ fn plan_as_reader(
         urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
         secrets,
     })
-    .map_err(dockerfile_error)?;
+    .map_err(|e| readable.explain(dockerfile_error(e)))?;
     plan.lint = lint.warnings;
     Ok(plan)
 }
@@ -799,7 +804,8 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
     let secrets = engine.projects.last_secrets(&project);
     // Planning, comparing and dropping the plan all stay off the async workers.
     let done = tokio::task::spawn_blocking(move || {
-        match make_plan(&e, &request, &secrets, &tree, focus.as_ref()) {
+        let caller = crate::owner::build_caller(None, &request);
+        match make_plan(&e, &request, &secrets, &tree, focus.as_ref(), caller) {
             Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
             Err(err) => {
                 e.projects.set_lint(&project, &lint_unplanned(&request));
@@ -1145,7 +1151,10 @@ async fn lookup(
 ) -> Result<Option<StepRecord>, RpcError> {
     let (e, k) = (engine.clone(), key.to_string());
     let found = blocking(move || e.store.use_step(build, &k).map_err(internal)).await?;
+    let caller = crate::owner::acting_for(log.caller, log.owner);
     Ok(match found {
+        // Imported by another user (--cache-from): theirs alone, run it here.
+        Lookup::Hit(record) if !caller.may_use_step(&record) => None,
         Lookup::Hit(record) => Some(record),
         Lookup::Miss => None,
         Lookup::Corrupt { digest, message } => {
@@ -1251,6 +1260,7 @@ async fn execute(
             layer: None,
             created_at: now,
             owner: None,
+            imported: false,
         });
     }
     let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
@@ -1284,6 +1294,7 @@ async fn execute(
             layer: None,
             created_at: now,
             owner: None,
+            imported: false,
         });
     }
     // The layer blob and, when a RUN may need it, the unpacked snapshot are
@@ -1330,6 +1341,7 @@ async fn execute(
         layer: Some(layer),
         created_at: now,
         owner: None,
+        imported: false,
     })
 }
 

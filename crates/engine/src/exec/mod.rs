@@ -74,7 +74,12 @@ pub struct Engine {
     /// Runs RUN steps instead of containerd (`Engine::with_runner`).
     custom_runner: Option<Arc<dyn Runner>>,
     cache_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    uploads: Mutex<HashMap<u64, memobuild_store::Upload>>,
+    /// Uploads in progress for `image import` / a local cache, by random id,
+    /// each with the uid that began it (only that uid may write or commit it).
+    uploads: Mutex<HashMap<u64, (u32, memobuild_store::Upload)>>,
+    /// Blobs each uid committed through an upload (the layers its local
+    /// cache import may name); bounded by [`MAX_UPLOADED`] per uid.
+    uploaded: Mutex<HashMap<u32, std::collections::HashSet<String>>>,
     builds: Mutex<HashMap<BuildId, Arc<BuildLog>>>,
     next_id: AtomicU64,
     // Observability (docs/OBSERVABILITY.md).
@@ -274,6 +279,7 @@ impl Engine {
             custom_runner,
             cache_locks: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            uploaded: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             // The metric names are constants: only a programming error fails here.
@@ -560,36 +566,79 @@ impl Engine {
         log.cancel.notify_waiters();
     }
 
-    pub fn upload_begin(&self) -> Result<u64, RpcError> {
+    /// Begins an upload for `caller`: its id is a random u64 (not
+    /// guessable), and only `caller`'s uid may write or commit it.
+    pub fn upload_begin(&self, caller: crate::Caller) -> Result<u64, RpcError> {
         let upload = self
             .store
             .blobs
             .upload()
             .map_err(|e| RpcError::new(e.to_string()))?;
-        let id = self.next_id.fetch_add(1, Ordering::SeqCst);
-        self.uploads.lock().insert(id, upload);
+        let mut uploads = self.uploads.lock();
+        let id = loop {
+            let mut bytes = [0u8; 8];
+            getrandom::getrandom(&mut bytes)
+                .map_err(|e| RpcError::new(format!("cannot draw a random upload id: {e}")))?;
+            let id = u64::from_le_bytes(bytes);
+            if id != 0 && !uploads.contains_key(&id) {
+                break id;
+            }
+        };
+        uploads.insert(id, (caller.uid, upload));
         Ok(id)
     }
 
-    pub(crate) fn upload_chunk_now(&self, id: u64, data: &[u8]) -> Result<(), RpcError> {
+    pub(crate) fn upload_chunk_now(
+        &self,
+        id: u64,
+        data: &[u8],
+        caller: crate::Caller,
+    ) -> Result<(), RpcError> {
         let mut uploads = self.uploads.lock();
-        let upload = uploads
-            .get_mut(&id)
-            .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+        let (owner, upload) = uploads.get_mut(&id).ok_or_else(|| no_upload(id))?;
+        if *owner != caller.uid {
+            return Err(caller.denied(&format!("upload {id}"), Some(*owner)));
+        }
         upload.write(data).map_err(|e| RpcError::new(e.to_string()))
     }
 
-    pub(crate) fn upload_commit_now(&self, id: u64, digest: &str) -> Result<u64, RpcError> {
-        let upload = self
-            .uploads
-            .lock()
-            .remove(&id)
-            .ok_or_else(|| RpcError::new(format!("no upload {id}")))?;
+    pub(crate) fn upload_commit_now(
+        &self,
+        id: u64,
+        digest: &str,
+        caller: crate::Caller,
+    ) -> Result<u64, RpcError> {
+        let upload = {
+            let mut uploads = self.uploads.lock();
+            match uploads.get(&id) {
+                None => return Err(no_upload(id)),
+                Some((owner, _)) if *owner != caller.uid => {
+                    return Err(caller.denied(&format!("upload {id}"), Some(*owner)))
+                }
+                Some(_) => uploads
+                    .remove(&id)
+                    .map(|(_, u)| u)
+                    .ok_or_else(|| no_upload(id))?,
+            }
+        };
         self.store.pin_uploads();
-        self.store
+        let size = self
+            .store
             .blobs
             .commit_upload(upload, digest)
-            .map_err(|e| RpcError::new(e.to_string()))
+            .map_err(|e| RpcError::new(e.to_string()))?;
+        let mut uploaded = self.uploaded.lock();
+        let mine = uploaded.entry(caller.uid).or_default();
+        if mine.len() >= MAX_UPLOADED {
+            mine.clear();
+        }
+        mine.insert(digest.to_string());
+        Ok(size)
+    }
+
+    /// The blobs `uid` committed through uploads (the newest, at most [`MAX_UPLOADED`]).
+    pub(crate) fn uploaded_by(&self, uid: u32) -> std::collections::HashSet<String> {
+        self.uploaded.lock().get(&uid).cloned().unwrap_or_default()
     }
 
     /// Build `id`'s events, if `caller` may see them (its owner or an admin).
@@ -746,6 +795,18 @@ fn evictable(finished: &VecDeque<(BuildId, std::time::Instant)>, now: std::time:
         .take_while(|(_, at)| now.saturating_duration_since(*at) >= KEEP_FINISHED)
         .count();
     expired.max(finished.len().saturating_sub(MAX_FINISHED))
+}
+
+/// How many uploaded blobs are remembered per uid.
+const MAX_UPLOADED: usize = 100_000;
+
+/// An upload id no upload in progress has.
+fn no_upload(id: u64) -> RpcError {
+    RpcError::of(
+        memobuild_proto::ErrorKind::NotFound,
+        format!("no upload {id}"),
+    )
+    .hint("begin an upload with upload_begin and use the id it returns")
 }
 
 #[cfg(test)]

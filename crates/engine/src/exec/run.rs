@@ -281,6 +281,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
             layer: None,
             created_at: memobuild_store::now_secs(),
             owner: None,
+            imported: false,
         });
     }
     // The layer blob and the next step's snapshot (hard links to the files
@@ -320,6 +321,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         layer: Some(layer?),
         created_at: memobuild_store::now_secs(),
         owner: None,
+        imported: false,
     })
 }
 
