@@ -378,6 +378,7 @@ fn all_benches(c: &mut Criterion) {
                 stage_contents: &memobuild_plan::NoStageContents,
                 urls: &memobuild_plan::NoUrls,
                 secrets: &no_args,
+                cancelled: None,
             })
             .unwrap()
         })
@@ -410,6 +411,7 @@ fn all_benches(c: &mut Criterion) {
                 stage_contents: &memobuild_plan::NoStageContents,
                 urls: &memobuild_plan::NoUrls,
                 secrets: &no_args,
+                cancelled: None,
             })
             .unwrap()
         })

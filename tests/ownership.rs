@@ -757,4 +757,18 @@ fn pull_always_never_repoints_a_name_another_user_holds() {
         .expect("the name stays");
     assert_eq!(entry["manifest_digest"], roots.as_str());
     assert_eq!(entry["owner"], 0);
+
+    // Root, who may change the name, re-points it with a pull, as `docker
+    // pull` re-points a local tag; the name stays root's.
+    let root_ctx = context_with(&format!("FROM {name}\nCOPY f.txt /r.txt\n"), "r");
+    d.build_ok(root_ctx.path(), &["--pull=always"]);
+    let entry = image(&all_images(&d), &name)
+        .cloned()
+        .expect("the name stays");
+    assert_ne!(
+        entry["manifest_digest"],
+        roots.as_str(),
+        "the registry's image now"
+    );
+    assert_eq!(entry["owner"], 0, "a pull keeps the name's owner");
 }

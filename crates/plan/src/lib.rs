@@ -58,6 +58,9 @@ pub struct PlanInput<'a> {
     /// RUN that mounts a secret is keyed on it, or on its absence, so its
     /// result is never reused by a build without that very secret.
     pub secrets: &'a BTreeMap<String, String>,
+    /// Set when nobody waits for the plan any more (its build was
+    /// cancelled): planning stops at the next instruction.
+    pub cancelled: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// Content digests of paths in stage results that are already known, by
@@ -433,6 +436,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         stage_contents: input.stage_contents,
         urls: input.urls,
         secrets: input.secrets,
+        cancelled: input.cancelled,
     };
     let needed = needed_stages(df, &bases, target, &trigger_errors)?;
 
@@ -783,6 +787,7 @@ mod tests {
                 stage_contents: &NoStageContents,
                 urls: &NoUrls,
                 secrets: &BTreeMap::new(),
+                cancelled: None,
             })
             .unwrap();
             plan.steps.iter().map(|s| s.key.clone()).collect()
@@ -814,6 +819,7 @@ mod tests {
             stage_contents: &NoStageContents,
             urls: &NoUrls,
             secrets: &BTreeMap::new(),
+            cancelled: None,
         })
         .unwrap();
         plan.stages[plan.target].config.config.working_dir.clone()

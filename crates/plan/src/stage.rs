@@ -513,6 +513,17 @@ pub(super) fn plan_stage(
         state.files.clear();
         state.partial = false;
         state.contents.clear();
+        if si
+            .input
+            .cancelled
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            return Err(err(
+                df,
+                ins.loc,
+                "planning stopped here: the build was cancelled",
+            ));
+        }
         if si.started.elapsed() > MAX_PLAN_TIME {
             return Err(err(
                 df,

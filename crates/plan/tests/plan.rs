@@ -55,6 +55,17 @@ impl Fixture {
         target: &str,
         args: &[(&str, &str)],
     ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
+        self.try_plan_unless(dockerfile, target, args, None)
+    }
+
+    /// [`Fixture::try_plan`] with the build's cancel flag.
+    fn try_plan_unless(
+        &self,
+        dockerfile: &str,
+        target: &str,
+        args: &[(&str, &str)],
+        cancelled: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
         let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile")?;
         let ignore = DockerIgnore::parse("").unwrap();
         let context = ContextIndex::scan(self.root(), &ignore).unwrap();
@@ -76,6 +87,7 @@ impl Fixture {
             stage_contents: &memobuild_plan::NoStageContents,
             urls: &memobuild_plan::NoUrls,
             secrets: &BTreeMap::new(),
+            cancelled,
         })
     }
 }
@@ -308,6 +320,7 @@ impl Fixture {
             stage_contents: &memobuild_plan::NoStageContents,
             urls,
             secrets: &BTreeMap::new(),
+            cancelled: None,
         })
     }
 }
@@ -448,6 +461,7 @@ impl Fixture {
             stage_contents: &memobuild_plan::NoStageContents,
             urls: &memobuild_plan::NoUrls,
             secrets: &secrets,
+            cancelled: None,
         })
         .unwrap()
     }
@@ -508,4 +522,21 @@ fn a_secret_mount_is_keyed_on_the_secrets_identity_and_nothing_else_is() {
             .map(String::as_str),
         Some("absent")
     );
+}
+
+/// A build whose client left is cancelled; its plan stops at the next
+/// instruction instead of running on (up to the 30 s bound) for nobody.
+#[test]
+fn a_cancelled_build_stops_planning_at_the_next_instruction() {
+    use std::sync::atomic::AtomicBool;
+    let f = Fixture::new(&[("a", "1")]);
+    let df = "FROM scratch\nCOPY a /a\nENV X=1\n";
+    let waiting = AtomicBool::new(false);
+    assert!(f.try_plan_unless(df, "", &[], Some(&waiting)).is_ok());
+    let left = AtomicBool::new(true);
+    let e = f
+        .try_plan_unless(df, "", &[], Some(&left))
+        .expect_err("a cancelled plan fails");
+    assert_eq!(e.loc.line, 2, "at the first instruction it reached: {e}");
+    assert!(e.message.contains("cancelled"), "{e}");
 }

@@ -171,13 +171,19 @@ fn blobs_of(
 
 /// Points `name` at `image` in the image store.
 pub fn name_image(store: &Store, name: &str, image: &StoredImage) -> Result<(), String> {
+    // A name keeps its owner when a pull re-points it (the engine pulls only
+    // names the caller may change), as `docker pull` re-points a local tag;
+    // a new name is a base image: shared, an admin's to remove.
+    let owner = store
+        .image(name)
+        .map_err(|e| e.to_string())?
+        .and_then(|r| r.owner);
     let record = ImageRecord {
         manifest_digest: image.manifest_digest.clone(),
         config_digest: image.config_digest.clone(),
         size: image.size,
         tagged_at: memobuild_store::now_secs(),
-        // Base images reflect their registry: shared, an admin's to remove.
-        owner: None,
+        owner,
     };
     store.put_image(name, &record).map_err(|e| e.to_string())
 }

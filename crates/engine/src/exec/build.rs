@@ -21,6 +21,7 @@ use memobuild_rootpath::creds::{reading_as, Creds};
 use memobuild_store::{ImageRecord, LayerRecord, Lookup, StepRecord};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -454,7 +455,13 @@ async fn build_planned(
         let engine = engine.clone();
         let (request, secrets) = (request.clone(), secrets.clone());
         let caller = crate::owner::build_caller(log.caller, &request);
-        blocking(move || make_plan(&engine, &request, &secrets, &tree, None, caller)).await?
+        // A client that leaves cancels the build: planning stops too.
+        let log = log.clone();
+        blocking(move || {
+            let cancelled = Some(&log.cancelled);
+            make_plan(&engine, &request, &secrets, &tree, None, caller, cancelled)
+        })
+        .await?
     };
     for name in &request.no_cache_filter {
         if !plan.stages.iter().any(|s| &s.label == name) {
@@ -601,7 +608,8 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
 
 /// Plans `request` against `tree`; with `focus`, only to tell which steps are
 /// dirty (see [`graph::PlanInput::focus`]). `secrets`: the secrets' MACs
-/// (see [`graph::PlanInput::secrets`]).
+/// (see [`graph::PlanInput::secrets`]). `cancelled`: the build's flag, so
+/// a plan nobody waits for stops (see [`graph::PlanInput::cancelled`]).
 pub(super) fn make_plan(
     engine: &Engine,
     request: &BuildRequest,
@@ -609,12 +617,13 @@ pub(super) fn make_plan(
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
     caller: crate::Caller,
+    cancelled: Option<&AtomicBool>,
 ) -> Result<Plan, RpcError> {
     // Every read of planning (Dockerfile, ignore file, context files hashed)
     // with the requesting user's rights; and everything the build may use
     // must be readable by them (see memobuild_context::access).
     reading_as(reader_of(request), || {
-        plan_as_reader(engine, request, secrets, tree, focus, caller)
+        plan_as_reader(engine, request, secrets, tree, focus, caller, cancelled)
     })
 }
 
@@ -678,6 +687,7 @@ fn plan_as_reader(
     tree: &Tree,
     focus: Option<&std::collections::BTreeSet<String>>,
     caller: crate::Caller,
+    cancelled: Option<&AtomicBool>,
 ) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
@@ -711,6 +721,7 @@ fn plan_as_reader(
         stage_contents: &StoreContents(&engine.store),
         urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
         secrets,
+        cancelled,
     })
     .map_err(|e| readable.explain(dockerfile_error(e)))?;
     plan.lint = lint.warnings;
@@ -805,7 +816,7 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
     // Planning, comparing and dropping the plan all stay off the async workers.
     let done = tokio::task::spawn_blocking(move || {
         let caller = crate::owner::build_caller(None, &request);
-        match make_plan(&e, &request, &secrets, &tree, focus.as_ref(), caller) {
+        match make_plan(&e, &request, &secrets, &tree, focus.as_ref(), caller, None) {
             Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
             Err(err) => {
                 e.projects.set_lint(&project, &lint_unplanned(&request));
