@@ -777,3 +777,36 @@ fn an_eager_build_yields_to_an_explicit_build_and_resumes_after_it() {
     let next = d.build_ok(&slow_path, &[]);
     assert!(next.executed().is_empty(), "{}", next.text());
 }
+
+/// A save that lands while an eager build runs is not lost: that build ends
+/// dirty, and the project gets another eager build right after it, so the
+/// next `build` finds the last save's image ready.
+#[test]
+fn a_save_during_an_eager_build_gets_the_next_eager_build() {
+    let d = Daemon::start();
+    let ctx = busybox_context(
+        "FROM base\nCOPY f /f\nRUN sleep 2 && cat /f > /g\n",
+        &[("f", "one")],
+    );
+    let ctx_path = ctx.path().canonicalize().unwrap();
+    d.build_ok(&ctx_path, &[]);
+    let on = d.ctl(&["eager", "on", ctx_path.to_str().unwrap()]);
+    assert!(on.status.success());
+    std::fs::write(ctx_path.join("f"), "two").unwrap();
+    wait_project(&d, &ctx_path, "the eager build running its RUN", |p| {
+        p["state"] == "building" && step(p, "RUN sleep 2 && cat /f > /g")["state"] == "building"
+    });
+    std::fs::write(ctx_path.join("f"), "three").unwrap();
+
+    wait_project(&d, &ctx_path, "clean after the next eager build", |p| {
+        p["state"] == "clean"
+    });
+    let out_dir = tempfile::tempdir().unwrap();
+    let dest = format!("type=local,dest={}", out_dir.path().display());
+    let next = d.build_ok(&ctx_path, &["-o", &dest]);
+    assert!(next.executed().is_empty(), "{}", next.text());
+    assert_eq!(
+        std::fs::read_to_string(out_dir.path().join("g")).unwrap(),
+        "three"
+    );
+}

@@ -535,6 +535,11 @@ impl Engine {
                 }
                 engine.evict_finished(id);
                 drop(slot);
+                // A save during an eager build found it running and started
+                // nothing: now that it has ended, the project gets the next one.
+                if log.eager {
+                    engine.maybe_eager(&log.project);
+                }
                 engine.auto_gc().await;
             },
             span,
