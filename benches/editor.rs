@@ -282,6 +282,7 @@ fn lens_and_status(bins: &common::Bins, work: &Path, files: usize) {
     let ctx = work.join("ctx-scratch");
     fs::create_dir_all(&ctx).unwrap();
     let tree = common::generate_tree(&ctx, files, files as u64 * 10_000, SEED).unwrap();
+    common::wait_out_racy_window();
     fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY . /app/\n").unwrap();
     let ctx = ctx.canonicalize().unwrap();
     let c = ctx.to_str().unwrap().to_string();
@@ -363,6 +364,7 @@ fn eager(bins: &common::Bins, work: &Path, files: usize) {
     let ctx = work.join("ctx-run");
     fs::create_dir_all(&ctx).unwrap();
     let tree = common::generate_tree(&ctx, files, files as u64 * 10_000, SEED).unwrap();
+    common::wait_out_racy_window();
     fs::copy("/bin/busybox", ctx.join("busybox"))
         .expect("/bin/busybox is missing: apt-get install busybox-static");
     fs::write(

@@ -987,11 +987,7 @@ fn main() {
             total as f64 / 1e6,
             t.elapsed().as_secs_f64()
         );
-        // Files modified less than RACY_WINDOW_NS (2 s) before they are hashed are
-        // not cached (git's racy rule), so the first re-plan would hash them again.
-        // A real project's files are older than that: wait it out.
-        let racy = memobuild_context::hash::RACY_WINDOW_NS as u64;
-        std::thread::sleep(Duration::from_nanos(racy) + Duration::from_millis(100));
+        common::wait_out_racy_window();
         let changed = common::file_to_change(&plan);
 
         let mut d = Daemon::start(&bins, &work.join("daemon"));

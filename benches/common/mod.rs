@@ -418,3 +418,14 @@ pub fn work_dir(prefix: &str) -> tempfile::TempDir {
         .tempdir_in("/tmp")
         .expect("creating a temp dir in /tmp")
 }
+
+/// Files modified less than `RACY_WINDOW_NS` (2 s) before they are hashed
+/// are not cached (git's racy rule), so the first re-plans after generating
+/// a tree would hash them all again. A real project's files are older than
+/// that: a bench waits it out after generating its tree.
+pub fn wait_out_racy_window() {
+    let racy = memobuild_context::hash::RACY_WINDOW_NS as u64;
+    std::thread::sleep(
+        std::time::Duration::from_nanos(racy) + std::time::Duration::from_millis(100),
+    );
+}
