@@ -737,23 +737,28 @@ fn eager_builds_have_the_image_ready_and_only_for_projects_that_opted_in() {
     assert_eq!(project(&d, &ctx_path)["state"], "dirty");
 }
 
+/// A project `COPY f /f` + `RUN sleep SECS && cat /f > /g`, built, opted in
+/// to eager builds, and `f` saved: returns once the eager build runs its RUN.
+fn eager_build_running(d: &Daemon, secs: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let run = format!("RUN sleep {secs} && cat /f > /g");
+    let ctx = busybox_context(&format!("FROM base\nCOPY f /f\n{run}\n"), &[("f", "one")]);
+    let path = ctx.path().canonicalize().unwrap();
+    d.build_ok(&path, &[]);
+    let on = d.ctl(&["eager", "on", path.to_str().unwrap()]);
+    assert!(on.status.success());
+    std::fs::write(path.join("f"), "two").unwrap();
+    wait_project(d, &path, "the eager build running its RUN", |p| {
+        p["state"] == "building" && step(p, &run)["state"] == "building"
+    });
+    (ctx, path)
+}
+
 /// An explicit build never waits for an eager one: the eager build is
 /// cancelled (leaving no failed build behind) and resumes after it.
 #[test]
 fn an_eager_build_yields_to_an_explicit_build_and_resumes_after_it() {
     let d = Daemon::start();
-    let slow = busybox_context(
-        "FROM base\nCOPY f /f\nRUN sleep 4 && cat /f > /g\n",
-        &[("f", "one")],
-    );
-    let slow_path = slow.path().canonicalize().unwrap();
-    d.build_ok(&slow_path, &[]);
-    let on = d.ctl(&["eager", "on", slow_path.to_str().unwrap()]);
-    assert!(on.status.success());
-    std::fs::write(slow_path.join("f"), "two").unwrap();
-    wait_project(&d, &slow_path, "the eager build running its RUN", |p| {
-        p["state"] == "building" && step(p, "RUN sleep 4 && cat /f > /g")["state"] == "building"
-    });
+    let (_slow, slow_path) = eager_build_running(&d, 4);
 
     let other = tempfile::tempdir().unwrap();
     write_files(
@@ -784,18 +789,7 @@ fn an_eager_build_yields_to_an_explicit_build_and_resumes_after_it() {
 #[test]
 fn a_save_during_an_eager_build_gets_the_next_eager_build() {
     let d = Daemon::start();
-    let ctx = busybox_context(
-        "FROM base\nCOPY f /f\nRUN sleep 2 && cat /f > /g\n",
-        &[("f", "one")],
-    );
-    let ctx_path = ctx.path().canonicalize().unwrap();
-    d.build_ok(&ctx_path, &[]);
-    let on = d.ctl(&["eager", "on", ctx_path.to_str().unwrap()]);
-    assert!(on.status.success());
-    std::fs::write(ctx_path.join("f"), "two").unwrap();
-    wait_project(&d, &ctx_path, "the eager build running its RUN", |p| {
-        p["state"] == "building" && step(p, "RUN sleep 2 && cat /f > /g")["state"] == "building"
-    });
+    let (_ctx, ctx_path) = eager_build_running(&d, 2);
     std::fs::write(ctx_path.join("f"), "three").unwrap();
 
     wait_project(&d, &ctx_path, "clean after the next eager build", |p| {
