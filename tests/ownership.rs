@@ -19,6 +19,12 @@ const ADMIN: u32 = 4343;
 const DENIED: i32 = 77;
 
 fn daemon() -> (Daemon, tempfile::TempDir) {
+    daemon_with(&[])
+}
+
+/// A daemon that lets A and B in and counts ADMIN as an admin, with `extra`
+/// flags; the temp dir holds its config.
+fn daemon_with(extra: &[&str]) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("memobuildd.toml");
     std::fs::write(
@@ -26,7 +32,9 @@ fn daemon() -> (Daemon, tempfile::TempDir) {
         format!("allowed-users = [{A}, {B}]\nadmin-users = [{ADMIN}]\n"),
     )
     .unwrap();
-    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+    let mut args = vec!["--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let d = Daemon::start_with(&args);
     d.open_socket_to_all();
     (d, dir)
 }
@@ -700,20 +708,7 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn pull_always_never_repoints_a_name_another_user_holds() {
     let reg = common::registry::Registry::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memobuildd.toml");
-    std::fs::write(
-        &config,
-        format!("allowed-users = [{A}, {B}]\nadmin-users = [{ADMIN}]\n"),
-    )
-    .unwrap();
-    let d = Daemon::start_with(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--insecure-registry",
-        &reg.host,
-    ]);
-    d.open_socket_to_all();
+    let (d, dir) = daemon_with(&["--insecure-registry", &reg.host]);
     let mark = unique();
     // The registry's base:1 and root's own image under the same name differ.
     let remote = context_with(
