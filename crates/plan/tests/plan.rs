@@ -66,6 +66,28 @@ impl Fixture {
         args: &[(&str, &str)],
         cancelled: Option<&std::sync::atomic::AtomicBool>,
     ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
+        let none = BTreeMap::new();
+        self.try_plan_full(
+            dockerfile,
+            target,
+            args,
+            &memobuild_plan::NoUrls,
+            &none,
+            cancelled,
+        )
+    }
+
+    /// Plans `dockerfile` against the fixture's context and images with
+    /// every input the tests vary.
+    fn try_plan_full(
+        &self,
+        dockerfile: &str,
+        target: &str,
+        args: &[(&str, &str)],
+        urls: &dyn memobuild_plan::UrlSource,
+        secrets: &BTreeMap<String, String>,
+        cancelled: Option<&std::sync::atomic::AtomicBool>,
+    ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
         let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile")?;
         let ignore = DockerIgnore::parse("").unwrap();
         let context = ContextIndex::scan(self.root(), &ignore).unwrap();
@@ -85,8 +107,8 @@ impl Fixture {
             epoch: None,
             run_options: "",
             stage_contents: &memobuild_plan::NoStageContents,
-            urls: &memobuild_plan::NoUrls,
-            secrets: &BTreeMap::new(),
+            urls,
+            secrets,
             cancelled,
         })
     }
@@ -303,25 +325,7 @@ impl Fixture {
         dockerfile: &str,
         urls: &Urls,
     ) -> Result<Plan, memobuild_dockerfile::DockerfileError> {
-        let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile")?;
-        let ignore = DockerIgnore::parse("").unwrap();
-        let context = ContextIndex::scan(self.root(), &ignore).unwrap();
-        plan(&PlanInput {
-            dockerfile: &df,
-            target: "",
-            build_args: &BTreeMap::new(),
-            context: Arc::new(context),
-            hashes: &self.hashes,
-            merkle: &self.merkle,
-            focus: None,
-            images: &self.images,
-            epoch: None,
-            run_options: "",
-            stage_contents: &memobuild_plan::NoStageContents,
-            urls,
-            secrets: &BTreeMap::new(),
-            cancelled: None,
-        })
+        self.try_plan_full(dockerfile, "", &[], urls, &BTreeMap::new(), None)
     }
 }
 
@@ -441,29 +445,12 @@ fn add_of_a_git_ref_is_keyed_by_its_commit() {
 
 impl Fixture {
     fn plan_with_secrets(&self, dockerfile: &str, secrets: &[(&str, &str)]) -> Plan {
-        let df = memobuild_dockerfile::parse(dockerfile, "Dockerfile").unwrap();
-        let context = ContextIndex::scan(self.root(), &DockerIgnore::parse("").unwrap()).unwrap();
         let secrets: BTreeMap<String, String> = secrets
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        plan(&PlanInput {
-            dockerfile: &df,
-            target: "",
-            build_args: &BTreeMap::new(),
-            context: Arc::new(context),
-            hashes: &self.hashes,
-            merkle: &self.merkle,
-            focus: None,
-            images: &self.images,
-            epoch: None,
-            run_options: "",
-            stage_contents: &memobuild_plan::NoStageContents,
-            urls: &memobuild_plan::NoUrls,
-            secrets: &secrets,
-            cancelled: None,
-        })
-        .unwrap()
+        self.try_plan_full(dockerfile, "", &[], &memobuild_plan::NoUrls, &secrets, None)
+            .unwrap()
     }
 }
 
