@@ -15,7 +15,7 @@
 //! whose part is missing fails, it never skips.
 
 mod common;
-use common::{fsdump, repo_root, BuildOutcome, Daemon};
+use common::{fsdump, BuildOutcome, Daemon};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -41,11 +41,7 @@ impl Bk {
 
     fn with_daemon(d: Daemon) -> Bk {
         let work = tempfile::tempdir().expect("tempdir");
-        let ctx = work.path().join("busybox-image");
-        copy_dir(&repo_root().join("tests/buildkit/busybox"), &ctx);
-        std::fs::copy("/bin/busybox", ctx.join("busybox"))
-            .expect("/bin/busybox is missing: apt-get install busybox-static");
-        d.build_ok(&ctx, &["-t", "busybox:latest", "-t", "alpine:latest"]);
+        common::stand_in_images(&d, work.path(), &["busybox:latest", "alpine:latest"]);
         Bk {
             d,
             work,
@@ -115,19 +111,6 @@ impl Bk {
 /// `--build-arg KV` for each of `kvs`.
 fn build_args<'a>(kvs: &[&'a str]) -> Vec<&'a str> {
     kvs.iter().flat_map(|kv| ["--build-arg", kv]).collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read_dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 /// A build context in a temporary directory (the `fstest.Create*` of the Go tests).

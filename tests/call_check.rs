@@ -95,3 +95,61 @@ fn call_check_prints_buildkits_warnings_and_builds_nothing() {
         "{err}"
     );
 }
+
+/// A normal build lists the Dockerfile's lint warnings when it ends, as
+/// buildx does (a no-op rebuild too), `--progress json` carries them in the
+/// `planned` event, and `# check=error=true` fails the build before any step
+/// runs, with BuildKit's message.
+#[test]
+fn builds_list_lint_warnings_and_check_error_true_fails_them() {
+    let d = Daemon::start();
+    let ctx = tempfile::tempdir().unwrap();
+    let dockerfile = "FROM scratch\nMAINTAINER me\nCOPY a /a\nENV X=$nope\n";
+    write_files(ctx.path(), &[("Dockerfile", dockerfile), ("a", "a")]);
+    let c = ctx.path().to_str().unwrap();
+    let listed = " 2 warnings found (use `memobuild-ctl build --call=check` to expand):\n \
+        - MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 2)\n \
+        - UndefinedVar: Usage of undefined variable '$nope' (line 4)\n";
+    for round in ["first build", "no-op rebuild"] {
+        let out = d.ctl(&["build", "--progress", "plain", c]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{round}: {err}");
+        assert!(err.ends_with(listed), "{round}: {err}");
+    }
+    let json = d.build(ctx.path(), &[]);
+    assert!(json.success, "{}", json.text());
+    let planned = json
+        .events
+        .iter()
+        .find(|e| e["event"] == "planned")
+        .unwrap();
+    let rules: Vec<&str> = planned["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["rule"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["MaintainerDeprecated", "UndefinedVar"]);
+
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("# check=error=true\n{dockerfile}"),
+    )
+    .unwrap();
+    let failed = d.build(ctx.path(), &[]);
+    assert!(!failed.success, "{}", failed.text());
+    assert_eq!(
+        failed.error()["message"],
+        "lint violation found for rules: MaintainerDeprecated, UndefinedVar"
+    );
+    assert!(failed.executed().is_empty(), "{}", failed.text());
+    // Skipping the rules (here by build arg, which replaces the directive) builds.
+    let skipped = d.build(
+        ctx.path(),
+        &[
+            "--build-arg",
+            "BUILDKIT_DOCKERFILE_CHECK=skip=MaintainerDeprecated,UndefinedVar;error=true",
+        ],
+    );
+    assert!(skipped.success, "{}", skipped.text());
+}

@@ -396,6 +396,30 @@ fn lint_warnings_are_diagnostics_and_follow_saves() {
     c.wait("the diagnostics cleared", |m| {
         m["method"] == "textDocument/publishDiagnostics" && m["params"]["diagnostics"] == json!([])
     });
+    // A rule only planning can check: the variable is looked up in the
+    // stage's ARGs and ENV (and its base image's).
+    std::fs::write(
+        &dockerfile,
+        "FROM scratch AS base
+ARG VERSION=1
+ENV V=$VERSIN
+COPY f /f
+",
+    )
+    .unwrap();
+    let publish = c.wait("the UndefinedVar diagnostic", |m| {
+        m["method"] == "textDocument/publishDiagnostics"
+            && diagnostics(m).iter().any(|d| d.1 == "UndefinedVar")
+    });
+    assert_eq!(
+        diagnostics(&publish),
+        vec![want(
+            2,
+            "UndefinedVar",
+            "Usage of undefined variable '$VERSIN' (did you mean $VERSION?)"
+        )],
+        "{publish:#}"
+    );
     c.request("shutdown", Value::Null);
     c.notify("exit", Value::Null);
     assert!(c.child.wait().unwrap().success());

@@ -3,7 +3,7 @@
 //! (`--progress json`).
 
 use crate::tty::Tty;
-use memobuild_proto::{BuildEvent, StepInfo};
+use memobuild_proto::{BuildEvent, LintWarning, StepInfo};
 use std::io::{IsTerminal, Write};
 use std::time::Instant;
 
@@ -27,6 +27,8 @@ pub struct Printer {
     tty: Option<Tty>,
     /// The build's project id, added to every JSON event.
     project: String,
+    /// The Dockerfile's lint warnings, listed when the build ends.
+    warnings: Vec<LintWarning>,
 }
 
 /// Whether `auto` means the live display: stderr is a terminal that is not `dumb`.
@@ -58,6 +60,7 @@ impl Printer {
             steps: Vec::new(),
             tty,
             project: String::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -124,6 +127,23 @@ impl Printer {
     }
 
     pub fn event(&mut self, event: &BuildEvent) {
+        if let BuildEvent::Planned { warnings, .. } = event {
+            self.warnings = warnings.clone();
+        }
+        self.show(event);
+        // As buildx: the Dockerfile's warnings after the build, failed or not.
+        if matches!(
+            event,
+            BuildEvent::Finished { .. } | BuildEvent::Failed { .. }
+        ) && matches!(self.mode, Mode::Plain | Mode::Tty)
+        {
+            if let Some(text) = warnings_text(&self.warnings) {
+                eprint!("{text}");
+            }
+        }
+    }
+
+    fn show(&mut self, event: &BuildEvent) {
         match self.mode {
             Mode::Json { stderr: false } => return self.json(event),
             // stdout has the digest, as in plain mode.
@@ -220,5 +240,59 @@ impl Printer {
             ),
             None => format!("#{}", step + 1),
         }
+    }
+}
+
+/// buildx's list of lint warnings at the end of a build (`docker build`
+/// prints the same lines), or `None` when there are none.
+fn warnings_text(warnings: &[LintWarning]) -> Option<String> {
+    let mut text = match warnings.len() {
+        0 => return None,
+        1 => "\n 1 warning found (use `memobuild-ctl build --call=check` to expand):\n".to_string(),
+        n => format!("\n {n} warnings found (use `memobuild-ctl build --call=check` to expand):\n"),
+    };
+    for w in warnings {
+        // Rule and message come from the Dockerfile's text: no control characters.
+        let (rule, detail) = (crate::tty::escape(&w.rule), crate::tty::escape(&w.detail));
+        text.push_str(&format!(" - {rule}: {detail} (line {})\n", w.line));
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warning(rule: &str, detail: &str, line: usize) -> LintWarning {
+        LintWarning {
+            rule: rule.into(),
+            description: String::new(),
+            url: String::new(),
+            detail: detail.into(),
+            line,
+            column: 1,
+        }
+    }
+
+    #[test]
+    fn warnings_are_listed_as_buildx_lists_them() {
+        assert_eq!(warnings_text(&[]), None);
+        let one = [warning(
+            "MaintainerDeprecated",
+            "Maintainer instruction is deprecated in favor of using label",
+            3,
+        )];
+        assert_eq!(
+            warnings_text(&one).unwrap(),
+            "\n 1 warning found (use `memobuild-ctl build --call=check` to expand):\n \
+             - MaintainerDeprecated: Maintainer instruction is deprecated in favor of using label (line 3)\n"
+        );
+        let two = [warning("A", "a", 1), warning("B", "b", 2)];
+        let text = warnings_text(&two).unwrap();
+        assert!(text.starts_with("\n 2 warnings found"), "{text}");
+        assert!(
+            text.ends_with(" - A: a (line 1)\n - B: b (line 2)\n"),
+            "{text}"
+        );
     }
 }

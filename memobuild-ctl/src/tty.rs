@@ -378,6 +378,7 @@ mod tests {
         BuildEvent::Planned {
             build: 7,
             project: String::new(),
+            warnings: Vec::new(),
             steps: vec![
                 step(0, "base", "WORKDIR /src", "FROM busybox"),
                 step(1, "base", "COPY a /src/a", "FROM busybox"),

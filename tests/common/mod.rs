@@ -816,3 +816,27 @@ pub fn wait_status(d: &Daemon, ctx: &Path, what: &str, ok: impl Fn(&Value) -> bo
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Builds the stand-in for the official busybox image (tests/buildkit/busybox:
+/// its /etc/passwd, /etc/group, directories, PATH and CMD, with the host's
+/// static busybox) in `work`, named each of `names`.
+pub fn stand_in_images(d: &Daemon, work: &Path, names: &[&str]) {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let target = to.join(entry.file_name());
+            if entry.file_type().expect("type").is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+    let ctx = work.join("busybox-image");
+    copy_dir(&repo_root().join("tests/buildkit/busybox"), &ctx);
+    std::fs::copy("/bin/busybox", ctx.join("busybox"))
+        .expect("/bin/busybox is missing: apt-get install busybox-static");
+    let tags: Vec<&str> = names.iter().flat_map(|n| ["-t", *n]).collect();
+    d.build_ok(&ctx, &tags);
+}

@@ -116,6 +116,8 @@ class Parser:
             return self.composite()
         if kind == "id":
             self.next()
+            if self.peek()[1] == "(" and v in PURE_CALLS:
+                return PURE_CALLS[v](self.call_args())
             if self.peek()[1] == "(":
                 self.i -= 1
                 self.next()
@@ -133,6 +135,17 @@ class Parser:
                 return self.env[v]
             raise Computed(v)
         raise ValueError(f"unexpected {self.peek()}")
+
+    def call_args(self):
+        # `(a, b, ...)` of a call whose arguments are all known values.
+        self.expect("(")
+        args = []
+        while self.peek()[1] != ")":
+            args.append(self.value())
+            if self.peek()[1] == ",":
+                self.next()
+        self.expect(")")
+        return args
 
     def composite(self):
         self.expect("{")
@@ -162,6 +175,38 @@ class Parser:
             return {"__computed__": str(e)}
 
 
+def go_format(fmt, args):
+    """Go's fmt verbs the tests use: %s, %v, %d, %q (of plain strings), %%."""
+    out, args = [], list(args)
+    i = 0
+    while i < len(fmt):
+        c = fmt[i]
+        if c != "%":
+            out.append(c)
+            i += 1
+            continue
+        verb = fmt[i + 1]
+        i += 2
+        if verb == "%":
+            out.append("%")
+        elif verb in "svd":
+            out.append(str(args.pop(0)))
+        elif verb == "q":
+            out.append(json.dumps(args.pop(0)))
+        else:
+            raise Computed("fmt verb %" + verb)
+    return "".join(out)
+
+
+# Calls whose value the script can compute: on Linux, UnixOrWindows is its
+# first argument; Sprintf and Appendf format.
+PURE_CALLS = {
+    "integration.UnixOrWindows": lambda a: a[0],
+    "fmt.Sprintf": lambda a: go_format(a[0], a[1:]),
+    "fmt.Appendf": lambda a: go_format(a[1], a[2:]),
+}
+
+
 def computed(v):
     if isinstance(v, dict):
         return "__computed__" in v or any(computed(x) for x in v.values())
@@ -189,12 +234,16 @@ def main():
         n = 0
         while p.i < len(toks):
             kind, v = p.peek()
-            if kind == "id" and v in ("dockerfile", "dockerignore") and p.peek(1)[1] in ("=", ":="):
+            # Assignments of values the script can compute (the Dockerfile,
+            # the ignore file, names such as baseImg) are remembered.
+            if kind == "id" and "." not in v and p.peek(1)[1] in ("=", ":="):
                 p.i += 2
+                start = p.i
                 try:
                     env[v] = p.value()
-                except Computed as e:
+                except (Computed, ValueError, IndexError) as e:
                     env[v] = {"__computed__": str(e)}
+                    p.i = start
                 continue
             if kind == "id" and v == "checkLinterWarnings":
                 p.next()

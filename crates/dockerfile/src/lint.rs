@@ -11,9 +11,11 @@
 //! checks while dispatching a stage (`LegacyKeyValueFormat`,
 //! `JSONArgsRecommended`, ...) run only on the stages the target needs.
 //!
-//! Not checked (they need what only planning knows: base image configs and
-//! platforms, variable expansion): `UndefinedVar`, `InvalidDefaultArgInFrom`,
-//! `InvalidBaseImagePlatform`. tests/lint/ holds BuildKit's test cases.
+//! Three rules need what only planning knows (base image configs and
+//! platforms, variable values, image reference syntax): `UndefinedVar`,
+//! `InvalidDefaultArgInFrom` and `InvalidBaseImagePlatform`. The planner finds
+//! them and passes them in as [`Options::planned`]; they go through the same
+//! `# check=` settings as the others. tests/lint/ holds BuildKit's test cases.
 
 use crate::{CommandForm, Dockerfile, Instruction, Loc, Stage};
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,6 +132,22 @@ pub const EXPOSE_PROTO_CASING: Rule = rule(
     "Protocol in EXPOSE instruction should be lowercase",
     "https://docs.docker.com/go/dockerfile/rule/expose-proto-casing/",
 );
+pub const UNDEFINED_VAR: Rule = rule(
+    "UndefinedVar",
+    "Variables should be defined before their use",
+    "https://docs.docker.com/go/dockerfile/rule/undefined-var/",
+);
+pub const INVALID_DEFAULT_ARG_IN_FROM: Rule = rule(
+    "InvalidDefaultArgInFrom",
+    "Default value for global ARG results in an empty or invalid base image name",
+    "https://docs.docker.com/go/dockerfile/rule/invalid-default-arg-in-from/",
+);
+/// BuildKit gives this rule no documentation page.
+pub const INVALID_BASE_IMAGE_PLATFORM: Rule = rule(
+    "InvalidBaseImagePlatform",
+    "Base image platform does not match expected target platform",
+    "",
+);
 pub const EXPOSE_INVALID_FORMAT: Rule = rule(
     "ExposeInvalidFormat",
     "IP address and host-port mapping should not be used in EXPOSE instruction. This will become an error in a future release",
@@ -157,6 +175,9 @@ pub const RULES: &[Rule] = &[
     INVALID_DEFINITION_DESCRIPTION,
     EXPOSE_PROTO_CASING,
     EXPOSE_INVALID_FORMAT,
+    UNDEFINED_VAR,
+    INVALID_DEFAULT_ARG_IN_FROM,
+    INVALID_BASE_IMAGE_PLATFORM,
 ];
 
 /// One warning: which rule, BuildKit's message, and where (1-based line).
@@ -184,6 +205,10 @@ pub struct Options<'a> {
     pub build_args: Option<&'a BTreeMap<String, String>>,
     /// `None`: no ignore file (`CopyIgnoredFile` never fires).
     pub ignore: Option<Ignore<'a>>,
+    /// Warnings of the rules only planning can check (`UndefinedVar`,
+    /// `InvalidDefaultArgInFrom`, `InvalidBaseImagePlatform`), before the
+    /// `# check=` settings apply.
+    pub planned: &'a [Warning],
 }
 
 /// The result of a check.
@@ -354,6 +379,9 @@ pub fn check(text: &str, df: &Dockerfile, options: &Options<'_>) -> Report {
         if needed.contains(&stage.index) {
             dispatched_rules(&mut l, df, stage, options.ignore.as_ref());
         }
+    }
+    for w in options.planned {
+        l.run(w.rule, w.loc, w.detail.clone());
     }
     let mut warnings = l.out;
     warnings.sort_by(|a, b| (a.loc.line, &a.detail).cmp(&(b.loc.line, &b.detail)));

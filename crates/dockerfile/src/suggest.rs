@@ -5,7 +5,7 @@
 /// The suggestion for `value` among `options`. Case-insensitive matching
 /// gives the option in the case `value` was written in (all lower or all
 /// upper), as BuildKit does.
-pub(crate) fn closest(value: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
+pub fn closest(value: &str, options: &[&str], case_sensitive: bool) -> Option<String> {
     let fold = |s: &str| {
         if case_sensitive {
             s.to_string()

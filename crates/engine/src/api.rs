@@ -279,17 +279,14 @@ impl Engine {
     /// BuildKit's lint rules on the request's Dockerfile (`build
     /// --call=check`); nothing is built or registered.
     pub async fn check(
-        &self,
+        self: &Arc<Self>,
         request: memobuild_proto::BuildRequest,
     ) -> Result<memobuild_proto::LintReport, RpcError> {
-        blocking(move || {
-            let report = Engine::lint_report(&request)?;
-            Ok(memobuild_proto::LintReport {
-                warnings: crate::project::lint_warnings(&report.warnings),
-                error: report.error,
-            })
+        let report = self.lint_report(request).await?;
+        Ok(memobuild_proto::LintReport {
+            warnings: crate::project::lint_warnings(&report.warnings),
+            error: report.error,
         })
-        .await
     }
 
     /// Forgets the projects `filter` names, and their watches.

@@ -407,6 +407,14 @@ impl Projects {
         }
     }
 
+    /// The lint warnings of project `id`'s Dockerfile as last planned.
+    pub(crate) fn lint(&self, id: &str) -> Vec<memobuild_proto::LintWarning> {
+        lock(&self.map)
+            .get(id)
+            .map(|p| p.lint.clone())
+            .unwrap_or_default()
+    }
+
     /// The lint warnings of a Dockerfile that cannot be planned (a plan
     /// brings its own).
     pub(crate) fn set_lint(&self, id: &str, warnings: &[memobuild_dockerfile::lint::Warning]) {
@@ -553,6 +561,13 @@ impl Projects {
             .ok()
             .map(|plan| BuildSummary::from_plan(plan, &[]));
         let lint = plan.as_ref().ok().map(|plan| lint_warnings(&plan.lint));
+        // `# check=error=true` with warnings: the build would fail, so the
+        // project is not clean (a directive changes no step's key).
+        let violation = plan
+            .as_ref()
+            .ok()
+            .and_then(|plan| plan.lint_error.as_deref())
+            .map(lint_violation);
         let mut map = lock(&self.map);
         let Some(p) = map.get_mut(id) else { return };
         // A re-plan of an older tree than the one the dirty set (or the last
@@ -570,7 +585,9 @@ impl Projects {
             }
             (Ok(_), new) => {
                 let new = new.unwrap_or_default();
-                p.plan_error = None;
+                p.plan_error = violation
+                    .as_ref()
+                    .map(|e| crate::failure::failure_info(e, &p.record.key.dockerfile, None, None));
                 p.lint = lint.unwrap_or_default();
                 let old = p
                     .record
@@ -580,7 +597,8 @@ impl Projects {
                     .unwrap_or(&[]);
                 p.dirty = dirty_steps(old, &new);
                 let ok = p.record.last.as_ref().is_some_and(|l| l.ok);
-                p.clean_at = (p.dirty.is_empty() && ok).then_some(generation);
+                p.clean_at =
+                    (p.dirty.is_empty() && ok && violation.is_none()).then_some(generation);
             }
         }
         self.bump(p);
@@ -904,6 +922,15 @@ impl Project {
             lint: self.lint.clone(),
         }
     }
+}
+
+/// The error of a build whose Dockerfile breaks its own `# check=error=true`
+/// (BuildKit fails it before any step runs, with `violation` as the message).
+pub(crate) fn lint_violation(violation: &str) -> memobuild_proto::RpcError {
+    memobuild_proto::RpcError::of(memobuild_proto::ErrorKind::InvalidInput, violation).hint(
+        "fix what the warnings say (`memobuild-ctl build --call=check` lists them), \
+         or skip those rules with `# check=skip=RULE`",
+    )
 }
 
 /// A plan's lint warnings as the wire carries them.

@@ -138,6 +138,13 @@ pub struct Plan {
     /// BuildKit's lint warnings (`--call=check`); [`plan`] leaves it empty,
     /// the caller fills it with [`lint::lint`] (which needs the text).
     pub lint: Vec<memobuild_dockerfile::lint::Warning>,
+    /// What planning found for the lint rules only it can check
+    /// (`UndefinedVar`, `InvalidBaseImagePlatform`): pass it to
+    /// [`lint::lint`], which applies the `# check=` settings.
+    pub lint_found: Vec<memobuild_dockerfile::lint::Warning>,
+    /// `# check=error=true` and some warning in [`Plan::lint`]: the build
+    /// fails with this (BuildKit's `lint violation found for rules: ...`).
+    pub lint_error: Option<String>,
 }
 
 impl Plan {
@@ -448,11 +455,16 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         warnings: Vec::new(),
         images: BTreeMap::new(),
         lint: Vec::new(),
+        lint_found: Vec::new(),
+        lint_error: None,
     };
     for &index in &needed {
         if let Some(Base::Image(image)) = &bases[index] {
             let name = expand::expand_word(&df.stages[index].from.value.image, &global, df.escape)
                 .unwrap_or_default();
+            if let Some(w) = platform_mismatch(&name, image, df.stages[index].from.loc) {
+                plan.lint_found.push(w);
+            }
             plan.images.insert(
                 memobuild_oci::normalize_image_name(&name),
                 image.manifest_digest.clone(),
@@ -605,6 +617,28 @@ pub(crate) fn automatic_args(df: &Dockerfile, target: usize) -> BTreeMap<String,
         stage.unwrap_or_else(|| "default".into()),
     );
     args
+}
+
+/// `InvalidBaseImagePlatform`: the base image `name` was made for another
+/// platform than the build's (the host's). An image whose config names no
+/// platform is not reported.
+fn platform_mismatch(
+    name: &str,
+    image: &memobuild_oci::image::StoredImage,
+    loc: Loc,
+) -> Option<memobuild_dockerfile::lint::Warning> {
+    let (os, arch) = (&image.config.os, &image.config.architecture);
+    let host = memobuild_oci::config::host_architecture();
+    if os.is_empty() || arch.is_empty() || (os == "linux" && arch == host) {
+        return None;
+    }
+    Some(memobuild_dockerfile::lint::Warning {
+        rule: &memobuild_dockerfile::lint::INVALID_BASE_IMAGE_PLATFORM,
+        detail: format!(
+            "Base image {name} was pulled with platform \"{os}/{arch}\", expected \"linux/{host}\" for current build"
+        ),
+        loc,
+    })
 }
 
 /// Values of the ARGs declared before the first FROM over the automatic ones

@@ -9,6 +9,7 @@ use super::{
 };
 use memobuild_context::{select, FileKind};
 use memobuild_dockerfile::expand::{self, ExpandError};
+use memobuild_dockerfile::lint::{self, Warning};
 use memobuild_dockerfile::{
     CommandForm, CopySpec, Dockerfile, DockerfileError, Flag, Healthcheck, Instruction, Loc,
     Located, RunSpec, Stage,
@@ -373,7 +374,32 @@ struct State<'a> {
     /// Stage paths the current instruction reads, and their content digests
     /// (pending stand-ins where unknown).
     contents: Vec<(ContentRef, String, bool)>,
+    /// Names of the ARGs declared in this stage, with or without a value: a
+    /// reference to one is not `UndefinedVar` (BuildKit).
+    declared: BTreeSet<String>,
+    /// `UndefinedVar` warnings of the instructions expanded so far.
+    undefined: std::cell::RefCell<Vec<Warning>>,
 }
+
+/// The variables of an expansion, noting every name looked up but unset
+/// (BuildKit's "unmatched" variables).
+struct Noting<'v> {
+    vars: &'v BTreeMap<String, String>,
+    unset: std::cell::RefCell<BTreeSet<String>>,
+}
+
+impl expand::Vars for Noting<'_> {
+    fn get(&self, name: &str) -> Option<&str> {
+        let found = self.vars.get(name).map(String::as_str);
+        if found.is_none() {
+            self.unset.borrow_mut().insert(name.to_string());
+        }
+        found
+    }
+}
+
+/// Build args BuildKit never reports as undefined (its `nonEnvArgs`).
+const NOT_ENV_ARGS: &[&str] = &["BUILDKIT_SBOM_SCAN_CONTEXT", "BUILDKIT_SBOM_SCAN_STAGE"];
 
 impl State<'_> {
     /// Records that the instruction reads `paths` of stage `position` and
@@ -427,8 +453,39 @@ impl State<'_> {
     }
 
     fn expand(&self, word: &str, loc: Loc) -> Result<String, DockerfileError> {
-        expand::expand_word(word, &self.vars(), self.df.escape)
-            .map_err(|e| expand_error(self.df, loc, e))
+        self.expanding(loc, |vars| expand::expand_word(word, vars, self.df.escape))
+    }
+
+    /// Runs one expansion of the instruction at `loc` with the stage's
+    /// variables, and notes the names it found unset that no ARG of the
+    /// stage declares (`UndefinedVar`, with BuildKit's "did you mean").
+    fn expanding<T>(
+        &self,
+        loc: Loc,
+        f: impl FnOnce(&dyn expand::Vars) -> Result<T, ExpandError>,
+    ) -> Result<T, DockerfileError> {
+        let vars = self.vars();
+        let noting = Noting {
+            vars: &vars,
+            unset: Default::default(),
+        };
+        let result = f(&noting).map_err(|e| expand_error(self.df, loc, e))?;
+        let known: Vec<&str> = vars.keys().map(String::as_str).collect();
+        for name in noting.unset.into_inner() {
+            if self.declared.contains(&name) || NOT_ENV_ARGS.contains(&name.as_str()) {
+                continue;
+            }
+            let detail = match memobuild_dockerfile::suggest::closest(&name, &known, true) {
+                Some(s) => format!("Usage of undefined variable '${name}' (did you mean ${s}?)"),
+                None => format!("Usage of undefined variable '${name}'"),
+            };
+            self.undefined.borrow_mut().push(Warning {
+                rule: &lint::UNDEFINED_VAR,
+                detail,
+                loc,
+            });
+        }
+        Ok(result)
     }
 
     fn shell(&self) -> Vec<String> {
@@ -496,6 +553,7 @@ pub(super) fn plan_stage(
         Base::Stage(s) => plan.stages[si.planned[s]].args.clone(),
         _ => BTreeMap::new(),
     };
+    let declared = args.keys().cloned().collect();
     let mut state = State {
         df,
         config,
@@ -506,6 +564,8 @@ pub(super) fn plan_stage(
         partial: false,
         parent_pending: base_pending,
         contents: Vec::new(),
+        declared,
+        undefined: Default::default(),
     };
     let mut steps = Vec::new();
     let mut shared_args: Option<Arc<BTreeMap<String, String>>> = None;
@@ -574,6 +634,7 @@ pub(super) fn plan_stage(
     }
     deps.sort_unstable();
     deps.dedup();
+    plan.lint_found.append(state.undefined.get_mut());
     Ok(StagePlan {
         index: si.stage.index,
         label: si.stage.label(),
@@ -661,17 +722,15 @@ fn apply(
                     Some(v) => st.args.insert(d.name.clone(), v),
                     None => st.args.remove(&d.name),
                 };
+                st.declared.insert(d.name.clone());
             }
             Ok(meta())
         }
         Instruction::Env(pairs) => {
-            let vars = st.vars();
             let mut expanded = Vec::new();
             for (k, v) in pairs {
-                let k = expand::expand_word(k, &vars, df.escape)
-                    .map_err(|e| expand_error(df, loc, e))?;
-                let v = expand::expand_word(v, &vars, df.escape)
-                    .map_err(|e| expand_error(df, loc, e))?;
+                let k = st.expand(k, loc)?;
+                let v = st.expand(v, loc)?;
                 if k.is_empty() {
                     return Err(err(df, loc, "ENV names can not be blank"));
                 }
@@ -683,12 +742,9 @@ fn apply(
             Ok(meta())
         }
         Instruction::Label(pairs) => {
-            let vars = st.vars();
             for (k, v) in pairs {
-                let k = expand::expand_word(k, &vars, df.escape)
-                    .map_err(|e| expand_error(df, loc, e))?;
-                let v = expand::expand_word(v, &vars, df.escape)
-                    .map_err(|e| expand_error(df, loc, e))?;
+                let k = st.expand(k, loc)?;
+                let v = st.expand(v, loc)?;
                 if k.is_empty() {
                     return Err(err(df, loc, "LABEL names can not be blank"));
                 }
@@ -725,8 +781,7 @@ fn apply(
             Ok(meta())
         }
         Instruction::Expose(raw) => {
-            let words = expand::expand_words(raw, &st.vars(), df.escape)
-                .map_err(|e| expand_error(df, loc, e))?;
+            let words = st.expanding(loc, |vars| expand::expand_words(raw, vars, df.escape))?;
             for word in words {
                 for port in parse_ports(&word).map_err(|m| {
                     err_hint(
@@ -953,8 +1008,9 @@ fn copy_op(
     let mut inline = Vec::new();
     for doc in &spec.heredocs {
         let content = if doc.value.expand {
-            expand::expand_heredoc(&doc.value.content, &st.vars())
-                .map_err(|e| expand_error(df, doc.loc, e))?
+            st.expanding(doc.loc, |vars| {
+                expand::expand_heredoc(&doc.value.content, vars)
+            })?
         } else {
             doc.value.content.clone()
         };

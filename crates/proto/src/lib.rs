@@ -510,6 +510,10 @@ pub enum BuildEvent {
         /// The project the build belongs to (`status` lists it by this id).
         #[serde(default)]
         project: String,
+        /// BuildKit's lint warnings for the Dockerfile (`--call=check`
+        /// rules); the client lists them when the build ends, as buildx.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<LintWarning>,
     },
     StepStarted {
         step: usize,

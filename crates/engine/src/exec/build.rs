@@ -403,6 +403,8 @@ fn fast_path(
             })
             .collect(),
         project: project.to_string(),
+        // Nothing changed since the last plan: its lint still holds.
+        warnings: engine.projects.lint(project),
     });
     for step in 0..last.steps.len() {
         log.push(BuildEvent::StepCached { step });
@@ -492,8 +494,14 @@ async fn build_planned(
             })
             .collect(),
         project: project.to_string(),
+        warnings: crate::project::lint_warnings(&plan.lint),
     });
     engine.projects.build_planned(project, &plan);
+    // `# check=error=true` (or BUILDKIT_DOCKERFILE_CHECK): BuildKit fails the
+    // build before any step runs.
+    if let Some(violation) = &plan.lint_error {
+        return Err(crate::project::lint_violation(violation));
+    }
     for w in &plan.warnings {
         log.push(BuildEvent::Log {
             step: None,
@@ -644,16 +652,53 @@ pub(super) fn lint_request(
             &request.target,
             &request.build_args,
             &ignore,
+            &[],
         ))
     })
 }
 
 impl Engine {
-    /// [`lint_request`], for the facade (api.rs).
-    pub(crate) fn lint_report(
-        request: &BuildRequest,
+    /// `build --call=check`: BuildKit's lint rules on `request`'s Dockerfile.
+    /// When it can be planned against the context as it is now (its base
+    /// images in the store), the rules that need a plan (`UndefinedVar`,
+    /// `InvalidBaseImagePlatform`) run too; else only the others
+    /// ([`lint_request`]). Nothing is built, registered or downloaded, and an
+    /// unwatched context is scanned once, not watched.
+    pub(crate) async fn lint_report(
+        self: &Arc<Self>,
+        request: BuildRequest,
     ) -> Result<memobuild_dockerfile::lint::Report, RpcError> {
-        lint_request(request)
+        let context = PathBuf::from(&request.context);
+        let tree = match self.watcher.sync(&context).await {
+            Ok((tree, _)) => Some(tree),
+            Err(_) => blocking(move || Ok(Tree::scan(&context).ok())).await?,
+        };
+        let engine = self.clone();
+        blocking(move || {
+            let caller = crate::owner::build_caller(None, &request);
+            // A focus plan keys steps without downloading (exec/urls.rs).
+            let focus = std::collections::BTreeSet::new();
+            let planned = tree.and_then(|tree| {
+                make_plan(
+                    &engine,
+                    &request,
+                    &BTreeMap::new(),
+                    &tree,
+                    Some(&focus),
+                    caller,
+                    None,
+                )
+                .ok()
+            });
+            match planned {
+                Some(plan) => Ok(memobuild_dockerfile::lint::Report {
+                    warnings: plan.lint,
+                    error: plan.lint_error,
+                }),
+                None => lint_request(&request),
+            }
+        })
+        .await
     }
 }
 
@@ -703,8 +748,9 @@ fn plan_as_reader(
         aliases: &aliases,
     };
     let ignore = read_ignore(request, &df_path)?;
-    let lint =
-        memobuild_plan::lint::lint(&text, &df, &request.target, &request.build_args, &ignore);
+    // The lint runs after planning, on what planning found; it needs the
+    // ignore file, which the context index takes.
+    let lint_ignore = ignore.clone();
     let index = ContextIndex::view(tree, context, ignore);
     memobuild_context::access::check_readable(&index).map_err(access_error)?;
     let mut plan = graph::plan(&graph::PlanInput {
@@ -724,7 +770,16 @@ fn plan_as_reader(
         cancelled,
     })
     .map_err(|e| readable.explain(dockerfile_error(e)))?;
+    let lint = memobuild_plan::lint::lint(
+        &text,
+        &df,
+        &request.target,
+        &request.build_args,
+        &lint_ignore,
+        &plan.lint_found,
+    );
     plan.lint = lint.warnings;
+    plan.lint_error = lint.error;
     Ok(plan)
 }
 
