@@ -87,6 +87,33 @@ fn build_args(case: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Adds to `failures` where `got` (line, rule, message) and `error` differ
+/// from what `case` expects.
+fn compare(
+    case: &Value,
+    got: Vec<(u64, String, String)>,
+    error: Option<&str>,
+    failures: &mut Vec<String>,
+) {
+    let (test, number) = (
+        case["test"].as_str().unwrap(),
+        case["case"].as_u64().unwrap(),
+    );
+    let want = expected(case);
+    if got != want {
+        let text = case["dockerfile"].as_str().unwrap();
+        failures.push(format!(
+            "{test} case {number}:\n{text}\n  want {want:#?}\n  got  {got:#?}"
+        ));
+    }
+    let want_error = expected_violation(case);
+    if want_error.is_some() && error != want_error {
+        failures.push(format!(
+            "{test} case {number}: error {error:?}, want {want_error:?}"
+        ));
+    }
+}
+
 #[test]
 fn buildkit_lint_cases() {
     let mut ran = 0;
@@ -119,18 +146,7 @@ fn buildkit_lint_cases() {
             .iter()
             .map(|w| (w.loc.line as u64, w.rule.name.to_string(), w.detail.clone()))
             .collect();
-        if got != want {
-            failures.push(format!(
-                "{test} case {number}:\n{text}\n  want {want:#?}\n  got  {got:#?}"
-            ));
-        }
-        let want_error = expected_violation(&case);
-        if want_error.is_some() && report.error.as_deref() != want_error {
-            failures.push(format!(
-                "{test} case {number}: error {:?}, want {want_error:?}",
-                report.error
-            ));
-        }
+        compare(&case, got, report.error.as_deref(), &mut failures);
         ran += 1;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -192,19 +208,7 @@ fn buildkit_lint_cases_through_the_daemon() {
                 )
             })
             .collect();
-        let want = expected(&case);
-        if got != want {
-            failures.push(format!(
-                "{test} case {number}:\n{text}\n  want {want:#?}\n  got  {got:#?}"
-            ));
-        }
-        let want_error = expected_violation(&case);
-        if want_error.is_some() && report["error"].as_str() != want_error {
-            failures.push(format!(
-                "{test} case {number}: error {}, want {want_error:?}",
-                report["error"]
-            ));
-        }
+        compare(&case, got, report["error"].as_str(), &mut failures);
         ran += 1;
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
