@@ -470,8 +470,12 @@ impl State<'_> {
             unset: Default::default(),
         };
         let result = f(&noting).map_err(|e| expand_error(self.df, loc, e))?;
+        let unset = noting.unset.into_inner();
+        if unset.is_empty() {
+            return Ok(result);
+        }
         let known: Vec<&str> = vars.keys().map(String::as_str).collect();
-        for name in noting.unset.into_inner() {
+        for name in unset {
             if self.declared.contains(&name) || NOT_ENV_ARGS.contains(&name.as_str()) {
                 continue;
             }
