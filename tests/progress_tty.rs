@@ -180,11 +180,11 @@ fn ctrl_c_on_the_terminal_cancels_the_build_and_the_display_says_so() {
     // The daemon removes the step's container.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let containers = d.ctr(&["containers", "list", "-q"]);
-        if containers.trim().is_empty() {
+        let containers = common::runc_leftovers(&d.data);
+        if containers.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "left behind: {containers}");
+        assert!(Instant::now() < deadline, "left behind: {containers:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -259,8 +259,9 @@ fn gunzip(bytes: &[u8]) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------
 // The private containerd, seen through `ctr`.
 
-/// Containers, tasks, run snapshots (labelled memobuild.run, or active) and
-/// run leases in the daemon's containerd namespace.
+/// runc containers and rootfs mounts of steps, and containers, tasks, run
+/// snapshots (labelled memobuild.run, or active) and run leases in the
+/// daemon's containerd namespace.
 fn leftovers(d: &Daemon) -> Vec<String> {
     assert!(
         d.containerd_socket().exists(),
@@ -275,6 +276,7 @@ fn leftovers(d: &Daemon) -> Vec<String> {
             .map(String::from)
             .collect()
     };
+    found.extend(common::runc_leftovers(&d.data));
     for row in rows(d.ctr(&["containers", "ls"])) {
         found.push(format!("container: {row}"));
     }

@@ -459,6 +459,7 @@ pub fn leftovers_after_exit(data: &Path) -> Vec<String> {
     }
     let _stop = Stop(containerd);
     let mut found = Vec::new();
+    found.extend(runc_leftovers(data));
     for what in ["containers", "tasks", "leases"] {
         for row in ctr_rows(&socket, &[what, "ls"]) {
             if what != "leases" || row.contains("memobuild.run") || row.contains("mb-run-") {
@@ -839,4 +840,35 @@ pub fn stand_in_images(d: &Daemon, work: &Path, names: &[&str]) {
         .expect("/bin/busybox is missing: apt-get install busybox-static");
     let tags: Vec<&str> = names.iter().flat_map(|n| ["-t", *n]).collect();
     d.build_ok(&ctx, &tags);
+}
+
+/// What RUN steps left outside containerd under the data dir `data`: runc
+/// containers under the daemon's runc root, and mounts of steps' root
+/// filesystems (`mb-run-*` run directories).
+pub fn runc_leftovers(data: &Path) -> Vec<String> {
+    let root = data.join("containerd/runs/runc");
+    let mut found = Vec::new();
+    if root.exists() {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+            .expect("runc (Debian package runc)");
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            if !id.trim().is_empty() {
+                found.push(format!("runc container: {id}"));
+            }
+        }
+    }
+    let runs = data.join("containerd/runs");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mounts.lines() {
+        if let Some(point) = line.split(' ').nth(4) {
+            if Path::new(point).starts_with(&runs) {
+                found.push(format!("mount: {point}"));
+            }
+        }
+    }
+    found
 }

@@ -1,33 +1,36 @@
-//! RUN steps in containerd sandboxes: one call to [`Sandbox::run`] runs one step
-//! as a containerd task (runc) on an overlayfs snapshot of the parent's layers,
+//! RUN steps in sandboxes: one call to [`Sandbox::run`] runs one step with
+//! runc on an overlayfs snapshot (containerd's) of the parent's layers,
 //! streams its output, enforces its limits, and returns its exit and its
 //! filesystem changes as a [`ChangeSet`] ready for the layer writer.
 //!
 //! ```text
 //! layers ──▶ rootfs: chain of committed snapshots, named by chain id (reused)
-//!              │ prepare (active, overlay)
+//!              │ prepare (active, overlay), mounted at BUNDLE/rootfs
 //!              ▼
-//!            container + task (spec.rs), stdout/stderr FIFOs ──▶ output channel
+//!            `runc run` (runc.rs; spec.rs), stdout/stderr pipes ──▶ output channel
 //!              │ wait / timeout ─▶ kill;  cgroup events ─▶ OOM / pids limit
 //!              ▼
 //!            diff.rs: the snapshot's upperdir ──▶ ChangeSet
 //!              │ (the snapshot lives until the caller has written the layer)
 //!              ▼
-//!            teardown: task, container, active snapshot, lease
+//!            teardown: container, mount, active snapshot, lease
 //! ```
 //!
 //! Talks to containerd over gRPC only (the `containerd-client` crate) in its
-//! own namespace ([`NAMESPACE`]), except for two reads that need the same host:
-//! the snapshot's upperdir (the diff) and the task's cgroup (which limit it hit).
+//! own namespace ([`NAMESPACE`]) for snapshots, leases and content, and runs
+//! `runc` itself (no containerd task or shim per step: docs/PERFORMANCE.md);
+//! it reads the snapshot's upperdir (the diff) and the container's cgroup
+//! (which limit it hit) on the same host.
 //!
-//! **Always clean.** Everything a run creates carries the label
+//! **Always clean.** Everything a run creates in containerd carries the label
 //! `memobuild.run=<run id>` and is held by a lease of the same name (which
 //! also expires after a day, so containerd's GC reclaims it even if nobody
-//! cleans). A guard removes the task, container, active snapshot, lease and
-//! FIFO directory when the run ends, fails, times out or its future is dropped
-//! (cancellation); [`Sandbox::cleanup_orphans`] removes whatever a crashed
-//! daemon left, by that label. The unpacked layer chain is not a leftover: it
-//! is the cache that makes the next run start fast.
+//! cleans); its runc container is named after the run, under memobuild's own
+//! runc root. A guard removes the container, the rootfs mount, the active
+//! snapshot, the lease and the run directory when the run ends, fails, times
+//! out or its future is dropped (cancellation); [`Sandbox::cleanup_orphans`]
+//! removes whatever a crashed daemon left. The unpacked layer chain is not a
+//! leftover: it is the cache that makes the next run start fast.
 
 // What other crates may use is what this file exports; the rest is private.
 #![warn(unreachable_pub)]
@@ -39,6 +42,7 @@ mod materialize;
 mod net;
 mod private;
 mod rootfs;
+mod runc;
 mod seccomp;
 mod spec;
 
@@ -48,14 +52,13 @@ pub use private::{PrivateContainerd, PACKAGES};
 pub use rootfs::chain_ids;
 pub use spec::DEFAULT_PATH;
 
-use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{
     ListSnapshotsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, KillRequest,
-    ListContainersRequest, ListRequest as ListLeasesRequest, StartRequest, WaitRequest,
+    CreateRequest as CreateLeaseRequest, DeleteContainerRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, KillRequest, ListContainersRequest,
+    ListRequest as ListLeasesRequest, WaitRequest,
 };
 use containerd_client::tonic::metadata::AsciiMetadataValue;
 use containerd_client::tonic::transport::Channel;
@@ -68,16 +71,10 @@ use tokio::sync::mpsc;
 
 /// The containerd namespace memobuild works in unless told otherwise.
 pub const NAMESPACE: &str = "memobuild";
-/// The largest runtime spec sent to containerd. Its replies carry the spec
-/// back and gRPC refuses messages over 4 MiB, so a larger one would create a
-/// container whose reply cannot be read; leave room for the rest.
-const MAX_SPEC_BYTES: usize = 3 * 1024 * 1024;
 
 /// The label on every container, snapshot and lease a run creates.
 pub const LABEL_RUN: &str = "memobuild.run";
 const SNAPSHOTTER: &str = "overlayfs";
-const RUNTIME: &str = "io.containerd.runc.v2";
-const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// A run's lease expires after this long, so a run nobody cleaned up is
 /// reclaimed by containerd's GC anyway.
 const LEASE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
@@ -112,6 +109,9 @@ pub enum SandboxError {
     /// The step's network namespace could not be set up.
     #[error("the RUN network: {0}")]
     Network(String),
+    /// runc, or the mount of the step's root filesystem, failed.
+    #[error("the OCI runtime: {0}")]
+    Runtime(String),
 }
 
 impl SandboxError {
@@ -383,6 +383,8 @@ pub struct Sandbox {
     run_dir: PathBuf,
     /// Network namespaces for [`Network::Isolated`] steps.
     net: std::sync::Arc<net::NetPool>,
+    /// Runs the steps' containers (state under `run_dir/runc`).
+    runc: runc::Runc,
 }
 
 impl Sandbox {
@@ -395,11 +397,13 @@ impl Sandbox {
         let channel = containerd_client::connect(socket)
             .await
             .map_err(|e| err(format_source(&e)))?;
+        let run_dir = std::env::temp_dir().join("memobuild-sandbox");
         let sandbox = Sandbox {
             channel,
             namespace: AsciiMetadataValue::from_static(NAMESPACE),
             snapshotter: SNAPSHOTTER.into(),
-            run_dir: std::env::temp_dir().join("memobuild-sandbox"),
+            runc: runc::Runc::find(run_dir.join("runc"))?,
+            run_dir,
             net: Default::default(),
         };
         sandbox
@@ -428,6 +432,7 @@ impl Sandbox {
 
     /// Where runs keep their FIFOs and /etc files.
     pub(crate) fn with_run_dir(mut self, dir: PathBuf) -> Sandbox {
+        self.runc = self.runc.with_root(dir.join("runc"));
         self.run_dir = dir;
         self
     }
@@ -569,7 +574,6 @@ impl Sandbox {
     ) -> Result<RunOutcome, SandboxError> {
         let started = Instant::now();
         let name = format!("mb-run-{id}");
-        let client = self.client();
 
         // Per-run directory: FIFOs and the files bound over /etc.
         let dir = self.run_dir.join(&name);
@@ -620,132 +624,71 @@ impl Sandbox {
         )?;
         let spec_bytes =
             serde_json::to_vec(&oci_spec).map_err(|e| SandboxError::Invalid(e.to_string()))?;
-        if spec_bytes.len() > MAX_SPEC_BYTES {
-            return Err(SandboxError::Invalid(format!(
-                "the step's runtime spec is {} KiB: containerd takes at most {} KiB (its environment, from ENV and ARG, is too large); keep large values in files",
-                spec_bytes.len() / 1024,
-                MAX_SPEC_BYTES / 1024
-            )));
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| SandboxError::Io { path, source }
+        };
+        let config = dir.join("config.json");
+        std::fs::write(&config, &spec_bytes).map_err(io_error(&config))?;
+        let rootfs = dir.join("rootfs");
+        guard.state.mounted = Some(rootfs.clone());
+        {
+            let (mounts, rootfs) = (mounts.clone(), rootfs.clone());
+            tokio::task::spawn_blocking(move || runc::mount_rootfs(&mounts, &rootfs))
+                .await
+                .map_err(|e| SandboxError::Runtime(e.to_string()))??;
         }
-        let container = Container {
-            id: name.clone(),
-            labels: HashMap::from([(LABEL_RUN.to_string(), id.to_string())]),
-            runtime: Some(Runtime {
-                name: RUNTIME.into(),
-                options: None,
-            }),
-            spec: Some(prost_types::Any {
-                type_url: SPEC_TYPE_URL.into(),
-                value: spec_bytes,
-            }),
-            snapshotter: self.snapshotter.clone(),
-            snapshot_key: name.clone(),
-            ..Default::default()
-        };
-        // Marked before the call: a container created whose reply we could
-        // not read is still removed.
+        // Marked before the call: a container whose start we could not see
+        // is still deleted.
         guard.state.container = true;
-        client
-            .containers()
-            .create(self.req_leased(
-                CreateContainerRequest {
-                    container: Some(container),
-                },
-                &name,
-            ))
-            .await
-            .map_err(|s| SandboxError::rpc("create container", s))?;
-
-        let stdout = dir.join("stdout");
-        let stderr = dir.join("stderr");
-        io::mkfifo(&stdout)?;
-        io::mkfifo(&stderr)?;
-        guard.state.fifos = vec![stdout.clone(), stderr.clone()];
+        let mut child = self.runc.run(&name, &dir)?;
         let readers = [
-            io::spawn_reader(stdout.clone(), OutputStream::Stdout, output.clone()),
-            io::spawn_reader(stderr.clone(), OutputStream::Stderr, output),
+            io::spawn_pipe_reader(child.stdout.take(), OutputStream::Stdout, output.clone()),
+            io::spawn_pipe_reader(child.stderr.take(), OutputStream::Stderr, output),
         ];
-
-        let create = CreateTaskRequest {
-            container_id: name.clone(),
-            rootfs: mounts,
-            stdout: stdout.to_string_lossy().into_owned(),
-            stderr: stderr.to_string_lossy().into_owned(),
-            ..Default::default()
-        };
-        guard.state.task = true;
-        client
-            .tasks()
-            .create(self.req(create))
-            .await
-            .map_err(|s| SandboxError::rpc("create task", s))?;
-        client
-            .tasks()
-            .start(self.req(StartRequest {
-                container_id: name.clone(),
-                exec_id: String::new(),
-            }))
-            .await
-            .map_err(|s| SandboxError::rpc("start task", s))?;
         let setup = started.elapsed();
         let ran = Instant::now();
 
-        let wait = || {
-            let mut tasks = client.tasks();
-            let req = self.req(WaitRequest {
-                container_id: name.clone(),
-                exec_id: String::new(),
-            });
-            async move { tasks.wait(req).await }
-        };
         let mut timed_out = None;
         let waited = match spec.timeout {
-            None => wait().await,
-            Some(limit) => match tokio::time::timeout(limit, wait()).await {
+            None => child.wait().await,
+            Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
                 Ok(waited) => waited,
                 Err(_) => {
                     timed_out = Some(limit);
-                    self.kill(&name).await?;
-                    wait().await
+                    self.runc.kill(&name).await?;
+                    child.wait().await
                 }
             },
         };
-        let status = waited
-            .map_err(|s| SandboxError::rpc("wait for task", s))?
-            .into_inner()
-            .exit_status;
+        let status = waited.map_err(io_error(Path::new("runc")))?;
         let run = ran.elapsed();
 
-        // The cgroup goes with the task: read which limit it hit first.
+        // The stopped container keeps its cgroup: read which limit it hit.
         let events = cgroup::limit_events(&cgroups_path);
         let teardown_started = Instant::now();
-        match client
-            .tasks()
-            .delete(self.req(DeleteTaskRequest {
-                container_id: name.clone(),
-            }))
-            .await
-        {
-            Ok(_) => {}
-            Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(SandboxError::rpc("delete task", s)),
-        }
-        guard.state.task = false;
         for reader in readers {
-            // EOF comes when the shim closes the FIFOs; never wait forever.
+            // EOF comes when the container's processes are gone; never wait forever.
             let _ = tokio::time::timeout(KILL_WAIT, reader).await;
         }
-        client
-            .containers()
-            .delete(self.req(DeleteContainerRequest { id: name.clone() }))
-            .await
-            .map_err(|s| SandboxError::rpc("delete container", s))?;
+        self.runc.delete(&name).await?;
         guard.state.container = false;
-        guard.state.fifos.clear();
+        {
+            let rootfs = rootfs.clone();
+            let _ = tokio::task::spawn_blocking(move || runc::unmount_rootfs(&rootfs)).await;
+        }
+        guard.state.mounted = None;
         let _ = tokio::fs::remove_dir_all(&dir).await;
         guard.state.run_dir = None;
         let teardown = teardown_started.elapsed();
 
+        // runc exits with the container's status, 128 + N for a signal.
+        let status = {
+            use std::os::unix::process::ExitStatusExt;
+            status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+        };
         let code = status as i32;
         let exit = if let Some(limit) = timed_out {
             ExitReason::Timeout(limit)
@@ -900,6 +843,24 @@ impl Sandbox {
     /// ours. Unpacked layer chains are kept. Returns how many objects went.
     pub async fn cleanup_orphans(&self) -> Result<usize, SandboxError> {
         let mut removed = 0;
+        for id in self.runc.list().await {
+            match self.runc.delete(&id).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(container = id, "{e}"),
+            }
+        }
+        let run_dir = self.run_dir.clone();
+        removed += tokio::task::spawn_blocking(move || {
+            let mounts = runc::mounts_under(&run_dir);
+            for m in &mounts {
+                runc::unmount_rootfs(m);
+            }
+            mounts.len()
+        })
+        .await
+        .unwrap_or(0);
+        // Containers and tasks of daemons from before steps ran under runc
+        // directly.
         let filter = format!("labels.\"{LABEL_RUN}\"");
         let containers = self
             .client()
@@ -963,10 +924,11 @@ struct Leftovers {
     /// Temporary unpack snapshots may exist.
     unpacking: bool,
     snapshot: bool,
+    /// The runc container may exist.
     container: bool,
-    task: bool,
+    /// The step's rootfs may be mounted here.
+    mounted: Option<PathBuf>,
     run_dir: Option<PathBuf>,
-    fifos: Vec<PathBuf>,
 }
 
 impl Leftovers {
@@ -975,7 +937,7 @@ impl Leftovers {
             || self.unpacking
             || self.snapshot
             || self.container
-            || self.task
+            || self.mounted.is_some()
             || self.run_dir.is_some())
     }
 }
@@ -999,10 +961,6 @@ impl Drop for RunGuard {
             return;
         }
         let state = std::mem::take(&mut self.state);
-        // A reader still blocked in open() must not outlive the run.
-        for fifo in &state.fifos {
-            io::unblock(fifo);
-        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let sandbox = self.sandbox.clone();
@@ -1018,13 +976,14 @@ impl Drop for RunGuard {
 
 async fn release(sandbox: &Sandbox, state: Leftovers) {
     let name = format!("mb-run-{}", state.id);
-    if state.task || state.container {
-        sandbox
-            .remove_container(&name, state.task, state.container)
-            .await;
+    if state.container {
+        // Kills whatever still runs in it (a cancelled or timed-out step).
+        if let Err(e) = sandbox.runc.delete(&name).await {
+            tracing::warn!(container = name, "{e}");
+        }
     }
-    for fifo in &state.fifos {
-        io::unblock(fifo);
+    if let Some(rootfs) = state.mounted {
+        let _ = tokio::task::spawn_blocking(move || runc::unmount_rootfs(&rootfs)).await;
     }
     if let Some(dir) = &state.run_dir {
         let _ = tokio::fs::remove_dir_all(dir).await;
