@@ -267,10 +267,10 @@ struct BuildArgs {
     /// When to pull FROM images: missing (default), always, never; --pull alone = always
     #[arg(long, value_name = "POLICY", num_args = 0..=1, require_equals = true, default_missing_value = "always", value_parser = ["missing", "always", "never"])]
     pull: Option<String>,
-    /// Read steps from a registry cache: type=registry,ref=REF
+    /// Read steps from a cache: type=registry,ref=REF, IMAGE (its inline cache), type=local,src=DIR
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
-    /// Write steps to a registry cache: type=registry,ref=REF[,mode=min|max]
+    /// Write steps to a cache: type=registry,ref=REF[,mode=min|max], type=inline, type=local,dest=DIR
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
     /// Set a label in the image config: KEY=VALUE (repeatable)
@@ -747,6 +747,9 @@ async fn run_build(
     if !cache_from.is_empty() || !cache_to.is_empty() {
         needed.push(("local-cache", "type=local"));
     }
+    if request.inline_cache {
+        needed.push(("inline-cache", "--cache-to type=inline"));
+    }
     if let Err(error) = connect::require_features(client, &needed).await {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
@@ -1106,18 +1109,20 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
     // type=local caches are the client's (localcache.rs); checked here.
     local_caches(args)?;
     let is_local = |s: &&String| s.split(',').any(|p| p == "type=local");
-    request.cache_from = args
-        .cache_from
-        .iter()
-        .filter(|s| !is_local(s))
-        .map(|s| registry::cache_spec("--cache-from", s).map(|c| c.reference))
-        .collect::<Result<_, _>>()?;
-    request.cache_to = args
-        .cache_to
-        .iter()
-        .filter(|s| !is_local(s))
-        .map(|s| registry::cache_spec("--cache-to", s))
-        .collect::<Result<_, _>>()?;
+    for (flag, specs) in [
+        ("--cache-from", &args.cache_from),
+        ("--cache-to", &args.cache_to),
+    ] {
+        for spec in specs.iter().filter(|s| !is_local(s)) {
+            match registry::cache_spec(flag, spec)? {
+                registry::CacheSpec::Inline => request.inline_cache = true,
+                registry::CacheSpec::Registry(c) if flag == "--cache-from" => {
+                    request.cache_from.push(c.reference)
+                }
+                registry::CacheSpec::Registry(c) => request.cache_to.push(c),
+            }
+        }
+    }
     request.platform = args.platform.clone().unwrap_or_default();
     request.pull = args.pull.clone().unwrap_or_default();
     let refs: Vec<String> = request

@@ -127,7 +127,7 @@ fn parse_json(reference: &Reference, bytes: &[u8]) -> Result<serde_json::Value, 
     })
 }
 
-fn is_index(json: &serde_json::Value) -> bool {
+pub(crate) fn is_index(json: &serde_json::Value) -> bool {
     matches!(
         json["mediaType"].as_str(),
         Some(MEDIA_INDEX) | Some(MEDIA_DOCKER_LIST)
