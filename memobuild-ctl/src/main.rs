@@ -53,6 +53,9 @@ enum Command {
         /// Print JSON (one array of objects) instead of a table.
         #[arg(long)]
         json: bool,
+        /// DIGEST: the registry's digest of the name (after a push or pull), in full
+        #[arg(long)]
+        digests: bool,
     },
     /// What is dirty, building or failed, per project and step, and the daemon's health.
     Status {
@@ -204,6 +207,9 @@ enum ImageCommand {
     Ls {
         #[arg(long)]
         json: bool,
+        /// DIGEST: the registry's digest of the name (after a push or pull), in full
+        #[arg(long)]
+        digests: bool,
     },
 }
 
@@ -345,7 +351,7 @@ impl Command {
     /// The command was asked for JSON: its failures are JSON too.
     fn wants_json(&self) -> bool {
         match self {
-            Command::Images { json }
+            Command::Images { json, .. }
             | Command::Status { json, .. }
             | Command::Projects { json }
             | Command::Explain { json, .. }
@@ -354,7 +360,7 @@ impl Command {
             | Command::Prune { json, .. }
             | Command::Verify { json }
             | Command::Daemon(DaemonCommand::Status { json }) => *json,
-            Command::Image(ImageCommand::Ls { json })
+            Command::Image(ImageCommand::Ls { json, .. })
             | Command::Image(ImageCommand::History { json, .. })
             | Command::History { json, .. } => *json,
             Command::Image(ImageCommand::Inspect { .. }) => true,
@@ -393,7 +399,7 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
     let socket = memobuild_proto::paths::socket_path(cli.socket.clone());
     match cli.command {
         Command::Build(args) => build(&socket, args).await,
-        Command::Images { json } => {
+        Command::Images { json, digests } => {
             let client = connect::connect(&socket, false).await?;
             let images = client
                 .images(connect::ctx())
@@ -402,7 +408,7 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
             if json {
                 output::print_images_json(&images);
             } else {
-                images::print_table(&client, &images).await?;
+                images::print_table(&client, &images, digests).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -508,7 +514,7 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
                 .map_err(connect::rpc_failed)??;
             println!("removed {name}");
         }
-        ImageCommand::Ls { json } => {
+        ImageCommand::Ls { json, digests } => {
             let list = client
                 .images(connect::ctx())
                 .await
@@ -516,7 +522,7 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
             if json {
                 output::print_images_json(&list);
             } else {
-                images::print_table(&client, &list).await?;
+                images::print_table(&client, &list, digests).await?;
             }
         }
     }

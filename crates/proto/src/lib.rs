@@ -600,6 +600,11 @@ pub struct ImageSummary {
     /// recorded owners, which only admins may remove or re-tag.
     #[serde(default)]
     pub owner: Option<u32>,
+    /// The manifest digest the registry holds for this name after a push or
+    /// a pull (`docker image inspect`'s `RepoDigests`); `None` otherwise and
+    /// from daemons older than the field.
+    #[serde(default)]
+    pub repo_digest: Option<String>,
 }
 
 /// What a client needs to write an image out: the manifest and every blob it names.

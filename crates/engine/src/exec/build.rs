@@ -1466,6 +1466,7 @@ fn tag_digests(
                 size,
                 tagged_at: memobuild_store::now_secs(),
                 owner,
+                repo_digest: None,
             };
             engine.store.put_image(&name, &record).map_err(internal)?;
         }
