@@ -565,3 +565,56 @@ fn local_cache_mode_min_keeps_the_target_chain_and_max_every_stage() {
             .is_file());
     }
 }
+
+#[test]
+fn refused_docker_build_flags_say_why_and_what_to_do_instead() {
+    let ctx = busybox_context("", &[]);
+    for (args, why, hint) in [
+        (
+            &["--squash"][..],
+            "never merged into one",
+            "COPY --from=build / /",
+        ),
+        (
+            &["--sbom=true"],
+            "attestation manifests",
+            "--provenance=false",
+        ),
+        (
+            &["--provenance=mode=max"],
+            "attestation manifests",
+            "no attestations",
+        ),
+        (
+            &["--security-opt", "seccomp=unconfined"],
+            "seccomp profile",
+            "--security=insecure",
+        ),
+        (
+            &["--cgroup-parent", "/x"],
+            "daemon's cgroups",
+            "--pids-limit",
+        ),
+        (&["--isolation=hyperv"], "Windows", "leave it out"),
+    ] {
+        let out = std::process::Command::new(common::bin_dir().join("memobuild-ctl"))
+            .args(["--socket", "/nonexistent/memobuild.sock", "build"])
+            .args(args)
+            .arg(ctx.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Refused by the command line itself, before any daemon is asked.
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("does not support yet: ") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("hint: ") && l.contains(hint)),
+            "{args:?}: {stderr}"
+        );
+    }
+}
