@@ -352,15 +352,16 @@ fn build_context_docker_image_replaces_from_and_copy_from_names() {
         stderr.contains("Dockerfile:1: --build-context tools names the stage"),
         "{stderr}"
     );
-    // An OCI layout is not a supported build context yet: said so before the build.
+    // A URL is not a supported build context yet: said so before the build
+    // (OCI layouts: tests/oci_layout_context.rs).
     let o = d.ctl(&[
         "build",
         "--build-context",
-        "x=oci-layout:///tmp/layout",
+        "x=https://example.invalid/ctx.tar",
         app.path().to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr)
-        .contains("an OCI layout (oci-layout://) as a build context is not supported yet"));
+        .contains("a URL as a build context is not supported yet"));
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod inspect;
 mod localcache;
 mod lsp;
 mod observe;
+mod ocilayout;
 mod output;
 mod progress;
 mod registry;
