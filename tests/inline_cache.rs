@@ -162,6 +162,11 @@ fn an_image_pushed_with_an_inline_cache_gives_another_host_its_steps() {
     assert_eq!(out.manifest_digest(), digest, "the identical image");
     assert_eq!(reg.digest("team/app:2"), digest);
 
+    // BuildKit's build-arg spelling of type=inline: the same image.
+    let out = second.build_ok(&copy, &["--build-arg", "BUILDKIT_INLINE_CACHE=1"]);
+    assert!(runs(&out).is_empty(), "{:?}", out.executed());
+    assert_eq!(out.manifest_digest(), digest);
+
     // buildx's long form, and without type=inline: the image as without a cache.
     let out = second.build_ok(
         &copy,

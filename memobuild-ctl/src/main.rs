@@ -1130,6 +1130,14 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
             }
         }
     }
+    // BuildKit's other spelling of --cache-to type=inline (true as Go's ParseBool reads it).
+    if request
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    {
+        request.inline_cache = true;
+    }
     request.platform = args.platform.clone().unwrap_or_default();
     request.pull = args.pull.clone().unwrap_or_default();
     let refs: Vec<String> = request
