@@ -229,3 +229,63 @@ fn inline_cache_flags_are_checked_before_the_build() {
         assert!(stderr.contains("hint:"), "{stderr}");
     }
 }
+
+/// The config's extra key is no trouble for Docker: `docker load` takes the
+/// image (its ID is still the config digest, key and all) and runs it.
+#[test]
+fn an_image_with_an_inline_cache_loads_into_docker_and_runs() {
+    let d = Daemon::start();
+    let engine = common::docker::Dockerd::start();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::copy("/bin/busybox", ctx.path().join("busybox"))
+        .expect("/bin/busybox is missing: apt-get install busybox-static");
+    write_files(
+        ctx.path(),
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY hello.txt /\nENTRYPOINT [\"/bin/busybox\"]\n",
+            ),
+            ("hello.txt", "inline\n"),
+        ],
+    );
+    let archive = ctx.path().join("app.tar");
+    let out = d.build_ok(
+        ctx.path(),
+        &[
+            "-t",
+            "mb-inline/app:1",
+            "--cache-to",
+            "type=inline",
+            "-o",
+            &format!("type=docker,dest={}", archive.display()),
+        ],
+    );
+    let images = d.ctl_json(&["images"]);
+    let config = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["manifest_digest"] == out.manifest_digest().as_str())
+        .expect("the image")["config_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config_in_archive(&archive)[KEY]["steps"].is_object(),
+        "the archive's config carries the cache"
+    );
+    let loaded = engine.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(loaded.contains("Loaded image: mb-inline/app:1"), "{loaded}");
+    let id = engine.docker_ok(&["image", "inspect", "--format", "{{.Id}}", "mb-inline/app:1"]);
+    assert_eq!(id.trim(), config);
+    let run = engine.docker_ok(&[
+        "run",
+        "--rm",
+        "--network=none",
+        "mb-inline/app:1",
+        "cat",
+        "/hello.txt",
+    ]);
+    assert_eq!(run, "inline\n");
+}
