@@ -77,7 +77,8 @@ fn allow_passes_entitlements_and_refuses_unknown_ones() {
         assert!(!o.status.success(), "--allow {value}");
         assert!(stderr.contains(says), "--allow {value}: {stderr}");
     }
-    // Cache backends other than a registry are refused by name, before the build.
+    // Cache backends memobuild has no store for are refused by name, before the build
+    // (type=inline: tests/inline_cache.rs).
     for (flag, value, says) in [
         (
             "--cache-to",
@@ -85,9 +86,9 @@ fn allow_passes_entitlements_and_refuses_unknown_ones() {
             "this cache backend is not supported",
         ),
         (
-            "--cache-to",
-            "type=inline",
-            "type=inline) is not supported yet",
+            "--cache-from",
+            "type=s3,region=x",
+            "this cache backend is not supported",
         ),
     ] {
         let o = d.ctl(&["build", flag, value, ctx.path().to_str().unwrap()]);
@@ -351,15 +352,16 @@ fn build_context_docker_image_replaces_from_and_copy_from_names() {
         stderr.contains("Dockerfile:1: --build-context tools names the stage"),
         "{stderr}"
     );
-    // An OCI layout is not a supported build context yet: said so before the build.
+    // A URL is not a supported build context yet: said so before the build
+    // (OCI layouts: tests/oci_layout_context.rs).
     let o = d.ctl(&[
         "build",
         "--build-context",
-        "x=oci-layout:///tmp/layout",
+        "x=https://example.invalid/ctx.tar",
         app.path().to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&o.stderr)
-        .contains("an OCI layout (oci-layout://) as a build context is not supported yet"));
+        .contains("a URL as a build context is not supported yet"));
 }
 
 #[test]
@@ -562,5 +564,58 @@ fn local_cache_mode_min_keeps_the_target_chain_and_max_every_stage() {
             .join("max/blobs")
             .join(digest.replacen(':', "/", 1))
             .is_file());
+    }
+}
+
+#[test]
+fn refused_docker_build_flags_say_why_and_what_to_do_instead() {
+    let ctx = busybox_context("", &[]);
+    for (args, why, hint) in [
+        (
+            &["--squash"][..],
+            "never merged into one",
+            "COPY --from=build / /",
+        ),
+        (
+            &["--sbom=true"],
+            "attestation manifests",
+            "--provenance=false",
+        ),
+        (
+            &["--provenance=mode=max"],
+            "attestation manifests",
+            "no attestations",
+        ),
+        (
+            &["--security-opt", "seccomp=unconfined"],
+            "seccomp profile",
+            "--security=insecure",
+        ),
+        (
+            &["--cgroup-parent", "/x"],
+            "daemon's cgroups",
+            "--pids-limit",
+        ),
+        (&["--isolation=hyperv"], "Windows", "leave it out"),
+    ] {
+        let out = std::process::Command::new(common::bin_dir().join("memobuild-ctl"))
+            .args(["--socket", "/nonexistent/memobuild.sock", "build"])
+            .args(args)
+            .arg(ctx.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Refused by the command line itself, before any daemon is asked.
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("does not support yet: ") && stderr.contains(why),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("hint: ") && l.contains(hint)),
+            "{args:?}: {stderr}"
+        );
     }
 }

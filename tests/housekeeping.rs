@@ -336,7 +336,8 @@ fn daemon_status_and_stop() {
             "build-contexts",
             "prune-until",
             "local-cache",
-            "check"
+            "check",
+            "inline-cache"
         ])
     );
 

@@ -1,5 +1,5 @@
 //! More of `docker buildx build`'s flags: `--annotation`, `--allow`,
-//! `--build-context` (an image, or a local directory).
+//! `--build-context` (an image, a local directory, or an OCI layout).
 
 use crate::BuildArgs;
 use memobuild_proto::{BuildRequest, RpcError};
@@ -75,8 +75,8 @@ pub fn allow(entitlement: &str) -> Result<(), RpcError> {
     }
 }
 
-/// `--build-context NAME=docker-image://REF`; the other sources buildx takes
-/// are refused by kind.
+/// `--build-context NAME=docker-image://REF|DIR|oci-layout://DIR[:TAG][@DIGEST]`;
+/// the other sources buildx takes (URLs, bake targets) are refused by kind.
 pub fn build_context(spec: &str) -> Result<(String, String), RpcError> {
     let usage = "use --build-context NAME=docker-image://IMAGE[:TAG|@DIGEST]";
     let (name, value) = spec
@@ -94,9 +94,36 @@ pub fn build_context(spec: &str) -> Result<(String, String), RpcError> {
         }
         return Ok((name.to_string(), value.to_string()));
     }
-    let kind = if value.starts_with("oci-layout://") {
-        "an OCI layout (oci-layout://)"
-    } else if value.starts_with("target:") {
+    if let Some(rest) = value.strip_prefix(OCI_LAYOUT) {
+        // Read and uploaded before the build (local_contexts).
+        let usage = "use --build-context NAME=oci-layout://DIR[:TAG][@sha256:DIGEST]";
+        let mut layout = crate::ocilayout::parse(rest)
+            .map_err(|e| RpcError::with_hint(format!("--build-context {spec}: {e}"), usage))?;
+        layout.dir = std::fs::canonicalize(&layout.dir).map_err(|e| {
+            RpcError::with_hint(
+                format!("--build-context {spec}: {}: {e}", layout.dir.display()),
+                usage,
+            )
+        })?;
+        if !layout.dir.join("index.json").is_file() {
+            return Err(RpcError::with_hint(
+                format!(
+                    "--build-context {spec}: {} is not an OCI image layout (it has no index.json)",
+                    layout.dir.display()
+                ),
+                "write one with -o type=oci-layout,dest=DIR",
+            ));
+        }
+        let mut value = format!("{OCI_LAYOUT}{}", layout.dir.display());
+        if let Some(tag) = &layout.tag {
+            value.push_str(&format!(":{tag}"));
+        }
+        if let Some(digest) = &layout.digest {
+            value.push_str(&format!("@{digest}"));
+        }
+        return Ok((name.to_string(), value));
+    }
+    let kind = if value.starts_with("target:") {
         "a bake target (target:)"
     } else if value.contains("://") || value.starts_with("git@") {
         "a URL"
@@ -118,13 +145,16 @@ pub fn build_context(spec: &str) -> Result<(String, String), RpcError> {
     };
     Err(RpcError::with_hint(
         format!("--build-context {spec}: {kind} as a build context is not supported yet"),
-        format!("{usage}, or NAME=DIR"),
+        format!("{usage}, NAME=DIR or NAME=oci-layout://DIR[:TAG][@sha256:DIGEST]"),
     ))
 }
 
 /// How the client marks a directory build context until [`local_contexts`]
 /// replaces it; the daemon never sees it.
 const LOCAL: &str = "local-dir://";
+
+/// An OCI layout build context, also replaced by [`local_contexts`].
+const OCI_LAYOUT: &str = "oci-layout://";
 
 /// `--build-context NAME=DIR`: the directory becomes an image first (a build
 /// of `FROM scratch` + `COPY . /` with DIR as its context, so DIR's
@@ -140,14 +170,27 @@ pub async fn local_contexts(
     use crate::connect::{ctx, rpc_failed};
     let mut made = Vec::new();
     for (name, value) in request.build_contexts.iter_mut() {
-        let Some(dir) = value.strip_prefix(LOCAL) else {
-            continue;
-        };
         let tag = format!(
             "memobuild-build-context:{}-{}",
             std::process::id(),
             made.len()
         );
+        if let Some(rest) = value.strip_prefix(OCI_LAYOUT) {
+            let layout = crate::ocilayout::parse(rest).map_err(RpcError::new)?;
+            crate::ocilayout::import(client, &layout, &tag)
+                .await
+                .map_err(|e| RpcError {
+                    message: format!("--build-context {name}={value}: {}", e.message),
+                    ..e
+                })?;
+            note(&format!("build context {name}: {value}"));
+            *value = format!("docker-image://{tag}");
+            made.push(tag);
+            continue;
+        }
+        let Some(dir) = value.strip_prefix(LOCAL) else {
+            continue;
+        };
         let sub = BuildRequest {
             context: dir.to_string(),
             dockerfile: "-".into(),
@@ -231,7 +274,9 @@ mod tests {
         );
         for (spec, says) in [
             ("x=/nonexistent-dir", "No such file"),
-            ("x=oci-layout://d", "OCI layout"),
+            ("x=oci-layout:///nonexistent-layout", "No such file"),
+            ("x=oci-layout://.", "not an OCI image layout"),
+            ("x=oci-layout:///l@sha256:12", "not a sha256:HEX digest"),
             ("x=https://h/r.git", "a URL"),
             ("x=docker-image://", "no image"),
             ("novalue", "NAME=VALUE"),

@@ -121,7 +121,7 @@ pub async fn inspect(client: &MemobuildClient, names: &[String]) -> Result<(), R
         out.push(serde_json::json!({
             "Id": summary.config_digest,
             "RepoTags": tags,
-            "RepoDigests": [],
+            "RepoDigests": repo_digests(&images, &summary.manifest_digest),
             "Parent": "",
             "Comment": c.get("comment").cloned().unwrap_or(serde_json::json!("")),
             "Created": c.get("created").cloned().unwrap_or(serde_json::Value::Null),
@@ -248,9 +248,13 @@ pub fn ago(rfc3339: Option<&str>) -> String {
 pub async fn print_table(
     client: &MemobuildClient,
     images: &[ImageSummary],
+    digests: bool,
 ) -> Result<(), RpcError> {
+    // `--digests`: the registry's digest in full, `<none>` when the name was
+    // never pushed or pulled, as `docker images --digests`.
+    let width = if digests { 71 } else { 14 };
     println!(
-        "{:<40} {:<14} {:<14} {:<22} {:>10}",
+        "{:<40} {:<14} {:<width$} {:<22} {:>10}",
         "NAME", "IMAGE ID", "DIGEST", "CREATED", "SIZE"
     );
     for i in images {
@@ -258,16 +262,47 @@ pub async fn print_table(
             Ok(l) if l.config["created"].is_string() => ago(l.config["created"].as_str()),
             _ => ago(Some(&rfc3339(i.tagged_at))),
         };
+        let digest = match digests {
+            true => i.repo_digest.clone().unwrap_or_else(|| "<none>".into()),
+            false => short_id(&i.manifest_digest),
+        };
         println!(
-            "{:<40} {:<14} {:<14} {:<22} {:>10}",
+            "{:<40} {:<14} {:<width$} {:<22} {:>10}",
             i.name,
             short_id(&i.config_digest),
-            short_id(&i.manifest_digest),
+            digest,
             created,
             human_size(i.size)
         );
     }
     Ok(())
+}
+
+/// `docker image inspect`'s `RepoDigests` of the image `manifest`:
+/// `REPOSITORY@DIGEST` for each of its names a registry holds (pushed or
+/// pulled), sorted, each repository once per digest.
+fn repo_digests(images: &[ImageSummary], manifest: &str) -> Vec<String> {
+    let mut out: Vec<String> = images
+        .iter()
+        .filter(|i| i.manifest_digest == manifest)
+        .filter_map(|i| {
+            let digest = i.repo_digest.as_ref()?;
+            Some(format!("{}@{digest}", repository(&i.name)))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A stored name without its tag or digest: `HOST:PORT/team/app:1` ->
+/// `HOST:PORT/team/app`.
+fn repository(name: &str) -> &str {
+    let name = name.split('@').next().unwrap_or(name);
+    match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => name,
+    }
 }
 
 #[cfg(test)]
@@ -282,6 +317,7 @@ mod tests {
             size: 1,
             tagged_at: 0,
             owner: None,
+            repo_digest: None,
         }
     }
 
@@ -297,6 +333,26 @@ mod tests {
         assert_eq!(find(&images, "sha256:1234").unwrap().name, "x/y:2");
         assert!(find(&images, "x/y").is_none());
         assert!(find(&images, "abc").is_none());
+    }
+
+    #[test]
+    fn repo_digests_name_the_repository_without_the_tag() {
+        assert_eq!(
+            repository("127.0.0.1:5000/team/app:1"),
+            "127.0.0.1:5000/team/app"
+        );
+        assert_eq!(repository("busybox:latest"), "busybox");
+        assert_eq!(repository("h:5/app@sha256:00"), "h:5/app");
+        assert_eq!(repository("h:5/app"), "h:5/app");
+        let mut a = img("h:5/app:1", "sha256:aa");
+        a.repo_digest = Some("sha256:ff".into());
+        let mut b = img("h:5/app:2", "sha256:aa");
+        b.repo_digest = Some("sha256:ff".into());
+        let c = img("local:1", "sha256:aa");
+        assert_eq!(
+            repo_digests(&[a, b, c], "sha256:ff"),
+            vec!["h:5/app@sha256:ff".to_string()]
+        );
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub async fn import(
 }
 
 /// The image manifest an OCI index points at (the host's platform for a multi-platform index).
-fn pick_manifest(index: &serde_json::Value) -> Result<serde_json::Value, RpcError> {
+pub(crate) fn pick_manifest(index: &serde_json::Value) -> Result<serde_json::Value, RpcError> {
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",

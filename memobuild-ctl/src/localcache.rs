@@ -165,7 +165,11 @@ pub async fn import(
     Ok(())
 }
 
-async fn upload(client: &MemobuildClient, path: &Path, digest: &str) -> Result<(), RpcError> {
+pub(crate) async fn upload(
+    client: &MemobuildClient,
+    path: &Path,
+    digest: &str,
+) -> Result<(), RpcError> {
     let mut file = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let id = client.upload_begin(ctx()).await.map_err(rpc_failed)??;
     let mut buf = vec![0u8; BLOB_CHUNK_BYTES as usize];

@@ -16,6 +16,7 @@ mod inspect;
 mod localcache;
 mod lsp;
 mod observe;
+mod ocilayout;
 mod output;
 mod progress;
 mod registry;
@@ -53,6 +54,9 @@ enum Command {
         /// Print JSON (one array of objects) instead of a table.
         #[arg(long)]
         json: bool,
+        /// DIGEST: the registry's digest of the name (after a push or pull), in full
+        #[arg(long)]
+        digests: bool,
     },
     /// What is dirty, building or failed, per project and step, and the daemon's health.
     Status {
@@ -204,6 +208,9 @@ enum ImageCommand {
     Ls {
         #[arg(long)]
         json: bool,
+        /// DIGEST: the registry's digest of the name (after a push or pull), in full
+        #[arg(long)]
+        digests: bool,
     },
 }
 
@@ -267,10 +274,10 @@ struct BuildArgs {
     /// When to pull FROM images: missing (default), always, never; --pull alone = always
     #[arg(long, value_name = "POLICY", num_args = 0..=1, require_equals = true, default_missing_value = "always", value_parser = ["missing", "always", "never"])]
     pull: Option<String>,
-    /// Read steps from a registry cache: type=registry,ref=REF
+    /// Read steps from a cache: type=registry,ref=REF, IMAGE (its inline cache), type=local,src=DIR
     #[arg(long = "cache-from", value_name = "SPEC")]
     cache_from: Vec<String>,
-    /// Write steps to a registry cache: type=registry,ref=REF[,mode=min|max]
+    /// Write steps to a cache: type=registry,ref=REF[,mode=min|max], type=inline, type=local,dest=DIR
     #[arg(long = "cache-to", value_name = "SPEC")]
     cache_to: Vec<String>,
     /// Set a label in the image config: KEY=VALUE (repeatable)
@@ -345,7 +352,7 @@ impl Command {
     /// The command was asked for JSON: its failures are JSON too.
     fn wants_json(&self) -> bool {
         match self {
-            Command::Images { json }
+            Command::Images { json, .. }
             | Command::Status { json, .. }
             | Command::Projects { json }
             | Command::Explain { json, .. }
@@ -354,7 +361,7 @@ impl Command {
             | Command::Prune { json, .. }
             | Command::Verify { json }
             | Command::Daemon(DaemonCommand::Status { json }) => *json,
-            Command::Image(ImageCommand::Ls { json })
+            Command::Image(ImageCommand::Ls { json, .. })
             | Command::Image(ImageCommand::History { json, .. })
             | Command::History { json, .. } => *json,
             Command::Image(ImageCommand::Inspect { .. }) => true,
@@ -393,7 +400,7 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
     let socket = memobuild_proto::paths::socket_path(cli.socket.clone());
     match cli.command {
         Command::Build(args) => build(&socket, args).await,
-        Command::Images { json } => {
+        Command::Images { json, digests } => {
             let client = connect::connect(&socket, false).await?;
             let images = client
                 .images(connect::ctx())
@@ -402,7 +409,7 @@ async fn run(cli: Cli) -> Result<ExitCode, RpcError> {
             if json {
                 output::print_images_json(&images);
             } else {
-                images::print_table(&client, &images).await?;
+                images::print_table(&client, &images, digests).await?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -508,7 +515,7 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
                 .map_err(connect::rpc_failed)??;
             println!("removed {name}");
         }
-        ImageCommand::Ls { json } => {
+        ImageCommand::Ls { json, digests } => {
             let list = client
                 .images(connect::ctx())
                 .await
@@ -516,7 +523,7 @@ async fn image(socket: &std::path::Path, cmd: ImageCommand) -> Result<ExitCode, 
             if json {
                 output::print_images_json(&list);
             } else {
-                images::print_table(&client, &list).await?;
+                images::print_table(&client, &list, digests).await?;
             }
         }
     }
@@ -746,6 +753,9 @@ async fn run_build(
     };
     if !cache_from.is_empty() || !cache_to.is_empty() {
         needed.push(("local-cache", "type=local"));
+    }
+    if request.inline_cache {
+        needed.push(("inline-cache", "--cache-to type=inline"));
     }
     if let Err(error) = connect::require_features(client, &needed).await {
         printer.event(&BuildEvent::Failed {
@@ -1106,18 +1116,28 @@ fn add_registry_options(args: &BuildArgs, request: &mut BuildRequest) -> Result<
     // type=local caches are the client's (localcache.rs); checked here.
     local_caches(args)?;
     let is_local = |s: &&String| s.split(',').any(|p| p == "type=local");
-    request.cache_from = args
-        .cache_from
-        .iter()
-        .filter(|s| !is_local(s))
-        .map(|s| registry::cache_spec("--cache-from", s).map(|c| c.reference))
-        .collect::<Result<_, _>>()?;
-    request.cache_to = args
-        .cache_to
-        .iter()
-        .filter(|s| !is_local(s))
-        .map(|s| registry::cache_spec("--cache-to", s))
-        .collect::<Result<_, _>>()?;
+    for (flag, specs) in [
+        ("--cache-from", &args.cache_from),
+        ("--cache-to", &args.cache_to),
+    ] {
+        for spec in specs.iter().filter(|s| !is_local(s)) {
+            match registry::cache_spec(flag, spec)? {
+                registry::CacheSpec::Inline => request.inline_cache = true,
+                registry::CacheSpec::Registry(c) if flag == "--cache-from" => {
+                    request.cache_from.push(c.reference)
+                }
+                registry::CacheSpec::Registry(c) => request.cache_to.push(c),
+            }
+        }
+    }
+    // BuildKit's other spelling of --cache-to type=inline (true as Go's ParseBool reads it).
+    if request
+        .build_args
+        .get("BUILDKIT_INLINE_CACHE")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    {
+        request.inline_cache = true;
+    }
     request.platform = args.platform.clone().unwrap_or_default();
     request.pull = args.pull.clone().unwrap_or_default();
     let refs: Vec<String> = request

@@ -34,8 +34,52 @@ pub fn registry_output(spec: &str) -> Result<Option<Vec<String>>, RpcError> {
     Ok(Some(names))
 }
 
-/// `type=registry,ref=REF[,mode=min|max]` of `--cache-from`/`--cache-to`.
-pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
+/// A `--cache-from`/`--cache-to` value other than `type=local`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheSpec {
+    /// `type=registry,ref=REF[,mode=min|max]`, or just `REF` (as buildx):
+    /// a registry cache, or (for `--cache-from`) an image with an inline cache.
+    Registry(CacheExport),
+    /// `--cache-to type=inline`: the cache in the image's own config.
+    Inline,
+}
+
+/// Parses a `--cache-from`/`--cache-to` value that is not `type=local`.
+pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheSpec, RpcError> {
+    // buildx: a value without `=` is `type=registry,ref=VALUE`.
+    if !spec.contains('=') && !spec.is_empty() {
+        return Ok(CacheSpec::Registry(CacheExport {
+            reference: spec.to_string(),
+            max: false,
+        }));
+    }
+    let to = flag == "--cache-to";
+    if spec.split(',').any(|p| p == "type=inline") {
+        if !to {
+            return Err(RpcError::with_hint(
+                format!("{flag} {spec}: there is no inline cache importer"),
+                "an inline cache is read from the image that carries it: --cache-from IMAGE (or type=registry,ref=IMAGE)",
+            ));
+        }
+        for part in spec.split(',') {
+            match part {
+                "type=inline" | "mode=min" => {}
+                "mode=max" => {
+                    return Err(RpcError::with_hint(
+                        format!("{flag} {spec}: an inline cache holds only the image's own steps (mode=min, as BuildKit)"),
+                        "for every stage's steps use --cache-to type=registry,ref=REF,mode=max",
+                    ))
+                }
+                _ => {
+                    return Err(RpcError::with_hint(
+                        format!("{flag} {spec}: {part:?} is not understood"),
+                        "type=inline takes no parameters",
+                    ))
+                }
+            }
+        }
+        return Ok(CacheSpec::Inline);
+    }
     let mut reference = None;
     let mut max = false;
     for part in spec.split(',') {
@@ -43,15 +87,12 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
             Some(("type", "registry")) => {}
             Some(("type", kind)) => {
                 let why = match kind {
-                    "inline" => {
-                        "inline cache metadata in the image (type=inline) is not supported yet"
-                    }
                     "gha" | "s3" | "azblob" => "this cache backend is not supported",
                     _ => "unknown cache type",
                 };
                 return Err(RpcError::with_hint(
                     format!("{flag} {spec}: {why}"),
-                    format!("memobuild shares its step cache through an OCI registry: {flag} type=registry,ref=REF (a registry on localhost serves one machine, e.g. Debian's docker-registry)"),
+                    format!("memobuild shares its step cache through an OCI registry: {flag} type=registry,ref=REF (a registry on localhost serves one machine, e.g. Debian's docker-registry), in a directory (type=local) or in the image (--cache-to type=inline)"),
                 ));
             }
             Some(("ref", r)) => reference = Some(r.to_string()),
@@ -71,7 +112,7 @@ pub fn cache_spec(flag: &str, spec: &str) -> Result<CacheExport, RpcError> {
             format!("use {flag} type=registry,ref=REF"),
         )
     })?;
-    Ok(CacheExport { reference, max })
+    Ok(CacheSpec::Registry(CacheExport { reference, max }))
 }
 
 /// Registry hosts a build talks to: those of its FROM lines (all configured
@@ -291,16 +332,37 @@ mod tests {
         );
         assert_eq!(registry_output("type=oci,dest=x.tar").unwrap(), None);
         assert!(registry_output("type=registry").is_err());
-        let c = cache_spec("--cache-to", "type=registry,ref=h:5/c:1,mode=max").unwrap();
-        assert_eq!((c.reference.as_str(), c.max), ("h:5/c:1", true));
-        assert!(!cache_spec("--cache-to", "ref=h/c").unwrap().max);
-        for (spec, says) in [
-            ("type=inline", "type=inline) is not supported yet"),
-            ("type=gha", "backend is not supported"),
+        let registry = |flag, spec| match cache_spec(flag, spec).unwrap() {
+            CacheSpec::Registry(c) => (c.reference, c.max),
+            CacheSpec::Inline => panic!("{spec} is not inline"),
+        };
+        assert_eq!(
+            registry("--cache-to", "type=registry,ref=h:5/c:1,mode=max"),
+            ("h:5/c:1".to_string(), true)
+        );
+        assert!(!registry("--cache-to", "ref=h/c").1);
+        // buildx: a bare value is a registry ref (an image with an inline cache).
+        assert_eq!(
+            registry("--cache-from", "h:5/app:1"),
+            ("h:5/app:1".to_string(), false)
+        );
+        assert_eq!(
+            cache_spec("--cache-to", "type=inline").unwrap(),
+            CacheSpec::Inline
+        );
+        for (flag, spec, says) in [
+            (
+                "--cache-to",
+                "type=inline,mode=max",
+                "mode=min, as BuildKit",
+            ),
+            ("--cache-to", "type=inline,ref=x", "is not understood"),
+            ("--cache-from", "type=inline", "no inline cache importer"),
+            ("--cache-to", "type=gha", "backend is not supported"),
         ] {
-            let e = cache_spec("--cache-to", spec).unwrap_err();
+            let e = cache_spec(flag, spec).unwrap_err();
             assert!(e.message.contains(says), "{spec}: {}", e.message);
-            assert!(e.hint.unwrap().contains("type=registry,ref=REF"));
+            assert!(e.hint.is_some());
         }
     }
 

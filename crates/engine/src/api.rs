@@ -108,6 +108,7 @@ impl Engine {
                 size: r.size,
                 tagged_at: r.tagged_at,
                 owner: r.owner,
+                repo_digest: r.repo_digest,
             })
             .collect())
     }

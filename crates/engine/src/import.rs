@@ -58,6 +58,7 @@ pub(crate) fn import(
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0),
         owner,
+        repo_digest: None,
     };
     store.put_image(&full, &record).map_err(err)?;
     Ok(ImageSummary {
@@ -67,5 +68,6 @@ pub(crate) fn import(
         size: record.size,
         tagged_at: record.tagged_at,
         owner: record.owner,
+        repo_digest: None,
     })
 }

@@ -23,6 +23,7 @@ mod failure;
 mod gc;
 mod image_access;
 mod import;
+mod inline_cache;
 mod localcache;
 mod metrics;
 mod owner;

@@ -426,8 +426,13 @@ async fn name_known_digest(store: &Arc<Store>, name: &str, caller: crate::Caller
             return None;
         }
         let image = memobuild_oci::image::read_image(&store, &digest).ok()?;
-        memobuild_registry::name_image(&store, &memobuild_oci::reference::store_name(&name), &image)
-            .ok()
+        memobuild_registry::name_image(
+            &store,
+            &memobuild_oci::reference::store_name(&name),
+            &image,
+            Some(&digest),
+        )
+        .ok()
     })
     .await
     .ok()

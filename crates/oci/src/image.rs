@@ -26,8 +26,38 @@ pub fn write_image_annotated(
     layers: &[LayerRecord],
     annotations: &std::collections::BTreeMap<String, String>,
 ) -> Result<StoredImage, OciError> {
-    let config_bytes =
-        serde_json::to_vec(config).map_err(|e| OciError::Invalid(format!("image config: {e}")))?;
+    write_image_with_cache(store, config, layers, annotations, None)
+}
+
+/// The image config's top-level key of an inline step cache
+/// (`--cache-to type=inline`; docs/CACHE.md, "Inline cache"), as BuildKit's
+/// `moby.buildkit.cache.v0`.
+pub const INLINE_CACHE_KEY: &str = "dev.memobuild.cache.v0";
+
+/// The config with an inline cache after its own fields (their order kept,
+/// so the JSON is as stable as the config's).
+#[derive(serde::Serialize)]
+struct WithInlineCache<'a> {
+    #[serde(flatten)]
+    config: &'a ImageConfig,
+    #[serde(rename = "dev.memobuild.cache.v0")]
+    cache: &'a serde_json::Value,
+}
+
+/// [`write_image_annotated`], with `inline_cache` (when given) in the config
+/// under [`INLINE_CACHE_KEY`].
+pub fn write_image_with_cache(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[LayerRecord],
+    annotations: &std::collections::BTreeMap<String, String>,
+    inline_cache: Option<&serde_json::Value>,
+) -> Result<StoredImage, OciError> {
+    let config_bytes = match inline_cache {
+        None => serde_json::to_vec(config),
+        Some(cache) => serde_json::to_vec(&WithInlineCache { config, cache }),
+    }
+    .map_err(|e| OciError::Invalid(format!("image config: {e}")))?;
     let (config_digest, config_size) = store.blobs.put_bytes(&config_bytes)?;
     let mut manifest = build_manifest(&config_digest, config_size, layers)?;
     if !annotations.is_empty() {

@@ -313,7 +313,7 @@ pub struct DaemonInfo {
 /// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]),
 /// `local-cache` (the `cache_steps` and `import_cache_steps` calls),
 /// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections),
-/// and `check` (the `check` call).
+/// `check` (the `check` call) and `inline-cache` ([`BuildRequest::inline_cache`]).
 pub const FEATURES: &[&str] = &[
     FEATURE_BLOB_FDS,
     "annotations",
@@ -321,6 +321,7 @@ pub const FEATURES: &[&str] = &[
     "prune-until",
     "local-cache",
     "check",
+    "inline-cache",
 ];
 
 /// BuildKit's entitlements: `network.host` lets `RUN --network=host` and
@@ -405,6 +406,11 @@ pub struct BuildRequest {
     /// --from` and `RUN --mount=from=` get for NAME.
     #[serde(default)]
     pub build_contexts: BTreeMap<String, String>,
+    /// `--cache-to type=inline`: the image config carries the step cache
+    /// records of the steps whose layers are in the image (mode=min), under
+    /// `dev.memobuild.cache.v0` (docs/CACHE.md, "Inline cache").
+    #[serde(default)]
+    pub inline_cache: bool,
     /// Whose rights the daemon reads the context, Dockerfile and ignore files
     /// with. Set by the daemon from the connection's peer credentials
     /// (SO_PEERCRED) for every request, whatever a client sends; `None` for
@@ -598,6 +604,11 @@ pub struct ImageSummary {
     /// recorded owners, which only admins may remove or re-tag.
     #[serde(default)]
     pub owner: Option<u32>,
+    /// The manifest digest the registry holds for this name after a push or
+    /// a pull (`docker image inspect`'s `RepoDigests`); `None` otherwise and
+    /// from daemons older than the field.
+    #[serde(default)]
+    pub repo_digest: Option<String>,
 }
 
 /// What a client needs to write an image out: the manifest and every blob it names.

@@ -16,6 +16,9 @@ use std::sync::Arc;
 /// Media type of the cache's config blob (the key -> layer map).
 pub(crate) const MEDIA_CACHE: &str = "application/vnd.memobuild.cache.v1+json";
 
+/// Docker's image config media type (OCI's is `memobuild_oci::MEDIA_CONFIG`).
+const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+
 /// The config blob of a remote cache.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CacheIndex {
@@ -52,11 +55,9 @@ impl Session {
         let manifest: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::new(name, format!("cache manifest: {e}")))?;
         if manifest["config"]["mediaType"].as_str() != Some(MEDIA_CACHE) {
-            return Err(RegistryError::new(
-                name,
-                "is not a memobuild cache (its config is not a step index)",
-            )
-            .hint("point --cache-from/--cache-to at a reference used only for memobuild's cache"));
+            // An image: its config may carry an inline cache.
+            let index = self.load_inline_cache(store, &reference, manifest).await?;
+            return Ok(RemoteCache { reference, index });
         }
         let config = manifest["config"]["digest"]
             .as_str()
@@ -75,6 +76,91 @@ impl Session {
         .map_err(|e| RegistryError::new(name, e.to_string()))?
         .map_err(|e| RegistryError::new(name, format!("cache index: {e}")))?;
         Ok(RemoteCache { reference, index })
+    }
+
+    /// The inline cache (docs/CACHE.md, "Inline cache") in the config of the
+    /// image `manifest` (an index: this build's platform's image), keeping
+    /// only the steps whose layer is one of that image's layers, so every
+    /// layer it hands over is in the image's repository.
+    async fn load_inline_cache(
+        &self,
+        store: &Arc<Store>,
+        reference: &Reference,
+        manifest: serde_json::Value,
+    ) -> Result<CacheIndex, RegistryError> {
+        let name = reference.whole();
+        let manifest = if super::pull::is_index(&manifest) {
+            let entry = self
+                .platform
+                .select(&manifest)
+                .map_err(|m| RegistryError::new(&name, m))?;
+            let chosen = entry["digest"].as_str().unwrap_or_default().to_string();
+            let (bytes, _) = self
+                .fetch_manifest(&reference.clone_with_digest(chosen))
+                .await?;
+            serde_json::from_slice(&bytes)
+                .map_err(|e| RegistryError::new(&name, format!("image manifest: {e}")))?
+        } else {
+            manifest
+        };
+        let not_inline = || {
+            RegistryError::new(
+                &name,
+                "is neither a memobuild cache nor an image with an inline cache",
+            )
+            .hint("build and push the image with --cache-to type=inline, or point --cache-from at a --cache-to type=registry,ref=REF cache")
+        };
+        let config = match manifest["config"]["mediaType"].as_str() {
+            Some(memobuild_oci::MEDIA_CONFIG | MEDIA_DOCKER_CONFIG) => manifest["config"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            _ => return Err(not_inline()),
+        };
+        let layers: std::collections::BTreeSet<&str> = manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["digest"].as_str())
+            .collect();
+        self.fetch_blob(store, reference, &config).await?;
+        let store = store.clone();
+        let value = tokio::task::spawn_blocking(move || {
+            let bytes = store
+                .blobs
+                .read_verified(&config)
+                .map_err(|e| e.to_string())?;
+            let mut config: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                config
+                    .get_mut(memobuild_oci::image::INLINE_CACHE_KEY)
+                    .map(serde_json::Value::take),
+            )
+        })
+        .await
+        .map_err(|e| RegistryError::new(&name, e.to_string()))?
+        .map_err(|e| RegistryError::new(&name, format!("image config: {e}")))?;
+        let Some(value) = value else {
+            return Err(not_inline());
+        };
+        let mut index: CacheIndex = serde_json::from_value(value)
+            .map_err(|e| RegistryError::new(&name, format!("inline cache: {e}")))?;
+        if index.version != 1 {
+            return Err(RegistryError::new(
+                &name,
+                format!(
+                    "inline cache version {} is not one this memobuild reads",
+                    index.version
+                ),
+            ));
+        }
+        index.steps.retain(|_, layer| {
+            layer
+                .as_ref()
+                .is_none_or(|l| layers.contains(l.digest.as_str()))
+        });
+        Ok(index)
     }
 
     /// Records step `key` from a remote cache: downloads its layer (digest

@@ -18,7 +18,7 @@ mod platform;
 mod pull;
 mod push;
 
-pub use cache::RemoteCache;
+pub use cache::{CacheIndex, RemoteCache};
 pub use platform::Platform;
 pub use pull::name_image;
 

@@ -39,6 +39,8 @@ impl Session {
     pub async fn pull(&self, store: &Arc<Store>, name: &str) -> Result<StoredImage, RegistryError> {
         let reference = reference::parse(name)?;
         let (bytes, digest) = self.fetch_manifest(&reference).await?;
+        // What the name resolves to in the registry, an index or the image.
+        let repo_digest = digest.clone();
         let json = parse_json(&reference, &bytes)?;
         let (bytes, digest, json) = if is_index(&json) {
             let entry = self.platform.select(&json).map_err(|m| {
@@ -73,7 +75,8 @@ impl Session {
             debug_assert_eq!(stored, digest);
             let image = read_image(&store, &digest)
                 .map_err(|e| RegistryError::new(&what, e.to_string()))?;
-            name_image(&store, &name, &image).map_err(|e| RegistryError::new(&what, e))?;
+            name_image(&store, &name, &image, Some(&repo_digest))
+                .map_err(|e| RegistryError::new(&what, e))?;
             Ok(image)
         })
         .await
@@ -127,7 +130,7 @@ fn parse_json(reference: &Reference, bytes: &[u8]) -> Result<serde_json::Value, 
     })
 }
 
-fn is_index(json: &serde_json::Value) -> bool {
+pub(crate) fn is_index(json: &serde_json::Value) -> bool {
     matches!(
         json["mediaType"].as_str(),
         Some(MEDIA_INDEX) | Some(MEDIA_DOCKER_LIST)
@@ -169,8 +172,14 @@ fn blobs_of(
     Ok((config, layers))
 }
 
-/// Points `name` at `image` in the image store.
-pub fn name_image(store: &Store, name: &str, image: &StoredImage) -> Result<(), String> {
+/// Points `name` at `image` in the image store; `repo_digest`: the digest
+/// the registry holds for the name ([`ImageRecord::repo_digest`]).
+pub fn name_image(
+    store: &Store,
+    name: &str,
+    image: &StoredImage,
+    repo_digest: Option<&str>,
+) -> Result<(), String> {
     // A name keeps its owner when a pull re-points it (the engine pulls only
     // names the caller may change), as `docker pull` re-points a local tag;
     // a new name is a base image: shared, an admin's to remove.
@@ -184,6 +193,7 @@ pub fn name_image(store: &Store, name: &str, image: &StoredImage) -> Result<(), 
         size: image.size,
         tagged_at: memobuild_store::now_secs(),
         owner,
+        repo_digest: repo_digest.map(String::from),
     };
     store.put_image(name, &record).map_err(|e| e.to_string())
 }

@@ -72,6 +72,19 @@ impl Session {
             }
         }
         self.put_manifest(&reference, manifest).await?;
+        // The name, if it is one in the image store for this image, now has
+        // this digest in the registry (the manifest went byte for byte).
+        let (store, name, digest) = (
+            store.clone(),
+            reference::store_name(target),
+            manifest_digest.to_string(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.set_repo_digest(&name, &digest, &digest) {
+                tracing::warn!("recording the registry digest of {name}: {e}");
+            }
+        })
+        .await;
         Ok(stats)
     }
 

@@ -116,6 +116,13 @@ pub struct ImageRecord {
     /// may remove or re-tag those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
+    /// The manifest digest the registry holds for this name, once the name
+    /// was pushed (`--push`) or pulled (`FROM`): the digest of what the tag
+    /// resolved to there (an index, for a multi-platform image). `docker
+    /// image inspect`'s `RepoDigests` lists it as `REPOSITORY@DIGEST`. A new
+    /// image under the name drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo_digest: Option<String>,
 }
 
 pub struct Store {
@@ -338,6 +345,37 @@ impl Store {
         };
         txn.commit().map_err(db_err)?;
         Ok(removed)
+    }
+
+    /// Records `repo_digest` ([`ImageRecord::repo_digest`]) for image `name`
+    /// if it (read in the same transaction) still names `manifest_digest`,
+    /// so a push or pull never re-points a name a concurrent build re-tagged.
+    /// False when it does not.
+    pub fn set_repo_digest(
+        &self,
+        name: &str,
+        manifest_digest: &str,
+        repo_digest: &str,
+    ) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let set = {
+            let mut table = txn.open_table(IMAGES).map_err(db_err)?;
+            let current = match table.get(name).map_err(db_err)? {
+                Some(v) => Some(decode::<ImageRecord>(name, v.value())?),
+                None => None,
+            };
+            match current {
+                Some(mut record) if record.manifest_digest == manifest_digest => {
+                    record.repo_digest = Some(repo_digest.to_string());
+                    let bytes = serde_json::to_vec(&record).map_err(db_err)?;
+                    table.insert(name, bytes.as_slice()).map_err(db_err)?;
+                    true
+                }
+                _ => false,
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(set)
     }
 
     pub fn images(&self) -> Result<Vec<(String, ImageRecord)>, StoreError> {

@@ -527,16 +527,20 @@ async fn build_planned(
         }
         let epoch = request.source_date_epoch;
         let annotations = request.annotations.clone();
+        let inline = request.inline_cache.then(|| plan.clone());
         let (request, log) = (request.clone(), log.clone());
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
             config.history = result.history.clone();
             config.created = epoch.map(memobuild_oci::rfc3339);
-            let image = memobuild_oci::image::write_image_annotated(
+            let cache = inline
+                .map(|plan| crate::inline_cache::record(&engine.store, &plan, &result.layers));
+            let image = memobuild_oci::image::write_image_with_cache(
                 &engine.store,
                 &config,
                 &result.layers,
                 &annotations,
+                cache.as_ref(),
             )
             .map_err(internal)?;
             let tags = tag_image(&engine, &request, &log, &image)?;
@@ -816,6 +820,10 @@ fn options_digest(request: &BuildRequest, secrets: &BTreeMap<String, String>) ->
     }
     for (name, value) in &request.build_contexts {
         k.str("build-context").str(name).str(value);
+    }
+    // Only when set: an inline cache makes another config.
+    if request.inline_cache {
+        k.str("inline-cache");
     }
     // A result built with entitlements is no fast answer to a build without.
     for entitlement in &request.entitlements {
@@ -1513,6 +1521,7 @@ fn tag_digests(
                 size,
                 tagged_at: memobuild_store::now_secs(),
                 owner,
+                repo_digest: None,
             };
             engine.store.put_image(&name, &record).map_err(internal)?;
         }
