@@ -347,6 +347,10 @@ impl SnapshotHold {
     /// links to them, and their link count must not depend on when that GC
     /// runs.
     pub async fn release(mut self) {
+        // The container and its mount first: the upper dir is emptied below.
+        if let Some(guard) = self.guard.as_mut() {
+            guard.release_container().await;
+        }
         if let (Some(upper), Some(_)) = (self.upper.take(), &self.guard) {
             let emptied = tokio::task::spawn_blocking(move || empty_dir(&upper)).await;
             if let Ok(Err(e)) = emptied {
@@ -671,15 +675,9 @@ impl Sandbox {
             // EOF comes when the container's processes are gone; never wait forever.
             let _ = tokio::time::timeout(KILL_WAIT, reader).await;
         }
-        self.runc.delete(&name).await?;
-        guard.state.container = false;
-        {
-            let rootfs = rootfs.clone();
-            let _ = tokio::task::spawn_blocking(move || runc::unmount_rootfs(&rootfs)).await;
-        }
-        guard.state.mounted = None;
-        let _ = tokio::fs::remove_dir_all(&dir).await;
-        guard.state.run_dir = None;
+        // The stopped container, the rootfs mount and the run directory go
+        // with the snapshot (`SnapshotHold::release`), which the caller may
+        // do in the background: nothing reads them any more.
         let teardown = teardown_started.elapsed();
 
         // runc exits with the container's status, 128 + N for a signal.
@@ -949,6 +947,19 @@ struct RunGuard {
 }
 
 impl RunGuard {
+    /// Deletes the stopped container, unmounts its rootfs and removes the
+    /// run directory; the snapshot and lease stay.
+    async fn release_container(&mut self) {
+        let state = Leftovers {
+            id: self.state.id.clone(),
+            container: std::mem::take(&mut self.state.container),
+            mounted: self.state.mounted.take(),
+            run_dir: self.state.run_dir.take(),
+            ..Leftovers::default()
+        };
+        release(&self.sandbox, state).await;
+    }
+
     async fn release(&mut self) {
         let state = std::mem::take(&mut self.state);
         release(&self.sandbox, state).await;

@@ -276,7 +276,8 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
     let changes: ChangeSet = outcome.changes;
     let mtime = cx.epoch.unwrap_or(0).max(0) as u64;
     if changes.is_empty() {
-        outcome.snapshot.release().await;
+        // Nothing links to its files: tear down off the step's path.
+        tokio::spawn(outcome.snapshot.release());
         return Ok(StepRecord {
             layer: None,
             created_at: memobuild_store::now_secs(),
@@ -316,7 +317,13 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
     if let (Ok(layer), Some(snapshot)) = (&layer, snapshot) {
         super::snapshots::commit(engine, cx.parent_layers, layer, snapshot).await;
     }
-    outcome.snapshot.release().await;
+    match cx.snapshot_for_later_run {
+        // The next snapshot holds hard links to this step's files: they are
+        // unlinked here before a later RUN can see their link counts.
+        true => outcome.snapshot.release().await,
+        // Nothing links to them: tear down off the step's path.
+        false => drop(tokio::spawn(outcome.snapshot.release())),
+    }
     Ok(StepRecord {
         layer: Some(layer?),
         created_at: memobuild_store::now_secs(),
