@@ -310,6 +310,7 @@ fn all_benches(c: &mut Criterion) {
             mode: meta.mode & 0o7777,
             uid: 0,
             gid: 0,
+            mtime: 0,
         };
         changes.insert(format!("app/{rel}"), entry);
     }
@@ -319,6 +320,7 @@ fn all_benches(c: &mut Criterion) {
         mode: 0o644,
         uid: 0,
         gid: 0,
+        mtime: 0,
     };
     edited.insert("app/edited.txt".into(), bytes_entry);
     let mut g = c.benchmark_group("layer");
@@ -333,8 +335,8 @@ fn all_benches(c: &mut Criterion) {
         })
     });
     let warm_writer = memobuild_oci::LayerWriter::new();
-    warm_writer.write(&changes, &blobs, 0).unwrap();
-    warm_writer.write(&edited, &blobs, 0).unwrap();
+    warm_writer.write(&changes, &blobs).unwrap();
+    warm_writer.write(&edited, &blobs).unwrap();
     let mut flip = false;
     g.bench_function(
         format!("write_warm_{}MB_one_file_changed", bytes / 1_000_000),

@@ -109,6 +109,42 @@ pub struct History {
     pub empty_layer: bool,
 }
 
+/// Gives every history entry without a time one, as BuildKit's exporter
+/// does (normalizeLayersAndHistory): the entries before the first entry
+/// with a time that follows an untimed one get that time (the build's first
+/// new layer, not a base image's), later ones the time of the entry before
+/// them. Returns the time of the last entry: the config's `created`.
+pub fn fill_history_times(history: &mut [History]) -> Option<String> {
+    let mut created: Option<String> = None;
+    let mut untimed = false;
+    for h in history.iter() {
+        match &h.created {
+            Some(t) => {
+                created = Some(t.clone());
+                if untimed {
+                    break;
+                }
+            }
+            None => untimed = true,
+        }
+    }
+    untimed = false;
+    for h in history.iter_mut() {
+        match &h.created {
+            Some(t) => {
+                if untimed {
+                    created = Some(t.clone());
+                }
+            }
+            None => {
+                untimed = true;
+                h.created = created.clone();
+            }
+        }
+    }
+    history.iter().rev().find_map(|h| h.created.clone())
+}
+
 impl ImageConfig {
     /// The config of an empty image built `FROM scratch` on this host.
     pub fn scratch() -> ImageConfig {

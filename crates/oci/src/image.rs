@@ -26,10 +26,36 @@ pub fn write_image_annotated(
     layers: &[LayerRecord],
     annotations: &std::collections::BTreeMap<String, String>,
 ) -> Result<StoredImage, OciError> {
+    write_image_with_epoch(store, config, layers, annotations, None)
+}
+
+/// The layer annotation BuildKit's `rewrite-timestamp` writes on each layer
+/// whose times it clamped to SOURCE_DATE_EPOCH (value: the epoch, seconds).
+pub const REWRITTEN_TIMESTAMP: &str = "buildkit/rewritten-timestamp";
+
+/// [`write_image_annotated`]; with `rewritten: Some((from, epoch))` the layers
+/// from index `from` on (those the build made, not the base image's) carry
+/// [`REWRITTEN_TIMESTAMP`] = `epoch`, as BuildKit's do.
+pub fn write_image_with_epoch(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[LayerRecord],
+    annotations: &std::collections::BTreeMap<String, String>,
+    rewritten: Option<(usize, i64)>,
+) -> Result<StoredImage, OciError> {
     let config_bytes =
         serde_json::to_vec(config).map_err(|e| OciError::Invalid(format!("image config: {e}")))?;
     let (config_digest, config_size) = store.blobs.put_bytes(&config_bytes)?;
     let mut manifest = build_manifest(&config_digest, config_size, layers)?;
+    if let Some((from, epoch)) = rewritten {
+        let mut descriptors = manifest.layers().clone();
+        for d in descriptors.iter_mut().skip(from) {
+            let mut a = d.annotations().clone().unwrap_or_default();
+            a.insert(REWRITTEN_TIMESTAMP.to_string(), epoch.to_string());
+            d.set_annotations(Some(a));
+        }
+        manifest.set_layers(descriptors);
+    }
     if !annotations.is_empty() {
         manifest.set_annotations(Some(
             annotations

@@ -13,6 +13,7 @@
 #![warn(unreachable_pub)]
 
 mod chmod;
+mod epoch;
 pub mod key;
 pub mod lint;
 mod stage;
@@ -77,6 +78,14 @@ pub trait UrlSource {
     /// The content at `url`, downloaded to a local file.
     fn fetch(&self, url: &str) -> Result<Fetched, String>;
 
+    /// The newest mtime of a regular file in the archive `fetched` holds
+    /// (a tar, possibly compressed), or `None` when it is not an archive: a
+    /// SOURCE_DATE_EPOCH stage's time when the server sent no `Last-Modified`.
+    fn archive_max_mtime(&self, fetched: &Fetched) -> Option<i64> {
+        let _ = fetched;
+        None
+    }
+
     /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
     /// remote's HEAD when empty), checked out in a local directory, with
     /// its `.git` when `keep_git_dir`.
@@ -102,6 +111,9 @@ pub struct Fetched {
     pub path: std::path::PathBuf,
     /// Hex SHA-256 of the bytes.
     pub sha256: String,
+    /// The response's `Last-Modified`, Unix seconds: the file's mtime in
+    /// the layer (BuildKit's HTTP source); not part of the cache key.
+    pub modified: Option<i64>,
 }
 
 /// Fetches nothing: every URL is an error (for plans that must not touch the
@@ -138,6 +150,10 @@ pub struct Plan {
     /// BuildKit's lint warnings (`--call=check`); [`plan`] leaves it empty,
     /// the caller fills it with [`lint::lint`] (which needs the text).
     pub lint: Vec<memobuild_dockerfile::lint::Warning>,
+    /// SOURCE_DATE_EPOCH as resolved (the client's number, or the
+    /// Dockerfile's default: a number or a source-only stage; see `epoch.rs`):
+    /// what clamps file times and sets `created`.
+    pub epoch: Option<i64>,
 }
 
 impl Plan {
@@ -411,7 +427,18 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let started = std::time::Instant::now();
     let df = input.dockerfile;
     let target = find_target(df, input.target)?;
-    let global = global_args(df, input.build_args, target)?;
+    let mut global = global_args(df, input.build_args, target)?;
+    // SOURCE_DATE_EPOCH resolved once; ARGs see the number (BuildKit's
+    // setBuildArgValue), or nothing when it resolved to no time.
+    let epoch = epoch::resolve(df, input.epoch, input.build_args, &global, input.urls)?;
+    let mut build_args = input.build_args.clone();
+    let text = epoch.map(|e| e.to_string()).unwrap_or_default();
+    for args in [&mut global, &mut build_args] {
+        if let Some(v) = args.get_mut(epoch::NAME) {
+            *v = text.clone();
+        }
+    }
+    let build_args = &build_args;
     let bases = df
         .stages
         .iter()
@@ -425,13 +452,13 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let input = &PlanInput {
         dockerfile: df,
         target: input.target,
-        build_args: input.build_args,
+        build_args,
         context: input.context.clone(),
         hashes: input.hashes,
         merkle: input.merkle,
         focus: input.focus,
         images: input.images,
-        epoch: input.epoch,
+        epoch,
         run_options: input.run_options,
         stage_contents: input.stage_contents,
         urls: input.urls,
@@ -448,6 +475,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         warnings: Vec::new(),
         images: BTreeMap::new(),
         lint: Vec::new(),
+        epoch,
     };
     for &index in &needed {
         if let Some(Base::Image(image)) = &bases[index] {

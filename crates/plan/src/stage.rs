@@ -1573,14 +1573,14 @@ fn mount_key(
 }
 
 /// BuildKit's isHTTPSource.
-fn is_http_source(src: &str) -> bool {
+pub(crate) fn is_http_source(src: &str) -> bool {
     src.starts_with("http://") || src.starts_with("https://")
 }
 
 /// A git repository as ADD names one (BuildKit's gitutil): `git@host:...`,
 /// `git://`, `ssh://`, or an HTTP(S) URL whose path ends in `.git` (with an
 /// optional `#ref`).
-fn is_git_source(src: &str) -> bool {
+pub(crate) fn is_git_source(src: &str) -> bool {
     if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
         return true;
     }

@@ -315,7 +315,11 @@ impl memobuild_plan::UrlSource for Urls {
         let sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
         let path = self.dir.path().join(&sha256);
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        Ok(memobuild_plan::Fetched { path, sha256 })
+        Ok(memobuild_plan::Fetched {
+            path,
+            sha256,
+            modified: None,
+        })
     }
 }
 

@@ -273,8 +273,10 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         }
         return Err(RpcError::of(ErrorKind::StepFailed, message));
     }
-    let changes: ChangeSet = outcome.changes;
-    let mtime = cx.epoch.unwrap_or(0).max(0) as u64;
+    let mut changes: ChangeSet = outcome.changes;
+    // Files keep the times the step left them (in whole seconds); the
+    // snapshot written from these changes gets the same times as the layer.
+    changes.clamp_mtimes(cx.epoch);
     if changes.is_empty() {
         outcome.snapshot.release().await;
         return Ok(StepRecord {
@@ -292,7 +294,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         tokio::task::spawn_blocking(move || {
             let (layer, sizes) = engine
                 .layer_writer
-                .write_sized(&changes, &store.blobs, mtime)
+                .write_sized(&changes, &store.blobs)
                 .map_err(|e| err(e.to_string()))?;
             engine.layers.remember(&layer.digest, &changes, &sizes);
             Ok::<_, RpcError>(layer)
@@ -303,8 +305,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
             true => {
                 let changes = changes.clone();
                 let upper = outcome.snapshot.upper();
-                super::snapshots::materialize(engine, cx.parent_layers, changes, mtime, None, upper)
-                    .await
+                super::snapshots::materialize(engine, cx.parent_layers, changes, None, upper).await
             }
             false => None,
         }
