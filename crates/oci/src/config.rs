@@ -194,3 +194,42 @@ pub fn host_architecture() -> &'static str {
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(created: Option<&str>) -> History {
+        History {
+            created: created.map(String::from),
+            ..History::default()
+        }
+    }
+
+    /// BuildKit's normalizeLayersAndHistory: untimed entries before the
+    /// first new layer take its time, later ones the previous entry's.
+    #[test]
+    fn untimed_history_entries_are_filled_as_buildkit_fills_them() {
+        let mut history = vec![
+            h(Some("base1")),
+            h(Some("base2")),
+            h(None),
+            h(Some("run1")),
+            h(None),
+            h(Some("copy2")),
+            h(None),
+        ];
+        let created = fill_history_times(&mut history);
+        let got: Vec<_> = history.iter().map(|h| h.created.clone().unwrap()).collect();
+        assert_eq!(
+            got,
+            ["base1", "base2", "run1", "run1", "run1", "copy2", "copy2"]
+        );
+        assert_eq!(created.as_deref(), Some("copy2"));
+        // Only metadata on a base image: the base's last time.
+        let mut history = vec![h(Some("base1")), h(None)];
+        assert_eq!(fill_history_times(&mut history).as_deref(), Some("base1"));
+        // Nothing timed at all: no `created`.
+        assert_eq!(fill_history_times(&mut [h(None)]), None);
+    }
+}

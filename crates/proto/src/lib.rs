@@ -132,6 +132,10 @@ pub struct CacheStep {
     pub key: String,
     /// The layer it added; `None` for a step that only changes the config.
     pub layer: Option<CacheLayer>,
+    /// When the step's result was first built (Unix seconds): the time its
+    /// image history entry gets. `None` from older clients and caches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
