@@ -330,7 +330,7 @@ fn all_benches(c: &mut Criterion) {
     g.bench_function(format!("write_cold_{}MB", bytes / 1_000_000), |b| {
         b.iter(|| {
             memobuild_oci::LayerWriter::new()
-                .write(black_box(&changes), &blobs, 0)
+                .write(black_box(&changes), &blobs)
                 .unwrap()
         })
     });
@@ -344,7 +344,7 @@ fn all_benches(c: &mut Criterion) {
             b.iter(|| {
                 flip = !flip;
                 let which = if flip { &edited } else { &changes };
-                warm_writer.write(black_box(which), &blobs, 0).unwrap()
+                warm_writer.write(black_box(which), &blobs).unwrap()
             })
         },
     );
