@@ -147,6 +147,25 @@ fn created_is_kept_by_the_cache_and_renewed_by_no_cache() {
         assert!(h["created"].is_string(), "{h}");
     }
     assert_eq!(history.last().expect("last")["created"], created.as_str());
+    // BuildKit's texts (convert.go): the shell in RUN, `# buildkit` on
+    // layer steps, Go's %q for CMD.
+    let texts: Vec<&str> = history
+        .iter()
+        .map(|h| h["created_by"].as_str().expect("created_by"))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "COPY busybox /bin/busybox # buildkit",
+            "RUN /bin/busybox --install -s /bin # buildkit",
+            "ENV A=1",
+            "RUN /bin/sh -c echo hi > /hi # buildkit",
+            r#"CMD ["sh"]"#,
+        ]
+    );
+    // The ENV entry (no layer) has the time of the layer after it, as
+    // BuildKit's exporter fills it.
+    assert_eq!(history[2]["created"], history[3]["created"]);
     // No layer is rewritten without SOURCE_DATE_EPOCH.
     for l in m1["layers"].as_array().expect("layers") {
         assert!(

@@ -14,6 +14,7 @@
 
 mod chmod;
 mod epoch;
+mod history;
 pub mod key;
 pub mod lint;
 mod stage;
@@ -234,7 +235,8 @@ pub struct Step {
     /// with [`key::step_key`] when it reaches the step.
     pub pending: bool,
     pub op: Op,
-    /// `created_by` for the image history; `None` for steps Docker keeps out of it (ARG).
+    /// `created_by` for the image history, as BuildKit writes it
+    /// (`history.rs`); `None` for ONBUILD, which has no entry.
     pub history: Option<String>,
     /// The key's components, kept so `status` and `explain` can name what changed.
     pub inputs: StepInputs,

@@ -373,6 +373,11 @@ struct State<'a> {
     /// Stage paths the current instruction reads, and their content digests
     /// (pending stand-ins where unknown).
     contents: Vec<(ContentRef, String, bool)>,
+    /// The current instruction's history text, as BuildKit writes it.
+    created_by: Option<String>,
+    /// ARG names declared in the stage, in order (BuildKit's `d.buildArgs`,
+    /// which `RUN`'s history text lists).
+    declared: Vec<String>,
 }
 
 impl State<'_> {
@@ -506,13 +511,17 @@ pub(super) fn plan_stage(
         partial: false,
         parent_pending: base_pending,
         contents: Vec::new(),
+        created_by: None,
+        declared: Vec::new(),
     };
+    state.declared = state.args.keys().cloned().collect();
     let mut steps = Vec::new();
     let mut shared_args: Option<Arc<BTreeMap<String, String>>> = None;
     for ins in &si.stage.instructions {
         state.files.clear();
         state.partial = false;
         state.contents.clear();
+        state.created_by = None;
         if si
             .input
             .cancelled
@@ -567,7 +576,17 @@ pub(super) fn plan_stage(
             contents,
             pending,
             op,
-            history: (!matches!(ins.value, Instruction::Arg(_))).then(|| ins.source.clone()),
+            // ONBUILD has no history entry in BuildKit; every other
+            // instruction has, with BuildKit's text.
+            history: match ins.value {
+                Instruction::Onbuild(_) => None,
+                _ => Some(
+                    state
+                        .created_by
+                        .take()
+                        .unwrap_or_else(|| ins.source.clone()),
+                ),
+            },
             inputs,
         });
         steps.push(index);
@@ -585,6 +604,40 @@ pub(super) fn plan_stage(
         config: state.config,
         args: state.args,
     })
+}
+
+/// COPY/ADD's history text as BuildKit writes it: the keyword,
+/// `--parents`, `--chown=`, `--chmod=` (as given, expanded), the sources and
+/// `<<NAME` for here-documents, the destination, `# buildkit`.
+fn copy_history(
+    st: &State<'_>,
+    spec: &CopySpec,
+    keyword: &str,
+    dest: &str,
+) -> Result<String, DockerfileError> {
+    let mut text = keyword.to_string();
+    if let Some(f) = spec.flag("parents") {
+        if parse_bool_flag(st.df, f, "parents")? {
+            text.push_str(" --parents");
+        }
+    }
+    for name in ["chown", "chmod"] {
+        if let Some(f) = spec.flag(name) {
+            let value = st.expand(f.value.as_deref().unwrap_or(""), f.loc)?;
+            if !value.is_empty() {
+                text.push_str(&format!(" --{name}={value}"));
+            }
+        }
+    }
+    for s in &spec.sources {
+        text.push(' ');
+        text.push_str(&st.expand(&s.value, s.loc)?);
+    }
+    for doc in &spec.heredocs {
+        text.push_str(&format!(" <<{}", doc.value.name));
+    }
+    text.push_str(&format!(" {dest} # buildkit"));
+    Ok(text)
 }
 
 /// Parses the base's ONBUILD triggers as instructions placed at the FROM line.
@@ -661,7 +714,18 @@ fn apply(
                     Some(v) => st.args.insert(d.name.clone(), v),
                     None => st.args.remove(&d.name),
                 };
+                if !st.declared.contains(&d.name) {
+                    st.declared.push(d.name.clone());
+                }
             }
+            let words: Vec<String> = decls
+                .iter()
+                .map(|d| match st.args.get(&d.name) {
+                    Some(v) => format!("{}={v}", d.name),
+                    None => d.name.clone(),
+                })
+                .collect();
+            st.created_by = Some(format!("ARG {}", words.join(" ")));
             Ok(meta())
         }
         Instruction::Env(pairs) => {
@@ -677,13 +741,17 @@ fn apply(
                 }
                 expanded.push((k, v));
             }
+            let mut text = String::from("ENV");
             for (k, v) in expanded {
+                text.push_str(&format!(" {k}={v}"));
                 st.config.env_set(&k, &v);
             }
+            st.created_by = Some(text);
             Ok(meta())
         }
         Instruction::Label(pairs) => {
             let vars = st.vars();
+            let mut text = String::from("LABEL");
             for (k, v) in pairs {
                 let k = expand::expand_word(k, &vars, df.escape)
                     .map_err(|e| expand_error(df, loc, e))?;
@@ -692,16 +760,19 @@ fn apply(
                 if k.is_empty() {
                     return Err(err(df, loc, "LABEL names can not be blank"));
                 }
+                text.push_str(&format!(" {k}={v}"));
                 st.config
                     .config
                     .labels
                     .get_or_insert_with(BTreeMap::new)
                     .insert(k, v);
             }
+            st.created_by = Some(text);
             Ok(meta())
         }
         Instruction::Maintainer(name) => {
             st.config.author = Some(name.clone());
+            st.created_by = Some(format!("MAINTAINER {name}"));
             Ok(meta())
         }
         Instruction::Workdir(raw) => {
@@ -711,6 +782,7 @@ fn apply(
             }
             let path = absolute_clean(&st.workdir(), &dir);
             st.config.config.working_dir = Some(path.clone());
+            st.created_by = Some(format!("WORKDIR {path}"));
             let user = st.config.config.user.clone().filter(|u| !u.is_empty());
             let mut k = KeyHasher::new("workdir");
             k.str(&path).str(user.as_deref().unwrap_or(""));
@@ -721,12 +793,14 @@ fn apply(
             if user.is_empty() {
                 return Err(err(df, loc, "USER needs a user name or id"));
             }
+            st.created_by = Some(format!("USER {user}"));
             st.config.config.user = Some(user);
             Ok(meta())
         }
         Instruction::Expose(raw) => {
             let words = expand::expand_words(raw, &st.vars(), df.escape)
                 .map_err(|e| expand_error(df, loc, e))?;
+            let mut ports = Vec::new();
             for word in words {
                 for port in parse_ports(&word).map_err(|m| {
                     err_hint(
@@ -736,6 +810,7 @@ fn apply(
                         "EXPOSE takes PORT, PORT/tcp, PORT/udp or a range such as 8000-8010",
                     )
                 })? {
+                    ports.push(port.clone());
                     st.config
                         .config
                         .exposed_ports
@@ -743,29 +818,40 @@ fn apply(
                         .insert(port, Empty {});
                 }
             }
+            st.created_by = Some(format!("EXPOSE {}", super::history::go_list(&ports)));
             Ok(meta())
         }
         Instruction::Volume(items) => {
+            let mut volumes = Vec::new();
             for item in items {
                 let v = st.expand(item, loc)?;
                 if v.trim().is_empty() {
                     return Err(err(df, loc, "VOLUME specified can not be an empty string"));
                 }
+                volumes.push(v.clone());
                 st.config
                     .config
                     .volumes
                     .get_or_insert_with(BTreeMap::new)
                     .insert(v, Empty {});
             }
+            st.created_by = Some(format!("VOLUME {}", super::history::go_list(&volumes)));
             Ok(meta())
         }
         Instruction::Cmd(form) => {
-            st.config.config.cmd = Some(st.command(form));
+            let cmd = st.command(form);
+            st.created_by = Some(format!("CMD {}", super::history::go_quoted_list(&cmd)));
+            st.config.config.cmd = Some(cmd);
             st.cmd_set = true;
             Ok(meta())
         }
         Instruction::Entrypoint(form) => {
-            st.config.config.entrypoint = Some(st.command(form));
+            let entrypoint = st.command(form);
+            st.created_by = Some(format!(
+                "ENTRYPOINT {}",
+                super::history::go_quoted_list(&entrypoint)
+            ));
+            st.config.config.entrypoint = Some(entrypoint);
             if !st.cmd_set {
                 st.config.config.cmd = None;
             }
@@ -776,6 +862,7 @@ fn apply(
                 return Err(err(df, loc, "SHELL requires at least one argument, in JSON form: SHELL [\"/bin/sh\", \"-c\"]"));
             }
             st.config.config.shell = Some(args.clone());
+            st.created_by = Some(format!("SHELL {}", super::history::go_list(args)));
             Ok(meta())
         }
         Instruction::Stopsignal(raw) => {
@@ -788,17 +875,20 @@ fn apply(
                     "use a signal name such as SIGTERM or a number such as 15",
                 ));
             }
+            st.created_by = Some(format!("STOPSIGNAL {sig}"));
             st.config.config.stop_signal = Some(sig);
             Ok(meta())
         }
         Instruction::Healthcheck(check) => {
-            st.config.config.healthcheck = Some(match check {
+            let health = match check {
                 None => HealthConfig {
                     test: Some(vec!["NONE".into()]),
                     ..HealthConfig::default()
                 },
                 Some(h) => health_config(df, h)?,
-            });
+            };
+            st.created_by = Some(super::history::healthcheck(&health));
+            st.config.config.healthcheck = Some(health);
             Ok(meta())
         }
         Instruction::Onbuild(trigger) => {
@@ -827,6 +917,7 @@ fn copy_op(
     let df = st.df;
     let keyword = if add { "ADD" } else { "COPY" };
     let raw_dest = st.expand(&spec.dest.value, spec.dest.loc)?;
+    st.created_by = Some(copy_history(st, spec, keyword, &raw_dest)?);
     if raw_dest.len() > MAX_PATH_BYTES {
         return Err(err(
             df,
@@ -1165,6 +1256,22 @@ fn run_op(
 ) -> Result<Applied, DockerfileError> {
     let df = st.df;
     let args = st.command(&spec.command);
+    // BuildKit's history text lists the stage's declared ARGs, each with
+    // the value the RUN sees (an ENV of the same name wins).
+    let build_args: Vec<(String, String)> = st
+        .declared
+        .iter()
+        .map(|name| {
+            let value = st
+                .config
+                .env_get(name)
+                .map(String::from)
+                .or_else(|| st.args.get(name).cloned())
+                .unwrap_or_default();
+            (name.clone(), value)
+        })
+        .collect();
+    st.created_by = Some(super::history::run(&args, &build_args));
     let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
     for (name, value) in &st.args {
         if st.config.env_get(name).is_none() {
