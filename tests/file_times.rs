@@ -195,3 +195,28 @@ fn created_is_kept_by_the_cache_and_renewed_by_no_cache() {
         "{renewed} is not after {created}"
     );
 }
+
+/// Bind mounts show the files' own times: a stage's (as its layer has
+/// them) and the context's, also when the mount is a writable copy.
+#[test]
+fn bind_mounts_show_the_files_times() {
+    let d = Daemon::start();
+    let ctx = busybox_context(
+        "RUN echo s > /s && touch -d '2004-05-06 07:08:09' /s\n\
+         FROM base AS user\n\
+         RUN --mount=type=bind,from=base,source=/s,target=/m/s stat -c %Y /m/s > /stage.seen\n\
+         RUN --mount=type=bind,source=data.txt,target=/c/data.txt,rw stat -c %Y /c/data.txt > /ctx.seen\n",
+        &[("data.txt", "data\n")],
+    );
+    touch(&ctx.path().join("data.txt"), "2001-02-03 04:05:06 UTC");
+    let out = tempfile::tempdir().expect("tempdir");
+    let archive = out.path().join("img.tar");
+    build_oci(&d, ctx.path(), &archive, &[]);
+    let read = |p: &str| {
+        String::from_utf8_lossy(&common::oci_file(&archive, p).expect(p))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(read("/stage.seen"), "1083827289");
+    assert_eq!(read("/ctx.seen"), "981173106");
+}
