@@ -45,7 +45,9 @@ pub struct PlanInput<'a> {
     pub focus: Option<&'a std::collections::BTreeSet<String>>,
     /// Where FROM names resolve.
     pub images: &'a dyn ImageSource,
-    /// SOURCE_DATE_EPOCH: it changes layer bytes (mtimes), so it is a key input.
+    /// SOURCE_DATE_EPOCH from the client (a number); the plan resolves the
+    /// Dockerfile's default when it is `None` (`Plan::epoch`). It changes
+    /// layer bytes (clamped mtimes), so the resolved value is a key input.
     pub epoch: Option<i64>,
     /// Build-wide RUN options that change what a RUN sees (`--network`,
     /// `--add-host`, `--shm-size`, `--ulimit`), canonical text; a key input of
