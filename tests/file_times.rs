@@ -220,3 +220,64 @@ fn bind_mounts_show_the_files_times() {
     assert_eq!(read("/stage.seen"), "1083827289");
     assert_eq!(read("/ctx.seen"), "981173106");
 }
+
+/// `ARG SOURCE_DATE_EPOCH=STAGE` with a stage that ADDs a git repository:
+/// the epoch is the commit's committer time (BuildKit's), served here over
+/// git's dumb HTTP protocol by python's http.server.
+#[test]
+fn a_git_source_stage_gives_the_commit_time() {
+    use std::io::BufRead;
+    let repo = tempfile::tempdir().expect("tempdir");
+    let sh = |cmd: &str| {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .current_dir(repo.path())
+            .env("GIT_COMMITTER_DATE", "2020-01-02T03:04:05Z")
+            .env("GIT_AUTHOR_DATE", "2019-01-01T00:00:00Z")
+            .status()
+            .expect("sh")
+            .success();
+        assert!(ok, "{cmd}");
+    };
+    sh("git init -q && git config user.email t@e && git config user.name t");
+    sh("echo hi > f && git add f && git commit -qm one && git update-server-info");
+    let mut server = std::process::Command::new("python3")
+        .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+        .current_dir(repo.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the server's first line");
+    let port = line
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .expect("a port")
+        .to_string();
+    let d = Daemon::start();
+    let ctx = busybox_context(
+        &format!(
+            "FROM scratch AS src\nADD http://127.0.0.1:{port}/.git /src\nFROM base\nARG SOURCE_DATE_EPOCH\nRUN echo -n $SOURCE_DATE_EPOCH > /epoch\n"
+        ),
+        &[],
+    );
+    let df = std::fs::read_to_string(ctx.path().join("Dockerfile")).expect("Dockerfile");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("ARG SOURCE_DATE_EPOCH=src\n{df}"),
+    )
+    .expect("Dockerfile");
+    let out = tempfile::tempdir().expect("tempdir");
+    let archive = out.path().join("img.tar");
+    build_oci(&d, ctx.path(), &archive, &[]);
+    server.kill().ok();
+    server.wait().ok();
+    let epoch = String::from_utf8(common::oci_file(&archive, "/epoch").expect("/epoch")).unwrap();
+    assert_eq!(epoch, "1577934245");
+    let (_, config) = manifest_and_config(&archive);
+    assert_eq!(config["created"], "2020-01-02T03:04:05Z");
+}

@@ -4,9 +4,10 @@
 //! Dockerfile's global `ARG SOURCE_DATE_EPOCH=...` default. The value is Unix
 //! seconds, empty (no epoch), `context` (the build context's time: none for a
 //! local directory), or the name of a source-only stage: `FROM scratch`, only
-//! ARG, and exactly one `ADD https://...`, whose time is the response's
-//! `Last-Modified`, else the newest regular file of the archive it downloads
-//! (none when it is not an archive). Anything else is an error.
+//! ARG, and exactly one `ADD https://...` (the response's `Last-Modified`,
+//! else the newest regular file of the archive it downloads, none when it is
+//! not an archive) or `ADD REPO.git#REF` (the commit's committer time).
+//! Anything else is an error.
 
 use crate::{stage, UrlSource};
 use memobuild_dockerfile::{expand, Dockerfile, DockerfileError, Instruction, Loc, Stage};
@@ -124,9 +125,20 @@ fn stage_epoch(
         ));
     };
     if stage::is_git_source(&src) {
-        return Err(fail(
-            "SOURCE_DATE_EPOCH from a stage that ADDs a git repository is not supported by memobuild yet; set SOURCE_DATE_EPOCH to the commit time (git log -1 --format=%ct)",
-        ));
+        let (remote, reference, _) = stage::split_git_ref(&src);
+        let tree = urls
+            .git(&remote, &reference, true)
+            .map_err(|e| fail(&format!("SOURCE_DATE_EPOCH stage: {src}: {e}")))?;
+        if let Some(want) = checksum.filter(|c| !tree.commit.starts_with(c.as_str())) {
+            return Err(fail(&format!(
+                "SOURCE_DATE_EPOCH stage: {src}: commit {} does not match the checksum {want}",
+                tree.commit
+            )));
+        }
+        return urls
+            .git_commit_time(&tree)
+            .map(Some)
+            .map_err(|e| fail(&format!("SOURCE_DATE_EPOCH stage: {src}: {e}")));
     }
     if !stage::is_http_source(&src) {
         return Err(fail(

@@ -89,6 +89,14 @@ pub trait UrlSource {
         None
     }
 
+    /// The committer time (Unix seconds) of the commit a checkout made with
+    /// its `.git` (`keep_git_dir`) holds: a SOURCE_DATE_EPOCH stage's time
+    /// when it ADDs a git repository (BuildKit's).
+    fn git_commit_time(&self, tree: &GitTree) -> Result<i64, String> {
+        let _ = tree;
+        Err("git commit times are not available here".into())
+    }
+
     /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
     /// remote's HEAD when empty), checked out in a local directory, with
     /// its `.git` when `keep_git_dir`.

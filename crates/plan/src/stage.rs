@@ -1701,7 +1701,7 @@ pub(crate) fn is_git_source(src: &str) -> bool {
 
 /// `REMOTE#REF:SUBDIR` (BuildKit's fragment): the remote, the ref (empty:
 /// the remote's HEAD) and the subdirectory (cleaned, empty for the root).
-fn split_git_ref(src: &str) -> (String, String, String) {
+pub(crate) fn split_git_ref(src: &str) -> (String, String, String) {
     let (remote, fragment) = src.split_once('#').unwrap_or((src, ""));
     let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
     (

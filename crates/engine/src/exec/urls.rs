@@ -263,6 +263,18 @@ impl UrlSource for Downloads {
         super::copy::archive_max_mtime(&fetched.path)
     }
 
+    fn git_commit_time(&self, tree: &memobuild_plan::GitTree) -> Result<i64, String> {
+        let home = tempfile::tempdir_in(&self.dir)
+            .map_err(|e| format!("creating a directory in {}: {e}", self.dir.display()))?;
+        let at = git(
+            home.path(),
+            Some(&tree.dir),
+            &["show", "-s", "--format=%ct", &tree.commit],
+        )?;
+        at.parse()
+            .map_err(|_| format!("git gave {at:?} as the commit time"))
+    }
+
     fn fetch(&self, url: &str) -> Result<Fetched, String> {
         if let Some(f) = self.seen.lock().get(url) {
             return Ok(f.clone());
