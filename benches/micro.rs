@@ -310,6 +310,7 @@ fn all_benches(c: &mut Criterion) {
             mode: meta.mode & 0o7777,
             uid: 0,
             gid: 0,
+            mtime: 0,
         };
         changes.insert(format!("app/{rel}"), entry);
     }
@@ -319,6 +320,7 @@ fn all_benches(c: &mut Criterion) {
         mode: 0o644,
         uid: 0,
         gid: 0,
+        mtime: 0,
     };
     edited.insert("app/edited.txt".into(), bytes_entry);
     let mut g = c.benchmark_group("layer");
@@ -328,13 +330,13 @@ fn all_benches(c: &mut Criterion) {
     g.bench_function(format!("write_cold_{}MB", bytes / 1_000_000), |b| {
         b.iter(|| {
             memobuild_oci::LayerWriter::new()
-                .write(black_box(&changes), &blobs, 0)
+                .write(black_box(&changes), &blobs)
                 .unwrap()
         })
     });
     let warm_writer = memobuild_oci::LayerWriter::new();
-    warm_writer.write(&changes, &blobs, 0).unwrap();
-    warm_writer.write(&edited, &blobs, 0).unwrap();
+    warm_writer.write(&changes, &blobs).unwrap();
+    warm_writer.write(&edited, &blobs).unwrap();
     let mut flip = false;
     g.bench_function(
         format!("write_warm_{}MB_one_file_changed", bytes / 1_000_000),
@@ -342,7 +344,7 @@ fn all_benches(c: &mut Criterion) {
             b.iter(|| {
                 flip = !flip;
                 let which = if flip { &edited } else { &changes };
-                warm_writer.write(black_box(which), &blobs, 0).unwrap()
+                warm_writer.write(black_box(which), &blobs).unwrap()
             })
         },
     );

@@ -628,6 +628,7 @@ fn entry(kind: EntryKind, mode: u32) -> LayerEntry {
         mode,
         uid: 0,
         gid: 0,
+        mtime: 0,
     }
 }
 
@@ -702,7 +703,7 @@ async fn phase_run(
     let changes = outcome.changes;
     let st = store.clone();
     let layer = tokio::task::spawn_blocking(move || {
-        (!changes.is_empty()).then(|| changes.write(&st.blobs, 0).unwrap())
+        (!changes.is_empty()).then(|| changes.write(&st.blobs).unwrap())
     })
     .await
     .unwrap();
@@ -747,7 +748,7 @@ async fn phases_async(
         "bin/busybox".into(),
         entry(EntryKind::File(Content::Path(BUSYBOX.into())), 0o755),
     );
-    let l1 = c.write(&store.blobs, 0).unwrap();
+    let l1 = c.write(&store.blobs).unwrap();
 
     let t = Instant::now();
     let (sandbox, containerd) = Sandbox::start_private(&dir.join("ctd"))
@@ -823,7 +824,7 @@ async fn phases_async(
             let changes = copy_changes(ctx);
             let st = store.clone();
             let t = Instant::now();
-            let l3 = tokio::task::spawn_blocking(move || changes.write(&st.blobs, 0).unwrap())
+            let l3 = tokio::task::spawn_blocking(move || changes.write(&st.blobs).unwrap())
                 .await
                 .unwrap();
             rep.phase(&format!(

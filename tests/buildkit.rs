@@ -3285,12 +3285,10 @@ fn digest_of(bytes: &[u8]) -> String {
 
 /// testDockerfileADDFromURL: `ADD URL /dest/` names the file after the URL
 /// (`__unnamed__` for `/`); a second build asks with HEAD and reuses the
-/// download when the ETag is unchanged. BuildKit also sets the file's mtime
-/// from Last-Modified (issue 11 item 11, file times, not done yet) and sends
-/// `User-Agent: buildkit/v...` (memobuild sends `memobuild/VERSION`, a
-/// deliberate difference, not asserted).
+/// download when the ETag is unchanged; the file's mtime is the response's
+/// Last-Modified. BuildKit sends `User-Agent: buildkit/v...` (memobuild sends
+/// `memobuild/VERSION`, a deliberate difference, not asserted).
 #[test]
-#[ignore = "issue 11: the mtime of an ADD URL file is not Last-Modified yet (item 11, file times)"]
 fn test_dockerfile_add_from_url() {
     let bk = Bk::start();
     let mut unnamed = Resource::new("content2");
@@ -3687,4 +3685,180 @@ fn test_add_git_checksum_cache() {
     );
     let unique2 = bk.ok(&Ctx::new(&df2), &[]).read("/unique.txt");
     assert_eq!(unique1, unique2, "cache should be matched");
+}
+
+// ---------------------------------------------------------------------------
+// dockerfile_source_date_epoch_test.go and testWorkdirSourceDateEpochReproducible:
+// SOURCE_DATE_EPOCH on layers. BuildKit clamps layer times only with the
+// exporter's `rewrite-timestamp=true` (which these Go tests set); memobuild
+// always does when SOURCE_DATE_EPOCH is set, and writes the same
+// `buildkit/rewritten-timestamp` layer annotation.
+
+/// The manifest of an `-o type=oci` archive.
+fn oci_manifest(archive: &Path) -> Value {
+    let (index, blobs) = common::oci_archive(archive);
+    let digest = index["manifests"][0]["digest"].as_str().expect("manifest");
+    serde_json::from_slice(&blobs[digest]).expect("manifest JSON")
+}
+
+/// The `buildkit/rewritten-timestamp` annotation of each layer ("" without).
+fn rewritten_timestamps(archive: &Path) -> Vec<String> {
+    oci_manifest(archive)["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| {
+            l["annotations"]["buildkit/rewritten-timestamp"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// A tar (BuildKit's makeTarContext) of regular files with their mtimes.
+fn tar_with_times(files: &[(&str, &[u8], u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, mtime) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        h.set_mtime(*mtime);
+        b.append_data(&mut h, name, *data).expect("tar file");
+    }
+    b.into_inner().expect("tar")
+}
+
+/// testSourceDateEpochDockerfileDefault: `ARG SOURCE_DATE_EPOCH=N` before
+/// the first FROM is the build's epoch: the layer is rewritten to it.
+#[test]
+fn test_source_date_epoch_dockerfile_default() {
+    let bk = Bk::start();
+    // 2015-10-21T07:28:00Z
+    let ctx = Ctx::new("\nARG SOURCE_DATE_EPOCH=1445412480\nFROM scratch\nCOPY Dockerfile .\n");
+    let img = bk.ok(&ctx, &[]);
+    assert_eq!(rewritten_timestamps(&img.archive), ["1445412480"]);
+    // Not in the Go test: the context file's time is clamped to the epoch
+    // (it is newer), and `created` is the epoch.
+    assert_eq!(layer_mtime(&img.archive, "Dockerfile"), Some(1445412480));
+    assert_eq!(img.config["created"], "2015-10-21T07:28:00Z");
+}
+
+/// testSourceDateEpochDockerfileDefaultOverride: `--build-arg
+/// SOURCE_DATE_EPOCH` wins over the Dockerfile's default.
+#[test]
+fn test_source_date_epoch_dockerfile_default_override() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nARG SOURCE_DATE_EPOCH=1700000001\nFROM scratch\nCOPY Dockerfile .\n");
+    let img = bk.ok(&ctx, &build_args(&["SOURCE_DATE_EPOCH=1700000002"]));
+    assert_eq!(rewritten_timestamps(&img.archive), ["1700000002"]);
+}
+
+/// testSourceDateEpochDockerfileDefaultReset: the Go test resets the epoch
+/// with the exporter attribute `source-date-epoch=""`; memobuild has no
+/// exporter attributes, and an empty `--build-arg SOURCE_DATE_EPOCH=` does
+/// the same: no epoch, no rewritten layer.
+#[test]
+fn test_source_date_epoch_dockerfile_default_reset() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nARG SOURCE_DATE_EPOCH=1445412480\nFROM scratch\nCOPY Dockerfile .\n");
+    let img = bk.ok(&ctx, &build_args(&["SOURCE_DATE_EPOCH="]));
+    assert_eq!(rewritten_timestamps(&img.archive), [""]);
+}
+
+/// testSourceDateEpochDockerfileDefaultInvalid: a default that is neither a
+/// number nor a stage fails with BuildKit's error.
+#[test]
+fn test_source_date_epoch_dockerfile_default_invalid() {
+    let bk = Bk::start();
+    let ctx =
+        Ctx::new("\nARG SOURCE_DATE_EPOCH=not-a-timestamp\nFROM scratch\nCOPY Dockerfile .\n");
+    bk.fails_with(&ctx, &[], &["invalid SOURCE_DATE_EPOCH: not-a-timestamp"]);
+}
+
+/// testSourceDateEpochContextLocalUnset: `SOURCE_DATE_EPOCH=context` with a
+/// local context resolves to no epoch: nothing is rewritten.
+#[test]
+fn test_source_date_epoch_context_local_unset() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("FROM scratch\nCOPY Dockerfile /\n");
+    let img = bk.ok(&ctx, &build_args(&["SOURCE_DATE_EPOCH=context"]));
+    assert_eq!(rewritten_timestamps(&img.archive), [""]);
+}
+
+/// testSourceDateEpochStageHTTPArchive: the epoch named by a source-only
+/// stage is the newest file time of the archive it ADDs (the server sends no
+/// Last-Modified); a RUN's `ARG SOURCE_DATE_EPOCH` sees it as a number.
+#[test]
+fn test_source_date_epoch_stage_http_archive() {
+    let bk = Bk::start();
+    let server = HttpServer::start(vec![(
+        "/src.tar",
+        Resource::new(tar_with_times(&[("foo", b"bar", 1700000402)])),
+    )]);
+    let ctx = Ctx::new(&format!(
+        r#"
+ARG SOURCE_DATE_EPOCH=mysource
+FROM scratch AS mysource
+ADD {}/src.tar /
+FROM busybox
+ARG SOURCE_DATE_EPOCH
+RUN echo -n "$SOURCE_DATE_EPOCH" >/epoch
+"#,
+        server.url
+    ));
+    let img = bk.ok(&ctx, &[]);
+    let rewritten = rewritten_timestamps(&img.archive);
+    assert_eq!(rewritten.last().map(String::as_str), Some("1700000402"));
+    assert_eq!(img.read("/epoch"), "1700000402");
+    assert_eq!(img.config["created"], "2023-11-14T22:20:02Z");
+}
+
+/// testSourceDateEpochStageOverride: `--build-arg SOURCE_DATE_EPOCH=N`
+/// wins over a default naming a stage.
+#[test]
+fn test_source_date_epoch_stage_override() {
+    let bk = Bk::start();
+    let server = HttpServer::start(vec![(
+        "/src.tar",
+        Resource::new(tar_with_times(&[("foo", b"bar", 1700000501)])),
+    )]);
+    let ctx = Ctx::new(&format!(
+        "\nARG SOURCE_DATE_EPOCH=mysource\nFROM scratch AS mysource\nADD {}/src.tar /\nFROM scratch\nCOPY Dockerfile .\n",
+        server.url
+    ));
+    let img = bk.ok(&ctx, &build_args(&["SOURCE_DATE_EPOCH=1700000502"]));
+    assert_eq!(rewritten_timestamps(&img.archive), ["1700000502"]);
+}
+
+/// testSourceDateEpochStageInvalid: a stage with a COPY is not a source.
+#[test]
+fn test_source_date_epoch_stage_invalid() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        "\nARG SOURCE_DATE_EPOCH=mysource\nFROM scratch AS mysource\nCOPY Dockerfile /Dockerfile\nFROM scratch\n",
+    );
+    bk.fails_with(
+        &ctx,
+        &[],
+        &["SOURCE_DATE_EPOCH stage does not meet source-only requirements"],
+    );
+}
+
+/// testWorkdirSourceDateEpochReproducible: `WORKDIR /mydir` with
+/// SOURCE_DATE_EPOCH gives the same image after the cache is pruned and a
+/// few seconds have passed.
+#[test]
+fn test_workdir_source_date_epoch_reproducible() {
+    let bk = Bk::start();
+    let ctx = Ctx::new("\nFROM alpine\nWORKDIR /mydir\n");
+    let epoch = "SOURCE_DATE_EPOCH=1673364896"; // 2023-01-10T15:34:56Z
+    let first = bk.ok(&ctx, &build_args(&[epoch]));
+    let out = bk.d.ctl(&["prune", "--all", "-f"]);
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let second = bk.ok(&ctx, &build_args(&[epoch]));
+    assert_eq!(oci_manifest(&first.archive), oci_manifest(&second.archive));
+    assert_eq!(layer_mtime(&second.archive, "mydir"), Some(1673364896));
 }

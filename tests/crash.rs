@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 /// Small enough that automatic GC runs after most builds (and gets killed too).
 const FLAGS: &[&str] = &["--max-storage", "300k"];
 
+/// Every build of the test pins SOURCE_DATE_EPOCH: the images of two daemons
+/// are then comparable byte for byte (without it a step that ran on each has
+/// each run's file and history times, as in BuildKit).
+const EPOCH: [&str; 2] = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+
 /// (context, file edited before each build, is a RUN build).
 fn contexts() -> Vec<(tempfile::TempDir, &'static str, bool)> {
     let copy_only = tempfile::tempdir().unwrap();
@@ -58,7 +63,7 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
         let seed = if rng.below(4) == 0 { 7 } else { rng.next() };
         std::fs::write(ctx.path().join(file), Rng(seed | 1).bytes(len)).unwrap();
         let tag = format!("crash{}:latest", i % contexts.len());
-        let child = d.spawn_build(ctx.path(), &["-t", &tag]);
+        let child = d.spawn_build(ctx.path(), &["-t", &tag, EPOCH[0], EPOCH[1]]);
         let window = if *run { 1500 } else { 120 };
         std::thread::sleep(Duration::from_millis(rng.below(window)));
         d.kill9();
@@ -83,8 +88,10 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
     let fresh = Daemon::start();
     for (i, (ctx, _, _)) in contexts.iter().enumerate() {
         let tag = format!("crash{i}:latest");
-        let after = d.build_ok(ctx.path(), &["-t", &tag]).manifest_digest();
-        let clean = fresh.build_ok(ctx.path(), &[]).manifest_digest();
+        let after = d
+            .build_ok(ctx.path(), &["-t", &tag, EPOCH[0], EPOCH[1]])
+            .manifest_digest();
+        let clean = fresh.build_ok(ctx.path(), &EPOCH).manifest_digest();
         assert_eq!(
             after, clean,
             "context {i}: the crashed daemon's cache gave another image"
@@ -98,8 +105,10 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
         if !*run {
             continue;
         }
-        let again = d.build_ok(ctx.path(), &["--no-cache"]).manifest_digest();
-        let clean = fresh.build_ok(ctx.path(), &[]).manifest_digest();
+        let again = d
+            .build_ok(ctx.path(), &["--no-cache", EPOCH[0], EPOCH[1]])
+            .manifest_digest();
+        let clean = fresh.build_ok(ctx.path(), &EPOCH).manifest_digest();
         assert_eq!(
             again, clean,
             "context {i}: RUN on the crashed daemon's snapshots"

@@ -244,7 +244,8 @@ pub fn ago(rfc3339: Option<&str>) -> String {
 }
 
 /// `images`: Docker's columns. CREATED is the config's `created`; an image
-/// built without SOURCE_DATE_EPOCH has none, and shows when its name was set.
+/// whose config has none (e.g. FROM scratch with metadata only) shows when
+/// its name was set.
 pub async fn print_table(
     client: &MemobuildClient,
     images: &[ImageSummary],

@@ -67,7 +67,16 @@ fn io(dir: &Path, e: impl std::fmt::Display) -> RpcError {
 }
 
 /// The cache index (key -> layer) DIR holds; `None` when DIR has no cache.
-fn read_index(dir: &Path) -> Result<Option<BTreeMap<String, Option<CacheLayer>>>, RpcError> {
+/// A cache directory's step index: key -> layer, and key -> when the step
+/// was first built (optional; older caches lack it).
+#[derive(Default, serde::Deserialize)]
+struct Index {
+    steps: BTreeMap<String, Option<CacheLayer>>,
+    #[serde(default)]
+    created: BTreeMap<String, i64>,
+}
+
+fn read_index(dir: &Path) -> Result<Option<Index>, RpcError> {
     let index = match std::fs::read(dir.join("index.json")) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -94,13 +103,9 @@ fn read_index(dir: &Path) -> Result<Option<BTreeMap<String, Option<CacheLayer>>>
         dir,
         manifest["config"]["digest"].as_str().unwrap_or_default(),
     )?;
-    #[derive(serde::Deserialize)]
-    struct Index {
-        steps: BTreeMap<String, Option<CacheLayer>>,
-    }
     let index: Index =
         serde_json::from_slice(&config).map_err(|e| io(dir, format!("cache index: {e}")))?;
-    Ok(Some(index.steps))
+    Ok(Some(index))
 }
 
 /// A blob of DIR, checked against its digest.
@@ -125,7 +130,7 @@ pub async fn import(
     mut note: impl FnMut(&str),
 ) -> Result<(), RpcError> {
     let dir = &cache.dir;
-    let Some(steps) = read_index(dir)? else {
+    let Some(Index { steps, created }) = read_index(dir)? else {
         note(&format!(
             "warning: local cache {} holds no cache yet",
             dir.display()
@@ -152,7 +157,11 @@ pub async fn import(
     }
     let steps: Vec<CacheStep> = steps
         .into_iter()
-        .map(|(key, layer)| CacheStep { key, layer })
+        .map(|(key, layer)| CacheStep {
+            created_at: created.get(&key).copied(),
+            key,
+            layer,
+        })
         .collect();
     let n = client
         .import_cache_steps(ctx(), steps)
@@ -204,7 +213,10 @@ pub async fn export(
         .await
         .map_err(rpc_failed)??;
     std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(|e| io(dir, e))?;
-    let mut index = read_index(dir).ok().flatten().unwrap_or_default();
+    let Index {
+        steps: mut index,
+        mut created,
+    } = read_index(dir).ok().flatten().unwrap_or_default();
     let n = steps.len();
     let mut written = 0;
     let staging = tempfile::tempdir_in(dir).map_err(|e| io(dir, e))?;
@@ -226,10 +238,17 @@ pub async fn export(
         }
     }
     for step in steps {
+        if let Some(t) = step.created_at {
+            created.insert(step.key.clone(), t);
+        }
         index.insert(step.key, step.layer);
     }
-    let config = serde_json::to_vec(&serde_json::json!({ "version": 1, "steps": index }))
-        .map_err(|e| io(dir, e))?;
+    let config = serde_json::to_vec(&serde_json::json!({
+        "version": 1,
+        "steps": index,
+        "created": created,
+    }))
+    .map_err(|e| io(dir, e))?;
     let config_digest = put(dir, &config)?;
     let mut layers: BTreeMap<&str, &CacheLayer> = BTreeMap::new();
     for l in index.values().flatten() {

@@ -1053,13 +1053,17 @@ fn build_request(
         Some(v) => Ok(v.clone()),
         None => std::env::var("SOURCE_DATE_EPOCH"),
     };
+    // A number is sent as such; any other text (`context`, a stage's name,
+    // or an invalid value) goes to the daemon as the build arg, which
+    // resolves it as BuildKit's frontend does (or fails the plan).
     let source_date_epoch = match epoch_text {
-        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
-            RpcError::with_hint(
-                format!("SOURCE_DATE_EPOCH={v:?} is not a number"),
-                "set it to Unix seconds, e.g. $(git log -1 --format=%ct)",
-            )
-        })?),
+        Ok(v) if !v.is_empty() => match v.parse::<i64>() {
+            Ok(secs) => Some(secs),
+            Err(_) => {
+                build_args.insert("SOURCE_DATE_EPOCH".to_string(), v);
+                None
+            }
+        },
         _ => None,
     };
     let secrets = args

@@ -48,6 +48,7 @@ pub(crate) fn cache_steps(
             .map_err(|e| RpcError::new(e.to_string()))?
         {
             out.push(CacheStep {
+                created_at: Some(record.created_at),
                 key: s.key.clone(),
                 layer: record.layer.map(|l| CacheLayer {
                     digest: l.digest,
@@ -134,7 +135,7 @@ pub(crate) fn import(
         };
         let record = StepRecord {
             layer,
-            created_at: memobuild_store::now_secs(),
+            created_at: step.created_at.unwrap_or_else(memobuild_store::now_secs),
             owner: Some(caller.uid),
             imported: true,
         };

@@ -131,6 +131,7 @@ fn put(changes: &mut ChangeSet, path: &str, bytes: Vec<u8>) {
         mode: 0o644,
         uid: 0,
         gid: 0,
+        mtime: 0,
     };
     let path = path.trim_start_matches('/');
     let mut parent = Path::new(path).parent();

@@ -109,6 +109,42 @@ pub struct History {
     pub empty_layer: bool,
 }
 
+/// Gives every history entry without a time one, as BuildKit's exporter
+/// does (normalizeLayersAndHistory): the entries before the first entry
+/// with a time that follows an untimed one get that time (the build's first
+/// new layer, not a base image's), later ones the time of the entry before
+/// them. Returns the time of the last entry: the config's `created`.
+pub fn fill_history_times(history: &mut [History]) -> Option<String> {
+    let mut created: Option<String> = None;
+    let mut untimed = false;
+    for h in history.iter() {
+        match &h.created {
+            Some(t) => {
+                created = Some(t.clone());
+                if untimed {
+                    break;
+                }
+            }
+            None => untimed = true,
+        }
+    }
+    untimed = false;
+    for h in history.iter_mut() {
+        match &h.created {
+            Some(t) => {
+                if untimed {
+                    created = Some(t.clone());
+                }
+            }
+            None => {
+                untimed = true;
+                h.created = created.clone();
+            }
+        }
+    }
+    history.iter().rev().find_map(|h| h.created.clone())
+}
+
 impl ImageConfig {
     /// The config of an empty image built `FROM scratch` on this host.
     pub fn scratch() -> ImageConfig {
@@ -156,5 +192,44 @@ pub fn host_architecture() -> &'static str {
         "riscv64" => "riscv64",
         "arm" => "arm",
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(created: Option<&str>) -> History {
+        History {
+            created: created.map(String::from),
+            ..History::default()
+        }
+    }
+
+    /// BuildKit's normalizeLayersAndHistory: untimed entries before the
+    /// first new layer take its time, later ones the previous entry's.
+    #[test]
+    fn untimed_history_entries_are_filled_as_buildkit_fills_them() {
+        let mut history = vec![
+            h(Some("base1")),
+            h(Some("base2")),
+            h(None),
+            h(Some("run1")),
+            h(None),
+            h(Some("copy2")),
+            h(None),
+        ];
+        let created = fill_history_times(&mut history);
+        let got: Vec<_> = history.iter().map(|h| h.created.clone().unwrap()).collect();
+        assert_eq!(
+            got,
+            ["base1", "base2", "run1", "run1", "run1", "copy2", "copy2"]
+        );
+        assert_eq!(created.as_deref(), Some("copy2"));
+        // Only metadata on a base image: the base's last time.
+        let mut history = vec![h(Some("base1")), h(None)];
+        assert_eq!(fill_history_times(&mut history).as_deref(), Some("base1"));
+        // Nothing timed at all: no `created`.
+        assert_eq!(fill_history_times(&mut [h(None)]), None);
     }
 }

@@ -26,7 +26,16 @@ pub fn write_image_annotated(
     layers: &[LayerRecord],
     annotations: &std::collections::BTreeMap<String, String>,
 ) -> Result<StoredImage, OciError> {
-    write_image_with_cache(store, config, layers, annotations, None)
+    write_image_with(
+        store,
+        config,
+        layers,
+        &ImageExtras {
+            annotations,
+            inline_cache: None,
+            rewritten: None,
+        },
+    )
 }
 
 /// The image config's top-level key of an inline step cache
@@ -44,25 +53,50 @@ struct WithInlineCache<'a> {
     cache: &'a serde_json::Value,
 }
 
-/// [`write_image_annotated`], with `inline_cache` (when given) in the config
-/// under [`INLINE_CACHE_KEY`].
-pub fn write_image_with_cache(
+/// The layer annotation BuildKit's `rewrite-timestamp` writes on each layer
+/// whose times it clamped to SOURCE_DATE_EPOCH (value: the epoch, seconds).
+pub const REWRITTEN_TIMESTAMP: &str = "buildkit/rewritten-timestamp";
+
+/// What an image carries besides its config and layers.
+pub struct ImageExtras<'a> {
+    /// Annotations of the manifest (`--annotation`; none leaves the manifest
+    /// without an `annotations` field).
+    pub annotations: &'a std::collections::BTreeMap<String, String>,
+    /// An inline step cache, in the config under [`INLINE_CACHE_KEY`].
+    pub inline_cache: Option<&'a serde_json::Value>,
+    /// `Some((from, epoch))`: the layers from index `from` on (those the
+    /// build made, not the base image's) carry [`REWRITTEN_TIMESTAMP`] =
+    /// `epoch`, as BuildKit's do.
+    pub rewritten: Option<(usize, i64)>,
+}
+
+/// [`write_image_annotated`] with everything [`ImageExtras`] can add.
+pub fn write_image_with(
     store: &Store,
     config: &ImageConfig,
     layers: &[LayerRecord],
-    annotations: &std::collections::BTreeMap<String, String>,
-    inline_cache: Option<&serde_json::Value>,
+    extras: &ImageExtras<'_>,
 ) -> Result<StoredImage, OciError> {
-    let config_bytes = match inline_cache {
+    let config_bytes = match extras.inline_cache {
         None => serde_json::to_vec(config),
         Some(cache) => serde_json::to_vec(&WithInlineCache { config, cache }),
     }
     .map_err(|e| OciError::Invalid(format!("image config: {e}")))?;
     let (config_digest, config_size) = store.blobs.put_bytes(&config_bytes)?;
     let mut manifest = build_manifest(&config_digest, config_size, layers)?;
-    if !annotations.is_empty() {
+    if let Some((from, epoch)) = extras.rewritten {
+        let mut descriptors = manifest.layers().clone();
+        for d in descriptors.iter_mut().skip(from) {
+            let mut a = d.annotations().clone().unwrap_or_default();
+            a.insert(REWRITTEN_TIMESTAMP.to_string(), epoch.to_string());
+            d.set_annotations(Some(a));
+        }
+        manifest.set_layers(descriptors);
+    }
+    if !extras.annotations.is_empty() {
         manifest.set_annotations(Some(
-            annotations
+            extras
+                .annotations
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),

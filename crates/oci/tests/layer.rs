@@ -12,6 +12,7 @@ fn file(bytes: Vec<u8>) -> LayerEntry {
         mode: 0o644,
         uid: 0,
         gid: 0,
+        mtime: 7,
     }
 }
 
@@ -39,6 +40,7 @@ fn changes(edit: u64) -> ChangeSet {
             mode: 0o755,
             uid: 0,
             gid: 0,
+            mtime: 7,
         },
     );
     for i in 0..300u64 {
@@ -59,6 +61,7 @@ fn changes(edit: u64) -> ChangeSet {
             mode: 0o777,
             uid: 0,
             gid: 0,
+            mtime: 7,
         },
     );
     c.insert(
@@ -68,6 +71,7 @@ fn changes(edit: u64) -> ChangeSet {
             mode: 0,
             uid: 0,
             gid: 0,
+            mtime: 7,
         },
     );
     c
@@ -87,9 +91,9 @@ fn warm_and_cold_writers_give_the_same_blob_and_a_readable_tar() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
     let warm = LayerWriter::new();
-    let first = warm.write(&changes(0), &blobs, 7).unwrap();
-    let edited_warm = warm.write(&changes(1), &blobs, 7).unwrap();
-    let edited_cold = LayerWriter::new().write(&changes(1), &blobs, 7).unwrap();
+    let first = warm.write(&changes(0), &blobs).unwrap();
+    let edited_warm = warm.write(&changes(1), &blobs).unwrap();
+    let edited_cold = LayerWriter::new().write(&changes(1), &blobs).unwrap();
     assert_eq!(edited_warm, edited_cold, "reusing members changed the blob");
     assert_ne!(first.digest, edited_warm.digest);
 
@@ -124,9 +128,9 @@ fn a_reused_member_whose_blob_is_gone_is_compressed_again() {
     let dir = tempfile::tempdir().unwrap();
     let blobs = BlobStore::open(dir.path()).unwrap();
     let warm = LayerWriter::new();
-    let first = warm.write(&changes(0), &blobs, 0).unwrap();
+    let first = warm.write(&changes(0), &blobs).unwrap();
     blobs.remove(&first.digest).unwrap();
-    let again = warm.write(&changes(0), &blobs, 0).unwrap();
+    let again = warm.write(&changes(0), &blobs).unwrap();
     assert_eq!(again, first);
     assert_eq!(tar_of(&blobs, &again.digest).len() % 512, 0);
 }
@@ -148,9 +152,10 @@ fn a_changed_context_file_fails_the_write_and_leaves_no_blob() {
             mode: 0o644,
             uid: 0,
             gid: 0,
+            mtime: 7,
         },
     );
-    let err = LayerWriter::new().write(&c, &blobs, 0).unwrap_err();
+    let err = LayerWriter::new().write(&c, &blobs).unwrap_err();
     assert!(
         matches!(err, memobuild_oci::OciError::ContextChanged { ref path } if path == "app/checked"),
         "{err:?}"

@@ -13,6 +13,8 @@
 #![warn(unreachable_pub)]
 
 mod chmod;
+mod epoch;
+mod history;
 pub mod key;
 pub mod lint;
 mod stage;
@@ -43,7 +45,9 @@ pub struct PlanInput<'a> {
     pub focus: Option<&'a std::collections::BTreeSet<String>>,
     /// Where FROM names resolve.
     pub images: &'a dyn ImageSource,
-    /// SOURCE_DATE_EPOCH: it changes layer bytes (mtimes), so it is a key input.
+    /// SOURCE_DATE_EPOCH from the client (a number); the plan resolves the
+    /// Dockerfile's default when it is `None` (`Plan::epoch`). It changes
+    /// layer bytes (clamped mtimes), so the resolved value is a key input.
     pub epoch: Option<i64>,
     /// Build-wide RUN options that change what a RUN sees (`--network`,
     /// `--add-host`, `--shm-size`, `--ulimit`), canonical text; a key input of
@@ -77,6 +81,22 @@ pub trait UrlSource {
     /// The content at `url`, downloaded to a local file.
     fn fetch(&self, url: &str) -> Result<Fetched, String>;
 
+    /// The newest mtime of a regular file in the archive `fetched` holds
+    /// (a tar, possibly compressed), or `None` when it is not an archive: a
+    /// SOURCE_DATE_EPOCH stage's time when the server sent no `Last-Modified`.
+    fn archive_max_mtime(&self, fetched: &Fetched) -> Option<i64> {
+        let _ = fetched;
+        None
+    }
+
+    /// The committer time (Unix seconds) of the commit a checkout made with
+    /// its `.git` (`keep_git_dir`) holds: a SOURCE_DATE_EPOCH stage's time
+    /// when it ADDs a git repository (BuildKit's).
+    fn git_commit_time(&self, tree: &GitTree) -> Result<i64, String> {
+        let _ = tree;
+        Err("git commit times are not available here".into())
+    }
+
     /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
     /// remote's HEAD when empty), checked out in a local directory, with
     /// its `.git` when `keep_git_dir`.
@@ -102,6 +122,9 @@ pub struct Fetched {
     pub path: std::path::PathBuf,
     /// Hex SHA-256 of the bytes.
     pub sha256: String,
+    /// The response's `Last-Modified`, Unix seconds: the file's mtime in
+    /// the layer (BuildKit's HTTP source); not part of the cache key.
+    pub modified: Option<i64>,
 }
 
 /// Fetches nothing: every URL is an error (for plans that must not touch the
@@ -145,6 +168,10 @@ pub struct Plan {
     /// `# check=error=true` and some warning in [`Plan::lint`]: the build
     /// fails with this (BuildKit's `lint violation found for rules: ...`).
     pub lint_error: Option<String>,
+    /// SOURCE_DATE_EPOCH as resolved (the client's number, or the
+    /// Dockerfile's default: a number or a source-only stage; see `epoch.rs`):
+    /// what clamps file times and sets `created`.
+    pub epoch: Option<i64>,
 }
 
 impl Plan {
@@ -225,7 +252,8 @@ pub struct Step {
     /// with [`key::step_key`] when it reaches the step.
     pub pending: bool,
     pub op: Op,
-    /// `created_by` for the image history; `None` for steps Docker keeps out of it (ARG).
+    /// `created_by` for the image history, as BuildKit writes it
+    /// (`history.rs`); `None` for ONBUILD, which has no entry.
     pub history: Option<String>,
     /// The key's components, kept so `status` and `explain` can name what changed.
     pub inputs: StepInputs,
@@ -418,7 +446,18 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let started = std::time::Instant::now();
     let df = input.dockerfile;
     let target = find_target(df, input.target)?;
-    let global = global_args(df, input.build_args, target)?;
+    let mut global = global_args(df, input.build_args, target)?;
+    // SOURCE_DATE_EPOCH resolved once; ARGs see the number (BuildKit's
+    // setBuildArgValue), or nothing when it resolved to no time.
+    let epoch = epoch::resolve(df, input.epoch, input.build_args, &global, input.urls)?;
+    let mut build_args = input.build_args.clone();
+    let text = epoch.map(|e| e.to_string()).unwrap_or_default();
+    for args in [&mut global, &mut build_args] {
+        if let Some(v) = args.get_mut(epoch::NAME) {
+            *v = text.clone();
+        }
+    }
+    let build_args = &build_args;
     let bases = df
         .stages
         .iter()
@@ -432,13 +471,13 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
     let input = &PlanInput {
         dockerfile: df,
         target: input.target,
-        build_args: input.build_args,
+        build_args,
         context: input.context.clone(),
         hashes: input.hashes,
         merkle: input.merkle,
         focus: input.focus,
         images: input.images,
-        epoch: input.epoch,
+        epoch,
         run_options: input.run_options,
         stage_contents: input.stage_contents,
         urls: input.urls,
@@ -457,6 +496,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan, DockerfileError> {
         lint: Vec::new(),
         lint_found: Vec::new(),
         lint_error: None,
+        epoch,
     };
     for &index in &needed {
         if let Some(Base::Image(image)) = &bases[index] {

@@ -374,9 +374,12 @@ struct State<'a> {
     /// Stage paths the current instruction reads, and their content digests
     /// (pending stand-ins where unknown).
     contents: Vec<(ContentRef, String, bool)>,
-    /// Names of the ARGs declared in this stage, with or without a value: a
-    /// reference to one is not `UndefinedVar` (BuildKit).
-    declared: BTreeSet<String>,
+    /// The current instruction's history text, as BuildKit writes it.
+    created_by: Option<String>,
+    /// ARG names declared in the stage, with or without a value, in order
+    /// (BuildKit's `d.buildArgs`: `RUN`'s history text lists them, and a
+    /// reference to one is not `UndefinedVar`).
+    declared: Vec<String>,
     /// `UndefinedVar` warnings of the instructions expanded so far.
     undefined: std::cell::RefCell<Vec<Warning>>,
 }
@@ -557,7 +560,6 @@ pub(super) fn plan_stage(
         Base::Stage(s) => plan.stages[si.planned[s]].args.clone(),
         _ => BTreeMap::new(),
     };
-    let declared = args.keys().cloned().collect();
     let mut state = State {
         df,
         config,
@@ -568,15 +570,18 @@ pub(super) fn plan_stage(
         partial: false,
         parent_pending: base_pending,
         contents: Vec::new(),
-        declared,
+        created_by: None,
+        declared: Vec::new(),
         undefined: Default::default(),
     };
+    state.declared = state.args.keys().cloned().collect();
     let mut steps = Vec::new();
     let mut shared_args: Option<Arc<BTreeMap<String, String>>> = None;
     for ins in &si.stage.instructions {
         state.files.clear();
         state.partial = false;
         state.contents.clear();
+        state.created_by = None;
         if si
             .input
             .cancelled
@@ -631,7 +636,17 @@ pub(super) fn plan_stage(
             contents,
             pending,
             op,
-            history: (!matches!(ins.value, Instruction::Arg(_))).then(|| ins.source.clone()),
+            // ONBUILD has no history entry in BuildKit; every other
+            // instruction has, with BuildKit's text.
+            history: match ins.value {
+                Instruction::Onbuild(_) => None,
+                _ => Some(
+                    state
+                        .created_by
+                        .take()
+                        .unwrap_or_else(|| ins.source.clone()),
+                ),
+            },
             inputs,
         });
         steps.push(index);
@@ -650,6 +665,40 @@ pub(super) fn plan_stage(
         config: state.config,
         args: state.args,
     })
+}
+
+/// COPY/ADD's history text as BuildKit writes it: the keyword,
+/// `--parents`, `--chown=`, `--chmod=` (as given, expanded), the sources and
+/// `<<NAME` for here-documents, the destination, `# buildkit`.
+fn copy_history(
+    st: &State<'_>,
+    spec: &CopySpec,
+    keyword: &str,
+    dest: &str,
+) -> Result<String, DockerfileError> {
+    let mut text = keyword.to_string();
+    if let Some(f) = spec.flag("parents") {
+        if parse_bool_flag(st.df, f, "parents")? {
+            text.push_str(" --parents");
+        }
+    }
+    for name in ["chown", "chmod"] {
+        if let Some(f) = spec.flag(name) {
+            let value = st.expand(f.value.as_deref().unwrap_or(""), f.loc)?;
+            if !value.is_empty() {
+                text.push_str(&format!(" --{name}={value}"));
+            }
+        }
+    }
+    for s in &spec.sources {
+        text.push(' ');
+        text.push_str(&st.expand(&s.value, s.loc)?);
+    }
+    for doc in &spec.heredocs {
+        text.push_str(&format!(" <<{}", doc.value.name));
+    }
+    text.push_str(&format!(" {dest} # buildkit"));
+    Ok(text)
 }
 
 /// Parses the base's ONBUILD triggers as instructions placed at the FROM line.
@@ -726,8 +775,18 @@ fn apply(
                     Some(v) => st.args.insert(d.name.clone(), v),
                     None => st.args.remove(&d.name),
                 };
-                st.declared.insert(d.name.clone());
+                if !st.declared.contains(&d.name) {
+                    st.declared.push(d.name.clone());
+                }
             }
+            let words: Vec<String> = decls
+                .iter()
+                .map(|d| match st.args.get(&d.name) {
+                    Some(v) => format!("{}={v}", d.name),
+                    None => d.name.clone(),
+                })
+                .collect();
+            st.created_by = Some(format!("ARG {}", words.join(" ")));
             Ok(meta())
         }
         Instruction::Env(pairs) => {
@@ -740,28 +799,35 @@ fn apply(
                 }
                 expanded.push((k, v));
             }
+            let mut text = String::from("ENV");
             for (k, v) in expanded {
+                text.push_str(&format!(" {k}={v}"));
                 st.config.env_set(&k, &v);
             }
+            st.created_by = Some(text);
             Ok(meta())
         }
         Instruction::Label(pairs) => {
+            let mut text = String::from("LABEL");
             for (k, v) in pairs {
                 let k = st.expand(k, loc)?;
                 let v = st.expand(v, loc)?;
                 if k.is_empty() {
                     return Err(err(df, loc, "LABEL names can not be blank"));
                 }
+                text.push_str(&format!(" {k}={v}"));
                 st.config
                     .config
                     .labels
                     .get_or_insert_with(BTreeMap::new)
                     .insert(k, v);
             }
+            st.created_by = Some(text);
             Ok(meta())
         }
         Instruction::Maintainer(name) => {
             st.config.author = Some(name.clone());
+            st.created_by = Some(format!("MAINTAINER {name}"));
             Ok(meta())
         }
         Instruction::Workdir(raw) => {
@@ -771,6 +837,7 @@ fn apply(
             }
             let path = absolute_clean(&st.workdir(), &dir);
             st.config.config.working_dir = Some(path.clone());
+            st.created_by = Some(format!("WORKDIR {path}"));
             let user = st.config.config.user.clone().filter(|u| !u.is_empty());
             let mut k = KeyHasher::new("workdir");
             k.str(&path).str(user.as_deref().unwrap_or(""));
@@ -781,11 +848,13 @@ fn apply(
             if user.is_empty() {
                 return Err(err(df, loc, "USER needs a user name or id"));
             }
+            st.created_by = Some(format!("USER {user}"));
             st.config.config.user = Some(user);
             Ok(meta())
         }
         Instruction::Expose(raw) => {
             let words = st.expanding(loc, |vars| expand::expand_words(raw, vars, df.escape))?;
+            let mut ports = Vec::new();
             for word in words {
                 for port in parse_ports(&word).map_err(|m| {
                     err_hint(
@@ -795,6 +864,7 @@ fn apply(
                         "EXPOSE takes PORT, PORT/tcp, PORT/udp or a range such as 8000-8010",
                     )
                 })? {
+                    ports.push(port.clone());
                     st.config
                         .config
                         .exposed_ports
@@ -802,29 +872,40 @@ fn apply(
                         .insert(port, Empty {});
                 }
             }
+            st.created_by = Some(format!("EXPOSE {}", super::history::go_list(&ports)));
             Ok(meta())
         }
         Instruction::Volume(items) => {
+            let mut volumes = Vec::new();
             for item in items {
                 let v = st.expand(item, loc)?;
                 if v.trim().is_empty() {
                     return Err(err(df, loc, "VOLUME specified can not be an empty string"));
                 }
+                volumes.push(v.clone());
                 st.config
                     .config
                     .volumes
                     .get_or_insert_with(BTreeMap::new)
                     .insert(v, Empty {});
             }
+            st.created_by = Some(format!("VOLUME {}", super::history::go_list(&volumes)));
             Ok(meta())
         }
         Instruction::Cmd(form) => {
-            st.config.config.cmd = Some(st.command(form));
+            let cmd = st.command(form);
+            st.created_by = Some(format!("CMD {}", super::history::go_quoted_list(&cmd)));
+            st.config.config.cmd = Some(cmd);
             st.cmd_set = true;
             Ok(meta())
         }
         Instruction::Entrypoint(form) => {
-            st.config.config.entrypoint = Some(st.command(form));
+            let entrypoint = st.command(form);
+            st.created_by = Some(format!(
+                "ENTRYPOINT {}",
+                super::history::go_quoted_list(&entrypoint)
+            ));
+            st.config.config.entrypoint = Some(entrypoint);
             if !st.cmd_set {
                 st.config.config.cmd = None;
             }
@@ -835,6 +916,7 @@ fn apply(
                 return Err(err(df, loc, "SHELL requires at least one argument, in JSON form: SHELL [\"/bin/sh\", \"-c\"]"));
             }
             st.config.config.shell = Some(args.clone());
+            st.created_by = Some(format!("SHELL {}", super::history::go_list(args)));
             Ok(meta())
         }
         Instruction::Stopsignal(raw) => {
@@ -847,17 +929,20 @@ fn apply(
                     "use a signal name such as SIGTERM or a number such as 15",
                 ));
             }
+            st.created_by = Some(format!("STOPSIGNAL {sig}"));
             st.config.config.stop_signal = Some(sig);
             Ok(meta())
         }
         Instruction::Healthcheck(check) => {
-            st.config.config.healthcheck = Some(match check {
+            let health = match check {
                 None => HealthConfig {
                     test: Some(vec!["NONE".into()]),
                     ..HealthConfig::default()
                 },
                 Some(h) => health_config(df, h)?,
-            });
+            };
+            st.created_by = Some(super::history::healthcheck(&health));
+            st.config.config.healthcheck = Some(health);
             Ok(meta())
         }
         Instruction::Onbuild(trigger) => {
@@ -886,6 +971,7 @@ fn copy_op(
     let df = st.df;
     let keyword = if add { "ADD" } else { "COPY" };
     let raw_dest = st.expand(&spec.dest.value, spec.dest.loc)?;
+    st.created_by = Some(copy_history(st, spec, keyword, &raw_dest)?);
     if raw_dest.len() > MAX_PATH_BYTES {
         return Err(err(
             df,
@@ -1225,6 +1311,22 @@ fn run_op(
 ) -> Result<Applied, DockerfileError> {
     let df = st.df;
     let args = st.command(&spec.command);
+    // BuildKit's history text lists the stage's declared ARGs, each with
+    // the value the RUN sees (an ENV of the same name wins).
+    let build_args: Vec<(String, String)> = st
+        .declared
+        .iter()
+        .map(|name| {
+            let value = st
+                .config
+                .env_get(name)
+                .map(String::from)
+                .or_else(|| st.args.get(name).cloned())
+                .unwrap_or_default();
+            (name.clone(), value)
+        })
+        .collect();
+    st.created_by = Some(super::history::run(&args, &build_args));
     let mut env: Vec<String> = st.config.config.env.clone().unwrap_or_default();
     for (name, value) in &st.args {
         if st.config.env_get(name).is_none() {
@@ -1633,14 +1735,14 @@ fn mount_key(
 }
 
 /// BuildKit's isHTTPSource.
-fn is_http_source(src: &str) -> bool {
+pub(crate) fn is_http_source(src: &str) -> bool {
     src.starts_with("http://") || src.starts_with("https://")
 }
 
 /// A git repository as ADD names one (BuildKit's gitutil): `git@host:...`,
 /// `git://`, `ssh://`, or an HTTP(S) URL whose path ends in `.git` (with an
 /// optional `#ref`).
-fn is_git_source(src: &str) -> bool {
+pub(crate) fn is_git_source(src: &str) -> bool {
     if src.starts_with("git@") || src.starts_with("git://") || src.starts_with("ssh://") {
         return true;
     }
@@ -1654,7 +1756,7 @@ fn is_git_source(src: &str) -> bool {
 
 /// `REMOTE#REF:SUBDIR` (BuildKit's fragment): the remote, the ref (empty:
 /// the remote's HEAD) and the subdirectory (cleaned, empty for the root).
-fn split_git_ref(src: &str) -> (String, String, String) {
+pub(crate) fn split_git_ref(src: &str) -> (String, String, String) {
     let (remote, fragment) = src.split_once('#').unwrap_or((src, ""));
     let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
     (

@@ -315,7 +315,11 @@ impl memobuild_plan::UrlSource for Urls {
         let sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
         let path = self.dir.path().join(&sha256);
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        Ok(memobuild_plan::Fetched { path, sha256 })
+        Ok(memobuild_plan::Fetched {
+            path,
+            sha256,
+            modified: None,
+        })
     }
 }
 
@@ -526,4 +530,51 @@ fn a_cancelled_build_stops_planning_at_the_next_instruction() {
         .expect_err("a cancelled plan fails");
     assert_eq!(e.loc.line, 2, "at the first instruction it reached: {e}");
     assert!(e.message.contains("cancelled"), "{e}");
+}
+
+/// SOURCE_DATE_EPOCH as BuildKit's frontend resolves it: the client's
+/// number wins, else the Dockerfile's default (a number, empty, `context`
+/// or a source-only stage); a stage's ARG sees the number; the epoch is a
+/// key input (it changes the layers' times).
+#[test]
+fn source_date_epoch_is_resolved_from_the_dockerfile_default() {
+    let f = Fixture::new(&[]);
+    let urls = Urls {
+        dir: tempfile::tempdir().unwrap(),
+        content: BTreeMap::from([("http://h/src.bin".to_string(), "not an archive".to_string())]),
+    };
+    let with = |default: &str, rest: &str| {
+        format!("ARG SOURCE_DATE_EPOCH={default}\nFROM scratch AS src\nADD http://h/src.bin /\nFROM scratch\n{rest}")
+    };
+    let p = f.plan_with_urls(&with("42", "ENV E=1\n"), &urls).unwrap();
+    assert_eq!(p.epoch, Some(42));
+    for none in ["", "context", "src"] {
+        // `src`: no Last-Modified and not an archive: no time.
+        let p = f.plan_with_urls(&with(none, "ENV E=1\n"), &urls).unwrap();
+        assert_eq!(p.epoch, None, "{none:?}");
+    }
+    let err = f.plan_with_urls(&with("nope", ""), &urls).unwrap_err();
+    assert_eq!(err.message, "invalid SOURCE_DATE_EPOCH: nope");
+    let bad_stage = "ARG SOURCE_DATE_EPOCH=src\nFROM scratch AS src\nRUN true\nFROM scratch\n";
+    let err = f.plan_with_urls(bad_stage, &urls).unwrap_err();
+    assert_eq!(
+        err.message,
+        "SOURCE_DATE_EPOCH stage does not meet source-only requirements: unsupported run instruction"
+    );
+    assert_eq!(err.loc.line, 2);
+    let not_scratch = "ARG SOURCE_DATE_EPOCH=src\nFROM busybox AS src\nFROM scratch\n";
+    let err = f.plan_with_urls(not_scratch, &urls).unwrap_err();
+    assert_eq!(err.message, "SOURCE_DATE_EPOCH stage must use FROM scratch");
+    // A stage's ARG gets the resolved number; the epoch keys the steps.
+    let a = f
+        .plan_with_urls(
+            &with("42", "ARG SOURCE_DATE_EPOCH\nENV E=$SOURCE_DATE_EPOCH\n"),
+            &urls,
+        )
+        .unwrap();
+    let last = &a.stages[a.target].config;
+    assert_eq!(last.env_get("E"), Some("42"));
+    let b = f.plan_with_urls(&with("43", "ENV E=1\n"), &urls).unwrap();
+    let c = f.plan_with_urls(&with("42", "ENV E=1\n"), &urls).unwrap();
+    assert_ne!(keys(&b), keys(&c));
 }

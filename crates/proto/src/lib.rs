@@ -132,6 +132,10 @@ pub struct CacheStep {
     pub key: String,
     /// The layer it added; `None` for a step that only changes the config.
     pub layer: Option<CacheLayer>,
+    /// When the step's result was first built (Unix seconds): the time its
+    /// image history entry gets. `None` from older clients and caches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -345,8 +349,11 @@ pub struct BuildRequest {
     pub build_args: BTreeMap<String, String>,
     /// Ignore the step cache (results are still stored for later builds).
     pub no_cache: bool,
-    /// SOURCE_DATE_EPOCH: when set, layer mtimes are clamped to it and the image's
-    /// `created` times are set to it.
+    /// SOURCE_DATE_EPOCH when the client has it as a number (`--build-arg`
+    /// or its environment): layer mtimes later than it are clamped to it and
+    /// the image's `created` times are set to it. Any other text travels as
+    /// the build arg and the daemon resolves it (a stage's name, `context`,
+    /// or an error), as does the Dockerfile's `ARG SOURCE_DATE_EPOCH=` default.
     pub source_date_epoch: Option<i64>,
     /// `--secret id=ID,src=FILE`: the secrets' bytes, by id. Only RUN steps that
     /// mount them see them; they never reach a layer, key, log or record.

@@ -26,6 +26,13 @@ pub struct CacheIndex {
     /// Step cache key (hex BLAKE3, docs/CACHE.md) -> the layer the step added,
     /// `null` for steps that only change the config.
     pub steps: BTreeMap<String, Option<LayerRecord>>,
+    /// Step cache key -> when its result was first built (Unix seconds):
+    /// an importing host's image history gets the same times, so it is the
+    /// same image. Optional: indexes written before it lack it (their steps
+    /// count as built when imported), and readers that do not know it
+    /// ignore it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub created: BTreeMap<String, i64>,
 }
 
 /// A remote cache read at the start of a build.
@@ -181,6 +188,7 @@ impl Session {
             self.fetch_blob(store, &cache.reference, &layer.digest)
                 .await?;
         }
+        let created = cache.index.created.get(key).copied();
         let (store, key, layer) = (store.clone(), key.to_string(), layer.clone());
         let what = format!("{} step {key}", cache.reference.whole());
         tokio::task::spawn_blocking(move || {
@@ -189,7 +197,7 @@ impl Session {
             }
             let record = StepRecord {
                 layer,
-                created_at: memobuild_store::now_secs(),
+                created_at: created.unwrap_or_else(memobuild_store::now_secs),
                 owner: importer,
                 imported: true,
             };
@@ -227,8 +235,22 @@ impl Session {
                 uploaded += usize::from(matches!(how, super::blobs::Sent::Uploaded(_)));
             }
         }
+        let created = {
+            let (store, keys) = (store.clone(), steps.keys().cloned().collect::<Vec<_>>());
+            tokio::task::spawn_blocking(move || {
+                keys.into_iter()
+                    .filter_map(|key| match store.lookup_step(&key) {
+                        Ok(memobuild_store::Lookup::Hit(r)) => Some((key, r.created_at)),
+                        _ => None,
+                    })
+                    .collect::<BTreeMap<String, i64>>()
+            })
+            .await
+            .map_err(|e| RegistryError::new(name, e.to_string()))?
+        };
         let mut index = previous.cloned().unwrap_or_default();
         index.version = 1;
+        index.created.extend(created);
         index.steps.extend(steps);
         let config =
             serde_json::to_vec(&index).map_err(|e| RegistryError::new(name, e.to_string()))?;

@@ -120,17 +120,20 @@ fn walk(upper: &Path) -> Result<Walked, SandboxError> {
             };
             let meta = std::fs::symlink_metadata(&path).map_err(|e| diff_err(&path, e))?;
             let ft = meta.file_type();
+            // The time the step left (whole seconds, as the layer keeps it).
             let mut entry = LayerEntry {
                 kind: EntryKind::Dir,
                 mode: meta.mode() & 0o7777,
                 uid: meta.uid(),
                 gid: meta.gid(),
+                mtime: meta.mtime().max(0) as u64,
             };
             if is_whiteout(&meta) || (ft.is_file() && xattr(&path, XWHITEOUT).is_some()) {
                 entry.kind = EntryKind::Whiteout;
                 entry.mode = 0;
                 entry.uid = 0;
                 entry.gid = 0;
+                entry.mtime = 0;
             } else if ft.is_dir() {
                 if xattr(&path, REDIRECT).is_some() {
                     return Err(SandboxError::Diff(format!(

@@ -8,7 +8,7 @@
 //! the layer gives it, so the RUN finds the chain unpacked and starts at once.
 //!
 //! The snapshot holds what unpacking the layer would give: the same entries,
-//! modes, numeric owners and the layer's mtime; whiteouts as overlay whiteouts
+//! modes, numeric owners and mtimes (whole seconds, as in the layer); whiteouts as overlay whiteouts
 //! (character device 0:0) and opaque directories with `trusted.overlay.opaque`.
 //! Parent directories that the step did not write but needs come from the
 //! lower layers with their attributes, as overlay's copy-up would make them.
@@ -64,7 +64,7 @@ pub enum Base<'a> {
 }
 
 impl Sandbox {
-    /// Writes `changes` (with `mtime` on every entry) into a new snapshot on
+    /// Writes `changes` (each entry with its own mtime) into a new snapshot on
     /// `base`. Commit it with the layer's chain id once the layer is written.
     ///
     /// Files under `linkable` (a directory the daemon made for this step and
@@ -75,7 +75,6 @@ impl Sandbox {
         &self,
         base: Base<'_>,
         changes: Arc<ChangeSet>,
-        mtime: u64,
         linkable: Option<PathBuf>,
     ) -> Result<Materialized, SandboxError> {
         let id = super::new_id();
@@ -116,7 +115,7 @@ impl Sandbox {
         guard.state.snapshot = true;
         let (upper, lowers) = diff::upper_and_lowers(&mounts)?;
         tokio::task::spawn_blocking(move || {
-            write_changes(&upper, &lowers, &changes, &removed, mtime, linkable)
+            write_changes(&upper, &lowers, &changes, &removed, linkable)
         })
         .await
         .map_err(|e| SandboxError::Invalid(format!("writing a step's snapshot: {e}")))??;
@@ -175,17 +174,16 @@ pub(crate) fn write_changes(
     lowers: &[PathBuf],
     changes: &ChangeSet,
     removed: &[String],
-    mtime: u64,
     linkable: Option<PathBuf>,
 ) -> Result<(), SandboxError> {
     let mut upper = Upper::open(upper, lowers)?;
     upper.linkable = linkable;
-    let time = Timespec {
-        tv_sec: mtime as i64,
-        tv_nsec: 0,
-    };
     for (path, entry) in &changes.entries {
         upper.ensure_parents(path, changes)?;
+        let time = Timespec {
+            tv_sec: i64::try_from(entry.mtime).unwrap_or(i64::MAX),
+            tv_nsec: 0,
+        };
         upper.put(path, entry, time).map_err(|e| werr(path, e))?;
     }
     upper.white_out(removed, changes)?;
@@ -274,6 +272,7 @@ impl<'a> Upper<'a> {
                 mode: lower.mode() & 0o7777,
                 uid: lower.uid(),
                 gid: lower.gid(),
+                mtime: lower.mtime().max(0) as u64,
             };
             self.put(dir, &entry, time).map_err(|e| werr(dir, e))?;
         }
@@ -369,6 +368,7 @@ impl<'a> Upper<'a> {
             mode: 0,
             uid: 0,
             gid: 0,
+            mtime: 0,
         };
         for path in removed {
             let under =

@@ -23,6 +23,7 @@ fn entry(kind: EntryKind, mode: u32) -> LayerEntry {
         mode,
         uid: 0,
         gid: 0,
+        mtime: 7,
     }
 }
 
@@ -88,7 +89,7 @@ impl Env {
             .tempdir_in("/tmp")
             .unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        let record = base_changes().write(&store.blobs, 0).unwrap();
+        let record = base_changes().write(&store.blobs).unwrap();
         let base = vec![layer_input(&store.blobs, &record)];
         let (sandbox, containerd) = Sandbox::start_private(&dir.path().join("ctd"))
             .await
@@ -313,8 +314,8 @@ echo n > /replaced/new
     assert_eq!(got, expected);
 
     // The layer: OCI whiteout and opaque markers, readable as a tar.
-    let record = outcome.changes.write(&env.store.blobs, 0).unwrap();
-    let again = outcome.changes.write(&env.store.blobs, 0).unwrap();
+    let record = outcome.changes.write(&env.store.blobs).unwrap();
+    let again = outcome.changes.write(&env.store.blobs).unwrap();
     assert_eq!(record, again, "layers must be deterministic");
     let mut names = Vec::new();
     let mut tar = tar::Archive::new(
@@ -644,8 +645,8 @@ fn layer_writer_emits_oci_markers() {
     c.insert("a/new".into(), entry(bytes("n"), 0o644));
     c.insert("gone".into(), entry(EntryKind::Whiteout, 0));
     c.insert("d/gone".into(), entry(EntryKind::Whiteout, 0));
-    let record = c.write(&store.blobs, 7).unwrap();
-    assert_eq!(record, c.write(&store.blobs, 7).unwrap());
+    let record = c.write(&store.blobs).unwrap();
+    assert_eq!(record, c.write(&store.blobs).unwrap());
     let mut reader = memobuild_oci::layer::open_layer(&store.blobs, &record.digest).unwrap();
     let mut raw = Vec::new();
     reader.read_to_end(&mut raw).unwrap();

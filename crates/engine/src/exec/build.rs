@@ -525,22 +525,29 @@ async fn build_planned(
             let labels = config.config.labels.get_or_insert_with(Default::default);
             labels.extend(request.labels.clone());
         }
-        let epoch = request.source_date_epoch;
+        let epoch = plan.epoch;
+        let plan_ref = plan.clone();
         let annotations = request.annotations.clone();
         let inline = request.inline_cache.then(|| plan.clone());
         let (request, log) = (request.clone(), log.clone());
         blocking(move || {
             config.rootfs.diff_ids = result.layers.iter().map(|l| l.diff_id.clone()).collect();
             config.history = result.history.clone();
-            config.created = epoch.map(memobuild_oci::rfc3339);
+            // BuildKit's exporter: untimed entries filled in, `created` the
+            // last entry's time.
+            config.created = memobuild_oci::config::fill_history_times(&mut config.history);
+            let rewritten = epoch.map(|e| (base_image_layers(&plan_ref, &result.layers), e));
             let cache = inline
                 .map(|plan| crate::inline_cache::record(&engine.store, &plan, &result.layers));
-            let image = memobuild_oci::image::write_image_with_cache(
+            let image = memobuild_oci::image::write_image_with(
                 &engine.store,
                 &config,
                 &result.layers,
-                &annotations,
-                cache.as_ref(),
+                &memobuild_oci::image::ImageExtras {
+                    annotations: &annotations,
+                    inline_cache: cache.as_ref(),
+                    rewritten,
+                },
             )
             .map_err(internal)?;
             let tags = tag_image(&engine, &request, &log, &image)?;
@@ -931,7 +938,7 @@ async fn run_stages(
         log: log.clone(),
         project: project.to_string(),
         no_cache: request.no_cache,
-        epoch: request.source_date_epoch,
+        epoch: plan.epoch,
         request: Arc::new(request.clone()),
         resolved: parking_lot::Mutex::new(BTreeMap::new()),
     });
@@ -1171,10 +1178,20 @@ async fn run_stage(
             }
         };
         if let Some(created_by) = &step.history {
+            // BuildKit: SOURCE_DATE_EPOCH, else a layer's time is when its
+            // step result was first built (kept with the cache entry, so a
+            // cached rebuild writes the same config); an entry without a
+            // layer gets its time when the image is assembled
+            // (`fill_history_times`).
+            let created = match (epoch, &record.layer) {
+                (Some(epoch), _) => Some(memobuild_oci::rfc3339(epoch)),
+                (None, Some(_)) => Some(memobuild_oci::rfc3339(record.created_at)),
+                (None, None) => None,
+            };
             state.history.push(History {
-                created: epoch.map(memobuild_oci::rfc3339),
+                created,
                 created_by: Some(created_by.clone()),
-                comment: Some("memobuild".into()),
+                comment: Some(HISTORY_COMMENT.into()),
                 empty_layer: record.layer.is_none(),
             });
         }
@@ -1183,6 +1200,34 @@ async fn run_stage(
         }
     }
     Ok(state)
+}
+
+/// The history comment of a Dockerfile instruction, as BuildKit writes it.
+const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+
+/// The number of leading layers of `plan`'s target that are its base
+/// image's, unchanged (BuildKit leaves those out of `rewrite-timestamp`).
+fn base_image_layers(plan: &Plan, layers: &[memobuild_store::LayerRecord]) -> usize {
+    let mut position = plan.target;
+    let mut guard = 0;
+    let image = loop {
+        match &plan.stages[position].base {
+            Base::Image(image) => break Some(image),
+            Base::Stage(_) if guard < plan.stages.len() => match plan.base_stage(position) {
+                Some(p) => position = p,
+                None => break None,
+            },
+            _ => break None,
+        }
+        guard += 1;
+    };
+    image.map_or(0, |image| {
+        layers
+            .iter()
+            .zip(&image.layers)
+            .take_while(|(a, b)| a.diff_id == b.diff_id)
+            .count()
+    })
 }
 
 /// The key of a pending step, now that the stages it reads have run: its
@@ -1351,18 +1396,28 @@ async fn execute(
         },
         _ => None,
     };
-    let mtime = epoch.unwrap_or(0).max(0) as u64;
     let wants_snapshot = later_run(&plan, &step);
-    let (changes, staging) = {
+    let (mut changes, staging) = {
         let (engine, plan, step, parent_layers) = (
             engine.clone(),
             plan.clone(),
             step.clone(),
             parent_layers.clone(),
         );
-        blocking(move || step_changes(&engine, &plan, &step, &parent_layers, source_layers, reader))
-            .await?
+        blocking(move || {
+            step_changes(
+                &engine,
+                &plan,
+                &step,
+                &parent_layers,
+                source_layers,
+                reader,
+                now,
+            )
+        })
+        .await?
     };
+    changes.clamp_mtimes(epoch);
     if changes.is_empty() {
         return Ok(StepRecord {
             layer: None,
@@ -1380,7 +1435,7 @@ async fn execute(
         blocking(move || {
             let (layer, sizes) = engine
                 .layer_writer
-                .write_sized(&changes, &engine.store.blobs, mtime)
+                .write_sized(&changes, &engine.store.blobs)
                 .map_err(|e| step_error(&plan, &step, e))?;
             engine.layers.remember(&layer.digest, &changes, &sizes);
             Ok(layer)
@@ -1392,15 +1447,8 @@ async fn execute(
                 let slot = super::snapshots::slot(&parent_layers, &step.display);
                 let staged = Some(staging.path());
                 let changes = changes.clone();
-                super::snapshots::materialize(
-                    &engine,
-                    &parent_layers,
-                    changes,
-                    mtime,
-                    Some(slot),
-                    staged,
-                )
-                .await
+                super::snapshots::materialize(&engine, &parent_layers, changes, Some(slot), staged)
+                    .await
             }
             false => None,
         }
@@ -1436,13 +1484,15 @@ fn step_changes(
     parent_layers: &[memobuild_store::LayerRecord],
     source_layers: Option<Vec<memobuild_store::LayerRecord>>,
     reader: Option<Arc<Creds>>,
+    now: i64,
 ) -> Result<(ChangeSet, tempfile::TempDir), RpcError> {
+    let now = now.max(0) as u64;
     let store = &engine.store;
     let view = FsView::load(store, &engine.layers, parent_layers)
         .map_err(|e| step_error(plan, step, e))?;
     let staging = tempfile::tempdir_in(store.blobs.tmp_dir()).map_err(internal)?;
     let changes = match &step.op {
-        Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store),
+        Op::Workdir { path, user } => copy::workdir(path, user.as_deref(), &view, store, now),
         Op::Copy(op) => {
             let source_view = match &source_layers {
                 Some(layers) => Some(
@@ -1457,7 +1507,7 @@ fn step_changes(
             // go in as `Content::Checked`, holding exactly the bytes whose
             // digests, computed and checked as the user, made the key.
             reading_as(reader, || {
-                copy::copy(op, &view, source_view.as_ref(), store, staging.path())
+                copy::copy(op, &view, source_view.as_ref(), store, staging.path(), now)
             })
         }
         Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),

@@ -3,6 +3,13 @@
 //! contents, a destination ending in `/` (or an existing directory) receives
 //! files by name, missing parents are created, local archives are extracted by
 //! ADD.
+//!
+//! Times as BuildKit keeps them: a copied entry has its source's mtime (the
+//! context index's, the source stage's, an archive entry's, a download's
+//! `Last-Modified`); what the step itself makes (directories it creates, a
+//! WORKDIR, here-documents, a download without `Last-Modified`) has the
+//! step's time, `now`. SOURCE_DATE_EPOCH clamps them later, for the layer and
+//! the snapshot alike.
 
 use super::fsview::{FsView, ViewKind};
 use super::users;
@@ -42,14 +49,20 @@ struct Owner {
     gid: u32,
 }
 
-/// A directory memobuild creates itself, owned by `owner`.
-fn dir_entry(owner: Owner, mode: u32) -> LayerEntry {
+/// A directory memobuild creates itself, owned by `owner`, made at `mtime`.
+fn dir_entry(owner: Owner, mode: u32, mtime: u64) -> LayerEntry {
     LayerEntry {
         kind: EntryKind::Dir,
         mode,
         uid: owner.uid,
         gid: owner.gid,
+        mtime,
     }
+}
+
+/// Unix seconds of a context file's nanosecond mtime (before 1970: 0).
+fn secs(mtime_ns: i64) -> u64 {
+    u64::try_from(mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0)
 }
 
 struct Builder<'a> {
@@ -61,15 +74,17 @@ struct Builder<'a> {
     chmod: Option<Chmod>,
     /// `--exclude` patterns, matched against paths relative to each root.
     exclude: DockerIgnore,
+    /// The step's time (Unix seconds): the mtime of what it makes itself.
+    now: u64,
 }
 
 impl Builder<'_> {
-    fn add(&mut self, path: String, kind: EntryKind, mode: u32) {
-        self.add_as(path, kind, mode, self.owner);
+    fn add(&mut self, path: String, kind: EntryKind, mode: u32, mtime: u64) {
+        self.add_as(path, kind, mode, self.owner, mtime);
     }
 
     /// [`Builder::add`] with an explicit owner (`COPY --from` keeps the source's).
-    fn add_as(&mut self, path: String, kind: EntryKind, mode: u32, owner: Owner) {
+    fn add_as(&mut self, path: String, kind: EntryKind, mode: u32, owner: Owner, mtime: u64) {
         // --chmod applies to every copied entry but symlinks (which are 0777).
         let mode = match (&kind, &self.chmod) {
             (EntryKind::Symlink(_), _) => 0o777,
@@ -83,6 +98,7 @@ impl Builder<'_> {
                 mode,
                 uid: owner.uid,
                 gid: owner.gid,
+                mtime,
             },
         );
     }
@@ -97,7 +113,8 @@ impl Builder<'_> {
     /// else 0:0) and [`Builder::created_dir_mode`], never the source's.
     fn add_created_dir(&mut self, path: String) {
         let mode = self.created_dir_mode();
-        self.changes.insert(path, dir_entry(self.owner, mode));
+        self.changes
+            .insert(path, dir_entry(self.owner, mode, self.now));
     }
 
     /// Creates missing parent directories of every entry, as
@@ -134,17 +151,19 @@ impl Builder<'_> {
             }
         }
         for dir in missing {
-            self.changes.insert(dir, dir_entry(owner, mode));
+            self.changes.insert(dir, dir_entry(owner, mode, self.now));
         }
     }
 }
 
-/// `WORKDIR path`: the directory and its missing parents, owned by the stage's user.
+/// `WORKDIR path`: the directory and its missing parents, owned by the
+/// stage's user, made at `now`.
 pub(crate) fn workdir(
     path: &str,
     user: Option<&str>,
     view: &FsView,
     store: &Store,
+    now: u64,
 ) -> Result<ChangeSet, CopyError> {
     let rel = clean_entry_path(path);
     let resolved = view.resolve(&rel).unwrap_or(rel);
@@ -162,19 +181,22 @@ pub(crate) fn workdir(
         chown: true,
         chmod: None,
         exclude: DockerIgnore::empty(),
+        now,
     };
-    b.add(resolved, EntryKind::Dir, 0o755);
+    b.add(resolved, EntryKind::Dir, 0o755, now);
     b.add_missing_parents();
     Ok(b.changes)
 }
 
-/// What a COPY/ADD step adds. `source_view` is the `--from` stage's filesystem.
+/// What a COPY/ADD step adds. `source_view` is the `--from` stage's
+/// filesystem; `now` the step's time (see the module's note on times).
 pub(crate) fn copy(
     op: &CopyOp,
     view: &FsView,
     source_view: Option<&FsView>,
     store: &Store,
     staging: &Path,
+    now: u64,
 ) -> Result<ChangeSet, CopyError> {
     let owner = match &op.chown {
         Some(spec) => {
@@ -190,6 +212,7 @@ pub(crate) fn copy(
         chown: op.chown.is_some(),
         chmod: op.chmod.clone(),
         exclude: patterns(&op.exclude.join("\n"))?,
+        now,
     };
     let dest_named_dir = op.dest.ends_with('/');
     let dest = resolve_dest(view, &op.dest);
@@ -224,11 +247,14 @@ pub(crate) fn copy(
                     continue;
                 }
                 let target = file_target(view, &dest, dest_named_dir, &file.name);
-                // BuildKit's HTTP source writes 0600; --chmod/--chown apply.
+                // BuildKit's HTTP source writes 0600; --chmod/--chown apply;
+                // the time is the response's Last-Modified, else the step's.
+                let mtime = file.fetched.modified.map_or(now, |t| t.max(0) as u64);
                 b.add(
                     target,
                     EntryKind::File(Content::Path(file.fetched.path.clone())),
                     0o600,
+                    mtime,
                 );
             }
         }
@@ -259,6 +285,7 @@ pub(crate) fn copy(
             target,
             EntryKind::File(Content::Bytes(content.clone())),
             0o644,
+            now,
         );
     }
     b.add_missing_parents();
@@ -298,7 +325,13 @@ fn copy_git_tree(b: &mut Builder<'_>, root: &Path, dest: &str) -> Result<(), Cop
         } else {
             continue;
         };
-        b.add(join(dest, &rel), kind, meta.permissions().mode() & 0o7777);
+        let mtime = std::os::unix::fs::MetadataExt::mtime(&meta).max(0) as u64;
+        b.add(
+            join(dest, &rel),
+            kind,
+            meta.permissions().mode() & 0o7777,
+            mtime,
+        );
     }
     Ok(())
 }
@@ -455,7 +488,7 @@ fn add_context_entry(
         // The plan refused a name that is not UTF-8 already.
         FileKind::Other | FileKind::NotUtf8 => return,
     };
-    b.add(target, kind, meta.mode);
+    b.add(target, kind, meta.mode, secs(meta.mtime_ns));
 }
 
 /// One thing `COPY --from` puts in the layer.
@@ -558,7 +591,7 @@ fn copy_from_view(
             ViewKind::Hardlink(t) => EntryKind::Hardlink(t.clone()),
             ViewKind::Other => continue,
         };
-        b.add_as(target, kind, entry.mode, owner);
+        b.add_as(target, kind, entry.mode, owner, entry.mtime);
     }
     Ok(())
 }
@@ -702,6 +735,31 @@ fn is_archive(path: &Path) -> Result<bool, CopyError> {
         || (n == 512 && tar::Header::from_byte_slice(&head).cksum().is_ok()))
 }
 
+/// The newest mtime of a regular file in the archive at `path` (a tar,
+/// possibly compressed); `None` when it is not one or has no regular file
+/// (BuildKit's archiveMaxTimeFromRef, for a SOURCE_DATE_EPOCH stage).
+pub(crate) fn archive_max_mtime(path: &Path) -> Option<i64> {
+    if !is_archive(path).ok()? {
+        return None;
+    }
+    let compression = sniff(path).ok()??;
+    let mut archive = tar::Archive::new(decompressor(path, compression).ok()?);
+    let mut newest: Option<i64> = None;
+    for entry in archive.entries().ok()? {
+        let entry = entry.ok()?;
+        let header = entry.header();
+        if !matches!(
+            header.entry_type(),
+            tar::EntryType::Regular | tar::EntryType::Continuous
+        ) {
+            continue;
+        }
+        let mtime = i64::try_from(header.mtime().ok()?).ok()?;
+        newest = Some(newest.map_or(mtime, |n| n.max(mtime)));
+    }
+    newest
+}
+
 fn decompressor(path: &Path, compression: Compression) -> Result<Box<dyn Read>, CopyError> {
     let file = std::io::BufReader::new(
         memobuild_rootpath::safefs::open_regular(path, false)
@@ -794,6 +852,7 @@ fn extract_archive(
         let mode = header.mode().map_err(io_err(&name))? & 0o7777;
         let uid = header.uid().map_err(io_err(&name))? as u32;
         let gid = header.gid().map_err(io_err(&name))? as u32;
+        let mtime = header.mtime().map_err(io_err(&name))?;
         let link = entry
             .link_name_bytes()
             .map(|l| String::from_utf8_lossy(&l).into_owned())
@@ -849,6 +908,7 @@ fn extract_archive(
                 mode,
                 uid,
                 gid,
+                mtime,
             },
         );
     }

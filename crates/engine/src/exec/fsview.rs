@@ -27,6 +27,8 @@ pub struct ViewEntry {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// Modification time, Unix seconds (the tar header's).
+    pub mtime: u64,
     /// Index of the layer holding this version.
     pub layer: usize,
 }
@@ -96,6 +98,7 @@ fn index_of_changes(changes: &ChangeSet, file_sizes: &[u64]) -> Option<LayerInde
             uid: entry.uid,
             gid: entry.gid,
             size,
+            mtime: entry.mtime,
             layer: 0,
         };
         index.entries.push((path.clone(), view));
@@ -158,6 +161,7 @@ fn read_index(store: &Store, digest: &str) -> Result<LayerIndex, OciError> {
                 uid: header.uid().map_err(|e| read_err(digest, e))? as u32,
                 gid: header.gid().map_err(|e| read_err(digest, e))? as u32,
                 size: header.size().map_err(|e| read_err(digest, e))?,
+                mtime: header.mtime().map_err(|e| read_err(digest, e))?,
                 layer: 0,
             },
         ));
@@ -324,6 +328,7 @@ mod tests {
             mode,
             uid: 3,
             gid: 4,
+            mtime: 0,
         }
     }
 
@@ -359,7 +364,7 @@ mod tests {
             entry(EntryKind::File(Content::Bytes(vec![])), 0o644),
         );
         let writer = memobuild_oci::LayerWriter::new();
-        let (record, sizes) = writer.write_sized(&c, &store.blobs, 0).unwrap();
+        let (record, sizes) = writer.write_sized(&c, &store.blobs).unwrap();
         assert_eq!(sizes, vec![70_000, 2, 0]);
         let read = read_index(&store, &record.digest).unwrap();
         assert_eq!(index_of_changes(&c, &sizes).unwrap(), read);

@@ -273,8 +273,10 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         }
         return Err(RpcError::of(ErrorKind::StepFailed, message));
     }
-    let changes: ChangeSet = outcome.changes;
-    let mtime = cx.epoch.unwrap_or(0).max(0) as u64;
+    let mut changes: ChangeSet = outcome.changes;
+    // Files keep the times the step left them (in whole seconds); the
+    // snapshot written from these changes gets the same times as the layer.
+    changes.clamp_mtimes(cx.epoch);
     if changes.is_empty() {
         // Nothing links to its files: tear down off the step's path.
         tokio::spawn(outcome.snapshot.release());
@@ -293,7 +295,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         tokio::task::spawn_blocking(move || {
             let (layer, sizes) = engine
                 .layer_writer
-                .write_sized(&changes, &store.blobs, mtime)
+                .write_sized(&changes, &store.blobs)
                 .map_err(|e| err(e.to_string()))?;
             engine.layers.remember(&layer.digest, &changes, &sizes);
             Ok::<_, RpcError>(layer)
@@ -304,8 +306,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
             true => {
                 let changes = changes.clone();
                 let upper = outcome.snapshot.upper();
-                super::snapshots::materialize(engine, cx.parent_layers, changes, mtime, None, upper)
-                    .await
+                super::snapshots::materialize(engine, cx.parent_layers, changes, None, upper).await
             }
             false => None,
         }
@@ -868,7 +869,7 @@ fn materialize(
     std::fs::create_dir_all(staging).map_err(|e| err(e.to_string()))?;
     let entry = view.get(&root).cloned();
     let mut files = Vec::new();
-    let mut items: Vec<(String, ViewKind, u32)> = Vec::new();
+    let mut items: Vec<(String, ViewKind, u32, u64)> = Vec::new();
     match entry.as_ref().map(|e| &e.kind) {
         None if !root.is_empty() => {
             return Err(err(format!(
@@ -882,7 +883,7 @@ fn materialize(
                 if e.kind == ViewKind::File {
                     files.push(path.clone());
                 }
-                items.push((path[prefix..].to_string(), e.kind.clone(), e.mode));
+                items.push((path[prefix..].to_string(), e.kind.clone(), e.mode, e.mtime));
             }
         }
     }
@@ -898,7 +899,11 @@ fn materialize(
             ))
         })?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(staged_file, std::fs::Permissions::from_mode(mode))
+        let mtime = entry.as_ref().map_or(0, |e| e.mtime);
+        set_mtime(staged_file, mtime)
+            .and_then(|()| {
+                std::fs::set_permissions(staged_file, std::fs::Permissions::from_mode(mode))
+            })
             .and_then(|()| std::fs::rename(staged_file, dest))
             .map_err(|e| err(format!("materialising {source:?}: {e}")))?;
         return Ok(());
@@ -910,7 +915,7 @@ fn materialize(
     // `esc -> /etc` with entries under `esc/`) can never lead out to the host.
     let tree = memobuild_rootpath::safefs::Root::open(dest)
         .map_err(|e| err(format!("opening {}: {e}", dest.display())))?;
-    for (rel, kind, mode) in items {
+    for (rel, kind, mode, mtime) in items {
         let src_path = if root.is_empty() {
             rel.clone()
         } else {
@@ -919,7 +924,9 @@ fn materialize(
         let result = match &kind {
             ViewKind::Dir => tree.mkdir(&rel, mode),
             ViewKind::File => match staged.get(&src_path) {
-                Some(p) => tree.move_in(p, &rel, mode),
+                // The stage's file time (its layer's), set on the daemon's
+                // own staged file before it moves in.
+                Some(p) => set_mtime(p, mtime).and_then(|()| tree.move_in(p, &rel, mode)),
                 None => Ok(()),
             },
             ViewKind::Symlink(t) => tree.symlink(t, &rel),
@@ -935,6 +942,12 @@ fn materialize(
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(root_mode))
         .map_err(|e| err(format!("materialising {source:?}: {e}")))?;
     Ok(())
+}
+
+/// Sets the mtime of `path`, a file the daemon staged itself.
+fn set_mtime(path: &Path, secs: u64) -> std::io::Result<()> {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    std::fs::File::open(path)?.set_modified(at)
 }
 
 /// Copies a context directory for a writable bind mount. `to` is the daemon's
@@ -957,6 +970,9 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         for name in names {
             copy_tree(&from.join(&name), &to.join(&name))?;
         }
+        // The directory's time, as the context has it (after its entries,
+        // whose creation moved it).
+        std::fs::File::open(to)?.set_modified(meta.modified()?)?;
         std::fs::set_permissions(to, meta.permissions())
     } else if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(as_reader(|| std::fs::read_link(from))??, to)
@@ -974,6 +990,8 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
             .mode(0o600)
             .open(to)?;
         std::io::copy(&mut src, &mut out)?;
+        // The file's time, as the context has it (BuildKit mounts the files).
+        out.set_modified(meta.modified()?)?;
         out.set_permissions(std::fs::Permissions::from_mode(
             meta.permissions().mode() & 0o7777,
         ))

@@ -36,7 +36,6 @@ pub(super) struct Recent {
 struct RecentResult {
     chain_id: String,
     changes: Arc<ChangeSet>,
-    mtime: u64,
     depth: u32,
 }
 
@@ -55,7 +54,6 @@ pub(super) struct Written {
     /// How many deltas it stands on (0: written whole).
     depth: u32,
     changes: Arc<ChangeSet>,
-    mtime: u64,
     /// Remembered for the step's next delta, if it has a slot.
     slot: Option<StepSlot>,
 }
@@ -68,7 +66,6 @@ pub(super) async fn materialize(
     engine: &Arc<Engine>,
     parent_layers: &[LayerRecord],
     changes: Arc<ChangeSet>,
-    mtime: u64,
     slot: Option<StepSlot>,
     linkable: Option<&std::path::Path>,
 ) -> Option<Written> {
@@ -78,19 +75,17 @@ pub(super) async fn materialize(
         snapshot,
         depth,
         changes: changes.clone(),
-        mtime,
         slot,
     };
-    if let Some((previous, delta, removed)) = slot
-        .as_ref()
-        .and_then(|s| engine.recent.delta(s, &changes, mtime))
+    if let Some((previous, delta, removed)) =
+        slot.as_ref().and_then(|s| engine.recent.delta(s, &changes))
     {
         let base = Base::Previous {
             snapshot: &previous.chain_id,
             removed,
         };
         match sandbox
-            .materialize(base, Arc::new(delta), mtime, linkable.clone())
+            .materialize(base, Arc::new(delta), linkable.clone())
             .await
         {
             Ok(m) => return Some(written(m, previous.depth + 1, slot)),
@@ -105,7 +100,7 @@ pub(super) async fn materialize(
         .collect::<Result<Vec<_>, _>>()
         .ok()?;
     match sandbox
-        .materialize(Base::Layers(&inputs), changes.clone(), mtime, linkable)
+        .materialize(Base::Layers(&inputs), changes.clone(), linkable)
         .await
     {
         Ok(m) => {
@@ -127,10 +122,9 @@ impl Recent {
         &self,
         slot: &StepSlot,
         changes: &ChangeSet,
-        mtime: u64,
     ) -> Option<(RecentResult, ChangeSet, Vec<String>)> {
         let previous = self.by_step.lock().get(slot).cloned()?;
-        if previous.mtime != mtime || previous.depth >= MAX_DELTA_DEPTH {
+        if previous.depth >= MAX_DELTA_DEPTH {
             return None;
         }
         let (delta, removed) = changes.delta_from(&previous.changes)?;
@@ -170,7 +164,6 @@ pub(super) async fn commit(
                 let result = RecentResult {
                     chain_id,
                     changes: written.changes,
-                    mtime: written.mtime,
                     depth: written.depth,
                 };
                 engine.recent.remember(slot, result);

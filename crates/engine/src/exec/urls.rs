@@ -83,6 +83,13 @@ impl Downloads {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(String::from);
+        let modified = resp
+            .headers()
+            .get(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
         tokio::fs::create_dir_all(&self.dir)
             .await
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
@@ -110,7 +117,11 @@ impl Downloads {
         let path = self.dir.join(&sha256);
         temp.persist(&path)
             .map_err(|e| format!("saving {}: {e}", path.display()))?;
-        let fetched = Fetched { path, sha256 };
+        let fetched = Fetched {
+            path,
+            sha256,
+            modified,
+        };
         known().lock().insert(
             url.to_string(),
             Known {
@@ -246,6 +257,22 @@ impl UrlSource for Downloads {
         let tree = self.git_tree(remote, reference, keep_git_dir)?;
         trees.lock().insert(key, tree.clone());
         Ok(tree)
+    }
+
+    fn archive_max_mtime(&self, fetched: &Fetched) -> Option<i64> {
+        super::copy::archive_max_mtime(&fetched.path)
+    }
+
+    fn git_commit_time(&self, tree: &memobuild_plan::GitTree) -> Result<i64, String> {
+        let home = tempfile::tempdir_in(&self.dir)
+            .map_err(|e| format!("creating a directory in {}: {e}", self.dir.display()))?;
+        let at = git(
+            home.path(),
+            Some(&tree.dir),
+            &["show", "-s", "--format=%ct", &tree.commit],
+        )?;
+        at.parse()
+            .map_err(|_| format!("git gave {at:?} as the commit time"))
     }
 
     fn fetch(&self, url: &str) -> Result<Fetched, String> {

@@ -4,8 +4,11 @@
 //! reading a stored layer's entries back.
 //!
 //! Determinism: entries are sorted by path, owners are numeric (no user or group
-//! names), and every mtime is the build's fixed timestamp (SOURCE_DATE_EPOCH, else
-//! 0): mtimes are not a cache input, so they cannot be a layer input either.
+//! names), and every entry carries its own mtime in whole seconds (as
+//! containerd's and BuildKit's tar writers truncate them): a context file's,
+//! an archive entry's, a file a RUN wrote. Mtimes are not a cache input: a
+//! cache hit returns the layer the step's first build wrote, with its times.
+//! With SOURCE_DATE_EPOCH the caller clamps them ([`ChangeSet::clamp_mtimes`]).
 
 use flate2::read::MultiGzDecoder;
 use memobuild_store::{BlobStore, LayerRecord, StoreError};
@@ -70,6 +73,9 @@ pub struct LayerEntry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Modification time, Unix seconds (what the tar header and the
+    /// snapshot get).
+    pub mtime: u64,
 }
 
 /// What a step adds, keyed by path relative to `/` (no leading slash).
@@ -87,11 +93,23 @@ impl ChangeSet {
         self.entries.insert(path, entry);
     }
 
-    /// Writes the layer blob and returns its record. `mtime` is stamped on
-    /// every entry. A daemon keeps one [`LayerWriter`] and calls
-    /// [`LayerWriter::write`] instead, so layers reuse each other's members.
-    pub fn write(&self, blobs: &BlobStore, mtime: u64) -> Result<LayerRecord, OciError> {
-        LayerWriter::new().write(self, blobs, mtime)
+    /// Writes the layer blob and returns its record. A daemon keeps one
+    /// [`LayerWriter`] and calls [`LayerWriter::write`] instead, so layers
+    /// reuse each other's members.
+    pub fn write(&self, blobs: &BlobStore) -> Result<LayerRecord, OciError> {
+        LayerWriter::new().write(self, blobs)
+    }
+
+    /// SOURCE_DATE_EPOCH as BuildKit's `rewrite-timestamp` applies it: every
+    /// mtime later than `epoch` becomes `epoch`; earlier ones stay.
+    pub fn clamp_mtimes(&mut self, epoch: Option<i64>) {
+        let Some(epoch) = epoch else {
+            return;
+        };
+        let epoch = epoch.max(0) as u64;
+        for entry in self.entries.values_mut() {
+            entry.mtime = entry.mtime.min(epoch);
+        }
     }
 }
 
@@ -139,20 +157,14 @@ fn same_entry(a: &LayerEntry, b: &LayerEntry) -> bool {
         },
         (x, y) => x == y,
     };
-    same_kind && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid
+    same_kind && a.mode == b.mode && a.uid == b.uid && a.gid == b.gid && a.mtime == b.mtime
 }
 
 impl LayerWriter {
     /// Writes `changes` as a layer blob (a deterministic tar, as gzip members:
     /// see [`pieces`]) and returns its record.
-    pub fn write(
-        &self,
-        changes: &ChangeSet,
-        blobs: &BlobStore,
-        mtime: u64,
-    ) -> Result<LayerRecord, OciError> {
-        self.write_sized(changes, blobs, mtime)
-            .map(|(record, _)| record)
+    pub fn write(&self, changes: &ChangeSet, blobs: &BlobStore) -> Result<LayerRecord, OciError> {
+        self.write_sized(changes, blobs).map(|(record, _)| record)
     }
 
     /// Like [`LayerWriter::write`], also returning the size the layer gives
@@ -162,13 +174,12 @@ impl LayerWriter {
         &self,
         changes: &ChangeSet,
         blobs: &BlobStore,
-        mtime: u64,
     ) -> Result<(LayerRecord, Vec<u64>), OciError> {
         let mut sizes = Vec::new();
         let (digest, size, diff_id) = pieces::write_layer(self, blobs, |sink| {
             let mut tar = tar::Builder::new(sink);
             for (path, entry) in &changes.entries {
-                let written = append_entry(&mut tar, path, entry, mtime).map_err(|source| {
+                let written = append_entry(&mut tar, path, entry).map_err(|source| {
                     if source.kind() == io::ErrorKind::NotFound
                         || source.kind() == io::ErrorKind::InvalidData
                     {
@@ -205,13 +216,12 @@ fn append_entry(
     tar: &mut tar::Builder<&mut PieceSink<'_>>,
     path: &str,
     entry: &LayerEntry,
-    mtime: u64,
 ) -> io::Result<u64> {
     let mut header = tar::Header::new_gnu();
     header.set_mode(entry.mode & 0o7777);
     header.set_uid(entry.uid.into());
     header.set_gid(entry.gid.into());
-    header.set_mtime(mtime);
+    header.set_mtime(entry.mtime);
     let file = match &entry.kind {
         // Never a FIFO or device swapped in since the file was listed.
         EntryKind::File(Content::Path(src) | Content::Checked { path: src, .. }) => {
