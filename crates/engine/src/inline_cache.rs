@@ -35,6 +35,8 @@ pub(crate) fn record(store: &Store, plan: &Plan, layers: &[LayerRecord]) -> serd
             .as_ref()
             .is_none_or(|l| in_image.contains(l.digest.as_str()));
         if in_it {
+            // The importer's history gets the same times: the same image.
+            index.created.insert(step.key.clone(), record.created_at);
             index.steps.insert(step.key.clone(), record.layer);
         }
     }
