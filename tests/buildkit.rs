@@ -2625,6 +2625,34 @@ RUN --mount=type=secret,id=mysecret,target=/run/secrets/secret,env=SECRET_ENV [ 
 }
 
 // ---------------------------------------------------------------------------
+// dockerfile_ssh_test.go
+
+/// testSSHSocketParams: `mode=`, `uid=`, `gid=` on the agent socket, which
+/// the step finds at `$SSH_AUTH_SOCK`. The Go test forwards a generated RSA
+/// key (an in-process agent); `--ssh default=KEYFILE` loads it into a private
+/// `ssh-agent`. Not in the Go test: the socket leaves no stub in the layer.
+#[test]
+fn test_ssh_socket_params() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN --mount=type=ssh,mode=741,uid=100,gid=102 [ "$(stat -c "%u %g %f" $SSH_AUTH_SOCK)" = "100 102 c1e1" ]
+RUN [ ! -e /run/buildkit/ssh_agent.0 ]
+"#,
+    );
+    let key = bk.work.path().join("key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(made.status.success(), "{made:?}");
+    let ssh = format!("default={}", key.display());
+    bk.ok(&ctx, &["--ssh", &ssh]);
+}
+
+// ---------------------------------------------------------------------------
 // dockerfile_parents_test.go
 
 /// testCopyParents: `COPY --parents` keeps the sources' paths (from the

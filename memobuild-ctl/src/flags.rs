@@ -28,7 +28,6 @@ const DOCKER_BUILD_FLAGS: &[&str] = &[
     "--sbom",
     "--security-opt",
     "--squash",
-    "--ssh",
 ];
 
 /// The message for an unknown flag, if `error` is about one: (what, hint).

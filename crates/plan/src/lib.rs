@@ -335,6 +335,20 @@ pub enum RunMount {
         /// those not given); without them, the step's user and 0400.
         owner: Option<CacheOwner>,
     },
+    /// A socket forwarding to the client's ssh agent `id` (`build --ssh`),
+    /// present only during the step; never in a key (BuildKit's `type=ssh`).
+    Ssh {
+        /// `id=`, else `default`.
+        id: String,
+        /// `target=`, else `/run/buildkit/ssh_agent.N` (N counts the step's
+        /// ssh mounts from 0).
+        target: String,
+        /// `required=true`: the step fails when the client forwards no `id`;
+        /// otherwise it runs without the socket.
+        required: bool,
+        /// The socket's owner and mode (`uid=`, `gid=`, `mode=`; 0, 0, 0600).
+        owner: CacheOwner,
+    },
     /// Files from the context (`from: None`) or another stage, read-only unless `rw`.
     Bind {
         target: String,

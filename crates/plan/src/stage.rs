@@ -900,7 +900,7 @@ fn copy_op(
                 return Err(err_hint(
                     df,
                     s.loc,
-                    format!("{keyword} {v}: git over ssh needs --ssh, which memobuild does not support yet"),
+                    format!("{keyword} {v}: git over ssh is not supported yet (--ssh forwards agents to RUN --mount=type=ssh only)"),
                     "use the repository's https:// URL",
                 ));
             }
@@ -1210,6 +1210,7 @@ fn run_op(
             _ => {}
         }
     }
+    ssh_defaults(&mut mounts, &mut env);
     if let Some(script) = &spec.script {
         mounts.push(RunMount::File {
             target: format!("/dev/pipes/{}", script.name),
@@ -1256,6 +1257,28 @@ fn run_op(
         }),
         k,
     ))
+}
+
+/// BuildKit's defaults for ssh mounts (llb's ExecOp): the Nth one without
+/// `target=` is at `/run/buildkit/ssh_agent.N`, and the step's
+/// `SSH_AUTH_SOCK` is the first one's, unless its environment has one.
+fn ssh_defaults(mounts: &mut [RunMount], env: &mut Vec<String>) {
+    let mut first = None;
+    let ssh = mounts.iter_mut().filter_map(|m| match m {
+        RunMount::Ssh { target, .. } => Some(target),
+        _ => None,
+    });
+    for (n, target) in ssh.enumerate() {
+        if target.is_empty() {
+            *target = format!("/run/buildkit/ssh_agent.{n}");
+        }
+        first.get_or_insert_with(|| target.clone());
+    }
+    if let Some(first) = first {
+        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            env.push(format!("SSH_AUTH_SOCK={first}"));
+        }
+    }
 }
 
 /// Parses one `--mount=type=...,k=v,...` as BuildKit does.
@@ -1340,7 +1363,7 @@ fn parse_mount(
         ],
         "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
         "tmpfs" => &["target", "size"],
-        "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
+        "ssh" => &["target", "id", "required", "mode", "uid", "gid"],
         other => {
             return Err(bad(memobuild_dockerfile::suggest::with_suggestion(
                 format!("unsupported mount type {other:?}"),
@@ -1418,6 +1441,24 @@ fn parse_mount(
                 id,
                 required: truthy(fields.get("required")),
                 env,
+                owner,
+            })
+        }
+        "ssh" => {
+            let owner = mount_owner(&fields, "ssh", 0o600, &bad)?.unwrap_or(super::CacheOwner {
+                uid: 0,
+                gid: 0,
+                mode: 0o600,
+            });
+            Ok(RunMount::Ssh {
+                id: fields
+                    .get("id")
+                    .filter(|id| !id.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "default".to_string()),
+                // Empty: the default, set once the step's mounts are known.
+                target: target.unwrap_or_default(),
+                required: truthy(fields.get("required")),
                 owner,
             })
         }
@@ -1525,6 +1566,21 @@ fn mount_key(
                     }
                 };
                 st.files.insert(format!("secret:{id}"), shown);
+            }
+            // The mount, never which agent answers (as BuildKit).
+            RunMount::Ssh {
+                id,
+                target,
+                required,
+                owner,
+            } => {
+                k.str("ssh")
+                    .str(id)
+                    .str(target)
+                    .u64(u64::from(*required))
+                    .u64(owner.uid.into())
+                    .u64(owner.gid.into())
+                    .u64(owner.mode.into());
             }
             RunMount::File {
                 target,

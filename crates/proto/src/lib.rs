@@ -18,6 +18,7 @@
 pub mod handoff;
 pub mod paths;
 pub mod registry;
+pub mod sshfwd;
 mod states;
 pub mod wire;
 
@@ -313,7 +314,8 @@ pub struct DaemonInfo {
 /// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]),
 /// `local-cache` (the `cache_steps` and `import_cache_steps` calls),
 /// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections),
-/// and `check` (the `check` call).
+/// `check` (the `check` call), and `ssh` ([`BuildRequest::ssh`] and ssh
+/// forwarding connections, [`sshfwd`]).
 pub const FEATURES: &[&str] = &[
     FEATURE_BLOB_FDS,
     "annotations",
@@ -321,6 +323,7 @@ pub const FEATURES: &[&str] = &[
     "prune-until",
     "local-cache",
     "check",
+    sshfwd::FEATURE,
 ];
 
 /// BuildKit's entitlements: `network.host` lets `RUN --network=host` and
@@ -405,6 +408,10 @@ pub struct BuildRequest {
     /// --from` and `RUN --mount=from=` get for NAME.
     #[serde(default)]
     pub build_contexts: BTreeMap<String, String>,
+    /// `--ssh ID[=SOCKET|KEY,...]`: the agents the client forwards to `RUN
+    /// --mount=type=ssh` (see [`sshfwd`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshForward>,
     /// Whose rights the daemon reads the context, Dockerfile and ignore files
     /// with. Set by the daemon from the connection's peer credentials
     /// (SO_PEERCRED) for every request, whatever a client sends; `None` for
@@ -416,6 +423,14 @@ pub struct BuildRequest {
     /// daemon from the connection's peer credentials, whatever a client sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
+}
+
+/// The ssh agents a build may use: a forwarding session the client holds
+/// open for the build ([`sshfwd`]), and the ids it answers for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshForward {
+    pub token: String,
+    pub ids: Vec<String>,
 }
 
 /// A user's filesystem identity (see [`BuildRequest::read_as`]).
