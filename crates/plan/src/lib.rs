@@ -78,12 +78,22 @@ pub trait UrlSource {
     fn fetch(&self, url: &str) -> Result<Fetched, String>;
 
     /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
-    /// remote's HEAD when empty), checked out in a local directory, with
-    /// its `.git` when `keep_git_dir`.
-    fn git(&self, remote: &str, reference: &str, keep_git_dir: bool) -> Result<GitTree, String> {
-        let _ = (reference, keep_git_dir);
+    /// remote's HEAD when empty; otherwise a ref the remote has, as `git
+    /// ls-remote` matches it, or a full commit id), checked out in a local
+    /// directory as `options` say.
+    fn git(&self, remote: &str, reference: &str, options: GitOptions) -> Result<GitTree, String> {
+        let _ = (reference, options);
         Err(format!("{remote}: git repositories are not available here"))
     }
+}
+
+/// How a git repository is checked out for `ADD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GitOptions {
+    /// Keep `.git` (`--keep-git-dir`, `?keep-git-dir`).
+    pub keep_git_dir: bool,
+    /// Check out submodules, recursively (BuildKit's default; `?submodules=false`).
+    pub submodules: bool,
 }
 
 /// A checked-out git commit.

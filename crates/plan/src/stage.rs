@@ -985,11 +985,35 @@ fn copy_op(
     }
 
     let (source, root_patterns) = if let Some((repo, gloc)) = gits.first() {
-        let (remote, reference, subdir) = split_git_ref(repo);
+        let git_ref = memobuild_dockerfile::gitref::parse(repo)
+            .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
+        let (remote, reference, subdir) = (git_ref.remote, git_ref.reference, git_ref.subdir);
+        // BuildKit: the flag and the URL's query must agree.
+        if let (Some(f), Some(q)) = (spec.flag("keep-git-dir"), git_ref.keep_git_dir) {
+            if q != keep_git_dir {
+                return Err(err(df, f.loc, "inconsistent keep-git-dir configuration"));
+            }
+        }
+        let keep_git_dir = git_ref.keep_git_dir.unwrap_or(keep_git_dir);
+        let checksum = match (&checksum, git_ref.checksum) {
+            (Some(flag), Some(query)) if *flag != query => {
+                return Err(err(
+                    df,
+                    *gloc,
+                    format!("checksum mismatch {flag:?} != {query:?}"),
+                ))
+            }
+            (Some(flag), _) => Some(flag.clone()),
+            (None, query) => query,
+        };
+        let options = super::GitOptions {
+            keep_git_dir,
+            submodules: git_ref.submodules.unwrap_or(true),
+        };
         let tree = si
             .input
             .urls
-            .git(&remote, &reference, keep_git_dir)
+            .git(&remote, &reference, options)
             .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
         if let Some(sum) = &checksum {
             if !tree.commit.starts_with(sum.as_str()) {
@@ -1007,7 +1031,8 @@ fn copy_op(
         k.str("git")
             .str(&tree.commit)
             .str(&subdir)
-            .u64(u64::from(keep_git_dir));
+            .u64(u64::from(keep_git_dir))
+            .u64(u64::from(options.submodules));
         st.files
             .insert(remote.clone(), format!("git:{}", tree.commit));
         (CopySource::Git { tree, subdir }, Vec::new())
@@ -1646,18 +1671,6 @@ fn is_git_source(src: &str) -> bool {
     let without_ref = src.split('#').next().unwrap_or(src);
     let path = without_ref.split('?').next().unwrap_or(without_ref);
     path.trim_end_matches('/').ends_with(".git")
-}
-
-/// `REMOTE#REF:SUBDIR` (BuildKit's fragment): the remote, the ref (empty:
-/// the remote's HEAD) and the subdirectory (cleaned, empty for the root).
-fn split_git_ref(src: &str) -> (String, String, String) {
-    let (remote, fragment) = src.split_once('#').unwrap_or((src, ""));
-    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-    (
-        remote.to_string(),
-        reference.to_string(),
-        memobuild_rootpath::clean(subdir),
-    )
 }
 
 /// The file name an `ADD URL` writes: the URL path's last component, or
