@@ -1129,7 +1129,10 @@ fn copy_op(
         if sources.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
+        // Patterns were checked above; what --exclude leaves out is no input.
+        let excluded = memobuild_context::dockerignore::DockerIgnore::parse(&exclude.join("\n"))
+            .unwrap_or_else(|_| memobuild_context::dockerignore::DockerIgnore::empty());
+        let selection = hash_sources(&mut k, si.input, &index, &roots, &excluded).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 DockerfileError {
                     changed_during_build: true,
@@ -1642,7 +1645,8 @@ fn mount_key(
                         let roots = select::select(&index, source).map_err(|e| {
                             std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
                         })?;
-                        let selection = hash_sources(k, si.input, &index, &roots)?;
+                        let none = memobuild_context::dockerignore::DockerIgnore::empty();
+                        let selection = hash_sources(k, si.input, &index, &roots, &none)?;
                         st.partial |= selection.partial;
                         st.files.extend(selection.shown);
                     }
@@ -1784,16 +1788,52 @@ fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileErr
 /// (`shown`). The dirty re-plan after a save only needs the key plus the
 /// components of the paths that changed ([`PlanInput::focus`]), and gets the
 /// key from cached directory digests without visiting unchanged directories.
+///
+/// With `--exclude` patterns (`exclude` not empty), what they leave out of
+/// the copy is left out of the key too, as BuildKit's: an excluded root
+/// counts as `excluded`, and a directory root by its entries the copy takes
+/// (path, kind, mode, link target, content) instead of its Merkle digest.
 fn hash_sources(
     k: &mut KeyHasher,
     input: &PlanInput<'_>,
     index: &memobuild_context::ContextIndex,
     roots: &[memobuild_context::Selected],
+    exclude: &memobuild_context::dockerignore::DockerIgnore,
 ) -> std::io::Result<SelectionDigests> {
-    let selection = match input.focus {
+    let mut selection = match input.focus {
         None => flat_listing(index, roots, input.hashes)?,
         Some(paths) => focused_listing(index, roots, paths, input.hashes)?,
     };
+    if !exclude.is_empty() {
+        // Excluded files are no inputs `explain` shows either.
+        for root in roots {
+            let prefix_len = if root.rel.is_empty() {
+                0
+            } else {
+                root.rel.len() + 1
+            };
+            let gone: Vec<String> = if root.meta.kind == FileKind::Dir {
+                selection
+                    .shown
+                    .range(root.rel.clone()..)
+                    .take_while(|(p, _)| root.rel.is_empty() || p.starts_with(&root.rel))
+                    .filter(|(p, _)| {
+                        p.len() > prefix_len
+                            && (root.rel.is_empty() || p[root.rel.len()..].starts_with('/'))
+                            && exclude.is_excluded(&p[prefix_len..])
+                    })
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            } else if exclude.is_excluded(&root.name) {
+                vec![root.rel.clone()]
+            } else {
+                Vec::new()
+            };
+            for p in gone {
+                selection.shown.remove(&p);
+            }
+        }
+    }
     let file_digest =
         |path: &str, meta: &memobuild_context::FileMeta| match selection.files.get(path) {
             Some(digest) => Ok(*digest),
@@ -1805,11 +1845,40 @@ fn hash_sources(
     }
     for root in roots {
         let meta = &root.meta;
+        if !exclude.is_empty() && meta.kind != FileKind::Dir && exclude.is_excluded(&root.name) {
+            k.str("excluded");
+            continue;
+        }
         k.u64(kind_code(meta.kind))
             .u64(meta.mode as u64)
             .str(meta.link_target.as_deref().unwrap_or(""));
         match meta.kind {
             FileKind::File => k.field(&file_digest(&root.rel, meta)?),
+            FileKind::Dir if !exclude.is_empty() => {
+                let prefix_len = if root.rel.is_empty() {
+                    0
+                } else {
+                    root.rel.len() + 1
+                };
+                let mut h = blake3::Hasher::new();
+                for (path, m) in index.below(&root.rel) {
+                    let rel = &path[prefix_len..];
+                    if exclude.is_excluded(rel) {
+                        continue;
+                    }
+                    h.update(rel.as_bytes()).update(&[0]);
+                    h.update(&kind_code(m.kind).to_le_bytes());
+                    h.update(&u64::from(m.mode).to_le_bytes());
+                    h.update(m.link_target.as_deref().unwrap_or("").as_bytes())
+                        .update(&[0]);
+                    match m.kind {
+                        FileKind::File => h.update(&file_digest(path, m)?),
+                        FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(path)),
+                        _ => h.update(&[0; 32]),
+                    };
+                }
+                k.str("excluding").field(h.finalize().as_bytes())
+            }
             FileKind::Dir => k.field(&input.merkle.digest(index, &root.rel, &file_digest)?),
             FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(&root.rel)),
             _ => k.field(&[]),
