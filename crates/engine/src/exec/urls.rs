@@ -66,6 +66,7 @@ impl Downloads {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok());
                 if head.status().is_success() && now == Some(etag.as_str()) {
+                    touch(&k.fetched.path);
                     return Ok(k.fetched);
                 }
             }
@@ -232,6 +233,8 @@ impl Downloads {
             }
         );
         let dir = self.dir.join(name);
+        // Used again: `prune --filter until=` keeps it.
+        touch(&dir);
         if !dir.is_dir() {
             git(
                 &home,
@@ -257,6 +260,13 @@ impl Downloads {
             }
         }
         Ok(memobuild_plan::GitTree { dir, commit })
+    }
+}
+
+/// Marks a download as used now (its mtime), for `prune --filter until=`.
+fn touch(path: &std::path::Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
     }
 }
 
