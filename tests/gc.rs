@@ -453,20 +453,20 @@ fn prune_and_max_storage_drop_downloads() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = out_dir.path().join("img.tar");
     build_and_check(&d, ctx.path(), &out, "big.bin", &body);
-    assert_eq!(downloads(&d), [sha.clone()]);
+    assert_eq!(downloads(&d), std::slice::from_ref(&sha));
     // Reused (same ETag) by the next build, which marks it used.
     build_and_check(&d, ctx.path(), &out, "big.bin", &body);
     assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 1);
     // Used within the last hour: kept.
     d.ctl_json(&["prune", "--filter", "until=1h"]);
-    assert_eq!(downloads(&d), [sha.clone()]);
+    assert_eq!(downloads(&d), std::slice::from_ref(&sha));
     let pruned = d.ctl_json(&["prune"]);
     assert_eq!(downloads(&d), Vec::<String>::new());
     assert!(n(&pruned["bytes_freed"]) >= 600 * KB, "{pruned:#}");
     // The next build downloads it again.
     build_and_check(&d, ctx.path(), &out, "big.bin", &body);
     assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 2);
-    assert_eq!(downloads(&d), [sha.clone()]);
+    assert_eq!(downloads(&d), std::slice::from_ref(&sha));
     drop(d);
 
     // Above max-storage after a build, downloads go.
