@@ -2608,6 +2608,34 @@ RUN --mount=type=secret,id=mysecret,target=/run/secrets/secret,env=SECRET_ENV [ 
 }
 
 // ---------------------------------------------------------------------------
+// dockerfile_ssh_test.go
+
+/// testSSHSocketParams: `mode=`, `uid=`, `gid=` on the agent socket, which
+/// the step finds at `$SSH_AUTH_SOCK`. The Go test forwards a generated RSA
+/// key (an in-process agent); `--ssh default=KEYFILE` loads it into a private
+/// `ssh-agent`. Not in the Go test: the socket leaves no stub in the layer.
+#[test]
+fn test_ssh_socket_params() {
+    let bk = Bk::start();
+    let ctx = Ctx::new(
+        r#"
+FROM busybox
+RUN --mount=type=ssh,mode=741,uid=100,gid=102 [ "$(stat -c "%u %g %f" $SSH_AUTH_SOCK)" = "100 102 c1e1" ]
+RUN [ ! -e /run/buildkit/ssh_agent.0 ]
+"#,
+    );
+    let key = bk.work.path().join("key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(made.status.success(), "{made:?}");
+    let ssh = format!("default={}", key.display());
+    bk.ok(&ctx, &["--ssh", &ssh]);
+}
+
+// ---------------------------------------------------------------------------
 // dockerfile_parents_test.go
 
 /// testCopyParents: `COPY --parents` keeps the sources' paths (from the
@@ -3861,4 +3889,329 @@ fn test_workdir_source_date_epoch_reproducible() {
     let second = bk.ok(&ctx, &build_args(&[epoch]));
     assert_eq!(oci_manifest(&first.archive), oci_manifest(&second.archive));
     assert_eq!(layer_mtime(&second.archive, "mydir"), Some(1673364896));
+}
+
+/// Builds `context` (a directory or a git URL) for `target` into an OCI
+/// archive: the image, or the error as a user reads it (message, hint,
+/// stderr).
+fn build_context(bk: &Bk, context: &str, target: &str) -> Result<Image, String> {
+    bk.n.set(bk.n.get() + 1);
+    let archive = bk.work.path().join(format!("out-{}.tar", bk.n.get()));
+    let dest = format!("type=oci,dest={}", archive.display());
+    let mut args = vec!["-o", dest.as_str()];
+    if !target.is_empty() {
+        args.extend(["--target", target]);
+    }
+    let out = bk.d.build(Path::new(context), &args);
+    if out.success {
+        return Ok(Image::open(&archive));
+    }
+    let message = out
+        .events
+        .iter()
+        .find(|e| e["event"] == "failed")
+        .map(|e| {
+            format!(
+                "{}\n{}",
+                e["error"]["message"].as_str().unwrap_or(""),
+                e["error"]["hint"].as_str().unwrap_or("")
+            )
+        })
+        .unwrap_or_default();
+    Err(format!("{message}\n{}", out.stderr))
+}
+
+/// testGitQueryString: the query form of git URLs (`?ref=`, `?branch=`,
+/// `?tag=`, `?commit=`, `?subdir=`, `?keep-git-dir`, `?submodules`), with
+/// the old `#REF:DIR` form and its conflicts, as the build context (the
+/// client fetches it) and in `ADD`; a submodule served by a second server
+/// is checked out unless `submodules=false`. Where the Go test expects
+/// BuildKit's `".git/HEAD": not found` for a file the context lacks,
+/// memobuild's text is `".git/HEAD" not found in the build context` (so
+/// the path and "not found" are checked).
+#[test]
+fn test_git_query_string() {
+    let bk = Bk::start();
+    let submod = tempfile::tempdir().expect("tempdir");
+    run_shell(
+        submod.path(),
+        &[
+            "git init",
+            "git config --local user.email test",
+            "git config --local user.name test",
+            "echo 123 >file",
+            "git add file",
+            "git commit -m initial",
+            "git update-server-info",
+        ],
+    );
+    let submod_server = HttpServer::serve_dir(submod.path());
+    let repo = tempfile::tempdir().expect("tempdir");
+    run_shell(
+        repo.path(),
+        &[
+            "git init",
+            "git config --local user.email test",
+            "git config --local user.name test",
+            "echo base >foo",
+        ],
+    );
+    std::fs::write(
+        repo.path().join("Dockerfile"),
+        "\nFROM scratch AS withgit\nCOPY .git/HEAD out\n\nFROM scratch as withsubmod\nCOPY submod/file out\n\nFROM scratch\nCOPY foo out\n",
+    )
+    .expect("write Dockerfile");
+    let add_submodule = format!("git submodule add {}/.git submod", submod_server.url);
+    run_shell(
+        repo.path(),
+        &[
+            &add_submodule,
+            "git add Dockerfile foo submod",
+            "git commit -m initial",
+            "git tag v0.0.1",
+            "git branch base",
+            "echo feature >foo",
+            "mkdir sub",
+            "echo subfeature >sub/foo",
+            "cp Dockerfile sub/",
+            "git add foo sub",
+            "git commit -m feature",
+            "git branch feature",
+            "git checkout -B master base",
+            "echo v0.0.2 >foo",
+            "git add foo",
+            "git commit -m v0.0.2",
+            "git tag v0.0.2",
+            "echo latest >foo",
+            "git add foo",
+            "git commit -m latest",
+            "git tag latest",
+            "git update-server-info",
+        ],
+    );
+    let v2 = git_rev(repo.path(), "v0.0.2");
+    let latest = git_rev(repo.path(), "latest");
+    assert_eq!(v2.len(), 40);
+    assert_ne!(v2, latest);
+    let server = HttpServer::serve_dir(repo.path());
+    let u = format!("{}/.git", server.url);
+    // (name, url, target, expected out, expected error parts)
+    let cases: Vec<(&str, String, &str, String, Vec<&str>)> = vec![
+        (
+            "tag with invalid commit",
+            format!("{u}?tag=v0.0.2&commit={latest}"),
+            "",
+            String::new(),
+            vec!["expected checksum to match"],
+        ),
+        (
+            "old style ref",
+            format!("{u}#v0.0.2"),
+            "",
+            "v0.0.2\n".into(),
+            vec![],
+        ),
+        (
+            "querystring ref",
+            format!("{u}?ref=base"),
+            "",
+            "base\n".into(),
+            vec![],
+        ),
+        (
+            "querystring branch",
+            format!("{u}?branch=base"),
+            "",
+            "base\n".into(),
+            vec![],
+        ),
+        (
+            "querystring invalid branch",
+            format!("{u}?branch=invalid"),
+            "",
+            String::new(),
+            vec!["repository does not contain ref"],
+        ),
+        (
+            "tag as branch",
+            format!("{u}?branch=v0.0.2"),
+            "",
+            String::new(),
+            vec!["repository does not contain ref"],
+        ),
+        (
+            "allowed mixed refs",
+            format!("{u}?tag=v0.0.2#refs/tags/v0.0.2"),
+            "",
+            "v0.0.2\n".into(),
+            vec![],
+        ),
+        (
+            "v2 by commit",
+            format!("{u}?commit={latest}"),
+            "",
+            "latest\n".into(),
+            vec![],
+        ),
+        (
+            "v2 by commit (wrong short)",
+            format!("{u}?commit={}", &v2[..8]),
+            "",
+            String::new(),
+            vec!["expected checksum to match"],
+        ),
+        (
+            "v2 by commit (short)",
+            format!("{u}?commit={}", &latest[..8]),
+            "",
+            "latest\n".into(),
+            vec![],
+        ),
+        (
+            "v2 ref by commit",
+            format!("{u}?ref={v2}"),
+            "",
+            "v0.0.2\n".into(),
+            vec![],
+        ),
+        (
+            "v2 ref by commit (short)",
+            format!("{u}?ref={}", &v2[..8]),
+            "",
+            String::new(),
+            vec!["repository does not contain ref"],
+        ),
+        (
+            "tag with commit",
+            format!("{u}?tag=v0.0.2&commit={v2}"),
+            "",
+            "v0.0.2\n".into(),
+            vec![],
+        ),
+        (
+            "commit with commit",
+            format!("{u}?ref={v2}&commit={v2}"),
+            "",
+            "v0.0.2\n".into(),
+            vec![],
+        ),
+        (
+            "latest with commit",
+            format!("{u}?commit={latest}"),
+            "",
+            "latest\n".into(),
+            vec![],
+        ),
+        (
+            "mismatch refs",
+            format!("{u}?tag=v0.0.2#refs/heads/master"),
+            "",
+            String::new(),
+            vec!["ref conflicts"],
+        ),
+        (
+            "sub old-style",
+            format!("{u}#feature:sub"),
+            "",
+            "subfeature\n".into(),
+            vec![],
+        ),
+        (
+            "sub query",
+            format!("{u}?subdir=sub&ref=feature"),
+            "",
+            "subfeature\n".into(),
+            vec![],
+        ),
+        (
+            "withgit",
+            format!("{u}?keep-git-dir=true"),
+            "withgit",
+            format!("{latest}\n"),
+            vec![],
+        ),
+        (
+            "withgitandtag",
+            format!("{u}?tag=v0.0.2&keep-git-dir=true"),
+            "withgit",
+            format!("{v2}\n"),
+            vec![],
+        ),
+        (
+            "withgit-default",
+            u.clone(),
+            "withgit",
+            String::new(),
+            vec![".git/HEAD\"", "not found"],
+        ),
+        (
+            "withgit-valueless",
+            format!("{u}?keep-git-dir&submodules"),
+            "withgit",
+            format!("{latest}\n"),
+            vec![],
+        ),
+        (
+            "withgit-forbidden",
+            format!("{u}?keep-git-dir=false"),
+            "withgit",
+            String::new(),
+            vec![".git/HEAD\"", "not found"],
+        ),
+        (
+            "withsubmod",
+            u.clone(),
+            "withsubmod",
+            "123\n".into(),
+            vec![],
+        ),
+        (
+            "withsubmodset",
+            format!("{u}?submodules=true"),
+            "withsubmod",
+            "123\n".into(),
+            vec![],
+        ),
+        (
+            "withsubmodempty",
+            format!("{u}?submodules"),
+            "withsubmod",
+            "123\n".into(),
+            vec![],
+        ),
+        (
+            "withoutsubmod",
+            format!("{u}?submodules=false"),
+            "withsubmod",
+            String::new(),
+            vec!["submod/file\"", "not found"],
+        ),
+    ];
+    let check = |what: &str, result: Result<Image, String>, path: &str, out: &str, err: &[&str]| {
+        match result {
+            Ok(image) if err.is_empty() => {
+                assert_eq!(image.read(path), out, "{what}");
+            }
+            Ok(_) => panic!("{what}: the build succeeded; BuildKit fails it with {err:?}"),
+            Err(text) if err.is_empty() => {
+                panic!("{what}: the build failed:\n{text}\n{}", bk.d.log())
+            }
+            Err(text) => {
+                for e in err {
+                    assert!(text.contains(e), "{what}: expected {e:?} in:\n{text}");
+                }
+            }
+        }
+    };
+    for (name, url, target, out, err) in &cases {
+        let result = build_context(&bk, url, target);
+        check(&format!("context_{name}"), result, "/out", out, err);
+    }
+    for (name, url, target, out, err) in &cases {
+        let ctx = Ctx::new(&format!(
+            "\nFROM scratch AS main\nADD {url} /repo/\n\nFROM scratch as withsubmod\nCOPY --from=main /repo/submod/file /repo/foo\n\nFROM scratch AS withgit\nCOPY --from=main /repo/.git/HEAD /repo/foo\n\nFROM main\n\t\t"
+        ));
+        let result = build_context(&bk, &ctx.path().display().to_string(), target);
+        check(&format!("add_{name}"), result, "/repo/foo", out, err);
+    }
 }

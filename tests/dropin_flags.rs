@@ -234,12 +234,13 @@ fn a_git_url_context_builds_the_ref_and_directory_it_names() {
         std::fs::read_to_string(main.join("ctx/version.txt")).unwrap(),
         "two\n"
     );
-    // A ref that does not exist: git's words, and a hint.
+    // A ref that does not exist: BuildKit's words, and a hint.
     let o = d.ctl(&["build", &format!("{}#nope", server.url("repo.git"))]);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        stderr.contains("git context: fetching nope from"),
+        stderr.contains("git context: repository does not contain ref nope")
+            && stderr.contains("hint: "),
         "{stderr}"
     );
     // A remote tarball is refused by name.

@@ -382,3 +382,108 @@ fn prune_drops_unpacked_layer_chains_no_image_needs() {
     assert_eq!(oci_file(&out, "/b").unwrap(), b"y\n");
     d.assert_store_consistent();
 }
+
+/// Serves `body` for every GET (and HEAD) with a fixed ETag, on 127.0.0.1;
+/// counts the GETs.
+fn serve_bytes(body: Vec<u8>) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/big.bin", listener.local_addr().unwrap());
+    let gets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = gets.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                    break;
+                }
+            }
+            let head = request.starts_with("HEAD");
+            if !head {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            if !head {
+                let _ = conn.write_all(&body);
+            }
+        }
+    });
+    (url, gets)
+}
+
+/// What `DATA/downloads` holds (names), temporary entries aside.
+fn downloads(d: &Daemon) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(d.data.join("downloads"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `ADD https://...` downloads into `DATA/downloads`; an admin's `prune`
+/// drops them (`--filter until=` keeps those used since), a user's build
+/// downloads again afterwards, and `max-storage` drops them after a build.
+#[test]
+fn prune_and_max_storage_drop_downloads() {
+    use sha2::Digest;
+    let mut rng = Rng::from_time();
+    let body = rng.bytes(600 * KB as usize);
+    let sha = hex::encode(sha2::Sha256::digest(&body));
+    let (url, gets) = serve_bytes(body.clone());
+    let d = Daemon::start();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM scratch\nADD {url} /big.bin\n"),
+    )
+    .unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("img.tar");
+    build_and_check(&d, ctx.path(), &out, "big.bin", &body);
+    assert_eq!(downloads(&d), std::slice::from_ref(&sha));
+    // Reused (same ETag) by the next build, which marks it used.
+    build_and_check(&d, ctx.path(), &out, "big.bin", &body);
+    assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Used within the last hour: kept.
+    d.ctl_json(&["prune", "--filter", "until=1h"]);
+    assert_eq!(downloads(&d), std::slice::from_ref(&sha));
+    let pruned = d.ctl_json(&["prune"]);
+    assert_eq!(downloads(&d), Vec::<String>::new());
+    assert!(n(&pruned["bytes_freed"]) >= 600 * KB, "{pruned:#}");
+    // The next build downloads it again.
+    build_and_check(&d, ctx.path(), &out, "big.bin", &body);
+    assert_eq!(gets.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(downloads(&d), std::slice::from_ref(&sha));
+    drop(d);
+
+    // Above max-storage after a build, downloads go.
+    let d = Daemon::start_with(&["--max-storage", "1m"]);
+    build_and_check(&d, ctx.path(), &out, "big.bin", &body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !downloads(&d).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "downloads stayed above max-storage: {:?}\n{}",
+            downloads(&d),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.assert_store_consistent();
+}

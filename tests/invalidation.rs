@@ -235,3 +235,59 @@ fn a_retagged_base_image_rebuilds_its_children() {
     );
     assert_eq!(second.executed(), steps(&["LABEL child=yes"]));
 }
+
+/// `COPY --exclude`: what the patterns leave out is no input of the step
+/// (as BuildKit): editing an excluded file keeps the COPY cached (and the
+/// image the same), editing a copied one re-runs it. Both a directory
+/// source (its excluded entries) and a file source excluded by name.
+#[test]
+fn an_excluded_file_is_no_input_of_its_copy() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dir_copy = "COPY --exclude=*.log --exclude=sub/*.log app /app";
+    let file_copy = "COPY --exclude=*.log top.txt root.log /top/";
+    write_files(
+        dir.path(),
+        &[
+            (
+                "Dockerfile",
+                &format!("FROM scratch\n{dir_copy}\n{file_copy}\n"),
+            ),
+            ("app/keep.txt", "keep"),
+            ("app/skip.log", "skip"),
+            ("app/sub/more.log", "more"),
+            ("app/sub/kept.txt", "kept"),
+            ("top.txt", "top"),
+            ("root.log", "root"),
+        ],
+    );
+    let first = d.build_ok(dir.path(), &[]);
+    assert_eq!(first.executed(), steps(&[dir_copy, file_copy]));
+    for (path, text) in [
+        ("app/skip.log", "skip, edited"),
+        ("app/sub/more.log", "more, edited"),
+        ("root.log", "root, edited"),
+    ] {
+        std::fs::write(dir.path().join(path), text).unwrap();
+    }
+    // A new excluded file too.
+    std::fs::write(dir.path().join("app/new.log"), "new").unwrap();
+    let second = d.build_ok(dir.path(), &[]);
+    assert_eq!(second.executed(), Vec::<String>::new(), "{}", second.text());
+    assert_eq!(second.cached(), steps(&[dir_copy, file_copy]));
+    assert_eq!(second.manifest_digest(), first.manifest_digest());
+    // A copied file below the directory: that COPY runs again (and the
+    // one after it, its child).
+    std::fs::write(dir.path().join("app/sub/kept.txt"), "kept, edited").unwrap();
+    let third = d.build_ok(dir.path(), &[]);
+    assert_eq!(
+        third.executed(),
+        steps(&[dir_copy, file_copy]),
+        "{}",
+        third.text()
+    );
+    // The copied file source.
+    std::fs::write(dir.path().join("top.txt"), "top, edited").unwrap();
+    let fourth = d.build_ok(dir.path(), &[]);
+    assert_eq!(fourth.executed(), steps(&[file_copy]), "{}", fourth.text());
+}

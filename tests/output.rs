@@ -471,7 +471,7 @@ fn progress_modes_and_unsupported_flags_say_what_they_do() {
     for flag in [
         &["--squash"][..],
         &["--isolation=default"],
-        &["--ssh", "default"],
+        &["--security-opt", "seccomp=unconfined"],
     ] {
         let mut args = vec!["build"];
         args.extend_from_slice(flag);

@@ -28,7 +28,6 @@ const DOCKER_BUILD_FLAGS: &[&str] = &[
     "--sbom",
     "--security-opt",
     "--squash",
-    "--ssh",
 ];
 
 /// Why memobuild-ctl does not take `flag`, and what to do instead: (why, hint).

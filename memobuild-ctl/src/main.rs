@@ -21,6 +21,7 @@ mod output;
 mod progress;
 mod registry;
 mod rootfs;
+mod ssh;
 mod stdin;
 mod steplabel;
 mod tty;
@@ -255,6 +256,10 @@ struct BuildArgs {
     /// Secret for RUN --mount=type=secret: id=ID,src=FILE (or id=ID,env=VAR)
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
+    /// ssh agent for RUN --mount=type=ssh: default (the agent at $SSH_AUTH_SOCK),
+    /// ID (the same under another id), ID=SOCKET, or ID=KEYFILE[,KEYFILE...]
+    #[arg(long = "ssh", value_name = "SPEC")]
+    ssh: Vec<String>,
     /// Memory limit of each RUN step, e.g. 512m or 2g
     #[arg(short = 'm', long, value_name = "SIZE", value_parser = memobuild_proto::parse_size)]
     memory: Option<u64>,
@@ -757,6 +762,9 @@ async fn run_build(
     if request.inline_cache {
         needed.push(("inline-cache", "--cache-to type=inline"));
     }
+    if !args.ssh.is_empty() {
+        needed.push((memobuild_proto::sshfwd::FEATURE, "--ssh"));
+    }
     if let Err(error) = connect::require_features(client, &needed).await {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),
@@ -764,6 +772,24 @@ async fn run_build(
         });
         return Err(error);
     }
+    // Held open until the build ends: the daemon asks it for agent connections.
+    let _ssh = if args.ssh.is_empty() {
+        None
+    } else {
+        match ssh::forward(socket, &args.ssh) {
+            Ok((forward, session)) => {
+                request.ssh = Some(forward);
+                Some(session)
+            }
+            Err(error) => {
+                printer.event(&BuildEvent::Failed {
+                    error: error.clone(),
+                    failure: None,
+                });
+                return Err(error);
+            }
+        }
+    };
     let made = match dropin::local_contexts(client, &mut request, |l| printer.note(l)).await {
         Ok(made) => made,
         Err(error) => {

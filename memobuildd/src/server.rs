@@ -70,10 +70,14 @@ pub async fn serve(
                     return crate::access::refuse(transport, message).await;
                 }
             };
-            // A blob handoff (docs in memobuild_proto::handoff) or tarpc.
+            // A blob handoff (docs in memobuild_proto::handoff), an ssh
+            // forwarding session (memobuild_proto::sshfwd) or tarpc.
             match crate::handoff::first_byte(&conn).await {
                 Ok(Some(b)) if b == memobuild_proto::handoff::MAGIC[0] => {
                     return crate::handoff::serve(conn, peer.uid, server.handoffs.clone()).await;
+                }
+                Ok(Some(b)) if b == memobuild_proto::sshfwd::MAGIC[0] => {
+                    return server.engine.serve_ssh_session(conn, peer.uid).await;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,

@@ -9,6 +9,7 @@
 #![warn(unreachable_pub)]
 
 pub mod expand;
+pub mod gitref;
 mod heredoc;
 pub mod lint;
 pub mod suggest;

@@ -57,6 +57,7 @@ impl Engine {
                 "use --network default, none or host (RUN steps have no other networks)",
             ));
         }
+        self.ssh.check(request)?;
         for name in request.ulimits.keys() {
             if !memobuild_proto::ULIMITS.iter().any(|(n, _)| n == name) {
                 return Err(RpcError::with_hint(

@@ -250,6 +250,68 @@ pub(crate) fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, S
     Ok(report)
 }
 
+/// Temporary entries in `downloads/` younger than this are a download or
+/// clone in progress (a dirty check's, which no pin covers) and stay.
+const DOWNLOAD_TEMP_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes what `ADD https://...` and `ADD REPO.git` left in `DATA/downloads`
+/// (downloads by SHA-256, checkouts `git-COMMIT...`): a cache a later build
+/// fills again from the network. Only while no build runs (the pins' lock is
+/// held throughout, so none starts meanwhile): a running build may have
+/// planned with a download its COPY has yet to read. With `unused_for_secs`,
+/// only entries not used within it (a reuse sets an entry's mtime). Returns
+/// (entries removed, bytes freed); `None` when a build runs. Blocking.
+pub(crate) fn prune_downloads(store: &Store, unused_for_secs: Option<u64>) -> Option<(u64, u64)> {
+    let pins = store.pins();
+    if pins.running_builds() > 0 {
+        return None;
+    }
+    let dir = store.root().join("downloads");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Some((0, 0));
+    };
+    let now = SystemTime::now();
+    let older_than = |modified: SystemTime, secs: u64| {
+        now.duration_since(modified)
+            .is_ok_and(|age| age.as_secs() >= secs)
+    };
+    let (mut removed, mut freed) = (0, 0);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let modified = meta.modified().unwrap_or(now);
+        let temp = entry.file_name().to_string_lossy().starts_with(".tmp");
+        if temp && !older_than(modified, DOWNLOAD_TEMP_GRACE.as_secs()) {
+            continue;
+        }
+        if unused_for_secs.is_some_and(|secs| !older_than(modified, secs)) {
+            continue;
+        }
+        let bytes = dir_bytes(&path);
+        let gone = if meta.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match gone {
+            Ok(()) => {
+                removed += 1;
+                freed += bytes;
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a download")
+            }
+        }
+    }
+    drop(pins);
+    if removed > 0 {
+        tracing::info!(entries = removed, freed, "garbage collection of downloads");
+    }
+    Some((removed, freed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

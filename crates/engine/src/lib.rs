@@ -30,6 +30,7 @@ mod owner;
 mod project;
 mod registry_hooks;
 mod secret_ids;
+mod ssh_agents;
 mod tidy;
 mod verify;
 

@@ -125,9 +125,15 @@ fn stage_epoch(
         ));
     };
     if stage::is_git_source(&src) {
-        let (remote, reference, _) = stage::split_git_ref(&src);
+        let git = memobuild_dockerfile::gitref::parse(&src)
+            .map_err(|e| fail(&format!("SOURCE_DATE_EPOCH stage: {src}: {e}")))?;
+        // The commit time is read from `.git`; submodules do not change it.
+        let options = crate::GitOptions {
+            keep_git_dir: true,
+            submodules: false,
+        };
         let tree = urls
-            .git(&remote, &reference, true)
+            .git(&git.remote, &git.reference, options)
             .map_err(|e| fail(&format!("SOURCE_DATE_EPOCH stage: {src}: {e}")))?;
         if let Some(want) = checksum.filter(|c| !tree.commit.starts_with(c.as_str())) {
             return Err(fail(&format!(

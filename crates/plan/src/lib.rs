@@ -98,12 +98,22 @@ pub trait UrlSource {
     }
 
     /// `ADD REMOTE#REF`: the tree of the commit `reference` names (the
-    /// remote's HEAD when empty), checked out in a local directory, with
-    /// its `.git` when `keep_git_dir`.
-    fn git(&self, remote: &str, reference: &str, keep_git_dir: bool) -> Result<GitTree, String> {
-        let _ = (reference, keep_git_dir);
+    /// remote's HEAD when empty; otherwise a ref the remote has, as `git
+    /// ls-remote` matches it, or a full commit id), checked out in a local
+    /// directory as `options` say.
+    fn git(&self, remote: &str, reference: &str, options: GitOptions) -> Result<GitTree, String> {
+        let _ = (reference, options);
         Err(format!("{remote}: git repositories are not available here"))
     }
+}
+
+/// How a git repository is checked out for `ADD`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GitOptions {
+    /// Keep `.git` (`--keep-git-dir`, `?keep-git-dir`).
+    pub keep_git_dir: bool,
+    /// Check out submodules, recursively (BuildKit's default; `?submodules=false`).
+    pub submodules: bool,
 }
 
 /// A checked-out git commit.
@@ -369,6 +379,20 @@ pub enum RunMount {
         /// `uid=`, `gid=`, `mode=`: the file's owner and mode (0, 0, 0400 for
         /// those not given); without them, the step's user and 0400.
         owner: Option<CacheOwner>,
+    },
+    /// A socket forwarding to the client's ssh agent `id` (`build --ssh`),
+    /// present only during the step; never in a key (BuildKit's `type=ssh`).
+    Ssh {
+        /// `id=`, else `default`.
+        id: String,
+        /// `target=`, else `/run/buildkit/ssh_agent.N` (N counts the step's
+        /// ssh mounts from 0).
+        target: String,
+        /// `required=true`: the step fails when the client forwards no `id`;
+        /// otherwise it runs without the socket.
+        required: bool,
+        /// The socket's owner and mode (`uid=`, `gid=`, `mode=`; 0, 0, 0600).
+        owner: CacheOwner,
     },
     /// Files from the context (`from: None`) or another stage, read-only unless `rw`.
     Bind {

@@ -1045,7 +1045,7 @@ fn copy_op(
                 return Err(err_hint(
                     df,
                     s.loc,
-                    format!("{keyword} {v}: git over ssh needs --ssh, which memobuild does not support yet"),
+                    format!("{keyword} {v}: git over ssh is not supported yet (--ssh forwards agents to RUN --mount=type=ssh only)"),
                     "use the repository's https:// URL",
                 ));
             }
@@ -1131,11 +1131,35 @@ fn copy_op(
     }
 
     let (source, root_patterns) = if let Some((repo, gloc)) = gits.first() {
-        let (remote, reference, subdir) = split_git_ref(repo);
+        let git_ref = memobuild_dockerfile::gitref::parse(repo)
+            .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
+        let (remote, reference, subdir) = (git_ref.remote, git_ref.reference, git_ref.subdir);
+        // BuildKit: the flag and the URL's query must agree.
+        if let (Some(f), Some(q)) = (spec.flag("keep-git-dir"), git_ref.keep_git_dir) {
+            if q != keep_git_dir {
+                return Err(err(df, f.loc, "inconsistent keep-git-dir configuration"));
+            }
+        }
+        let keep_git_dir = git_ref.keep_git_dir.unwrap_or(keep_git_dir);
+        let checksum = match (&checksum, git_ref.checksum) {
+            (Some(flag), Some(query)) if *flag != query => {
+                return Err(err(
+                    df,
+                    *gloc,
+                    format!("checksum mismatch {flag:?} != {query:?}"),
+                ))
+            }
+            (Some(flag), _) => Some(flag.clone()),
+            (None, query) => query,
+        };
+        let options = super::GitOptions {
+            keep_git_dir,
+            submodules: git_ref.submodules.unwrap_or(true),
+        };
         let tree = si
             .input
             .urls
-            .git(&remote, &reference, keep_git_dir)
+            .git(&remote, &reference, options)
             .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
         if let Some(sum) = &checksum {
             if !tree.commit.starts_with(sum.as_str()) {
@@ -1153,7 +1177,8 @@ fn copy_op(
         k.str("git")
             .str(&tree.commit)
             .str(&subdir)
-            .u64(u64::from(keep_git_dir));
+            .u64(u64::from(keep_git_dir))
+            .u64(u64::from(options.submodules));
         st.files
             .insert(remote.clone(), format!("git:{}", tree.commit));
         (CopySource::Git { tree, subdir }, Vec::new())
@@ -1250,7 +1275,10 @@ fn copy_op(
         if sources.len() + inline.len() > 1 && !dest_is_dir {
             return Err(multi_source_error(df, keyword, spec.dest.loc));
         }
-        let selection = hash_sources(&mut k, si.input, &index, &roots).map_err(|e| {
+        // Patterns were checked above; what --exclude leaves out is no input.
+        let excluded = memobuild_context::dockerignore::DockerIgnore::parse(&exclude.join("\n"))
+            .unwrap_or_else(|_| memobuild_context::dockerignore::DockerIgnore::empty());
+        let selection = hash_sources(&mut k, si.input, &index, &roots, &excluded).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 DockerfileError {
                     changed_during_build: true,
@@ -1372,6 +1400,7 @@ fn run_op(
             _ => {}
         }
     }
+    ssh_defaults(&mut mounts, &mut env);
     if let Some(script) = &spec.script {
         mounts.push(RunMount::File {
             target: format!("/dev/pipes/{}", script.name),
@@ -1418,6 +1447,28 @@ fn run_op(
         }),
         k,
     ))
+}
+
+/// BuildKit's defaults for ssh mounts (llb's ExecOp): the Nth one without
+/// `target=` is at `/run/buildkit/ssh_agent.N`, and the step's
+/// `SSH_AUTH_SOCK` is the first one's, unless its environment has one.
+fn ssh_defaults(mounts: &mut [RunMount], env: &mut Vec<String>) {
+    let mut first = None;
+    let ssh = mounts.iter_mut().filter_map(|m| match m {
+        RunMount::Ssh { target, .. } => Some(target),
+        _ => None,
+    });
+    for (n, target) in ssh.enumerate() {
+        if target.is_empty() {
+            *target = format!("/run/buildkit/ssh_agent.{n}");
+        }
+        first.get_or_insert_with(|| target.clone());
+    }
+    if let Some(first) = first {
+        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            env.push(format!("SSH_AUTH_SOCK={first}"));
+        }
+    }
 }
 
 /// Parses one `--mount=type=...,k=v,...` as BuildKit does.
@@ -1502,7 +1553,7 @@ fn parse_mount(
         ],
         "bind" => &["target", "source", "from", "rw", "readwrite", "readonly"],
         "tmpfs" => &["target", "size"],
-        "ssh" => return Err(bad("RUN --mount=type=ssh is not supported".into())),
+        "ssh" => &["target", "id", "required", "mode", "uid", "gid"],
         other => {
             return Err(bad(memobuild_dockerfile::suggest::with_suggestion(
                 format!("unsupported mount type {other:?}"),
@@ -1580,6 +1631,24 @@ fn parse_mount(
                 id,
                 required: truthy(fields.get("required")),
                 env,
+                owner,
+            })
+        }
+        "ssh" => {
+            let owner = mount_owner(&fields, "ssh", 0o600, &bad)?.unwrap_or(super::CacheOwner {
+                uid: 0,
+                gid: 0,
+                mode: 0o600,
+            });
+            Ok(RunMount::Ssh {
+                id: fields
+                    .get("id")
+                    .filter(|id| !id.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "default".to_string()),
+                // Empty: the default, set once the step's mounts are known.
+                target: target.unwrap_or_default(),
+                required: truthy(fields.get("required")),
                 owner,
             })
         }
@@ -1688,6 +1757,21 @@ fn mount_key(
                 };
                 st.files.insert(format!("secret:{id}"), shown);
             }
+            // The mount, never which agent answers (as BuildKit).
+            RunMount::Ssh {
+                id,
+                target,
+                required,
+                owner,
+            } => {
+                k.str("ssh")
+                    .str(id)
+                    .str(target)
+                    .u64(u64::from(*required))
+                    .u64(owner.uid.into())
+                    .u64(owner.gid.into())
+                    .u64(owner.mode.into());
+            }
             RunMount::File {
                 target,
                 content,
@@ -1723,7 +1807,8 @@ fn mount_key(
                         let roots = select::select(&index, source).map_err(|e| {
                             std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string())
                         })?;
-                        let selection = hash_sources(k, si.input, &index, &roots)?;
+                        let none = memobuild_context::dockerignore::DockerIgnore::empty();
+                        let selection = hash_sources(k, si.input, &index, &roots, &none)?;
                         st.partial |= selection.partial;
                         st.files.extend(selection.shown);
                     }
@@ -1752,18 +1837,6 @@ pub(crate) fn is_git_source(src: &str) -> bool {
     let without_ref = src.split('#').next().unwrap_or(src);
     let path = without_ref.split('?').next().unwrap_or(without_ref);
     path.trim_end_matches('/').ends_with(".git")
-}
-
-/// `REMOTE#REF:SUBDIR` (BuildKit's fragment): the remote, the ref (empty:
-/// the remote's HEAD) and the subdirectory (cleaned, empty for the root).
-pub(crate) fn split_git_ref(src: &str) -> (String, String, String) {
-    let (remote, fragment) = src.split_once('#').unwrap_or((src, ""));
-    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
-    (
-        remote.to_string(),
-        reference.to_string(),
-        memobuild_rootpath::clean(subdir),
-    )
 }
 
 /// The file name an `ADD URL` writes: the URL path's last component, or
@@ -1877,16 +1950,52 @@ fn multi_source_error(df: &Dockerfile, keyword: &str, loc: Loc) -> DockerfileErr
 /// (`shown`). The dirty re-plan after a save only needs the key plus the
 /// components of the paths that changed ([`PlanInput::focus`]), and gets the
 /// key from cached directory digests without visiting unchanged directories.
+///
+/// With `--exclude` patterns (`exclude` not empty), what they leave out of
+/// the copy is left out of the key too, as BuildKit's: an excluded root
+/// counts as `excluded`, and a directory root by its entries the copy takes
+/// (path, kind, mode, link target, content) instead of its Merkle digest.
 fn hash_sources(
     k: &mut KeyHasher,
     input: &PlanInput<'_>,
     index: &memobuild_context::ContextIndex,
     roots: &[memobuild_context::Selected],
+    exclude: &memobuild_context::dockerignore::DockerIgnore,
 ) -> std::io::Result<SelectionDigests> {
-    let selection = match input.focus {
+    let mut selection = match input.focus {
         None => flat_listing(index, roots, input.hashes)?,
         Some(paths) => focused_listing(index, roots, paths, input.hashes)?,
     };
+    if !exclude.is_empty() {
+        // Excluded files are no inputs `explain` shows either.
+        for root in roots {
+            let prefix_len = if root.rel.is_empty() {
+                0
+            } else {
+                root.rel.len() + 1
+            };
+            let gone: Vec<String> = if root.meta.kind == FileKind::Dir {
+                selection
+                    .shown
+                    .range(root.rel.clone()..)
+                    .take_while(|(p, _)| root.rel.is_empty() || p.starts_with(&root.rel))
+                    .filter(|(p, _)| {
+                        p.len() > prefix_len
+                            && (root.rel.is_empty() || p[root.rel.len()..].starts_with('/'))
+                            && exclude.is_excluded(&p[prefix_len..])
+                    })
+                    .map(|(p, _)| p.clone())
+                    .collect()
+            } else if exclude.is_excluded(&root.name) {
+                vec![root.rel.clone()]
+            } else {
+                Vec::new()
+            };
+            for p in gone {
+                selection.shown.remove(&p);
+            }
+        }
+    }
     let file_digest =
         |path: &str, meta: &memobuild_context::FileMeta| match selection.files.get(path) {
             Some(digest) => Ok(*digest),
@@ -1898,11 +2007,40 @@ fn hash_sources(
     }
     for root in roots {
         let meta = &root.meta;
+        if !exclude.is_empty() && meta.kind != FileKind::Dir && exclude.is_excluded(&root.name) {
+            k.str("excluded");
+            continue;
+        }
         k.u64(kind_code(meta.kind))
             .u64(meta.mode as u64)
             .str(meta.link_target.as_deref().unwrap_or(""));
         match meta.kind {
             FileKind::File => k.field(&file_digest(&root.rel, meta)?),
+            FileKind::Dir if !exclude.is_empty() => {
+                let prefix_len = if root.rel.is_empty() {
+                    0
+                } else {
+                    root.rel.len() + 1
+                };
+                let mut h = blake3::Hasher::new();
+                for (path, m) in index.below(&root.rel) {
+                    let rel = &path[prefix_len..];
+                    if exclude.is_excluded(rel) {
+                        continue;
+                    }
+                    h.update(rel.as_bytes()).update(&[0]);
+                    h.update(&kind_code(m.kind).to_le_bytes());
+                    h.update(&u64::from(m.mode).to_le_bytes());
+                    h.update(m.link_target.as_deref().unwrap_or("").as_bytes())
+                        .update(&[0]);
+                    match m.kind {
+                        FileKind::File => h.update(&file_digest(path, m)?),
+                        FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(path)),
+                        _ => h.update(&[0; 32]),
+                    };
+                }
+                k.str("excluding").field(h.finalize().as_bytes())
+            }
             FileKind::Dir => k.field(&input.merkle.digest(index, &root.rel, &file_digest)?),
             FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(&root.rel)),
             _ => k.field(&[]),

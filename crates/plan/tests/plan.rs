@@ -297,7 +297,7 @@ impl memobuild_plan::UrlSource for Urls {
         &self,
         remote: &str,
         reference: &str,
-        _keep_git_dir: bool,
+        _options: memobuild_plan::GitOptions,
     ) -> Result<memobuild_plan::GitTree, String> {
         let commit = self
             .content

@@ -18,6 +18,7 @@
 pub mod handoff;
 pub mod paths;
 pub mod registry;
+pub mod sshfwd;
 mod states;
 pub mod wire;
 
@@ -317,7 +318,8 @@ pub struct DaemonInfo {
 /// ([`BuildRequest::build_contexts`]), `prune-until` ([`PruneRequest::unused_for_secs`]),
 /// `local-cache` (the `cache_steps` and `import_cache_steps` calls),
 /// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections),
-/// `check` (the `check` call) and `inline-cache` ([`BuildRequest::inline_cache`]).
+/// `check` (the `check` call), `inline-cache` ([`BuildRequest::inline_cache`]),
+/// and `ssh` ([`BuildRequest::ssh`] and ssh forwarding connections, [`sshfwd`]).
 pub const FEATURES: &[&str] = &[
     FEATURE_BLOB_FDS,
     "annotations",
@@ -326,6 +328,7 @@ pub const FEATURES: &[&str] = &[
     "local-cache",
     "check",
     "inline-cache",
+    sshfwd::FEATURE,
 ];
 
 /// BuildKit's entitlements: `network.host` lets `RUN --network=host` and
@@ -418,6 +421,10 @@ pub struct BuildRequest {
     /// `dev.memobuild.cache.v0` (docs/CACHE.md, "Inline cache").
     #[serde(default)]
     pub inline_cache: bool,
+    /// `--ssh ID[=SOCKET|KEY,...]`: the agents the client forwards to `RUN
+    /// --mount=type=ssh` (see [`sshfwd`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshForward>,
     /// Whose rights the daemon reads the context, Dockerfile and ignore files
     /// with. Set by the daemon from the connection's peer credentials
     /// (SO_PEERCRED) for every request, whatever a client sends; `None` for
@@ -429,6 +436,14 @@ pub struct BuildRequest {
     /// daemon from the connection's peer credentials, whatever a client sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
+}
+
+/// The ssh agents a build may use: a forwarding session the client holds
+/// open for the build ([`sshfwd`]), and the ids it answers for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshForward {
+    pub token: String,
+    pub ids: Vec<String>,
 }
 
 /// A user's filesystem identity (see [`BuildRequest::read_as`]).

@@ -59,6 +59,11 @@ impl Pins {
             .collect()
     }
 
+    /// How many builds hold pins (running builds), for one who holds the lock.
+    pub fn running_builds(&self) -> usize {
+        self.builds.len()
+    }
+
     /// Every step key a running build looked up.
     pub fn keys(&self) -> HashSet<String> {
         let keys = self.builds.values().flat_map(|b| b.keys.iter());

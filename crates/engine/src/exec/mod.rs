@@ -98,6 +98,8 @@ pub struct Engine {
     pub(crate) project_limits: Arc<crate::tidy::ProjectLimits>,
     /// Eager builds running (eager.rs).
     pub(crate) eager: crate::eager::EagerBuilds,
+    /// The clients' ssh forwarding sessions (ssh_agents.rs).
+    pub(crate) ssh: crate::ssh_agents::SshSessions,
 }
 
 /// The containerd connection RUN steps use, and the private containerd behind
@@ -293,6 +295,7 @@ impl Engine {
             gc_running: Default::default(),
             project_limits: Default::default(),
             eager: Default::default(),
+            ssh: Default::default(),
         });
         tokio::spawn(ops::expire_leases(Arc::downgrade(&engine)));
         tokio::spawn(build::track_dirty(

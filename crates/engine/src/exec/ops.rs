@@ -125,6 +125,8 @@ impl Engine {
         self.prune_chains(false).await;
         let engine = self.clone();
         let result = tokio::task::spawn_blocking(move || {
+            // Downloads next: the network gives them back.
+            crate::gc::prune_downloads(&engine.store, None);
             let disk = crate::gc::dir_bytes(engine.store.root());
             if disk <= max {
                 return Ok(None);
@@ -171,10 +173,22 @@ impl Engine {
         // Unpacked chains of other users' projects stay for a user's --all.
         let all = opts.all && opts.owner.is_none();
         let engine = self.clone();
-        let report = tokio::task::spawn_blocking(move || crate::gc::prune(&engine.store, &opts))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        let report = tokio::task::spawn_blocking(move || {
+            let mut report = crate::gc::prune(&engine.store, &opts)?;
+            // Downloads are the daemon's, not a user's: an admin's prune
+            // (or the daemon's own) drops them.
+            if opts.owner.is_none() {
+                if let Some((_, freed)) =
+                    crate::gc::prune_downloads(&engine.store, opts.unused_for_secs)
+                {
+                    report.bytes_freed += freed;
+                }
+            }
+            Ok::<_, memobuild_store::StoreError>(report)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         self.prune_chains(all).await;
         Ok(report)
     }

@@ -467,6 +467,17 @@ struct Mounts {
     /// Cache mount locks this step holds, by directory name: each id is locked
     /// once per step, however many of its mounts use it.
     locks: std::collections::BTreeMap<String, tokio::sync::OwnedMutexGuard<()>>,
+    /// The ssh agent sockets' forwarding, ended when the step ends.
+    forwards: Vec<AbortOnDrop>,
+}
+
+/// A task aborted when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A cache mount's directory under `cache-mounts/`, per requesting user:
@@ -492,6 +503,7 @@ impl Mounts {
             env: Vec::new(),
             _temp: Vec::new(),
             locks: std::collections::BTreeMap::new(),
+            forwards: Vec::new(),
         };
         // `sharing=locked` ids first, each once and in one order (by name) for
         // every step: two mounts of one id in a step share its lock, and two
@@ -589,6 +601,50 @@ impl Mounts {
                         source: MountSource::Host(file),
                         target: target.clone(),
                         readonly: true,
+                    });
+                    m._temp.push(dir);
+                }
+                RunMount::Ssh {
+                    id,
+                    target,
+                    required,
+                    owner,
+                } => {
+                    let Some(agent) = cx.engine.ssh.agent(cx.request, id)? else {
+                        if *required {
+                            // BuildKit's text: "no SSH key ID forwarded from the client".
+                            return Err(RpcError::of(
+                                ErrorKind::InvalidInput,
+                                format!(
+                                    "{}: no SSH key {id:?} forwarded from the client (the mount is required)",
+                                    cx.display
+                                ),
+                            )
+                            .hint(format!(
+                                "pass --ssh {id} (the agent at $SSH_AUTH_SOCK), --ssh {id}=SOCKET or --ssh {id}=KEYFILE"
+                            )));
+                        }
+                        continue;
+                    };
+                    // Like a secret's: in a directory only the daemon enters.
+                    let dir = secret_dir()?;
+                    let path = dir.path().join("agent.sock");
+                    let (log, step) = (cx.log.clone(), cx.step);
+                    let note = move |line: String| {
+                        log.push(memobuild_proto::BuildEvent::Log {
+                            step: Some(step),
+                            line,
+                        })
+                    };
+                    let task = crate::ssh_agents::listen(
+                        &path, owner.uid, owner.gid, owner.mode, agent, note,
+                    )
+                    .map_err(|e| err(format!("{}: ssh agent socket {id}: {e}", cx.display)))?;
+                    m.forwards.push(AbortOnDrop(task));
+                    m.extra.push(ExtraMount {
+                        source: MountSource::Host(path),
+                        target: target.clone(),
+                        readonly: false,
                     });
                     m._temp.push(dir);
                 }

@@ -66,6 +66,7 @@ impl Downloads {
                     .get(reqwest::header::ETAG)
                     .and_then(|v| v.to_str().ok());
                 if head.status().is_success() && now == Some(etag.as_str()) {
+                    touch(&k.fetched.path);
                     return Ok(k.fetched);
                 }
             }
@@ -133,8 +134,8 @@ impl Downloads {
     }
 }
 
-/// (remote, ref, keep-git-dir) of a checkout this daemon made.
-type GitKey = (String, String, bool);
+/// (remote, ref, options) of a checkout this daemon made.
+type GitKey = (String, String, memobuild_plan::GitOptions);
 
 /// Runs `git ARGS` (in `dir` when given); its stdout, or its stderr as the error.
 fn git(
@@ -172,13 +173,15 @@ fn git(
 
 impl Downloads {
     /// Clones `remote`, resolves `reference` to a commit and keeps its
-    /// checkout in `DATA/downloads/git-COMMIT[-keep]`, reused by later builds.
+    /// checkout in `DATA/downloads/git-COMMIT[-keep][-submodules]`, reused
+    /// by later builds.
     fn git_tree(
         &self,
         remote: &str,
         reference: &str,
-        keep_git_dir: bool,
+        options: memobuild_plan::GitOptions,
     ) -> Result<memobuild_plan::GitTree, String> {
+        let keep_git_dir = options.keep_git_dir;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
         let work = tempfile::tempdir_in(&self.dir)
@@ -200,10 +203,25 @@ impl Downloads {
                 &clone_arg,
             ],
         )?;
+        // As BuildKit: the remote's HEAD, a full commit id, or a ref the
+        // remote lists (`git ls-remote` matching, so `v1` finds
+        // refs/tags/v1 and refs/heads/v1, but an abbreviated id nothing).
         let wanted = if reference.is_empty() {
             "HEAD".to_string()
-        } else {
+        } else if is_full_commit(reference) {
             reference.to_string()
+        } else {
+            let listed = git(
+                &home,
+                Some(&clone),
+                &["ls-remote", "--", "origin", reference],
+            )?;
+            listed
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .ok_or_else(|| format!("repository does not contain ref {reference}"))?
         };
         let commit = git(
             &home,
@@ -215,15 +233,32 @@ impl Downloads {
                 &format!("{wanted}^{{commit}}"),
             ],
         )
-        .map_err(|_| format!("{reference:?} names no commit in {remote}"))?;
-        let name = format!("git-{commit}{}", if keep_git_dir { "-keep" } else { "" });
+        .map_err(|_| format!("repository does not contain ref {reference}"))?;
+        let name = format!(
+            "git-{commit}{}{}",
+            if keep_git_dir { "-keep" } else { "" },
+            if options.submodules {
+                "-submodules"
+            } else {
+                ""
+            }
+        );
         let dir = self.dir.join(name);
+        // Used again: `prune --filter until=` keeps it.
+        touch(&dir);
         if !dir.is_dir() {
             git(
                 &home,
                 Some(&clone),
                 &["checkout", "--quiet", "--detach", &commit],
             )?;
+            if options.submodules {
+                git(
+                    &home,
+                    Some(&clone),
+                    &["submodule", "update", "--quiet", "--init", "--recursive"],
+                )?;
+            }
             if !keep_git_dir {
                 std::fs::remove_dir_all(clone.join(".git"))
                     .map_err(|e| format!("removing .git: {e}"))?;
@@ -239,22 +274,34 @@ impl Downloads {
     }
 }
 
+/// Marks a download as used now (its mtime), for `prune --filter until=`.
+fn touch(path: &std::path::Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// A full hex commit id (SHA-1 or SHA-256), as BuildKit's IsCommitSHA.
+fn is_full_commit(reference: &str) -> bool {
+    matches!(reference.len(), 40 | 64) && reference.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 impl UrlSource for Downloads {
     fn git(
         &self,
         remote: &str,
         reference: &str,
-        keep_git_dir: bool,
+        options: memobuild_plan::GitOptions,
     ) -> Result<memobuild_plan::GitTree, String> {
         static TREES: OnceLock<Mutex<HashMap<GitKey, memobuild_plan::GitTree>>> = OnceLock::new();
         let trees = TREES.get_or_init(Default::default);
-        let key = (remote.to_string(), reference.to_string(), keep_git_dir);
+        let key = (remote.to_string(), reference.to_string(), options);
         if self.offline {
             if let Some(t) = trees.lock().get(&key).filter(|t| t.dir.is_dir()) {
                 return Ok(t.clone());
             }
         }
-        let tree = self.git_tree(remote, reference, keep_git_dir)?;
+        let tree = self.git_tree(remote, reference, options)?;
         trees.lock().insert(key, tree.clone());
         Ok(tree)
     }
