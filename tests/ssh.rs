@@ -484,3 +484,67 @@ fn one_user_cannot_reach_another_users_agent() {
     assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
     assert!(child.wait().unwrap().success(), "{}", d.log());
 }
+
+/// A step that used an agent is keyed on the user whose agents answered
+/// (memobuild_plan::SSH_USER): B's build of the same step runs it with B's
+/// agent instead of taking A's cached result, which may hold what only A's
+/// keys could fetch (BuildKit would reuse it). A's own rebuild stays cached.
+#[test]
+fn another_users_build_does_not_reuse_a_step_that_used_an_agent() {
+    let (d, _config) = shared_daemon();
+    let (a_comment, b_comment) = (format!("a-{}", unique()), format!("b-{}", unique()));
+    let (a_agent, b_agent) = (
+        Agent::start(A, Some(&a_comment)),
+        Agent::start(B, Some(&b_comment)),
+    );
+    let ctx = listing_context("");
+    let build = |uid: u32, agent: &Agent| {
+        let out_dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(out_dir.path(), Some(uid), Some(uid)).unwrap();
+        let archive = out_dir.path().join("out.tar");
+        let dest = format!("type=oci,dest={}", archive.display());
+        let ssh = format!("default={}", agent.socket.display());
+        let out = common::ctl_as(
+            uid,
+            uid,
+            &d.socket,
+            &[
+                "build",
+                "--progress",
+                "json",
+                "--ssh",
+                &ssh,
+                "-o",
+                &dest,
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        let outcome = BuildOutcome::from_output(out);
+        assert!(outcome.success, "{}\n{}", outcome.text(), d.log());
+        let keys = String::from_utf8(oci_file(&archive, "keys").unwrap()).unwrap();
+        (outcome, keys)
+    };
+    let (first, keys) = build(A, &a_agent);
+    assert!(
+        first.executed().iter().any(|s| s.contains("agentls")),
+        "{}",
+        first.text()
+    );
+    assert_eq!(keys, format!("keys 1\n{a_comment}\nstatus 0\n"));
+
+    let (other, keys) = build(B, &b_agent);
+    assert!(
+        other.executed().iter().any(|s| s.contains("agentls")),
+        "B reused A's step: {}",
+        other.text()
+    );
+    assert_eq!(keys, format!("keys 1\n{b_comment}\nstatus 0\n"));
+
+    let (again, keys) = build(A, &a_agent);
+    assert!(
+        again.cached().iter().any(|s| s.contains("agentls")),
+        "{}",
+        again.text()
+    );
+    assert_eq!(keys, format!("keys 1\n{a_comment}\nstatus 0\n"));
+}

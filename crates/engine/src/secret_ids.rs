@@ -19,13 +19,15 @@ use std::path::Path;
 pub(crate) const KEY_FILE: &str = "secret-mac.key";
 const KEY_LEN: usize = 32;
 
-/// Secret id -> hex MAC of its value; empty (and no key file touched) when
-/// the build sends no secret.
+/// Secret id -> hex MAC of its value, and with `ssh_user` (the uid of a
+/// build that forwards ssh agents) [`memobuild_plan::SSH_USER`] -> a MAC of
+/// that uid; empty (and no key file touched) when the build sends neither.
 pub(crate) fn secret_ids(
     data_dir: &Path,
     secrets: &BTreeMap<String, Secret>,
+    ssh_user: Option<u32>,
 ) -> Result<BTreeMap<String, String>, RpcError> {
-    if secrets.is_empty() {
+    if secrets.is_empty() && ssh_user.is_none() {
         return Ok(BTreeMap::new());
     }
     let path = data_dir.join(KEY_FILE);
@@ -38,15 +40,31 @@ pub(crate) fn secret_ids(
             ),
         )
     })?;
-    Ok(secrets
+    if let Some(id) = secrets.keys().find(|id| id.starts_with('\0')) {
+        return Err(RpcError::of(
+            memobuild_proto::ErrorKind::InvalidInput,
+            format!("secret id {id:?} starts with a NUL character"),
+        )
+        .hint("name secrets with printable text, e.g. --secret id=token,src=FILE"));
+    }
+    let mut ids: BTreeMap<String, String> = secrets
         .iter()
-        .map(|(id, value)| (id.clone(), mac(&key, &value.0)))
-        .collect())
+        .map(|(id, value)| (id.clone(), mac(&key, SECRET_DOMAIN, &value.0)))
+        .collect();
+    if let Some(uid) = ssh_user {
+        let scope = mac(&key, SSH_USER_DOMAIN, &uid.to_le_bytes());
+        ids.insert(memobuild_plan::SSH_USER.to_string(), scope);
+    }
+    Ok(ids)
 }
 
-fn mac(key: &[u8; KEY_LEN], value: &[u8]) -> String {
+/// What a MAC is of: no secret's value gives the MAC of a user's ssh scope.
+const SECRET_DOMAIN: &[u8] = b"memobuild-secret-v1\0";
+const SSH_USER_DOMAIN: &[u8] = b"memobuild-ssh-user-v1\0";
+
+fn mac(key: &[u8; KEY_LEN], domain: &[u8], value: &[u8]) -> String {
     blake3::Hasher::new_keyed(key)
-        .update(b"memobuild-secret-v1\0")
+        .update(domain)
         .update(value)
         .finalize()
         .to_hex()
@@ -117,32 +135,39 @@ mod tests {
     #[test]
     fn macs_are_stable_per_key_and_differ_per_value() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(secret_ids(dir.path(), &BTreeMap::new()).unwrap().is_empty());
+        assert!(secret_ids(dir.path(), &BTreeMap::new(), None)
+            .unwrap()
+            .is_empty());
         assert!(
             !dir.path().join(KEY_FILE).exists(),
             "no key without secrets"
         );
-        let a = secret_ids(dir.path(), &secrets(&[("s", b"alpha"), ("t", b"beta")])).unwrap();
+        let a = secret_ids(
+            dir.path(),
+            &secrets(&[("s", b"alpha"), ("t", b"beta")]),
+            None,
+        )
+        .unwrap();
         let meta = fs::metadata(dir.path().join(KEY_FILE)).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(meta.len(), 32);
-        let again = secret_ids(dir.path(), &secrets(&[("s", b"alpha")])).unwrap();
+        let again = secret_ids(dir.path(), &secrets(&[("s", b"alpha")]), None).unwrap();
         assert_eq!(a["s"], again["s"]);
         assert_ne!(a["s"], a["t"]);
         assert!(!a["s"].contains(&hex::encode(b"alpha")));
         // Another daemon (another key) gives another MAC for the same value.
         let other = tempfile::tempdir().unwrap();
-        let b = secret_ids(other.path(), &secrets(&[("s", b"alpha")])).unwrap();
+        let b = secret_ids(other.path(), &secrets(&[("s", b"alpha")]), None).unwrap();
         assert_ne!(a["s"], b["s"]);
     }
 
     #[test]
     fn a_key_others_could_read_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        secret_ids(dir.path(), &secrets(&[("s", b"x")])).unwrap();
+        secret_ids(dir.path(), &secrets(&[("s", b"x")]), None).unwrap();
         let path = dir.path().join(KEY_FILE);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let e = secret_ids(dir.path(), &secrets(&[("s", b"x")])).unwrap_err();
+        let e = secret_ids(dir.path(), &secrets(&[("s", b"x")]), None).unwrap_err();
         assert!(e.message.contains("0600"), "{e:?}");
     }
 }

@@ -61,11 +61,20 @@ pub struct PlanInput<'a> {
     /// value under a key only the daemon knows (hex), never the value. A
     /// RUN that mounts a secret is keyed on it, or on its absence, so its
     /// result is never reused by a build without that very secret.
+    /// [`SSH_USER`] is no secret: with it, the build forwards ssh agents.
     pub secrets: &'a BTreeMap<String, String>,
     /// Set when nobody waits for the plan any more (its build was
     /// cancelled): planning stops at the next instruction.
     pub cancelled: Option<&'a std::sync::atomic::AtomicBool>,
 }
+
+/// The entry of [`PlanInput::secrets`] that says the build forwards ssh
+/// agents, for whom: a daemon-keyed MAC of the requesting user. A RUN that
+/// mounts an agent is keyed on it, so its result (which may hold what only
+/// that user's keys could fetch) is reused by that user's builds only.
+/// BuildKit keys no agent; on a shared build host that would hand one user's
+/// private clone to another. The daemon refuses secret ids that start with NUL.
+pub const SSH_USER: &str = "\0ssh-user";
 
 /// Content digests of paths in stage results that are already known, by
 /// [`key::content_ref_key`]; the engine computes them when a stage has run.

@@ -1757,7 +1757,8 @@ fn mount_key(
                 };
                 st.files.insert(format!("secret:{id}"), shown);
             }
-            // The mount, never which agent answers (as BuildKit).
+            // The mount and whose agents may answer (the requesting user's,
+            // never which agent: see `SSH_USER`).
             RunMount::Ssh {
                 id,
                 target,
@@ -1771,6 +1772,15 @@ fn mount_key(
                     .u64(owner.uid.into())
                     .u64(owner.gid.into())
                     .u64(owner.mode.into());
+                let user = si.input.secrets.get(super::SSH_USER);
+                match user {
+                    Some(mac) => k.str("agents-of").str(mac),
+                    None => k.str("no-agents"),
+                };
+                let shown = user.map_or("none".to_string(), |mac| {
+                    format!("user:{}", mac.get(..16).unwrap_or(mac))
+                });
+                st.files.insert(format!("ssh:{id}"), shown);
             }
             RunMount::File {
                 target,

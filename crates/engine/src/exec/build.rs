@@ -159,10 +159,15 @@ pub(super) async fn run(
     let scan_error = |e: std::io::Error| {
         RpcError::new(format!("scanning build context {}: {e}", context.display()))
     };
-    // What the keys of steps that mount a secret cover (secret_ids.rs).
+    // What the keys of steps that mount a secret or an ssh agent cover
+    // (secret_ids.rs).
     let secrets = {
         let (data, given) = (engine.store.root().to_path_buf(), request.secrets.clone());
-        Arc::new(blocking(move || crate::secret_ids::secret_ids(&data, &given)).await?)
+        let ssh_user = request
+            .ssh
+            .as_ref()
+            .map(|_| crate::owner::build_caller(log.caller, request).uid);
+        Arc::new(blocking(move || crate::secret_ids::secret_ids(&data, &given, ssh_user)).await?)
     };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
     let project = engine.projects.register(ProjectKey::of(request), &root);
