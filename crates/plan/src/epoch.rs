@@ -15,16 +15,6 @@ use std::collections::BTreeMap;
 
 pub(crate) const NAME: &str = "SOURCE_DATE_EPOCH";
 
-fn error(df: &Dockerfile, loc: Loc, message: impl Into<String>) -> DockerfileError {
-    DockerfileError {
-        file: df.name.clone(),
-        loc,
-        message: message.into(),
-        hint: None,
-        changed_during_build: false,
-    }
-}
-
 /// The build's epoch. `client` is the number the client sent (it wins);
 /// `build_args` and `global` (the global args with their defaults) give
 /// the text otherwise.
@@ -58,7 +48,7 @@ pub(crate) fn resolve(
             .as_deref()
             .is_some_and(|n| n.eq_ignore_ascii_case(value))
     }) else {
-        return Err(error(df, declared, format!("invalid {NAME}: {value}")));
+        return Err(stage::err(df, declared, format!("invalid {NAME}: {value}")));
     };
     let mut args = global.clone();
     args.remove(NAME);
@@ -75,7 +65,7 @@ fn stage_epoch(
     urls: &dyn UrlSource,
 ) -> Result<Option<i64>, DockerfileError> {
     let loc = source.from.loc;
-    let fail = |message: &str| error(df, loc, message);
+    let fail = |message: &str| stage::err(df, loc, message);
     let expand = |word: &str, env: &BTreeMap<String, String>| {
         expand::expand_word(word, env, df.escape).map_err(|e| stage::expand_error(df, loc, e))
     };

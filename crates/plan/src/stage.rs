@@ -96,7 +96,7 @@ pub(super) fn expand_error(df: &Dockerfile, loc: Loc, e: ExpandError) -> Dockerf
     }
 }
 
-fn err(df: &Dockerfile, loc: Loc, message: impl Into<String>) -> DockerfileError {
+pub(super) fn err(df: &Dockerfile, loc: Loc, message: impl Into<String>) -> DockerfileError {
     DockerfileError {
         file: df.name.clone(),
         loc,
