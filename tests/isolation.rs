@@ -224,19 +224,7 @@ int main(int argc, char **argv) {
 "#;
 
 fn compile_sniffer(dir: &Path) {
-    let src = dir.join("sniff.c");
-    std::fs::write(&src, SNIFFER).unwrap();
-    let out = std::process::Command::new("gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(dir.join("sniff"))
-        .arg(&src)
-        .output()
-        .expect("gcc (apt-get install gcc libc6-dev)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::compile_static(dir, "sniff", SNIFFER);
 }
 
 /// Sends `marker` over host loopback TCP until `stop`.

@@ -64,20 +64,7 @@ int main(int argc, char **argv) {
 "#;
 
 fn compile_agent_ls(dir: &Path) {
-    let src = dir.join("agentls.c");
-    std::fs::write(&src, AGENT_LS).unwrap();
-    let out = Command::new("gcc")
-        .args(["-static", "-O1", "-o"])
-        .arg(dir.join("agentls"))
-        .arg(&src)
-        .output()
-        .expect("gcc (apt-get install gcc libc6-dev)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::remove_file(&src).unwrap();
+    common::compile_static(dir, "agentls", AGENT_LS);
 }
 
 fn unique() -> String {

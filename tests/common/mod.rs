@@ -872,3 +872,22 @@ pub fn runc_leftovers(data: &Path) -> Vec<String> {
     }
     found
 }
+
+/// Compiles the C program `source` statically into `dir/name` (a helper a
+/// step runs on the busybox image, which has no libc to link against).
+pub fn compile_static(dir: &Path, name: &str, source: &str) {
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(dir.join(name))
+        .arg(&src)
+        .output()
+        .expect("gcc (apt-get install gcc libc6-dev)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&src).unwrap();
+}
