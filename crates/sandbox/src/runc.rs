@@ -77,12 +77,12 @@ impl Runc {
 
     /// SIGKILL to every process of container `id`.
     pub(crate) async fn kill(&self, id: &str) -> Result<(), SandboxError> {
-        self.quietly(&["kill", "--all", id, "KILL"]).await
+        self.quietly(id, &["kill", "--all", id, "KILL"]).await
     }
 
     /// Removes container `id`, killing what still runs in it, and its cgroups.
     pub(crate) async fn delete(&self, id: &str) -> Result<(), SandboxError> {
-        self.quietly(&["delete", "--force", id]).await
+        self.quietly(id, &["delete", "--force", id]).await
     }
 
     /// The ids of the containers under our runc root.
@@ -98,8 +98,12 @@ impl Runc {
             .collect()
     }
 
-    /// Runs one runc command; a container that is already gone is no error.
-    async fn quietly(&self, args: &[&str]) -> Result<(), SandboxError> {
+    /// Runs one runc command on container `id`; a container that is
+    /// already gone (no state directory under our root) is no error.
+    async fn quietly(&self, id: &str, args: &[&str]) -> Result<(), SandboxError> {
+        if !self.root.join(id).exists() {
+            return Ok(());
+        }
         let out = self
             .command()
             .args(args)
@@ -111,15 +115,13 @@ impl Runc {
                 path: self.binary.clone(),
                 source,
             })?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.status.success() || stderr.contains("does not exist") || stderr.contains("not exist")
-        {
+        if out.status.success() || !self.root.join(id).exists() {
             return Ok(());
         }
         Err(SandboxError::Runtime(format!(
             "runc {}: {}",
             args.first().copied().unwrap_or(""),
-            stderr.trim()
+            String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
 }
