@@ -43,6 +43,17 @@ impl Runc {
     fn command(&self) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.binary);
         c.arg("--root").arg(&self.root).stdin(Stdio::null());
+        // The daemon's umask is 077; runc creates what the rootfs lacks
+        // (mount points, /etc entries a copy-up makes) with its own, and a
+        // 0700 /etc would lock a USER step out of /etc/passwd. containerd's
+        // shim ran runc with 022.
+        // SAFETY: umask(2) is async-signal-safe and touches nothing else.
+        unsafe {
+            c.pre_exec(|| {
+                libc::umask(0o022);
+                Ok(())
+            });
+        }
         c
     }
 
