@@ -337,7 +337,8 @@ fn daemon_status_and_stop() {
             "prune-until",
             "local-cache",
             "check",
-            "inline-cache"
+            "inline-cache",
+            "ssh"
         ])
     );
 
