@@ -157,7 +157,13 @@ fn socket_activation_serves_builds_and_notifies_ready_watchdog_and_stopping() {
     // A real build, RUN included (the private containerd must not claim to be us).
     // Nobody reads the notify socket meanwhile: its queue fills up with pings,
     // which must not stall the daemon.
-    let ctx = busybox_context("COPY Dockerfile /etc/\nRUN echo built > /built\n", &[]);
+    // The step gets none of the daemon's descriptors (runc, which also reads
+    // LISTEN_FDS, would pass the activated socket on): ls sees 0-2 and its
+    // own directory descriptor only.
+    let ctx = busybox_context(
+        "COPY Dockerfile /etc/\nRUN echo built > /built && ls /proc/self/fd > /fds && [ \"$(wc -l < /fds)\" -le 4 ]\n",
+        &[],
+    );
     let build = ctl(
         &socket,
         &["build", "--progress", "plain", ctx.path().to_str().unwrap()],

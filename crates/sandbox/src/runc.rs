@@ -19,6 +19,9 @@ use super::SandboxError;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+/// runc's `PATH` when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The runc binary and the state directory of memobuild's containers.
 #[derive(Debug, Clone)]
 pub(crate) struct Runc {
@@ -43,6 +46,14 @@ impl Runc {
     fn command(&self) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.binary);
         c.arg("--root").arg(&self.root).stdin(Stdio::null());
+        // None of the daemon's environment: runc acts on NOTIFY_SOCKET (it
+        // would wait for the step to say READY=1) and on LISTEN_FDS (it
+        // would hand the daemon's activated socket to the step), both set
+        // under systemd.
+        c.env_clear().env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+        );
         // The daemon's umask is 077; runc creates what the rootfs lacks
         // (mount points, /etc entries a copy-up makes) with its own, and a
         // 0700 /etc would lock a USER step out of /etc/passwd. containerd's
