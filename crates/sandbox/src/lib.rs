@@ -835,6 +835,24 @@ impl Sandbox {
         Ok(keys)
     }
 
+    /// The runc containers and rootfs mounts of runs that exist now (during
+    /// a run, its own; after every run has ended, what was not cleaned up).
+    pub async fn runs_present(&self) -> Vec<String> {
+        let mut found: Vec<String> = self
+            .runc
+            .list()
+            .await
+            .into_iter()
+            .map(|id| format!("runc container {id}"))
+            .collect();
+        let run_dir = self.run_dir.clone();
+        let mounts = tokio::task::spawn_blocking(move || runc::mounts_under(&run_dir))
+            .await
+            .unwrap_or_default();
+        found.extend(mounts.iter().map(|m| format!("mount {}", m.display())));
+        found
+    }
+
     /// Removes the containers, tasks, snapshots and leases of runs that did not
     /// clean up (a crashed or killed daemon), and their run directories. Call it
     /// at start-up, before any run: every run in the namespace is taken as
@@ -971,7 +989,12 @@ impl Drop for RunGuard {
         if self.state.is_empty() {
             return;
         }
-        let state = std::mem::take(&mut self.state);
+        let mut state = std::mem::take(&mut self.state);
+        // Unmounted here, at once: a mount must not outlive a runtime that
+        // stops before the spawned release runs (a quick syscall).
+        if let Some(rootfs) = state.mounted.take() {
+            runc::unmount_rootfs(&rootfs);
+        }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let sandbox = self.sandbox.clone();

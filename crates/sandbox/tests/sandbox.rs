@@ -151,10 +151,12 @@ async fn run(
     (outcome, out, err)
 }
 
-/// No task, container, lease or run snapshot of any run is left; only the
-/// committed layer chain remains.
+/// No runc container, rootfs mount, task, container, lease or run snapshot
+/// of any run is left; only the committed layer chain remains.
 async fn assert_clean(sandbox: &Sandbox) {
     use memobuild_sandbox::NAMESPACE;
+    let runs = sandbox.runs_present().await;
+    assert!(runs.is_empty(), "left: {runs:?}");
     let client = sandbox.client();
     let containers = client
         .containers()
@@ -578,7 +580,7 @@ async fn cancelled_and_crashed_runs_leave_nothing() {
             .unwrap()
             .into_inner()
             .leases;
-        if containers.is_empty() && leases.is_empty() {
+        if containers.is_empty() && leases.is_empty() && sandbox.runs_present().await.is_empty() {
             break;
         }
         assert!(
@@ -590,14 +592,20 @@ async fn cancelled_and_crashed_runs_leave_nothing() {
     assert_clean(sandbox).await;
 
     // Crashed: the future is forgotten (no guard runs), as if the daemon died;
-    // cleanup_orphans at the next start removes task, container, snapshot, lease.
+    // cleanup_orphans at the next start removes the runc container, the
+    // rootfs mount, the snapshot and the lease.
     let mut run = Box::pin(sandbox.run(&env.base, &spec, tx.clone()));
     assert!(tokio::time::timeout(Duration::from_secs(3), &mut run)
         .await
         .is_err());
     std::mem::forget(run);
+    assert_eq!(
+        sandbox.runs_present().await.len(),
+        2,
+        "the run is under way"
+    );
     let removed = sandbox.cleanup_orphans().await.unwrap();
-    assert_eq!(removed, 3, "container, snapshot and lease");
+    assert_eq!(removed, 4, "runc container, mount, snapshot and lease");
     assert_clean(sandbox).await;
 
     // And the next run works.
@@ -606,8 +614,8 @@ async fn cancelled_and_crashed_runs_leave_nothing() {
     assert_eq!(out, "ok\n");
     outcome.snapshot.release().await;
 
-    // kill -9 of the daemon mid-RUN: its private containerd and the task's shim
-    // live on. The next start stops that containerd, starts a fresh one on the
+    // kill -9 of the daemon mid-RUN: its private containerd and the step's
+    // runc live on. The next start stops that containerd, starts a fresh one on the
     // same root and state, and cleanup_orphans removes the run.
     let mut env = env;
     let mut run = Box::pin(env.sandbox.run(&env.base, &spec, tx.clone()));
@@ -626,7 +634,7 @@ async fn cancelled_and_crashed_runs_leave_nothing() {
                 .unwrap_or(true),
         "the old containerd still runs"
     );
-    assert_eq!(sandbox.cleanup_orphans().await.unwrap(), 3);
+    assert_eq!(sandbox.cleanup_orphans().await.unwrap(), 4);
     env.sandbox = sandbox;
     env.containerd = Some(containerd);
     assert_clean(&env.sandbox).await;
