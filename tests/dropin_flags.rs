@@ -518,19 +518,6 @@ fn a_local_cache_carries_steps_to_an_empty_daemon() {
     assert!(!third.executed().is_empty(), "{}", third.text());
 }
 
-/// The cache index (step key -> layer) a `type=local` cache directory holds.
-fn local_cache_steps(dir: &std::path::Path) -> serde_json::Map<String, Value> {
-    let blob =
-        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let manifest: Value =
-        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
-    let config: Value =
-        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
-    config["steps"].as_object().unwrap().clone()
-}
-
 #[test]
 fn local_cache_mode_min_keeps_the_target_chain_and_max_every_stage() {
     let ctx = busybox_context(
@@ -551,8 +538,8 @@ fn local_cache_mode_min_keeps_the_target_chain_and_max_every_stage() {
             ],
         );
     }
-    let min = local_cache_steps(&cache.path().join("min"));
-    let max = local_cache_steps(&cache.path().join("max"));
+    let min = common::local_cache_steps(&cache.path().join("min"));
+    let max = common::local_cache_steps(&cache.path().join("max"));
     // base: COPY + RUN; other: RUN; final: RUN + COPY --from.
     assert_eq!(max.len(), 5, "{max:?}");
     assert_eq!(min.len(), 4, "the other stage's RUN is left out: {min:?}");

@@ -343,37 +343,6 @@ fn cache_mounts_are_per_user() {
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o700));
 }
 
-/// A client connected to `socket` as `uid`: the connecting thread alone takes
-/// the uid (raw `setresgid`/`setresuid` change only the calling thread, not
-/// the process as glibc's wrappers do), and the kernel records it at
-/// connect, so the daemon's SO_PEERCRED sees `uid`.
-fn client_as(
-    rt: &tokio::runtime::Runtime,
-    socket: &Path,
-    uid: u32,
-) -> memobuild_proto::MemobuildClient {
-    let socket = socket.to_path_buf();
-    let conn = std::thread::spawn(move || {
-        let id = uid as libc::c_long;
-        // SAFETY: plain system calls on this thread's credentials; the thread
-        // ends right after connecting.
-        unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setresgid, id, id, id), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, id, id, id), 0);
-        }
-        std::os::unix::net::UnixStream::connect(&socket)
-    })
-    .join()
-    .expect("connecting thread")
-    .expect("connect to the daemon");
-    conn.set_nonblocking(true).unwrap();
-    rt.block_on(async move {
-        let conn = tokio::net::UnixStream::from_std(conn).unwrap();
-        let transport = memobuild_proto::wire::transport(conn);
-        memobuild_proto::MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
-    })
-}
-
 fn kind<T: std::fmt::Debug>(
     answer: Result<T, memobuild_proto::RpcError>,
 ) -> memobuild_proto::ErrorKind {
@@ -389,8 +358,8 @@ fn an_upload_is_written_and_committed_only_by_the_uid_that_began_it() {
     use sha2::Digest;
     let (d, _config) = daemon();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let a = client_as(&rt, &d.socket, A);
-    let b = client_as(&rt, &d.socket, B);
+    let a = common::client_as(&rt, &d.socket, A);
+    let b = common::client_as(&rt, &d.socket, B);
     let ctx = tarpc::context::current;
     let first = rt.block_on(a.upload_begin(ctx())).unwrap().unwrap();
     let second = rt.block_on(a.upload_begin(ctx())).unwrap().unwrap();
@@ -453,7 +422,7 @@ fn another_users_image_content_is_not_readable() {
     let manifest = built.manifest_digest();
     let a_layer = {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let a = client_as(&rt, &d.socket, A);
+        let a = common::client_as(&rt, &d.socket, A);
         let blobs = rt
             .block_on(a.image_blobs(tarpc::context::current(), manifest.clone()))
             .unwrap()
@@ -502,8 +471,8 @@ fn another_users_image_content_is_not_readable() {
 
     // B's export requests for A's image and its layer: refused; A's own work.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let b = client_as(&rt, &d.socket, B);
-    let a = client_as(&rt, &d.socket, A);
+    let b = common::client_as(&rt, &d.socket, B);
+    let a = common::client_as(&rt, &d.socket, A);
     let ctx = tarpc::context::current;
     let answer = rt.block_on(b.image_blobs(ctx(), manifest.clone())).unwrap();
     assert_eq!(kind(answer), ErrorKind::PermissionDenied);
@@ -570,20 +539,6 @@ fn another_users_image_content_is_not_readable() {
     );
 }
 
-/// The step cache index (key -> layer) of a `type=local` cache directory,
-/// with the blobs it names read by `blob`.
-fn cache_steps_of(dir: &Path) -> serde_json::Map<String, Value> {
-    let blob =
-        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
-    let index: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
-    let manifest: Value =
-        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
-    let config: Value =
-        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
-    config["steps"].as_object().unwrap().clone()
-}
-
 /// Rewrites cache directory `dir` so its index maps `key` to `layer` (a
 /// layer whose blob `dir` holds), as a user crafting a cache would.
 fn point_cache_key(dir: &Path, key: &str, layer: &Value) {
@@ -634,11 +589,11 @@ fn a_step_imported_from_a_cache_serves_only_its_importer() {
     }
     // The honest step's key, pointed at the other build's layer: a cache A
     // crafts to seed the shared step cache.
-    let honest_steps = cache_steps_of(&dir_honest);
+    let honest_steps = common::local_cache_steps(&dir_honest);
     let [(key, _)] = honest_steps.iter().collect::<Vec<_>>()[..] else {
         panic!("one step: {honest_steps:?}");
     };
-    let poison_steps = cache_steps_of(&dir_poison);
+    let poison_steps = common::local_cache_steps(&dir_poison);
     let [(_, poison_layer)] = poison_steps.iter().collect::<Vec<_>>()[..] else {
         panic!("one step: {poison_steps:?}");
     };

@@ -294,40 +294,6 @@ fn shared_daemon() -> (Daemon, tempfile::TempDir) {
     (d, dir)
 }
 
-/// Runs `f` on a thread that has taken `uid` (raw setresuid: that thread only).
-fn as_uid<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(move || {
-        let id = uid as libc::c_long;
-        // SAFETY: plain system calls on this thread's credentials.
-        unsafe {
-            assert_eq!(libc::syscall(libc::SYS_setresgid, id, id, id), 0);
-            assert_eq!(libc::syscall(libc::SYS_setresuid, id, id, id), 0);
-        }
-        f()
-    })
-    .join()
-    .expect("thread")
-}
-
-/// A tarpc client whose connection the daemon sees as `uid`'s.
-fn client_as(
-    rt: &tokio::runtime::Runtime,
-    socket: &Path,
-    uid: u32,
-) -> memobuild_proto::MemobuildClient {
-    let socket = socket.to_path_buf();
-    let conn = as_uid(uid, move || {
-        std::os::unix::net::UnixStream::connect(&socket)
-    })
-    .expect("connect to the daemon");
-    conn.set_nonblocking(true).unwrap();
-    rt.block_on(async move {
-        let conn = tokio::net::UnixStream::from_std(conn).unwrap();
-        let transport = memobuild_proto::wire::transport(conn);
-        memobuild_proto::MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
-    })
-}
-
 #[test]
 fn one_user_cannot_reach_another_users_agent() {
     use std::io::{Read, Write};
@@ -379,7 +345,7 @@ fn one_user_cannot_reach_another_users_agent() {
     // A session is bound to the uid that opened it: B's request naming A's
     // session is refused, A's is taken.
     let socket = d.socket.clone();
-    let (session, token) = as_uid(A, move || {
+    let (session, token) = common::as_uid(A, move || {
         let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
         s.write_all(&memobuild_proto::sshfwd::MAGIC).unwrap();
         let mut token = [0u8; 32];
@@ -396,7 +362,7 @@ fn one_user_cannot_reach_another_users_agent() {
         ..Default::default()
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let b = client_as(&rt, &d.socket, B);
+    let b = common::client_as(&rt, &d.socket, B);
     let refused = rt
         .block_on(b.start_build(tarpc::context::current(), request.clone()))
         .unwrap();
@@ -404,7 +370,7 @@ fn one_user_cannot_reach_another_users_agent() {
         Ok(id) => panic!("B's build with A's ssh session started: {id}"),
         Err(e) => assert_eq!(e.kind, memobuild_proto::ErrorKind::InvalidInput, "{e:?}"),
     }
-    let a = client_as(&rt, &d.socket, A);
+    let a = common::client_as(&rt, &d.socket, A);
     let taken = rt
         .block_on(a.start_build(tarpc::context::current(), request.clone()))
         .unwrap();
@@ -464,7 +430,7 @@ fn one_user_cannot_reach_another_users_agent() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    let tried = as_uid(B, move || {
+    let tried = common::as_uid(B, move || {
         std::os::unix::net::UnixStream::connect(&proxy).map(|_| ())
     });
     let e = tried.expect_err("B connected to the socket of A's step");

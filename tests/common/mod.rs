@@ -891,3 +891,54 @@ pub fn compile_static(dir: &Path, name: &str, source: &str) {
     );
     std::fs::remove_file(&src).unwrap();
 }
+
+/// Runs `f` on a thread that has taken `uid` (raw `setresgid`/`setresuid`
+/// change only the calling thread, not the process as glibc's wrappers do).
+pub fn as_uid<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let id = uid as libc::c_long;
+        // SAFETY: plain system calls on this thread's credentials; the thread
+        // ends when `f` returns.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, id, id, id), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, id, id, id), 0);
+        }
+        f()
+    })
+    .join()
+    .expect("thread")
+}
+
+/// A tarpc client connected to `socket` as `uid` ([`as_uid`]): the kernel
+/// records the uid at connect, so the daemon's SO_PEERCRED sees it.
+pub fn client_as(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    uid: u32,
+) -> memobuild_proto::MemobuildClient {
+    let socket = socket.to_path_buf();
+    let conn = as_uid(uid, move || {
+        std::os::unix::net::UnixStream::connect(&socket)
+    })
+    .expect("connect to the daemon");
+    conn.set_nonblocking(true).unwrap();
+    rt.block_on(async move {
+        let conn = tokio::net::UnixStream::from_std(conn).unwrap();
+        let transport = memobuild_proto::wire::transport(conn);
+        memobuild_proto::MemobuildClient::new(tarpc::client::Config::default(), transport).spawn()
+    })
+}
+
+/// The step cache index (step key -> layer) a `type=local` cache directory
+/// holds: its one manifest's config.
+pub fn local_cache_steps(dir: &Path) -> serde_json::Map<String, Value> {
+    let blob =
+        |digest: &str| std::fs::read(dir.join("blobs").join(digest.replacen(':', "/", 1))).unwrap();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let config: Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["steps"].as_object().unwrap().clone()
+}
