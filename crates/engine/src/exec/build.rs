@@ -764,16 +764,13 @@ fn plan_as_reader(
         aliases: &aliases,
     };
     let ignore = read_ignore(request, &df_path)?;
-    // The lint runs after planning, on what planning found; it needs the
-    // ignore file, which the context index takes.
-    let lint_ignore = ignore.clone();
-    let index = ContextIndex::view(tree, context, ignore);
+    let index = Arc::new(ContextIndex::view(tree, context, ignore));
     memobuild_context::access::check_readable(&index).map_err(access_error)?;
     let mut plan = graph::plan(&graph::PlanInput {
         dockerfile: &df,
         target: &request.target,
         build_args: &request.build_args,
-        context: Arc::new(index),
+        context: index.clone(),
         hashes: &engine.hashes,
         merkle: &engine.merkle,
         focus,
@@ -786,12 +783,13 @@ fn plan_as_reader(
         cancelled,
     })
     .map_err(|e| readable.explain(dockerfile_error(e)))?;
+    // After planning: the lint takes what planning found.
     let lint = memobuild_plan::lint::lint(
         &text,
         &df,
         &request.target,
         &request.build_args,
-        &lint_ignore,
+        index.ignore(),
         &plan.lint_found,
     );
     plan.lint = lint.warnings;
