@@ -40,6 +40,7 @@
 //! * `MEMOBUILD_BENCH_RUN_STEPS=N`  trivial RUN rebuilds per tool, default 20
 //! * `MEMOBUILD_BENCH_RUNS=N`       cold and one-file-change runs per tool, default 5
 //! * `MEMOBUILD_BENCH_ONLY=a,b`     run only some of: trivial, context, stage, phases
+//! * `MEMOBUILD_BENCH_WORKDIR=1`    the context scenario as `WORKDIR /app` + `COPY . .`
 //! * `MEMOBUILD_BENCH_NO_DOCKER=1`  skip BuildKit even if it is reachable
 //! * `DOCKER_HOST`                  which Docker daemon (a unix socket; else
 //!   /tmp/dockerd/docker.sock, else /var/run/docker.sock)
@@ -81,9 +82,31 @@ RUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]
 ";
 const TRIVIAL_TAIL: &str = "ARG NONCE\nRUN echo $NONCE > /n\n";
 const TRIVIAL_RUN: &str = "RUN echo $NONCE > /n";
-const CONTEXT_TAIL: &str = "COPY . /app/\nRUN find /app -type f | wc -l > /count\n";
-const CONTEXT_COPY: &str = "COPY . /app/";
 const CONTEXT_RUN: &str = "RUN find /app -type f | wc -l > /count";
+
+/// `MEMOBUILD_BENCH_WORKDIR=1`: the context scenario as `WORKDIR /app` +
+/// `COPY . .` (the destination exists, so the layer's first entries stay the
+/// same across edits) instead of `COPY . /app/` (which creates /app, with
+/// the step's time).
+fn workdir_variant() -> bool {
+    std::env::var("MEMOBUILD_BENCH_WORKDIR").is_ok_and(|v| v == "1")
+}
+
+/// The context scenario's COPY step as the builders display it.
+fn context_copy() -> &'static str {
+    match workdir_variant() {
+        true => "COPY . .",
+        false => "COPY . /app/",
+    }
+}
+
+/// The context scenario's Dockerfile after the busybox base.
+fn context_tail() -> &'static str {
+    match workdir_variant() {
+        true => "WORKDIR /app\nCOPY . .\nRUN find /app -type f | wc -l > /count\n",
+        false => "COPY . /app/\nRUN find /app -type f | wc -l > /count\n",
+    }
+}
 /// BuildKit's description of the exec records of our two final RUNs (unique to this bench).
 const TRIVIAL_EXEC: &str = "mount / from exec /bin/sh -c echo $NONCE > /n";
 const CONTEXT_EXEC: &str = "mount / from exec /bin/sh -c find /app -type f | wc -l > /count";
@@ -463,14 +486,15 @@ fn context(
     let total_bytes = dir_bytes(ctx) as i64;
     let expected_count = count_files(ctx);
     let mut cold = SideRow::new(format!(
-        "{expected_count}-file context: cold build (COPY . /app/ + RUN find)"
+        "{expected_count}-file context: cold build ({} + RUN find)",
+        context_copy()
     ));
     let mut change = SideRow::new(format!(
         "{expected_count}-file context: rebuild after 1 file changed (COPY + RUN re-run)"
     ));
-    let mut s_copy_cold = StepRow::new(format!("`{CONTEXT_COPY}`, cold"));
+    let mut s_copy_cold = StepRow::new(format!("`{}`, cold", context_copy()));
     let mut s_run_cold = StepRow::new(format!("`{CONTEXT_RUN}`, cold"));
-    let mut s_copy = StepRow::new(format!("`{CONTEXT_COPY}`, 1 file changed"));
+    let mut s_copy = StepRow::new(format!("`{}`, 1 file changed", context_copy()));
     let mut s_run = StepRow::new(format!("`{CONTEXT_RUN}`, 1 file changed"));
     let mut unpack_cold = Samples::default();
     let mut unpack_change = Samples::default();
@@ -485,10 +509,11 @@ fn context(
             let mut d = Daemon::start_logging(bins, &work.join(format!("d-ctx{i}")), DAEMON_LOG);
             let r = memobuild_build(&mut d, ctx, TAG_CONTEXT, &[]);
             assert!(r.cached.is_empty(), "cold build used the cache");
-            assert_eq!(r.executed_real().len(), 4, "cold build steps");
+            let steps = if workdir_variant() { 5 } else { 4 };
+            assert_eq!(r.executed_real().len(), steps, "cold build steps");
             cold.mb.push(r.wall);
             cold.mb_daemon.push(r.daemon);
-            a.mb.push(r.step(CONTEXT_COPY).unwrap());
+            a.mb.push(r.step(context_copy()).unwrap());
             b.mb.push(r.step(CONTEXT_RUN).unwrap());
             unpack_cold.push(r.unpacks.iter().sum());
             digest = r.digest.clone();
@@ -499,14 +524,14 @@ fn context(
             dk.new_identity();
             let r = docker_build(dk, ctx, TAG_CONTEXT, &[], CONTEXT_EXEC, Some(total_bytes));
             cold.bk.push(r.wall);
-            if let Some(s) = r.step_time(CONTEXT_COPY) {
+            if let Some(s) = r.step_time(context_copy()) {
                 a.bk.push(s);
             }
             if let Some(s) = r.step_time(CONTEXT_RUN) {
                 b.bk.push(s);
             }
             assert!(
-                r.executed().contains(&CONTEXT_COPY) && r.executed().contains(&CONTEXT_RUN),
+                r.executed().contains(&context_copy()) && r.executed().contains(&CONTEXT_RUN),
                 "BuildKit's cold build did not run COPY and RUN"
             );
             bk_cached.push(r.cached_count());
@@ -535,14 +560,14 @@ fn context(
             let r = memobuild_build(d, ctx, TAG_CONTEXT, &[]);
             assert_eq!(
                 r.executed_real(),
-                vec![CONTEXT_COPY, CONTEXT_RUN],
+                vec![context_copy(), CONTEXT_RUN],
                 "steps re-run after a one-file change"
             );
             assert_ne!(r.digest, digest, "the change did not change the image");
             digest = r.digest.clone();
             change.mb.push(r.wall);
             change.mb_daemon.push(r.daemon);
-            a.mb.push(r.step(CONTEXT_COPY).unwrap());
+            a.mb.push(r.step(context_copy()).unwrap());
             b.mb.push(r.step(CONTEXT_RUN).unwrap());
             unpack_change.push(r.unpacks.iter().sum());
         };
@@ -550,13 +575,13 @@ fn context(
             let r = docker_build(dk, ctx, TAG_CONTEXT, &[], CONTEXT_EXEC, Some(total_bytes));
             assert_eq!(
                 r.executed(),
-                vec![CONTEXT_COPY, CONTEXT_RUN],
+                vec![context_copy(), CONTEXT_RUN],
                 "BuildKit steps re-run after a one-file change"
             );
             assert_ne!(r.image, bk_image, "BuildKit did not see the change");
             bk_image = r.image.clone();
             change.bk.push(r.wall);
-            if let Some(s) = r.step_time(CONTEXT_COPY) {
+            if let Some(s) = r.step_time(context_copy()) {
                 a.bk.push(s);
             }
             if let Some(s) = r.step_time(CONTEXT_RUN) {
@@ -968,7 +993,7 @@ fn main() {
         fs::create_dir(&ctx).unwrap();
         let t = Instant::now();
         let plan = common::generate_tree(&ctx, files, total, SEED).expect("generating the context");
-        write_context(&ctx, CONTEXT_TAIL, dockerfile_len(1));
+        write_context(&ctx, context_tail(), dockerfile_len(1));
         let changed = common::file_to_change(&plan);
         println!(
             "context: {} files, {:.1} MB + busybox in {} (generated in {:.1} s); one-file change edits {} ({} bytes)",

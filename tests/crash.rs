@@ -1,6 +1,7 @@
 //! Crash safety: memobuildd killed with -9 at random moments across 50 builds
 //! (COPY-only and RUN, contexts edited between builds so new cache entries and
-//! blobs keep being written, automatic GC running after builds) never leaves a
+//! blobs keep being written, automatic GC running after builds, layer blobs
+//! still being written behind the RUN that stands on their snapshot) never leaves a
 //! cache entry or image pointing at a missing or corrupt blob, nor temp files;
 //! and the restarted daemon builds the same images as a fresh one, also when
 //! its RUN steps run again on the snapshots the killed daemons wrote.
@@ -58,8 +59,13 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
     let mut finished = 0;
     for i in 0..52 {
         let (ctx, file, run) = &contexts[i % contexts.len()];
-        // A new version most of the time, an old one (cached) sometimes.
-        let len = 8 * 1024 + rng.below(120 * 1024) as usize;
+        // A new version most of the time, an old one (cached) sometimes. The
+        // RUN builds' files are larger: their COPY layer's blob is still being
+        // compressed while the RUN runs on its snapshot, and kills land there.
+        let len = match run {
+            false => 8 * 1024 + rng.below(120 * 1024) as usize,
+            true => (1 << 20) + rng.below(3 << 20) as usize,
+        };
         let seed = if rng.below(4) == 0 { 7 } else { rng.next() };
         std::fs::write(ctx.path().join(file), Rng(seed | 1).bytes(len)).unwrap();
         let tag = format!("crash{}:latest", i % contexts.len());

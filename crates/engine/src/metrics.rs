@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     cache_misses: IntCounterVec,
     hashed_bytes: IntCounter,
     step_snapshots: IntCounterVec,
+    layers_in_background: IntCounter,
+    layer_entries_resumed: IntCounter,
     watch_events: IntCounter,
     watch_rescans: IntCounter,
     blob_bytes: IntGauge,
@@ -64,6 +66,7 @@ pub(crate) struct Sample {
     pub watch_rescans: u64,
     pub blob_bytes: u64,
     pub blobs: u64,
+    pub layer_entries_resumed: u64,
 }
 
 /// Decrements the running-builds gauge when the build ends, however it ends.
@@ -117,6 +120,14 @@ impl Metrics {
                 ),
                 &["how"],
             )?,
+            layers_in_background: IntCounter::new(
+                "memobuild_layers_in_background_total",
+                "Layers whose blob was still being written when the RUN after them started on their snapshot",
+            )?,
+            layer_entries_resumed: IntCounter::new(
+                "memobuild_layer_entries_resumed_total",
+                "Layer entries taken, as written pieces, from the step's previous layer instead of being read, hashed and compressed again",
+            )?,
             hashed_bytes: IntCounter::new(
                 "memobuild_hashed_bytes_total",
                 "Bytes of context files read for content hashing",
@@ -169,6 +180,8 @@ impl Metrics {
         r.register(Box::new(self.cache_misses.clone()))?;
         r.register(Box::new(self.hashed_bytes.clone()))?;
         r.register(Box::new(self.step_snapshots.clone()))?;
+        r.register(Box::new(self.layers_in_background.clone()))?;
+        r.register(Box::new(self.layer_entries_resumed.clone()))?;
         r.register(Box::new(self.watch_events.clone()))?;
         r.register(Box::new(self.watch_rescans.clone()))?;
         r.register(Box::new(self.blob_bytes.clone()))?;
@@ -205,6 +218,11 @@ impl Metrics {
         }
     }
 
+    /// A RUN started while `count` layers below it were still being written.
+    pub(crate) fn layers_in_background(&self, count: u64) {
+        self.layers_in_background.inc_by(count);
+    }
+
     /// A lookup in a cache tier (one of [`TIERS`]) for `steps` steps.
     pub(crate) fn cache(&self, tier: &str, hit: bool, steps: u64) {
         let counter = if hit {
@@ -226,6 +244,7 @@ impl Metrics {
         advance(&self.hashed_bytes, sample.hashed_bytes);
         advance(&self.watch_events, sample.watch_events);
         advance(&self.watch_rescans, sample.watch_rescans);
+        advance(&self.layer_entries_resumed, sample.layer_entries_resumed);
         self.blob_bytes.set(sample.blob_bytes as i64);
         self.blobs.set(sample.blobs as i64);
         let mut out = Vec::new();
@@ -267,6 +286,7 @@ pub async fn scrape(engine: &Arc<Engine>) -> Result<String, MetricsError> {
             watch_rescans: health.trees.iter().map(|t| t.rescans).sum(),
             blob_bytes,
             blobs,
+            layer_entries_resumed: e.layer_writer.resumed_entries(),
         }
     })
     .await

@@ -53,6 +53,12 @@ pub fn chain_ids<'a>(diff_ids: impl IntoIterator<Item = &'a str>) -> Vec<String>
 }
 
 impl Sandbox {
+    /// Whether the unpacked chain `chain_id` (see [`chain_ids`]) is there,
+    /// so a step standing on it needs none of its layers' blobs.
+    pub async fn has_chain(&self, chain_id: &str) -> bool {
+        self.snapshot_exists(chain_id).await.unwrap_or(false)
+    }
+
     pub(super) async fn snapshot_exists(&self, key: &str) -> Result<bool, SandboxError> {
         let req = StatSnapshotRequest {
             snapshotter: self.snapshotter.clone(),

@@ -94,6 +94,41 @@ impl BlobStore {
         })
     }
 
+    /// A writer whose blob begins with the first `len` bytes of the stored
+    /// blob `from` (copied in the kernel, not read), `state` being the
+    /// SHA-256 state after those bytes (as [`BlobWriter::hash_state`] gave it
+    /// when `from` was written). `from` must pass [`BlobStore::verify_cached`]:
+    /// its bytes are the ones that state was made from.
+    pub fn writer_with_prefix(
+        &self,
+        from: &str,
+        len: u64,
+        state: Sha256,
+    ) -> Result<BlobWriter<'_>, StoreError> {
+        self.verify_cached(from)?;
+        let path = self.path(from)?;
+        let source = File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let mut file =
+            tempfile::NamedTempFile::new_in(&self.tmp).map_err(|e| StoreError::io(&self.tmp, e))?;
+        let copied = io::copy(&mut (&source).take(len), file.as_file_mut())
+            .map_err(|e| StoreError::io(&path, e))?;
+        if copied != len {
+            return Err(StoreError::io(
+                &path,
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the blob is shorter than the prefix",
+                ),
+            ));
+        }
+        Ok(BlobWriter {
+            store: self,
+            file: io::BufWriter::with_capacity(256 * 1024, file),
+            hasher: state,
+            size: len,
+        })
+    }
+
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<(Digest, u64), StoreError> {
         // Small blobs (configs, manifests) are often already stored: skip the
         // write and its fsyncs then.
@@ -330,6 +365,11 @@ impl Write for BlobWriter<'_> {
 }
 
 impl BlobWriter<'_> {
+    /// The SHA-256 state after the bytes written so far.
+    pub fn hash_state(&self) -> Sha256 {
+        self.hasher.clone()
+    }
+
     /// fsyncs the data, renames it into place and fsyncs the directory.
     pub fn commit(self) -> Result<(Digest, u64), StoreError> {
         let tmp = self.store.tmp.clone();

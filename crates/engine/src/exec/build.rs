@@ -1065,8 +1065,18 @@ async fn run_stage(
             key: stage.base_key.clone(),
         },
     };
+    // Layers of this stage whose blobs are still being written.
+    let mut pending: Vec<Unsettled> = Vec::new();
     for &step_index in &stage.steps {
         let step = &plan.steps[step_index];
+        if !pending.is_empty() {
+            if !stands_on_pending(engine, step, &state, &pending).await {
+                settle(&mut state, &mut pending).await?;
+            } else if matches!(step.op, Op::Run(_)) {
+                let behind = pending.iter().filter(|p| !p.record.is_finished()).count();
+                engine.metrics.layers_in_background(behind as u64);
+            }
+        }
         let step_key = if step.pending {
             let key = resolve_key(engine, step, &state.key, inputs).await?;
             run.resolved.lock().insert(step_index, key.clone());
@@ -1114,7 +1124,7 @@ async fn run_stage(
                 record
             }
             None => {
-                let record = match &step.op {
+                let executed = match &step.op {
                     Op::Run(op) => {
                         let stage_layers =
                             inputs.iter().map(|(k, v)| (*k, v.layers.clone())).collect();
@@ -1133,7 +1143,7 @@ async fn run_stage(
                         };
                         let run =
                             tracing::Instrument::instrument(super::run::run(&cx, op), span.clone());
-                        run.await.map_err(|e| {
+                        let record = run.await.map_err(|e| {
                             note_failed(log, step_index, &e);
                             RpcError {
                                 message: format!(
@@ -1143,7 +1153,8 @@ async fn run_stage(
                                 ..e
                             }
                             .at(step_location(plan, step))
-                        })?
+                        })?;
+                        Executed::Done(record)
                     }
                     _ => {
                         let reader = reader_of(&run.request);
@@ -1153,20 +1164,42 @@ async fn run_stage(
                             .inspect_err(|e| note_failed(log, step_index, e))?
                     }
                 };
-                {
-                    let (engine, key, mut record) =
-                        (engine.clone(), step_key.clone(), record.clone());
-                    // Shared by key; its maker's (or an admin's) prune drops it.
-                    record.owner = crate::owner::owner_of(&run.request);
-                    let build = run.build;
-                    blocking(move || {
-                        engine
-                            .store
-                            .record_step(build, &key, &record)
-                            .map_err(internal)
-                    })
-                    .await?;
-                }
+                // Shared by key; its maker's (or an admin's) prune drops it.
+                let owner = crate::owner::owner_of(&run.request);
+                let record = match executed {
+                    Executed::Done(record) => {
+                        let (engine, key) = (engine.clone(), step_key.clone());
+                        let stored = StepRecord {
+                            owner,
+                            ..record.clone()
+                        };
+                        let build = run.build;
+                        blocking(move || {
+                            engine
+                                .store
+                                .record_step(build, &key, &stored)
+                                .map_err(internal)
+                        })
+                        .await?;
+                        record
+                    }
+                    Executed::Pending { created_at, layer } => {
+                        let provisional = layer.provisional();
+                        pending.push(Unsettled {
+                            position: state.layers.len(),
+                            user_files: layer.user_files,
+                            record: record_when_written(
+                                engine, run.build, &step_key, created_at, owner, layer,
+                            ),
+                        });
+                        StepRecord {
+                            layer: Some(provisional),
+                            created_at,
+                            owner: None,
+                            imported: false,
+                        }
+                    }
+                };
                 engine.metrics.step(&step.display, false, started.elapsed());
                 let millis = started.elapsed().as_millis() as u64;
                 tracing::info!(parent: &span, millis, "step done");
@@ -1202,7 +1235,81 @@ async fn run_stage(
             state.layers.push(layer);
         }
     }
+    settle(&mut state, &mut pending).await?;
     Ok(state)
+}
+
+/// A layer of the stage whose blob is still being written (see
+/// [`PendingLayer`]).
+struct Unsettled {
+    /// Where its provisional record is in the stage's layers.
+    position: usize,
+    user_files: bool,
+    /// Its real record, once the blob is written and the step recorded.
+    record: tokio::task::JoinHandle<Result<LayerRecord, RpcError>>,
+}
+
+/// Waits for `layer`'s blob in the background and records the step then
+/// (even if the build stops meanwhile: the result is complete).
+fn record_when_written(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    key: &str,
+    created_at: i64,
+    owner: Option<u32>,
+    layer: PendingLayer,
+) -> tokio::task::JoinHandle<Result<LayerRecord, RpcError>> {
+    let (engine, key) = (engine.clone(), key.to_string());
+    tokio::spawn(async move {
+        let written = layer.write.await.map_err(internal)??;
+        let record = StepRecord {
+            layer: Some(written.clone()),
+            created_at,
+            owner,
+            imported: false,
+        };
+        blocking(move || {
+            engine
+                .store
+                .record_step(build, &key, &record)
+                .map_err(internal)
+        })
+        .await?;
+        Ok(written)
+    })
+}
+
+/// Whether `step` can run while layers of its stage are still being written:
+/// metadata can; a RUN can if the snapshot it stands on is there and it needs
+/// no file of theirs (the users it runs as); anything else reads layers.
+async fn stands_on_pending(
+    engine: &Arc<Engine>,
+    step: &Step,
+    state: &StageResult,
+    pending: &[Unsettled],
+) -> bool {
+    match step.op {
+        Op::Meta => true,
+        Op::Run(_) if !pending.iter().any(|p| p.user_files) => {
+            let Some(top) = super::snapshots::top_chain_id(&state.layers, None) else {
+                return false;
+            };
+            match engine.sandbox().await {
+                Ok(sandbox) => sandbox.has_chain(&top).await,
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Puts the real records of `pending` layers in place of their provisional ones.
+async fn settle(state: &mut StageResult, pending: &mut Vec<Unsettled>) -> Result<(), RpcError> {
+    for unsettled in pending.drain(..) {
+        let layer = unsettled.record.await.map_err(internal)??;
+        state.layers[unsettled.position] = layer;
+    }
+    Ok(())
 }
 
 /// The history comment of a Dockerfile instruction, as BuildKit writes it.
@@ -1366,6 +1473,53 @@ impl StepFailure for copy::CopyError {
     }
 }
 
+/// What running a filesystem step gave.
+enum Executed {
+    Done(StepRecord),
+    /// Its snapshot is committed and its diff_id known; the layer blob is
+    /// still being written (see [`PendingLayer`]).
+    Pending {
+        created_at: i64,
+        layer: PendingLayer,
+    },
+}
+
+/// A step result whose layer blob is still being compressed and written,
+/// while the RUN after it already runs on its snapshot (committed under the
+/// chain id, which needs only the diff_id). The stage takes its real
+/// [`LayerRecord`] (and records the step) when the blob is done: before any
+/// step that is not a RUN or metadata, and before the stage ends.
+struct PendingLayer {
+    diff_id: String,
+    /// Whether it holds a file named `passwd` or `group`: the RUN after it
+    /// may read users from its bytes, so it waits for the blob.
+    user_files: bool,
+    write: tokio::task::JoinHandle<Result<LayerRecord, RpcError>>,
+}
+
+impl PendingLayer {
+    /// What the steps after it see until the blob is done: the diff_id (for
+    /// the chain id and the layer index, see `LayerCache`) and, in place of
+    /// the blob digest, the diff_id again, which names no blob, so nothing
+    /// can read a blob that is not there yet.
+    fn provisional(&self) -> LayerRecord {
+        LayerRecord {
+            digest: self.diff_id.clone(),
+            diff_id: self.diff_id.clone(),
+            size: 0,
+            media_type: memobuild_oci::MEDIA_LAYER_GZIP.to_string(),
+        }
+    }
+}
+
+fn has_user_files(changes: &ChangeSet) -> bool {
+    changes.entries.iter().any(|(path, entry)| {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        matches!(entry.kind, memobuild_oci::EntryKind::File(_))
+            && (name == "passwd" || name == "group")
+    })
+}
+
 /// Runs one step that missed the cache.
 async fn execute(
     engine: &Arc<Engine>,
@@ -1375,15 +1529,18 @@ async fn execute(
     inputs: &BTreeMap<usize, StageResult>,
     epoch: Option<i64>,
     reader: Option<Arc<Creds>>,
-) -> Result<StepRecord, RpcError> {
+) -> Result<Executed, RpcError> {
     let now = memobuild_store::now_secs();
-    if matches!(step.op, Op::Meta) {
-        return Ok(StepRecord {
+    let empty = || {
+        Executed::Done(StepRecord {
             layer: None,
             created_at: now,
             owner: None,
             imported: false,
-        });
+        })
+    };
+    if matches!(step.op, Op::Meta) {
+        return Ok(empty());
     }
     let (engine, plan, step) = (engine.clone(), plan.clone(), step.clone());
     let parent_layers = parent.layers.clone();
@@ -1422,52 +1579,94 @@ async fn execute(
     };
     changes.clamp_mtimes(epoch);
     if changes.is_empty() {
-        return Ok(StepRecord {
-            layer: None,
-            created_at: now,
-            owner: None,
-            imported: false,
-        });
+        return Ok(empty());
     }
     // The layer blob and, when a RUN may need it, the unpacked snapshot are
-    // written at the same time from the same changes.
+    // written at the same time from the same changes. The snapshot is
+    // committed as soon as the tar stream's diff_id is known; the blob may
+    // still be compressing then.
+    let started = Instant::now();
     let changes = Arc::new(changes);
+    let staged = staging.path().to_path_buf();
+    // The step's previous layer and snapshot are found by its slot.
+    let slot = super::snapshots::slot(&parent_layers, &step.display);
+    let slot_name = format!("{}\n{}", slot.0, slot.1);
+    // Kept until both the blob and the snapshot are written (the snapshot
+    // links files from it).
+    let staging = Arc::new(staging);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<(String, bool)>();
     let write = {
-        let (engine, plan, step, changes) =
-            (engine.clone(), plan.clone(), step.clone(), changes.clone());
-        blocking(move || {
-            let (layer, sizes) = engine
-                .layer_writer
-                .write_sized(&changes, &engine.store.blobs)
-                .map_err(|e| step_error(&plan, &step, e))?;
-            engine.layers.remember(&layer.digest, &changes, &sizes);
+        let (engine, plan, step, changes, staging) = (
+            engine.clone(),
+            plan.clone(),
+            step.clone(),
+            changes.clone(),
+            staging.clone(),
+        );
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            let indexed = |diff_id: &str, sizes: &[u64]| {
+                tracing::debug!(took = ?started.elapsed(), "layer's diff_id known");
+                let remembered = engine.layers.remember(diff_id, &changes, sizes);
+                let _ = ready_tx.send((diff_id.to_string(), remembered));
+            };
+            let written = engine.layer_writer.write_early(
+                &changes,
+                &engine.store.blobs,
+                Some(&slot_name),
+                indexed,
+            );
+            tracing::debug!(took = ?started.elapsed(), "layer blob written");
+            // Its files are in the blob (and linked into the snapshot) now.
+            drop(staging);
+            let (layer, _) = written.map_err(|e| step_error(&plan, &step, e))?;
             Ok(layer)
         })
     };
     let snapshot = async {
         match wants_snapshot {
             true => {
-                let slot = super::snapshots::slot(&parent_layers, &step.display);
-                let staged = Some(staging.path());
                 let changes = changes.clone();
-                super::snapshots::materialize(&engine, &parent_layers, changes, Some(slot), staged)
-                    .await
+                super::snapshots::materialize(
+                    &engine,
+                    &parent_layers,
+                    changes,
+                    Some(slot),
+                    Some(&staged),
+                )
+                .await
             }
             false => None,
         }
     };
-    let (layer, snapshot) = tokio::join!(write, snapshot);
+    let (ready, snapshot) = tokio::join!(ready_rx, snapshot);
     drop(staging);
-    let layer = layer?;
-    if let Some(snapshot) = snapshot {
-        super::snapshots::commit(&engine, &parent_layers, &layer, snapshot).await;
+    tracing::debug!(took = ?started.elapsed(), "step result's snapshot written");
+    let committed = match (&ready, snapshot) {
+        (Ok((diff_id, _)), Some(snapshot)) => {
+            super::snapshots::commit(&engine, &parent_layers, diff_id, snapshot).await
+        }
+        _ => false,
+    };
+    match ready {
+        Ok((diff_id, true)) if committed => Ok(Executed::Pending {
+            created_at: now,
+            layer: PendingLayer {
+                diff_id,
+                user_files: has_user_files(&changes),
+                write,
+            },
+        }),
+        _ => {
+            let layer = write.await.map_err(internal)??;
+            Ok(Executed::Done(StepRecord {
+                layer: Some(layer),
+                created_at: now,
+                owner: None,
+                imported: false,
+            }))
+        }
     }
-    Ok(StepRecord {
-        layer: Some(layer),
-        created_at: now,
-        owner: None,
-        imported: false,
-    })
 }
 
 /// Whether a RUN comes after `step` (a stage is only ever built on an

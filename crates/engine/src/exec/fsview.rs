@@ -41,31 +41,37 @@ struct LayerIndex {
     opaque_dirs: Vec<String>,
 }
 
-/// Parsed layer indexes, shared by all builds.
+/// Parsed layer indexes, shared by all builds, by diff_id (the uncompressed
+/// tar: one index whatever the compression, and known before the blob is).
 #[derive(Default)]
 pub struct LayerCache {
     layers: Mutex<HashMap<String, Arc<LayerIndex>>>,
 }
 
 impl LayerCache {
-    fn index(&self, store: &Store, digest: &str) -> Result<Arc<LayerIndex>, OciError> {
-        if let Some(found) = self.layers.lock().get(digest) {
+    fn index(&self, store: &Store, layer: &LayerRecord) -> Result<Arc<LayerIndex>, OciError> {
+        if let Some(found) = self.layers.lock().get(&layer.diff_id) {
             return Ok(found.clone());
         }
-        let index = Arc::new(read_index(store, digest)?);
-        self.layers.lock().insert(digest.to_string(), index.clone());
+        let index = Arc::new(read_index(store, &layer.digest)?);
+        self.layers
+            .lock()
+            .insert(layer.diff_id.clone(), index.clone());
         Ok(index)
     }
 
-    /// Indexes the layer `digest` just written from `changes` (`file_sizes`:
+    /// Indexes the layer `diff_id` being written from `changes` (`file_sizes`:
     /// what the writer gave each regular file, in order), so the next step
-    /// does not read its headers back (decompressing the whole layer).
-    pub(crate) fn remember(&self, digest: &str, changes: &ChangeSet, file_sizes: &[u64]) {
-        if let Some(index) = index_of_changes(changes, file_sizes) {
-            self.layers
-                .lock()
-                .insert(digest.to_string(), Arc::new(index));
-        }
+    /// does not read its headers back (decompressing the whole layer), nor
+    /// wait for its blob. False if the sizes do not fit the changes.
+    pub(crate) fn remember(&self, diff_id: &str, changes: &ChangeSet, file_sizes: &[u64]) -> bool {
+        let Some(index) = index_of_changes(changes, file_sizes) else {
+            return false;
+        };
+        self.layers
+            .lock()
+            .insert(diff_id.to_string(), Arc::new(index));
+        true
     }
 }
 
@@ -192,7 +198,7 @@ impl FsView {
     ) -> Result<FsView, OciError> {
         let mut entries: BTreeMap<String, ViewEntry> = BTreeMap::new();
         for (i, layer) in layers.iter().enumerate() {
-            let index = cache.index(store, &layer.digest)?;
+            let index = cache.index(store, layer)?;
             for dir in &index.opaque_dirs {
                 remove_below(&mut entries, dir);
             }

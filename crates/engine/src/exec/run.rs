@@ -297,7 +297,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
                 .layer_writer
                 .write_sized(&changes, &store.blobs)
                 .map_err(|e| err(e.to_string()))?;
-            engine.layers.remember(&layer.digest, &changes, &sizes);
+            engine.layers.remember(&layer.diff_id, &changes, &sizes);
             Ok::<_, RpcError>(layer)
         })
     };
@@ -316,7 +316,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
     tracing::debug!(took = ?started.elapsed(), "layer and snapshot written");
     let layer = layer.map_err(|e| err(format!("internal error: {e}")))?;
     if let (Ok(layer), Some(snapshot)) = (&layer, snapshot) {
-        super::snapshots::commit(engine, cx.parent_layers, layer, snapshot).await;
+        super::snapshots::commit(engine, cx.parent_layers, &layer.diff_id, snapshot).await;
     }
     match cx.snapshot_for_later_run {
         // The next snapshot holds hard links to this step's files: they are

@@ -140,19 +140,18 @@ impl Recent {
     }
 }
 
-/// Commits `written` as the chain of `parent_layers` plus `layer`.
+/// Commits `written` as the chain of `parent_layers` plus the layer
+/// `diff_id`; false if it could not.
 pub(super) async fn commit(
     engine: &Engine,
     parent_layers: &[LayerRecord],
-    layer: &LayerRecord,
+    diff_id: &str,
     written: Written,
-) {
-    let mut layers = parent_layers.to_vec();
-    layers.push(layer.clone());
-    let Some(chain_id) = chain_ids(&layers).pop() else {
-        return;
+) -> bool {
+    let Some(chain_id) = top_chain_id(parent_layers, Some(diff_id)) else {
+        return false;
     };
-    match written.snapshot.commit(&chain_id, &layer.diff_id).await {
+    match written.snapshot.commit(&chain_id, diff_id).await {
         Ok(()) => {
             let how = if written.depth > 0 {
                 "delta"
@@ -168,11 +167,19 @@ pub(super) async fn commit(
                 };
                 engine.recent.remember(slot, result);
             }
+            true
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not keep a step's snapshot; a RUN will unpack its layer")
+            tracing::warn!(error = %e, "could not keep a step's snapshot; a RUN will unpack its layer");
+            false
         }
     }
+}
+
+/// The chain id of `layers` plus, if given, one more layer `diff_id`.
+pub(super) fn top_chain_id(layers: &[LayerRecord], diff_id: Option<&str>) -> Option<String> {
+    let diff_ids = layers.iter().map(|l| l.diff_id.as_str()).chain(diff_id);
+    memobuild_sandbox::chain_ids(diff_ids).pop()
 }
 
 fn chain_ids(layers: &[LayerRecord]) -> Vec<String> {

@@ -15,8 +15,10 @@ use memobuild_store::{BlobStore, LayerRecord, StoreError};
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 mod pieces;
+mod prefetch;
 
 pub use pieces::LayerWriter;
 use pieces::PieceSink;
@@ -175,38 +177,169 @@ impl LayerWriter {
         changes: &ChangeSet,
         blobs: &BlobStore,
     ) -> Result<(LayerRecord, Vec<u64>), OciError> {
-        let mut sizes = Vec::new();
-        let (digest, size, diff_id) = pieces::write_layer(self, blobs, |sink| {
-            let mut tar = tar::Builder::new(sink);
-            for (path, entry) in &changes.entries {
-                let written = append_entry(&mut tar, path, entry).map_err(|source| {
-                    if source.kind() == io::ErrorKind::NotFound
-                        || source.kind() == io::ErrorKind::InvalidData
-                    {
-                        OciError::ContextChanged { path: path.clone() }
-                    } else {
-                        OciError::Write {
-                            path: path.clone(),
-                            source,
-                        }
-                    }
-                })?;
-                if let EntryKind::File(_) = entry.kind {
-                    sizes.push(written);
-                }
-            }
-            tar.finish().map_err(|source| OciError::Write {
-                path: "<end of archive>".into(),
-                source,
+        self.write_with(changes, blobs, None, |_, _| {})
+    }
+
+    /// Like [`LayerWriter::write_sized`], calling `on_diff_id` with the
+    /// diff_id and the file sizes as soon as every byte of the tar stream is
+    /// read and hashed. Compressing and appending its last pieces (at most
+    /// a few hundred MiB of raw bytes) may go on after that, so a caller that
+    /// needs only the diff_id does not wait for the blob.
+    ///
+    /// `slot` names the step the layer is a result of (any string stable
+    /// across builds). The writer remembers the last layer of each slot; the
+    /// next one shares the pieces before the first entry that differs, so an
+    /// edit reads, hashes and compresses only from that entry on. The blob is
+    /// byte for byte what a whole write gives.
+    pub fn write_early(
+        &self,
+        changes: &Arc<ChangeSet>,
+        blobs: &BlobStore,
+        slot: Option<&str>,
+        on_diff_id: impl FnOnce(&str, &[u64]) + Send,
+    ) -> Result<(LayerRecord, Vec<u64>), OciError> {
+        let kept = slot.map(|slot| (slot, changes));
+        self.write_with(changes, blobs, kept, on_diff_id)
+    }
+
+    /// Total entries layers took from the earlier layer of their slot
+    /// instead of writing them (see [`LayerWriter::write_early`]).
+    pub fn resumed_entries(&self) -> u64 {
+        self.resumed_entries
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn write_with(
+        &self,
+        changes: &ChangeSet,
+        blobs: &BlobStore,
+        kept: Option<(&str, &Arc<ChangeSet>)>,
+        on_diff_id: impl FnOnce(&str, &[u64]) + Send,
+    ) -> Result<(LayerRecord, Vec<u64>), OciError> {
+        let slot = kept.map(|(slot, _)| slot);
+        let trace = slot.and_then(|slot| self.traces.lock().get(slot).cloned());
+        let resume = trace.as_deref().and_then(|trace| {
+            let shared = trace.shared_pieces(changes)?;
+            Some(pieces::Resume {
+                blob: &trace.blob,
+                marks: &trace.marks[..shared],
             })
-        })?;
+        });
+        let produce = |sink: &mut PieceSink<'_>, first: usize| {
+            let mut sizes = trace
+                .as_deref()
+                .map(|trace| trace.file_sizes_before(&trace.changes, first))
+                .unwrap_or_default();
+            let prefetch = prefetch::Prefetch::new(changes.entries.values().skip(first));
+            prefetch.run(|| {
+                let mut tar = tar::Builder::new(sink);
+                for (i, (path, entry)) in changes.entries.iter().skip(first).enumerate() {
+                    let ahead = prefetch.take(i);
+                    let written = append_entry(&mut tar, path, entry, ahead)
+                        .map_err(|source| entry_error(path, source))?;
+                    if let EntryKind::File(_) = entry.kind {
+                        sizes.push(written);
+                    }
+                }
+                tar.finish().map_err(|source| OciError::Write {
+                    path: "<end of archive>".into(),
+                    source,
+                })?;
+                Ok(sizes)
+            })
+        };
+        let on_diff_id = |diff_id: &str, sizes: &Vec<u64>| on_diff_id(diff_id, sizes);
+        let written = pieces::write_layer(self, blobs, resume, produce, on_diff_id)?;
         let record = LayerRecord {
-            digest,
-            diff_id,
-            size,
+            digest: written.digest.clone(),
+            diff_id: written.diff_id.clone(),
+            size: written.size,
             media_type: super::MEDIA_LAYER_GZIP.to_string(),
         };
-        Ok((record, sizes))
+        self.resumed_entries.fetch_add(
+            written.resumed_entries as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Some((slot, changes)) = kept {
+            self.keep_trace(slot, &written, changes);
+        }
+        Ok((record, written.produced))
+    }
+
+    fn keep_trace(
+        &self,
+        slot: &str,
+        written: &pieces::Written<Vec<u64>>,
+        changes: &Arc<ChangeSet>,
+    ) {
+        let trace = Trace {
+            blob: written.digest.clone(),
+            marks: written.marks.clone(),
+            sizes: written.produced.clone(),
+            changes: changes.clone(),
+        };
+        let mut traces = self.traces.lock();
+        if traces.len() >= TRACES_CAP && !traces.contains_key(slot) {
+            traces.clear();
+        }
+        traces.insert(slot.to_string(), Arc::new(trace));
+    }
+}
+
+/// Step slots whose last layer a [`LayerWriter`] remembers, at most (each
+/// costs about 50 bytes per 64 KiB of tar plus the entries).
+const TRACES_CAP: usize = 32;
+
+/// A layer written for a step slot (see [`LayerWriter::write_early`]).
+pub(crate) struct Trace {
+    blob: String,
+    marks: Vec<pieces::Mark>,
+    /// The size of each regular file, in entry order.
+    sizes: Vec<u64>,
+    changes: Arc<ChangeSet>,
+}
+
+impl Trace {
+    /// How many of this layer's pieces a layer of `changes` begins with:
+    /// those that end before the first entry the two differ in. `None` if
+    /// none.
+    fn shared_pieces(&self, changes: &ChangeSet) -> Option<usize> {
+        let first_difference = self
+            .changes
+            .entries
+            .iter()
+            .zip(&changes.entries)
+            .take_while(|((p1, e1), (p2, e2))| p1 == p2 && same_entry(e1, e2))
+            .count();
+        let last = self.marks.iter().rposition(|m| {
+            m.ends_entries
+                .is_some_and(|e| e > 0 && e <= first_difference)
+        })?;
+        Some(last + 1)
+    }
+
+    /// The sizes of the regular files among the first `count` entries.
+    fn file_sizes_before(&self, changes: &ChangeSet, count: usize) -> Vec<u64> {
+        let files = changes
+            .entries
+            .values()
+            .take(count)
+            .filter(|e| matches!(e.kind, EntryKind::File(_)))
+            .count();
+        self.sizes[..files.min(self.sizes.len())].to_vec()
+    }
+}
+
+fn entry_error(path: &str, source: io::Error) -> OciError {
+    if source.kind() == io::ErrorKind::NotFound || source.kind() == io::ErrorKind::InvalidData {
+        OciError::ContextChanged {
+            path: path.to_string(),
+        }
+    } else {
+        OciError::Write {
+            path: path.to_string(),
+            source,
+        }
     }
 }
 
@@ -216,12 +349,26 @@ fn append_entry(
     tar: &mut tar::Builder<&mut PieceSink<'_>>,
     path: &str,
     entry: &LayerEntry,
+    ahead: prefetch::Ahead,
 ) -> io::Result<u64> {
     let mut header = tar::Header::new_gnu();
     header.set_mode(entry.mode & 0o7777);
     header.set_uid(entry.uid.into());
     header.set_gid(entry.gid.into());
     header.set_mtime(entry.mtime);
+    match ahead {
+        prefetch::Ahead::Writer => {}
+        prefetch::Ahead::Failed(e) => return Err(e),
+        prefetch::Ahead::Read(bytes) => {
+            // Read and checked by a reader thread.
+            tar.get_mut().begin_entry(bytes.len() as u64)?;
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(bytes.len() as u64);
+            tar.append_data(&mut header, path, bytes.as_slice())?;
+            tar.get_mut().end_entry(path)?;
+            return Ok(bytes.len() as u64);
+        }
+    }
     let file = match &entry.kind {
         // Never a FIFO or device swapped in since the file was listed.
         EntryKind::File(Content::Path(src) | Content::Checked { path: src, .. }) => {
