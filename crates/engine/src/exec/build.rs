@@ -467,7 +467,7 @@ async fn build_planned(
         blocking(move || {
             let cancelled = Some(&log.cancelled);
             make_plan(
-                &engine, &request, &secrets, &tree, None, caller, cancelled, true,
+                &engine, &request, &secrets, &tree, None, caller, cancelled, !log.eager,
             )
         })
         .await?
@@ -638,7 +638,7 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
 /// a plan nobody waits for stops (see [`graph::PlanInput::cancelled`]).
 /// `with_agents`: the plan of a client's build, which may fetch with the
 /// ssh agents it forwards (`ADD git@...`); else no agent is reached
-/// (re-plans, `--call=check`; see [`super::urls::GitSsh`]).
+/// (re-plans, eager builds, `--call=check`; see [`super::urls::GitSsh`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn make_plan(
     engine: &Engine,

@@ -51,7 +51,7 @@ pub(super) enum GitSsh<'a> {
         request: &'a BuildRequest,
     },
     /// A plan with no client to ask (the daemon's re-plans of a project for
-    /// `status`, `build --call=check`): no agent and no network; the
+    /// `status`, eager builds, `build --call=check`): no agent and no network; the
     /// checkout an earlier build of the same user made for the same
     /// (remote, ref, options) is reused, else the plan fails saying a build
     /// is needed.
@@ -475,7 +475,7 @@ impl UrlSource for Downloads<'_> {
                     .filter(|t| t.dir.is_dir())
                     .cloned()
                     .ok_or_else(|| {
-                        "a re-plan has no ssh agent to fetch it with, and no build of this user fetched it yet: build the project (memobuild-ctl build --ssh default)".to_string()
+                        "no client waits for this plan (a re-plan for status, an eager build, --call=check), so there is no ssh agent to fetch it with, and no build of this user fetched it yet: build the project (memobuild-ctl build --ssh default)".to_string()
                     });
             }
             // A build request always asks the server with its own agent.
