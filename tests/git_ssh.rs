@@ -460,7 +460,9 @@ fn a_user_the_server_refuses_gets_nothing_of_another_users_checkout() {
     let repo = Repo::new();
     let commit = repo.commit(&[("secret.txt", "only for A\n")], None);
     let url = sshd.url(&repo.bare());
-    let ctx = context(&format!("FROM scratch\nADD {url}#{commit} /src\n"));
+    let ctx = context(&format!(
+        "FROM scratch\nADD {url}#{commit} /src\nENV X=$nope\n"
+    ));
     let (d, _config) = shared_daemon();
     let build_as = |uid: u32, agent: &Agent| {
         let out_dir = tempfile::tempdir().unwrap();
@@ -511,4 +513,25 @@ fn a_user_the_server_refuses_gets_nothing_of_another_users_checkout() {
         file(&archive, "src/secret.txt").as_deref(),
         Some("only for A\n")
     );
+
+    // `build --call=check` plans without an agent, reusing only the
+    // caller's own checkouts: A's plan gets past the ADD (so planning finds
+    // UndefinedVar), B's does not, even when B's request names A as owner.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let check_as = |uid: u32, claimed: Option<u32>| -> Vec<String> {
+        let client = common::client_as(&rt, &d.socket, uid);
+        let request = memobuild_proto::BuildRequest {
+            context: ctx.path().display().to_string(),
+            owner: claimed,
+            ..Default::default()
+        };
+        let report = rt
+            .block_on(client.check(tarpc::context::current(), request))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("check as {uid}: {e:?}"));
+        report.warnings.into_iter().map(|w| w.rule).collect()
+    };
+    assert_eq!(check_as(A, None), ["UndefinedVar"]);
+    assert_eq!(check_as(B, Some(A)), Vec::<String>::new());
+    assert_eq!(check_as(B, None), Vec::<String>::new());
 }

@@ -660,7 +660,7 @@ pub(super) fn make_plan(
         }
     } else {
         super::urls::GitSsh::Offline {
-            owner: request.owner.unwrap_or(0),
+            owner: crate::owner::owner_of(request).unwrap_or(0),
         }
     };
     reading_as(reader_of(request), || {

@@ -165,8 +165,8 @@ type GitKey = (Option<u32>, String, String, memobuild_plan::GitOptions);
 
 /// The ssh client git runs for an ssh remote (BuildKit's, with no known
 /// hosts given): no configuration file (not the daemon user's, not the
-/// system's), host keys not checked (BuildKit checks them only when the
-/// client sends known hosts), no prompts, and no key file: `~` is the
+/// system's), host keys not checked (BuildKit pins what an `ssh-keyscan`
+/// found as the request was made), no prompts, and no key file: `~` is the
 /// daemon user's home whatever `HOME` says, so its default keys are
 /// switched off and only the forwarded agent authenticates. Dead servers
 /// and connections end the fetch instead of hanging it.
@@ -459,7 +459,9 @@ impl UrlSource for Downloads<'_> {
             // Per user: a checkout is reused only by plans of the user whose
             // agent fetched it, and only by plans no client waits for.
             let (owner, request) = match self.ssh {
-                GitSsh::Request { request, .. } => (request.owner.unwrap_or(0), true),
+                GitSsh::Request { request, .. } => {
+                    (crate::owner::owner_of(request).unwrap_or(0), true)
+                }
                 GitSsh::Offline { owner } => (owner, false),
             };
             let key = (
