@@ -477,7 +477,7 @@ impl UrlSource for Downloads<'_> {
                     .filter(|t| t.dir.is_dir())
                     .cloned()
                     .ok_or_else(|| {
-                        "no client waits for this plan (a re-plan for status, an eager build, --call=check), so there is no ssh agent to fetch it with, and no build of this user fetched it yet: build the project (memobuild-ctl build --ssh default)".to_string()
+                        "no client waits for this plan (a re-plan for status, an eager build, --call=check), so there is no ssh agent to fetch it with, and this daemon holds no checkout of it that a build of this user fetched: build the project (memobuild-ctl build --ssh default)".to_string()
                     });
             }
             // A build request always asks the server with its own agent.
