@@ -256,8 +256,9 @@ struct BuildArgs {
     /// Secret for RUN --mount=type=secret: id=ID,src=FILE (or id=ID,env=VAR)
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
-    /// ssh agent for RUN --mount=type=ssh: default (the agent at $SSH_AUTH_SOCK),
-    /// ID (the same under another id), ID=SOCKET, or ID=KEYFILE[,KEYFILE...]
+    /// ssh agent for RUN --mount=type=ssh (and `default` for ADD git@HOST:PATH / ssh://):
+    /// default (the agent at $SSH_AUTH_SOCK), ID (the same under another id),
+    /// ID=SOCKET, or ID=KEYFILE[,KEYFILE...]
     #[arg(long = "ssh", value_name = "SPEC")]
     ssh: Vec<String>,
     /// Memory limit of each RUN step, e.g. 512m or 2g

@@ -265,8 +265,11 @@ impl Memobuild for Server {
         _: Context,
         mut request: BuildRequest,
     ) -> Result<memobuild_proto::LintReport, RpcError> {
-        // Read with the rights of who connected, as a build reads.
+        // Read with the rights of who connected, as a build reads, and for
+        // them: never the owner the client says (it picks the images the
+        // plan may read and whose git checkouts a plan without agent reuses).
         request.read_as = self.reader.clone();
+        request.owner = Some(self.peer_uid);
         if !std::path::Path::new(&request.context).is_absolute() {
             return Err(RpcError::of(
                 ErrorKind::InvalidInput,

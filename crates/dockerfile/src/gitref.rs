@@ -131,6 +131,24 @@ pub fn parse(src: &str) -> Result<GitRef, String> {
     Ok(out)
 }
 
+/// Whether git reaches `remote` (a [`GitRef::remote`]) over ssh: an
+/// `ssh://` URL (or git's aliases `git+ssh://`, `ssh+git://`), or the
+/// scp-like `[USER@]HOST:PATH` (no `://`, and a `:` before any `/`), as git
+/// itself tells them apart. Git takes the scp-like form as it is.
+pub fn is_ssh_remote(remote: &str) -> bool {
+    if let Some((scheme, _)) = remote.split_once("://") {
+        return matches!(
+            scheme.to_ascii_lowercase().as_str(),
+            "ssh" | "git+ssh" | "ssh+git"
+        );
+    }
+    match (remote.find(':'), remote.find('/')) {
+        (Some(colon), Some(slash)) => colon < slash,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 /// URL query decoding: `%XX` and `+` as a space.
 fn decode(text: &str) -> String {
     let bytes = text.as_bytes();
@@ -197,5 +215,76 @@ mod tests {
             .contains("unexpected query"));
         assert!(parse("http://h/.git?keep-git-dir=maybe").is_err());
         assert_eq!(parse("http://h/.git?ref=a%2Fb").unwrap().reference, "a/b");
+    }
+
+    /// BuildKit's identifier_test.go cases for ssh remotes: the scp-like
+    /// form keeps its `:` (git takes it as it is), a fragment's ref and
+    /// subdir come off, `ssh://` keeps user and port.
+    #[test]
+    fn ssh_remotes_as_buildkit_reads_them() {
+        let g = parse("git@github.com:moby/buildkit.git").unwrap();
+        assert_eq!(g.remote, "git@github.com:moby/buildkit.git");
+        assert_eq!((g.reference.as_str(), g.subdir.as_str()), ("", ""));
+        let g = parse("git@github.com:user/repo.git#mybranch:mydir/mysubdir/").unwrap();
+        assert_eq!(g.remote, "git@github.com:user/repo.git");
+        assert_eq!(
+            (g.reference.as_str(), g.subdir.as_str()),
+            ("mybranch", "mydir/mysubdir")
+        );
+        let g = parse("git@github.com:user/repo.git?ref=main&subdir=sub&keep-git-dir").unwrap();
+        assert_eq!(g.remote, "git@github.com:user/repo.git");
+        assert_eq!(
+            (g.reference.as_str(), g.subdir.as_str(), g.keep_git_dir),
+            ("main", "sub", Some(true))
+        );
+        let g = parse(
+            "ssh://root@subdomain.example.hostname:2222/root/my/really/weird/path/foo.git#main",
+        )
+        .unwrap();
+        assert_eq!(
+            g.remote,
+            "ssh://root@subdomain.example.hostname:2222/root/my/really/weird/path/foo.git"
+        );
+        assert_eq!(g.reference, "main");
+        let g = parse("ssh://foo%40barcorp.com@github.com/user/repo.git#mybranch:mydir/mysubdir/")
+            .unwrap();
+        assert_eq!(g.remote, "ssh://foo%40barcorp.com@github.com/user/repo.git");
+        assert_eq!(g.subdir, "mydir/mysubdir");
+        // A subdir cannot climb out of the checkout.
+        assert_eq!(
+            parse("git@github.com:user/repo.git#main:../../escape")
+                .unwrap()
+                .subdir,
+            "escape"
+        );
+        assert_eq!(
+            parse("ssh://github.com/user/repo.git#main:/absolute/path")
+                .unwrap()
+                .subdir,
+            "absolute/path"
+        );
+
+        for ssh in [
+            "git@github.com:user/repo.git",
+            "github.com:user/repo.git",
+            "ssh://github.com/user/repo.git",
+            "ssh://root@127.0.0.1:2222/tmp/repo.git",
+            "SSH://h/r.git",
+            "git+ssh://h/r.git",
+            "ssh+git://h/r.git",
+            "host:repo",
+        ] {
+            assert!(is_ssh_remote(ssh), "{ssh}");
+        }
+        for other in [
+            "https://github.com/user/repo.git",
+            "http://h:8080/r.git",
+            "git://h/r.git",
+            "/srv/repo.git",
+            "./a:b/repo.git",
+            "file:///srv/repo.git",
+        ] {
+            assert!(!is_ssh_remote(other), "{other}");
+        }
     }
 }

@@ -1041,14 +1041,6 @@ fn copy_op(
             if !add {
                 return Err(err(df, s.loc, "source can't be a git ref for COPY"));
             }
-            if v.starts_with("git@") || v.starts_with("ssh://") {
-                return Err(err_hint(
-                    df,
-                    s.loc,
-                    format!("{keyword} {v}: git over ssh is not supported yet (--ssh forwards agents to RUN --mount=type=ssh only)"),
-                    "use the repository's https:// URL",
-                ));
-            }
             gits.push((v, s.loc));
             continue;
         }
@@ -1160,7 +1152,16 @@ fn copy_op(
             .input
             .urls
             .git(&remote, &reference, options)
-            .map_err(|m| err(df, *gloc, format!("{keyword} {repo}: {m}")))?;
+            .map_err(|m| {
+                let message = format!("{keyword} {repo}: {m}");
+                // Over ssh, git authenticates with the agent forwarded as
+                // `default` (BuildKit's), and only with it.
+                if memobuild_dockerfile::gitref::is_ssh_remote(&remote) {
+                    err_hint(df, *gloc, message, SSH_GIT_HINT)
+                } else {
+                    err(df, *gloc, message)
+                }
+            })?;
         if let Some(sum) = &checksum {
             if !tree.commit.starts_with(sum.as_str()) {
                 return Err(err(
@@ -1828,6 +1829,9 @@ fn mount_key(
     }
     Ok(())
 }
+
+/// What to do when `ADD` of a git repository over ssh fails.
+const SSH_GIT_HINT: &str = "ADD of a git repository over ssh authenticates with the ssh agent forwarded as `default` only: build with --ssh default (the agent at $SSH_AUTH_SOCK) or --ssh default=KEYFILE, with a key the server accepts";
 
 /// BuildKit's isHTTPSource.
 pub(crate) fn is_http_source(src: &str) -> bool {

@@ -399,7 +399,7 @@ fn copy_flags_change_the_key_only_when_given() {
 }
 
 /// ADD of a git ref is keyed by the commit it names (not by `--checksum`,
-/// which must be a prefix of that commit); COPY and ssh remotes are refused.
+/// which must be a prefix of that commit), over https or ssh alike; COPY is refused.
 #[test]
 fn add_of_a_git_ref_is_keyed_by_its_commit() {
     let f = Fixture::new(&[]);
@@ -439,11 +439,38 @@ fn add_of_a_git_ref_is_keyed_by_its_commit() {
         "{}",
         err.message
     );
-    for df in [
-        "FROM scratch\nCOPY https://h/r.git#v1 /src\n",
-        "FROM scratch\nADD git@h:r.git#v1 /src\n",
+    let err = f
+        .plan_with_urls("FROM scratch\nCOPY https://h/r.git#v1 /src\n", &urls)
+        .unwrap_err();
+    assert!(
+        err.message.contains("can't be a git ref for COPY"),
+        "{}",
+        err.message
+    );
+    // Over ssh (scp-like or ssh://), the remote and ref go to the source as
+    // written, and the step is keyed by the commit as over https; a failure
+    // says to forward an agent.
+    let err = f
+        .plan_with_urls("FROM scratch\nADD git@h:r.git#v1 /src\n", &urls)
+        .unwrap_err();
+    assert!(err.message.contains("no such ref"), "{}", err.message);
+    assert!(
+        err.hint.as_deref().unwrap_or("").contains("--ssh default"),
+        "{err:?}"
+    );
+    let https_b = keys(&f.plan_with_urls(df, &urls).unwrap());
+    for (remote, src) in [
+        ("git@h:r.git", "git@h:r.git#v1"),
+        ("ssh://git@h:2222/r.git", "ssh://git@h:2222/r.git#v1"),
+        ("git@h:r.git", "git@h:r.git?ref=v1"),
     ] {
-        assert!(f.plan_with_urls(df, &urls).is_err(), "{df}");
+        urls.content.insert(format!("{remote}#v1"), "b".repeat(40));
+        let ssh = format!("FROM scratch\nADD {src} /src\n");
+        assert_eq!(
+            keys(&f.plan_with_urls(&ssh, &urls).unwrap()),
+            https_b,
+            "{src}"
+        );
     }
 }
 

@@ -466,7 +466,9 @@ async fn build_planned(
         let log = log.clone();
         blocking(move || {
             let cancelled = Some(&log.cancelled);
-            make_plan(&engine, &request, &secrets, &tree, None, caller, cancelled)
+            make_plan(
+                &engine, &request, &secrets, &tree, None, caller, cancelled, !log.eager,
+            )
         })
         .await?
     };
@@ -634,6 +636,10 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
 /// dirty (see [`graph::PlanInput::focus`]). `secrets`: the secrets' MACs
 /// (see [`graph::PlanInput::secrets`]). `cancelled`: the build's flag, so
 /// a plan nobody waits for stops (see [`graph::PlanInput::cancelled`]).
+/// `with_agents`: the plan of a client's build, which may fetch with the
+/// ssh agents it forwards (`ADD git@...`); else no agent is reached
+/// (re-plans, eager builds, `--call=check`; see [`super::urls::GitSsh`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn make_plan(
     engine: &Engine,
     request: &BuildRequest,
@@ -642,12 +648,25 @@ pub(super) fn make_plan(
     focus: Option<&std::collections::BTreeSet<String>>,
     caller: crate::Caller,
     cancelled: Option<&AtomicBool>,
+    with_agents: bool,
 ) -> Result<Plan, RpcError> {
     // Every read of planning (Dockerfile, ignore file, context files hashed)
     // with the requesting user's rights; and everything the build may use
     // must be readable by them (see memobuild_context::access).
+    let ssh = if with_agents {
+        super::urls::GitSsh::Request {
+            sessions: &engine.ssh,
+            request,
+        }
+    } else {
+        super::urls::GitSsh::Offline {
+            owner: crate::owner::owner_of(request).unwrap_or(0),
+        }
+    };
     reading_as(reader_of(request), || {
-        plan_as_reader(engine, request, secrets, tree, focus, caller, cancelled)
+        plan_as_reader(
+            engine, request, secrets, tree, focus, caller, cancelled, ssh,
+        )
     })
 }
 
@@ -703,6 +722,7 @@ impl Engine {
                     Some(&focus),
                     caller,
                     None,
+                    false,
                 )
                 .ok()
             });
@@ -741,6 +761,7 @@ fn dockerfile_text(request: &BuildRequest, df_path: &Path) -> Result<String, Rpc
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan_as_reader(
     engine: &Engine,
     request: &BuildRequest,
@@ -749,6 +770,7 @@ fn plan_as_reader(
     focus: Option<&std::collections::BTreeSet<String>>,
     caller: crate::Caller,
     cancelled: Option<&AtomicBool>,
+    ssh: super::urls::GitSsh<'_>,
 ) -> Result<Plan, RpcError> {
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
@@ -778,7 +800,11 @@ fn plan_as_reader(
         epoch: request.source_date_epoch,
         run_options: &run_options,
         stage_contents: &StoreContents(&engine.store),
-        urls: &super::urls::Downloads::new(engine.store.root().join("downloads"), focus.is_some()),
+        urls: &super::urls::Downloads::new(
+            engine.store.root().join("downloads"),
+            focus.is_some(),
+            ssh,
+        ),
         secrets,
         cancelled,
     })
@@ -889,7 +915,16 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
     // Planning, comparing and dropping the plan all stay off the async workers.
     let done = tokio::task::spawn_blocking(move || {
         let caller = crate::owner::build_caller(None, &request);
-        match make_plan(&e, &request, &secrets, &tree, focus.as_ref(), caller, None) {
+        match make_plan(
+            &e,
+            &request,
+            &secrets,
+            &tree,
+            focus.as_ref(),
+            caller,
+            None,
+            false,
+        ) {
             Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
             Err(err) => {
                 e.projects.set_lint(&project, &lint_unplanned(&request));
