@@ -83,7 +83,7 @@ fn index_of_changes(changes: &ChangeSet, file_sizes: &[u64]) -> Option<LayerInde
         whiteouts: Vec::new(),
         opaque_dirs: Vec::new(),
     };
-    for (path, entry) in &changes.entries {
+    for (path, entry) in changes.tar_order() {
         let (kind, size) = match &entry.kind {
             EntryKind::File(_) => (ViewKind::File, *sizes.next()?),
             EntryKind::Dir => (ViewKind::Dir, 0),

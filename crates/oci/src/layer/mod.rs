@@ -102,6 +102,21 @@ impl ChangeSet {
         LayerWriter::new().write(self, blobs)
     }
 
+    /// The entries in the order the layer's tar holds them: everything but
+    /// directories by path, then the directories by path. Directories last
+    /// keep the start of the stream the same when only a directory's time
+    /// changes (a directory the step creates has the step's time; adding a
+    /// file changes its directory's), so an edit's layer shares the start of
+    /// the previous one (see [`LayerWriter::write_early`]). Extractors
+    /// (containerd, Docker, tar) create a missing parent and apply the
+    /// directory's own entry when it comes.
+    pub fn tar_order(&self) -> impl Iterator<Item = (&String, &LayerEntry)> + Clone {
+        let is_dir = |e: &LayerEntry| matches!(e.kind, EntryKind::Dir | EntryKind::OpaqueDir);
+        let others = self.entries.iter().filter(move |(_, e)| !is_dir(e));
+        let dirs = self.entries.iter().filter(move |(_, e)| is_dir(e));
+        others.chain(dirs)
+    }
+
     /// SOURCE_DATE_EPOCH as BuildKit's `rewrite-timestamp` applies it: every
     /// mtime later than `epoch` becomes `epoch`; earlier ones stay.
     pub fn clamp_mtimes(&mut self, epoch: Option<i64>) {
@@ -230,10 +245,10 @@ impl LayerWriter {
                 .as_deref()
                 .map(|trace| trace.file_sizes_before(&trace.changes, first))
                 .unwrap_or_default();
-            let prefetch = prefetch::Prefetch::new(changes.entries.values().skip(first));
+            let prefetch = prefetch::Prefetch::new(changes.tar_order().skip(first).map(|(_, e)| e));
             prefetch.run(|| {
                 let mut tar = tar::Builder::new(sink);
-                for (i, (path, entry)) in changes.entries.iter().skip(first).enumerate() {
+                for (i, (path, entry)) in changes.tar_order().skip(first).enumerate() {
                     let ahead = prefetch.take(i);
                     let written = append_entry(&mut tar, path, entry, ahead)
                         .map_err(|source| entry_error(path, source))?;
@@ -306,9 +321,8 @@ impl Trace {
     fn shared_pieces(&self, changes: &ChangeSet) -> Option<usize> {
         let first_difference = self
             .changes
-            .entries
-            .iter()
-            .zip(&changes.entries)
+            .tar_order()
+            .zip(changes.tar_order())
             .take_while(|((p1, e1), (p2, e2))| p1 == p2 && same_entry(e1, e2))
             .count();
         let last = self.marks.iter().rposition(|m| {
@@ -321,10 +335,9 @@ impl Trace {
     /// The sizes of the regular files among the first `count` entries.
     fn file_sizes_before(&self, changes: &ChangeSet, count: usize) -> Vec<u64> {
         let files = changes
-            .entries
-            .values()
+            .tar_order()
             .take(count)
-            .filter(|e| matches!(e.kind, EntryKind::File(_)))
+            .filter(|(_, e)| matches!(e.kind, EntryKind::File(_)))
             .count();
         self.sizes[..files.min(self.sizes.len())].to_vec()
     }
