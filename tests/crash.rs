@@ -99,8 +99,12 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
             .manifest_digest();
         let clean = fresh.build_ok(ctx.path(), &EPOCH).manifest_digest();
         assert_eq!(
-            after, clean,
-            "context {i}: the crashed daemon's cache gave another image"
+            after,
+            clean,
+            "context {i}: the crashed daemon's cache gave another image:\n{}\nfresh:\n{}\ncrashed daemon's log:\n{}",
+            describe(&d, &after),
+            describe(&fresh, &clean),
+            d.log()
         );
     }
     // RUN steps again on the snapshots the killed daemons wrote (COPY and RUN
@@ -123,4 +127,10 @@ fn kill_9_at_random_moments_never_corrupts_the_store() {
     d.assert_store_consistent();
     fresh.assert_store_consistent();
     eprintln!("took {:?}", started.elapsed());
+}
+
+/// An image's config and layers, for a failure message.
+fn describe(d: &Daemon, digest: &str) -> String {
+    let out = d.ctl(&["image", "inspect", digest]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

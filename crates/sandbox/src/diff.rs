@@ -261,6 +261,9 @@ pub(crate) fn changes(
             entries.remove(&dir);
         }
     }
+    // A directory where the lower layers have a file or symlink must reach
+    // extractors before its children, which the layer lists first.
+    changes.mark_replacing_dirs(|dir| lower_meta(lowers, dir).is_some_and(|m| !m.is_dir()));
     Ok(changes)
 }
 

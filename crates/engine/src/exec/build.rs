@@ -2,7 +2,7 @@
 //! -> store -> image.
 
 use super::copy;
-use super::fsview::FsView;
+use super::fsview::{FsView, ViewKind};
 use super::reader_of;
 use super::{BuildLog, Engine};
 use crate::project::{BuildSummary, ProjectKey};
@@ -1750,6 +1750,8 @@ fn step_changes(
         Op::Meta | Op::Run(_) => Ok(ChangeSet::default()),
     }
     .map_err(|e| step_error(plan, step, e))?;
+    let mut changes = changes;
+    changes.mark_replacing_dirs(|dir| view.get(dir).is_some_and(|e| e.kind != ViewKind::Dir));
     Ok((changes, staging))
 }
 

@@ -103,18 +103,34 @@ impl ChangeSet {
     }
 
     /// The entries in the order the layer's tar holds them: everything but
-    /// directories by path, then the directories by path. Directories last
-    /// keep the start of the stream the same when only a directory's time
-    /// changes (a directory the step creates has the step's time; adding a
-    /// file changes its directory's), so an edit's layer shares the start of
-    /// the previous one (see [`LayerWriter::write_early`]). Extractors
-    /// (containerd, Docker, tar) create a missing parent and apply the
-    /// directory's own entry when it comes.
+    /// plain directories by path, then the plain directories by path.
+    /// Directories last keep the start of the stream the same when only a
+    /// directory's time changes (a directory the step creates has the step's
+    /// time; adding a file changes its directory's), so an edit's layer shares
+    /// the start of the previous one (see [`LayerWriter::write_early`]).
+    /// Extractors (containerd, Docker, tar) create a missing parent and apply
+    /// the directory's own entry when it comes. An opaque directory stays
+    /// before its children: it may replace a file or symlink of the lower
+    /// layers (see [`ChangeSet::mark_replacing_dirs`]).
     pub fn tar_order(&self) -> impl Iterator<Item = (&String, &LayerEntry)> + Clone {
-        let is_dir = |e: &LayerEntry| matches!(e.kind, EntryKind::Dir | EntryKind::OpaqueDir);
+        let is_dir = |e: &LayerEntry| e.kind == EntryKind::Dir;
         let others = self.entries.iter().filter(move |(_, e)| !is_dir(e));
         let dirs = self.entries.iter().filter(move |(_, e)| is_dir(e));
         others.chain(dirs)
+    }
+
+    /// Marks as opaque each directory for which `non_dir_below` says the
+    /// lower layers have something else at its path (a file, a symlink):
+    /// [`ChangeSet::tar_order`] keeps opaque directories before their
+    /// children, so an extractor replaces that file or symlink with the
+    /// directory before it writes into it, rather than writing through it.
+    /// Nothing lies below a non-directory, so the layer means the same.
+    pub fn mark_replacing_dirs(&mut self, non_dir_below: impl Fn(&str) -> bool) {
+        for (path, entry) in self.entries.iter_mut() {
+            if entry.kind == EntryKind::Dir && non_dir_below(path) {
+                entry.kind = EntryKind::OpaqueDir;
+            }
+        }
     }
 
     /// SOURCE_DATE_EPOCH as BuildKit's `rewrite-timestamp` applies it: every
