@@ -9,7 +9,9 @@
 //!
 //! The snapshot holds what unpacking the layer would give: the same entries,
 //! modes, numeric owners and mtimes (whole seconds, as in the layer); whiteouts as overlay whiteouts
-//! (character device 0:0) and opaque directories with `trusted.overlay.opaque`.
+//! (character device 0:0) and opaque directories with `trusted.overlay.opaque`;
+//! FIFOs and device nodes made with `mknodat` (only in the snapshot's upper
+//! directory, below the daemon's data dir).
 //! Parent directories that the step did not write but needs come from the
 //! lower layers with their attributes, as overlay's copy-up would make them.
 //!
@@ -29,7 +31,7 @@ use super::{diff, LayerInput, Leftovers, RunGuard, Sandbox, SandboxError};
 use containerd_client::services::v1::snapshots::CommitSnapshotRequest;
 use containerd_client::tonic::Code;
 use memobuild_oci::layer::CheckingReader;
-use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry, Node};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -335,6 +337,30 @@ impl<'a> Upper<'a> {
             EntryKind::Whiteout => {
                 let parent = self.dir_fd(dir)?;
                 rfs::mknodat(parent, name, FileType::CharacterDevice, Mode::empty(), 0)
+                    .map_err(Into::into)
+            }
+            EntryKind::Node(node) => {
+                let (file_type, (major, minor)) = match node {
+                    Node::Fifo => (FileType::Fifo, (0, 0)),
+                    Node::CharDevice { .. } => (FileType::CharacterDevice, node.numbers()),
+                    Node::BlockDevice { .. } => (FileType::BlockDevice, node.numbers()),
+                };
+                if file_type == FileType::CharacterDevice && (major, minor) == (0, 0) {
+                    // That is overlay's whiteout: it would hide the path instead.
+                    return Err(std::io::Error::other(
+                        "a character device 0:0 cannot be kept in an overlay snapshot",
+                    ));
+                }
+                let parent = self.dir_fd(dir)?;
+                rfs::mknodat(
+                    parent,
+                    name,
+                    file_type,
+                    Mode::empty(),
+                    rfs::makedev(major, minor),
+                )?;
+                set_owner_mode(parent, name, entry)?;
+                rfs::utimensat(parent, name, &times(time), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(Into::into)
             }
         }

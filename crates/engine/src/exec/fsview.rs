@@ -3,7 +3,7 @@
 //! headers only (OCI whiteouts applied), and cached per layer digest.
 
 use memobuild_oci::layer::{clean_entry_path, open_layer};
-use memobuild_oci::{ChangeSet, EntryKind, OciError};
+use memobuild_oci::{ChangeSet, EntryKind, Node, OciError};
 use memobuild_store::{LayerRecord, Store};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +17,9 @@ pub enum ViewKind {
     Dir,
     Symlink(String),
     Hardlink(String),
+    /// A FIFO or device node (with its device numbers).
+    Node(Node),
+    /// Any other tar entry type (copied by nothing).
     Other,
 }
 
@@ -93,6 +96,7 @@ fn index_of_changes(changes: &ChangeSet, file_sizes: &[u64]) -> Option<LayerInde
             }
             EntryKind::Symlink(target) => (ViewKind::Symlink(target.clone()), 0),
             EntryKind::Hardlink(target) => (ViewKind::Hardlink(clean_entry_path(target)), 0),
+            EntryKind::Node(node) => (ViewKind::Node(*node), 0),
             EntryKind::Whiteout => {
                 index.whiteouts.push(path.clone());
                 continue;
@@ -157,7 +161,10 @@ fn read_index(store: &Store, digest: &str) -> Result<LayerIndex, OciError> {
             tar::EntryType::Directory => ViewKind::Dir,
             tar::EntryType::Symlink => ViewKind::Symlink(link()),
             tar::EntryType::Link => ViewKind::Hardlink(clean_entry_path(&link())),
-            _ => ViewKind::Other,
+            _ => match Node::from_header(header).map_err(|e| read_err(digest, e))? {
+                Some(node) => ViewKind::Node(node),
+                None => ViewKind::Other,
+            },
         };
         index.entries.push((
             path,
