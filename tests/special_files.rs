@@ -69,7 +69,10 @@ fn layers(archive: &Path) -> Vec<BTreeMap<String, Header>> {
         for entry in tar.entries().unwrap() {
             let entry = entry.unwrap();
             let path = entry.path().unwrap().display().to_string();
-            let path = path.trim_start_matches("./").trim_end_matches('/').to_string();
+            let path = path
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
             entries.insert(path, header_of(entry.header()));
         }
         out.push(entries);
@@ -103,7 +106,13 @@ fn mknod(path: &Path, kind: libc::mode_t, mode: u32, major: u32, minor: u32) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path; mknod only reads it.
     let rc = unsafe { libc::mknod(c.as_ptr(), kind | 0o600, libc::makedev(major, minor)) };
-    assert_eq!(rc, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "mknod {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
@@ -126,9 +135,18 @@ RUN stat -c '%n %F %t %T %u %g %a' /x/pipe /x/null /y/pipe > /stat.txt
     d.build_ok(ctx.path(), &["-o", &spec]);
 
     let layers = layers(&archive);
-    assert_eq!(last(&layers, "x/pipe"), Some(node("fifo", 0, 0, 1, 2, 0o640)));
-    assert_eq!(last(&layers, "x/null"), Some(node("char", 1, 3, 1, 2, 0o666)));
-    assert_eq!(last(&layers, "y/pipe"), Some(node("fifo", 0, 0, 0, 0, 0o600)));
+    assert_eq!(
+        last(&layers, "x/pipe"),
+        Some(node("fifo", 0, 0, 1, 2, 0o640))
+    );
+    assert_eq!(
+        last(&layers, "x/null"),
+        Some(node("char", 1, 3, 1, 2, 0o666))
+    );
+    assert_eq!(
+        last(&layers, "y/pipe"),
+        Some(node("fifo", 0, 0, 0, 0, 0o600))
+    );
     // What a RUN on the snapshot writer's result sees.
     assert_eq!(
         read(&archive, "/stat.txt"),
@@ -145,7 +163,9 @@ RUN stat -c '%n %F %t %T %u %g %a' /x/pipe /x/null /y/pipe > /stat.txt
     let edited = d.build_ok(ctx.path(), &["-o", &spec]);
     let executed = edited.executed();
     assert!(
-        executed.iter().any(|s| s.starts_with("COPY --chown=1:2 nodes/")),
+        executed
+            .iter()
+            .any(|s| s.starts_with("COPY --chown=1:2 nodes/")),
         "{executed:?}"
     );
     assert!(
@@ -176,11 +196,17 @@ RUN stat -c '%n %F %t %T %u %g %a' /x/pipe /x/null /y/pipe > /stat.txt
     d.build_ok(ctx.path(), &["-o", &local]);
     let meta = std::fs::symlink_metadata(dir.join("x/pipe")).unwrap();
     assert!(meta.file_type().is_fifo());
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1, 2, 0o604));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1, 2, 0o604)
+    );
     let meta = std::fs::symlink_metadata(dir.join("x/null")).unwrap();
     assert!(meta.file_type().is_char_device());
     assert_eq!(meta.rdev(), libc::makedev(1, 5));
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1, 2, 0o666));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        (1, 2, 0o666)
+    );
     let tar_path = out.path().join("fs.tar");
     let spec = format!("type=tar,dest={}", tar_path.display());
     d.build_ok(ctx.path(), &["-o", &spec]);

@@ -76,7 +76,11 @@ fn fifos_and_devices_are_indexed_and_keyed_by_kind_mode_and_numbers() {
         1,
         5,
     );
-    assert_ne!(digest(root), pipe_mode, "a device's numbers are in the digest");
+    assert_ne!(
+        digest(root),
+        pipe_mode,
+        "a device's numbers are in the digest"
+    );
     std::fs::remove_file(root.join("null")).unwrap();
     mknod(
         &root.join("null"),

@@ -22,7 +22,10 @@ fn fifos_and_devices_are_tar_entries_of_their_type() {
     let blobs = BlobStore::open(dir.path()).unwrap();
     let mut c = ChangeSet::default();
     c.insert("x".into(), entry(EntryKind::Dir, 0o755, 0, 0));
-    c.insert("x/pipe".into(), entry(EntryKind::Node(Node::Fifo), 0o640, 1, 2));
+    c.insert(
+        "x/pipe".into(),
+        entry(EntryKind::Node(Node::Fifo), 0o640, 1, 2),
+    );
     c.insert(
         "x/null".into(),
         entry(
@@ -99,7 +102,16 @@ fn fifos_and_devices_are_tar_entries_of_their_type() {
                 t
             ),
             // Directories come last (see ChangeSet::tar_order).
-            ("x/".into(), tar::EntryType::Directory, None, 0o755, 0, 0, 0, t),
+            (
+                "x/".into(),
+                tar::EntryType::Directory,
+                None,
+                0o755,
+                0,
+                0,
+                0,
+                t
+            ),
         ]
     );
 }

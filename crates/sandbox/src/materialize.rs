@@ -501,3 +501,66 @@ fn write_content(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn entry(kind: EntryKind, mode: u32, uid: u32, gid: u32) -> LayerEntry {
+        LayerEntry {
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime: 1_600_000_000,
+        }
+    }
+
+    /// FIFOs and devices are made with their numbers, owner, mode and time;
+    /// a character device 0:0 (overlay's whiteout) is refused.
+    #[test]
+    fn fifos_and_devices_are_made_as_such() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: making a device node needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ChangeSet::default();
+        c.insert("d".into(), entry(EntryKind::Dir, 0o755, 0, 0));
+        c.insert(
+            "d/pipe".into(),
+            entry(EntryKind::Node(Node::Fifo), 0o4640, 1, 2),
+        );
+        let null = Node::CharDevice { major: 1, minor: 3 };
+        c.insert("d/null".into(), entry(EntryKind::Node(null), 0o666, 3, 4));
+        let blk = Node::BlockDevice {
+            major: 7,
+            minor: 300,
+        };
+        c.insert("blk".into(), entry(EntryKind::Node(blk), 0o600, 0, 6));
+        write_changes(dir.path(), &[], &c, &[], None).unwrap();
+        let meta = |p: &str| std::fs::symlink_metadata(dir.path().join(p)).unwrap();
+        let pipe = meta("d/pipe");
+        assert!(pipe.file_type().is_fifo());
+        let got = (pipe.mode() & 0o7777, pipe.uid(), pipe.gid(), pipe.mtime());
+        assert_eq!(got, (0o4640, 1, 2, 1_600_000_000));
+        let null = meta("d/null");
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+        assert_eq!(
+            (null.mode() & 0o7777, null.uid(), null.gid()),
+            (0o666, 3, 4)
+        );
+        let blk = meta("blk");
+        assert!(blk.file_type().is_block_device());
+        assert_eq!(blk.rdev(), rustix::fs::makedev(7, 300));
+        assert_eq!((blk.mode() & 0o7777, blk.gid()), (0o600, 6));
+
+        let mut zero = ChangeSet::default();
+        let node = Node::CharDevice { major: 0, minor: 0 };
+        zero.insert("z".into(), entry(EntryKind::Node(node), 0o600, 0, 0));
+        let other = tempfile::tempdir().unwrap();
+        assert!(write_changes(other.path(), &[], &zero, &[], None).is_err());
+    }
+}
