@@ -372,6 +372,14 @@ mod tests {
         );
         c.insert("gone".into(), entry(EntryKind::Whiteout, 0));
         c.insert("opq".into(), entry(EntryKind::OpaqueDir, 0o1777));
+        c.insert("a/pipe".into(), entry(EntryKind::Node(Node::Fifo), 0o640));
+        let null = Node::CharDevice { major: 1, minor: 3 };
+        c.insert("a/null".into(), entry(EntryKind::Node(null), 0o666));
+        let blk = Node::BlockDevice {
+            major: 259,
+            minor: 70_000,
+        };
+        c.insert("a/blk".into(), entry(EntryKind::Node(blk), 0o600));
         c.insert(
             format!("a/{}", "long".repeat(50)),
             entry(EntryKind::File(Content::Bytes(vec![])), 0o644),
@@ -381,5 +389,17 @@ mod tests {
         assert_eq!(sizes, vec![70_000, 2, 0]);
         let read = read_index(&store, &record.digest).unwrap();
         assert_eq!(index_of_changes(&c, &sizes).unwrap(), read);
+        let kind = |p: &str| {
+            read.entries
+                .iter()
+                .find(|(q, _)| q == p)
+                .unwrap()
+                .1
+                .kind
+                .clone()
+        };
+        assert_eq!(kind("a/blk"), ViewKind::Node(blk));
+        assert_eq!(kind("a/null"), ViewKind::Node(null));
+        assert_eq!(kind("a/pipe"), ViewKind::Node(Node::Fifo));
     }
 }
