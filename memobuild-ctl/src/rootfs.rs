@@ -268,9 +268,14 @@ fn unpack_node<R: Read>(entry: &mut tar::Entry<'_, R>, dir: &Path, root: bool) -
     let perm = nix::sys::stat::Mode::from_bits_truncate(0o600);
     let dev = nix::sys::stat::makedev(major.into(), minor.into());
     nix::sys::stat::mknod(&path, kind, perm, dev).map_err(|e| {
+        let why = if kind == nix::sys::stat::SFlag::S_IFIFO {
+            String::new()
+        } else {
+            "; making a device node needs root".to_string()
+        };
         io::Error::new(
             io::Error::from(e).kind(),
-            format!("making {} ({e}; a device node needs root)", path.display()),
+            format!("making {}: {e}{why}", path.display()),
         )
     })?;
     if root {

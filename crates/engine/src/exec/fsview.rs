@@ -161,7 +161,7 @@ fn read_index(store: &Store, digest: &str) -> Result<LayerIndex, OciError> {
             tar::EntryType::Directory => ViewKind::Dir,
             tar::EntryType::Symlink => ViewKind::Symlink(link()),
             tar::EntryType::Link => ViewKind::Hardlink(clean_entry_path(&link())),
-            _ => match Node::from_header(header).map_err(|e| read_err(digest, e))? {
+            _ => match Node::from_header(header) {
                 Some(node) => ViewKind::Node(node),
                 None => ViewKind::Other,
             },

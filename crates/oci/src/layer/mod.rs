@@ -90,26 +90,24 @@ impl Node {
         }
     }
 
-    /// The node a tar header describes, if it is a FIFO or a device.
-    pub fn from_header(header: &tar::Header) -> io::Result<Option<Node>> {
-        let numbers = || -> io::Result<(u32, u32)> {
-            Ok((
-                header.device_major()?.unwrap_or(0),
-                header.device_minor()?.unwrap_or(0),
-            ))
-        };
-        Ok(match header.entry_type() {
+    /// The node a tar header describes, if it is a FIFO or a device. Blank
+    /// device number fields (as some writers leave them) read as 0, as GNU
+    /// tar reads them.
+    pub fn from_header(header: &tar::Header) -> Option<Node> {
+        let number = |n: io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+        let numbers = || (number(header.device_major()), number(header.device_minor()));
+        match header.entry_type() {
             tar::EntryType::Fifo => Some(Node::Fifo),
             tar::EntryType::Char => {
-                let (major, minor) = numbers()?;
+                let (major, minor) = numbers();
                 Some(Node::CharDevice { major, minor })
             }
             tar::EntryType::Block => {
-                let (major, minor) = numbers()?;
+                let (major, minor) = numbers();
                 Some(Node::BlockDevice { major, minor })
             }
             _ => None,
-        })
+        }
     }
 
     /// `(major, minor)` of a device, `(0, 0)` for a FIFO.
