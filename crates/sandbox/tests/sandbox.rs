@@ -690,14 +690,12 @@ fn layer_writer_emits_oci_markers() {
         .collect();
     assert_eq!(
         got,
-        // Directories (with an opaque marker) after everything else
-        // (ChangeSet::tar_order).
         vec![
+            ("a".into(), tar::EntryType::Directory, 0o750, 7),
+            ("a/.wh..wh..opq".into(), tar::EntryType::Regular, 0, 7),
             ("a/new".into(), tar::EntryType::Regular, 0o644, 7),
             ("d/.wh.gone".into(), tar::EntryType::Regular, 0, 7),
             (".wh.gone".into(), tar::EntryType::Regular, 0, 7),
-            ("a".into(), tar::EntryType::Directory, 0o750, 7),
-            ("a/.wh..wh..opq".into(), tar::EntryType::Regular, 0, 7),
         ]
     );
 }
