@@ -6,7 +6,8 @@
 //! is below it) from the layers beneath, `.wh..wh..opq` empties its directory
 //! of what the layers beneath put there. The first pass over the layers finds
 //! which entry wins each path; the second copies exactly those entries, with
-//! their headers (modes, owners, times, links) and xattrs, into one tar.
+//! their headers (modes, owners, times, links, device numbers) and xattrs,
+//! into one tar. Unpacking it makes FIFOs and device nodes as such.
 
 use memobuild_proto::{BlobRef, RpcError};
 use std::collections::BTreeMap;
@@ -219,7 +220,79 @@ pub fn unpack(dir: &Path, layers: &[Layer<'_>], scratch: &Path) -> Result<(), Rp
     archive.set_preserve_ownerships(root);
     archive.set_unpack_xattrs(root);
     archive.set_overwrite(true);
-    archive.unpack(dir).map_err(err)
+    // As `Archive::unpack` (directories last, in its order), but FIFOs and
+    // device nodes are made as such (tar-rs would make them empty files).
+    let dir = &dir.canonicalize().map_err(err)?;
+    let mut dirs = Vec::new();
+    for entry in archive.entries().map_err(err)? {
+        let mut entry = entry.map_err(err)?;
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => dirs.push(entry),
+            tar::EntryType::Fifo | tar::EntryType::Char | tar::EntryType::Block => {
+                unpack_node(&mut entry, dir, root).map_err(err)?
+            }
+            _ => {
+                entry.unpack_in(dir).map_err(err)?;
+            }
+        }
+    }
+    dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut entry in dirs {
+        entry.unpack_in(dir).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// A FIFO or device node entry: tar-rs checks the path stays inside `dir`
+/// and puts an empty file there, which is then replaced by the node with the
+/// entry's mode, time and (as root) owner. Making a device node needs root;
+/// otherwise this fails naming the path.
+fn unpack_node<R: Read>(entry: &mut tar::Entry<'_, R>, dir: &Path, root: bool) -> io::Result<()> {
+    let header = entry.header().clone();
+    let Some(rel) = normalize(&entry.path_bytes()) else {
+        return Ok(());
+    };
+    if !entry.unpack_in(dir)? {
+        return Ok(());
+    }
+    let path = dir.join(OsStr::from_bytes(&rel));
+    let kind = match header.entry_type() {
+        tar::EntryType::Fifo => nix::sys::stat::SFlag::S_IFIFO,
+        tar::EntryType::Char => nix::sys::stat::SFlag::S_IFCHR,
+        _ => nix::sys::stat::SFlag::S_IFBLK,
+    };
+    let major = header.device_major()?.unwrap_or(0);
+    let minor = header.device_minor()?.unwrap_or(0);
+    let mode = header.mode()? & 0o7777;
+    std::fs::remove_file(&path)?;
+    let perm = nix::sys::stat::Mode::from_bits_truncate(0o600);
+    let dev = nix::sys::stat::makedev(major.into(), minor.into());
+    nix::sys::stat::mknod(&path, kind, perm, dev).map_err(|e| {
+        let why = if kind == nix::sys::stat::SFlag::S_IFIFO {
+            String::new()
+        } else {
+            "; making a device node needs root".to_string()
+        };
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("making {}: {e}{why}", path.display()),
+        )
+    })?;
+    if root {
+        let uid = u32::try_from(header.uid()?).unwrap_or(u32::MAX);
+        let gid = u32::try_from(header.gid()?).unwrap_or(u32::MAX);
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+    }
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+    let mtime = nix::sys::time::TimeSpec::new(i64::try_from(header.mtime()?).unwrap_or(0), 0);
+    nix::sys::stat::utimensat(
+        None,
+        &path,
+        &mtime,
+        &mtime,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -70,9 +70,12 @@ fn walk(index: &ContextIndex, uid: u32) -> Result<(), AccessError> {
             FileKind::File => memobuild_rootpath::safefs::open_regular(&path, false)
                 .map_err(io::Error::from)
                 .and_then(|(f, _)| f.metadata()),
-            FileKind::Symlink | FileKind::Socket => std::fs::symlink_metadata(&path),
-            // Left out of builds: never opened.
-            FileKind::Other => continue,
+            // Never opened (opening a FIFO blocks, a device is not ours to open).
+            FileKind::Symlink
+            | FileKind::Socket
+            | FileKind::Fifo
+            | FileKind::CharDevice
+            | FileKind::BlockDevice => std::fs::symlink_metadata(&path),
             // Its name cannot be opened from here; a build that would copy it
             // fails when planned (scan::FileKind::NotUtf8).
             FileKind::NotUtf8 => continue,

@@ -152,7 +152,15 @@ impl Walk<'_> {
                 }
                 // An empty file once copied (see `FileKind::Socket`).
                 FileKind::Socket => records.push(name, b's', meta.mode, &[]),
-                FileKind::Other => {}
+                FileKind::Fifo => records.push(name, b'p', meta.mode, &[]),
+                FileKind::CharDevice | FileKind::BlockDevice => {
+                    let tag = if meta.kind == FileKind::CharDevice {
+                        b'c'
+                    } else {
+                        b'b'
+                    };
+                    records.push(name, tag, meta.mode, &meta.device_key());
+                }
                 // Never left out silently: the build refuses (scan::FileKind).
                 FileKind::NotUtf8 => return Err(super::scan::not_utf8_error(path)),
             }

@@ -6,7 +6,7 @@ use super::dockerignore::DockerIgnore;
 use super::tree::{Entries, Stamps, Tree};
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,8 +18,15 @@ pub enum FileKind {
     /// bit, so COPY/ADD give an empty regular file with the socket's
     /// permission bits.
     Socket,
-    /// Devices, FIFOs: left out of the context.
-    Other,
+    /// A FIFO (named pipe): copied as a FIFO, as BuildKit's context
+    /// transfer (fsutil) sends it and its copy makes it (`mknod`).
+    Fifo,
+    /// A character device: copied as a device node with the same device
+    /// numbers ([`FileMeta::device_numbers`]), as in BuildKit. Only root can
+    /// make one, so only a root-made context has them.
+    CharDevice,
+    /// A block device: as [`FileKind::CharDevice`].
+    BlockDevice,
     /// An entry whose name is not UTF-8 (any type; a directory is not
     /// walked). Paths here are UTF-8 strings, so its key in the tree is the
     /// name with each byte that is not UTF-8 written `\xNN`
@@ -45,6 +52,9 @@ pub struct FileMeta {
     pub kind: FileKind,
     /// Permission bits plus setuid/setgid/sticky.
     pub mode: u32,
+    /// A regular file's length; for a device node its device number
+    /// (`st_rdev`: what a device has instead of content, so a node made
+    /// again with other numbers shows as changed); 0 for a FIFO.
     pub size: u64,
     /// Nanoseconds since the epoch (i64 lasts until 2262).
     pub mtime_ns: i64,
@@ -57,6 +67,21 @@ pub struct FileMeta {
 }
 
 impl FileMeta {
+    /// `(major, minor)` of a device node, `None` for any other entry.
+    pub fn device_numbers(&self) -> Option<(u32, u32)> {
+        matches!(self.kind, FileKind::CharDevice | FileKind::BlockDevice)
+            .then(|| (libc::major(self.size), libc::minor(self.size)))
+    }
+
+    /// What a device node has in a cache key instead of content: its major
+    /// and minor numbers (little-endian u32 each); empty for anything else.
+    pub fn device_key(&self) -> Vec<u8> {
+        match self.device_numbers() {
+            Some((major, minor)) => [major.to_le_bytes(), minor.to_le_bytes()].concat(),
+            None => Vec::new(),
+        }
+    }
+
     pub(crate) fn from_metadata(meta: &fs::Metadata, link_target: Option<String>) -> FileMeta {
         let ft = meta.file_type();
         let kind = if ft.is_symlink() {
@@ -65,15 +90,24 @@ impl FileMeta {
             FileKind::Dir
         } else if ft.is_file() {
             FileKind::File
-        } else if std::os::unix::fs::FileTypeExt::is_socket(&ft) {
+        } else if ft.is_socket() {
             FileKind::Socket
+        } else if ft.is_fifo() {
+            FileKind::Fifo
+        } else if ft.is_char_device() {
+            FileKind::CharDevice
         } else {
-            FileKind::Other
+            FileKind::BlockDevice
+        };
+        let size = match kind {
+            FileKind::CharDevice | FileKind::BlockDevice => meta.rdev(),
+            FileKind::Fifo => 0,
+            _ => meta.size(),
         };
         FileMeta {
             kind,
             mode: meta.mode() & 0o7777,
-            size: meta.size(),
+            size,
             mtime_ns: meta
                 .mtime()
                 .saturating_mul(1_000_000_000)

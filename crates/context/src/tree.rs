@@ -247,9 +247,6 @@ fn sync_listing(
                 None
             };
             let meta = FileMeta::from_metadata(&meta, target);
-            if meta.kind == super::FileKind::Other {
-                continue;
-            }
             let mut added = BTreeMap::new();
             if meta.kind == super::FileKind::Dir {
                 walk(root, &child, &mut added)?;
@@ -348,7 +345,7 @@ fn walk(root: &Path, rel_dir: &str, out: &mut BTreeMap<String, FileMeta>) -> io:
                 out.insert(rel.clone(), meta);
                 walk(root, &rel, out)?;
             }
-            super::FileKind::Other | super::FileKind::NotUtf8 => {}
+            super::FileKind::NotUtf8 => {}
             _ => {
                 out.insert(rel, meta);
             }

@@ -14,7 +14,7 @@ pub mod reference;
 pub mod zstd;
 
 pub use config::{ImageConfig, RunConfig};
-pub use layer::{ChangeSet, Content, EntryKind, LayerEntry, LayerWriter, OciError};
+pub use layer::{ChangeSet, Content, EntryKind, LayerEntry, LayerWriter, Node, OciError};
 pub use reference::normalize_image_name;
 
 /// Unix seconds as RFC 3339 UTC (`1970-01-01T00:00:00Z`), as image configs

@@ -3,7 +3,7 @@
 //! bump [`KEY_VERSION`] whenever the encoding or the meaning of an input changes.
 
 /// Part of every key, so a change of key definition can never reuse old entries.
-pub const KEY_VERSION: &str = "memobuild-step-key-v4";
+pub const KEY_VERSION: &str = "memobuild-step-key-v5";
 
 /// Accumulates length-prefixed fields: `u64 LE length || bytes` each, so no two
 /// different field sequences encode to the same bytes.

@@ -2050,6 +2050,7 @@ fn hash_sources(
                     match m.kind {
                         FileKind::File => h.update(&file_digest(path, m)?),
                         FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(path)),
+                        FileKind::CharDevice | FileKind::BlockDevice => h.update(&m.device_key()),
                         _ => h.update(&[0; 32]),
                     };
                 }
@@ -2057,7 +2058,7 @@ fn hash_sources(
             }
             FileKind::Dir => k.field(&input.merkle.digest(index, &root.rel, &file_digest)?),
             FileKind::NotUtf8 => return Err(memobuild_context::not_utf8_error(&root.rel)),
-            _ => k.field(&[]),
+            _ => k.field(&meta.device_key()),
         };
     }
     Ok(selection)
@@ -2152,6 +2153,16 @@ impl SelectionDigests {
                 format!("symlink:{}", meta.link_target.as_deref().unwrap_or(""))
             }
             (FileKind::Socket, _) => format!("socket mode {:o}", meta.mode),
+            (FileKind::Fifo, _) => format!("fifo mode {:o}", meta.mode),
+            (FileKind::CharDevice | FileKind::BlockDevice, _) => {
+                let (major, minor) = meta.device_numbers().unwrap_or_default();
+                let kind = if meta.kind == FileKind::CharDevice {
+                    "char"
+                } else {
+                    "block"
+                };
+                format!("{kind} device {major}:{minor} mode {:o}", meta.mode)
+            }
             _ => format!("dir:{:o}", meta.mode),
         };
         self.shown.insert(path, component);
@@ -2163,10 +2174,12 @@ fn kind_code(kind: FileKind) -> u64 {
         FileKind::File => 1,
         FileKind::Dir => 2,
         FileKind::Symlink => 3,
-        FileKind::Other => 4,
         FileKind::Socket => 5,
         // Refused before any key is made (flat_listing).
         FileKind::NotUtf8 => 6,
+        FileKind::Fifo => 7,
+        FileKind::CharDevice => 8,
+        FileKind::BlockDevice => 9,
     }
 }
 

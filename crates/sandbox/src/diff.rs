@@ -8,7 +8,8 @@
 //! | several names of one inode | the first name (in path order) as a file, the others as hard links to it |
 //! | character device 0:0 (overlay whiteout) | `.wh.NAME` whiteout |
 //! | directory with `trusted.overlay.opaque=y` | directory plus `.wh..wh..opq` |
-//! | fifo, socket, device | skipped with a warning (the layer writer has no such entries) |
+//! | fifo, character or block device (other than 0:0) | the same, with its device numbers (as containerd's tar writer keeps them) |
+//! | socket | skipped with a warning (containerd's tar writer skips sockets too) |
 //!
 //! Then the traces of the sandbox itself are dropped, as BuildKit does: the
 //! mount points runc created for the default and extra mounts (a path that
@@ -23,7 +24,7 @@
 //! does not enable them and this project's hosts have them off.
 
 use super::SandboxError;
-use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry, Node};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::Metadata;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -164,8 +165,18 @@ fn walk(upper: &Path) -> Result<Walked, SandboxError> {
                 }
                 out.sizes.insert(rel.clone(), meta.len());
                 entry.kind = EntryKind::File(Content::Path(path.clone()));
+            } else if ft.is_fifo() {
+                entry.kind = EntryKind::Node(Node::Fifo);
+            } else if ft.is_char_device() || ft.is_block_device() {
+                // Not 0:0: that is a whiteout (above).
+                let (major, minor) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+                entry.kind = EntryKind::Node(if ft.is_char_device() {
+                    Node::CharDevice { major, minor }
+                } else {
+                    Node::BlockDevice { major, minor }
+                });
             } else {
-                tracing::warn!(path = %rel, "a RUN step created a fifo, socket or device node; it is not kept in the layer");
+                tracing::warn!(path = %rel, "a RUN step created a socket; it is not kept in the layer (as BuildKit's, whose tar writer skips sockets)");
                 continue;
             }
             out.changes.insert(rel, entry);

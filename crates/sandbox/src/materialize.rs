@@ -9,7 +9,9 @@
 //!
 //! The snapshot holds what unpacking the layer would give: the same entries,
 //! modes, numeric owners and mtimes (whole seconds, as in the layer); whiteouts as overlay whiteouts
-//! (character device 0:0) and opaque directories with `trusted.overlay.opaque`.
+//! (character device 0:0) and opaque directories with `trusted.overlay.opaque`;
+//! FIFOs and device nodes made with `mknodat` (only in the snapshot's upper
+//! directory, below the daemon's data dir).
 //! Parent directories that the step did not write but needs come from the
 //! lower layers with their attributes, as overlay's copy-up would make them.
 //!
@@ -29,7 +31,7 @@ use super::{diff, LayerInput, Leftovers, RunGuard, Sandbox, SandboxError};
 use containerd_client::services::v1::snapshots::CommitSnapshotRequest;
 use containerd_client::tonic::Code;
 use memobuild_oci::layer::CheckingReader;
-use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry, Node};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -337,6 +339,30 @@ impl<'a> Upper<'a> {
                 rfs::mknodat(parent, name, FileType::CharacterDevice, Mode::empty(), 0)
                     .map_err(Into::into)
             }
+            EntryKind::Node(node) => {
+                let (file_type, (major, minor)) = match node {
+                    Node::Fifo => (FileType::Fifo, (0, 0)),
+                    Node::CharDevice { .. } => (FileType::CharacterDevice, node.numbers()),
+                    Node::BlockDevice { .. } => (FileType::BlockDevice, node.numbers()),
+                };
+                if file_type == FileType::CharacterDevice && (major, minor) == (0, 0) {
+                    // That is overlay's whiteout: it would hide the path instead.
+                    return Err(std::io::Error::other(
+                        "a character device 0:0 cannot be kept in an overlay snapshot",
+                    ));
+                }
+                let parent = self.dir_fd(dir)?;
+                rfs::mknodat(
+                    parent,
+                    name,
+                    file_type,
+                    Mode::empty(),
+                    rfs::makedev(major, minor),
+                )?;
+                set_owner_mode(parent, name, entry)?;
+                rfs::utimensat(parent, name, &times(time), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(Into::into)
+            }
         }
     }
 
@@ -473,5 +499,68 @@ fn write_content(
             }
             reader.finish(len, blake3)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    fn entry(kind: EntryKind, mode: u32, uid: u32, gid: u32) -> LayerEntry {
+        LayerEntry {
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime: 1_600_000_000,
+        }
+    }
+
+    /// FIFOs and devices are made with their numbers, owner, mode and time;
+    /// a character device 0:0 (overlay's whiteout) is refused.
+    #[test]
+    fn fifos_and_devices_are_made_as_such() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: making a device node needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = ChangeSet::default();
+        c.insert("d".into(), entry(EntryKind::Dir, 0o755, 0, 0));
+        c.insert(
+            "d/pipe".into(),
+            entry(EntryKind::Node(Node::Fifo), 0o4640, 1, 2),
+        );
+        let null = Node::CharDevice { major: 1, minor: 3 };
+        c.insert("d/null".into(), entry(EntryKind::Node(null), 0o666, 3, 4));
+        let blk = Node::BlockDevice {
+            major: 7,
+            minor: 300,
+        };
+        c.insert("blk".into(), entry(EntryKind::Node(blk), 0o600, 0, 6));
+        write_changes(dir.path(), &[], &c, &[], None).unwrap();
+        let meta = |p: &str| std::fs::symlink_metadata(dir.path().join(p)).unwrap();
+        let pipe = meta("d/pipe");
+        assert!(pipe.file_type().is_fifo());
+        let got = (pipe.mode() & 0o7777, pipe.uid(), pipe.gid(), pipe.mtime());
+        assert_eq!(got, (0o4640, 1, 2, 1_600_000_000));
+        let null = meta("d/null");
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+        assert_eq!(
+            (null.mode() & 0o7777, null.uid(), null.gid()),
+            (0o666, 3, 4)
+        );
+        let blk = meta("blk");
+        assert!(blk.file_type().is_block_device());
+        assert_eq!(blk.rdev(), rustix::fs::makedev(7, 300));
+        assert_eq!((blk.mode() & 0o7777, blk.gid()), (0o600, 6));
+
+        let mut zero = ChangeSet::default();
+        let node = Node::CharDevice { major: 0, minor: 0 };
+        zero.insert("z".into(), entry(EntryKind::Node(node), 0o600, 0, 0));
+        let other = tempfile::tempdir().unwrap();
+        assert!(write_changes(other.path(), &[], &zero, &[], None).is_err());
     }
 }

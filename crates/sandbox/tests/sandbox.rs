@@ -250,6 +250,7 @@ fn describe(changes: &ChangeSet) -> BTreeMap<String, String> {
                 EntryKind::Symlink(t) => format!("symlink {t}"),
                 EntryKind::Hardlink(t) => format!("hardlink {t}"),
                 EntryKind::Whiteout => "whiteout".into(),
+                EntryKind::Node(n) => format!("node {n:?}"),
             };
             (
                 path.clone(),
@@ -289,6 +290,8 @@ chown 1000:1000 /newdir/sub
 rm -rf /replaced
 mkdir /replaced
 echo n > /replaced/new
+mknod /newdir/pipe p
+mknod /newdir/null c 1 3
 "#;
     let started = Instant::now();
     let (outcome, out, err) = run(&env.sandbox, &env.base, &sh(script)).await;
@@ -305,6 +308,11 @@ echo n > /replaced/new
         ("data/remove.txt", "whiteout 0 0:0"),
         ("newdir", "dir 755 0:0"),
         ("newdir/hard", "file \"x\\n\" 644 0:0"),
+        (
+            "newdir/null",
+            "node CharDevice { major: 1, minor: 3 } 644 0:0",
+        ),
+        ("newdir/pipe", "node Fifo 644 0:0"),
         ("newdir/sub", "dir 755 1000:1000"),
         ("newdir/sub/f", "hardlink newdir/hard 644 0:0"),
         ("replaced", "opaque dir 755 0:0"),
@@ -351,10 +359,13 @@ echo n > /replaced/new
     // A step on top of that layer sees it applied (by containerd's applier).
     let mut layers = env.base.clone();
     layers.push(layer_input(&env.store.blobs, &record));
-    let check = "test ! -e /data/remove.txt && ls /replaced && cat /data/link && stat -c '%a %u' /data/chmod.txt /newdir/sub && test -e /etc/hosts && hostname";
+    let check = "test ! -e /data/remove.txt && ls /replaced && cat /data/link && stat -c '%a %u' /data/chmod.txt /newdir/sub && stat -c '%F %t %T' /newdir/pipe /newdir/null && test -e /etc/hosts && hostname";
     let (outcome, out, err) = run(&env.sandbox, &layers, &sh(check)).await;
     assert_eq!(outcome.exit, ExitReason::Code(0), "stderr: {err}");
-    assert_eq!(out, "new\nkeep\n600 0\n755 1000\nmemobuild-test\n");
+    assert_eq!(
+        out,
+        "new\nkeep\n600 0\n755 1000\nfifo 0 0\ncharacter special file 1 3\nmemobuild-test\n"
+    );
     assert!(
         outcome.changes.is_empty(),
         "{:?}",

@@ -11,7 +11,7 @@ use super::copy::select_in_view;
 use super::fsview::{FsView, ViewKind};
 use super::Engine;
 use memobuild_oci::layer::{clean_entry_path, open_layer};
-use memobuild_oci::OciError;
+use memobuild_oci::{Node, OciError};
 use memobuild_plan::key::{content_ref_key, KeyHasher};
 use memobuild_store::{LayerRecord, Store, StoreError};
 use std::collections::{BTreeMap, HashMap};
@@ -97,6 +97,16 @@ fn digest(store: &Store, view: &FsView, paths: &[String], glob: bool) -> Result<
                     ViewKind::Dir => ("d", Vec::new()),
                     ViewKind::Symlink(t) => ("l", t.as_bytes().to_vec()),
                     ViewKind::Hardlink(t) => ("h", t.as_bytes().to_vec()),
+                    ViewKind::Node(node) => {
+                        let (major, minor) = node.numbers();
+                        let tag = match node {
+                            Node::Fifo => "p",
+                            Node::CharDevice { .. } => "c",
+                            Node::BlockDevice { .. } => "b",
+                        };
+                        let numbers = [major.to_le_bytes(), minor.to_le_bytes()].concat();
+                        (tag, numbers)
+                    }
                     ViewKind::Other => ("o", Vec::new()),
                 };
                 k.str(&rel)

@@ -16,7 +16,7 @@ use super::users;
 use memobuild_context::dockerignore::DockerIgnore;
 use memobuild_context::{ContextIndex, FileKind, FileMeta, Selected};
 use memobuild_oci::layer::clean_entry_path;
-use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry};
+use memobuild_oci::{ChangeSet, Content, EntryKind, LayerEntry, Node};
 use memobuild_plan::{Chmod, CopyOp, CopySource};
 use memobuild_store::Store;
 use std::io::Read;
@@ -485,8 +485,18 @@ fn add_context_entry(
         }
         // What BuildKit's context transfer makes of a socket: an empty file.
         FileKind::Socket => EntryKind::File(Content::Bytes(Vec::new())),
+        // FIFOs and devices as such, as BuildKit's copy makes them (mknod).
+        FileKind::Fifo => EntryKind::Node(Node::Fifo),
+        FileKind::CharDevice | FileKind::BlockDevice => {
+            let (major, minor) = meta.device_numbers().unwrap_or_default();
+            EntryKind::Node(if meta.kind == FileKind::CharDevice {
+                Node::CharDevice { major, minor }
+            } else {
+                Node::BlockDevice { major, minor }
+            })
+        }
         // The plan refused a name that is not UTF-8 already.
-        FileKind::Other | FileKind::NotUtf8 => return,
+        FileKind::NotUtf8 => return,
     };
     b.add(target, kind, meta.mode, secs(meta.mtime_ns));
 }
@@ -589,6 +599,7 @@ fn copy_from_view(
             ViewKind::Dir => EntryKind::Dir,
             ViewKind::Symlink(t) => EntryKind::Symlink(t.clone()),
             ViewKind::Hardlink(t) => EntryKind::Hardlink(t.clone()),
+            ViewKind::Node(node) => EntryKind::Node(*node),
             ViewKind::Other => continue,
         };
         b.add_as(target, kind, entry.mode, owner, entry.mtime);

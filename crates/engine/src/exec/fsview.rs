@@ -3,7 +3,7 @@
 //! headers only (OCI whiteouts applied), and cached per layer digest.
 
 use memobuild_oci::layer::{clean_entry_path, open_layer};
-use memobuild_oci::{ChangeSet, EntryKind, OciError};
+use memobuild_oci::{ChangeSet, EntryKind, Node, OciError};
 use memobuild_store::{LayerRecord, Store};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +17,9 @@ pub enum ViewKind {
     Dir,
     Symlink(String),
     Hardlink(String),
+    /// A FIFO or device node (with its device numbers).
+    Node(Node),
+    /// Any other tar entry type (copied by nothing).
     Other,
 }
 
@@ -93,6 +96,7 @@ fn index_of_changes(changes: &ChangeSet, file_sizes: &[u64]) -> Option<LayerInde
             }
             EntryKind::Symlink(target) => (ViewKind::Symlink(target.clone()), 0),
             EntryKind::Hardlink(target) => (ViewKind::Hardlink(clean_entry_path(target)), 0),
+            EntryKind::Node(node) => (ViewKind::Node(*node), 0),
             EntryKind::Whiteout => {
                 index.whiteouts.push(path.clone());
                 continue;
@@ -157,7 +161,10 @@ fn read_index(store: &Store, digest: &str) -> Result<LayerIndex, OciError> {
             tar::EntryType::Directory => ViewKind::Dir,
             tar::EntryType::Symlink => ViewKind::Symlink(link()),
             tar::EntryType::Link => ViewKind::Hardlink(clean_entry_path(&link())),
-            _ => ViewKind::Other,
+            _ => match Node::from_header(header) {
+                Some(node) => ViewKind::Node(node),
+                None => ViewKind::Other,
+            },
         };
         index.entries.push((
             path,
@@ -365,6 +372,14 @@ mod tests {
         );
         c.insert("gone".into(), entry(EntryKind::Whiteout, 0));
         c.insert("opq".into(), entry(EntryKind::OpaqueDir, 0o1777));
+        c.insert("a/pipe".into(), entry(EntryKind::Node(Node::Fifo), 0o640));
+        let null = Node::CharDevice { major: 1, minor: 3 };
+        c.insert("a/null".into(), entry(EntryKind::Node(null), 0o666));
+        let blk = Node::BlockDevice {
+            major: 259,
+            minor: 70_000,
+        };
+        c.insert("a/blk".into(), entry(EntryKind::Node(blk), 0o600));
         c.insert(
             format!("a/{}", "long".repeat(50)),
             entry(EntryKind::File(Content::Bytes(vec![])), 0o644),
@@ -374,5 +389,17 @@ mod tests {
         assert_eq!(sizes, vec![70_000, 2, 0]);
         let read = read_index(&store, &record.digest).unwrap();
         assert_eq!(index_of_changes(&c, &sizes).unwrap(), read);
+        let kind = |p: &str| {
+            read.entries
+                .iter()
+                .find(|(q, _)| q == p)
+                .unwrap()
+                .1
+                .kind
+                .clone()
+        };
+        assert_eq!(kind("a/blk"), ViewKind::Node(blk));
+        assert_eq!(kind("a/null"), ViewKind::Node(null));
+        assert_eq!(kind("a/pipe"), ViewKind::Node(Node::Fifo));
     }
 }

@@ -66,6 +66,59 @@ pub enum EntryKind {
     /// directory entry followed by the OCI opaque marker `DIR/.wh..wh..opq`, which
     /// hides everything the lower layers had below it (entries of this layer stay).
     OpaqueDir,
+    /// A FIFO or device node: a tar entry of that type (with the device
+    /// numbers), as containerd's tar writer and BuildKit's context copy keep
+    /// them.
+    Node(Node),
+}
+
+/// A special file that is neither a regular file, a directory nor a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Node {
+    Fifo,
+    CharDevice { major: u32, minor: u32 },
+    BlockDevice { major: u32, minor: u32 },
+}
+
+impl Node {
+    /// The tar entry type that holds it.
+    pub fn entry_type(self) -> tar::EntryType {
+        match self {
+            Node::Fifo => tar::EntryType::Fifo,
+            Node::CharDevice { .. } => tar::EntryType::Char,
+            Node::BlockDevice { .. } => tar::EntryType::Block,
+        }
+    }
+
+    /// The node a tar header describes, if it is a FIFO or a device. Blank
+    /// device number fields (as some writers leave them) read as 0, as GNU
+    /// tar reads them.
+    pub fn from_header(header: &tar::Header) -> Option<Node> {
+        let number = |n: io::Result<Option<u32>>| n.ok().flatten().unwrap_or(0);
+        let numbers = || (number(header.device_major()), number(header.device_minor()));
+        match header.entry_type() {
+            tar::EntryType::Fifo => Some(Node::Fifo),
+            tar::EntryType::Char => {
+                let (major, minor) = numbers();
+                Some(Node::CharDevice { major, minor })
+            }
+            tar::EntryType::Block => {
+                let (major, minor) = numbers();
+                Some(Node::BlockDevice { major, minor })
+            }
+            _ => None,
+        }
+    }
+
+    /// `(major, minor)` of a device, `(0, 0)` for a FIFO.
+    pub fn numbers(self) -> (u32, u32) {
+        match self {
+            Node::Fifo => (0, 0),
+            Node::CharDevice { major, minor } | Node::BlockDevice { major, minor } => {
+                (major, minor)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -482,6 +535,14 @@ fn append_other<W: Write>(
             header.set_size(0);
             tar.append_data(&mut header.clone(), format!("{path}/"), io::empty())?;
             append_marker(tar, header, format!("{path}/.wh..wh..opq"))
+        }
+        EntryKind::Node(node) => {
+            header.set_entry_type(node.entry_type());
+            let (major, minor) = node.numbers();
+            header.set_device_major(major)?;
+            header.set_device_minor(minor)?;
+            header.set_size(0);
+            tar.append_data(&mut header, path, io::empty())
         }
         EntryKind::File(Content::Bytes(bytes)) => {
             header.set_entry_type(tar::EntryType::Regular);
