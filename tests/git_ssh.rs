@@ -464,29 +464,9 @@ fn a_user_the_server_refuses_gets_nothing_of_another_users_checkout() {
         "FROM scratch\nADD {url}#{commit} /src\nENV X=$nope\n"
     ));
     let (d, _config) = shared_daemon();
+    // (ctl_as fails the test when the client runs for 30 s.)
     let build_as = |uid: u32, agent: &Agent| {
-        let out_dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::chown(out_dir.path(), Some(uid), Some(uid)).unwrap();
-        let archive = out_dir.path().join("out.tar");
-        let dest = format!("type=oci,dest={}", archive.display());
-        let ssh = format!("default={}", agent.socket.display());
-        // (ctl_as fails the test when the client runs for 30 s.)
-        let out = common::ctl_as(
-            uid,
-            uid,
-            &d.socket,
-            &[
-                "build",
-                "--progress",
-                "json",
-                "--ssh",
-                &ssh,
-                "-o",
-                &dest,
-                ctx.path().to_str().unwrap(),
-            ],
-        );
-        (BuildOutcome::from_output(out), archive, out_dir)
+        common::build_as_with_agent(uid, &d.socket, &agent.socket, ctx.path())
     };
     let (a, archive, _a) = build_as(A, &a_agent);
     assert!(a.success, "{}\n{}\n{}", a.text(), d.log(), sshd.log());

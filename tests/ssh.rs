@@ -452,27 +452,8 @@ fn another_users_build_does_not_reuse_a_step_that_used_an_agent() {
     );
     let ctx = listing_context("");
     let build = |uid: u32, agent: &Agent| {
-        let out_dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::chown(out_dir.path(), Some(uid), Some(uid)).unwrap();
-        let archive = out_dir.path().join("out.tar");
-        let dest = format!("type=oci,dest={}", archive.display());
-        let ssh = format!("default={}", agent.socket.display());
-        let out = common::ctl_as(
-            uid,
-            uid,
-            &d.socket,
-            &[
-                "build",
-                "--progress",
-                "json",
-                "--ssh",
-                &ssh,
-                "-o",
-                &dest,
-                ctx.path().to_str().unwrap(),
-            ],
-        );
-        let outcome = BuildOutcome::from_output(out);
+        let (outcome, archive, _out_dir) =
+            common::build_as_with_agent(uid, &d.socket, &agent.socket, ctx.path());
         assert!(outcome.success, "{}\n{}", outcome.text(), d.log());
         let keys = String::from_utf8(oci_file(&archive, "keys").unwrap()).unwrap();
         (outcome, keys)

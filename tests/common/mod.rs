@@ -391,6 +391,35 @@ impl Daemon {
     }
 }
 
+/// `memobuild-ctl build --ssh default=AGENT -o type=oci,dest=...` of `ctx`
+/// run as user `uid` against `socket`: the outcome, the archive's path and
+/// the directory (owned by `uid`) that holds it.
+#[allow(dead_code)]
+pub fn build_as_with_agent(
+    uid: u32,
+    socket: &Path,
+    agent: &Path,
+    ctx: &Path,
+) -> (BuildOutcome, PathBuf, tempfile::TempDir) {
+    let out_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(out_dir.path(), Some(uid), Some(uid)).unwrap();
+    let archive = out_dir.path().join("out.tar");
+    let dest = format!("type=oci,dest={}", archive.display());
+    let ssh = format!("default={}", agent.display());
+    let args = [
+        "build",
+        "--progress",
+        "json",
+        "--ssh",
+        &ssh,
+        "-o",
+        &dest,
+        ctx.to_str().unwrap(),
+    ];
+    let out = ctl_as(uid, uid, socket, &args);
+    (BuildOutcome::from_output(out), archive, out_dir)
+}
+
 /// memobuild-ctl run as user `uid`/`gid` against `socket`; fails the test if it
 /// has not exited within 30 s (a refused client must not hang).
 pub fn ctl_as(uid: u32, gid: u32, socket: &Path, args: &[&str]) -> Output {
