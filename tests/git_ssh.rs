@@ -9,7 +9,7 @@
 //! of another user's checkout. Needs openssh-server, openssh-client and git.
 
 mod common;
-use common::{oci_file, BuildOutcome, Daemon};
+use common::{oci_file, Agent, BuildOutcome, Daemon};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -115,78 +115,6 @@ impl Sshd {
 }
 
 impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `ssh-agent` of `uid` holding one generated key; killed when
-/// dropped.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-    public_key: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(uid: u32) -> Agent {
-        use std::os::unix::fs::{chown, PermissionsExt};
-        use std::os::unix::process::CommandExt;
-        let dir = tempfile::Builder::new()
-            .prefix("mb-agent")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        chown(dir.path(), Some(uid), Some(uid)).unwrap();
-        let socket = dir.path().join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .uid(uid)
-            .gid(uid)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh-agent (apt-get install openssh-client)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let key = dir.path().join("key");
-        run(Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "memobuild-git-ssh",
-                "-f",
-            ])
-            .arg(&key));
-        chown(&key, Some(uid), Some(uid)).unwrap();
-        run(Command::new("ssh-add")
-            .arg(&key)
-            .env("SSH_AUTH_SOCK", &socket)
-            .uid(uid)
-            .gid(uid));
-        // Only the agent holds it now: the daemon must have used the agent.
-        std::fs::remove_file(&key).unwrap();
-        Agent {
-            child,
-            socket,
-            public_key: dir.path().join("key.pub"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -326,8 +254,8 @@ fn step_state(project: &Value, instruction: &str) -> String {
 #[test]
 fn add_over_ssh_fetches_with_the_forwarded_agent() {
     let sshd = Sshd::start();
-    let agent = Agent::start(0);
-    sshd.authorize(&agent.public_key);
+    let agent = Agent::start(0, Some("memobuild-git-ssh"));
+    sshd.authorize(agent.public_key.as_ref().unwrap());
     let repo = Repo::new();
     let v1 = repo.commit(
         &[("foo", "foo of v1\n"), ("sub/bar", "bar of v1\n")],
@@ -412,7 +340,7 @@ fn add_over_ssh_fetches_with_the_forwarded_agent() {
 
     // An agent whose key the server refuses: git's error, no checkout
     // reused (the build asks the server every time).
-    let stranger = Agent::start(0);
+    let stranger = Agent::start(0, Some("memobuild-git-ssh"));
     let (refused, _, _o5) = build(&d, ctx.path(), Some(&stranger), &["--ssh", "default"]);
     assert!(!refused.success, "{}", refused.text());
     let text = message_and_hint(&refused);
@@ -455,8 +383,11 @@ fn shared_daemon() -> (Daemon, tempfile::TempDir) {
 #[test]
 fn a_user_the_server_refuses_gets_nothing_of_another_users_checkout() {
     let sshd = Sshd::start();
-    let (a_agent, b_agent) = (Agent::start(A), Agent::start(B));
-    sshd.authorize(&a_agent.public_key);
+    let (a_agent, b_agent) = (
+        Agent::start(A, Some("memobuild-git-ssh")),
+        Agent::start(B, Some("memobuild-git-ssh")),
+    );
+    sshd.authorize(a_agent.public_key.as_ref().unwrap());
     let repo = Repo::new();
     let commit = repo.commit(&[("secret.txt", "only for A\n")], None);
     let url = sshd.url(&repo.bare());

@@ -7,9 +7,9 @@
 //! containerd, runc, busybox-static, gcc with libc6-dev, and openssh-client.
 
 mod common;
-use common::{busybox_context, oci_file, BuildOutcome, Daemon};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::{busybox_context, oci_file, Agent, BuildOutcome, Daemon};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const A: u32 = 4242;
@@ -76,75 +76,6 @@ fn unique() -> String {
             .unwrap()
             .as_nanos()
     )
-}
-
-/// A running `ssh-agent` (as `uid`) holding one generated key whose comment
-/// is `comment`; killed when dropped.
-struct Agent {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    fn start(uid: u32, comment: Option<&str>) -> Agent {
-        use std::os::unix::fs::{chown, PermissionsExt};
-        use std::os::unix::process::CommandExt;
-        let dir = tempfile::Builder::new()
-            .prefix("mb-agent")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        chown(dir.path(), Some(uid), Some(uid)).unwrap();
-        let socket = dir.path().join("agent.sock");
-        let child = Command::new("ssh-agent")
-            .arg("-D")
-            .arg("-a")
-            .arg(&socket)
-            .uid(uid)
-            .gid(uid)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ssh-agent (apt-get install openssh-client)");
-        let agent = Agent {
-            child,
-            socket,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !agent.socket.exists() {
-            assert!(Instant::now() < deadline, "ssh-agent did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if let Some(comment) = comment {
-            let key = agent._dir.path().join("key");
-            let made = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-                .arg(&key)
-                .output()
-                .unwrap();
-            assert!(made.status.success(), "{made:?}");
-            // ssh-keygen wants a passwd entry; the agent's user owns the key.
-            chown(&key, Some(uid), Some(uid)).unwrap();
-            let added = Command::new("ssh-add")
-                .arg(&key)
-                .env("SSH_AUTH_SOCK", &agent.socket)
-                .uid(uid)
-                .gid(uid)
-                .output()
-                .unwrap();
-            assert!(added.status.success(), "{added:?}");
-        }
-        agent
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A context whose step lists the forwarded agent's keys into /keys.

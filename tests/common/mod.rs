@@ -971,3 +971,81 @@ pub fn local_cache_steps(dir: &Path) -> serde_json::Map<String, Value> {
         serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
     config["steps"].as_object().unwrap().clone()
 }
+
+/// A running `ssh-agent` of user `uid`; killed when dropped.
+#[allow(dead_code)]
+pub struct Agent {
+    child: Child,
+    pub socket: PathBuf,
+    /// The public half of the key it holds (none for an empty agent).
+    pub public_key: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl Agent {
+    /// Starts an agent as `uid`, holding one generated ed25519 key whose
+    /// comment is `comment` (none: an empty agent). Only the agent holds
+    /// the private key: its file is removed once added.
+    pub fn start(uid: u32, comment: Option<&str>) -> Agent {
+        use std::os::unix::fs::{chown, PermissionsExt};
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::Builder::new()
+            .prefix("mb-agent")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        chown(dir.path(), Some(uid), Some(uid)).unwrap();
+        let socket = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&socket)
+            .uid(uid)
+            .gid(uid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent (apt-get install openssh-client)");
+        let mut agent = Agent {
+            child,
+            socket,
+            public_key: None,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !agent.socket.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(comment) = comment {
+            let key = agent._dir.path().join("key");
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(&key)
+                .output()
+                .unwrap();
+            assert!(made.status.success(), "{made:?}");
+            // ssh-keygen wants a passwd entry; the agent's user owns the key.
+            chown(&key, Some(uid), Some(uid)).unwrap();
+            let added = Command::new("ssh-add")
+                .arg(&key)
+                .env("SSH_AUTH_SOCK", &agent.socket)
+                .uid(uid)
+                .gid(uid)
+                .output()
+                .unwrap();
+            assert!(added.status.success(), "{added:?}");
+            std::fs::remove_file(&key).unwrap();
+            agent.public_key = Some(agent._dir.path().join("key.pub"));
+        }
+        agent
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
