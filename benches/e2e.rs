@@ -81,6 +81,13 @@ const VARIANTS: &[Variant] = &[
     },
 ];
 
+/// memobuild's builds pin SOURCE_DATE_EPOCH: without it a step run again
+/// gets the time it ran (as in BuildKit), so two cold builds would give two
+/// image digests and the bench could not check that they are the same image.
+fn pinned_epoch() -> [String; 1] {
+    ["SOURCE_DATE_EPOCH=1700000000".to_string()]
+}
+
 fn main() {
     let files = env_usize("MEMOBUILD_BENCH_FILES", 10_000).max(10);
     let runs = env_usize("MEMOBUILD_BENCH_RUNS", 5).max(1);
@@ -173,7 +180,7 @@ fn main() {
                 drop(daemon.take());
                 daemon_n += 1;
                 let mut d = Daemon::start(&bins, &work.join(format!("daemon{daemon_n}")));
-                let r = d.build(&ctx, v.dockerfile, &tag, &[]);
+                let r = d.build(&ctx, v.dockerfile, &tag, &pinned_epoch());
                 assert_eq!(r.cached.len(), 0, "cold build used the cache");
                 daemon = Some(d);
                 r
@@ -207,13 +214,13 @@ fn main() {
         // (b) Fully cached rebuilds. One untimed warm-up each first.
         let d = daemon.as_mut().unwrap();
         let mut cached = SideRow::new(format!("{}: cached rebuild, nothing changed", v.name));
-        d.build(&ctx, v.dockerfile, &tag, &[]);
+        d.build(&ctx, v.dockerfile, &tag, &pinned_epoch());
         let mut image_id = docker
             .as_mut()
             .map(|dk| docker_build(dk, &ctx, v.dockerfile, &tag).1);
         let every = CACHED_RUNS.div_ceil(DOCKER_CACHED_RUNS);
         for i in 0..CACHED_RUNS {
-            let r = d.build(&ctx, v.dockerfile, &tag, &[]);
+            let r = d.build(&ctx, v.dockerfile, &tag, &pinned_epoch());
             assert_eq!(
                 r.executed.len(),
                 0,
@@ -244,7 +251,7 @@ fn main() {
             generation += 1;
             common::rewrite_file(&ctx, &changed, generation).unwrap();
             let mut mb = || {
-                let r = d.build(&ctx, v.dockerfile, &tag, &[]);
+                let r = d.build(&ctx, v.dockerfile, &tag, &pinned_epoch());
                 assert_eq!(
                     r.executed.len(),
                     v.steps_after_change,
