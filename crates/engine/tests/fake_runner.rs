@@ -447,8 +447,13 @@ async fn no_cache_runs_every_step_and_gives_the_same_image() {
         "Dockerfile",
         "FROM scratch\nRUN put /one 1\nRUN put /two 2\n",
     )]);
-    let first = f.build_ok(f.request()).await;
+    // Pinned: without SOURCE_DATE_EPOCH a step run again gets the time it
+    // ran (as in BuildKit), so the two builds agree only within one second.
     let mut request = f.request();
+    request
+        .build_args
+        .insert("SOURCE_DATE_EPOCH".into(), "1700000000".into());
+    let first = f.build_ok(request.clone()).await;
     request.no_cache = true;
     let uncached = f.build_ok(request).await;
     assert_eq!(uncached.runs, ["put /one 1", "put /two 2"]);
