@@ -12,7 +12,7 @@ use serde_json::Value;
 #[test]
 fn annotations_are_in_the_manifest_written_and_pushed() {
     let reg = Registry::start();
-    let d = Daemon::start_with(&["--insecure-registry", &reg.host]);
+    let d = common::registry::daemon_for(&reg);
     let ctx = busybox_context("COPY f /f\n", &[("f", "x")]);
     let out_dir = tempfile::tempdir().unwrap();
     let archive = out_dir.path().join("a.tar");
@@ -255,7 +255,7 @@ fn build_context_docker_image_replaces_from_and_copy_from_names() {
     let dir = tempfile::tempdir().unwrap();
     let layout = common::registry::busybox_layout(&maker, dir.path(), "pulled");
     reg.push_layout(&layout, "ctx/base:1", &[]);
-    let d = Daemon::start_with(&["--insecure-registry", &reg.host]);
+    let d = common::registry::daemon_for(&reg);
     // Two local images, each with its own /marker.
     for marker in ["one", "two"] {
         let ctx = tempfile::tempdir().unwrap();

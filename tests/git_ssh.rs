@@ -366,16 +366,6 @@ fn add_over_ssh_fetches_with_the_forwarded_agent() {
     assert_eq!(file(&archive, "src/foo").as_deref(), Some("foo of v2\n"));
 }
 
-/// A daemon that lets A and B in, through a socket open to all.
-fn shared_daemon() -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memobuildd.toml");
-    std::fs::write(&config, format!("allowed-users = [{A}, {B}]\n")).unwrap();
-    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
-    d.open_socket_to_all();
-    (d, dir)
-}
-
 /// On a shared host, the step is keyed by the commit (as BuildKit's), so
 /// the clone at plan time is what keeps a private repository private: B,
 /// whose key the server refuses, names the very repository and commit A
@@ -394,7 +384,7 @@ fn a_user_the_server_refuses_gets_nothing_of_another_users_checkout() {
     let ctx = context(&format!(
         "FROM scratch\nADD {url}#{commit} /src\nENV X=$nope\n"
     ));
-    let (d, _config) = shared_daemon();
+    let (d, _config) = Daemon::start_shared(&[A, B]);
     // (ctl_as fails the test when the client runs for 30 s.)
     let build_as = |uid: u32, agent: &Agent| {
         common::build_as_with_agent(uid, &d.socket, &agent.socket, ctx.path())

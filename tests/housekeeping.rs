@@ -110,7 +110,7 @@ fn docker_credential_helpers_log_in_to_the_registry() {
         "private/base:1",
         &[],
     );
-    let d = Daemon::start_with(&["--insecure-registry", &reg.host]);
+    let d = common::registry::daemon_for(&reg);
     let ctx = busybox_context("", &[]);
     std::fs::write(
         ctx.path().join("Dockerfile"),

@@ -6,16 +6,12 @@
 //! producing the same image.
 
 mod common;
-use common::registry::{busybox_layout, Registry};
+use common::registry::{daemon_for, registry_with_base, Registry};
 use common::{write_files, Daemon};
 use std::path::Path;
 use std::process::Command;
 
 const KEY: &str = "dev.memobuild.cache.v0";
-
-fn daemon_for(reg: &Registry) -> Daemon {
-    Daemon::start_with(&["--insecure-registry", &reg.host])
-}
 
 fn runs(out: &common::BuildOutcome) -> Vec<String> {
     out.executed()
@@ -71,9 +67,7 @@ fn config_in_archive(archive: &Path) -> serde_json::Value {
 fn an_image_pushed_with_an_inline_cache_gives_another_host_its_steps() {
     let dir = tempfile::tempdir().unwrap();
     let maker = Daemon::start();
-    let reg = Registry::start();
-    let layout = busybox_layout(&maker, dir.path(), "base");
-    reg.push_layout(&layout, "base:1", &[]);
+    let reg = registry_with_base(&maker, dir.path());
     let base = reg.image("base:1");
     // A builder stage (not in the image: mode=min leaves its RUN out) and
     // the final stage's RUN and COPY (in it).

@@ -6,15 +6,13 @@
 //! its disk) that never fail a build that can be done locally.
 
 mod common;
-use common::registry::{build_env, busybox_layout, docker_config, Registry};
+use common::registry::{
+    build_env, busybox_layout, daemon_for, docker_config, registry_with_base, Registry,
+};
 use common::{write_files, Daemon};
 use std::path::Path;
 
 const EPOCH: &str = "1700000000";
-
-fn daemon_for(reg: &Registry) -> Daemon {
-    Daemon::start_with(&["--insecure-registry", &reg.host])
-}
 
 /// The manifest digest the image store names `name` with.
 fn stored_digest(d: &Daemon, name: &str) -> Option<String> {
@@ -31,14 +29,6 @@ fn context(dir: &Path, name: &str, dockerfile: &str) -> std::path::PathBuf {
     let ctx = dir.join(name);
     write_files(&ctx, &[("Dockerfile", dockerfile), ("file.txt", name)]);
     ctx
-}
-
-/// A registry holding `base:1` (busybox, `/marker` = "base").
-fn registry_with_base(d: &Daemon, dir: &Path) -> Registry {
-    let reg = Registry::start();
-    let layout = busybox_layout(d, dir, "base");
-    reg.push_layout(&layout, "base:1", &[]);
-    reg
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! image under the name has none until it is pushed.
 
 mod common;
-use common::registry::{busybox_layout, Registry};
+use common::registry::registry_with_base;
 use common::{write_files, Daemon};
 
 fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
@@ -46,11 +46,9 @@ fn digests_row(d: &Daemon, name: &str) -> Vec<String> {
 fn pushed_and_pulled_names_show_the_registrys_digest() {
     let dir = tempfile::tempdir().unwrap();
     let maker = Daemon::start();
-    let reg = Registry::start();
-    let layout = busybox_layout(&maker, dir.path(), "base");
-    reg.push_layout(&layout, "base:1", &[]);
+    let reg = registry_with_base(&maker, dir.path());
     let base = reg.image("base:1");
-    let d = Daemon::start_with(&["--insecure-registry", &reg.host]);
+    let d = common::registry::daemon_for(&reg);
     let ctx = dir.path().join("app");
     write_files(
         &ctx,

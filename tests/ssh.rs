@@ -214,22 +214,11 @@ fn a_required_agent_that_is_not_forwarded_fails_the_step() {
     );
 }
 
-/// A daemon that lets A and B in, through a socket open to all (so only the
-/// daemon's own checks stand in the way, as in tests/ownership.rs).
-fn shared_daemon() -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("memobuildd.toml");
-    std::fs::write(&config, format!("allowed-users = [{A}, {B}]\n")).unwrap();
-    let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
-    d.open_socket_to_all();
-    (d, dir)
-}
-
 #[test]
 fn one_user_cannot_reach_another_users_agent() {
     use std::io::{Read, Write};
     use std::os::unix::process::CommandExt;
-    let (d, _config) = shared_daemon();
+    let (d, _config) = Daemon::start_shared(&[A, B]);
     let comment = format!("memobuild-ssh-owner-{}", unique());
     let agent = Agent::start(A, Some(&comment));
     let ctx = listing_context("");
@@ -375,7 +364,7 @@ fn one_user_cannot_reach_another_users_agent() {
 /// keys could fetch (BuildKit would reuse it). A's own rebuild stays cached.
 #[test]
 fn another_users_build_does_not_reuse_a_step_that_used_an_agent() {
-    let (d, _config) = shared_daemon();
+    let (d, _config) = Daemon::start_shared(&[A, B]);
     let (a_comment, b_comment) = (format!("a-{}", unique()), format!("b-{}", unique()));
     let (a_agent, b_agent) = (
         Agent::start(A, Some(&a_comment)),

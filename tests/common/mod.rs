@@ -376,6 +376,21 @@ impl Daemon {
         }
     }
 
+    /// A daemon that lets `users` in (its `allowed-users`), through a socket
+    /// open to all, so only the daemon's own checks stand in the way; and the
+    /// directory of its configuration file.
+    #[allow(dead_code)]
+    pub fn start_shared(users: &[u32]) -> (Daemon, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("memobuildd.toml");
+        let list: Vec<String> = users.iter().map(u32::to_string).collect();
+        let text = format!("allowed-users = [{}]\n", list.join(", "));
+        std::fs::write(&config, text).unwrap();
+        let d = Daemon::start_with(&["--config", config.to_str().unwrap()]);
+        d.open_socket_to_all();
+        (d, dir)
+    }
+
     /// Lets every local user reach the socket (directories 0755, socket
     /// 0666), so only the daemon's own access check stands in the way.
     pub fn open_socket_to_all(&self) {

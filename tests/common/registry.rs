@@ -211,6 +211,22 @@ pub fn docker_config(host: &str, user: &str, password: &str) -> tempfile::TempDi
     dir
 }
 
+/// A daemon that may reach `reg` over plain HTTP.
+#[allow(dead_code)]
+pub fn daemon_for(reg: &Registry) -> super::Daemon {
+    super::Daemon::start_with(&["--insecure-registry", &reg.host])
+}
+
+/// A registry holding `base:1` (busybox, `/marker` = "base"), built by `d`
+/// in `dir`.
+#[allow(dead_code)]
+pub fn registry_with_base(d: &super::Daemon, dir: &Path) -> Registry {
+    let reg = Registry::start();
+    let layout = busybox_layout(d, dir, "base");
+    reg.push_layout(&layout, "base:1", &[]);
+    reg
+}
+
 /// An OCI layout of a small busybox image (`/bin/busybox`, `/marker` holding
 /// `marker`), built by `d` from scratch: a base image to put into registries.
 pub fn busybox_layout(d: &super::Daemon, dir: &Path, marker: &str) -> PathBuf {
