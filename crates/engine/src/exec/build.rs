@@ -1203,19 +1203,11 @@ async fn run_stage(
                 let owner = crate::owner::owner_of(&run.request);
                 let record = match executed {
                     Executed::Done(record) => {
-                        let (engine, key) = (engine.clone(), step_key.clone());
                         let stored = StepRecord {
                             owner,
                             ..record.clone()
                         };
-                        let build = run.build;
-                        blocking(move || {
-                            engine
-                                .store
-                                .record_step(build, &key, &stored)
-                                .map_err(internal)
-                        })
-                        .await?;
+                        record_step(engine, run.build, &step_key, stored).await?;
                         record
                     }
                     Executed::Pending { created_at, layer } => {
@@ -1303,15 +1295,26 @@ fn record_when_written(
             owner,
             imported: false,
         };
-        blocking(move || {
-            engine
-                .store
-                .record_step(build, &key, &record)
-                .map_err(internal)
-        })
-        .await?;
+        record_step(&engine, build, &key, record).await?;
         Ok(written)
     })
+}
+
+/// Stores `record` as the cache entry of step `key`, made by `build`.
+async fn record_step(
+    engine: &Arc<Engine>,
+    build: BuildId,
+    key: &str,
+    record: StepRecord,
+) -> Result<(), RpcError> {
+    let (engine, key) = (engine.clone(), key.to_string());
+    blocking(move || {
+        engine
+            .store
+            .record_step(build, &key, &record)
+            .map_err(internal)
+    })
+    .await
 }
 
 /// Whether `step` can run while layers of its stage are still being written:

@@ -312,7 +312,7 @@ impl LayerWriter {
         let produce = |sink: &mut PieceSink<'_>, first: usize| {
             let mut sizes = trace
                 .as_deref()
-                .map(|trace| trace.file_sizes_before(&trace.changes, first))
+                .map(|trace| trace.file_sizes_before(first))
                 .unwrap_or_default();
             let prefetch = prefetch::Prefetch::new(changes.tar_order().skip(first).map(|(_, e)| e));
             prefetch.run(|| {
@@ -401,9 +401,10 @@ impl Trace {
         Some(last + 1)
     }
 
-    /// The sizes of the regular files among the first `count` entries.
-    fn file_sizes_before(&self, changes: &ChangeSet, count: usize) -> Vec<u64> {
-        let files = changes
+    /// The sizes of the regular files among its first `count` entries.
+    fn file_sizes_before(&self, count: usize) -> Vec<u64> {
+        let files = self
+            .changes
             .tar_order()
             .take(count)
             .filter(|(_, e)| matches!(e.kind, EntryKind::File(_)))
