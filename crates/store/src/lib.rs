@@ -297,8 +297,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Step records are a cache, committed without an fsync of their own
+    /// (~2 ms of every executed step): the next durable commit makes them
+    /// durable (the tag and project record of the build, the last-use times
+    /// written after every build, a clean shutdown). A crash before it loses
+    /// them and the steps run again; never a record without its blob, which
+    /// is durable before the record is written at all.
     pub fn put_step(&self, key: &str, record: &StepRecord) -> Result<(), StoreError> {
-        self.put(STEPS, key, record)
+        self.put_with(STEPS, key, record, redb::Durability::None)
     }
 
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
@@ -494,8 +500,19 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
+        self.put_with(table, key, value, redb::Durability::Immediate)
+    }
+
+    fn put_with<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(db_err)?;
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        txn.set_durability(durability).map_err(db_err)?;
         {
             let mut table = txn.open_table(table).map_err(db_err)?;
             table.insert(key, bytes.as_slice()).map_err(db_err)?;

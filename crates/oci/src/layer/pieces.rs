@@ -23,7 +23,8 @@
 //! the pieces after it.
 
 use super::OciError;
-use flate2::{Compress, Compression, Crc, FlushCompress, Status};
+use flate2::Crc;
+use libdeflater::{CompressionLvl, Compressor};
 use memobuild_store::{BlobStore, BlobWriter, Digest};
 use parking_lot::{Condvar, Mutex};
 use sha2::{Digest as _, Sha256};
@@ -397,7 +398,7 @@ fn resumed_blob<'b>(
 /// stopped it keeps draining, so the tar writer sees the stop at its next
 /// piece.
 fn compress_pieces(writer: &LayerWriter, rx: &Mutex<Receiver<Piece>>, tx: Sender<Piece>) {
-    let mut deflate = Compress::new(Compression::fast(), false);
+    let mut deflate = member_compressor();
     let mut blob_writer_gone = false;
     loop {
         let next = rx.lock().recv();
@@ -414,25 +415,23 @@ fn compress_pieces(writer: &LayerWriter, rx: &Mutex<Receiver<Piece>>, tx: Sender
     }
 }
 
+/// The raw-deflate compressor of members: libdeflate at level 1. Part of
+/// the blob's bytes, so changing it (or its level) changes every new layer's
+/// digest; members are only reused from blobs this daemon wrote.
+fn member_compressor() -> Compressor {
+    Compressor::new(CompressionLvl::fastest())
+}
+
 /// One gzip member of `raw`, from a reused raw-deflate compressor.
-fn gzip_member(deflate: &mut Compress, raw: &[u8]) -> Vec<u8> {
-    deflate.reset();
-    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
-    out.extend_from_slice(&GZIP_HEADER);
-    let mut input = raw;
-    loop {
-        if out.capacity() - out.len() < 1024 {
-            out.reserve(out.len().max(4096));
-        }
-        let before = deflate.total_in();
-        let status = deflate
-            .compress_vec(input, &mut out, FlushCompress::Finish)
-            .expect("deflate of an in-memory buffer cannot fail");
-        input = &input[(deflate.total_in() - before) as usize..];
-        if status == Status::StreamEnd {
-            break;
-        }
-    }
+fn gzip_member(deflate: &mut Compressor, raw: &[u8]) -> Vec<u8> {
+    let header = GZIP_HEADER.len();
+    // Zeroed by the allocator (fresh pages), not by a pass over the buffer.
+    let mut out = vec![0u8; header + deflate.deflate_compress_bound(raw.len()) + 8];
+    out[..header].copy_from_slice(&GZIP_HEADER);
+    let written = deflate
+        .deflate_compress(raw, &mut out[header..])
+        .expect("the output buffer has libdeflate's bound");
+    out.truncate(header + written);
     let mut crc = Crc::new();
     crc.update(raw);
     out.extend_from_slice(&crc.sum().to_le_bytes());
@@ -505,7 +504,7 @@ fn member_bytes(
         }
         writer.forget(&piece.key);
     }
-    gzip_member(&mut Compress::new(Compression::fast(), false), &piece.raw)
+    gzip_member(&mut member_compressor(), &piece.raw)
 }
 
 /// A member copied out of an earlier blob, if that blob is still there and
