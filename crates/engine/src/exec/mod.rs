@@ -394,11 +394,13 @@ impl Engine {
     /// restarted daemon re-validates by stat instead of re-hashing.
     pub async fn persist_hashes(self: &Arc<Self>) {
         let engine = self.clone();
+        let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let records = engine.hashes.take_new();
             engine.store.put_hashes(&records)
         })
         .await;
+        tracing::debug!(took = ?started.elapsed(), "content hashes persisted");
         if let Ok(Err(e)) = result {
             tracing::warn!(error = %e, "cannot persist content hashes");
         }
@@ -515,7 +517,6 @@ impl Engine {
                     Err(e) if e.is(memobuild_proto::ErrorKind::Cancelled) => "cancelled",
                     Err(_) => "failed",
                 });
-                engine.persist_hashes().await;
                 engine
                     .build_ended(id, outcome.as_ref().ok().map(|d| d.manifest_digest.clone()))
                     .await;
@@ -536,6 +537,9 @@ impl Engine {
                         log.push(BuildEvent::Failed { error, failure });
                     }
                 }
+                // After the client has its answer: the hashes only spare the
+                // next daemon start a re-hash (shutdown persists them too).
+                engine.persist_hashes().await;
                 engine.evict_finished(id);
                 drop(slot);
                 // A save during an eager build found it running and started

@@ -90,6 +90,7 @@ impl Engine {
     pub(super) async fn build_ended(self: &Arc<Self>, id: BuildId, result: Option<String>) {
         self.flights.finish(id);
         let engine = self.clone();
+        let started = std::time::Instant::now();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(manifest) = result {
                 let mut digests = std::collections::HashSet::new();
@@ -102,6 +103,7 @@ impl Engine {
             }
         })
         .await;
+        tracing::debug!(took = ?started.elapsed(), "build's results pinned, last uses recorded");
     }
 
     /// After a build: prunes least-recently-used entries when the store is
