@@ -75,15 +75,69 @@ fn strings(v: Option<&Value>) -> Vec<&str> {
 /// [`SandboxError::Invalid`] if the bundled profile does not parse (a bad
 /// `seccomp/default.json`; the unit tests catch it).
 pub(crate) fn default_profile(caps: &[String]) -> Result<LinuxSeccomp, SandboxError> {
-    profile_for(caps, go_arch(), scmp_arch(), kernel_version())
+    let host = Host {
+        arch: go_arch(),
+        scmp_arch: scmp_arch(),
+        kernel: kernel_version(),
+        x32: kernel_runs_x32(),
+    };
+    profile_for(caps, &host)
 }
 
-fn profile_for(
-    caps: &[String],
-    arch: &str,
-    scmp_arch: &str,
+/// What the profile's conditions are evaluated against.
+struct Host<'a> {
+    /// Go's name of the architecture (`amd64`).
+    arch: &'a str,
+    /// Its seccomp name (`SCMP_ARCH_X86_64`).
+    scmp_arch: &'a str,
+    /// The kernel's (major, minor).
     kernel: (u64, u64),
-) -> Result<LinuxSeccomp, SandboxError> {
+    /// Whether the kernel runs x32 programs (see [`kernel_runs_x32`]).
+    x32: bool,
+}
+
+/// Whether this kernel runs x32 programs (`CONFIG_X86_X32_ABI`, not turned
+/// off at boot). Where it does not, no x32 program can start, so the
+/// profile's `SCMP_ARCH_X32` sub-architecture is left out: it adds nothing
+/// such a kernel would let through, and runc compiling the filter for it
+/// costs ~8 ms of every RUN (docs/PERFORMANCE.md, "Trivial RUN").
+///
+/// Asked once, by a child process: an x32 system call from the daemon
+/// itself could be fatal under a seccomp filter of its own (systemd's
+/// `SystemCallArchitectures=native`). Any doubt keeps the sub-architecture.
+#[cfg(target_arch = "x86_64")]
+fn kernel_runs_x32() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
+        // SAFETY: the child makes one system call and exits: nothing that
+        // could need a lock or the allocator another thread held at fork.
+        match unsafe { libc::fork() } {
+            0 => unsafe {
+                let answer = libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid);
+                let unknown = answer == -1 && *libc::__errno_location() == libc::ENOSYS;
+                libc::_exit(if unknown { 0 } else { 1 })
+            },
+            -1 => true,
+            child => {
+                let mut status = 0;
+                // SAFETY: waits for the child just forked; `status` is ours.
+                let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+                let no_x32 =
+                    waited == child && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+                !no_x32
+            }
+        }
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel_runs_x32() -> bool {
+    false
+}
+
+fn profile_for(caps: &[String], host: &Host<'_>) -> Result<LinuxSeccomp, SandboxError> {
+    let (arch, scmp_arch, kernel) = (host.arch, host.scmp_arch, host.kernel);
     let bad = |what: &str| SandboxError::Invalid(format!("the default seccomp profile: {what}"));
     let profile: Value = serde_json::from_str(DEFAULT_PROFILE).map_err(|e| bad(&e.to_string()))?;
     let has_cap = |c: &str| caps.iter().any(|have| have == c);
@@ -142,6 +196,7 @@ fn profile_for(
             architectures.extend(
                 strings(entry.get("subArchitectures"))
                     .into_iter()
+                    .filter(|sub| host.x32 || *sub != "SCMP_ARCH_X32")
                     .map(|s| json!(s)),
             );
         }
@@ -182,6 +237,16 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// A host whose kernel runs x32 programs.
+    fn host<'a>(arch: &'a str, scmp_arch: &'a str, kernel: (u64, u64)) -> Host<'a> {
+        Host {
+            arch,
+            scmp_arch,
+            kernel,
+            x32: true,
+        }
+    }
+
     fn allowed(p: &LinuxSeccomp, name: &str) -> Vec<serde_json::Value> {
         let doc = serde_json::to_value(p).unwrap();
         doc["syscalls"]
@@ -198,7 +263,11 @@ mod tests {
 
     #[test]
     fn docker_defaults_deny_namespaces_and_mounts_without_sys_admin() {
-        let p = profile_for(&caps(DOCKER_CAPS), "amd64", "SCMP_ARCH_X86_64", (6, 1)).unwrap();
+        let p = profile_for(
+            &caps(DOCKER_CAPS),
+            &host("amd64", "SCMP_ARCH_X86_64", (6, 1)),
+        )
+        .unwrap();
         let doc = serde_json::to_value(&p).unwrap();
         assert_eq!(doc["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(doc["defaultErrnoRet"], 1);
@@ -238,14 +307,22 @@ mod tests {
     fn conditions_follow_caps_arch_and_kernel() {
         let mut with_admin = caps(DOCKER_CAPS);
         with_admin.push("CAP_SYS_ADMIN".into());
-        let p = profile_for(&with_admin, "amd64", "SCMP_ARCH_X86_64", (6, 1)).unwrap();
+        let p = profile_for(&with_admin, &host("amd64", "SCMP_ARCH_X86_64", (6, 1))).unwrap();
         assert!(!allowed(&p, "unshare").is_empty());
         let clone = allowed(&p, "clone");
         assert!(clone.iter().all(|c| c.get("args").is_none()));
         // ptrace needs 4.8 without CAP_SYS_PTRACE.
-        let old = profile_for(&caps(DOCKER_CAPS), "amd64", "SCMP_ARCH_X86_64", (4, 4)).unwrap();
+        let old = profile_for(
+            &caps(DOCKER_CAPS),
+            &host("amd64", "SCMP_ARCH_X86_64", (4, 4)),
+        )
+        .unwrap();
         assert!(allowed(&old, "ptrace").is_empty());
-        let arm = profile_for(&caps(DOCKER_CAPS), "arm64", "SCMP_ARCH_AARCH64", (6, 1)).unwrap();
+        let arm = profile_for(
+            &caps(DOCKER_CAPS),
+            &host("arm64", "SCMP_ARCH_AARCH64", (6, 1)),
+        )
+        .unwrap();
         let doc = serde_json::to_value(&arm).unwrap();
         assert_eq!(
             doc["architectures"],
@@ -253,6 +330,57 @@ mod tests {
         );
         assert!(!allowed(&arm, "set_tls").is_empty());
         assert!(allowed(&arm, "arch_prctl").is_empty());
+    }
+
+    /// Without the x32 ABI in the kernel the filter leaves x32 out; the
+    /// rules stay the same.
+    #[test]
+    fn x32_only_where_the_kernel_runs_it() {
+        let with = profile_for(
+            &caps(DOCKER_CAPS),
+            &host("amd64", "SCMP_ARCH_X86_64", (6, 1)),
+        )
+        .unwrap();
+        let without = Host {
+            x32: false,
+            ..host("amd64", "SCMP_ARCH_X86_64", (6, 1))
+        };
+        let without = profile_for(&caps(DOCKER_CAPS), &without).unwrap();
+        let (with, without) = (
+            serde_json::to_value(&with).unwrap(),
+            serde_json::to_value(&without).unwrap(),
+        );
+        assert_eq!(
+            without["architectures"],
+            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"])
+        );
+        assert_eq!(with["syscalls"], without["syscalls"]);
+    }
+
+    /// The probe agrees with the kernel's configuration, where it is readable.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_x32_probe_matches_the_kernel_config() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let config = std::fs::read_to_string(format!("/boot/config-{}", release.trim()))
+            .ok()
+            .or_else(|| {
+                let out = std::process::Command::new("zcat")
+                    .arg("/proc/config.gz")
+                    .output()
+                    .ok()?;
+                out.status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).into())
+            });
+        let Some(config) = config else {
+            eprintln!("skipped: neither /boot/config-RELEASE nor /proc/config.gz");
+            return;
+        };
+        let built_in = config.lines().any(|l| l == "CONFIG_X86_X32_ABI=y");
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let turned_off = cmdline.split_whitespace().any(|w| w == "syscall.x32=n");
+        assert_eq!(kernel_runs_x32(), built_in && !turned_off);
     }
 
     #[test]
