@@ -42,6 +42,9 @@
 //! * `MEMOBUILD_BENCH_ONLY=a,b`     run only some of: trivial, context, stage, phases
 //! * `MEMOBUILD_BENCH_WORKDIR=1`    the context scenario as `WORKDIR /app` + `COPY . .`
 //! * `MEMOBUILD_BENCH_NO_DOCKER=1`  skip BuildKit even if it is reachable
+//! * `MEMOBUILD_BENCH_SETTLE_SECS=N` before each cold build of either tool,
+//!   `sync` and wait N s (61 lets ext4 reuse the inodes the last clean-up
+//!   freed; see [`settle`]), default 0
 //! * `DOCKER_HOST`                  which Docker daemon (a unix socket; else
 //!   /tmp/dockerd/docker.sock, else /var/run/docker.sock)
 //!
@@ -72,7 +75,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const BENCH: &str = "run";
 const BUSYBOX: &str = "/bin/busybox";
@@ -507,6 +510,8 @@ fn context(
         let mut mb = |cold: &mut SideRow, a: &mut StepRow, b: &mut StepRow| {
             drop(daemon.take());
             let mut d = Daemon::start_logging(bins, &work.join(format!("d-ctx{i}")), DAEMON_LOG);
+            d.keep_dir_on_drop();
+            settle();
             let r = memobuild_build(&mut d, ctx, TAG_CONTEXT, &[]);
             assert!(r.cached.is_empty(), "cold build used the cache");
             let steps = if workdir_variant() { 5 } else { 4 };
@@ -522,6 +527,7 @@ fn context(
         let mut bk = |cold: &mut SideRow, a: &mut StepRow, b: &mut StepRow, dk: &mut Docker| {
             dk.clean();
             dk.new_identity();
+            settle();
             let r = docker_build(dk, ctx, TAG_CONTEXT, &[], CONTEXT_EXEC, Some(total_bytes));
             cold.bk.push(r.wall);
             if let Some(s) = r.step_time(context_copy()) {
@@ -895,6 +901,22 @@ async fn phases_async(
         eprintln!("run bench: LEAK: mount left in-process: {m}");
     }
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// Before a cold build: with `MEMOBUILD_BENCH_SETTLE_SECS=N`, `sync` and
+/// wait N s. BuildKit's clean-up before its cold build frees tens of
+/// thousands of inodes, and ext4 without a journal (these VMs) skips inodes
+/// freed in the last minute (five, while their inode table is unwritten) when
+/// it allocates new ones: creating 10,000 files next to them costs up to 10x.
+/// memobuild's cold runs keep their data dirs until the end instead
+/// ([`Daemon::keep_dir_on_drop`]), but BuildKit's clean-up is also before
+/// memobuild's next cold run.
+fn settle() {
+    let secs = common::env_usize(BENCH, "MEMOBUILD_BENCH_SETTLE_SECS", 0);
+    if secs > 0 {
+        let _ = Command::new("sync").status();
+        std::thread::sleep(Duration::from_secs(secs as u64));
+    }
 }
 
 /// Reference floor for container set-up: `runc run` of `busybox sh -c 'echo

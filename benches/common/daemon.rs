@@ -21,9 +21,21 @@ pub struct Daemon {
     /// XDG_DATA_HOME of the clients: should the daemon vanish, an
     /// auto-started one stays in the bench's temp dir.
     pub xdg: PathBuf,
+    /// Leave `dir` to the bench's temp dir (removed when the bench ends).
+    keep_dir: bool,
 }
 
 impl Daemon {
+    /// Stopping this daemon leaves its dir for the bench's temp dir to
+    /// remove at the end. A cold build right after removing the last cold
+    /// build's tens of thousands of files would measure the file system:
+    /// ext4 without a journal (these VMs) skips inodes freed in the last
+    /// minute when it allocates new ones, and creating files in a group full
+    /// of them costs up to 10x (docs/PERFORMANCE.md, "Cold builds").
+    pub fn keep_dir_on_drop(&mut self) {
+        self.keep_dir = true;
+    }
+
     /// Starts memobuildd in `dir` (created), its log filter from the environment.
     pub fn start(bins: &Bins, dir: &Path) -> Daemon {
         Daemon::spawn(bins, dir, None)
@@ -68,6 +80,7 @@ impl Daemon {
             socket,
             log,
             xdg: dir.join("xdg-data"),
+            keep_dir: false,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::os::unix::net::UnixStream::connect(&d.socket).is_err() {
@@ -199,7 +212,9 @@ impl Drop for Daemon {
         for m in unmount_below(&self.dir) {
             eprintln!("{} bench: LEAK: mount left by memobuildd: {m}", self.bench);
         }
-        let _ = fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
