@@ -148,7 +148,7 @@ pub(crate) fn usage(store: &Store) -> Result<Usage, StoreError> {
 /// Removes cache entries (least recently used first) and unreferenced blobs.
 /// Blocking: call from a blocking thread.
 pub(crate) fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport, StoreError> {
-    store.flush_last_used()?;
+    store.flush()?;
     // Held throughout: no build can look a step up (and pin it) meanwhile.
     let pins = store.pins();
     let fence = pins.fence(SystemTime::now());

@@ -36,7 +36,7 @@ const HASHES: TableDefinition<&str, &[u8]> = TableDefinition::new("hashes_v2");
 /// Project id -> JSON project record (see `project`).
 const PROJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("projects_v1");
 /// Cache key -> Unix seconds the step was last a cache hit or written (LRU for
-/// garbage collection; written in batches, see [`Store::flush_last_used`]).
+/// garbage collection; written in batches, see [`Store::flush`]).
 const LAST_USED: TableDefinition<&str, i64> = TableDefinition::new("last_used_v1");
 /// Content digests of paths in a stage's result: the hex key of
 /// (stage key, paths) -> hex digest (docs/CACHE.md, "Stage content").
@@ -133,6 +133,9 @@ pub struct Store {
     recent: parking_lot::Mutex<std::collections::HashMap<String, i64>>,
     /// What running builds use; held by garbage collection while it decides and deletes.
     pins: parking_lot::Mutex<pins::Pins>,
+    /// A commit was made without an fsync since the last durable one
+    /// (see [`Store::flush`]).
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of looking a step up in the cache.
@@ -167,6 +170,7 @@ impl Store {
             blobs,
             recent: Default::default(),
             pins: Default::default(),
+            deferred: Default::default(),
         };
         store.create_tables()?;
         Ok(store)
@@ -257,7 +261,7 @@ impl Store {
         txn.commit().map_err(db_err)
     }
 
-    /// Notes that a step was used now; written by [`Store::flush_last_used`].
+    /// Notes that a step was used now; written by [`Store::flush`].
     pub fn note_used(&self, key: &str) {
         self.note_used_at(key, crate::now_secs());
     }
@@ -268,11 +272,16 @@ impl Store {
         self.recent.lock().insert(key.to_string(), at);
     }
 
-    /// Writes the noted last-use times in one transaction (after each build and
-    /// before garbage collection), so a cached build costs one write, not one per step.
-    pub fn flush_last_used(&self) -> Result<(), StoreError> {
+    /// Writes the noted last-use times in one durable transaction, which also
+    /// makes every deferred commit before it durable (after each build, before
+    /// its client hears the result, and before garbage collection). So a
+    /// cached build costs one write, not one per step, and a build's records
+    /// one fsync, not one each.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         let recent = std::mem::take(&mut *self.recent.lock());
-        if recent.is_empty() {
+        let deferred = self.deferred.swap(false, Ordering::SeqCst);
+        if recent.is_empty() && !deferred {
             return Ok(());
         }
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -282,7 +291,9 @@ impl Store {
                 table.insert(key.as_str(), *at).map_err(db_err)?;
             }
         }
-        txn.commit().map_err(db_err)
+        txn.commit().map_err(db_err).inspect_err(|_| {
+            self.deferred.store(true, Ordering::SeqCst);
+        })
     }
 
     /// Last-use times (key -> Unix seconds) as persisted.
@@ -297,14 +308,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Step records are a cache, committed without an fsync of their own
-    /// (~2 ms of every executed step): the next durable commit makes them
-    /// durable (the tag and project record of the build, the last-use times
-    /// written after every build, a clean shutdown). A crash before it loses
-    /// them and the steps run again; never a record without its blob, which
-    /// is durable before the record is written at all.
+    /// Step records are committed without an fsync of their own (~2 ms of
+    /// every executed step): [`Store::flush`] at the end of the build makes
+    /// them durable (so does any durable commit, and a clean shutdown). A
+    /// crash before it loses them and the steps run again; never a record
+    /// without its blob, which is durable before the record is written.
     pub fn put_step(&self, key: &str, record: &StepRecord) -> Result<(), StoreError> {
-        self.put_with(STEPS, key, record, redb::Durability::None)
+        self.put_with(STEPS, key, record, Commit::Deferred)
     }
 
     pub fn image(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
@@ -313,6 +323,12 @@ impl Store {
 
     pub fn put_image(&self, name: &str, record: &ImageRecord) -> Result<(), StoreError> {
         self.put(IMAGES, name, record)
+    }
+
+    /// A build's tag: durable with the [`Store::flush`] that ends the build,
+    /// before its client hears of it.
+    pub fn put_image_deferred(&self, name: &str, record: &ImageRecord) -> Result<(), StoreError> {
+        self.put_with(IMAGES, name, record, Commit::Deferred)
     }
 
     pub fn remove_image(&self, name: &str) -> Result<bool, StoreError> {
@@ -396,8 +412,11 @@ impl Store {
         Ok(out)
     }
 
+    /// A build's project record: durable with the [`Store::flush`] that ends
+    /// the build, before its client hears of it.
     pub fn put_project(&self, id: &str, record: &[u8]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let mut txn = self.db.begin_write().map_err(db_err)?;
+        self.set_commit(&mut txn, Commit::Deferred)?;
         {
             let mut table = txn.open_table(PROJECTS).map_err(db_err)?;
             table.insert(id, record).map_err(db_err)?;
@@ -500,7 +519,7 @@ impl Store {
         key: &str,
         value: &T,
     ) -> Result<(), StoreError> {
-        self.put_with(table, key, value, redb::Durability::Immediate)
+        self.put_with(table, key, value, Commit::Durable)
     }
 
     fn put_with<T: Serialize>(
@@ -508,17 +527,45 @@ impl Store {
         table: TableDefinition<&str, &[u8]>,
         key: &str,
         value: &T,
-        durability: redb::Durability,
+        commit: Commit,
     ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(db_err)?;
         let mut txn = self.db.begin_write().map_err(db_err)?;
-        txn.set_durability(durability).map_err(db_err)?;
+        self.set_commit(&mut txn, commit)?;
         {
             let mut table = txn.open_table(table).map_err(db_err)?;
             table.insert(key, bytes.as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
     }
+}
+
+impl Store {
+    /// Makes `txn` commit as `commit` says (noting a deferred one for [`Store::flush`]).
+    fn set_commit(
+        &self,
+        txn: &mut redb::WriteTransaction,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        if commit == Commit::Deferred {
+            txn.set_durability(redb::Durability::None).map_err(db_err)?;
+            self.deferred
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// When a write reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// Durable when the call returns.
+    Durable,
+    /// Without an fsync of its own: durable with the next durable commit, at
+    /// the latest [`Store::flush`] (every build ends with one before its
+    /// client hears the result) or a clean shutdown. A crash before that
+    /// loses it, as if it had not been written.
+    Deferred,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -575,5 +622,58 @@ mod tests {
             .remove_image_if("app:latest", |r| r.owner == Some(1001))
             .unwrap());
         assert!(store.image("app:latest").unwrap().is_none());
+    }
+
+    /// What a crash leaves of a build's records: nothing written deferred
+    /// before the build's flush, everything after it. The child writes and
+    /// exits without closing the database, as a daemon killed with -9.
+    #[test]
+    fn deferred_commits_are_durable_once_flushed() {
+        if let Ok(dir) = std::env::var("MEMOBUILD_STORE_CRASH_DIR") {
+            let flush = std::env::var("MEMOBUILD_STORE_CRASH_FLUSH").as_deref() == Ok("true");
+            crash_after_writing(Path::new(&dir), flush);
+        }
+        for flush in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "tests::deferred_commits_are_durable_once_flushed",
+                ])
+                .env("MEMOBUILD_STORE_CRASH_DIR", dir.path())
+                .env("MEMOBUILD_STORE_CRASH_FLUSH", flush.to_string())
+                .status()
+                .unwrap();
+            assert_eq!(status.code(), Some(3), "the child did not get to its exit");
+            let store = Store::open(dir.path()).unwrap();
+            let kept = matches!(store.lookup_step("k").unwrap(), Lookup::Hit(_));
+            assert_eq!(kept, flush, "step record kept (flushed: {flush})");
+            assert_eq!(store.image("app:latest").unwrap().is_some(), flush);
+        }
+    }
+
+    fn crash_after_writing(dir: &Path, flush: bool) -> ! {
+        let store = Store::open(dir).unwrap();
+        let step = StepRecord {
+            layer: None,
+            created_at: 1,
+            owner: None,
+            imported: false,
+        };
+        store.put_step("k", &step).unwrap();
+        let image = ImageRecord {
+            manifest_digest: "sha256:aa".into(),
+            config_digest: "sha256:bb".into(),
+            size: 1,
+            tagged_at: 1,
+            owner: None,
+            repo_digest: None,
+        };
+        store.put_image_deferred("app:latest", &image).unwrap();
+        if flush {
+            store.flush().unwrap();
+        }
+        // No destructor runs: the database is left as a killed daemon leaves it.
+        std::process::exit(3)
     }
 }

@@ -1815,7 +1815,11 @@ fn tag_digests(
                 owner,
                 repo_digest: None,
             };
-            engine.store.put_image(&name, &record).map_err(internal)?;
+            // Durable with the build's last flush, before its client hears (ops.rs).
+            engine
+                .store
+                .put_image_deferred(&name, &record)
+                .map_err(internal)?;
         }
         names.push(name);
     }

@@ -98,7 +98,7 @@ impl Engine {
                 engine.store.pin_for(digests, RESULT_GRACE);
             }
             engine.store.unpin_build(id);
-            if let Err(e) = engine.store.flush_last_used() {
+            if let Err(e) = engine.store.flush() {
                 tracing::warn!(error = %e, "cannot record cache entries' last use");
             }
         })
