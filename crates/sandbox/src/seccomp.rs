@@ -261,13 +261,18 @@ mod tests {
             .collect()
     }
 
+    /// Docker's capabilities on an amd64 host with kernel 6.1.
+    fn docker_amd64(x32: bool) -> LinuxSeccomp {
+        let host = Host {
+            x32,
+            ..host("amd64", "SCMP_ARCH_X86_64", (6, 1))
+        };
+        profile_for(&caps(DOCKER_CAPS), &host).unwrap()
+    }
+
     #[test]
     fn docker_defaults_deny_namespaces_and_mounts_without_sys_admin() {
-        let p = profile_for(
-            &caps(DOCKER_CAPS),
-            &host("amd64", "SCMP_ARCH_X86_64", (6, 1)),
-        )
-        .unwrap();
+        let p = docker_amd64(true);
         let doc = serde_json::to_value(&p).unwrap();
         assert_eq!(doc["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(doc["defaultErrnoRet"], 1);
@@ -336,16 +341,7 @@ mod tests {
     /// rules stay the same.
     #[test]
     fn x32_only_where_the_kernel_runs_it() {
-        let with = profile_for(
-            &caps(DOCKER_CAPS),
-            &host("amd64", "SCMP_ARCH_X86_64", (6, 1)),
-        )
-        .unwrap();
-        let without = Host {
-            x32: false,
-            ..host("amd64", "SCMP_ARCH_X86_64", (6, 1))
-        };
-        let without = profile_for(&caps(DOCKER_CAPS), &without).unwrap();
+        let (with, without) = (docker_amd64(true), docker_amd64(false));
         let (with, without) = (
             serde_json::to_value(&with).unwrap(),
             serde_json::to_value(&without).unwrap(),
