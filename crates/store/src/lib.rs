@@ -538,9 +538,7 @@ impl Store {
         }
         txn.commit().map_err(db_err)
     }
-}
 
-impl Store {
     /// Makes `txn` commit as `commit` says (noting a deferred one for [`Store::flush`]).
     fn set_commit(
         &self,

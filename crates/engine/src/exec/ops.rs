@@ -99,11 +99,11 @@ impl Engine {
             }
             engine.store.unpin_build(id);
             if let Err(e) = engine.store.flush() {
-                tracing::warn!(error = %e, "cannot record cache entries' last use");
+                tracing::warn!(error = %e, "cannot make the build's records durable");
             }
         })
         .await;
-        tracing::debug!(took = ?started.elapsed(), "build's results pinned, last uses recorded");
+        tracing::debug!(took = ?started.elapsed(), "build's results pinned, its records made durable");
     }
 
     /// After a build: prunes least-recently-used entries when the store is

@@ -425,7 +425,8 @@ fn member_compressor() -> Compressor {
 /// One gzip member of `raw`, from a reused raw-deflate compressor.
 fn gzip_member(deflate: &mut Compressor, raw: &[u8]) -> Vec<u8> {
     let header = GZIP_HEADER.len();
-    // Zeroed by the allocator (fresh pages), not by a pass over the buffer.
+    // libdeflate writes into an initialized slice; `vec![0; n]` is calloc,
+    // and a buffer this large comes from fresh (already zero) pages.
     let mut out = vec![0u8; header + deflate.deflate_compress_bound(raw.len()) + 8];
     out[..header].copy_from_slice(&GZIP_HEADER);
     let written = deflate
