@@ -66,6 +66,39 @@ fn build_starts_a_daemon_when_none_runs() {
     }
 }
 
+/// With MEMOBUILD_NO_AUTOSTART a build on a socket whose daemon is gone (the
+/// socket file a killed daemon left) fails and starts nothing.
+#[test]
+fn no_autostart_leaves_a_dead_daemons_socket_alone() {
+    let mut d = Daemon::start();
+    let ctx = tempfile::tempdir().unwrap();
+    write_files(
+        ctx.path(),
+        &[("Dockerfile", "FROM scratch\nCOPY f /f\n"), ("f", "x")],
+    );
+    d.kill9();
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("build")
+        .arg(ctx.path())
+        .env("XDG_DATA_HOME", home.path())
+        .env("MEMOBUILD_NO_AUTOSTART", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot reach memobuildd"), "{stderr}");
+    assert!(!stderr.contains("started memobuildd"), "{stderr}");
+    let left = Command::new("pgrep")
+        .args(["-f", &d.socket.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "a daemon was started on the socket");
+    d.spawn();
+}
+
 #[test]
 fn images_without_a_daemon_says_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -35,9 +35,15 @@ async fn try_connect(socket: &Path) -> std::io::Result<MemobuildClient> {
     Ok(MemobuildClient::new(tarpc::client::Config::default(), transport).spawn())
 }
 
-/// Connects to the daemon at `socket`; with `autostart`, starts one first if
-/// nothing listens there.
+/// Turns the auto-start off, for scripts, supervisors and tests that manage
+/// the daemon themselves: a daemon that is down (restarting, or killed) must
+/// not be replaced by one with the default data dir on its socket.
+const NO_AUTOSTART: &str = "MEMOBUILD_NO_AUTOSTART";
+
+/// Connects to the daemon at `socket`; with `autostart` (and without
+/// [`NO_AUTOSTART`] in the environment), starts one first if nothing listens there.
 pub async fn connect(socket: &Path, autostart: bool) -> Result<MemobuildClient, RpcError> {
+    let autostart = autostart && std::env::var_os(NO_AUTOSTART).is_none();
     let client = match try_connect(socket).await {
         Ok(c) => c,
         Err(e) if autostart && is_absent(&e) => start_daemon(socket).await?,

@@ -89,17 +89,28 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// memobuild-ctl against this daemon, without SOURCE_DATE_EPOCH from the
+    /// test's environment, and without the auto-start: this daemon is the
+    /// test's, and one killed or restarting must not be replaced by an
+    /// auto-started one with another data dir (the crash test once built on
+    /// such a one, with /var/lib/memobuild's old cache).
+    pub fn ctl_command(&self) -> Command {
+        let mut cmd = Command::new(bin_dir().join("memobuild-ctl"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("MEMOBUILD_NO_AUTOSTART", "1");
+        cmd
+    }
+
     /// Runs memobuild-ctl against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
         self.ctl_in(args, None)
     }
 
     pub fn ctl_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
-        let mut cmd = Command::new(bin_dir().join("memobuild-ctl"));
-        cmd.arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env_remove("SOURCE_DATE_EPOCH");
+        let mut cmd = self.ctl_command();
+        cmd.args(args);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
@@ -590,13 +601,10 @@ pub fn busybox_context(rest: &str, files: &[(&str, &str)]) -> tempfile::TempDir 
 impl Daemon {
     /// Starts `memobuild-ctl build --progress json EXTRA CONTEXT` without waiting.
     pub fn spawn_build(&self, context: &Path, extra: &[&str]) -> Child {
-        Command::new(bin_dir().join("memobuild-ctl"))
-            .arg("--socket")
-            .arg(&self.socket)
+        self.ctl_command()
             .args(["build", "--progress", "json"])
             .args(extra)
             .arg(context)
-            .env_remove("SOURCE_DATE_EPOCH")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -671,11 +679,9 @@ pub struct CtlLines {
 impl Daemon {
     /// Starts `memobuild-ctl ARGS` against this daemon, reading its stderr.
     pub fn ctl_lines(&self, args: &[&str]) -> CtlLines {
-        let mut child = Command::new(bin_dir().join("memobuild-ctl"))
-            .arg("--socket")
-            .arg(&self.socket)
+        let mut child = self
+            .ctl_command()
             .args(args)
-            .env_remove("SOURCE_DATE_EPOCH")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
