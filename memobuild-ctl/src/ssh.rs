@@ -8,10 +8,8 @@
 
 use memobuild_proto::sshfwd::{self, CONNECT, MAGIC, SENT, TOKEN_BYTES};
 use memobuild_proto::{RpcError, SshForward};
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use std::collections::BTreeMap;
-use std::io::{IoSlice, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
@@ -273,25 +271,7 @@ fn serve(mut conn: UnixStream, sockets: BTreeMap<String, PathBuf>) {
 
 /// The byte [`SENT`] carrying `agent`'s descriptor.
 fn send_fd(conn: &UnixStream, agent: &UnixStream) -> std::io::Result<()> {
-    let fds = [agent.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(std::io::Error::other("cannot attach the descriptor"));
-    }
-    let sent = rustix::net::sendmsg(
-        conn,
-        &[IoSlice::new(&[SENT])],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
-    if sent != 1 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::WriteZero,
-            "the descriptor message was not sent",
-        ));
-    }
-    Ok(())
+    memobuild_proto::fds::send(conn, SENT, &[agent.as_fd()])
 }
 
 #[cfg(test)]

@@ -11,11 +11,10 @@ use memobuild_proto::handoff::{
 };
 use memobuild_proto::{BlobHandoff, BlobRef, RpcError};
 use parking_lot::Mutex;
-use rustix::net::{RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use rustix::net::RecvFlags;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -162,24 +161,7 @@ fn answer(conn: &std::os::unix::net::UnixStream, uid: u32, handoffs: &Handoffs) 
 /// One message: the byte [`SENT`] carrying `files`' descriptors.
 fn send_fds(conn: &std::os::unix::net::UnixStream, files: &[File]) -> io::Result<()> {
     let fds: Vec<BorrowedFd<'_>> = files.iter().map(|f| f.as_fd()).collect();
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(FDS_PER_MESSAGE))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(io::Error::other("too many descriptors for one message"));
-    }
-    let sent = rustix::net::sendmsg(
-        conn,
-        &[IoSlice::new(&[SENT])],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
-    if sent != 1 {
-        return Err(io::Error::new(
-            io::ErrorKind::WriteZero,
-            "the descriptor message was not sent",
-        ));
-    }
-    Ok(())
+    memobuild_proto::fds::send(conn, SENT, &fds)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@
 // What other crates may use is what this file exports; the rest is private.
 #![warn(unreachable_pub)]
 
+pub mod fds;
 pub mod handoff;
 pub mod paths;
 pub mod registry;
