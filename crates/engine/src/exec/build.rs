@@ -466,9 +466,15 @@ async fn build_planned(
         let log = log.clone();
         blocking(move || {
             let cancelled = Some(&log.cancelled);
-            make_plan(
-                &engine, &request, &secrets, &tree, None, caller, cancelled, !log.eager,
-            )
+            let inputs = PlanInputs {
+                request: &request,
+                secrets: &secrets,
+                tree: &tree,
+                focus: None,
+                caller,
+                cancelled,
+            };
+            make_plan(&engine, &inputs, !log.eager)
         })
         .await?
     };
@@ -632,24 +638,31 @@ fn read_ignore(request: &BuildRequest, dockerfile: &Path) -> Result<DockerIgnore
     Ok(DockerIgnore::empty())
 }
 
-/// Plans `request` against `tree`; with `focus`, only to tell which steps are
-/// dirty (see [`graph::PlanInput::focus`]). `secrets`: the secrets' MACs
-/// (see [`graph::PlanInput::secrets`]). `cancelled`: the build's flag, so
-/// a plan nobody waits for stops (see [`graph::PlanInput::cancelled`]).
-/// `with_agents`: the plan of a client's build, which may fetch with the
-/// ssh agents it forwards (`ADD git@...`); else no agent is reached
-/// (re-plans, eager builds, `--call=check`; see [`super::urls::GitSsh`]).
-#[allow(clippy::too_many_arguments)]
+/// What a plan is made from, besides the engine's state.
+pub(super) struct PlanInputs<'a> {
+    pub request: &'a BuildRequest,
+    /// The secrets' MACs (see [`graph::PlanInput::secrets`]).
+    pub secrets: &'a BTreeMap<String, String>,
+    /// The context as the build reads it.
+    pub tree: &'a Tree,
+    /// Only to tell which steps are dirty (see [`graph::PlanInput::focus`]).
+    pub focus: Option<&'a std::collections::BTreeSet<String>>,
+    pub caller: crate::Caller,
+    /// The build's flag, so a plan nobody waits for stops (see
+    /// [`graph::PlanInput::cancelled`]).
+    pub cancelled: Option<&'a AtomicBool>,
+}
+
+/// Plans `inputs.request` against `inputs.tree`. `with_agents`: the plan of
+/// a client's build, which may fetch with the ssh agents it forwards (`ADD
+/// git@...`); else no agent is reached (re-plans, eager builds,
+/// `--call=check`; see [`super::urls::GitSsh`]).
 pub(super) fn make_plan(
     engine: &Engine,
-    request: &BuildRequest,
-    secrets: &BTreeMap<String, String>,
-    tree: &Tree,
-    focus: Option<&std::collections::BTreeSet<String>>,
-    caller: crate::Caller,
-    cancelled: Option<&AtomicBool>,
+    inputs: &PlanInputs<'_>,
     with_agents: bool,
 ) -> Result<Plan, RpcError> {
+    let request = inputs.request;
     // Every read of planning (Dockerfile, ignore file, context files hashed)
     // with the requesting user's rights; and everything the build may use
     // must be readable by them (see memobuild_context::access).
@@ -663,11 +676,7 @@ pub(super) fn make_plan(
             owner: crate::owner::owner_of(request).unwrap_or(0),
         }
     };
-    reading_as(reader_of(request), || {
-        plan_as_reader(
-            engine, request, secrets, tree, focus, caller, cancelled, ssh,
-        )
-    })
+    reading_as(reader_of(request), || plan_as_reader(engine, inputs, ssh))
 }
 
 /// BuildKit's lint rules on `request`'s Dockerfile (`build --call=check`),
@@ -714,17 +723,15 @@ impl Engine {
             // A focus plan keys steps without downloading (exec/urls.rs).
             let focus = std::collections::BTreeSet::new();
             let planned = tree.and_then(|tree| {
-                make_plan(
-                    &engine,
-                    &request,
-                    &BTreeMap::new(),
-                    &tree,
-                    Some(&focus),
+                let inputs = PlanInputs {
+                    request: &request,
+                    secrets: &BTreeMap::new(),
+                    tree: &tree,
+                    focus: Some(&focus),
                     caller,
-                    None,
-                    false,
-                )
-                .ok()
+                    cancelled: None,
+                };
+                make_plan(&engine, &inputs, false).ok()
             });
             match planned {
                 Some(plan) => Ok(memobuild_dockerfile::lint::Report {
@@ -761,17 +768,19 @@ fn dockerfile_text(request: &BuildRequest, df_path: &Path) -> Result<String, Rpc
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn plan_as_reader(
     engine: &Engine,
-    request: &BuildRequest,
-    secrets: &BTreeMap<String, String>,
-    tree: &Tree,
-    focus: Option<&std::collections::BTreeSet<String>>,
-    caller: crate::Caller,
-    cancelled: Option<&AtomicBool>,
+    inputs: &PlanInputs<'_>,
     ssh: super::urls::GitSsh<'_>,
 ) -> Result<Plan, RpcError> {
+    let PlanInputs {
+        request,
+        secrets,
+        tree,
+        focus,
+        caller,
+        cancelled,
+    } = *inputs;
     let context = Path::new(&request.context);
     let df_path = dockerfile_path(request);
     let text = dockerfile_text(request, &df_path)?;
@@ -915,16 +924,15 @@ async fn recompute_dirty(engine: &Arc<Engine>, project: &str, request: BuildRequ
     // Planning, comparing and dropping the plan all stay off the async workers.
     let done = tokio::task::spawn_blocking(move || {
         let caller = crate::owner::build_caller(None, &request);
-        match make_plan(
-            &e,
-            &request,
-            &secrets,
-            &tree,
-            focus.as_ref(),
+        let inputs = PlanInputs {
+            request: &request,
+            secrets: &secrets,
+            tree: &tree,
+            focus: focus.as_ref(),
             caller,
-            None,
-            false,
-        ) {
+            cancelled: None,
+        };
+        match make_plan(&e, &inputs, false) {
             Ok(plan) => e.projects.set_dirty(&project, generation, Ok(&plan)),
             Err(err) => {
                 e.projects.set_lint(&project, &lint_unplanned(&request));
