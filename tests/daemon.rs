@@ -78,18 +78,18 @@ fn no_autostart_leaves_a_dead_daemons_socket_alone() {
     );
     d.kill9();
     let home = tempfile::tempdir().unwrap();
-    let out = Command::new(bin_dir().join("memobuild-ctl"))
-        .arg("--socket")
-        .arg(&d.socket)
+    // ctl_command sets MEMOBUILD_NO_AUTOSTART.
+    let out = d
+        .ctl_command()
         .arg("build")
         .arg(ctx.path())
         .env("XDG_DATA_HOME", home.path())
-        .env("MEMOBUILD_NO_AUTOSTART", "1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("cannot reach memobuildd"), "{stderr}");
+    assert!(stderr.contains("MEMOBUILD_NO_AUTOSTART is set"), "{stderr}");
     assert!(!stderr.contains("started memobuildd"), "{stderr}");
     let left = Command::new("pgrep")
         .args(["-f", &d.socket.display().to_string()])

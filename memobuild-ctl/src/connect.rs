@@ -43,17 +43,21 @@ const NO_AUTOSTART: &str = "MEMOBUILD_NO_AUTOSTART";
 /// Connects to the daemon at `socket`; with `autostart` (and without
 /// [`NO_AUTOSTART`] in the environment), starts one first if nothing listens there.
 pub async fn connect(socket: &Path, autostart: bool) -> Result<MemobuildClient, RpcError> {
-    let autostart = autostart && std::env::var_os(NO_AUTOSTART).is_none();
+    let turned_off = std::env::var_os(NO_AUTOSTART).is_some();
     let client = match try_connect(socket).await {
         Ok(c) => c,
-        Err(e) if autostart && is_absent(&e) => start_daemon(socket).await?,
+        Err(e) if autostart && !turned_off && is_absent(&e) => start_daemon(socket).await?,
         Err(e) => {
+            let hint = if turned_off {
+                "start it with `memobuildd` (or `systemctl start memobuildd`); MEMOBUILD_NO_AUTOSTART is set, so `memobuild-ctl build` does not start one"
+            } else {
+                "start it with `memobuildd` (or `systemctl start memobuildd`), or run `memobuild-ctl build`, which starts one for you"
+            };
             return Err(RpcError::of(
                 ErrorKind::Unavailable,
                 format!("cannot reach memobuildd at {}: {e}", socket.display()),
-            ).hint(
-                "start it with `memobuildd` (or `systemctl start memobuildd`), or run `memobuild-ctl build`, which starts one for you",
-            ))
+            )
+            .hint(hint));
         }
     };
     // A user the daemon does not allow gets a PermissionDenied error here.
