@@ -14,7 +14,7 @@ use flate2::read::MultiGzDecoder;
 use memobuild_store::{BlobStore, LayerRecord, StoreError};
 use std::collections::BTreeMap;
 use std::io::{self, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod pieces;
@@ -439,63 +439,84 @@ fn append_entry(
     header.set_uid(entry.uid.into());
     header.set_gid(entry.gid.into());
     header.set_mtime(entry.mtime);
-    match ahead {
-        prefetch::Ahead::Writer => {}
+    let data = match ahead {
         prefetch::Ahead::Failed(e) => return Err(e),
-        prefetch::Ahead::Read(bytes) => {
-            // Read and checked by a reader thread.
-            tar.get_mut().begin_entry(bytes.len() as u64)?;
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(bytes.len() as u64);
-            tar.append_data(&mut header, path, bytes.as_slice())?;
-            tar.get_mut().end_entry(path)?;
-            return Ok(bytes.len() as u64);
-        }
-    }
-    let file = match &entry.kind {
-        // Never a FIFO or device swapped in since the file was listed.
-        EntryKind::File(Content::Path(src) | Content::Checked { path: src, .. }) => {
-            Some(memobuild_rootpath::safefs::open_regular(src, false)?)
-        }
-        _ => None,
+        // Read and checked by a reader thread.
+        prefetch::Ahead::Read(bytes) => Data::Read(bytes),
+        prefetch::Ahead::Writer => Data::of(&entry.kind)?,
     };
-    let data_len = match (&entry.kind, &file) {
-        (_, Some((_, len))) => *len,
-        (EntryKind::File(Content::Bytes(bytes)), _) => bytes.len() as u64,
-        _ => 0,
-    };
-    tar.get_mut().begin_entry(data_len)?;
-    match (&entry.kind, file) {
-        (EntryKind::File(Content::Checked { blake3, .. }), Some((file, len))) => {
-            append_checked(tar, header, path, file, len, blake3)?
-        }
-        (EntryKind::File(_), Some((file, len))) => {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(len);
+    let len = data.len();
+    tar.get_mut().begin_entry(len)?;
+    match data {
+        Data::Read(bytes) => append_regular(tar, header, path, bytes.as_slice(), len)?,
+        Data::Inline(bytes) => append_regular(tar, header, path, bytes, len)?,
+        Data::File(file, _, None) => {
             // take(): a file that grows while we read it must not corrupt the tar.
-            tar.append_data(&mut header, path, BufReader::new(file).take(len))?
+            append_regular(tar, header, path, BufReader::new(file).take(len), len)?
         }
-        (kind, _) => append_other(tar, header, path, kind)?,
+        // A context file: the layer gets exactly the bytes its cache key was
+        // made from, or the write fails as `InvalidData` (the context changed).
+        Data::File(file, _, Some(blake3)) => {
+            let mut reader = CheckingReader::new(BufReader::new(file).take(len));
+            append_regular(tar, header, path, &mut reader, len)?;
+            reader.finish(len, blake3)?
+        }
+        Data::None => append_other(tar, header, path, &entry.kind)?,
     }
     tar.get_mut().end_entry(path)?;
-    Ok(data_len)
+    Ok(len)
 }
 
-/// A context file: the layer gets exactly the bytes its cache key was made
-/// from, or the write fails as `InvalidData` (the context changed).
-fn append_checked<W: Write>(
+/// Where a regular file entry's bytes come from.
+enum Data<'e> {
+    /// Read ahead (and checked) by a reader thread.
+    Read(Vec<u8>),
+    /// In the entry itself.
+    Inline(&'e [u8]),
+    /// Opened now, with its length; checked against the digest if it has one.
+    File(std::fs::File, u64, Option<&'e [u8; 32]>),
+    /// Not a regular file.
+    None,
+}
+
+impl<'e> Data<'e> {
+    fn of(kind: &'e EntryKind) -> io::Result<Data<'e>> {
+        Ok(match kind {
+            // Never a FIFO or device swapped in since the file was listed.
+            EntryKind::File(Content::Path(src)) => {
+                let (file, len) = memobuild_rootpath::safefs::open_regular(src, false)?;
+                Data::File(file, len, None)
+            }
+            EntryKind::File(Content::Checked { path, blake3 }) => {
+                let (file, len) = memobuild_rootpath::safefs::open_regular(path, false)?;
+                Data::File(file, len, Some(blake3))
+            }
+            EntryKind::File(Content::Bytes(bytes)) => Data::Inline(bytes),
+            _ => Data::None,
+        })
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Data::Read(bytes) => bytes.len() as u64,
+            Data::Inline(bytes) => bytes.len() as u64,
+            Data::File(_, len, _) => *len,
+            Data::None => 0,
+        }
+    }
+}
+
+/// A regular file of `len` bytes read from `data`.
+fn append_regular<W: Write>(
     tar: &mut tar::Builder<W>,
     mut header: tar::Header,
-    path: &str,
-    file: std::fs::File,
+    path: impl AsRef<Path>,
+    data: impl Read,
     len: u64,
-    blake3: &[u8; 32],
 ) -> io::Result<()> {
     header.set_entry_type(tar::EntryType::Regular);
     header.set_size(len);
-    let mut reader = CheckingReader::new(BufReader::new(file).take(len));
-    tar.append_data(&mut header, path, &mut reader)?;
-    reader.finish(len, blake3)
+    tar.append_data(&mut header, path, data)
 }
 
 fn append_other<W: Write>(
@@ -545,11 +566,6 @@ fn append_other<W: Write>(
             header.set_size(0);
             tar.append_data(&mut header, path, io::empty())
         }
-        EntryKind::File(Content::Bytes(bytes)) => {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(bytes.len() as u64);
-            tar.append_data(&mut header, path, bytes.as_slice())
-        }
         EntryKind::File(_) => Err(io::Error::other("a file entry without its file")),
     }
 }
@@ -561,12 +577,10 @@ fn append_marker<W: Write>(
     mut header: tar::Header,
     name: String,
 ) -> io::Result<()> {
-    header.set_entry_type(tar::EntryType::Regular);
     header.set_mode(0);
     header.set_uid(0);
     header.set_gid(0);
-    header.set_size(0);
-    tar.append_data(&mut header, name, io::empty())
+    append_regular(tar, header, name, io::empty(), 0)
 }
 
 /// Reads a context file (into a layer, or a snapshot) while hashing it, so
