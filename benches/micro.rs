@@ -348,6 +348,29 @@ fn all_benches(c: &mut Criterion) {
             })
         },
     );
+    // A trivial RUN's layer: one new small file, other bytes every time (so a
+    // blob is written and fsynced on each iteration, as after a re-run).
+    let mut nonce = 0u64;
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("write_one_small_file", |b| {
+        b.iter(|| {
+            nonce += 1;
+            let mut one = memobuild_oci::ChangeSet::default();
+            one.insert(
+                "n".into(),
+                memobuild_oci::LayerEntry {
+                    kind: memobuild_oci::EntryKind::File(memobuild_oci::Content::Bytes(
+                        format!("{nonce}\n").into_bytes(),
+                    )),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                },
+            );
+            warm_writer.write(black_box(&one), &blobs).unwrap()
+        })
+    });
     g.finish();
     drop(layer_dir);
 
