@@ -139,18 +139,10 @@ impl Watcher {
                 .map_err(std::io::Error::other)??
         };
         let mut trees = lock(&self.trees);
-        // Trees below the new root are now covered by it.
-        let nested: Vec<PathBuf> = trees
-            .keys()
-            .filter(|r| r.starts_with(root))
-            .cloned()
-            .collect();
-        for r in nested {
-            trees.remove(&r);
-            if let Some(w) = lock(&self.notify).as_mut() {
-                let _ = w.unwatch(&r);
-            }
-        }
+        // Trees below the new root are now covered by it. Their directories'
+        // kernel watches are the new root's too (inotify keeps one watch per
+        // directory): unwatching the inner root would blind the outer one.
+        trees.retain(|r, _| !r.starts_with(root));
         tracing::info!(root = %root.display(), entries = scanned.len(), ?mode, "watching");
         trees.insert(
             root.to_path_buf(),
@@ -533,6 +525,35 @@ mod tests {
         let health = w.health();
         assert_eq!(health.trees[0].rescans, 1);
         assert_eq!(health.trees[0].mode, Mode::Watching);
+    }
+
+    /// A root watched first, then a root above it: the outer watch covers the
+    /// inner directories, and the inner tree's removal must not take their
+    /// kernel watches with it (it did: files made there were never seen,
+    /// while the tree said it was watching).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outer_root_keeps_seeing_the_inner_roots_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let outer = dir.path().canonicalize().unwrap();
+        let inner = outer.join("w").join("p1");
+        std::fs::create_dir_all(inner.join("src")).unwrap();
+        let w = Watcher::start();
+        assert_eq!(w.ensure(&inner).await.unwrap(), inner);
+        assert_eq!(w.ensure(&outer).await.unwrap(), outer);
+        assert_eq!(
+            w.ensure(&inner).await.unwrap(),
+            outer,
+            "the outer tree covers it"
+        );
+        std::fs::write(inner.join("new.txt"), "1").unwrap();
+        std::fs::write(inner.join("src").join("deeper.txt"), "2").unwrap();
+        let (tree, _) = w.sync(&outer).await.unwrap();
+        for path in ["w/p1/new.txt", "w/p1/src/deeper.txt"] {
+            assert!(tree.entries.contains_key(path), "{path} not seen");
+        }
+        let health = w.health();
+        assert_eq!(health.trees.len(), 1);
+        assert_eq!(health.trees[0].rescans, 0, "seen by events, not a rescan");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
