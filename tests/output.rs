@@ -88,6 +88,60 @@ fn every_digest_in_the_oci_archive_verifies() {
     assert_eq!(config["config"]["WorkingDir"], "/app");
 }
 
+/// Every name is recorded, once each, as containerd's exporter behind
+/// BuildKit's outputs writes index.json: the output's `name=`s, else the
+/// `-t`s; without either, one record without a name.
+#[test]
+fn the_oci_index_names_the_image_once_per_name() {
+    let d = Daemon::start();
+    let p = project();
+    let out_dir = tempfile::tempdir().unwrap();
+    let names_of = |tar: &Path| {
+        let entries = archive_entries(tar);
+        let index: serde_json::Value = serde_json::from_slice(&entries["index.json"]).unwrap();
+        let records = index["manifests"].as_array().unwrap().clone();
+        let digests: std::collections::BTreeSet<String> = records
+            .iter()
+            .map(|r| r["digest"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(digests.len(), 1, "every record is the one manifest");
+        records
+            .iter()
+            .map(|r| {
+                let a = &r["annotations"];
+                (
+                    a["io.containerd.image.name"].as_str().map(String::from),
+                    a["org.opencontainers.image.ref.name"]
+                        .as_str()
+                        .map(String::from),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let owned = |name: &str, tag: &str| (Some(name.to_string()), Some(tag.to_string()));
+
+    let named = out_dir.path().join("named.tar");
+    let dest = format!("type=oci,dest={},name=foo/bar:2,name=baz", named.display());
+    d.build_ok(p.path(), &["-t", "ignored:1", "-o", &dest]);
+    assert_eq!(
+        names_of(&named),
+        vec![owned("foo/bar:2", "2"), owned("baz:latest", "latest")]
+    );
+
+    let tagged = out_dir.path().join("tagged.tar");
+    let dest = format!("type=oci,dest={}", tagged.display());
+    d.build_ok(p.path(), &["-t", "p1", "-t", "p1:x", "-o", &dest]);
+    assert_eq!(
+        names_of(&tagged),
+        vec![owned("p1:latest", "latest"), owned("p1:x", "x")]
+    );
+
+    let bare = out_dir.path().join("bare.tar");
+    let dest = format!("type=oci,dest={}", bare.display());
+    d.build_ok(p.path(), &["-o", &dest]);
+    assert_eq!(names_of(&bare), vec![(None, None)]);
+}
+
 #[test]
 fn skopeo_and_umoci_accept_the_outputs() {
     let d = Daemon::start();

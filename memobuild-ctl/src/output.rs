@@ -361,7 +361,7 @@ pub async fn export(
                 // An OCI archive naming the image once per name, as containerd
                 // (and Docker) spell it: docker.io/library/NAME:TAG.
                 let names: Vec<String> = names.iter().map(|n| containerd::normalize(n)).collect();
-                let index = containerd_index(&blobs.manifest, &names);
+                let index = index_json(&blobs.manifest, &names);
                 let archive = staging.path().join("containerd-import.tar");
                 write_file(&archive, |w| {
                     write_archive(w, &files, &index, &[])
@@ -509,45 +509,35 @@ pub fn fetched_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join(digest.replace(':', "-"))
 }
 
-fn index_json(manifest: &BlobRef, tags: &[String]) -> Vec<u8> {
-    let mut desc = serde_json::json!({
-        "mediaType": manifest.media_type,
-        "digest": manifest.digest,
-        "size": manifest.size,
-    });
-    if let Some(tag) = tags.first() {
-        let short = docker::repo_tag(tag).map_or_else(|| "latest".to_string(), |(_, t)| t);
-        desc["annotations"] = serde_json::json!({
-            "io.containerd.image.name": tag,
-            "org.opencontainers.image.ref.name": short,
-        });
-    }
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [desc],
-    });
-    serde_json::to_vec(&index).unwrap_or_default()
-}
-
-/// index.json for `ctr images import`: the manifest once per name, each
-/// with `io.containerd.image.name` (the name containerd gives the image).
-fn containerd_index(manifest: &BlobRef, names: &[String]) -> Vec<u8> {
-    let desc = |name: Option<&String>| {
+/// index.json naming the manifest once per name, as containerd's archive
+/// exporter (behind BuildKit's `oci` and `docker` outputs) writes it: each
+/// record has `io.containerd.image.name` (the name) and
+/// `org.opencontainers.image.ref.name` (its tag). Without names, one record
+/// without annotations.
+fn index_json(manifest: &BlobRef, names: &[String]) -> Vec<u8> {
+    let record = |name: Option<&String>| {
         let mut d = serde_json::json!({
             "mediaType": manifest.media_type,
             "digest": manifest.digest,
             "size": manifest.size,
         });
         if let Some(name) = name {
-            d["annotations"] = serde_json::json!({ "io.containerd.image.name": name });
+            // A name without a tag is NAME:latest, as `-t` names are.
+            let (name, tag) = match docker::repo_tag(name) {
+                Some((repo, tag)) => (format!("{repo}:{tag}"), tag),
+                None => (name.clone(), "latest".to_string()),
+            };
+            d["annotations"] = serde_json::json!({
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": tag,
+            });
         }
         d
     };
     let manifests: Vec<serde_json::Value> = if names.is_empty() {
-        vec![desc(None)]
+        vec![record(None)]
     } else {
-        names.iter().map(|n| desc(Some(n))).collect()
+        names.iter().map(Some).map(record).collect()
     };
     let index = serde_json::json!({
         "schemaVersion": 2,
