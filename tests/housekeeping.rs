@@ -338,7 +338,8 @@ fn daemon_status_and_stop() {
             "local-cache",
             "check",
             "inline-cache",
-            "ssh"
+            "ssh",
+            "host-gateway"
         ])
     );
 

@@ -766,6 +766,10 @@ async fn run_build(
     if !args.ssh.is_empty() {
         needed.push((memobuild_proto::sshfwd::FEATURE, "--ssh"));
     }
+    let gateway = memobuild_proto::HOST_GATEWAY;
+    if request.add_hosts.iter().any(|(_, ip)| ip == gateway) {
+        needed.push((gateway, "--add-host HOST:host-gateway"));
+    }
     if let Err(error) = connect::require_features(client, &needed).await {
         printer.event(&BuildEvent::Failed {
             error: error.clone(),

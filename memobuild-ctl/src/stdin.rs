@@ -193,11 +193,10 @@ fn add_host(spec: &str) -> Result<(String, String), RpcError> {
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("bad host name"));
     }
-    if ip == "host-gateway" {
-        return Err(RpcError::with_hint(
-            format!("--add-host {spec:?}: host-gateway is not supported"),
-            "RUN steps have no bridge network; give the host's IP address instead",
-        ));
+    // The daemon puts the host's address on RUN's bridge there (as Docker
+    // puts its host-gateway IP).
+    if ip == memobuild_proto::HOST_GATEWAY {
+        return Ok((host.to_string(), ip.to_string()));
     }
     let ip = ip.trim_start_matches('[').trim_end_matches(']');
     let addr: std::net::IpAddr = ip.parse().map_err(|_| bad("not an IP address"))?;
@@ -253,10 +252,10 @@ mod tests {
             ("x".into(), "fe80::1".into())
         );
         assert!(super::add_host("db:nope").is_err());
-        assert!(super::add_host("db:host-gateway")
-            .unwrap_err()
-            .message
-            .contains("host-gateway"));
+        assert_eq!(
+            super::add_host("db:host-gateway").unwrap(),
+            ("db".into(), "host-gateway".into())
+        );
         assert_eq!(
             super::ulimit("nofile=100:200").unwrap(),
             ("nofile".into(), (100, 200))

@@ -320,7 +320,8 @@ pub struct DaemonInfo {
 /// `local-cache` (the `cache_steps` and `import_cache_steps` calls),
 /// [`FEATURE_BLOB_FDS`] (the `open_blobs` call and blob handoff connections),
 /// `check` (the `check` call), `inline-cache` ([`BuildRequest::inline_cache`]),
-/// and `ssh` ([`BuildRequest::ssh`] and ssh forwarding connections, [`sshfwd`]).
+/// `ssh` ([`BuildRequest::ssh`] and ssh forwarding connections, [`sshfwd`]),
+/// and [`HOST_GATEWAY`] (in [`BuildRequest::add_hosts`]).
 pub const FEATURES: &[&str] = &[
     FEATURE_BLOB_FDS,
     "annotations",
@@ -330,7 +331,13 @@ pub const FEATURES: &[&str] = &[
     "check",
     "inline-cache",
     sshfwd::FEATURE,
+    HOST_GATEWAY,
 ];
+
+/// `--add-host HOST:host-gateway`: the daemon writes the host's address as
+/// RUN steps reach it (the host end of their bridge) for this IP, as Docker
+/// does with its host-gateway IP. Also the feature naming that support.
+pub const HOST_GATEWAY: &str = "host-gateway";
 
 /// BuildKit's entitlements: `network.host` lets `RUN --network=host` and
 /// `build --network host` use the host's network; `security.insecure` lets
@@ -390,7 +397,8 @@ pub struct BuildRequest {
     /// (the daemon's `--default-network`), `none` or `host`.
     #[serde(default)]
     pub network: String,
-    /// `--add-host HOST:IP`: lines added to RUN's /etc/hosts, in order.
+    /// `--add-host HOST:IP`: lines added to RUN's /etc/hosts, in order. IP
+    /// may be [`HOST_GATEWAY`].
     #[serde(default)]
     pub add_hosts: Vec<(String, String)>,
     /// `--shm-size`: bytes of RUN's /dev/shm (64 MiB otherwise).

@@ -47,7 +47,7 @@ mod seccomp;
 mod spec;
 
 pub use materialize::{Base, Materialized};
-pub use net::{BRIDGE, CNI_PACKAGE, SUBNET};
+pub use net::{BRIDGE, CNI_PACKAGE, GATEWAY, SUBNET};
 pub use private::{PrivateContainerd, PACKAGES};
 pub use rootfs::chain_ids;
 pub use spec::DEFAULT_PATH;

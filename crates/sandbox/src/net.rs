@@ -35,6 +35,9 @@ pub(crate) const NETWORK: &str = "memobuild";
 pub const BRIDGE: &str = "memobuild0";
 /// Addresses of RUN steps; the bridge (the steps' gateway) is the first.
 pub const SUBNET: &str = "10.213.0.0/16";
+/// The bridge's address: the host, as RUN steps reach it (`--add-host
+/// HOST:host-gateway` names it).
+pub const GATEWAY: &str = "10.213.0.1";
 /// Where Debian (and then the upstream default) installs the CNI plugins.
 const PLUGIN_DIRS: &[&str] = &["/usr/lib/cni", "/opt/cni/bin"];
 const IPAM_DIR: &str = "/var/lib/cni/networks";
@@ -481,6 +484,14 @@ mod tests {
         );
         let host = "nameserver 10.0.0.2\nnameserver ::1\n";
         assert_eq!(resolv_conf(host), "nameserver 10.0.0.2\n");
+    }
+
+    #[test]
+    fn the_gateway_is_the_first_address_of_the_subnet() {
+        let (network, _) = SUBNET.split_once('/').unwrap();
+        let network: std::net::Ipv4Addr = network.parse().unwrap();
+        let first = std::net::Ipv4Addr::from(u32::from(network) + 1);
+        assert_eq!(GATEWAY.parse::<std::net::Ipv4Addr>().unwrap(), first);
     }
 
     #[test]

@@ -232,7 +232,7 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         pids: cx.request.pids_limit.or(settings.pids),
         timeout: settings.step_timeout,
         mounts: mounts.extra.clone(),
-        extra_hosts: cx.request.add_hosts.clone(),
+        extra_hosts: extra_hosts(&cx.request.add_hosts),
         shm_bytes: cx.request.shm_bytes,
         rlimits,
         insecure: op.insecure,
@@ -331,6 +331,19 @@ pub(crate) async fn run(cx: &RunContext<'_>, op: &RunOp) -> Result<StepRecord, R
         owner: None,
         imported: false,
     })
+}
+
+/// `--add-host` lines for RUN's /etc/hosts: `host-gateway` is the host as
+/// RUN steps reach it, the host end of their bridge (Docker writes its
+/// host-gateway IP there).
+fn extra_hosts(add_hosts: &[(String, String)]) -> Vec<(String, String)> {
+    add_hosts
+        .iter()
+        .map(|(host, ip)| match ip.as_str() {
+            memobuild_proto::HOST_GATEWAY => (host.clone(), memobuild_sandbox::GATEWAY.to_string()),
+            _ => (host.clone(), ip.clone()),
+        })
+        .collect()
 }
 
 /// The RUN sandbox's hostname: the build arg `BUILDKIT_SANDBOX_HOSTNAME`
