@@ -434,6 +434,55 @@ fn a_missing_output_directory_fails_before_the_build() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("--iidfile"));
 }
 
+/// A build refused before it starts (by the client's checks, the daemon's,
+/// or no daemon at all) is still one `failed` event on stdout with
+/// `--progress json`, whose kind says what went wrong, and the exit status
+/// follows the kind (docs/CLI.md, "Exit status").
+#[test]
+fn a_build_refused_before_it_starts_is_a_failed_event_with_its_kind() {
+    let d = Daemon::start();
+    let p = project();
+    let out = tempfile::tempdir().unwrap();
+    let missing_dir = out.path().join("nope").join("iid");
+    let missing_dir = missing_dir.to_str().unwrap();
+    for (args, kind, status) in [
+        (&["-t", "Bad"][..], "invalid_input", 1),
+        (&["--iidfile", missing_dir], "invalid_input", 1),
+        (&["-o", "type=oci,dest=-"], "invalid_input", 1),
+        (&["-f", "no-such-Dockerfile"], "not_found", 1),
+    ] {
+        let o = d.build(p.path(), args);
+        let last = o
+            .events
+            .last()
+            .unwrap_or_else(|| panic!("{args:?}: no event:\n{}", o.text()));
+        assert_eq!(last["event"], "failed", "{args:?}: {}", o.text());
+        assert_eq!(last["error"]["kind"], kind, "{args:?}: {}", o.text());
+        let code = d
+            .ctl_command()
+            .args(["build", "--progress", "json"])
+            .args(args)
+            .arg(p.path())
+            .output()
+            .unwrap()
+            .status
+            .code();
+        assert_eq!(code, Some(status), "{args:?}");
+    }
+    // No daemon at the socket (and no auto-start): `unavailable`, status 69.
+    let o = Command::new(common::bin_dir().join("memobuild-ctl"))
+        .arg("--socket")
+        .arg(out.path().join("no-daemon.sock"))
+        .env("MEMOBUILD_NO_AUTOSTART", "1")
+        .args(["build", "--progress", "json"])
+        .arg(p.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(69));
+    let outcome = common::BuildOutcome::from_output(o);
+    assert_eq!(outcome.error()["kind"], "unavailable", "{}", outcome.text());
+}
+
 #[test]
 fn quiet_iidfile_and_metadata_file_hold_the_image_digests() {
     let d = Daemon::start();

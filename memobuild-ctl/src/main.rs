@@ -393,6 +393,15 @@ fn fail(e: &RpcError) -> ExitCode {
 
 /// The exit status for a failure of `kind` (docs/CLI.md, "Exit status"):
 /// scripts can tell "not allowed" and "try again later" from a failed build.
+/// A check of the command's own input that failed: `invalid_input`, unless
+/// its kind already says more.
+fn as_input_error(e: RpcError) -> RpcError {
+    match e.kind {
+        ErrorKind::Internal => e.kind(ErrorKind::InvalidInput),
+        _ => e,
+    }
+}
+
 fn exit_code(kind: ErrorKind) -> ExitCode {
     match kind {
         ErrorKind::PermissionDenied => ExitCode::from(77),
@@ -577,9 +586,30 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
 }
 
 async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
-    let stdin_context = stdin::read(&args)?;
-    let request = build_request(&args, stdin_context.as_ref())?;
-    let client = connect::connect(socket, true).await?;
+    let events = !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson");
+    // With --progress json a failure before the build is its one event too.
+    let refused = |error: RpcError| {
+        if !events {
+            return Err(error);
+        }
+        progress::Printer::new(&args.progress, false).event(&BuildEvent::Failed {
+            error: error.clone(),
+            failure: None,
+        });
+        Ok(exit_code(error.kind))
+    };
+    let read = stdin::read(&args).and_then(|stdin_context| {
+        let request = build_request(&args, stdin_context.as_ref())?;
+        Ok((stdin_context, request))
+    });
+    let (stdin_context, request) = match read.map_err(as_input_error) {
+        Ok(read) => read,
+        Err(error) => return refused(error),
+    };
+    let client = match connect::connect(socket, true).await {
+        Ok(client) => client,
+        Err(error) => return refused(error),
+    };
     if args.check || args.call == "check" {
         return check(&client, &args, request).await;
     }
@@ -591,9 +621,7 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     match result {
         Ok(_) => Ok(ExitCode::SUCCESS),
         // With --progress json the failure was already printed as an event.
-        Err(e) if !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson") => {
-            Ok(exit_code(e.kind))
-        }
+        Err(e) if events => Ok(exit_code(e.kind)),
         Err(e) => Err(e),
     }
 }
@@ -672,10 +700,11 @@ async fn preflight(args: &BuildArgs) -> Result<Vec<output::OutputSpec>, RpcError
                     }
                 }
                 Err(no_containerd) => {
-                    return Err(RpcError::with_hint(
+                    return Err(RpcError::of(
+                        ErrorKind::Unavailable,
                         format!("{}; and {no_containerd}", no_docker.message),
-                        no_docker.hint.unwrap_or_default(),
-                    ))
+                    )
+                    .hint(no_docker.hint.unwrap_or_default()))
                 }
             }
         }
@@ -726,7 +755,9 @@ async fn run_build(
         args.progress.as_str()
     };
     // Checked before the build; a JSON reader sees a refusal as a `failed` event.
-    let specs = match preflight(args).await {
+    // What the outputs ask for is the input here: a refusal is `invalid_input`
+    // unless it says otherwise (no engine to load into is `unavailable`).
+    let specs = match preflight(args).await.map_err(as_input_error) {
         Ok(specs) => specs,
         Err(error) => {
             progress::Printer::new(mode, false).event(&BuildEvent::Failed {
@@ -747,7 +778,7 @@ async fn run_build(
     if !request.build_contexts.is_empty() {
         needed.push(("build-contexts", "--build-context"));
     }
-    let (cache_from, cache_to) = match local_caches(args) {
+    let (cache_from, cache_to) = match local_caches(args).map_err(as_input_error) {
         Ok(c) => c,
         Err(error) => {
             printer.event(&BuildEvent::Failed {

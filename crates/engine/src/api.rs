@@ -41,10 +41,11 @@ impl Engine {
     pub fn check_request(&self, request: &memobuild_proto::BuildRequest) -> Result<(), RpcError> {
         for tag in &request.tags {
             let bad = |why: String| {
-                RpcError::with_hint(
+                RpcError::of(
+                    ErrorKind::InvalidInput,
                     format!("invalid tag {tag:?}: invalid reference format: {why}"),
-                    "a name is [HOST[:PORT]/]PATH[:TAG] in lower case, e.g. -t myapp:1.0",
                 )
+                .hint("a name is [HOST[:PORT]/]PATH[:TAG] in lower case, e.g. -t myapp:1.0")
             };
             let reference = memobuild_oci::reference::parse(tag).map_err(|e| bad(e.message))?;
             if reference.digest().is_some() {
@@ -52,18 +53,20 @@ impl Engine {
             }
         }
         if !matches!(request.network.as_str(), "" | "default" | "none" | "host") {
-            return Err(RpcError::with_hint(
+            return Err(RpcError::of(
+                ErrorKind::InvalidInput,
                 format!("--network {:?} is not supported", request.network),
-                "use --network default, none or host (RUN steps have no other networks)",
-            ));
+            )
+            .hint("use --network default, none or host (RUN steps have no other networks)"));
         }
         self.ssh.check(request)?;
         for name in request.ulimits.keys() {
             if !memobuild_proto::ULIMITS.iter().any(|(n, _)| n == name) {
-                return Err(RpcError::with_hint(
+                return Err(RpcError::of(
+                    ErrorKind::InvalidInput,
                     format!("--ulimit {name}: unknown limit"),
-                    "use one of as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack",
-                ));
+                )
+                .hint("use one of as, core, cpu, data, fsize, locks, memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack"));
             }
         }
         Ok(())

@@ -760,8 +760,11 @@ fn dockerfile_text(request: &BuildRequest, df_path: &Path) -> Result<String, Rpc
     match &request.dockerfile_text {
         Some(text) => Ok(text.clone()),
         None => dockerfile::read_file(df_path).map_err(|e| {
-            RpcError::with_hint(
-                format!("cannot read the Dockerfile: {e}"),
+            let kind = match e.is_not_found() {
+                true => ErrorKind::NotFound,
+                false => ErrorKind::InvalidInput,
+            };
+            RpcError::of(kind, format!("cannot read the Dockerfile: {e}")).hint(
                 "pass the path of a regular file of at most 16 MiB with -f, relative to the context or absolute",
             )
         }),
