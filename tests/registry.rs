@@ -393,6 +393,19 @@ fn a_second_host_builds_from_the_registry_cache_without_running() {
         "{}",
         out.text()
     );
+    // The metrics say which tier answered: every step the registry cache
+    // gave is a remote hit (and a local miss), none a remote miss.
+    let metrics = String::from_utf8(second.ctl(&["metrics"]).stdout).unwrap();
+    let count = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let remote_hits = count("memobuild_cache_hits_total{tier=\"remote\"}");
+    assert!(remote_hits >= 1, "{metrics}");
+    assert_eq!(count("memobuild_cache_misses_total{tier=\"remote\"}"), 0);
+    assert!(count("memobuild_cache_misses_total{tier=\"local\"}") >= remote_hits);
 }
 
 #[test]

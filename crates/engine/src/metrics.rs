@@ -14,7 +14,8 @@ use std::time::Duration;
 
 /// Cache tiers a step is looked up in, in order. `memory`: the no-op fast
 /// path, the whole build answered from the project's warm state; `local`:
-/// the step cache in the store; `remote`: a registry cache (not yet).
+/// the step cache in the store; `remote`: a registry cache (`--cache-from`,
+/// asked only when the build names one).
 pub(crate) const TIERS: [&str; 3] = ["memory", "local", "remote"];
 
 /// Build results, as the `result` label.

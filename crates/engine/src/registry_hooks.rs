@@ -27,6 +27,9 @@ pub(crate) struct BuildRegistry {
     push: Vec<String>,
     /// Caches whose registry stopped answering in this build (by index).
     failed: parking_lot::Mutex<BTreeSet<usize>>,
+    /// Step keys this build imported from a remote cache (the `remote` tier
+    /// answered them, though the local lookup then finds them).
+    imported: parking_lot::Mutex<BTreeSet<String>>,
     /// Who the build acts for: imported steps are theirs alone.
     caller: crate::Caller,
 }
@@ -60,6 +63,7 @@ impl BuildRegistry {
             exports,
             push: request.push.clone(),
             failed: Default::default(),
+            imported: Default::default(),
             caller,
         };
         let mut seen = BTreeSet::new();
@@ -199,6 +203,16 @@ impl BuildRegistry {
         }
     }
 
+    /// Whether the build reads remote caches (the `remote` tier is asked).
+    pub(crate) fn has_caches(&self) -> bool {
+        !self.caches.is_empty()
+    }
+
+    /// Whether this build imported step `key` from a remote cache.
+    pub(crate) fn imported(&self, key: &str) -> bool {
+        self.imported.lock().contains(key)
+    }
+
     /// During the build: records step `key` (a pending step's, resolved) if a
     /// remote cache has it; true if it did.
     pub(crate) async fn import_key(&self, store: &Arc<Store>, key: &str, note: Note<'_>) -> bool {
@@ -240,7 +254,10 @@ impl BuildRegistry {
                 .import_step(store, cache, key, Some(self.caller.uid))
                 .await
             {
-                Ok(true) => return true,
+                Ok(true) => {
+                    self.imported.lock().insert(key.to_string());
+                    return true;
+                }
                 Ok(false) => {}
                 Err(e) => {
                     if e.unreachable {

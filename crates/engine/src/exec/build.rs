@@ -1155,9 +1155,17 @@ async fn run_stage(
             cached = lookup(engine, run.build, step_index, &step_key, log).await?;
         }
         if !no_cache {
-            // The fast path (memory tier) did not answer this build.
+            // The fast path (memory tier) did not answer this build. A step
+            // imported from a remote cache was a local miss the remote tier
+            // answered (the import put it in the local store).
+            let remote = run.remote.imported(&step_key);
             engine.metrics.cache("memory", false, 1);
-            engine.metrics.cache("local", cached.is_some(), 1);
+            engine
+                .metrics
+                .cache("local", cached.is_some() && !remote, 1);
+            if run.remote.has_caches() && (cached.is_none() || remote) {
+                engine.metrics.cache("remote", remote, 1);
+            }
         }
         let record = match cached {
             Some(record) => {
