@@ -11,7 +11,7 @@ mod common;
 use common::{bin_dir, busybox_context, write_files, BuildOutcome, Daemon, Rng};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -803,4 +803,47 @@ fn a_save_during_an_eager_build_gets_the_next_eager_build() {
         std::fs::read_to_string(out_dir.path().join("g")).unwrap(),
         "three"
     );
+}
+
+/// A project whose Dockerfile came on stdin (`-f -`) is re-planned with that
+/// text after an edit: its COPY is dirty because of the file, not "cannot be
+/// planned" for want of a file named `-` in the context.
+#[test]
+fn a_dockerfile_from_stdin_is_replanned_after_an_edit() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ctx = dir.path().canonicalize().unwrap();
+    std::fs::write(ctx.join("a.txt"), "1").unwrap();
+    std::fs::write(ctx.join("b.txt"), "1").unwrap();
+    let mut build = d
+        .ctl_command()
+        .args(["build", "--progress", "json", "-f", "-"])
+        .arg(&ctx)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM scratch\nCOPY a.txt /a\nCOPY b.txt /b\n")
+        .unwrap();
+    let built = build.wait_with_output().unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    wait_project(&d, &ctx, "clean", |p| p["state"] == "clean");
+
+    std::fs::write(ctx.join("b.txt"), "2").unwrap();
+    let p = wait_project(&d, &ctx, "the second COPY dirty", |p| {
+        step(p, "COPY b.txt /b")["state"] == "dirty"
+    });
+    assert_eq!(step(&p, "COPY a.txt /a")["state"], "clean", "{p:#}");
+    let why = step(&p, "COPY b.txt /b")["why"].to_string();
+    assert!(why.contains("b.txt"), "{p:#}");
+    assert!(!why.contains("cannot be planned"), "{p:#}");
 }

@@ -185,7 +185,16 @@ struct Record {
     /// Rebuilt in the background after saves (eager.rs).
     #[serde(default)]
     eager: bool,
+    /// The Dockerfile of its last build when it came with the request (`-f -`,
+    /// a Dockerfile on stdin): re-plans and eager builds use it, as there
+    /// is no file to read. Kept up to [`MAX_KEPT_DOCKERFILE`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dockerfile_text: Option<String>,
 }
+
+/// The largest Dockerfile sent with a request that a project keeps (a larger
+/// one is re-planned only by building again).
+const MAX_KEPT_DOCKERFILE: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
 struct Project {
@@ -322,7 +331,8 @@ impl Projects {
     }
 
     /// Registers (or finds) the project for a request; returns its id.
-    pub(crate) fn register(&self, key: ProjectKey, root: &Path) -> String {
+    pub(crate) fn register(&self, request: &BuildRequest, root: &Path) -> String {
+        let key = ProjectKey::of(request);
         let id = key.id();
         let mut map = lock(&self.map);
         let p = map.entry(id.clone()).or_insert_with(|| {
@@ -332,8 +342,13 @@ impl Projects {
                 previous: None,
                 last_used: memobuild_store::now_secs(),
                 eager: false,
+                dockerfile_text: None,
             })
         });
+        p.record.dockerfile_text = request
+            .dockerfile_text
+            .clone()
+            .filter(|text| text.len() <= MAX_KEPT_DOCKERFILE);
         p.root = Some(root.to_path_buf());
         self.used(p);
         id
@@ -384,7 +399,7 @@ impl Projects {
 
     /// The request that re-plans project `id` (for dirty tracking).
     pub(crate) fn request(&self, id: &str) -> Option<BuildRequest> {
-        lock(&self.map).get(id).map(|p| request_of(&p.record.key))
+        lock(&self.map).get(id).map(|p| request_of(&p.record))
     }
 
     /// The secret MACs of project `id`'s last build (see [`BuildSummary::secrets`]).
@@ -528,7 +543,7 @@ impl Projects {
             if touched {
                 p.clean_at = None;
                 self.bump(p);
-                out.push((id.clone(), request_of(&p.record.key)));
+                out.push((id.clone(), request_of(&p.record)));
             }
         }
         out
@@ -771,7 +786,7 @@ impl Projects {
         for (id, p) in lock(&self.map).iter_mut() {
             if p.record.key.context == context {
                 p.root = Some(root.to_path_buf());
-                out.push((id.clone(), request_of(&p.record.key)));
+                out.push((id.clone(), request_of(&p.record)));
             }
         }
         out
@@ -797,13 +812,15 @@ fn persist(store: &Store, id: &str, record: &Record) {
 }
 
 /// The request that rebuilds a project (for re-planning).
-pub(crate) fn request_of(key: &ProjectKey) -> BuildRequest {
+fn request_of(record: &Record) -> BuildRequest {
+    let key = &record.key;
     BuildRequest {
         context: key.context.display().to_string(),
         dockerfile: key.dockerfile.display().to_string(),
         target: key.target.clone(),
         build_args: key.build_args.clone(),
         read_as: key.read_as.clone(),
+        dockerfile_text: record.dockerfile_text.clone(),
         ..BuildRequest::default()
     }
 }

@@ -170,7 +170,7 @@ pub(super) async fn run(
         Arc::new(blocking(move || crate::secret_ids::secret_ids(&data, &given, ssh_user)).await?)
     };
     let root = engine.watcher.ensure(context).await.map_err(scan_error)?;
-    let project = engine.projects.register(ProjectKey::of(request), &root);
+    let project = engine.projects.register(request, &root);
     // A new project may push the least recently used one over max-projects.
     {
         let e = engine.clone();
