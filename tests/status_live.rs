@@ -580,6 +580,13 @@ fn status_and_explain_pick_by_dockerfile_and_target() {
     assert!(!out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "invalid_input", "{v:#}");
+    // ... and says which ones there are, by id, Dockerfile and target.
+    let message = v["error"]["message"].as_str().unwrap();
+    for p in status(&d, &ctx_path)["projects"].as_array().unwrap() {
+        assert!(message.contains(p["id"].as_str().unwrap()), "{v:#}");
+    }
+    assert!(message.contains("other.Dockerfile"), "{v:#}");
+    assert!(message.contains("target b"), "{v:#}");
 
     let b = d.ctl_json(&["status", c, "--target", "b"]);
     let projects = b["projects"].as_array().unwrap();

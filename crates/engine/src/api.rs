@@ -322,11 +322,28 @@ impl Engine {
     pub fn explain(&self, filter: &str, caller: Caller) -> Result<Explanation, RpcError> {
         let ids = self.matching_for(filter, caller)?;
         let [id] = ids.as_slice() else {
-            return Err(RpcError::of(
-                ErrorKind::InvalidInput,
-                format!("{} projects match {filter:?}", ids.len()),
-            )
-            .hint("name one project by id or context path (see `memobuild-ctl projects`)"));
+            // Which ones, so the caller can name one (a context with two
+            // Dockerfiles, targets or build-arg sets is two projects).
+            let listed: Vec<String> = self
+                .projects
+                .status(&ids)
+                .into_iter()
+                .map(|p| match p.target.as_str() {
+                    "" => format!("{} ({})", p.id, p.dockerfile),
+                    target => format!("{} ({}, target {target})", p.id, p.dockerfile),
+                })
+                .collect();
+            let message = match listed.is_empty() {
+                true => format!("no project matches {filter:?}"),
+                false => format!(
+                    "{} projects match {filter:?}: {}",
+                    ids.len(),
+                    listed.join(", ")
+                ),
+            };
+            return Err(RpcError::of(ErrorKind::InvalidInput, message).hint(
+                "name one by its id, or pick it with -f and --target as for the build (see `memobuild-ctl projects`)",
+            ));
         };
         self.projects.explain(id).ok_or_else(|| {
             RpcError::of(
