@@ -354,18 +354,7 @@ fn secure_data_dir(data_dir: &Path, socket: &Path, group: Option<&str>) -> Resul
 async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = socket.parent() {
         if !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| setup(format!("creating {}: {e}", dir.display())))?;
-            let mode = match group {
-                Some(name) => {
-                    nix::unistd::chown(dir, None, Some(group_id(name)?))
-                        .map_err(|e| setup(format!("chown {}: {e}", dir.display())))?;
-                    0o750
-                }
-                None => 0o700,
-            };
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| setup(format!("chmod {}: {e}", dir.display())))?;
+            create_socket_dirs(dir, group)?;
         } else if let Some(name) = group {
             warn_if_group_locked_out(dir, name);
         }
@@ -414,6 +403,38 @@ async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, Daemon
 
 /// An existing socket directory is left as its owner made it; say so when the
 /// socket's group cannot enter it.
+/// Creates the socket's directory `dir` and the missing ones above it: 0700,
+/// or with a socket group, owned by it: `dir` 0750 and the ones above 0710
+/// (the group passes through them to the socket, and lists nothing).
+fn create_socket_dirs(dir: &Path, group: Option<&str>) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let gid = group.map(group_id).transpose()?;
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    for (i, level) in missing.iter().rev().enumerate() {
+        let socket_dir = i + 1 == missing.len();
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(level)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| setup(format!("creating {}: {e}", level.display())))?;
+        let mode = match (gid, socket_dir) {
+            (None, _) => 0o700,
+            (Some(_), true) => 0o750,
+            (Some(_), false) => 0o710,
+        };
+        if let Some(gid) = gid {
+            nix::unistd::chown(*level, None, Some(gid))
+                .map_err(|e| setup(format!("chown {}: {e}", level.display())))?;
+        }
+        std::fs::set_permissions(level, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| setup(format!("chmod {}: {e}", level.display())))?;
+    }
+    Ok(())
+}
+
 fn warn_if_group_locked_out(dir: &Path, group: &str) {
     use std::os::unix::fs::MetadataExt;
     let (Ok(meta), Ok(gid)) = (std::fs::metadata(dir), group_id(group)) else {
@@ -428,5 +449,40 @@ fn warn_if_group_locked_out(dir: &Path, group: &str) {
             "the socket group cannot enter the socket's directory; `chgrp {group} {0} && chmod g+x {0}`",
             dir.display()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    /// Every directory the daemon makes on the way to the socket lets the
+    /// socket group through (the socket's own lets it list too), or nobody
+    /// but root without a group.
+    #[test]
+    fn socket_dirs_made_on_the_way_let_the_group_through() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // chown to another group needs root, as the daemon has
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let socket_dir = tmp.path().join("a").join("b").join("run");
+        super::create_socket_dirs(&socket_dir, Some("nogroup")).unwrap();
+        let nogroup = super::group_id("nogroup").unwrap().as_raw();
+        for (dir, mode) in [
+            (tmp.path().join("a"), 0o710),
+            (tmp.path().join("a/b"), 0o710),
+            (socket_dir, 0o750),
+        ] {
+            let meta = std::fs::metadata(&dir).unwrap();
+            assert_eq!(meta.mode() & 0o7777, mode, "{}", dir.display());
+            assert_eq!(meta.gid(), nogroup, "{}", dir.display());
+        }
+
+        let private = tmp.path().join("c").join("run");
+        super::create_socket_dirs(&private, None).unwrap();
+        for dir in [tmp.path().join("c"), private] {
+            let meta = std::fs::metadata(&dir).unwrap();
+            assert_eq!(meta.mode() & 0o7777, 0o700, "{}", dir.display());
+        }
     }
 }
