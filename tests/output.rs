@@ -481,6 +481,12 @@ fn a_build_refused_before_it_starts_is_a_failed_event_with_its_kind() {
     assert_eq!(o.status.code(), Some(69));
     let outcome = common::BuildOutcome::from_output(o);
     assert_eq!(outcome.error()["kind"], "unavailable", "{}", outcome.text());
+    // The person watching reads it on stderr as well.
+    assert!(
+        outcome.stderr.starts_with("error: cannot reach memobuildd"),
+        "{}",
+        outcome.text()
+    );
 }
 
 #[test]

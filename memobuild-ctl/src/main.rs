@@ -391,8 +391,6 @@ fn fail(e: &RpcError) -> ExitCode {
     exit_code(e.kind)
 }
 
-/// The exit status for a failure of `kind` (docs/CLI.md, "Exit status"):
-/// scripts can tell "not allowed" and "try again later" from a failed build.
 /// A check of the command's own input that failed: `invalid_input`, unless
 /// its kind already says more.
 fn as_input_error(e: RpcError) -> RpcError {
@@ -402,6 +400,8 @@ fn as_input_error(e: RpcError) -> RpcError {
     }
 }
 
+/// The exit status for a failure of `kind` (docs/CLI.md, "Exit status"):
+/// scripts can tell "not allowed" and "try again later" from a failed build.
 fn exit_code(kind: ErrorKind) -> ExitCode {
     match kind {
         ErrorKind::PermissionDenied => ExitCode::from(77),
@@ -587,17 +587,25 @@ async fn watch(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
 
 async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, RpcError> {
     let events = !args.quiet && matches!(args.progress.as_str(), "json" | "rawjson");
-    // With --progress json a failure before the build is its one event too.
-    let refused = |error: RpcError| {
+    // With --progress json a failure is also the last event, before the build
+    // too (`reported`: the build's printer already wrote it); `error:` goes to
+    // stderr unless the events do (rawjson).
+    let failed = |error: RpcError, reported: bool| {
         if !events {
             return Err(error);
         }
-        progress::Printer::new(&args.progress, false).event(&BuildEvent::Failed {
-            error: error.clone(),
-            failure: None,
-        });
-        Ok(exit_code(error.kind))
+        if !reported {
+            progress::Printer::new(&args.progress, false).event(&BuildEvent::Failed {
+                error: error.clone(),
+                failure: None,
+            });
+        }
+        Ok(match args.progress.as_str() {
+            "json" => fail(&error),
+            _ => exit_code(error.kind),
+        })
     };
+    let refused = |error: RpcError| failed(error, false);
     let read = stdin::read(&args).and_then(|stdin_context| {
         let request = build_request(&args, stdin_context.as_ref())?;
         Ok((stdin_context, request))
@@ -620,9 +628,7 @@ async fn build(socket: &std::path::Path, args: BuildArgs) -> Result<ExitCode, Rp
     }
     match result {
         Ok(_) => Ok(ExitCode::SUCCESS),
-        // With --progress json the failure was already printed as an event.
-        Err(e) if events => Ok(exit_code(e.kind)),
-        Err(e) => Err(e),
+        Err(e) => failed(e, true),
     }
 }
 
