@@ -91,6 +91,9 @@ pub struct Engine {
     // Disk GC, single flight and the build queue (exec/ops.rs).
     pub(crate) queue: Arc<queue::Queue>,
     pub(crate) flights: flight::Flights,
+    /// Held from the single-flight lookup to the new build's registration:
+    /// two identical requests arriving together must share one build.
+    starting: Mutex<()>,
     /// `max-storage` in bytes; 0 = no cap.
     max_storage: AtomicU64,
     gc_running: std::sync::atomic::AtomicBool,
@@ -291,6 +294,7 @@ impl Engine {
             lifecycle: Lifecycle::default(),
             queue: queue::Queue::new(ops::DEFAULT_MAX_PARALLEL_BUILDS),
             flights: flight::Flights::default(),
+            starting: Mutex::new(()),
             max_storage: AtomicU64::new(0),
             gc_running: Default::default(),
             project_limits: Default::default(),
@@ -461,6 +465,7 @@ impl Engine {
         caller: Option<crate::Caller>,
     ) -> BuildId {
         let key = flight::key_of(&request);
+        let starting = self.starting.lock();
         if let Some(id) = self.flights.join(&key) {
             tracing::info!(build = id, "identical build running: joined it");
             return id;
@@ -490,6 +495,7 @@ impl Engine {
         });
         self.builds.lock().insert(id, log.clone());
         self.flights.insert(key, id);
+        drop(starting);
         // Eager builds wait while explicit ones run (eager.rs).
         let explicit = (!eager).then(|| crate::eager::Explicit::begin(self));
         let engine = self.clone();
