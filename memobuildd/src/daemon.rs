@@ -333,19 +333,27 @@ fn secure_data_dir(data_dir: &Path, socket: &Path, group: Option<&str>) -> Resul
     for next in std::iter::once(None).chain(levels.into_iter().map(Some)) {
         if let Some(part) = next {
             dir.push(part);
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&dir)
-                .or_else(|e| match e.kind() {
-                    std::io::ErrorKind::AlreadyExists => Ok(()),
-                    _ => Err(e),
-                })
-                .map_err(fail)?;
         }
-        nix::unistd::chown(&dir, None, Some(gid)).map_err(|e| fail(e.into()))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710)).map_err(fail)?;
+        group_dir(&dir, Some(gid), 0o710).map_err(fail)?;
     }
     Ok(())
+}
+
+/// Makes `dir` (unless it exists; a new one is 0700 until chmod) owned by
+/// group `gid`, if given, with `mode`.
+fn group_dir(dir: &Path, gid: Option<nix::unistd::Gid>, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(dir, None, Some(gid))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
 }
 
 /// Binds the socket: creates its directory (0700 when we create it; 0750 and
@@ -401,40 +409,27 @@ async fn bind(socket: &Path, group: Option<&str>) -> Result<UnixListener, Daemon
     Ok(listener)
 }
 
-/// An existing socket directory is left as its owner made it; say so when the
-/// socket's group cannot enter it.
 /// Creates the socket's directory `dir` and the missing ones above it: 0700,
 /// or with a socket group, owned by it: `dir` 0750 and the ones above 0710
 /// (the group passes through them to the socket, and lists nothing).
 fn create_socket_dirs(dir: &Path, group: Option<&str>) -> Result<(), DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
     let gid = group.map(group_id).transpose()?;
     let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
     for (i, level) in missing.iter().rev().enumerate() {
         let socket_dir = i + 1 == missing.len();
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(level)
-            .or_else(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Ok(()),
-                _ => Err(e),
-            })
-            .map_err(|e| setup(format!("creating {}: {e}", level.display())))?;
         let mode = match (gid, socket_dir) {
             (None, _) => 0o700,
             (Some(_), true) => 0o750,
             (Some(_), false) => 0o710,
         };
-        if let Some(gid) = gid {
-            nix::unistd::chown(*level, None, Some(gid))
-                .map_err(|e| setup(format!("chown {}: {e}", level.display())))?;
-        }
-        std::fs::set_permissions(level, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| setup(format!("chmod {}: {e}", level.display())))?;
+        group_dir(level, gid, mode)
+            .map_err(|e| setup(format!("creating {}: {e}", level.display())))?;
     }
     Ok(())
 }
 
+/// An existing socket directory is left as its owner made it; say so when the
+/// socket's group cannot enter it.
 fn warn_if_group_locked_out(dir: &Path, group: &str) {
     use std::os::unix::fs::MetadataExt;
     let (Ok(meta), Ok(gid)) = (std::fs::metadata(dir), group_id(group)) else {
